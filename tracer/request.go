@@ -1,0 +1,88 @@
+// Package tracer turns the byte streams of the pod's connections into
+// finished requests: per-connection state, protocol detection, one parser per
+// protocol, request/response pairing and trace context.
+package tracer
+
+import (
+	"net/netip"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/pod"
+)
+
+// Role says which end of a connection the observed process is.
+type Role uint8
+
+const (
+	RoleUnknown Role = iota
+	// RoleServer: the process received the request and sent the response.
+	RoleServer
+	// RoleClient: the process sent the request and received the response.
+	RoleClient
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleServer:
+		return "server"
+	case RoleClient:
+		return "client"
+	}
+	return "unknown"
+}
+
+// Request is one finished request/response exchange seen on the wire,
+// everything the exporter needs to make a span and a metric point.
+type Request struct {
+	Role     Role
+	Protocol string // "http"
+
+	// Process is the neighbour that served or sent the request.
+	Process *pod.Process
+
+	// Start and End are wall-clock times derived from kernel timestamps.
+	Start, End time.Time
+
+	// Network endpoints. For a server span the local end is the server; for a
+	// client span the remote end is.
+	Local, Remote netip.AddrPort
+
+	// HTTP fields.
+	Method          string // "GET"; "_OTHER" never: unknown methods are kept verbatim and mapped by the exporter
+	Path            string // without the query
+	Query           string // without the leading '?'
+	Route           string // low-cardinality route template, "" when unknown
+	Host            string // Host header, without port when it had one
+	HostPort        int    // port from the Host header, 0 when absent
+	StatusCode      int    // 0 when no response was seen
+	ProtocolVersion string // "1.0", "1.1"
+	UserAgent       string
+	RequestSize     int64 // body bytes
+	ResponseSize    int64 // body bytes
+
+	// Parent is the remote span context from an incoming (server) or
+	// outgoing (client) traceparent header; invalid when absent.
+	Parent trace.SpanContext
+
+	// Truncated is true when the headers were longer than the captured
+	// prefix, so some header fields may be missing.
+	Truncated bool
+}
+
+// ServerAddr is the address of the server end of the connection.
+func (r *Request) ServerAddr() netip.AddrPort {
+	if r.Role == RoleClient {
+		return r.Remote
+	}
+	return r.Local
+}
+
+// ClientAddr is the address of the client end of the connection.
+func (r *Request) ClientAddr() netip.AddrPort {
+	if r.Role == RoleClient {
+		return r.Local
+	}
+	return r.Remote
+}
