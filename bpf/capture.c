@@ -1,0 +1,503 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// Kernel half of podtracer's capture: the TCP traffic of the processes that
+// share the agent's PID namespace (its pod), from the raw syscall
+// tracepoints. Raw tracepoints need neither kprobes nor tracefs, and they are
+// the cheapest syscall hook: the per-syscall `syscalls/*` events are built on
+// the same sys_enter/sys_exit hooks plus perf buffer glue.
+//
+// Every hit is filtered in this order, cheapest first: the syscall number,
+// then the PID namespace (nothing from another pod reaches user space), then
+// the agent itself, then whether the fd is a TCP socket.
+
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_core_read.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+// x86_64 syscall numbers.
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_CLOSE 3
+#define NR_READV 19
+#define NR_WRITEV 20
+#define NR_SENDFILE 40
+#define NR_CONNECT 42
+#define NR_ACCEPT 43
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define NR_SENDMSG 46
+#define NR_RECVMSG 47
+#define NR_ACCEPT4 288
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define SOCK_STREAM 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINPROGRESS 115
+
+// MAX_CAPTURE bounds the payload prefix copied per syscall; capture_bytes
+// (set by the loader) picks the actual prefix up to it. A power of two, so
+// offsets can be masked for the verifier.
+#define MAX_CAPTURE 4096
+#define TAIL_BYTES 16
+#define MAX_IOV 8
+
+// Settings written by the loader before the program is loaded.
+volatile const __u64 pidns_dev = 0;
+volatile const __u64 pidns_ino = 0;
+volatile const __u32 agent_tgid = 0;
+volatile const __u32 capture_bytes = 512;
+
+enum event_type {
+	EVENT_DATA = 1,
+	EVENT_CLOSE = 2,
+};
+
+enum direction {
+	DIR_INGRESS = 0, // the process received these bytes
+	DIR_EGRESS = 1,  // the process sent these bytes
+};
+
+enum role {
+	ROLE_UNKNOWN = 0,
+	ROLE_SERVER = 1, // the fd came from accept
+	ROLE_CLIENT = 2, // the fd was connected
+};
+
+// event is what user space reads; payload follows the header. Keep in sync
+// with bpf/event.go.
+struct event {
+	__u64 ts_enter; // CLOCK_BOOTTIME ns at syscall entry
+	__u64 ts_exit;  // and at exit
+	__u64 sock;     // struct sock address: the connection's identity
+	__u32 tgid;     // in the pod's PID namespace
+	__u32 tid;
+	__u32 fd;
+	__u32 len;      // bytes the syscall transferred
+	__u16 captured; // payload bytes that follow the header
+	__u8 type;
+	__u8 dir;
+	__u8 role;
+	__u8 tail_len; // valid bytes in tail
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u8 tail[TAIL_BYTES]; // last bytes transferred when len > captured
+	char comm[16];
+	// Sized so the verifier can prove that a masked copy (offset < MAX_CAPTURE,
+	// length < 2 * MAX_CAPTURE) stays inside; at most MAX_CAPTURE
+	// bytes of it are ever sent.
+	__u8 payload[3 * MAX_CAPTURE];
+};
+
+// bounded hides what the compiler knows of v, then masks it, so the mask
+// survives optimisation and the verifier sees the bound on the register used.
+#define bounded(v, mask) ({ __u32 __b = (v); asm volatile("" : "+r"(__b)); __b & (mask); })
+
+#define EVENT_HEADER_SIZE (sizeof(struct event) - 3 * MAX_CAPTURE)
+
+// Per-thread syscall arguments, from sys_enter to sys_exit.
+struct call {
+	__u64 ts;
+	__u64 buf; // buffer, iovec array or msghdr
+	__u32 nr;
+	__u32 fd;
+	__u32 iovcnt;
+	__u32 ns_tgid; // the caller in the pod's PID namespace
+	__u32 ns_tid;
+	__u32 pad;
+};
+
+struct conn_key {
+	__u32 tgid; // host tgid: unique on the node
+	__u32 fd;
+};
+
+// conn caches what an fd is, so sockets are resolved once. file validates
+// the entry: an fd reused for another file no longer matches.
+struct conn {
+	__u64 file;
+	__u64 sock; // 0: not a TCP socket
+	__u8 role;
+	__u8 pad;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+
+enum stat_index {
+	STAT_EVENTS = 0,   // events written to the ring buffer
+	STAT_LOST = 1,     // events lost: ring buffer full
+	STAT_CALLS_FULL = 2, // syscalls not followed: in-flight map full
+	STAT_MAX = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct call);
+} calls SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct conn_key);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event);
+} scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 index)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &index);
+	if (v)
+		*v += 1;
+}
+
+// in_pod tells whether the current task is a neighbour: in the agent's PID
+// namespace and not the agent. It yields the pod-namespace tgid and tid.
+static __always_inline bool in_pod(struct bpf_pidns_info *ns)
+{
+	if (bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, ns, sizeof(*ns)))
+		return false;
+	return ns->tgid != agent_tgid;
+}
+
+static __always_inline bool followed(__u32 nr)
+{
+	switch (nr) {
+	case NR_READ:
+	case NR_WRITE:
+	case NR_READV:
+	case NR_WRITEV:
+	case NR_SENDFILE:
+	case NR_CONNECT:
+	case NR_ACCEPT:
+	case NR_ACCEPT4:
+	case NR_SENDTO:
+	case NR_RECVFROM:
+	case NR_SENDMSG:
+	case NR_RECVMSG:
+		return true;
+	}
+	return false;
+}
+
+// fd_file returns the struct file behind fd in the current task.
+static __always_inline struct file *fd_file(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return 0;
+	if (fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+// resolve fills c from the file: whether it is a TCP socket, and its ends.
+static __always_inline void resolve(struct conn *c, struct file *f)
+{
+	c->file = (__u64)f;
+	c->sock = 0;
+	if (!f)
+		return;
+	unsigned short mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(so, sk);
+	if (!sk)
+		return;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return;
+	c->sock = (__u64)sk;
+	c->family = family;
+	c->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	c->rport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET) {
+		__be32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(c->laddr, &l, 4);
+		__builtin_memcpy(c->raddr, &r, 4);
+	} else {
+		BPF_CORE_READ_INTO(&c->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&c->raddr, sk, __sk_common.skc_v6_daddr);
+	}
+}
+
+// lookup_conn returns the cached connection of fd, resolving it when the fd
+// is new or now names another file. It returns 0 for anything that is not a
+// TCP socket.
+static __always_inline struct conn *lookup_conn(__u32 tgid, __u32 fd)
+{
+	struct conn_key key = {.tgid = tgid, .fd = fd};
+	struct file *f = fd_file(fd);
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (c && c->file == (__u64)f) {
+		if (c->sock)
+			return c;
+		return 0;
+	}
+	if (c && c->file == 0 && c->role != ROLE_UNKNOWN) {
+		// Marked by accept or connect, resolved on first use: keep the role.
+		resolve(c, f);
+		return c->sock ? c : 0;
+	}
+	struct conn fresh = {};
+	resolve(&fresh, f);
+	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	if (!fresh.sock)
+		return 0;
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+// copy_iov copies up to capture_bytes from an iovec array into e->payload and
+// the last bytes transferred into e->tail.
+static __always_inline __u32 copy_iov(struct event *e, struct iovec *iov, __u32 iovcnt, __u32 total)
+{
+	__u32 off = 0;
+	__u32 seen = 0; // bytes of the transfer before this iovec
+	__u32 limit = capture_bytes;
+	if (limit > MAX_CAPTURE)
+		limit = MAX_CAPTURE;
+	if (total < limit)
+		limit = total;
+	for (int i = 0; i < MAX_IOV; i++) {
+		if (i >= iovcnt || seen >= total)
+			break;
+		struct iovec v;
+		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
+			break;
+		__u64 n = v.iov_len;
+		if (n > total - seen)
+			n = total - seen;
+		if (off < limit) {
+			__u32 want = limit - off;
+			if (want > n)
+				want = n;
+			if (want > 0)
+				bpf_probe_read_user(&e->payload[bounded(off, MAX_CAPTURE - 1)], bounded(want, 2 * MAX_CAPTURE - 1), v.iov_base);
+			off += want;
+		}
+		if (seen + n >= total && total > off) {
+			// The transfer ends in this iovec: keep its last bytes, which
+			// hold e.g. the end of a chunked body.
+			if (n >= TAIL_BYTES) {
+				bpf_probe_read_user(e->tail, TAIL_BYTES, v.iov_base + n - TAIL_BYTES);
+				e->tail_len = TAIL_BYTES;
+			}
+		}
+		seen += n;
+	}
+	return off;
+}
+
+static __always_inline __u32 copy_buf(struct event *e, void *buf, __u32 total)
+{
+	__u32 limit = capture_bytes;
+	if (limit > MAX_CAPTURE)
+		limit = MAX_CAPTURE;
+	if (total < limit)
+		limit = total;
+	if (limit > 0)
+		bpf_probe_read_user(e->payload, bounded(limit, 2 * MAX_CAPTURE - 1), buf);
+	if (total > limit) {
+		__u32 t = TAIL_BYTES;
+		bpf_probe_read_user(e->tail, t, buf + total - t);
+		e->tail_len = t;
+	}
+	return limit;
+}
+
+static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __u32 ns_tid, __u8 type)
+{
+	__u32 zero = 0;
+	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	e->type = type;
+	e->tgid = ns_tgid;
+	e->tid = ns_tid;
+	e->sock = c->sock;
+	e->role = c->role;
+	e->family = c->family;
+	e->lport = c->lport;
+	e->rport = c->rport;
+	__builtin_memcpy(e->laddr, c->laddr, 16);
+	__builtin_memcpy(e->raddr, c->raddr, 16);
+	e->captured = 0;
+	e->tail_len = 0;
+	e->len = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+static __always_inline void submit(struct event *e)
+{
+	__u32 captured = bounded(e->captured, 2 * MAX_CAPTURE - 1);
+	if (bpf_ringbuf_output(&events, e, EVENT_HEADER_SIZE + captured, 0))
+		count(STAT_LOST);
+	else
+		count(STAT_EVENTS);
+}
+
+static __always_inline void on_close(struct bpf_pidns_info *ns, __u32 tgid, __u32 fd)
+{
+	struct conn_key key = {.tgid = tgid, .fd = fd};
+	struct conn *c = bpf_map_lookup_elem(&conns, &key);
+	if (!c)
+		return;
+	if (c->sock) {
+		struct event *e = new_event(c, ns->tgid, ns->pid, EVENT_CLOSE);
+		if (e) {
+			e->fd = fd;
+			e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
+			submit(e);
+		}
+	}
+	bpf_map_delete_elem(&conns, &key);
+}
+
+SEC("raw_tracepoint/sys_enter")
+int sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 nr = ctx->args[1];
+	if (nr != NR_CLOSE && !followed(nr))
+		return 0;
+	struct bpf_pidns_info ns;
+	if (!in_pod(&ns))
+		return 0;
+
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 fd = BPF_CORE_READ(regs, di);
+	if (nr == NR_CLOSE) {
+		on_close(&ns, pid_tgid >> 32, fd);
+		return 0;
+	}
+	struct call c = {
+		.ts = bpf_ktime_get_boot_ns(),
+		.nr = nr,
+		.fd = fd,
+		.buf = BPF_CORE_READ(regs, si),
+		.iovcnt = BPF_CORE_READ(regs, dx),
+		.ns_tgid = ns.tgid,
+		.ns_tid = ns.pid,
+	};
+	if (bpf_map_update_elem(&calls, &pid_tgid, &c, BPF_ANY))
+		count(STAT_CALLS_FULL);
+	return 0;
+}
+
+SEC("raw_tracepoint/sys_exit")
+int sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	// This runs after every syscall on the node: rule out the syscalls not
+	// followed before touching any map.
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	if (!followed(BPF_CORE_READ(regs, orig_ax)))
+		return 0;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct call *call = bpf_map_lookup_elem(&calls, &pid_tgid);
+	if (!call)
+		return 0;
+	struct call c = *call;
+	bpf_map_delete_elem(&calls, &pid_tgid);
+	long ret = ctx->args[1];
+	__u32 tgid = pid_tgid >> 32;
+
+	if (c.nr == NR_ACCEPT || c.nr == NR_ACCEPT4 || c.nr == NR_CONNECT) {
+		__u32 fd = c.nr == NR_CONNECT ? c.fd : (__u32)ret;
+		if (ret < 0 && !(c.nr == NR_CONNECT && ret == -EINPROGRESS))
+			return 0;
+		struct conn_key key = {.tgid = tgid, .fd = fd};
+		struct conn mark = {.role = c.nr == NR_CONNECT ? ROLE_CLIENT : ROLE_SERVER};
+		bpf_map_update_elem(&conns, &key, &mark, BPF_ANY);
+		return 0;
+	}
+	if (ret <= 0)
+		return 0;
+
+	struct conn *conn = lookup_conn(tgid, c.fd);
+	if (!conn)
+		return 0;
+	struct event *e = new_event(conn, c.ns_tgid, c.ns_tid, EVENT_DATA);
+	if (!e)
+		return 0;
+	e->ts_enter = c.ts;
+	e->ts_exit = bpf_ktime_get_boot_ns();
+	e->fd = c.fd;
+	e->len = ret;
+
+	switch (c.nr) {
+	case NR_READ:
+	case NR_RECVFROM:
+		e->dir = DIR_INGRESS;
+		e->captured = copy_buf(e, (void *)c.buf, ret);
+		break;
+	case NR_WRITE:
+	case NR_SENDTO:
+		e->dir = DIR_EGRESS;
+		e->captured = copy_buf(e, (void *)c.buf, ret);
+		break;
+	case NR_READV:
+		e->dir = DIR_INGRESS;
+		e->captured = copy_iov(e, (struct iovec *)c.buf, c.iovcnt, ret);
+		break;
+	case NR_WRITEV:
+		e->dir = DIR_EGRESS;
+		e->captured = copy_iov(e, (struct iovec *)c.buf, c.iovcnt, ret);
+		break;
+	case NR_RECVMSG:
+	case NR_SENDMSG: {
+		e->dir = c.nr == NR_RECVMSG ? DIR_INGRESS : DIR_EGRESS;
+		struct user_msghdr msg;
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)c.buf) == 0)
+			e->captured = copy_iov(e, msg.msg_iov, msg.msg_iovlen, ret);
+		break;
+	}
+	case NR_SENDFILE:
+		// The bytes come from a file, not user memory: count them only.
+		e->dir = DIR_EGRESS;
+		break;
+	default:
+		return 0;
+	}
+	submit(e);
+	return 0;
+}

@@ -1,0 +1,334 @@
+// Package bpf owns everything that runs in the kernel: the capture program
+// (capture.c), its generated bindings, and a small API to load it, attach it,
+// read its events and close it. It hides cilium/ebpf from the rest of the
+// agent.
+package bpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// MaxCaptureBytes is the largest payload prefix the kernel copies per
+// syscall (MAX_CAPTURE in capture.c).
+const MaxCaptureBytes = 4096
+
+// MinCaptureBytes keeps room for a request line and the tail logic.
+const MinCaptureBytes = 64
+
+// Config sets the kernel side's bounds.
+type Config struct {
+	// CaptureBytes is the payload prefix copied per read or write.
+	CaptureBytes int
+	// RingBufferBytes sizes the ring buffer to user space (a power of two
+	// multiple of the page size).
+	RingBufferBytes int
+	// MaxConnections bounds the kernel's per-fd connection cache.
+	MaxConnections int
+}
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = errors.New("capture closed")
+
+// Capture is the loaded and attached kernel capture.
+type Capture struct {
+	objs   captureObjects
+	links  []link.Link
+	reader *ringbuf.Reader
+	record ringbuf.Record
+
+	bootToWall atomic.Int64 // wall-clock ns minus CLOCK_BOOTTIME ns
+	stopSync   chan struct{}
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// Load loads the capture programs, scoped to the caller's PID namespace and
+// excluding the caller itself, and attaches them.
+func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
+	if cfg.CaptureBytes < MinCaptureBytes || cfg.CaptureBytes > MaxCaptureBytes {
+		return nil, fmt.Errorf("capture bytes %d: must be within %d..%d", cfg.CaptureBytes, MinCaptureBytes, MaxCaptureBytes)
+	}
+	// Kernels before 5.11 account BPF memory to RLIMIT_MEMLOCK.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		logger.Debug("remove memlock limit", "error", err)
+	}
+
+	var ns unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/pid", &ns); err != nil {
+		return nil, fmt.Errorf("stat own pid namespace: %w", err)
+	}
+
+	spec, err := loadCapture()
+	if err != nil {
+		return nil, fmt.Errorf("load capture spec: %w", err)
+	}
+	if cfg.RingBufferBytes > 0 {
+		spec.Maps["events"].MaxEntries = uint32(cfg.RingBufferBytes)
+	}
+	if cfg.MaxConnections > 0 {
+		spec.Maps["conns"].MaxEntries = uint32(cfg.MaxConnections)
+	}
+	settings := map[string]any{
+		"pidns_dev":     uint64(ns.Dev),
+		"pidns_ino":     ns.Ino,
+		"agent_tgid":    uint32(os.Getpid()),
+		"capture_bytes": uint32(cfg.CaptureBytes),
+	}
+	for name, value := range settings {
+		if err := spec.Variables[name].Set(value); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+
+	c := &Capture{stopSync: make(chan struct{})}
+	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			logger.Error("verifier rejected capture program", "log", fmt.Sprintf("%+v", verr))
+		}
+		return nil, fmt.Errorf("load capture programs: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+
+	// Raw tracepoints need neither kprobes nor tracefs.
+	for _, tp := range []struct {
+		name string
+		prog *ebpf.Program
+	}{{"sys_enter", c.objs.SysEnter}, {"sys_exit", c.objs.SysExit}} {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.name, Program: tp.prog})
+		if err != nil {
+			return nil, fmt.Errorf("attach raw tracepoint %s: %w", tp.name, err)
+		}
+		c.links = append(c.links, l)
+	}
+	logger.Info("attached kernel capture", "hooks", "raw_tracepoint/sys_enter,raw_tracepoint/sys_exit",
+		"pid_namespace", ns.Ino, "capture_bytes", cfg.CaptureBytes, "ring_buffer_bytes", c.objs.Events.MaxEntries())
+
+	if c.reader, err = ringbuf.NewReader(c.objs.Events); err != nil {
+		return nil, fmt.Errorf("open ring buffer: %w", err)
+	}
+	c.syncClock()
+	go c.keepClockInSync()
+	return c, nil
+}
+
+// Read blocks until the next event and decodes it into ev. ev.Payload and
+// ev.Tail point into a buffer that the next Read reuses. It returns
+// ErrClosed once Close was called.
+func (c *Capture) Read(ev *Event) error {
+	for {
+		if err := c.reader.ReadInto(&c.record); err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return ErrClosed
+			}
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+		if ev.decode(c.record.RawSample) {
+			return nil
+		}
+	}
+}
+
+// WallTime converts a kernel CLOCK_BOOTTIME timestamp to wall-clock time.
+func (c *Capture) WallTime(bootNS uint64) time.Time {
+	return time.Unix(0, int64(bootNS)+c.bootToWall.Load())
+}
+
+// Stats are the kernel side's counters.
+type Stats struct {
+	Events uint64 // events delivered to the ring buffer
+	Lost   uint64 // events lost because the ring buffer was full
+	// CallsUntracked counts syscalls not followed because the in-flight
+	// map was full.
+	CallsUntracked uint64
+}
+
+// Stats sums the kernel's per-CPU counters.
+func (c *Capture) Stats() (Stats, error) {
+	sum := func(index uint32) (uint64, error) {
+		var perCPU []uint64
+		if err := c.objs.Stats.Lookup(index, &perCPU); err != nil {
+			return 0, fmt.Errorf("read stat %d: %w", index, err)
+		}
+		var total uint64
+		for _, v := range perCPU {
+			total += v
+		}
+		return total, nil
+	}
+	var s Stats
+	var err error
+	if s.Events, err = sum(0); err != nil {
+		return s, err
+	}
+	if s.Lost, err = sum(1); err != nil {
+		return s, err
+	}
+	s.CallsUntracked, err = sum(2)
+	return s, err
+}
+
+// Close detaches the programs and frees the maps. It is safe to call more
+// than once; a blocked Read returns ErrClosed.
+func (c *Capture) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.stopSync)
+		var errs []error
+		for _, l := range c.links {
+			errs = append(errs, l.Close())
+		}
+		if c.reader != nil {
+			errs = append(errs, c.reader.Close())
+		}
+		errs = append(errs, c.objs.Close())
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+func (c *Capture) syncClock() {
+	var ts unix.Timespec
+	before := time.Now()
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return
+	}
+	c.bootToWall.Store(before.UnixNano() - ts.Nano())
+}
+
+// keepClockInSync follows wall-clock steps (NTP) so span times stay right.
+func (c *Capture) keepClockInSync() {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stopSync:
+			return
+		case <-t.C:
+			c.syncClock()
+		}
+	}
+}
+
+// EventType says what an event reports.
+type EventType uint8
+
+const (
+	EventData  EventType = 1 // bytes sent or received
+	EventClose EventType = 2 // the process closed the connection's fd
+)
+
+// Direction of the bytes, seen from the observed process.
+type Direction uint8
+
+const (
+	Ingress Direction = 0 // received
+	Egress  Direction = 1 // sent
+)
+
+// Role is what the kernel saw of how the connection was made.
+type Role uint8
+
+const (
+	RoleUnknown Role = 0 // existed before the agent, or not seen
+	RoleServer  Role = 1 // accepted
+	RoleClient  Role = 2 // connected
+)
+
+// Event is one syscall on a TCP connection of a neighbour process.
+type Event struct {
+	Type      EventType
+	Dir       Direction
+	Role      Role
+	EnterNS   uint64 // CLOCK_BOOTTIME at syscall entry
+	ExitNS    uint64 // and exit
+	Conn      uint64 // kernel socket identity, stable for the connection's life
+	PID, TID  uint32 // in the pod's PID namespace
+	FD        uint32
+	Len       uint32 // bytes transferred; Payload holds a prefix of them
+	Local     netip.AddrPort
+	Remote    netip.AddrPort
+	Comm      [16]byte
+	Payload   []byte
+	Tail      []byte // the last bytes transferred, when Len > len(Payload)
+}
+
+// Layout of struct event, taken from the generated binding.
+var (
+	payloadOffset = int(unsafe.Offsetof(captureEvent{}.Payload))
+	le            = binary.LittleEndian
+)
+
+func (ev *Event) decode(b []byte) bool {
+	if len(b) < payloadOffset {
+		return false
+	}
+	var raw captureEvent
+	ev.EnterNS = le.Uint64(b[unsafe.Offsetof(raw.TsEnter):])
+	ev.ExitNS = le.Uint64(b[unsafe.Offsetof(raw.TsExit):])
+	ev.Conn = le.Uint64(b[unsafe.Offsetof(raw.Sock):])
+	ev.PID = le.Uint32(b[unsafe.Offsetof(raw.Tgid):])
+	ev.TID = le.Uint32(b[unsafe.Offsetof(raw.Tid):])
+	ev.FD = le.Uint32(b[unsafe.Offsetof(raw.Fd):])
+	ev.Len = le.Uint32(b[unsafe.Offsetof(raw.Len):])
+	captured := int(le.Uint16(b[unsafe.Offsetof(raw.Captured):]))
+	ev.Type = EventType(b[unsafe.Offsetof(raw.Type)])
+	ev.Dir = Direction(b[unsafe.Offsetof(raw.Dir)])
+	ev.Role = Role(b[unsafe.Offsetof(raw.Role)])
+	tailLen := int(b[unsafe.Offsetof(raw.TailLen)])
+	family := le.Uint16(b[unsafe.Offsetof(raw.Family):])
+	lport := le.Uint16(b[unsafe.Offsetof(raw.Lport):])
+	rport := le.Uint16(b[unsafe.Offsetof(raw.Rport):])
+	laddr := b[unsafe.Offsetof(raw.Laddr):][:16]
+	raddr := b[unsafe.Offsetof(raw.Raddr):][:16]
+	ev.Local = netip.AddrPortFrom(addr(family, laddr), lport)
+	ev.Remote = netip.AddrPortFrom(addr(family, raddr), rport)
+	copy(ev.Comm[:], b[unsafe.Offsetof(raw.Comm):])
+	if tailLen > 16 {
+		tailLen = 16
+	}
+	ev.Tail = b[unsafe.Offsetof(raw.Tail):][:tailLen]
+	if payloadOffset+captured > len(b) {
+		captured = len(b) - payloadOffset
+	}
+	ev.Payload = b[payloadOffset : payloadOffset+captured]
+	return ev.Type == EventData || ev.Type == EventClose
+}
+
+func addr(family uint16, b []byte) netip.Addr {
+	if family == syscall.AF_INET {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	a := netip.AddrFrom16([16]byte(b[:16]))
+	// Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d.
+	return a.Unmap()
+}
+
+// CommString returns the kernel's short task name.
+func (ev *Event) CommString() string {
+	for i, c := range ev.Comm {
+		if c == 0 {
+			return string(ev.Comm[:i])
+		}
+	}
+	return string(ev.Comm[:])
+}
