@@ -256,20 +256,20 @@ const (
 
 // Event is one syscall on a TCP connection of a neighbour process.
 type Event struct {
-	Type      EventType
-	Dir       Direction
-	Role      Role
-	EnterNS   uint64 // CLOCK_BOOTTIME at syscall entry
-	ExitNS    uint64 // and exit
-	Conn      uint64 // kernel socket identity, stable for the connection's life
-	PID, TID  uint32 // in the pod's PID namespace
-	FD        uint32
-	Len       uint32 // bytes transferred; Payload holds a prefix of them
-	Local     netip.AddrPort
-	Remote    netip.AddrPort
-	Comm      [16]byte
-	Payload   []byte
-	Tail      []byte // the last bytes transferred, when Len > len(Payload)
+	Type     EventType
+	Dir      Direction
+	Role     Role
+	EnterNS  uint64 // CLOCK_BOOTTIME at syscall entry
+	ExitNS   uint64 // and exit
+	Conn     uint64 // kernel socket identity, stable for the connection's life
+	PID, TID uint32 // in the pod's PID namespace
+	FD       uint32
+	Len      uint32 // bytes transferred; Payload holds a prefix of them
+	Local    netip.AddrPort
+	Remote   netip.AddrPort
+	Comm     [16]byte
+	Payload  []byte
+	Tail     []byte // the last bytes transferred, when Len > len(Payload)
 }
 
 // Layout of struct event, taken from the generated binding.

@@ -1,14 +1,42 @@
 // Package webhook is the mutating admission webhook that injects the
-// podtracer sidecar into annotated Deployments.
+// podtracer sidecar into annotated Deployments: a pure mutation function
+// over a Deployment (Mutate), a thin HTTPS server around it (Server), and
+// serving certificates that are reloaded when their files change.
 package webhook
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"os"
 )
 
-// Main runs the webhook server until ctx is done.
+// Main runs the webhook server until ctx is done. Its configuration comes
+// from PODTRACER_WEBHOOK_* environment variables (see PrintUsage); args
+// only take -h.
 func Main(ctx context.Context, logger *slog.Logger, args []string) error {
-	return errors.New("webhook: not implemented yet")
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			return PrintUsage(os.Stdout)
+		}
+		return fmt.Errorf("webhook: unexpected argument %q: configure it with PODTRACER_WEBHOOK_* environment variables (podtracer webhook -h)", args[0])
+	}
+	c, err := LoadConfig(os.Environ())
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	s, err := NewServer(c, logger)
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	ln, err := net.Listen("tcp", c.Addr)
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	if err := s.Serve(ctx, ln); err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	return nil
 }

@@ -11,7 +11,10 @@ package otlptest
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"net"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -102,9 +105,6 @@ func Healthy() Option { return func(b *behaviour) { *b = behaviour{} } }
 
 // Receiver is a running OTLP/gRPC receiver. It is safe for concurrent use.
 type Receiver struct {
-	coltracepb.UnimplementedTraceServiceServer
-	colmetricpb.UnimplementedMetricsServiceServer
-
 	lis    net.Listener
 	srv    *grpc.Server
 	stop   chan struct{}
@@ -134,8 +134,8 @@ func Start(t testing.TB, opts ...Option) *Receiver {
 		changed: make(chan struct{}),
 	}
 	r.Set(opts...)
-	coltracepb.RegisterTraceServiceServer(r.srv, r)
-	colmetricpb.RegisterMetricsServiceServer(r.srv, r)
+	coltracepb.RegisterTraceServiceServer(r.srv, traceService{r: r})
+	colmetricpb.RegisterMetricsServiceServer(r.srv, metricsService{r: r})
 	go func() { _ = r.srv.Serve(lis) }()
 	t.Cleanup(r.Close)
 	return r
@@ -233,8 +233,8 @@ func wait[T any](r *Receiver, timeout time.Duration, get func() []T, cond func([
 	}
 }
 
-// behave applies the configured behaviour to one call and reports whether
-// the call should succeed.
+// behave applies the configured behaviour to one call; a non-nil error is
+// what the call answers instead of storing the data.
 func (r *Receiver) behave(ctx context.Context, calls *int) error {
 	r.mu.Lock()
 	*calls++
@@ -267,8 +267,27 @@ func (r *Receiver) notify() {
 	r.changed = make(chan struct{})
 }
 
-// Export implements the collector's TraceService.
-func (r *Receiver) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+// traceService and metricsService are separate types because both gRPC
+// services name their method Export.
+type traceService struct {
+	coltracepb.UnimplementedTraceServiceServer
+	r *Receiver
+}
+
+func (s traceService) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	return s.r.exportTraces(ctx, req)
+}
+
+type metricsService struct {
+	colmetricpb.UnimplementedMetricsServiceServer
+	r *Receiver
+}
+
+func (s metricsService) Export(ctx context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
+	return s.r.exportMetrics(ctx, req)
+}
+
+func (r *Receiver) exportTraces(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
 	if err := r.behave(ctx, &r.traceCalls); err != nil {
 		return nil, err
 	}
@@ -301,17 +320,6 @@ func (r *Receiver) Export(ctx context.Context, req *coltracepb.ExportTraceServic
 	r.notify()
 	r.mu.Unlock()
 	return &coltracepb.ExportTraceServiceResponse{}, nil
-}
-
-// metricsService adapts the receiver to MetricsService, whose method is also
-// called Export.
-type metricsService struct {
-	colmetricpb.UnimplementedMetricsServiceServer
-	r *Receiver
-}
-
-func (m metricsService) Export(ctx context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
-	return m.r.exportMetrics(ctx, req)
 }
 
 func (r *Receiver) exportMetrics(ctx context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
@@ -505,3 +513,38 @@ func (p MetricPoint) String() string {
 	return p.Name + " " + p.Type + " attrs=" + fmtMap(p.Attributes) + " count=" + fmtAny(p.Count) +
 		" sum=" + fmtAny(p.Sum) + " value=" + fmtAny(p.Value) + " resource=" + fmtMap(p.Resource)
 }
+
+func dump[T fmt.Stringer](items []T) string {
+	var b strings.Builder
+	for i, it := range items {
+		if i == 50 {
+			fmt.Fprintf(&b, "  ... %d more\n", len(items)-i)
+			break
+		}
+		b.WriteString("  ")
+		b.WriteString(it.String())
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// fmtMap prints a map with sorted keys so failure messages are stable.
+func fmtMap(m map[string]any) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s=%v", k, m[k])
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+func fmtAny(v any) string { return fmt.Sprint(v) }

@@ -1,0 +1,429 @@
+// Package exporter turns finished requests from the tracer into OpenTelemetry
+// spans and RED metrics named by the semantic conventions, and sends them over
+// OTLP/gRPC or prints them.
+//
+// Every neighbour process is its own OpenTelemetry resource (service.name,
+// process.*, k8s.*), so it gets its own TracerProvider and MeterProvider; all
+// of them share one span pipeline per destination and one metric exporter,
+// because one gRPC connection per process would cost the collector and the
+// pod far more than the providers themselves.
+//
+// The caller is the capture path, so nothing here may block it or let memory
+// grow with a slow collector: Export only puts the request on a bounded
+// queue, one worker goroutine turns requests into spans and metric points,
+// and the span pipeline is bounded too. Whatever does not fit is dropped,
+// counted in Stats and logged at most every ten seconds.
+package exporter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/podtracer/podtracer/pod"
+	"github.com/podtracer/podtracer/tracer"
+)
+
+// Printer formats, the values of Config.Printer.
+const (
+	PrinterText = "text"
+	PrinterJSON = "json"
+	PrinterOff  = "off"
+)
+
+// DefaultQueueSize is the request queue's length when Config.QueueSize is 0:
+// about a tenth of a second of a busy pod's requests, enough to ride out a
+// worker hiccup (GC, a burst) without holding much memory (a request is a few
+// hundred bytes).
+const DefaultQueueSize = 8192
+
+// Config is what the exporter needs from the agent's configuration. The OTLP
+// exporters read OTEL_EXPORTER_OTLP_* (endpoint, headers, insecure, timeout,
+// compression, certificates) themselves, exactly as every OpenTelemetry SDK
+// does, so none of that is repeated here.
+type Config struct {
+	// TracesOTLP and MetricsOTLP say whether an OTLP endpoint is configured
+	// for the signal (OTEL_EXPORTER_OTLP_ENDPOINT or the _TRACES_ / _METRICS_
+	// variant). Without one the signal is not sent anywhere: the exporters'
+	// default of localhost:4317 would only fill the log with errors.
+	TracesOTLP, MetricsOTLP bool
+
+	// Printer is "text", "json" or "off"; "" means text when no traces
+	// endpoint is set, else off, so that a first run without a collector
+	// shows something.
+	Printer string
+	// PrinterOut is where the printer writes; nil means os.Stdout.
+	PrinterOut io.Writer
+
+	// QueueSize bounds the requests waiting to become spans; beyond it
+	// Export drops and counts. 0 means DefaultQueueSize.
+	QueueSize int
+
+	// CaptureQuery puts url.query (and the query in url.full) on spans. Off
+	// by default because query strings often carry tokens and other secrets.
+	CaptureQuery bool
+
+	// ServiceName overrides service.name for every process (the agent passes
+	// OTEL_SERVICE_NAME). "" means each process is named after its
+	// executable, unless OTEL_RESOURCE_ATTRIBUTES names the service.
+	ServiceName string
+
+	// Metadata is the pod as the downward API describes it.
+	Metadata pod.Metadata
+}
+
+// Stats are the exporter's counters since New. They only grow.
+type Stats struct {
+	// Requests is how many requests were passed to Export.
+	Requests uint64
+	// DroppedRequests were lost before becoming spans or metric points
+	// because the request queue was full (or Export came after Shutdown).
+	DroppedRequests uint64
+	// DroppedSpans were sampled spans lost because the span queue was full,
+	// which is what a slow or unreachable collector causes. Their metric
+	// points were recorded.
+	DroppedSpans uint64
+	// ExportedSpans were accepted by a span destination. With both OTLP and
+	// the printer on, each destination counts its own.
+	ExportedSpans uint64
+	// FailedSpans were in span exports that failed (after the OTLP
+	// exporter's own retries); they are lost.
+	FailedSpans uint64
+	// FailedMetricExports counts metric exports that failed.
+	FailedMetricExports uint64
+	// Processes is the number of processes with live providers now.
+	Processes int
+}
+
+// Test seams: package variables so that tests can shrink time and sizes.
+var (
+	// idleTimeout is how long a process may send nothing before its providers
+	// are flushed and released, so memory follows the live processes and
+	// not every process the pod ever ran.
+	idleTimeout = 10 * time.Minute
+	// sweepInterval is how often idle processes are looked for.
+	sweepInterval = time.Minute
+	// maxProcesses bounds the live providers; beyond it the least recently
+	// used process is released early.
+	maxProcesses = 256
+	// reportInterval is how often drops and export failures are logged, at
+	// most.
+	reportInterval = 10 * time.Second
+	// printerBatchTimeout replaces the SDK's 5 s batch delay for the printer:
+	// someone watching stdout wants to see the request they just made.
+	printerBatchTimeout = 100 * time.Millisecond
+	// releaseTimeout bounds the final metric flush of a released process.
+	releaseTimeout = 10 * time.Second
+)
+
+// Exporter turns requests into spans and metric points. Its methods are safe
+// for concurrent use.
+type Exporter struct {
+	cfg    Config
+	logger *slog.Logger
+
+	queue chan *tracer.Request
+	stop  chan struct{} // closed by Shutdown: the worker drains and exits
+	done  chan struct{} // closed by the worker when it has exited
+
+	closed       atomic.Bool
+	shutdownOnce sync.Once
+	shutdownErr  error
+
+	// Set up once in New, read-only afterwards.
+	envRes  *resource.Resource // OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, telemetry.sdk.*
+	sinks   []*spanSink        // span destinations; empty when traces go nowhere
+	metrics *metricSink        // nil when metrics go nowhere
+
+	// Owned by the worker goroutine.
+	procs     map[procKey]*process
+	gen       uint64 // sweep generation, the coarse clock of process idleness
+	nprocs    atomic.Int64
+	releasing sync.WaitGroup
+	releaseSem chan struct{}
+
+	requests        atomic.Uint64
+	droppedRequests atomic.Uint64
+
+	rep *reporter
+}
+
+// New validates cfg and the standard OpenTelemetry environment variables
+// the exporter depends on, reporting every mistake at once, and starts the
+// exporter. The OTLP connections are made lazily, so an unreachable
+// collector is not an error here.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	var errs []error
+	switch cfg.Printer {
+	case "":
+		cfg.Printer = PrinterText
+		if cfg.TracesOTLP {
+			cfg.Printer = PrinterOff
+		}
+	case PrinterText, PrinterJSON, PrinterOff:
+	default:
+		errs = append(errs, fmt.Errorf("printer %q: want text, json or off", cfg.Printer))
+	}
+	if cfg.QueueSize < 0 {
+		errs = append(errs, fmt.Errorf("queue size %d: must not be negative", cfg.QueueSize))
+	}
+	if cfg.QueueSize == 0 {
+		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.PrinterOut == nil {
+		cfg.PrinterOut = os.Stdout
+	}
+	if err := validateSamplerEnv(); err != nil {
+		errs = append(errs, err)
+	}
+	spanQueue, err := spanQueueSize()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	// The environment's resource is the same for every process, so it is
+	// detected once; per process it is only merged.
+	envRes, err := resource.New(ctx, resource.WithTelemetrySDK(), resource.WithFromEnv())
+	if err != nil {
+		errs = append(errs, fmt.Errorf("OTEL_RESOURCE_ATTRIBUTES: %w", err))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+
+	e := &Exporter{
+		cfg:        cfg,
+		logger:     logger,
+		queue:      make(chan *tracer.Request, cfg.QueueSize),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		envRes:     envRes,
+		procs:      make(map[procKey]*process),
+		releaseSem: make(chan struct{}, 4),
+	}
+	e.rep = newReporter(logger)
+
+	if cfg.TracesOTLP {
+		exp, err := otlptracegrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("otlp trace exporter: %w", err)
+		}
+		// The SDK's own default batch delay (OTEL_BSP_SCHEDULE_DELAY) and
+		// export timeout apply.
+		e.sinks = append(e.sinks, newSpanSink("otlp", exp, spanQueue, e.rep))
+	}
+	if cfg.Printer != PrinterOff {
+		p := newPrinter(cfg.PrinterOut, cfg.Printer == PrinterJSON)
+		e.sinks = append(e.sinks, newSpanSink("printer", p, spanQueue, e.rep,
+			sdktrace.WithBatchTimeout(printerBatchTimeout)))
+	}
+	if cfg.MetricsOTLP {
+		exp, err := otlpmetricgrpc.New(ctx)
+		if err != nil {
+			e.shutdownSinks(ctx)
+			return nil, fmt.Errorf("otlp metric exporter: %w", err)
+		}
+		e.metrics = &metricSink{Exporter: exp, rep: e.rep}
+	}
+
+	go e.run()
+	e.rep.start(e)
+	logger.Info("exporter started",
+		"traces_otlp", cfg.TracesOTLP, "metrics_otlp", cfg.MetricsOTLP,
+		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", spanQueue)
+	return e, nil
+}
+
+// Export hands r to the exporter, which owns it from then on: the caller
+// must not change it afterwards. Export never blocks; when the queue is full
+// the request is dropped and counted.
+func (e *Exporter) Export(r *tracer.Request) {
+	e.requests.Add(1)
+	if r == nil || e.closed.Load() {
+		e.droppedRequests.Add(1)
+		return
+	}
+	select {
+	case e.queue <- r:
+	default:
+		e.droppedRequests.Add(1)
+	}
+}
+
+// Stats returns the counters.
+func (e *Exporter) Stats() Stats {
+	s := Stats{
+		Requests:        e.requests.Load(),
+		DroppedRequests: e.droppedRequests.Load(),
+		Processes:       int(e.nprocs.Load()),
+	}
+	for _, k := range e.sinks {
+		s.DroppedSpans += k.dropped.Load()
+		s.ExportedSpans += k.exported.Load()
+		s.FailedSpans += k.failed.Load()
+	}
+	if e.metrics != nil {
+		s.FailedMetricExports = e.metrics.failed.Load()
+	}
+	return s
+}
+
+// Shutdown turns the requests still queued into spans, flushes all spans and
+// metric points and closes the OTLP connections. It returns when that is done
+// or ctx ends, whichever comes first; what was not sent by then is lost. Only
+// the first call does anything; later calls return the first one's result.
+func (e *Exporter) Shutdown(ctx context.Context) error {
+	e.shutdownOnce.Do(func() {
+		e.shutdownErr = e.shutdown(ctx)
+	})
+	return e.shutdownErr
+}
+
+func (e *Exporter) shutdown(ctx context.Context) error {
+	e.closed.Store(true)
+	close(e.stop)
+	// The worker only drains a bounded queue into non-blocking pipelines, so
+	// this wait is short even when the collector hangs.
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return fmt.Errorf("exporter shutdown: %w", ctx.Err())
+	}
+
+	var errs []error
+	// Release every process in parallel: with a hanging collector each final
+	// metric flush runs to the deadline, and they should share it.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for k, p := range e.procs {
+		delete(e.procs, k)
+		wg.Go(func() {
+			if err := p.shutdown(ctx); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	e.nprocs.Store(0)
+	waitCtx(ctx, &e.releasing)
+
+	errs = append(errs, e.shutdownSinks(ctx)...)
+	if e.metrics != nil {
+		if err := e.metrics.Exporter.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("metric exporter: %w", err))
+		}
+	}
+	e.rep.stop()
+	if err := ctx.Err(); err != nil {
+		// Errors from the parts were caused by the deadline; one says it.
+		return fmt.Errorf("exporter shutdown: %w", err)
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Exporter) shutdownSinks(ctx context.Context) []error {
+	var errs []error
+	for _, k := range e.sinks {
+		if err := k.shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s span exporter: %w", k.name, err))
+		}
+	}
+	return errs
+}
+
+// waitCtx waits for wg or ctx, whichever is first.
+func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
+	ch := make(chan struct{})
+	go func() { wg.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
+
+// run is the worker: the only goroutine that creates spans and touches the
+// process table, so neither needs a lock.
+func (e *Exporter) run() {
+	defer close(e.done)
+	sweep := time.NewTicker(sweepInterval)
+	defer sweep.Stop()
+	for {
+		select {
+		case r := <-e.queue:
+			e.handle(r)
+		case <-sweep.C:
+			e.gen++
+			e.releaseIdle()
+		case <-e.stop:
+			for {
+				select {
+				case r := <-e.queue:
+					e.handle(r)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (e *Exporter) handle(r *tracer.Request) {
+	p := e.process(r.Process)
+	p.record(r, e.cfg.CaptureQuery)
+}
+
+// validateSamplerEnv checks OTEL_TRACES_SAMPLER and its argument the way the
+// SDK parses them. The SDK itself only reports a bad value to the global
+// error handler and falls back to a default, which would let a typo sample
+// everything silently; the agent refuses to start instead.
+func validateSamplerEnv() error {
+	name := strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER")))
+	arg := strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER_ARG"))
+	switch name {
+	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
+		return nil
+	case "traceidratio", "parentbased_traceidratio":
+		if arg == "" {
+			return nil
+		}
+		v, err := strconv.ParseFloat(arg, 64)
+		if err != nil || v < 0 || v > 1 {
+			return fmt.Errorf("OTEL_TRACES_SAMPLER_ARG %q: want a ratio between 0 and 1", arg)
+		}
+		return nil
+	}
+	return fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio, "+
+		"parentbased_always_on, parentbased_always_off or parentbased_traceidratio", name)
+}
+
+// spanQueueSize is the bound on spans waiting for a destination. It honours
+// OTEL_BSP_MAX_QUEUE_SIZE like the SDK's batch processor, but is read here
+// because the exporter counts drops itself and must know the bound.
+func spanQueueSize() (int, error) {
+	s := strings.TrimSpace(os.Getenv("OTEL_BSP_MAX_QUEUE_SIZE"))
+	if s == "" {
+		return sdktrace.DefaultMaxQueueSize, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("OTEL_BSP_MAX_QUEUE_SIZE %q: want a positive integer", s)
+	}
+	return n, nil
+}

@@ -1,0 +1,245 @@
+package exporter
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// printer is a SpanExporter that writes each span as one line, text or
+// JSON. Being an exporter puts it behind the same batch processor, sampler
+// and drop accounting as OTLP, so what it prints is what would be sent, and
+// a blocked stdout cannot stall the worker either.
+type printer struct {
+	mu   sync.Mutex
+	w    io.Writer
+	json bool
+	buf  bytes.Buffer
+}
+
+func newPrinter(w io.Writer, asJSON bool) *printer {
+	return &printer{w: w, json: asJSON}
+}
+
+// printed is what a line shows, gathered from a span and its resource.
+type printed struct {
+	Time     string         `json:"time"`
+	Kind     string         `json:"kind"`
+	Service  string         `json:"service"`
+	Process  string         `json:"process"`
+	PID      int64          `json:"pid"`
+	Name     string         `json:"name"`
+	Method   string         `json:"method"`
+	Target   string         `json:"target"`
+	Status   int64          `json:"status,omitempty"`
+	Duration float64        `json:"duration_ms"`
+	Error    bool           `json:"error,omitempty"`
+	TraceID  string         `json:"trace_id"`
+	SpanID   string         `json:"span_id"`
+	ParentID string         `json:"parent_span_id,omitempty"`
+	Client   string         `json:"client,omitempty"`
+	Peer     string         `json:"peer,omitempty"`
+	Attrs    map[string]any `json:"attributes,omitempty"`
+}
+
+// timeFormat is RFC 3339 with milliseconds, always in UTC: lines from
+// several pods sort and compare as text.
+const timeFormat = "2006-01-02T15:04:05.000Z07:00"
+
+func (p *printer) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf.Reset()
+	enc := json.NewEncoder(&p.buf)
+	enc.SetEscapeHTML(false)
+	for _, s := range spans {
+		l := describe(s, p.json)
+		if p.json {
+			if err := enc.Encode(l); err != nil {
+				return err
+			}
+		} else {
+			p.buf.Write(l.text())
+		}
+	}
+	// One write per batch: fewer syscalls, and lines are never interleaved
+	// with another writer's partial line.
+	_, err := p.w.Write(p.buf.Bytes())
+	return err
+}
+
+// Shutdown does nothing: the printer does not own its writer (stdout).
+func (p *printer) Shutdown(context.Context) error { return nil }
+
+func describe(s sdktrace.ReadOnlySpan, withAttrs bool) printed {
+	l := printed{
+		Time:     s.StartTime().UTC().Format(timeFormat),
+		Kind:     kindName(s.SpanKind()),
+		Name:     s.Name(),
+		Duration: float64(s.EndTime().Sub(s.StartTime())) / float64(time.Millisecond),
+		TraceID:  s.SpanContext().TraceID().String(),
+		SpanID:   s.SpanContext().SpanID().String(),
+		Error:    s.Status().Code == 2, // codes.Error
+	}
+	if p := s.Parent(); p.IsValid() {
+		l.ParentID = p.SpanID().String()
+	}
+	for _, kv := range s.Resource().Attributes() {
+		switch kv.Key {
+		case semconv.ServiceNameKey:
+			l.Service = kv.Value.AsString()
+		case semconv.ProcessExecutableNameKey:
+			l.Process = kv.Value.AsString()
+		case semconv.ProcessPIDKey:
+			l.PID = kv.Value.AsInt64()
+		}
+	}
+	if l.Process == "" {
+		l.Process = l.Service
+	}
+	var path, route, full, original, clientAddr, peerAddr string
+	var clientPort, peerPort int64
+	if withAttrs {
+		l.Attrs = make(map[string]any, len(s.Attributes()))
+	}
+	for _, kv := range s.Attributes() {
+		if withAttrs {
+			l.Attrs[string(kv.Key)] = kv.Value.AsInterface()
+		}
+		switch kv.Key {
+		case semconv.HTTPRequestMethodKey:
+			l.Method = kv.Value.AsString()
+		case semconv.HTTPRequestMethodOriginalKey:
+			original = kv.Value.AsString()
+		case semconv.HTTPResponseStatusCodeKey:
+			l.Status = kv.Value.AsInt64()
+		case semconv.URLPathKey:
+			path = kv.Value.AsString()
+		case semconv.HTTPRouteKey:
+			route = kv.Value.AsString()
+		case semconv.URLFullKey:
+			full = kv.Value.AsString()
+		case semconv.ClientAddressKey:
+			clientAddr = kv.Value.AsString()
+		case semconv.ClientPortKey:
+			clientPort = kv.Value.AsInt64()
+		case semconv.NetworkPeerAddressKey:
+			peerAddr = kv.Value.AsString()
+		case semconv.NetworkPeerPortKey:
+			peerPort = kv.Value.AsInt64()
+		}
+	}
+	if original != "" {
+		l.Method = original // a human wants the verb that was sent
+	}
+	switch {
+	case full != "":
+		l.Target = full
+	case route != "":
+		l.Target = route
+	default:
+		l.Target = path
+	}
+	if clientAddr != "" {
+		l.Client = hostPort(clientAddr, clientPort)
+	}
+	if s.SpanKind() == trace.SpanKindClient && peerAddr != "" {
+		l.Peer = hostPort(peerAddr, peerPort)
+	}
+	return l
+}
+
+// text renders the line, for example:
+//
+//	2026-11-22T05:00:00.123Z SERVER python3[412] GET /users/{id} 200 1.234ms trace=… span=… parent=… client=10.0.0.1:5555
+//
+// parent= is left out for root spans, the status is "-" when no response
+// was seen.
+func (l printed) text() []byte {
+	b := make([]byte, 0, 256)
+	b = append(b, l.Time...)
+	b = append(b, ' ')
+	b = append(b, l.Kind...)
+	b = append(b, ' ')
+	b = append(b, l.Process...)
+	b = append(b, '[')
+	b = strconv.AppendInt(b, l.PID, 10)
+	b = append(b, "] "...)
+	b = append(b, l.Method...)
+	b = append(b, ' ')
+	b = append(b, l.Target...)
+	b = append(b, ' ')
+	if l.Status != 0 {
+		b = strconv.AppendInt(b, l.Status, 10)
+	} else {
+		b = append(b, '-')
+	}
+	b = append(b, ' ')
+	b = appendDuration(b, l.Duration)
+	b = append(b, " trace="...)
+	b = append(b, l.TraceID...)
+	b = append(b, " span="...)
+	b = append(b, l.SpanID...)
+	if l.ParentID != "" {
+		b = append(b, " parent="...)
+		b = append(b, l.ParentID...)
+	}
+	if l.Client != "" {
+		b = append(b, " client="...)
+		b = append(b, l.Client...)
+	}
+	if l.Peer != "" {
+		b = append(b, " peer="...)
+		b = append(b, l.Peer...)
+	}
+	if l.Error {
+		b = append(b, " error"...)
+	}
+	return append(b, '\n')
+}
+
+// appendDuration writes ms with three decimals below a second (1.234ms),
+// seconds with three decimals above (2.500s): readable, and sortable by eye.
+func appendDuration(b []byte, ms float64) []byte {
+	if ms >= 1000 {
+		b = strconv.AppendFloat(b, ms/1000, 'f', 3, 64)
+		return append(b, 's')
+	}
+	b = strconv.AppendFloat(b, ms, 'f', 3, 64)
+	return append(b, "ms"...)
+}
+
+func hostPort(host string, port int64) string {
+	if port == 0 {
+		return host
+	}
+	h := host
+	for i := 0; i < len(host); i++ {
+		if host[i] == ':' {
+			h = "[" + host + "]"
+			break
+		}
+	}
+	return h + ":" + strconv.FormatInt(port, 10)
+}
+
+func kindName(k trace.SpanKind) string {
+	switch k {
+	case trace.SpanKindServer:
+		return "SERVER"
+	case trace.SpanKindClient:
+		return "CLIENT"
+	}
+	return k.String()
+}
+
+var _ = attribute.Key("") // attribute keys are compared above via semconv

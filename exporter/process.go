@@ -1,0 +1,241 @@
+package exporter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/pod"
+)
+
+// scopeName is the instrumentation scope of every span and metric: the
+// instrumentation is podtracer, whatever the process is.
+const scopeName = "github.com/podtracer/podtracer"
+
+// procKey identifies a process. The pid alone is not enough: a pid can be
+// reused, and exec keeps the pid but changes the program, which must become
+// a new resource.
+type procKey struct {
+	pid       int
+	exe, name string
+}
+
+// process is one neighbour's resource and providers, plus caches that keep
+// the per-request work allocation-light. Only the worker goroutine uses it.
+type process struct {
+	key     procKey
+	res     *resource.Resource
+	lastGen uint64
+
+	tp     *sdktrace.TracerProvider // nil when spans go nowhere
+	tracer trace.Tracer
+	mp     *sdkmetric.MeterProvider // nil when metrics go nowhere
+	server metric.Float64Histogram
+	client metric.Float64Histogram
+
+	// Metric attribute sets, built once per distinct combination; bounded
+	// by maxMetricSets, after which the cache is reset.
+	metricSets map[metricKey][]metric.RecordOption
+
+	// The last addresses seen and their strings: most requests repeat the
+	// previous one's local address (a server) or peer (keep-alive).
+	lastLocal, lastRemote       netip.AddrPort
+	lastLocalStr, lastRemoteStr string
+}
+
+// process returns the state for p, creating it on first sight.
+func (e *Exporter) process(p *pod.Process) *process {
+	var key procKey
+	if p != nil {
+		key = procKey{pid: p.PID, exe: p.Exe, name: p.Name}
+	}
+	if s, ok := e.procs[key]; ok {
+		s.lastGen = e.gen
+		return s
+	}
+	if len(e.procs) >= maxProcesses {
+		e.releaseLRU()
+	}
+	s := e.newProcess(key, p)
+	e.procs[key] = s
+	e.nprocs.Store(int64(len(e.procs)))
+	return s
+}
+
+func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
+	s := &process{key: key, lastGen: e.gen, metricSets: make(map[metricKey][]metric.RecordOption)}
+	s.res = e.processResource(p)
+
+	if len(e.sinks) > 0 {
+		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(s.res)}
+		for _, k := range e.sinks {
+			opts = append(opts, sdktrace.WithSpanProcessor(k.processor()))
+		}
+		// No sampler option: the SDK applies OTEL_TRACES_SAMPLER(_ARG),
+		// default parentbased_always_on.
+		s.tp = sdktrace.NewTracerProvider(opts...)
+		s.tracer = s.tp.Tracer(scopeName)
+	}
+	if e.metrics != nil {
+		// The periodic reader applies OTEL_METRIC_EXPORT_INTERVAL and
+		// _TIMEOUT itself.
+		s.mp = sdkmetric.NewMeterProvider(
+			sdkmetric.WithResource(s.res),
+			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics)),
+		)
+		m := s.mp.Meter(scopeName)
+		// The semconv constructors carry name, unit, description and the
+		// recommended explicit buckets.
+		srv, err := httpconv.NewServerRequestDuration(m)
+		if err != nil {
+			e.logger.Error("create metric", "name", srv.Name(), "error", err)
+		}
+		cli, err := httpconv.NewClientRequestDuration(m)
+		if err != nil {
+			e.logger.Error("create metric", "name", cli.Name(), "error", err)
+		}
+		s.server, s.client = srv.Inst(), cli.Inst()
+	}
+	return s
+}
+
+// processResource describes one process. Precedence, lowest first: what
+// podtracer observed (executable name as service.name, process.*, k8s.*),
+// then OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK defines
+// them, then Config.ServiceName.
+func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
+	attrs := make([]attribute.KeyValue, 0, 12)
+	name := ""
+	if p != nil {
+		name = p.Name
+		if name == "" && p.Exe != "" {
+			name = filepath.Base(p.Exe)
+		}
+		attrs = append(attrs, semconv.ProcessPID(p.PID))
+		if p.PPID > 0 {
+			attrs = append(attrs, semconv.ProcessParentPID(p.PPID))
+		}
+		if name != "" {
+			attrs = append(attrs, semconv.ProcessExecutableName(name))
+		}
+		if p.Exe != "" {
+			attrs = append(attrs, semconv.ProcessExecutablePath(p.Exe))
+		}
+		if len(p.Cmdline) > 0 {
+			attrs = append(attrs, semconv.ProcessCommandArgs(p.Cmdline...))
+		}
+		if p.ContainerID != "" {
+			attrs = append(attrs, semconv.ContainerID(p.ContainerID))
+		}
+	}
+	svc := name
+	if svc == "" {
+		svc = "unknown_service" // the spec's default
+	}
+	attrs = append(attrs, semconv.ServiceName(svc))
+	md := e.cfg.Metadata
+	for _, kv := range []attribute.KeyValue{
+		semconv.K8SPodName(md.PodName),
+		semconv.K8SNamespaceName(md.Namespace),
+		semconv.K8SNodeName(md.NodeName),
+		semconv.K8SPodUID(md.PodUID),
+	} {
+		if kv.Value.AsString() != "" {
+			attrs = append(attrs, kv)
+		}
+	}
+	res, err := resource.Merge(resource.NewWithAttributes(semconv.SchemaURL, attrs...), e.envRes)
+	if err != nil {
+		// Only a schema URL conflict can fail here; the merged attributes
+		// are still right, so keep them.
+		e.logger.Debug("merge resource", "error", err)
+	}
+	if e.cfg.ServiceName != "" {
+		res, _ = resource.Merge(res, resource.NewSchemaless(semconv.ServiceName(e.cfg.ServiceName)))
+	}
+	return res
+}
+
+// releaseIdle releases processes idle for idleTimeout.
+func (e *Exporter) releaseIdle() {
+	idle := uint64(idleTimeout / sweepInterval)
+	for k, s := range e.procs {
+		if e.gen-s.lastGen >= idle {
+			e.release(k, s)
+		}
+	}
+}
+
+// releaseLRU makes room for a new process by releasing the one idle longest.
+func (e *Exporter) releaseLRU() {
+	var victim *process
+	for _, s := range e.procs {
+		if victim == nil || s.lastGen < victim.lastGen {
+			victim = s
+		}
+	}
+	if victim != nil {
+		e.release(victim.key, victim)
+	}
+}
+
+// release forgets a process and flushes its last metric points in the
+// background, so a slow collector cannot stall the worker. At most
+// cap(releaseSem) flushes run at once; beyond that the providers are shut
+// down without a final export, losing at most one interval of metric points
+// instead of letting goroutines pile up under process churn.
+func (e *Exporter) release(k procKey, s *process) {
+	delete(e.procs, k)
+	e.nprocs.Store(int64(len(e.procs)))
+	select {
+	case e.releaseSem <- struct{}{}:
+		e.releasing.Go(func() {
+			defer func() { <-e.releaseSem }()
+			ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+			defer cancel()
+			_ = s.shutdown(ctx)
+		})
+	default:
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = s.shutdown(ctx)
+	}
+}
+
+// shutdown shuts the process's providers down; the tracer provider's
+// processors are the shared sinks, which ignore it, and the meter provider
+// makes its final export.
+func (s *process) shutdown(ctx context.Context) error {
+	var errs []error
+	if s.tp != nil {
+		errs = append(errs, s.tp.Shutdown(ctx))
+	}
+	if s.mp != nil {
+		if err := s.mp.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("meter provider of pid %d: %w", s.key.pid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// addrString returns a.Addr().String(), reusing the last result when the
+// address repeats.
+func addrString(a netip.AddrPort, last *netip.AddrPort, lastStr *string) string {
+	if a == *last && *lastStr != "" {
+		return *lastStr
+	}
+	*last = a
+	*lastStr = a.Addr().String()
+	return *lastStr
+}

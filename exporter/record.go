@@ -1,0 +1,276 @@
+package exporter
+
+import (
+	"context"
+	"strconv"
+	"strings"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/tracer"
+)
+
+// maxMetricSets bounds a process's cache of metric attribute sets. Routes
+// and (for clients) server addresses are meant to be few; if a parser bug or
+// a crawler makes them many, the cache is reset rather than grown, and the
+// SDK's cardinality limit caps the series.
+const maxMetricSets = 1024
+
+// Attributes that never change.
+var (
+	schemeHTTP       = semconv.URLSchemeKey.String("http")
+	protocolNameHTTP = semconv.NetworkProtocolNameKey.String("http")
+	methodOther      = semconv.HTTPRequestMethodOther
+
+	// Span start options are interfaces; converting a constant option once
+	// here saves an allocation per span.
+	kindServer = trace.WithSpanKind(trace.SpanKindServer)
+	kindClient = trace.WithSpanKind(trace.SpanKindClient)
+)
+
+// statusText holds "100".."599" so that error.type costs no allocation.
+var statusText = func() (t [600]string) {
+	for i := 100; i < len(t); i++ {
+		t[i] = strconv.Itoa(i)
+	}
+	return t
+}()
+
+func statusString(code int) string {
+	if code >= 0 && code < len(statusText) && statusText[code] != "" {
+		return statusText[code]
+	}
+	return strconv.Itoa(code)
+}
+
+// knownMethod reports whether m is one of the methods the HTTP semantic
+// conventions name; others are reported as _OTHER so that a scanner sending
+// random verbs cannot explode metric cardinality.
+func knownMethod(m string) bool {
+	switch m {
+	case "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "QUERY":
+		return true
+	}
+	return false
+}
+
+// isError applies the HTTP semantic conventions: a server failed when it
+// answered 5xx (4xx is the client's mistake); a client failed on any 4xx
+// or 5xx it received. No status (0) is neither.
+func isError(role tracer.Role, code int) bool {
+	if role == tracer.RoleClient {
+		return code >= 400
+	}
+	return code >= 500
+}
+
+// serverEndpoint is server.address and server.port: the Host header as the
+// client wrote it when present (a missing port means http's 80), else the
+// server end of the connection.
+func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
+	if r.Host != "" {
+		host := strings.TrimSuffix(strings.TrimPrefix(r.Host, "["), "]")
+		if r.HostPort != 0 {
+			return host, r.HostPort
+		}
+		return host, 80
+	}
+	if r.Role == tracer.RoleClient {
+		return addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr), int(r.Remote.Port())
+	}
+	return addrString(r.Local, &s.lastLocal, &s.lastLocalStr), int(r.Local.Port())
+}
+
+// record turns one request into a metric point and, when traces go
+// somewhere, a span.
+func (s *process) record(r *tracer.Request, captureQuery bool) {
+	ctx := context.Background()
+	var span trace.Span
+	if s.tracer != nil {
+		span = s.startSpan(r, captureQuery)
+		// The metric point is recorded in the span's context so that the
+		// SDK's default trace_based exemplar filter can link it to the span.
+		ctx = trace.ContextWithSpan(ctx, span)
+	}
+	if s.mp != nil {
+		s.recordMetric(ctx, r)
+	}
+	if span != nil {
+		span.End(trace.WithTimestamp(r.End))
+	}
+}
+
+func (s *process) startSpan(r *tracer.Request, captureQuery bool) trace.Span {
+	ctx := context.Background()
+	if r.Parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, r.Parent)
+	}
+	kind := kindServer
+	if r.Role == tracer.RoleClient {
+		kind = kindClient
+	}
+	known := knownMethod(r.Method)
+	name := "HTTP"
+	if known {
+		name = r.Method
+		if r.Route != "" {
+			name = r.Method + " " + r.Route
+		}
+	}
+	// Attributes are added only once the sampler said yes, so unsampled
+	// requests cost no attribute work; the env samplers don't look at them.
+	_, span := s.tracer.Start(ctx, name, kind, trace.WithTimestamp(r.Start))
+	if !span.IsRecording() {
+		return span
+	}
+
+	var buf [24]attribute.KeyValue
+	a := buf[:0]
+	if known {
+		a = append(a, semconv.HTTPRequestMethodKey.String(r.Method))
+	} else {
+		a = append(a, methodOther, semconv.HTTPRequestMethodOriginal(r.Method))
+	}
+	a = append(a, schemeHTTP, semconv.URLPath(r.Path))
+	if captureQuery && r.Query != "" {
+		a = append(a, semconv.URLQuery(r.Query))
+	}
+	if r.Route != "" {
+		a = append(a, semconv.HTTPRoute(r.Route))
+	}
+	if r.StatusCode != 0 {
+		a = append(a, semconv.HTTPResponseStatusCode(r.StatusCode))
+	}
+	host, port := s.serverEndpoint(r)
+	a = append(a, semconv.ServerAddress(host), semconv.ServerPort(port))
+
+	if r.Remote.IsValid() {
+		peer := addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr)
+		a = append(a, semconv.NetworkPeerAddress(peer), semconv.NetworkPeerPort(int(r.Remote.Port())))
+		if r.Role != tracer.RoleClient {
+			// Without proxy headers the client is the peer.
+			a = append(a, semconv.ClientAddress(peer), semconv.ClientPort(int(r.Remote.Port())))
+		}
+	}
+	if r.Role == tracer.RoleClient {
+		a = append(a, semconv.URLFull(fullURL(host, port, r.Path, r.Query, captureQuery)))
+	}
+	if r.ProtocolVersion != "" {
+		a = append(a, semconv.NetworkProtocolVersion(r.ProtocolVersion))
+	}
+	if r.UserAgent != "" {
+		a = append(a, semconv.UserAgentOriginal(r.UserAgent))
+	}
+	if r.RequestSize > 0 {
+		a = append(a, semconv.HTTPRequestBodySize(int(r.RequestSize)))
+	}
+	if r.ResponseSize > 0 {
+		a = append(a, semconv.HTTPResponseBodySize(int(r.ResponseSize)))
+	}
+	if isError(r.Role, r.StatusCode) {
+		a = append(a, semconv.ErrorTypeKey.String(statusString(r.StatusCode)))
+		// The semantic conventions want no description when the status
+		// code already says what went wrong.
+		span.SetStatus(codes.Error, "")
+	}
+	span.SetAttributes(a...)
+	return span
+}
+
+// fullURL builds url.full for a client span. The port is left out when it
+// is http's default, as a browser would write the URL.
+func fullURL(host string, port int, path, query string, withQuery bool) string {
+	var b strings.Builder
+	b.Grow(len("http://[]:65535") + len(host) + len(path) + len(query) + 1)
+	b.WriteString("http://")
+	if strings.IndexByte(host, ':') >= 0 {
+		b.WriteByte('[')
+		b.WriteString(host)
+		b.WriteByte(']')
+	} else {
+		b.WriteString(host)
+	}
+	if port != 80 && port != 0 {
+		b.WriteByte(':')
+		b.WriteString(strconv.Itoa(port))
+	}
+	if path == "" {
+		path = "/"
+	}
+	b.WriteString(path)
+	if withQuery && query != "" {
+		b.WriteByte('?')
+		b.WriteString(query)
+	}
+	return b.String()
+}
+
+// metricKey is what distinguishes one metric series from another within a
+// process. url.path is deliberately absent: it is unbounded.
+type metricKey struct {
+	client  bool
+	method  string
+	status  int
+	route   string
+	version string
+	host    string // client metrics only
+	port    int    // client metrics only
+}
+
+func (s *process) recordMetric(ctx context.Context, r *tracer.Request) {
+	k := metricKey{
+		client:  r.Role == tracer.RoleClient,
+		method:  r.Method,
+		status:  r.StatusCode,
+		route:   r.Route,
+		version: r.ProtocolVersion,
+	}
+	if !knownMethod(k.method) {
+		k.method = "_OTHER"
+	}
+	if k.client {
+		k.host, k.port = s.serverEndpoint(r)
+	}
+	opts, ok := s.metricSets[k]
+	if !ok {
+		if len(s.metricSets) >= maxMetricSets {
+			clear(s.metricSets)
+		}
+		opts = []metric.RecordOption{metric.WithAttributeSet(metricAttrs(k, r.Role))}
+		s.metricSets[k] = opts
+	}
+	d := r.End.Sub(r.Start).Seconds()
+	if d < 0 {
+		d = 0 // clocks of two CPUs; a negative duration is meaningless
+	}
+	if k.client {
+		s.client.Record(ctx, d, opts...)
+	} else {
+		s.server.Record(ctx, d, opts...)
+	}
+}
+
+func metricAttrs(k metricKey, role tracer.Role) attribute.Set {
+	a := make([]attribute.KeyValue, 0, 9)
+	a = append(a, semconv.HTTPRequestMethodKey.String(k.method), schemeHTTP, protocolNameHTTP)
+	if k.status != 0 {
+		a = append(a, semconv.HTTPResponseStatusCode(k.status))
+	}
+	if k.route != "" {
+		a = append(a, semconv.HTTPRoute(k.route))
+	}
+	if k.version != "" {
+		a = append(a, semconv.NetworkProtocolVersion(k.version))
+	}
+	if isError(role, k.status) {
+		a = append(a, semconv.ErrorTypeKey.String(statusString(k.status)))
+	}
+	if k.client {
+		a = append(a, semconv.ServerAddress(k.host), semconv.ServerPort(k.port))
+	}
+	return attribute.NewSet(a...)
+}

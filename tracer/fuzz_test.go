@@ -1,0 +1,41 @@
+package tracer
+
+import (
+	"testing"
+
+	"github.com/podtracer/podtracer/bpf"
+)
+
+// FuzzHTTP1 feeds arbitrary bytes, cut into arbitrary segments, both ways
+// on one connection: the tracer must neither panic nor emit a request
+// without a status.
+func FuzzHTTP1(f *testing.F) {
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), []byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), uint8(7), uint16(64))
+	f.Add([]byte("POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), []byte("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No\r\n\r\n"), uint8(3), uint16(16))
+	f.Add([]byte("GET /x HTTP/1.0\r\n\r\n"), []byte("HTTP/1.0 200 OK\r\n\r\nbody"), uint8(1), uint16(4096))
+	f.Fuzz(func(t *testing.T, reqs, resps []byte, cut uint8, capture uint16) {
+		h := newHarness(&testing.T{}, int(capture%4096)+1)
+		step := int(cut%32) + 1
+		for len(reqs) > 0 || len(resps) > 0 {
+			n := min(step, len(reqs))
+			if n > 0 {
+				h.send(1, bpf.Ingress, string(reqs[:n]))
+				reqs = reqs[n:]
+			}
+			n = min(step+3, len(resps))
+			if n > 0 {
+				h.send(1, bpf.Egress, string(resps[:n]))
+				resps = resps[n:]
+			}
+		}
+		h.close(1)
+		for _, r := range h.got {
+			if r.StatusCode < 100 || r.Method == "" {
+				t.Fatalf("emitted a request without method or status: %+v", r)
+			}
+		}
+		if h.tracer.Stats().Connections != 0 {
+			t.Fatal("connection kept after close")
+		}
+	})
+}

@@ -1,0 +1,450 @@
+package tracer
+
+import (
+	"bytes"
+	"strconv"
+)
+
+// segment is what one syscall moved in one direction: a captured prefix of
+// the bytes, how many there were in all, and the last few of them.
+type segment struct {
+	data  []byte // captured prefix
+	total int    // bytes transferred; len(data) <= total
+	tail  []byte // last bytes transferred, when total > len(data)
+	enter uint64 // kernel timestamps, CLOCK_BOOTTIME ns
+	exit  uint64
+}
+
+// message is one HTTP/1.x request or response head, and what is known of its
+// body so far.
+type message struct {
+	request bool
+
+	// Request line.
+	method, target string
+	// Status line.
+	status int
+
+	minor       byte // HTTP/1.<minor>
+	host        string
+	userAgent   string
+	traceparent string
+	contentLen  int64 // -1 when absent
+	chunked     bool
+	bodySize    int64
+	truncated   bool // the head was longer than what was captured
+	start, end  uint64
+	startEnter  uint64 // entry time of the first segment
+	completed   bool
+	noBody      bool     // set by the pairing for responses that cannot have one
+	upgrade     bool     // 101 Switching Protocols
+	interimResp bool     // 1xx other than 101
+	req         *message // for a response: the request it answers
+}
+
+type streamState uint8
+
+const (
+	stIdle         streamState = iota // at a message boundary
+	stHeaders                         // inside a message head
+	stBody                            // inside a Content-Length body
+	stChunked                         // inside a chunked body, in sync
+	stChunkedBlind                    // inside a chunked body, chunk boundaries lost
+	stUntilClose                      // body runs until the connection closes
+	stLost                            // out of sync: wait for a segment that starts a message
+	stDone                            // not HTTP/1 (any more): ignore the stream
+)
+
+// maxHeadBytes bounds the bytes buffered for a message head split over
+// several reads; heads longer than that are parsed from what was kept.
+const maxHeadBytes = 16 << 10
+
+// http1Stream parses one direction of an HTTP/1.x connection from the
+// segments the kernel captured. It keeps its place in the byte stream even
+// where only a prefix of a segment was captured, using the transferred
+// length to skip bodies and the tail to find where a chunked body ends.
+type http1Stream struct {
+	state     streamState
+	head      []byte // head bytes buffered across segments
+	msg       *message
+	bodyLeft  int64
+	chunkLeft int64  // data bytes left in the current chunk, then its CRLF
+	chunkLine []byte // a chunk-size line split across segments
+	inTrailer bool
+
+	// Callbacks into the connection that pairs requests and responses.
+	onHead     func(m *message)
+	onComplete func(m *message)
+}
+
+// feed consumes one segment.
+func (s *http1Stream) feed(seg *segment) {
+	if s.state == stDone {
+		return
+	}
+	if s.state == stLost {
+		s.state = stIdle
+		if !startsMessage(seg.data) {
+			s.state = stLost
+			return
+		}
+	}
+	pos := 0 // position in the segment's bytes, captured or not
+	captured := len(seg.data)
+	for pos < seg.total && s.state != stDone {
+		switch s.state {
+		case stIdle:
+			if pos >= captured || !(startsMessage(seg.data[pos:]) || mayStartMessage(seg, pos)) {
+				// A message starts where we cannot see it, or the bytes are
+				// not HTTP/1: wait for a segment that starts a message.
+				s.state = stLost
+				return
+			}
+			s.msg = &message{start: seg.exit, startEnter: seg.enter, contentLen: -1}
+			s.head = s.head[:0]
+			s.state = stHeaders
+		case stHeaders:
+			pos = s.feedHead(seg, pos)
+		case stBody:
+			n := min(s.bodyLeft, int64(seg.total-pos))
+			s.bodyLeft -= n
+			s.msg.bodySize += n
+			pos += int(n)
+			if s.bodyLeft == 0 {
+				s.complete(seg)
+			}
+		case stChunked:
+			pos = s.feedChunked(seg, pos)
+		case stChunkedBlind:
+			s.msg.bodySize += int64(seg.total - pos)
+			pos = seg.total
+			if endsChunked(seg) {
+				s.complete(seg)
+			}
+		case stUntilClose:
+			s.msg.bodySize += int64(seg.total - pos)
+			s.msg.end = seg.exit
+			pos = seg.total
+		case stLost:
+			return
+		}
+	}
+}
+
+// closed ends a body that runs until the connection closes.
+func (s *http1Stream) closed(ts uint64) {
+	if s.state == stUntilClose && s.msg != nil {
+		s.msg.end = max(s.msg.end, ts)
+		s.msg.completed = true
+		s.onComplete(s.msg)
+	}
+	s.msg = nil
+	s.state = stDone
+}
+
+func (s *http1Stream) feedHead(seg *segment, pos int) int {
+	captured := len(seg.data)
+	if pos < captured {
+		chunk := seg.data[pos:]
+		searchFrom := max(0, len(s.head)-3)
+		room := maxHeadBytes - len(s.head)
+		if len(chunk) > room {
+			chunk = chunk[:room]
+		}
+		s.head = append(s.head, chunk...)
+		if i := bytes.Index(s.head[searchFrom:], crlfcrlf); i >= 0 {
+			end := searchFrom + i + 4
+			consumed := end - (len(s.head) - len(chunk))
+			s.head = s.head[:end]
+			s.endHead(seg, false)
+			return pos + consumed
+		}
+		if len(chunk) < len(seg.data[pos:]) {
+			// Over maxHeadBytes: parse what we kept, then resync.
+			s.endHead(seg, true)
+			s.state = stLost
+			return seg.total
+		}
+	}
+	if captured < seg.total {
+		// The head goes on past the captured prefix. If the segment ends
+		// with the blank line, so does the head; otherwise we cannot know
+		// where the next message starts.
+		endsHead := bytes.Equal(lastBytes(seg, 4), crlfcrlf)
+		s.endHead(seg, true)
+		if !endsHead && s.state != stDone {
+			if s.msg != nil {
+				s.complete(seg)
+			}
+			s.state = stLost
+		}
+		return seg.total
+	}
+	return seg.total // all of it buffered; the head continues in the next segment
+}
+
+// endHead parses the buffered head and decides how the body is framed.
+func (s *http1Stream) endHead(seg *segment, truncated bool) {
+	m := s.msg
+	m.truncated = truncated
+	if !parseHead(s.head, m) {
+		s.state = stLost
+		s.msg = nil
+		return
+	}
+	s.onHead(m)
+	switch {
+	case m.upgrade:
+		// Another protocol follows (WebSocket, h2c): stop parsing.
+		m.end = seg.exit
+		m.completed = true
+		s.onComplete(m)
+		s.state = stDone
+		return
+	case m.interimResp:
+		// 100 Continue and friends: the final response follows.
+		s.state = stIdle
+		return
+	case m.noBody:
+		s.complete(seg)
+	case m.chunked:
+		s.state = stChunked
+		s.chunkLeft = 0
+		s.chunkLine = s.chunkLine[:0]
+		s.inTrailer = false
+	case m.contentLen > 0:
+		s.bodyLeft = m.contentLen
+		s.state = stBody
+	case m.contentLen == 0 || m.request:
+		// Requests without framing have no body (RFC 9112 6.3).
+		s.complete(seg)
+	default:
+		s.state = stUntilClose
+		m.end = seg.exit
+	}
+}
+
+func (s *http1Stream) complete(seg *segment) {
+	m := s.msg
+	m.end = seg.exit
+	m.completed = true
+	s.state = stIdle
+	s.msg = nil
+	s.onComplete(m)
+}
+
+// feedChunked walks chunk-size lines and chunk data.
+func (s *http1Stream) feedChunked(seg *segment, pos int) int {
+	captured := len(seg.data)
+	for pos < seg.total {
+		if s.chunkLeft > 0 {
+			n := min(s.chunkLeft, int64(seg.total-pos))
+			s.chunkLeft -= n
+			pos += int(n)
+			continue
+		}
+		if pos >= captured {
+			// The next chunk-size line is beyond the captured prefix: we
+			// no longer know where chunks start, only where the body may end.
+			s.state = stChunkedBlind
+			if endsChunked(seg) {
+				s.complete(seg)
+			}
+			return seg.total
+		}
+		nl := bytes.IndexByte(seg.data[pos:], '\n')
+		if nl < 0 {
+			if len(s.chunkLine)+captured-pos > 1024 {
+				s.state = stLost
+				return seg.total
+			}
+			s.chunkLine = append(s.chunkLine, seg.data[pos:]...)
+			pos = captured
+			if captured < seg.total {
+				s.state = stChunkedBlind
+				return seg.total
+			}
+			continue
+		}
+		line := seg.data[pos : pos+nl]
+		if len(s.chunkLine) > 0 {
+			line = append(s.chunkLine, line...)
+			s.chunkLine = s.chunkLine[:0]
+		}
+		pos += nl + 1
+		line = bytes.TrimRight(line, "\r")
+		if s.inTrailer {
+			if len(line) == 0 {
+				s.complete(seg)
+				return pos
+			}
+			continue
+		}
+		if len(line) == 0 {
+			continue // the CRLF that ends a chunk's data
+		}
+		if i := bytes.IndexByte(line, ';'); i >= 0 {
+			line = line[:i] // chunk extensions
+		}
+		size, err := strconv.ParseInt(string(bytes.TrimSpace(line)), 16, 64)
+		if err != nil || size < 0 {
+			s.state = stLost
+			return seg.total
+		}
+		if size == 0 {
+			s.inTrailer = true
+			continue
+		}
+		s.msg.bodySize += size
+		s.chunkLeft = size
+	}
+	return pos
+}
+
+var (
+	crlfcrlf     = []byte("\r\n\r\n")
+	lastChunk    = []byte("0\r\n\r\n")
+	http1Version = []byte("HTTP/1.")
+)
+
+// endsChunked tells whether a segment ends with the last chunk of a body.
+func endsChunked(seg *segment) bool {
+	return bytes.HasSuffix(lastBytes(seg, len(lastChunk)+2), lastChunk)
+}
+
+// lastBytes returns up to n of the last bytes the segment transferred.
+func lastBytes(seg *segment, n int) []byte {
+	if len(seg.data) == seg.total {
+		return seg.data[max(0, len(seg.data)-n):]
+	}
+	return seg.tail[max(0, len(seg.tail)-n):]
+}
+
+// startsMessage tells whether b starts an HTTP/1.x request line or status
+// line, from its first bytes.
+func startsMessage(b []byte) bool {
+	if bytes.HasPrefix(b, http1Version) {
+		return len(b) < 9 || b[7] == '0' || b[7] == '1'
+	}
+	_, ok := requestMethod(b)
+	return ok
+}
+
+// mayStartMessage tells whether the segment ends with the first few bytes
+// of what may become a message start ("GE", "HTTP/"): a peer may send a
+// request a few bytes at a time. parseHead decides once the head is whole.
+func mayStartMessage(seg *segment, pos int) bool {
+	b := seg.data[pos:]
+	if len(seg.data) != seg.total || len(b) >= 21 {
+		return false
+	}
+	if len(b) <= len(http1Version) && bytes.HasPrefix(http1Version, b) {
+		return true
+	}
+	for _, c := range b {
+		if c < 'A' || c > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// requestMethod recognises "METHOD /target" or "METHOD *" or "METHOD http://".
+func requestMethod(b []byte) (int, bool) {
+	i := 0
+	for i < len(b) && i < 20 && b[i] >= 'A' && b[i] <= 'Z' {
+		i++
+	}
+	if i < 3 || i+1 >= len(b) || b[i] != ' ' {
+		return 0, false
+	}
+	switch b[i+1] {
+	case '/', '*', 'h':
+		return i, true
+	}
+	return 0, false
+}
+
+// parseHead parses a request or status line and the headers that matter.
+// It accepts a head cut short (truncated), keeping what it could read.
+func parseHead(head []byte, m *message) bool {
+	line, rest, _ := bytes.Cut(head, []byte("\n"))
+	line = bytes.TrimRight(line, "\r")
+	if bytes.HasPrefix(line, http1Version) {
+		// HTTP/1.1 200 OK
+		if len(line) < 12 || line[8] != ' ' {
+			return false
+		}
+		m.minor = line[7]
+		code, err := strconv.Atoi(string(line[9:12]))
+		if err != nil || code < 100 || code > 999 {
+			return false
+		}
+		m.status = code
+		m.upgrade = code == 101
+		m.interimResp = code >= 100 && code < 200 && code != 101
+		m.noBody = code < 200 || code == 204 || code == 304
+	} else {
+		n, ok := requestMethod(line)
+		if !ok {
+			return false
+		}
+		m.request = true
+		m.method = string(line[:n])
+		target := line[n+1:]
+		sp := bytes.LastIndexByte(target, ' ')
+		if sp >= 0 && bytes.HasPrefix(target[sp+1:], http1Version) && len(target) >= sp+9 {
+			m.minor = target[sp+8]
+			target = target[:sp]
+		} else if !m.truncated || sp >= 0 {
+			return false
+		}
+		m.target = string(target)
+	}
+	for len(rest) > 0 {
+		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		line = bytes.TrimRight(line, "\r")
+		if len(line) == 0 {
+			break
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case equalFold(name, "host"):
+			m.host = string(value)
+		case equalFold(name, "content-length"):
+			if n, err := strconv.ParseInt(string(value), 10, 64); err == nil && n >= 0 {
+				m.contentLen = n
+			}
+		case equalFold(name, "transfer-encoding"):
+			m.chunked = bytes.HasSuffix(bytes.ToLower(value), []byte("chunked"))
+		case equalFold(name, "traceparent"):
+			m.traceparent = string(value)
+		case equalFold(name, "user-agent"):
+			m.userAgent = string(value)
+		}
+	}
+	if m.request && m.method == "CONNECT" {
+		m.noBody = true
+	}
+	return true
+}
+
+func equalFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,63 @@
+package tracer
+
+import "strings"
+
+// heuristicRoute turns a request path into a low-cardinality route by
+// replacing the segments that look like identifiers (numbers, UUIDs, long
+// hex or mixed tokens) with "{id}": "/users/42/orders" becomes
+// "/users/{id}/orders". Without it, metrics would get one series per id.
+func heuristicRoute(path string) string {
+	if path == "" || path[0] != '/' {
+		return ""
+	}
+	var b strings.Builder
+	b.Grow(len(path))
+	segments := 0
+	for rest := path[1:]; ; {
+		seg, next, more := strings.Cut(rest, "/")
+		b.WriteByte('/')
+		if looksLikeID(seg) {
+			b.WriteString("{id}")
+		} else {
+			b.WriteString(seg)
+		}
+		segments++
+		if !more {
+			break
+		}
+		if segments == 8 {
+			b.WriteString("/*") // deeper paths add no useful grouping
+			break
+		}
+		rest = next
+	}
+	return b.String()
+}
+
+func looksLikeID(seg string) bool {
+	if seg == "" {
+		return false
+	}
+	digits, hex, other := 0, 0, 0
+	for i := 0; i < len(seg); i++ {
+		c := seg[i]
+		switch {
+		case '0' <= c && c <= '9':
+			digits++
+		case 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+			hex++
+		case c == '-' || c == '_' || c == '.' || c == '~' || c == '%' || c == '=':
+		default:
+			other++
+		}
+	}
+	switch {
+	case digits == len(seg):
+		return true // 42
+	case len(seg) >= 8 && other == 0 && digits > 0:
+		return true // hex ids, UUIDs
+	case len(seg) >= 16 && digits > 0:
+		return true // long tokens that mix letters and digits
+	}
+	return len(seg) > 40 // anything this long is not a route word
+}

@@ -1,0 +1,203 @@
+package tracer
+
+import (
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/pod"
+)
+
+// Config tunes the tracer.
+type Config struct {
+	// RouteHeuristic fills Request.Route from the path with ids replaced
+	// (see heuristicRoute); off, Route stays empty.
+	RouteHeuristic bool
+	// MaxConnections bounds the connections followed at once; beyond it
+	// new connections are not followed (and counted).
+	MaxConnections int
+	// IdleTimeout forgets connections silent for that long, such as those
+	// of processes that exited without closing them.
+	IdleTimeout time.Duration
+}
+
+// Processes tells the tracer who a neighbour is, and whether it is
+// selected: Lookup returns nil for processes that must not be traced.
+type Processes interface {
+	Lookup(pid uint32, comm string) *pod.Process
+}
+
+// Stats are the tracer's counters.
+type Stats struct {
+	Requests       uint64 // requests finished and handed on
+	Connections    uint64 // connections followed now
+	ConnsUntracked uint64 // connections not followed: MaxConnections reached
+}
+
+// Tracer turns capture events into finished requests. Handle is not safe
+// for concurrent use: one goroutine reads the ring buffer and calls it.
+type Tracer struct {
+	cfg   Config
+	procs Processes
+	wall  func(bootNS uint64) time.Time
+	emit  func(*Request)
+
+	conns     map[connKey]*conn
+	lastSweep uint64
+
+	requests, untracked atomic.Uint64
+	live                atomic.Int64
+}
+
+// New returns a tracer that hands each finished request to emit. wall
+// converts kernel timestamps to wall-clock time.
+func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Request)) *Tracer {
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = 65536
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 2 * time.Minute
+	}
+	return &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn)}
+}
+
+// Handle consumes one capture event.
+func (t *Tracer) Handle(ev *bpf.Event) {
+	key := connKey{pid: ev.PID, sock: ev.Conn}
+	c := t.conns[key]
+	if ev.Type == bpf.EventClose {
+		if c != nil {
+			c.close(ev.ExitNS)
+			t.forget(key)
+		}
+		return
+	}
+	if c == nil {
+		if len(t.conns) >= t.cfg.MaxConnections {
+			t.untracked.Add(1)
+			return
+		}
+		c = newConn(t, ev, t.procs.Lookup(ev.PID, ev.CommString()))
+		t.conns[key] = c
+		t.live.Add(1)
+	}
+	c.lastSeen = ev.ExitNS
+	if c.proc != nil {
+		seg := segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS}
+		c.feed(ev.Dir, &seg)
+	}
+	if ev.ExitNS-t.lastSweep > uint64(10*time.Second) {
+		t.sweep(ev.ExitNS)
+	}
+}
+
+func (t *Tracer) forget(key connKey) {
+	delete(t.conns, key)
+	t.live.Add(-1)
+}
+
+// sweep forgets connections idle for longer than IdleTimeout.
+func (t *Tracer) sweep(now uint64) {
+	t.lastSweep = now
+	idle := uint64(t.cfg.IdleTimeout)
+	for key, c := range t.conns {
+		if now > c.lastSeen && now-c.lastSeen > idle {
+			t.forget(key)
+		}
+	}
+}
+
+// Stats returns the tracer's counters; safe from any goroutine.
+func (t *Tracer) Stats() Stats {
+	return Stats{Requests: t.requests.Load(), Connections: uint64(t.live.Load()), ConnsUntracked: t.untracked.Load()}
+}
+
+// finish builds the Request for a request/response pair and emits it.
+func (t *Tracer) finish(c *conn, req, resp *message) {
+	r := &Request{
+		Protocol:        "http",
+		Process:         c.proc,
+		Local:           c.local,
+		Remote:          c.remote,
+		Method:          req.method,
+		StatusCode:      resp.status,
+		ProtocolVersion: "1." + string(req.minor),
+		UserAgent:       req.userAgent,
+		RequestSize:     req.bodySize,
+		ResponseSize:    resp.bodySize,
+		Parent:          parseTraceparent(req.traceparent),
+		Truncated:       req.truncated,
+	}
+	if req.minor != '0' && req.minor != '1' {
+		r.ProtocolVersion = "1.1"
+	}
+	if c.requestDir == bpf.Ingress {
+		r.Role = RoleServer
+		r.Start = t.wall(req.start) // when the request arrived
+	} else {
+		r.Role = RoleClient
+		r.Start = t.wall(req.startEnter) // when the client began to send it
+	}
+	r.End = t.wall(max(resp.end, req.start))
+	r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
+	if t.cfg.RouteHeuristic {
+		r.Route = heuristicRoute(r.Path)
+	}
+	t.requests.Add(1)
+	t.emit(r)
+}
+
+// splitTarget takes the path and query from a request target, in origin
+// form ("/a?b") or absolute form ("http://host/a?b", sent to proxies), and
+// the host and port from the Host header, or the target's authority.
+func splitTarget(target, hostHeader string) (path, query, host string, port int) {
+	authority := hostHeader
+	if rest, ok := strings.CutPrefix(target, "http://"); ok {
+		a, p, found := strings.Cut(rest, "/")
+		if authority == "" {
+			authority = a
+		}
+		target = "/"
+		if found {
+			target = "/" + p
+		}
+	}
+	path, query, _ = strings.Cut(target, "?")
+	if i := strings.IndexByte(path, '#'); i >= 0 {
+		path = path[:i]
+	}
+	host, port = splitHostPort(authority)
+	return path, query, host, port
+}
+
+func splitHostPort(hp string) (string, int) {
+	if hp == "" {
+		return "", 0
+	}
+	if hp[0] == '[' { // [::1]:8080
+		end := strings.IndexByte(hp, ']')
+		if end < 0 {
+			return hp, 0
+		}
+		return hp[1:end], atoiPort(strings.TrimPrefix(hp[end+1:], ":"))
+	}
+	if i := strings.LastIndexByte(hp, ':'); i >= 0 && strings.Count(hp, ":") == 1 {
+		return hp[:i], atoiPort(hp[i+1:])
+	}
+	return hp, 0
+}
+
+func atoiPort(s string) int {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' || n > 65535 {
+			return 0
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	if n > 65535 {
+		return 0
+	}
+	return n
+}

@@ -1,0 +1,303 @@
+package tracer
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/pod"
+)
+
+type allProcesses struct{}
+
+func (allProcesses) Lookup(pid uint32, comm string) *pod.Process {
+	return &pod.Process{PID: int(pid), Name: comm}
+}
+
+// harness feeds a tracer with synthetic capture events, as the kernel would
+// send them with a capture prefix of `capture` bytes.
+type harness struct {
+	t       *testing.T
+	tracer  *Tracer
+	got     []*Request
+	now     uint64
+	capture int
+}
+
+func newHarness(t *testing.T, capture int) *harness {
+	h := &harness{t: t, now: 1_000_000_000, capture: capture}
+	wall := func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }
+	h.tracer = New(Config{RouteHeuristic: true}, allProcesses{}, wall, func(r *Request) { h.got = append(h.got, r) })
+	return h
+}
+
+var (
+	serverAddr = netip.MustParseAddrPort("10.0.0.1:8080")
+	clientAddr = netip.MustParseAddrPort("10.0.0.2:40000")
+)
+
+// send delivers one syscall's bytes on connection sock of pid 7, seen from
+// the server side (local = server).
+func (h *harness) send(sock uint64, dir bpf.Direction, data string) {
+	h.now += 1000
+	ev := bpf.Event{Type: bpf.EventData, Dir: dir, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr}
+	copy(ev.Comm[:], "server")
+	ev.Payload = []byte(data[:min(len(data), h.capture)])
+	if len(data) > h.capture {
+		ev.Tail = []byte(data[max(0, len(data)-16):])
+	}
+	h.now += 500
+	h.tracer.Handle(&ev)
+}
+
+func (h *harness) close(sock uint64) {
+	h.now += 1000
+	h.tracer.Handle(&bpf.Event{Type: bpf.EventClose, ExitNS: h.now, Conn: sock, PID: 7})
+}
+
+const (
+	in  = bpf.Ingress
+	out = bpf.Egress
+)
+
+func TestKeepAliveServer(t *testing.T) {
+	h := newHarness(t, 512)
+	for i := range 3 {
+		h.send(1, in, fmt.Sprintf("GET /users/%d?x=1 HTTP/1.1\r\nHost: shop:8080\r\nUser-Agent: curl/8\r\n\r\n", i+40))
+		h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+	}
+	if len(h.got) != 3 {
+		t.Fatalf("got %d requests, want 3", len(h.got))
+	}
+	r := h.got[2]
+	if r.Role != RoleServer || r.Method != "GET" || r.Path != "/users/42" || r.Query != "x=1" || r.StatusCode != 200 ||
+		r.Host != "shop" || r.HostPort != 8080 || r.Route != "/users/{id}" || r.UserAgent != "curl/8" || r.ProtocolVersion != "1.1" || r.ResponseSize != 5 {
+		t.Errorf("request = %+v", r)
+	}
+	if !r.End.After(r.Start) {
+		t.Errorf("end %v not after start %v", r.End, r.Start)
+	}
+	if r.ServerAddr() != serverAddr || r.ClientAddr() != clientAddr {
+		t.Errorf("server %v client %v", r.ServerAddr(), r.ClientAddr())
+	}
+}
+
+func TestByteAtATime(t *testing.T) {
+	h := newHarness(t, 512)
+	req := "POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world"
+	for i := range len(req) {
+		h.send(1, in, req[i:i+1])
+	}
+	resp := "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+	for i := range len(resp) {
+		if len(h.got) != 0 {
+			t.Fatalf("request finished early, at response byte %d", i)
+		}
+		h.send(1, out, resp[i:i+1])
+	}
+	if len(h.got) != 1 {
+		t.Fatalf("got %d requests, want 1", len(h.got))
+	}
+	if r := h.got[0]; r.Method != "POST" || r.StatusCode != 201 || r.RequestSize != 11 || r.ResponseSize != 11 {
+		t.Errorf("request = %+v", r)
+	}
+}
+
+func TestPipelining(t *testing.T) {
+	h := newHarness(t, 1024)
+	h.send(1, in, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nHEAD /c HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n") // HEAD: no body follows
+	h.send(1, in, "GET /d HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+	var got []string
+	for _, r := range h.got {
+		got = append(got, fmt.Sprintf("%s %s %d", r.Method, r.Path, r.StatusCode))
+	}
+	want := "GET /a 200,GET /b 404,HEAD /c 200,GET /d 500"
+	if strings.Join(got, ",") != want {
+		t.Errorf("got %q, want %q", strings.Join(got, ","), want)
+	}
+}
+
+// Bodies far larger than the capture prefix: the tracer counts the bytes
+// it cannot see and stays in step.
+func TestLargeBodiesBeyondCapture(t *testing.T) {
+	h := newHarness(t, 64)
+	body := strings.Repeat("x", 100_000)
+	h.send(1, in, "PUT /blob HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+	h.send(1, in, body[:60_000])
+	h.send(1, in, body[60_000:])
+	h.send(1, out, "HTTP/1.1 204 No Content\r\n\r\n")
+	// A chunked response in big writes whose chunk headers are not captured.
+	h.send(1, in, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+	h.send(1, out, "2000\r\n"+strings.Repeat("y", 0x2000)+"\r\n")
+	h.send(1, out, strings.Repeat("z", 5000)) // a chunk boundary lands where nothing was captured
+	h.send(1, out, "3\r\nabc\r\n")
+	if len(h.got) != 1 {
+		t.Fatalf("chunked response ended early: %d requests", len(h.got))
+	}
+	h.send(1, out, strings.Repeat("q", 300)+"\r\n0\r\n\r\n")
+	h.send(1, in, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	if len(h.got) != 3 {
+		t.Fatalf("got %d requests, want 3", len(h.got))
+	}
+	if r := h.got[0]; r.Method != "PUT" || r.RequestSize != 100_000 || r.StatusCode != 204 {
+		t.Errorf("put = %+v", r)
+	}
+	if r := h.got[1]; r.Path != "/stream" || r.StatusCode != 200 {
+		t.Errorf("stream = %+v", r)
+	}
+	if r := h.got[2]; r.Path != "/next" {
+		t.Errorf("next = %+v", r)
+	}
+}
+
+// A request head longer than the capture prefix still yields its method
+// and path, and a truncated flag.
+func TestHeadLongerThanCapture(t *testing.T) {
+	h := newHarness(t, 64)
+	h.send(1, in, "GET /long/path/"+strings.Repeat("a", 30)+" HTTP/1.1\r\nHost: x\r\nCookie: "+strings.Repeat("c", 500)+"\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	h.send(1, in, "GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	if len(h.got) != 2 {
+		t.Fatalf("got %d requests, want 2", len(h.got))
+	}
+	if r := h.got[0]; !r.Truncated || !strings.HasPrefix(r.Path, "/long/path/") || r.StatusCode != 200 {
+		t.Errorf("request = %+v", r)
+	}
+	if r := h.got[1]; r.Truncated || r.Path != "/again" {
+		t.Errorf("request = %+v", r)
+	}
+}
+
+func TestContinue(t *testing.T) {
+	h := newHarness(t, 512)
+	h.send(1, in, "POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 100 Continue\r\n\r\n")
+	h.send(1, in, "data")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	if len(h.got) != 1 || h.got[0].StatusCode != 200 || h.got[0].RequestSize != 4 {
+		t.Fatalf("got %+v", h.got)
+	}
+}
+
+func TestClosedMidRequest(t *testing.T) {
+	h := newHarness(t, 512)
+	h.send(1, in, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial")
+	h.close(1)
+	h.send(2, in, "GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.close(2)
+	if len(h.got) != 0 {
+		t.Fatalf("spans invented for unanswered requests: %+v", h.got)
+	}
+	if n := h.tracer.Stats().Connections; n != 0 {
+		t.Errorf("%d connections left after close", n)
+	}
+}
+
+func TestBodyUntilClose(t *testing.T) {
+	h := newHarness(t, 512)
+	h.send(1, in, "GET / HTTP/1.0\r\n\r\n")
+	h.send(1, out, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+	h.send(1, out, "body that runs until close")
+	if len(h.got) != 0 {
+		t.Fatal("finished before close")
+	}
+	h.close(1)
+	if len(h.got) != 1 || h.got[0].ResponseSize != 26 || h.got[0].ProtocolVersion != "1.0" {
+		t.Fatalf("got %+v", h.got)
+	}
+}
+
+func TestClientAndTraceparent(t *testing.T) {
+	h := newHarness(t, 512)
+	h.send(1, out, "GET http://api:9000/v1/items/abc123def456?q=1 HTTP/1.1\r\nHost: api:9000\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
+	h.send(1, in, "HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n")
+	if len(h.got) != 1 {
+		t.Fatalf("got %d requests", len(h.got))
+	}
+	r := h.got[0]
+	if r.Role != RoleClient || r.Path != "/v1/items/abc123def456" || r.Host != "api" || r.HostPort != 9000 || r.StatusCode != 503 || r.Route != "/v1/items/{id}" {
+		t.Errorf("request = %+v", r)
+	}
+	if r.Parent.TraceID().String() != "0af7651916cd43dd8448eb211c80319c" || r.Parent.SpanID().String() != "b7ad6b7169203331" || !r.Parent.IsSampled() || !r.Parent.IsRemote() {
+		t.Errorf("parent = %+v", r.Parent)
+	}
+	if r.ServerAddr() != clientAddr {
+		t.Errorf("client span's server end = %v", r.ServerAddr())
+	}
+}
+
+// A connection that was open before the agent started: the first bytes
+// seen are mid-body. The tracer resyncs at the next message.
+func TestJoinMidStream(t *testing.T) {
+	h := newHarness(t, 512)
+	h.send(1, in, "tail of some body that began before we looked")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	h.send(1, in, "GET /fresh HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	if len(h.got) != 1 || h.got[0].Path != "/fresh" {
+		t.Fatalf("got %+v", h.got)
+	}
+}
+
+func TestNotHTTP(t *testing.T) {
+	h := newHarness(t, 512)
+	h.send(1, out, "*1\r\n$4\r\nPING\r\n")
+	h.send(1, in, "+PONG\r\n")
+	h.send(1, in, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+	if len(h.got) != 0 {
+		t.Fatalf("got %+v", h.got)
+	}
+}
+
+func TestUpgrade(t *testing.T) {
+	h := newHarness(t, 512)
+	h.send(1, in, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+	h.send(1, out, "\x81\x05hello")
+	h.send(1, in, "\x81\x85GET / HTTP/1.1")
+	if len(h.got) != 1 || h.got[0].StatusCode != 101 {
+		t.Fatalf("got %+v", h.got)
+	}
+}
+
+func TestHeuristicRoute(t *testing.T) {
+	for path, want := range map[string]string{
+		"/":                                          "/",
+		"/health":                                    "/health",
+		"/users/42":                                  "/users/{id}",
+		"/users/42/orders/7":                         "/users/{id}/orders/{id}",
+		"/items/550e8400-e29b-41d4-a716-446655440000": "/items/{id}",
+		"/static/app.js":                             "/static/app.js",
+		"/a/b/c/d/e/f/g/h/i/j":                       "/a/b/c/d/e/f/g/h/*",
+		"":                                           "",
+	} {
+		if got := heuristicRoute(path); got != want {
+			t.Errorf("heuristicRoute(%q) = %q, want %q", path, got, want)
+		}
+	}
+}
+
+func TestTraceparent(t *testing.T) {
+	for h, valid := range map[string]bool{
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01": true,
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00": true,
+		"00-00000000000000000000000000000000-b7ad6b7169203331-01": false,
+		"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01": false,
+		"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01": false,
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331":    false,
+		"garbage": false,
+	} {
+		if got := parseTraceparent(h).IsValid(); got != valid {
+			t.Errorf("parseTraceparent(%q).IsValid() = %v, want %v", h, got, valid)
+		}
+	}
+}

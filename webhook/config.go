@@ -1,0 +1,171 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/hashicorp/go-multierror"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Config is the webhook's configuration, read from the environment only.
+type Config struct {
+	Addr    string `env:"PODTRACER_WEBHOOK_ADDR" envDefault:":9443" help:"address of the HTTPS server (/mutate, /healthz, /readyz)"`
+	TLSCert string `env:"PODTRACER_WEBHOOK_TLS_CERT,required" help:"PEM certificate file (chain first); reloaded when it changes"`
+	TLSKey  string `env:"PODTRACER_WEBHOOK_TLS_KEY,required" help:"PEM private key file; reloaded when it changes"`
+	// How often the certificate files are read again to see whether they
+	// changed (cert-manager renewed them, a Secret was updated).
+	CertReloadInterval time.Duration `env:"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL" envDefault:"10s" help:"how often the certificate files are checked for changes"`
+
+	Image           string `env:"PODTRACER_WEBHOOK_IMAGE,required" help:"image of the injected podtracer container"`
+	ImagePullPolicy string `env:"PODTRACER_WEBHOOK_IMAGE_PULL_POLICY" help:"Always, IfNotPresent or Never (default: Kubernetes' default for the tag)"`
+	OTLPEndpoint    string `env:"PODTRACER_WEBHOOK_OTLP_ENDPOINT" help:"OTEL_EXPORTER_OTLP_ENDPOINT of the sidecar unless annotated, e.g. http://otel-collector.observability:4317 (default: none, spans go to the sidecar's stdout)"`
+	OTLPInsecure    string `env:"PODTRACER_WEBHOOK_OTLP_INSECURE" help:"OTEL_EXPORTER_OTLP_INSECURE of the sidecar unless annotated: true or false"`
+
+	CPURequest    resource.Quantity `env:"PODTRACER_WEBHOOK_CPU_REQUEST" envDefault:"50m" help:"sidecar CPU request (0: none)"`
+	MemoryRequest resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_REQUEST" envDefault:"64Mi" help:"sidecar memory request (0: none)"`
+	CPULimit      resource.Quantity `env:"PODTRACER_WEBHOOK_CPU_LIMIT" envDefault:"500m" help:"sidecar CPU limit (0: none)"`
+	MemoryLimit   resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_LIMIT" envDefault:"256Mi" help:"sidecar memory limit (0: none)"`
+}
+
+var envOptions = env.Options{FuncMap: map[reflect.Type]env.ParserFunc{
+	reflect.TypeFor[resource.Quantity](): func(v string) (any, error) {
+		q, err := resource.ParseQuantity(v)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a quantity like 100m or 64Mi", v)
+		}
+		return q, nil
+	},
+}}
+
+// LoadConfig reads the configuration from environ (os.Environ's format) and
+// reports every mistake at once.
+func LoadConfig(environ []string) (Config, error) {
+	opts := envOptions
+	opts.Environment = env.ToMap(environ)
+	var c Config
+	var errs *multierror.Error
+	if err := env.ParseWithOptions(&c, opts); err != nil {
+		var agg env.AggregateError
+		if errors.As(err, &agg) {
+			errs = multierror.Append(errs, agg.Errors...)
+		} else {
+			errs = multierror.Append(errs, err)
+		}
+	}
+	errs = multierror.Append(errs, c.validate()...)
+	if err := errs.ErrorOrNil(); err != nil {
+		errs.ErrorFormat = listErrors
+		return Config{}, fmt.Errorf("configuration: %w", errs)
+	}
+	return c, nil
+}
+
+func (c Config) validate() []error {
+	var errs []error
+	switch corev1.PullPolicy(c.ImagePullPolicy) {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_IMAGE_PULL_POLICY: %q is not Always, IfNotPresent or Never", c.ImagePullPolicy))
+	}
+	if c.OTLPEndpoint != "" {
+		if err := checkEndpoint(c.OTLPEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_OTLP_ENDPOINT: %w", err))
+		}
+	}
+	if c.OTLPInsecure != "" {
+		if err := checkBool(c.OTLPInsecure); err != nil {
+			errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_OTLP_INSECURE: %w", err))
+		}
+	}
+	if c.CertReloadInterval < 0 {
+		errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL: %s is negative", c.CertReloadInterval))
+	}
+	for _, q := range []struct {
+		name string
+		v    resource.Quantity
+	}{
+		{"PODTRACER_WEBHOOK_CPU_REQUEST", c.CPURequest},
+		{"PODTRACER_WEBHOOK_MEMORY_REQUEST", c.MemoryRequest},
+		{"PODTRACER_WEBHOOK_CPU_LIMIT", c.CPULimit},
+		{"PODTRACER_WEBHOOK_MEMORY_LIMIT", c.MemoryLimit},
+	} {
+		if q.v.Sign() < 0 {
+			errs = append(errs, fmt.Errorf("%s: %s is negative", q.name, q.v.String()))
+		}
+	}
+	for _, p := range []struct {
+		name     string
+		req, lim resource.Quantity
+	}{
+		{"CPU", c.CPURequest, c.CPULimit},
+		{"memory", c.MemoryRequest, c.MemoryLimit},
+	} {
+		if !p.lim.IsZero() && p.req.Cmp(p.lim) > 0 {
+			errs = append(errs, fmt.Errorf("sidecar %s request %s is above its limit %s", p.name, p.req.String(), p.lim.String()))
+		}
+	}
+	return errs
+}
+
+// Sidecar is the part of the configuration that the mutation uses.
+func (c Config) Sidecar() Sidecar {
+	res := corev1.ResourceRequirements{}
+	add := func(list *corev1.ResourceList, name corev1.ResourceName, q resource.Quantity) {
+		if q.IsZero() {
+			return
+		}
+		if *list == nil {
+			*list = corev1.ResourceList{}
+		}
+		(*list)[name] = q
+	}
+	add(&res.Requests, corev1.ResourceCPU, c.CPURequest)
+	add(&res.Requests, corev1.ResourceMemory, c.MemoryRequest)
+	add(&res.Limits, corev1.ResourceCPU, c.CPULimit)
+	add(&res.Limits, corev1.ResourceMemory, c.MemoryLimit)
+	return Sidecar{
+		Image:           c.Image,
+		ImagePullPolicy: corev1.PullPolicy(c.ImagePullPolicy),
+		OTLPEndpoint:    c.OTLPEndpoint,
+		OTLPInsecure:    c.OTLPInsecure,
+		Resources:       res,
+	}
+}
+
+func listErrors(errs []error) string {
+	lines := make([]string, len(errs))
+	for i, err := range errs {
+		lines[i] = "\n\t" + err.Error()
+	}
+	return strconv.Itoa(len(errs)) + " problem(s):" + strings.Join(lines, "")
+}
+
+// PrintUsage writes the environment variables the webhook reads.
+func PrintUsage(w io.Writer) error {
+	fmt.Fprint(w, `Usage: podtracer webhook
+
+The mutating admission webhook that injects the podtracer sidecar into
+Deployments annotated podtracer.io/inject=true. It is configured by these
+environment variables:
+
+`)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[Config]()) {
+		name, opts, _ := strings.Cut(f.Tag.Get("env"), ",")
+		def := f.Tag.Get("envDefault")
+		if opts == "required" {
+			def = "(required)"
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\n", name, def, f.Tag.Get("help"))
+	}
+	return tw.Flush()
+}

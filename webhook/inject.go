@@ -1,0 +1,365 @@
+package webhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+)
+
+// Annotations that users put on a Deployment (or on its pod template) to ask
+// for the sidecar, and the one the webhook writes to remember what it did.
+const (
+	// AnnotationInject turns injection on ("true") or off ("false"). On the
+	// Deployment it wins over the pod template's, because that is what
+	// `kubectl annotate deployment` changes.
+	AnnotationInject = "podtracer.io/inject"
+	// AnnotationPrivileged runs the sidecar privileged instead of with the
+	// capabilities below: an opt-in for kernels older than 5.8, which have no
+	// CAP_BPF or CAP_PERFMON.
+	AnnotationPrivileged = "podtracer.io/privileged"
+	// AnnotationStatus is written on the pod template by the webhook and
+	// records what it injected, so that a second pass changes nothing and
+	// removal restores the template exactly.
+	AnnotationStatus = "podtracer.io/status"
+
+	annotationPrefix = "podtracer.io/"
+)
+
+// ContainerName is the name of the injected container.
+const ContainerName = "podtracer"
+
+// Capabilities are the only ones the agent's container gets, all others are
+// dropped:
+//   - BPF: load eBPF programs and create maps (ring buffer, per-connection
+//     state); split out of SYS_ADMIN in Linux 5.8.
+//   - PERFMON: attach tracepoints, raw tracepoints and uprobes (perf events)
+//     and let programs read kernel and user memory.
+//   - SYS_PTRACE: read /proc/PID/exe, /proc/PID/environ and /proc/PID/root
+//     of neighbour processes that run as other users, to find their
+//     executables for uprobes and to identify them.
+//   - DAC_READ_SEARCH: open neighbours' executables and libraries through
+//     /proc/PID/root when file permissions would not let root read them.
+//   - SYS_RESOURCE: raise RLIMIT_MEMLOCK for BPF maps on kernels before 5.11,
+//     which charge them to memlock instead of the memory cgroup.
+//
+// SYS_ADMIN is deliberately absent: the agent uses raw tracepoints, which
+// need no tracefs mount. Kernels without CAP_BPF need AnnotationPrivileged.
+var Capabilities = []corev1.Capability{"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"}
+
+// Sidecar is what the webhook injects, from its own configuration. The
+// annotations of each Deployment refine it.
+type Sidecar struct {
+	Image           string
+	ImagePullPolicy corev1.PullPolicy // empty: Kubernetes' default for the image's tag
+	// OTLPEndpoint and OTLPInsecure become OTEL_EXPORTER_OTLP_ENDPOINT and
+	// OTEL_EXPORTER_OTLP_INSECURE unless a Deployment's annotations set them.
+	// Empty: not set, and the agent prints spans to its stdout.
+	OTLPEndpoint string
+	OTLPInsecure string
+	Resources    corev1.ResourceRequirements
+}
+
+// Action says what Mutate did.
+type Action string
+
+// What Mutate did to a Deployment.
+const (
+	ActionNone     Action = "none"     // nothing asked, nothing done
+	ActionInjected Action = "injected" // sidecar added or brought up to date
+	ActionRemoved  Action = "removed"  // sidecar taken out
+	ActionSkipped  Action = "skipped"  // asked for, but not possible: see the warnings
+)
+
+// Result is the outcome of Mutate.
+type Result struct {
+	// Deployment is the mutated copy; the input is never modified. It equals
+	// the input when nothing changed.
+	Deployment *appsv1.Deployment
+	Action     Action
+	// Warnings explain why the Deployment was left as it was, or what was
+	// ignored. They are returned to the user by the API server.
+	Warnings []string
+}
+
+// status is the value of AnnotationStatus.
+type status struct {
+	// Container is the name of the container the webhook added.
+	Container string `json:"container"`
+	// ShareProcessNamespace is true when the webhook set
+	// spec.shareProcessNamespace, which was unset before.
+	ShareProcessNamespace bool `json:"shareProcessNamespace,omitempty"`
+}
+
+// Mutate returns d as the webhook wants it: with the podtracer sidecar when
+// AnnotationInject is "true", without what the webhook injected earlier
+// otherwise. It is a pure function of its arguments, and Mutate of its own
+// output changes nothing.
+//
+// Mutate never refuses: a Deployment it cannot inject (the pod opts out of a
+// shared PID namespace, uses the host's, or already has a container named
+// "podtracer"), or whose podtracer annotations it cannot understand, comes
+// back unchanged, with warnings that say why.
+func Mutate(d *appsv1.Deployment, s Sidecar) Result {
+	annotations := podtracerAnnotations(d)
+
+	want, _, err := parseBoolAnnotation(annotations, AnnotationInject)
+	if err != nil {
+		return unchanged(d, ActionSkipped, err.Error()+"; Deployment left unchanged")
+	}
+
+	out := d.DeepCopy()
+	stripped, warnings := strip(out)
+	if !want {
+		if !stripped {
+			return unchanged(d, ActionNone)
+		}
+		return Result{Deployment: out, Action: ActionRemoved, Warnings: warnings}
+	}
+	if reasons := cannotInject(&out.Spec.Template.Spec); len(reasons) > 0 {
+		for i, r := range reasons {
+			reasons[i] = "not injected: " + r
+		}
+		if !stripped {
+			return unchanged(d, ActionSkipped, reasons...)
+		}
+		// An earlier injection no longer fits the pod: take it out.
+		return Result{Deployment: out, Action: ActionRemoved, Warnings: append(warnings, reasons...)}
+	}
+
+	container, problems, ignored := sidecarContainer(d, annotations, s)
+	if len(problems) > 0 {
+		return unchanged(d, ActionSkipped, append(problems, "Deployment left unchanged")...)
+	}
+	warnings = append(warnings, ignored...)
+
+	spec := &out.Spec.Template.Spec
+	st := status{Container: ContainerName}
+	if spec.ShareProcessNamespace == nil {
+		spec.ShareProcessNamespace = new(true)
+		st.ShareProcessNamespace = true
+	}
+	spec.Containers = append(spec.Containers, container)
+	raw, _ := json.Marshal(st) // cannot fail: plain struct
+	if out.Spec.Template.Annotations == nil {
+		out.Spec.Template.Annotations = map[string]string{}
+	}
+	out.Spec.Template.Annotations[AnnotationStatus] = string(raw)
+
+	if equality.Semantic.DeepEqual(d, out) {
+		return Result{Deployment: d.DeepCopy(), Action: ActionNone, Warnings: warnings}
+	}
+	return Result{Deployment: out, Action: ActionInjected, Warnings: warnings}
+}
+
+func unchanged(d *appsv1.Deployment, a Action, warnings ...string) Result {
+	return Result{Deployment: d.DeepCopy(), Action: a, Warnings: warnings}
+}
+
+// podtracerAnnotations are the pod template's podtracer.io/ annotations,
+// overridden by the Deployment's.
+func podtracerAnnotations(d *appsv1.Deployment) map[string]string {
+	a := map[string]string{}
+	for _, m := range []map[string]string{d.Spec.Template.Annotations, d.Annotations} {
+		for k, v := range m {
+			if strings.HasPrefix(k, annotationPrefix) && k != AnnotationStatus {
+				a[k] = v
+			}
+		}
+	}
+	return a
+}
+
+func parseBoolAnnotation(a map[string]string, key string) (value, set bool, err error) {
+	v, ok := a[key]
+	if !ok {
+		return false, false, nil
+	}
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return false, true, fmt.Errorf("annotation %s: %q is not true or false", key, v)
+	}
+	return b, true, nil
+}
+
+// strip removes what an earlier injection added, as recorded by
+// AnnotationStatus, and reports whether there was one. Without the status
+// annotation nothing is touched: a container named podtracer is then the
+// user's own.
+func strip(d *appsv1.Deployment) (bool, []string) {
+	raw, ok := d.Spec.Template.Annotations[AnnotationStatus]
+	if !ok {
+		return false, nil
+	}
+	var warnings []string
+	var st status
+	if err := json.Unmarshal([]byte(raw), &st); err != nil || st.Container == "" {
+		// Unreadable: assume the defaults, which is what every version wrote.
+		warnings = append(warnings, fmt.Sprintf("annotation %s is unreadable, rewritten", AnnotationStatus))
+		st = status{Container: ContainerName}
+	}
+	spec := &d.Spec.Template.Spec
+	spec.Containers = slices.DeleteFunc(spec.Containers, func(c corev1.Container) bool {
+		return c.Name == st.Container
+	})
+	if st.ShareProcessNamespace && spec.ShareProcessNamespace != nil && *spec.ShareProcessNamespace {
+		spec.ShareProcessNamespace = nil
+	}
+	delete(d.Spec.Template.Annotations, AnnotationStatus)
+	if len(d.Spec.Template.Annotations) == 0 {
+		d.Spec.Template.Annotations = nil
+	}
+	return true, warnings
+}
+
+// cannotInject says why the agent could not work in a pod with this spec.
+func cannotInject(spec *corev1.PodSpec) []string {
+	var reasons []string
+	if spec.ShareProcessNamespace != nil && !*spec.ShareProcessNamespace {
+		reasons = append(reasons, "shareProcessNamespace is false, so the sidecar could not see the other containers")
+	}
+	if spec.HostPID {
+		reasons = append(reasons, "hostPID is true, so the sidecar would trace the whole node")
+	}
+	if spec.OS != nil && spec.OS.Name != corev1.Linux {
+		reasons = append(reasons, fmt.Sprintf("spec.os.name is %s; eBPF needs Linux", spec.OS.Name))
+	}
+	for _, list := range [][]corev1.Container{spec.Containers, spec.InitContainers} {
+		for _, c := range list {
+			if c.Name == ContainerName {
+				reasons = append(reasons, "the pod already has a container named "+ContainerName)
+			}
+		}
+	}
+	return reasons
+}
+
+// sidecarContainer builds the injected container. problems are annotation
+// values that cannot be used (the caller then injects nothing); ignored are
+// unknown podtracer.io/ annotations.
+func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sidecar) (c corev1.Container, problems, ignored []string) {
+	env := []corev1.EnvVar{
+		fieldEnv("POD_NAME", "metadata.name"),
+		fieldEnv("POD_NAMESPACE", "metadata.namespace"),
+		fieldEnv("NODE_NAME", "spec.nodeName"),
+		fieldEnv("POD_UID", "metadata.uid"),
+	}
+
+	name := deploymentName(d)
+	values := map[string]string{
+		"OTEL_SERVICE_NAME":           name,
+		"OTEL_EXPORTER_OTLP_ENDPOINT": s.OTLPEndpoint,
+		"OTEL_EXPORTER_OTLP_INSECURE": s.OTLPInsecure,
+	}
+	privileged := false
+	for _, key := range slices.Sorted(maps.Keys(annotations)) {
+		v := annotations[key]
+		switch key {
+		case AnnotationInject:
+			continue
+		case AnnotationPrivileged:
+			b, _, err := parseBoolAnnotation(annotations, key)
+			if err != nil {
+				problems = append(problems, err.Error())
+			}
+			privileged = b
+			continue
+		}
+		st, ok := settingByAnnotation[key]
+		if !ok {
+			ignored = append(ignored, fmt.Sprintf("unknown annotation %s ignored", key))
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if err := st.check(v); err != nil {
+			problems = append(problems, fmt.Sprintf("annotation %s: %v", key, err))
+			continue
+		}
+		values[st.Env] = v
+	}
+	attrs := "k8s.deployment.name=" + name
+	if extra := values["OTEL_RESOURCE_ATTRIBUTES"]; extra != "" {
+		attrs += "," + extra
+	}
+	values["OTEL_RESOURCE_ATTRIBUTES"] = attrs
+	for _, st := range Settings {
+		if v := values[st.Env]; v != "" {
+			env = append(env, corev1.EnvVar{Name: st.Env, Value: v})
+		}
+	}
+
+	c = corev1.Container{
+		Name:                     ContainerName,
+		Image:                    s.Image,
+		ImagePullPolicy:          pullPolicy(s),
+		Env:                      env,
+		Resources:                *s.Resources.DeepCopy(),
+		SecurityContext:          securityContext(privileged),
+		TerminationMessagePath:   corev1.TerminationMessagePathDefault,
+		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+	}
+	return c, problems, ignored
+}
+
+// securityContext is the least the agent needs: root (to read its
+// neighbours' /proc entries) with Capabilities, or privileged on request.
+func securityContext(privileged bool) *corev1.SecurityContext {
+	sc := &corev1.SecurityContext{
+		// Root, even when the pod asks for non-root users.
+		RunAsUser:              new(int64(0)),
+		RunAsNonRoot:           new(false),
+		ReadOnlyRootFilesystem: new(true),
+	}
+	if privileged {
+		sc.Privileged = new(true)
+		return sc
+	}
+	sc.AllowPrivilegeEscalation = new(false)
+	sc.Capabilities = &corev1.Capabilities{
+		Add:  slices.Clone(Capabilities),
+		Drop: []corev1.Capability{"ALL"},
+	}
+	return sc
+}
+
+func fieldEnv(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
+		FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
+	}}
+}
+
+// deploymentName is the service name podtracer reports by default. On
+// CREATE with generateName the name is not known yet.
+func deploymentName(d *appsv1.Deployment) string {
+	if d.Name != "" {
+		return d.Name
+	}
+	return strings.TrimRight(d.GenerateName, "-")
+}
+
+// pullPolicy is the configured policy, or the one the API server would
+// default to, so that a stored Deployment and a fresh injection compare
+// equal.
+func pullPolicy(s Sidecar) corev1.PullPolicy {
+	if s.ImagePullPolicy != "" {
+		return s.ImagePullPolicy
+	}
+	image := s.Image
+	if strings.Contains(image, "@") {
+		return corev1.PullIfNotPresent
+	}
+	tag := ""
+	if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
+		tag = image[i+1:]
+	}
+	if tag == "" || tag == "latest" {
+		return corev1.PullAlways
+	}
+	return corev1.PullIfNotPresent
+}

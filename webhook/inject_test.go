@@ -1,0 +1,283 @@
+package webhook
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"sigs.k8s.io/yaml"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/inject")
+
+const goldenHeader = "# Generated from in.yaml by `go test ./webhook -run TestMutateGolden -update`.\n"
+
+// goldenSidecar is the webhook configuration every golden case uses.
+func goldenSidecar() Sidecar {
+	return Sidecar{
+		Image:        "ghcr.io/podtracer/podtracer:v0.1.0",
+		OTLPEndpoint: "http://otel-collector.observability:4317",
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi")},
+		},
+	}
+}
+
+func readDeployment(t *testing.T, path string) *appsv1.Deployment {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d appsv1.Deployment
+	if err := yaml.UnmarshalStrict(b, &d); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return &d
+}
+
+func deploymentYAML(t *testing.T, d *appsv1.Deployment) string {
+	t.Helper()
+	b, err := yaml.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func resultText(r Result) string {
+	var b strings.Builder
+	b.WriteString("action: " + string(r.Action) + "\n")
+	for _, w := range r.Warnings {
+		b.WriteString("warning: " + w + "\n")
+	}
+	return b.String()
+}
+
+// golden compares got with the file, or rewrites the file under -update.
+func golden(t *testing.T, path, got string) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), got); diff != "" {
+		t.Errorf("%s differs (-want +got; -update rewrites it):\n%s", path, diff)
+	}
+}
+
+// withoutInject deletes the inject annotation everywhere: what a user does
+// to take the sidecar out.
+func withoutInject(d *appsv1.Deployment) *appsv1.Deployment {
+	d = d.DeepCopy()
+	delete(d.Annotations, AnnotationInject)
+	delete(d.Spec.Template.Annotations, AnnotationInject)
+	if len(d.Annotations) == 0 {
+		d.Annotations = nil
+	}
+	if len(d.Spec.Template.Annotations) == 0 {
+		d.Spec.Template.Annotations = nil
+	}
+	return d
+}
+
+func TestMutateGolden(t *testing.T) {
+	dirs, err := filepath.Glob("testdata/inject/*")
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no golden cases: %v", err)
+	}
+	for _, dir := range dirs {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			in := readDeployment(t, filepath.Join(dir, "in.yaml"))
+			pristine := in.DeepCopy()
+
+			res := Mutate(in, goldenSidecar())
+			if !equality.Semantic.DeepEqual(in, pristine) {
+				t.Fatal("Mutate modified its input")
+			}
+			golden(t, filepath.Join(dir, "out.yaml"), goldenHeader+deploymentYAML(t, res.Deployment))
+			golden(t, filepath.Join(dir, "result.txt"), resultText(res))
+			if *update {
+				return
+			}
+			out := readDeployment(t, filepath.Join(dir, "out.yaml"))
+
+			t.Run("idempotent", func(t *testing.T) {
+				again := Mutate(out, goldenSidecar())
+				if diff := cmp.Diff(deploymentYAML(t, out), deploymentYAML(t, again.Deployment)); diff != "" {
+					t.Errorf("second pass changed the Deployment (-first +second):\n%s", diff)
+				}
+				if again.Action == ActionInjected || again.Action == ActionRemoved {
+					t.Errorf("second pass action = %s, want none or skipped", again.Action)
+				}
+			})
+
+			// Removal is exact: without the annotation, the injected
+			// Deployment goes back to what it was before injection.
+			if _, injected := out.Spec.Template.Annotations[AnnotationStatus]; !injected {
+				return
+			}
+			if _, preInjected := in.Spec.Template.Annotations[AnnotationStatus]; preInjected {
+				return // the input was injected already: no pristine original
+			}
+			for name, mark := range map[string]func(*appsv1.Deployment) *appsv1.Deployment{
+				"annotation removed": withoutInject,
+				"annotation false": func(d *appsv1.Deployment) *appsv1.Deployment {
+					d = withoutInject(d)
+					if d.Annotations == nil {
+						d.Annotations = map[string]string{}
+					}
+					d.Annotations[AnnotationInject] = "false"
+					return d
+				},
+			} {
+				t.Run("removal/"+name, func(t *testing.T) {
+					removed := Mutate(mark(out), goldenSidecar())
+					if removed.Action != ActionRemoved {
+						t.Errorf("action = %s, want %s", removed.Action, ActionRemoved)
+					}
+					if diff := cmp.Diff(deploymentYAML(t, mark(in)), deploymentYAML(t, removed.Deployment)); diff != "" {
+						t.Errorf("removal is not exact (-original +removed):\n%s", diff)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestMutateFollowsConfiguration: a Deployment injected by an older webhook
+// (another image, other settings) is brought up to date by its next update.
+func TestMutateFollowsConfiguration(t *testing.T) {
+	in := readDeployment(t, "testdata/inject/basic/in.yaml")
+	old := goldenSidecar()
+	old.Image = "ghcr.io/podtracer/podtracer:v0.0.9"
+	old.OTLPEndpoint = ""
+	first := Mutate(in, old)
+
+	second := Mutate(first.Deployment, goldenSidecar())
+	if second.Action != ActionInjected {
+		t.Fatalf("action = %s, want injected", second.Action)
+	}
+	want := Mutate(in, goldenSidecar())
+	if diff := cmp.Diff(deploymentYAML(t, want.Deployment), deploymentYAML(t, second.Deployment)); diff != "" {
+		t.Errorf("re-injection differs from a fresh injection (-fresh +re-injected):\n%s", diff)
+	}
+
+	// A new annotation changes the sidecar's env.
+	annotated := second.Deployment.DeepCopy()
+	annotated.Annotations["podtracer.io/open-ports"] = "8080"
+	third := Mutate(annotated, goldenSidecar())
+	if third.Action != ActionInjected {
+		t.Fatalf("action = %s, want injected", third.Action)
+	}
+	c := third.Deployment.Spec.Template.Spec.Containers
+	if got := envValue(c[len(c)-1], "PODTRACER_OPEN_PORTS"); got != "8080" {
+		t.Errorf("PODTRACER_OPEN_PORTS = %q, want 8080", got)
+	}
+}
+
+// TestMutateConflictAfterInjection: when the pod stops fitting (the user
+// sets shareProcessNamespace: false), the earlier injection is taken out.
+func TestMutateConflictAfterInjection(t *testing.T) {
+	in := readDeployment(t, "testdata/inject/basic/in.yaml")
+	injected := Mutate(in, goldenSidecar()).Deployment
+	injected.Spec.Template.Spec.ShareProcessNamespace = new(false)
+	res := Mutate(injected, goldenSidecar())
+	if res.Action != ActionRemoved || len(res.Warnings) == 0 {
+		t.Fatalf("action %s warnings %q, want removed with a warning", res.Action, res.Warnings)
+	}
+	want := in.DeepCopy()
+	want.Spec.Template.Spec.ShareProcessNamespace = new(false)
+	if diff := cmp.Diff(deploymentYAML(t, want), deploymentYAML(t, res.Deployment)); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+// TestMutateBadSettingKeepsInjection: a typo in an annotation leaves an
+// injected Deployment as it was, instead of taking the sidecar out.
+func TestMutateBadSettingKeepsInjection(t *testing.T) {
+	in := readDeployment(t, "testdata/inject/basic/in.yaml")
+	injected := Mutate(in, goldenSidecar()).Deployment
+	injected.Annotations["podtracer.io/open-ports"] = "http"
+	res := Mutate(injected, goldenSidecar())
+	if res.Action != ActionSkipped || !equality.Semantic.DeepEqual(res.Deployment, injected) {
+		t.Fatalf("action %s, changed %v: want skipped and unchanged", res.Action, !equality.Semantic.DeepEqual(res.Deployment, injected))
+	}
+}
+
+func envValue(c corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
+}
+
+func TestPullPolicy(t *testing.T) {
+	for image, want := range map[string]corev1.PullPolicy{
+		"podtracer":                          corev1.PullAlways,
+		"podtracer:latest":                   corev1.PullAlways,
+		"registry:5000/podtracer":            corev1.PullAlways,
+		"registry:5000/podtracer:v1":         corev1.PullIfNotPresent,
+		"ghcr.io/podtracer/podtracer:v0.1.0": corev1.PullIfNotPresent,
+		"ghcr.io/podtracer/podtracer@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef": corev1.PullIfNotPresent,
+	} {
+		if got := pullPolicy(Sidecar{Image: image}); got != want {
+			t.Errorf("pullPolicy(%q) = %s, want %s", image, got, want)
+		}
+	}
+	if got := pullPolicy(Sidecar{Image: "podtracer", ImagePullPolicy: corev1.PullNever}); got != corev1.PullNever {
+		t.Errorf("configured policy not used: %s", got)
+	}
+}
+
+func TestSettingChecks(t *testing.T) {
+	good := map[string][]string{
+		"podtracer.io/open-ports":             {"8080", "8080,9000-9100", " 80 , 443 ", "1-65535"},
+		"podtracer.io/otlp-endpoint":          {"http://c:4317", "https://collector.observability.svc.cluster.local:4317"},
+		"podtracer.io/sampler-arg":            {"0", "0.5", "1"},
+		"podtracer.io/metric-export-interval": {"1", "60000"},
+		"podtracer.io/resource-attributes":    {"a=b", "a=b,c=d=e", "team="},
+		"podtracer.io/executable-name":        {"^java$", "python3?"},
+	}
+	bad := map[string][]string{
+		"podtracer.io/open-ports":             {"", "http", "0", "65536", "9100-9000", "80,", "-80", "80-"},
+		"podtracer.io/otlp-endpoint":          {"", "collector:4317", "grpc://c:4317", "http://"},
+		"podtracer.io/sampler-arg":            {"", "1.5", "-0.1", "half"},
+		"podtracer.io/metric-export-interval": {"", "0", "1s", "-5"},
+		"podtracer.io/resource-attributes":    {"a", "=b", "a=b,"},
+		"podtracer.io/executable-name":        {"", "(java"},
+		"podtracer.io/trace-printer":          {"TEXT", "yaml"},
+		"podtracer.io/log-level":              {"trace"},
+		"podtracer.io/otlp-insecure":          {"yes"},
+	}
+	for key, values := range good {
+		for _, v := range values {
+			if err := settingByAnnotation[key].check(strings.TrimSpace(v)); err != nil {
+				t.Errorf("%s=%q: %v", key, v, err)
+			}
+		}
+	}
+	for key, values := range bad {
+		for _, v := range values {
+			if err := settingByAnnotation[key].check(strings.TrimSpace(v)); err == nil {
+				t.Errorf("%s=%q accepted", key, v)
+			}
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Setting is an agent environment variable that a Deployment annotation sets
+// on the injected sidecar.
+type Setting struct {
+	Annotation string
+	Env        string
+	Doc        string
+	check      func(string) error
+}
+
+// Settings are the annotations the webhook passes to the sidecar, in the
+// order the variables appear in its env. The checks catch what would make
+// the agent exit at start: a crash-looping sidecar makes the pod not ready.
+var Settings = []Setting{
+	{"podtracer.io/service-name", "OTEL_SERVICE_NAME", "service name (default: the Deployment's name)", nonEmpty},
+	{"podtracer.io/resource-attributes", "OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,... (k8s.deployment.name is always set)", checkAttributes},
+	{"podtracer.io/otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC endpoint, http://host:port or https://host:port", checkEndpoint},
+	{"podtracer.io/otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE", "true: no TLS to an endpoint without scheme", checkBool},
+	{"podtracer.io/sampler", "OTEL_TRACES_SAMPLER", "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio", oneOf("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio")},
+	{"podtracer.io/sampler-arg", "OTEL_TRACES_SAMPLER_ARG", "sampling ratio, 0 to 1", checkRatio},
+	{"podtracer.io/metric-export-interval", "OTEL_METRIC_EXPORT_INTERVAL", "milliseconds between metric exports", checkMillis},
+	{"podtracer.io/open-ports", "PODTRACER_OPEN_PORTS", "trace only processes listening on these ports, e.g. 8080,9000-9100", checkPorts},
+	{"podtracer.io/executable-name", "PODTRACER_EXECUTABLE_NAME", "trace only processes whose executable matches this regular expression", checkRegexp},
+	{"podtracer.io/trace-printer", "PODTRACER_TRACE_PRINTER", "print spans to the sidecar's stdout: text, json or off", oneOf("text", "json", "off")},
+	{"podtracer.io/log-level", "PODTRACER_LOG_LEVEL", "debug, info, warn or error", oneOf("debug", "info", "warn", "error")},
+}
+
+var settingByAnnotation = func() map[string]Setting {
+	m := map[string]Setting{}
+	for _, s := range Settings {
+		m[s.Annotation] = s
+	}
+	return m
+}()
+
+func nonEmpty(v string) error {
+	if v == "" {
+		return errors.New("empty")
+	}
+	return nil
+}
+
+func checkBool(v string) error {
+	if _, err := strconv.ParseBool(v); err != nil {
+		return fmt.Errorf("%q is not true or false", v)
+	}
+	return nil
+}
+
+func oneOf(values ...string) func(string) error {
+	return func(v string) error {
+		for _, ok := range values {
+			if v == ok {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not one of %s", v, strings.Join(values, ", "))
+	}
+}
+
+// checkEndpoint accepts what the OpenTelemetry specification defines for
+// OTEL_EXPORTER_OTLP_ENDPOINT: a URL with scheme http or https.
+func checkEndpoint(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not a URL like http://collector:4317", v)
+	}
+	return nil
+}
+
+func checkRatio(v string) error {
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 || f > 1 {
+		return fmt.Errorf("%q is not a number from 0 to 1", v)
+	}
+	return nil
+}
+
+func checkMillis(v string) error {
+	n, err := strconv.ParseUint(v, 10, 63)
+	if err != nil || n == 0 {
+		return fmt.Errorf("%q is not a positive number of milliseconds", v)
+	}
+	return nil
+}
+
+// checkAttributes accepts key=value pairs separated by commas, the
+// OTEL_RESOURCE_ATTRIBUTES format.
+func checkAttributes(v string) error {
+	for pair := range strings.SplitSeq(v, ",") {
+		k, _, ok := strings.Cut(pair, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("%q is not key=value", pair)
+		}
+	}
+	return nil
+}
+
+// checkPorts accepts ports and ranges separated by commas: 8080,9000-9100.
+func checkPorts(v string) error {
+	for part := range strings.SplitSeq(v, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		first, err1 := parsePort(lo)
+		last, err2 := first, error(nil)
+		if isRange {
+			last, err2 = parsePort(hi)
+		}
+		if err1 != nil || err2 != nil || last < first {
+			return fmt.Errorf("%q is not a port (1-65535) or range of ports like 9000-9100", part)
+		}
+	}
+	return nil
+}
+
+func parsePort(s string) (uint64, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
+	if err == nil && n == 0 {
+		err = errors.New("port 0")
+	}
+	return n, err
+}
+
+// checkRegexp uses Go's syntax, which is what the agent compiles.
+func checkRegexp(v string) error {
+	if v == "" {
+		return errors.New("empty")
+	}
+	if _, err := regexp.Compile(v); err != nil {
+		return err
+	}
+	return nil
+}
