@@ -3,9 +3,133 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"time"
+
+	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/exporter"
+	"github.com/podtracer/podtracer/pod"
+	"github.com/podtracer/podtracer/tracer"
 )
 
+// procRoot is where the pod's processes are read; the agent shares the
+// pod's PID namespace, so its own /proc shows them.
+const procRoot = "/proc"
+
+// statsInterval is how often the agent logs its counters when they changed.
+var statsInterval = 30 * time.Second
+
 func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
-	return errors.New("agent: not implemented yet")
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help", "help":
+			usage(os.Stdout)
+			return nil
+		default:
+			usage(os.Stderr)
+			return fmt.Errorf("unknown argument %q: podtracer is configured by environment variables", a)
+		}
+	}
+	cfg, err := loadConfig(os.Environ())
+	if err != nil {
+		return err
+	}
+	logger = newLogger(cfg)
+	slog.SetDefault(logger)
+
+	// Exporter first: a collector that is down must not stop the agent,
+	// and spans from the first captured request need somewhere to go.
+	exp, err := exporter.New(ctx, exporter.Config{
+		TracesOTLP:   cfg.tracesOTLP(),
+		MetricsOTLP:  cfg.metricsOTLP(),
+		Printer:      cfg.TracePrinter,
+		QueueSize:    cfg.QueueSize,
+		CaptureQuery: cfg.CaptureQuery,
+		ServiceName:  cfg.ServiceName,
+		Metadata:     cfg.Metadata,
+	}, logger)
+	if err != nil {
+		return fmt.Errorf("start exporter: %w", err)
+	}
+	defer func() {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := exp.Shutdown(shutdownCtx); err != nil {
+			logger.Warn("flush on shutdown", "error", err)
+		}
+	}()
+
+	capture, err := bpf.Load(bpf.Config{
+		CaptureBytes:    cfg.CaptureBytes,
+		RingBufferBytes: cfg.RingBuffer,
+		MaxConnections:  cfg.MaxConnections,
+	}, logger)
+	if err != nil {
+		return fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
+	}
+	defer capture.Close()
+
+	registry := pod.NewRegistry(procRoot, pod.Selection{OpenPorts: cfg.ports, Executable: cfg.executable}, logger)
+	tr := tracer.New(tracer.Config{RouteHeuristic: cfg.RouteHeuristic, MaxConnections: cfg.MaxConnections},
+		registry, capture.WallTime, exp.Export)
+
+	go pod.Watch(ctx, procRoot, 10*time.Second, logger)
+	go reportStats(ctx, logger, capture, tr, exp)
+	go func() {
+		<-ctx.Done()
+		capture.Close() // unblocks Read
+	}()
+
+	logger.Info("podtracer agent running", "pid", os.Getpid(), "selection_ports", cfg.ports.String(),
+		"selection_executable", cfg.ExecutableName, "traces_otlp", cfg.tracesOTLP(), "metrics_otlp", cfg.metricsOTLP())
+	var ev bpf.Event
+	for {
+		if err := capture.Read(&ev); err != nil {
+			if errors.Is(err, bpf.ErrClosed) {
+				logger.Info("shutting down: flushing spans and metrics")
+				return nil
+			}
+			return err
+		}
+		tr.Handle(&ev)
+	}
+}
+
+func newLogger(cfg config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// reportStats logs the counters when they change, and warns about loss.
+func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture, tr *tracer.Tracer, exp *exporter.Exporter) {
+	t := time.NewTicker(statsInterval)
+	defer t.Stop()
+	var last bpf.Stats
+	var lastRequests uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ks, err := capture.Stats()
+		if err != nil {
+			continue
+		}
+		ts, es := tr.Stats(), exp.Stats()
+		if ks.Lost > last.Lost {
+			logger.Warn("kernel events lost: ring buffer full (raise PODTRACER_RING_BUFFER_BYTES)", "lost", ks.Lost-last.Lost, "lost_total", ks.Lost)
+		}
+		if ks != last || ts.Requests != lastRequests {
+			logger.Info("stats", "kernel_events", ks.Events, "kernel_lost", ks.Lost, "calls_untracked", ks.CallsUntracked,
+				"requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked,
+				"spans_exported", es.ExportedSpans, "requests_dropped", es.DroppedRequests, "spans_dropped", es.DroppedSpans)
+		}
+		last, lastRequests = ks, ts.Requests
+	}
 }

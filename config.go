@@ -1,0 +1,284 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/hashicorp/go-multierror"
+
+	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/pod"
+)
+
+// config is the agent's whole configuration: environment variables only.
+// The OTEL_* variables are the ones every OpenTelemetry SDK reads; the SDK
+// exporters read them again themselves, but they are checked here so that
+// every mistake is reported at once, before anything starts.
+type config struct {
+	OTLPEndpoint        string `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC collector endpoint for traces and metrics (e.g. http://otel-collector:4317); unset: spans are printed to stdout"`
+	OTLPTracesEndpoint  string `env:"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" desc:"OTLP/gRPC endpoint for traces only, overrides OTEL_EXPORTER_OTLP_ENDPOINT"`
+	OTLPMetricsEndpoint string `env:"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" desc:"OTLP/gRPC endpoint for metrics only, overrides OTEL_EXPORTER_OTLP_ENDPOINT"`
+	OTLPInsecure        string `env:"OTEL_EXPORTER_OTLP_INSECURE" desc:"true: plaintext gRPC to an https:// endpoint's host (http:// endpoints are plaintext anyway)"`
+	OTLPHeaders         string `env:"OTEL_EXPORTER_OTLP_HEADERS" desc:"headers for every OTLP export, key1=value1,key2=value2 (e.g. auth tokens)"`
+	ServiceName         string `env:"OTEL_SERVICE_NAME" desc:"service.name of every traced process; unset: each process's executable name"`
+	ResourceAttributes  string `env:"OTEL_RESOURCE_ATTRIBUTES" desc:"extra resource attributes, key1=value1,key2=value2"`
+	Sampler             string `env:"OTEL_TRACES_SAMPLER" envDefault:"parentbased_always_on" desc:"always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"`
+	SamplerArg          string `env:"OTEL_TRACES_SAMPLER_ARG" desc:"sampling ratio 0..1 for the traceidratio samplers"`
+	MetricInterval      string `env:"OTEL_METRIC_EXPORT_INTERVAL" envDefault:"60000" desc:"milliseconds between metric exports"`
+
+	OpenPorts      string `env:"PODTRACER_OPEN_PORTS" desc:"trace only processes listening on these TCP ports, e.g. 8080,9000-9100; unset: every neighbour"`
+	ExecutableName string `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path matches this regular expression"`
+	TracePrinter   string `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without an OTLP endpoint, else off"`
+	CaptureBytes   int    `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
+	RingBuffer     int    `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"4194304" desc:"kernel-to-agent ring buffer size in bytes (a power of two, at least 4096)"`
+	MaxConnections int    `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once; more are counted and skipped"`
+	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export; beyond it they are dropped and counted"`
+	CaptureQuery   bool   `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
+	RouteHeuristic bool   `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive http.route from the path, ids replaced by {id} (/users/{id}); false: no route"`
+	LogLevel       string `env:"PODTRACER_LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
+	LogFormat      string `env:"PODTRACER_LOG_FORMAT" envDefault:"text" desc:"text or json"`
+
+	Metadata pod.Metadata `desc:"downward API"`
+
+	// Parsed from the strings above by validate.
+	ports      pod.Ports
+	executable *regexp.Regexp
+	level      slog.Level
+}
+
+// metadataDesc documents the downward-API variables in -h.
+var metadataDesc = map[string]string{
+	"POD_NAME":      "k8s.pod.name (downward API: metadata.name)",
+	"POD_NAMESPACE": "k8s.namespace.name (downward API: metadata.namespace)",
+	"NODE_NAME":     "k8s.node.name (downward API: spec.nodeName)",
+	"POD_UID":       "k8s.pod.uid (downward API: metadata.uid)",
+}
+
+// loadConfig reads and checks the whole configuration from environ
+// ("KEY=value" strings), reporting every mistake in one error.
+func loadConfig(environ []string) (config, error) {
+	var cfg config
+	var errs *multierror.Error
+	environment := env.ToMap(environ)
+	err := env.ParseWithOptions(&cfg, env.Options{Environment: environment})
+	var agg env.AggregateError
+	unparsed := map[string]bool{}
+	switch {
+	case errors.As(err, &agg):
+		for _, e := range agg.Errors {
+			var pe env.ParseError
+			if errors.As(e, &pe) {
+				// Name the variable, not the Go field.
+				name := envName(pe.Name)
+				unparsed[name] = true
+				e = fmt.Errorf("%s=%q: want %s", name, environment[name], kindName(pe.Type))
+			}
+			errs = multierror.Append(errs, e)
+		}
+	case err != nil:
+		errs = multierror.Append(errs, err)
+	}
+	for _, e := range cfg.validate() {
+		if name, _, _ := strings.Cut(e.Error(), "="); !unparsed[name] {
+			errs = multierror.Append(errs, e)
+		}
+	}
+	if errs == nil {
+		return cfg, nil
+	}
+	errs.ErrorFormat = listErrors
+	return cfg, errs.ErrorOrNil()
+}
+
+// envName returns the variable behind a config field.
+func envName(field string) string {
+	if f, ok := reflect.TypeOf(config{}).FieldByName(field); ok {
+		return f.Tag.Get("env")
+	}
+	return field
+}
+
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int:
+		return "an integer"
+	}
+	return "a " + t.String()
+}
+
+func listErrors(errs []error) string {
+	lines := make([]string, len(errs))
+	for i, e := range errs {
+		lines[i] = "  - " + e.Error()
+	}
+	return fmt.Sprintf("%d configuration error(s):\n%s", len(errs), strings.Join(lines, "\n"))
+}
+
+func (c *config) validate() []error {
+	var errs []error
+	bad := func(name, value, want string) {
+		errs = append(errs, fmt.Errorf("%s=%q: %s", name, value, want))
+	}
+	for name, v := range map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT":         c.OTLPEndpoint,
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT":  c.OTLPTracesEndpoint,
+		"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": c.OTLPMetricsEndpoint,
+	} {
+		if v == "" {
+			continue
+		}
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad(name, v, "want a URL like http://collector:4317 or https://collector:4317")
+		}
+	}
+	if c.OTLPInsecure != "" {
+		if _, err := strconv.ParseBool(c.OTLPInsecure); err != nil {
+			bad("OTEL_EXPORTER_OTLP_INSECURE", c.OTLPInsecure, "want true or false")
+		}
+	}
+	for name, v := range map[string]string{"OTEL_EXPORTER_OTLP_HEADERS": c.OTLPHeaders, "OTEL_RESOURCE_ATTRIBUTES": c.ResourceAttributes} {
+		if err := checkKeyValues(v); err != nil {
+			bad(name, v, err.Error())
+		}
+	}
+	switch c.Sampler {
+	case "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
+	case "traceidratio", "parentbased_traceidratio":
+		if c.SamplerArg != "" {
+			if r, err := strconv.ParseFloat(c.SamplerArg, 64); err != nil || r < 0 || r > 1 {
+				bad("OTEL_TRACES_SAMPLER_ARG", c.SamplerArg, "want a ratio between 0 and 1")
+			}
+		}
+	default:
+		bad("OTEL_TRACES_SAMPLER", c.Sampler, "want always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio")
+	}
+	if ms, err := strconv.Atoi(c.MetricInterval); err != nil || ms <= 0 {
+		bad("OTEL_METRIC_EXPORT_INTERVAL", c.MetricInterval, "want a positive number of milliseconds")
+	}
+
+	var err error
+	if c.ports, err = pod.ParsePorts(c.OpenPorts); err != nil {
+		bad("PODTRACER_OPEN_PORTS", c.OpenPorts, err.Error())
+	}
+	if c.ExecutableName != "" {
+		if c.executable, err = regexp.Compile(c.ExecutableName); err != nil {
+			bad("PODTRACER_EXECUTABLE_NAME", c.ExecutableName, "not a regular expression: "+err.Error())
+		}
+	}
+	switch c.TracePrinter {
+	case "", "text", "json", "off":
+	default:
+		bad("PODTRACER_TRACE_PRINTER", c.TracePrinter, "want text, json or off")
+	}
+	if c.CaptureBytes < bpf.MinCaptureBytes || c.CaptureBytes > bpf.MaxCaptureBytes {
+		bad("PODTRACER_CAPTURE_BYTES", strconv.Itoa(c.CaptureBytes), fmt.Sprintf("want %d to %d", bpf.MinCaptureBytes, bpf.MaxCaptureBytes))
+	}
+	if c.RingBuffer < 4096 || c.RingBuffer&(c.RingBuffer-1) != 0 {
+		bad("PODTRACER_RING_BUFFER_BYTES", strconv.Itoa(c.RingBuffer), "want a power of two, at least 4096")
+	}
+	if c.MaxConnections <= 0 {
+		bad("PODTRACER_MAX_CONNECTIONS", strconv.Itoa(c.MaxConnections), "want a positive number")
+	}
+	if c.QueueSize <= 0 {
+		bad("PODTRACER_QUEUE_SIZE", strconv.Itoa(c.QueueSize), "want a positive number")
+	}
+	if err := c.level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		bad("PODTRACER_LOG_LEVEL", c.LogLevel, "want debug, info, warn or error")
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("PODTRACER_LOG_FORMAT", c.LogFormat, "want text or json")
+	}
+	return errs
+}
+
+// checkKeyValues checks the W3C baggage-like "k=v,k2=v2" lists that
+// OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS use.
+func checkKeyValues(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	for _, item := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(item, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("want key=value pairs separated by commas, got %q", item)
+		}
+		if _, err := url.QueryUnescape(v); err != nil {
+			return fmt.Errorf("value of %q is not URL-encoded correctly", k)
+		}
+	}
+	return nil
+}
+
+// tracesEndpoint and metricsEndpoint say whether OTLP export is on.
+func (c *config) tracesOTLP() bool  { return c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "" }
+func (c *config) metricsOTLP() bool { return c.OTLPEndpoint != "" || c.OTLPMetricsEndpoint != "" }
+
+func (c *config) metricInterval() time.Duration {
+	ms, _ := strconv.Atoi(c.MetricInterval)
+	return time.Duration(ms) * time.Millisecond
+}
+
+// variable is one documented environment variable.
+type variable struct{ name, def, desc string }
+
+// variables lists every environment variable the agent reads, in the
+// order of the config struct, for -h and the README.
+func variables() []variable {
+	var vars []variable
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for i := range t.NumField() {
+			f := t.Field(i)
+			if f.Type.Kind() == reflect.Struct && f.Tag.Get("env") == "" {
+				walk(f.Type)
+				continue
+			}
+			name := f.Tag.Get("env")
+			if name == "" {
+				continue
+			}
+			desc := f.Tag.Get("desc")
+			if desc == "" {
+				desc = metadataDesc[name]
+			}
+			vars = append(vars, variable{name, f.Tag.Get("envDefault"), desc})
+		}
+	}
+	walk(reflect.TypeOf(config{}))
+	return vars
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `podtracer: zero-code OpenTelemetry traces and metrics for the processes of its pod.
+
+Usage:
+  podtracer            run the agent (needs root or CAP_BPF+CAP_PERFMON, and shareProcessNamespace)
+  podtracer webhook    run the mutating admission webhook (see PODTRACER_WEBHOOK_* in the README)
+  podtracer -h         this help
+
+The agent is configured by environment variables only:
+
+`)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "VARIABLE\tDEFAULT\tMEANING")
+	for _, v := range variables() {
+		def := v.def
+		if def == "" {
+			def = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", v.name, def, v.desc)
+	}
+	tw.Flush()
+}

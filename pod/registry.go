@@ -1,0 +1,162 @@
+package pod
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Selection says which neighbours to trace. Every criterion given must
+// match; with none, every neighbour is traced.
+type Selection struct {
+	// OpenPorts selects processes listening on one of these TCP ports.
+	OpenPorts Ports
+	// Executable selects processes whose executable path matches.
+	Executable *regexp.Regexp
+}
+
+// recheckAfter is how long a "not selected" verdict holds: a process may
+// open its port after its first connection.
+const recheckAfter = 5 * time.Second
+
+// maxCached bounds the process cache; beyond it, the oldest entries go.
+const maxCached = 4096
+
+// Registry knows the neighbour processes: it reads them from /proc when
+// they first show up in the capture and caches who they are and whether
+// they are selected. Discovery enriches, it never gates: a process gone
+// before it could be read is still traced, named by its kernel comm.
+type Registry struct {
+	procRoot  string
+	selection Selection
+	logger    *slog.Logger
+
+	mu      sync.Mutex
+	entries map[uint32]*entry
+}
+
+type entry struct {
+	proc     *Process
+	selected bool
+	checked  time.Time
+}
+
+// NewRegistry returns a registry reading procRoot (normally "/proc").
+func NewRegistry(procRoot string, sel Selection, logger *slog.Logger) *Registry {
+	return &Registry{procRoot: procRoot, selection: sel, logger: logger, entries: make(map[uint32]*entry)}
+}
+
+// Lookup returns the process pid, or nil when it is not selected. comm is
+// the kernel's name for it, used when /proc no longer has the process.
+func (r *Registry) Lookup(pid uint32, comm string) *Process {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	e := r.entries[pid]
+	if e != nil && (e.selected || now.Sub(e.checked) < recheckAfter) {
+		if e.selected {
+			return e.proc
+		}
+		return nil
+	}
+	if e == nil {
+		if len(r.entries) >= maxCached {
+			r.evictOldest()
+		}
+		e = &entry{proc: ReadProcess(r.procRoot, int(pid), comm)}
+		r.entries[pid] = e
+	}
+	e.checked = now
+	e.selected = r.selects(e.proc)
+	if e.selected {
+		r.logger.Debug("tracing neighbour", "pid", pid, "executable", e.proc.Exe, "name", e.proc.Name)
+		return e.proc
+	}
+	return nil
+}
+
+// Forget drops what is known of pid, for instance after it exited.
+func (r *Registry) Forget(pid uint32) {
+	r.mu.Lock()
+	delete(r.entries, pid)
+	r.mu.Unlock()
+}
+
+func (r *Registry) evictOldest() {
+	var oldest uint32
+	var when time.Time
+	for pid, e := range r.entries {
+		if when.IsZero() || e.checked.Before(when) {
+			oldest, when = pid, e.checked
+		}
+	}
+	delete(r.entries, oldest)
+}
+
+func (r *Registry) selects(p *Process) bool {
+	if r.selection.Executable != nil {
+		name := p.Exe
+		if name == "" {
+			name = p.Name
+		}
+		if !r.selection.Executable.MatchString(name) {
+			return false
+		}
+	}
+	if len(r.selection.OpenPorts) > 0 {
+		if !holdsSocket(r.procRoot, p.PID, listeningInodes(r.procRoot, r.selection.OpenPorts)) {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadProcess reads what /proc tells of pid. Fields it cannot read stay
+// empty; Name falls back to comm.
+func ReadProcess(procRoot string, pid int, comm string) *Process {
+	dir := fmt.Sprintf("%s/%d", procRoot, pid)
+	p := &Process{PID: pid, Name: comm}
+	if exe, err := os.Readlink(dir + "/exe"); err == nil {
+		p.Exe = strings.TrimSuffix(exe, " (deleted)")
+		p.Name = filepath.Base(p.Exe)
+	}
+	if b, err := os.ReadFile(dir + "/cmdline"); err == nil && len(b) > 0 {
+		p.Cmdline = strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	}
+	if b, err := os.ReadFile(dir + "/stat"); err == nil {
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
+			if f := bytes.Fields(b[i+1:]); len(f) > 1 {
+				p.PPID, _ = strconv.Atoi(string(f[1]))
+			}
+			if p.Name == "" {
+				if j := bytes.IndexByte(b, '('); j >= 0 && j < i {
+					p.Name = string(b[j+1 : i])
+				}
+			}
+		}
+	}
+	if b, err := os.ReadFile(dir + "/cgroup"); err == nil {
+		p.ContainerID = containerID(string(b))
+	}
+	return p
+}
+
+var containerIDPattern = regexp.MustCompile(`[0-9a-f]{64}`)
+
+// containerID finds a container runtime id (64 hex digits) in a
+// /proc/PID/cgroup file, as containerd, CRI-O and Docker write them.
+func containerID(cgroup string) string {
+	ids := containerIDPattern.FindAllString(cgroup, -1)
+	if len(ids) == 0 {
+		return ""
+	}
+	return ids[len(ids)-1]
+}

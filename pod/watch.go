@@ -1,0 +1,80 @@
+package pod
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Neighbours lists the processes of the agent's PID namespace other than
+// the agent itself.
+func Neighbours(procRoot string) ([]int, error) {
+	entries, err := os.ReadDir(procRoot)
+	if err != nil {
+		return nil, err
+	}
+	self := os.Getpid()
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
+// Watch logs the neighbours as they come and go, every interval, until ctx
+// ends. When the agent sees none (the pod lacks shareProcessNamespace, or
+// the other containers have not started yet), it says so and keeps
+// waiting: the kernel filter covers them from their first syscall anyway.
+func Watch(ctx context.Context, procRoot string, interval time.Duration, logger *slog.Logger) {
+	known := map[int]bool{}
+	warned := false
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		pids, err := Neighbours(procRoot)
+		if err != nil {
+			logger.Warn("list neighbour processes", "error", err)
+		}
+		seen := map[int]bool{}
+		for _, pid := range pids {
+			seen[pid] = true
+			if !known[pid] {
+				p := ReadProcess(procRoot, pid, "")
+				logger.Info("neighbour found", "pid", pid, "executable", p.Exe, "name", p.Name, "container", shortID(p.ContainerID))
+			}
+		}
+		for pid := range known {
+			if !seen[pid] {
+				logger.Debug("neighbour exited", "pid", pid)
+			}
+		}
+		known = seen
+		switch {
+		case len(pids) == 0 && !warned:
+			logger.Warn("no neighbour processes visible: the agent sees only itself in its PID namespace; " +
+				"set shareProcessNamespace: true on the pod (waiting for neighbours)")
+			warned = true
+		case len(pids) > 0 && warned:
+			logger.Info("neighbours visible now", "count", len(pids))
+			warned = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
