@@ -1,0 +1,403 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/internal/otlptest"
+	"github.com/podtracer/podtracer/internal/testenv"
+)
+
+const (
+	traceID  = "4bf92f3577b34da6a3ce929d0e0e4736"
+	parentID = "00f067aa0ba902b7"
+)
+
+var traceparent = "00-" + traceID + "-" + parentID + "-01"
+
+// agentEnv is the sidecar's environment in the tests: export quickly to
+// the test's receiver.
+func agentEnv(rcv *otlptest.Receiver, extra ...string) []string {
+	return append(append(os.Environ(),
+		"OTEL_EXPORTER_OTLP_ENDPOINT="+rcv.URL(),
+		"OTEL_EXPORTER_OTLP_INSECURE=true",
+		"OTEL_METRIC_EXPORT_INTERVAL=500",
+		"OTEL_BSP_SCHEDULE_DELAY=100",
+		"POD_NAME=shop-7d4b9c-x2x9z",
+		"POD_NAMESPACE=shop",
+		"NODE_NAME=node-1",
+		"PODTRACER_LOG_LEVEL=debug",
+	), extra...)
+}
+
+func startAgent(t *testing.T, pod *testPod, env []string) *process {
+	t.Helper()
+	agentBin, _ := binaries(t)
+	cmd := pod.command(agentBin)
+	cmd.Env = env
+	agent := start(t, cmd)
+	agent.waitOutput(t, "podtracer agent running", 1, 20*time.Second)
+	return agent
+}
+
+// TestHTTP1 runs real servers and clients in a pod with the agent, and
+// others outside it, and checks what reaches a real OTLP receiver.
+func TestHTTP1(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	python := testenv.LookPath(t, "python3")
+	node := testenv.LookPath(t, "node")
+	nginx := testenv.LookPath(t, "nginx")
+	_, httpapp := binaries(t)
+
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+
+	// A Go server and a keep-alive Go client, connected before the agent
+	// starts: later requests on that connection must still be traced.
+	goPort := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", goPort)))
+	waitListening(t, goPort)
+	goClient := start(t, pod.command(httpapp, "-client", fmt.Sprintf("http://127.0.0.1:%d", goPort)))
+	fmt.Fprintln(goClient.stdin, "GET /users/0")
+	goClient.waitOutput(t, "200 ", 1, 10*time.Second)
+
+	// Outside the pod: a server that must produce nothing.
+	outsidePort := freePort(t)
+	outside := exec.Command(python, "-m", "http.server", "--bind", "127.0.0.1", fmt.Sprint(outsidePort))
+	outside.Dir = t.TempDir()
+	start(t, outside)
+
+	agent := startAgent(t, pod, agentEnv(rcv))
+
+	// Servers started after the agent, behind wrappers (sh -c), as
+	// npm start and entrypoint scripts do.
+	pyPort, nodePort, nginxPort := freePort(t), freePort(t), freePort(t)
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "index.html"), []byte(strings.Repeat("<p>hello</p>\n", 500)), 0o644)
+	start(t, pod.command("sh", "-c", fmt.Sprintf("%s -m http.server --bind 127.0.0.1 --directory %s %d; true", python, www, pyPort)))
+	start(t, pod.command("sh", "-c", fmt.Sprintf(`%s -e "require('http').createServer((q, s) => { s.setHeader('content-type', 'text/plain'); s.end('node ' + q.url) }).listen(%d, '127.0.0.1')"; true`, node, nodePort)))
+	start(t, pod.command(nginx, "-c", nginxConf(t, www, nginxPort)))
+	waitListening(t, pyPort)
+	waitListening(t, nodePort)
+	waitListening(t, nginxPort)
+
+	// Traffic inside the pod.
+	for _, line := range []string{"GET /users/1 " + traceparent, "POST /orders", "GET /stream?parts=20", "GET /fail", "GET /users/2"} {
+		fmt.Fprintln(goClient.stdin, line)
+	}
+	goClient.waitOutput(t, "\n", 6, 10*time.Second)
+	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-H", "traceparent: "+traceparent, fmt.Sprintf("http://127.0.0.1:%d/index.html?token=secret", pyPort)))
+	run(t, pod.command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/node/42", nodePort)))
+	// Keep-alive: two requests on one connection.
+	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-o", "/dev/null",
+		fmt.Sprintf("http://127.0.0.1:%d/index.html", nginxPort), fmt.Sprintf("http://127.0.0.1:%d/missing", nginxPort)))
+
+	// Traffic from outside the pod: to the outside server (nothing may
+	// show), and to the pod's Go server (only its server span may show).
+	run(t, exec.Command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/outside-only", outsidePort)))
+	run(t, exec.Command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/users/from-outside", goPort)))
+
+	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/users/from-outside") != nil &&
+			find(s, trace.SpanKindServer, "/missing") != nil &&
+			find(s, trace.SpanKindClient, "/missing") != nil &&
+			find(s, trace.SpanKindServer, "/node/42") != nil &&
+			find(s, trace.SpanKindClient, "/node/42") != nil &&
+			find(s, trace.SpanKindServer, "/users/2") != nil
+	})
+	if t.Failed() {
+		t.Logf("agent log:\n%s", agent.output())
+		return
+	}
+
+	t.Run("go server", func(t *testing.T) {
+		s := mustFind(t, spans, trace.SpanKindServer, "/users/1")
+		expect(t, s, map[string]any{
+			"http.request.method":       "GET",
+			"url.path":                  "/users/1",
+			"url.scheme":                "http",
+			"http.response.status_code": int64(200),
+			"http.route":                "/users/{id}",
+			"server.port":               int64(goPort),
+			"client.address":            "127.0.0.1",
+			"network.protocol.version":  "1.1",
+		})
+		if s.Name != "GET /users/{id}" {
+			t.Errorf("name = %q", s.Name)
+		}
+		if s.TraceID.String() != traceID || s.ParentSpanID.String() != parentID {
+			t.Errorf("trace %s parent %s, want %s %s", s.TraceID, s.ParentSpanID, traceID, parentID)
+		}
+		expectResource(t, s, "httpapp")
+		if d := s.End.Sub(s.Start); d <= 0 || d > 5*time.Second {
+			t.Errorf("duration %v", d)
+		}
+		if time.Since(s.Start) > time.Minute || time.Since(s.Start) < 0 {
+			t.Errorf("start %v is not now: kernel time not converted to wall time", s.Start)
+		}
+		post := mustFind(t, spans, trace.SpanKindServer, "/orders")
+		expect(t, post, map[string]any{"http.request.method": "POST", "http.response.status_code": int64(201)})
+		stream := mustFind(t, spans, trace.SpanKindServer, "/stream")
+		expect(t, stream, map[string]any{"http.response.status_code": int64(200)})
+		fail := mustFind(t, spans, trace.SpanKindServer, "/fail")
+		if fail.StatusCode != codes.Error {
+			t.Errorf("500 span status = %v, want Error", fail.StatusCode)
+		}
+		// The connection opened before the agent started carries the
+		// first request, which happened before the agent: no span for it.
+		if find(spans, trace.SpanKindServer, "/users/0") != nil {
+			t.Error("span for a request made before the agent started")
+		}
+	})
+
+	t.Run("go client", func(t *testing.T) {
+		s := mustFind(t, spans, trace.SpanKindClient, "/users/2")
+		expect(t, s, map[string]any{
+			"http.request.method":       "GET",
+			"http.response.status_code": int64(200),
+			"server.address":            "127.0.0.1",
+			"server.port":               int64(goPort),
+			"url.full":                  fmt.Sprintf("http://127.0.0.1:%d/users/2", goPort),
+		})
+		expectResource(t, s, "httpapp")
+		fail := mustFind(t, spans, trace.SpanKindClient, "/fail")
+		if fail.StatusCode != codes.Error {
+			t.Errorf("client 500 span status = %v, want Error", fail.StatusCode)
+		}
+		// The client sent the traceparent: its span joins that trace.
+		c := mustFind(t, spans, trace.SpanKindClient, "/users/1")
+		if c.TraceID.String() != traceID {
+			t.Errorf("client span trace %s, want %s", c.TraceID, traceID)
+		}
+	})
+
+	t.Run("python server behind sh", func(t *testing.T) {
+		s := mustFind(t, spans, trace.SpanKindServer, "/index.html", withPort(pyPort))
+		expect(t, s, map[string]any{"http.response.status_code": int64(200), "network.protocol.version": "1.1"})
+		if _, ok := s.Attributes["url.query"]; ok {
+			t.Error("url.query captured though PODTRACER_CAPTURE_QUERY is off")
+		}
+		if s.TraceID.String() != traceID || s.ParentSpanID.String() != parentID {
+			t.Errorf("trace %s parent %s", s.TraceID, s.ParentSpanID)
+		}
+		if name := s.Resource["process.executable.name"]; !strings.HasPrefix(fmt.Sprint(name), "python3") {
+			t.Errorf("executable %v", name)
+		}
+	})
+
+	t.Run("node server and curl client", func(t *testing.T) {
+		s := mustFind(t, spans, trace.SpanKindServer, "/node/42")
+		expect(t, s, map[string]any{"http.response.status_code": int64(200), "server.port": int64(nodePort)})
+		expectResource(t, s, "node")
+		c := mustFind(t, spans, trace.SpanKindClient, "/node/42")
+		expectResource(t, c, "curl")
+		expect(t, c, map[string]any{"url.full": fmt.Sprintf("http://127.0.0.1:%d/node/42", nodePort), "server.port": int64(nodePort)})
+		if c.StatusCode == codes.Error {
+			t.Error("200 client span has error status")
+		}
+	})
+
+	t.Run("nginx keep-alive", func(t *testing.T) {
+		ok := mustFind(t, spans, trace.SpanKindServer, "/index.html", withPort(nginxPort))
+		expect(t, ok, map[string]any{"http.response.status_code": int64(200)})
+		missing := mustFind(t, spans, trace.SpanKindServer, "/missing")
+		expect(t, missing, map[string]any{"http.response.status_code": int64(404)})
+		expectResource(t, missing, "nginx")
+		c := mustFind(t, spans, trace.SpanKindClient, "/missing")
+		if c.StatusCode != codes.Error {
+			t.Errorf("client 404 status = %v, want Error", c.StatusCode)
+		}
+		if ok.Attributes["client.port"] != missing.Attributes["client.port"] {
+			t.Errorf("two requests of one curl used ports %v and %v: not keep-alive", ok.Attributes["client.port"], missing.Attributes["client.port"])
+		}
+	})
+
+	t.Run("nothing from outside the pod", func(t *testing.T) {
+		for _, s := range spans {
+			path := fmt.Sprint(s.Attributes["url.path"])
+			if path == "/outside-only" || s.Attributes["server.port"] == int64(outsidePort) {
+				t.Errorf("span from outside the pod: %s %v", s.Name, s.Attributes)
+			}
+			if path == "/users/from-outside" && s.Kind == trace.SpanKindClient {
+				t.Errorf("client span of a curl outside the pod: %v", s.Attributes)
+			}
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		points := rcv.WaitMetric(t, 10*time.Second, func(m []otlptest.MetricPoint) bool {
+			return histogram(m, "http.server.request.duration", "httpapp", "/users/{id}", 2) != nil &&
+				histogram(m, "http.client.request.duration", "curl", "/node/{id}", 1) != nil
+		})
+		p := histogram(points, "http.server.request.duration", "httpapp", "/users/{id}", 2)
+		if p == nil {
+			t.Fatal("no http.server.request.duration histogram for httpapp's /users/{id}")
+		}
+		if p.Attributes["http.request.method"] != "GET" || p.Attributes["http.response.status_code"] != int64(200) {
+			t.Errorf("attributes %v", p.Attributes)
+		}
+		if p.Unit != "s" || len(p.Bounds) == 0 || p.Bounds[0] != 0.005 {
+			t.Errorf("unit %q bounds %v", p.Unit, p.Bounds)
+		}
+		for _, m := range points {
+			if _, ok := m.Attributes["url.path"]; ok {
+				t.Errorf("metric %s has url.path: cardinality", m.Name)
+			}
+		}
+	})
+}
+
+// TestNoNeighbours: an agent alone in its PID namespace (a pod without
+// shareProcessNamespace) says so and keeps running.
+func TestNoNeighbours(t *testing.T) {
+	privileged(t)
+	agentBin, _ := binaries(t)
+	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", agentBin)
+	cmd.Env = append(os.Environ(), "PODTRACER_TRACE_PRINTER=off")
+	agent := start(t, cmd)
+	agent.waitOutput(t, "no neighbour processes visible", 1, 20*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if cmd.ProcessState != nil {
+		t.Fatalf("agent exited:\n%s", agent.output())
+	}
+}
+
+// TestPrinter: with no OTLP endpoint the agent prints each span as one
+// line on stdout, including those of a 50 ms process.
+func TestPrinter(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	python := testenv.LookPath(t, "python3")
+	pod := newPod(t)
+	agentBin, _ := binaries(t)
+	cmd := pod.command(agentBin)
+	cmd.Env = os.Environ()
+	agent := start(t, cmd)
+	agent.waitOutput(t, "podtracer agent running", 1, 20*time.Second)
+	port := freePort(t)
+	py := pod.command(python, "-m", "http.server", "--bind", "127.0.0.1", fmt.Sprint(port))
+	py.Dir = t.TempDir()
+	start(t, py)
+	waitListening(t, port)
+	run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/printed", port)))
+	agent.waitOutput(t, "SERVER", 1, 10*time.Second)
+	agent.waitOutput(t, "CLIENT curl", 1, 10*time.Second)
+	for _, line := range strings.Split(agent.output(), "\n") {
+		if strings.Contains(line, "SERVER") && !strings.Contains(line, "GET /printed 404") {
+			t.Errorf("printed span line %q lacks method, path or status", line)
+		}
+	}
+}
+
+type spanFilter func(otlptest.Span) bool
+
+func withPort(port int) spanFilter {
+	return func(s otlptest.Span) bool { return s.Attributes["server.port"] == int64(port) }
+}
+
+func find(spans []otlptest.Span, kind trace.SpanKind, path string, filters ...spanFilter) *otlptest.Span {
+next:
+	for i := range spans {
+		s := &spans[i]
+		if s.Kind != kind || s.Attributes["url.path"] != path {
+			continue
+		}
+		for _, f := range filters {
+			if !f(*s) {
+				continue next
+			}
+		}
+		return s
+	}
+	return nil
+}
+
+func mustFind(t *testing.T, spans []otlptest.Span, kind trace.SpanKind, path string, filters ...spanFilter) *otlptest.Span {
+	t.Helper()
+	s := find(spans, kind, path, filters...)
+	if s == nil {
+		var have []string
+		for _, s := range spans {
+			have = append(have, fmt.Sprintf("%v %s %v", s.Kind, s.Name, s.Attributes["url.path"]))
+		}
+		t.Fatalf("no %v span for %s; have:\n%s", kind, path, strings.Join(have, "\n"))
+	}
+	return s
+}
+
+func expect(t *testing.T, s *otlptest.Span, attrs map[string]any) {
+	t.Helper()
+	for k, want := range attrs {
+		if got := s.Attributes[k]; got != want {
+			t.Errorf("%s: %s = %v (%T), want %v (%T)", s.Name, k, got, got, want, want)
+		}
+	}
+}
+
+func expectResource(t *testing.T, s *otlptest.Span, exe string) {
+	t.Helper()
+	want := map[string]any{
+		"service.name":            exe,
+		"process.executable.name": exe,
+		"k8s.pod.name":            "shop-7d4b9c-x2x9z",
+		"k8s.namespace.name":      "shop",
+		"k8s.node.name":           "node-1",
+		"telemetry.sdk.language":  "go",
+	}
+	for k, v := range want {
+		if got := s.Resource[k]; got != v {
+			t.Errorf("resource %s = %v, want %v", k, got, v)
+		}
+	}
+	if pid, ok := s.Resource["process.pid"].(int64); !ok || pid <= 1 {
+		t.Errorf("resource process.pid = %v", s.Resource["process.pid"])
+	}
+}
+
+func histogram(points []otlptest.MetricPoint, name, service, route string, minCount uint64) *otlptest.MetricPoint {
+	for i := range points {
+		p := &points[i]
+		if p.Name == name && p.Resource["service.name"] == service && p.Attributes["http.route"] == route && p.Count >= minCount {
+			return p
+		}
+	}
+	return nil
+}
+
+func nginxConf(t *testing.T, www string, port int) string {
+	dir := t.TempDir()
+	// Workers run as root: the test's temporary folders are private.
+	conf := fmt.Sprintf(`daemon off;
+user root;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events {}
+http {
+	access_log off;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	server {
+		listen 127.0.0.1:%[2]d;
+		root %[3]s;
+	}
+}
+`, dir, port, www)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
