@@ -271,14 +271,14 @@ func TestUpgrade(t *testing.T) {
 
 func TestHeuristicRoute(t *testing.T) {
 	for path, want := range map[string]string{
-		"/":                                          "/",
-		"/health":                                    "/health",
-		"/users/42":                                  "/users/{id}",
-		"/users/42/orders/7":                         "/users/{id}/orders/{id}",
+		"/":                  "/",
+		"/health":            "/health",
+		"/users/42":          "/users/{id}",
+		"/users/42/orders/7": "/users/{id}/orders/{id}",
 		"/items/550e8400-e29b-41d4-a716-446655440000": "/items/{id}",
-		"/static/app.js":                             "/static/app.js",
-		"/a/b/c/d/e/f/g/h/i/j":                       "/a/b/c/d/e/f/g/h/*",
-		"":                                           "",
+		"/static/app.js":       "/static/app.js",
+		"/a/b/c/d/e/f/g/h/i/j": "/a/b/c/d/e/f/g/h/*",
+		"":                     "",
 	} {
 		if got := heuristicRoute(path); got != want {
 			t.Errorf("heuristicRoute(%q) = %q, want %q", path, got, want)

@@ -1,0 +1,39 @@
+# podtracer: the two commands are `make demo` and `make test` (both as root).
+GO ?= go
+
+.PHONY: all build demo test test-unit generate check-generate fuzz bench lint
+
+all: build
+
+build:
+	$(GO) build -o podtracer .
+
+# A sample app and curl in a pod-like PID namespace, the agent printing spans.
+demo:
+	examples/demo/run.sh
+
+# Every test: unit, fuzz seeds, and (as root) the eBPF end-to-end and
+# webhook tests. CI runs this with CI=true, where a skipped test fails.
+test: lint
+	$(GO) test -count=1 -timeout 30m ./...
+
+test-unit:
+	$(GO) test -short ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Rebuild the BPF objects (needs clang and llvm).
+generate:
+	$(GO) generate ./bpf/...
+
+# The committed BPF objects match their sources.
+check-generate: generate
+	git diff --exit-code -- bpf/
+
+fuzz:
+	$(GO) test ./tracer -run '^$$' -fuzz FuzzHTTP1 -fuzztime 60s
+
+bench:
+	@echo "see BENCHMARKS.md"

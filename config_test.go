@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := loadConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.CaptureBytes != 1024 || cfg.QueueSize != 8192 || !cfg.RouteHeuristic || cfg.CaptureQuery || cfg.tracesOTLP() || cfg.metricsOTLP() {
+		t.Errorf("defaults = %+v", cfg)
+	}
+	if cfg.metricInterval().Seconds() != 60 {
+		t.Errorf("metric interval %v", cfg.metricInterval())
+	}
+}
+
+func TestConfigValid(t *testing.T) {
+	cfg, err := loadConfig([]string{
+		"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=https://collector.observability:4317",
+		"OTEL_RESOURCE_ATTRIBUTES=team=shop,tier=web",
+		"OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.25",
+		"PODTRACER_OPEN_PORTS=8080,9000-9100", "PODTRACER_EXECUTABLE_NAME=^/usr/bin/(python|node)",
+		"PODTRACER_TRACE_PRINTER=json", "PODTRACER_CAPTURE_QUERY=true",
+		"POD_NAME=shop-1", "POD_NAMESPACE=prod",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.tracesOTLP() || cfg.metricsOTLP() || !cfg.ports.Contains(9050) || !cfg.executable.MatchString("/usr/bin/node") ||
+		cfg.Metadata.PodName != "shop-1" || cfg.Metadata.Namespace != "prod" || !cfg.CaptureQuery {
+		t.Errorf("config = %+v", cfg)
+	}
+}
+
+// Every mistake is reported at once, each naming its variable.
+func TestConfigEveryMistakeAtOnce(t *testing.T) {
+	bad := map[string]string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",
+		"OTEL_EXPORTER_OTLP_INSECURE": "yes please",
+		"OTEL_RESOURCE_ATTRIBUTES":    "novalue",
+		"OTEL_TRACES_SAMPLER":         "sometimes",
+		"OTEL_METRIC_EXPORT_INTERVAL": "5s",
+		"PODTRACER_OPEN_PORTS":        "80,http",
+		"PODTRACER_EXECUTABLE_NAME":   "python(",
+		"PODTRACER_TRACE_PRINTER":     "xml",
+		"PODTRACER_CAPTURE_BYTES":     "lots",
+		"PODTRACER_RING_BUFFER_BYTES": "5000",
+		"PODTRACER_QUEUE_SIZE":        "-1",
+		"PODTRACER_CAPTURE_QUERY":     "maybe",
+		"PODTRACER_LOG_LEVEL":         "loud",
+	}
+	var environ []string
+	for k, v := range bad {
+		environ = append(environ, k+"="+v)
+	}
+	_, err := loadConfig(environ)
+	if err == nil {
+		t.Fatal("bad configuration accepted")
+	}
+	msg := err.Error()
+	for k := range bad {
+		if strings.Count(msg, k+"=") != 1 {
+			t.Errorf("%s reported %d times in:\n%s", k, strings.Count(msg, k+"="), msg)
+		}
+	}
+	if !strings.HasPrefix(msg, "13 configuration error(s):") {
+		t.Errorf("message = %s", msg)
+	}
+}
+
+// -h and the README list every variable the agent reads.
+func TestEveryVariableDocumented(t *testing.T) {
+	var help bytes.Buffer
+	usage(&help)
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range variables() {
+		if !strings.Contains(help.String(), v.name) {
+			t.Errorf("-h lacks %s", v.name)
+		}
+		if !bytes.Contains(readme, []byte("`"+v.name+"`")) {
+			t.Errorf("README.md lacks %s", v.name)
+		}
+		if v.desc == "" {
+			t.Errorf("%s has no description", v.name)
+		}
+	}
+}
