@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -30,6 +31,7 @@ import (
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
@@ -85,7 +87,8 @@ type Config struct {
 	Metadata pod.Metadata
 }
 
-// Stats are the exporter's counters since New. They only grow.
+// Stats are the exporter's counters since New, which only grow, and the
+// number of live processes.
 type Stats struct {
 	// Requests is how many requests were passed to Export.
 	Requests uint64
@@ -139,6 +142,7 @@ type Exporter struct {
 	stop  chan struct{} // closed by Shutdown: the worker drains and exits
 	done  chan struct{} // closed by the worker when it has exited
 
+	started      bool // the worker runs; false only in benchmarks
 	closed       atomic.Bool
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -148,11 +152,16 @@ type Exporter struct {
 	sinks   []*spanSink        // span destinations; empty when traces go nowhere
 	metrics *metricSink        // nil when metrics go nowhere
 
+	// Copies of the test seams, taken at construction so that a test
+	// restoring them cannot race with a running exporter.
+	idleTimeout, sweepInterval, releaseTimeout time.Duration
+	maxProcesses                               int
+
 	// Owned by the worker goroutine.
-	procs     map[procKey]*process
-	gen       uint64 // sweep generation, the coarse clock of process idleness
-	nprocs    atomic.Int64
-	releasing sync.WaitGroup
+	procs      map[procKey]*process
+	gen        uint64 // sweep generation, the coarse clock of process idleness
+	nprocs     atomic.Int64
+	releasing  sync.WaitGroup
 	releaseSem chan struct{}
 
 	requests        atomic.Uint64
@@ -192,6 +201,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	if err := validateSamplerEnv(); err != nil {
 		errs = append(errs, err)
 	}
+	for _, k := range []string{"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT"} {
+		if err := validateMillis(k); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	spanQueue, err := spanQueueSize()
 	if err != nil {
 		errs = append(errs, err)
@@ -206,6 +220,54 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		return nil, errors.Join(errs...)
 	}
 
+	var dests []destination
+	if cfg.TracesOTLP {
+		exp, err := otlptracegrpc.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("otlp trace exporter: %w", err)
+		}
+		// The SDK's batch delay and export timeout (OTEL_BSP_SCHEDULE_DELAY,
+		// OTEL_BSP_EXPORT_TIMEOUT) apply.
+		dests = append(dests, destination{name: "otlp", exp: exp})
+	}
+	if cfg.Printer != PrinterOff {
+		dests = append(dests, destination{
+			name: "printer",
+			exp:  newPrinter(cfg.PrinterOut, cfg.Printer == PrinterJSON),
+			opts: []sdktrace.BatchSpanProcessorOption{sdktrace.WithBatchTimeout(printerBatchTimeout)},
+		})
+	}
+	var metricExp sdkmetric.Exporter
+	if cfg.MetricsOTLP {
+		exp, err := otlpmetricgrpc.New(ctx)
+		if err != nil {
+			for _, d := range dests {
+				_ = d.exp.Shutdown(ctx)
+			}
+			return nil, fmt.Errorf("otlp metric exporter: %w", err)
+		}
+		metricExp = exp
+	}
+
+	e := newExporter(cfg, logger, envRes, spanQueue, dests, metricExp)
+	e.start()
+	logger.Info("exporter started",
+		"traces_otlp", cfg.TracesOTLP, "metrics_otlp", cfg.MetricsOTLP,
+		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", spanQueue)
+	return e, nil
+}
+
+// destination is a span exporter and how to batch for it.
+type destination struct {
+	name string
+	exp  sdktrace.SpanExporter
+	opts []sdktrace.BatchSpanProcessorOption
+}
+
+// newExporter assembles an exporter around ready destinations without
+// starting its goroutines, which lets benchmarks drive the worker's code
+// directly.
+func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, spanQueue int, dests []destination, metricExp sdkmetric.Exporter) *Exporter {
 	e := &Exporter{
 		cfg:        cfg,
 		logger:     logger,
@@ -215,38 +277,26 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		envRes:     envRes,
 		procs:      make(map[procKey]*process),
 		releaseSem: make(chan struct{}, 4),
-	}
-	e.rep = newReporter(logger)
+		rep:        newReporter(logger, reportInterval),
 
-	if cfg.TracesOTLP {
-		exp, err := otlptracegrpc.New(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("otlp trace exporter: %w", err)
-		}
-		// The SDK's own default batch delay (OTEL_BSP_SCHEDULE_DELAY) and
-		// export timeout apply.
-		e.sinks = append(e.sinks, newSpanSink("otlp", exp, spanQueue, e.rep))
+		idleTimeout:    idleTimeout,
+		sweepInterval:  sweepInterval,
+		releaseTimeout: releaseTimeout,
+		maxProcesses:   maxProcesses,
 	}
-	if cfg.Printer != PrinterOff {
-		p := newPrinter(cfg.PrinterOut, cfg.Printer == PrinterJSON)
-		e.sinks = append(e.sinks, newSpanSink("printer", p, spanQueue, e.rep,
-			sdktrace.WithBatchTimeout(printerBatchTimeout)))
+	for _, d := range dests {
+		e.sinks = append(e.sinks, newSpanSink(d.name, d.exp, spanQueue, e.rep, d.opts...))
 	}
-	if cfg.MetricsOTLP {
-		exp, err := otlpmetricgrpc.New(ctx)
-		if err != nil {
-			e.shutdownSinks(ctx)
-			return nil, fmt.Errorf("otlp metric exporter: %w", err)
-		}
-		e.metrics = &metricSink{Exporter: exp, rep: e.rep}
+	if metricExp != nil {
+		e.metrics = &metricSink{Exporter: metricExp, rep: e.rep}
 	}
+	return e
+}
 
+func (e *Exporter) start() {
+	e.started = true
 	go e.run()
 	e.rep.start(e)
-	logger.Info("exporter started",
-		"traces_otlp", cfg.TracesOTLP, "metrics_otlp", cfg.MetricsOTLP,
-		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", spanQueue)
-	return e, nil
 }
 
 // Export hands r to the exporter, which owns it from then on: the caller
@@ -297,6 +347,9 @@ func (e *Exporter) Shutdown(ctx context.Context) error {
 func (e *Exporter) shutdown(ctx context.Context) error {
 	e.closed.Store(true)
 	close(e.stop)
+	if !e.started {
+		close(e.done)
+	}
 	// The worker only drains a bounded queue into non-blocking pipelines, so
 	// this wait is short even when the collector hangs.
 	select {
@@ -362,7 +415,7 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
 // process table, so neither needs a lock.
 func (e *Exporter) run() {
 	defer close(e.done)
-	sweep := time.NewTicker(sweepInterval)
+	sweep := time.NewTicker(e.sweepInterval)
 	defer sweep.Stop()
 	for {
 		select {
@@ -411,6 +464,20 @@ func validateSamplerEnv() error {
 	}
 	return fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio, "+
 		"parentbased_always_on, parentbased_always_off or parentbased_traceidratio", name)
+}
+
+// validateMillis checks a duration variable the way the metric SDK parses
+// it (whole positive milliseconds); the SDK would log a bad value and use
+// its default.
+func validateMillis(key string) error {
+	v := os.Getenv(key)
+	if v == "" {
+		return nil
+	}
+	if d, err := strconv.ParseInt(v, 10, 64); err != nil || d <= 0 || d > int64(math.MaxInt64/time.Millisecond) {
+		return fmt.Errorf("%s %q: want a positive number of milliseconds", key, v)
+	}
+	return nil
 }
 
 // spanQueueSize is the bound on spans waiting for a destination. It honours

@@ -5,11 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"strconv"
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
@@ -88,7 +89,7 @@ func describe(s sdktrace.ReadOnlySpan, withAttrs bool) printed {
 		Duration: float64(s.EndTime().Sub(s.StartTime())) / float64(time.Millisecond),
 		TraceID:  s.SpanContext().TraceID().String(),
 		SpanID:   s.SpanContext().SpanID().String(),
-		Error:    s.Status().Code == 2, // codes.Error
+		Error:    s.Status().Code == codes.Error,
 	}
 	if p := s.Parent(); p.IsValid() {
 		l.ParentID = p.SpanID().String()
@@ -222,14 +223,7 @@ func hostPort(host string, port int64) string {
 	if port == 0 {
 		return host
 	}
-	h := host
-	for i := 0; i < len(host); i++ {
-		if host[i] == ':' {
-			h = "[" + host + "]"
-			break
-		}
-	}
-	return h + ":" + strconv.FormatInt(port, 10)
+	return net.JoinHostPort(host, strconv.FormatInt(port, 10))
 }
 
 func kindName(k trace.SpanKind) string {
@@ -241,5 +235,3 @@ func kindName(k trace.SpanKind) string {
 	}
 	return k.String()
 }
-
-var _ = attribute.Key("") // attribute keys are compared above via semconv

@@ -44,9 +44,14 @@ type process struct {
 	server metric.Float64Histogram
 	client metric.Float64Histogram
 
-	// Metric attribute sets, built once per distinct combination; bounded
-	// by maxMetricSets, after which the cache is reset.
-	metricSets map[metricKey][]metric.RecordOption
+	// Span names and metric attribute sets, built once per distinct
+	// combination; bounded by maxSeries, after which the cache is reset.
+	seriesCache map[seriesKey]series
+	// startOpts is reused for every span's start options.
+	startOpts [2]trace.SpanStartOption
+
+	// attrBuf is reused to build each span's attributes.
+	attrBuf []attribute.KeyValue
 
 	// The last addresses seen and their strings: most requests repeat the
 	// previous one's local address (a server) or peer (keep-alive).
@@ -64,7 +69,7 @@ func (e *Exporter) process(p *pod.Process) *process {
 		s.lastGen = e.gen
 		return s
 	}
-	if len(e.procs) >= maxProcesses {
+	if len(e.procs) >= e.maxProcesses {
 		e.releaseLRU()
 	}
 	s := e.newProcess(key, p)
@@ -74,7 +79,7 @@ func (e *Exporter) process(p *pod.Process) *process {
 }
 
 func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
-	s := &process{key: key, lastGen: e.gen, metricSets: make(map[metricKey][]metric.RecordOption)}
+	s := &process{key: key, lastGen: e.gen, seriesCache: make(map[seriesKey]series)}
 	s.res = e.processResource(p)
 
 	if len(e.sinks) > 0 {
@@ -169,7 +174,7 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 
 // releaseIdle releases processes idle for idleTimeout.
 func (e *Exporter) releaseIdle() {
-	idle := uint64(idleTimeout / sweepInterval)
+	idle := uint64(e.idleTimeout / e.sweepInterval)
 	for k, s := range e.procs {
 		if e.gen-s.lastGen >= idle {
 			e.release(k, s)
@@ -202,7 +207,7 @@ func (e *Exporter) release(k procKey, s *process) {
 	case e.releaseSem <- struct{}{}:
 		e.releasing.Go(func() {
 			defer func() { <-e.releaseSem }()
-			ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), e.releaseTimeout)
 			defer cancel()
 			_ = s.shutdown(ctx)
 		})
@@ -229,13 +234,18 @@ func (s *process) shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// addrString returns a.Addr().String(), reusing the last result when the
-// address repeats.
+// addrString returns the address as text, reusing the last result when the
+// address repeats, and "" for an unknown address.
 func addrString(a netip.AddrPort, last *netip.AddrPort, lastStr *string) string {
+	if !a.IsValid() {
+		return ""
+	}
 	if a == *last && *lastStr != "" {
 		return *lastStr
 	}
 	*last = a
-	*lastStr = a.Addr().String()
+	// Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; users know
+	// them as a.b.c.d.
+	*lastStr = a.Addr().Unmap().String()
 	return *lastStr
 }

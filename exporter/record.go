@@ -14,11 +14,11 @@ import (
 	"github.com/podtracer/podtracer/tracer"
 )
 
-// maxMetricSets bounds a process's cache of metric attribute sets. Routes
-// and (for clients) server addresses are meant to be few; if a parser bug or
-// a crawler makes them many, the cache is reset rather than grown, and the
-// SDK's cardinality limit caps the series.
-const maxMetricSets = 1024
+// maxSeries bounds a process's cache of series. Routes and (for clients)
+// server addresses are meant to be few; if a parser bug or a crawler makes
+// them many, the cache is reset rather than grown, and the SDK's
+// cardinality limit caps the series.
+const maxSeries = 1024
 
 // Attributes that never change.
 var (
@@ -28,8 +28,8 @@ var (
 
 	// Span start options are interfaces; converting a constant option once
 	// here saves an allocation per span.
-	kindServer = trace.WithSpanKind(trace.SpanKindServer)
-	kindClient = trace.WithSpanKind(trace.SpanKindClient)
+	kindServer trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindServer)
+	kindClient trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindClient)
 )
 
 // statusText holds "100".."599" so that error.type costs no allocation.
@@ -88,49 +88,57 @@ func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 // record turns one request into a metric point and, when traces go
 // somewhere, a span.
 func (s *process) record(r *tracer.Request, captureQuery bool) {
+	host, port := s.serverEndpoint(r)
+	ser := s.series(r, host, port)
 	ctx := context.Background()
 	var span trace.Span
 	if s.tracer != nil {
-		span = s.startSpan(r, captureQuery)
 		// The metric point is recorded in the span's context so that the
 		// SDK's default trace_based exemplar filter can link it to the span.
-		ctx = trace.ContextWithSpan(ctx, span)
+		ctx, span = s.startSpan(r, ser.name, host, port, captureQuery)
 	}
 	if s.mp != nil {
-		s.recordMetric(ctx, r)
+		d := r.End.Sub(r.Start).Seconds()
+		if d < 0 {
+			d = 0 // clocks of two CPUs; a negative duration is meaningless
+		}
+		if r.Role == tracer.RoleClient {
+			s.client.Record(ctx, d, ser.opts...)
+		} else {
+			s.server.Record(ctx, d, ser.opts...)
+		}
 	}
-	if span != nil {
+	if span != nil && span.IsRecording() {
+		// Ending a non-recording span does nothing; skipping it saves the
+		// timestamp option's allocation.
 		span.End(trace.WithTimestamp(r.End))
 	}
 }
 
-func (s *process) startSpan(r *tracer.Request, captureQuery bool) trace.Span {
+func (s *process) startSpan(r *tracer.Request, name, host string, port int, captureQuery bool) (context.Context, trace.Span) {
 	ctx := context.Background()
 	if r.Parent.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, r.Parent)
 	}
-	kind := kindServer
+	// The options slice is reused: Start is an interface method, so a
+	// fresh variadic slice would escape to the heap on every call.
+	s.startOpts[0] = kindServer
 	if r.Role == tracer.RoleClient {
-		kind = kindClient
+		s.startOpts[0] = kindClient
 	}
-	known := knownMethod(r.Method)
-	name := "HTTP"
-	if known {
-		name = r.Method
-		if r.Route != "" {
-			name = r.Method + " " + r.Route
-		}
-	}
+	s.startOpts[1] = trace.WithTimestamp(r.Start)
 	// Attributes are added only once the sampler said yes, so unsampled
 	// requests cost no attribute work; the env samplers don't look at them.
-	_, span := s.tracer.Start(ctx, name, kind, trace.WithTimestamp(r.Start))
+	ctx, span := s.tracer.Start(ctx, name, s.startOpts[:]...)
 	if !span.IsRecording() {
-		return span
+		return ctx, span
 	}
 
-	var buf [24]attribute.KeyValue
-	a := buf[:0]
-	if known {
+	// The span copies the attributes, so one buffer per process serves
+	// every request (a local array would escape to the heap).
+	a := s.attrBuf[:0]
+	defer func() { s.attrBuf = a[:0] }()
+	if knownMethod(r.Method) {
 		a = append(a, semconv.HTTPRequestMethodKey.String(r.Method))
 	} else {
 		a = append(a, methodOther, semconv.HTTPRequestMethodOriginal(r.Method))
@@ -145,8 +153,12 @@ func (s *process) startSpan(r *tracer.Request, captureQuery bool) trace.Span {
 	if r.StatusCode != 0 {
 		a = append(a, semconv.HTTPResponseStatusCode(r.StatusCode))
 	}
-	host, port := s.serverEndpoint(r)
-	a = append(a, semconv.ServerAddress(host), semconv.ServerPort(port))
+	if host != "" {
+		a = append(a, semconv.ServerAddress(host))
+	}
+	if port != 0 {
+		a = append(a, semconv.ServerPort(port))
+	}
 
 	if r.Remote.IsValid() {
 		peer := addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr)
@@ -178,7 +190,7 @@ func (s *process) startSpan(r *tracer.Request, captureQuery bool) trace.Span {
 		span.SetStatus(codes.Error, "")
 	}
 	span.SetAttributes(a...)
-	return span
+	return ctx, span
 }
 
 // fullURL builds url.full for a client span. The port is left out when it
@@ -209,11 +221,12 @@ func fullURL(host string, port int, path, query string, withQuery bool) string {
 	return b.String()
 }
 
-// metricKey is what distinguishes one metric series from another within a
-// process. url.path is deliberately absent: it is unbounded.
-type metricKey struct {
+// seriesKey is what distinguishes one metric series from another within a
+// process, and all the span name depends on. url.path is deliberately
+// absent: it is unbounded.
+type seriesKey struct {
 	client  bool
-	method  string
+	method  string // "_OTHER" for methods the conventions don't name
 	status  int
 	route   string
 	version string
@@ -221,8 +234,17 @@ type metricKey struct {
 	port    int    // client metrics only
 }
 
-func (s *process) recordMetric(ctx context.Context, r *tracer.Request) {
-	k := metricKey{
+// series is what is computed once per distinct seriesKey.
+type series struct {
+	name string                // span name
+	opts []metric.RecordOption // the metric attribute set, nil without metrics
+}
+
+// series returns the cached span name and metric attributes for r: most
+// requests repeat a few combinations, and building either costs
+// allocations.
+func (s *process) series(r *tracer.Request, host string, port int) series {
+	k := seriesKey{
 		client:  r.Role == tracer.RoleClient,
 		method:  r.Method,
 		status:  r.StatusCode,
@@ -233,28 +255,31 @@ func (s *process) recordMetric(ctx context.Context, r *tracer.Request) {
 		k.method = "_OTHER"
 	}
 	if k.client {
-		k.host, k.port = s.serverEndpoint(r)
+		k.host, k.port = host, port
 	}
-	opts, ok := s.metricSets[k]
-	if !ok {
-		if len(s.metricSets) >= maxMetricSets {
-			clear(s.metricSets)
+	if v, ok := s.seriesCache[k]; ok {
+		return v
+	}
+	if len(s.seriesCache) >= maxSeries {
+		clear(s.seriesCache)
+	}
+	// Span name per the HTTP conventions: "METHOD route", "METHOD" without a
+	// route, "HTTP" for an unknown method.
+	v := series{name: "HTTP"}
+	if k.method != "_OTHER" {
+		v.name = k.method
+		if k.route != "" {
+			v.name = k.method + " " + k.route
 		}
-		opts = []metric.RecordOption{metric.WithAttributeSet(metricAttrs(k, r.Role))}
-		s.metricSets[k] = opts
 	}
-	d := r.End.Sub(r.Start).Seconds()
-	if d < 0 {
-		d = 0 // clocks of two CPUs; a negative duration is meaningless
+	if s.mp != nil {
+		v.opts = []metric.RecordOption{metric.WithAttributeSet(metricAttrs(k, r.Role))}
 	}
-	if k.client {
-		s.client.Record(ctx, d, opts...)
-	} else {
-		s.server.Record(ctx, d, opts...)
-	}
+	s.seriesCache[k] = v
+	return v
 }
 
-func metricAttrs(k metricKey, role tracer.Role) attribute.Set {
+func metricAttrs(k seriesKey, role tracer.Role) attribute.Set {
 	a := make([]attribute.KeyValue, 0, 9)
 	a = append(a, semconv.HTTPRequestMethodKey.String(k.method), schemeHTTP, protocolNameHTTP)
 	if k.status != 0 {
@@ -269,8 +294,11 @@ func metricAttrs(k metricKey, role tracer.Role) attribute.Set {
 	if isError(role, k.status) {
 		a = append(a, semconv.ErrorTypeKey.String(statusString(k.status)))
 	}
-	if k.client {
-		a = append(a, semconv.ServerAddress(k.host), semconv.ServerPort(k.port))
+	if k.client && k.host != "" {
+		a = append(a, semconv.ServerAddress(k.host))
+	}
+	if k.client && k.port != 0 {
+		a = append(a, semconv.ServerPort(k.port))
 	}
 	return attribute.NewSet(a...)
 }

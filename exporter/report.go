@@ -12,10 +12,11 @@ import (
 // hot path only bumps counters; a ticker compares them with what was last
 // logged.
 type reporter struct {
-	logger *slog.Logger
-	quit   chan struct{}
-	wg     sync.WaitGroup
-	once   sync.Once
+	logger   *slog.Logger
+	interval time.Duration
+	quit     chan struct{}
+	wg       sync.WaitGroup
+	once     sync.Once
 
 	mu        sync.Mutex
 	spanErr   error // last span export error, with the sink's name
@@ -26,8 +27,8 @@ type reporter struct {
 	last Stats
 }
 
-func newReporter(logger *slog.Logger) *reporter {
-	return &reporter{logger: logger, quit: make(chan struct{})}
+func newReporter(logger *slog.Logger, interval time.Duration) *reporter {
+	return &reporter{logger: logger, interval: interval, quit: make(chan struct{})}
 }
 
 func (r *reporter) spanError(sink string, err error) {
@@ -44,7 +45,7 @@ func (r *reporter) metricError(err error) {
 
 func (r *reporter) start(e *Exporter) {
 	r.wg.Go(func() {
-		t := time.NewTicker(reportInterval)
+		t := time.NewTicker(r.interval)
 		defer t.Stop()
 		for {
 			select {

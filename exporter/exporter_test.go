@@ -1,0 +1,759 @@
+package exporter
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"reflect"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/podtracer/podtracer/internal/otlptest"
+	"github.com/podtracer/podtracer/pod"
+	"github.com/podtracer/podtracer/tracer"
+)
+
+const waitFor = 10 * time.Second
+
+var (
+	python = &pod.Process{PID: 412, PPID: 1, Exe: "/usr/bin/python3.12", Name: "python3", Cmdline: []string{"python3", "app.py"}, ContainerID: "abc123"}
+	curl   = &pod.Process{PID: 77, Exe: "/usr/bin/curl", Name: "curl"}
+	meta   = pod.Metadata{PodName: "shop-1", Namespace: "prod", NodeName: "node-a", PodUID: "uid-1"}
+
+	t0 = time.Date(2026, 11, 22, 5, 0, 0, 123_000_000, time.UTC)
+
+	parent = trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16},
+		SpanID:     trace.SpanID{1, 1, 1, 1, 2, 2, 2, 2},
+		TraceFlags: trace.FlagsSampled,
+		Remote:     true,
+	})
+)
+
+// serverReq is a typical request a python server answered.
+func serverReq() *tracer.Request {
+	return &tracer.Request{
+		Role: tracer.RoleServer, Protocol: "http", Process: python,
+		Start: t0, End: t0.Add(1234 * time.Microsecond),
+		Local:  netip.MustParseAddrPort("10.0.0.2:8080"),
+		Remote: netip.MustParseAddrPort("10.0.0.1:5555"),
+		Method: "GET", Path: "/users/42", Query: "token=secret", Route: "/users/{id}",
+		Host: "shop.example", HostPort: 8080, StatusCode: 200, ProtocolVersion: "1.1",
+		UserAgent: "curl/8.5.0", RequestSize: 0, ResponseSize: 17,
+		Parent: parent,
+	}
+}
+
+// clientReq is a typical request curl sent.
+func clientReq() *tracer.Request {
+	return &tracer.Request{
+		Role: tracer.RoleClient, Protocol: "http", Process: curl,
+		Start: t0, End: t0.Add(3 * time.Millisecond),
+		Local:  netip.MustParseAddrPort("10.0.0.1:5555"),
+		Remote: netip.MustParseAddrPort("10.0.0.9:9000"),
+		Method: "POST", Path: "/orders", Query: "dry=1",
+		StatusCode: 404, ProtocolVersion: "1.1", UserAgent: "curl/8.5.0",
+		RequestSize: 12, ResponseSize: 3,
+	}
+}
+
+// otlpEnv points both OTLP exporters at addr and makes everything quick.
+func otlpEnv(t *testing.T, endpoint string) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+	t.Setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+	for _, k := range []string{"OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER",
+		"OTEL_TRACES_SAMPLER_ARG", "OTEL_BSP_MAX_QUEUE_SIZE"} {
+		t.Setenv(k, "")
+	}
+}
+
+// logBuffer is a concurrency-safe writer for log and printer output.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func testLogger(t *testing.T) (*slog.Logger, *logBuffer) {
+	var buf logBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("exporter log:\n%s", buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), &buf
+}
+
+// startOTLP starts a receiver and an exporter sending to it.
+func startOTLP(t *testing.T, cfg Config, opts ...otlptest.Option) (*Exporter, *otlptest.Receiver, *logBuffer) {
+	t.Helper()
+	rcv := otlptest.Start(t, opts...)
+	otlpEnv(t, rcv.URL())
+	cfg.TracesOTLP, cfg.MetricsOTLP = true, true
+	if cfg.Metadata == (pod.Metadata{}) {
+		cfg.Metadata = meta
+	}
+	logger, logs := testLogger(t)
+	e, err := New(context.Background(), cfg, logger)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { shutdown(t, e) })
+	return e, rcv, logs
+}
+
+func shutdown(t *testing.T, e *Exporter) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := e.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+func spansNamed(name string, n int) func([]otlptest.Span) bool {
+	return func(s []otlptest.Span) bool { return len(find(s, name)) >= n }
+}
+
+func find(spans []otlptest.Span, name string) []otlptest.Span {
+	var out []otlptest.Span
+	for _, s := range spans {
+		if s.Name == name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func checkAttrs(t *testing.T, what string, got, want map[string]any) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s attributes:\n got %v\nwant %v", what, got, want)
+	}
+}
+
+func TestServerSpan(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	e.Export(serverReq())
+	s := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 1))[0]
+
+	if s.Kind != trace.SpanKindServer {
+		t.Errorf("kind = %v, want server", s.Kind)
+	}
+	if s.TraceID != parent.TraceID() || s.ParentSpanID != parent.SpanID() {
+		t.Errorf("trace %v parent %v, want trace %v parent %v", s.TraceID, s.ParentSpanID, parent.TraceID(), parent.SpanID())
+	}
+	if !s.Start.Equal(t0) || !s.End.Equal(t0.Add(1234*time.Microsecond)) {
+		t.Errorf("start %v end %v", s.Start, s.End)
+	}
+	if s.StatusCode != codes.Unset {
+		t.Errorf("status = %v, want unset", s.StatusCode)
+	}
+	if s.Scope != scopeName {
+		t.Errorf("scope = %q", s.Scope)
+	}
+	checkAttrs(t, "span", s.Attributes, map[string]any{
+		"http.request.method":       "GET",
+		"url.scheme":                "http",
+		"url.path":                  "/users/42",
+		"http.route":                "/users/{id}",
+		"http.response.status_code": int64(200),
+		"server.address":            "shop.example",
+		"server.port":               int64(8080),
+		"client.address":            "10.0.0.1",
+		"client.port":               int64(5555),
+		"network.peer.address":      "10.0.0.1",
+		"network.peer.port":         int64(5555),
+		"network.protocol.version":  "1.1",
+		"user_agent.original":       "curl/8.5.0",
+		"http.response.body.size":   int64(17),
+	})
+	for k, v := range map[string]any{
+		"service.name":            "python3",
+		"process.pid":             int64(412),
+		"process.parent_pid":      int64(1),
+		"process.executable.name": "python3",
+		"process.executable.path": "/usr/bin/python3.12",
+		"process.command_args":    []any{"python3", "app.py"},
+		"container.id":            "abc123",
+		"k8s.pod.name":            "shop-1",
+		"k8s.namespace.name":      "prod",
+		"k8s.node.name":           "node-a",
+		"k8s.pod.uid":             "uid-1",
+		"telemetry.sdk.language":  "go",
+		"telemetry.sdk.name":      "opentelemetry",
+	} {
+		if !reflect.DeepEqual(s.Resource[k], v) {
+			t.Errorf("resource %s = %#v, want %#v", k, s.Resource[k], v)
+		}
+	}
+}
+
+func TestClientSpan(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{CaptureQuery: true})
+	e.Export(clientReq())
+	s := rcv.WaitSpans(t, waitFor, spansNamed("POST", 1))[0]
+
+	if s.Kind != trace.SpanKindClient {
+		t.Errorf("kind = %v, want client", s.Kind)
+	}
+	if s.ParentSpanID.IsValid() {
+		t.Errorf("root span has parent %v", s.ParentSpanID)
+	}
+	if s.StatusCode != codes.Error {
+		t.Errorf("status = %v, want error for a client's 404", s.StatusCode)
+	}
+	checkAttrs(t, "span", s.Attributes, map[string]any{
+		"http.request.method":       "POST",
+		"url.scheme":                "http",
+		"url.path":                  "/orders",
+		"url.query":                 "dry=1",
+		"url.full":                  "http://10.0.0.9:9000/orders?dry=1",
+		"http.response.status_code": int64(404),
+		"error.type":                "404",
+		"server.address":            "10.0.0.9",
+		"server.port":               int64(9000),
+		"network.peer.address":      "10.0.0.9",
+		"network.peer.port":         int64(9000),
+		"network.protocol.version":  "1.1",
+		"user_agent.original":       "curl/8.5.0",
+		"http.request.body.size":    int64(12),
+		"http.response.body.size":   int64(3),
+	})
+	if s.Resource["service.name"] != "curl" {
+		t.Errorf("service.name = %v", s.Resource["service.name"])
+	}
+}
+
+func TestSpanRules(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	tests := []struct {
+		name   string
+		edit   func(r *tracer.Request)
+		span   string // expected span name
+		status codes.Code
+		want   map[string]any // attributes that must be present with these values
+		absent []string
+	}{
+		{"server 404 is not an error", func(r *tracer.Request) { r.StatusCode = 404; r.Route = "/a" },
+			"GET /a", codes.Unset, map[string]any{"http.response.status_code": int64(404)}, []string{"error.type"}},
+		{"server 503 is an error", func(r *tracer.Request) { r.StatusCode = 503; r.Route = "/b" },
+			"GET /b", codes.Error, map[string]any{"error.type": "503"}, nil},
+		{"no response leaves status unset", func(r *tracer.Request) { r.StatusCode = 0; r.Route = "/c" },
+			"GET /c", codes.Unset, nil, []string{"http.response.status_code", "error.type"}},
+		{"no route names the span by method", func(r *tracer.Request) { r.Method = "DELETE"; r.Route = "" },
+			"DELETE", codes.Unset, nil, []string{"http.route"}},
+		{"unknown method", func(r *tracer.Request) { r.Method = "PURGE"; r.Route = "/d" },
+			"HTTP", codes.Unset, map[string]any{"http.request.method": "_OTHER", "http.request.method_original": "PURGE"}, nil},
+		{"query is not captured by default", func(r *tracer.Request) { r.Route = "/e" },
+			"GET /e", codes.Unset, nil, []string{"url.query"}},
+		{"host without port means 80", func(r *tracer.Request) { r.Route = "/f"; r.HostPort = 0 },
+			"GET /f", codes.Unset, map[string]any{"server.address": "shop.example", "server.port": int64(80)}, nil},
+		{"no host header uses the local address", func(r *tracer.Request) { r.Route = "/g"; r.Host, r.HostPort = "", 0 },
+			"GET /g", codes.Unset, map[string]any{"server.address": "10.0.0.2", "server.port": int64(8080)}, nil},
+		{"ipv4-mapped peer", func(r *tracer.Request) {
+			r.Route = "/h"
+			r.Remote = netip.MustParseAddrPort("[::ffff:10.0.0.7]:6000")
+		}, "GET /h", codes.Unset, map[string]any{"client.address": "10.0.0.7", "network.peer.address": "10.0.0.7"}, nil},
+		{"client 0 is not an error", func(r *tracer.Request) {
+			*r = *clientReq()
+			r.StatusCode = 0
+			r.Method = "PUT"
+		}, "PUT", codes.Unset, nil, []string{"error.type", "url.query"}},
+		{"client with host header", func(r *tracer.Request) {
+			*r = *clientReq()
+			r.Method, r.Host, r.HostPort, r.StatusCode = "HEAD", "api.internal", 0, 200
+		}, "HEAD", codes.Unset, map[string]any{"url.full": "http://api.internal/orders", "server.address": "api.internal", "server.port": int64(80)}, nil},
+	}
+	for _, tt := range tests {
+		r := serverReq()
+		tt.edit(r)
+		e.Export(r)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := rcv.WaitSpans(t, waitFor, spansNamed(tt.span, 1))
+			got := find(s, tt.span)[0]
+			if got.StatusCode != tt.status {
+				t.Errorf("status = %v, want %v", got.StatusCode, tt.status)
+			}
+			for k, v := range tt.want {
+				if !reflect.DeepEqual(got.Attributes[k], v) {
+					t.Errorf("%s = %#v, want %#v", k, got.Attributes[k], v)
+				}
+			}
+			for _, k := range tt.absent {
+				if v, ok := got.Attributes[k]; ok {
+					t.Errorf("%s = %#v, want absent", k, v)
+				}
+			}
+		})
+	}
+}
+
+func TestResourcePerProcess(t *testing.T) {
+	t.Run("executable names", func(t *testing.T) {
+		e, rcv, _ := startOTLP(t, Config{})
+		other := &pod.Process{PID: 413, Exe: "/usr/bin/node", Name: "node"}
+		for _, p := range []*pod.Process{python, other, python} {
+			r := serverReq()
+			r.Process = p
+			e.Export(r)
+		}
+		spans := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 3))
+		names := map[string]int64{}
+		for _, s := range spans {
+			names[s.Resource["service.name"].(string)] = s.Resource["process.pid"].(int64)
+		}
+		if want := map[string]int64{"python3": 412, "node": 413}; !reflect.DeepEqual(names, want) {
+			t.Errorf("services = %v, want %v", names, want)
+		}
+		if got := e.Stats().Processes; got != 2 {
+			t.Errorf("Processes = %d, want 2", got)
+		}
+	})
+	t.Run("environment", func(t *testing.T) {
+		rcv := otlptest.Start(t)
+		otlpEnv(t, rcv.URL())
+		t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=staging,k8s.pod.name=override")
+		t.Setenv("OTEL_SERVICE_NAME", "shop")
+		logger, _ := testLogger(t)
+		e, err := New(context.Background(), Config{TracesOTLP: true, Metadata: meta}, logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer shutdown(t, e)
+		e.Export(serverReq())
+		s := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 1))[0]
+		for k, v := range map[string]any{
+			"service.name":                "shop",
+			"deployment.environment.name": "staging",
+			"k8s.pod.name":                "override",
+			"process.executable.name":     "python3",
+		} {
+			if s.Resource[k] != v {
+				t.Errorf("resource %s = %v, want %v", k, s.Resource[k], v)
+			}
+		}
+	})
+	t.Run("config service name wins", func(t *testing.T) {
+		e, rcv, _ := startOTLP(t, Config{ServiceName: "checkout"})
+		e.Export(serverReq())
+		s := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 1))[0]
+		if s.Resource["service.name"] != "checkout" {
+			t.Errorf("service.name = %v", s.Resource["service.name"])
+		}
+	})
+}
+
+func TestSampling(t *testing.T) {
+	t.Run("unsampled parent is honoured", func(t *testing.T) {
+		e, rcv, _ := startOTLP(t, Config{})
+		r := serverReq()
+		r.Parent = r.Parent.WithTraceFlags(0)
+		r.Route = "/unsampled"
+		e.Export(r)
+		marker := serverReq()
+		marker.Route = "/marker"
+		marker.Parent = trace.SpanContext{}
+		e.Export(marker)
+		spans := rcv.WaitSpans(t, waitFor, spansNamed("GET /marker", 1))
+		if got := find(spans, "GET /unsampled"); len(got) != 0 {
+			t.Errorf("unsampled request made a span: %v", got)
+		}
+		// The metric still counts it.
+		rcv.WaitMetric(t, waitFor, hasPoint("http.server.request.duration", "/unsampled", 1))
+	})
+	t.Run("always_off from the environment", func(t *testing.T) {
+		rcv := otlptest.Start(t)
+		otlpEnv(t, rcv.URL())
+		t.Setenv("OTEL_TRACES_SAMPLER", "always_off")
+		logger, _ := testLogger(t)
+		e, err := New(context.Background(), Config{TracesOTLP: true, MetricsOTLP: true}, logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Export(serverReq())
+		rcv.WaitMetric(t, waitFor, hasPoint("http.server.request.duration", "/users/{id}", 1))
+		shutdown(t, e)
+		if s := rcv.Spans(); len(s) != 0 {
+			t.Errorf("always_off exported %d spans", len(s))
+		}
+	})
+}
+
+func hasPoint(name, route string, count uint64) func([]otlptest.MetricPoint) bool {
+	return func(ps []otlptest.MetricPoint) bool { return lastPoint(ps, name, route).Count >= count }
+}
+
+// lastPoint returns the newest point of a cumulative series.
+func lastPoint(ps []otlptest.MetricPoint, name, route string) otlptest.MetricPoint {
+	var last otlptest.MetricPoint
+	for _, p := range ps {
+		if p.Name == name && (route == "" || p.Attributes["http.route"] == route) {
+			last = p
+		}
+	}
+	return last
+}
+
+func TestMetrics(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	for range 3 {
+		e.Export(serverReq()) // 1.234 ms
+	}
+	slow := serverReq()
+	slow.End = slow.Start.Add(300 * time.Millisecond)
+	slow.StatusCode = 500
+	e.Export(slow)
+	e.Export(clientReq()) // 3 ms, 404
+
+	ps := rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		var n uint64
+		for _, p := range ps {
+			if p.Name == "http.server.request.duration" {
+				n = max(n, p.Count)
+			}
+		}
+		return n >= 3 && lastPoint(ps, "http.client.request.duration", "").Count >= 1
+	})
+	bounds := []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
+	var ok, failed otlptest.MetricPoint
+	for _, p := range ps {
+		if p.Name != "http.server.request.duration" {
+			continue
+		}
+		switch p.Attributes["http.response.status_code"] {
+		case int64(200):
+			ok = p
+		case int64(500):
+			failed = p
+		}
+	}
+	if ok.Unit != "s" || ok.Type != "histogram" || !reflect.DeepEqual(ok.Bounds, bounds) {
+		t.Errorf("server histogram: unit %q type %q bounds %v", ok.Unit, ok.Type, ok.Bounds)
+	}
+	if ok.Count != 3 || ok.BucketCounts[0] != 3 || abs(ok.Sum-3*0.001234) > 1e-9 {
+		t.Errorf("200 point: count %d sum %v buckets %v", ok.Count, ok.Sum, ok.BucketCounts)
+	}
+	checkAttrs(t, "200 point", ok.Attributes, map[string]any{
+		"http.request.method":       "GET",
+		"http.response.status_code": int64(200),
+		"http.route":                "/users/{id}",
+		"network.protocol.name":     "http",
+		"network.protocol.version":  "1.1",
+		"url.scheme":                "http",
+	})
+	if failed.Count != 1 || failed.BucketCounts[7] != 1 || failed.Attributes["error.type"] != "500" {
+		t.Errorf("500 point: count %d buckets %v attrs %v", failed.Count, failed.BucketCounts, failed.Attributes)
+	}
+	if ok.Resource["service.name"] != "python3" {
+		t.Errorf("resource service.name = %v", ok.Resource["service.name"])
+	}
+
+	cli := lastPoint(ps, "http.client.request.duration", "")
+	checkAttrs(t, "client point", cli.Attributes, map[string]any{
+		"http.request.method":       "POST",
+		"http.response.status_code": int64(404),
+		"error.type":                "404",
+		"network.protocol.name":     "http",
+		"network.protocol.version":  "1.1",
+		"url.scheme":                "http",
+		"server.address":            "10.0.0.9",
+		"server.port":               int64(9000),
+	})
+	if cli.Resource["service.name"] != "curl" {
+		t.Errorf("client resource service.name = %v", cli.Resource["service.name"])
+	}
+}
+
+func abs(f float64) float64 {
+	if f < 0 {
+		return -f
+	}
+	return f
+}
+
+func TestNewValidates(t *testing.T) {
+	t.Setenv("OTEL_TRACES_SAMPLER", "sometimes")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "novalue")
+	t.Setenv("OTEL_BSP_MAX_QUEUE_SIZE", "-3")
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "10s")
+	_, err := New(context.Background(), Config{Printer: "yaml", QueueSize: -1}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		t.Fatal("New accepted a bad configuration")
+	}
+	for _, want := range []string{"printer", "queue size", "OTEL_TRACES_SAMPLER", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_METRIC_EXPORT_INTERVAL"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s: %v", want, err)
+		}
+	}
+	t.Setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "1.5")
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
+	t.Setenv("OTEL_BSP_MAX_QUEUE_SIZE", "")
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "")
+	if _, err := New(context.Background(), Config{}, nil); err == nil || !strings.Contains(err.Error(), "OTEL_TRACES_SAMPLER_ARG") {
+		t.Errorf("bad ratio: err = %v", err)
+	}
+}
+
+func TestDoubleShutdown(t *testing.T) {
+	e, _, _ := startOTLP(t, Config{})
+	e.Export(serverReq())
+	ctx := context.Background()
+	err1 := e.Shutdown(ctx)
+	err2 := e.Shutdown(ctx)
+	if err1 != nil || err2 != nil {
+		t.Errorf("Shutdown twice: %v, %v", err1, err2)
+	}
+	before := e.Stats().DroppedRequests
+	e.Export(serverReq()) // after Shutdown: counted, no panic
+	if got := e.Stats().DroppedRequests; got != before+1 {
+		t.Errorf("DroppedRequests after Shutdown = %d, want %d", got, before+1)
+	}
+}
+
+// freeAddr returns an address nothing listens on: a collector that is down.
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestCollectorDown(t *testing.T) {
+	otlpEnv(t, "http://"+freeAddr(t))
+	testBadCollector(t)
+}
+
+func TestCollectorHangs(t *testing.T) {
+	rcv := otlptest.Start(t, otlptest.WithHang())
+	otlpEnv(t, rcv.URL())
+	testBadCollector(t)
+	if tr, _ := rcv.Calls(); tr == 0 {
+		t.Error("the hanging collector was never called")
+	}
+}
+
+// testBadCollector floods the exporter while the collector is unusable and
+// checks that the caller never waits, memory stays bounded, drops are
+// counted and logged, and Shutdown keeps its deadline.
+func testBadCollector(t *testing.T) {
+	defer func(d time.Duration) { reportInterval = d }(reportInterval)
+	reportInterval = 50 * time.Millisecond
+	t.Setenv("OTEL_BSP_MAX_QUEUE_SIZE", "256")
+	logger, logs := testLogger(t)
+	e, err := New(context.Background(), Config{TracesOTLP: true, MetricsOTLP: true, Printer: "off", QueueSize: 512, Metadata: meta}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	heapBefore := heapInUse()
+	const n = 200_000
+	start := time.Now()
+	var slowest time.Duration
+	for i := range n {
+		r := serverReq()
+		r.Parent = trace.SpanContext{}
+		r.Path = "/users/" + string(rune('a'+i%26))
+		t1 := time.Now()
+		e.Export(r)
+		slowest = max(slowest, time.Since(t1))
+	}
+	elapsed := time.Since(start)
+	// Generous bounds: this guards against blocking (which would take
+	// export timeouts, i.e. seconds), not against being slow.
+	if elapsed > 20*time.Second || slowest > time.Second {
+		t.Errorf("Export blocked: %d calls took %v, slowest %v", n, elapsed, slowest)
+	}
+	// Let the worker catch up, then look at what is held.
+	deadline := time.Now().Add(waitFor)
+	for len(e.queue) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	grown := int64(heapInUse()) - int64(heapBefore)
+	// 200k spans held would be hundreds of MB; the queues hold under 1k.
+	if grown > 50<<20 {
+		t.Errorf("heap grew by %d MB while the collector was unusable", grown>>20)
+	}
+
+	s := e.Stats()
+	t.Logf("stats: %+v, heap growth %d KB, %d Exports in %v", s, grown>>10, n, elapsed)
+	if s.Requests != n {
+		t.Errorf("Requests = %d, want %d", s.Requests, n)
+	}
+	if s.DroppedSpans+s.DroppedRequests == 0 {
+		t.Error("nothing dropped although the collector is unusable")
+	}
+	if s.ExportedSpans != 0 {
+		t.Errorf("ExportedSpans = %d, want 0", s.ExportedSpans)
+	}
+	for _, k := range e.sinks {
+		if in := k.inflight.Load(); in > k.limit {
+			t.Errorf("%s: %d spans in flight, limit %d", k.name, in, k.limit)
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	t1 := time.Now()
+	err = e.Shutdown(ctx)
+	took := time.Since(t1)
+	t.Logf("Shutdown with a 500ms deadline took %v: %v", took, err)
+	if took > 3*time.Second {
+		t.Errorf("Shutdown took %v with a 500ms deadline", took)
+	}
+	if err == nil {
+		t.Error("Shutdown reported success although nothing could be sent")
+	}
+	if err := e.Shutdown(context.Background()); err == nil {
+		t.Error("second Shutdown should repeat the first's error")
+	}
+	if !strings.Contains(logs.String(), "dropped") {
+		t.Errorf("drops were not logged:\n%s", logs.String())
+	}
+}
+
+func TestExportFailuresCounted(t *testing.T) {
+	defer func(d time.Duration) { reportInterval = d }(reportInterval)
+	reportInterval = 50 * time.Millisecond
+	// PermissionDenied is not retried, so failures show at once.
+	e, rcv, logs := startOTLP(t, Config{}, otlptest.WithError(status.Error(grpccodes.PermissionDenied, "go away")))
+	e.Export(serverReq())
+	deadline := time.Now().Add(waitFor)
+	for time.Now().Before(deadline) {
+		s := e.Stats()
+		if s.FailedSpans > 0 && s.FailedMetricExports > 0 && strings.Contains(logs.String(), "metric export failed") &&
+			strings.Contains(logs.String(), "span export failed") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s := e.Stats()
+	if s.FailedSpans != 1 || s.FailedMetricExports == 0 {
+		t.Errorf("stats %+v, want 1 failed span and failed metric exports", s)
+	}
+	if !strings.Contains(logs.String(), "go away") {
+		t.Errorf("the collector's error was not logged:\n%s", logs.String())
+	}
+	// The collector recovers: later spans arrive.
+	rcv.Set()
+	r := serverReq()
+	r.Route = "/later"
+	e.Export(r)
+	rcv.WaitSpans(t, waitFor, spansNamed("GET /later", 1))
+}
+
+func TestIdleProcessesReleased(t *testing.T) {
+	defer func(i, s time.Duration, m int) { idleTimeout, sweepInterval, maxProcesses = i, s, m }(idleTimeout, sweepInterval, maxProcesses)
+	idleTimeout, sweepInterval, maxProcesses = 100*time.Millisecond, 20*time.Millisecond, 2
+
+	e, rcv, _ := startOTLP(t, Config{})
+	for pid := 1; pid <= 3; pid++ {
+		r := serverReq()
+		r.Process = &pod.Process{PID: pid, Name: "worker"}
+		e.Export(r)
+	}
+	// The bound holds at once: the third process released the first.
+	deadline := time.Now().Add(waitFor)
+	for e.Stats().Requests != 3 || len(e.queue) > 0 {
+		time.Sleep(time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatal("requests not handled")
+		}
+	}
+	if got := e.Stats().Processes; got > 2 {
+		t.Errorf("Processes = %d, want at most maxProcesses (2)", got)
+	}
+	// Idle, everything goes, and each process's last metric points are
+	// flushed on the way out.
+	for e.Stats().Processes != 0 {
+		time.Sleep(10 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("processes not released: %+v", e.Stats())
+		}
+	}
+	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		pids := map[int64]bool{}
+		for _, p := range ps {
+			pids[p.Resource["process.pid"].(int64)] = true
+		}
+		return len(pids) == 3
+	})
+	// A process that comes back gets fresh providers.
+	r := serverReq()
+	r.Route = "/back"
+	e.Export(r)
+	rcv.WaitSpans(t, waitFor, spansNamed("GET /back", 1))
+	if got := e.Stats().Processes; got != 1 {
+		t.Errorf("Processes = %d, want 1", got)
+	}
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+func TestMetricsOnly(t *testing.T) {
+	rcv := otlptest.Start(t)
+	otlpEnv(t, rcv.URL())
+	var printed logBuffer
+	logger, _ := testLogger(t)
+	// A metrics endpoint and no traces endpoint, printer explicitly off: no
+	// spans are even created.
+	e, err := New(context.Background(), Config{MetricsOTLP: true, Printer: "off", PrinterOut: &printed}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Export(serverReq())
+	rcv.WaitMetric(t, waitFor, hasPoint("http.server.request.duration", "/users/{id}", 1))
+	shutdown(t, e)
+	if len(rcv.Spans()) != 0 || printed.String() != "" {
+		t.Errorf("spans went somewhere: %d received, printed %q", len(rcv.Spans()), printed.String())
+	}
+	if len(e.sinks) != 0 {
+		t.Errorf("%d span sinks, want none", len(e.sinks))
+	}
+}
+
+func TestPrinterOffWithTracesEndpoint(t *testing.T) {
+	var printed logBuffer
+	e, rcv, _ := startOTLP(t, Config{PrinterOut: &printed})
+	e.Export(serverReq())
+	rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 1))
+	shutdown(t, e)
+	if printed.String() != "" {
+		t.Errorf("printed with a traces endpoint set: %q", printed.String())
+	}
+}
