@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"go.opentelemetry.io/otel"
+
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/exporter"
 	"github.com/podtracer/podtracer/pod"
@@ -38,6 +40,13 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	}
 	logger = newLogger(cfg)
 	slog.SetDefault(logger)
+	// The OpenTelemetry SDK reports its own troubles here; into the log
+	// they go, not to a bare stderr line.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
+		if !errors.Is(err, context.Canceled) {
+			logger.Warn("opentelemetry sdk", "error", err)
+		}
+	}))
 
 	// Exporter first: a collector that is down must not stop the agent,
 	// and spans from the first captured request need somewhere to go.
