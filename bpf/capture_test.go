@@ -1,0 +1,140 @@
+package bpf
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podtracer/podtracer/internal/testenv"
+)
+
+func TestConfigBounds(t *testing.T) {
+	for _, n := range []int{0, MinCaptureBytes - 1, MaxCaptureBytes + 1} {
+		if _, err := Load(Config{CaptureBytes: n}, slog.Default()); err == nil {
+			t.Errorf("capture bytes %d accepted", n)
+		}
+	}
+}
+
+// TestCapture loads the programs for real. The test process plays the
+// agent (excluded); its children, a Python server and curl, are the
+// neighbours; a curl in another PID namespace must not be seen.
+func TestCapture(t *testing.T) {
+	testenv.Privileged(t)
+	python := testenv.LookPath(t, "python3")
+	curl := testenv.LookPath(t, "curl")
+
+	c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 20}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	server := exec.Command(python, "-m", "http.server", "--bind", "127.0.0.1", fmt.Sprint(port))
+	server.Dir = t.TempDir()
+	if err := server.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { server.Process.Kill(); server.Wait() }()
+	for i := 0; i < 100; i++ {
+		if conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			conn.Close() // the test process is the agent: this connection is not seen
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	long := strings.Repeat("v", 300)
+	url := fmt.Sprintf("http://127.0.0.1:%d/bpf-test", port)
+	if out, err := exec.Command("unshare", "--pid", "--fork", curl, "-s", "-o", "/dev/null", url+"/other-ns").CombinedOutput(); err != nil {
+		t.Fatalf("curl in another pid namespace: %v %s", err, out)
+	}
+	curlCmd := exec.Command(curl, "-s", "-o", "/dev/null", "-H", "X-Long: "+long, url)
+	if out, err := curlCmd.CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v %s", err, out)
+	}
+
+	type seen struct {
+		ev      Event
+		payload string
+		tail    string
+	}
+	var events []seen
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			events = append(events, seen{ev, string(ev.Payload), string(ev.Tail)})
+		}
+	}()
+	time.Sleep(time.Second)
+	stats, err := c.Stats()
+	if err != nil {
+		t.Fatalf("stats: %v", err)
+	}
+	if stats.Lost != 0 || stats.Events == 0 {
+		t.Errorf("stats %+v: want events and no loss", stats)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	<-done
+
+	var request, response, clientSend, closed bool
+	for _, s := range events {
+		ev := s.ev
+		switch {
+		case ev.Type == EventData && ev.Dir == Egress && strings.HasPrefix(s.payload, "GET /bpf-test/other-ns"):
+			t.Errorf("event from a process in another PID namespace: pid %d %q", ev.PID, ev.CommString())
+		case ev.Type == EventData && ev.Dir == Ingress && strings.HasPrefix(s.payload, "GET /bpf-test HTTP/1.1"):
+			request = true
+			if ev.Local.Port() != uint16(port) || ev.Remote.Addr().String() != "127.0.0.1" {
+				t.Errorf("server side ends %v %v", ev.Local, ev.Remote)
+			}
+			if len(ev.Payload) != 64 || ev.Len <= 300 {
+				t.Errorf("captured %d of %d bytes, want 64 of more than 300", len(ev.Payload), ev.Len)
+			}
+			if !strings.HasSuffix(s.tail, "\r\n\r\n") || len(s.tail) != 16 {
+				t.Errorf("tail %q", s.tail)
+			}
+			if ev.Role != RoleServer || ev.ExitNS < ev.EnterNS || ev.EnterNS == 0 {
+				t.Errorf("role %v enter %d exit %d", ev.Role, ev.EnterNS, ev.ExitNS)
+			}
+			if d := time.Since(c.WallTime(ev.ExitNS)); d < 0 || d > time.Minute {
+				t.Errorf("wall time %v off by %v", c.WallTime(ev.ExitNS), d)
+			}
+			if !strings.HasPrefix(ev.CommString(), "python") {
+				t.Errorf("comm %q", ev.CommString())
+			}
+		case ev.Type == EventData && ev.Dir == Egress && strings.HasPrefix(s.payload, "HTTP/1.0 404"):
+			response = true
+		case ev.Type == EventData && ev.Dir == Egress && strings.HasPrefix(s.payload, "GET /bpf-test HTTP/1.1"):
+			clientSend = true
+			if int(ev.PID) == curlCmd.Process.Pid && ev.Role != RoleClient {
+				t.Errorf("client role %v", ev.Role)
+			}
+		case ev.Type == EventClose && ev.Local.Port() == uint16(port):
+			closed = true
+		}
+	}
+	if !request || !response || !clientSend || !closed {
+		var b bytes.Buffer
+		for _, s := range events {
+			fmt.Fprintf(&b, "type=%d dir=%d pid=%d %s len=%d %q\n", s.ev.Type, s.ev.Dir, s.ev.PID, s.ev.CommString(), s.ev.Len, s.payload)
+		}
+		t.Fatalf("request %v response %v client send %v close %v; events:\n%s", request, response, clientSend, closed, b.String())
+	}
+}
