@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -400,4 +401,69 @@ http {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestSelection: with PODTRACER_OPEN_PORTS only the process listening on
+// that port is traced; its neighbours are not.
+func TestSelection(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	python := testenv.LookPath(t, "python3")
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	goPort, pyPort := freePort(t), freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", goPort)))
+	start(t, pod.command(python, "-m", "http.server", "--bind", "127.0.0.1", "--directory", t.TempDir(), fmt.Sprint(pyPort)))
+	waitListening(t, goPort)
+	waitListening(t, pyPort)
+	startAgent(t, pod, agentEnv(rcv, fmt.Sprintf("PODTRACER_OPEN_PORTS=%d", goPort)))
+
+	run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/not-selected", pyPort)))
+	run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/users/5", goPort)))
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/users/5") != nil
+	})
+	time.Sleep(500 * time.Millisecond) // let any stray span arrive
+	for _, s := range rcv.Spans() {
+		if s.Attributes["url.path"] == "/not-selected" || s.Kind == trace.SpanKindClient {
+			t.Errorf("span of a process not selected: %v %s %v", s.Kind, s.Name, s.Resource["service.name"])
+		}
+	}
+	if len(spans) == 0 {
+		t.Fatal("no spans")
+	}
+}
+
+// TestCollectorDown: with the collector unreachable the agent keeps
+// serving its pod, counts what it drops, and stops promptly on SIGTERM.
+func TestCollectorDown(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	_, httpapp := binaries(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
+	waitListening(t, port)
+	dead := freePort(t) // nothing listens here
+	agent := startAgent(t, pod, append(os.Environ(),
+		fmt.Sprintf("OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:%d", dead),
+		"OTEL_BSP_SCHEDULE_DELAY=100", "OTEL_EXPORTER_OTLP_TIMEOUT=500"))
+	for i := range 20 {
+		run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/users/%d", port, i)))
+	}
+	time.Sleep(time.Second)
+	stopped := time.Now()
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 15*time.Second)
+	if d := time.Since(stopped); d > 12*time.Second {
+		t.Errorf("shutdown took %v", d)
+	}
+	out := agent.output()
+	if !strings.Contains(out, "requests=40") {
+		t.Errorf("want 40 requests (20 server, 20 client) in the final stats:\n%s", out)
+	}
+	if strings.Contains(out, "panic") {
+		t.Errorf("agent panicked:\n%s", out)
+	}
 }
