@@ -12,81 +12,62 @@ type connKey struct {
 	sock uint64
 }
 
-// maxPending bounds pipelined requests waiting for their responses.
-const maxPending = 64
+// maxDetectTries is how many segments a connection may show before its
+// protocol is known; after that it is ignored. A few are allowed because a
+// connection older than the agent may first show the middle of a message.
+const maxDetectTries = 8
 
-// conn is one TCP connection of one neighbour process: a parser for each
-// direction, and the requests waiting for their responses.
+// conn is one TCP connection of one neighbour process, and the parser of
+// the protocol it speaks once that is known.
 type conn struct {
-	t       *Tracer
-	proc    *pod.Process // nil: the process is not selected
-	local   netip.AddrPort
-	remote  netip.AddrPort
-	in, out http1Stream
-	pending []*message
-	// requestDir is the direction requests travel; set by the first one.
-	requestDir bpf.Direction
-	sawRequest bool
-	lastSeen   uint64
+	t        *Tracer
+	proc     *pod.Process // nil: the process is not selected
+	local    netip.AddrPort
+	remote   netip.AddrPort
+	parser   protocolParser
+	tries    int
+	ignored  bool
+	lastSeen uint64
 }
 
 func newConn(t *Tracer, ev *bpf.Event, proc *pod.Process) *conn {
-	c := &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote}
-	c.in.onHead = func(m *message) { c.onHead(bpf.Ingress, m) }
-	c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
-	c.in.onComplete = c.onComplete
-	c.out.onComplete = c.onComplete
-	if proc == nil {
-		c.in.state, c.out.state = stDone, stDone
-	}
-	return c
+	return &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote, ignored: proc == nil}
 }
 
 func (c *conn) feed(dir bpf.Direction, seg *segment) {
-	if dir == bpf.Ingress {
-		c.in.feed(seg)
-	} else {
-		c.out.feed(seg)
+	if c.ignored {
+		return
 	}
+	if c.parser == nil {
+		for _, detect := range c.t.detectors {
+			if c.parser = detect(dir, seg, c.emit); c.parser != nil {
+				break
+			}
+		}
+		if c.parser == nil {
+			if c.tries++; c.tries >= maxDetectTries {
+				c.ignored = true
+			}
+			return
+		}
+	}
+	c.parser.feed(dir, seg)
 }
 
 func (c *conn) close(ts uint64) {
-	// A body that runs until close ends here; requests still waiting for
-	// a response get no span: nothing is invented.
-	c.in.closed(ts)
-	c.out.closed(ts)
-	c.pending = nil
-}
-
-func (c *conn) onHead(dir bpf.Direction, m *message) {
-	if m.request {
-		if c.sawRequest && dir != c.requestDir {
-			// Requests both ways: not a plain HTTP/1 client-server talk.
-			return
-		}
-		c.sawRequest, c.requestDir = true, dir
-		if len(c.pending) == maxPending {
-			c.pending = c.pending[1:]
-		}
-		c.pending = append(c.pending, m)
-		return
-	}
-	if m.interimResp || len(c.pending) == 0 || dir == c.requestDir {
-		return // 100 Continue, or a response to a request we never saw
-	}
-	m.req = c.pending[0]
-	c.pending = c.pending[1:]
-	if m.req.method == "HEAD" {
-		m.noBody = true
-	}
-	if m.req.method == "CONNECT" && m.status/100 == 2 {
-		m.upgrade = true // a tunnel follows
+	if c.parser != nil && !c.ignored {
+		c.parser.closed(ts)
 	}
 }
 
-func (c *conn) onComplete(m *message) {
-	if m.request || m.req == nil {
-		return
-	}
-	c.t.finish(c, m.req, m)
+// emit completes a finished exchange with what the connection knows and
+// hands it on.
+func (c *conn) emit(r *Request, role Role, start, end uint64) {
+	r.Role = role
+	r.Process = c.proc
+	r.Local, r.Remote = c.local, c.remote
+	r.Start = c.t.wall(start)
+	r.End = c.t.wall(max(start, end))
+	c.t.requests.Add(1)
+	c.t.emit(r)
 }

@@ -36,8 +36,10 @@ func (r Role) String() string {
 // Request is one finished request/response exchange seen on the wire,
 // everything the exporter needs to make a span and a metric point.
 type Request struct {
-	Role     Role
-	Protocol string // "http"
+	Role Role
+	// Protocol is what was spoken: ProtoHTTP, ProtoGRPC, ProtoPostgreSQL,
+	// ProtoMySQL, ProtoRedis or ProtoKafka.
+	Protocol string
 
 	// Process is the neighbour that served or sent the request.
 	Process *pod.Process
@@ -69,7 +71,40 @@ type Request struct {
 	// Truncated is true when the headers were longer than the captured
 	// prefix, so some header fields may be missing.
 	Truncated bool
+
+	// Database client calls (PostgreSQL, MySQL, Redis).
+	DBOperation  string // db.operation.name: "SELECT", "GET", "EXECUTE"
+	DBCollection string // db.collection.name: the table, "" when unknown
+	DBNamespace  string // db.namespace: the database, "" when unknown
+	DBQuery      string // db.query.text, literals replaced by "?" unless the user enabled full text
+
+	// RPC (gRPC over HTTP/2).
+	RPCService string // rpc.service: "helloworld.Greeter"
+	RPCMethod  string // rpc.method: "SayHello"
+	GRPCStatus int    // rpc.grpc.status_code; -1 when no status was seen
+
+	// Messaging (Kafka).
+	MessagingOperation   string // messaging.operation.type: "send" or "receive"
+	MessagingDestination string // messaging.destination.name: the topic
+	Partition            int    // messaging.destination.partition.id; -1 when unknown
+	ClientID             string // messaging.client.id
+
+	// ErrorCode and ErrorMessage are an error the server reported in the
+	// protocol (SQLSTATE "42P01", MySQL 1146, Redis "ERR", a Kafka error
+	// code); empty when it reported none. HTTP uses StatusCode instead.
+	ErrorCode    string
+	ErrorMessage string
 }
+
+// Protocols, as Request.Protocol names them.
+const (
+	ProtoHTTP       = "http" // HTTP/1.x, and HTTP/2 that is not gRPC (ProtocolVersion "2")
+	ProtoGRPC       = "grpc"
+	ProtoPostgreSQL = "postgresql"
+	ProtoMySQL      = "mysql"
+	ProtoRedis      = "redis"
+	ProtoKafka      = "kafka"
+)
 
 // ServerAddr is the address of the server end of the connection.
 func (r *Request) ServerAddr() netip.AddrPort {

@@ -45,6 +45,7 @@ type Tracer struct {
 
 	conns     map[connKey]*conn
 	lastSweep uint64
+	detectors []detector
 
 	requests, untracked atomic.Uint64
 	live                atomic.Int64
@@ -59,7 +60,9 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 2 * time.Minute
 	}
-	return &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn)}
+	t := &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn)}
+	t.detectors = []detector{detectHTTP1(cfg.RouteHeuristic)}
+	return t
 }
 
 // Handle consumes one capture event.
@@ -83,10 +86,8 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		t.live.Add(1)
 	}
 	c.lastSeen = ev.ExitNS
-	if c.proc != nil {
-		seg := segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS}
-		c.feed(ev.Dir, &seg)
-	}
+	seg := segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS}
+	c.feed(ev.Dir, &seg)
 	if ev.ExitNS-t.lastSweep > uint64(10*time.Second) {
 		t.sweep(ev.ExitNS)
 	}
@@ -111,41 +112,6 @@ func (t *Tracer) sweep(now uint64) {
 // Stats returns the tracer's counters; safe from any goroutine.
 func (t *Tracer) Stats() Stats {
 	return Stats{Requests: t.requests.Load(), Connections: uint64(t.live.Load()), ConnsUntracked: t.untracked.Load()}
-}
-
-// finish builds the Request for a request/response pair and emits it.
-func (t *Tracer) finish(c *conn, req, resp *message) {
-	r := &Request{
-		Protocol:        "http",
-		Process:         c.proc,
-		Local:           c.local,
-		Remote:          c.remote,
-		Method:          req.method,
-		StatusCode:      resp.status,
-		ProtocolVersion: "1." + string(req.minor),
-		UserAgent:       req.userAgent,
-		RequestSize:     req.bodySize,
-		ResponseSize:    resp.bodySize,
-		Parent:          parseTraceparent(req.traceparent),
-		Truncated:       req.truncated,
-	}
-	if req.minor != '0' && req.minor != '1' {
-		r.ProtocolVersion = "1.1"
-	}
-	if c.requestDir == bpf.Ingress {
-		r.Role = RoleServer
-		r.Start = t.wall(req.start) // when the request arrived
-	} else {
-		r.Role = RoleClient
-		r.Start = t.wall(req.startEnter) // when the client began to send it
-	}
-	r.End = t.wall(max(resp.end, req.start))
-	r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
-	if t.cfg.RouteHeuristic {
-		r.Route = heuristicRoute(r.Path)
-	}
-	t.requests.Add(1)
-	t.emit(r)
 }
 
 // splitTarget takes the path and query from a request target, in origin

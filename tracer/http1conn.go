@@ -1,0 +1,111 @@
+package tracer
+
+import "github.com/podtracer/podtracer/bpf"
+
+// maxPending bounds pipelined requests waiting for their responses.
+const maxPending = 64
+
+// http1Conn pairs the requests and responses of an HTTP/1.x connection: a
+// stream parser for each direction, and the requests waiting for their
+// responses (pipelining answers them in order).
+type http1Conn struct {
+	in, out http1Stream
+	pending []*message
+	emit    emitter
+	routes  bool // fill Route by heuristicRoute
+	// requestDir is the direction requests travel; set by the first one.
+	requestDir bpf.Direction
+	sawRequest bool
+}
+
+// detectHTTP1 recognises a request line or status line at the start of the
+// segment, or its first bytes when a peer sends them piecemeal.
+func detectHTTP1(routes bool) detector {
+	return func(dir bpf.Direction, seg *segment, emit emitter) protocolParser {
+		if !startsMessage(seg.data) && !mayStartMessage(seg, 0) {
+			return nil
+		}
+		c := &http1Conn{emit: emit, routes: routes}
+		c.in.onHead = func(m *message) { c.onHead(bpf.Ingress, m) }
+		c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
+		c.in.onComplete = c.onComplete
+		c.out.onComplete = c.onComplete
+		return c
+	}
+}
+
+func (c *http1Conn) feed(dir bpf.Direction, seg *segment) {
+	if dir == bpf.Ingress {
+		c.in.feed(seg)
+	} else {
+		c.out.feed(seg)
+	}
+}
+
+func (c *http1Conn) closed(ts uint64) {
+	// A body that runs until close ends here; requests still waiting for
+	// a response get no span: nothing is invented.
+	c.in.closed(ts)
+	c.out.closed(ts)
+	c.pending = nil
+}
+
+func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
+	if m.request {
+		if c.sawRequest && dir != c.requestDir {
+			// Requests both ways: not a plain HTTP/1 client-server talk.
+			return
+		}
+		c.sawRequest, c.requestDir = true, dir
+		if len(c.pending) == maxPending {
+			c.pending = c.pending[1:]
+		}
+		c.pending = append(c.pending, m)
+		return
+	}
+	if m.interimResp || len(c.pending) == 0 || dir == c.requestDir {
+		return // 100 Continue, or a response to a request we never saw
+	}
+	m.req = c.pending[0]
+	c.pending = c.pending[1:]
+	if m.req.method == "HEAD" {
+		m.noBody = true
+	}
+	if m.req.method == "CONNECT" && m.status/100 == 2 {
+		m.upgrade = true // a tunnel follows
+	}
+}
+
+func (c *http1Conn) onComplete(m *message) {
+	if m.request || m.req == nil {
+		return
+	}
+	req := m.req
+	r := &Request{
+		Protocol:        ProtoHTTP,
+		Method:          req.method,
+		StatusCode:      m.status,
+		ProtocolVersion: "1." + string(req.minor),
+		UserAgent:       req.userAgent,
+		RequestSize:     req.bodySize,
+		ResponseSize:    m.bodySize,
+		Parent:          parseTraceparent(req.traceparent),
+		Truncated:       req.truncated,
+		GRPCStatus:      -1,
+		Partition:       -1,
+	}
+	if req.minor != '0' && req.minor != '1' {
+		r.ProtocolVersion = "1.1"
+	}
+	r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
+	if c.routes {
+		r.Route = heuristicRoute(r.Path)
+	}
+	if c.requestDir == bpf.Ingress {
+		// Server: from when the request arrived to the last response byte.
+		c.emit(r, RoleServer, req.start, m.end)
+	} else {
+		// Client: from when it began to send the request.
+		c.emit(r, RoleClient, req.startEnter, m.end)
+	}
+}
