@@ -1,6 +1,10 @@
 package tracer
 
-import "github.com/podtracer/podtracer/bpf"
+import (
+	"slices"
+
+	"github.com/podtracer/podtracer/bpf"
+)
 
 // A protocolParser follows one connection that speaks one protocol. It is
 // fed both directions' segments in the order the kernel saw them, and
@@ -24,3 +28,46 @@ type emitter func(r *Request, role Role, start, end uint64)
 // them). It returns nil when the bytes are not its protocol. The parser it
 // returns is then fed that same first segment, and everything after.
 type detector func(dir bpf.Direction, seg *segment, emit emitter) protocolParser
+
+// registered lists the protocols the tracer can detect, in the order their
+// detectors are tried. Each protocol's file adds itself in an init func,
+// so that adding a protocol touches no other file.
+var registered []registration
+
+type registration struct {
+	name     string
+	priority int // lower is tried first
+	detector func(Config) detector
+}
+
+// registerProtocol adds a protocol; called from init funcs only.
+func registerProtocol(name string, priority int, d func(Config) detector) {
+	registered = append(registered, registration{name, priority, d})
+	slices.SortStableFunc(registered, func(a, b registration) int { return a.priority - b.priority })
+}
+
+// Protocols lists the names of every protocol the tracer knows, in
+// detection order.
+func Protocols() []string {
+	names := make([]string, len(registered))
+	for i, r := range registered {
+		names[i] = r.name
+	}
+	return names
+}
+
+// detectors returns the detectors of the protocols cfg enables (all when
+// cfg.Protocols is empty).
+func detectors(cfg Config) []detector {
+	var ds []detector
+	for _, r := range registered {
+		if len(cfg.Protocols) == 0 || slices.Contains(cfg.Protocols, r.name) {
+			ds = append(ds, r.detector(cfg))
+		}
+	}
+	return ds
+}
+
+func init() {
+	registerProtocol(ProtoHTTP, 10, func(cfg Config) detector { return detectHTTP1(cfg.RouteHeuristic) })
+}

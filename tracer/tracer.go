@@ -20,7 +20,21 @@ type Config struct {
 	// IdleTimeout forgets connections silent for that long, such as those
 	// of processes that exited without closing them.
 	IdleTimeout time.Duration
+	// Protocols names the protocols to parse (see Protocols); empty: all.
+	Protocols []string
+	// QueryText says what goes in db.query.text: QuerySanitized (the
+	// default: literals replaced by "?"), QueryFull or QueryOff.
+	QueryText string
+	// RedisKeys puts the key of Redis commands on their spans.
+	RedisKeys bool
 }
+
+// Values of Config.QueryText.
+const (
+	QuerySanitized = "sanitized"
+	QueryFull      = "full"
+	QueryOff       = "off"
+)
 
 // Processes tells the tracer who a neighbour is, and whether it is
 // selected: Lookup returns nil for processes that must not be traced.
@@ -61,7 +75,7 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 		cfg.IdleTimeout = 2 * time.Minute
 	}
 	t := &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn)}
-	t.detectors = []detector{detectHTTP1(cfg.RouteHeuristic)}
+	t.detectors = detectors(cfg)
 	return t
 }
 
