@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -81,7 +82,13 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	defer capture.Close()
 
 	registry := pod.NewRegistry(procRoot, pod.Selection{OpenPorts: cfg.ports, Executable: cfg.executable}, logger)
-	tr := tracer.New(tracer.Config{RouteHeuristic: cfg.RouteHeuristic, MaxConnections: cfg.MaxConnections},
+	tr := tracer.New(tracer.Config{
+		RouteHeuristic: cfg.RouteHeuristic,
+		MaxConnections: cfg.MaxConnections,
+		Protocols:      cfg.protocols,
+		QueryText:      cfg.QueryText,
+		RedisKeys:      cfg.RedisKeys,
+	},
 		registry, capture.WallTime, exp.Export)
 
 	go pod.Watch(ctx, procRoot, 10*time.Second, logger)
@@ -91,7 +98,11 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		capture.Close() // unblocks Read
 	}()
 
-	logger.Info("podtracer agent running", "pid", os.Getpid(), "selection_ports", cfg.ports.String(),
+	protocols := cfg.protocols
+	if len(protocols) == 0 {
+		protocols = tracer.Protocols()
+	}
+	logger.Info("podtracer agent running", "pid", os.Getpid(), "protocols", strings.Join(protocols, ","), "selection_ports", cfg.ports.String(),
 		"selection_executable", cfg.ExecutableName, "traces_otlp", cfg.tracesOTLP(), "metrics_otlp", cfg.metricsOTLP())
 	var ev bpf.Event
 	for {

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/pod"
+	"github.com/podtracer/podtracer/tracer"
 )
 
 // config is the agent's whole configuration: environment variables only.
@@ -45,6 +47,9 @@ type config struct {
 	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export; beyond it they are dropped and counted"`
 	CaptureQuery   bool   `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
 	RouteHeuristic bool   `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive http.route from the path, ids replaced by {id} (/users/{id}); false: no route"`
+	Protocols      string `env:"PODTRACER_PROTOCOLS" desc:"protocols to parse, comma-separated (see -h for the names); unset: all"`
+	QueryText      string `env:"PODTRACER_QUERY_TEXT" envDefault:"sanitized" desc:"db.query.text on database spans: sanitized (literals replaced by ?), full, or off"`
+	RedisKeys      bool   `env:"PODTRACER_REDIS_KEYS" envDefault:"false" desc:"keep the key of Redis commands in db.query.text (off: keys may hold user data)"`
 	LogLevel       string `env:"PODTRACER_LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
 	LogFormat      string `env:"PODTRACER_LOG_FORMAT" envDefault:"text" desc:"text or json"`
 
@@ -53,6 +58,7 @@ type config struct {
 	// Parsed from the strings above by validate.
 	ports      pod.Ports
 	executable *regexp.Regexp
+	protocols  []string
 	level      slog.Level
 }
 
@@ -193,6 +199,22 @@ func (c *config) validate() []error {
 	}
 	if c.QueueSize <= 0 {
 		bad("PODTRACER_QUEUE_SIZE", strconv.Itoa(c.QueueSize), "want a positive number")
+	}
+	for _, p := range strings.Split(c.Protocols, ",") {
+		p = strings.TrimSpace(strings.ToLower(p))
+		if p == "" {
+			continue
+		}
+		if !slices.Contains(tracer.Protocols(), p) {
+			bad("PODTRACER_PROTOCOLS", c.Protocols, fmt.Sprintf("unknown protocol %q; known: %s", p, strings.Join(tracer.Protocols(), ", ")))
+			continue
+		}
+		c.protocols = append(c.protocols, p)
+	}
+	switch c.QueryText {
+	case tracer.QuerySanitized, tracer.QueryFull, tracer.QueryOff:
+	default:
+		bad("PODTRACER_QUERY_TEXT", c.QueryText, "want sanitized, full or off")
 	}
 	if err := c.level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		bad("PODTRACER_LOG_LEVEL", c.LogLevel, "want debug, info, warn or error")

@@ -54,6 +54,8 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 		"PODTRACER_QUEUE_SIZE":        "-1",
 		"PODTRACER_CAPTURE_QUERY":     "maybe",
 		"PODTRACER_LOG_LEVEL":         "loud",
+		"PODTRACER_PROTOCOLS":         "http,smtp",
+		"PODTRACER_QUERY_TEXT":        "some",
 	}
 	var environ []string
 	for k, v := range bad {
@@ -69,7 +71,7 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 			t.Errorf("%s reported %d times in:\n%s", k, strings.Count(msg, k+"="), msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "13 configuration error(s):") {
+	if !strings.HasPrefix(msg, "15 configuration error(s):") {
 		t.Errorf("message = %s", msg)
 	}
 }

@@ -39,9 +39,10 @@ type printed struct {
 	Process  string         `json:"process"`
 	PID      int64          `json:"pid"`
 	Name     string         `json:"name"`
-	Method   string         `json:"method"`
+	Method   string         `json:"method,omitempty"`
 	Target   string         `json:"target"`
 	Status   int64          `json:"status,omitempty"`
+	Code     string         `json:"code,omitempty"` // rpc or database status
 	Duration float64        `json:"duration_ms"`
 	Error    bool           `json:"error,omitempty"`
 	TraceID  string         `json:"trace_id"`
@@ -137,12 +138,20 @@ func describe(s sdktrace.ReadOnlySpan, withAttrs bool) printed {
 			peerAddr = kv.Value.AsString()
 		case semconv.NetworkPeerPortKey:
 			peerPort = kv.Value.AsInt64()
+		case semconv.RPCResponseStatusCodeKey, semconv.DBResponseStatusCodeKey:
+			l.Code = kv.Value.AsString()
 		}
+	}
+	if l.Method == "" && path == "" && full == "" {
+		// Not HTTP: the span name says it all ("SELECT users",
+		// "helloworld.Greeter/SayHello", "send orders").
+		l.Target = l.Name
 	}
 	if original != "" {
 		l.Method = original // a human wants the verb that was sent
 	}
 	switch {
+	case l.Target != "":
 	case full != "":
 		l.Target = full
 	case route != "":
@@ -153,7 +162,7 @@ func describe(s sdktrace.ReadOnlySpan, withAttrs bool) printed {
 	if clientAddr != "" {
 		l.Client = hostPort(clientAddr, clientPort)
 	}
-	if s.SpanKind() == trace.SpanKindClient && peerAddr != "" {
+	if (s.SpanKind() == trace.SpanKindClient || s.SpanKind() == trace.SpanKindProducer) && peerAddr != "" {
 		l.Peer = hostPort(peerAddr, peerPort)
 	}
 	return l
@@ -175,13 +184,18 @@ func (l printed) text() []byte {
 	b = append(b, '[')
 	b = strconv.AppendInt(b, l.PID, 10)
 	b = append(b, "] "...)
-	b = append(b, l.Method...)
-	b = append(b, ' ')
+	if l.Method != "" {
+		b = append(b, l.Method...)
+		b = append(b, ' ')
+	}
 	b = append(b, l.Target...)
 	b = append(b, ' ')
-	if l.Status != 0 {
+	switch {
+	case l.Status != 0:
 		b = strconv.AppendInt(b, l.Status, 10)
-	} else {
+	case l.Code != "":
+		b = append(b, l.Code...)
+	default:
 		b = append(b, '-')
 	}
 	b = append(b, ' ')

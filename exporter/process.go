@@ -43,6 +43,7 @@ type process struct {
 	mp     *sdkmetric.MeterProvider // nil when metrics go nowhere
 	server metric.Float64Histogram
 	client metric.Float64Histogram
+	other  *otherInstruments // gRPC, database and messaging histograms, made on first use
 
 	// Span names and metric attribute sets, built once per distinct
 	// combination; bounded by maxSeries, after which the cache is reset.

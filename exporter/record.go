@@ -88,6 +88,10 @@ func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 // record turns one request into a metric point and, when traces go
 // somewhere, a span.
 func (s *process) record(r *tracer.Request, captureQuery bool) {
+	if r.Protocol != "" && r.Protocol != tracer.ProtoHTTP {
+		s.recordOther(r)
+		return
+	}
 	host, port := s.serverEndpoint(r)
 	ser := s.series(r, host, port)
 	ctx := context.Background()

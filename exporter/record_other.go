@@ -1,0 +1,234 @@
+package exporter
+
+import (
+	"context"
+	"strconv"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/dbconv"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/messagingconv"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/rpcconv"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/tracer"
+)
+
+// The semantic conventions podtracer follows are v1.43.0, as the SDK's
+// resource does. Where an issue or an older backend still keys on an
+// attribute that version renamed, the older one is added beside it:
+// rpc.system, rpc.service and rpc.grpc.status_code.
+var (
+	rpcSystemOld   = attribute.Key("rpc.system")
+	rpcServiceOld  = attribute.Key("rpc.service")
+	rpcGRPCCodeOld = attribute.Key("rpc.grpc.status_code")
+
+	kindProducer trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindProducer)
+)
+
+// grpcCodeNames are the gRPC status codes as rpc.response.status_code names
+// them.
+var grpcCodeNames = [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+func grpcCodeName(code int) string {
+	if code >= 0 && code < len(grpcCodeNames) {
+		return grpcCodeNames[code]
+	}
+	return strconv.Itoa(code)
+}
+
+// grpcError applies the gRPC conventions: a client failed on any status but
+// OK; a server only on the codes that mean it failed, not the caller.
+func grpcError(role tracer.Role, code int) bool {
+	if code < 0 || code == 0 {
+		return false
+	}
+	if role == tracer.RoleClient {
+		return true
+	}
+	switch code {
+	case 2, 4, 12, 13, 14, 15: // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS
+		return true
+	}
+	return false
+}
+
+// otherInstruments are the histograms of the protocols other than HTTP,
+// made on a process's first such request.
+type otherInstruments struct {
+	rpcServer, rpcClient metric.Float64Histogram
+	dbClient             metric.Float64Histogram
+	messagingClient      metric.Float64Histogram
+}
+
+func (s *process) otherInstruments() *otherInstruments {
+	if s.other != nil || s.mp == nil {
+		return s.other
+	}
+	m := s.mp.Meter(scopeName)
+	o := &otherInstruments{}
+	// Errors are impossible with these fixed, valid names; the returned
+	// instrument is a no-op then anyway.
+	rs, _ := rpcconv.NewServerCallDuration(m)
+	rc, _ := rpcconv.NewClientCallDuration(m)
+	dc, _ := dbconv.NewClientOperationDuration(m)
+	mc, _ := messagingconv.NewClientOperationDuration(m)
+	o.rpcServer, o.rpcClient, o.dbClient, o.messagingClient = rs.Inst(), rc.Inst(), dc.Inst(), mc.Inst()
+	s.other = o
+	return o
+}
+
+// recordOther turns a gRPC, database or Kafka exchange into a span and a
+// metric point.
+func (s *process) recordOther(r *tracer.Request) {
+	host, port := s.peerEndpoint(r)
+	name, spanAttrs, metricAttrs, failed, errType := describeOther(r, host, port)
+
+	ctx := context.Background()
+	if s.tracer != nil {
+		if r.Parent.IsValid() {
+			ctx = trace.ContextWithRemoteSpanContext(ctx, r.Parent)
+		}
+		kind := kindServer
+		switch {
+		case r.Protocol == tracer.ProtoKafka && r.MessagingOperation == "send":
+			kind = kindProducer
+		case r.Role == tracer.RoleClient:
+			kind = kindClient
+		}
+		var span trace.Span
+		ctx, span = s.tracer.Start(ctx, name, kind, trace.WithTimestamp(r.Start))
+		if span.IsRecording() {
+			span.SetAttributes(spanAttrs...)
+			if failed {
+				msg := r.ErrorMessage
+				if msg == "" {
+					msg = errType
+				}
+				span.SetStatus(codes.Error, msg)
+			}
+			span.End(trace.WithTimestamp(r.End))
+		}
+	}
+	if s.mp == nil {
+		return
+	}
+	o := s.otherInstruments()
+	var h metric.Float64Histogram
+	switch {
+	case r.Protocol == tracer.ProtoGRPC && r.Role == tracer.RoleClient:
+		h = o.rpcClient
+	case r.Protocol == tracer.ProtoGRPC:
+		h = o.rpcServer
+	case r.Protocol == tracer.ProtoKafka && r.Role == tracer.RoleClient:
+		h = o.messagingClient
+	case r.Role == tracer.RoleClient:
+		h = o.dbClient
+	default:
+		return // a database or broker observed from its own side: spans only
+	}
+	d := max(r.End.Sub(r.Start).Seconds(), 0)
+	h.Record(ctx, d, metric.WithAttributeSet(attribute.NewSet(metricAttrs...)))
+}
+
+// peerEndpoint is server.address and server.port: the remote end for a
+// client, the local end for a server.
+func (s *process) peerEndpoint(r *tracer.Request) (string, int) {
+	if r.Role == tracer.RoleClient {
+		return addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr), int(r.Remote.Port())
+	}
+	return addrString(r.Local, &s.lastLocal, &s.lastLocalStr), int(r.Local.Port())
+}
+
+// describeOther returns the span name, span attributes and the (low
+// cardinality) metric attributes of a non-HTTP exchange, and whether and
+// how it failed.
+func describeOther(r *tracer.Request, host string, port int) (name string, span, metric []attribute.KeyValue, failed bool, errType string) {
+	common := []attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)}
+	switch r.Protocol {
+	case tracer.ProtoGRPC:
+		full := r.RPCService + "/" + r.RPCMethod
+		name = full
+		metric = append(metric, semconv.RPCSystemNameGRPC, semconv.RPCMethod(full))
+		span = append(span, semconv.RPCSystemNameGRPC, semconv.RPCMethod(full), rpcSystemOld.String("grpc"), rpcServiceOld.String(r.RPCService))
+		if r.GRPCStatus >= 0 {
+			code := grpcCodeName(r.GRPCStatus)
+			metric = append(metric, semconv.RPCResponseStatusCode(code))
+			span = append(span, semconv.RPCResponseStatusCode(code), rpcGRPCCodeOld.Int(r.GRPCStatus))
+			if grpcError(r.Role, r.GRPCStatus) {
+				failed, errType = true, code
+			}
+		}
+	case tracer.ProtoKafka:
+		name = r.MessagingOperation
+		if r.MessagingDestination != "" {
+			name += " " + r.MessagingDestination
+		}
+		base := []attribute.KeyValue{semconv.MessagingSystemKafka, semconv.MessagingOperationName(r.MessagingOperation)}
+		switch r.MessagingOperation {
+		case "send":
+			base = append(base, semconv.MessagingOperationTypeSend)
+		case "receive":
+			base = append(base, semconv.MessagingOperationTypeReceive)
+		}
+		if r.MessagingDestination != "" {
+			base = append(base, semconv.MessagingDestinationName(r.MessagingDestination))
+		}
+		metric = append(metric, base...)
+		span = append(span, base...)
+		if r.Partition >= 0 {
+			span = append(span, semconv.MessagingDestinationPartitionID(strconv.Itoa(r.Partition)))
+		}
+		if r.ClientID != "" {
+			span = append(span, semconv.MessagingClientID(r.ClientID))
+		}
+		if r.ErrorCode != "" {
+			failed, errType = true, r.ErrorCode
+		}
+	default: // databases
+		system := semconv.DBSystemNameKey.String(r.Protocol)
+		switch {
+		case r.DBOperation != "" && r.DBCollection != "":
+			name = r.DBOperation + " " + r.DBCollection
+		case r.DBOperation != "":
+			name = r.DBOperation
+		default:
+			name = r.Protocol
+		}
+		base := []attribute.KeyValue{system}
+		if r.DBOperation != "" {
+			base = append(base, semconv.DBOperationName(r.DBOperation))
+		}
+		if r.DBCollection != "" {
+			base = append(base, semconv.DBCollectionName(r.DBCollection))
+		}
+		if r.DBNamespace != "" {
+			base = append(base, semconv.DBNamespace(r.DBNamespace))
+		}
+		if r.ErrorCode != "" {
+			base = append(base, semconv.DBResponseStatusCode(r.ErrorCode))
+			failed, errType = true, r.ErrorCode
+		}
+		metric = append(metric, base...)
+		span = append(span, base...)
+		if r.DBQuery != "" {
+			span = append(span, semconv.DBQueryText(r.DBQuery))
+		}
+	}
+	if failed {
+		metric = append(metric, semconv.ErrorTypeKey.String(errType))
+		span = append(span, semconv.ErrorTypeKey.String(errType))
+	}
+	if r.Role == tracer.RoleClient {
+		metric = append(metric, common...)
+	}
+	span = append(span, common...)
+	if r.Remote.IsValid() {
+		span = append(span, semconv.NetworkPeerAddress(r.Remote.Addr().String()), semconv.NetworkPeerPort(int(r.Remote.Port())))
+	}
+	return name, span, metric, failed, errType
+}
