@@ -26,6 +26,10 @@ type Selection struct {
 // open its port after its first connection.
 const recheckAfter = 5 * time.Second
 
+// refreshAfter is how long what was read of a process is trusted: a pid
+// can be reused, and a process can exec another program.
+const refreshAfter = time.Minute
+
 // maxCached bounds the process cache; beyond it, the oldest entries go.
 const maxCached = 4096
 
@@ -60,6 +64,9 @@ func (r *Registry) Lookup(pid uint32, comm string) *Process {
 	defer r.mu.Unlock()
 	now := time.Now()
 	e := r.entries[pid]
+	if e != nil && e.selected && now.Sub(e.checked) > refreshAfter {
+		e = nil // read it again
+	}
 	if e != nil && (e.selected || now.Sub(e.checked) < recheckAfter) {
 		if e.selected {
 			return e.proc
@@ -67,7 +74,7 @@ func (r *Registry) Lookup(pid uint32, comm string) *Process {
 		return nil
 	}
 	if e == nil {
-		if len(r.entries) >= maxCached {
+		if _, known := r.entries[pid]; !known && len(r.entries) >= maxCached {
 			r.evictOldest()
 		}
 		e = &entry{proc: ReadProcess(r.procRoot, int(pid), comm)}
