@@ -467,3 +467,33 @@ func TestCollectorDown(t *testing.T) {
 		t.Errorf("agent panicked:\n%s", out)
 	}
 }
+
+// TestIPv6AndContinue: a server on ::1, and a client that waits for
+// 100 Continue before sending its body.
+func TestIPv6AndContinue(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("[::1]:%d", port)))
+	startAgent(t, pod, agentEnv(rcv))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if exec.Command(curl, "-s", "-g", fmt.Sprintf("http://[::1]:%d/", port)).Run() == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	body := filepath.Join(t.TempDir(), "body")
+	os.WriteFile(body, []byte(strings.Repeat("b", 200_000)), 0o644)
+	run(t, pod.command(curl, "-sS", "-g", "-o", "/dev/null", "-H", "Expect: 100-continue", "--data-binary", "@"+body, fmt.Sprintf("http://[::1]:%d/orders", port)))
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/orders") != nil && find(s, trace.SpanKindClient, "/orders") != nil
+	})
+	s := mustFind(t, spans, trace.SpanKindServer, "/orders")
+	expect(t, s, map[string]any{"http.response.status_code": int64(201), "client.address": "::1", "server.port": int64(port), "http.request.body.size": int64(200_000)})
+	c := mustFind(t, spans, trace.SpanKindClient, "/orders")
+	expect(t, c, map[string]any{"http.response.status_code": int64(201), "url.full": fmt.Sprintf("http://[::1]:%d/orders", port)})
+}
