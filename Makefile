@@ -32,8 +32,11 @@ generate:
 check-generate: generate
 	git diff --exit-code -- bpf/
 
+# One minute per fuzz target.
 fuzz:
-	$(GO) test ./tracer -run '^$$' -fuzz FuzzHTTP1 -fuzztime 60s
+	@for target in $$($(GO) test ./tracer -list 'Fuzz.*' | grep ^Fuzz); do \
+		$(GO) test ./tracer -run '^$$' -fuzz "^$$target$$" -fuzztime 60s || exit 1; done
+	$(GO) test ./webhook -run '^$$' -fuzz FuzzMutateEndpoint -fuzztime 60s
 
 bench:
 	@echo "see BENCHMARKS.md"

@@ -28,7 +28,7 @@ type Config struct {
 	Image           string `env:"PODTRACER_WEBHOOK_IMAGE,required" help:"image of the injected podtracer container"`
 	ImagePullPolicy string `env:"PODTRACER_WEBHOOK_IMAGE_PULL_POLICY" help:"Always, IfNotPresent or Never (default: Kubernetes' default for the tag)"`
 	OTLPEndpoint    string `env:"PODTRACER_WEBHOOK_OTLP_ENDPOINT" help:"OTEL_EXPORTER_OTLP_ENDPOINT of the sidecar unless annotated, e.g. http://otel-collector.observability:4317 (default: none, spans go to the sidecar's stdout)"`
-	OTLPInsecure    string `env:"PODTRACER_WEBHOOK_OTLP_INSECURE" help:"OTEL_EXPORTER_OTLP_INSECURE of the sidecar unless annotated: true or false"`
+	OTLPInsecure    string `env:"PODTRACER_WEBHOOK_OTLP_INSECURE" help:"OTEL_EXPORTER_OTLP_INSECURE of the sidecar unless annotated: true for plaintext gRPC even to an https:// endpoint"`
 
 	CPURequest    resource.Quantity `env:"PODTRACER_WEBHOOK_CPU_REQUEST" envDefault:"50m" help:"sidecar CPU request (0: none)"`
 	MemoryRequest resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_REQUEST" envDefault:"64Mi" help:"sidecar memory request (0: none)"`
@@ -56,7 +56,9 @@ func LoadConfig(environ []string) (Config, error) {
 	if err := env.ParseWithOptions(&c, opts); err != nil {
 		var agg env.AggregateError
 		if errors.As(err, &agg) {
-			errs = multierror.Append(errs, agg.Errors...)
+			for _, e := range agg.Errors {
+				errs = multierror.Append(errs, envError(e))
+			}
 		} else {
 			errs = multierror.Append(errs, err)
 		}
@@ -67,6 +69,19 @@ func LoadConfig(environ []string) (Config, error) {
 		return Config{}, fmt.Errorf("configuration: %w", errs)
 	}
 	return c, nil
+}
+
+// envError names the variable, not the Go field, in a parse error.
+func envError(err error) error {
+	var pe env.ParseError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	if f, ok := reflect.TypeFor[Config]().FieldByName(pe.Name); ok {
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		return fmt.Errorf("%s: %w", name, pe.Err)
+	}
+	return err
 }
 
 func (c Config) validate() []error {

@@ -35,22 +35,23 @@ const (
 // ContainerName is the name of the injected container.
 const ContainerName = "podtracer"
 
-// Capabilities are the only ones the agent's container gets, all others are
-// dropped:
-//   - BPF: load eBPF programs and create maps (ring buffer, per-connection
-//     state); split out of SYS_ADMIN in Linux 5.8.
-//   - PERFMON: attach tracepoints, raw tracepoints and uprobes (perf events)
-//     and let programs read kernel and user memory.
-//   - SYS_PTRACE: read /proc/PID/exe, /proc/PID/environ and /proc/PID/root
-//     of neighbour processes that run as other users, to find their
-//     executables for uprobes and to identify them.
-//   - DAC_READ_SEARCH: open neighbours' executables and libraries through
-//     /proc/PID/root when file permissions would not let root read them.
-//   - SYS_RESOURCE: raise RLIMIT_MEMLOCK for BPF maps on kernels before 5.11,
-//     which charge them to memlock instead of the memory cgroup.
+// Capabilities are the only ones the agent's container gets; all others
+// are dropped. What the agent does with each:
+//   - BPF: load its eBPF programs and create their maps (ring buffer,
+//     per-connection state). Split out of SYS_ADMIN in Linux 5.8.
+//   - PERFMON: attach the raw tracepoints sys_enter and sys_exit, and let
+//     the programs read kernel memory (the socket behind each fd).
+//   - SYS_PTRACE: readlink /proc/PID/exe and /proc/PID/fd/N of neighbour
+//     processes that run as other users (the kernel's ptrace access check),
+//     to name them and to find which of them listen on PODTRACER_OPEN_PORTS.
+//   - DAC_READ_SEARCH: list /proc/PID/fd, a directory with mode 0500 owned
+//     by the neighbour's user, which root without it cannot open.
+//   - SYS_RESOURCE: lift RLIMIT_MEMLOCK for the maps on kernels before
+//     5.11, which charge BPF memory to it instead of the memory cgroup.
 //
-// SYS_ADMIN is deliberately absent: the agent uses raw tracepoints, which
-// need no tracefs mount. Kernels without CAP_BPF need AnnotationPrivileged.
+// SYS_ADMIN is deliberately absent: raw tracepoints need no tracefs mount,
+// and nothing else the agent does needs it. Kernels without CAP_BPF (before
+// 5.8) need AnnotationPrivileged instead.
 var Capabilities = []corev1.Capability{"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"}
 
 // Sidecar is what the webhook injects, from its own configuration. The
@@ -135,7 +136,8 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 
 	container, problems, ignored := sidecarContainer(d, annotations, s)
 	if len(problems) > 0 {
-		return unchanged(d, ActionSkipped, append(problems, "Deployment left unchanged")...)
+		head := fmt.Sprintf("Deployment left unchanged: %d podtracer.io annotation(s) invalid", len(problems))
+		return unchanged(d, ActionSkipped, append([]string{head}, problems...)...)
 	}
 	warnings = append(warnings, ignored...)
 
@@ -183,7 +185,7 @@ func parseBoolAnnotation(a map[string]string, key string) (value, set bool, err 
 	}
 	b, err := strconv.ParseBool(strings.TrimSpace(v))
 	if err != nil {
-		return false, true, fmt.Errorf("annotation %s: %q is not true or false", key, v)
+		return false, true, fmt.Errorf("annotation %s: %s is not true or false", key, quote(v))
 	}
 	return b, true, nil
 }
@@ -201,7 +203,7 @@ func strip(d *appsv1.Deployment) (bool, []string) {
 	var st status
 	if err := json.Unmarshal([]byte(raw), &st); err != nil || st.Container == "" {
 		// Unreadable: assume the defaults, which is what every version wrote.
-		warnings = append(warnings, fmt.Sprintf("annotation %s is unreadable, rewritten", AnnotationStatus))
+		warnings = append(warnings, fmt.Sprintf("annotation %s is unreadable: only the %s container was taken out", AnnotationStatus, ContainerName))
 		st = status{Container: ContainerName}
 	}
 	spec := &d.Spec.Template.Spec
@@ -280,6 +282,9 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		if err := st.check(v); err != nil {
 			problems = append(problems, fmt.Sprintf("annotation %s: %v", key, err))
 			continue
+		}
+		if st.clean != nil {
+			v = st.clean(v)
 		}
 		values[st.Env] = v
 	}

@@ -7,7 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
+	"github.com/podtracer/podtracer/pod"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -75,7 +76,7 @@ func golden(t *testing.T, path, got string) {
 	if err != nil {
 		t.Fatalf("%v (run with -update to create it)", err)
 	}
-	if diff := cmp.Diff(string(want), got); diff != "" {
+	if diff := diff(string(want), got); diff != "" {
 		t.Errorf("%s differs (-want +got; -update rewrites it):\n%s", path, diff)
 	}
 }
@@ -118,7 +119,7 @@ func TestMutateGolden(t *testing.T) {
 
 			t.Run("idempotent", func(t *testing.T) {
 				again := Mutate(out, goldenSidecar())
-				if diff := cmp.Diff(deploymentYAML(t, out), deploymentYAML(t, again.Deployment)); diff != "" {
+				if diff := diff(deploymentYAML(t, out), deploymentYAML(t, again.Deployment)); diff != "" {
 					t.Errorf("second pass changed the Deployment (-first +second):\n%s", diff)
 				}
 				if again.Action == ActionInjected || again.Action == ActionRemoved {
@@ -150,7 +151,7 @@ func TestMutateGolden(t *testing.T) {
 					if removed.Action != ActionRemoved {
 						t.Errorf("action = %s, want %s", removed.Action, ActionRemoved)
 					}
-					if diff := cmp.Diff(deploymentYAML(t, mark(in)), deploymentYAML(t, removed.Deployment)); diff != "" {
+					if diff := diff(deploymentYAML(t, mark(in)), deploymentYAML(t, removed.Deployment)); diff != "" {
 						t.Errorf("removal is not exact (-original +removed):\n%s", diff)
 					}
 				})
@@ -173,7 +174,7 @@ func TestMutateFollowsConfiguration(t *testing.T) {
 		t.Fatalf("action = %s, want injected", second.Action)
 	}
 	want := Mutate(in, goldenSidecar())
-	if diff := cmp.Diff(deploymentYAML(t, want.Deployment), deploymentYAML(t, second.Deployment)); diff != "" {
+	if diff := diff(deploymentYAML(t, want.Deployment), deploymentYAML(t, second.Deployment)); diff != "" {
 		t.Errorf("re-injection differs from a fresh injection (-fresh +re-injected):\n%s", diff)
 	}
 
@@ -202,7 +203,7 @@ func TestMutateConflictAfterInjection(t *testing.T) {
 	}
 	want := in.DeepCopy()
 	want.Spec.Template.Spec.ShareProcessNamespace = new(false)
-	if diff := cmp.Diff(deploymentYAML(t, want), deploymentYAML(t, res.Deployment)); diff != "" {
+	if diff := diff(deploymentYAML(t, want), deploymentYAML(t, res.Deployment)); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 }
@@ -252,7 +253,7 @@ func TestSettingChecks(t *testing.T) {
 		"podtracer.io/otlp-endpoint":          {"http://c:4317", "https://collector.observability.svc.cluster.local:4317"},
 		"podtracer.io/sampler-arg":            {"0", "0.5", "1"},
 		"podtracer.io/metric-export-interval": {"1", "60000"},
-		"podtracer.io/resource-attributes":    {"a=b", "a=b,c=d=e", "team="},
+		"podtracer.io/resource-attributes":    {"a=b", "a=b,c=d=e", "team=", "team=a%20b"},
 		"podtracer.io/executable-name":        {"^java$", "python3?"},
 	}
 	bad := map[string][]string{
@@ -260,7 +261,7 @@ func TestSettingChecks(t *testing.T) {
 		"podtracer.io/otlp-endpoint":          {"", "collector:4317", "grpc://c:4317", "http://"},
 		"podtracer.io/sampler-arg":            {"", "1.5", "-0.1", "half"},
 		"podtracer.io/metric-export-interval": {"", "0", "1s", "-5"},
-		"podtracer.io/resource-attributes":    {"a", "=b", "a=b,"},
+		"podtracer.io/resource-attributes":    {"a", "=b", "a=b,", "a=%zz"},
 		"podtracer.io/executable-name":        {"", "(java"},
 		"podtracer.io/trace-printer":          {"TEXT", "yaml"},
 		"podtracer.io/log-level":              {"trace"},
@@ -277,6 +278,25 @@ func TestSettingChecks(t *testing.T) {
 		for _, v := range values {
 			if err := settingByAnnotation[key].check(strings.TrimSpace(v)); err == nil {
 				t.Errorf("%s=%q accepted", key, v)
+			}
+		}
+	}
+}
+
+// TestOpenPortsAgreesWithAgent: the webhook never passes a value that the
+// agent's own parser rejects (it may reject more: an empty item is likelier
+// a typo in an annotation).
+func TestOpenPortsAgreesWithAgent(t *testing.T) {
+	for _, v := range []string{"8080", "8080,9000-9100", " 80 , 443 ", "1-65535", "65535", "0", "65536",
+		"9100-9000", "80,", ",80", "-80", "80-", "http", "80-90-100", "+80", "0x50", "80 443", "", "1-1"} {
+		_, agentErr := pod.ParsePorts(v)
+		webhookErr := checkPorts(strings.TrimSpace(v))
+		if agentErr != nil && webhookErr == nil {
+			t.Errorf("%q: the agent rejects it (%v), the webhook accepts it", v, agentErr)
+		}
+		if agentErr == nil && webhookErr == nil {
+			if _, err := pod.ParsePorts(removeSpaces(v)); err != nil {
+				t.Errorf("%q cleaned to %q: the agent rejects it: %v", v, removeSpaces(v), err)
 			}
 		}
 	}

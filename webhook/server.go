@@ -196,7 +196,7 @@ func (s *Server) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissio
 		resp.Warnings = []string{"podtracer: only apps/v1 Deployments are injected, not " + req.Kind.Kind}
 		return resp, nil
 	}
-	if len(req.Object.Raw) == 0 {
+	if raw := bytes.TrimSpace(req.Object.Raw); len(raw) == 0 || string(raw) == "null" {
 		return nil, badRequest{"AdmissionReview request has no object"}
 	}
 	var d appsv1.Deployment

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"regexp/syntax"
 	"strconv"
 	"strings"
 )
@@ -16,23 +17,25 @@ type Setting struct {
 	Env        string
 	Doc        string
 	check      func(string) error
+	// clean, if set, rewrites a valid value into the form the agent reads.
+	clean func(string) string
 }
 
 // Settings are the annotations the webhook passes to the sidecar, in the
 // order the variables appear in its env. The checks catch what would make
 // the agent exit at start: a crash-looping sidecar makes the pod not ready.
 var Settings = []Setting{
-	{"podtracer.io/service-name", "OTEL_SERVICE_NAME", "service name (default: the Deployment's name)", nonEmpty},
-	{"podtracer.io/resource-attributes", "OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,... (k8s.deployment.name is always set)", checkAttributes},
-	{"podtracer.io/otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC endpoint, http://host:port or https://host:port", checkEndpoint},
-	{"podtracer.io/otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE", "true: no TLS to an endpoint without scheme", checkBool},
-	{"podtracer.io/sampler", "OTEL_TRACES_SAMPLER", "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio", oneOf("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio")},
-	{"podtracer.io/sampler-arg", "OTEL_TRACES_SAMPLER_ARG", "sampling ratio, 0 to 1", checkRatio},
-	{"podtracer.io/metric-export-interval", "OTEL_METRIC_EXPORT_INTERVAL", "milliseconds between metric exports", checkMillis},
-	{"podtracer.io/open-ports", "PODTRACER_OPEN_PORTS", "trace only processes listening on these ports, e.g. 8080,9000-9100", checkPorts},
-	{"podtracer.io/executable-name", "PODTRACER_EXECUTABLE_NAME", "trace only processes whose executable matches this regular expression", checkRegexp},
-	{"podtracer.io/trace-printer", "PODTRACER_TRACE_PRINTER", "print spans to the sidecar's stdout: text, json or off", oneOf("text", "json", "off")},
-	{"podtracer.io/log-level", "PODTRACER_LOG_LEVEL", "debug, info, warn or error", oneOf("debug", "info", "warn", "error")},
+	{"podtracer.io/service-name", "OTEL_SERVICE_NAME", "service name (default: the Deployment's name)", nonEmpty, nil},
+	{"podtracer.io/resource-attributes", "OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,... (k8s.deployment.name is always set)", checkAttributes, nil},
+	{"podtracer.io/otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC endpoint, http://host:port or https://host:port", checkEndpoint, nil},
+	{"podtracer.io/otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE", "true: plaintext gRPC even to an https:// endpoint", checkBool, nil},
+	{"podtracer.io/sampler", "OTEL_TRACES_SAMPLER", "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio", oneOf("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"), nil},
+	{"podtracer.io/sampler-arg", "OTEL_TRACES_SAMPLER_ARG", "sampling ratio, 0 to 1", checkRatio, nil},
+	{"podtracer.io/metric-export-interval", "OTEL_METRIC_EXPORT_INTERVAL", "milliseconds between metric exports", checkMillis, nil},
+	{"podtracer.io/open-ports", "PODTRACER_OPEN_PORTS", "trace only processes listening on these ports, e.g. 8080,9000-9100", checkPorts, removeSpaces},
+	{"podtracer.io/executable-name", "PODTRACER_EXECUTABLE_NAME", "trace only processes whose executable matches this regular expression", checkRegexp, nil},
+	{"podtracer.io/trace-printer", "PODTRACER_TRACE_PRINTER", "print spans to the sidecar's stdout: text, json or off", oneOf("text", "json", "off"), nil},
+	{"podtracer.io/log-level", "PODTRACER_LOG_LEVEL", "debug, info, warn or error", oneOf("debug", "info", "warn", "error"), nil},
 }
 
 var settingByAnnotation = func() map[string]Setting {
@@ -43,6 +46,17 @@ var settingByAnnotation = func() map[string]Setting {
 	return m
 }()
 
+// quote quotes a value for a message, shortened: warnings the API server
+// passes on should stay short, and annotation values can be long.
+func quote(v string) string {
+	if r := []rune(v); len(r) > 48 {
+		v = string(r[:48]) + "..."
+	}
+	return strconv.Quote(v)
+}
+
+func removeSpaces(v string) string { return strings.ReplaceAll(v, " ", "") }
+
 func nonEmpty(v string) error {
 	if v == "" {
 		return errors.New("empty")
@@ -52,7 +66,7 @@ func nonEmpty(v string) error {
 
 func checkBool(v string) error {
 	if _, err := strconv.ParseBool(v); err != nil {
-		return fmt.Errorf("%q is not true or false", v)
+		return fmt.Errorf("%s is not true or false", quote(v))
 	}
 	return nil
 }
@@ -64,7 +78,7 @@ func oneOf(values ...string) func(string) error {
 				return nil
 			}
 		}
-		return fmt.Errorf("%q is not one of %s", v, strings.Join(values, ", "))
+		return fmt.Errorf("%s is not one of %s", quote(v), strings.Join(values, ", "))
 	}
 }
 
@@ -73,7 +87,7 @@ func oneOf(values ...string) func(string) error {
 func checkEndpoint(v string) error {
 	u, err := url.Parse(v)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%q is not a URL like http://collector:4317", v)
+		return fmt.Errorf("%s is not a URL like http://collector:4317", quote(v))
 	}
 	return nil
 }
@@ -81,7 +95,7 @@ func checkEndpoint(v string) error {
 func checkRatio(v string) error {
 	f, err := strconv.ParseFloat(v, 64)
 	if err != nil || f < 0 || f > 1 {
-		return fmt.Errorf("%q is not a number from 0 to 1", v)
+		return fmt.Errorf("%s is not a number from 0 to 1", quote(v))
 	}
 	return nil
 }
@@ -89,7 +103,7 @@ func checkRatio(v string) error {
 func checkMillis(v string) error {
 	n, err := strconv.ParseUint(v, 10, 63)
 	if err != nil || n == 0 {
-		return fmt.Errorf("%q is not a positive number of milliseconds", v)
+		return fmt.Errorf("%s is not a positive number of milliseconds", quote(v))
 	}
 	return nil
 }
@@ -98,9 +112,13 @@ func checkMillis(v string) error {
 // OTEL_RESOURCE_ATTRIBUTES format.
 func checkAttributes(v string) error {
 	for pair := range strings.SplitSeq(v, ",") {
-		k, _, ok := strings.Cut(pair, "=")
+		k, val, ok := strings.Cut(pair, "=")
 		if !ok || strings.TrimSpace(k) == "" {
-			return fmt.Errorf("%q is not key=value", pair)
+			return fmt.Errorf("%s is not key=value", quote(pair))
+		}
+		// Values are percent-encoded, as the specification says.
+		if _, err := url.QueryUnescape(val); err != nil {
+			return fmt.Errorf("value of %s is not percent-encoded correctly", quote(k))
 		}
 	}
 	return nil
@@ -117,7 +135,7 @@ func checkPorts(v string) error {
 			last, err2 = parsePort(hi)
 		}
 		if err1 != nil || err2 != nil || last < first {
-			return fmt.Errorf("%q is not a port (1-65535) or range of ports like 9000-9100", part)
+			return fmt.Errorf("%s is not a port (1-65535) or range of ports like 9000-9100", quote(part))
 		}
 	}
 	return nil
@@ -137,7 +155,11 @@ func checkRegexp(v string) error {
 		return errors.New("empty")
 	}
 	if _, err := regexp.Compile(v); err != nil {
-		return err
+		var se *syntax.Error
+		if errors.As(err, &se) {
+			return fmt.Errorf("%s is not a regular expression: %s", quote(v), se.Code)
+		}
+		return fmt.Errorf("%s is not a regular expression", quote(v))
 	}
 	return nil
 }

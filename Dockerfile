@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+#
+# podtracer in one static binary and nothing else: the agent (the default,
+# the sidecar) and `podtracer webhook` run from the same image.
+#
+#   docker build -t podtracer .
+#   docker buildx build --platform linux/amd64 -t REGISTRY/podtracer:TAG --push .
+#
+# linux/amd64 only for now: the committed eBPF objects are built for x86_64
+# (bpf/gen.go); arm64 needs its syscall numbers and registers in capture.c.
+#
+# The image's user is non-root, which suits the webhook. The agent needs root
+# and a few capabilities; the injected sidecar (and examples/sidecar) asks for
+# them in its securityContext. To run the agent by hand beside processes on a
+# host: docker run --rm --pid=host --user 0 --privileged podtracer
+
+ARG GO_VERSION=1.26
+
+# Build on the builder's own platform and cross-compile: no emulation. The
+# eBPF objects are generated and committed, so no clang is needed here.
+FROM --platform=$BUILDPLATFORM golang:${GO_VERSION}-bookworm AS build
+WORKDIR /src
+# Modules first: this layer is reused until go.mod or go.sum change.
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY . .
+ARG TARGETOS=linux
+ARG TARGETARCH
+RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+	CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
+	go build -trimpath -ldflags="-s -w" -o /out/podtracer .
+
+FROM scratch
+# Root CAs, for OTLP over TLS to a collector with a public certificate.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /out/podtracer /podtracer
+USER 65532:65532
+ENTRYPOINT ["/podtracer"]

@@ -1,0 +1,233 @@
+package webhook
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testCert is a serving certificate signed by its own throw-away CA.
+type testCert struct {
+	certPEM, keyPEM, caPEM []byte
+	serial                 *big.Int
+}
+
+var serials = big.NewInt(1000)
+
+func newTestCert(t testing.TB, hosts ...string) testCert {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "podtracer test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serials.Add(serials, big.NewInt(1))
+	tmpl := &x509.Certificate{
+		SerialNumber: new(big.Int).Set(serials),
+		Subject:      pkix.Name{CommonName: hosts[0]},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	return testCert{
+		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
+		caPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		serial:  tmpl.SerialNumber,
+	}
+}
+
+// write puts the pair in dir the way the kubelet does for a Secret volume:
+// tls.crt -> ..data/tls.crt, ..data -> a fresh timestamped folder, swapped
+// atomically.
+func (c testCert) write(t testing.TB, dir string) (certFile, keyFile string) {
+	t.Helper()
+	ts, err := os.MkdirTemp(dir, "..2026_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"tls.crt": c.certPEM, "tls.key": c.keyPEM} {
+		if err := os.WriteFile(filepath.Join(ts, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(dir, name)
+		if _, err := os.Lstat(link); err != nil {
+			if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tmp := filepath.Join(dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+}
+
+func (c testCert) pool(t testing.TB) *x509.CertPool {
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(c.caPEM) {
+		t.Fatal("bad CA PEM")
+	}
+	return p
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func TestCertReloaderFailsAtStart(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := newCertReloader(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), testLogger(t)); err == nil {
+		t.Error("missing files accepted")
+	}
+	a, b := newTestCert(t, "127.0.0.1"), newTestCert(t, "127.0.0.1")
+	os.WriteFile(filepath.Join(dir, "a.crt"), a.certPEM, 0o600)
+	os.WriteFile(filepath.Join(dir, "b.key"), b.keyPEM, 0o600)
+	if _, err := newCertReloader(filepath.Join(dir, "a.crt"), filepath.Join(dir, "b.key"), testLogger(t)); err == nil {
+		t.Error("mismatched key accepted")
+	}
+}
+
+// TestServeReloadsCertificate runs the real HTTPS server, replaces its
+// certificate files the way the kubelet does, and sees new connections get
+// the new certificate; a broken pair in between is not served.
+func TestServeReloadsCertificate(t *testing.T) {
+	dir := t.TempDir()
+	first := newTestCert(t, "127.0.0.1")
+	certFile, keyFile := first.write(t, dir)
+	c := Config{TLSCert: certFile, TLSKey: keyFile, CertReloadInterval: 20 * time.Millisecond, Image: "podtracer:test"}
+	s, err := NewServer(c, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, ln) }()
+	url := "https://" + ln.Addr().String()
+
+	serial := func(ca testCert) (*big.Int, error) {
+		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: ca.pool(t)})
+		if err != nil {
+			return nil, err
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber, nil
+	}
+	get := func(path string, ca testCert) (int, string) {
+		client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.pool(t)}}}
+		resp, err := client.Get(url + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz", first); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz: %d %q", code, body)
+	}
+	if code, _ := get("/readyz", first); code != 200 {
+		t.Errorf("/readyz: %d", code)
+	}
+
+	// Half an update: the new certificate with the old key. Not served.
+	second := newTestCert(t, "127.0.0.1")
+	mismatched := testCert{certPEM: second.certPEM, keyPEM: first.keyPEM}
+	mismatched.write(t, dir)
+	time.Sleep(100 * time.Millisecond)
+	if got, err := serial(first); err != nil || got.Cmp(first.serial) != 0 {
+		t.Fatalf("after a mismatched pair: serial %v, err %v; want the first certificate still", got, err)
+	}
+
+	second.write(t, dir)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, err := serial(second)
+		if err == nil && got.Cmp(second.serial) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new certificate not served: serial %v, err %v", got, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+	if s.ready.Load() {
+		t.Error("still ready after shutdown")
+	}
+}
+
+func TestMainArgs(t *testing.T) {
+	if err := Main(context.Background(), testLogger(t), []string{"--port=1"}); err == nil || !strings.Contains(err.Error(), "PODTRACER_WEBHOOK_") {
+		t.Errorf("unexpected argument: %v", err)
+	}
+	var b strings.Builder
+	if err := PrintUsage(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"PODTRACER_WEBHOOK_ADDR", ":9443", "PODTRACER_WEBHOOK_IMAGE", "(required)", "256Mi"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("usage lacks %q:\n%s", want, b.String())
+		}
+	}
+}

@@ -1,0 +1,91 @@
+package webhook
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	c, err := LoadConfig([]string{
+		"PODTRACER_WEBHOOK_TLS_CERT=/tls/tls.crt",
+		"PODTRACER_WEBHOOK_TLS_KEY=/tls/tls.key",
+		"PODTRACER_WEBHOOK_IMAGE=ghcr.io/podtracer/podtracer:v0.1.0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != ":9443" || c.CertReloadInterval != 10*time.Second || c.OTLPEndpoint != "" {
+		t.Errorf("defaults: %+v", c)
+	}
+	s := c.Sidecar()
+	want := corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("50m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi")},
+	}
+	for _, list := range []struct{ got, want corev1.ResourceList }{{s.Resources.Requests, want.Requests}, {s.Resources.Limits, want.Limits}} {
+		for name, q := range list.want {
+			if got := list.got[name]; got.Cmp(q) != 0 {
+				t.Errorf("%s = %s, want %s", name, got.String(), q.String())
+			}
+		}
+	}
+}
+
+func TestLoadConfigSettings(t *testing.T) {
+	c, err := LoadConfig([]string{
+		"PODTRACER_WEBHOOK_ADDR=127.0.0.1:8443",
+		"PODTRACER_WEBHOOK_TLS_CERT=/c",
+		"PODTRACER_WEBHOOK_TLS_KEY=/k",
+		"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL=1m",
+		"PODTRACER_WEBHOOK_IMAGE=podtracer:dev",
+		"PODTRACER_WEBHOOK_IMAGE_PULL_POLICY=Never",
+		"PODTRACER_WEBHOOK_OTLP_ENDPOINT=http://collector:4317",
+		"PODTRACER_WEBHOOK_OTLP_INSECURE=true",
+		"PODTRACER_WEBHOOK_CPU_LIMIT=0",
+		"PODTRACER_WEBHOOK_MEMORY_LIMIT=1Gi",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Sidecar()
+	if s.ImagePullPolicy != corev1.PullNever || s.OTLPEndpoint != "http://collector:4317" || s.OTLPInsecure != "true" {
+		t.Errorf("sidecar: %+v", s)
+	}
+	if _, ok := s.Resources.Limits[corev1.ResourceCPU]; ok {
+		t.Error("CPU limit 0 should mean none")
+	}
+	if q := s.Resources.Limits[corev1.ResourceMemory]; q.String() != "1Gi" {
+		t.Errorf("memory limit %s", q.String())
+	}
+}
+
+// TestLoadConfigReportsEverything: one run shows every mistake.
+func TestLoadConfigReportsEverything(t *testing.T) {
+	_, err := LoadConfig([]string{
+		"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL=often",
+		"PODTRACER_WEBHOOK_IMAGE_PULL_POLICY=Sometimes",
+		"PODTRACER_WEBHOOK_OTLP_ENDPOINT=collector:4317",
+		"PODTRACER_WEBHOOK_OTLP_INSECURE=maybe",
+		"PODTRACER_WEBHOOK_CPU_REQUEST=lots",
+		"PODTRACER_WEBHOOK_MEMORY_REQUEST=512Mi",
+		"PODTRACER_WEBHOOK_MEMORY_LIMIT=256Mi",
+	})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"PODTRACER_WEBHOOK_TLS_CERT", "PODTRACER_WEBHOOK_TLS_KEY", "PODTRACER_WEBHOOK_IMAGE\"",
+		"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL", "Sometimes", "collector:4317", "maybe",
+		"lots", "memory request 512Mi is above its limit 256Mi",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+	t.Log(msg)
+}
