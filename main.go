@@ -18,7 +18,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	logger := loggerFromEnv()
 
 	var err error
 	switch {
@@ -31,4 +31,19 @@ func main() {
 		fmt.Fprintln(os.Stderr, "podtracer:", err)
 		os.Exit(1)
 	}
+}
+
+// loggerFromEnv honours PODTRACER_LOG_LEVEL and PODTRACER_LOG_FORMAT in
+// both modes; the agent checks them strictly with the rest of its
+// configuration, here a bad value falls back to the default.
+func loggerFromEnv() *slog.Logger {
+	var level slog.Level
+	if v := os.Getenv("PODTRACER_LOG_LEVEL"); v != "" {
+		_ = level.UnmarshalText([]byte(v))
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if os.Getenv("PODTRACER_LOG_FORMAT") == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
