@@ -264,6 +264,9 @@ func TestSpanRules(t *testing.T) {
 			"GET /b", codes.Error, map[string]any{"error.type": "503"}, nil},
 		{"no response leaves status unset", func(r *tracer.Request) { r.StatusCode = 0; r.Route = "/c" },
 			"GET /c", codes.Unset, nil, []string{"http.response.status_code", "error.type"}},
+		{"HTTP/2 stream reset before the response", func(r *tracer.Request) {
+			r.StatusCode, r.Route, r.ProtocolVersion, r.ErrorCode = 0, "/r", "2", "CANCEL"
+		}, "GET /r", codes.Error, map[string]any{"error.type": "CANCEL", "network.protocol.version": "2"}, []string{"http.response.status_code"}},
 		{"no route names the span by method", func(r *tracer.Request) { r.Method = "DELETE"; r.Route = "" },
 			"DELETE", codes.Unset, nil, []string{"http.route"}},
 		{"unknown method", func(r *tracer.Request) { r.Method = "PURGE"; r.Route = "/d" },

@@ -68,6 +68,19 @@ func isError(role tracer.Role, code int) bool {
 	return code >= 500
 }
 
+// httpErrorType is error.type for an HTTP request, "" when it did not fail:
+// the status code's text for failing codes, else what ended the exchange
+// without a response (an HTTP/2 stream reset: "CANCEL", ...).
+func httpErrorType(role tracer.Role, code int, errorCode string) string {
+	switch {
+	case isError(role, code):
+		return statusString(code)
+	case code == 0 && errorCode != "":
+		return errorCode
+	}
+	return ""
+}
+
 // serverEndpoint is server.address and server.port: the Host header as the
 // client wrote it when present (a missing port means http's 80), else the
 // server end of the connection.
@@ -187,8 +200,8 @@ func (s *process) startSpan(r *tracer.Request, name, host string, port int, capt
 	if r.ResponseSize > 0 {
 		a = append(a, semconv.HTTPResponseBodySize(int(r.ResponseSize)))
 	}
-	if isError(r.Role, r.StatusCode) {
-		a = append(a, semconv.ErrorTypeKey.String(statusString(r.StatusCode)))
+	if errType := httpErrorType(r.Role, r.StatusCode, r.ErrorCode); errType != "" {
+		a = append(a, semconv.ErrorTypeKey.String(errType))
 		// The semantic conventions want no description when the status
 		// code already says what went wrong.
 		span.SetStatus(codes.Error, "")
@@ -236,6 +249,7 @@ type seriesKey struct {
 	version string
 	host    string // client metrics only
 	port    int    // client metrics only
+	errType string // error.type, "" when the request did not fail
 }
 
 // series is what is computed once per distinct seriesKey.
@@ -254,6 +268,7 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 		status:  r.StatusCode,
 		route:   r.Route,
 		version: r.ProtocolVersion,
+		errType: httpErrorType(r.Role, r.StatusCode, r.ErrorCode),
 	}
 	if !knownMethod(k.method) {
 		k.method = "_OTHER"
@@ -277,13 +292,13 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 		}
 	}
 	if s.mp != nil {
-		v.opts = []metric.RecordOption{metric.WithAttributeSet(metricAttrs(k, r.Role))}
+		v.opts = []metric.RecordOption{metric.WithAttributeSet(metricAttrs(k))}
 	}
 	s.seriesCache[k] = v
 	return v
 }
 
-func metricAttrs(k seriesKey, role tracer.Role) attribute.Set {
+func metricAttrs(k seriesKey) attribute.Set {
 	a := make([]attribute.KeyValue, 0, 9)
 	a = append(a, semconv.HTTPRequestMethodKey.String(k.method), schemeHTTP, protocolNameHTTP)
 	if k.status != 0 {
@@ -295,8 +310,8 @@ func metricAttrs(k seriesKey, role tracer.Role) attribute.Set {
 	if k.version != "" {
 		a = append(a, semconv.NetworkProtocolVersion(k.version))
 	}
-	if isError(role, k.status) {
-		a = append(a, semconv.ErrorTypeKey.String(statusString(k.status)))
+	if k.errType != "" {
+		a = append(a, semconv.ErrorTypeKey.String(k.errType))
 	}
 	if k.client && k.host != "" {
 		a = append(a, semconv.ServerAddress(k.host))

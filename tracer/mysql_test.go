@@ -1,0 +1,130 @@
+package tracer
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestMySQLGoDriver(t *testing.T) {
+	want := []string{
+		"mysql CREATE users @shop | CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(?) NOT NULL)",
+		"mysql INSERT users @shop | INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = VALUES(name)",
+		"mysql SELECT users @shop | SELECT name FROM users WHERE id = ?",
+		"mysql SELECT users @shop | SELECT id, name FROM users WHERE name = ? AND id IN (?)",
+		"mysql SELECT missing_table @shop | SELECT * FROM missing_table ! 1146 Table 'shop.missing_table' doesn't exist",
+		"mysql SELECT missing_table @shop | SELECT * FROM missing_table WHERE id = ? ! 1146 Table 'shop.missing_table' doesn't exist",
+		"mysql SELECT users @shop | SELECT name FROM users WHERE id = ?",
+		"mysql SELECT users @shop | SELECT name FROM users WHERE id = ?",
+		"mysql UPDATE users @shop | UPDATE users SET name = ? WHERE id = ?",
+		"mysql SELECT seq_1_to_5000 @shop | SELECT seq, REPEAT(?, ?) FROM seq_1_to_5000",
+	}
+	checkDBCapture(t, Config{}, "mysql-gosql.bin", want, nil)
+}
+
+func TestMySQLMariaDBClient(t *testing.T) {
+	want := []string{
+		"mysql SELECT users @shop | SELECT id, name FROM users WHERE id = ?",
+		"mysql INSERT users @shop | INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = ?",
+		"mysql SELECT nope @shop | SELECT * FROM nope ! 1146 Table 'shop.nope' doesn't exist",
+		"mysql PREPARE @shop | PREPARE q FROM ?",
+		"mysql SET @shop | SET @a = ?",
+		"mysql SELECT users @shop | EXECUTE q USING @a",
+		"mysql SELECT @shop | SELECT DATABASE()",
+		"mysql SELECT @mysql | SELECT ?, ?",
+		"mysql SELECT @mysql | SELECT ?",
+	}
+	checkDBCapture(t, Config{}, "mysql-mariadb.bin", want, nil)
+}
+
+func TestMySQLAuthError(t *testing.T) {
+	checkDBCapture(t, Config{}, "mysql-autherr.bin", nil, nil)
+}
+
+// A connection older than the agent: the tracer joins at a command, with
+// no database known, and statements prepared before it are "EXECUTE".
+func TestMySQLMidStream(t *testing.T) {
+	recs := loadDBCapture(t, "mysql-gosql.bin")
+	// From the second COM_STMT_EXECUTE of the prepared SELECT on.
+	var from int
+	for i, r := range recs {
+		if r.toServer && strings.Contains(r.data, "\x17\x04\x00\x00\x00") {
+			from = i
+		}
+	}
+	got := replayDB(t, Config{}, recs[from:], RoleClient, 4096, nil)
+	dbDiff(t, "mid-stream", got, []string{
+		"mysql EXECUTE",
+		"mysql UPDATE users | UPDATE users SET name = ? WHERE id = ?",
+		"mysql SELECT seq_1_to_5000 | SELECT seq, REPEAT(?, ?) FROM seq_1_to_5000",
+	})
+}
+
+// myPkt builds a packet.
+func myPkt(seq byte, body string) string {
+	n := len(body)
+	return string([]byte{byte(n), byte(n >> 8), byte(n >> 16), seq}) + body
+}
+
+const myOKPacket = "\x00\x00\x00\x02\x00\x00\x00"
+
+func TestMySQLMultiResultsAndMariaDBPipelinedExecute(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	// A multi-statement query: two result sets, then a final OK.
+	h.send(1, out, myPkt(0, "\x03SELECT 1; UPDATE t SET a = 2"))
+	h.send(1, in, myPkt(1, "\x01")+myPkt(2, "\x03def\x00\x00\x00\x011\x00\x0c?\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00")+
+		myPkt(3, "\xfe\x00\x00\x0a\x00")+myPkt(4, "\x011")+myPkt(5, "\xfe\x00\x00\x0a\x00"))
+	if len(h.got) != 0 {
+		t.Fatal("ended before the last result")
+	}
+	h.send(1, in, myPkt(6, "\x00\x01\x00\x02\x00\x00\x00"))
+	// MariaDB sends COM_STMT_EXECUTE for statement -1 (the one being
+	// prepared) with the prepare, before its answer.
+	h.send(1, out, myPkt(0, "\x16DELETE FROM sessions WHERE id = ?")+myPkt(0, "\x17\xff\xff\xff\xff\x00\x01\x00\x00\x00\x00\x01\x08\x00\x07\x00\x00\x00\x00\x00\x00\x00"))
+	h.send(1, in, myPkt(1, "\x00\x07\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00")+myPkt(2, "\x03def\x00\x00\x00\x01?\x00\x0c?\x00\x00\x00\x00\x00\x06\x80\x00\x00\x00\x00")+myPkt(3, "\xfe\x00\x00\x02\x00"))
+	h.send(1, in, myPkt(1, "\x00\x01\x00\x02\x00\x00\x00"))
+	// Errors, and a MariaDB progress report that is not one.
+	h.send(1, out, myPkt(0, "\x03ALTER TABLE t ADD c INT"))
+	h.send(1, in, myPkt(1, "\xff\xff\xff\x01\x01\x02\x00\x00\x00\x00\x00stage"))
+	h.send(1, in, myPkt(2, "\xff\x15\x04#42000Access denied"))
+	var got []string
+	for _, r := range h.got {
+		got = append(got, dbSummary(r))
+	}
+	dbDiff(t, "requests", got, []string{
+		"mysql SELECT | SELECT ?; UPDATE t SET a = ?",
+		"mysql DELETE sessions | DELETE FROM sessions WHERE id = ?",
+		"mysql ALTER t | ALTER TABLE t ADD c INT ! 1045 Access denied",
+	})
+}
+
+func TestMySQLTLSAndCompression(t *testing.T) {
+	greeting := loadDBCapture(t, "mysql-gosql.bin")[0].data
+	for name, resp := range map[string]string{
+		"ssl":      myPkt(1, "\x8c\xaa\x3a\x01\x00\x00\x00\x01\x2d"+strings.Repeat("\x00", 23)),
+		"compress": myPkt(1, "\xac\xa2\x3a\x01\x00\x00\x00\x01\x2d"+strings.Repeat("\x00", 23)+"app\x00\x00"),
+	} {
+		h := newDBHarness(t, 4096, Config{})
+		h.send(1, in, greeting)
+		h.send(1, out, resp)
+		h.send(1, in, myPkt(2, myOKPacket))
+		h.send(1, out, myPkt(0, "\x03SELECT 1"))
+		h.send(1, in, myPkt(1, myOKPacket))
+		if len(h.got) != 0 {
+			t.Errorf("%s: parsed what follows: %+v", name, h.got[0])
+		}
+	}
+}
+
+func TestMySQLBounded(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, out, myPkt(0, "\x03SELECT 1"))
+	for i := range 1000 {
+		id := string([]byte{byte(i), byte(i >> 8), 0, 0})
+		h.send(1, out, myPkt(0, "\x16SELECT 1"))
+		h.send(1, in, myPkt(1, "\x00"+id+"\x00\x00\x00\x00\x00\x00\x00"))
+	}
+	c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*myConn)
+	if len(c.stmts.m) > myMaxStatements || len(c.pending) > myMaxPending {
+		t.Errorf("%d statements, %d pending", len(c.stmts.m), len(c.pending))
+	}
+}

@@ -1,0 +1,220 @@
+package tracer
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestRedisGoRedis(t *testing.T) {
+	want := []string{
+		"redis HELLO @0 | HELLO ?",
+		"redis CLIENT MAINT_NOTIFICATIONS @0 | CLIENT MAINT_NOTIFICATIONS ? ? ? ! ERR ERR unknown subcommand 'maint_notifications'. Try CLIENT HELP.",
+		"redis CLIENT SETINFO @0 | CLIENT SETINFO ? ? ! ERR ERR unknown subcommand 'setinfo'. Try CLIENT HELP.",
+		"redis CLIENT SETINFO @0 | CLIENT SETINFO ? ? ! ERR ERR unknown subcommand 'setinfo'. Try CLIENT HELP.",
+		"redis SET @0 | SET ? ?",
+		"redis GET @0 | GET ?",
+		"redis HSET @0 | HSET ? ? ? ? ?",
+		"redis HGETALL @0 | HGETALL ?",
+		"redis SET @0 | SET ? ?",
+		"redis LPUSH @0 | LPUSH ? ? ! WRONGTYPE WRONGTYPE Operation against a key holding the wrong kind of value",
+		"redis NOSUCHCMD @0 | NOSUCHCMD ? ! ERR ERR unknown command 'NOSUCHCMD', with args beginning with: 'a'",
+		"redis SET @0 | SET ? ?",
+		"redis GET @0 | GET ?",
+		"redis DEL @0 | DEL ?",
+	}
+	checkDBCapture(t, Config{}, "redis-goredis.bin", want, func(capture int, got, want []string) bool {
+		// The second of two pipelined CLIENT SETINFO is beyond 64 bytes.
+		return capture == 64 && dbSubsequence(got, want, len(want)-1)
+	})
+}
+
+func TestRedisPipelineAndMulti(t *testing.T) {
+	want := []string{
+		"redis HELLO @0 | HELLO ?",
+		"redis CLIENT SETINFO @0 | CLIENT SETINFO ? ? ! ERR ERR unknown subcommand 'setinfo'. Try CLIENT HELP.",
+		"redis CLIENT SETINFO @0 | CLIENT SETINFO ? ? ! ERR ERR unknown subcommand 'setinfo'. Try CLIENT HELP.",
+		"redis SET @0 | SET ? ?",
+		"redis GET @0 | GET ?",
+		"redis INCR @0 | INCR ?",
+		"redis MULTI INCR @0 | INCR ?; INCR ?",
+	}
+	checkDBCapture(t, Config{}, "redis-goredis-pipeline.bin", want, func(capture int, got, want []string) bool {
+		// Pipelined commands beyond 64 bytes are lost; so is a command
+		// of the transaction, which is then only "MULTI".
+		return capture == 64 && dbSubsequence(got, append(want[:len(want)-1:len(want)-1], "redis MULTI"), 5)
+	})
+}
+
+func TestRedisCLI(t *testing.T) {
+	want := []string{
+		"redis COMMAND DOCS | COMMAND DOCS",
+		"redis SET | SET ? ?",
+		"redis GET | GET ?",
+		"redis MULTI | INCR ?; SET ? ?",
+		"redis LPUSH | LPUSH ? ? ! WRONGTYPE WRONGTYPE Operation against a key holding the wrong kind of value",
+		"redis HGETALL | HGETALL ?",
+		"redis NOSUCH | NOSUCH ? ? ! ERR ERR unknown command 'NOSUCH', with args beginning with: 'a' 'b'",
+		"redis HELLO | HELLO ?",
+		"redis HGETALL | HGETALL ?",
+		"redis CLIENT SETINFO | CLIENT SETINFO ? ? ! ERR ERR unknown subcommand 'SETINFO'. Try CLIENT HELP.",
+		"redis MGET | MGET ? ?",
+		"redis PING | PING",
+	}
+	checkDBCapture(t, Config{}, "redis-cli.bin", want, nil)
+}
+
+func TestRedisInlineSubscribeBenchmark(t *testing.T) {
+	checkDBCapture(t, Config{}, "redis-inline.bin", []string{"redis PING | PING", "redis SET | SET ? ?", "redis GET | GET ?"}, nil)
+	checkDBCapture(t, Config{}, "redis-subscribe.bin", []string{"redis SUBSCRIBE | SUBSCRIBE ? ?"}, func(capture int, got, want []string) bool {
+		return capture == 64 && len(got) == 0 // the second confirmation is cut
+	})
+	var sets []string
+	for range 20 {
+		sets = append(sets, "redis SET | SET ? ?")
+	}
+	checkDBCapture(t, Config{}, "redis-benchmark.bin", sets, func(capture int, got, want []string) bool {
+		// Five SETs of 45 bytes a write: those beyond the prefix are lost.
+		return capture < 256 && dbSubsequence(got, want, 4*(capture/45))
+	})
+}
+
+// respCmd builds a command as clients send it.
+func respCmd(args ...string) string {
+	s := fmt.Sprintf("*%d\r\n", len(args))
+	for _, a := range args {
+		s += fmt.Sprintf("$%d\r\n%s\r\n", len(a), a)
+	}
+	return s
+}
+
+func redisRun(t *testing.T, cfg Config, steps ...string) []string {
+	h := newDBHarness(t, 4096, cfg)
+	for i, s := range steps {
+		dir := out
+		if i%2 == 1 {
+			dir = in
+		}
+		if s != "" {
+			h.send(1, dir, s)
+		}
+	}
+	var got []string
+	for _, r := range h.got {
+		got = append(got, dbSummary(r))
+	}
+	return got
+}
+
+func TestRedisQueryTextAndKeys(t *testing.T) {
+	steps := []string{
+		respCmd("HELLO", "3", "AUTH", "default", "s3cret"), "%1\r\n+proto\r\n:3\r\n",
+		respCmd("SET", "user:1", "alice smith"), "+OK\r\n",
+		respCmd("auth", "s3cret"), "+OK\r\n",
+		respCmd("CONFIG", "SET", "requirepass", "s3cret"), "+OK\r\n",
+		respCmd("SELECT", "2"), "+OK\r\n",
+		respCmd("GET", "\xff\x00bin"), "_\r\n",
+	}
+	dbDiff(t, "sanitized", redisRun(t, Config{}, steps...), []string{
+		"redis HELLO @0 | HELLO ? ? ? ?",
+		"redis SET @0 | SET ? ?",
+		"redis AUTH @0 | AUTH ?",
+		"redis CONFIG SET @0 | CONFIG SET ? ?",
+		"redis SELECT @0 | SELECT ?",
+		"redis GET @2 | GET ?",
+	})
+	dbDiff(t, "keys", redisRun(t, Config{RedisKeys: true}, steps...), []string{
+		"redis HELLO @0 | HELLO ? ? ? ?",
+		"redis SET @0 | SET user:1 ?",
+		"redis AUTH @0 | AUTH ?",
+		"redis CONFIG SET @0 | CONFIG SET ? ?",
+		"redis SELECT @0 | SELECT ?",
+		"redis GET @2 | GET \"\\xff\\x00bin\"",
+	})
+	dbDiff(t, "full", redisRun(t, Config{QueryText: QueryFull}, steps...), []string{
+		"redis HELLO @0 | HELLO 3 AUTH ? ?",
+		"redis SET @0 | SET user:1 \"alice smith\"",
+		"redis AUTH @0 | AUTH ?",
+		"redis CONFIG SET @0 | CONFIG SET requirepass ?",
+		"redis SELECT @0 | SELECT 2",
+		"redis GET @2 | GET \"\\xff\\x00bin\"",
+	})
+	dbDiff(t, "off", redisRun(t, Config{QueryText: QueryOff, RedisKeys: true}, steps[2:4]...), []string{"redis SET"})
+}
+
+func TestRedisRESP3PushesAttributesAndReplyOff(t *testing.T) {
+	got := redisRun(t, Config{},
+		respCmd("GET", "a"), ">3\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nb\r\n\r\n|1\r\n+ttl\r\n:3\r\n$1\r\nx\r\n",
+		respCmd("CLIENT", "REPLY", "OFF")+respCmd("SET", "a", "1"), "",
+		respCmd("CLIENT", "REPLY", "ON"), "+OK\r\n",
+		respCmd("SUBSCRIBE", "a", "b"), ">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n>3\r\n$7\r\nmessage\r\n$1\r\na\r\n$2\r\nhi\r\n",
+		"", ">3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
+		respCmd("PING"), "+PONG\r\n",
+	)
+	dbDiff(t, "resp3", got, []string{
+		"redis GET | GET ?",
+		"redis CLIENT REPLY | CLIENT REPLY ?",
+		"redis SUBSCRIBE | SUBSCRIBE ? ?",
+		"redis PING | PING",
+	})
+}
+
+func TestRedisTransactionErrors(t *testing.T) {
+	got := redisRun(t, Config{},
+		respCmd("MULTI")+respCmd("SET", "a", "1")+respCmd("LPUSH", "a", "x")+respCmd("EXEC"),
+		"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n+OK\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+		respCmd("MULTI")+respCmd("SET", "a"), "+OK\r\n-ERR wrong number of arguments for 'set' command\r\n",
+		respCmd("EXEC"), "-EXECABORT Transaction discarded because of previous errors.\r\n",
+		respCmd("WATCH", "k")+respCmd("MULTI")+respCmd("INCR", "k")+respCmd("INCR", "k"), "+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n",
+		respCmd("EXEC"), "*-1\r\n",
+	)
+	dbDiff(t, "transactions", got, []string{
+		"redis MULTI | SET ? ?; LPUSH ? ? ! WRONGTYPE WRONGTYPE Operation against a key holding the wrong kind of value",
+		"redis MULTI SET | SET ? ! ERR ERR wrong number of arguments for 'set' command",
+		"redis WATCH | WATCH ?",
+		"redis MULTI INCR | INCR ?; INCR ?",
+	})
+}
+
+func TestRedisBounded(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	for range 3000 {
+		h.send(1, out, respCmd("GET", "k"))
+	}
+	h.send(1, out, respCmd("MULTI"))
+	for range 3000 {
+		h.send(1, out, respCmd("INCR", "k"))
+	}
+	c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*redisConn)
+	if len(c.pending) > redisMaxPending+1 || len(c.tx.ops) > redisMaxTxOps {
+		t.Errorf("%d pending, %d transaction commands", len(c.pending), len(c.tx.ops))
+	}
+	// A reply nested deeper than the bound loses the stream, it does not
+	// grow it.
+	h.send(1, in, strings.Repeat("*1\r\n", 100000))
+	if len(c.reps.stack) > redisMaxDepth {
+		t.Errorf("reply stack %d deep", len(c.reps.stack))
+	}
+}
+
+// More commands in flight than the tracer remembers: those it forgets
+// still take their replies, so later pairs stay right.
+func TestRedisOverflowKeepsPairing(t *testing.T) {
+	var cmds, reps []string
+	for i := range 2 * redisMaxPending {
+		cmds = append(cmds, respCmd("GET", fmt.Sprint("k", i)))
+		reps = append(reps, fmt.Sprintf("$%d\r\nv%d\r\n", len(fmt.Sprint(i))+1, i))
+	}
+	// Written and read in segments the capture sees whole.
+	var steps []string
+	for i := 0; i < len(cmds); i += 100 {
+		steps = append(steps, strings.Join(cmds[i:min(i+100, len(cmds))], ""), "")
+	}
+	for i := 0; i < len(reps); i += 100 {
+		steps = append(steps, "", strings.Join(reps[i:min(i+100, len(reps))], ""))
+	}
+	got := redisRun(t, Config{RedisKeys: true}, append(steps, respCmd("PING"), "+PONG\r\n")...)
+	if len(got) != redisMaxPending+1 || got[0] != "redis GET | GET k0" || got[len(got)-1] != "redis PING | PING" {
+		t.Errorf("%d requests, first %q, last %q", len(got), got[0], got[len(got)-1])
+	}
+}

@@ -1,0 +1,118 @@
+package tracer
+
+import (
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestSanitizeSQL(t *testing.T) {
+	for _, c := range []struct {
+		d        sqlDialect
+		in, want string
+	}{
+		{dialectPostgres, "SELECT id, name FROM users WHERE name = 'alice' AND id IN (1, 2, 3)", "SELECT id, name FROM users WHERE name = ? AND id IN (?)"},
+		{dialectPostgres, "SELECT name FROM users WHERE id = $1", "SELECT name FROM users WHERE id = $1"},
+		{dialectPostgres, "INSERT INTO users (id, name) VALUES (10, 'O''Brien') ON CONFLICT DO NOTHING;", "INSERT INTO users (id, name) VALUES (?, ?) ON CONFLICT DO NOTHING;"},
+		{dialectPostgres, "insert into t values (1, 'a'), (2, 'b'),(3,'c')", "insert into t values (?, ?)"},
+		{dialectPostgres, "SELECT * FROM \"Users\" WHERE \"Name\" = E'x\\'y' AND b = B'0101' AND h = X'ff'", "SELECT * FROM \"Users\" WHERE \"Name\" = ? AND b = ? AND h = ?"},
+		{dialectPostgres, "SELECT $$a 'quoted' body$$, $fn$ x $fn$, 1.5e-3, .5, -7 FROM t", "SELECT ?, ?, ?, ?, ? FROM t"},
+		{dialectPostgres, "SELECT a - 5, a-5, (-5), x = -5 FROM t", "SELECT a - ?, a-?, (?), x = ? FROM t"},
+		{dialectPostgres, "SELECT 1 -- secret 'x'\n  ,  2 /* c 'y' */ FROM\n\tt", "SELECT ? , ? FROM t"},
+		{dialectPostgres, "SELECT x::int, t1.col2 FROM t1 WHERE c = :name", "SELECT x::int, t1.col2 FROM t1 WHERE c = :name"},
+		{dialectPostgres, "SELECT 'unterminated", "SELECT ?"},
+		{dialectPostgres, "SELECT * FROM t WHERE a IN ($1, $2)", "SELECT * FROM t WHERE a IN ($1, $2)"},
+		{dialectMySQL, "SELECT * FROM `shop`.`users` WHERE name = \"bob\" AND note = 'it\\'s' AND x = 0x1F", "SELECT * FROM `shop`.`users` WHERE name = ? AND note = ? AND x = ?"},
+		{dialectMySQL, "SELECT name FROM users WHERE id = ? # trailing", "SELECT name FROM users WHERE id = ?"},
+		{dialectMySQL, "SELECT _utf8mb4'abc', N'x', @a, @@session.sql_mode", "SELECT ?, ?, @a, @@session.sql_mode"},
+		{dialectMySQL, "SELECT seq FROM seq_1_to_5000 LIMIT 10, 20", "SELECT seq FROM seq_1_to_5000 LIMIT ?, ?"},
+	} {
+		if got := sanitizeSQL(c.in, c.d); got != c.want {
+			t.Errorf("sanitizeSQL(%q)\n got %q\nwant %q", c.in, got, c.want)
+		}
+	}
+}
+
+func TestSQLOperation(t *testing.T) {
+	for _, c := range []struct {
+		d         sqlDialect
+		in        string
+		op, table string
+	}{
+		{dialectPostgres, "SELECT name FROM users WHERE id = $1", "SELECT", "users"},
+		{dialectPostgres, "select * from public.users u where u.id = 1", "SELECT", "public.users"},
+		{dialectPostgres, "SELECT count(*) FROM users;", "SELECT", "users"},
+		{dialectPostgres, "SELECT * FROM users JOIN orders ON orders.uid = users.id", "SELECT", ""},
+		{dialectPostgres, "SELECT * FROM users u LEFT JOIN orders o ON o.uid = u.id", "SELECT", ""},
+		{dialectPostgres, "SELECT * FROM a, b", "SELECT", ""},
+		{dialectPostgres, "SELECT g FROM generate_series(1, 5000) AS g", "SELECT", ""},
+		{dialectPostgres, "SELECT * FROM (SELECT 1) s", "SELECT", ""},
+		{dialectPostgres, "SELECT 1/0", "SELECT", ""},
+		{dialectPostgres, "SELECT (SELECT max(id) FROM b) FROM a WHERE x IN (SELECT y FROM c)", "SELECT", "a"},
+		{dialectPostgres, "  (SELECT 1)", "", ""},
+		{dialectPostgres, "INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name", "INSERT", "users"},
+		{dialectPostgres, "UPDATE users SET name = $1 WHERE id = $2", "UPDATE", "users"},
+		{dialectPostgres, "DELETE FROM ONLY users WHERE id = $1", "DELETE", "users"},
+		{dialectPostgres, "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", "INSERT", ""},
+		{dialectPostgres, "CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY)", "CREATE", "users"},
+		{dialectPostgres, "CREATE UNIQUE INDEX i ON users (id)", "CREATE", ""},
+		{dialectPostgres, "COPY users (id, name) FROM STDIN", "COPY", "users"},
+		{dialectPostgres, "TRUNCATE TABLE \"Orders\"", "TRUNCATE", "Orders"},
+		{dialectPostgres, "/* app=shop */ begin", "BEGIN", ""},
+		{dialectMySQL, "INSERT users SET name = 'x'", "INSERT", "users"},
+		{dialectMySQL, "REPLACE INTO `shop`.`users` VALUES (1)", "REPLACE", "shop.users"},
+		{dialectMySQL, "UPDATE LOW_PRIORITY users SET a = 1", "UPDATE", "users"},
+		{dialectMySQL, "DELETE t1 FROM t1 JOIN t2 ON t1.id = t2.id", "DELETE", ""},
+		{dialectMySQL, "SHOW TABLES", "SHOW", ""},
+		{dialectMySQL, "", "", ""},
+	} {
+		op, table := sqlOperation(c.in, c.d)
+		if op != c.op || table != c.table {
+			t.Errorf("sqlOperation(%q) = %q, %q; want %q, %q", c.in, op, table, c.op, c.table)
+		}
+	}
+}
+
+func TestDescribeSQLModes(t *testing.T) {
+	q := "SELECT * FROM users WHERE token = 'secret'"
+	if s := describeSQL(q, dialectPostgres, ""); s.text != "SELECT * FROM users WHERE token = ?" || s.op != "SELECT" || s.table != "users" {
+		t.Errorf("default: %+v", s)
+	}
+	if s := describeSQL(q, dialectPostgres, QueryFull); s.text != q {
+		t.Errorf("full: %+v", s)
+	}
+	if s := describeSQL(q, dialectPostgres, QueryOff); s.text != "" || s.op != "SELECT" {
+		t.Errorf("off: %+v", s)
+	}
+	bad := "SELECT '\xff\xfe' FROM t\x00"
+	if s := describeSQL(bad, dialectPostgres, QueryFull); !utf8.ValidString(s.text) || strings.Contains(s.text, "\x00") {
+		t.Errorf("full text not clean UTF-8: %q", s.text)
+	}
+}
+
+func TestStmtCacheBounded(t *testing.T) {
+	c := dbStmtCache[int]{max: 8}
+	for i := range 100 {
+		c.put(i, sqlStatement{op: "SELECT"})
+	}
+	if len(c.m) != 8 {
+		t.Errorf("cache holds %d statements, want 8", len(c.m))
+	}
+	if _, ok := c.get(99); !ok {
+		t.Error("the newest statement was evicted")
+	}
+}
+
+func FuzzSanitizeSQL(f *testing.F) {
+	f.Add("SELECT * FROM t WHERE a IN (1, 2) AND b = 'x''y' -- c")
+	f.Add("INSERT INTO t VALUES (1), (2), ($$x$$)")
+	f.Add("WITH a AS (SELECT 1) SELECT * FROM a JOIN b")
+	f.Fuzz(func(t *testing.T, q string) {
+		for _, d := range []sqlDialect{dialectPostgres, dialectMySQL} {
+			s := describeSQL(q, d, QuerySanitized)
+			if !utf8.ValidString(s.text) || !utf8.ValidString(s.table) || len(s.text) > 2*dbMaxQueryText {
+				t.Fatalf("bad description %+v", s)
+			}
+		}
+	})
+}
