@@ -35,8 +35,10 @@ check-generate: generate
 # One minute per fuzz target.
 fuzz:
 	@for target in $$($(GO) test ./tracer -list 'Fuzz.*' | grep ^Fuzz); do \
-		$(GO) test ./tracer -run '^$$' -fuzz "^$$target$$" -fuzztime 60s || exit 1; done
+		$(GO) test ./tracer -run '^$$' -fuzz "^$$target$$" -fuzztime 60s -fuzzminimizetime 100x || exit 1; done
 	$(GO) test ./webhook -run '^$$' -fuzz FuzzMutateEndpoint -fuzztime 60s
 
+# Overhead of the agent against bare servers and in-process otelhttp (root;
+# about ten minutes). Results in bench/out/, explained in BENCHMARKS.md.
 bench:
-	@echo "see BENCHMARKS.md"
+	cd bench && $(GO) run . -rounds 5

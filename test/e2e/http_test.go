@@ -90,6 +90,7 @@ func TestHTTP1(t *testing.T) {
 	waitListening(t, pyPort)
 	waitListening(t, nodePort)
 	waitListening(t, nginxPort)
+	waitListening(t, outsidePort)
 
 	// Traffic inside the pod.
 	for _, line := range []string{"GET /users/1 " + traceparent, "POST /orders", "GET /stream?parts=20", "GET /fail", "GET /users/2"} {
@@ -299,40 +300,60 @@ func TestPrinter(t *testing.T) {
 	}
 }
 
+// spanFilter is one condition a span must meet.
 type spanFilter func(otlptest.Span) bool
 
 func withPort(port int) spanFilter {
 	return func(s otlptest.Span) bool { return s.Attributes["server.port"] == int64(port) }
 }
 
-func find(spans []otlptest.Span, kind trace.SpanKind, path string, filters ...spanFilter) *otlptest.Span {
+func withKind(kind trace.SpanKind) spanFilter {
+	return func(s otlptest.Span) bool { return s.Kind == kind }
+}
+
+func withAttr(key string, value any) spanFilter {
+	return func(s otlptest.Span) bool { return s.Attributes[key] == value }
+}
+
+// firstSpan is the first span that meets every filter, or nil.
+func firstSpan(spans []otlptest.Span, filters ...spanFilter) *otlptest.Span {
 next:
 	for i := range spans {
-		s := &spans[i]
-		if s.Kind != kind || s.Attributes["url.path"] != path {
-			continue
-		}
 		for _, f := range filters {
-			if !f(*s) {
+			if !f(spans[i]) {
 				continue next
 			}
 		}
-		return s
+		return &spans[i]
 	}
 	return nil
 }
 
+// mustFirstSpan is firstSpan, failing the test with what there is (each
+// span described by describe) when no span matches.
+func mustFirstSpan(t *testing.T, spans []otlptest.Span, what string, describe func(otlptest.Span) string, filters ...spanFilter) *otlptest.Span {
+	t.Helper()
+	if s := firstSpan(spans, filters...); s != nil {
+		return s
+	}
+	var have []string
+	for _, s := range spans {
+		have = append(have, describe(s))
+	}
+	t.Fatalf("no span for %s; have:\n%s", what, strings.Join(have, "\n"))
+	return nil
+}
+
+// find is the first HTTP span of this kind and path.
+func find(spans []otlptest.Span, kind trace.SpanKind, path string, filters ...spanFilter) *otlptest.Span {
+	return firstSpan(spans, append([]spanFilter{withKind(kind), withAttr("url.path", path)}, filters...)...)
+}
+
 func mustFind(t *testing.T, spans []otlptest.Span, kind trace.SpanKind, path string, filters ...spanFilter) *otlptest.Span {
 	t.Helper()
-	s := find(spans, kind, path, filters...)
-	if s == nil {
-		var have []string
-		for _, s := range spans {
-			have = append(have, fmt.Sprintf("%v %s %v", s.Kind, s.Name, s.Attributes["url.path"]))
-		}
-		t.Fatalf("no %v span for %s; have:\n%s", kind, path, strings.Join(have, "\n"))
-	}
-	return s
+	return mustFirstSpan(t, spans, fmt.Sprintf("%v %s", kind, path),
+		func(s otlptest.Span) string { return fmt.Sprintf("%v %s %v", s.Kind, s.Name, s.Attributes["url.path"]) },
+		append([]spanFilter{withKind(kind), withAttr("url.path", path)}, filters...)...)
 }
 
 func expect(t *testing.T, s *otlptest.Span, attrs map[string]any) {
