@@ -1,0 +1,776 @@
+// Command bench measures what podtracer costs the pod it watches, side by
+// side with the same server bare and, for Go, instrumented in-process with
+// otelhttp, in one run on one machine. See BENCHMARKS.md at the repository
+// root for what it measures and how to read the figures.
+//
+//	cd bench && go run .                 # the figures (make bench)
+//	cd bench && go run . -profile        # where podtracer's cost goes
+//
+// The same binary is also the pieces it runs: "server" (the Go workload),
+// "receiver" (the OTLP/gRPC receiver) and "load" (the open-loop load
+// generator). It needs root, unshare and nsenter (util-linux), wrk and nginx.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	var err error
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "server":
+			err = serverMain(os.Args[2:])
+		case "receiver":
+			err = receiverMain(os.Args[2:])
+		case "load":
+			err = loadMain(os.Args[2:])
+		default:
+			err = benchMain(os.Args[1:])
+		}
+	} else {
+		err = benchMain(nil)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// options is the harness's command line.
+type options struct {
+	rounds    int
+	duration  time.Duration
+	warmup    time.Duration
+	rates     []float64
+	conns     int
+	workloads []string
+	variants  []string
+	saturate  bool
+	agent     string
+	repo      string
+	rev       string
+	jsonOut   string
+	profile   bool
+	profRate  float64
+	env       []string // extra agent environment, KEY=value
+
+	quietCores float64       // a phase starts when the machine uses less than this
+	quietWait  time.Duration // but waits no longer than this for it
+}
+
+// Workload and variant names.
+const (
+	workloadGo    = "go net/http"
+	workloadNginx = "nginx"
+
+	variantBare      = "bare"
+	variantPodtracer = "podtracer"
+	variantOTelHTTP  = "otelhttp"
+)
+
+func benchMain(args []string) error {
+	var o options
+	fs := flag.NewFlagSet("bench", flag.ExitOnError)
+	fs.IntVar(&o.rounds, "rounds", 5, "rounds; every round runs every variant of every phase once, in rotating order")
+	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured part of each phase")
+	fs.DurationVar(&o.warmup, "warmup", time.Second, "same load before the measured part (agent and server warm)")
+	rates := fs.String("rates", "5000,20000", "fixed request rates (req/s) for latency, CPU and loss, comma-separated")
+	fs.IntVar(&o.conns, "conns", 32, "keep-alive connections, for wrk and the fixed-rate load")
+	workloads := fs.String("workloads", "go,nginx", "workloads: go, nginx")
+	variants := fs.String("variants", "bare,podtracer,otelhttp", "variants: bare, podtracer, otelhttp (Go only); added figures need bare")
+	fs.BoolVar(&o.saturate, "saturation", true, "run the saturation phase (wrk)")
+	fs.StringVar(&o.agent, "agent", "", "podtracer binary to measure; empty: build it from -repo")
+	fs.StringVar(&o.repo, "repo", "..", "repository root, where the agent is built")
+	fs.StringVar(&o.rev, "rev", "", "build the agent from this git revision (git archive) instead of the working tree")
+	fs.StringVar(&o.jsonOut, "json", "", "also write every phase's raw results to this file")
+	fs.BoolVar(&o.profile, "profile", false, "profile podtracer (perf, BPF run time) instead of benchmarking")
+	fs.Float64Var(&o.profRate, "profile-rate", 10000, "request rate while profiling")
+	fs.Float64Var(&o.quietCores, "quiet-cores", 0.3, "before each phase, wait until the machine uses less CPU than this (cores)")
+	fs.DurationVar(&o.quietWait, "quiet-wait", 3*time.Second, "longest wait for a quiet machine before each phase")
+	reportFrom := fs.String("report", "", "print the report of a run saved with -json, and run nothing")
+	agentEnv := fs.String("agent-env", "", "extra agent environment, KEY=value,KEY=value (e.g. PODTRACER_CAPTURE_BYTES=256)")
+	fs.Parse(args)
+	for _, s := range strings.Split(*rates, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		r, err := strconv.ParseFloat(s, 64)
+		if err != nil || r <= 0 {
+			return fmt.Errorf("-rates: bad rate %q", s)
+		}
+		o.rates = append(o.rates, r)
+	}
+	for _, w := range strings.Split(*workloads, ",") {
+		switch strings.TrimSpace(w) {
+		case "go":
+			o.workloads = append(o.workloads, workloadGo)
+		case "nginx":
+			o.workloads = append(o.workloads, workloadNginx)
+		case "":
+		default:
+			return fmt.Errorf("-workloads: unknown %q (go, nginx)", w)
+		}
+	}
+	for _, v := range strings.Split(*variants, ",") {
+		switch v = strings.TrimSpace(v); v {
+		case variantBare, variantPodtracer, variantOTelHTTP:
+			o.variants = append(o.variants, v)
+		case "":
+		default:
+			return fmt.Errorf("-variants: unknown %q (bare, podtracer, otelhttp)", v)
+		}
+	}
+	if *agentEnv != "" {
+		o.env = strings.Split(*agentEnv, ",")
+	}
+	if *reportFrom != "" {
+		return reportFile(*reportFrom)
+	}
+	if o.rounds < 1 {
+		return errors.New("-rounds must be at least 1")
+	}
+
+	if os.Geteuid() != 0 {
+		return errors.New("needs root: it creates PID namespaces and loads BPF programs")
+	}
+	tools := []string{"unshare", "nsenter", "wrk"}
+	for _, w := range o.workloads {
+		if w == workloadNginx {
+			tools = append(tools, "nginx")
+		}
+	}
+	if o.profile {
+		tools = append(tools, "perf", "bpftool")
+	}
+	for _, t := range tools {
+		if _, err := exec.LookPath(t); err != nil {
+			return fmt.Errorf("%s not found (apt-get install util-linux wrk nginx-light linux-perf bpftool)", t)
+		}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	h, err := newHarness(o)
+	if err != nil {
+		return err
+	}
+	defer h.close()
+	if o.profile {
+		return h.profile(ctx)
+	}
+	return h.run(ctx)
+}
+
+// harness holds what every phase shares: the binaries, the receiver.
+type harness struct {
+	o        options
+	dir      string // scratch folder, removed at the end
+	self     string // this binary
+	agent    string
+	www      string // nginx's document root
+	receiver *process
+	otlpAddr string
+	statsURL string
+}
+
+func newHarness(o options) (_ *harness, err error) {
+	h := &harness{o: o}
+	if h.dir, err = os.MkdirTemp("", "podtracer-bench-"); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			h.close()
+		}
+	}()
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	// Links with telling names, so that ps and perf show which piece is
+	// which (a process's comm is the name it was started by).
+	for _, name := range []string{"hello", "loadgen", "otlpsink"} {
+		if err := os.Symlink(exe, filepath.Join(h.dir, name)); err != nil {
+			return nil, err
+		}
+	}
+	h.self = exe
+
+	h.agent = o.agent
+	if h.agent == "" {
+		if h.agent, err = buildAgent(o.repo, o.rev, h.dir); err != nil {
+			return nil, err
+		}
+	}
+
+	h.www = filepath.Join(h.dir, "www")
+	if err := os.MkdirAll(h.www, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(h.www, "index.html"), hello, 0o644); err != nil {
+		return nil, err
+	}
+
+	otlpPort, statsPort := freePort(), freePort()
+	h.otlpAddr = fmt.Sprintf("127.0.0.1:%d", otlpPort)
+	h.statsURL = fmt.Sprintf("http://127.0.0.1:%d/", statsPort)
+	cmd := exec.Command(filepath.Join(h.dir, "otlpsink"), "receiver", "-addr", h.otlpAddr, "-stats", fmt.Sprintf("127.0.0.1:%d", statsPort))
+	if h.receiver, err = start("receiver", cmd, false); err != nil {
+		return nil, err
+	}
+	if err := h.receiver.waitOutput("ready", 10*time.Second); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// buildAgent builds podtracer from the working tree at repo, or from a git
+// revision of it exported into dir.
+func buildAgent(repo, rev, dir string) (string, error) {
+	src := repo
+	if rev != "" {
+		src = filepath.Join(dir, "src")
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			return "", err
+		}
+		archive := exec.Command("sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", repo, rev, src)
+		if out, err := archive.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("export revision %s: %v\n%s", rev, err, out)
+		}
+	}
+	bin := filepath.Join(dir, "podtracer")
+	logf("building podtracer from %s %s", repo, rev)
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Dir = src
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build podtracer: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+func (h *harness) close() {
+	if h.receiver != nil {
+		h.receiver.stop(5 * time.Second)
+	}
+	if h.dir != "" {
+		os.RemoveAll(h.dir)
+	}
+}
+
+// run runs every round and prints the report.
+func (h *harness) run(ctx context.Context) error {
+	m, err := describeMachine(h.o)
+	if err != nil {
+		return err
+	}
+	phases := h.o.phases()
+	var results []*result
+	began := time.Now()
+	for round := 0; round < h.o.rounds; round++ {
+		for _, w := range h.o.workloads {
+			var variants []string
+			for _, v := range variantsOf(w) {
+				if slices.Contains(h.o.variants, v) {
+					variants = append(variants, v)
+				}
+			}
+			for _, ph := range phases {
+				// Rotate the order each round, so that no variant always
+				// runs first or last.
+				for i := range variants {
+					v := variants[(i+round)%len(variants)]
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+					res, err := h.runPhase(ctx, w, v, ph)
+					if err != nil {
+						return fmt.Errorf("round %d, %s %s %s: %w", round+1, w, v, ph.name, err)
+					}
+					res.Round = round
+					results = append(results, res)
+					logf("round %d/%d  %-11s %-9s %-10s %s", round+1, h.o.rounds, w, v, ph.name, res.summary())
+				}
+			}
+		}
+	}
+	logf("done in %v", time.Since(began).Round(time.Second))
+	if h.o.jsonOut != "" {
+		b, _ := json.MarshalIndent(runFile{m, h.o.rounds, h.o.duration, h.o.warmup, h.o.conns, h.o.workloads, h.o.rates, h.o.saturate, results}, "", "  ")
+		if err := os.WriteFile(h.o.jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	report(os.Stdout, m, h.o, phases, results)
+	return nil
+}
+
+// runFile is what -json writes and -report reads back.
+type runFile struct {
+	Machine          machine
+	Rounds           int
+	Duration, Warmup time.Duration
+	Conns            int
+	Workloads        []string
+	Rates            []float64
+	Saturation       bool
+	Results          []*result
+}
+
+// reportFile prints the report of a run saved with -json.
+func reportFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var f runFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	o := options{rounds: f.Rounds, duration: f.Duration, warmup: f.Warmup, conns: f.Conns, workloads: f.Workloads, rates: f.Rates, saturate: f.Saturation}
+	report(os.Stdout, f.Machine, o, o.phases(), f.Results)
+	return nil
+}
+
+// phases are the loads every variant runs, in order.
+func (o options) phases() []phase {
+	var phases []phase
+	if o.saturate {
+		phases = append(phases, phase{name: "saturation"})
+	}
+	for _, r := range o.rates {
+		phases = append(phases, phase{name: fmt.Sprintf("%g/s", r), rate: r})
+	}
+	return phases
+}
+
+// phase is one kind of load: saturation (wrk) or a fixed rate.
+type phase struct {
+	name string
+	rate float64 // 0: saturation
+}
+
+// result is what one phase of one variant measured in one round.
+type result struct {
+	Workload, Variant, Phase string
+	Round                    int
+	Rate                     float64 // achieved requests/s, measured part
+
+	Served  uint64 // responses in the measured part
+	Warmup  uint64 // responses in the warm-up
+	Errors  uint64 // non-2xx responses and socket errors
+	P50     float64
+	P99     float64 // µs; fixed rates only
+	Backlog uint64  // fixed rate: requests that waited for a free connection
+
+	ServerCPU, AgentCPU, ClientCPU time.Duration // measured part
+	AgentCtxSwitches               uint64
+
+	// Agent memory, kB: right after start, at the end of the measured
+	// part, and the peak over its life.
+	RSSIdle, RSSEnd, HWM, AnonEnd uint64
+	KernelMemory                  uint64 // bytes the capture's BPF maps hold (memlock), not in RSS
+
+	AgentStats map[string]uint64 // the "final stats" line
+	Received   receiverCounts    // what reached the receiver in this phase
+
+	// Noise: CPU the machine used before the phase (cores, while waiting
+	// for quiet), and during the measured part for anything but the
+	// server, agent, load generator and receiver; host steal time.
+	BusyBefore, Background, Steal float64
+	TracingPrograms               int // BPF tracing programs loaded before the phase; -1: unknown
+}
+
+func (r *result) summary() string {
+	s := fmt.Sprintf("%8.0f req/s", r.Rate)
+	if r.P50 > 0 {
+		s += fmt.Sprintf("  p50 %6.0fµs p99 %6.0fµs", r.P50, r.P99)
+	}
+	if r.Served > 0 {
+		s += fmt.Sprintf("  cpu/req server %5.1fµs agent %5.1fµs", us(r.ServerCPU)/float64(r.Served), us(r.AgentCPU)/float64(r.Served))
+	}
+	if r.Variant == variantPodtracer {
+		s += fmt.Sprintf("  hwm %dMB lost %d spans %d/%d", r.HWM>>10, r.AgentStats["kernel_lost"], r.Received.ServerSpans, r.Served+r.Warmup)
+	} else if r.Variant == variantOTelHTTP {
+		s += fmt.Sprintf("  spans %d/%d", r.Received.ServerSpans, r.Served+r.Warmup)
+	}
+	s += fmt.Sprintf("  other %.2f cores", r.Background+r.Steal)
+	if r.Errors > 0 {
+		s += fmt.Sprintf("  ERRORS %d", r.Errors)
+	}
+	return s
+}
+
+// instance is one running variant of a workload in its own pod.
+type instance struct {
+	pod    *pod
+	addr   string
+	server *process
+	agent  *process
+}
+
+// startInstance starts the workload's server in a new pod, and the agent
+// beside it for the podtracer variant.
+func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
+	in := &instance{}
+	if in.pod, err = newPod(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			in.stop()
+		}
+	}()
+	port := freePort()
+	in.addr = fmt.Sprintf("127.0.0.1:%d", port)
+	var cmd *exec.Cmd
+	switch w {
+	case workloadGo:
+		args := []string{"server", "-addr", in.addr}
+		if variant == variantOTelHTTP {
+			args = append(args, "-otel")
+		}
+		cmd = in.pod.command(filepath.Join(h.dir, "hello"), args...)
+		cmd.Env = append(os.Environ(), h.otlpEnv()...)
+	case workloadNginx:
+		conf, err := h.nginxConf(port)
+		if err != nil {
+			return nil, err
+		}
+		cmd = in.pod.command("nginx", "-c", conf)
+	}
+	if in.server, err = start("server", cmd, true); err != nil {
+		return nil, err
+	}
+	if err := waitListening(in.addr, in.server); err != nil {
+		return nil, err
+	}
+	if variant == variantPodtracer {
+		cmd := in.pod.command(h.agent)
+		cmd.Env = append(append(os.Environ(), h.otlpEnv()...), h.o.env...)
+		if in.agent, err = start("podtracer", cmd, true); err != nil {
+			return nil, err
+		}
+		if err := in.agent.waitOutput("podtracer agent running", 60*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	return in, nil
+}
+
+func (in *instance) stop() {
+	if in.agent != nil {
+		in.agent.stop(15 * time.Second)
+	}
+	if in.server != nil {
+		in.server.stop(15 * time.Second)
+	}
+	in.pod.close()
+}
+
+// serverPIDs are the pod's processes but the agent: the server, or nginx's
+// master and worker.
+func (in *instance) serverPIDs() []int {
+	var pids []int
+	for _, pid := range in.pod.members() {
+		if in.agent == nil || pid != in.agent.pid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func (h *harness) otlpEnv() []string {
+	return []string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + h.otlpAddr,
+		"OTEL_EXPORTER_OTLP_INSECURE=true",
+	}
+}
+
+// runPhase runs one phase of one variant in a fresh pod: warm-up, then the
+// measured part, then the agent's and the receiver's accounts.
+func (h *harness) runPhase(ctx context.Context, w, variant string, ph phase) (*result, error) {
+	busy, progs := h.waitQuiet()
+	if busy >= h.o.quietCores || progs > 0 {
+		logf("machine not quiet after %v: %.2f cores busy, %d BPF tracing programs loaded; measuring anyway", h.o.quietWait, busy, progs)
+	}
+	before, err := h.receiverCounts()
+	if err != nil {
+		return nil, err
+	}
+	in, err := h.startInstance(w, variant)
+	if err != nil {
+		return nil, err
+	}
+	defer in.stop()
+	res := &result{Workload: w, Variant: variant, Phase: ph.name, BusyBefore: busy, TracingPrograms: progs}
+	if in.agent != nil {
+		res.RSSIdle = procStatus(in.agent.pid)["VmRSS"]
+	}
+
+	warm, err := h.load(in.addr, ph, h.o.warmup)
+	if err != nil {
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
+	res.Warmup = warm.served
+
+	pids := in.serverPIDs()
+	serverCPU := cpuTimes(pids)
+	var agentCPU time.Duration
+	var agentSwitches uint64
+	if in.agent != nil {
+		agentCPU, _ = cpuTime(in.agent.pid)
+		agentSwitches = contextSwitches(in.agent.pid)
+	}
+	machine0, receiver0, began := readCPUStat(), cpuTimes([]int{h.receiver.pid}), time.Now()
+
+	l, err := h.load(in.addr, ph, h.o.duration)
+	if err != nil {
+		return nil, err
+	}
+	res.Rate, res.Served, res.Errors, res.P50, res.P99, res.Backlog, res.ClientCPU = l.rate, l.served, l.errors, l.p50, l.p99, l.backlog, l.cpu
+
+	if in.agent != nil {
+		// The agent may still be draining the ring buffer: wait until it
+		// is idle, so that its whole cost for the load is counted.
+		settle(in.agent.pid, 5*time.Second)
+		t, _ := cpuTime(in.agent.pid)
+		res.AgentCPU = t - agentCPU
+		res.AgentCtxSwitches = contextSwitches(in.agent.pid) - agentSwitches
+		st := procStatus(in.agent.pid)
+		res.RSSEnd, res.HWM, res.AnonEnd = st["VmRSS"], st["VmHWM"], st["RssAnon"]
+	}
+	res.ServerCPU = cpuTimes(pids) - serverCPU
+	machine1, elapsed := readCPUStat(), time.Since(began)
+	ours := res.ServerCPU + res.AgentCPU + res.ClientCPU + cpuTimes([]int{h.receiver.pid}) - receiver0
+	res.Background = max(0, float64(machine1.busy-machine0.busy-ours)/float64(elapsed))
+	res.Steal = float64(machine1.steal-machine0.steal) / float64(elapsed)
+
+	// Stop the producers so that what they still held is flushed, then
+	// read the accounts.
+	if in.agent != nil {
+		events, lost, untracked, memlock, ok := kernelCounters()
+		in.agent.stop(15 * time.Second)
+		res.AgentStats = parseFinalStats(in.agent.output())
+		if res.AgentStats == nil {
+			return nil, fmt.Errorf("no final stats line from the agent:\n%s", in.agent.output())
+		}
+		if ok {
+			res.AgentStats["kernel_events"], res.AgentStats["kernel_lost"], res.AgentStats["calls_untracked"] = events, lost, untracked
+			res.KernelMemory = memlock
+		}
+		in.agent = nil
+	}
+	in.server.stop(15 * time.Second)
+	after, err := h.receiverCounts()
+	if err != nil {
+		return nil, err
+	}
+	res.Received = receiverCounts{
+		Spans:         after.Spans - before.Spans,
+		ServerSpans:   after.ServerSpans - before.ServerSpans,
+		MetricPoints:  after.MetricPoints - before.MetricPoints,
+		TraceExports:  after.TraceExports - before.TraceExports,
+		MetricExports: after.MetricExports - before.MetricExports,
+	}
+	return res, nil
+}
+
+// settle waits until pid has used no CPU for 200 ms, or timeout.
+func settle(pid int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	last, _ := cpuTime(pid)
+	quiet := 0
+	for time.Now().Before(deadline) && quiet < 2 {
+		time.Sleep(100 * time.Millisecond)
+		t, err := cpuTime(pid)
+		if err != nil {
+			return
+		}
+		if t-last <= clockTick {
+			quiet++
+		} else {
+			quiet = 0
+		}
+		last = t
+	}
+}
+
+// loadRun is the common part of what wrk and the open-loop generator say.
+type loadRun struct {
+	served, errors, backlog uint64
+	rate, p50, p99          float64
+	cpu                     time.Duration
+}
+
+// load drives addr for d: wrk at saturation, or the open-loop generator at
+// the phase's rate. Both run outside the pod, so they are not traced.
+func (h *harness) load(addr string, ph phase, d time.Duration) (*loadRun, error) {
+	if ph.rate == 0 {
+		return runWrk(addr, h.o.conns, d)
+	}
+	cmd := exec.Command(filepath.Join(h.dir, "loadgen"), "load", "-addr", addr, "-rate", fmt.Sprint(ph.rate),
+		"-conns", strconv.Itoa(h.o.conns), "-duration", d.String())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("load generator: %w (%s)", err, exitOutput(err))
+	}
+	var r loadResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		return nil, fmt.Errorf("load generator said %q: %w", out, err)
+	}
+	return &loadRun{served: r.Completed, errors: r.Errors + r.Non2xx + (r.Scheduled - r.Completed), backlog: r.Backlogged,
+		rate: r.Rate, p50: r.P50, p99: r.P99, cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}, nil
+}
+
+func runWrk(addr string, conns int, d time.Duration) (*loadRun, error) {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	cmd := exec.Command("wrk", "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", secs), "http://"+addr+"/")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("wrk: %w (%s)", err, exitOutput(err))
+	}
+	r := &loadRun{cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 3 && f[1] == "requests" && f[2] == "in":
+			r.served, _ = strconv.ParseUint(f[0], 10, 64)
+		case len(f) == 2 && f[0] == "Requests/sec:":
+			r.rate, _ = strconv.ParseFloat(f[1], 64)
+		case strings.HasPrefix(strings.TrimSpace(line), "Non-2xx or 3xx responses:"):
+			n, _ := strconv.ParseUint(f[len(f)-1], 10, 64)
+			r.errors += n
+		case strings.HasPrefix(strings.TrimSpace(line), "Socket errors:"):
+			// Socket errors: connect 0, read 0, write 0, timeout 0
+			for i := 2; i+1 < len(f); i += 2 {
+				n, _ := strconv.ParseUint(strings.TrimSuffix(f[i+1], ","), 10, 64)
+				r.errors += n
+			}
+		}
+	}
+	if r.served == 0 {
+		return nil, fmt.Errorf("wrk served nothing:\n%s", out)
+	}
+	return r, nil
+}
+
+func exitOutput(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return strings.TrimSpace(string(ee.Stderr))
+	}
+	return ""
+}
+
+func (h *harness) receiverCounts() (receiverCounts, error) {
+	var c receiverCounts
+	resp, err := httpGet(h.statsURL)
+	if err != nil {
+		return c, fmt.Errorf("receiver stats: %w", err)
+	}
+	return c, json.Unmarshal(resp, &c)
+}
+
+// parseFinalStats reads the agent's `msg="final stats" key=value ...` line.
+func parseFinalStats(log string) map[string]uint64 {
+	for _, line := range strings.Split(log, "\n") {
+		if !strings.Contains(line, `msg="final stats"`) {
+			continue
+		}
+		m := map[string]uint64{}
+		for _, f := range strings.Fields(line) {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok {
+				continue
+			}
+			if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+				m[k] = n
+			}
+		}
+		return m
+	}
+	return nil
+}
+
+func (h *harness) nginxConf(port int) (string, error) {
+	dir, err := os.MkdirTemp(h.dir, "nginx-")
+	if err != nil {
+		return "", err
+	}
+	// One worker (like the Go server, the workload gets what the two cores
+	// give it), keep-alive without a request limit, a small static file.
+	conf := fmt.Sprintf(`daemon off;
+user root;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events {}
+http {
+	access_log off;
+	keepalive_requests 100000000;
+	keepalive_timeout 60s;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	server {
+		listen 127.0.0.1:%[2]d;
+		root %[3]s;
+	}
+}
+`, dir, port, h.www)
+	path := filepath.Join(dir, "nginx.conf")
+	return path, os.WriteFile(path, []byte(conf), 0o644)
+}
+
+// freePort returns a TCP port nobody listens on now.
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// waitListening waits until addr accepts connections.
+func waitListening(addr string, p *process) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited:\n%s", p.name, p.output())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("nothing listens on %s:\n%s", addr, p.output())
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", args...)
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
