@@ -63,13 +63,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	if err != nil {
 		return fmt.Errorf("start exporter: %w", err)
 	}
-	defer func() {
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := exp.Shutdown(shutdownCtx); err != nil {
-			logger.Warn("flush on shutdown", "error", err)
-		}
-	}()
+	defer shutdownExporter(logger, exp) // once only: a second call does nothing
 
 	capture, err := bpf.Load(bpf.Config{
 		CaptureBytes:    cfg.CaptureBytes,
@@ -95,7 +89,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	go reportStats(ctx, logger, capture, tr, exp)
 	go func() {
 		<-ctx.Done()
-		capture.Close() // unblocks Read
+		capture.Stop() // Read drains the ring buffer, then ends
 	}()
 
 	protocols := cfg.protocols
@@ -109,7 +103,12 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		if err := capture.Read(&ev); err != nil {
 			if errors.Is(err, bpf.ErrClosed) {
 				logger.Info("shutting down: flushing spans and metrics")
-				logStats(logger, capture, tr, exp, "final stats")
+				// The kernel counters first (Close frees them), the
+				// exporter's after its flush: the line is the final word.
+				ks, _ := capture.Stats()
+				capture.Close()
+				shutdownExporter(logger, exp)
+				logCounters(logger, "final stats", ks, tr, exp)
 				return nil
 			}
 			return err
@@ -153,9 +152,25 @@ func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture,
 	}
 }
 
-// logStats logs every counter on one line; the benchmark reads the final one.
+// shutdownExporter flushes spans and metrics, waiting at most 10 seconds
+// for a slow collector.
+func shutdownExporter(logger *slog.Logger, exp *exporter.Exporter) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := exp.Shutdown(ctx); err != nil {
+		logger.Warn("flush on shutdown", "error", err)
+	}
+}
+
+// logStats logs every counter on one line.
 func logStats(logger *slog.Logger, capture *bpf.Capture, tr *tracer.Tracer, exp *exporter.Exporter, msg string) {
 	ks, _ := capture.Stats()
+	logCounters(logger, msg, ks, tr, exp)
+}
+
+// logCounters logs the kernel's counters ks and the agent's; the benchmark
+// reads the final line.
+func logCounters(logger *slog.Logger, msg string, ks bpf.Stats, tr *tracer.Tracer, exp *exporter.Exporter) {
 	ts, es := tr.Stats(), exp.Stats()
 	logger.Info(msg, "kernel_events", ks.Events, "kernel_lost", ks.Lost, "calls_untracked", ks.CallsUntracked,
 		"requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked,

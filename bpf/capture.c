@@ -53,6 +53,9 @@ volatile const __u64 pidns_dev = 0;
 volatile const __u64 pidns_ino = 0;
 volatile const __u32 agent_tgid = 0;
 volatile const __u32 capture_bytes = 512;
+// Unread bytes in the ring buffer past which an event wakes the reader;
+// below it the reader finds events when it polls (see submit).
+volatile const __u64 wakeup_bytes = 1 << 20;
 
 enum event_type {
 	EVENT_DATA = 1,
@@ -104,7 +107,11 @@ struct event {
 
 #define EVENT_HEADER_SIZE (sizeof(struct event) - 3 * MAX_CAPTURE)
 
-// Per-thread syscall arguments, from sys_enter to sys_exit.
+// Per-thread syscall arguments, from sys_enter to sys_exit. A thread's
+// entry is made on its first followed syscall and then reused: a lookup
+// per syscall, no update or delete (those cost several times more). The
+// LRU evicts the entries of threads that are gone. Task storage would do
+// the same, but only from Linux 5.13 on, and measured no faster.
 struct call {
 	__u64 ts;
 	__u64 buf; // buffer, iovec array or msghdr
@@ -113,7 +120,7 @@ struct call {
 	__u32 iovcnt;
 	__u32 ns_tgid; // the caller in the pod's PID namespace
 	__u32 ns_tid;
-	__u32 pad;
+	__u32 active; // set by sys_enter, cleared by sys_exit
 };
 
 struct conn_key {
@@ -138,7 +145,7 @@ struct conn {
 enum stat_index {
 	STAT_EVENTS = 0,   // events written to the ring buffer
 	STAT_LOST = 1,     // events lost: ring buffer full
-	STAT_CALLS_FULL = 2, // syscalls not followed: in-flight map full
+	STAT_CALLS_FULL = 2, // syscalls not followed: no in-flight entry for the thread
 	STAT_MAX = 3,
 };
 
@@ -150,7 +157,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__type(key, __u64); // pid_tgid
 	__type(value, struct call);
 } calls SEC(".maps");
 
@@ -363,14 +370,26 @@ static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __
 	e->captured = 0;
 	e->tail_len = 0;
 	e->len = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	// The process's name, not the thread's ("kcat", not "rdk:broker-1"):
+	// events reach user space in batches, and a short-lived process may be
+	// gone from /proc by then, leaving this as its only name.
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
 	return e;
 }
 
+// submit sends e to user space. It does not wake the reader: waking it
+// from inside the traced process's syscall costs an interrupt (a VM exit
+// on virtual machines) per event, more than all the rest of the program.
+// The reader polls every few milliseconds instead, and only a ring buffer
+// filling up faster than that wakes it.
 static __always_inline void submit(struct event *e)
 {
 	__u32 captured = bounded(e->captured, 2 * MAX_CAPTURE - 1);
-	if (bpf_ringbuf_output(&events, e, EVENT_HEADER_SIZE + captured, 0))
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, EVENT_HEADER_SIZE + captured, flags))
 		count(STAT_LOST);
 	else
 		count(STAT_EVENTS);
@@ -404,23 +423,30 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 fd = BPF_CORE_READ(regs, di);
 	if (nr == NR_CLOSE) {
-		on_close(&ns, pid_tgid >> 32, fd);
+		on_close(&ns, bpf_get_current_pid_tgid() >> 32, fd);
 		return 0;
 	}
-	struct call c = {
-		.ts = bpf_ktime_get_boot_ns(),
-		.nr = nr,
-		.fd = fd,
-		.buf = BPF_CORE_READ(regs, si),
-		.iovcnt = BPF_CORE_READ(regs, dx),
-		.ns_tgid = ns.tgid,
-		.ns_tid = ns.pid,
-	};
-	if (bpf_map_update_elem(&calls, &pid_tgid, &c, BPF_ANY))
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *c = bpf_map_lookup_elem(&calls, &id);
+	if (!c) {
+		struct call zero = {};
+		bpf_map_update_elem(&calls, &id, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&calls, &id);
+	}
+	if (!c) {
 		count(STAT_CALLS_FULL);
+		return 0;
+	}
+	c->ts = bpf_ktime_get_boot_ns();
+	c->nr = nr;
+	c->fd = fd;
+	c->buf = BPF_CORE_READ(regs, si);
+	c->iovcnt = BPF_CORE_READ(regs, dx);
+	c->ns_tgid = ns.tgid;
+	c->ns_tid = ns.pid;
+	c->active = 1;
 	return 0;
 }
 
@@ -432,14 +458,14 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	if (!followed(BPF_CORE_READ(regs, orig_ax)))
 		return 0;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct call *call = bpf_map_lookup_elem(&calls, &pid_tgid);
-	if (!call)
+	__u64 id = bpf_get_current_pid_tgid();
+	struct call *call = bpf_map_lookup_elem(&calls, &id);
+	if (!call || !call->active)
 		return 0;
 	struct call c = *call;
-	bpf_map_delete_elem(&calls, &pid_tgid);
+	call->active = 0;
 	long ret = ctx->args[1];
-	__u32 tgid = pid_tgid >> 32;
+	__u32 tgid = id >> 32;
 
 	if (c.nr == NR_ACCEPT || c.nr == NR_ACCEPT4 || c.nr == NR_CONNECT) {
 		__u32 fd = c.nr == NR_CONNECT ? c.fd : (__u32)ret;

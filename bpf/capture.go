@@ -31,6 +31,12 @@ const MaxCaptureBytes = 4096
 // MinCaptureBytes keeps room for a request line and the tail logic.
 const MinCaptureBytes = 64
 
+// PollInterval is how often Read looks for events. The programs do not
+// wake the reader per event (see submit in capture.c), so this is the delay
+// between a syscall and its event reaching user space, unless a quarter of
+// the ring buffer fills first: then the kernel wakes the reader at once.
+const PollInterval = 10 * time.Millisecond
+
 // Config sets the kernel side's bounds.
 type Config struct {
 	// CaptureBytes is the payload prefix copied per read or write.
@@ -54,6 +60,9 @@ type Capture struct {
 
 	bootToWall atomic.Int64 // wall-clock ns minus CLOCK_BOOTTIME ns
 	stopSync   chan struct{}
+	stopping   atomic.Bool // Stop was called: Read ends when the ring is empty
+	stopOnce   sync.Once
+	stopErr    error
 	closeOnce  sync.Once
 	closeErr   error
 }
@@ -81,6 +90,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	if cfg.RingBufferBytes > 0 {
 		spec.Maps["events"].MaxEntries = uint32(cfg.RingBufferBytes)
 	}
+	ringBytes := spec.Maps["events"].MaxEntries
 	if cfg.MaxConnections > 0 {
 		spec.Maps["conns"].MaxEntries = uint32(cfg.MaxConnections)
 	}
@@ -89,6 +99,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		"pidns_ino":     ns.Ino,
 		"agent_tgid":    uint32(os.Getpid()),
 		"capture_bytes": uint32(cfg.CaptureBytes),
+		"wakeup_bytes":  uint64(ringBytes / 4),
 	}
 	for name, value := range settings {
 		if err := spec.Variables[name].Set(value); err != nil {
@@ -127,6 +138,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	if c.reader, err = ringbuf.NewReader(c.objs.Events); err != nil {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
+	c.reader.SetDeadline(time.Now().Add(PollInterval))
 	c.syncClock()
 	go c.keepClockInSync()
 	return c, nil
@@ -135,9 +147,22 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 // Read blocks until the next event and decodes it into ev. ev.Payload and
 // ev.Tail point into a buffer that the next Read reuses. It returns
 // ErrClosed once Close was called.
+//
+// Events arrive in batches: the ring buffer is drained every PollInterval
+// (or when it fills), so a busy pod costs the agent one wake-up per batch,
+// not one per syscall.
 func (c *Capture) Read(ev *Event) error {
 	for {
 		if err := c.reader.ReadInto(&c.record); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// The ring buffer is drained: sleep until the next poll,
+				// unless the programs are detached and no more can come.
+				if c.stopping.Load() {
+					return ErrClosed
+				}
+				c.reader.SetDeadline(time.Now().Add(PollInterval))
+				continue
+			}
 			if errors.Is(err, ringbuf.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return ErrClosed
 			}
@@ -158,8 +183,8 @@ func (c *Capture) WallTime(bootNS uint64) time.Time {
 type Stats struct {
 	Events uint64 // events delivered to the ring buffer
 	Lost   uint64 // events lost because the ring buffer was full
-	// CallsUntracked counts syscalls not followed because the in-flight
-	// map was full.
+	// CallsUntracked counts syscalls not followed because the kernel had
+	// no memory for the thread's in-flight state.
 	CallsUntracked uint64
 }
 
@@ -188,15 +213,29 @@ func (c *Capture) Stats() (Stats, error) {
 	return s, err
 }
 
-// Close detaches the programs and frees the maps. It is safe to call more
-// than once; a blocked Read returns ErrClosed.
-func (c *Capture) Close() error {
-	c.closeOnce.Do(func() {
-		close(c.stopSync)
+// Stop detaches the programs, so that no new events come, and lets Read
+// return the events still in the ring buffer before it returns ErrClosed:
+// a clean shutdown loses nothing the kernel captured. Stats still work
+// until Close.
+func (c *Capture) Stop() error {
+	c.stopOnce.Do(func() {
 		var errs []error
 		for _, l := range c.links {
 			errs = append(errs, l.Close())
 		}
+		c.stopErr = errors.Join(errs...)
+		c.stopping.Store(true)
+	})
+	return c.stopErr
+}
+
+// Close detaches the programs and frees the maps. It is safe to call more
+// than once; a blocked Read returns ErrClosed at once, events still in the
+// ring buffer are dropped (Stop first to read them).
+func (c *Capture) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.stopSync)
+		errs := []error{c.Stop()}
 		if c.reader != nil {
 			errs = append(errs, c.reader.Close())
 		}
@@ -323,7 +362,7 @@ func addr(family uint16, b []byte) netip.Addr {
 	return a.Unmap()
 }
 
-// CommString returns the kernel's short task name.
+// CommString returns the process's kernel name (its main thread's comm).
 func (ev *Event) CommString() string {
 	for i, c := range ev.Comm {
 		if c == 0 {

@@ -22,7 +22,7 @@ type captureCall struct {
 	Iovcnt uint32
 	NsTgid uint32
 	NsTid  uint32
-	Pad    uint32
+	Active uint32
 }
 
 type captureConn struct {
@@ -84,6 +84,7 @@ const (
 	captureVarCaptureBytes = "capture_bytes"
 	captureVarPidnsDev     = "pidns_dev"
 	captureVarPidnsIno     = "pidns_ino"
+	captureVarWakeupBytes  = "wakeup_bytes"
 )
 
 // loadCapture returns the embedded CollectionSpec for capture.
@@ -151,6 +152,7 @@ type captureVariableSpecs struct {
 	CaptureBytes *ebpf.VariableSpec `ebpf:"capture_bytes"`
 	PidnsDev     *ebpf.VariableSpec `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.VariableSpec `ebpf:"pidns_ino"`
+	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // captureObjects contains all objects after they have been loaded into the kernel.
@@ -198,6 +200,7 @@ type captureVariables struct {
 	CaptureBytes *ebpf.Variable `ebpf:"capture_bytes"`
 	PidnsDev     *ebpf.Variable `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.Variable `ebpf:"pidns_ino"`
+	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // capturePrograms contains all programs after they have been loaded into the kernel.
