@@ -52,6 +52,11 @@ func (c *conn) feed(dir bpf.Direction, seg *segment) {
 		}
 	}
 	c.parser.feed(dir, seg)
+	if s, ok := c.parser.(successor); ok {
+		if next := s.successor(); next != nil {
+			c.parser = next
+		}
+	}
 }
 
 func (c *conn) close(ts uint64) {

@@ -38,6 +38,7 @@ type message struct {
 	completed   bool
 	noBody      bool     // set by the pairing for responses that cannot have one
 	upgrade     bool     // 101 Switching Protocols
+	h2c         bool     // an Upgrade header that offers (request) or picks (101) h2c
 	interimResp bool     // 1xx other than 101
 	req         *message // for a response: the request it answers
 }
@@ -72,6 +73,10 @@ type http1Stream struct {
 	chunkLine []byte // a chunk-size line split across segments
 	inTrailer bool
 
+	// upgradedAt is where, in the segment just fed, the protocol that a
+	// 101 switched to begins (-1: nowhere in it).
+	upgradedAt int
+
 	// Callbacks into the connection that pairs requests and responses.
 	onHead     func(m *message)
 	onComplete func(m *message)
@@ -91,6 +96,7 @@ func (s *http1Stream) feed(seg *segment) {
 	}
 	pos := 0 // position in the segment's bytes, captured or not
 	captured := len(seg.data)
+	s.upgradedAt = -1
 	for pos < seg.total && s.state != stDone {
 		switch s.state {
 		case stIdle:
@@ -157,6 +163,9 @@ func (s *http1Stream) feedHead(seg *segment, pos int) int {
 			consumed := end - (len(s.head) - len(chunk))
 			s.head = s.head[:end]
 			s.endHead(seg, false)
+			if s.state == stDone {
+				s.upgradedAt = pos + consumed
+			}
 			return pos + consumed
 		}
 		if len(chunk) < len(seg.data[pos:]) {
@@ -313,6 +322,18 @@ func endsChunked(seg *segment) bool {
 }
 
 // lastBytes returns up to n of the last bytes the segment transferred.
+// from is the rest of the segment from byte off on.
+func (seg *segment) from(off int) *segment {
+	rest := &segment{total: seg.total - off, tail: seg.tail, enter: seg.enter, exit: seg.exit}
+	if off < len(seg.data) {
+		rest.data = seg.data[off:]
+	}
+	if len(rest.tail) > rest.total {
+		rest.tail = rest.tail[len(rest.tail)-rest.total:]
+	}
+	return rest
+}
+
 func lastBytes(seg *segment, n int) []byte {
 	if len(seg.data) == seg.total {
 		return seg.data[max(0, len(seg.data)-n):]
@@ -425,12 +446,26 @@ func parseHead(head []byte, m *message) bool {
 			m.traceparent = string(value)
 		case equalFold(name, "user-agent"):
 			m.userAgent = string(value)
+		case equalFold(name, "upgrade"):
+			m.h2c = hasToken(value, "h2c")
 		}
 	}
 	if m.request && m.method == "CONNECT" {
 		m.noBody = true
 	}
 	return true
+}
+
+// hasToken tells whether the comma-separated header value lists token.
+func hasToken(value []byte, token string) bool {
+	for len(value) > 0 {
+		var item []byte
+		item, value, _ = bytes.Cut(value, []byte(","))
+		if equalFold(bytes.TrimSpace(item), token) {
+			return true
+		}
+	}
+	return false
 }
 
 func equalFold(b []byte, s string) bool {

@@ -13,19 +13,22 @@ type http1Conn struct {
 	pending []*message
 	emit    emitter
 	routes  bool // fill Route by heuristicRoute
+	h2c     bool // follow upgrades to h2c (the http2 parser is enabled)
 	// requestDir is the direction requests travel; set by the first one.
 	requestDir bpf.Direction
 	sawRequest bool
+	// next takes the connection over after an upgrade to h2c.
+	next protocolParser
 }
 
 // detectHTTP1 recognises a request line or status line at the start of the
 // segment, or its first bytes when a peer sends them piecemeal.
-func detectHTTP1(routes bool) detector {
+func detectHTTP1(routes, h2c bool) detector {
 	return func(dir bpf.Direction, seg *segment, emit emitter) protocolParser {
 		if !startsMessage(seg.data) && !mayStartMessage(seg, 0) {
 			return nil
 		}
-		c := &http1Conn{emit: emit, routes: routes}
+		c := &http1Conn{emit: emit, routes: routes, h2c: h2c}
 		c.in.onHead = func(m *message) { c.onHead(bpf.Ingress, m) }
 		c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
 		c.in.onComplete = c.onComplete
@@ -35,12 +38,20 @@ func detectHTTP1(routes bool) detector {
 }
 
 func (c *http1Conn) feed(dir bpf.Direction, seg *segment) {
+	s := &c.out
 	if dir == bpf.Ingress {
-		c.in.feed(seg)
-	} else {
-		c.out.feed(seg)
+		s = &c.in
+	}
+	s.feed(seg)
+	if c.next != nil && s.upgradedAt >= 0 && s.upgradedAt < seg.total {
+		// The 101 and the first HTTP/2 frames came in one write.
+		c.next.feed(dir, seg.from(s.upgradedAt))
 	}
 }
+
+// successor is the parser that continues the connection after an upgrade
+// to h2c, nil until then.
+func (c *http1Conn) successor() protocolParser { return c.next }
 
 func (c *http1Conn) closed(ts uint64) {
 	// A body that runs until close ends here; requests still waiting for
@@ -81,6 +92,16 @@ func (c *http1Conn) onComplete(m *message) {
 		return
 	}
 	req := m.req
+	if c.h2c && m.upgrade && m.status == 101 && m.h2c && req.h2c {
+		// h2c by Upgrade (RFC 7540 3.2): this request is HTTP/2 stream 1,
+		// answered there; the connection goes on in HTTP/2.
+		start := req.start
+		if c.requestDir == bpf.Egress {
+			start = req.startEnter
+		}
+		c.next = newHTTP2Upgraded(c.emit, c.routes, c.requestDir, req, start)
+		return
+	}
 	r := &Request{
 		Protocol:        ProtoHTTP,
 		Method:          req.method,

@@ -225,6 +225,23 @@ func newHTTP2Conn(emit emitter, routes bool) *http2Conn {
 	return c
 }
 
+// newHTTP2Upgraded continues an HTTP/1.1 connection that switched to h2c
+// by Upgrade (RFC 7540 3.2). Both directions start afresh, the client's
+// with the preface and the server's with its SETTINGS, so both dynamic
+// tables are known; the upgrade request is stream 1, sent in full, and its
+// response comes in HTTP/2.
+func newHTTP2Upgraded(emit emitter, routes bool, clientDir bpf.Direction, req *message, start uint64) *http2Conn {
+	c := newHTTP2Conn(emit, routes)
+	c.onPreface(c.dirs[clientDir])
+	s := c.newStream(1)
+	s.req = h2Head{method: req.method, path: req.target, authority: req.host,
+		traceparent: req.traceparent, userAgent: req.userAgent, grpcStatus: -1}
+	s.start = start
+	s.reqBytes = req.bodySize
+	s.reqEnded = true
+	return c
+}
+
 // onPreface: direction d starts with the client preface, so the connection
 // is new. d is the client's, and the dynamic tables of both directions are
 // known (empty) unless a header block passed already, which a server does

@@ -534,3 +534,59 @@ func checkHPACKDifferential(t *testing.T, blocks [][]byte) {
 		}
 	}
 }
+
+// h2c by Upgrade (RFC 7540 3.2): an HTTP/1.1 request offers h2c, the
+// server answers 101 and its first frames (here in the same write), the
+// request becomes stream 1 and the connection goes on in HTTP/2.
+func TestH2CUpgrade(t *testing.T) {
+	for _, side := range []struct {
+		name     string
+		req, rsp bpf.Direction
+		role     Role
+	}{{"server", in, out, RoleServer}, {"client", out, in, RoleClient}} {
+		t.Run(side.name, func(t *testing.T) {
+			cli, srv := newH2Peer(), newH2Peer()
+			h := newHarness(t, 4096)
+			h.send(1, side.req, "GET /upgrade/7 HTTP/1.1\r\nHost: shop:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n"+
+				"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"+
+				"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
+			h.send(1, side.rsp, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"+h2Settings0)
+			if len(h.got) != 0 {
+				t.Fatalf("span for the 101: %+v", h.got[0])
+			}
+			h.send(1, side.req, h2Preface+h2Settings0)
+			h.send(1, side.rsp, h2frame(h2Settings, h2FlagAck, 0, nil)+
+				h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200", "content-type", "text/plain")))
+			h.send(1, side.rsp, h2frame(h2Data, h2FlagEndStream, 1, []byte("hello")))
+			// A second request, in HTTP/2 from the start, on stream 3.
+			h.send(1, side.req, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 3,
+				cli.block(":method", "GET", ":scheme", "http", ":path", "/next", ":authority", "shop:8080")))
+			h.send(1, side.rsp, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 3, srv.block(":status", "404")))
+			if len(h.got) != 2 {
+				t.Fatalf("got %d requests, want 2: %q", len(h.got), describeAll(h.got))
+			}
+			r := h.got[0]
+			if r.Role != side.role || r.ProtocolVersion != "2" || r.Method != "GET" || r.Path != "/upgrade/7" || r.Route != "/upgrade/{id}" ||
+				r.Host != "shop" || r.HostPort != 8080 || r.StatusCode != 200 || r.ResponseSize != 5 ||
+				r.Parent.TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
+				t.Errorf("upgraded request = %+v", r)
+			}
+			if r := h.got[1]; r.Role != side.role || r.ProtocolVersion != "2" || r.Path != "/next" || r.StatusCode != 404 {
+				t.Errorf("second request = %+v", r)
+			}
+		})
+	}
+}
+
+// An upgrade to anything else (WebSocket), or an h2c offer the server
+// declines, stays HTTP/1.1.
+func TestUpgradeNotH2C(t *testing.T) {
+	h := newHarness(t, 4096)
+	h.send(1, in, "GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	h.send(1, in, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 204 No Content\r\n\r\n")
+	if len(h.got) != 2 || h.got[0].StatusCode != 200 || h.got[1].StatusCode != 204 || h.got[0].ProtocolVersion != "1.1" {
+		t.Fatalf("got %q", describeAll(h.got))
+	}
+}

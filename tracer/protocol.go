@@ -61,13 +61,27 @@ func Protocols() []string {
 func detectors(cfg Config) []detector {
 	var ds []detector
 	for _, r := range registered {
-		if len(cfg.Protocols) == 0 || slices.Contains(cfg.Protocols, r.name) {
+		if cfg.enabled(r.name) {
 			ds = append(ds, r.detector(cfg))
 		}
 	}
 	return ds
 }
 
+// enabled tells whether the protocol registered as name is parsed.
+func (cfg Config) enabled(name string) bool {
+	return len(cfg.Protocols) == 0 || slices.Contains(cfg.Protocols, name)
+}
+
+// A successor is a parser that hands its connection over to another, as
+// HTTP/1.1 does after an upgrade to h2c. The connection asks after each
+// segment; nil means not (yet).
+type successor interface {
+	successor() protocolParser
+}
+
 func init() {
-	registerProtocol(ProtoHTTP, 10, func(cfg Config) detector { return detectHTTP1(cfg.RouteHeuristic) })
+	registerProtocol(ProtoHTTP, 10, func(cfg Config) detector {
+		return detectHTTP1(cfg.RouteHeuristic, cfg.enabled("http2"))
+	})
 }

@@ -29,6 +29,7 @@ func TestGRPC(t *testing.T) {
 	privileged(t)
 	node := testenv.LookPath(t, "node")
 	nghttp := testenv.LookPath(t, "nghttp")
+	curl := testenv.LookPath(t, "curl")
 	h2load := testenv.LookPath(t, "h2load")
 	grpcapp := fixture(t, "grpcapp")
 	grpcJS := grpcJSModules(t)
@@ -72,6 +73,9 @@ func TestGRPC(t *testing.T) {
 	h2url := fmt.Sprintf("http://127.0.0.1:%d", h2Port)
 	run(t, pod.command(nghttp, "-n", "-H", "traceparent: "+traceparent, h2url+"/users/7", h2url+"/fail"))
 	run(t, pod.command(h2load, "-n", "10", "-c", "1", "-m", "4", h2url+"/users/9"))
+	// h2c by Upgrade: the first request in HTTP/1.1, answered in HTTP/2.
+	run(t, pod.command(curl, "-sS", "--http2", "-o", "/dev/null", "-H", "traceparent: "+traceparent, h2url+"/users/11"))
+	run(t, pod.command(nghttp, "-u", "-n", h2url+"/users/12", h2url+"/users/13"))
 
 	spans := rcv.WaitSpans(t, 30*time.Second, func(s []otlptest.Span) bool {
 		return findRPC(s, trace.SpanKindServer, "Chat") != nil &&
@@ -79,7 +83,8 @@ func TestGRPC(t *testing.T) {
 			findRPC(s, trace.SpanKindClient, "List", withService("node")) != nil &&
 			findRPC(s, trace.SpanKindServer, "List", withGRPCStatus(1)) != nil &&
 			find(s, trace.SpanKindClient, "/fail") != nil &&
-			count(s, trace.SpanKindServer, "/users/9") >= 10
+			count(s, trace.SpanKindServer, "/users/9") >= 10 &&
+			find(s, trace.SpanKindClient, "/users/13") != nil && find(s, trace.SpanKindServer, "/users/13") != nil
 	})
 	if t.Failed() {
 		t.Logf("agent log:\n%s", agent.output())
@@ -184,6 +189,21 @@ func TestGRPC(t *testing.T) {
 			if s.Attributes["network.protocol.version"] == "2" && s.Attributes["rpc.service"] != nil {
 				t.Errorf("span both HTTP and gRPC: %v", s.Attributes)
 			}
+		}
+	})
+
+	t.Run("h2c upgrade", func(t *testing.T) {
+		for _, c := range []struct{ path, client string }{{"/users/11", "curl"}, {"/users/12", "nghttp"}, {"/users/13", "nghttp"}} {
+			s := mustFind(t, spans, trace.SpanKindServer, c.path)
+			expect(t, s, map[string]any{"network.protocol.version": "2", "http.response.status_code": int64(200), "http.route": "/users/{id}"})
+			cl := mustFind(t, spans, trace.SpanKindClient, c.path)
+			expect(t, cl, map[string]any{"network.protocol.version": "2", "http.response.status_code": int64(200)})
+			if cl.Resource["service.name"] != c.client {
+				t.Errorf("%s: client %v, want %s", c.path, cl.Resource["service.name"], c.client)
+			}
+		}
+		if s := mustFind(t, spans, trace.SpanKindServer, "/users/11"); s.TraceID.String() != traceID {
+			t.Errorf("upgraded request's trace %s, want %s from its traceparent", s.TraceID, traceID)
 		}
 	})
 
