@@ -12,16 +12,38 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
 )
 
 // discardSpans is a span destination that costs nothing, so benchmarks
-// measure the exporter and the SDK, not the network.
+// measure the exporter, not the network.
 type discardSpans struct{}
 
-func (discardSpans) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
-func (discardSpans) Shutdown(context.Context) error                             { return nil }
+func (discardSpans) exportSpans(context.Context, []*spanRecord) error { return nil }
+func (discardSpans) shutdown(context.Context) error                   { return nil }
+
+// sdkDiscard is the same for the SDK's pipeline in BenchmarkSDKFloor.
+type sdkDiscard struct{}
+
+func (sdkDiscard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (sdkDiscard) Shutdown(context.Context) error                             { return nil }
+
+// marshalClient is an OTLP client that does what the gRPC client does with
+// a batch up to the bytes on the wire: marshal the request.
+type marshalClient struct{ bytes int }
+
+func (*marshalClient) Start(context.Context) error { return nil }
+func (*marshalClient) Stop(context.Context) error  { return nil }
+func (c *marshalClient) UploadTraces(_ context.Context, rs []*tracepb.ResourceSpans) error {
+	b, err := proto.Marshal(&coltracepb.ExportTraceServiceRequest{ResourceSpans: rs})
+	c.bytes += len(b)
+	return err
+}
 
 // discardMetrics is the same for metrics.
 type discardMetrics struct{}
@@ -50,14 +72,32 @@ func benchExporter(b *testing.B, spans, metrics bool) *Exporter {
 	if metrics {
 		me = discardMetrics{}
 	}
+	return benchNew(b, dests, me)
+}
+
+func benchNew(b testing.TB, dests []destination, me sdkmetric.Exporter) *Exporter {
 	cfg := Config{QueueSize: DefaultQueueSize, Metadata: meta}
-	e := newExporter(cfg, slog.New(slog.DiscardHandler), resource.Empty(), sdktrace.DefaultMaxQueueSize, dests, me)
+	smp, err := samplerFromEnv()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bc, errs := batchConfigFromEnv()
+	if len(errs) > 0 {
+		b.Fatal(errs)
+	}
+	envRes, err := resource.New(context.Background(), resource.WithTelemetrySDK())
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := newExporter(cfg, slog.New(slog.DiscardHandler), envRes, smp, bc, dests, me)
 	b.Cleanup(func() { _ = e.Shutdown(context.Background()) })
 	return e
 }
 
-// BenchmarkHandle is the worker's cost per request: span creation with all
-// attributes, the metric point and the hand-off to the batch processor.
+// BenchmarkHandle is the worker's cost per request: the span record with
+// all attributes, the metric point and the hand-off to the sinks. The
+// sinks' goroutine batches and exports concurrently; BenchmarkFullPath
+// counts it too.
 func BenchmarkHandle(b *testing.B) {
 	unsampled := serverReq()
 	unsampled.Parent = unsampled.Parent.WithTraceFlags(0)
@@ -89,6 +129,55 @@ func BenchmarkHandle(b *testing.B) {
 	}
 }
 
+// BenchmarkFullPath is the whole cost of a sampled span up to the bytes
+// sent, on one goroutine: the worker's record and metric point, batching,
+// the conversion to OTLP protobuf and its marshalling (the gRPC call itself
+// excepted). The batch is exported synchronously every 512 spans, the
+// default batch size, so no span is dropped and nothing runs on another
+// CPU unmeasured.
+func BenchmarkFullPath(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		procs []*pod.Process
+	}{
+		{"1proc", []*pod.Process{python}},
+		{"8procs", func() (ps []*pod.Process) {
+			for i := range 8 {
+				ps = append(ps, &pod.Process{PID: 100 + i, Exe: "/usr/bin/app", Name: "app"})
+			}
+			return ps
+		}()},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.Setenv("OTEL_TRACES_SAMPLER", "")
+			mc := &marshalClient{}
+			e := benchNew(b, []destination{{name: "otlp", exp: &otlpSpans{client: mc}}}, discardMetrics{})
+			reqs := make([]*tracer.Request, len(bc.procs))
+			for i, p := range bc.procs {
+				reqs[i] = serverReq()
+				reqs[i].Process = p
+				e.handle(reqs[i])
+			}
+			e.sinks[0].flush(context.Background())
+			mc.bytes = 0
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				e.handle(reqs[i%len(reqs)])
+				i++
+				if i%512 == 0 {
+					e.sinks[0].flush(context.Background())
+				}
+			}
+			e.sinks[0].flush(context.Background())
+			if s := e.Stats(); s.DroppedSpans > 0 {
+				b.Errorf("%d spans dropped", s.DroppedSpans)
+			}
+			b.ReportMetric(float64(mc.bytes)/float64(i), "wire-B/op")
+		})
+	}
+}
+
 // BenchmarkExport is the caller's cost: putting a request on the queue.
 func BenchmarkExport(b *testing.B) {
 	e := benchExporter(b, true, true)
@@ -107,7 +196,7 @@ func BenchmarkExport(b *testing.B) {
 // BenchmarkHandle is measured against.
 func BenchmarkSDKFloor(b *testing.B) {
 	b.Setenv("OTEL_TRACES_SAMPLER", "")
-	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(discardSpans{}))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(sdkDiscard{}))
 	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
 	tr := tp.Tracer("bench")
 	r := serverReq()

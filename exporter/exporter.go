@@ -3,10 +3,18 @@
 // OTLP/gRPC or prints them.
 //
 // Every neighbour process is its own OpenTelemetry resource (service.name,
-// process.*, k8s.*), so it gets its own TracerProvider and MeterProvider; all
-// of them share one span pipeline per destination and one metric exporter,
-// because one gRPC connection per process would cost the collector and the
-// pod far more than the providers themselves.
+// process.*, k8s.*), so it gets its own MeterProvider and its own resource
+// on spans; all of them share one span pipeline per destination and one
+// metric exporter, because one gRPC connection per process would cost the
+// collector and the pod far more than the providers themselves.
+//
+// Spans do not go through the SDK's TracerProvider: a captured request is
+// already finished, so the worker samples it as OTEL_TRACES_SAMPLER says and
+// fills a compact, pooled record, and each destination batches records and
+// converts them to OTLP protobuf itself, sending with the SDK's OTLP/gRPC
+// client. That costs a fraction of an SDK span (no span lock, snapshot,
+// attribute deduplication or per-span conversion garbage). Metrics do use
+// the SDK.
 //
 // The caller is the capture path, so nothing here may block it or let memory
 // grow with a slow collector: Export only puts the request on a bounded
@@ -125,7 +133,7 @@ var (
 	// reportInterval is how often drops and export failures are logged, at
 	// most.
 	reportInterval = 10 * time.Second
-	// printerBatchTimeout replaces the SDK's 5 s batch delay for the printer:
+	// printerBatchTimeout replaces the 5 s batch delay for the printer:
 	// someone watching stdout wants to see the request they just made.
 	printerBatchTimeout = 100 * time.Millisecond
 	// releaseTimeout bounds the final metric flush of a released process.
@@ -149,6 +157,7 @@ type Exporter struct {
 
 	// Set up once in New, read-only afterwards.
 	envRes  *resource.Resource // OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, telemetry.sdk.*
+	sampler sampler            // OTEL_TRACES_SAMPLER
 	sinks   []*spanSink        // span destinations; empty when traces go nowhere
 	metrics *metricSink        // nil when metrics go nowhere
 
@@ -198,18 +207,17 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	if cfg.PrinterOut == nil {
 		cfg.PrinterOut = os.Stdout
 	}
-	if err := validateSamplerEnv(); err != nil {
-		errs = append(errs, err)
-	}
-	for _, k := range []string{"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT"} {
-		if err := validateMillis(k); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	spanQueue, err := spanQueueSize()
+	smp, err := samplerFromEnv()
 	if err != nil {
 		errs = append(errs, err)
 	}
+	for _, k := range []string{"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT"} {
+		if _, err := envMillis(k, 0); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	batch, batchErrs := batchConfigFromEnv()
+	errs = append(errs, batchErrs...)
 	// The environment's resource is the same for every process, so it is
 	// detected once; per process it is only merged.
 	envRes, err := resource.New(ctx, resource.WithTelemetrySDK(), resource.WithFromEnv())
@@ -222,19 +230,19 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 
 	var dests []destination
 	if cfg.TracesOTLP {
-		exp, err := otlptracegrpc.New(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("otlp trace exporter: %w", err)
+		// The client reads OTEL_EXPORTER_OTLP_* itself; Start does not
+		// connect yet.
+		client := otlptracegrpc.NewClient()
+		if err := client.Start(ctx); err != nil {
+			return nil, fmt.Errorf("otlp trace client: %w", err)
 		}
-		// The SDK's batch delay and export timeout (OTEL_BSP_SCHEDULE_DELAY,
-		// OTEL_BSP_EXPORT_TIMEOUT) apply.
-		dests = append(dests, destination{name: "otlp", exp: exp})
+		dests = append(dests, destination{name: "otlp", exp: &otlpSpans{client: client}})
 	}
 	if cfg.Printer != PrinterOff {
 		dests = append(dests, destination{
-			name: "printer",
-			exp:  newPrinter(cfg.PrinterOut, cfg.Printer == PrinterJSON),
-			opts: []sdktrace.BatchSpanProcessorOption{sdktrace.WithBatchTimeout(printerBatchTimeout)},
+			name:  "printer",
+			exp:   newPrinter(cfg.PrinterOut, cfg.Printer == PrinterJSON),
+			delay: printerBatchTimeout,
 		})
 	}
 	var metricExp sdkmetric.Exporter
@@ -242,32 +250,32 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		exp, err := otlpmetricgrpc.New(ctx)
 		if err != nil {
 			for _, d := range dests {
-				_ = d.exp.Shutdown(ctx)
+				_ = d.exp.shutdown(ctx)
 			}
 			return nil, fmt.Errorf("otlp metric exporter: %w", err)
 		}
 		metricExp = exp
 	}
 
-	e := newExporter(cfg, logger, envRes, spanQueue, dests, metricExp)
+	e := newExporter(cfg, logger, envRes, smp, batch, dests, metricExp)
 	e.start()
 	logger.Info("exporter started",
 		"traces_otlp", cfg.TracesOTLP, "metrics_otlp", cfg.MetricsOTLP,
-		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", spanQueue)
+		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", batch.queue)
 	return e, nil
 }
 
 // destination is a span exporter and how to batch for it.
 type destination struct {
-	name string
-	exp  sdktrace.SpanExporter
-	opts []sdktrace.BatchSpanProcessorOption
+	name  string
+	exp   spanExporter
+	delay time.Duration // overrides batchConfig.delay when set
 }
 
 // newExporter assembles an exporter around ready destinations without
-// starting its goroutines, which lets benchmarks drive the worker's code
+// starting the worker, which lets benchmarks drive the worker's code
 // directly.
-func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, spanQueue int, dests []destination, metricExp sdkmetric.Exporter) *Exporter {
+func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, smp sampler, batch batchConfig, dests []destination, metricExp sdkmetric.Exporter) *Exporter {
 	e := &Exporter{
 		cfg:        cfg,
 		logger:     logger,
@@ -275,6 +283,7 @@ func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, spa
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 		envRes:     envRes,
+		sampler:    smp,
 		procs:      make(map[procKey]*process),
 		releaseSem: make(chan struct{}, 4),
 		rep:        newReporter(logger, reportInterval),
@@ -285,7 +294,11 @@ func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, spa
 		maxProcesses:   maxProcesses,
 	}
 	for _, d := range dests {
-		e.sinks = append(e.sinks, newSpanSink(d.name, d.exp, spanQueue, e.rep, d.opts...))
+		bc := batch
+		if d.delay > 0 {
+			bc.delay = d.delay
+		}
+		e.sinks = append(e.sinks, newSpanSink(d.name, d.exp, bc, e.rep))
 	}
 	if metricExp != nil {
 		e.metrics = &metricSink{Exporter: metricExp, rep: e.rep}
@@ -411,8 +424,8 @@ func waitCtx(ctx context.Context, wg *sync.WaitGroup) {
 	}
 }
 
-// run is the worker: the only goroutine that creates spans and touches the
-// process table, so neither needs a lock.
+// run is the worker: the only goroutine that creates span records and
+// touches the process table, so neither needs a lock.
 func (e *Exporter) run() {
 	defer close(e.done)
 	sweep := time.NewTicker(e.sweepInterval)
@@ -442,55 +455,58 @@ func (e *Exporter) handle(r *tracer.Request) {
 	p.record(r, e.cfg.CaptureQuery)
 }
 
-// validateSamplerEnv checks OTEL_TRACES_SAMPLER and its argument the way the
-// SDK parses them. The SDK itself only reports a bad value to the global
-// error handler and falls back to a default, which would let a typo sample
-// everything silently; the agent refuses to start instead.
-func validateSamplerEnv() error {
-	name := strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER")))
-	arg := strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER_ARG"))
-	switch name {
-	case "", "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
-		return nil
-	case "traceidratio", "parentbased_traceidratio":
-		if arg == "" {
-			return nil
+// batchConfigFromEnv reads OTEL_BSP_* with the SDK batch processor's
+// defaults. The SDK would log a bad value and use its default; the agent
+// refuses to start instead.
+func batchConfigFromEnv() (batchConfig, []error) {
+	var errs []error
+	keep := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
 		}
-		v, err := strconv.ParseFloat(arg, 64)
-		if err != nil || v < 0 || v > 1 {
-			return fmt.Errorf("OTEL_TRACES_SAMPLER_ARG %q: want a ratio between 0 and 1", arg)
-		}
-		return nil
 	}
-	return fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio, "+
-		"parentbased_always_on, parentbased_always_off or parentbased_traceidratio", name)
+	var c batchConfig
+	var err error
+	c.queue, err = spanQueueSize()
+	keep(err)
+	c.size, err = envPositive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize)
+	keep(err)
+	c.delay, err = envMillis("OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)
+	keep(err)
+	c.timeout, err = envMillis("OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)
+	keep(err)
+	return c, errs
 }
 
-// validateMillis checks a duration variable the way the metric SDK parses
-// it (whole positive milliseconds); the SDK would log a bad value and use
-// its default.
-func validateMillis(key string) error {
-	v := os.Getenv(key)
+// envMillis reads a duration variable the way the SDKs parse them (whole
+// positive milliseconds); def is the value when it is unset.
+func envMillis(key string, def int64) (time.Duration, error) {
+	v := strings.TrimSpace(os.Getenv(key))
 	if v == "" {
-		return nil
+		return time.Duration(def) * time.Millisecond, nil
 	}
-	if d, err := strconv.ParseInt(v, 10, 64); err != nil || d <= 0 || d > int64(math.MaxInt64/time.Millisecond) {
-		return fmt.Errorf("%s %q: want a positive number of milliseconds", key, v)
+	d, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || d <= 0 || d > int64(math.MaxInt64/time.Millisecond) {
+		return 0, fmt.Errorf("%s %q: want a positive number of milliseconds", key, v)
 	}
-	return nil
+	return time.Duration(d) * time.Millisecond, nil
 }
 
-// spanQueueSize is the bound on spans waiting for a destination. It honours
-// OTEL_BSP_MAX_QUEUE_SIZE like the SDK's batch processor, but is read here
-// because the exporter counts drops itself and must know the bound.
-func spanQueueSize() (int, error) {
-	s := strings.TrimSpace(os.Getenv("OTEL_BSP_MAX_QUEUE_SIZE"))
+// envPositive reads a count; def is the value when it is unset.
+func envPositive(key string, def int) (int, error) {
+	s := strings.TrimSpace(os.Getenv(key))
 	if s == "" {
-		return sdktrace.DefaultMaxQueueSize, nil
+		return def, nil
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("OTEL_BSP_MAX_QUEUE_SIZE %q: want a positive integer", s)
+		return 0, fmt.Errorf("%s %q: want a positive integer", key, s)
 	}
 	return n, nil
+}
+
+// spanQueueSize is the bound on spans held by a destination,
+// OTEL_BSP_MAX_QUEUE_SIZE.
+func spanQueueSize() (int, error) {
+	return envPositive("OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize)
 }

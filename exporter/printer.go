@@ -11,14 +11,13 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/codes"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
-// printer is a SpanExporter that writes each span as one line, text or
-// JSON. Being an exporter puts it behind the same batch processor, sampler
-// and drop accounting as OTLP, so what it prints is what would be sent, and
+// printer is a span destination that writes each span as one line, text or
+// JSON. Being a destination puts it behind the same sampler, batching and
+// drop accounting as OTLP, so what it prints is what would be sent, and
 // a blocked stdout cannot stall the worker either.
 type printer struct {
 	mu   sync.Mutex
@@ -31,7 +30,7 @@ func newPrinter(w io.Writer, asJSON bool) *printer {
 	return &printer{w: w, json: asJSON}
 }
 
-// printed is what a line shows, gathered from a span and its resource.
+// printed is what a line shows, gathered from a span and its process.
 type printed struct {
 	Time     string         `json:"time"`
 	Kind     string         `json:"kind"`
@@ -57,7 +56,7 @@ type printed struct {
 // several pods sort and compare as text.
 const timeFormat = "2006-01-02T15:04:05.000Z07:00"
 
-func (p *printer) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+func (p *printer) exportSpans(_ context.Context, spans []*spanRecord) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.buf.Reset()
@@ -79,41 +78,31 @@ func (p *printer) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan
 	return err
 }
 
-// Shutdown does nothing: the printer does not own its writer (stdout).
-func (p *printer) Shutdown(context.Context) error { return nil }
+// shutdown does nothing: the printer does not own its writer (stdout).
+func (p *printer) shutdown(context.Context) error { return nil }
 
-func describe(s sdktrace.ReadOnlySpan, withAttrs bool) printed {
+func describe(s *spanRecord, withAttrs bool) printed {
 	l := printed{
-		Time:     s.StartTime().UTC().Format(timeFormat),
-		Kind:     kindName(s.SpanKind()),
-		Name:     s.Name(),
-		Duration: float64(s.EndTime().Sub(s.StartTime())) / float64(time.Millisecond),
-		TraceID:  s.SpanContext().TraceID().String(),
-		SpanID:   s.SpanContext().SpanID().String(),
-		Error:    s.Status().Code == codes.Error,
+		Time:     s.start.UTC().Format(timeFormat),
+		Kind:     kindName(s.kind),
+		Service:  s.res.service,
+		Process:  s.res.exe,
+		PID:      s.res.pid,
+		Name:     s.name,
+		Duration: float64(s.end.Sub(s.start)) / float64(time.Millisecond),
+		TraceID:  s.traceID.String(),
+		SpanID:   s.spanID.String(),
+		Error:    s.status == codes.Error,
 	}
-	if p := s.Parent(); p.IsValid() {
-		l.ParentID = p.SpanID().String()
-	}
-	for _, kv := range s.Resource().Attributes() {
-		switch kv.Key {
-		case semconv.ServiceNameKey:
-			l.Service = kv.Value.AsString()
-		case semconv.ProcessExecutableNameKey:
-			l.Process = kv.Value.AsString()
-		case semconv.ProcessPIDKey:
-			l.PID = kv.Value.AsInt64()
-		}
-	}
-	if l.Process == "" {
-		l.Process = l.Service
+	if s.parentID.IsValid() {
+		l.ParentID = s.parentID.String()
 	}
 	var path, route, full, original, clientAddr, peerAddr string
 	var clientPort, peerPort int64
 	if withAttrs {
-		l.Attrs = make(map[string]any, len(s.Attributes()))
+		l.Attrs = make(map[string]any, len(s.attrs))
 	}
-	for _, kv := range s.Attributes() {
+	for _, kv := range s.attrs {
 		if withAttrs {
 			l.Attrs[string(kv.Key)] = kv.Value.AsInterface()
 		}
@@ -162,7 +151,7 @@ func describe(s sdktrace.ReadOnlySpan, withAttrs bool) printed {
 	if clientAddr != "" {
 		l.Client = hostPort(clientAddr, clientPort)
 	}
-	if (s.SpanKind() == trace.SpanKindClient || s.SpanKind() == trace.SpanKindProducer) && peerAddr != "" {
+	if (s.kind == trace.SpanKindClient || s.kind == trace.SpanKindProducer) && peerAddr != "" {
 		l.Peer = hostPort(peerAddr, peerPort)
 	}
 	return l

@@ -2,7 +2,6 @@ package exporter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -11,10 +10,8 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/podtracer/podtracer/pod"
 )
@@ -31,28 +28,30 @@ type procKey struct {
 	exe, name string
 }
 
-// process is one neighbour's resource and providers, plus caches that keep
-// the per-request work allocation-light. Only the worker goroutine uses it.
+// process is one neighbour's resource, meter provider and span resource,
+// plus caches that keep the per-request work allocation-light. Only the
+// worker goroutine uses it.
 type process struct {
 	key     procKey
 	res     *resource.Resource
 	lastGen uint64
 
-	tp     *sdktrace.TracerProvider // nil when spans go nowhere
-	tracer trace.Tracer
-	mp     *sdkmetric.MeterProvider // nil when metrics go nowhere
-	server metric.Float64Histogram
-	client metric.Float64Histogram
-	other  *otherInstruments // gRPC, database and messaging histograms, made on first use
+	spans   *spanResource // nil when spans go nowhere
+	sinks   []*spanSink   // the exporter's, shared
+	sampler sampler
+	mp      *sdkmetric.MeterProvider // nil when metrics go nowhere
+	server  metric.Float64Histogram
+	client  metric.Float64Histogram
+	other   *otherInstruments // gRPC, database and messaging histograms, made on first use
 
 	// Span names and metric attribute sets, built once per distinct
 	// combination; bounded by maxSeries, after which the cache is reset.
 	seriesCache map[seriesKey]series
-	// startOpts is reused for every span's start options.
-	startOpts [2]trace.SpanStartOption
 
-	// attrBuf is reused to build each span's attributes.
-	attrBuf []attribute.KeyValue
+	// exemplar and exemplarCtx carry each request's span context into its
+	// metric point; see spanContext.
+	exemplar    exemplarSpan
+	exemplarCtx context.Context
 
 	// The last addresses seen and their strings: most requests repeat the
 	// previous one's local address (a server) or peer (keep-alive).
@@ -84,14 +83,8 @@ func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
 	s.res = e.processResource(p)
 
 	if len(e.sinks) > 0 {
-		opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(s.res)}
-		for _, k := range e.sinks {
-			opts = append(opts, sdktrace.WithSpanProcessor(k.processor()))
-		}
-		// No sampler option: the SDK applies OTEL_TRACES_SAMPLER(_ARG),
-		// default parentbased_always_on.
-		s.tp = sdktrace.NewTracerProvider(opts...)
-		s.tracer = s.tp.Tracer(scopeName)
+		// The resource is converted for OTLP here, once per process.
+		s.spans, s.sinks, s.sampler = newSpanResource(s.res), e.sinks, e.sampler
 	}
 	if e.metrics != nil {
 		// The periodic reader applies OTEL_METRIC_EXPORT_INTERVAL and
@@ -219,20 +212,17 @@ func (e *Exporter) release(k procKey, s *process) {
 	}
 }
 
-// shutdown shuts the process's providers down; the tracer provider's
-// processors are the shared sinks, which ignore it, and the meter provider
-// makes its final export.
+// shutdown shuts the process's meter provider down, which makes its final
+// export. Its spans need nothing: they are in the shared sinks, which
+// outlive it.
 func (s *process) shutdown(ctx context.Context) error {
-	var errs []error
-	if s.tp != nil {
-		errs = append(errs, s.tp.Shutdown(ctx))
+	if s.mp == nil {
+		return nil
 	}
-	if s.mp != nil {
-		if err := s.mp.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("meter provider of pid %d: %w", s.key.pid, err))
-		}
+	if err := s.mp.Shutdown(ctx); err != nil {
+		return fmt.Errorf("meter provider of pid %d: %w", s.key.pid, err)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // addrString returns the address as text, reusing the last result when the

@@ -25,11 +25,6 @@ var (
 	schemeHTTP       = semconv.URLSchemeKey.String("http")
 	protocolNameHTTP = semconv.NetworkProtocolNameKey.String("http")
 	methodOther      = semconv.HTTPRequestMethodOther
-
-	// Span start options are interfaces; converting a constant option once
-	// here saves an allocation per span.
-	kindServer trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindServer)
-	kindClient trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindClient)
 )
 
 // statusText holds "100".."599" so that error.type costs no allocation.
@@ -99,7 +94,7 @@ func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 }
 
 // record turns one request into a metric point and, when traces go
-// somewhere, a span.
+// somewhere and the sampler keeps it, a span.
 func (s *process) record(r *tracer.Request, captureQuery bool) {
 	if r.Protocol != "" && r.Protocol != tracer.ProtoHTTP {
 		s.recordOther(r)
@@ -107,12 +102,14 @@ func (s *process) record(r *tracer.Request, captureQuery bool) {
 	}
 	host, port := s.serverEndpoint(r)
 	ser := s.series(r, host, port)
-	ctx := context.Background()
-	var span trace.Span
-	if s.tracer != nil {
-		// The metric point is recorded in the span's context so that the
-		// SDK's default trace_based exemplar filter can link it to the span.
-		ctx, span = s.startSpan(r, ser.name, host, port, captureQuery)
+	kind := trace.SpanKindServer
+	if r.Role == tracer.RoleClient {
+		kind = trace.SpanKindClient
+	}
+	ctx, rec := s.begin(r, kind, ser.name)
+	if rec != nil {
+		s.httpAttributes(rec, r, host, port, captureQuery)
+		s.finish(rec)
 	}
 	if s.mp != nil {
 		d := r.End.Sub(r.Start).Seconds()
@@ -125,36 +122,52 @@ func (s *process) record(r *tracer.Request, captureQuery bool) {
 			s.server.Record(ctx, d, ser.opts...)
 		}
 	}
-	if span != nil && span.IsRecording() {
-		// Ending a non-recording span does nothing; skipping it saves the
-		// timestamp option's allocation.
-		span.End(trace.WithTimestamp(r.End))
+}
+
+// begin gives r its span identity and asks the sampler about it. The
+// returned context carries the span context, so that the metric point
+// recorded in it can become an exemplar linked to the span (the SDK's
+// default trace_based filter keeps sampled ones). The record is nil when
+// spans go nowhere or the sampler dropped this one, so unsampled requests
+// cost no attribute work; the samplers don't look at attributes.
+func (s *process) begin(r *tracer.Request, kind trace.SpanKind, name string) (context.Context, *spanRecord) {
+	ctx := context.Background()
+	if s.spans == nil {
+		return ctx, nil
+	}
+	tid, sid := spanIDs(r.Parent)
+	sampled := s.sampler.sample(r.Parent, tid)
+	flags := r.Parent.TraceFlags().WithSampled(sampled)
+	if s.mp != nil {
+		ctx = s.spanContext(trace.NewSpanContext(trace.SpanContextConfig{
+			TraceID: tid, SpanID: sid, TraceFlags: flags, TraceState: r.Parent.TraceState(),
+		}))
+	}
+	if !sampled {
+		return ctx, nil
+	}
+	rec := newRecord(len(s.sinks))
+	rec.res = s.spans
+	rec.traceID, rec.spanID, rec.flags = tid, sid, flags
+	if r.Parent.IsValid() {
+		rec.parentID, rec.traceState = r.Parent.SpanID(), r.Parent.TraceState()
+	}
+	rec.kind, rec.name, rec.start, rec.end = kind, name, r.Start, r.End
+	return ctx, rec
+}
+
+// finish hands a filled record to every sink, which release it.
+func (s *process) finish(rec *spanRecord) {
+	for _, k := range s.sinks {
+		k.offer(rec)
 	}
 }
 
-func (s *process) startSpan(r *tracer.Request, name, host string, port int, captureQuery bool) (context.Context, trace.Span) {
-	ctx := context.Background()
-	if r.Parent.IsValid() {
-		ctx = trace.ContextWithRemoteSpanContext(ctx, r.Parent)
-	}
-	// The options slice is reused: Start is an interface method, so a
-	// fresh variadic slice would escape to the heap on every call.
-	s.startOpts[0] = kindServer
-	if r.Role == tracer.RoleClient {
-		s.startOpts[0] = kindClient
-	}
-	s.startOpts[1] = trace.WithTimestamp(r.Start)
-	// Attributes are added only once the sampler said yes, so unsampled
-	// requests cost no attribute work; the env samplers don't look at them.
-	ctx, span := s.tracer.Start(ctx, name, s.startOpts[:]...)
-	if !span.IsRecording() {
-		return ctx, span
-	}
-
-	// The span copies the attributes, so one buffer per process serves
-	// every request (a local array would escape to the heap).
-	a := s.attrBuf[:0]
-	defer func() { s.attrBuf = a[:0] }()
+// httpAttributes puts an HTTP span's attributes and status on rec.
+func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string, port int, captureQuery bool) {
+	// The record's slice keeps its capacity across the pool, so this
+	// allocates only for the first spans.
+	a := rec.attrs[:0]
 	if knownMethod(r.Method) {
 		a = append(a, semconv.HTTPRequestMethodKey.String(r.Method))
 	} else {
@@ -204,10 +217,9 @@ func (s *process) startSpan(r *tracer.Request, name, host string, port int, capt
 		a = append(a, semconv.ErrorTypeKey.String(errType))
 		// The semantic conventions want no description when the status
 		// code already says what went wrong.
-		span.SetStatus(codes.Error, "")
+		rec.status = codes.Error
 	}
-	span.SetAttributes(a...)
-	return ctx, span
+	rec.attrs = a
 }
 
 // fullURL builds url.full for a client span. The port is left out when it

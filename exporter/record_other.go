@@ -1,7 +1,6 @@
 package exporter
 
 import (
-	"context"
 	"strconv"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -24,8 +23,6 @@ var (
 	rpcSystemOld   = attribute.Key("rpc.system")
 	rpcServiceOld  = attribute.Key("rpc.service")
 	rpcGRPCCodeOld = attribute.Key("rpc.grpc.status_code")
-
-	kindProducer trace.SpanStartOption = trace.WithSpanKind(trace.SpanKindProducer)
 )
 
 // grpcCodeNames are the gRPC status codes as rpc.response.status_code names
@@ -88,31 +85,23 @@ func (s *process) recordOther(r *tracer.Request) {
 	host, port := s.peerEndpoint(r)
 	name, spanAttrs, metricAttrs, failed, errType := describeOther(r, host, port)
 
-	ctx := context.Background()
-	if s.tracer != nil {
-		if r.Parent.IsValid() {
-			ctx = trace.ContextWithRemoteSpanContext(ctx, r.Parent)
-		}
-		kind := kindServer
-		switch {
-		case r.Protocol == tracer.ProtoKafka && r.MessagingOperation == "send":
-			kind = kindProducer
-		case r.Role == tracer.RoleClient:
-			kind = kindClient
-		}
-		var span trace.Span
-		ctx, span = s.tracer.Start(ctx, name, kind, trace.WithTimestamp(r.Start))
-		if span.IsRecording() {
-			span.SetAttributes(spanAttrs...)
-			if failed {
-				msg := r.ErrorMessage
-				if msg == "" {
-					msg = errType
-				}
-				span.SetStatus(codes.Error, msg)
+	kind := trace.SpanKindServer
+	switch {
+	case r.Protocol == tracer.ProtoKafka && r.MessagingOperation == "send":
+		kind = trace.SpanKindProducer
+	case r.Role == tracer.RoleClient:
+		kind = trace.SpanKindClient
+	}
+	ctx, rec := s.begin(r, kind, name)
+	if rec != nil {
+		rec.attrs = append(rec.attrs[:0], spanAttrs...)
+		if failed {
+			rec.status, rec.statusMsg = codes.Error, r.ErrorMessage
+			if rec.statusMsg == "" {
+				rec.statusMsg = errType
 			}
-			span.End(trace.WithTimestamp(r.End))
 		}
+		s.finish(rec)
 	}
 	if s.mp == nil {
 		return

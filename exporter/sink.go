@@ -4,34 +4,53 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
-// spanSink is one span destination (OTLP or the printer): one SDK
-// BatchSpanProcessor in front of one exporter, shared by every process's
-// TracerProvider.
+// spanExporter is a span destination: OTLP or the printer.
+type spanExporter interface {
+	// exportSpans sends one batch. It must not keep the records, which
+	// go back to their pool when it returns.
+	exportSpans(ctx context.Context, spans []*spanRecord) error
+	shutdown(ctx context.Context) error
+}
+
+// batchConfig is how a sink batches, from OTEL_BSP_* as the SDK's batch
+// processor reads them.
+type batchConfig struct {
+	queue   int           // spans held at most, queued or being exported
+	size    int           // spans per export at most
+	delay   time.Duration // longest wait before a partial batch is exported
+	timeout time.Duration // per export
+}
+
+// spanSink is one span destination with its own bounded queue and
+// goroutine, shared by every process: spans of many processes go out in
+// one batch, grouped by resource.
 //
-// Sharing the processor rather than only the exporter keeps one bounded queue
-// and one goroutine however many processes there are, and OTLP batches still
-// group spans by resource. The sink is registered with each provider as a
-// SpanProcessor whose Shutdown does nothing, so releasing one process's
-// provider cannot stop the pipeline the others use.
-//
-// It also makes drops observable. The SDK's processor counts its drops in a
-// private field, reachable only through a debug log line or the experimental
-// OTEL_GO_X_OBSERVABILITY metrics on the global MeterProvider. So the sink
-// counts spans in flight itself (handed to the processor, not yet returned
-// by the exporter) and refuses spans beyond the processor's queue size before
-// the processor sees them: the processor then never drops, and every loss is
-// counted here, exactly.
+// The sink counts the spans it holds, queued or in the export under way,
+// and refuses a span beyond the queue size, so what a slow or unreachable
+// collector costs is bounded, the worker never waits, and every loss is
+// counted exactly.
 type spanSink struct {
 	name  string
-	bsp   sdktrace.SpanProcessor
-	exp   *countingExporter
+	exp   spanExporter
+	rep   *reporter
+	cfg   batchConfig
 	limit int64
+
+	queue   chan *spanRecord
+	flushes chan chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
+	once    sync.Once
+	// ctx is the parent of every export; cancelling it when Shutdown's
+	// deadline passes aborts an export stuck on a hung collector.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	inflight atomic.Int64
 	dropped  atomic.Uint64
@@ -39,87 +58,137 @@ type spanSink struct {
 	failed   atomic.Uint64
 }
 
-func newSpanSink(name string, exp sdktrace.SpanExporter, queue int, rep *reporter, opts ...sdktrace.BatchSpanProcessorOption) *spanSink {
-	k := &spanSink{name: name, limit: int64(queue)}
-	k.exp = &countingExporter{SpanExporter: exp, sink: k, rep: rep}
-	opts = append(opts, sdktrace.WithMaxQueueSize(queue))
-	if queue < sdktrace.DefaultMaxExportBatchSize {
-		opts = append(opts, sdktrace.WithMaxExportBatchSize(queue))
+// newSpanSink starts a sink.
+func newSpanSink(name string, exp spanExporter, cfg batchConfig, rep *reporter) *spanSink {
+	cfg.size = min(cfg.size, cfg.queue)
+	k := &spanSink{
+		name: name, exp: exp, rep: rep, cfg: cfg, limit: int64(cfg.queue),
+		queue:   make(chan *spanRecord, cfg.queue),
+		flushes: make(chan chan struct{}),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
-	k.bsp = sdktrace.NewBatchSpanProcessor(k.exp, opts...)
+	k.ctx, k.cancel = context.WithCancel(context.Background())
+	go k.run()
 	return k
 }
 
-// processor is what a process's TracerProvider registers.
-func (k *spanSink) processor() sdktrace.SpanProcessor { return sinkProcessor{k} }
-
-func (k *spanSink) shutdown(ctx context.Context) error {
-	err := k.bsp.Shutdown(ctx)
-	if err != nil {
-		// The processor gave up waiting for an export stuck on a hung
-		// collector and so never shut the exporter down; do it here, which
-		// aborts that export and closes the connection.
-		_ = k.exp.Shutdown(ctx)
-	}
-	return err
-}
-
-// sinkProcessor is the spanSink as a process's provider sees it.
-type sinkProcessor struct{ k *spanSink }
-
-func (sinkProcessor) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
-
-func (p sinkProcessor) OnEnd(s sdktrace.ReadOnlySpan) {
-	if !s.SpanContext().IsSampled() {
-		return // the batch processor ignores these too
-	}
-	k := p.k
+// offer queues rec, or drops and counts it when the sink is full. It never
+// blocks: the channel has room for every span the count lets in.
+func (k *spanSink) offer(rec *spanRecord) {
 	if k.inflight.Add(1) > k.limit {
 		k.inflight.Add(-1)
 		k.dropped.Add(1)
+		rec.release()
 		return
 	}
-	k.bsp.OnEnd(s)
+	k.queue <- rec
 }
 
-// Shutdown does nothing: the sink outlives the providers that use it and is
-// shut down once, by Exporter.Shutdown.
-func (sinkProcessor) Shutdown(context.Context) error { return nil }
-
-// ForceFlush does nothing for the same reason: a provider being released
-// need not wait for other processes' spans; its own are already queued.
-func (sinkProcessor) ForceFlush(context.Context) error { return nil }
-
-// countingExporter wraps a destination to count what it exported and what
-// failed, and to report failures through the rate-limited reporter instead
-// of the global OpenTelemetry error handler, which logs every failed batch.
-type countingExporter struct {
-	sdktrace.SpanExporter
-	sink     *spanSink
-	rep      *reporter
-	shutOnce sync.Once
-	shutErr  error
-}
-
-func (c *countingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
-	err := c.SpanExporter.ExportSpans(ctx, spans)
-	n := len(spans)
-	c.sink.inflight.Add(-int64(n))
-	if err != nil {
-		c.sink.failed.Add(uint64(n))
-		c.rep.spanError(c.sink.name, err)
-	} else {
-		c.sink.exported.Add(uint64(n))
+// run collects batches and exports each when it is full or the oldest
+// span waited cfg.delay, like the SDK's batch processor.
+func (k *spanSink) run() {
+	defer close(k.done)
+	batch := make([]*spanRecord, 0, k.cfg.size)
+	timer := time.NewTimer(k.cfg.delay)
+	defer timer.Stop()
+	for {
+		select {
+		case rec := <-k.queue:
+			var sent bool
+			if batch, sent = k.add(batch, rec); sent {
+				timer.Reset(k.cfg.delay)
+			}
+		case <-timer.C:
+			batch = k.export(batch)
+			timer.Reset(k.cfg.delay)
+		case done := <-k.flushes:
+			batch = k.drain(batch)
+			close(done)
+		case <-k.stop:
+			k.drain(batch)
+			return
+		}
 	}
-	// The error is counted and logged; returning it would only log it again.
-	return nil
 }
 
-// Shutdown may be called by the batch processor and by spanSink.shutdown;
-// the OTLP exporter accepts only one.
-func (c *countingExporter) Shutdown(ctx context.Context) error {
-	c.shutOnce.Do(func() { c.shutErr = c.SpanExporter.Shutdown(ctx) })
-	return c.shutErr
+// drain exports the batch and everything queued.
+func (k *spanSink) drain(batch []*spanRecord) []*spanRecord {
+	for {
+		select {
+		case rec := <-k.queue:
+			batch, _ = k.add(batch, rec)
+		default:
+			return k.export(batch)
+		}
+	}
+}
+
+// add appends rec to the batch and exports it when it is full, which it
+// reports.
+func (k *spanSink) add(batch []*spanRecord, rec *spanRecord) ([]*spanRecord, bool) {
+	batch = append(batch, rec)
+	if len(batch) < k.cfg.size {
+		return batch, false
+	}
+	return k.export(batch), true
+}
+
+// export sends a batch, counts the outcome, releases the records and
+// returns the emptied batch.
+func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
+	if len(batch) == 0 {
+		return batch
+	}
+	ctx, cancel := context.WithTimeout(k.ctx, k.cfg.timeout)
+	err := k.exp.exportSpans(ctx, batch)
+	cancel()
+	n := len(batch)
+	if err != nil {
+		k.failed.Add(uint64(n))
+		k.rep.spanError(k.name, err)
+	} else {
+		k.exported.Add(uint64(n))
+	}
+	for i, rec := range batch {
+		rec.release()
+		batch[i] = nil
+	}
+	k.inflight.Add(-int64(n))
+	return batch[:0]
+}
+
+// flush exports everything queued now and waits for it, or for ctx. Tests
+// and benchmarks use it to make batching deterministic.
+func (k *spanSink) flush(ctx context.Context) {
+	done := make(chan struct{})
+	select {
+	case k.flushes <- done:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// shutdown exports what is queued and closes the destination, within ctx.
+// When ctx ends first, the export under way is aborted, and what is left
+// fails at once and is counted as failed.
+func (k *spanSink) shutdown(ctx context.Context) error {
+	k.once.Do(func() { close(k.stop) })
+	var err error
+	select {
+	case <-k.done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	k.cancel()
+	if serr := k.exp.shutdown(ctx); err == nil {
+		err = serr
+	}
+	return err
 }
 
 // metricSink is the one OTLP metric exporter that every process's periodic

@@ -1,0 +1,211 @@
+package exporter
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/sdk/resource"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
+)
+
+// spanRecord is a finished span as the exporter keeps it: what OTLP and the
+// printer need and nothing else. The SDK's span would cost a lock, a
+// snapshot, attribute deduplication and a second copy per destination; a
+// request from the tracer is already finished and its attributes are
+// unique, so none of that is needed.
+//
+// Records are pooled. The worker fills one and hands it to every sink; each
+// sink calls release when it is done (exported, failed or dropped), and the
+// last release returns it to the pool, keeping the attribute slice's
+// capacity for the next span.
+type spanRecord struct {
+	res *spanResource
+
+	traceID    trace.TraceID
+	spanID     trace.SpanID
+	parentID   trace.SpanID // zero for a root span; a parent is always remote
+	flags      trace.TraceFlags
+	traceState trace.TraceState
+
+	kind       trace.SpanKind
+	name       string
+	start, end time.Time
+	status     codes.Code
+	statusMsg  string
+	attrs      []attribute.KeyValue
+
+	refs atomic.Int32
+}
+
+var recordPool = sync.Pool{New: func() any { return new(spanRecord) }}
+
+// newRecord returns a cleared record held by refs sinks.
+func newRecord(refs int) *spanRecord {
+	rec := recordPool.Get().(*spanRecord)
+	rec.refs.Store(int32(refs))
+	return rec
+}
+
+// release gives up one sink's hold on rec.
+func (rec *spanRecord) release() {
+	if rec.refs.Add(-1) != 0 {
+		return
+	}
+	attrs := rec.attrs[:0]
+	clear(rec.attrs) // the values reference request strings; let them go
+	*rec = spanRecord{attrs: attrs}
+	recordPool.Put(rec)
+}
+
+// spanResource is a process's resource in the forms the sinks want, made
+// once per process and shared, read-only, by its records: the OTLP message
+// and the three fields the printer shows.
+type spanResource struct {
+	pb      *resourcepb.Resource
+	schema  string
+	service string
+	exe     string
+	pid     int64
+}
+
+func newSpanResource(res *resource.Resource) *spanResource {
+	attrs := res.Attributes()
+	r := &spanResource{
+		pb:     &resourcepb.Resource{Attributes: keyValuesPB(attrs)},
+		schema: res.SchemaURL(),
+	}
+	for _, kv := range attrs {
+		switch kv.Key {
+		case semconv.ServiceNameKey:
+			r.service = kv.Value.AsString()
+		case semconv.ProcessExecutableNameKey:
+			r.exe = kv.Value.AsString()
+		case semconv.ProcessPIDKey:
+			r.pid = kv.Value.AsInt64()
+		}
+	}
+	if r.exe == "" {
+		r.exe = r.service
+	}
+	return r
+}
+
+// spanIDs are a new span's identity: a child of parent when it is valid,
+// else the root of a new trace.
+func spanIDs(parent trace.SpanContext) (tid trace.TraceID, sid trace.SpanID) {
+	if parent.IsValid() {
+		tid = parent.TraceID()
+	} else {
+		for !tid.IsValid() {
+			binary.NativeEndian.PutUint64(tid[:8], rand.Uint64())
+			binary.NativeEndian.PutUint64(tid[8:], rand.Uint64())
+		}
+	}
+	for !sid.IsValid() {
+		binary.NativeEndian.PutUint64(sid[:], rand.Uint64())
+	}
+	return tid, sid
+}
+
+// sampler decides which spans are kept, as the SDK's samplers named by
+// OTEL_TRACES_SAMPLER do. Only remote parents exist here (the parent comes
+// from the request's traceparent), so parent-based sampling follows the
+// parent's sampled flag.
+type sampler struct {
+	parentBased bool
+	// The root decision: always, never, or a trace ID ratio.
+	always, never bool
+	bound         uint64
+}
+
+// newRatioSampler is the SDK's TraceIDRatioBased: the trace ID's last eight
+// bytes, shifted right by one, compared with ratio·2⁶³, so that every SDK
+// makes the same decision for the same trace.
+func newRatioSampler(ratio float64) sampler {
+	switch {
+	case ratio >= 1:
+		return sampler{always: true}
+	case ratio <= 0:
+		return sampler{never: true}
+	}
+	return sampler{bound: uint64(ratio * (1 << 63))}
+}
+
+func (s sampler) sample(parent trace.SpanContext, tid trace.TraceID) bool {
+	switch {
+	case s.parentBased && parent.IsValid():
+		return parent.IsSampled()
+	case s.always:
+		return true
+	case s.never:
+		return false
+	}
+	return binary.BigEndian.Uint64(tid[8:16])>>1 < s.bound
+}
+
+// samplerFromEnv parses OTEL_TRACES_SAMPLER and its argument the way the
+// SDK does. The SDK itself only reports a bad value to the global error
+// handler and falls back to a default, which would let a typo sample
+// everything silently; the agent refuses to start instead.
+func samplerFromEnv() (sampler, error) {
+	name := strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER")))
+	arg := strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER_ARG"))
+	switch name {
+	case "", "parentbased_always_on":
+		return sampler{parentBased: true, always: true}, nil
+	case "always_on":
+		return sampler{always: true}, nil
+	case "always_off":
+		return sampler{never: true}, nil
+	case "parentbased_always_off":
+		return sampler{parentBased: true, never: true}, nil
+	case "traceidratio", "parentbased_traceidratio":
+		ratio := 1.0
+		if arg != "" {
+			v, err := strconv.ParseFloat(arg, 64)
+			if err != nil || v < 0 || v > 1 {
+				return sampler{}, fmt.Errorf("OTEL_TRACES_SAMPLER_ARG %q: want a ratio between 0 and 1", arg)
+			}
+			ratio = v
+		}
+		s := newRatioSampler(ratio)
+		s.parentBased = name == "parentbased_traceidratio"
+		return s, nil
+	}
+	return sampler{}, fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio, "+
+		"parentbased_always_on, parentbased_always_off or parentbased_traceidratio", name)
+}
+
+// exemplarSpan carries the current request's span context into the metric
+// SDK, whose exemplar filter and reservoir read it from the context during
+// Record and keep only copies of the IDs. One per process, reused by the
+// worker for every request, it saves the two allocations of
+// trace.ContextWithSpanContext per request.
+type exemplarSpan struct {
+	noop.Span
+	sc trace.SpanContext
+}
+
+func (s *exemplarSpan) SpanContext() trace.SpanContext { return s.sc }
+
+// spanContext returns a context holding sc for recording a metric point.
+func (s *process) spanContext(sc trace.SpanContext) context.Context {
+	if s.exemplarCtx == nil {
+		s.exemplarCtx = trace.ContextWithSpan(context.Background(), &s.exemplar)
+	}
+	s.exemplar.sc = sc
+	return s.exemplarCtx
+}
