@@ -2,15 +2,19 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 )
 
 // The agent's own final counters come from its log, but its kernel
 // counters are read there after the capture is closed, which can race and
 // yield zeros; the harness reads them from the kernel itself, through
-// bpftool, before it stops the agent. The agent is the only one with
-// programs named sys_enter and sys_exit while a phase runs.
+// bpftool, before it stops the agent. The maps are the ones the agent
+// holds open, as its /proc/PID/fdinfo says: another agent on the machine
+// (a test elsewhere) has programs of the same names.
 
 type bpfMap struct {
 	ID       int    `json:"id"`
@@ -19,35 +23,28 @@ type bpfMap struct {
 	MaxEntry uint64 `json:"max_entries"`
 }
 
-// agentMaps returns the maps the capture programs use.
-func agentMaps() ([]bpfMap, error) {
-	out, err := exec.Command("bpftool", "prog", "show", "-j").Output()
+// agentMaps returns the BPF maps process pid holds.
+func agentMaps(pid int) ([]bpfMap, error) {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fdinfo", pid))
 	if err != nil {
 		return nil, err
 	}
-	var progs []struct {
-		ID     int    `json:"id"`
-		Name   string `json:"name"`
-		MapIDs []int  `json:"map_ids"`
-	}
-	if err := json.Unmarshal(out, &progs); err != nil {
-		return nil, err
-	}
-	// The newest pair: a previous agent's programs may linger a moment
-	// after it exited.
-	newest := map[string]int{}
-	for i, p := range progs {
-		if (p.Name == "sys_enter" || p.Name == "sys_exit") && (newest[p.Name] == 0 || p.ID > progs[newest[p.Name]-1].ID) {
-			newest[p.Name] = i + 1
-		}
-	}
 	ids := map[int]bool{}
-	for _, i := range newest {
-		for _, id := range progs[i-1].MapIDs {
-			ids[id] = true
+	for _, fd := range fds {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", pid, fd.Name()))
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "map_id:"); ok {
+				if id, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+					ids[id] = true
+				}
+			}
 		}
 	}
-	if out, err = exec.Command("bpftool", "map", "show", "-j").Output(); err != nil {
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("process %d holds no BPF map", pid)
+	}
+	out, err := exec.Command("bpftool", "map", "show", "-j").Output()
+	if err != nil {
 		return nil, err
 	}
 	var all []bpfMap
@@ -63,11 +60,11 @@ func agentMaps() ([]bpfMap, error) {
 	return maps, nil
 }
 
-// kernelCounters reads the capture's "stats" map (events, lost, calls not
-// followed) and the kernel memory its maps hold, in bytes. ok is false when
-// bpftool could not tell.
-func kernelCounters() (events, lost, untracked, memlock uint64, ok bool) {
-	maps, err := agentMaps()
+// kernelCounters reads the "stats" map of the agent pid's capture (events,
+// lost, calls not followed) and the kernel memory its maps hold, in bytes.
+// ok is false when bpftool could not tell.
+func kernelCounters(pid int) (events, lost, untracked, memlock uint64, ok bool) {
+	maps, err := agentMaps(pid)
 	if err != nil {
 		return 0, 0, 0, 0, false
 	}

@@ -21,7 +21,7 @@ type loadResult struct {
 	Scheduled  uint64  `json:"scheduled"`  // requests due within the run
 	Completed  uint64  `json:"completed"`  // responses read in full
 	Errors     uint64  `json:"errors"`     // connections that failed
-	Non2xx     uint64  `json:"non_2xx"`    // responses that were not 2xx
+	Failed     uint64  `json:"failed"`     // responses that were not 2xx, or Redis errors
 	Backlogged uint64  `json:"backlogged"` // requests that found no idle connection
 	Rate       float64 `json:"rate"`       // completed per second of the run
 	P50        float64 `json:"p50_us"`
@@ -36,7 +36,8 @@ type loadResult struct {
 // was due, not from when it could be sent (no coordinated omission). A
 // request that finds every connection busy waits for the first one free, and
 // that wait is part of its latency. Debian's wrk has no fixed-rate mode,
-// hence this.
+// and redis-benchmark no rate limit, hence this. A request is an HTTP/1.1
+// GET of -path, or with -proto resp the Redis command GET redisKey.
 //
 // It is one thread around epoll, like wrk, so that it costs the two cores
 // little: a timerfd wakes it when the next request is due (Go's own timers
@@ -45,13 +46,25 @@ type loadResult struct {
 func loadMain(args []string) error {
 	fs := flag.NewFlagSet("load", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:8080", "server address")
-	path := fs.String("path", "/", "request path")
+	path := fs.String("path", "/", "request path (http)")
+	proto := fs.String("proto", "http", "protocol: http (HTTP/1.1 GET) or resp (Redis GET)")
 	rate := fs.Float64("rate", 5000, "requests per second")
 	nconns := fs.Int("conns", 32, "keep-alive connections")
 	duration := fs.Duration("duration", 5*time.Second, "how long requests are sent")
 	fs.DurationVar(&loadTick, "tick", loadTick, "shortest sleep between sends; requests due within it are sent together")
 	fs.Parse(args)
-	res, err := runLoad(*addr, *path, *rate, *nconns, *duration)
+	var request []byte
+	var parse func([]byte) (bool, int, error)
+	switch *proto {
+	case "http":
+		request = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: podtracer-bench\r\n\r\n", *path, *addr)
+		parse = parseResponse
+	case "resp":
+		request, parse = redisCommand("GET", redisKey), parseRedisReply
+	default:
+		return fmt.Errorf("-proto: unknown %q (http, resp)", *proto)
+	}
+	res, err := runLoad(*addr, request, parse, *rate, *nconns, *duration)
 	if err != nil {
 		return err
 	}
@@ -70,7 +83,10 @@ type loadConn struct {
 	buf  []byte // response bytes read so far
 }
 
-func runLoad(addr, path string, rate float64, nconns int, duration time.Duration) (*loadResult, error) {
+// runLoad sends request at rate over nconns connections for duration.
+// parse finds one whole response at the start of what a connection read,
+// and says whether it reports success; its size is 0 while incomplete.
+func runLoad(addr string, request []byte, parse func([]byte) (ok bool, size int, err error), rate float64, nconns int, duration time.Duration) (*loadResult, error) {
 	if rate <= 0 || nconns <= 0 {
 		return nil, errors.New("rate and conns must be positive")
 	}
@@ -82,7 +98,6 @@ func runLoad(addr, path string, rate float64, nconns int, duration time.Duration
 	}
 	sa := &unix.SockaddrInet4{Port: ta.Port}
 	copy(sa.Addr[:], ta.IP.To4())
-	request := []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: podtracer-bench\r\n\r\n", path, addr))
 
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -206,7 +221,7 @@ func runLoad(addr, path string, rate float64, nconns int, duration time.Duration
 			}
 			c.buf = c.buf[:len(c.buf)+m]
 			for c.busy {
-				status, size, err := parseResponse(c.buf)
+				ok, size, err := parse(c.buf)
 				if err != nil {
 					dead(c)
 					break
@@ -216,8 +231,8 @@ func runLoad(addr, path string, rate float64, nconns int, duration time.Duration
 				}
 				lat = append(lat, now()-c.due)
 				res.Completed++
-				if status/100 != 2 {
-					res.Non2xx++
+				if !ok {
+					res.Failed++
 				}
 				c.buf = c.buf[:copy(c.buf, c.buf[size:])]
 				c.busy = false
@@ -244,38 +259,40 @@ func runLoad(addr, path string, rate float64, nconns int, duration time.Duration
 }
 
 // parseResponse looks for one whole HTTP/1.1 response with a Content-Length
-// body at the start of b. It returns its status and size, or size 0 if b
-// does not hold all of it yet.
-func parseResponse(b []byte) (status, size int, err error) {
+// body at the start of b. It returns whether its status is 2xx, and its
+// size, or size 0 if b does not hold all of it yet.
+func parseResponse(b []byte) (ok bool, size int, err error) {
 	head := bytes.Index(b, []byte("\r\n\r\n"))
 	if head < 0 {
 		if len(b) > 32<<10 {
-			return 0, 0, errors.New("response head too long")
+			return false, 0, errors.New("response head too long")
 		}
-		return 0, 0, nil
+		return false, 0, nil
 	}
 	line, rest, _ := bytes.Cut(b[:head+2], []byte("\r\n"))
 	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) {
-		return 0, 0, fmt.Errorf("bad status line %q", line)
+		return false, 0, fmt.Errorf("bad status line %q", line)
 	}
-	if status, err = strconv.Atoi(string(line[9:12])); err != nil {
-		return 0, 0, fmt.Errorf("bad status line %q", line)
+	status, err := strconv.Atoi(string(line[9:12]))
+	if err != nil {
+		return false, 0, fmt.Errorf("bad status line %q", line)
 	}
+	ok = status/100 == 2
 	length := -1
 	for len(rest) > 0 {
 		var h []byte
 		h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
 		if name, value, ok := bytes.Cut(h, []byte(":")); ok && bytes.EqualFold(name, []byte("Content-Length")) {
 			if length, err = strconv.Atoi(string(bytes.TrimSpace(value))); err != nil {
-				return 0, 0, fmt.Errorf("bad content-length %q", value)
+				return false, 0, fmt.Errorf("bad content-length %q", value)
 			}
 		}
 	}
 	if length < 0 {
-		return 0, 0, errors.New("response without content-length")
+		return false, 0, errors.New("response without content-length")
 	}
 	if len(b) < head+4+length {
-		return status, 0, nil
+		return ok, 0, nil
 	}
-	return status, head + 4 + length, nil
+	return ok, head + 4 + length, nil
 }

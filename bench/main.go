@@ -1,14 +1,18 @@
 // Command bench measures what podtracer costs the pod it watches, side by
 // side with the same server bare and, for Go, instrumented in-process with
-// otelhttp, in one run on one machine. See BENCHMARKS.md at the repository
-// root for what it measures and how to read the figures.
+// otelhttp, in one run on one machine. The servers are a Go net/http
+// server, nginx, redis-server and a grpc-go server. See BENCHMARKS.md at
+// the repository root for what it measures and how to read the figures.
 //
 //	cd bench && go run .                 # the figures (make bench)
 //	cd bench && go run . -profile        # where podtracer's cost goes
 //
-// The same binary is also the pieces it runs: "server" (the Go workload),
-// "receiver" (the OTLP/gRPC receiver) and "load" (the open-loop load
-// generator). It needs root, unshare and nsenter (util-linux), wrk and nginx.
+// The same binary is also the pieces it runs: "server" (the Go workload,
+// and with -grpc the gRPC one), "receiver" (the OTLP/gRPC receiver) and
+// "load" (the open-loop load generator). It needs root, unshare and
+// nsenter (util-linux), wrk and nginx; redis-server and redis-benchmark for
+// the Redis workload, and ghz (built with go install when not on PATH) for
+// the gRPC one.
 package main
 
 import (
@@ -62,6 +66,7 @@ type options struct {
 	variants  []string
 	saturate  bool
 	agent     string
+	ghz       string
 	repo      string
 	rev       string
 	jsonOut   string
@@ -77,11 +82,41 @@ type options struct {
 const (
 	workloadGo    = "go net/http"
 	workloadNginx = "nginx"
+	workloadRedis = "redis"
+	workloadGRPC  = "grpc-go"
 
 	variantBare      = "bare"
 	variantPodtracer = "podtracer"
 	variantOTelHTTP  = "otelhttp"
 )
+
+// workload is a server the benchmark measures, and what drives it.
+type workload struct {
+	flag      string   // its name in -workloads
+	name      string   // its name in the tables
+	variants  []string // the otelhttp variant needs the SDK in the server: Go only
+	tools     []string // commands it needs on PATH
+	saturator string   // what drives it at saturation, with %d for the connections
+	fixed     string   // what drives it at a fixed rate
+}
+
+var workloads = []workload{
+	{"go", workloadGo, []string{variantBare, variantPodtracer, variantOTelHTTP}, []string{"wrk"}, "wrk -t1 -c%d", "loadgen"},
+	{"nginx", workloadNginx, []string{variantBare, variantPodtracer}, []string{"wrk", "nginx"}, "wrk -t1 -c%d", "loadgen"},
+	{"redis", workloadRedis, []string{variantBare, variantPodtracer}, []string{"redis-server", "redis-benchmark"},
+		"redis-benchmark -t get -P 1 -c %d", "loadgen -proto resp"},
+	{"grpc", workloadGRPC, []string{variantBare, variantPodtracer}, nil, "ghz -c %[1]d --connections %[1]d", "ghz --rps"},
+}
+
+// workloadNamed returns the workload whose table name is name.
+func workloadNamed(name string) workload {
+	for _, w := range workloads {
+		if w.name == name {
+			return w
+		}
+	}
+	return workload{name: name}
+}
 
 func benchMain(args []string) error {
 	var o options
@@ -90,11 +125,12 @@ func benchMain(args []string) error {
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measured part of each phase")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "same load before the measured part (agent and server warm)")
 	rates := fs.String("rates", "5000,20000", "fixed request rates (req/s) for latency, CPU and loss, comma-separated")
-	fs.IntVar(&o.conns, "conns", 32, "keep-alive connections, for wrk and the fixed-rate load")
-	workloads := fs.String("workloads", "go,nginx", "workloads: go, nginx")
+	fs.IntVar(&o.conns, "conns", 32, "keep-alive connections, for every load generator")
+	workloadFlag := fs.String("workloads", "go,nginx", "workloads: go, nginx, redis, grpc, or all")
 	variants := fs.String("variants", "bare,podtracer,otelhttp", "variants: bare, podtracer, otelhttp (Go only); added figures need bare")
-	fs.BoolVar(&o.saturate, "saturation", true, "run the saturation phase (wrk)")
+	fs.BoolVar(&o.saturate, "saturation", true, "run the saturation phase (wrk, redis-benchmark, ghz)")
 	fs.StringVar(&o.agent, "agent", "", "podtracer binary to measure; empty: build it from -repo")
+	fs.StringVar(&o.ghz, "ghz", "", "ghz binary (gRPC load); empty: ghz on PATH, else built with go install into the user cache folder")
 	fs.StringVar(&o.repo, "repo", "..", "repository root, where the agent is built")
 	fs.StringVar(&o.rev, "rev", "", "build the agent from this git revision (git archive) instead of the working tree")
 	fs.StringVar(&o.jsonOut, "json", "", "also write every phase's raw results to this file")
@@ -115,15 +151,25 @@ func benchMain(args []string) error {
 		}
 		o.rates = append(o.rates, r)
 	}
-	for _, w := range strings.Split(*workloads, ",") {
-		switch strings.TrimSpace(w) {
-		case "go":
-			o.workloads = append(o.workloads, workloadGo)
-		case "nginx":
-			o.workloads = append(o.workloads, workloadNginx)
-		case "":
-		default:
-			return fmt.Errorf("-workloads: unknown %q (go, nginx)", w)
+	var names []string
+	for _, w := range workloads {
+		names = append(names, w.flag)
+	}
+	for _, f := range strings.Split(*workloadFlag, ",") {
+		f = strings.TrimSpace(f)
+		i := slices.IndexFunc(workloads, func(w workload) bool { return w.flag == f })
+		switch {
+		case f == "all":
+			o.workloads = o.workloads[:0]
+			for _, w := range workloads {
+				o.workloads = append(o.workloads, w.name)
+			}
+		case i >= 0:
+			if !slices.Contains(o.workloads, workloads[i].name) {
+				o.workloads = append(o.workloads, workloads[i].name)
+			}
+		case f != "":
+			return fmt.Errorf("-workloads: unknown %q (%s, all)", f, strings.Join(names, ", "))
 		}
 	}
 	for _, v := range strings.Split(*variants, ",") {
@@ -148,18 +194,16 @@ func benchMain(args []string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: it creates PID namespaces and loads BPF programs")
 	}
-	tools := []string{"unshare", "nsenter", "wrk"}
+	tools := []string{"unshare", "nsenter"}
 	for _, w := range o.workloads {
-		if w == workloadNginx {
-			tools = append(tools, "nginx")
-		}
+		tools = append(tools, workloadNamed(w).tools...)
 	}
 	if o.profile {
 		tools = append(tools, "perf", "bpftool")
 	}
 	for _, t := range tools {
 		if _, err := exec.LookPath(t); err != nil {
-			return fmt.Errorf("%s not found (apt-get install util-linux wrk nginx-light linux-perf bpftool)", t)
+			return fmt.Errorf("%s not found (apt-get install util-linux wrk nginx-light redis-server redis-tools linux-perf bpftool)", t)
 		}
 	}
 
@@ -182,6 +226,7 @@ type harness struct {
 	dir      string // scratch folder, removed at the end
 	self     string // this binary
 	agent    string
+	ghz      string // the gRPC load generator
 	www      string // nginx's document root
 	receiver *process
 	otlpAddr string
@@ -204,7 +249,7 @@ func newHarness(o options) (_ *harness, err error) {
 	}
 	// Links with telling names, so that ps and perf show which piece is
 	// which (a process's comm is the name it was started by).
-	for _, name := range []string{"hello", "loadgen", "otlpsink"} {
+	for _, name := range []string{"hello", "grpc-echo", "loadgen", "otlpsink"} {
 		if err := os.Symlink(exe, filepath.Join(h.dir, name)); err != nil {
 			return nil, err
 		}
@@ -214,6 +259,18 @@ func newHarness(o options) (_ *harness, err error) {
 	h.agent = o.agent
 	if h.agent == "" {
 		if h.agent, err = buildAgent(o.repo, o.rev, h.dir); err != nil {
+			return nil, err
+		}
+	}
+
+	if slices.Contains(o.workloads, workloadGRPC) {
+		if h.ghz = o.ghz; h.ghz == "" {
+			if h.ghz, err = findGhz(); err != nil {
+				return nil, err
+			}
+			h.o.ghz = h.ghz // for the report
+		}
+		if err := os.WriteFile(filepath.Join(h.dir, "echo.proto"), []byte(echoProto), 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -284,7 +341,7 @@ func (h *harness) run(ctx context.Context) error {
 	for round := 0; round < h.o.rounds; round++ {
 		for _, w := range h.o.workloads {
 			var variants []string
-			for _, v := range variantsOf(w) {
+			for _, v := range workloadNamed(w).variants {
 				if slices.Contains(h.o.variants, v) {
 					variants = append(variants, v)
 				}
@@ -417,16 +474,21 @@ func (r *result) summary() string {
 
 // instance is one running variant of a workload in its own pod.
 type instance struct {
-	pod    *pod
-	addr   string
-	server *process
-	agent  *process
+	workload string
+	pod      *pod
+	addr     string
+	server   *process
+	agent    *process
+
+	// redis-benchmark has no duration: the rate of its last run sets the
+	// number of requests of the next.
+	lastRate float64
 }
 
 // startInstance starts the workload's server in a new pod, and the agent
 // beside it for the podtracer variant.
 func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
-	in := &instance{}
+	in := &instance{workload: w}
 	if in.pod, err = newPod(); err != nil {
 		return nil, err
 	}
@@ -452,12 +514,28 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 			return nil, err
 		}
 		cmd = in.pod.command("nginx", "-c", conf)
+	case workloadRedis:
+		dir, err := os.MkdirTemp(h.dir, "redis-")
+		if err != nil {
+			return nil, err
+		}
+		cmd = in.pod.command("redis-server", "--save", "", "--appendonly", "no", "--port", strconv.Itoa(port),
+			"--bind", "127.0.0.1", "--dir", dir)
+	case workloadGRPC:
+		cmd = in.pod.command(filepath.Join(h.dir, "grpc-echo"), "server", "-grpc", "-addr", in.addr)
+	default:
+		return nil, fmt.Errorf("unknown workload %q", w)
 	}
 	if in.server, err = start("server", cmd, true); err != nil {
 		return nil, err
 	}
 	if err := waitListening(in.addr, in.server); err != nil {
 		return nil, err
+	}
+	if w == workloadRedis {
+		if err := redisSeed(in.addr); err != nil {
+			return nil, err
+		}
 	}
 	if variant == variantPodtracer {
 		cmd := in.pod.command(h.agent)
@@ -483,7 +561,8 @@ func (in *instance) stop() {
 }
 
 // serverPIDs are the pod's processes but the agent: the server, or nginx's
-// master and worker.
+// master and worker. Each counts all its threads (redis-server's background
+// ones too).
 func (in *instance) serverPIDs() []int {
 	var pids []int
 	for _, pid := range in.pod.members() {
@@ -522,7 +601,7 @@ func (h *harness) runPhase(ctx context.Context, w, variant string, ph phase) (*r
 		res.RSSIdle = procStatus(in.agent.pid)["VmRSS"]
 	}
 
-	warm, err := h.load(in.addr, ph, h.o.warmup)
+	warm, err := h.load(in, ph, h.o.warmup)
 	if err != nil {
 		return nil, fmt.Errorf("warm-up: %w", err)
 	}
@@ -538,7 +617,7 @@ func (h *harness) runPhase(ctx context.Context, w, variant string, ph phase) (*r
 	}
 	machine0, receiver0, began := readCPUStat(), cpuTimes([]int{h.receiver.pid}), time.Now()
 
-	l, err := h.load(in.addr, ph, h.o.duration)
+	l, err := h.load(in, ph, h.o.duration)
 	if err != nil {
 		return nil, err
 	}
@@ -563,7 +642,7 @@ func (h *harness) runPhase(ctx context.Context, w, variant string, ph phase) (*r
 	// Stop the producers so that what they still held is flushed, then
 	// read the accounts.
 	if in.agent != nil {
-		events, lost, untracked, memlock, ok := kernelCounters()
+		events, lost, untracked, memlock, ok := kernelCounters(in.agent.pid)
 		in.agent.stop(15 * time.Second)
 		res.AgentStats = parseFinalStats(in.agent.output())
 		if res.AgentStats == nil {
@@ -617,36 +696,61 @@ type loadRun struct {
 	cpu                     time.Duration
 }
 
-// load drives addr for d: wrk at saturation, or the open-loop generator at
-// the phase's rate. Both run outside the pod, so they are not traced.
-func (h *harness) load(addr string, ph phase, d time.Duration) (*loadRun, error) {
-	if ph.rate == 0 {
-		return runWrk(addr, h.o.conns, d)
+// load drives the instance for d: at saturation, wrk (HTTP),
+// redis-benchmark (Redis) or ghz (gRPC); at the phase's rate, the open-loop
+// generator (HTTP, Redis) or ghz. They run outside the pod, so they are
+// not traced.
+func (h *harness) load(in *instance, ph phase, d time.Duration) (*loadRun, error) {
+	switch {
+	case in.workload == workloadGRPC:
+		return h.runGhz(in.addr, ph.rate, h.o.conns, d)
+	case ph.rate == 0 && in.workload == workloadRedis:
+		if in.lastRate == 0 {
+			in.lastRate = 20000 // a guess, for the warm-up
+		}
+		l, err := redisBenchmark(in.addr, h.o.conns, max(1000, uint64(in.lastRate*d.Seconds())))
+		if err == nil {
+			in.lastRate = l.rate
+		}
+		return l, err
+	case ph.rate == 0:
+		return runWrk(in.addr, h.o.conns, d)
 	}
-	cmd := exec.Command(filepath.Join(h.dir, "loadgen"), "load", "-addr", addr, "-rate", fmt.Sprint(ph.rate),
-		"-conns", strconv.Itoa(h.o.conns), "-duration", d.String())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.Output()
+	proto := "http"
+	if in.workload == workloadRedis {
+		proto = "resp"
+	}
+	out, cpu, err := runLoader("load generator", exec.Command(filepath.Join(h.dir, "loadgen"), "load", "-proto", proto,
+		"-addr", in.addr, "-rate", fmt.Sprint(ph.rate), "-conns", strconv.Itoa(h.o.conns), "-duration", d.String()))
 	if err != nil {
-		return nil, fmt.Errorf("load generator: %w (%s)", err, exitOutput(err))
+		return nil, err
 	}
 	var r loadResult
 	if err := json.Unmarshal(out, &r); err != nil {
 		return nil, fmt.Errorf("load generator said %q: %w", out, err)
 	}
-	return &loadRun{served: r.Completed, errors: r.Errors + r.Non2xx + (r.Scheduled - r.Completed), backlog: r.Backlogged,
-		rate: r.Rate, p50: r.P50, p99: r.P99, cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}, nil
+	return &loadRun{served: r.Completed, errors: r.Errors + r.Failed + (r.Scheduled - r.Completed), backlog: r.Backlogged,
+		rate: r.Rate, p50: r.P50, p99: r.P99, cpu: cpu}, nil
+}
+
+// runLoader runs a load generator to its end, and returns its output and
+// the CPU it used. It dies with the harness.
+func runLoader(name string, cmd *exec.Cmd) ([]byte, time.Duration, error) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %w (%s)", name, err, exitOutput(err))
+	}
+	return out, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
 }
 
 func runWrk(addr string, conns int, d time.Duration) (*loadRun, error) {
 	secs := max(1, int(d.Round(time.Second)/time.Second))
-	cmd := exec.Command("wrk", "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", secs), "http://"+addr+"/")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	out, err := cmd.Output()
+	out, cpu, err := runLoader("wrk", exec.Command("wrk", "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", secs), "http://"+addr+"/"))
 	if err != nil {
-		return nil, fmt.Errorf("wrk: %w (%s)", err, exitOutput(err))
+		return nil, err
 	}
-	r := &loadRun{cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()}
+	r := &loadRun{cpu: cpu}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
 		switch {

@@ -66,7 +66,7 @@ func (h *harness) profileOne(out io.Writer, outDir, w, v string, ph phase) error
 		return err
 	}
 	defer in.stop()
-	if _, err := h.load(in.addr, ph, h.o.warmup); err != nil {
+	if _, err := h.load(in, ph, h.o.warmup); err != nil {
 		return err
 	}
 	var restore func()
@@ -99,7 +99,7 @@ func (h *harness) profileOne(out io.Writer, outDir, w, v string, ph phase) error
 	if err := perf.Start(); err != nil {
 		return fmt.Errorf("perf record: %w", err)
 	}
-	l, err := h.load(in.addr, ph, h.o.duration)
+	l, err := h.load(in, ph, h.o.duration)
 	if err != nil {
 		perf.Process.Kill()
 		perf.Wait()

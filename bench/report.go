@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ type machine struct {
 	CPU, Kernel, Memory, Virt string
 	Cores                     int
 	Go, Nginx, Wrk, Commit    string
+	Redis, Ghz                string `json:",omitempty"`
 	Date                      string
 }
 
@@ -48,6 +50,22 @@ func describeMachine(o options) (machine, error) {
 	if out, err := exec.Command("wrk", "-v").CombinedOutput(); len(out) > 0 {
 		_ = err // wrk -v exits 1
 		m.Wrk = strings.Fields(string(out))[1]
+	}
+	if slices.Contains(o.workloads, workloadRedis) {
+		// Redis server v=7.0.15 sha=...
+		if out, err := exec.Command("redis-server", "--version").Output(); err == nil {
+			if f := strings.Fields(string(out)); len(f) > 2 {
+				m.Redis = strings.TrimPrefix(f[2], "v=")
+			}
+		}
+	}
+	if slices.Contains(o.workloads, workloadGRPC) {
+		// go install leaves ghz's version "dev": name the one built here
+		// by the version asked for, any other by its path.
+		m.Ghz = o.ghz
+		if filepath.Base(filepath.Dir(o.ghz)) == "ghz-"+ghzVersion {
+			m.Ghz = ghzVersion
+		}
 	}
 	switch {
 	case o.agent != "":
@@ -171,13 +189,6 @@ func (t *table) paired(w, ph, v string, g func(r, bare *result) float64) []float
 
 func (t *table) has(w, ph, v string) bool { return len(t.by[key(w, ph, v)]) > 0 }
 
-func variantsOf(w string) []string {
-	if w == workloadGo {
-		return []string{variantBare, variantPodtracer, variantOTelHTTP}
-	}
-	return []string{variantBare, variantPodtracer}
-}
-
 func perReq(d time.Duration, r *result) float64 {
 	if r.Served == 0 {
 		return 0
@@ -191,15 +202,32 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 	marked := false
 	p := func(format string, args ...any) { fmt.Fprintf(out, format, args...) }
 
-	p("Measured %s on %s, %d cores, %s RAM, %s; Linux %s; %s, %s, wrk %s; podtracer %s.\n",
-		m.Date, m.CPU, m.Cores, m.Memory, m.Virt, m.Kernel, m.Go, m.Nginx, m.Wrk, m.Commit)
+	tools := fmt.Sprintf("%s, %s, wrk %s", m.Go, m.Nginx, m.Wrk)
+	if m.Redis != "" {
+		tools += ", redis " + m.Redis
+	}
+	if m.Ghz != "" {
+		tools += ", ghz " + m.Ghz
+	}
+	p("Measured %s on %s, %d cores, %s RAM, %s; Linux %s; %s; podtracer %s.\n",
+		m.Date, m.CPU, m.Cores, m.Memory, m.Virt, m.Kernel, tools, m.Commit)
 	p("%d rounds; each phase: %v warm-up, then %v measured; %d keep-alive connections; medians, with (min–max) over the rounds.\n\n",
 		o.rounds, o.warmup, o.duration, o.conns)
 
-	p("### Throughput at saturation (wrk -t1 -c%d)\n\n", o.conns)
+	var saturators, fixed []string
+	for _, w := range o.workloads {
+		wl := workloadNamed(w)
+		if s := fmt.Sprintf(wl.saturator, o.conns); wl.saturator != "" && !slices.Contains(saturators, s) {
+			saturators = append(saturators, s)
+		}
+		if wl.fixed != "" && !slices.Contains(fixed, wl.fixed) {
+			fixed = append(fixed, wl.fixed)
+		}
+	}
+	p("### Throughput at saturation (%s)\n\n", strings.Join(saturators, "; "))
 	p("| workload | variant | requests/s | ratio to bare |\n|---|---|---|---|\n")
 	for _, w := range o.workloads {
-		for _, v := range variantsOf(w) {
+		for _, v := range workloadNamed(w).variants {
 			if !t.has(w, "saturation", v) {
 				continue
 			}
@@ -212,14 +240,18 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 		}
 	}
 
-	p("\n### Latency at a fixed rate (open loop, µs from when each request was due)\n\n")
+	if len(fixed) == 1 && fixed[0] == "loadgen" {
+		p("\n### Latency at a fixed rate (open loop, µs from when each request was due)\n\n")
+	} else {
+		p("\n### Latency at a fixed rate (%s; open loop, µs from when each request was due)\n\n", strings.Join(fixed, "; "))
+	}
 	p("| workload | rate | variant | achieved req/s | p50 | p50 added | p99 | p99 added |\n|---|---|---|---|---|---|---|---|\n")
 	for _, w := range o.workloads {
 		for _, ph := range phases {
 			if ph.rate == 0 {
 				continue
 			}
-			for _, v := range variantsOf(w) {
+			for _, v := range workloadNamed(w).variants {
 				if !t.has(w, ph.name, v) {
 					continue
 				}
@@ -238,7 +270,7 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 
 	for _, w := range o.workloads {
 		for _, ph := range phases {
-			for _, v := range variantsOf(w) {
+			for _, v := range workloadNamed(w).variants {
 				if held(t, w, ph, v) != "" && !marked {
 					p("\n† the rate was not held in some rounds (achieved < 97%% of it): the machine was overloaded, and the figures describe overload, not that rate.\n")
 					marked = true
@@ -246,11 +278,14 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 			}
 		}
 	}
+	if slices.Contains(o.workloads, workloadGRPC) && slices.ContainsFunc(phases, func(ph phase) bool { return ph.rate > 0 }) {
+		p("\ngRPC: ghz measures a call from when it starts, not from when it was due: when all its connections are busy, the wait for one is not in its latency (coordinated omission), so a stall of the server shows less than with loadgen.\n")
+	}
 	p("\n### CPU time per request (µs; server includes the BPF programs that run in its syscalls)\n\n")
 	p("| workload | load | variant | server | agent | server + agent | added to bare | other load on the machine (cores) |\n|---|---|---|---|---|---|---|---|\n")
 	for _, w := range o.workloads {
 		for _, ph := range phases {
-			for _, v := range variantsOf(w) {
+			for _, v := range workloadNamed(w).variants {
 				if !t.has(w, ph.name, v) {
 					continue
 				}

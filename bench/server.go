@@ -27,12 +27,17 @@ var hello = []byte("hello, world\n")
 // serverMain is the Go workload: a net/http hello server. With -otel it is
 // the same server instrumented in-process by otelhttp, exporting spans and
 // metrics over OTLP/gRPC to OTEL_EXPORTER_OTLP_ENDPOINT, the way an
-// application instrumented with the SDK would be.
+// application instrumented with the SDK would be. With -grpc it is the gRPC
+// workload instead: a grpc-go server of demo.Echo/Say.
 func serverMain(args []string) error {
 	fs := flag.NewFlagSet("server", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	withOTel := fs.Bool("otel", false, "instrument with otelhttp and the OpenTelemetry SDK")
+	withGRPC := fs.Bool("grpc", false, "serve demo.Echo/Say over gRPC instead of HTTP")
 	fs.Parse(args)
+	if *withOTel && *withGRPC {
+		return errors.New("-otel instruments the HTTP server only")
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -55,6 +60,9 @@ func serverMain(args []string) error {
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
+	}
+	if *withGRPC {
+		return serveEcho(ctx, ln)
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
