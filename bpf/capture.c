@@ -151,7 +151,7 @@ enum stat_index {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
+	__uint(max_entries, 1 << 20); // the loader sets PODTRACER_RING_BUFFER_BYTES
 } events SEC(".maps");
 
 struct {
