@@ -35,7 +35,11 @@ WORK=$(mktemp -d "$ROOT/.build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 export GOWORK=off GOFLAGS=-mod=mod
 
-if [[ ! -x $DIR/kube-apiserver ]]; then
+# A cached binary is a regular executable file; anything else (an
+# interrupted or broken earlier build) is built again.
+built() { [[ -f $1 && -x $1 ]]; }
+
+if ! built "$DIR/kube-apiserver"; then
 	# A scratch module that requires k8s.io/kubernetes and maps each staging
 	# module (replaced by ./staging/... in its go.mod) to the published v0.x
 	# version of the same release.
@@ -67,10 +71,13 @@ if [[ ! -x $DIR/kube-apiserver ]]; then
 	log "kube-apiserver built in $((SECONDS - start))s"
 fi
 
-if [[ ! -x $DIR/etcd ]]; then
+if ! built "$DIR/etcd"; then
 	start=$SECONDS
 	log "building etcd $ETCD_VERSION (about 1.5 minutes cold)"
-	mkdir -p "$WORK/etcd" && cd "$WORK/etcd"
+	rm -rf "$DIR/etcd"
+	# The scratch module's folder must not be the output path: go build -o
+	# into an existing folder writes the binary inside it.
+	mkdir -p "$WORK/etcd-module" && cd "$WORK/etcd-module"
 	printf 'module scratch/etcd\n\ngo 1.23\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" >go.mod
 	printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' >tools.go
 	go mod tidy >&2
