@@ -3,6 +3,8 @@ package tracer
 import (
 	"bytes"
 	"strconv"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // segment is what one syscall moved in one direction: a captured prefix of
@@ -28,8 +30,8 @@ type message struct {
 	minor       byte // HTTP/1.<minor>
 	host        string
 	userAgent   string
-	traceparent string
-	contentLen  int64 // -1 when absent
+	parent      trace.SpanContext // from the traceparent header
+	contentLen  int64             // -1 when absent
 	chunked     bool
 	bodySize    int64
 	truncated   bool // the head was longer than what was captured
@@ -73,6 +75,11 @@ type http1Stream struct {
 	chunkLine []byte // a chunk-size line split across segments
 	inTrailer bool
 
+	seen seenStrings // the last head's strings, reused when repeated
+	// free holds messages done with, for new ones to reuse (shared by the
+	// connection's two streams; nil: always allocate).
+	free *[]*message
+
 	// upgradedAt is where, in the segment just fed, the protocol that a
 	// 101 switched to begins (-1: nowhere in it).
 	upgradedAt int
@@ -106,7 +113,7 @@ func (s *http1Stream) feed(seg *segment) {
 				s.state = stLost
 				return
 			}
-			s.msg = &message{start: seg.exit, startEnter: seg.enter, contentLen: -1}
+			s.msg = s.newMessage(seg)
 			s.head = s.head[:0]
 			s.state = stHeaders
 		case stHeaders:
@@ -135,6 +142,22 @@ func (s *http1Stream) feed(seg *segment) {
 			return
 		}
 	}
+}
+
+// newMessage starts a message whose first bytes are in seg.
+func (s *http1Stream) newMessage(seg *segment) *message {
+	var m *message
+	if s.free != nil && len(*s.free) > 0 {
+		free := *s.free
+		m = free[len(free)-1]
+		free[len(free)-1] = nil
+		*s.free = free[:len(free)-1]
+		*m = message{}
+	} else {
+		m = new(message)
+	}
+	m.start, m.startEnter, m.contentLen = seg.exit, seg.enter, -1
+	return m
 }
 
 // closed ends a body that runs until the connection closes.
@@ -196,7 +219,7 @@ func (s *http1Stream) feedHead(seg *segment, pos int) int {
 func (s *http1Stream) endHead(seg *segment, truncated bool) {
 	m := s.msg
 	m.truncated = truncated
-	if !parseHead(s.head, m) {
+	if !parseHead(s.head, m, &s.seen) {
 		s.state = stLost
 		s.msg = nil
 		return
@@ -388,7 +411,15 @@ func requestMethod(b []byte) (int, bool) {
 
 // parseHead parses a request or status line and the headers that matter.
 // It accepts a head cut short (truncated), keeping what it could read.
-func parseHead(head []byte, m *message) bool {
+//
+// Strings are copied out of head (its bytes are reused), except where seen
+// already holds the same text: the header values a connection repeats in
+// every request (method, host, user agent, often the target) then cost no
+// allocation. seen is updated; nil keeps nothing.
+func parseHead(head []byte, m *message, seen *seenStrings) bool {
+	if seen == nil {
+		seen = new(seenStrings)
+	}
 	line, rest, _ := bytes.Cut(head, []byte("\n"))
 	line = bytes.TrimRight(line, "\r")
 	if bytes.HasPrefix(line, http1Version) {
@@ -411,7 +442,7 @@ func parseHead(head []byte, m *message) bool {
 			return false
 		}
 		m.request = true
-		m.method = string(line[:n])
+		m.method = seen.method.of(line[:n])
 		target := line[n+1:]
 		sp := bytes.LastIndexByte(target, ' ')
 		if sp >= 0 && bytes.HasPrefix(target[sp+1:], http1Version) && len(target) >= sp+9 {
@@ -420,7 +451,7 @@ func parseHead(head []byte, m *message) bool {
 		} else if !m.truncated || sp >= 0 {
 			return false
 		}
-		m.target = string(target)
+		m.target = seen.target.of(target)
 	}
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, []byte("\n"))
@@ -435,7 +466,7 @@ func parseHead(head []byte, m *message) bool {
 		value = bytes.TrimSpace(value)
 		switch {
 		case equalFold(name, "host"):
-			m.host = string(value)
+			m.host = seen.host.of(value)
 		case equalFold(name, "content-length"):
 			if n, err := strconv.ParseInt(string(value), 10, 64); err == nil && n >= 0 {
 				m.contentLen = n
@@ -443,9 +474,9 @@ func parseHead(head []byte, m *message) bool {
 		case equalFold(name, "transfer-encoding"):
 			m.chunked = bytes.HasSuffix(bytes.ToLower(value), []byte("chunked"))
 		case equalFold(name, "traceparent"):
-			m.traceparent = string(value)
+			m.parent = parseTraceparent(value)
 		case equalFold(name, "user-agent"):
-			m.userAgent = string(value)
+			m.userAgent = seen.userAgent.of(value)
 		case equalFold(name, "upgrade"):
 			m.h2c = hasToken(value, "h2c")
 		}
@@ -454,6 +485,23 @@ func parseHead(head []byte, m *message) bool {
 		m.noBody = true
 	}
 	return true
+}
+
+// seenStrings holds the strings of the last message head a stream parsed.
+type seenStrings struct {
+	method, target, host, userAgent lastString
+}
+
+// lastString is the last string made from some bytes.
+type lastString struct{ s string }
+
+// of returns b as a string: the last one if it has the same text (the
+// comparison does not allocate), else a copy, kept as the new last.
+func (l *lastString) of(b []byte) string {
+	if string(b) != l.s {
+		l.s = string(b)
+	}
+	return l.s
 }
 
 // hasToken tells whether the comma-separated header value lists token.

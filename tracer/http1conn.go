@@ -11,8 +11,10 @@ const maxPending = 64
 type http1Conn struct {
 	in, out http1Stream
 	pending []*message
+	free    []*message // messages done with, for the streams to reuse
 	emit    emitter
 	routes  bool // fill Route by heuristicRoute
+	route   lastRoute
 	h2c     bool // follow upgrades to h2c (the http2 parser is enabled)
 	// requestDir is the direction requests travel; set by the first one.
 	requestDir bpf.Direction
@@ -33,6 +35,7 @@ func detectHTTP1(routes, h2c bool) detector {
 		c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
 		c.in.onComplete = c.onComplete
 		c.out.onComplete = c.onComplete
+		c.in.free, c.out.free = &c.free, &c.free
 		return c
 	}
 }
@@ -69,7 +72,7 @@ func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
 		}
 		c.sawRequest, c.requestDir = true, dir
 		if len(c.pending) == maxPending {
-			c.pending = c.pending[1:]
+			c.popPending()
 		}
 		c.pending = append(c.pending, m)
 		return
@@ -77,14 +80,24 @@ func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
 	if m.interimResp || len(c.pending) == 0 || dir == c.requestDir {
 		return // 100 Continue, or a response to a request we never saw
 	}
-	m.req = c.pending[0]
-	c.pending = c.pending[1:]
+	m.req = c.popPending()
 	if m.req.method == "HEAD" {
 		m.noBody = true
 	}
 	if m.req.method == "CONNECT" && m.status/100 == 2 {
 		m.upgrade = true // a tunnel follows
 	}
+}
+
+// popPending takes the oldest request waiting for its response. It shifts
+// the rest down rather than reslicing, so that the queue's array, usually
+// holding one request, serves the connection's whole life.
+func (c *http1Conn) popPending() *message {
+	m := c.pending[0]
+	n := copy(c.pending, c.pending[1:])
+	c.pending[n] = nil
+	c.pending = c.pending[:n]
+	return m
 }
 
 func (c *http1Conn) onComplete(m *message) {
@@ -106,21 +119,21 @@ func (c *http1Conn) onComplete(m *message) {
 		Protocol:        ProtoHTTP,
 		Method:          req.method,
 		StatusCode:      m.status,
-		ProtocolVersion: "1." + string(req.minor),
+		ProtocolVersion: "1.1",
 		UserAgent:       req.userAgent,
 		RequestSize:     req.bodySize,
 		ResponseSize:    m.bodySize,
-		Parent:          parseTraceparent(req.traceparent),
+		Parent:          req.parent,
 		Truncated:       req.truncated,
 		GRPCStatus:      -1,
 		Partition:       -1,
 	}
-	if req.minor != '0' && req.minor != '1' {
-		r.ProtocolVersion = "1.1"
+	if req.minor == '0' {
+		r.ProtocolVersion = "1.0"
 	}
 	r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
 	if c.routes {
-		r.Route = heuristicRoute(r.Path)
+		r.Route = c.route.of(r.Path)
 	}
 	if c.requestDir == bpf.Ingress {
 		// Server: from when the request arrived to the last response byte.
@@ -129,4 +142,21 @@ func (c *http1Conn) onComplete(m *message) {
 		// Client: from when it began to send the request.
 		c.emit(r, RoleClient, req.startEnter, m.end)
 	}
+	// The request has what it needs from both messages (strings are
+	// immutable). A request still sending its body (the server answered
+	// early) is its stream's current message: it stays.
+	c.recycle(m)
+	if req.completed {
+		c.recycle(req)
+	}
+}
+
+// maxFree bounds the spare messages a connection keeps.
+const maxFree = 4
+
+func (c *http1Conn) recycle(m *message) {
+	if m == c.in.msg || m == c.out.msg || len(c.free) == maxFree {
+		return
+	}
+	c.free = append(c.free, m)
 }

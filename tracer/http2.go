@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/podtracer/podtracer/bpf"
@@ -209,6 +210,7 @@ func isH2Preface(seg *segment) bool {
 type http2Conn struct {
 	emit    emitter
 	routes  bool
+	route   lastRoute
 	dirs    [2]*h2Dir // by bpf.Direction
 	streams map[uint32]*h2Stream
 	// clientDir is the direction requests travel, once known: from the
@@ -235,7 +237,7 @@ func newHTTP2Upgraded(emit emitter, routes bool, clientDir bpf.Direction, req *m
 	c.onPreface(c.dirs[clientDir])
 	s := c.newStream(1)
 	s.req = h2Head{method: req.method, path: req.target, authority: req.host,
-		traceparent: req.traceparent, userAgent: req.userAgent, grpcStatus: -1}
+		parent: req.parent, userAgent: req.userAgent, grpcStatus: -1}
 	s.start = start
 	s.reqBytes = req.bodySize
 	s.reqEnded = true
@@ -572,12 +574,13 @@ func (d *h2Dir) endBlock(seg *segment) {
 
 // h2Head is what a header block says that matters here.
 type h2Head struct {
-	method, path, authority, contentType, traceparent, userAgent string
-	status                                                       int // :status; 0 absent
-	grpcStatus                                                   int // -1 absent
-	grpcMessage                                                  string
-	unknown                                                      bool // some fields could not be decoded
-	cut                                                          bool // the block was not fully captured
+	method, path, authority, contentType, userAgent string
+	parent                                          trace.SpanContext // from traceparent
+	status                                          int               // :status; 0 absent
+	grpcStatus                                      int               // -1 absent
+	grpcMessage                                     string
+	unknown                                         bool // some fields could not be decoded
+	cut                                             bool // the block was not fully captured
 }
 
 func readH2Headers(fields []hfield, cut bool) h2Head {
@@ -609,7 +612,7 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 		case "content-type":
 			h.contentType = v
 		case "traceparent":
-			h.traceparent = v
+			h.parent = parseTraceparent(v)
 		case "user-agent":
 			h.userAgent = v
 		case "grpc-status":
@@ -747,7 +750,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 		ProtocolVersion: "2",
 		Method:          q.method,
 		UserAgent:       q.userAgent,
-		Parent:          parseTraceparent(q.traceparent),
+		Parent:          q.parent,
 		Truncated:       !q.complete(),
 		RequestSize:     s.reqBytes,
 		ResponseSize:    s.respBytes,
@@ -768,7 +771,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 		}
 	} else {
 		if c.routes {
-			r.Route = heuristicRoute(r.Path)
+			r.Route = c.route.of(r.Path)
 		}
 		if !reset && (s.resp.status == 0 || !s.respSeen) {
 			return // the status was in a field we could not decode

@@ -10,6 +10,9 @@ func heuristicRoute(path string) string {
 	if path == "" || path[0] != '/' {
 		return ""
 	}
+	if isRoute(path) {
+		return path
+	}
 	var b strings.Builder
 	b.Grow(len(path))
 	segments := 0
@@ -32,6 +35,36 @@ func heuristicRoute(path string) string {
 		rest = next
 	}
 	return b.String()
+}
+
+// isRoute tells whether heuristicRoute would leave path as it is: no
+// segment looks like an id, and it is not too deep.
+func isRoute(path string) bool {
+	segments := 0
+	for rest := path[1:]; ; {
+		seg, next, more := strings.Cut(rest, "/")
+		if looksLikeID(seg) {
+			return false
+		}
+		if segments++; !more {
+			return true
+		}
+		if segments == 8 {
+			return false
+		}
+		rest = next
+	}
+}
+
+// lastRoute remembers the route of the last path a connection saw: a
+// connection often asks for the same path again.
+type lastRoute struct{ path, route string }
+
+func (l *lastRoute) of(path string) string {
+	if path != l.path || l.path == "" {
+		l.path, l.route = path, heuristicRoute(path)
+	}
+	return l.route
 }
 
 func looksLikeID(seg string) bool {

@@ -6,35 +6,39 @@ import (
 
 // parseTraceparent reads a W3C traceparent header
 // ("00-<trace-id>-<parent-id>-<flags>"); invalid input gives an invalid
-// span context, so the span starts a new trace.
-func parseTraceparent(h string) trace.SpanContext {
+// span context, so the span starts a new trace. It reads the header where
+// it lies (the captured bytes, or an HPACK string) without copying it.
+func parseTraceparent[T string | []byte](h T) trace.SpanContext {
 	if len(h) < 55 || h[2] != '-' || h[35] != '-' || h[52] != '-' {
 		return trace.SpanContext{}
 	}
-	if h[:2] == "ff" || (h[:2] == "00" && len(h) != 55) {
+	version, ok := hexByte(h[0], h[1])
+	if !ok || version == 0xff || (version == 0 && len(h) != 55) {
 		return trace.SpanContext{}
 	}
-	tid, err := trace.TraceIDFromHex(h[3:35])
-	if err != nil {
+	var tid trace.TraceID
+	var sid trace.SpanID
+	if !unhexInto(tid[:], h[3:35]) || !unhexInto(sid[:], h[36:52]) || !tid.IsValid() || !sid.IsValid() {
 		return trace.SpanContext{}
 	}
-	sid, err := trace.SpanIDFromHex(h[36:52])
-	if err != nil {
+	f, ok := hexByte(h[53], h[54])
+	if !ok {
 		return trace.SpanContext{}
 	}
-	var flags trace.TraceFlags
-	switch h[53:55] {
-	case "00":
-	case "01":
-		flags = trace.FlagsSampled
-	default:
-		f, ok := hexByte(h[53], h[54])
-		if !ok {
-			return trace.SpanContext{}
-		}
-		flags = trace.TraceFlags(f) & trace.FlagsSampled
-	}
+	flags := trace.TraceFlags(f) & trace.FlagsSampled
 	return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: flags, Remote: true})
+}
+
+// unhexInto decodes lower-case hex (as W3C Trace Context requires) into dst.
+func unhexInto[T string | []byte](dst []byte, h T) bool {
+	for i := range dst {
+		b, ok := hexByte(h[2*i], h[2*i+1])
+		if !ok {
+			return false
+		}
+		dst[i] = b
+	}
+	return true
 }
 
 func hexByte(a, b byte) (byte, bool) {

@@ -60,6 +60,10 @@ type Tracer struct {
 	conns     map[connKey]*conn
 	lastSweep uint64
 	detectors []detector
+	// seg is the segment being fed. Parsers use a segment only during the
+	// call that feeds it (its bytes are the event's, reused by the next
+	// one), so one serves every event without an allocation.
+	seg segment
 
 	requests, untracked atomic.Uint64
 	live                atomic.Int64
@@ -100,8 +104,8 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		t.live.Add(1)
 	}
 	c.lastSeen = ev.ExitNS
-	seg := segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS}
-	c.feed(ev.Dir, &seg)
+	t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS}
+	c.feed(ev.Dir, &t.seg)
 	if ev.ExitNS-t.lastSweep > uint64(10*time.Second) {
 		t.sweep(ev.ExitNS)
 	}

@@ -306,6 +306,9 @@ func TestHeuristicRoute(t *testing.T) {
 		"/items/550e8400-e29b-41d4-a716-446655440000": "/items/{id}",
 		"/static/app.js":       "/static/app.js",
 		"/a/b/c/d/e/f/g/h/i/j": "/a/b/c/d/e/f/g/h/*",
+		"/a/b/c/d/e/f/g/h":     "/a/b/c/d/e/f/g/h",
+		"/a/b/c/d/e/f/g/h/":    "/a/b/c/d/e/f/g/h/*",
+		"/a/b/c/d/e/f/g/42":    "/a/b/c/d/e/f/g/{id}",
 		"":                     "",
 	} {
 		if got := heuristicRoute(path); got != want {
@@ -316,16 +319,71 @@ func TestHeuristicRoute(t *testing.T) {
 
 func TestTraceparent(t *testing.T) {
 	for h, valid := range map[string]bool{
-		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01": true,
-		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00": true,
-		"00-00000000000000000000000000000000-b7ad6b7169203331-01": false,
-		"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01": false,
-		"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01": false,
-		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331":    false,
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01":       true,
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00":       true,
+		"00-00000000000000000000000000000000-b7ad6b7169203331-01":       false,
+		"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01":       false,
+		"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01":       false,
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331":          false,
+		"00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01":       false, // upper case
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g":       false,
+		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-":      false, // version 00 has nothing after the flags
+		"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later": true,
 		"garbage": false,
 	} {
-		if got := parseTraceparent(h).IsValid(); got != valid {
-			t.Errorf("parseTraceparent(%q).IsValid() = %v, want %v", h, got, valid)
+		got := parseTraceparent(h)
+		if got.IsValid() != valid {
+			t.Errorf("parseTraceparent(%q).IsValid() = %v, want %v", h, got.IsValid(), valid)
 		}
+		if fromBytes := parseTraceparent([]byte(h)); !fromBytes.Equal(got) {
+			t.Errorf("parseTraceparent(%q) from bytes = %v, from a string %v", h, fromBytes, got)
+		}
+	}
+	sc := parseTraceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03")
+	if !sc.IsSampled() || sc.TraceFlags() != 1 || sc.SpanID().String() != "b7ad6b7169203331" || !sc.IsRemote() {
+		t.Errorf("flags 03: %+v", sc)
+	}
+}
+
+// TestNothingCarriedOver: messages and header strings are reused from one
+// request of a connection to the next; no field of one request may show up
+// in another, also when the server answers before the request body is in.
+func TestNothingCarriedOver(t *testing.T) {
+	h := newHarness(t, 512)
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	h.send(1, in, "GET /users/1 HTTP/1.1\r\nHost: a:1\r\nUser-Agent: one\r\ntraceparent: "+tp+"\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	h.send(1, in, "GET /users/1 HTTP/1.0\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+	// Answered early: the request is still sending its body when the
+	// response is complete.
+	h.send(1, in, "POST /upload HTTP/1.1\r\nHost: b\r\nContent-Length: 10\r\n\r\n12345")
+	h.send(1, out, "HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+	h.send(1, in, "67890")
+	h.send(1, in, "PUT /x HTTP/1.1\r\nHost: c\r\nContent-Length: 0\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+
+	type summary struct {
+		method, path, route, host, ua, version string
+		status                                 int
+		parent                                 bool
+	}
+	want := []summary{
+		{"GET", "/users/1", "/users/{id}", "a", "one", "1.1", 200, true},
+		{"GET", "/users/1", "/users/{id}", "", "", "1.0", 404, false},
+		{"POST", "/upload", "/upload", "b", "", "1.1", 413, false},
+		{"PUT", "/x", "/x", "c", "", "1.1", 201, false},
+	}
+	if len(h.got) != len(want) {
+		t.Fatalf("got %d requests, want %d", len(h.got), len(want))
+	}
+	for i, r := range h.got {
+		got := summary{r.Method, r.Path, r.Route, r.Host, r.UserAgent, r.ProtocolVersion, r.StatusCode, r.Parent.IsValid()}
+		if got != want[i] {
+			t.Errorf("request %d = %+v, want %+v", i, got, want[i])
+		}
+	}
+	if h.got[0].Parent.TraceID().String() != "0af7651916cd43dd8448eb211c80319c" {
+		t.Errorf("parent = %v", h.got[0].Parent)
 	}
 }
