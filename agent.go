@@ -75,6 +75,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	}
 	defer capture.Close()
 
+	batcher := exp.NewBatcher()
 	registry := pod.NewRegistry(procRoot, pod.Selection{OpenPorts: cfg.ports, Executable: cfg.executable}, logger)
 	tr := tracer.New(tracer.Config{
 		RouteHeuristic: cfg.RouteHeuristic,
@@ -83,7 +84,10 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		QueryText:      cfg.QueryText,
 		RedisKeys:      cfg.RedisKeys,
 	},
-		registry, capture.WallTime, exp.Export)
+		registry, capture.WallTime, batcher.Add)
+	// Requests reach the exporter once per poll of the ring buffer, not one
+	// by one: its worker wakes once per batch.
+	capture.Drained = batcher.Flush
 
 	go pod.Watch(ctx, procRoot, 10*time.Second, logger)
 	go reportStats(ctx, logger, capture, tr, exp)
@@ -107,6 +111,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 				// exporter's after its flush: the line is the final word.
 				ks, _ := capture.Stats()
 				capture.Close()
+				batcher.Flush()
 				shutdownExporter(logger, exp)
 				logCounters(logger, "final stats", ks, tr, exp)
 				return nil

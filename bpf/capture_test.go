@@ -77,7 +77,10 @@ func TestStopDrains(t *testing.T) {
 		t.Fatalf("stats after stop: %+v, %v", stats, err)
 	}
 
-	var before, after int
+	// Drained marks the end of each batch of events: it comes after the
+	// events, before Read ends.
+	var before, after, readSinceDrained, drained int
+	c.Drained = func() { drained++; readSinceDrained = 0 }
 	var ev Event
 	for {
 		err := c.Read(&ev)
@@ -87,6 +90,7 @@ func TestStopDrains(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		readSinceDrained++
 		switch p := string(ev.Payload); {
 		case strings.HasPrefix(p, "GET /before-stop"):
 			before++
@@ -97,6 +101,9 @@ func TestStopDrains(t *testing.T) {
 	// Seen twice: sent by curl, received by the server.
 	if before != 2 || after != 0 {
 		t.Errorf("requests read after stop: %d before it (want 2), %d after it (want 0)", before, after)
+	}
+	if drained == 0 || readSinceDrained != 0 {
+		t.Errorf("Drained called %d times, %d events read after the last call", drained, readSinceDrained)
 	}
 	if err := c.Read(&ev); !errors.Is(err, ErrClosed) {
 		t.Errorf("read after drain: %v, want ErrClosed", err)

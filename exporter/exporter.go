@@ -146,9 +146,13 @@ type Exporter struct {
 	cfg    Config
 	logger *slog.Logger
 
-	queue chan *tracer.Request
-	stop  chan struct{} // closed by Shutdown: the worker drains and exits
-	done  chan struct{} // closed by the worker when it has exited
+	// queue carries requests in batches (see Batcher), counted in queued
+	// and bounded by Config.QueueSize.
+	queue  chan []*tracer.Request
+	queued atomic.Int64
+	spare  slicePool[*tracer.Request]
+	stop   chan struct{} // closed by Shutdown: the worker drains and exits
+	done   chan struct{} // closed by the worker when it has exited
 
 	started      bool // the worker runs; false only in benchmarks
 	closed       atomic.Bool
@@ -279,7 +283,8 @@ func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, smp
 	e := &Exporter{
 		cfg:        cfg,
 		logger:     logger,
-		queue:      make(chan *tracer.Request, cfg.QueueSize),
+		queue:      make(chan []*tracer.Request, cfg.QueueSize),
+		spare:      newSlicePool[*tracer.Request](),
 		stop:       make(chan struct{}),
 		done:       make(chan struct{}),
 		envRes:     envRes,
@@ -314,17 +319,75 @@ func (e *Exporter) start() {
 
 // Export hands r to the exporter, which owns it from then on: the caller
 // must not change it afterwards. Export never blocks; when the queue is full
-// the request is dropped and counted.
+// the request is dropped and counted. A Batcher does the same for many
+// requests at a time, at less cost per request.
 func (e *Exporter) Export(r *tracer.Request) {
-	e.requests.Add(1)
-	if r == nil || e.closed.Load() {
+	if r == nil {
+		e.requests.Add(1)
 		e.droppedRequests.Add(1)
 		return
 	}
-	select {
-	case e.queue <- r:
-	default:
-		e.droppedRequests.Add(1)
+	batch := e.spare.get()
+	e.enqueue(append(batch, r))
+}
+
+// enqueue hands a batch of requests to the worker, dropping and counting
+// those beyond the queue size. It never blocks: the channel has room for
+// a batch per request the count lets in.
+func (e *Exporter) enqueue(batch []*tracer.Request) {
+	n := int64(len(batch))
+	e.requests.Add(uint64(n))
+	if e.closed.Load() {
+		e.droppedRequests.Add(uint64(n))
+		e.spare.put(batch)
+		return
+	}
+	if over := e.queued.Add(n) - int64(e.cfg.QueueSize); over > 0 {
+		over = min(over, n)
+		e.queued.Add(-over)
+		e.droppedRequests.Add(uint64(over))
+		batch = batch[:n-over]
+		if len(batch) == 0 {
+			e.spare.put(batch)
+			return
+		}
+	}
+	e.queue <- batch
+}
+
+// Batcher gathers the requests of one goroutine and hands them to the
+// exporter together: its worker then wakes once per batch rather than once
+// per request. The agent's capture loop flushes it each time it has read
+// all the kernel's events. A Batcher is not safe for concurrent use.
+type Batcher struct {
+	e     *Exporter
+	batch []*tracer.Request
+}
+
+// maxBatch is where a Batcher flushes without waiting to be told.
+const maxBatch = 256
+
+// NewBatcher returns a Batcher for e.
+func (e *Exporter) NewBatcher() *Batcher { return &Batcher{e: e} }
+
+// Add takes r, which the exporter owns from then on, like Export.
+func (b *Batcher) Add(r *tracer.Request) {
+	if r == nil {
+		return
+	}
+	if b.batch == nil {
+		b.batch = b.e.spare.get()
+	}
+	if b.batch = append(b.batch, r); len(b.batch) >= maxBatch {
+		b.Flush()
+	}
+}
+
+// Flush hands what was added to the exporter.
+func (b *Batcher) Flush() {
+	if len(b.batch) > 0 {
+		b.e.enqueue(b.batch)
+		b.batch = nil
 	}
 }
 
@@ -432,16 +495,16 @@ func (e *Exporter) run() {
 	defer sweep.Stop()
 	for {
 		select {
-		case r := <-e.queue:
-			e.handle(r)
+		case batch := <-e.queue:
+			e.handleBatch(batch)
 		case <-sweep.C:
 			e.gen++
 			e.releaseIdle()
 		case <-e.stop:
 			for {
 				select {
-				case r := <-e.queue:
-					e.handle(r)
+				case batch := <-e.queue:
+					e.handleBatch(batch)
 				default:
 					return
 				}
@@ -450,9 +513,28 @@ func (e *Exporter) run() {
 	}
 }
 
+// handleBatch turns a batch of requests into spans and metric points, and
+// offers the spans to the sinks together.
+func (e *Exporter) handleBatch(batch []*tracer.Request) {
+	for _, r := range batch {
+		p := e.process(r.Process)
+		p.record(r, e.cfg.CaptureQuery)
+	}
+	e.queued.Add(-int64(len(batch)))
+	e.spare.put(batch)
+	for _, k := range e.sinks {
+		k.offerPending()
+	}
+}
+
+// handle is handleBatch for one request, outside the queue (tests and
+// benchmarks drive the worker's code with it).
 func (e *Exporter) handle(r *tracer.Request) {
 	p := e.process(r.Process)
 	p.record(r, e.cfg.CaptureQuery)
+	for _, k := range e.sinks {
+		k.offerPending()
+	}
 }
 
 // batchConfigFromEnv reads OTEL_BSP_* with the SDK batch processor's

@@ -3,6 +3,7 @@ package exporter
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -758,5 +759,42 @@ func TestPrinterOffWithTracesEndpoint(t *testing.T) {
 	shutdown(t, e)
 	if printed.String() != "" {
 		t.Errorf("printed with a traces endpoint set: %q", printed.String())
+	}
+}
+
+// TestBatcher: requests handed over in batches all become spans, in one
+// wake-up of the worker per batch, and the queue bound counts requests, not
+// batches: what does not fit is dropped and counted exactly.
+func TestBatcher(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	b := e.NewBatcher()
+	const n = 3*maxBatch + 10 // full batches flush by themselves
+	for i := range n {
+		r := serverReq()
+		r.Route = fmt.Sprintf("/batched/%d", i%3)
+		b.Add(r)
+	}
+	b.Flush()
+	b.Flush() // nothing left: a no-op
+	rcv.WaitSpans(t, waitFor, func(spans []otlptest.Span) bool { return len(spans) >= n })
+	if s := e.Stats(); s.Requests != n || s.DroppedRequests != 0 {
+		t.Errorf("stats %+v, want %d requests, none dropped", s, n)
+	}
+
+	// Without a worker, the queue fills: QueueSize requests are taken.
+	q := benchNew(t, nil, nil)
+	q.cfg.QueueSize = 100
+	qb := q.NewBatcher()
+	for range 70 {
+		qb.Add(serverReq())
+	}
+	qb.Flush()
+	for range 70 {
+		qb.Add(serverReq())
+	}
+	qb.Flush()
+	q.Export(serverReq())
+	if s := q.Stats(); s.Requests != 141 || s.DroppedRequests != 41 || q.queued.Load() != 100 {
+		t.Errorf("stats %+v, %d queued; want 141 requests, 41 dropped, 100 queued", s, q.queued.Load())
 	}
 }

@@ -156,10 +156,11 @@ func (s *process) begin(r *tracer.Request, kind trace.SpanKind, name string) (co
 	return ctx, rec
 }
 
-// finish hands a filled record to every sink, which release it.
+// finish hands a filled record to every sink, which release it. The
+// sinks get it when the worker offers what it made from a batch.
 func (s *process) finish(rec *spanRecord) {
 	for _, k := range s.sinks {
-		k.offer(rec)
+		k.hold(rec)
 	}
 }
 

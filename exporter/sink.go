@@ -42,7 +42,12 @@ type spanSink struct {
 	cfg   batchConfig
 	limit int64
 
-	queue   chan *spanRecord
+	// queue carries spans in handfuls: the worker offers what one batch of
+	// requests made at once, so the sink's goroutine wakes once per batch,
+	// not per span.
+	queue   chan []*spanRecord
+	spare   slicePool[*spanRecord]
+	pending []*spanRecord // made by the worker, not yet offered
 	flushes chan chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
@@ -63,7 +68,8 @@ func newSpanSink(name string, exp spanExporter, cfg batchConfig, rep *reporter) 
 	cfg.size = min(cfg.size, cfg.queue)
 	k := &spanSink{
 		name: name, exp: exp, rep: rep, cfg: cfg, limit: int64(cfg.queue),
-		queue:   make(chan *spanRecord, cfg.queue),
+		queue:   make(chan []*spanRecord, cfg.queue),
+		spare:   newSlicePool[*spanRecord](),
 		flushes: make(chan chan struct{}),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -73,16 +79,44 @@ func newSpanSink(name string, exp spanExporter, cfg batchConfig, rep *reporter) 
 	return k
 }
 
-// offer queues rec, or drops and counts it when the sink is full. It never
-// blocks: the channel has room for every span the count lets in.
-func (k *spanSink) offer(rec *spanRecord) {
-	if k.inflight.Add(1) > k.limit {
-		k.inflight.Add(-1)
-		k.dropped.Add(1)
-		rec.release()
+// hold keeps rec for the next offerPending. Only the worker calls it.
+func (k *spanSink) hold(rec *spanRecord) {
+	if k.pending == nil {
+		k.pending = k.spare.get()
+	}
+	k.pending = append(k.pending, rec)
+}
+
+// offerPending hands the held spans to the sink's goroutine, and drops and
+// counts those beyond the queue size. It never blocks: the channel has room
+// for a handful per span the count lets in. Only the worker calls it.
+func (k *spanSink) offerPending() {
+	recs := k.pending
+	if len(recs) == 0 {
 		return
 	}
-	k.queue <- rec
+	k.pending = nil
+	if over := k.inflight.Add(int64(len(recs))) - k.limit; over > 0 {
+		over = min(over, int64(len(recs)))
+		k.inflight.Add(-over)
+		k.dropped.Add(uint64(over))
+		keep := len(recs) - int(over)
+		for _, rec := range recs[keep:] {
+			rec.release()
+		}
+		recs = recs[:keep]
+		if keep == 0 {
+			k.spare.put(recs)
+			return
+		}
+	}
+	k.queue <- recs
+}
+
+// offer queues one span at once.
+func (k *spanSink) offer(rec *spanRecord) {
+	k.hold(rec)
+	k.offerPending()
 }
 
 // run collects batches and exports each when it is full or the oldest
@@ -94,9 +128,9 @@ func (k *spanSink) run() {
 	defer timer.Stop()
 	for {
 		select {
-		case rec := <-k.queue:
+		case recs := <-k.queue:
 			var sent bool
-			if batch, sent = k.add(batch, rec); sent {
+			if batch, sent = k.addAll(batch, recs); sent {
 				timer.Reset(k.cfg.delay)
 			}
 		case <-timer.C:
@@ -116,22 +150,26 @@ func (k *spanSink) run() {
 func (k *spanSink) drain(batch []*spanRecord) []*spanRecord {
 	for {
 		select {
-		case rec := <-k.queue:
-			batch, _ = k.add(batch, rec)
+		case recs := <-k.queue:
+			batch, _ = k.addAll(batch, recs)
 		default:
 			return k.export(batch)
 		}
 	}
 }
 
-// add appends rec to the batch and exports it when it is full, which it
-// reports.
-func (k *spanSink) add(batch []*spanRecord, rec *spanRecord) ([]*spanRecord, bool) {
-	batch = append(batch, rec)
-	if len(batch) < k.cfg.size {
-		return batch, false
+// addAll appends recs to the batch, exporting it each time it is full,
+// which it reports; recs goes back to the spare slices.
+func (k *spanSink) addAll(batch, recs []*spanRecord) ([]*spanRecord, bool) {
+	sent := false
+	for _, rec := range recs {
+		batch = append(batch, rec)
+		if len(batch) == k.cfg.size {
+			batch, sent = k.export(batch), true
+		}
 	}
-	return k.export(batch), true
+	k.spare.put(recs)
+	return batch, sent
 }
 
 // export sends a batch, counts the outcome, releases the records and

@@ -203,6 +203,34 @@ func TestSinkBatchesBySize(t *testing.T) {
 	}
 }
 
+// TestSinkHandfuls: spans held by the worker and offered together make the
+// same batches as spans offered one by one, and those beyond the queue size
+// are dropped, released and counted exactly.
+func TestSinkHandfuls(t *testing.T) {
+	rec := newBatchRecorder()
+	k := newSpanSink("test", rec, batchConfig{queue: 6, size: 4, delay: time.Hour, timeout: time.Minute}, newReporter(nil, time.Hour))
+	for i := range 10 {
+		r := newRecord(1)
+		r.name = "span" + strconv.Itoa(i)
+		k.hold(r)
+	}
+	k.offerPending()
+	k.offerPending() // nothing held: a no-op
+	rec.wait(t, 1)
+	if err := k.shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.sizes(); !reflect.DeepEqual(got, []int{4, 2}) {
+		t.Errorf("batches %v, want [4 2]", got)
+	}
+	if k.exported.Load() != 6 || k.dropped.Load() != 4 || k.inflight.Load() != 0 {
+		t.Errorf("exported %d, dropped %d, in flight %d; want 6, 4, 0", k.exported.Load(), k.dropped.Load(), k.inflight.Load())
+	}
+	if rec.batches[1][1] != "span5" {
+		t.Errorf("last batch %v, want the first six spans kept", rec.batches[1])
+	}
+}
+
 func TestSinkBatchesByDelay(t *testing.T) {
 	rec := newBatchRecorder()
 	const delay = 50 * time.Millisecond
