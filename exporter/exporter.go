@@ -517,8 +517,7 @@ func (e *Exporter) run() {
 // offers the spans to the sinks together.
 func (e *Exporter) handleBatch(batch []*tracer.Request) {
 	for _, r := range batch {
-		p := e.process(r.Process)
-		p.record(r, e.cfg.CaptureQuery)
+		e.record(r)
 	}
 	e.queued.Add(-int64(len(batch)))
 	e.spare.put(batch)
@@ -527,11 +526,16 @@ func (e *Exporter) handleBatch(batch []*tracer.Request) {
 	}
 }
 
+// record makes r's span record and metric point.
+func (e *Exporter) record(r *tracer.Request) {
+	validRequest(r)
+	e.process(r.Process).record(r, e.cfg.CaptureQuery)
+}
+
 // handle is handleBatch for one request, outside the queue (tests and
 // benchmarks drive the worker's code with it).
 func (e *Exporter) handle(r *tracer.Request) {
-	p := e.process(r.Process)
-	p.record(r, e.cfg.CaptureQuery)
+	e.record(r)
 	for _, k := range e.sinks {
 		k.offerPending()
 	}

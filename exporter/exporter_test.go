@@ -798,3 +798,62 @@ func TestBatcher(t *testing.T) {
 		t.Errorf("stats %+v, %d queued; want 141 requests, 41 dropped, 100 queued", s, q.queued.Load())
 	}
 }
+
+// TestInvalidUTF8: captured bytes are not always UTF-8 (a Latin-1 path, a
+// binary key, a garbage stream that looked like a request). OTLP strings
+// must be, and one bad string would fail the whole batch, or every metric
+// export of its process from then on. Such strings arrive with U+FFFD in
+// place of the bad bytes, and the requests around them are not lost.
+func TestInvalidUTF8(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	bad := serverReq()
+	bad.Method, bad.Path, bad.Route, bad.UserAgent, bad.Host = "G\xffT", "/caf\xe9", "/caf\xe9", "agent\xc3", "h\xfest"
+	e.Export(bad)
+	good := serverReq()
+	good.Route = "/fine"
+	e.Export(good)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 2 })
+	var got *otlptest.Span
+	for i := range spans {
+		if spans[i].Name != "GET /fine" {
+			got = &spans[i]
+		}
+	}
+	if got == nil {
+		t.Fatalf("spans %v: the one with bad bytes is missing", spans)
+	}
+	want := map[string]any{"url.path": "/caf\uFFFD", "http.route": "/caf\uFFFD", "user_agent.original": "agent\uFFFD", "server.address": "h\uFFFDst", "http.request.method_original": "G\uFFFDT"}
+	for k, v := range want {
+		if got.Attributes[k] != v {
+			t.Errorf("%s = %q, want %q", k, got.Attributes[k], v)
+		}
+	}
+	rcv.WaitMetric(t, waitFor, func(points []otlptest.MetricPoint) bool {
+		for _, p := range points {
+			if p.Name == "http.server.request.duration" && p.Attributes["http.route"] == "/caf\uFFFD" {
+				return true
+			}
+		}
+		return false
+	})
+	if s := e.Stats(); s.FailedSpans != 0 || s.FailedMetricExports != 0 {
+		t.Errorf("stats %+v: exports failed", s)
+	}
+}
+
+// TestInvalidUTF8Resource: a process whose executable path and arguments
+// are not UTF-8 still gets its spans through.
+func TestInvalidUTF8Resource(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	r := serverReq()
+	r.Process = &pod.Process{PID: 99, Exe: "/opt/\xffapp", Name: "\xffapp", Cmdline: []string{"/opt/\xffapp", "--name=caf\xe9"}}
+	e.Export(r)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 1 })
+	res := spans[0].Resource
+	if res["process.executable.path"] != "/opt/\uFFFDapp" || res["service.name"] != "\uFFFDapp" {
+		t.Errorf("resource %v", res)
+	}
+	if args, _ := res["process.command_args"].([]any); len(args) != 2 || args[1] != "--name=caf\uFFFD" {
+		t.Errorf("process.command_args = %#v", res["process.command_args"])
+	}
+}

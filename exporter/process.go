@@ -143,6 +143,7 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 		svc = "unknown_service" // the spec's default
 	}
 	attrs = append(attrs, semconv.ServiceName(svc))
+	validAttrs(attrs) // file names and arguments are bytes
 	md := e.cfg.Metadata
 	for _, kv := range []attribute.KeyValue{
 		semconv.K8SPodName(md.PodName),
