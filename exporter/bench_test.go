@@ -14,7 +14,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
@@ -34,14 +33,15 @@ func (sdkDiscard) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { 
 func (sdkDiscard) Shutdown(context.Context) error                             { return nil }
 
 // marshalClient is an OTLP client that does what the gRPC client does with
-// a batch up to the bytes on the wire: marshal the request.
+// a batch up to the bytes on the wire: marshal the request with its codec.
 type marshalClient struct{ bytes int }
 
 func (*marshalClient) Start(context.Context) error { return nil }
 func (*marshalClient) Stop(context.Context) error  { return nil }
 func (c *marshalClient) UploadTraces(_ context.Context, rs []*tracepb.ResourceSpans) error {
-	b, err := proto.Marshal(&coltracepb.ExportTraceServiceRequest{ResourceSpans: rs})
-	c.bytes += len(b)
+	data, err := newTraceCodec().Marshal(&coltracepb.ExportTraceServiceRequest{ResourceSpans: rs})
+	c.bytes += data.Len()
+	data.Free()
 	return err
 }
 

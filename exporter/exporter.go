@@ -42,6 +42,7 @@ import (
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/grpc"
 
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
@@ -235,8 +236,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	var dests []destination
 	if cfg.TracesOTLP {
 		// The client reads OTEL_EXPORTER_OTLP_* itself; Start does not
-		// connect yet.
-		client := otlptracegrpc.NewClient()
+		// connect yet. Its requests are encoded by traceCodec.
+		client := otlptracegrpc.NewClient(otlptracegrpc.WithDialOption(
+			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newTraceCodec()))))
 		if err := client.Start(ctx); err != nil {
 			return nil, fmt.Errorf("otlp trace client: %w", err)
 		}
