@@ -38,6 +38,17 @@ func grpcCodeName(code int) string {
 	return strconv.Itoa(code)
 }
 
+// rpcMethodOther is rpc.method for a method the server does not recognise.
+const rpcMethodOther = "_OTHER"
+
+// unknownRPCMethod tells whether the server did not recognise the method
+// of a gRPC call, as far as the wire shows: it answered UNIMPLEMENTED, or
+// the path was not /service/method. A server answers UNIMPLEMENTED to any
+// path it has no handler for, which is what a scanner sends.
+func unknownRPCMethod(r *tracer.Request) bool {
+	return r.GRPCStatus == 12 || r.RPCService == "" || r.RPCMethod == ""
+}
+
 // grpcError applies the gRPC conventions: a client failed on any status but
 // OK; a server only on the codes that mean it failed, not the caller.
 func grpcError(role tracer.Role, code int) bool {
@@ -141,9 +152,18 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 	switch r.Protocol {
 	case tracer.ProtoGRPC:
 		full := r.RPCService + "/" + r.RPCMethod
-		name = full
-		metric = append(metric, semconv.RPCSystemNameGRPC, semconv.RPCMethod(full))
-		span = append(span, semconv.RPCSystemNameGRPC, semconv.RPCMethod(full), rpcSystemOld.String("grpc"), rpcServiceOld.String(r.RPCService))
+		method := full
+		if unknownRPCMethod(r) {
+			// The server does not have the method: the path is whatever the
+			// caller sent, a series per path on the duration metric. The
+			// conventions want "_OTHER", and the path in
+			// rpc.method_original on the span.
+			method = rpcMethodOther
+			span = append(span, semconv.RPCMethodOriginal(full))
+		}
+		name = method
+		metric = append(metric, semconv.RPCSystemNameGRPC, semconv.RPCMethod(method))
+		span = append(span, semconv.RPCSystemNameGRPC, semconv.RPCMethod(method), rpcSystemOld.String("grpc"), rpcServiceOld.String(r.RPCService))
 		if r.GRPCStatus >= 0 {
 			code := grpcCodeName(r.GRPCStatus)
 			metric = append(metric, semconv.RPCResponseStatusCode(code))

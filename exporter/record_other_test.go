@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -92,6 +93,35 @@ func TestGRPCSpans(t *testing.T) {
 		}
 		return server && client
 	})
+}
+
+// gRPC calls to methods the server does not have (it answers
+// UNIMPLEMENTED): the path is the caller's choice, so a scanner would make a
+// series per path. rpc.method is "_OTHER" then, the path stays on the span.
+func TestGRPCUnknownMethod(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	for i := range 20 {
+		r := otherReq(tracer.ProtoGRPC, tracer.RoleServer)
+		r.RPCService, r.RPCMethod, r.GRPCStatus = fmt.Sprintf("scan%d.Svc", i), "Probe", 12
+		e.Export(r)
+	}
+	spans := rcv.WaitSpans(t, waitFor, spansNamed("_OTHER", 20))
+	if s := find(spans, "_OTHER")[0]; s.Attributes["rpc.method"] != "_OTHER" || s.Attributes["rpc.method_original"] == nil {
+		t.Errorf("attrs %v", s.Attributes)
+	}
+	points := rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
+		for _, p := range m {
+			if p.Name == "rpc.server.call.duration" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, p := range points {
+		if p.Name == "rpc.server.call.duration" && p.Attributes["rpc.method"] != "_OTHER" {
+			t.Errorf("metric point with rpc.method %v", p.Attributes["rpc.method"])
+		}
+	}
 }
 
 func TestKafkaSpans(t *testing.T) {

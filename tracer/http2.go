@@ -435,6 +435,11 @@ func (d *h2Dir) endFrame(seg *segment) {
 		if cap(d.block) > 16<<10 && !d.bOpen {
 			d.block = nil
 		}
+		// Nor should its fields: a block of one-byte indexed fields
+		// decodes to tens of thousands of them (40 bytes each).
+		if cap(d.fields) > 512 {
+			d.fields = nil
+		}
 	}()
 	switch f.typ {
 	case h2Data:
@@ -695,9 +700,15 @@ func (c *http2Conn) onHeaders(d *h2Dir, id uint32, h *h2Head, endStream bool, se
 func (c *http2Conn) newStream(id uint32) *h2Stream {
 	if len(c.streams) >= h2MaxStreams {
 		// Drop the oldest: most likely its end passed where we could not see.
-		oldest := id
+		// It is looked for among the streams kept only: an id below all of
+		// them (ids that go down, from a peer that is not HTTP/2) would
+		// otherwise evict nothing and let the table grow.
+		var oldest uint32
+		first := true
 		for k := range c.streams {
-			oldest = min(oldest, k)
+			if first || k < oldest {
+				oldest, first = k, false
+			}
 		}
 		delete(c.streams, oldest)
 	}
@@ -780,6 +791,9 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 	if reset {
 		r.ErrorCode = h2ErrorName(rstCode)
 		r.ErrorMessage = "stream reset: " + r.ErrorCode
+		if r.ErrorCode == h2ErrorOther {
+			r.ErrorMessage = "stream reset: error code 0x" + strconv.FormatUint(uint64(rstCode), 16)
+		}
 	}
 	role, start := RoleClient, s.start
 	if c.clientDir == bpf.Ingress {
@@ -878,11 +892,16 @@ var h2ErrorNames = [...]string{"NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "
 	"SETTINGS_TIMEOUT", "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL",
 	"COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED"}
 
+// h2ErrorOther names the error codes RFC 9113 does not define. The name
+// becomes error.type, a metric attribute: the peer picks the code, any of
+// 2^32, so the code itself would make a series per value.
+const h2ErrorOther = "_OTHER"
+
 func h2ErrorName(code uint32) string {
 	if int(code) < len(h2ErrorNames) {
 		return h2ErrorNames[code]
 	}
-	return "0x" + strconv.FormatUint(uint64(code), 16)
+	return h2ErrorOther
 }
 
 // segCaptured returns the bytes [off, off+n) of what the segment moved,

@@ -434,6 +434,73 @@ func TestHTTP2StreamBound(t *testing.T) {
 	}
 }
 
+// Stream ids that go down rather than up (no real peer sends them, but
+// any process can): the oldest-stream eviction must still evict, or the
+// table grows with every request.
+func TestHTTP2StreamBoundDecreasingIDs(t *testing.T) {
+	cli := newH2Peer()
+	h := newHarness(t, 4096)
+	h.send(1, in, h2Preface)
+	for id := uint32(2001); id > 1; id -= 2 {
+		h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, id, cli.block(":method", "GET", ":scheme", "http", ":path", "/s", ":authority", "a")))
+	}
+	c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*http2Conn)
+	if len(c.streams) > h2MaxStreams {
+		t.Errorf("%d streams kept, want at most %d", len(c.streams), h2MaxStreams)
+	}
+}
+
+// A header block of tens of thousands of one-byte fields (indexed
+// ":method: GET") must not pin a field slice that large for the
+// connection's life, as the frame buffers are not.
+func TestHTTP2ManyFieldsNotPinned(t *testing.T) {
+	for _, known := range []bool{true, false} {
+		h := newHarness(t, 1<<20)
+		if known {
+			h.send(1, in, h2Preface)
+		}
+		block := append(newH2Peer().block(":method", "GET", ":scheme", "http", ":path", "/s", ":authority", "a"), bytes.Repeat([]byte{0x82}, 60000)...)
+		frames := h2frame(h2Headers, h2FlagEndStream, 1, block[:15000])
+		for from := 15000; from < len(block); from += 15000 {
+			flags := uint8(0)
+			if from+15000 >= len(block) {
+				flags = h2FlagEndHeaders
+			}
+			frames += h2frame(h2Continuation, flags, 1, block[from:min(from+15000, len(block))])
+		}
+		h.send(1, in, frames)
+		c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*http2Conn)
+		if n := cap(c.dirs[in].fields); n > 512 {
+			t.Errorf("known table %v: %d fields kept after the block", known, n)
+		}
+	}
+}
+
+// A stream reset with an error code RFC 9113 does not define: the peer
+// chooses it freely, and ErrorCode becomes error.type on the duration
+// metric, so it must come from a fixed set; the span's message keeps it.
+func TestHTTP2ResetUnknownCode(t *testing.T) {
+	cli := newH2Peer()
+	h := newHarness(t, 4096)
+	h.send(1, in, h2Preface)
+	for i, code := range []uint32{0xdeadbeef, 0x1234, 0xe} {
+		id := uint32(2*i + 1)
+		h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, id, cli.block(":method", "GET", ":scheme", "http", ":path", "/slow", ":authority", "x")))
+		h.send(1, in, h2frame(h2RSTStream, 0, id, binary.BigEndian.AppendUint32(nil, code)))
+	}
+	if len(h.got) != 3 {
+		t.Fatalf("got %d requests, want 3", len(h.got))
+	}
+	for _, r := range h.got {
+		if r.ErrorCode != "_OTHER" {
+			t.Errorf("error code %q, want _OTHER", r.ErrorCode)
+		}
+	}
+	if msg := h.got[0].ErrorMessage; msg != "stream reset: error code 0xdeadbeef" {
+		t.Errorf("message %q", msg)
+	}
+}
+
 // Server push: the PUSH_PROMISE header block is decoded for the table's
 // sake; what follows still decodes.
 func TestHTTP2PushPromise(t *testing.T) {

@@ -654,7 +654,9 @@ func (c *kafkaConn) readMetadata(r *kafkaReader, v int16, flex bool) {
 		if flex {
 			r.tags()
 		}
-		if !r.short {
+		// Only names Kafka allows, as for requests: the table is shared by
+		// every connection, and its names become a metric attribute.
+		if !r.short && validTopics([]kafkaTopic{{name: name}}) {
 			c.topics.put(id, name)
 		}
 	})

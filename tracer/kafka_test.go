@@ -307,6 +307,29 @@ func TestKafkaTopicIDs(t *testing.T) {
 	}
 }
 
+// Topic names learnt from Metadata responses are names Kafka allows
+// (at most 249 bytes of [a-zA-Z0-9._-]), as those read from requests are:
+// the table is shared by every connection and its names become
+// messaging.destination.name on metrics, so a peer must not fill it with
+// 64 KiB strings or arbitrary bytes.
+func TestKafkaTopicIDsInvalidName(t *testing.T) {
+	for _, name := range []string{strings.Repeat("x", 5000), "no spaces/or slashes", "badÿutf8"} {
+		id := [16]byte{1, 2, 3}
+		meta := kmsgBuf{}.i32(1).tags().i32(0).clen(1).i32(1).cstr("localhost").i32(9092).clen(-1).tags().clen(-1).i32(1).
+			clen(1).i16(0).cstr(name).append(id[:]).i8(0).clen(1).
+			i16(0).i32(0).i32(1).i32(0).clen(1).i32(1).clen(1).i32(1).clen(0).tags().
+			i32(0).tags().i16(0).tags().msg()
+		h := newHarness(t, 8192)
+		h.send(1, out, kafkaHeader(kafkaApiVersions, 3, 0, "c", true).cstr("t").cstr("1").tags().msg())
+		h.send(1, out, kafkaHeader(kafkaMetadata, 12, 1, "c", true).clen(0).i8(0).i8(0).tags().msg())
+		h.send(1, in, meta)
+		c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*kafkaConn)
+		if got, ok := c.topics.names[id]; ok {
+			t.Errorf("topic id table holds %.40q", got)
+		}
+	}
+}
+
 func TestKafkaPendingBound(t *testing.T) {
 	h := newHarness(t, 1024)
 	one := map[string][]int32{"t": {0}}

@@ -607,7 +607,7 @@ func (c *myConn) response(p *myCmd, n int, b []byte) {
 			switch {
 			case k == 0:
 				c.finish(p, "", "", end)
-			case n == k+1 && b[k] == 0: // MariaDB: column definitions cached, not sent
+			case n == k+1 && len(b) > k && b[k] == 0: // MariaDB: column definitions cached, not sent (b may be cut before that byte)
 				p.state = myRows
 			case cols == 0:
 				p.state = myRows

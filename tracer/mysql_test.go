@@ -128,3 +128,20 @@ func TestMySQLBounded(t *testing.T) {
 		t.Errorf("%d statements, %d pending", len(c.stmts.m), len(c.pending))
 	}
 }
+
+// A result set's first packet (the column count) whose header was
+// captured but whose body was cut after its first byte: a length of 2
+// made the MariaDB "metadata skipped" check read past what was kept.
+func TestMySQLColumnCountCut(t *testing.T) {
+	h := newHarness(t, 16)
+	query := "\x09\x00\x00\x00\x03SELECT 1"
+	h.send(1, in, query)
+	h.send(1, in, query)
+	// An OK for the first query (11 bytes), then the second's column
+	// count: a 2-byte packet of which only the first byte lies in the
+	// 16 captured bytes.
+	h.send(1, out, "\x07\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00"+"\x02\x00\x00\x01\x01\x00"+"rest of the response")
+	if len(h.got) != 1 || h.got[0].Protocol != ProtoMySQL {
+		t.Fatalf("got %d requests, want the first query's", len(h.got))
+	}
+}
