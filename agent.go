@@ -135,7 +135,7 @@ func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture,
 	t := time.NewTicker(statsInterval)
 	defer t.Stop()
 	var last bpf.Stats
-	var lastRequests uint64
+	var lastRequests, lastFailures uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -150,10 +150,14 @@ func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture,
 		if ks.Lost > last.Lost {
 			logger.Warn("kernel events lost: ring buffer full (raise PODTRACER_RING_BUFFER_BYTES)", "lost", ks.Lost-last.Lost, "lost_total", ks.Lost)
 		}
+		if ts.ParserFailures > lastFailures {
+			logger.Error("a protocol parser failed; its connection is no longer traced, the others are (please report this with the failure)",
+				"connections_given_up", ts.ParserFailures-lastFailures, "total", ts.ParserFailures, "failure", tr.LastFailure())
+		}
 		if ks != last || ts.Requests != lastRequests {
 			logStats(logger, capture, tr, exp, "stats")
 		}
-		last, lastRequests = ks, ts.Requests
+		last, lastRequests, lastFailures = ks, ts.Requests, ts.ParserFailures
 	}
 }
 
@@ -178,7 +182,7 @@ func logStats(logger *slog.Logger, capture *bpf.Capture, tr *tracer.Tracer, exp 
 func logCounters(logger *slog.Logger, msg string, ks bpf.Stats, tr *tracer.Tracer, exp *exporter.Exporter) {
 	ts, es := tr.Stats(), exp.Stats()
 	logger.Info(msg, "kernel_events", ks.Events, "kernel_lost", ks.Lost, "calls_untracked", ks.CallsUntracked,
-		"requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked,
+		"requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
 		"spans_exported", es.ExportedSpans, "requests_dropped", es.DroppedRequests, "spans_dropped", es.DroppedSpans,
 		"spans_failed", es.FailedSpans)
 }

@@ -1,7 +1,9 @@
 package tracer
 
 import (
+	"fmt"
 	"net/netip"
+	"runtime/debug"
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/pod"
@@ -38,6 +40,7 @@ func (c *conn) feed(dir bpf.Direction, seg *segment) {
 	if c.ignored {
 		return
 	}
+	defer c.recoverParser()
 	if c.parser == nil {
 		for _, detect := range c.t.detectors {
 			if c.parser = detect(dir, seg, c.emit); c.parser != nil {
@@ -61,7 +64,19 @@ func (c *conn) feed(dir bpf.Direction, seg *segment) {
 
 func (c *conn) close(ts uint64) {
 	if c.parser != nil && !c.ignored {
+		defer c.recoverParser()
 		c.parser.closed(ts)
+	}
+}
+
+// recoverParser contains a parser's panic, a bug met on bytes nobody
+// foresaw: the connection is no longer followed, and the tracer counts and
+// keeps the failure for the log. Every other connection, and the agent, go
+// on.
+func (c *conn) recoverParser() {
+	if p := recover(); p != nil {
+		c.t.parserFailed(fmt.Sprintf("%T: %v\n%s", c.parser, p, debug.Stack()))
+		c.ignored, c.parser = true, nil
 	}
 }
 

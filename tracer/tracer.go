@@ -47,6 +47,9 @@ type Stats struct {
 	Requests       uint64 // requests finished and handed on
 	Connections    uint64 // connections followed now
 	ConnsUntracked uint64 // connections not followed: MaxConnections reached
+	// ParserFailures counts connections given up because their parser
+	// panicked (see LastFailure).
+	ParserFailures uint64
 }
 
 // Tracer turns capture events into finished requests. Handle is not safe
@@ -67,6 +70,8 @@ type Tracer struct {
 
 	requests, untracked atomic.Uint64
 	live                atomic.Int64
+	failures            atomic.Uint64
+	lastFailure         atomic.Pointer[string]
 }
 
 // New returns a tracer that hands each finished request to emit. wall
@@ -129,7 +134,22 @@ func (t *Tracer) sweep(now uint64) {
 
 // Stats returns the tracer's counters; safe from any goroutine.
 func (t *Tracer) Stats() Stats {
-	return Stats{Requests: t.requests.Load(), Connections: uint64(t.live.Load()), ConnsUntracked: t.untracked.Load()}
+	return Stats{Requests: t.requests.Load(), Connections: uint64(t.live.Load()), ConnsUntracked: t.untracked.Load(),
+		ParserFailures: t.failures.Load()}
+}
+
+func (t *Tracer) parserFailed(what string) {
+	t.lastFailure.Store(&what)
+	t.failures.Add(1)
+}
+
+// LastFailure describes the last parser failure: the parser, the panic and
+// its stack; "" when there was none. Safe from any goroutine.
+func (t *Tracer) LastFailure() string {
+	if s := t.lastFailure.Load(); s != nil {
+		return *s
+	}
+	return ""
 }
 
 // splitTarget takes the path and query from a request target, in origin

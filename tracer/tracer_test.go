@@ -387,3 +387,44 @@ func TestNothingCarriedOver(t *testing.T) {
 		t.Errorf("parent = %v", h.got[0].Parent)
 	}
 }
+
+// panicky is a parser with a bug: it panics on the bytes "boom".
+type panicky struct{}
+
+func (panicky) feed(_ bpf.Direction, seg *segment) {
+	if string(seg.data) == "boom" {
+		var m map[string]int
+		m["x"]++ // assignment to a nil map
+	}
+}
+func (panicky) closed(uint64) {}
+
+// TestParserPanicContained: a parser that panics loses its own connection,
+// counted and described, and nothing else: the tracer goes on with every
+// other connection.
+func TestParserPanicContained(t *testing.T) {
+	h := newHarness(t, 512)
+	http := h.tracer.detectors
+	h.tracer.detectors = append([]detector{func(_ bpf.Direction, seg *segment, _ emitter) protocolParser {
+		if strings.HasPrefix(string(seg.data), "bo") {
+			return panicky{}
+		}
+		return nil
+	}}, http...)
+	h.send(1, in, "boom")
+	h.send(1, in, "boom") // the connection is no longer followed
+	h.send(2, in, "GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(2, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	h.close(1)
+	h.close(2)
+	if len(h.got) != 1 || h.got[0].Path != "/after" {
+		t.Fatalf("requests after the panic: %+v", h.got)
+	}
+	s := h.tracer.Stats()
+	if s.ParserFailures != 1 || s.Connections != 0 {
+		t.Errorf("stats %+v, want 1 parser failure and no connection left", s)
+	}
+	if f := h.tracer.LastFailure(); !strings.Contains(f, "tracer.panicky") || !strings.Contains(f, "nil map") {
+		t.Errorf("LastFailure = %q", f)
+	}
+}
