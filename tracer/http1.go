@@ -272,6 +272,11 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 		if s.chunkLeft > 0 {
 			n := min(s.chunkLeft, int64(seg.total-pos))
 			s.chunkLeft -= n
+			// Counted as the bytes come, as in a Content-Length body: a
+			// chunk line may announce any size (up to 2^63-1, which added
+			// to the chunks before would wrap), and the message may be
+			// reported before its chunk ends (a server answering early).
+			s.msg.bodySize += n
 			pos += int(n)
 			continue
 		}
@@ -327,7 +332,6 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 			s.inTrailer = true
 			continue
 		}
-		s.msg.bodySize += size
 		s.chunkLeft = size
 	}
 	return pos

@@ -38,7 +38,8 @@ func (e *hpackEntry) size() int { return len(e.name) + len(e.value) + 32 }
 
 // hpackPartial is a dynamic table that knows its newest entries.
 type hpackPartial struct {
-	entries []hpackEntry // oldest first
+	entries []hpackEntry // entries[head:] are the table, oldest first
+	head    int          // evicted entries still at the front of entries
 	size    int
 	max     int // the table size bound we assume: the largest the encoder may use
 }
@@ -51,7 +52,8 @@ var (
 // forget marks every entry as never seen: insertions of unknown number
 // happened where we could not see them.
 func (t *hpackPartial) forget() {
-	t.entries = t.entries[:0]
+	clear(t.entries) // do not pin the strings
+	t.entries, t.head = t.entries[:0], 0
 	t.size = 0
 }
 
@@ -60,14 +62,21 @@ func (t *hpackPartial) setMax(n int) {
 	t.evict()
 }
 
+// evict drops the oldest entries while the table is over its size. They
+// are dropped by moving head; the live entries are moved to the front only
+// once as many were dropped as are left, so that a header block full of
+// insertions into a full table (each one evicting) costs time linear in
+// its length, not in its length times the table's.
 func (t *hpackPartial) evict() {
-	drop := 0
-	for t.size > t.max && drop < len(t.entries) {
-		t.size -= t.entries[drop].size()
-		drop++
+	for t.size > t.max && t.head < len(t.entries) {
+		t.size -= t.entries[t.head].size()
+		t.entries[t.head] = hpackEntry{}
+		t.head++
 	}
-	if drop > 0 {
-		t.entries = append(t.entries[:0], t.entries[drop:]...)
+	if t.head > 0 && t.head >= len(t.entries)-t.head {
+		n := copy(t.entries, t.entries[t.head:])
+		clear(t.entries[n:])
+		t.entries, t.head = t.entries[:n], 0
 	}
 }
 
@@ -85,11 +94,12 @@ func (t *hpackPartial) at(i uint64) (hpackEntry, bool) {
 	if i <= uint64(len(hpackStatic)) {
 		return hpackStatic[i-1], true
 	}
+	live := t.entries[t.head:]
 	j := i - uint64(len(hpackStatic)) // 1: the newest
-	if j > uint64(len(t.entries)) {
+	if j > uint64(len(live)) {
 		return hpackEntry{unknownName: true}, true
 	}
-	return t.entries[uint64(len(t.entries))-j], true
+	return live[uint64(len(live))-j], true
 }
 
 // decode decodes one header block. With cut set the block was not fully

@@ -2,7 +2,9 @@ package tracer
 
 import (
 	"encoding/binary"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -45,8 +47,23 @@ import (
 // size alone), so in practice Kafka spans are client spans.
 
 const (
-	// kafkaMaxPending bounds the requests awaiting a response per connection.
-	kafkaMaxPending = 1024
+	// kafkaMaxPending bounds the requests awaiting a response per
+	// connection. Clients keep few in flight (the Java client, Sarama and
+	// franz-go five at most by default; librdkafka a handful under load,
+	// as its batches linger), so 64 loses no real request, while a stream
+	// never answered (or bytes that only look like Kafka) holds little.
+	kafkaMaxPending = 64
+	// kafkaPendingTopics bounds the topics of a Produce request kept until
+	// its response: a span names a topic (and a partition) only when the
+	// request concerned exactly one; the others are only counted, and a
+	// cut response's errors for them are taken as it tells them.
+	kafkaPendingTopics = 4
+	// kafkaPendingPartitions bounds the partitions kept per such topic:
+	// two tell one partition from several, all a span needs.
+	kafkaPendingPartitions = 2
+	// kafkaMaxClientID bounds the client id kept (messaging.client.id):
+	// real ones are short names, the protocol allows 32 KB.
+	kafkaMaxClientID = 256
 	// kafkaMaxKeep bounds the bytes of one message kept for parsing.
 	kafkaMaxKeep = 64 << 10
 	// kafkaMaxSize is the largest message size taken as one.
@@ -479,6 +496,9 @@ func (c *kafkaConn) onRequest(m *kafkaMessage) {
 	}
 	p := &kafkaPending{key: q.key, version: q.version, clientID: q.clientID, start: m.start,
 		topics: q.topics, ntopics: q.ntopics, complete: q.complete}
+	if len(p.clientID) > kafkaMaxClientID {
+		p.clientID = strings.Clone(p.clientID[:kafkaMaxClientID])
+	}
 	if c.reqDir == bpf.Egress {
 		p.start = m.startEnter // the client began to send it
 	}
@@ -494,7 +514,22 @@ func (c *kafkaConn) onRequest(m *kafkaMessage) {
 	if _, dup := c.pending[q.corr]; !dup {
 		c.order = append(c.order, q.corr)
 	}
+	p.topics = kafkaKeepTopics(p.topics)
 	c.pending[q.corr] = p
+}
+
+// kafkaKeepTopics copies what a pending request needs of its topics (see
+// kafkaPendingTopics), so as not to pin the parsed request's arrays.
+func kafkaKeepTopics(ts []kafkaTopic) []kafkaTopic {
+	if len(ts) == 0 {
+		return nil
+	}
+	out := make([]kafkaTopic, min(len(ts), kafkaPendingTopics))
+	for i := range out {
+		out[i] = ts[i]
+		out[i].partitions = slices.Clone(ts[i].partitions[:min(len(ts[i].partitions), kafkaPendingPartitions)])
+	}
+	return out
 }
 
 func (c *kafkaConn) onResponse(m *kafkaMessage) {
@@ -555,7 +590,7 @@ func (c *kafkaConn) onResponse(m *kafkaMessage) {
 		case p.complete:
 			// The request named every topic; the response adds the errors
 			// it told before it was cut.
-			c.emitProduce(p, mergeErrors(p.topics, topics), p.ntopics, true, m.end)
+			c.emitProduce(p, mergeErrors(p.topics, topics, p.ntopics > len(p.topics)), p.ntopics, true, m.end)
 		default:
 			c.emitProduce(p, topics, n, false, m.end)
 		}
@@ -670,14 +705,23 @@ func btoi(b bool) int {
 }
 
 // mergeErrors adds to the request's topics the errors the response told
-// before it was cut.
-func mergeErrors(req, resp []kafkaTopic) []kafkaTopic {
+// before it was cut. When only some of the request's topics were kept
+// (trimmed), an error of a topic not among them is taken as the response
+// tells it.
+func mergeErrors(req, resp []kafkaTopic, trimmed bool) []kafkaTopic {
 	out := append([]kafkaTopic(nil), req...)
 	for _, t := range resp {
-		for i := range out {
-			if out[i].name == t.name && out[i].id == t.id && out[i].errCode == 0 {
-				out[i].errCode, out[i].errMsg = t.errCode, t.errMsg
+		found := false
+		for i := range req {
+			if out[i].name == t.name && out[i].id == t.id {
+				found = true
+				if out[i].errCode == 0 {
+					out[i].errCode, out[i].errMsg = t.errCode, t.errMsg
+				}
 			}
+		}
+		if !found && trimmed && t.errCode != 0 {
+			out = append(out, kafkaTopic{name: t.name, id: t.id, errCode: t.errCode, errMsg: t.errMsg})
 		}
 	}
 	return out

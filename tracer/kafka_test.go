@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -450,4 +452,80 @@ func FuzzKafka(f *testing.F) {
 			t.Fatal("connection kept after close")
 		}
 	})
+}
+
+// kafkaHeld counts the bytes a connection's pending requests hold: their
+// structs, client ids, topic names and partitions.
+func kafkaHeld(c *kafkaConn) int {
+	n := 0
+	for _, p := range c.pending {
+		n += int(unsafe.Sizeof(*p)) + len(p.clientID) + cap(p.topics)*int(unsafe.Sizeof(kafkaTopic{}))
+		for _, t := range p.topics {
+			n += len(t.name) + len(t.errMsg) + 4*cap(t.partitions)
+		}
+	}
+	return n
+}
+
+// A client whose Produce requests are never answered (or bytes that look
+// like one) holds at most a few hundred kilobytes per connection, however
+// many topics and partitions its requests name and however long its
+// client id.
+func TestKafkaPendingMemory(t *testing.T) {
+	// Flexible Produce v9, as big as kafkaMaxKeep lets it be parsed: 1024
+	// topics of 9 partitions each, a long client id.
+	req := func(corr int32) string {
+		b := kafkaHeader(kafkaProduce, 9, corr, strings.Repeat("c", 2000), true).clen(-1).i16(1).i32(1000).clen(1024)
+		for i := range 1024 {
+			b = b.cstr(fmt.Sprintf("topic-%04d-xxx", i)).clen(6)
+			for p := range 6 {
+				b = b.i32(int32(p)).clen(-1).tags()
+			}
+			b = b.tags()
+		}
+		return b.tags().msg()
+	}
+	if n := len(req(0)); n > kafkaMaxKeep {
+		t.Fatalf("request of %d bytes, past kafkaMaxKeep", n)
+	}
+	h := newHarness(t, 1<<20)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 1100 {
+		h.send(1, out, req(int32(i)))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*kafkaConn)
+	held := kafkaHeld(c)
+	t.Logf("%d pending hold %d bytes (heap in use grew by %d)", len(c.pending), held, int64(after.HeapInuse)-int64(before.HeapInuse))
+	if held > 256<<10 {
+		t.Errorf("%d pending requests hold %d bytes", len(c.pending), held)
+	}
+	runtime.KeepAlive(h)
+}
+
+// A Produce to more topics than a pending request keeps: when its response
+// is cut, an error it told for a topic not kept still shows.
+func TestKafkaPendingTrimmedErrors(t *testing.T) {
+	h := newHarness(t, 400)
+	topics := map[string][]int32{}
+	for _, name := range []string{"a", "b", "c", "d", "e", "f"} {
+		topics[name] = []int32{0}
+	}
+	h.send(1, out, produceV3(5, 1, topics))
+	b := kmsgBuf{}.i32(5).i32(6)
+	for _, name := range []string{"a", "b", "c", "d", "e"} {
+		b = b.str(name).i32(1).i32(0).i16(0).i64(0).i64(-1)
+	}
+	b = b.str("f").i32(100)
+	for p := range 100 { // past the capture
+		b = b.i32(int32(p)).i16(3).i64(0).i64(-1)
+	}
+	h.send(1, in, b.i32(0).msg())
+	want := []string{`client kafka send "" client=app error=3`}
+	if got := describeAll(h.got); !slices.Equal(got, want) {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
 }

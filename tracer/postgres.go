@@ -32,6 +32,13 @@ const (
 	pgMaxItems      = 64    // executions remembered per batch
 	pgMaxStatements = 128   // prepared statements remembered per connection
 	pgMaxPortals    = 16
+	// pgMaxHeldText bounds the query text (up to dbMaxQueryText a
+	// statement) the pending batches of a connection hold, counted per
+	// reference. 64 batches of 64 statements would otherwise hold 16 MB;
+	// real pipelines hold far less (short queries, or few in flight), and
+	// past the bound statements keep their operation and table, so their
+	// spans lose only db.query.text.
+	pgMaxHeldText = 256 << 10
 )
 
 // pgFrontendTypes and pgBackendTypes are the message types each side sends
@@ -58,6 +65,7 @@ type pgConn struct {
 	stmts   dbStmtCache[string]
 	portals map[string]pgItem
 	batches []*pgBatch // sent, waiting for their ReadyForQuery
+	held    int        // bytes of query text batches hold (pgMaxHeldText)
 	seg     *segment   // the backend segment being walked
 }
 
@@ -79,6 +87,7 @@ type pgBatch struct {
 	reported          bool // a span was made for it
 	failed            bool
 	errCode, errMsg   string
+	held              int // bytes of query text it holds
 	// skip > 0: it stands for that many batches beyond pgMaxBatches,
 	// only counted, so that their ReadyForQuery still pair; skipOpen:
 	// the last of them is an extended batch still being sent.
@@ -286,7 +295,7 @@ func (c *pgConn) feed(dir bpf.Direction, seg *segment) {
 }
 
 func (c *pgConn) closed(uint64) {
-	c.batches = nil
+	c.batches, c.held = nil, 0
 	c.done = true
 }
 
@@ -412,7 +421,7 @@ func (c *pgConn) onFrontend(hdr, body []byte, cut bool) bool {
 		}
 		b := c.openBatch(enter, exit, false)
 		if len(b.parses) < pgMaxItems {
-			b.parses = append(b.parses, stmt)
+			b.parses = append(b.parses, c.hold(b, stmt))
 		}
 	case 'B':
 		c.openBatch(enter, exit, false).bound = true
@@ -441,7 +450,9 @@ func (c *pgConn) onFrontend(hdr, body []byte, cut bool) bool {
 			b.opaque = true // its completions beyond the first ones make their own spans
 			break
 		}
-		b.items = append(b.items, c.portals[string(portal)])
+		it := c.portals[string(portal)]
+		it.stmt = c.hold(b, it.stmt)
+		b.items = append(b.items, it)
 	case 'C':
 		if len(body) > 1 && body[0] == 'S' {
 			c.stmts.del(string(dbCString(body[1:])))
@@ -539,8 +550,20 @@ func (c *pgConn) simpleQuery(text []byte, enter, exit uint64) {
 	case "DISCARD":
 		c.stmts.clear()
 	}
-	b := c.openBatch(enter, exit, true)
-	b.stmt = stmt
+	if b := c.openBatch(enter, exit, true); b.skip == 0 {
+		b.stmt = c.hold(b, stmt)
+	} // else only counted: no span
+}
+
+// hold returns a statement for batch b to keep until it is answered:
+// without its text once the pending batches hold pgMaxHeldText bytes.
+func (c *pgConn) hold(b *pgBatch, s sqlStatement) sqlStatement {
+	if c.held+len(s.text) > pgMaxHeldText {
+		s.text = ""
+	}
+	c.held += len(s.text)
+	b.held += len(s.text)
+	return s
 }
 
 func (c *pgConn) onBackend(hdr, body []byte, cut bool) bool {
@@ -573,6 +596,7 @@ func (c *pgConn) front() *pgBatch {
 		// Sent without a Sync (Flush), and all answered: no
 		// ReadyForQuery will come for it.
 		c.batches = c.batches[1:]
+		c.held -= b.held
 	}
 	if len(c.batches) == 0 {
 		return nil
@@ -647,6 +671,7 @@ func (c *pgConn) ready(end uint64, afterLoss bool) {
 			return
 		}
 		c.batches = c.batches[1:]
+		c.held -= b.held
 		if b.simple {
 			if !b.noSpan {
 				c.report(b, pgItem{stmt: b.stmt, known: true}, b.tag, b.errCode, b.errMsg, end)

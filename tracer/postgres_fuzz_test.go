@@ -93,10 +93,15 @@ func FuzzPostgres(f *testing.F) {
 				cap(c.fe.body) > 64<<10 || cap(c.be.body) > 64<<10 {
 				t.Fatalf("unbounded: %d batches, %d statements, %d portals", len(c.batches), len(c.stmts.m), len(c.portals))
 			}
+			held := 0
 			for _, b := range c.batches {
 				if len(b.items) > pgMaxItems || len(b.parses) > pgMaxItems {
 					t.Fatalf("batch of %d items, %d parses", len(b.items), len(b.parses))
 				}
+				held += b.held
+			}
+			if held != c.held || held > pgMaxHeldText {
+				t.Fatalf("batches hold %d bytes of text, the connection counts %d", held, c.held)
 			}
 		})
 	})

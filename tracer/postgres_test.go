@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -507,5 +508,71 @@ func TestDetectionIgnoresOtherCaptures(t *testing.T) {
 	}
 	if n == 0 {
 		t.Skip("no other captures in testdata")
+	}
+}
+
+// pgHeld counts the bytes of statement text the pending batches of a
+// connection hold, each string once.
+func pgHeld(c *pgConn) int {
+	seen := map[*byte]bool{}
+	n := 0
+	add := func(s sqlStatement) {
+		if p := unsafe.StringData(s.text); len(s.text) > 0 && !seen[p] {
+			seen[p] = true
+			n += len(s.text)
+		}
+	}
+	for _, b := range c.batches {
+		add(b.stmt)
+		for _, s := range b.parses {
+			add(s)
+		}
+		for _, it := range b.items {
+			add(it.stmt)
+		}
+	}
+	return n
+}
+
+// A client that pipelines batches of big distinct queries and never gets
+// an answer (or bytes that look like it) holds a bounded amount of query
+// text per connection.
+func TestPostgresPendingText(t *testing.T) {
+	h := newDBHarness(t, 1<<20, Config{QueryText: QueryFull})
+	h.send(1, out, pgStartup("user", "app"))
+	n := 0
+	for range 2 * pgMaxBatches {
+		var batch strings.Builder
+		for range pgMaxItems {
+			n++
+			q := fmt.Sprintf("SELECT %d, %s", n, strings.Repeat("x", dbMaxQueryText))
+			batch.WriteString(pgMsg('P', "\x00", q, "\x00\x00\x00") + pgMsg('B', "\x00\x00\x00\x00\x00\x00\x00") + pgMsg('E', "\x00\x00\x00\x00\x00"))
+		}
+		h.send(1, out, batch.String()+pgMsg('S'))
+	}
+	c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*pgConn)
+	held := pgHeld(c)
+	t.Logf("%d batches hold %d bytes of query text", len(c.batches), held)
+	if held > pgMaxHeldText {
+		t.Errorf("%d batches hold %d bytes of query text", len(c.batches), held)
+	}
+}
+
+// The text a batch held is given back when it is answered: the budget of
+// pgMaxHeldText is for what is pending, not for a connection's life.
+func TestPostgresHeldTextReleased(t *testing.T) {
+	h := newDBHarness(t, 1<<20, Config{QueryText: QueryFull})
+	h.send(1, out, pgStartup("user", "app"))
+	h.send(1, in, pgMsg('R', "\x00\x00\x00\x00")+pgReady)
+	for i := range 2 * pgMaxHeldText / dbMaxQueryText {
+		q := fmt.Sprintf("SELECT %d, %s", i, strings.Repeat("x", dbMaxQueryText))
+		h.send(1, out, pgMsg('P', "\x00", q, "\x00\x00\x00")+pgMsg('B', "\x00\x00\x00\x00\x00\x00\x00")+pgMsg('E', "\x00\x00\x00\x00\x00")+pgMsg('S'))
+		h.send(1, in, pgMsg('1')+pgMsg('2')+pgMsg('C', "SELECT 1\x00")+pgReady)
+		if len(h.got) != i+1 || h.got[i].DBQuery != dbText(q, dbMaxQueryText) {
+			t.Fatalf("query %d: %d requests, text %.20q", i, len(h.got), h.got[len(h.got)-1].DBQuery)
+		}
+	}
+	if c := h.tracer.conns[connKey{pid: 7, sock: 1}].parser.(*pgConn); c.held != 0 || len(c.batches) != 0 {
+		t.Errorf("%d bytes held by %d batches", c.held, len(c.batches))
 	}
 }

@@ -428,3 +428,19 @@ func TestParserPanicContained(t *testing.T) {
 		t.Errorf("LastFailure = %q", f)
 	}
 }
+
+// A chunked request body counts the bytes that came, not the sizes its
+// chunk lines announce: a server may answer (413) before the body ends,
+// and a peer may announce any size, up to 2^63-1, which added to the
+// chunks before must not wrap.
+func TestChunkedSizeAnnounced(t *testing.T) {
+	h := newHarness(t, 1024)
+	h.send(1, in, "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7fffffffffffffff\r\nabc")
+	h.send(1, out, "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+	if len(h.got) != 1 {
+		t.Fatalf("got %d requests, want 1", len(h.got))
+	}
+	if r := h.got[0]; r.StatusCode != 413 || r.RequestSize != 8 {
+		t.Errorf("status %d, request size %d, want 413 and 8", r.StatusCode, r.RequestSize)
+	}
+}
