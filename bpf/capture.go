@@ -71,6 +71,10 @@ type Capture struct {
 	wake      *os.File
 	wakeConn  syscall.RawConn
 	firstWait bool
+	// closeMu keeps Close from unmapping the ring while woken reads it;
+	// closing is set first, so that woken stops reading it.
+	closeMu sync.Mutex
+	closing bool
 
 	bootToWall atomic.Int64 // wall-clock ns minus CLOCK_BOOTTIME ns
 	stopSync   chan struct{}
@@ -236,11 +240,18 @@ func (c *Capture) woken(uintptr) bool {
 		c.firstWait = false
 		return false
 	}
-	return c.reader.AvailableBytes() > 0
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	return c.closing || c.reader.AvailableBytes() > 0
 }
 
+// closedOr is ErrClosed if Close was called (a sleeping Read then sees
+// the poller's "use of closed file"), else err.
 func (c *Capture) closedOr(err error) error {
-	if errors.Is(err, os.ErrClosed) {
+	c.closeMu.Lock()
+	closing := c.closing
+	c.closeMu.Unlock()
+	if closing || errors.Is(err, os.ErrClosed) {
 		return ErrClosed
 	}
 	return fmt.Errorf("wait for ring buffer: %w", err)
@@ -308,9 +319,16 @@ func (c *Capture) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.stopSync)
 		errs := []error{c.Stop()}
+		c.closeMu.Lock()
+		c.closing = true // from now on woken does not touch the ring
+		c.closeMu.Unlock()
 		if c.wake != nil {
-			errs = append(errs, c.wake.Close()) // ends a sleeping Read
+			// Ends a sleeping Read; waits for a woken under way, so it
+			// must not hold closeMu.
+			errs = append(errs, c.wake.Close())
 		}
+		c.closeMu.Lock()
+		defer c.closeMu.Unlock()
 		if c.reader != nil {
 			errs = append(errs, c.reader.Close())
 		}

@@ -208,3 +208,35 @@ func TestCapture(t *testing.T) {
 		t.Fatalf("request %v response %v client send %v close %v; events:\n%s", request, response, clientSend, closed, b.String())
 	}
 }
+
+// TestCloseWakesRead: Close ends a Read that is waiting for events with
+// ErrClosed, at once.
+func TestCloseWakesRead(t *testing.T) {
+	testenv.Privileged(t)
+	c, err := Load(Config{CaptureBytes: 64}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		var ev Event
+		for {
+			if err := c.Read(&ev); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(3 * PollInterval) // Read is asleep between polls now
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("Read after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read still blocked after Close")
+	}
+}
