@@ -5,8 +5,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParsePorts(t *testing.T) {
@@ -83,5 +88,66 @@ func TestGoneProcess(t *testing.T) {
 	p := r.Lookup(1<<22+7, "curl")
 	if p == nil || p.Name != "curl" || p.Exe != "" {
 		t.Fatalf("process = %+v", p)
+	}
+}
+
+// fakeProc writes files for pid under a temporary /proc.
+func fakeProc(t *testing.T, pid int, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	dir := filepath.Join(root, strconv.Itoa(pid))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+// A huge command line is read only in part: it stays in the cache and goes
+// out with every span of the process. One of NULs only is no arguments.
+func TestReadProcessCmdline(t *testing.T) {
+	huge := strings.Repeat(strings.Repeat("x", 1000)+"\x00", 4096) // 4 MB
+	p := ReadProcess(fakeProc(t, 42, map[string]string{"cmdline": huge}), 42, "java")
+	if n := len(strings.Join(p.Cmdline, "\x00")); n == 0 || n > maxCmdlineBytes {
+		t.Errorf("read %d bytes of a %d-byte command line, want 1..%d", n, len(huge), maxCmdlineBytes)
+	}
+	for cmdline, want := range map[string][]string{
+		"\x00\x00":                 nil,
+		"":                         nil,
+		"nginx: worker process   ": {"nginx: worker process   "}, // rewritten, no NULs
+		"/bin/sh\x00-c\x00\x00":    {"/bin/sh", "-c"},
+		"\xff\xfe\x00":             {"\xff\xfe"},
+	} {
+		p := ReadProcess(fakeProc(t, 42, map[string]string{"cmdline": cmdline}), 42, "x")
+		if !slices.Equal(p.Cmdline, want) {
+			t.Errorf("cmdline %q: got %q, want %q", cmdline, p.Cmdline, want)
+		}
+	}
+}
+
+// A process not selected is read again when it is checked again: it may
+// have exec'd the selected program since (a wrapper script's exec), or its
+// pid may belong to another process now.
+func TestRecheckReadsAgain(t *testing.T) {
+	root := fakeProc(t, 42, nil)
+	exe := filepath.Join(root, "42", "exe")
+	if err := os.Symlink("/bin/sh", exe); err != nil {
+		t.Fatal(err)
+	}
+	r := NewRegistry(root, Selection{Executable: regexp.MustCompile(`/java$`)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if p := r.Lookup(42, "sh"); p != nil {
+		t.Fatalf("sh selected: %+v", p)
+	}
+	os.Remove(exe)
+	if err := os.Symlink("/usr/bin/java", exe); err != nil {
+		t.Fatal(err)
+	}
+	r.entries[42].checked = time.Now().Add(-recheckAfter - time.Second)
+	if p := r.Lookup(42, "java"); p == nil || p.Exe != "/usr/bin/java" {
+		t.Fatalf("after exec: process %+v, want /usr/bin/java selected", p)
 	}
 }

@@ -3,6 +3,7 @@ package pod
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -77,9 +78,13 @@ func (r *Registry) Lookup(pid uint32, comm string) *Process {
 		if _, known := r.entries[pid]; !known && len(r.entries) >= maxCached {
 			r.evictOldest()
 		}
-		e = &entry{proc: ReadProcess(r.procRoot, int(pid), comm)}
+		e = &entry{}
 		r.entries[pid] = e
 	}
+	// Read at every check, not only the first: since the last one, the
+	// process may have exec'd the selected program, or exited and left its
+	// pid to another.
+	e.proc = ReadProcess(r.procRoot, int(pid), comm)
 	e.checked = now
 	e.selected = r.selects(e.proc)
 	if e.selected {
@@ -134,8 +139,12 @@ func ReadProcess(procRoot string, pid int, comm string) *Process {
 		p.Exe = strings.TrimSuffix(exe, " (deleted)")
 		p.Name = filepath.Base(p.Exe)
 	}
-	if b, err := os.ReadFile(dir + "/cmdline"); err == nil && len(b) > 0 {
-		p.Cmdline = strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if b, err := readPrefix(dir+"/cmdline", maxCmdlineBytes); err == nil {
+		// A zombie's or kernel thread's is empty; one that only holds NULs
+		// has no argument to show either.
+		if args := strings.TrimRight(string(b), "\x00"); args != "" {
+			p.Cmdline = strings.Split(args, "\x00")
+		}
 	}
 	if b, err := os.ReadFile(dir + "/stat"); err == nil {
 		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
@@ -154,6 +163,21 @@ func ReadProcess(procRoot string, pid int, comm string) *Process {
 		p.ContainerID = containerID(string(b))
 	}
 	return p
+}
+
+// maxCmdlineBytes bounds what is read of /proc/PID/cmdline, which can be
+// megabytes long: the command line stays in the cache with the process and
+// goes out with its telemetry. Linux before 4.2 showed no more than this.
+const maxCmdlineBytes = 4096
+
+// readPrefix reads at most n bytes of a file.
+func readPrefix(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
 }
 
 var containerIDPattern = regexp.MustCompile(`[0-9a-f]{64}`)

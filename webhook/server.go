@@ -12,9 +12,12 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
+	jsonpatch5 "github.com/evanphx/json-patch/v5"
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -238,9 +241,18 @@ func (s *Server) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissio
 		return nil, fmt.Errorf("create patch: %w", err)
 	}
 	if len(ops) > 0 {
+		if err := exactValues(ops, after); err != nil {
+			return nil, fmt.Errorf("create patch: %w", err)
+		}
 		patch, err := json.Marshal(ops)
 		if err != nil {
 			return nil, fmt.Errorf("encode patch: %w", err)
+		}
+		if err := checkPatch(before, after, patch); err != nil {
+			// Allowed unchanged rather than changed into something else.
+			log.Error("patch does not give the mutated Deployment, allowed unchanged", "err", err)
+			resp.Warnings = append(resp.Warnings, "podtracer: internal error, Deployment left unchanged")
+			return resp, nil
 		}
 		resp.Patch = patch
 		resp.PatchType = new(admissionv1.PatchTypeJSONPatch)
@@ -248,6 +260,85 @@ func (s *Server) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissio
 	resp.AuditAnnotations = map[string]string{"action": string(res.Action)}
 	log.Info("deployment admitted", "action", res.Action, "patch_ops", len(ops))
 	return resp, nil
+}
+
+// exactValues sets the value of each add and replace operation to the one
+// in after, decoded with json.Number: CreatePatch decodes numbers as
+// float64, which rounds integers above 2^53 (an int64 field of a container
+// that moved in the list, say).
+func exactValues(ops []jsonpatch.Operation, after []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(after))
+	dec.UseNumber()
+	var doc any
+	if err := dec.Decode(&doc); err != nil {
+		return err
+	}
+	for i, op := range ops {
+		if op.Operation != "add" && op.Operation != "replace" {
+			continue
+		}
+		v, err := pointerValue(doc, op.Path)
+		if err != nil {
+			return err
+		}
+		ops[i].Value = v
+	}
+	return nil
+}
+
+// pointerValue is the value at a JSON pointer (RFC 6901) in a decoded
+// document.
+func pointerValue(doc any, pointer string) (any, error) {
+	if pointer == "" {
+		return doc, nil
+	}
+	tokens := strings.Split(strings.TrimPrefix(pointer, "/"), "/")
+	for _, tok := range tokens {
+		tok = strings.NewReplacer("~1", "/", "~0", "~").Replace(tok)
+		switch node := doc.(type) {
+		case map[string]any:
+			v, ok := node[tok]
+			if !ok {
+				return nil, fmt.Errorf("patch path %s: no %q", pointer, tok)
+			}
+			doc = v
+		case []any:
+			i, err := strconv.Atoi(tok)
+			if err != nil || i < 0 || i >= len(node) {
+				return nil, fmt.Errorf("patch path %s: no index %q", pointer, tok)
+			}
+			doc = node[i]
+		default:
+			return nil, fmt.Errorf("patch path %s: %q is in a scalar", pointer, tok)
+		}
+	}
+	return doc, nil
+}
+
+// checkPatch makes sure that patch turns before into after exactly, as the
+// API server will apply it: a wrong patch would change the Deployment into
+// something that neither the user nor the webhook asked for.
+func checkPatch(before, after, patch []byte) error {
+	p, err := jsonpatch5.DecodePatch(patch)
+	if err != nil {
+		return err
+	}
+	patched, err := p.Apply(before)
+	if err != nil {
+		return err
+	}
+	var d appsv1.Deployment
+	if err := json.Unmarshal(patched, &d); err != nil {
+		return err
+	}
+	again, err := json.Marshal(&d)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(again, after) {
+		return errors.New("patched Deployment differs from the mutated one")
+	}
+	return nil
 }
 
 func (s *Server) safeMutate(d *appsv1.Deployment) (res Result, err error) {

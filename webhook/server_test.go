@@ -12,6 +12,7 @@ import (
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -261,4 +262,50 @@ func FuzzMutateEndpoint(f *testing.F) {
 			t.Fatalf("status %d: %s", rec.Code, rec.Body.String())
 		}
 	})
+}
+
+// TestMutateEndpointPatchIsExact: when the injected container is not the
+// last one (the user added one after it), the patch moves containers in
+// the list; their int64 fields beyond 2^53 must come through exactly, not
+// rounded to a float64.
+func TestMutateEndpointPatchIsExact(t *testing.T) {
+	h := newHandlerServer(t).Handler()
+	d := readDeployment(t, "testdata/inject/basic/out.yaml")
+	const big = int64(1<<53 + 1)
+	d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, corev1.Container{
+		Name:          "cache",
+		Image:         "redis:7",
+		LivenessProbe: &corev1.Probe{TerminationGracePeriodSeconds: new(big)},
+	})
+	object, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for name, obj := range map[string][]byte{"re-injected": object, "removed": bytes.Replace(object, []byte(`"podtracer.io/inject":"true"`), []byte(`"podtracer.io/inject":"false"`), 1)} {
+		t.Run(name, func(t *testing.T) {
+			rec, out := post(t, h, review(t, admissionv1.Update, obj))
+			if out == nil || out.Response.Patch == nil {
+				t.Fatalf("status %d, no patch: %s", rec.Code, rec.Body.String())
+			}
+			patch, err := jsonpatch.DecodePatch(out.Response.Patch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			patched, err := patch.Apply(obj)
+			if err != nil {
+				t.Fatalf("apply patch: %v", err)
+			}
+			var got appsv1.Deployment
+			if err := json.Unmarshal(patched, &got); err != nil {
+				t.Fatal(err)
+			}
+			var in appsv1.Deployment
+			json.Unmarshal(obj, &in)
+			want := Mutate(&in, goldenSidecar()).Deployment
+			if !equality.Semantic.DeepEqual(&got, want) {
+				t.Errorf("patched object differs from the mutation (-want +got):\n%s", diff(deploymentYAML(t, want), deploymentYAML(t, &got)))
+			}
+		})
+	}
 }
