@@ -205,6 +205,11 @@ func strip(d *appsv1.Deployment) (bool, []string) {
 		// Unreadable: assume the defaults, which is what every version wrote.
 		warnings = append(warnings, fmt.Sprintf("annotation %s is unreadable: only the %s container was taken out", AnnotationStatus, ContainerName))
 		st = status{Container: ContainerName}
+	} else if st.Container != ContainerName {
+		// The webhook only ever adds a container of that name: another one
+		// was written by someone else, and may be theirs.
+		warnings = append(warnings, fmt.Sprintf("annotation %s names container %q, which the webhook never adds: only the %s container was taken out", AnnotationStatus, st.Container, ContainerName))
+		st.Container = ContainerName
 	}
 	spec := &d.Spec.Template.Spec
 	spec.Containers = slices.DeleteFunc(spec.Containers, func(c corev1.Container) bool {

@@ -301,3 +301,24 @@ func TestOpenPortsAgreesWithAgent(t *testing.T) {
 		}
 	}
 }
+
+// TestMutateStatusNamesOtherContainer: removal takes out only what the
+// webhook adds, even when the status annotation was edited to name
+// another container.
+func TestMutateStatusNamesOtherContainer(t *testing.T) {
+	in := readDeployment(t, "testdata/inject/basic/in.yaml")
+	injected := Mutate(in, goldenSidecar()).Deployment
+	app := injected.Spec.Template.Spec.Containers[0].Name
+	injected.Spec.Template.Annotations[AnnotationStatus] = `{"container":"` + app + `"}`
+	res := Mutate(withoutInject(injected), goldenSidecar())
+	if res.Action != ActionRemoved || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], app) {
+		t.Fatalf("action %s warnings %q, want removed with a warning naming %q", res.Action, res.Warnings, app)
+	}
+	var names []string
+	for _, c := range res.Deployment.Spec.Template.Spec.Containers {
+		names = append(names, c.Name)
+	}
+	if len(names) != 1 || names[0] != app {
+		t.Errorf("containers %v after removal, want only %q", names, app)
+	}
+}
