@@ -260,7 +260,8 @@ func TestSpanRules(t *testing.T) {
 		absent []string
 	}{
 		{"server 404 is not an error", func(r *tracer.Request) { r.StatusCode = 404; r.Route = "/a" },
-			"GET /a", codes.Unset, map[string]any{"http.response.status_code": int64(404)}, []string{"error.type"}},
+			// No route: /a was never answered with success (TestNotFoundHasNoRoute).
+			"GET", codes.Unset, map[string]any{"http.response.status_code": int64(404)}, []string{"error.type"}},
 		{"server 503 is an error", func(r *tracer.Request) { r.StatusCode = 503; r.Route = "/b" },
 			"GET /b", codes.Error, map[string]any{"error.type": "503"}, nil},
 		{"no response leaves status unset", func(r *tracer.Request) { r.StatusCode = 0; r.Route = "/c" },
@@ -855,5 +856,56 @@ func TestInvalidUTF8Resource(t *testing.T) {
 	}
 	if args, _ := res["process.command_args"].([]any); len(args) != 2 || args[1] != "--name=caf\uFFFD" {
 		t.Errorf("process.command_args = %#v", res["process.command_args"])
+	}
+}
+
+// TestNotFoundHasNoRoute: a 404 on a route the process never served has no
+// http.route: the paths a scanner tries make no series of their own.
+func TestNotFoundHasNoRoute(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	for _, path := range []string{"/wp-admin", "/phpmyadmin", "/.env"} {
+		r := serverReq()
+		r.Path, r.Route, r.StatusCode = path, path, 404
+		e.Export(r)
+	}
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 3 })
+	for _, s := range spans {
+		if s.Name != "GET" || s.Attributes["http.route"] != nil || s.Attributes["url.path"] == nil {
+			t.Errorf("span %q: route %v, path %v; want GET, no route, the path", s.Name, s.Attributes["http.route"], s.Attributes["url.path"])
+		}
+	}
+	// A route the process has served keeps its 404s: a user not found.
+	found, missing := serverReq(), serverReq()
+	missing.StatusCode = 404
+	e.Export(found)
+	e.Export(missing)
+	rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool {
+		n := 0
+		for _, sp := range s {
+			if sp.Name == "GET /users/{id}" && sp.Attributes["http.response.status_code"] == int64(404) {
+				n++
+			}
+		}
+		return n == 1
+	})
+	points := rcv.WaitMetric(t, waitFor, func(points []otlptest.MetricPoint) bool {
+		for _, p := range points {
+			if p.Name == "http.server.request.duration" && p.Attributes["http.response.status_code"] != nil {
+				return true
+			}
+		}
+		return false
+	})
+	series := map[string]bool{} // each export repeats the series: count attribute sets
+	for _, p := range points {
+		if p.Name == "http.server.request.duration" {
+			series[fmt.Sprint(p.Attributes)] = true // fmt sorts map keys
+			if p.Attributes["http.route"] != nil && p.Attributes["http.route"] != "/users/{id}" {
+				t.Errorf("404 point with http.route %v", p.Attributes["http.route"])
+			}
+		}
+	}
+	if len(series) != 3 { // the scanner's 404s, and /users/{id} with 200 and with 404
+		t.Errorf("%d series, want 3: %v", len(series), series)
 	}
 }

@@ -76,6 +76,29 @@ func httpErrorType(role tracer.Role, code int, errorCode string) string {
 	return ""
 }
 
+// maxRoutes bounds the routes a process remembers as real.
+const maxRoutes = 1000
+
+// routeOf is the route to report for a request answered with status. A
+// route is a guess from the path (tracer.heuristicRoute), and a 404 may
+// mean that no route matched: every path a scanner tries would then be a
+// route and a series. So a 404 keeps its route only if the process has
+// answered that route with success or a redirect before (a 404 for a
+// missing user of /users/{id}); otherwise it has none.
+func (s *process) routeOf(route string, status int) string {
+	if route == "" {
+		return ""
+	}
+	if status == 404 {
+		if _, ok := s.routes[route]; !ok {
+			return ""
+		}
+	} else if status >= 200 && status < 400 && len(s.routes) < maxRoutes {
+		s.routes[route] = struct{}{}
+	}
+	return route
+}
+
 // serverEndpoint is server.address and server.port: the Host header as the
 // client wrote it when present (a missing port means http's 80), else the
 // server end of the connection.
@@ -100,6 +123,7 @@ func (s *process) record(r *tracer.Request, captureQuery bool) {
 		s.recordOther(r)
 		return
 	}
+	r.Route = s.routeOf(r.Route, r.StatusCode)
 	host, port := s.serverEndpoint(r)
 	ser := s.series(r, host, port)
 	kind := trace.SpanKindServer
