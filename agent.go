@@ -121,6 +121,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 				logCounters(logger, "final stats", ks, tr, exp)
 				return nil
 			}
+			batcher.Flush() // the deferred shutdown exports it
 			return err
 		}
 		tr.Handle(&ev)

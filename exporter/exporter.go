@@ -375,6 +375,8 @@ func (e *Exporter) NewBatcher() *Batcher { return &Batcher{e: e} }
 // Add takes r, which the exporter owns from then on, like Export.
 func (b *Batcher) Add(r *tracer.Request) {
 	if r == nil {
+		b.e.requests.Add(1)
+		b.e.droppedRequests.Add(1)
 		return
 	}
 	if b.batch == nil {

@@ -909,3 +909,20 @@ func TestNotFoundHasNoRoute(t *testing.T) {
 		t.Errorf("%d series, want 3: %v", len(series), series)
 	}
 }
+
+// TestRoutesLearntPerRole: a route the process called as a client is not
+// one of its own: its own 404s there have no route.
+func TestRoutesLearntPerRole(t *testing.T) {
+	s := &process{routes: make(map[routeKey]struct{})}
+	s.routeOf(true, "/users/{id}", 200)
+	if got := s.routeOf(false, "/users/{id}", 404); got != "" {
+		t.Errorf("server 404 route %q after a client's 200", got)
+	}
+	if got := s.routeOf(true, "/users/{id}", 404); got != "/users/{id}" {
+		t.Errorf("client 404 route %q, want it kept", got)
+	}
+	s.routeOf(false, "/users/{id}", 302)
+	if got := s.routeOf(false, "/users/{id}", 404); got != "/users/{id}" {
+		t.Errorf("server 404 route %q after its own redirect, want it kept", got)
+	}
+}

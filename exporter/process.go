@@ -49,7 +49,7 @@ type process struct {
 	seriesCache map[seriesKey]series
 	// routes are the routes this process has answered with success or a
 	// redirect (see routeOf).
-	routes map[string]struct{}
+	routes map[routeKey]struct{}
 
 	// exemplar and exemplarCtx carry each request's span context into its
 	// metric point; see spanContext.
@@ -82,7 +82,7 @@ func (e *Exporter) process(p *pod.Process) *process {
 }
 
 func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
-	s := &process{key: key, lastGen: e.gen, seriesCache: make(map[seriesKey]series), routes: make(map[string]struct{})}
+	s := &process{key: key, lastGen: e.gen, seriesCache: make(map[seriesKey]series), routes: make(map[routeKey]struct{})}
 	s.res = e.processResource(p)
 
 	if len(e.sinks) > 0 {

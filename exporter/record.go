@@ -85,18 +85,25 @@ const maxRoutes = 1000
 // route and a series. So a 404 keeps its route only if the process has
 // answered that route with success or a redirect before (a 404 for a
 // missing user of /users/{id}); otherwise it has none.
-func (s *process) routeOf(route string, status int) string {
+// A process's own routes (server) and its peers' (client) are apart.
+func (s *process) routeOf(client bool, route string, status int) string {
 	if route == "" {
 		return ""
 	}
+	k := routeKey{client: client, route: route}
 	if status == 404 {
-		if _, ok := s.routes[route]; !ok {
+		if _, ok := s.routes[k]; !ok {
 			return ""
 		}
 	} else if status >= 200 && status < 400 && len(s.routes) < maxRoutes {
-		s.routes[route] = struct{}{}
+		s.routes[k] = struct{}{}
 	}
 	return route
+}
+
+type routeKey struct {
+	client bool
+	route  string
 }
 
 // serverEndpoint is server.address and server.port: the Host header as the
@@ -123,7 +130,7 @@ func (s *process) record(r *tracer.Request, captureQuery bool) {
 		s.recordOther(r)
 		return
 	}
-	r.Route = s.routeOf(r.Route, r.StatusCode)
+	r.Route = s.routeOf(r.Role == tracer.RoleClient, r.Route, r.StatusCode)
 	host, port := s.serverEndpoint(r)
 	ser := s.series(r, host, port)
 	kind := trace.SpanKindServer

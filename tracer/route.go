@@ -11,7 +11,9 @@ func heuristicRoute(path string) string {
 		return ""
 	}
 	if isRoute(path) {
-		return path
+		// A copy: path is part of the request's target, query included,
+		// and routes live long (series, caches).
+		return strings.Clone(path)
 	}
 	var b strings.Builder
 	b.Grow(len(path))

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/pod"
@@ -442,5 +443,16 @@ func TestChunkedSizeAnnounced(t *testing.T) {
 	}
 	if r := h.got[0]; r.StatusCode != 413 || r.RequestSize != 8 {
 		t.Errorf("status %d, request size %d, want 413 and 8", r.StatusCode, r.RequestSize)
+	}
+}
+
+// TestRouteIsACopy: a route lives long (metric series, caches), so it
+// must not keep the request's target, query and all, alive.
+func TestRouteIsACopy(t *testing.T) {
+	target := "/api/items?token=" + strings.Repeat("x", 1000)
+	path, _, _ := strings.Cut(target, "?")
+	r := heuristicRoute(path)
+	if r != path || unsafe.StringData(r) == unsafe.StringData(path) {
+		t.Errorf("route %q shares the target's memory", r)
 	}
 }
