@@ -525,6 +525,11 @@ func (e *Exporter) handleBatch(batch []*tracer.Request) {
 	}
 	e.queued.Add(-int64(len(batch)))
 	e.spare.put(batch)
+	e.offerSpans()
+}
+
+// offerSpans hands the span records made since the last call to the sinks.
+func (e *Exporter) offerSpans() {
 	for _, k := range e.sinks {
 		k.offerPending()
 	}
@@ -540,9 +545,7 @@ func (e *Exporter) record(r *tracer.Request) {
 // benchmarks drive the worker's code with it).
 func (e *Exporter) handle(r *tracer.Request) {
 	e.record(r)
-	for _, k := range e.sinks {
-		k.offerPending()
-	}
+	e.offerSpans()
 }
 
 // batchConfigFromEnv reads OTEL_BSP_* with the SDK batch processor's

@@ -31,31 +31,23 @@ func validRequest(r *tracer.Request) {
 		&r.MessagingOperation, &r.MessagingDestination, &r.ClientID,
 		&r.ErrorCode, &r.ErrorMessage,
 	} {
-		if !utf8.ValidString(*s) {
-			*s = strings.ToValidUTF8(*s, "\uFFFD")
-		}
+		*s = validString(*s)
 	}
 }
 
-// validAttrs makes the strings of attrs valid UTF-8, in place.
+// validAttrs makes the strings of attrs valid UTF-8, in place. It runs
+// once per process, on its resource.
 func validAttrs(attrs []attribute.KeyValue) {
 	for i, kv := range attrs {
 		switch kv.Value.Type() {
 		case attribute.STRING:
-			if s := kv.Value.AsString(); !utf8.ValidString(s) {
-				attrs[i] = kv.Key.String(validString(s))
-			}
+			attrs[i] = kv.Key.String(validString(kv.Value.AsString()))
 		case attribute.STRINGSLICE:
 			ss := kv.Value.AsStringSlice() // a copy
-			changed := false
-			for j, s := range ss {
-				if !utf8.ValidString(s) {
-					ss[j], changed = validString(s), true
-				}
+			for j := range ss {
+				ss[j] = validString(ss[j])
 			}
-			if changed {
-				attrs[i] = kv.Key.StringSlice(ss)
-			}
+			attrs[i] = kv.Key.StringSlice(ss)
 		}
 	}
 }

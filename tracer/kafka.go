@@ -240,7 +240,7 @@ func parseKafkaRequest(b []byte) (q kafkaRequest, ok bool) {
 				r.uuid()
 			}
 			name, _ := r.str(flex)
-			check(validTopics([]kafkaTopic{{name: name}}))
+			check(validTopicName(name))
 			if flex {
 				r.tags()
 			}
@@ -287,14 +287,22 @@ func printable(b []byte) bool {
 // if not, the bytes were not what we took them for.
 func validTopics(ts []kafkaTopic) bool {
 	for _, t := range ts {
-		if len(t.name) > 249 {
+		if !validTopicName(t.name) {
 			return false
 		}
-		for i := 0; i < len(t.name); i++ {
-			c := t.name[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-				return false
-			}
+	}
+	return true
+}
+
+// validTopicName tells whether Kafka would accept name for a topic.
+func validTopicName(name string) bool {
+	if len(name) > 249 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
 		}
 	}
 	return true
@@ -691,7 +699,7 @@ func (c *kafkaConn) readMetadata(r *kafkaReader, v int16, flex bool) {
 		}
 		// Only names Kafka allows, as for requests: the table is shared by
 		// every connection, and its names become a metric attribute.
-		if !r.short && validTopics([]kafkaTopic{{name: name}}) {
+		if !r.short && validTopicName(name) {
 			c.topics.put(id, name)
 		}
 	})

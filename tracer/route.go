@@ -10,11 +10,9 @@ func heuristicRoute(path string) string {
 	if path == "" || path[0] != '/' {
 		return ""
 	}
-	if isRoute(path) {
-		// A copy: path is part of the request's target, query included,
-		// and routes live long (series, caches).
-		return strings.Clone(path)
-	}
+	// Always built, even when no segment changes: path is part of the
+	// request's target, query included, and routes live long (series,
+	// caches), so a route must not share its memory.
 	var b strings.Builder
 	b.Grow(len(path))
 	segments := 0
@@ -39,31 +37,12 @@ func heuristicRoute(path string) string {
 	return b.String()
 }
 
-// isRoute tells whether heuristicRoute would leave path as it is: no
-// segment looks like an id, and it is not too deep.
-func isRoute(path string) bool {
-	segments := 0
-	for rest := path[1:]; ; {
-		seg, next, more := strings.Cut(rest, "/")
-		if looksLikeID(seg) {
-			return false
-		}
-		if segments++; !more {
-			return true
-		}
-		if segments == 8 {
-			return false
-		}
-		rest = next
-	}
-}
-
 // lastRoute remembers the route of the last path a connection saw: a
 // connection often asks for the same path again.
 type lastRoute struct{ path, route string }
 
 func (l *lastRoute) of(path string) string {
-	if path != l.path || l.path == "" {
+	if path != l.path {
 		l.path, l.route = path, heuristicRoute(path)
 	}
 	return l.route
