@@ -67,6 +67,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	defer shutdownExporter(logger, exp) // once only: a second call does nothing
 
 	capture, err := bpf.Load(bpf.Config{
+		Hooks:           cfg.KernelHooks,
 		CaptureBytes:    cfg.CaptureBytes,
 		RingBufferBytes: cfg.RingBuffer,
 		MaxConnections:  cfg.MaxConnections,

@@ -43,6 +43,7 @@ type config struct {
 	TracePrinter   string `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without an OTLP endpoint, else off"`
 	CaptureBytes   int    `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
 	RingBuffer     int    `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, at least 4096); raise it if the log reports kernel events lost"`
+	KernelHooks    string `env:"PODTRACER_KERNEL_HOOKS" envDefault:"auto" desc:"kernel hooks that capture traffic: socket (tracepoints on socket sends and receives, Linux 6.3+), syscall (raw tracepoints on every syscall, Linux 5.8+), or auto (socket where the kernel has it)"`
 	MaxConnections int    `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once; more are counted and skipped"`
 	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export; beyond it they are dropped and counted"`
 	CaptureQuery   bool   `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
@@ -193,6 +194,9 @@ func (c *config) validate() []error {
 	}
 	if c.RingBuffer < 4096 || c.RingBuffer&(c.RingBuffer-1) != 0 {
 		bad("PODTRACER_RING_BUFFER_BYTES", strconv.Itoa(c.RingBuffer), "want a power of two, at least 4096")
+	}
+	if !slices.Contains(bpf.HookSets, c.KernelHooks) {
+		bad("PODTRACER_KERNEL_HOOKS", c.KernelHooks, "want "+strings.Join(bpf.HookSets, ", "))
 	}
 	if c.MaxConnections <= 0 {
 		bad("PODTRACER_MAX_CONNECTIONS", strconv.Itoa(c.MaxConnections), "want a positive number")

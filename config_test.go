@@ -51,6 +51,7 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 		"PODTRACER_TRACE_PRINTER":     "xml",
 		"PODTRACER_CAPTURE_BYTES":     "lots",
 		"PODTRACER_RING_BUFFER_BYTES": "5000",
+		"PODTRACER_KERNEL_HOOKS":      "kprobes",
 		"PODTRACER_QUEUE_SIZE":        "-1",
 		"PODTRACER_CAPTURE_QUERY":     "maybe",
 		"PODTRACER_LOG_LEVEL":         "loud",
@@ -71,7 +72,7 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 			t.Errorf("%s reported %d times in:\n%s", k, strings.Count(msg, k+"="), msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "15 configuration error(s):") {
+	if !strings.HasPrefix(msg, "16 configuration error(s):") {
 		t.Errorf("message = %s", msg)
 	}
 }

@@ -144,7 +144,7 @@ func (h *harness) profileOne(out io.Writer, outDir, w, v string, ph phase) error
 		p("\nBPF programs (kernel run-time accounting, all processes on the machine):\n\n")
 		p("| program | runs | runs / request | ns / run | ns / request |\n|---|---|---|---|---|\n")
 		for _, pa := range progsAfter {
-			if pa.Name != "sys_enter" && pa.Name != "sys_exit" {
+			if !captureProgram(pa.Name) {
 				continue
 			}
 			var b bpfProgram
@@ -216,6 +216,17 @@ func sysctl(path, value string) (func(), error) {
 		return nil, err
 	}
 	return func() { os.WriteFile(path, old, 0o644) }, nil
+}
+
+// captureProgram tells whether a BPF program name (cut to 15 bytes by
+// the kernel) is one of the capture's, of either hook set.
+func captureProgram(name string) bool {
+	for _, p := range []string{"sys_enter", "sys_exit", "sock_recv_lengt", "sock_send_lengt", "inet_sock_set_s"} {
+		if name == p {
+			return true
+		}
+	}
+	return false
 }
 
 type bpfProgram struct {

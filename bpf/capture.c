@@ -3,14 +3,21 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
 // Kernel half of podtracer's capture: the TCP traffic of the processes that
-// share the agent's PID namespace (its pod), from the raw syscall
-// tracepoints. Raw tracepoints need neither kprobes nor tracefs, and they are
-// the cheapest syscall hook: the per-syscall `syscalls/*` events are built on
-// the same sys_enter/sys_exit hooks plus perf buffer glue.
+// share the agent's PID namespace (its pod). Two sets of hooks do the same
+// job; the loader picks one (bpf/capture.go):
 //
-// Every hit is filtered in this order, cheapest first: the syscall number,
-// then the PID namespace (nothing from another pod reaches user space), then
-// the agent itself, then whether the fd is a TCP socket.
+//   - socket tracepoints (Linux 6.3+, tp_btf): sock_recv_length and
+//     sock_send_length fire once per socket receive or send, with the
+//     socket in hand, and inet_sock_set_state once per TCP state change.
+//     The syscall's arguments (buffer, iovec, msghdr) come from the task's
+//     saved registers. Nothing fires for the node's other syscalls.
+//   - syscall tracepoints (the fallback, Linux 5.8+): raw tracepoints
+//     sys_enter and sys_exit, on every syscall of the node, filtered by
+//     number first. They need neither kprobes nor tracefs.
+//
+// Every hit is filtered cheapest first, and the PID namespace check comes
+// before anything is copied: nothing from another pod reaches user space,
+// and the agent itself is excluded.
 
 #include "vmlinux.h"
 #include "bpf_helpers.h"
@@ -40,6 +47,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define MSG_PEEK 2
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+#define TCP_LAST_ACK 9
 
 // MAX_CAPTURE bounds the payload prefix copied per syscall; capture_bytes
 // (set by the loader) picks the actual prefix up to it. A power of two, so
@@ -351,7 +362,9 @@ static __always_inline __u32 copy_buf(struct event *e, void *buf, __u32 total)
 	return limit;
 }
 
-static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __u32 ns_tid, __u8 type)
+// event_base takes the per-CPU scratch event and fills what every event
+// has: type, process and name; the caller fills the connection.
+static __always_inline struct event *event_base(__u32 ns_tgid, __u32 ns_tid, __u8 type)
 {
 	__u32 zero = 0;
 	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
@@ -360,6 +373,23 @@ static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __
 	e->type = type;
 	e->tgid = ns_tgid;
 	e->tid = ns_tid;
+	e->captured = 0;
+	e->tail_len = 0;
+	e->len = 0;
+	e->fd = 0;
+	// The process's name, not the thread's ("kcat", not "rdk:broker-1"):
+	// events reach user space in batches, and a short-lived process may be
+	// gone from /proc by then, leaving this as its only name.
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
+	return e;
+}
+
+static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __u32 ns_tid, __u8 type)
+{
+	struct event *e = event_base(ns_tgid, ns_tid, type);
+	if (!e)
+		return 0;
 	e->sock = c->sock;
 	e->role = c->role;
 	e->family = c->family;
@@ -367,14 +397,6 @@ static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __
 	e->rport = c->rport;
 	__builtin_memcpy(e->laddr, c->laddr, 16);
 	__builtin_memcpy(e->raddr, c->raddr, 16);
-	e->captured = 0;
-	e->tail_len = 0;
-	e->len = 0;
-	// The process's name, not the thread's ("kcat", not "rdk:broker-1"):
-	// events reach user space in batches, and a short-lived process may be
-	// gone from /proc by then, leaving this as its only name.
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
 	return e;
 }
 
@@ -410,6 +432,48 @@ static __always_inline void on_close(struct bpf_pidns_info *ns, __u32 tgid, __u3
 		}
 	}
 	bpf_map_delete_elem(&conns, &key);
+}
+
+// copy_payload fills e's direction and payload for a transfer of len bytes
+// by syscall nr, whose arguments were buf (a buffer, an iovec array or a
+// msghdr) and iovcnt. It returns false for a syscall that is not followed.
+static __always_inline bool copy_payload(struct event *e, __u32 nr, __u64 buf, __u32 iovcnt, __u32 len)
+{
+	switch (nr) {
+	case NR_READ:
+	case NR_RECVFROM:
+		e->dir = DIR_INGRESS;
+		e->captured = copy_buf(e, (void *)buf, len);
+		break;
+	case NR_WRITE:
+	case NR_SENDTO:
+		e->dir = DIR_EGRESS;
+		e->captured = copy_buf(e, (void *)buf, len);
+		break;
+	case NR_READV:
+		e->dir = DIR_INGRESS;
+		e->captured = copy_iov(e, (struct iovec *)buf, iovcnt, len);
+		break;
+	case NR_WRITEV:
+		e->dir = DIR_EGRESS;
+		e->captured = copy_iov(e, (struct iovec *)buf, iovcnt, len);
+		break;
+	case NR_RECVMSG:
+	case NR_SENDMSG: {
+		e->dir = nr == NR_RECVMSG ? DIR_INGRESS : DIR_EGRESS;
+		struct user_msghdr msg;
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)buf) == 0)
+			e->captured = copy_iov(e, msg.msg_iov, msg.msg_iovlen, len);
+		break;
+	}
+	case NR_SENDFILE:
+		// The bytes come from a file, not user memory: count them only.
+		e->dir = DIR_EGRESS;
+		break;
+	default:
+		return false;
+	}
+	return true;
 }
 
 SEC("raw_tracepoint/sys_enter")
@@ -490,40 +554,156 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	e->fd = c.fd;
 	e->len = ret;
 
-	switch (c.nr) {
-	case NR_READ:
-	case NR_RECVFROM:
-		e->dir = DIR_INGRESS;
-		e->captured = copy_buf(e, (void *)c.buf, ret);
-		break;
-	case NR_WRITE:
-	case NR_SENDTO:
-		e->dir = DIR_EGRESS;
-		e->captured = copy_buf(e, (void *)c.buf, ret);
-		break;
-	case NR_READV:
-		e->dir = DIR_INGRESS;
-		e->captured = copy_iov(e, (struct iovec *)c.buf, c.iovcnt, ret);
-		break;
-	case NR_WRITEV:
-		e->dir = DIR_EGRESS;
-		e->captured = copy_iov(e, (struct iovec *)c.buf, c.iovcnt, ret);
-		break;
-	case NR_RECVMSG:
-	case NR_SENDMSG: {
-		e->dir = c.nr == NR_RECVMSG ? DIR_INGRESS : DIR_EGRESS;
-		struct user_msghdr msg;
-		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)c.buf) == 0)
-			e->captured = copy_iov(e, msg.msg_iov, msg.msg_iovlen, ret);
-		break;
+	if (!copy_payload(e, c.nr, c.buf, c.iovcnt, ret))
+		return 0;
+	submit(e);
+	return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Socket tracepoints (Linux 6.3+). One hit per socket receive or send, not
+// two per syscall of the node: a process's epoll_wait, futex or file read
+// costs nothing, and no in-flight state is kept between entry and exit.
+
+// sock_state is what the kernel keeps with each of the pod's sockets, in
+// socket-local storage: freed with the socket, so it needs no bound of its
+// own and no eviction.
+struct sock_state {
+	__u32 tgid; // in the pod's PID namespace: who gets the close event
+	__u8 role;
+	__u8 closed; // the close event was sent
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} socks SEC(".maps");
+
+// tcp_sock tells whether sk is a TCP socket over IPv4 or IPv6. sk is a
+// typed kernel pointer here: plain loads, no probe reads.
+static __always_inline bool tcp_sock(struct sock *sk)
+{
+	__u16 family = sk->__sk_common.skc_family;
+	return (family == AF_INET || family == AF_INET6) && sk->sk_protocol == IPPROTO_TCP && sk->sk_type == SOCK_STREAM;
+}
+
+static __always_inline struct event *sock_event(struct sock *sk, __u32 ns_tgid, __u32 ns_tid, __u8 type, __u8 role)
+{
+	struct event *e = event_base(ns_tgid, ns_tid, type);
+	if (!e)
+		return 0;
+	__u16 family = sk->__sk_common.skc_family;
+	e->sock = (__u64)sk;
+	e->role = role;
+	e->family = family;
+	e->lport = sk->__sk_common.skc_num;
+	e->rport = __builtin_bswap16(sk->__sk_common.skc_dport);
+	if (family == AF_INET) {
+		__be32 l = sk->__sk_common.skc_rcv_saddr;
+		__be32 r = sk->__sk_common.skc_daddr;
+		__builtin_memset(e->laddr, 0, 16);
+		__builtin_memset(e->raddr, 0, 16);
+		__builtin_memcpy(e->laddr, &l, 4);
+		__builtin_memcpy(e->raddr, &r, 4);
+	} else {
+		BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&e->raddr, sk, __sk_common.skc_v6_daddr);
 	}
-	case NR_SENDFILE:
-		// The bytes come from a file, not user memory: count them only.
-		e->dir = DIR_EGRESS;
-		break;
-	default:
+	return e;
+}
+
+// on_sock_data reports ret bytes received or sent on sk by the current
+// task. The syscall that moved them, and its buffer, are in the registers
+// the task saved on entry.
+static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
+{
+	if (!tcp_sock(sk))
+		return 0;
+	struct bpf_pidns_info ns;
+	if (!in_pod(&ns))
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	__u32 nr = regs->orig_ax;
+
+	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	__u8 role = ROLE_UNKNOWN;
+	if (st) {
+		if (!st->tgid)
+			st->tgid = ns.tgid;
+		role = st->role;
+	}
+	struct event *e = sock_event(sk, ns.tgid, ns.pid, EVENT_DATA, role);
+	if (!e)
+		return 0;
+	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
+	e->fd = regs->di;
+	e->len = ret;
+	// A syscall of the other direction (none today) or one not followed
+	// (io_uring, sendmmsg, splice) moved the bytes: nothing to copy from.
+	if (!copy_payload(e, nr, regs->si, regs->dx, ret) || e->dir != dir)
+		return 0;
+	submit(e);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int sock_recv_length(__u64 *ctx)
+{
+	int ret = ctx[1];
+	int flags = ctx[2];
+	// Failed and empty reads carry nothing; a peek is read again later.
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return 0;
+	return on_sock_data((struct sock *)ctx[0], ret, DIR_INGRESS);
+}
+
+SEC("tp_btf/sock_send_length")
+int sock_send_length(__u64 *ctx)
+{
+	int ret = ctx[1];
+	if (ret <= 0)
+		return 0;
+	return on_sock_data((struct sock *)ctx[0], ret, DIR_EGRESS);
+}
+
+// inet_sock_set_state marks the connections the pod's processes open
+// (SYN_SENT happens in the connecting task) and reports the end of the
+// pod's connections: LAST_ACK (both sides closed) or CLOSE. It fires a few
+// times per connection, not per byte, and often in softirq context, where
+// the current task is nobody in particular: the socket's storage says whose
+// it is.
+SEC("tp_btf/inet_sock_set_state")
+int inet_sock_set_state(__u64 *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[0];
+	int newstate = ctx[2];
+	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE && newstate != TCP_LAST_ACK)
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_SYN_SENT) {
+		struct bpf_pidns_info ns;
+		if (!in_pod(&ns))
+			return 0;
+		struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (st) {
+			st->tgid = ns.tgid;
+			st->role = ROLE_CLIENT;
+		}
 		return 0;
 	}
+	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!st || st->closed || !st->tgid)
+		return 0;
+	st->closed = 1;
+	struct event *e = sock_event(sk, st->tgid, 0, EVENT_CLOSE, st->role);
+	if (!e)
+		return 0;
+	__builtin_memset(e->comm, 0, sizeof(e->comm)); // not the current task's
+	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
 	submit(e);
 	return 0;
 }

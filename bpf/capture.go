@@ -8,9 +8,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,8 +39,27 @@ const MinCaptureBytes = 64
 // the ring buffer fills first: then the kernel wakes the reader at once.
 const PollInterval = 10 * time.Millisecond
 
+// Hook sets: which kernel hooks capture the traffic (Config.Hooks).
+const (
+	// HooksAuto picks HooksSocket where the kernel has it, else HooksSyscall.
+	HooksAuto = "auto"
+	// HooksSocket: the sock_recv_length and sock_send_length tracepoints
+	// (tp_btf, Linux 6.3+) fire once per socket receive or send, and
+	// inet_sock_set_state marks connects and closes. The node's other
+	// syscalls pay nothing.
+	HooksSocket = "socket"
+	// HooksSyscall: the raw tracepoints sys_enter and sys_exit (Linux 5.8+)
+	// run on every syscall of the node and follow the socket ones.
+	HooksSyscall = "syscall"
+)
+
+// HookSets lists the values of Config.Hooks.
+var HookSets = []string{HooksAuto, HooksSocket, HooksSyscall}
+
 // Config sets the kernel side's bounds.
 type Config struct {
+	// Hooks picks the kernel hooks (HooksAuto when empty).
+	Hooks string
 	// CaptureBytes is the payload prefix copied per read or write.
 	CaptureBytes int
 	// RingBufferBytes sizes the ring buffer to user space (a power of two
@@ -59,10 +80,13 @@ type Capture struct {
 	// calls it.
 	Drained func()
 
-	objs   captureObjects
-	links  []link.Link
-	reader *ringbuf.Reader // never blocks: its deadline is in the past
-	record ringbuf.Record
+	hooks   string // the hook set attached: HooksSocket or HooksSyscall
+	events  *ebpf.Map
+	stats   *ebpf.Map
+	objects []io.Closer // programs and maps, closed by Close
+	links   []link.Link
+	reader  *ringbuf.Reader // never blocks: its deadline is in the past
+	record  ringbuf.Record
 	// wake is the ring buffer's fd in Go's network poller: Read sleeps
 	// there between polls, as a parked goroutine. (The reader's own wait
 	// is a blocking epoll_wait, which keeps the runtime's sysmon thread
@@ -126,34 +150,32 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	}
 
 	c := &Capture{stopSync: make(chan struct{})}
-	if err := spec.LoadAndAssign(&c.objs, nil); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			logger.Error("verifier rejected capture program", "log", fmt.Sprintf("%+v", verr))
-		}
-		return nil, fmt.Errorf("load capture programs: %w", err)
-	}
 	defer func() {
 		if err != nil {
 			c.Close()
 		}
 	}()
-
-	// Raw tracepoints need neither kprobes nor tracefs.
-	for _, tp := range []struct {
-		name string
-		prog *ebpf.Program
-	}{{"sys_enter", c.objs.SysEnter}, {"sys_exit", c.objs.SysExit}} {
-		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.name, Program: tp.prog})
-		if err != nil {
-			return nil, fmt.Errorf("attach raw tracepoint %s: %w", tp.name, err)
+	switch cfg.Hooks {
+	case HooksSocket:
+		err = c.attachSocket(spec, logger)
+	case HooksSyscall:
+		err = c.attachSyscall(spec, logger)
+	case HooksAuto, "":
+		if err = c.attachSocket(spec, logger); err != nil {
+			logger.Info("socket tracepoints unavailable (they need Linux 6.3+ with BTF): using syscall tracepoints, which run on every syscall of the node",
+				"reason", err)
+			err = c.attachSyscall(spec, logger)
 		}
-		c.links = append(c.links, l)
+	default:
+		err = fmt.Errorf("unknown hook set %q (want one of %s)", cfg.Hooks, strings.Join(HookSets, ", "))
 	}
-	logger.Info("attached kernel capture", "hooks", "raw_tracepoint/sys_enter,raw_tracepoint/sys_exit",
-		"pid_namespace", ns.Ino, "capture_bytes", cfg.CaptureBytes, "ring_buffer_bytes", c.objs.Events.MaxEntries())
+	if err != nil {
+		return nil, err
+	}
+	logger.Info("attached kernel capture", "hooks", c.hookNames(), "pid_namespace", ns.Ino, "capture_bytes", cfg.CaptureBytes,
+		"ring_buffer_bytes", c.events.MaxEntries())
 
-	if c.reader, err = ringbuf.NewReader(c.objs.Events); err != nil {
+	if c.reader, err = ringbuf.NewReader(c.events); err != nil {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
 	c.reader.SetDeadline(time.Unix(1, 0))
@@ -163,6 +185,105 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	c.syncClock()
 	go c.keepClockInSync()
 	return c, nil
+}
+
+// socketObjects are what the socket-tracepoint capture loads: its programs
+// and the maps the loader reads. The maps only its programs use (socket
+// storage, scratch) come along and are closed with the programs.
+type socketObjects struct {
+	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
+	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
+	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
+	Events           *ebpf.Map     `ebpf:"events"`
+	Stats            *ebpf.Map     `ebpf:"stats"`
+}
+
+// syscallObjects are what the syscall-tracepoint capture loads.
+type syscallObjects struct {
+	SysEnter *ebpf.Program `ebpf:"sys_enter"`
+	SysExit  *ebpf.Program `ebpf:"sys_exit"`
+	Events   *ebpf.Map     `ebpf:"events"`
+	Stats    *ebpf.Map     `ebpf:"stats"`
+}
+
+// attachSocket loads and attaches the socket tracepoints (tp_btf). On
+// failure nothing of it stays loaded.
+func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) error {
+	var objs socketObjects
+	if err := loadObjects(spec, &objs, logger); err != nil {
+		return err
+	}
+	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats}
+	var links []link.Link
+	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState} {
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			closeAll(objects)
+			return fmt.Errorf("attach tp_btf %s: %w", p, err)
+		}
+		links = append(links, l)
+	}
+	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
+	return nil
+}
+
+// attachSyscall loads and attaches the raw syscall tracepoints. Raw
+// tracepoints need neither kprobes nor tracefs.
+func (c *Capture) attachSyscall(spec *ebpf.CollectionSpec, logger *slog.Logger) error {
+	var objs syscallObjects
+	if err := loadObjects(spec, &objs, logger); err != nil {
+		return err
+	}
+	objects := []io.Closer{objs.SysEnter, objs.SysExit, objs.Events, objs.Stats}
+	var links []link.Link
+	for _, tp := range []struct {
+		name string
+		prog *ebpf.Program
+	}{{"sys_enter", objs.SysEnter}, {"sys_exit", objs.SysExit}} {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.name, Program: tp.prog})
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			closeAll(objects)
+			return fmt.Errorf("attach raw tracepoint %s: %w", tp.name, err)
+		}
+		links = append(links, l)
+	}
+	c.hooks, c.events, c.stats, c.objects, c.links = HooksSyscall, objs.Events, objs.Stats, objects, links
+	return nil
+}
+
+// loadObjects loads what objs names from a copy of spec (a failed attempt
+// leaves spec as it was for the next one).
+func loadObjects(spec *ebpf.CollectionSpec, objs any, logger *slog.Logger) error {
+	if err := spec.Copy().LoadAndAssign(objs, nil); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			logger.Debug("verifier rejected capture program", "log", fmt.Sprintf("%+v", verr))
+		}
+		return fmt.Errorf("load capture programs: %w", err)
+	}
+	return nil
+}
+
+func closeAll(objects []io.Closer) {
+	for _, o := range objects {
+		o.Close()
+	}
+}
+
+// Hooks returns the hook set attached: HooksSocket or HooksSyscall.
+func (c *Capture) Hooks() string { return c.hooks }
+
+func (c *Capture) hookNames() string {
+	if c.hooks == HooksSocket {
+		return "tp_btf/sock_recv_length,tp_btf/sock_send_length,tp_btf/inet_sock_set_state"
+	}
+	return "raw_tracepoint/sys_enter,raw_tracepoint/sys_exit"
 }
 
 // Read blocks until the next event and decodes it into ev. ev.Payload and
@@ -204,7 +325,7 @@ func (c *Capture) Read(ev *Event) error {
 // poller. The kernel makes it readable when the programs force a wake-up
 // (a quarter of the ring is full).
 func (c *Capture) openWake() error {
-	fd, err := unix.FcntlInt(uintptr(c.objs.Events.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	fd, err := unix.FcntlInt(uintptr(c.events.FD()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
@@ -275,7 +396,7 @@ type Stats struct {
 func (c *Capture) Stats() (Stats, error) {
 	sum := func(index uint32) (uint64, error) {
 		var perCPU []uint64
-		if err := c.objs.Stats.Lookup(index, &perCPU); err != nil {
+		if err := c.stats.Lookup(index, &perCPU); err != nil {
 			return 0, fmt.Errorf("read stat %d: %w", index, err)
 		}
 		var total uint64
@@ -332,7 +453,9 @@ func (c *Capture) Close() error {
 		if c.reader != nil {
 			errs = append(errs, c.reader.Close())
 		}
-		errs = append(errs, c.objs.Close())
+		for _, o := range c.objects {
+			errs = append(errs, o.Close())
+		}
 		c.closeErr = errors.Join(errs...)
 	})
 	return c.closeErr

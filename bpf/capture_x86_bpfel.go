@@ -69,22 +69,34 @@ type captureEvent struct {
 	_        [4]byte
 }
 
+type captureSockState struct {
+	_      structs.HostLayout
+	Tgid   uint32
+	Role   uint8
+	Closed uint8
+	Pad    uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	captureMapCalls        = "calls"
-	captureMapConns        = "conns"
-	captureMapEvents       = "events"
-	captureMapScratch      = "scratch"
-	captureMapStats        = "stats"
-	captureProgSysEnter    = "sys_enter"
-	captureProgSysExit     = "sys_exit"
-	captureVarAgentTgid    = "agent_tgid"
-	captureVarCaptureBytes = "capture_bytes"
-	captureVarPidnsDev     = "pidns_dev"
-	captureVarPidnsIno     = "pidns_ino"
-	captureVarWakeupBytes  = "wakeup_bytes"
+	captureMapCalls             = "calls"
+	captureMapConns             = "conns"
+	captureMapEvents            = "events"
+	captureMapScratch           = "scratch"
+	captureMapSocks             = "socks"
+	captureMapStats             = "stats"
+	captureProgInetSockSetState = "inet_sock_set_state"
+	captureProgSockRecvLength   = "sock_recv_length"
+	captureProgSockSendLength   = "sock_send_length"
+	captureProgSysEnter         = "sys_enter"
+	captureProgSysExit          = "sys_exit"
+	captureVarAgentTgid         = "agent_tgid"
+	captureVarCaptureBytes      = "capture_bytes"
+	captureVarPidnsDev          = "pidns_dev"
+	captureVarPidnsIno          = "pidns_ino"
+	captureVarWakeupBytes       = "wakeup_bytes"
 )
 
 // loadCapture returns the embedded CollectionSpec for capture.
@@ -129,8 +141,11 @@ type captureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureProgramSpecs struct {
-	SysEnter *ebpf.ProgramSpec `ebpf:"sys_enter"`
-	SysExit  *ebpf.ProgramSpec `ebpf:"sys_exit"`
+	InetSockSetState *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
+	SockRecvLength   *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
+	SockSendLength   *ebpf.ProgramSpec `ebpf:"sock_send_length"`
+	SysEnter         *ebpf.ProgramSpec `ebpf:"sys_enter"`
+	SysExit          *ebpf.ProgramSpec `ebpf:"sys_exit"`
 }
 
 // captureMapSpecs contains maps before they are loaded into the kernel.
@@ -141,6 +156,7 @@ type captureMapSpecs struct {
 	Conns   *ebpf.MapSpec `ebpf:"conns"`
 	Events  *ebpf.MapSpec `ebpf:"events"`
 	Scratch *ebpf.MapSpec `ebpf:"scratch"`
+	Socks   *ebpf.MapSpec `ebpf:"socks"`
 	Stats   *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -179,6 +195,7 @@ type captureMaps struct {
 	Conns   *ebpf.Map `ebpf:"conns"`
 	Events  *ebpf.Map `ebpf:"events"`
 	Scratch *ebpf.Map `ebpf:"scratch"`
+	Socks   *ebpf.Map `ebpf:"socks"`
 	Stats   *ebpf.Map `ebpf:"stats"`
 }
 
@@ -188,6 +205,7 @@ func (m *captureMaps) Close() error {
 		m.Conns,
 		m.Events,
 		m.Scratch,
+		m.Socks,
 		m.Stats,
 	)
 }
@@ -207,12 +225,18 @@ type captureVariables struct {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type capturePrograms struct {
-	SysEnter *ebpf.Program `ebpf:"sys_enter"`
-	SysExit  *ebpf.Program `ebpf:"sys_exit"`
+	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
+	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
+	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
+	SysEnter         *ebpf.Program `ebpf:"sys_enter"`
+	SysExit          *ebpf.Program `ebpf:"sys_exit"`
 }
 
 func (p *capturePrograms) Close() error {
 	return _CaptureClose(
+		p.InetSockSetState,
+		p.SockRecvLength,
+		p.SockSendLength,
 		p.SysEnter,
 		p.SysExit,
 	)
