@@ -218,11 +218,12 @@ func sysctl(path, value string) (func(), error) {
 	return func() { os.WriteFile(path, old, 0o644) }, nil
 }
 
-// captureProgram tells whether a BPF program name (cut to 15 bytes by
-// the kernel) is one of the capture's, of either hook set.
+// captureProgram tells whether a BPF program name is one of the
+// capture's, of either hook set (the kernel cuts names to 15 bytes;
+// bpftool may print the full one from BTF).
 func captureProgram(name string) bool {
 	for _, p := range []string{"sys_enter", "sys_exit", "sock_recv_lengt", "sock_send_lengt", "inet_sock_set_s"} {
-		if name == p {
+		if strings.HasPrefix(name, p) {
 			return true
 		}
 	}

@@ -237,8 +237,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	if cfg.TracesOTLP {
 		// The client reads OTEL_EXPORTER_OTLP_* itself; Start does not
 		// connect yet. Its requests are encoded by traceCodec.
-		client := otlptracegrpc.NewClient(otlptracegrpc.WithDialOption(
-			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newTraceCodec()))))
+		// The client's own request-size check is off: it sized every
+		// request by reflection (proto.Size), a sixth of the agent's CPU.
+		// traceCodec checks the same limit on the size it computes anyway.
+		client := otlptracegrpc.NewClient(
+			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newTraceCodec()))),
+			otlptracegrpc.WithMaxRequestSize(0))
 		if err := client.Start(ctx); err != nil {
 			return nil, fmt.Errorf("otlp trace client: %w", err)
 		}

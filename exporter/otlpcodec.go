@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"fmt"
 	"math"
 	"sync"
 
@@ -29,6 +30,11 @@ type traceCodec struct {
 	proto encoding.CodecV2
 }
 
+// maxExportRequestBytes is the largest export request sent, the span
+// client's default (its own check, which sizes each request by reflection,
+// is turned off in favour of this one). A variable for tests.
+var maxExportRequestBytes = 64 << 20
+
 func newTraceCodec() traceCodec {
 	return traceCodec{proto: encoding.GetCodecV2(proto.Name)}
 }
@@ -50,6 +56,9 @@ func (c traceCodec) Marshal(v any) (mem.BufferSlice, error) {
 	size, ok := e.sizeRequest(req)
 	if !ok {
 		return c.proto.Marshal(v)
+	}
+	if size > maxExportRequestBytes {
+		return nil, fmt.Errorf("export request of %d bytes exceeds %d", size, maxExportRequestBytes)
 	}
 	if mem.IsBelowBufferPoolingThreshold(size) {
 		return mem.BufferSlice{mem.SliceBuffer(e.appendRequest(make([]byte, 0, size), req))}, nil

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -60,6 +61,24 @@ func TestTraceCodecMatchesProto(t *testing.T) {
 			check(t, randomRequest(rnd, true))
 		}
 	})
+}
+
+// TestTraceCodecRefusesHugeRequests: the codec keeps the request-size
+// limit that the span client's own (reflective) check would apply.
+func TestTraceCodecRefusesHugeRequests(t *testing.T) {
+	req := randomRequest(rand.New(rand.NewPCG(3, 4)), false)
+	size := proto.Size(req)
+	defer func(old int) { maxExportRequestBytes = old }(maxExportRequestBytes)
+	maxExportRequestBytes = size
+	data, err := newTraceCodec().Marshal(req)
+	if err != nil {
+		t.Fatalf("request of exactly the limit (%d bytes): %v", size, err)
+	}
+	data.Free()
+	maxExportRequestBytes = size - 1
+	if _, err := newTraceCodec().Marshal(req); err == nil || !strings.Contains(err.Error(), "exceeds") {
+		t.Fatalf("request one byte over the limit: %v", err)
+	}
 }
 
 // TestTraceCodecKnowsEveryField fails when go.opentelemetry.io/proto/otlp
