@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	agentMaxProcs(os.Getenv("GOMAXPROCS"))
 	logger = newLogger(cfg)
 	slog.SetDefault(logger)
 	// The OpenTelemetry SDK reports its own troubles here; into the log
@@ -126,6 +128,18 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			return err
 		}
 		tr.Handle(&ev)
+	}
+}
+
+// agentMaxProcs gives the agent one P unless GOMAXPROCS (its value given)
+// says otherwise: the agent is one pipeline (capture, tracer, exporter,
+// gRPC), and on one P its hand-offs stay on one thread instead of waking
+// another CPU, with no spinning threads and smaller per-P caches.
+// Measured: 0.4-0.8 µs less agent CPU per request and 4 MB less memory,
+// no loss (BENCHMARKS.md).
+func agentMaxProcs(env string) {
+	if env == "" {
+		runtime.GOMAXPROCS(1)
 	}
 }
 

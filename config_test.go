@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -95,5 +96,19 @@ func TestEveryVariableDocumented(t *testing.T) {
 		if v.desc == "" {
 			t.Errorf("%s has no description", v.name)
 		}
+	}
+}
+
+// The agent runs on one P, unless GOMAXPROCS says otherwise.
+func TestAgentMaxProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(2)
+	agentMaxProcs("2")
+	if n := runtime.GOMAXPROCS(0); n != 2 {
+		t.Errorf("GOMAXPROCS=2 given: %d Ps", n)
+	}
+	agentMaxProcs("")
+	if n := runtime.GOMAXPROCS(0); n != 1 {
+		t.Errorf("GOMAXPROCS unset: %d Ps, want 1", n)
 	}
 }
