@@ -165,6 +165,8 @@ type Exporter struct {
 	sampler sampler            // OTEL_TRACES_SAMPLER
 	sinks   []*spanSink        // span destinations; empty when traces go nowhere
 	metrics *metricSink        // nil when metrics go nowhere
+	// histOpts are the settings of every process's histograms.
+	histOpts *histogramOptions
 
 	// Copies of the test seams, taken at construction so that a test
 	// restoring them cannot race with a running exporter.
@@ -313,6 +315,7 @@ func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, smp
 	}
 	if metricExp != nil {
 		e.metrics = &metricSink{Exporter: metricExp, rep: e.rep}
+		e.histOpts = histogramOptionsFrom(metricExp)
 	}
 	return e
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -40,8 +39,9 @@ type process struct {
 	sinks   []*spanSink   // the exporter's, shared
 	sampler sampler
 	mp      *sdkmetric.MeterProvider // nil when metrics go nowhere
-	server  metric.Float64Histogram
-	client  metric.Float64Histogram
+	hists   *histograms              // the instruments, which mp's reader collects
+	server  *histogram
+	client  *histogram
 	other   *otherInstruments // gRPC, database and messaging histograms, made on first use
 
 	// Span names and metric attribute sets, built once per distinct
@@ -91,23 +91,17 @@ func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
 	}
 	if e.metrics != nil {
 		// The periodic reader applies OTEL_METRIC_EXPORT_INTERVAL and
-		// _TIMEOUT itself.
+		// _TIMEOUT itself; it collects the agent's own histograms.
+		s.hists = newHistograms(e.histOpts)
 		s.mp = sdkmetric.NewMeterProvider(
 			sdkmetric.WithResource(s.res),
-			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics)),
+			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics, sdkmetric.WithProducer(s.hists))),
 		)
-		m := s.mp.Meter(scopeName)
 		// The semconv constructors carry name, unit, description and the
 		// recommended explicit buckets.
-		srv, err := httpconv.NewServerRequestDuration(m)
-		if err != nil {
-			e.logger.Error("create metric", "name", srv.Name(), "error", err)
-		}
-		cli, err := httpconv.NewClientRequestDuration(m)
-		if err != nil {
-			e.logger.Error("create metric", "name", cli.Name(), "error", err)
-		}
-		s.server, s.client = srv.Inst(), cli.Inst()
+		srv, _ := httpconv.NewServerRequestDuration(s.hists) // the agent's meter never fails
+		cli, _ := httpconv.NewClientRequestDuration(s.hists)
+		s.server, s.client = srv.Inst().(*histogram), cli.Inst().(*histogram)
 	}
 	return s
 }

@@ -7,7 +7,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
@@ -147,11 +146,12 @@ func (s *process) record(r *tracer.Request, captureQuery bool) {
 		if d < 0 {
 			d = 0 // clocks of two CPUs; a negative duration is meaningless
 		}
+		h := s.server
 		if r.Role == tracer.RoleClient {
-			s.client.Record(ctx, d, ser.opts...)
-		} else {
-			s.server.Record(ctx, d, ser.opts...)
+			h = s.client
 		}
+		// The exemplar's time is the request's end, not a clock read.
+		h.recordCached(ser.point, ser.attrs, d, trace.SpanContextFromContext(ctx), r.End)
 	}
 }
 
@@ -298,8 +298,9 @@ type seriesKey struct {
 
 // series is what is computed once per distinct seriesKey.
 type series struct {
-	name string                // span name
-	opts []metric.RecordOption // the metric attribute set, nil without metrics
+	name  string        // span name
+	attrs attribute.Set // the metric attribute set, empty without metrics
+	point **histPoint   // its point in the histogram, once looked up
 }
 
 // series returns the cached span name and metric attributes for r: most
@@ -336,7 +337,7 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 		}
 	}
 	if s.mp != nil {
-		v.opts = []metric.RecordOption{metric.WithAttributeSet(metricAttrs(k))}
+		v.attrs, v.point = metricAttrs(k), new(*histPoint)
 	}
 	s.seriesCache[k] = v
 	return v

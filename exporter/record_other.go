@@ -77,7 +77,7 @@ func (s *process) otherInstruments() *otherInstruments {
 	if s.other != nil || s.mp == nil {
 		return s.other
 	}
-	m := s.mp.Meter(scopeName)
+	m := s.hists
 	o := &otherInstruments{}
 	// Errors are impossible with these fixed, valid names; the returned
 	// instrument is a no-op then anyway.
