@@ -63,10 +63,33 @@ func (c traceCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if mem.IsBelowBufferPoolingThreshold(size) {
 		return mem.BufferSlice{mem.SliceBuffer(e.appendRequest(make([]byte, 0, size), req))}, nil
 	}
-	pool := mem.DefaultBufferPool()
-	buf := pool.Get(size)
+	buf := requestBuffers.Get(size)
 	*buf = e.appendRequest((*buf)[:0], req)
-	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
+	return mem.BufferSlice{mem.NewBuffer(buf, requestBuffers)}, nil
+}
+
+// requestBuffers hold encoded export requests until gRPC has sent them.
+// gRPC's default pool zeroes every buffer it hands out; the encoder writes
+// each byte anyway, so these are handed out as they were left.
+var requestBuffers = &reusedBuffers{}
+
+// reusedBuffers is a mem.BufferPool of buffers that are not cleared.
+type reusedBuffers struct{ pool sync.Pool }
+
+func (p *reusedBuffers) Get(n int) *[]byte {
+	if b, ok := p.pool.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+func (p *reusedBuffers) Put(b *[]byte) {
+	if cap(*b) > maxExportRequestBytes {
+		return
+	}
+	p.pool.Put(b)
 }
 
 // traceEncoder encodes in two passes. The first computes the size of

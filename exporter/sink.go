@@ -188,10 +188,8 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 	} else {
 		k.exported.Add(uint64(n))
 	}
-	for i, rec := range batch {
-		rec.release()
-		batch[i] = nil
-	}
+	releaseAll(batch)
+	clear(batch)
 	k.inflight.Add(-int64(n))
 	return batch[:0]
 }

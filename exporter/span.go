@@ -50,24 +50,67 @@ type spanRecord struct {
 	refs atomic.Int32
 }
 
-var recordPool = sync.Pool{New: func() any { return new(spanRecord) }}
+// freeRecords are records ready for reuse. A plain list rather than a
+// sync.Pool: records are made by the worker and given back by the sinks
+// in batches of hundreds, which a sync.Pool takes one by one into chains
+// it grows, and empties at every garbage collection.
+var freeRecords struct {
+	sync.Mutex
+	recs []*spanRecord
+}
+
+// maxFreeRecords bounds the list: a few batches' worth.
+const maxFreeRecords = 4096
 
 // newRecord returns a cleared record held by refs sinks.
 func newRecord(refs int) *spanRecord {
-	rec := recordPool.Get().(*spanRecord)
+	freeRecords.Lock()
+	var rec *spanRecord
+	if n := len(freeRecords.recs); n > 0 {
+		rec = freeRecords.recs[n-1]
+		freeRecords.recs[n-1] = nil
+		freeRecords.recs = freeRecords.recs[:n-1]
+	}
+	freeRecords.Unlock()
+	if rec == nil {
+		rec = new(spanRecord)
+	}
 	rec.refs.Store(int32(refs))
 	return rec
 }
 
 // release gives up one sink's hold on rec.
 func (rec *spanRecord) release() {
+	if rec.clearIfUnheld() {
+		freeRecords.Lock()
+		if len(freeRecords.recs) < maxFreeRecords {
+			freeRecords.recs = append(freeRecords.recs, rec)
+		}
+		freeRecords.Unlock()
+	}
+}
+
+// releaseAll is release for each record of batch, with one lock.
+func releaseAll(batch []*spanRecord) {
+	freeRecords.Lock()
+	defer freeRecords.Unlock()
+	for _, rec := range batch {
+		if rec.clearIfUnheld() && len(freeRecords.recs) < maxFreeRecords {
+			freeRecords.recs = append(freeRecords.recs, rec)
+		}
+	}
+}
+
+// clearIfUnheld drops one hold on rec and, if it was the last, clears it
+// for reuse and reports true.
+func (rec *spanRecord) clearIfUnheld() bool {
 	if rec.refs.Add(-1) != 0 {
-		return
+		return false
 	}
 	attrs := rec.attrs[:0]
 	clear(rec.attrs) // the values reference request strings; let them go
 	*rec = spanRecord{attrs: attrs}
-	recordPool.Put(rec)
+	return true
 }
 
 // spanResource is a process's resource in the forms the sinks want, made
