@@ -615,6 +615,27 @@ static __always_inline struct event *sock_event(struct sock *sk, __u32 ns_tgid, 
 	return e;
 }
 
+// sock_syscall tells whether nr is a followed syscall that moves bytes in
+// direction dir. The others (io_uring, sendmmsg, splice) leave no buffer in
+// their registers to copy from: they are left before any work is done.
+static __always_inline bool sock_syscall(__u32 nr, __u8 dir)
+{
+	switch (nr) {
+	case NR_READ:
+	case NR_READV:
+	case NR_RECVFROM:
+	case NR_RECVMSG:
+		return dir == DIR_INGRESS;
+	case NR_WRITE:
+	case NR_WRITEV:
+	case NR_SENDTO:
+	case NR_SENDMSG:
+	case NR_SENDFILE:
+		return dir == DIR_EGRESS;
+	}
+	return false;
+}
+
 // on_sock_data reports ret bytes received or sent on sk by the current
 // task. The syscall that moved them, and its buffer, are in the registers
 // the task saved on entry.
@@ -627,6 +648,8 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	__u32 nr = regs->orig_ax;
+	if (!sock_syscall(nr, dir))
+		return 0;
 
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u8 role = ROLE_UNKNOWN;
@@ -641,9 +664,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
 	e->fd = regs->di;
 	e->len = ret;
-	// A syscall of the other direction (none today) or one not followed
-	// (io_uring, sendmmsg, splice) moved the bytes: nothing to copy from.
-	if (!copy_payload(e, nr, regs->si, regs->dx, ret) || e->dir != dir)
+	if (!copy_payload(e, nr, regs->si, regs->dx, ret))
 		return 0;
 	submit(e);
 	return 0;

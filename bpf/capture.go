@@ -214,17 +214,19 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats}
-	var links []link.Link
+	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState} {
-		l, err := link.AttachTracing(link.TracingOptions{Program: p})
-		if err != nil {
-			for _, l := range links {
-				l.Close()
+		hooks = append(hooks, func() (link.Link, error) {
+			l, err := link.AttachTracing(link.TracingOptions{Program: p})
+			if err != nil {
+				return nil, fmt.Errorf("attach tp_btf %s: %w", p, err)
 			}
-			closeAll(objects)
-			return fmt.Errorf("attach tp_btf %s: %w", p, err)
-		}
-		links = append(links, l)
+			return l, nil
+		})
+	}
+	links, err := attachEach(objects, hooks)
+	if err != nil {
+		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
 	return nil
@@ -238,20 +240,19 @@ func (c *Capture) attachSyscall(spec *ebpf.CollectionSpec, logger *slog.Logger) 
 		return err
 	}
 	objects := []io.Closer{objs.SysEnter, objs.SysExit, objs.Events, objs.Stats}
-	var links []link.Link
-	for _, tp := range []struct {
-		name string
-		prog *ebpf.Program
-	}{{"sys_enter", objs.SysEnter}, {"sys_exit", objs.SysExit}} {
-		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.name, Program: tp.prog})
-		if err != nil {
-			for _, l := range links {
-				l.Close()
+	var hooks []func() (link.Link, error)
+	for name, p := range map[string]*ebpf.Program{"sys_enter": objs.SysEnter, "sys_exit": objs.SysExit} {
+		hooks = append(hooks, func() (link.Link, error) {
+			l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: name, Program: p})
+			if err != nil {
+				return nil, fmt.Errorf("attach raw tracepoint %s: %w", name, err)
 			}
-			closeAll(objects)
-			return fmt.Errorf("attach raw tracepoint %s: %w", tp.name, err)
-		}
-		links = append(links, l)
+			return l, nil
+		})
+	}
+	links, err := attachEach(objects, hooks)
+	if err != nil {
+		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSyscall, objs.Events, objs.Stats, objects, links
 	return nil
@@ -268,6 +269,24 @@ func loadObjects(spec *ebpf.CollectionSpec, objs any, logger *slog.Logger) error
 		return fmt.Errorf("load capture programs: %w", err)
 	}
 	return nil
+}
+
+// attachEach attaches every hook. On a failure it detaches what it had
+// attached and closes objects, so that nothing of the attempt stays.
+func attachEach(objects []io.Closer, hooks []func() (link.Link, error)) ([]link.Link, error) {
+	var links []link.Link
+	for _, attach := range hooks {
+		l, err := attach()
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			closeAll(objects)
+			return nil, err
+		}
+		links = append(links, l)
+	}
+	return links, nil
 }
 
 func closeAll(objects []io.Closer) {
