@@ -34,12 +34,15 @@ func (sdkDiscard) Shutdown(context.Context) error                             { 
 
 // marshalClient is an OTLP client that does what the gRPC client does with
 // a batch up to the bytes on the wire: marshal the request with its codec.
-type marshalClient struct{ bytes int }
+type marshalClient struct {
+	codec *traceCodec
+	bytes int
+}
 
 func (*marshalClient) Start(context.Context) error { return nil }
 func (*marshalClient) Stop(context.Context) error  { return nil }
 func (c *marshalClient) UploadTraces(_ context.Context, rs []*tracepb.ResourceSpans) error {
-	data, err := newTraceCodec().Marshal(&coltracepb.ExportTraceServiceRequest{ResourceSpans: rs})
+	data, err := c.codec.Marshal(&coltracepb.ExportTraceServiceRequest{ResourceSpans: rs})
 	c.bytes += data.Len()
 	data.Free()
 	return err
@@ -150,8 +153,8 @@ func BenchmarkFullPath(b *testing.B) {
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.Setenv("OTEL_TRACES_SAMPLER", "")
-			mc := &marshalClient{}
-			e := benchNew(b, []destination{{name: "otlp", exp: &otlpSpans{client: mc}}}, discardMetrics{})
+			mc := &marshalClient{codec: newTraceCodec()}
+			e := benchNew(b, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}}}, discardMetrics{})
 			reqs := make([]*tracer.Request, len(bc.procs))
 			for i, p := range bc.procs {
 				reqs[i] = serverReq()

@@ -242,13 +242,14 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		// The client's own request-size check is off: it sized every
 		// request by reflection (proto.Size), a sixth of the agent's CPU.
 		// traceCodec checks the same limit on the size it computes anyway.
+		codec := newTraceCodec()
 		client := otlptracegrpc.NewClient(
-			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newTraceCodec()))),
+			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec))),
 			otlptracegrpc.WithMaxRequestSize(0))
 		if err := client.Start(ctx); err != nil {
 			return nil, fmt.Errorf("otlp trace client: %w", err)
 		}
-		dests = append(dests, destination{name: "otlp", exp: &otlpSpans{client: client}})
+		dests = append(dests, destination{name: "otlp", exp: &otlpSpans{client: client, codec: codec}})
 	}
 	if cfg.Printer != PrinterOff {
 		dests = append(dests, destination{

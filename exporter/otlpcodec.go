@@ -3,11 +3,14 @@ package exporter
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sync"
+	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
-	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
@@ -15,19 +18,25 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// traceCodec is the gRPC codec of the span exporter's connection. It
-// encodes the export request itself, field by field, and leaves every
-// other message (the response, anything else) to gRPC's protobuf codec.
-// Generated-code marshalling was a quarter of the agent's CPU: it sizes
-// each message through reflection-driven tables and checks every string's
-// UTF-8 again (the exporter has made them valid already). The bytes are
-// the same as proto.Marshal's (TestTraceCodecMatchesProto), and a message
-// with anything this encoder does not write (span events and links, entity
-// references, string-table indexes, nil list entries) goes to the protobuf
-// codec whole. The messages are the exporter's own: they carry no unknown
-// fields.
+// traceCodec is the gRPC codec of the span exporter's connection. The
+// OTLP client is given a stand-in request for each batch (see otlpSpans),
+// and the codec writes the batch's records straight to protobuf: building
+// the generated messages first, and walking them to size and write them,
+// was a third of the agent's CPU. The bytes are the ones proto.Marshal
+// writes for the messages the SDK's OTLP exporter would build from the
+// same spans (TestTraceCodecMatchesProto). Any other message (the
+// response, a request that is not the stand-in) goes to gRPC's protobuf
+// codec.
 type traceCodec struct {
 	proto encoding.CodecV2
+
+	// stand is the stand-in: the one ResourceSpans of every request the
+	// sink sends, and recs the batch it stands for while the client sends
+	// it. Both belong to the sink's goroutine, which is where the client
+	// marshals (gRPC encodes a unary request in the caller's goroutine,
+	// retries included).
+	stand *tracepb.ResourceSpans
+	recs  []*spanRecord
 }
 
 // maxExportRequestBytes is the largest export request sent, the span
@@ -35,36 +44,57 @@ type traceCodec struct {
 // is turned off in favour of this one). A variable for tests.
 var maxExportRequestBytes = 64 << 20
 
-func newTraceCodec() traceCodec {
-	return traceCodec{proto: encoding.GetCodecV2(proto.Name)}
+func newTraceCodec() *traceCodec {
+	return &traceCodec{
+		proto: encoding.GetCodecV2(proto.Name),
+		stand: &tracepb.ResourceSpans{ScopeSpans: []*tracepb.ScopeSpans{{}}},
+	}
+}
+
+// noSpans gives the stand-in as many (nil) spans as its batch has: the
+// client counts them for its own telemetry and reads nothing else.
+var noSpans = make([]*tracepb.Span, 4096)
+
+// request returns the stand-in request for recs, which the codec encodes
+// until the next call.
+func (c *traceCodec) request(recs []*spanRecord) []*tracepb.ResourceSpans {
+	c.recs = recs
+	if len(noSpans) < len(recs) {
+		noSpans = make([]*tracepb.Span, len(recs))
+	}
+	c.stand.ScopeSpans[0].Spans = noSpans[:len(recs)]
+	return []*tracepb.ResourceSpans{c.stand}
+}
+
+// done lets the last batch's records go.
+func (c *traceCodec) done() {
+	c.recs = nil
+	c.stand.ScopeSpans[0].Spans = nil
 }
 
 // Name is the content subtype; the collector decodes plain protobuf.
-func (traceCodec) Name() string { return proto.Name }
+func (*traceCodec) Name() string { return proto.Name }
 
-func (c traceCodec) Unmarshal(data mem.BufferSlice, v any) error {
+func (c *traceCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return c.proto.Unmarshal(data, v)
 }
 
-func (c traceCodec) Marshal(v any) (mem.BufferSlice, error) {
+func (c *traceCodec) Marshal(v any) (mem.BufferSlice, error) {
 	req, ok := v.(*coltracepb.ExportTraceServiceRequest)
-	if !ok {
+	if !ok || len(req.ResourceSpans) != 1 || req.ResourceSpans[0] != c.stand {
 		return c.proto.Marshal(v)
 	}
-	e := encoders.Get().(*traceEncoder)
+	e := encoders.Get().(*spanEncoder)
 	defer e.release()
-	size, ok := e.sizeRequest(req)
-	if !ok {
-		return c.proto.Marshal(v)
-	}
+	size := e.size(c.recs)
 	if size > maxExportRequestBytes {
 		return nil, fmt.Errorf("export request of %d bytes exceeds %d", size, maxExportRequestBytes)
 	}
 	if mem.IsBelowBufferPoolingThreshold(size) {
-		return mem.BufferSlice{mem.SliceBuffer(e.appendRequest(make([]byte, 0, size), req))}, nil
+		return mem.BufferSlice{mem.SliceBuffer(e.append(make([]byte, 0, size), c.recs))}, nil
 	}
 	buf := requestBuffers.Get(size)
-	*buf = e.appendRequest((*buf)[:0], req)
+	*buf = e.append((*buf)[:0], c.recs)
 	return mem.BufferSlice{mem.NewBuffer(buf, requestBuffers)}, nil
 }
 
@@ -92,25 +122,6 @@ func (p *reusedBuffers) Put(b *[]byte) {
 	p.pool.Put(b)
 }
 
-// traceEncoder encodes in two passes. The first computes the size of
-// every nested message in the order the second writes them (a message's
-// length comes before its fields), so that each is walked once per pass.
-type traceEncoder struct {
-	sizes []int
-	next  int
-	ok    bool // false: the message holds something this encoder does not write
-}
-
-var encoders = sync.Pool{New: func() any { return new(traceEncoder) }}
-
-func (e *traceEncoder) release() {
-	if cap(e.sizes) > 1<<16 {
-		e.sizes = nil // a huge batch: don't keep its table
-	}
-	e.sizes, e.next = e.sizes[:0], 0
-	encoders.Put(e)
-}
-
 // Field numbers, from opentelemetry/proto/{collector/trace,trace,resource,common}/v1.
 const (
 	fRequestResourceSpans = 1
@@ -120,31 +131,23 @@ const (
 	fResourceSpansSchemaURL  = 3
 
 	fResourceAttributes = 1
-	fResourceDropped    = 2
 
-	fScopeSpansScope     = 1
-	fScopeSpansSpans     = 2
-	fScopeSpansSchemaURL = 3
+	fScopeSpansScope = 1
+	fScopeSpansSpans = 2
 
-	fScopeName       = 1
-	fScopeVersion    = 2
-	fScopeAttributes = 3
-	fScopeDropped    = 4
+	fScopeName = 1
 
-	fSpanTraceID       = 1
-	fSpanSpanID        = 2
-	fSpanTraceState    = 3
-	fSpanParentSpanID  = 4
-	fSpanName          = 5
-	fSpanKind          = 6
-	fSpanStart         = 7
-	fSpanEnd           = 8
-	fSpanAttributes    = 9
-	fSpanDroppedAttrs  = 10
-	fSpanDroppedEvents = 12
-	fSpanDroppedLinks  = 14
-	fSpanStatus        = 15
-	fSpanFlags         = 16
+	fSpanTraceID      = 1
+	fSpanSpanID       = 2
+	fSpanTraceState   = 3
+	fSpanParentSpanID = 4
+	fSpanName         = 5
+	fSpanKind         = 6
+	fSpanStart        = 7
+	fSpanEnd          = 8
+	fSpanAttributes   = 9
+	fSpanStatus       = 15
+	fSpanFlags        = 16
 
 	fStatusMessage = 2
 	fStatusCode    = 3
@@ -163,9 +166,332 @@ const (
 	fListValues = 1 // ArrayValue.values and KeyValueList.values
 )
 
-// Sizes of the pieces of a field.
+// OTLP's span flags: the low byte is the W3C trace flags; the SDK always
+// says whether the parent is remote, and a parent here always is.
+const (
+	flagHasIsRemote = uint32(tracepb.SpanFlags_SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
+	flagIsRemote    = uint32(tracepb.SpanFlags_SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
+)
+
+// scopeBytes is every span's instrumentation scope, encoded once.
+var scopeBytes = protowire.AppendString(protowire.AppendTag(nil, fScopeName, protowire.BytesType), scopeName)
+
+// spanEncoder writes a batch of records as one export request, in two
+// passes: the first sizes every span and every process's group (a
+// message's length comes before it), the second writes them.
+type spanEncoder struct {
+	spanSizes []int // by record
+
+	// Grouping by process, in order of first appearance: one
+	// ResourceSpans each.
+	groups    map[*spanResource]int
+	byGroup   []*spanResource
+	groupSize []int // of each group's ScopeSpans message
+	groupOf   []int // by record
+	start     []int // where each group's records begin in order; one more at the end
+	next      []int
+	order     []int // record indexes, group by group
+}
+
+var encoders = sync.Pool{New: func() any { return &spanEncoder{groups: make(map[*spanResource]int)} }}
+
+func (e *spanEncoder) release() {
+	if cap(e.spanSizes) > 1<<16 {
+		*e = spanEncoder{groups: e.groups} // a huge batch: don't keep its tables
+	}
+	clear(e.groups)
+	clear(e.byGroup) // they hold resources of processes that may be gone
+	e.byGroup, e.groupSize = e.byGroup[:0], e.groupSize[:0]
+	encoders.Put(e)
+}
+
+// zeroed returns s resized to n zeroes, reusing its array.
+func zeroed(s []int, n int) []int {
+	s = slices.Grow(s[:0], n)[:n]
+	clear(s)
+	return s
+}
+
+// size returns the request's size and fills the encoder's tables for
+// append.
+func (e *spanEncoder) size(recs []*spanRecord) int {
+	e.spanSizes, e.groupOf = zeroed(e.spanSizes, len(recs)), zeroed(e.groupOf, len(recs))
+	for i, rec := range recs {
+		g, ok := e.groups[rec.res]
+		if !ok {
+			g = len(e.byGroup)
+			e.groups[rec.res] = g
+			e.byGroup = append(e.byGroup, rec.res)
+			e.groupSize = append(e.groupSize, sizeMsgField(fScopeSpansScope, len(scopeBytes)))
+		}
+		n := spanSize(rec)
+		e.spanSizes[i], e.groupOf[i] = n, g
+		e.groupSize[g] += sizeMsgField(fScopeSpansSpans, n)
+	}
+	// A stable counting sort of the records by group.
+	groups := len(e.byGroup)
+	e.start, e.next, e.order = zeroed(e.start, groups+1), zeroed(e.next, groups), zeroed(e.order, len(recs))
+	for _, g := range e.groupOf {
+		e.start[g+1]++
+	}
+	for g := range groups {
+		e.start[g+1] += e.start[g]
+	}
+	copy(e.next, e.start)
+	for i, g := range e.groupOf {
+		e.order[e.next[g]] = i
+		e.next[g]++
+	}
+
+	total := 0
+	for g, res := range e.byGroup {
+		total += sizeMsgField(fRequestResourceSpans, resourceSpansSize(res, e.groupSize[g]))
+	}
+	return total
+}
+
+func resourceSpansSize(res *spanResource, scopeSpans int) int {
+	return sizeMsgField(fResourceSpansResource, len(res.encoded)) +
+		sizeMsgField(fResourceSpansScopeSpans, scopeSpans) +
+		sizeStringField(fResourceSpansSchemaURL, res.schema)
+}
+
+// append writes the request sized by the last call to size.
+func (e *spanEncoder) append(b []byte, recs []*spanRecord) []byte {
+	for g, res := range e.byGroup {
+		b = appendMsgHeader(b, fRequestResourceSpans, resourceSpansSize(res, e.groupSize[g]))
+		b = appendMsgHeader(b, fResourceSpansResource, len(res.encoded))
+		b = append(b, res.encoded...)
+		b = appendMsgHeader(b, fResourceSpansScopeSpans, e.groupSize[g])
+		b = appendMsgHeader(b, fScopeSpansScope, len(scopeBytes))
+		b = append(b, scopeBytes...)
+		for _, i := range e.order[e.start[g]:e.start[g+1]] {
+			b = appendMsgHeader(b, fScopeSpansSpans, e.spanSizes[i])
+			b = appendSpan(b, recs[i])
+		}
+		b = appendString(b, fResourceSpansSchemaURL, res.schema)
+	}
+	return b
+}
+
+// A span as the SDK's OTLP exporter converts it.
+
+func spanFlags(rec *spanRecord) uint32 {
+	f := uint32(rec.flags) | flagHasIsRemote
+	if rec.parentID.IsValid() {
+		f |= flagIsRemote
+	}
+	return f
+}
+
+func statusSize(rec *spanRecord) int {
+	if rec.status != codes.Error {
+		return 0
+	}
+	return sizeStringField(fStatusMessage, rec.statusMsg) + sizeVarintField(fStatusCode, uint64(tracepb.Status_STATUS_CODE_ERROR))
+}
+
+func spanSize(rec *spanRecord) int {
+	n := sizeBytesLen(fSpanTraceID, len(rec.traceID)) + sizeBytesLen(fSpanSpanID, len(rec.spanID))
+	if rec.traceState.Len() > 0 {
+		n += sizeStringField(fSpanTraceState, rec.traceState.String())
+	}
+	if rec.parentID.IsValid() {
+		n += sizeBytesLen(fSpanParentSpanID, len(rec.parentID))
+	}
+	n += sizeStringField(fSpanName, rec.name) + sizeVarintField(fSpanKind, uint64(spanKindPB(rec.kind))) +
+		sizeFixed64Field(fSpanStart, unixNano(rec.start)) + sizeFixed64Field(fSpanEnd, unixNano(rec.end))
+	n += keyValuesSize(fSpanAttributes, rec.attrs)
+	n += sizeMsgField(fSpanStatus, statusSize(rec))
+	return n + protowire.SizeTag(fSpanFlags) + protowire.SizeFixed32()
+}
+
+func appendSpan(b []byte, rec *spanRecord) []byte {
+	b = appendBytes(b, fSpanTraceID, rec.traceID[:])
+	b = appendBytes(b, fSpanSpanID, rec.spanID[:])
+	if rec.traceState.Len() > 0 {
+		b = appendString(b, fSpanTraceState, rec.traceState.String())
+	}
+	if rec.parentID.IsValid() {
+		b = appendBytes(b, fSpanParentSpanID, rec.parentID[:])
+	}
+	b = appendString(b, fSpanName, rec.name)
+	b = appendVarint(b, fSpanKind, uint64(spanKindPB(rec.kind)))
+	b = appendFixed64(b, fSpanStart, unixNano(rec.start))
+	b = appendFixed64(b, fSpanEnd, unixNano(rec.end))
+	b = appendKeyValues(b, fSpanAttributes, rec.attrs)
+	b = appendMsgHeader(b, fSpanStatus, statusSize(rec))
+	if rec.status == codes.Error {
+		b = appendString(b, fStatusMessage, rec.statusMsg)
+		b = appendVarint(b, fStatusCode, uint64(tracepb.Status_STATUS_CODE_ERROR))
+	}
+	b = protowire.AppendTag(b, fSpanFlags, protowire.Fixed32Type)
+	return protowire.AppendFixed32(b, spanFlags(rec))
+}
+
+// spanKindPB converts a span kind; the API numbers the kinds as OTLP does
+// (unspecified 0, internal 1, server 2, client 3, producer 4, consumer 5).
+func spanKindPB(k trace.SpanKind) tracepb.Span_SpanKind {
+	if k < trace.SpanKindUnspecified || k > trace.SpanKindConsumer {
+		return tracepb.Span_SPAN_KIND_UNSPECIFIED
+	}
+	return tracepb.Span_SpanKind(k)
+}
+
+func unixNano(t time.Time) uint64 { return uint64(max(0, t.UnixNano())) }
+
+// Attributes as the SDK's OTLP exporter converts them: a KeyValue always
+// has a value message, and the value's one member is written even when it
+// is its type's zero. Values are passed by pointer: an attribute.Value is
+// 48 bytes, and copying it for each call was a fifth of the encoding.
+
+// tagSize is the size of the tag of every field numbered below 16, which
+// is every field of a key-value.
+const tagSize = 1
+
+// keyValueSize is the size of a KeyValue message whose value message is
+// valueSize long.
+func keyValueSize(kv *attribute.KeyValue, valueSize int) int {
+	return sizeStringField(fKeyValueKey, string(kv.Key)) + tagSize + protowire.SizeBytes(valueSize)
+}
+
+func appendKeyValues(b []byte, num protowire.Number, kvs []attribute.KeyValue) []byte {
+	for i := range kvs {
+		kv := &kvs[i]
+		vs := valueSize(&kv.Value)
+		b = appendMsgHeader(b, num, keyValueSize(kv, vs))
+		b = appendString(b, fKeyValueKey, string(kv.Key))
+		b = appendMsgHeader(b, fKeyValueValue, vs)
+		b = appendValue(b, &kv.Value)
+	}
+	return b
+}
+
+func keyValuesSize(num protowire.Number, kvs []attribute.KeyValue) int {
+	n := 0
+	for i := range kvs {
+		n += sizeMsgField(num, keyValueSize(&kvs[i], valueSize(&kvs[i].Value)))
+	}
+	return n
+}
+
+// valueSize is the size of v's AnyValue message. Strings and integers,
+// almost every attribute, are sized inline.
+func valueSize(v *attribute.Value) int {
+	switch v.Type() {
+	case attribute.STRING:
+		return tagSize + protowire.SizeBytes(len(v.AsString()))
+	case attribute.INT64:
+		return tagSize + protowire.SizeVarint(uint64(v.AsInt64()))
+	}
+	return otherValueSize(v)
+}
+
+func otherValueSize(v *attribute.Value) int {
+	switch v.Type() {
+	case attribute.FLOAT64:
+		return tagSize + protowire.SizeFixed64()
+	case attribute.BOOL:
+		return tagSize + 1
+	case attribute.BYTESLICE:
+		return sizeBytesLen(fAnyBytes, len(v.AsByteSlice()))
+	case attribute.EMPTY:
+		return 0
+	case attribute.MAP:
+		return sizeMsgField(fAnyKvlist, keyValuesSize(fListValues, v.AsMap()))
+	}
+	if elems, ok := sliceElems(v); ok {
+		return sizeMsgField(fAnyArray, valuesSize(elems))
+	}
+	return sizeBytesLen(fAnyString, len(invalidValue))
+}
+
+func valuesSize(elems []attribute.Value) int {
+	n := 0
+	for i := range elems {
+		n += sizeMsgField(fListValues, valueSize(&elems[i]))
+	}
+	return n
+}
+
+// invalidValue is what the SDK sends for a value of no known type.
+const invalidValue = "INVALID"
+
+func appendValue(b []byte, v *attribute.Value) []byte {
+	switch v.Type() {
+	case attribute.STRING:
+		return appendStringAlways(b, fAnyString, v.AsString())
+	case attribute.INT64:
+		b = protowire.AppendTag(b, fAnyInt, protowire.VarintType)
+		return protowire.AppendVarint(b, uint64(v.AsInt64()))
+	case attribute.FLOAT64:
+		b = protowire.AppendTag(b, fAnyDouble, protowire.Fixed64Type)
+		return protowire.AppendFixed64(b, math.Float64bits(v.AsFloat64()))
+	case attribute.BOOL:
+		b = protowire.AppendTag(b, fAnyBool, protowire.VarintType)
+		return protowire.AppendVarint(b, protowire.EncodeBool(v.AsBool()))
+	case attribute.BYTESLICE:
+		b = protowire.AppendTag(b, fAnyBytes, protowire.BytesType)
+		return protowire.AppendBytes(b, v.AsByteSlice())
+	case attribute.EMPTY:
+		return b
+	case attribute.MAP:
+		kvs := v.AsMap()
+		b = appendMsgHeader(b, fAnyKvlist, keyValuesSize(fListValues, kvs))
+		return appendKeyValues(b, fListValues, kvs)
+	}
+	if elems, ok := sliceElems(v); ok {
+		b = appendMsgHeader(b, fAnyArray, valuesSize(elems))
+		for i := range elems {
+			b = appendMsgHeader(b, fListValues, valueSize(&elems[i]))
+			b = appendValue(b, &elems[i])
+		}
+		return b
+	}
+	return appendStringAlways(b, fAnyString, invalidValue)
+}
+
+// sliceElems returns the elements of a slice attribute as values. Slices
+// are rare (a resource's process.command_args, encoded once), so they are
+// simply allocated.
+func sliceElems(v *attribute.Value) ([]attribute.Value, bool) {
+	switch v.Type() {
+	case attribute.STRINGSLICE:
+		return convert(v.AsStringSlice(), attribute.StringValue), true
+	case attribute.INT64SLICE:
+		return convert(v.AsInt64Slice(), attribute.Int64Value), true
+	case attribute.FLOAT64SLICE:
+		return convert(v.AsFloat64Slice(), attribute.Float64Value), true
+	case attribute.BOOLSLICE:
+		return convert(v.AsBoolSlice(), attribute.BoolValue), true
+	case attribute.SLICE:
+		return v.AsSlice(), true
+	}
+	return nil, false
+}
+
+func convert[T any](s []T, conv func(T) attribute.Value) []attribute.Value {
+	out := make([]attribute.Value, len(s))
+	for i, e := range s {
+		out[i] = conv(e)
+	}
+	return out
+}
+
+// encodeResource is a resource's Resource message, written once per
+// process.
+func encodeResource(attrs []attribute.KeyValue) []byte {
+	return appendKeyValues(nil, fResourceAttributes, attrs)
+}
+
+// Sizes and writers of the pieces of a field. A proto3 scalar that holds
+// its zero value is not written.
 
 func sizeMsgField(num protowire.Number, n int) int {
+	return protowire.SizeTag(num) + protowire.SizeBytes(n)
+}
+
+func sizeBytesLen(num protowire.Number, n int) int {
 	return protowire.SizeTag(num) + protowire.SizeBytes(n)
 }
 
@@ -173,14 +499,7 @@ func sizeStringField(num protowire.Number, s string) int {
 	if s == "" {
 		return 0
 	}
-	return protowire.SizeTag(num) + protowire.SizeBytes(len(s))
-}
-
-func sizeBytesField(num protowire.Number, b []byte) int {
-	if len(b) == 0 {
-		return 0
-	}
-	return protowire.SizeTag(num) + protowire.SizeBytes(len(b))
+	return sizeBytesLen(num, len(s))
 }
 
 func sizeVarintField(num protowire.Number, v uint64) int {
@@ -197,184 +516,13 @@ func sizeFixed64Field(num protowire.Number, v uint64) int {
 	return protowire.SizeTag(num) + protowire.SizeFixed64()
 }
 
-// push reserves the size slot of a nested message; set fills it.
-func (e *traceEncoder) push() int {
-	e.sizes = append(e.sizes, 0)
-	return len(e.sizes) - 1
-}
-
-func (e *traceEncoder) set(slot, n int) int {
-	e.sizes[slot] = n
-	return n
-}
-
-func (e *traceEncoder) sizeRequest(r *coltracepb.ExportTraceServiceRequest) (int, bool) {
-	e.ok = true
-	n := 0
-	for _, rs := range r.ResourceSpans {
-		n += sizeMsgField(fRequestResourceSpans, e.sizeResourceSpans(rs))
+// appendMsgHeader writes the tag and length of a length-delimited field.
+// Most are numbered below 16 and shorter than 128 bytes: one byte each,
+// written without protowire's loops.
+func appendMsgHeader(b []byte, num protowire.Number, n int) []byte {
+	if num < 16 && n < 0x80 {
+		return append(b, byte(num)<<3|byte(protowire.BytesType), byte(n))
 	}
-	return n, e.ok
-}
-
-func (e *traceEncoder) sizeResourceSpans(rs *tracepb.ResourceSpans) int {
-	if rs == nil {
-		e.ok = false
-		return 0
-	}
-	slot := e.push()
-	n := 0
-	if rs.Resource != nil {
-		n += sizeMsgField(fResourceSpansResource, e.sizeResource(rs.Resource))
-	}
-	for _, ss := range rs.ScopeSpans {
-		n += sizeMsgField(fResourceSpansScopeSpans, e.sizeScopeSpans(ss))
-	}
-	n += sizeStringField(fResourceSpansSchemaURL, rs.SchemaUrl)
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeResource(r *resourcepb.Resource) int {
-	if len(r.EntityRefs) > 0 {
-		e.ok = false
-	}
-	slot := e.push()
-	n := e.sizeKeyValues(fResourceAttributes, r.Attributes)
-	n += sizeVarintField(fResourceDropped, uint64(r.DroppedAttributesCount))
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeScopeSpans(ss *tracepb.ScopeSpans) int {
-	if ss == nil {
-		e.ok = false
-		return 0
-	}
-	slot := e.push()
-	n := 0
-	if ss.Scope != nil {
-		n += sizeMsgField(fScopeSpansScope, e.sizeScope(ss.Scope))
-	}
-	for _, s := range ss.Spans {
-		n += sizeMsgField(fScopeSpansSpans, e.sizeSpan(s))
-	}
-	n += sizeStringField(fScopeSpansSchemaURL, ss.SchemaUrl)
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeScope(s *commonpb.InstrumentationScope) int {
-	slot := e.push()
-	n := sizeStringField(fScopeName, s.Name) + sizeStringField(fScopeVersion, s.Version)
-	n += e.sizeKeyValues(fScopeAttributes, s.Attributes)
-	n += sizeVarintField(fScopeDropped, uint64(s.DroppedAttributesCount))
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeSpan(s *tracepb.Span) int {
-	if s == nil || len(s.Events) > 0 || len(s.Links) > 0 {
-		e.ok = false
-		return 0
-	}
-	slot := e.push()
-	n := sizeBytesField(fSpanTraceID, s.TraceId) + sizeBytesField(fSpanSpanID, s.SpanId) +
-		sizeStringField(fSpanTraceState, s.TraceState) + sizeBytesField(fSpanParentSpanID, s.ParentSpanId) +
-		sizeStringField(fSpanName, s.Name) + sizeVarintField(fSpanKind, uint64(s.Kind)) +
-		sizeFixed64Field(fSpanStart, s.StartTimeUnixNano) + sizeFixed64Field(fSpanEnd, s.EndTimeUnixNano)
-	n += e.sizeKeyValues(fSpanAttributes, s.Attributes)
-	n += sizeVarintField(fSpanDroppedAttrs, uint64(s.DroppedAttributesCount)) +
-		sizeVarintField(fSpanDroppedEvents, uint64(s.DroppedEventsCount)) +
-		sizeVarintField(fSpanDroppedLinks, uint64(s.DroppedLinksCount))
-	if s.Status != nil {
-		n += sizeMsgField(fSpanStatus, e.sizeStatus(s.Status))
-	}
-	if s.Flags != 0 {
-		n += protowire.SizeTag(fSpanFlags) + protowire.SizeFixed32()
-	}
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeStatus(s *tracepb.Status) int {
-	slot := e.push()
-	// An enum is an int32: a negative one takes ten bytes, as in proto.
-	return e.set(slot, sizeStringField(fStatusMessage, s.Message)+sizeVarintField(fStatusCode, uint64(int64(s.Code))))
-}
-
-func (e *traceEncoder) sizeKeyValues(num protowire.Number, kvs []*commonpb.KeyValue) int {
-	n := 0
-	for _, kv := range kvs {
-		n += sizeMsgField(num, e.sizeKeyValue(kv))
-	}
-	return n
-}
-
-func (e *traceEncoder) sizeKeyValue(kv *commonpb.KeyValue) int {
-	if kv == nil || kv.KeyStrindex != 0 {
-		e.ok = false
-		return 0
-	}
-	slot := e.push()
-	n := sizeStringField(fKeyValueKey, kv.Key)
-	if kv.Value != nil {
-		n += sizeMsgField(fKeyValueValue, e.sizeAnyValue(kv.Value))
-	}
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeAnyValue(v *commonpb.AnyValue) int {
-	if v == nil {
-		e.ok = false
-		return 0
-	}
-	slot := e.push()
-	n := 0
-	// A oneof member is written even when it holds its zero value.
-	switch x := v.Value.(type) {
-	case nil:
-	case *commonpb.AnyValue_StringValue:
-		n = protowire.SizeTag(fAnyString) + protowire.SizeBytes(len(x.StringValue))
-	case *commonpb.AnyValue_BoolValue:
-		n = protowire.SizeTag(fAnyBool) + 1
-	case *commonpb.AnyValue_IntValue:
-		n = protowire.SizeTag(fAnyInt) + protowire.SizeVarint(uint64(x.IntValue))
-	case *commonpb.AnyValue_DoubleValue:
-		n = protowire.SizeTag(fAnyDouble) + protowire.SizeFixed64()
-	case *commonpb.AnyValue_BytesValue:
-		n = protowire.SizeTag(fAnyBytes) + protowire.SizeBytes(len(x.BytesValue))
-	case *commonpb.AnyValue_ArrayValue:
-		n = sizeMsgField(fAnyArray, e.sizeArray(x.ArrayValue))
-	case *commonpb.AnyValue_KvlistValue:
-		n = sizeMsgField(fAnyKvlist, e.sizeKvlist(x.KvlistValue))
-	default:
-		e.ok = false
-	}
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeArray(a *commonpb.ArrayValue) int {
-	slot := e.push()
-	n := 0
-	if a != nil {
-		for _, v := range a.Values {
-			n += sizeMsgField(fListValues, e.sizeAnyValue(v))
-		}
-	}
-	return e.set(slot, n)
-}
-
-func (e *traceEncoder) sizeKvlist(l *commonpb.KeyValueList) int {
-	slot := e.push()
-	n := 0
-	if l != nil {
-		n = e.sizeKeyValues(fListValues, l.Values)
-	}
-	return e.set(slot, n)
-}
-
-// The second pass, in the same order as the first.
-
-// msg writes the tag and length of the next nested message.
-func (e *traceEncoder) msg(b []byte, num protowire.Number) []byte {
-	n := e.sizes[e.next]
-	e.next++
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendVarint(b, uint64(n))
 }
@@ -383,16 +531,15 @@ func appendString(b []byte, num protowire.Number, s string) []byte {
 	if s == "" {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	return appendStringAlways(b, num, s)
+}
+
+func appendStringAlways(b []byte, num protowire.Number, s string) []byte {
+	return append(appendMsgHeader(b, num, len(s)), s...)
 }
 
 func appendBytes(b []byte, num protowire.Number, v []byte) []byte {
-	if len(v) == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, v)
+	return append(appendMsgHeader(b, num, len(v)), v...)
 }
 
 func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
@@ -409,110 +556,4 @@ func appendFixed64(b []byte, num protowire.Number, v uint64) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.Fixed64Type)
 	return protowire.AppendFixed64(b, v)
-}
-
-func (e *traceEncoder) appendRequest(b []byte, r *coltracepb.ExportTraceServiceRequest) []byte {
-	for _, rs := range r.ResourceSpans {
-		b = e.appendResourceSpans(b, rs)
-	}
-	return b
-}
-
-func (e *traceEncoder) appendResourceSpans(b []byte, rs *tracepb.ResourceSpans) []byte {
-	b = e.msg(b, fRequestResourceSpans)
-	if r := rs.Resource; r != nil {
-		b = e.msg(b, fResourceSpansResource)
-		b = e.appendKeyValues(b, fResourceAttributes, r.Attributes)
-		b = appendVarint(b, fResourceDropped, uint64(r.DroppedAttributesCount))
-	}
-	for _, ss := range rs.ScopeSpans {
-		b = e.appendScopeSpans(b, ss)
-	}
-	return appendString(b, fResourceSpansSchemaURL, rs.SchemaUrl)
-}
-
-func (e *traceEncoder) appendScopeSpans(b []byte, ss *tracepb.ScopeSpans) []byte {
-	b = e.msg(b, fResourceSpansScopeSpans)
-	if s := ss.Scope; s != nil {
-		b = e.msg(b, fScopeSpansScope)
-		b = appendString(b, fScopeName, s.Name)
-		b = appendString(b, fScopeVersion, s.Version)
-		b = e.appendKeyValues(b, fScopeAttributes, s.Attributes)
-		b = appendVarint(b, fScopeDropped, uint64(s.DroppedAttributesCount))
-	}
-	for _, s := range ss.Spans {
-		b = e.appendSpan(b, s)
-	}
-	return appendString(b, fScopeSpansSchemaURL, ss.SchemaUrl)
-}
-
-func (e *traceEncoder) appendSpan(b []byte, s *tracepb.Span) []byte {
-	b = e.msg(b, fScopeSpansSpans)
-	b = appendBytes(b, fSpanTraceID, s.TraceId)
-	b = appendBytes(b, fSpanSpanID, s.SpanId)
-	b = appendString(b, fSpanTraceState, s.TraceState)
-	b = appendBytes(b, fSpanParentSpanID, s.ParentSpanId)
-	b = appendString(b, fSpanName, s.Name)
-	b = appendVarint(b, fSpanKind, uint64(s.Kind))
-	b = appendFixed64(b, fSpanStart, s.StartTimeUnixNano)
-	b = appendFixed64(b, fSpanEnd, s.EndTimeUnixNano)
-	b = e.appendKeyValues(b, fSpanAttributes, s.Attributes)
-	b = appendVarint(b, fSpanDroppedAttrs, uint64(s.DroppedAttributesCount))
-	b = appendVarint(b, fSpanDroppedEvents, uint64(s.DroppedEventsCount))
-	b = appendVarint(b, fSpanDroppedLinks, uint64(s.DroppedLinksCount))
-	if st := s.Status; st != nil {
-		b = e.msg(b, fSpanStatus)
-		b = appendString(b, fStatusMessage, st.Message)
-		b = appendVarint(b, fStatusCode, uint64(int64(st.Code)))
-	}
-	if s.Flags != 0 {
-		b = protowire.AppendTag(b, fSpanFlags, protowire.Fixed32Type)
-		b = protowire.AppendFixed32(b, s.Flags)
-	}
-	return b
-}
-
-func (e *traceEncoder) appendKeyValues(b []byte, num protowire.Number, kvs []*commonpb.KeyValue) []byte {
-	for _, kv := range kvs {
-		b = e.msg(b, num)
-		b = appendString(b, fKeyValueKey, kv.Key)
-		if kv.Value != nil {
-			b = e.appendAnyValue(b, fKeyValueValue, kv.Value)
-		}
-	}
-	return b
-}
-
-func (e *traceEncoder) appendAnyValue(b []byte, num protowire.Number, v *commonpb.AnyValue) []byte {
-	b = e.msg(b, num)
-	switch x := v.Value.(type) {
-	case *commonpb.AnyValue_StringValue:
-		b = protowire.AppendTag(b, fAnyString, protowire.BytesType)
-		b = protowire.AppendString(b, x.StringValue)
-	case *commonpb.AnyValue_BoolValue:
-		b = protowire.AppendTag(b, fAnyBool, protowire.VarintType)
-		b = protowire.AppendVarint(b, protowire.EncodeBool(x.BoolValue))
-	case *commonpb.AnyValue_IntValue:
-		b = protowire.AppendTag(b, fAnyInt, protowire.VarintType)
-		b = protowire.AppendVarint(b, uint64(x.IntValue))
-	case *commonpb.AnyValue_DoubleValue:
-		b = protowire.AppendTag(b, fAnyDouble, protowire.Fixed64Type)
-		b = protowire.AppendFixed64(b, math.Float64bits(x.DoubleValue))
-	case *commonpb.AnyValue_BytesValue:
-		b = protowire.AppendTag(b, fAnyBytes, protowire.BytesType)
-		b = protowire.AppendBytes(b, x.BytesValue)
-	case *commonpb.AnyValue_ArrayValue:
-		b = e.msg(b, fAnyArray)
-		if x.ArrayValue != nil {
-			for _, v := range x.ArrayValue.Values {
-				b = e.appendAnyValue(b, fListValues, v)
-			}
-		}
-	case *commonpb.AnyValue_KvlistValue:
-		b = e.msg(b, fAnyKvlist)
-		if x.KvlistValue != nil {
-			b = e.appendKeyValues(b, fListValues, x.KvlistValue.Values)
-		}
-	}
-	return b
 }

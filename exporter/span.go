@@ -18,7 +18,6 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
-	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 )
 
 // spanRecord is a finished span as the exporter keeps it: what OTLP and the
@@ -114,10 +113,10 @@ func (rec *spanRecord) clearIfUnheld() bool {
 }
 
 // spanResource is a process's resource in the forms the sinks want, made
-// once per process and shared, read-only, by its records: the OTLP message
-// and the three fields the printer shows.
+// once per process and shared, read-only, by its records: the encoded OTLP
+// message and the three fields the printer shows.
 type spanResource struct {
-	pb      *resourcepb.Resource
+	encoded []byte
 	schema  string
 	service string
 	exe     string
@@ -127,8 +126,8 @@ type spanResource struct {
 func newSpanResource(res *resource.Resource) *spanResource {
 	attrs := res.Attributes()
 	r := &spanResource{
-		pb:     &resourcepb.Resource{Attributes: keyValuesPB(attrs)},
-		schema: res.SchemaURL(),
+		encoded: encodeResource(attrs),
+		schema:  res.SchemaURL(),
 	}
 	for _, kv := range attrs {
 		switch kv.Key {
