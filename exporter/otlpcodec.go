@@ -37,6 +37,9 @@ type traceCodec struct {
 	// retries included).
 	stand *tracepb.ResourceSpans
 	recs  []*spanRecord
+	// noSpans gives the stand-in as many (nil) spans as its batch has:
+	// the client counts them for its own telemetry and reads nothing else.
+	noSpans []*tracepb.Span
 }
 
 // maxExportRequestBytes is the largest export request sent, the span
@@ -51,18 +54,14 @@ func newTraceCodec() *traceCodec {
 	}
 }
 
-// noSpans gives the stand-in as many (nil) spans as its batch has: the
-// client counts them for its own telemetry and reads nothing else.
-var noSpans = make([]*tracepb.Span, 4096)
-
 // request returns the stand-in request for recs, which the codec encodes
 // until the next call.
 func (c *traceCodec) request(recs []*spanRecord) []*tracepb.ResourceSpans {
 	c.recs = recs
-	if len(noSpans) < len(recs) {
-		noSpans = make([]*tracepb.Span, len(recs))
+	if len(c.noSpans) < len(recs) {
+		c.noSpans = make([]*tracepb.Span, len(recs))
 	}
-	c.stand.ScopeSpans[0].Spans = noSpans[:len(recs)]
+	c.stand.ScopeSpans[0].Spans = c.noSpans[:len(recs)]
 	return []*tracepb.ResourceSpans{c.stand}
 }
 
