@@ -377,9 +377,8 @@ func (e *Exporter) releaseRequests(batch []*tracer.Request) {
 	if e.cfg.Release == nil {
 		return
 	}
-	for i, r := range batch {
-		e.cfg.Release(r)
-		batch[i] = nil
+	for _, r := range batch {
+		e.cfg.Release(r) // the spare pool clears the batch's pointers
 	}
 }
 

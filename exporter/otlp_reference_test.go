@@ -113,9 +113,7 @@ func (b *pbBatch) span(rec *spanRecord) *tracepb.Span {
 		s.ParentSpanId = ids[24:32:32]
 		s.Flags |= uint32(tracepb.SpanFlags_SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
 	}
-	if rec.traceState.Len() > 0 {
-		s.TraceState = rec.traceState.String()
-	}
+	s.TraceState = rec.traceState
 	s.Name = rec.name
 	s.Kind = spanKindPB(rec.kind)
 	s.StartTimeUnixNano = uint64(max(0, rec.start.UnixNano()))

@@ -3,7 +3,6 @@ package exporter
 import (
 	"fmt"
 	"math"
-	"slices"
 	"sync"
 	"time"
 
@@ -180,16 +179,13 @@ var scopeBytes = protowire.AppendString(protowire.AppendTag(nil, fScopeName, pro
 // message's length comes before it), the second writes them.
 type spanEncoder struct {
 	spanSizes []int // by record
+	groupOf   []int // by record
 
 	// Grouping by process, in order of first appearance: one
 	// ResourceSpans each.
 	groups    map[*spanResource]int
 	byGroup   []*spanResource
 	groupSize []int // of each group's ScopeSpans message
-	groupOf   []int // by record
-	start     []int // where each group's records begin in order; one more at the end
-	next      []int
-	order     []int // record indexes, group by group
 }
 
 var encoders = sync.Pool{New: func() any { return &spanEncoder{groups: make(map[*spanResource]int)} }}
@@ -204,18 +200,11 @@ func (e *spanEncoder) release() {
 	encoders.Put(e)
 }
 
-// zeroed returns s resized to n zeroes, reusing its array.
-func zeroed(s []int, n int) []int {
-	s = slices.Grow(s[:0], n)[:n]
-	clear(s)
-	return s
-}
-
 // size returns the request's size and fills the encoder's tables for
 // append.
 func (e *spanEncoder) size(recs []*spanRecord) int {
-	e.spanSizes, e.groupOf = zeroed(e.spanSizes, len(recs)), zeroed(e.groupOf, len(recs))
-	for i, rec := range recs {
+	e.spanSizes, e.groupOf = e.spanSizes[:0], e.groupOf[:0]
+	for _, rec := range recs {
 		g, ok := e.groups[rec.res]
 		if !ok {
 			g = len(e.byGroup)
@@ -224,24 +213,9 @@ func (e *spanEncoder) size(recs []*spanRecord) int {
 			e.groupSize = append(e.groupSize, sizeMsgField(fScopeSpansScope, len(scopeBytes)))
 		}
 		n := spanSize(rec)
-		e.spanSizes[i], e.groupOf[i] = n, g
+		e.spanSizes, e.groupOf = append(e.spanSizes, n), append(e.groupOf, g)
 		e.groupSize[g] += sizeMsgField(fScopeSpansSpans, n)
 	}
-	// A stable counting sort of the records by group.
-	groups := len(e.byGroup)
-	e.start, e.next, e.order = zeroed(e.start, groups+1), zeroed(e.next, groups), zeroed(e.order, len(recs))
-	for _, g := range e.groupOf {
-		e.start[g+1]++
-	}
-	for g := range groups {
-		e.start[g+1] += e.start[g]
-	}
-	copy(e.next, e.start)
-	for i, g := range e.groupOf {
-		e.order[e.next[g]] = i
-		e.next[g]++
-	}
-
 	total := 0
 	for g, res := range e.byGroup {
 		total += sizeMsgField(fRequestResourceSpans, resourceSpansSize(res, e.groupSize[g]))
@@ -264,9 +238,13 @@ func (e *spanEncoder) append(b []byte, recs []*spanRecord) []byte {
 		b = appendMsgHeader(b, fResourceSpansScopeSpans, e.groupSize[g])
 		b = appendMsgHeader(b, fScopeSpansScope, len(scopeBytes))
 		b = append(b, scopeBytes...)
-		for _, i := range e.order[e.start[g]:e.start[g+1]] {
-			b = appendMsgHeader(b, fScopeSpansSpans, e.spanSizes[i])
-			b = appendSpan(b, recs[i])
+		// A pod has a few processes: a pass over the batch per process
+		// is cheaper than sorting it.
+		for i, rec := range recs {
+			if e.groupOf[i] == g {
+				b = appendMsgHeader(b, fScopeSpansSpans, e.spanSizes[i])
+				b = appendSpan(b, rec)
+			}
 		}
 		b = appendString(b, fResourceSpansSchemaURL, res.schema)
 	}
@@ -291,12 +269,10 @@ func statusSize(rec *spanRecord) int {
 }
 
 func spanSize(rec *spanRecord) int {
-	n := sizeBytesLen(fSpanTraceID, len(rec.traceID)) + sizeBytesLen(fSpanSpanID, len(rec.spanID))
-	if rec.traceState.Len() > 0 {
-		n += sizeStringField(fSpanTraceState, rec.traceState.String())
-	}
+	n := sizeMsgField(fSpanTraceID, len(rec.traceID)) + sizeMsgField(fSpanSpanID, len(rec.spanID))
+	n += sizeStringField(fSpanTraceState, rec.traceState)
 	if rec.parentID.IsValid() {
-		n += sizeBytesLen(fSpanParentSpanID, len(rec.parentID))
+		n += sizeMsgField(fSpanParentSpanID, len(rec.parentID))
 	}
 	n += sizeStringField(fSpanName, rec.name) + sizeVarintField(fSpanKind, uint64(spanKindPB(rec.kind))) +
 		sizeFixed64Field(fSpanStart, unixNano(rec.start)) + sizeFixed64Field(fSpanEnd, unixNano(rec.end))
@@ -308,9 +284,7 @@ func spanSize(rec *spanRecord) int {
 func appendSpan(b []byte, rec *spanRecord) []byte {
 	b = appendBytes(b, fSpanTraceID, rec.traceID[:])
 	b = appendBytes(b, fSpanSpanID, rec.spanID[:])
-	if rec.traceState.Len() > 0 {
-		b = appendString(b, fSpanTraceState, rec.traceState.String())
-	}
+	b = appendString(b, fSpanTraceState, rec.traceState)
 	if rec.parentID.IsValid() {
 		b = appendBytes(b, fSpanParentSpanID, rec.parentID[:])
 	}
@@ -393,7 +367,7 @@ func otherValueSize(v *attribute.Value) int {
 	case attribute.BOOL:
 		return tagSize + 1
 	case attribute.BYTESLICE:
-		return sizeBytesLen(fAnyBytes, len(v.AsByteSlice()))
+		return sizeMsgField(fAnyBytes, len(v.AsByteSlice()))
 	case attribute.EMPTY:
 		return 0
 	case attribute.MAP:
@@ -402,7 +376,7 @@ func otherValueSize(v *attribute.Value) int {
 	if elems, ok := sliceElems(v); ok {
 		return sizeMsgField(fAnyArray, valuesSize(elems))
 	}
-	return sizeBytesLen(fAnyString, len(invalidValue))
+	return sizeMsgField(fAnyString, len(invalidValue))
 }
 
 func valuesSize(elems []attribute.Value) int {
@@ -486,11 +460,10 @@ func encodeResource(attrs []attribute.KeyValue) []byte {
 // Sizes and writers of the pieces of a field. A proto3 scalar that holds
 // its zero value is not written.
 
+// sizeMsgField is the size of a length-delimited field of n bytes: a
+// nested message, or a string or bytes member that is written even when
+// empty.
 func sizeMsgField(num protowire.Number, n int) int {
-	return protowire.SizeTag(num) + protowire.SizeBytes(n)
-}
-
-func sizeBytesLen(num protowire.Number, n int) int {
 	return protowire.SizeTag(num) + protowire.SizeBytes(n)
 }
 
@@ -498,7 +471,7 @@ func sizeStringField(num protowire.Number, s string) int {
 	if s == "" {
 		return 0
 	}
-	return sizeBytesLen(num, len(s))
+	return sizeMsgField(num, len(s))
 }
 
 func sizeVarintField(num protowire.Number, v uint64) int {

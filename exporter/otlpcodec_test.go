@@ -135,7 +135,7 @@ func randomRecords(rnd *rand.Rand, resources []*spanResource, n int) []*spanReco
 		if rnd.IntN(2) == 0 {
 			_, rec.parentID = spanIDs(trace.SpanContext{})
 			if rnd.IntN(3) == 0 {
-				rec.traceState, _ = trace.ParseTraceState("vendor=value,other=1")
+				rec.traceState = "vendor=value,other=1"
 			}
 		}
 		rec.flags = trace.TraceFlags(rnd.IntN(2))

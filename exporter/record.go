@@ -181,7 +181,10 @@ func (s *process) begin(r *tracer.Request, kind trace.SpanKind, name string) (co
 	rec.res = s.spans
 	rec.traceID, rec.spanID, rec.flags = tid, sid, flags
 	if r.Parent.IsValid() {
-		rec.parentID, rec.traceState = r.Parent.SpanID(), r.Parent.TraceState()
+		rec.parentID = r.Parent.SpanID()
+		if ts := r.Parent.TraceState(); ts.Len() > 0 {
+			rec.traceState = ts.String()
+		}
 	}
 	rec.kind, rec.name, rec.start, rec.end = kind, name, r.Start, r.End
 	return ctx, rec

@@ -37,7 +37,7 @@ type spanRecord struct {
 	spanID     trace.SpanID
 	parentID   trace.SpanID // zero for a root span; a parent is always remote
 	flags      trace.TraceFlags
-	traceState trace.TraceState
+	traceState string // the parent's W3C tracestate, "" when none
 
 	kind       trace.SpanKind
 	name       string

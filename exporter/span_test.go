@@ -326,6 +326,27 @@ func TestSpanFlags(t *testing.T) {
 	}
 }
 
+// TestSpanTraceState: the parent's tracestate travels on the child span,
+// as the W3C context says it must; a root span has none.
+func TestSpanTraceState(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	ts, err := trace.ParseTraceState("vendor=opaque,other=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := serverReq()
+	r.Parent = parent.WithTraceState(ts)
+	e.Export(r)
+	e.Export(clientReq())
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) == 2 })
+	if got := find(spans, "GET /users/{id}")[0].TraceState; got != ts.String() {
+		t.Errorf("child tracestate %q, want %q", got, ts.String())
+	}
+	if got := find(spans, "POST")[0].TraceState; got != "" {
+		t.Errorf("root tracestate %q, want none", got)
+	}
+}
+
 func TestSpanKindPB(t *testing.T) {
 	for k, want := range map[trace.SpanKind]tracepb.Span_SpanKind{
 		trace.SpanKindUnspecified: tracepb.Span_SPAN_KIND_UNSPECIFIED,

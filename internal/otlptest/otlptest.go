@@ -42,6 +42,7 @@ type Span struct {
 	SpanID       trace.SpanID
 	ParentSpanID trace.SpanID // zero for a root span
 	Flags        uint32       // W3C trace flags in the low byte (OTLP's span flags)
+	TraceState   string       // W3C tracestate, "" when none
 	Start, End   time.Time
 	Attributes   map[string]any
 
@@ -306,6 +307,7 @@ func (r *Receiver) exportTraces(ctx context.Context, req *coltracepb.ExportTrace
 					SpanID:        trace.SpanID(pad8(s.GetSpanId())),
 					ParentSpanID:  trace.SpanID(pad8(s.GetParentSpanId())),
 					Flags:         s.GetFlags(),
+					TraceState:    s.GetTraceState(),
 					Start:         unixNano(s.GetStartTimeUnixNano()),
 					End:           unixNano(s.GetEndTimeUnixNano()),
 					Attributes:    attrMap(s.GetAttributes()),
