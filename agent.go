@@ -62,7 +62,6 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		CaptureQuery: cfg.CaptureQuery,
 		ServiceName:  cfg.ServiceName,
 		Metadata:     cfg.Metadata,
-		Release:      tracer.ReleaseRequest,
 	}, logger)
 	if err != nil {
 		return fmt.Errorf("start exporter: %w", err)

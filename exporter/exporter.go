@@ -94,11 +94,6 @@ type Config struct {
 
 	// Metadata is the pod as the downward API describes it.
 	Metadata pod.Metadata
-
-	// Release, when set, is given every request the exporter is done with
-	// (recorded or dropped), which it does not touch after: the agent
-	// passes tracer.ReleaseRequest so that requests are reused.
-	Release func(*tracer.Request)
 }
 
 // Stats are the exporter's counters since New, which only grow, and the
@@ -354,7 +349,6 @@ func (e *Exporter) enqueue(batch []*tracer.Request) {
 	e.requests.Add(uint64(n))
 	if e.closed.Load() {
 		e.droppedRequests.Add(uint64(n))
-		e.releaseRequests(batch)
 		e.spare.put(batch)
 		return
 	}
@@ -362,7 +356,6 @@ func (e *Exporter) enqueue(batch []*tracer.Request) {
 		over = min(over, n)
 		e.queued.Add(-over)
 		e.droppedRequests.Add(uint64(over))
-		e.releaseRequests(batch[n-over:])
 		batch = batch[:n-over]
 		if len(batch) == 0 {
 			e.spare.put(batch)
@@ -370,16 +363,6 @@ func (e *Exporter) enqueue(batch []*tracer.Request) {
 		}
 	}
 	e.queue <- batch
-}
-
-// releaseRequests gives requests that the exporter is done with to cfg.Release.
-func (e *Exporter) releaseRequests(batch []*tracer.Request) {
-	if e.cfg.Release == nil {
-		return
-	}
-	for _, r := range batch {
-		e.cfg.Release(r) // the spare pool clears the batch's pointers
-	}
 }
 
 // Batcher gathers the requests of one goroutine and hands them to the
@@ -548,7 +531,6 @@ func (e *Exporter) handleBatch(batch []*tracer.Request) {
 	for _, r := range batch {
 		e.record(r)
 	}
-	e.releaseRequests(batch)
 	e.queued.Add(-int64(len(batch)))
 	e.spare.put(batch)
 	e.offerSpans()

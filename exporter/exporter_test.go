@@ -800,58 +800,6 @@ func TestBatcher(t *testing.T) {
 	}
 }
 
-// TestReleaseOnce: every request is given to Config.Release exactly once,
-// after its span and metric point are made or when it is dropped, so the
-// tracer can reuse it.
-func TestReleaseOnce(t *testing.T) {
-	var mu sync.Mutex
-	released := map[*tracer.Request]int{}
-	release := func(r *tracer.Request) {
-		mu.Lock()
-		released[r]++
-		mu.Unlock()
-	}
-	e, rcv, _ := startOTLP(t, Config{Release: release})
-	var sent []*tracer.Request
-	b := e.NewBatcher()
-	for range 2*maxBatch + 3 {
-		r := serverReq()
-		sent = append(sent, r)
-		b.Add(r)
-	}
-	b.Flush()
-	rcv.WaitSpans(t, waitFor, func(spans []otlptest.Span) bool { return len(spans) >= len(sent) })
-	shutdown(t, e)
-	late := serverReq() // after shutdown: dropped
-	sent = append(sent, late)
-	e.Export(late)
-
-	// Without a worker the queue fills; what it cannot take is dropped.
-	q := benchNew(t, nil, nil)
-	q.cfg.QueueSize, q.cfg.Release = 10, release
-	qb := q.NewBatcher()
-	var dropped []*tracer.Request
-	for i := range 15 {
-		r := serverReq()
-		if i >= 10 {
-			dropped = append(dropped, r)
-		}
-		qb.Add(r)
-	}
-	qb.Flush()
-
-	mu.Lock()
-	defer mu.Unlock()
-	for i, r := range append(sent, dropped...) {
-		if released[r] != 1 {
-			t.Errorf("request %d released %d times, want once", i, released[r])
-		}
-	}
-	if len(released) != len(sent)+len(dropped) {
-		t.Errorf("%d requests released, want %d (the 10 queued ones are not done yet)", len(released), len(sent)+len(dropped))
-	}
-}
-
 // TestInvalidUTF8: captured bytes are not always UTF-8 (a Latin-1 path, a
 // binary key, a garbage stream that looked like a request). OTLP strings
 // must be, and one bad string would fail the whole batch, or every metric

@@ -115,7 +115,7 @@ func (c *http1Conn) onComplete(m *message) {
 		c.next = newHTTP2Upgraded(c.emit, c.routes, c.requestDir, req, start)
 		return
 	}
-	r := newRequest(Request{
+	r := &Request{
 		Protocol:        ProtoHTTP,
 		Method:          req.method,
 		StatusCode:      m.status,
@@ -127,7 +127,7 @@ func (c *http1Conn) onComplete(m *message) {
 		Truncated:       req.truncated,
 		GRPCStatus:      -1,
 		Partition:       -1,
-	})
+	}
 	if req.minor == '0' {
 		r.ProtocolVersion = "1.0"
 	}

@@ -5,7 +5,6 @@ package tracer
 
 import (
 	"net/netip"
-	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -122,23 +121,3 @@ func (r *Request) ClientAddr() netip.AddrPort {
 	}
 	return r.Remote
 }
-
-// requests are Requests given back for reuse: at tens of thousands of
-// requests a second, allocating each (576 bytes) was most of the agent's
-// garbage.
-var requests sync.Pool
-
-// newRequest returns a Request holding init, reused when one was released.
-func newRequest(init Request) *Request {
-	r, ok := requests.Get().(*Request)
-	if !ok {
-		r = new(Request)
-	}
-	*r = init
-	return r
-}
-
-// ReleaseRequest gives r back for the tracer to reuse. The receiver of a
-// Request may call it once it is done with r, and must not touch r after;
-// the strings r held stay valid (they are never written again).
-func ReleaseRequest(r *Request) { requests.Put(r) }

@@ -52,7 +52,7 @@ func describeSQL(query string, d sqlDialect, mode string) sqlStatement {
 
 // newDBRequest starts a Request for a database exchange.
 func newDBRequest(proto string) *Request {
-	return newRequest(Request{Protocol: proto, GRPCStatus: -1, Partition: -1})
+	return &Request{Protocol: proto, GRPCStatus: -1, Partition: -1}
 }
 
 // dbText turns wire bytes into a span attribute: at most max bytes of
