@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -110,5 +111,18 @@ func TestAgentMaxProcs(t *testing.T) {
 	agentMaxProcs("")
 	if n := runtime.GOMAXPROCS(0); n != 1 {
 		t.Errorf("GOMAXPROCS unset: %d Ps, want 1", n)
+	}
+}
+
+// The agent collects garbage at GOGC=200, unless GOGC says otherwise.
+func TestAgentGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	agentGC("50")
+	if p := debug.SetGCPercent(100); p != 100 {
+		t.Errorf("GOGC=50 given: the agent set %d", p)
+	}
+	agentGC("")
+	if p := debug.SetGCPercent(100); p != agentGCPercent {
+		t.Errorf("GOGC unset: %d, want %d", p, agentGCPercent)
 	}
 }

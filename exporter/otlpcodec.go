@@ -19,7 +19,8 @@ import (
 
 // traceCodec is the gRPC codec of the span exporter's connection. The
 // OTLP client is given a stand-in request for each batch (see otlpSpans),
-// and the codec writes the batch's records straight to protobuf: building
+// and the codec writes the batch's records straight to protobuf, from the
+// Span messages the worker encoded for each (process.finish): building
 // the generated messages first, and walking them to size and write them,
 // was a third of the agent's CPU. The bytes are the ones proto.Marshal
 // writes for the messages the SDK's OTLP exporter would build from the
@@ -175,11 +176,11 @@ const (
 var scopeBytes = protowire.AppendString(protowire.AppendTag(nil, fScopeName, protowire.BytesType), scopeName)
 
 // spanEncoder writes a batch of records as one export request, in two
-// passes: the first sizes every span and every process's group (a
-// message's length comes before it), the second writes them.
+// passes over the spans the worker encoded (spanRecord.wire): the first
+// sizes every process's group (a message's length comes before it), the
+// second writes the groups' headers and copies the spans.
 type spanEncoder struct {
-	spanSizes []int // by record
-	groupOf   []int // by record
+	groupOf []int // by record
 
 	// Grouping by process, in order of first appearance: one
 	// ResourceSpans each.
@@ -191,7 +192,7 @@ type spanEncoder struct {
 var encoders = sync.Pool{New: func() any { return &spanEncoder{groups: make(map[*spanResource]int)} }}
 
 func (e *spanEncoder) release() {
-	if cap(e.spanSizes) > 1<<16 {
+	if cap(e.groupOf) > 1<<16 {
 		*e = spanEncoder{groups: e.groups} // a huge batch: don't keep its tables
 	}
 	clear(e.groups)
@@ -203,7 +204,7 @@ func (e *spanEncoder) release() {
 // size returns the request's size and fills the encoder's tables for
 // append.
 func (e *spanEncoder) size(recs []*spanRecord) int {
-	e.spanSizes, e.groupOf = e.spanSizes[:0], e.groupOf[:0]
+	e.groupOf = e.groupOf[:0]
 	for _, rec := range recs {
 		g, ok := e.groups[rec.res]
 		if !ok {
@@ -212,8 +213,12 @@ func (e *spanEncoder) size(recs []*spanRecord) int {
 			e.byGroup = append(e.byGroup, rec.res)
 			e.groupSize = append(e.groupSize, sizeMsgField(fScopeSpansScope, len(scopeBytes)))
 		}
-		n := spanSize(rec)
-		e.spanSizes, e.groupOf = append(e.spanSizes, n), append(e.groupOf, g)
+		if len(rec.wire) == 0 {
+			// Not encoded by the worker: a record made by a test.
+			rec.wire = appendSpan(rec.wire, rec)
+		}
+		n := len(rec.wire)
+		e.groupOf = append(e.groupOf, g)
 		e.groupSize[g] += sizeMsgField(fScopeSpansSpans, n)
 	}
 	total := 0
@@ -242,8 +247,8 @@ func (e *spanEncoder) append(b []byte, recs []*spanRecord) []byte {
 		// is cheaper than sorting it.
 		for i, rec := range recs {
 			if e.groupOf[i] == g {
-				b = appendMsgHeader(b, fScopeSpansSpans, e.spanSizes[i])
-				b = appendSpan(b, rec)
+				b = appendMsgHeader(b, fScopeSpansSpans, len(rec.wire))
+				b = append(b, rec.wire...)
 			}
 		}
 		b = appendString(b, fResourceSpansSchemaURL, res.schema)
@@ -266,19 +271,6 @@ func statusSize(rec *spanRecord) int {
 		return 0
 	}
 	return sizeStringField(fStatusMessage, rec.statusMsg) + sizeVarintField(fStatusCode, uint64(tracepb.Status_STATUS_CODE_ERROR))
-}
-
-func spanSize(rec *spanRecord) int {
-	n := sizeMsgField(fSpanTraceID, len(rec.traceID)) + sizeMsgField(fSpanSpanID, len(rec.spanID))
-	n += sizeStringField(fSpanTraceState, rec.traceState)
-	if rec.parentID.IsValid() {
-		n += sizeMsgField(fSpanParentSpanID, len(rec.parentID))
-	}
-	n += sizeStringField(fSpanName, rec.name) + sizeVarintField(fSpanKind, uint64(spanKindPB(rec.kind))) +
-		sizeFixed64Field(fSpanStart, unixNano(rec.start)) + sizeFixed64Field(fSpanEnd, unixNano(rec.end))
-	n += keyValuesSize(fSpanAttributes, rec.attrs)
-	n += sizeMsgField(fSpanStatus, statusSize(rec))
-	return n + protowire.SizeTag(fSpanFlags) + protowire.SizeFixed32()
 }
 
 func appendSpan(b []byte, rec *spanRecord) []byte {

@@ -37,6 +37,7 @@ type process struct {
 
 	spans   *spanResource // nil when spans go nowhere
 	sinks   []*spanSink   // the exporter's, shared
+	encode  bool          // some sink sends OTLP: the worker encodes each span
 	sampler sampler
 	mp      *sdkmetric.MeterProvider // nil when metrics go nowhere
 	hists   *histograms              // the instruments, which mp's reader collects
@@ -88,6 +89,10 @@ func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
 	if len(e.sinks) > 0 {
 		// The resource is converted for OTLP here, once per process.
 		s.spans, s.sinks, s.sampler = newSpanResource(s.res), e.sinks, e.sampler
+		for _, k := range e.sinks {
+			_, otlp := k.exp.(*otlpSpans)
+			s.encode = s.encode || otlp
+		}
 	}
 	if e.metrics != nil {
 		// The periodic reader applies OTEL_METRIC_EXPORT_INTERVAL and

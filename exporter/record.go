@@ -191,8 +191,15 @@ func (s *process) begin(r *tracer.Request, kind trace.SpanKind, name string) (co
 }
 
 // finish hands a filled record to every sink, which release it. The
-// sinks get it when the worker offers what it made from a batch.
+// sinks get it when the worker offers what it made from a batch. The span
+// is encoded for OTLP here, on the worker, while what it was made of is
+// still in the cache: encoding it at export, a batch later, cost twice as
+// much (a pass to size every span, then one to write it, both on cold
+// memory).
 func (s *process) finish(rec *spanRecord) {
+	if s.encode {
+		rec.wire = appendSpan(rec.wire[:0], rec)
+	}
 	for _, k := range s.sinks {
 		k.hold(rec)
 	}

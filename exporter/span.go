@@ -46,6 +46,12 @@ type spanRecord struct {
 	statusMsg  string
 	attrs      []attribute.KeyValue
 
+	// wire is the span's Span message, without its field header, as the
+	// OTLP sinks send it. The worker writes it as soon as the record is
+	// filled, while its strings are in the cache (see process.finish);
+	// empty means not written yet.
+	wire []byte
+
 	refs atomic.Int32
 }
 
@@ -59,7 +65,11 @@ var freeRecords struct {
 }
 
 // maxFreeRecords bounds the list: a few batches' worth.
-const maxFreeRecords = 4096
+const maxFreeRecords = 2048
+
+// maxKeptWire is the largest encoded span whose buffer a pooled record
+// keeps: an HTTP span is a few hundred bytes.
+const maxKeptWire = 4096
 
 // newRecord returns a cleared record held by refs sinks.
 func newRecord(refs int) *spanRecord {
@@ -108,7 +118,11 @@ func (rec *spanRecord) clearIfUnheld() bool {
 	}
 	attrs := rec.attrs[:0]
 	clear(rec.attrs) // the values reference request strings; let them go
-	*rec = spanRecord{attrs: attrs}
+	wire := rec.wire[:0]
+	if cap(wire) > maxKeptWire {
+		wire = nil // an outsized span: don't keep its buffer for every span
+	}
+	*rec = spanRecord{attrs: attrs, wire: wire}
 	return true
 }
 
