@@ -274,6 +274,15 @@ func statusSize(rec *spanRecord) int {
 }
 
 func appendSpan(b []byte, rec *spanRecord) []byte {
+	b = appendSpanHead(b, rec)
+	b = appendKeyValues(b, fSpanAttributes, rec.attrs)
+	return appendSpanTail(b, rec)
+}
+
+// appendSpanHead writes a span's fields before its attributes, and
+// appendSpanTail those after: the worker writes HTTP attributes between
+// the two straight from the request (spanAttrs).
+func appendSpanHead(b []byte, rec *spanRecord) []byte {
 	b = appendBytes(b, fSpanTraceID, rec.traceID[:])
 	b = appendBytes(b, fSpanSpanID, rec.spanID[:])
 	b = appendString(b, fSpanTraceState, rec.traceState)
@@ -283,8 +292,10 @@ func appendSpan(b []byte, rec *spanRecord) []byte {
 	b = appendString(b, fSpanName, rec.name)
 	b = appendVarint(b, fSpanKind, uint64(spanKindPB(rec.kind)))
 	b = appendFixed64(b, fSpanStart, unixNano(rec.start))
-	b = appendFixed64(b, fSpanEnd, unixNano(rec.end))
-	b = appendKeyValues(b, fSpanAttributes, rec.attrs)
+	return appendFixed64(b, fSpanEnd, unixNano(rec.end))
+}
+
+func appendSpanTail(b []byte, rec *spanRecord) []byte {
 	b = appendMsgHeader(b, fSpanStatus, statusSize(rec))
 	if rec.status == codes.Error {
 		b = appendString(b, fStatusMessage, rec.statusMsg)
@@ -292,6 +303,27 @@ func appendSpan(b []byte, rec *spanRecord) []byte {
 	}
 	b = protowire.AppendTag(b, fSpanFlags, protowire.Fixed32Type)
 	return protowire.AppendFixed32(b, spanFlags(rec))
+}
+
+// appendStringAttr writes a span attribute with a string value, as
+// appendKeyValues writes attribute.String(key, v).
+func appendStringAttr(b []byte, key attribute.Key, v string) []byte {
+	value := tagSize + protowire.SizeBytes(len(v))
+	b = appendMsgHeader(b, fSpanAttributes, sizeStringField(fKeyValueKey, string(key))+tagSize+protowire.SizeBytes(value))
+	b = appendString(b, fKeyValueKey, string(key))
+	b = appendMsgHeader(b, fKeyValueValue, value)
+	return appendStringAlways(b, fAnyString, v)
+}
+
+// appendIntAttr writes a span attribute with an integer value, as
+// appendKeyValues writes attribute.Int64(key, v).
+func appendIntAttr(b []byte, key attribute.Key, v int64) []byte {
+	value := tagSize + protowire.SizeVarint(uint64(v))
+	b = appendMsgHeader(b, fSpanAttributes, sizeStringField(fKeyValueKey, string(key))+tagSize+protowire.SizeBytes(value))
+	b = appendString(b, fKeyValueKey, string(key))
+	b = appendMsgHeader(b, fKeyValueValue, value)
+	b = protowire.AppendTag(b, fAnyInt, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(v))
 }
 
 // spanKindPB converts a span kind; the API numbers the kinds as OTLP does

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,6 +23,8 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/podtracer/podtracer/tracer"
 )
 
 // TestTraceCodecMatchesProto: for random batches of records that use every
@@ -234,4 +237,61 @@ func TestTraceCodecKnowsEveryField(t *testing.T) {
 func randomString(rnd *rand.Rand) string {
 	words := []string{"", "GET /users/{id}", "http.request.method", "é", "a longer string value that takes more than a hundred and twenty-seven bytes to write, so that its length needs two bytes of varint on the wire"}
 	return words[rnd.IntN(len(words))]
+}
+
+// TestHTTPAttributesWrittenStraight: the worker writes an HTTP span's
+// attributes straight into its encoded span, without KeyValues, when only
+// OTLP wants them. With a second sink that reads KeyValues (the printer),
+// both forms are made from the same request: the encoded span must be the
+// bytes the codec writes from the KeyValues, for every shape of request.
+func TestHTTPAttributesWrittenStraight(t *testing.T) {
+	t.Setenv("OTEL_TRACES_SAMPLER", "")
+	mc := &marshalClient{codec: newTraceCodec()}
+	e := benchNew(t, []destination{
+		{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}},
+		{name: "recorder", exp: newBatchRecorder()},
+	}, nil)
+
+	reqs := []*tracer.Request{serverReq(), clientReq()}
+	odd := serverReq()
+	odd.Method, odd.StatusCode, odd.Route, odd.Host, odd.UserAgent = "BREW", 0, "", "", ""
+	odd.Remote = netip.MustParseAddrPort("[2001:db8::7]:443")
+	odd.RequestSize, odd.ResponseSize = 1<<40, 300
+	failed := serverReq()
+	failed.StatusCode, failed.Path = 503, "/"+strings.Repeat("p", 300) // lengths past one varint byte
+	reset := clientReq()
+	reset.StatusCode, reset.ErrorCode, reset.Host, reset.HostPort = 0, "CANCEL", "::1", 8443
+	reqs = append(reqs, odd, failed, reset)
+
+	for _, captureQuery := range []bool{false, true} {
+		e.cfg.CaptureQuery = captureQuery
+		for _, r := range reqs {
+			e.record(r)
+			recs := e.sinks[0].pending
+			if len(recs) != 1 || e.sinks[1].pending[0] != recs[0] {
+				t.Fatalf("%d records pending", len(recs))
+			}
+			rec := recs[0]
+			if len(rec.attrs) < 5 || !rec.attrsEncoded {
+				t.Fatalf("%s %s: %d KeyValues, encoded %v", r.Method, r.Path, len(rec.attrs), rec.attrsEncoded)
+			}
+			want := appendSpan(nil, rec)
+			if !bytes.Equal(rec.wire, want) {
+				var got, w tracepb.Span
+				_ = proto.Unmarshal(rec.wire, &got)
+				_ = proto.Unmarshal(want, &w)
+				t.Errorf("%s %s (query %v): written straight\n%v\nfrom KeyValues\n%v", r.Method, r.Path, captureQuery, &got, &w)
+			}
+			e.sinks[0].pending, e.sinks[1].pending = nil, nil
+			rec.refs.Store(1)
+			rec.release()
+		}
+	}
+
+	// With OTLP alone no KeyValue is made at all.
+	only := benchNew(t, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}}}, nil)
+	only.record(serverReq())
+	if rec := only.sinks[0].pending[0]; len(rec.attrs) != 0 || len(rec.wire) == 0 {
+		t.Errorf("OTLP only: %d KeyValues, %d bytes encoded", len(rec.attrs), len(rec.wire))
+	}
 }

@@ -35,15 +35,16 @@ type process struct {
 	res     *resource.Resource
 	lastGen uint64
 
-	spans   *spanResource // nil when spans go nowhere
-	sinks   []*spanSink   // the exporter's, shared
-	encode  bool          // some sink sends OTLP: the worker encodes each span
-	sampler sampler
-	mp      *sdkmetric.MeterProvider // nil when metrics go nowhere
-	hists   *histograms              // the instruments, which mp's reader collects
-	server  *histogram
-	client  *histogram
-	other   *otherInstruments // gRPC, database and messaging histograms, made on first use
+	spans     *spanResource // nil when spans go nowhere
+	sinks     []*spanSink   // the exporter's, shared
+	encode    bool          // some sink sends OTLP: the worker encodes each span
+	keepAttrs bool          // some sink (the printer) reads span attributes as KeyValues
+	sampler   sampler
+	mp        *sdkmetric.MeterProvider // nil when metrics go nowhere
+	hists     *histograms              // the instruments, which mp's reader collects
+	server    *histogram
+	client    *histogram
+	other     *otherInstruments // gRPC, database and messaging histograms, made on first use
 
 	// Span names and metric attribute sets, built once per distinct
 	// combination; bounded by maxSeries, after which the cache is reset.
@@ -92,6 +93,7 @@ func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
 		for _, k := range e.sinks {
 			_, otlp := k.exp.(*otlpSpans)
 			s.encode = s.encode || otlp
+			s.keepAttrs = s.keepAttrs || !otlp
 		}
 	}
 	if e.metrics != nil {

@@ -51,6 +51,9 @@ type spanRecord struct {
 	// filled, while its strings are in the cache (see process.finish);
 	// empty means not written yet.
 	wire []byte
+	// attrsEncoded: wire holds the span up to its attributes, written
+	// as they were set (spanAttrs), and finish adds the rest.
+	attrsEncoded bool
 
 	refs atomic.Int32
 }
