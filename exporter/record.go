@@ -90,12 +90,17 @@ func (s *process) routeOf(client bool, route string, status int) string {
 		return ""
 	}
 	k := routeKey{client: client, route: route}
+	if k == s.lastRoute {
+		return route // known real: most requests repeat the last one's route
+	}
 	if status == 404 {
 		if _, ok := s.routes[k]; !ok {
 			return ""
 		}
+		s.lastRoute = k
 	} else if status >= 200 && status < 400 && len(s.routes) < maxRoutes {
 		s.routes[k] = struct{}{}
+		s.lastRoute = k
 	}
 	return route
 }
@@ -374,9 +379,19 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 	if k.client {
 		k.host, k.port = host, port
 	}
-	if v, ok := s.seriesCache[k]; ok {
-		return v
+	if s.hasLastSeries && k == s.lastSeriesKey {
+		return s.lastSeries // most requests repeat the last one's series
 	}
+	v, ok := s.seriesCache[k]
+	if !ok {
+		v = s.newSeries(k)
+	}
+	s.lastSeriesKey, s.lastSeries, s.hasLastSeries = k, v, true
+	return v
+}
+
+// newSeries computes and caches k's series.
+func (s *process) newSeries(k seriesKey) series {
 	if len(s.seriesCache) >= maxSeries {
 		clear(s.seriesCache)
 	}
