@@ -308,20 +308,14 @@ func appendSpanTail(b []byte, rec *spanRecord) []byte {
 // appendStringAttr writes a span attribute with a string value, as
 // appendKeyValues writes attribute.String(key, v).
 func appendStringAttr(b []byte, key attribute.Key, v string) []byte {
-	value := tagSize + protowire.SizeBytes(len(v))
-	b = appendMsgHeader(b, fSpanAttributes, sizeStringField(fKeyValueKey, string(key))+tagSize+protowire.SizeBytes(value))
-	b = appendString(b, fKeyValueKey, string(key))
-	b = appendMsgHeader(b, fKeyValueValue, value)
+	b = appendKeyValueHeader(b, fSpanAttributes, key, tagSize+protowire.SizeBytes(len(v)))
 	return appendStringAlways(b, fAnyString, v)
 }
 
 // appendIntAttr writes a span attribute with an integer value, as
 // appendKeyValues writes attribute.Int64(key, v).
 func appendIntAttr(b []byte, key attribute.Key, v int64) []byte {
-	value := tagSize + protowire.SizeVarint(uint64(v))
-	b = appendMsgHeader(b, fSpanAttributes, sizeStringField(fKeyValueKey, string(key))+tagSize+protowire.SizeBytes(value))
-	b = appendString(b, fKeyValueKey, string(key))
-	b = appendMsgHeader(b, fKeyValueValue, value)
+	b = appendKeyValueHeader(b, fSpanAttributes, key, tagSize+protowire.SizeVarint(uint64(v)))
 	b = protowire.AppendTag(b, fAnyInt, protowire.VarintType)
 	return protowire.AppendVarint(b, uint64(v))
 }
@@ -348,17 +342,22 @@ const tagSize = 1
 
 // keyValueSize is the size of a KeyValue message whose value message is
 // valueSize long.
-func keyValueSize(kv *attribute.KeyValue, valueSize int) int {
-	return sizeStringField(fKeyValueKey, string(kv.Key)) + tagSize + protowire.SizeBytes(valueSize)
+func keyValueSize(key attribute.Key, valueSize int) int {
+	return sizeStringField(fKeyValueKey, string(key)) + tagSize + protowire.SizeBytes(valueSize)
+}
+
+// appendKeyValueHeader writes a KeyValue up to its value message, which is
+// valueSize long: field num's header, the key and the value's header.
+func appendKeyValueHeader(b []byte, num protowire.Number, key attribute.Key, valueSize int) []byte {
+	b = appendMsgHeader(b, num, keyValueSize(key, valueSize))
+	b = appendString(b, fKeyValueKey, string(key))
+	return appendMsgHeader(b, fKeyValueValue, valueSize)
 }
 
 func appendKeyValues(b []byte, num protowire.Number, kvs []attribute.KeyValue) []byte {
 	for i := range kvs {
 		kv := &kvs[i]
-		vs := valueSize(&kv.Value)
-		b = appendMsgHeader(b, num, keyValueSize(kv, vs))
-		b = appendString(b, fKeyValueKey, string(kv.Key))
-		b = appendMsgHeader(b, fKeyValueValue, vs)
+		b = appendKeyValueHeader(b, num, kv.Key, valueSize(&kv.Value))
 		b = appendValue(b, &kv.Value)
 	}
 	return b
@@ -367,7 +366,7 @@ func appendKeyValues(b []byte, num protowire.Number, kvs []attribute.KeyValue) [
 func keyValuesSize(num protowire.Number, kvs []attribute.KeyValue) int {
 	n := 0
 	for i := range kvs {
-		n += sizeMsgField(num, keyValueSize(&kvs[i], valueSize(&kvs[i].Value)))
+		n += sizeMsgField(num, keyValueSize(kvs[i].Key, valueSize(&kvs[i].Value)))
 	}
 	return n
 }

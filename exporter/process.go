@@ -52,12 +52,11 @@ type process struct {
 	// routes are the routes this process has answered with success or a
 	// redirect (see routeOf).
 	routes map[routeKey]struct{}
-	// The last series and the last route known real: a map lookup, which
-	// hashes every string of the key, is saved when the next request
-	// repeats them.
+	// The last series (none while its name is "": a series always has
+	// one) and the last route known real: a map lookup, which hashes every
+	// string of the key, is saved when the next request repeats them.
 	lastSeriesKey seriesKey
 	lastSeries    series
-	hasLastSeries bool
 	lastRoute     routeKey // zero: none (a route is never "")
 
 	// exemplar and exemplarCtx carry each request's span context into its

@@ -23,7 +23,7 @@ const maxSeries = 1024
 var (
 	schemeHTTP       = semconv.URLSchemeKey.String("http")
 	protocolNameHTTP = semconv.NetworkProtocolNameKey.String("http")
-	methodOther      = semconv.HTTPRequestMethodOther
+	methodOtherName  = semconv.HTTPRequestMethodOther.Value.AsString() // "_OTHER"
 )
 
 // statusText holds "100".."599" so that error.type costs no allocation.
@@ -219,7 +219,7 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 	if knownMethod(r.Method) {
 		a.str(semconv.HTTPRequestMethodKey, r.Method)
 	} else {
-		a.str(semconv.HTTPRequestMethodKey, methodOther.Value.AsString())
+		a.str(semconv.HTTPRequestMethodKey, methodOtherName)
 		a.str(semconv.HTTPRequestMethodOriginalKey, r.Method)
 	}
 	a.str(semconv.URLSchemeKey, "http")
@@ -374,19 +374,19 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 		errType: httpErrorType(r.Role, r.StatusCode, r.ErrorCode),
 	}
 	if !knownMethod(k.method) {
-		k.method = "_OTHER"
+		k.method = methodOtherName
 	}
 	if k.client {
 		k.host, k.port = host, port
 	}
-	if s.hasLastSeries && k == s.lastSeriesKey {
+	if s.lastSeries.name != "" && k == s.lastSeriesKey {
 		return s.lastSeries // most requests repeat the last one's series
 	}
 	v, ok := s.seriesCache[k]
 	if !ok {
 		v = s.newSeries(k)
 	}
-	s.lastSeriesKey, s.lastSeries, s.hasLastSeries = k, v, true
+	s.lastSeriesKey, s.lastSeries = k, v
 	return v
 }
 
@@ -398,7 +398,7 @@ func (s *process) newSeries(k seriesKey) series {
 	// Span name per the HTTP conventions: "METHOD route", "METHOD" without a
 	// route, "HTTP" for an unknown method.
 	v := series{name: "HTTP"}
-	if k.method != "_OTHER" {
+	if k.method != methodOtherName {
 		v.name = k.method
 		if k.route != "" {
 			v.name = k.method + " " + k.route
