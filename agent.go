@@ -23,6 +23,10 @@ import (
 // pod's PID namespace, so its own /proc shows them.
 const procRoot = "/proc"
 
+// stopProfile ends a developer's CPU profile (see profile_pprof.go); a
+// test seam otherwise.
+var stopProfile = func() {}
+
 // statsInterval is how often the agent logs its counters when they changed.
 var statsInterval = 30 * time.Second
 
@@ -123,6 +127,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 				batcher.Flush()
 				shutdownExporter(logger, exp)
 				logCounters(logger, "final stats", ks, tr, exp)
+				stopProfile()
 				return nil
 			}
 			batcher.Flush() // the deferred shutdown exports it

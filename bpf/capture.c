@@ -209,6 +209,38 @@ static __always_inline bool in_pod(struct bpf_pidns_info *ns)
 	return ns->tgid != agent_tgid;
 }
 
+// in_pod_btf is in_pod for BTF programs (tp_btf), where the task's pid
+// structures are read with plain loads instead of the helper's calls
+// (measured: 50 ns per hit instead of 125). The PID namespace a task lives
+// in is numbers[level] of its struct pid, as for the helper, and its pid
+// there is that entry's nr. Namespace inode numbers are unique (one nsfs),
+// so the inode alone names the pod's namespace. The verifier wants
+// constant offsets into struct pid, so the usual depths are unrolled;
+// deeper ones (a pod in a pod in a pod) take the helper.
+#define upid_at(p, L) \
+	((struct upid *)((void *)(p) + bpf_core_field_offset(struct pid, numbers) + (L) * bpf_core_type_size(struct upid)))
+#define POD_LEVEL(L)                                                               \
+	case L:                                                                    \
+		if (upid_at(p, L)->ns->ns.inum != pidns_ino)                       \
+			return false;                                              \
+		ns->pid = upid_at(p, L)->nr;                                       \
+		ns->tgid = upid_at(task->group_leader->thread_pid, L)->nr;         \
+		break;
+
+static __always_inline bool in_pod_btf(struct task_struct *task, struct bpf_pidns_info *ns)
+{
+	struct pid *p = task->thread_pid;
+	switch (p->level) {
+	POD_LEVEL(0)
+	POD_LEVEL(1)
+	POD_LEVEL(2)
+	POD_LEVEL(3)
+	default:
+		return in_pod(ns);
+	}
+	return ns->tgid != agent_tgid;
+}
+
 static __always_inline bool followed(__u32 nr)
 {
 	switch (nr) {
@@ -592,9 +624,22 @@ static __always_inline bool tcp_sock(struct sock *sk)
 
 static __always_inline struct event *sock_event(struct sock *sk, __u32 ns_tgid, __u32 ns_tid, __u8 type, __u8 role)
 {
-	struct event *e = event_base(ns_tgid, ns_tid, type);
+	__u32 zero = 0;
+	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
 	if (!e)
 		return 0;
+	e->type = type;
+	e->tgid = ns_tgid;
+	e->tid = ns_tid;
+	e->captured = 0;
+	e->tail_len = 0;
+	e->len = 0;
+	e->fd = 0;
+	// The process's name, as in event_base, but with two plain loads where
+	// BPF_CORE_READ makes two probe-read calls (about 90 ns per event).
+	struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
+	*(__u64 *)&e->comm[0] = *(__u64 *)&leader->comm[0];
+	*(__u64 *)&e->comm[8] = *(__u64 *)&leader->comm[8];
 	__u16 family = sk->__sk_common.skc_family;
 	e->sock = (__u64)sk;
 	e->role = role;
@@ -643,10 +688,11 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 {
 	if (!tcp_sock(sk))
 		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
 	struct bpf_pidns_info ns;
-	if (!in_pod(&ns))
+	if (!in_pod_btf(task, &ns))
 		return 0;
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	__u32 nr = regs->orig_ax;
 	if (!sock_syscall(nr, dir))
 		return 0;
@@ -707,7 +753,7 @@ int inet_sock_set_state(__u64 *ctx)
 		return 0;
 	if (newstate == TCP_SYN_SENT) {
 		struct bpf_pidns_info ns;
-		if (!in_pod(&ns))
+		if (!in_pod_btf(bpf_get_current_task_btf(), &ns))
 			return 0;
 		struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (st) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -271,6 +272,63 @@ func TestNoNeighbours(t *testing.T) {
 	if cmd.ProcessState != nil {
 		t.Fatalf("agent exited:\n%s", agent.output())
 	}
+}
+
+// TestPodDepth: the kernel's pod boundary holds at any PID namespace depth
+// (the capture reads the common depths itself and asks the kernel for
+// deeper ones). A pod one level below the node and one five levels below:
+// the pod's own client and server are traced, a server in the namespace
+// just above the pod is not.
+func TestPodDepth(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	_, httpapp := binaries(t)
+	for _, depth := range []int{1, 5} {
+		t.Run(fmt.Sprintf("depth %d", depth), func(t *testing.T) {
+			rcv := otlptest.Start(t)
+			pod := newNestedPod(t, depth)
+			agent := startAgent(t, pod, agentEnv(rcv))
+			inside, above := freePort(t), freePort(t)
+			start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", inside)))
+			// A server in the namespace just above the pod's: outside it.
+			var aboveCmd *exec.Cmd
+			if depth > 1 {
+				aboveCmd = exec.Command("nsenter", "--target", strconv.Itoa(parentOf(t, pod.pid)), "--pid", "--mount", "--", httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", above))
+			} else {
+				aboveCmd = exec.Command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", above))
+			}
+			start(t, aboveCmd)
+			waitListening(t, inside)
+			waitListening(t, above)
+			run(t, exec.Command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/above/%d", above, depth)))
+			run(t, pod.command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/inside/%d", inside, depth)))
+			path := fmt.Sprintf("/inside/%d", depth)
+			spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
+				return find(s, trace.SpanKindServer, path) != nil && find(s, trace.SpanKindClient, path) != nil
+			})
+			if t.Failed() {
+				t.Logf("agent log:\n%s", agent.output())
+				return
+			}
+			if s := find(spans, trace.SpanKindServer, fmt.Sprintf("/above/%d", depth)); s != nil {
+				t.Errorf("a server outside the pod was traced: %s", s.Name)
+			}
+			expect(t, mustFind(t, spans, trace.SpanKindServer, path), map[string]any{"server.port": int64(inside)})
+		})
+	}
+}
+
+// parentOf returns the parent of pid.
+func parentOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pid (comm) state ppid ...
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
 }
 
 // TestPrinter: with no OTLP endpoint the agent prints each span as one

@@ -29,7 +29,19 @@ type testPod struct {
 
 func newPod(t *testing.T) *testPod {
 	t.Helper()
-	cmd := exec.Command("unshare", "--pid", "--fork", "--mount-proc", "sleep", "infinity")
+	return newNestedPod(t, 1)
+}
+
+// newNestedPod is newPod with its PID namespace depth levels below the
+// test's: 1 is a pod on a node, more is a pod in a pod (kind, nested
+// containers).
+func newNestedPod(t *testing.T, depth int) *testPod {
+	t.Helper()
+	var args []string
+	for range depth {
+		args = append(args, "unshare", "--pid", "--fork", "--mount-proc")
+	}
+	cmd := exec.Command(args[0], append(args[1:], "sleep", "infinity")...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("create pod: %v", err)
@@ -43,17 +55,33 @@ func newPod(t *testing.T) *testPod {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
+	// Each unshare forks the next level's init: follow the chain down.
 	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", cmd.Process.Pid, cmd.Process.Pid))
+	parent := cmd.Process.Pid
+	for level := 0; level < depth; {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
 		if f := strings.Fields(string(b)); len(f) > 0 {
-			p.pid, _ = strconv.Atoi(f[0])
-			return p
+			parent, _ = strconv.Atoi(f[0])
+			p.pid = parent
+			level++
+			continue
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pod init process did not start")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatal("pod init process did not start")
-	return nil
+	// The innermost init must be sleep itself, not an unshare still
+	// about to exec: nsenter joins the namespaces of this process.
+	for {
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.pid)); strings.HasSuffix(exe, "/sleep") {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pod init process did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // command returns a command that runs inside the pod.
