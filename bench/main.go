@@ -43,6 +43,8 @@ func main() {
 			err = receiverMain(os.Args[2:])
 		case "load":
 			err = loadMain(os.Args[2:])
+		case "pingpong":
+			err = pingpongMain(os.Args[2:])
 		default:
 			err = benchMain(os.Args[1:])
 		}

@@ -461,7 +461,10 @@ var bpfProgDSO = regexp.MustCompile(`^bpf_prog_[0-9a-f]+_(.+)$`)
 // the harness itself times syscalls with no agent, then with an agent
 // loaded in an idle pod. getppid is a syscall the programs do not follow;
 // a one-byte read of /dev/zero is one they follow up to the PID namespace
-// check.
+// check. A loopback TCP round trip (two sends, two receives) is timed
+// outside the pod (another pod's traffic: the socket hooks run, and leave
+// at the PID namespace check) and inside it (traced: each call copies its
+// bytes to the agent).
 func (h *harness) tax(out io.Writer) error {
 	bareGetppid, bareRead := syscallCost()
 	pd, err := newPod()
@@ -469,6 +472,14 @@ func (h *harness) tax(out io.Writer) error {
 		return err
 	}
 	defer pd.close()
+	bareOutside, err := socketRoundTrip(100000)
+	if err != nil {
+		return err
+	}
+	bareInside, err := h.podRoundTrip(pd)
+	if err != nil {
+		return err
+	}
 	cmd := pd.command(h.agent)
 	cmd.Env = append(append(os.Environ(), h.otlpEnv()...), h.o.env...)
 	agent, err := start("podtracer", cmd, true)
@@ -480,11 +491,37 @@ func (h *harness) tax(out io.Writer) error {
 		return err
 	}
 	getppid, read := syscallCost()
+	outside, err := socketRoundTrip(100000)
+	if err != nil {
+		return err
+	}
+	inside, err := h.podRoundTrip(pd)
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(out, "\nTax on processes outside the pod (ns per syscall, best of 5 runs of 200000, measured by the harness itself):\n\n")
 	fmt.Fprintf(out, "| syscall | no agent | agent loaded | added |\n|---|---|---|---|\n")
 	fmt.Fprintf(out, "| getppid (not followed) | %.0f | %.0f | %+.0f |\n", bareGetppid, getppid, getppid-bareGetppid)
 	fmt.Fprintf(out, "| read 1 byte of /dev/zero (followed: PID namespace check, then dropped) | %.0f | %.0f | %+.0f |\n", bareRead, read, read-bareRead)
+	fmt.Fprintf(out, "\nKernel cost per socket call (ns per loopback TCP round trip of two sends and two receives, best of 5 runs of 100000; added per call is a quarter of the added):\n\n")
+	fmt.Fprintf(out, "| where | no agent | agent loaded | added | added per call |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(out, "| outside the pod (another pod's traffic: filtered out) | %.0f | %.0f | %+.0f | %+.0f |\n", bareOutside, outside, outside-bareOutside, (outside-bareOutside)/4)
+	fmt.Fprintf(out, "| inside the pod (traced: payload to the agent) | %.0f | %.0f | %+.0f | %+.0f |\n", bareInside, inside, inside-bareInside, (inside-bareInside)/4)
 	return nil
+}
+
+// podRoundTrip runs the pingpong role in the pod and returns what it
+// measured.
+func (h *harness) podRoundTrip(pd *pod) (float64, error) {
+	out, err := pd.command(h.self, "pingpong").Output()
+	if err != nil {
+		return 0, fmt.Errorf("pingpong in the pod: %w", err)
+	}
+	var ns float64
+	if _, err := fmt.Sscan(string(out), &ns); err != nil {
+		return 0, fmt.Errorf("pingpong in the pod: %q: %w", out, err)
+	}
+	return ns, nil
 }
 
 // syscallCost times getppid and a 1-byte read on a locked thread, in ns.
