@@ -343,7 +343,10 @@ static __always_inline struct conn *lookup_conn(__u32 tgid, __u32 fd)
 static __always_inline __u32 copy_iov(struct event *e, struct iovec *iov, __u32 iovcnt, __u32 total)
 {
 	struct iovec vecs[MAX_IOV] = {};
-	__u32 cnt = bounded(iovcnt, 2 * MAX_IOV - 1);
+	// Clamped before it is masked for the verifier: a mask alone would
+	// turn 16 vectors into none.
+	__u32 cnt = iovcnt < MAX_IOV ? iovcnt : MAX_IOV;
+	cnt = bounded(cnt, 2 * MAX_IOV - 1);
 	if (cnt > MAX_IOV)
 		cnt = MAX_IOV;
 	if (cnt == 0 || bpf_probe_read_user(vecs, cnt * sizeof(struct iovec), iov))

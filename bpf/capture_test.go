@@ -309,7 +309,9 @@ got = os.readv(s.fileno(), [a, b])
 c.sendmsg([b"VEC2:", b"abc", b"def"])
 buf = bytearray(64)
 n = s.recvmsg_into([buf])[0]
-sys.stdout.write("%d %d\n" % (got, n))
+os.writev(c.fileno(), [b"VEC3:"] + [b"ab"] * 16)
+m = len(s.recv(64))
+sys.stdout.write("%d %d %d\n" % (got, n, m))
 `
 
 // TestCaptureVectors: transfers through iovec arrays are captured with
@@ -325,7 +327,7 @@ func TestCaptureVectors(t *testing.T) {
 			}
 			defer c.Close()
 			out, err := exec.Command(python, "-c", vectorScript).CombinedOutput()
-			if err != nil || strings.TrimSpace(string(out)) != "121 11" {
+			if err != nil || strings.TrimSpace(string(out)) != "121 11 37" {
 				t.Fatalf("script: %v %q", err, out)
 			}
 			type capture struct{ payload, tail string }
@@ -353,6 +355,13 @@ func TestCaptureVectors(t *testing.T) {
 				if m := got[fmt.Sprintf("%d VEC2:", dir)]; m.payload != "VEC2:abcdef" || m.tail != "" {
 					t.Errorf("VEC2 dir %d: payload %q tail %q", dir, m.payload, m.tail)
 				}
+			}
+			// 17 vectors: the first 8 are copied (MAX_IOV), not fewer.
+			if w := got[fmt.Sprintf("%d VEC3:", Egress)]; w.payload != "VEC3:"+strings.Repeat("ab", 7) {
+				t.Errorf("VEC3 sent in 17 vectors: payload %q", w.payload)
+			}
+			if r := got[fmt.Sprintf("%d VEC3:", Ingress)]; r.payload != "VEC3:"+strings.Repeat("ab", 16) {
+				t.Errorf("VEC3 received: payload %q", r.payload)
 			}
 		})
 	}
