@@ -230,7 +230,14 @@ static __always_inline bool in_pod(struct bpf_pidns_info *ns)
 static __always_inline bool in_pod_btf(struct task_struct *task, struct bpf_pidns_info *ns)
 {
 	struct pid *p = task->thread_pid;
-	switch (p->level) {
+	__u32 level = p->level;
+	// Kernels before 6.5 (and 6.1 before the backport) declare
+	// numbers[1], not numbers[]: the verifier refuses a load past its one
+	// element, so there only depth 0 is read directly. The field's size is
+	// a constant at load time, and the verifier skips the dead branch.
+	if (level > 0 && bpf_core_field_size(struct pid, numbers) != 0)
+		return in_pod(ns);
+	switch (level) {
 	POD_LEVEL(0)
 	POD_LEVEL(1)
 	POD_LEVEL(2)
