@@ -57,7 +57,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 // offsets can be masked for the verifier.
 #define MAX_CAPTURE 4096
 #define TAIL_BYTES 16
-#define MAX_IOV 8
+// Vectors of one readv/writev/sendmsg/recvmsg: the payload prefix is
+// copied from the first MAX_IOV_COPY, the tail found among MAX_IOV.
+#define MAX_IOV 32
+#define MAX_IOV_COPY 8
 
 // Settings written by the loader before the program is loaded.
 volatile const __u64 pidns_dev = 0;
@@ -343,21 +346,47 @@ static __always_inline struct conn *lookup_conn(__u32 tgid, __u32 fd)
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
+// iov_scratch holds a syscall's iovec array while copy_iov walks it (512
+// bytes: the whole BPF stack).
+struct iov_entry {
+	__u64 base; // struct iovec, with plain numbers for the generated Go types
+	__u64 len;
+};
+
+struct iov_array {
+	struct iov_entry v[MAX_IOV];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iov_array);
+} iov_scratch SEC(".maps");
+
 // copy_iov copies up to capture_bytes from an iovec array into e->payload and
 // the last bytes transferred into e->tail. The array itself (up to MAX_IOV
 // entries) is read in one go: each probe read costs about 100 ns, and
-// writev of a response's head and body (nginx, Node.js) has two.
+// writev of a response's head and body (nginx, Node.js) has two or more.
+// The tail may span vectors: Node.js writes a whole chunked response in
+// one writev of 17 vectors, the last one "0\r\n\r\n", and without those
+// bytes the end of the body cannot be found.
 static __always_inline __u32 copy_iov(struct event *e, struct iovec *iov, __u32 iovcnt, __u32 total)
 {
-	struct iovec vecs[MAX_IOV] = {};
+	__u32 zero = 0;
+	struct iov_array *vecs = bpf_map_lookup_elem(&iov_scratch, &zero);
+	if (!vecs)
+		return 0;
 	// Clamped before it is masked for the verifier: a mask alone would
-	// turn 16 vectors into none.
+	// turn 64 vectors into none.
 	__u32 cnt = iovcnt < MAX_IOV ? iovcnt : MAX_IOV;
 	cnt = bounded(cnt, 2 * MAX_IOV - 1);
 	if (cnt > MAX_IOV)
 		cnt = MAX_IOV;
-	if (cnt == 0 || bpf_probe_read_user(vecs, cnt * sizeof(struct iovec), iov))
+	if (cnt == 0 || bpf_probe_read_user(vecs->v, cnt * sizeof(struct iov_entry), iov))
 		return 0;
+
+	// The payload prefix, from the first vectors.
 	__u32 off = 0;
 	__u32 seen = 0; // bytes of the transfer before this iovec
 	__u32 limit = capture_bytes;
@@ -365,31 +394,66 @@ static __always_inline __u32 copy_iov(struct event *e, struct iovec *iov, __u32 
 		limit = MAX_CAPTURE;
 	if (total < limit)
 		limit = total;
-	for (int i = 0; i < MAX_IOV; i++) {
-		if (i >= cnt || seen >= total)
+	for (int i = 0; i < MAX_IOV_COPY; i++) {
+		if (i >= cnt || off >= limit)
 			break;
-		struct iovec v = vecs[i];
-		__u64 n = v.iov_len;
+		__u64 n = vecs->v[i].len;
 		if (n > total - seen)
 			n = total - seen;
-		if (off < limit) {
-			__u32 want = limit - off;
-			if (want > n)
-				want = n;
-			if (want > 0)
-				bpf_probe_read_user(&e->payload[bounded(off, MAX_CAPTURE - 1)], bounded(want, 2 * MAX_CAPTURE - 1), v.iov_base);
-			off += want;
-		}
-		if (seen + n >= total && total > off) {
-			// The transfer ends in this iovec: keep its last bytes, which
-			// hold e.g. the end of a chunked body.
-			if (n >= TAIL_BYTES) {
-				bpf_probe_read_user(e->tail, TAIL_BYTES, v.iov_base + n - TAIL_BYTES);
-				e->tail_len = TAIL_BYTES;
-			}
-		}
+		__u32 want = limit - off;
+		if (want > n)
+			want = n;
+		if (want > 0)
+			bpf_probe_read_user(&e->payload[bounded(off, MAX_CAPTURE - 1)], bounded(want, 2 * MAX_CAPTURE - 1),
+					    (void *)vecs->v[i].base);
+		off += want;
 		seen += n;
 	}
+	if (total <= off)
+		return off;
+
+	// The tail: find the vector where the transfer ends (a short write
+	// ends inside one), then take its last bytes, and the ones before
+	// from the previous vector when it holds fewer than TAIL_BYTES.
+	__u64 before = 0; // bytes of the transfer before vector i
+	__u32 end = MAX_IOV; // the vector the transfer ends in
+	__u64 end_n = 0;     // and its bytes in the transfer
+	for (int i = 0; i < MAX_IOV; i++) {
+		if (i >= cnt)
+			break;
+		__u64 n = vecs->v[i].len;
+		if (before + n >= total) {
+			end = i;
+			end_n = total - before;
+			break;
+		}
+		before += n;
+	}
+	if (end >= MAX_IOV)
+		return off; // more vectors than followed: no tail
+	end = bounded(end, MAX_IOV - 1);
+	__u32 k1 = end_n < TAIL_BYTES ? end_n : TAIL_BYTES;
+	__u32 k0 = 0;
+	__u64 prev_n = 0;
+	void *prev = 0;
+	if (k1 < TAIL_BYTES && end > 0) {
+		__u32 p = bounded(end - 1, MAX_IOV - 1);
+		prev = (void *)vecs->v[p].base;
+		prev_n = vecs->v[p].len;
+		k0 = TAIL_BYTES - k1;
+		if (k0 > prev_n)
+			k0 = prev_n;
+	}
+	// Bounds for the verifier; k0 + k1 <= TAIL_BYTES by construction.
+	k0 = bounded(k0, TAIL_BYTES - 1);
+	k1 = bounded(k1, 2 * TAIL_BYTES - 1);
+	if (k1 > TAIL_BYTES)
+		k1 = TAIL_BYTES;
+	if (k0 > 0)
+		bpf_probe_read_user(e->tail, k0, prev + prev_n - k0);
+	if (k1 > 0)
+		bpf_probe_read_user(&e->tail[k0], k1, (void *)vecs->v[end].base + end_n - k1);
+	e->tail_len = k0 + k1;
 	return off;
 }
 

@@ -311,7 +311,13 @@ buf = bytearray(64)
 n = s.recvmsg_into([buf])[0]
 os.writev(c.fileno(), [b"VEC3:"] + [b"ab"] * 16)
 m = len(s.recv(64))
-sys.stdout.write("%d %d %d\n" % (got, n, m))
+# A chunked body as Node.js sends it: the end of the body, "0\r\n\r\n",
+# is a vector of its own, past the captured prefix and past the eighth.
+os.writev(c.fileno(), [b"VEC4:" + b"y" * 100] + [b"\r\n", b"3", b"\r\n", b"bye"] * 3 + [b"\r\n", b"0\r\n\r\n"])
+k = 0
+while k < 136:
+    k += len(s.recv(4096))
+sys.stdout.write("%d %d %d %d\n" % (got, n, m, k))
 `
 
 // TestCaptureVectors: transfers through iovec arrays are captured with
@@ -327,7 +333,7 @@ func TestCaptureVectors(t *testing.T) {
 			}
 			defer c.Close()
 			out, err := exec.Command(python, "-c", vectorScript).CombinedOutput()
-			if err != nil || strings.TrimSpace(string(out)) != "121 11 37" {
+			if err != nil || strings.TrimSpace(string(out)) != "121 11 37 136" {
 				t.Fatalf("script: %v %q", err, out)
 			}
 			type capture struct{ payload, tail string }
@@ -362,6 +368,14 @@ func TestCaptureVectors(t *testing.T) {
 			}
 			if r := got[fmt.Sprintf("%d VEC3:", Ingress)]; r.payload != "VEC3:"+strings.Repeat("ab", 16) {
 				t.Errorf("VEC3 received: payload %q", r.payload)
+			}
+			// The tail of a transfer whose last vectors are short: the last
+			// one and the one before (Node.js's "\r\n", "0\r\n\r\n").
+			if w := got[fmt.Sprintf("%d VEC4:", Egress)]; w.payload != "VEC4:"+strings.Repeat("y", 59) || w.tail != "\r\n0\r\n\r\n" {
+				t.Errorf("VEC4 sent in 15 vectors: payload %q tail %q", w.payload, w.tail)
+			}
+			if r := got[fmt.Sprintf("%d VEC4:", Ingress)]; r.tail != "e\r\n3\r\nbye\r\n0\r\n\r\n" {
+				t.Errorf("VEC4 received: tail %q", r.tail)
 			}
 		})
 	}

@@ -69,6 +69,15 @@ type captureEvent struct {
 	_        [4]byte
 }
 
+type captureIovArray struct {
+	_ structs.HostLayout
+	V [32]struct {
+		_    structs.HostLayout
+		Base uint64
+		Len  uint64
+	}
+}
+
 type captureSockState struct {
 	_      structs.HostLayout
 	Tgid   uint32
@@ -84,6 +93,7 @@ const (
 	captureMapCalls             = "calls"
 	captureMapConns             = "conns"
 	captureMapEvents            = "events"
+	captureMapIovScratch        = "iov_scratch"
 	captureMapScratch           = "scratch"
 	captureMapSocks             = "socks"
 	captureMapStats             = "stats"
@@ -152,12 +162,13 @@ type captureProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureMapSpecs struct {
-	Calls   *ebpf.MapSpec `ebpf:"calls"`
-	Conns   *ebpf.MapSpec `ebpf:"conns"`
-	Events  *ebpf.MapSpec `ebpf:"events"`
-	Scratch *ebpf.MapSpec `ebpf:"scratch"`
-	Socks   *ebpf.MapSpec `ebpf:"socks"`
-	Stats   *ebpf.MapSpec `ebpf:"stats"`
+	Calls      *ebpf.MapSpec `ebpf:"calls"`
+	Conns      *ebpf.MapSpec `ebpf:"conns"`
+	Events     *ebpf.MapSpec `ebpf:"events"`
+	IovScratch *ebpf.MapSpec `ebpf:"iov_scratch"`
+	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
+	Socks      *ebpf.MapSpec `ebpf:"socks"`
+	Stats      *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // captureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -191,12 +202,13 @@ func (o *captureObjects) Close() error {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureMaps struct {
-	Calls   *ebpf.Map `ebpf:"calls"`
-	Conns   *ebpf.Map `ebpf:"conns"`
-	Events  *ebpf.Map `ebpf:"events"`
-	Scratch *ebpf.Map `ebpf:"scratch"`
-	Socks   *ebpf.Map `ebpf:"socks"`
-	Stats   *ebpf.Map `ebpf:"stats"`
+	Calls      *ebpf.Map `ebpf:"calls"`
+	Conns      *ebpf.Map `ebpf:"conns"`
+	Events     *ebpf.Map `ebpf:"events"`
+	IovScratch *ebpf.Map `ebpf:"iov_scratch"`
+	Scratch    *ebpf.Map `ebpf:"scratch"`
+	Socks      *ebpf.Map `ebpf:"socks"`
+	Stats      *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *captureMaps) Close() error {
@@ -204,6 +216,7 @@ func (m *captureMaps) Close() error {
 		m.Calls,
 		m.Conns,
 		m.Events,
+		m.IovScratch,
 		m.Scratch,
 		m.Socks,
 		m.Stats,

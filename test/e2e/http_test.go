@@ -274,6 +274,41 @@ func TestNoNeighbours(t *testing.T) {
 	}
 }
 
+// TestNodeChunked: Node.js writes a chunked response in one writev, a
+// vector per chunk line, body and CRLF, with "0\r\n\r\n" last: past the
+// captured prefix and past the eighth vector. Its server span needs the
+// end of the body found there.
+func TestNodeChunked(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	node := testenv.LookPath(t, "node")
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	agent := startAgent(t, pod, agentEnv(rcv))
+	port := freePort(t)
+	start(t, pod.command(node, "-e", fmt.Sprintf(`require('http').createServer((q, s) => {
+		for (let i = 0; i < 3; i++) s.write('x'.repeat(3000));
+		s.end('bye');
+	}).listen(%d, '127.0.0.1')`, port)))
+	waitListening(t, port)
+	// Two on one connection: the first must end where it ends.
+	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-o", "/dev/null",
+		fmt.Sprintf("http://127.0.0.1:%d/chunked/1", port), fmt.Sprintf("http://127.0.0.1:%d/chunked/2", port)))
+	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/chunked/1") != nil && find(s, trace.SpanKindServer, "/chunked/2") != nil
+	})
+	if t.Failed() {
+		t.Logf("agent log:\n%s", agent.output())
+		return
+	}
+	for _, path := range []string{"/chunked/1", "/chunked/2"} {
+		expect(t, mustFind(t, spans, trace.SpanKindServer, path), map[string]any{
+			"http.response.status_code": int64(200),
+			"server.port":               int64(port),
+		})
+	}
+}
+
 // TestPodDepth: the kernel's pod boundary holds at any PID namespace depth
 // (the capture reads depths up to 3 itself and asks the kernel for deeper
 // ones). Pods one to four levels below the test: the pod's own client and
