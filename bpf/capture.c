@@ -474,9 +474,9 @@ static __always_inline __u32 copy_buf(struct event *e, void *buf, __u32 total)
 	return limit;
 }
 
-// event_base takes the per-CPU scratch event and fills what every event
-// has: type, process and name; the caller fills the connection.
-static __always_inline struct event *event_base(__u32 ns_tgid, __u32 ns_tid, __u8 type)
+// scratch_event takes the per-CPU scratch event and fills what every
+// event has but the process's name: type, process and thread.
+static __always_inline struct event *scratch_event(__u32 ns_tgid, __u32 ns_tid, __u8 type)
 {
 	__u32 zero = 0;
 	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
@@ -489,6 +489,16 @@ static __always_inline struct event *event_base(__u32 ns_tgid, __u32 ns_tid, __u
 	e->tail_len = 0;
 	e->len = 0;
 	e->fd = 0;
+	return e;
+}
+
+// event_base is scratch_event with the process's name; the caller fills
+// the connection.
+static __always_inline struct event *event_base(__u32 ns_tgid, __u32 ns_tid, __u8 type)
+{
+	struct event *e = scratch_event(ns_tgid, ns_tid, type);
+	if (!e)
+		return 0;
 	// The process's name, not the thread's ("kcat", not "rdk:broker-1"):
 	// events reach user space in batches, and a short-lived process may be
 	// gone from /proc by then, leaving this as its only name.
@@ -704,17 +714,9 @@ static __always_inline bool tcp_sock(struct sock *sk)
 
 static __always_inline struct event *sock_event(struct sock *sk, __u32 ns_tgid, __u32 ns_tid, __u8 type, __u8 role)
 {
-	__u32 zero = 0;
-	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	struct event *e = scratch_event(ns_tgid, ns_tid, type);
 	if (!e)
 		return 0;
-	e->type = type;
-	e->tgid = ns_tgid;
-	e->tid = ns_tid;
-	e->captured = 0;
-	e->tail_len = 0;
-	e->len = 0;
-	e->fd = 0;
 	// The process's name, as in event_base, but with two plain loads where
 	// BPF_CORE_READ makes two probe-read calls (about 90 ns per event).
 	struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
