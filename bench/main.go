@@ -437,7 +437,11 @@ type result struct {
 	Backlog uint64  // fixed rate: requests that waited for a free connection
 
 	ServerCPU, AgentCPU, ClientCPU time.Duration // measured part
-	AgentCtxSwitches               uint64
+	// ReceiverCPU is the OTLP receiver's, over the measured part and the
+	// agent's settling: a collector elsewhere would not take it from the
+	// pod's cores, this one does.
+	ReceiverCPU      time.Duration
+	AgentCtxSwitches uint64
 
 	// Agent memory, kB: right after start, at the end of the measured
 	// part, and the peak over its life.
@@ -637,7 +641,8 @@ func (h *harness) runPhase(ctx context.Context, w, variant string, ph phase) (*r
 	}
 	res.ServerCPU = cpuTimes(pids) - serverCPU
 	machine1, elapsed := readCPUStat(), time.Since(began)
-	ours := res.ServerCPU + res.AgentCPU + res.ClientCPU + cpuTimes([]int{h.receiver.pid}) - receiver0
+	res.ReceiverCPU = cpuTimes([]int{h.receiver.pid}) - receiver0
+	ours := res.ServerCPU + res.AgentCPU + res.ClientCPU + res.ReceiverCPU
 	res.Background = max(0, float64(machine1.busy-machine0.busy-ours)/float64(elapsed))
 	res.Steal = float64(machine1.steal-machine0.steal) / float64(elapsed)
 

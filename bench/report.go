@@ -282,7 +282,7 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 		p("\ngRPC: ghz measures a call from when it starts, not from when it was due: when all its connections are busy, the wait for one is not in its latency (coordinated omission), so a stall of the server shows less than with loadgen.\n")
 	}
 	p("\n### CPU time per request (µs; server includes the BPF programs that run in its syscalls)\n\n")
-	p("| workload | load | variant | server | agent | server + agent | added to bare | other load on the machine (cores) |\n|---|---|---|---|---|---|---|---|\n")
+	p("| workload | load | variant | server | agent | server + agent | added to bare | OTLP receiver | other load on the machine (cores) |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, w := range o.workloads {
 		for _, ph := range phases {
 			for _, v := range workloadNamed(w).variants {
@@ -300,8 +300,12 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 						return perReq(r.ServerCPU+r.AgentCPU, r) - perReq(b.ServerCPU, b)
 					})).signed(1)
 				}
+				receiver := ""
+				if v != variantBare {
+					receiver = summarize(t.values(w, ph.name, v, func(r *result) float64 { return perReq(r.ReceiverCPU, r) })).format(1)
+				}
 				noise := summarize(t.values(w, ph.name, v, func(r *result) float64 { return r.Background + r.Steal }))
-				p("| %s | %s%s | %s | %s | %s | %s | %s | %s |\n", w, ph.name, held(t, w, ph, v), v, srv.format(1), agent, total.format(1), added, noise.format(2))
+				p("| %s | %s%s | %s | %s | %s | %s | %s | %s | %s |\n", w, ph.name, held(t, w, ph, v), v, srv.format(1), agent, total.format(1), added, receiver, noise.format(2))
 			}
 		}
 	}
