@@ -472,11 +472,7 @@ func (h *harness) tax(out io.Writer) error {
 		return err
 	}
 	defer pd.close()
-	bareOutside, err := socketRoundTrip(100000)
-	if err != nil {
-		return err
-	}
-	bareInside, err := h.podRoundTrip(pd)
+	bareOutside, bareInside, err := h.roundTrips(pd)
 	if err != nil {
 		return err
 	}
@@ -491,11 +487,7 @@ func (h *harness) tax(out io.Writer) error {
 		return err
 	}
 	getppid, read := syscallCost()
-	outside, err := socketRoundTrip(100000)
-	if err != nil {
-		return err
-	}
-	inside, err := h.podRoundTrip(pd)
+	outside, inside, err := h.roundTrips(pd)
 	if err != nil {
 		return err
 	}
@@ -508,6 +500,16 @@ func (h *harness) tax(out io.Writer) error {
 	fmt.Fprintf(out, "| outside the pod (another pod's traffic: filtered out) | %.0f | %.0f | %+.0f | %+.0f |\n", bareOutside, outside, outside-bareOutside, (outside-bareOutside)/4)
 	fmt.Fprintf(out, "| inside the pod (traced: payload to the agent) | %.0f | %.0f | %+.0f | %+.0f |\n", bareInside, inside, inside-bareInside, (inside-bareInside)/4)
 	return nil
+}
+
+// roundTrips times a socket round trip outside the pod (by the harness
+// itself) and inside it, in ns.
+func (h *harness) roundTrips(pd *pod) (outside, inside float64, err error) {
+	if outside, err = socketRoundTrip(100000); err != nil {
+		return 0, 0, err
+	}
+	inside, err = h.podRoundTrip(pd)
+	return outside, inside, err
 }
 
 // podRoundTrip runs the pingpong role in the pod and returns what it

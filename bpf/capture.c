@@ -712,16 +712,25 @@ static __always_inline bool tcp_sock(struct sock *sk)
 	return (family == AF_INET || family == AF_INET6) && sk->sk_protocol == IPPROTO_TCP && sk->sk_type == SOCK_STREAM;
 }
 
-static __always_inline struct event *sock_event(struct sock *sk, __u32 ns_tgid, __u32 ns_tid, __u8 type, __u8 role)
+// sock_event fills the scratch event for sk. task is the current task,
+// whose process names the event, or 0 where the current task is nobody in
+// particular (softirq): the name is left empty.
+static __always_inline struct event *sock_event(struct task_struct *task, struct sock *sk, __u32 ns_tgid, __u32 ns_tid, __u8 type,
+						__u8 role)
 {
 	struct event *e = scratch_event(ns_tgid, ns_tid, type);
 	if (!e)
 		return 0;
-	// The process's name, as in event_base, but with two plain loads where
-	// BPF_CORE_READ makes two probe-read calls (about 90 ns per event).
-	struct task_struct *leader = bpf_get_current_task_btf()->group_leader;
-	*(__u64 *)&e->comm[0] = *(__u64 *)&leader->comm[0];
-	*(__u64 *)&e->comm[8] = *(__u64 *)&leader->comm[8];
+	if (task) {
+		// The process's name, as in event_base, but with two plain loads
+		// where BPF_CORE_READ makes two probe-read calls (about 90 ns per
+		// event).
+		struct task_struct *leader = task->group_leader;
+		*(__u64 *)&e->comm[0] = *(__u64 *)&leader->comm[0];
+		*(__u64 *)&e->comm[8] = *(__u64 *)&leader->comm[8];
+	} else {
+		__builtin_memset(e->comm, 0, sizeof(e->comm));
+	}
 	__u16 family = sk->__sk_common.skc_family;
 	e->sock = (__u64)sk;
 	e->role = role;
@@ -786,7 +795,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 			st->tgid = ns.tgid;
 		role = st->role;
 	}
-	struct event *e = sock_event(sk, ns.tgid, ns.pid, EVENT_DATA, role);
+	struct event *e = sock_event(task, sk, ns.tgid, ns.pid, EVENT_DATA, role);
 	if (!e)
 		return 0;
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
@@ -848,10 +857,9 @@ int inet_sock_set_state(__u64 *ctx)
 	if (!st || st->closed || !st->tgid)
 		return 0;
 	st->closed = 1;
-	struct event *e = sock_event(sk, st->tgid, 0, EVENT_CLOSE, st->role);
+	struct event *e = sock_event(0, sk, st->tgid, 0, EVENT_CLOSE, st->role);
 	if (!e)
 		return 0;
-	__builtin_memset(e->comm, 0, sizeof(e->comm)); // not the current task's
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
 	submit(e);
 	return 0;

@@ -327,13 +327,8 @@ func TestPodDepth(t *testing.T) {
 			inside, above := freePort(t), freePort(t)
 			start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", inside)))
 			// A server in the namespace just above the pod's: outside it.
-			var aboveCmd *exec.Cmd
-			if depth > 1 {
-				aboveCmd = exec.Command("nsenter", "--target", strconv.Itoa(parentOf(t, pod.pid)), "--pid", "--mount", "--", httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", above))
-			} else {
-				aboveCmd = exec.Command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", above))
-			}
-			start(t, aboveCmd)
+			start(t, exec.Command("nsenter", "--target", strconv.Itoa(pod.above), "--pid", "--mount", "--",
+				httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", above)))
 			waitListening(t, inside)
 			waitListening(t, above)
 			run(t, exec.Command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/above/%d", above, depth)))
@@ -352,19 +347,6 @@ func TestPodDepth(t *testing.T) {
 			expect(t, mustFind(t, spans, trace.SpanKindServer, path), map[string]any{"server.port": int64(inside)})
 		})
 	}
-}
-
-// parentOf returns the parent of pid.
-func parentOf(t *testing.T, pid int) int {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// pid (comm) state ppid ...
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
 }
 
 // TestPrinter: with no OTLP endpoint the agent prints each span as one

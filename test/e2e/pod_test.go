@@ -23,8 +23,9 @@ import (
 // Processes join it with nsenter. The network namespace is the host's, so
 // the OTLP receiver of the test is reachable on loopback.
 type testPod struct {
-	init *exec.Cmd
-	pid  int // the init process, in the host's PID namespace
+	init  *exec.Cmd
+	pid   int // the init process, in the host's PID namespace
+	above int // a process of the namespace the pod's is nested in
 }
 
 func newPod(t *testing.T) *testPod {
@@ -57,12 +58,12 @@ func newNestedPod(t *testing.T, depth int) *testPod {
 	})
 	// Each unshare forks the next level's init: follow the chain down.
 	deadline := time.Now().Add(5 * time.Second)
-	parent := cmd.Process.Pid
+	p.pid = cmd.Process.Pid
 	for level := 0; level < depth; {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", parent, parent))
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.pid, p.pid))
 		if f := strings.Fields(string(b)); len(f) > 0 {
-			parent, _ = strconv.Atoi(f[0])
-			p.pid = parent
+			p.above = p.pid
+			p.pid, _ = strconv.Atoi(f[0])
 			level++
 			continue
 		}
