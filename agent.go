@@ -23,8 +23,8 @@ import (
 // pod's PID namespace, so its own /proc shows them.
 const procRoot = "/proc"
 
-// stopProfile ends a developer's CPU profile (see profile_pprof.go); a
-// test seam otherwise.
+// stopProfile ends a developer's CPU profile (profile_pprof.go, built with
+// -tags pprof); it does nothing otherwise.
 var stopProfile = func() {}
 
 // statsInterval is how often the agent logs its counters when they changed.

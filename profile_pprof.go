@@ -8,7 +8,6 @@ package main
 
 import (
 	"os"
-	"runtime"
 	"runtime/pprof"
 )
 
@@ -21,7 +20,6 @@ func init() {
 	if err != nil {
 		panic(err)
 	}
-	runtime.SetCPUProfileRate(2000)
 	if err := pprof.StartCPUProfile(f); err != nil {
 		panic(err)
 	}
