@@ -93,6 +93,9 @@ struct event {
 	__u64 ts_enter; // CLOCK_BOOTTIME ns at syscall entry
 	__u64 ts_exit;  // and at exit
 	__u64 sock;     // struct sock address: the connection's identity
+	// The trace ID's low 64 bits, drawn by the kernel for a request it
+	// picked for a span (see the fast path below); 0 for any other event.
+	__u64 trace_low;
 	__u32 tgid;     // in the pod's PID namespace
 	__u32 tid;
 	__u32 fd;
@@ -160,7 +163,9 @@ enum stat_index {
 	STAT_EVENTS = 0,   // events written to the ring buffer
 	STAT_LOST = 1,     // events lost: ring buffer full
 	STAT_CALLS_FULL = 2, // syscalls not followed: no in-flight entry for the thread
-	STAT_MAX = 3,
+	STAT_FAST = 3,     // HTTP requests measured in the kernel (fast path)
+	STAT_FAST_LOST = 4, // and not recorded: the histogram map was full
+	STAT_MAX = 5,
 };
 
 struct {
@@ -489,6 +494,7 @@ static __always_inline struct event *scratch_event(__u32 ns_tgid, __u32 ns_tid, 
 	e->tail_len = 0;
 	e->len = 0;
 	e->fd = 0;
+	e->trace_low = 0;
 	return e;
 }
 
@@ -687,6 +693,15 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 // two per syscall of the node: a process's epoll_wait, futex or file read
 // costs nothing, and no in-flight state is kept between entry and exit.
 
+// hist_key is one series of the kernel's HTTP histograms.
+struct hist_key {
+	__u32 tgid;  // in the pod's PID namespace
+	__u32 route; // the agent's id of the path's route
+	__u16 status;
+	__u8 method; // METHOD_GET, METHOD_HEAD
+	__u8 minor;  // of HTTP/1.x: '0' or '1'
+};
+
 // sock_state is what the kernel keeps with each of the pod's sockets, in
 // socket-local storage: freed with the socket, so it needs no bound of its
 // own and no eviction.
@@ -694,7 +709,11 @@ struct sock_state {
 	__u32 tgid; // in the pod's PID namespace: who gets the close event
 	__u8 role;
 	__u8 closed; // the close event was sent
-	__u16 pad;
+	__u8 fast;   // FAST_* flags: the HTTP/1 fast path on this connection
+	__u8 bucket; // the histogram bucket the skipped exchange is counted in
+	__u64 req_ns; // when the skipped request arrived
+	__u64 dur_ns; // the duration it is counted with, so far
+	struct hist_key key; // and its series
 };
 
 struct {
@@ -704,6 +723,300 @@ struct {
 	__type(value, struct sock_state);
 } socks SEC(".maps");
 
+// ---------------------------------------------------------------------------
+// HTTP/1 requests measured in the kernel: the fast path (socket hooks only).
+//
+// When spans are sampled (a trace-ID ratio below 1, or none at all), most
+// requests only feed the RED metrics, and sending their bytes to user space
+// to be parsed there is most of what they cost. For the commonest of them,
+// an HTTP/1 GET or HEAD of a path the agent has already seen answered,
+// with no body, no traceparent and no upgrade, the kernel records the
+// duration in a histogram itself and sends nothing: neither the request's
+// bytes nor the response's. The agent reads the histograms when it exports
+// metrics (bpf/fast.go).
+//
+// The kernel draws the trace ID's low 64 bits and judges them the way the
+// trace-ID ratio sampler does; a request drawn for a span goes to user
+// space whole, with those bits in its event, so the agent's sampler keeps
+// it and the trace ID is the one judged.
+//
+// A whole exchange, request and response, is either skipped or sent, never
+// a part: the byte stream the agent sees stays a valid HTTP/1 stream. A
+// request that arrives before the response to a skipped one has started
+// (pipelining, read-ahead) goes to user space and ends the fast path on
+// that connection; its response is the next one that starts.
+
+volatile const __u8 fast_http = 0;      // the fast path is on
+volatile const __u64 sample_bound = 0;  // ratio * 2^63: a drawn ID below it is sampled
+#define HIST_BUCKETS 16
+// Upper bounds of the buckets but the last, ascending, in ns; unused ones
+// are ~0. The agent's histogram has the same (exporter/histogram.go).
+volatile const __u64 hist_bounds_ns[HIST_BUCKETS - 1] = {};
+
+#define FAST_OWN 1     // the kernel owns the connection's current exchange
+#define FAST_RESP 2    // and its response has started
+#define FAST_HANDOFF 4 // a request went to user space meanwhile: the next response is its
+#define FAST_OFF 8     // no fast path on this connection any more
+
+#define METHOD_GET 1
+#define METHOD_HEAD 2
+
+// FAST_MAX_HEAD bounds the request heads the kernel reads through (the
+// agent's capture_bytes may be less: then only what it copies).
+#define FAST_MAX_HEAD 1024
+#define ROUTE_PATH 56
+
+// route_key names a path of a process; the agent writes the paths it has
+// seen answered, with the id of their route.
+struct route_key {
+	__u32 tgid; // in the pod's PID namespace
+	__u8 method;
+	__u8 len;
+	__u16 pad;
+	char path[ROUTE_PATH]; // zero after len
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH); // paths not asked for go first
+	__uint(max_entries, 4096);
+	__type(key, struct route_key);
+	__type(value, __u32); // route id, the agent's
+} http_routes SEC(".maps");
+
+struct hist_val {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 min_ns;
+	__u64 max_ns;
+	__u64 buckets[HIST_BUCKETS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1024);
+	__type(key, struct hist_key);
+	__type(value, struct hist_val);
+} http_hist SEC(".maps");
+
+#define W8(a, b, c, d, e, f, g, h)                                                                                   \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | (__u64)(f) << 40 | \
+	 (__u64)(g) << 48 | (__u64)(h) << 56)
+#define LOWER8 0x2020202020202020ULL
+
+// head_scan walks a request head a word at a time, for bpf_loop.
+struct head_scan {
+	__u32 len;      // bytes in the payload
+	__u32 first_nl; // the request line's '\n'; 0 until found
+	__u8 bad;       // not for the fast path
+	__u8 end;       // the blank line ends the payload
+};
+
+static __always_inline void head_line(struct event *e, struct head_scan *s, __u32 nl)
+{
+	if (!s->first_nl) {
+		s->first_nl = nl;
+		return;
+	}
+	__u32 n = nl + 1; // the next line
+	if (n >= s->len)
+		return;
+	if (e->payload[bounded(n, MAX_CAPTURE - 1)] == '\r') {
+		// The blank line ends the head; it must end the payload too (no
+		// body, no second request behind it).
+		if (n + 2 == s->len)
+			s->end = 1;
+		else
+			s->bad = 1;
+		return;
+	}
+	// Headers that take a request off the fast path, by their first eight
+	// letters, case folded (a false match only costs the fast path).
+	__u64 name = *(__u64 *)&e->payload[bounded(n, MAX_CAPTURE - 1)] | LOWER8;
+	if (name == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') || // traceparent: the parent decides sampling
+	    name == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-') || // content-length: a body
+	    name == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') || // transfer-encoding: a body
+	    name == W8('u', 'p', 'g', 'r', 'a', 'd', 'e', ':') || // another protocol follows
+	    name == W8('e', 'x', 'p', 'e', 'c', 't', ':', ' '))   // 100-continue
+		s->bad = 1;
+}
+
+static long head_word(__u32 i, struct head_scan *s)
+{
+	__u32 zero = 0;
+	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 1;
+	__u32 off = i * 8;
+	if (off >= s->len)
+		return 1;
+	__u64 w = *(__u64 *)&e->payload[bounded(off, MAX_CAPTURE - 1)];
+	__u64 t = w ^ 0x0a0a0a0a0a0a0a0aULL;
+	if (!((t - 0x0101010101010101ULL) & ~t & 0x8080808080808080ULL))
+		return 0; // no '\n' in these eight bytes
+#pragma unroll
+	for (int k = 0; k < 8; k++) {
+		if (((w >> (8 * k)) & 0xff) == '\n' && off + k < s->len)
+			head_line(e, s, off + k);
+	}
+	return s->bad ? 1 : 0;
+}
+
+// fast_request tells whether the request in e (received on a connection
+// in state st) is for the fast path, and if so makes st own its exchange.
+// It may draw e's trace ID instead: then the request goes to user space.
+static __always_inline bool fast_request(struct event *e, struct sock_state *st)
+{
+	__u32 len = e->len;
+	if (e->captured != len || len < 18 || len > FAST_MAX_HEAD)
+		return false;
+	__u64 first = *(__u64 *)e->payload;
+	__u8 method;
+	__u32 start;
+	if ((first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0)) {
+		method = METHOD_GET;
+		start = 4;
+	} else if ((first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
+		method = METHOD_HEAD;
+		start = 5;
+	} else {
+		return false;
+	}
+	struct head_scan s = {.len = len};
+	bpf_loop((len + 7) / 8, head_word, &s, 0);
+	if (s.bad || !s.end || s.first_nl < 14)
+		return false;
+	// The request line ends in " HTTP/1.x\r\n".
+	__u32 v = bounded(s.first_nl - 9, MAX_CAPTURE - 1);
+	__u64 version = *(__u64 *)&e->payload[v];
+	if ((version & 0x00ffffffffffffffULL) != W8('H', 'T', 'T', 'P', '/', '1', '.', 0) || e->payload[bounded(s.first_nl - 10, MAX_CAPTURE - 1)] != ' ')
+		return false;
+	__u8 minor = version >> 56;
+	if (minor != '0' && minor != '1')
+		return false;
+
+	// The path: from the '/' to the query or the space before the version.
+	struct route_key rk = {.tgid = st->tgid, .method = method};
+	if (start == 4)
+		__builtin_memcpy(rk.path, &e->payload[4], ROUTE_PATH);
+	else
+		__builtin_memcpy(rk.path, &e->payload[5], ROUTE_PATH);
+	if (rk.path[0] != '/')
+		return false;
+	__u32 plen = ROUTE_PATH + 1;
+#pragma unroll
+	for (int i = 1; i < ROUTE_PATH; i++) {
+		if (plen > ROUTE_PATH && (rk.path[i] == ' ' || rk.path[i] == '?'))
+			plen = i;
+		if (plen <= ROUTE_PATH && i >= plen)
+			rk.path[i] = 0;
+	}
+	if (plen > ROUTE_PATH)
+		return false; // longer than the key holds: user space's
+	rk.len = plen;
+	__u32 *route = bpf_map_lookup_elem(&http_routes, &rk);
+	if (!route)
+		return false; // a path the agent has not seen answered yet
+
+	// The sampler's draw: a request picked for a span goes to user space
+	// with the low half of its trace ID.
+	__u64 low = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32();
+	if (low == 0)
+		low = 1;
+	if ((low >> 1) < sample_bound) {
+		e->trace_low = low;
+		return false;
+	}
+	st->fast = FAST_OWN;
+	st->req_ns = e->ts_exit;
+	st->key.tgid = st->tgid;
+	st->key.route = *route;
+	st->key.status = 0;
+	st->key.method = method;
+	st->key.minor = minor;
+	count(STAT_FAST);
+	return true;
+}
+
+static __always_inline __u32 hist_bucket(__u64 ns)
+{
+	__u32 b = 0;
+#pragma unroll
+	for (int i = 0; i < HIST_BUCKETS - 1; i++)
+		if (ns > hist_bounds_ns[i])
+			b++;
+	return b;
+}
+
+// fast_record counts the skipped exchange of st, answered now with status.
+static __always_inline void fast_record(struct sock_state *st, __u16 status, __u64 now)
+{
+	st->key.status = status;
+	struct hist_val *h = bpf_map_lookup_elem(&http_hist, &st->key);
+	if (!h) {
+		struct hist_val zero = {};
+		bpf_map_update_elem(&http_hist, &st->key, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&http_hist, &st->key);
+		if (!h) {
+			count(STAT_FAST_LOST);
+			st->dur_ns = 0;
+			st->bucket = 0xff;
+			return;
+		}
+	}
+	__u64 d = now > st->req_ns ? now - st->req_ns : 0;
+	__u32 b = hist_bucket(d);
+	h->buckets[bounded(b, HIST_BUCKETS - 1)]++;
+	h->sum_ns += d;
+	if (h->count == 0 || d < h->min_ns)
+		h->min_ns = d;
+	if (d > h->max_ns)
+		h->max_ns = d;
+	h->count++;
+	st->dur_ns = d;
+	st->bucket = b;
+}
+
+// fast_extend moves the skipped exchange's count to its new end: a
+// response written in more than one send lasts until its last. The slot
+// may be another CPU's than the first count's: per CPU a bucket may go
+// below zero, their sum is right.
+static __always_inline void fast_extend(struct sock_state *st, __u64 now)
+{
+	if (st->bucket >= HIST_BUCKETS)
+		return; // not counted
+	struct hist_val *h = bpf_map_lookup_elem(&http_hist, &st->key);
+	if (!h)
+		return;
+	__u64 d = now > st->req_ns ? now - st->req_ns : 0;
+	__u32 b = hist_bucket(d);
+	if (b != st->bucket) {
+		h->buckets[bounded(st->bucket, HIST_BUCKETS - 1)]--;
+		h->buckets[bounded(b, HIST_BUCKETS - 1)]++;
+		st->bucket = b;
+	}
+	h->sum_ns += d - st->dur_ns;
+	if (d > h->max_ns)
+		h->max_ns = d;
+	st->dur_ns = d;
+}
+
+// response_status reads the status of a status line at the start of e's
+// payload: 0 when there is none.
+static __always_inline __u16 response_status(struct event *e)
+{
+	if (e->captured < 12)
+		return 0;
+	__u64 w = *(__u64 *)e->payload;
+	if ((w & 0x00ffffffffffffffULL) != W8('H', 'T', 'T', 'P', '/', '1', '.', 0) || e->payload[8] != ' ')
+		return 0;
+	__u8 a = e->payload[9] - '0', b = e->payload[10] - '0', c = e->payload[11] - '0';
+	if (a > 9 || b > 9 || c > 9)
+		return 0;
+	return a * 100 + b * 10 + c;
+}
+
+
 // tcp_sock tells whether sk is a TCP socket over IPv4 or IPv6. sk is a
 // typed kernel pointer here: plain loads, no probe reads.
 static __always_inline bool tcp_sock(struct sock *sk)
@@ -712,15 +1025,11 @@ static __always_inline bool tcp_sock(struct sock *sk)
 	return (family == AF_INET || family == AF_INET6) && sk->sk_protocol == IPPROTO_TCP && sk->sk_type == SOCK_STREAM;
 }
 
-// sock_event fills the scratch event for sk. task is the current task,
-// whose process names the event, or 0 where the current task is nobody in
-// particular (softirq): the name is left empty.
-static __always_inline struct event *sock_event(struct task_struct *task, struct sock *sk, __u32 ns_tgid, __u32 ns_tid, __u8 type,
-						__u8 role)
+// sock_fill fills e's process name and connection for sk. task is the
+// current task, whose process names the event, or 0 where the current
+// task is nobody in particular (softirq): the name is left empty.
+static __always_inline void sock_fill(struct event *e, struct task_struct *task, struct sock *sk, __u8 role)
 {
-	struct event *e = scratch_event(ns_tgid, ns_tid, type);
-	if (!e)
-		return 0;
 	if (task) {
 		// The process's name, as in event_base, but with two plain loads
 		// where BPF_CORE_READ makes two probe-read calls (about 90 ns per
@@ -748,7 +1057,50 @@ static __always_inline struct event *sock_event(struct task_struct *task, struct
 		BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
 		BPF_CORE_READ_INTO(&e->raddr, sk, __sk_common.skc_v6_daddr);
 	}
-	return e;
+}
+
+// fast_skip runs the fast path for e, received or sent on a connection in
+// state st, and tells whether e is the kernel's: not to be sent.
+static __always_inline bool fast_skip(struct sock_state *st, struct event *e, __u8 dir)
+{
+	__u8 f = st->fast;
+	if (dir == DIR_INGRESS) {
+		if (f & FAST_OWN) {
+			if (!(f & FAST_RESP)) {
+				// A request before the skipped one's response: pipelined.
+				st->fast = f | FAST_HANDOFF | FAST_OFF;
+				return false;
+			}
+			if (f & FAST_HANDOFF)
+				return false;
+			st->fast = f = f & FAST_OFF; // the skipped exchange is over
+		}
+		if ((f & FAST_OFF) || st->role == ROLE_CLIENT)
+			return false;
+		return fast_request(e, st);
+	}
+	if (!(f & FAST_OWN))
+		return false;
+	__u16 status = response_status(e);
+	if (!(f & FAST_RESP)) {
+		if (status < 200) {
+			// Not a status line, or an interim one: leave the
+			// connection to user space.
+			st->fast = FAST_OFF;
+			return false;
+		}
+		fast_record(st, status, e->ts_exit);
+		st->fast = f | FAST_RESP;
+		return true;
+	}
+	// FAST_HANDOFF: the response of the request user space has starts
+	// with its status line.
+	if (status) {
+		st->fast = FAST_OFF;
+		return false;
+	}
+	fast_extend(st, e->ts_exit);
+	return true;
 }
 
 // sock_syscall tells whether nr is a followed syscall that moves bytes in
@@ -794,8 +1146,13 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		if (!st->tgid)
 			st->tgid = ns.tgid;
 		role = st->role;
+		if (fast_http && dir == DIR_EGRESS && (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF)) == (FAST_OWN | FAST_RESP)) {
+			// More of a skipped response: nothing to read.
+			fast_extend(st, bpf_ktime_get_boot_ns());
+			return 0;
+		}
 	}
-	struct event *e = sock_event(task, sk, ns.tgid, ns.pid, EVENT_DATA, role);
+	struct event *e = scratch_event(ns.tgid, ns.pid, EVENT_DATA);
 	if (!e)
 		return 0;
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
@@ -803,6 +1160,9 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	e->len = ret;
 	if (!copy_payload(e, nr, regs->si, regs->dx, ret))
 		return 0;
+	if (fast_http && st && fast_skip(st, e, dir))
+		return 0;
+	sock_fill(e, task, sk, role);
 	submit(e);
 	return 0;
 }
@@ -857,9 +1217,10 @@ int inet_sock_set_state(__u64 *ctx)
 	if (!st || st->closed || !st->tgid)
 		return 0;
 	st->closed = 1;
-	struct event *e = sock_event(0, sk, st->tgid, 0, EVENT_CLOSE, st->role);
+	struct event *e = scratch_event(st->tgid, 0, EVENT_CLOSE);
 	if (!e)
 		return 0;
+	sock_fill(e, 0, sk, st->role);
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
 	submit(e);
 	return 0;

@@ -67,6 +67,9 @@ type Config struct {
 	RingBufferBytes int
 	// MaxConnections bounds the kernel's per-fd connection cache.
 	MaxConnections int
+	// FastHTTP, with the socket hooks, lets the kernel measure the HTTP/1
+	// requests that need no span itself (see fast.go).
+	FastHTTP FastHTTP
 }
 
 // ErrClosed is returned by Read after Close.
@@ -83,6 +86,7 @@ type Capture struct {
 	hooks   string // the hook set attached: HooksSocket or HooksSyscall
 	events  *ebpf.Map
 	stats   *ebpf.Map
+	fast    *fastMaps // nil: no fast path
 	objects []io.Closer // programs and maps, closed by Close
 	links   []link.Link
 	reader  *ringbuf.Reader // never blocks: its deadline is in the past
@@ -143,6 +147,9 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		"capture_bytes": uint32(cfg.CaptureBytes),
 		"wakeup_bytes":  uint64(ringBytes / 4),
 	}
+	if err := cfg.FastHTTP.set(spec); err != nil {
+		return nil, err
+	}
 	for name, value := range settings {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return nil, fmt.Errorf("set %s: %w", name, err)
@@ -196,6 +203,8 @@ type socketObjects struct {
 	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
 	Events           *ebpf.Map     `ebpf:"events"`
 	Stats            *ebpf.Map     `ebpf:"stats"`
+	HTTPRoutes       *ebpf.Map     `ebpf:"http_routes"`
+	HTTPHist         *ebpf.Map     `ebpf:"http_hist"`
 }
 
 // syscallObjects are what the syscall-tracepoint capture loads.
@@ -213,7 +222,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	if err := loadObjects(spec, &objs, logger); err != nil {
 		return err
 	}
-	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats}
+	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist}
 	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState} {
 		hooks = append(hooks, func() (link.Link, error) {
@@ -229,6 +238,12 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
+	if spec.Variables["fast_http"] != nil {
+		var on uint8
+		if err := spec.Variables["fast_http"].Get(&on); err == nil && on != 0 {
+			c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist}
+		}
+	}
 	return nil
 }
 
@@ -409,6 +424,9 @@ type Stats struct {
 	// CallsUntracked counts syscalls not followed because the kernel had
 	// no memory for the thread's in-flight state.
 	CallsUntracked uint64
+	// FastRequests are HTTP requests measured in the kernel (fast path);
+	// FastLost those of them not counted, the histogram map being full.
+	FastRequests, FastLost uint64
 }
 
 // Stats sums the kernel's per-CPU counters.
@@ -432,7 +450,13 @@ func (c *Capture) Stats() (Stats, error) {
 	if s.Lost, err = sum(1); err != nil {
 		return s, err
 	}
-	s.CallsUntracked, err = sum(2)
+	if s.CallsUntracked, err = sum(2); err != nil {
+		return s, err
+	}
+	if s.FastRequests, err = sum(3); err != nil {
+		return s, err
+	}
+	s.FastLost, err = sum(4)
 	return s, err
 }
 
@@ -542,6 +566,10 @@ type Event struct {
 	Local    netip.AddrPort
 	Remote   netip.AddrPort
 	Comm     [16]byte
+	// TraceLow is the low half of the trace ID the kernel drew for a
+	// request it picked for a span (the fast path's sampling); 0 for any
+	// other event.
+	TraceLow uint64
 	Payload  []byte
 	Tail     []byte // the last bytes transferred, when Len > len(Payload)
 }
@@ -560,6 +588,7 @@ func (ev *Event) decode(b []byte) bool {
 	ev.EnterNS = le.Uint64(b[unsafe.Offsetof(raw.TsEnter):])
 	ev.ExitNS = le.Uint64(b[unsafe.Offsetof(raw.TsExit):])
 	ev.Conn = le.Uint64(b[unsafe.Offsetof(raw.Sock):])
+	ev.TraceLow = le.Uint64(b[unsafe.Offsetof(raw.TraceLow):])
 	ev.PID = le.Uint32(b[unsafe.Offsetof(raw.Tgid):])
 	ev.TID = le.Uint32(b[unsafe.Offsetof(raw.Tid):])
 	ev.FD = le.Uint32(b[unsafe.Offsetof(raw.Fd):])

@@ -49,6 +49,7 @@ type captureEvent struct {
 	TsEnter  uint64
 	TsExit   uint64
 	Sock     uint64
+	TraceLow uint64
 	Tgid     uint32
 	Tid      uint32
 	Fd       uint32
@@ -69,6 +70,24 @@ type captureEvent struct {
 	_        [4]byte
 }
 
+type captureHistKey struct {
+	_      structs.HostLayout
+	Tgid   uint32
+	Route  uint32
+	Status uint16
+	Method uint8
+	Minor  uint8
+}
+
+type captureHistVal struct {
+	_       structs.HostLayout
+	Count   uint64
+	SumNs   uint64
+	MinNs   uint64
+	MaxNs   uint64
+	Buckets [16]uint64
+}
+
 type captureIovArray struct {
 	_ structs.HostLayout
 	V [32]struct {
@@ -78,12 +97,26 @@ type captureIovArray struct {
 	}
 }
 
+type captureRouteKey struct {
+	_      structs.HostLayout
+	Tgid   uint32
+	Method uint8
+	Len    uint8
+	Pad    uint16
+	Path   [56]int8
+}
+
 type captureSockState struct {
 	_      structs.HostLayout
 	Tgid   uint32
 	Role   uint8
 	Closed uint8
-	Pad    uint16
+	Fast   uint8
+	Bucket uint8
+	ReqNs  uint64
+	DurNs  uint64
+	Key    captureHistKey
+	_      [4]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -93,6 +126,8 @@ const (
 	captureMapCalls             = "calls"
 	captureMapConns             = "conns"
 	captureMapEvents            = "events"
+	captureMapHttpHist          = "http_hist"
+	captureMapHttpRoutes        = "http_routes"
 	captureMapIovScratch        = "iov_scratch"
 	captureMapScratch           = "scratch"
 	captureMapSocks             = "socks"
@@ -104,8 +139,11 @@ const (
 	captureProgSysExit          = "sys_exit"
 	captureVarAgentTgid         = "agent_tgid"
 	captureVarCaptureBytes      = "capture_bytes"
+	captureVarFastHttp          = "fast_http"
+	captureVarHistBoundsNs      = "hist_bounds_ns"
 	captureVarPidnsDev          = "pidns_dev"
 	captureVarPidnsIno          = "pidns_ino"
+	captureVarSampleBound       = "sample_bound"
 	captureVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -165,6 +203,8 @@ type captureMapSpecs struct {
 	Calls      *ebpf.MapSpec `ebpf:"calls"`
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
+	HttpHist   *ebpf.MapSpec `ebpf:"http_hist"`
+	HttpRoutes *ebpf.MapSpec `ebpf:"http_routes"`
 	IovScratch *ebpf.MapSpec `ebpf:"iov_scratch"`
 	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 	Socks      *ebpf.MapSpec `ebpf:"socks"`
@@ -177,8 +217,11 @@ type captureMapSpecs struct {
 type captureVariableSpecs struct {
 	AgentTgid    *ebpf.VariableSpec `ebpf:"agent_tgid"`
 	CaptureBytes *ebpf.VariableSpec `ebpf:"capture_bytes"`
+	FastHttp     *ebpf.VariableSpec `ebpf:"fast_http"`
+	HistBoundsNs *ebpf.VariableSpec `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.VariableSpec `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.VariableSpec `ebpf:"pidns_ino"`
+	SampleBound  *ebpf.VariableSpec `ebpf:"sample_bound"`
 	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -205,6 +248,8 @@ type captureMaps struct {
 	Calls      *ebpf.Map `ebpf:"calls"`
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Events     *ebpf.Map `ebpf:"events"`
+	HttpHist   *ebpf.Map `ebpf:"http_hist"`
+	HttpRoutes *ebpf.Map `ebpf:"http_routes"`
 	IovScratch *ebpf.Map `ebpf:"iov_scratch"`
 	Scratch    *ebpf.Map `ebpf:"scratch"`
 	Socks      *ebpf.Map `ebpf:"socks"`
@@ -216,6 +261,8 @@ func (m *captureMaps) Close() error {
 		m.Calls,
 		m.Conns,
 		m.Events,
+		m.HttpHist,
+		m.HttpRoutes,
 		m.IovScratch,
 		m.Scratch,
 		m.Socks,
@@ -229,8 +276,11 @@ func (m *captureMaps) Close() error {
 type captureVariables struct {
 	AgentTgid    *ebpf.Variable `ebpf:"agent_tgid"`
 	CaptureBytes *ebpf.Variable `ebpf:"capture_bytes"`
+	FastHttp     *ebpf.Variable `ebpf:"fast_http"`
+	HistBoundsNs *ebpf.Variable `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.Variable `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.Variable `ebpf:"pidns_ino"`
+	SampleBound  *ebpf.Variable `ebpf:"sample_bound"`
 	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

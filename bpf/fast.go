@@ -1,0 +1,212 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/cilium/ebpf"
+)
+
+// The HTTP/1 fast path (capture.c): with the socket hooks, the kernel
+// measures the HTTP/1 server requests that need no span itself, and sends
+// neither their bytes nor their response's to user space. A request is the
+// kernel's when it is a GET or HEAD with no body, no traceparent and no
+// upgrade, of a path the agent registered (AddRoute), and the kernel's
+// draw of its trace ID does not pick it for a span. The agent reads the
+// kernel's histograms (ReadHistograms) when it exports metrics.
+
+// MaxRoutePath is the longest path the kernel matches (ROUTE_PATH).
+const MaxRoutePath = 56
+
+// MaxHistBounds is how many bucket bounds the kernel's histograms have.
+const MaxHistBounds = 15
+
+// FastHTTP configures the fast path.
+type FastHTTP struct {
+	// Enabled turns it on. It only pays when most requests need no span.
+	Enabled bool
+	// SampleRatio is the share of eligible requests the kernel picks for
+	// a span, by the trace-ID ratio rule; it sends them to user space
+	// with the trace ID's low half (Event.TraceLow).
+	SampleRatio float64
+	// Bounds are the histogram's bucket upper bounds, in seconds, as the
+	// agent's own histogram has them (at most MaxHistBounds).
+	Bounds []float64
+}
+
+func (f FastHTTP) set(spec *ebpf.CollectionSpec) error {
+	if !f.Enabled {
+		return nil
+	}
+	if len(f.Bounds) > MaxHistBounds {
+		return fmt.Errorf("fast path: %d histogram bounds, the kernel has room for %d", len(f.Bounds), MaxHistBounds)
+	}
+	var bounds [MaxHistBounds]uint64
+	for i := range bounds {
+		bounds[i] = math.MaxUint64
+		if i < len(f.Bounds) {
+			bounds[i] = uint64(f.Bounds[i] * 1e9)
+		}
+	}
+	var bound uint64
+	switch {
+	case f.SampleRatio >= 1:
+		return errors.New("fast path: a sample ratio of 1 leaves it nothing to do")
+	case f.SampleRatio > 0:
+		bound = uint64(f.SampleRatio * (1 << 63)) // the SDK's TraceIDRatioBased
+	}
+	for name, value := range map[string]any{"fast_http": uint8(1), "sample_bound": bound, "hist_bounds_ns": bounds} {
+		if err := spec.Variables[name].Set(value); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// fastMaps are the fast path's maps, when it is on.
+type fastMaps struct {
+	routes *ebpf.Map
+	hist   *ebpf.Map
+}
+
+// FastPath tells whether the kernel measures requests itself.
+func (c *Capture) FastPath() bool { return c.fast != nil }
+
+const (
+	methodGET  = 1
+	methodHEAD = 2
+)
+
+// AddRoute lets the kernel measure method requests of path by process pid
+// (in the pod's PID namespace), as the route that the agent calls id. It
+// reports false for a request the kernel would never take (another
+// method, a longer path) or when the fast path is off.
+func (c *Capture) AddRoute(pid uint32, method, path string, id uint32) (bool, error) {
+	if c.fast == nil || len(path) == 0 || len(path) > MaxRoutePath || path[0] != '/' {
+		return false, nil
+	}
+	k := captureRouteKey{Tgid: pid, Len: uint8(len(path))}
+	switch method {
+	case "GET":
+		k.Method = methodGET
+	case "HEAD":
+		k.Method = methodHEAD
+	default:
+		return false, nil
+	}
+	for i := 0; i < len(path); i++ {
+		k.Path[i] = int8(path[i])
+	}
+	if err := c.fast.routes.Update(&k, id, ebpf.UpdateAny); err != nil {
+		return false, fmt.Errorf("register route: %w", err)
+	}
+	return true, nil
+}
+
+// HistKey is one series of the kernel's histograms.
+type HistKey struct {
+	PID     uint32 // in the pod's PID namespace
+	Route   uint32 // as given to AddRoute
+	Status  int
+	Method  string // "GET", "HEAD"
+	Version string // "1.0", "1.1"
+}
+
+// HistValue is a series' totals since the kernel first counted it.
+type HistValue struct {
+	Count        uint64
+	SumNS        uint64
+	MinNS, MaxNS uint64 // over its requests' first responses (see fast_extend)
+	// Buckets[i] counts durations in (Bounds[i-1], Bounds[i]]; the last
+	// one used, Buckets[len(Bounds)], those above every bound.
+	Buckets [MaxHistBounds + 1]uint64
+}
+
+// ReadHistograms calls fn with every series the kernel has counted and
+// its totals, summed over the CPUs.
+func (c *Capture) ReadHistograms(fn func(HistKey, *HistValue)) error {
+	if c.fast == nil {
+		return nil
+	}
+	var (
+		k      captureHistKey
+		perCPU []captureHistVal
+		v      HistValue
+	)
+	it := c.fast.hist.Iterate()
+	for it.Next(&k, &perCPU) {
+		v = HistValue{}
+		for _, p := range perCPU {
+			if p.Count == 0 {
+				continue
+			}
+			if v.Count == 0 || p.MinNs < v.MinNS {
+				v.MinNS = p.MinNs
+			}
+			v.MaxNS = max(v.MaxNS, p.MaxNs)
+			v.Count += p.Count
+		}
+		for _, p := range perCPU {
+			// Sums wrap: a CPU's slot may hold a count another CPU moved
+			// away (fast_extend), the total is right.
+			v.SumNS += p.SumNs
+			for i := range v.Buckets {
+				v.Buckets[i] += p.Buckets[i]
+			}
+		}
+		key := HistKey{PID: k.Tgid, Route: k.Route, Status: int(k.Status), Method: "GET", Version: "1.1"}
+		if k.Method == methodHEAD {
+			key.Method = "HEAD"
+		}
+		if k.Minor == '0' {
+			key.Version = "1.0"
+		}
+		fn(key, &v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read kernel histograms: %w", err)
+	}
+	return nil
+}
+
+// ForgetProcess removes what the kernel keeps for process pid, once it
+// has exited and its histograms were read for the last time: its routes
+// would otherwise apply to a process that reuses the pid.
+func (c *Capture) ForgetProcess(pid uint32) error {
+	if c.fast == nil {
+		return nil
+	}
+	var errs []error
+	var rk captureRouteKey
+	var routes []captureRouteKey
+	var id uint32
+	it := c.fast.routes.Iterate()
+	for it.Next(&rk, &id) {
+		if rk.Tgid == pid {
+			routes = append(routes, rk)
+		}
+	}
+	errs = append(errs, it.Err())
+	for i := range routes {
+		if err := c.fast.routes.Delete(&routes[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	var hk captureHistKey
+	var hists []captureHistKey
+	var perCPU []captureHistVal
+	hit := c.fast.hist.Iterate()
+	for hit.Next(&hk, &perCPU) {
+		if hk.Tgid == pid {
+			hists = append(hists, hk)
+		}
+	}
+	errs = append(errs, hit.Err())
+	for i := range hists {
+		if err := c.fast.hist.Delete(&hists[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

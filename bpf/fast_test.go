@@ -1,0 +1,293 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podtracer/podtracer/internal/testenv"
+)
+
+// keepAliveServer is a neighbour HTTP/1.1 server with keep-alive: GET
+// /a answers "ok" in one send, /slow its head, then after 40 ms its
+// body, in two sends.
+const keepAliveServer = `
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *a): pass
+    def answer(self, body):
+        if self.path.startswith("/slow"):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(0.04)
+            self.wfile.write(b"ok")
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self): self.answer(b"ok")
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.answer(b"posted")
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+`
+
+// fastEvents reads c's events until closed, keeping the data events'
+// payloads and trace IDs.
+type fastEvents struct {
+	mu     sync.Mutex
+	events []Event
+	done   chan struct{}
+}
+
+func readEvents(c *Capture) *fastEvents {
+	f := &fastEvents{done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			if ev.Type != EventData {
+				continue
+			}
+			e := ev
+			e.Payload = append([]byte(nil), ev.Payload...)
+			f.mu.Lock()
+			f.events = append(f.events, e)
+			f.mu.Unlock()
+		}
+	}()
+	return f
+}
+
+// take returns the events read so far and forgets them, after the reader's
+// next poll.
+func (f *fastEvents) take() []Event {
+	time.Sleep(3 * PollInterval)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ev := f.events
+	f.events = nil
+	return ev
+}
+
+func startKeepAliveServer(t *testing.T) (pid, port int) {
+	t.Helper()
+	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", keepAliveServer)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	if _, err := fmt.Fscan(bufio.NewReader(out), &port); err != nil {
+		t.Fatalf("server port: %v", err)
+	}
+	return cmd.Process.Pid, port
+}
+
+// exchange writes raw on conn and reads n responses.
+func exchange(t *testing.T, conn net.Conn, r *bufio.Reader, raw string, n int) {
+	t.Helper()
+	if _, err := io.WriteString(conn, raw); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		var req *http.Request
+		if strings.HasPrefix(raw, "HEAD ") {
+			req = &http.Request{Method: "HEAD"}
+		}
+		resp, err := http.ReadResponse(r, req)
+		if err != nil {
+			t.Fatalf("response %d to %q: %v", i, raw, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+}
+
+var testBounds = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
+// TestFastPath: with the fast path on, the GETs of a registered path with
+// no traceparent and no body are counted in the kernel's histogram and
+// never reach user space; every other request, and its response, does,
+// whole. The test process plays the agent and the client (both
+// excluded); the server is a neighbour.
+func TestFastPath(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
+	}
+	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: FastHTTP{Enabled: true, Bounds: testBounds}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !c.FastPath() {
+		t.Fatal("fast path not on")
+	}
+	events := readEvents(c)
+	pid, port := startKeepAliveServer(t)
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	get := func(path, headers string) string {
+		return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + headers + "\r\n"
+	}
+	// seen says which requests and responses user space got.
+	seen := func(want ...string) {
+		t.Helper()
+		var got []string
+		for _, ev := range events.take() {
+			line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
+			got = append(got, line)
+		}
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("user space got %q, want %q", got, want)
+		}
+	}
+
+	// A path the agent has not registered: user space's.
+	exchange(t, conn, r, get("/a", ""), 1)
+	seen("GET /a HTTP/1.1", "HTTP/1.1 200 OK", "ok")
+	for _, p := range []string{"/a", "/slow"} {
+		if ok, err := c.AddRoute(uint32(pid), "GET", p, 7); !ok || err != nil {
+			t.Fatalf("add route %s: %v %v", p, ok, err)
+		}
+	}
+	if ok, _ := c.AddRoute(uint32(pid), "POST", "/a", 7); ok {
+		t.Error("a POST route was taken")
+	}
+
+	// Registered: the kernel's, query or not, and nothing reaches user space.
+	for i := 0; i < 10; i++ {
+		exchange(t, conn, r, get("/a", "User-Agent: t\r\n"), 1)
+	}
+	exchange(t, conn, r, get("/a?x=1", ""), 1)
+	exchange(t, conn, r, get("/slow", ""), 1)
+	seen()
+	// Not the kernel's: a traceparent, a body, a path not registered, two
+	// requests in one read (pipelined), a HEAD of a GET-only route. Each
+	// reaches user space whole, with its response.
+	exchange(t, conn, r, get("/a", "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"), 1)
+	seen("GET /a HTTP/1.1", "HTTP/1.1 200 OK", "ok")
+	exchange(t, conn, r, "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", 1)
+	seen("POST /a HTTP/1.1", "HTTP/1.1 200 OK", "posted")
+	exchange(t, conn, r, get("/b", ""), 1)
+	seen("GET /b HTTP/1.1", "HTTP/1.1 200 OK", "ok")
+	exchange(t, conn, r, get("/a", "")+get("/a", ""), 2)
+	seen("GET /a HTTP/1.1", "HTTP/1.1 200 OK", "ok", "HTTP/1.1 200 OK", "ok")
+	exchange(t, conn, r, "HEAD /a HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	seen("HEAD /a HTTP/1.1", "HTTP/1.1 200 OK")
+	// And the kernel's again, on the same connection.
+	exchange(t, conn, r, get("/a", ""), 1)
+	seen()
+
+	stats, err := c.Stats()
+	if err != nil || stats.FastRequests != 13 || stats.FastLost != 0 {
+		t.Errorf("stats %+v %v: want 13 fast requests, none lost", stats, err)
+	}
+	got := map[HistKey]HistValue{}
+	if err := c.ReadHistograms(func(k HistKey, v *HistValue) { got[k] = *v }); err != nil {
+		t.Fatal(err)
+	}
+	want := HistKey{PID: uint32(pid), Route: 7, Status: 200, Method: "GET", Version: "1.1"}
+	v, ok := got[want]
+	if len(got) != 1 || !ok || v.Count != 13 {
+		t.Fatalf("histograms %+v: want 13 in %+v", got, want)
+	}
+	var inBuckets uint64
+	for _, n := range v.Buckets {
+		inBuckets += n
+	}
+	// /slow lasted until its body, 40 ms after its head: in (25, 50] ms,
+	// bucket 3, not where its head put it.
+	if inBuckets != 13 || v.Buckets[3] != 1 || v.MaxNS < 40e6 || v.SumNS < 40e6 || v.SumNS > 13*50e6 || v.MinNS == 0 {
+		t.Errorf("histogram %+v", v)
+	}
+
+	if err := c.ForgetProcess(uint32(pid)); err != nil {
+		t.Fatal(err)
+	}
+	got = map[HistKey]HistValue{}
+	c.ReadHistograms(func(k HistKey, v *HistValue) { got[k] = *v })
+	if len(got) != 0 {
+		t.Errorf("histograms after ForgetProcess: %+v", got)
+	}
+	exchange(t, conn, r, get("/a", ""), 1)
+	seen("GET /a HTTP/1.1", "HTTP/1.1 200 OK", "ok")
+}
+
+// TestFastPathSampling: the kernel picks a share of the eligible requests
+// for spans by drawing their trace IDs; those reach user space with the
+// trace ID's low half, which the ratio sampler keeps.
+func TestFastPathSampling(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
+	}
+	const ratio = 0.25
+	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: FastHTTP{Enabled: true, SampleRatio: ratio, Bounds: testBounds}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	events := readEvents(c)
+	pid, port := startKeepAliveServer(t)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	const n = 400
+	for i := 0; i < n; i++ {
+		exchange(t, conn, r, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	}
+	var sampled, responses int
+	for _, ev := range events.take() {
+		switch {
+		case strings.HasPrefix(string(ev.Payload), "GET /a"):
+			sampled++
+			if ev.TraceLow == 0 || ev.TraceLow>>1 >= uint64(ratio*(1<<63)) {
+				t.Errorf("trace low %x: not one the ratio sampler keeps", ev.TraceLow)
+			}
+		case strings.HasPrefix(string(ev.Payload), "HTTP/1.1 200"):
+			responses++
+		}
+	}
+	stats, _ := c.Stats()
+	// 100 expected; 60..140 is more than 4 standard deviations (8.7) wide.
+	if sampled < 60 || sampled > 140 || responses != sampled || stats.FastRequests != uint64(n-sampled) {
+		t.Errorf("%d of %d requests sampled with %d responses, %d fast: want about %d, all the rest fast", sampled, n, responses,
+			stats.FastRequests, int(ratio*n))
+	}
+}
