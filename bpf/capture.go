@@ -86,7 +86,7 @@ type Capture struct {
 	hooks   string // the hook set attached: HooksSocket or HooksSyscall
 	events  *ebpf.Map
 	stats   *ebpf.Map
-	fast    *fastMaps // nil: no fast path
+	fast    *fastMaps   // nil: no fast path
 	objects []io.Closer // programs and maps, closed by Close
 	links   []link.Link
 	reader  *ringbuf.Reader // never blocks: its deadline is in the past
