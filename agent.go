@@ -78,6 +78,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		CaptureBytes:    cfg.CaptureBytes,
 		RingBufferBytes: cfg.RingBuffer,
 		MaxConnections:  cfg.MaxConnections,
+		FastHTTP:        exp.FastHTTP(cfg.KernelMetrics),
 	}, logger)
 	if err != nil {
 		return fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
@@ -87,6 +88,10 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	// pages back at once rather than when the scavenger gets to them. An
 	// idle agent then holds 23 MB instead of 28.
 	debug.FreeOSMemory()
+	if capture.FastPath() {
+		exp.SetKernelHTTP(capture)
+		logger.Info("kernel HTTP metrics on: unsampled HTTP/1 GET and HEAD requests of known paths are measured in the kernel")
+	}
 
 	batcher := exp.NewBatcher()
 	registry := pod.NewRegistry(procRoot, pod.Selection{OpenPorts: cfg.ports, Executable: cfg.executable}, logger)
@@ -122,10 +127,12 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 				logger.Info("shutting down: flushing spans and metrics")
 				// The kernel counters first (Close frees them), the
 				// exporter's after its flush: the line is the final word.
+				// The capture closes after the exporter: its final export
+				// reads the kernel's histograms.
 				ks, _ := capture.Stats()
-				capture.Close()
 				batcher.Flush()
 				shutdownExporter(logger, exp)
+				capture.Close()
 				logCounters(logger, "final stats", ks, tr, exp)
 				stopProfile()
 				return nil
@@ -225,7 +232,7 @@ func logStats(logger *slog.Logger, capture *bpf.Capture, tr *tracer.Tracer, exp 
 func logCounters(logger *slog.Logger, msg string, ks bpf.Stats, tr *tracer.Tracer, exp *exporter.Exporter) {
 	ts, es := tr.Stats(), exp.Stats()
 	logger.Info(msg, "kernel_events", ks.Events, "kernel_lost", ks.Lost, "calls_untracked", ks.CallsUntracked,
-		"requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
+		"kernel_requests", ks.FastRequests, "kernel_requests_lost", ks.FastLost, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
 		"spans_exported", es.ExportedSpans, "requests_dropped", es.DroppedRequests, "spans_dropped", es.DroppedSpans,
 		"spans_failed", es.FailedSpans)
 }

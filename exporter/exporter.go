@@ -167,6 +167,9 @@ type Exporter struct {
 	metrics *metricSink        // nil when metrics go nowhere
 	// histOpts are the settings of every process's histograms.
 	histOpts *histogramOptions
+	// kernel is the kernel's share of the HTTP metrics, once set
+	// (SetKernelHTTP); the worker owns what it points to.
+	kernel atomic.Pointer[kernelHTTP]
 
 	// Copies of the test seams, taken at construction so that a test
 	// restoring them cannot race with a running exporter.
@@ -446,6 +449,11 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 		return fmt.Errorf("exporter shutdown: %w", ctx.Err())
 	}
 
+	// The worker is gone: the process table is this goroutine's. What the
+	// kernel counted since the last drain goes into the final export.
+	if k := e.kernel.Load(); k != nil {
+		k.drain(e)
+	}
 	var errs []error
 	// Release every process in parallel: with a hanging collector each final
 	// metric flush runs to the deadline, and they should share it.
@@ -505,10 +513,16 @@ func (e *Exporter) run() {
 	defer close(e.done)
 	sweep := time.NewTicker(e.sweepInterval)
 	defer sweep.Stop()
+	drain := time.NewTicker(kernelDrainInterval)
+	defer drain.Stop()
 	for {
 		select {
 		case batch := <-e.queue:
 			e.handleBatch(batch)
+		case <-drain.C:
+			if k := e.kernel.Load(); k != nil {
+				k.drain(e)
+			}
 		case <-sweep.C:
 			e.gen++
 			e.releaseIdle()
@@ -547,6 +561,9 @@ func (e *Exporter) offerSpans() {
 func (e *Exporter) record(r *tracer.Request) {
 	validRequest(r)
 	e.process(r.Process).record(r, e.cfg.CaptureQuery)
+	if k := e.kernel.Load(); k != nil && r.Protocol == tracer.ProtoHTTP {
+		k.register(r) // after record, which settled its route
+	}
 }
 
 // handle is handleBatch for one request, outside the queue (tests and

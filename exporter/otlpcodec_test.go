@@ -134,9 +134,9 @@ func randomRecords(rnd *rand.Rand, resources []*spanResource, n int) []*spanReco
 	var recs []*spanRecord
 	for range n {
 		rec := &spanRecord{res: resources[rnd.IntN(len(resources))], name: randomString(rnd)}
-		rec.traceID, rec.spanID = spanIDs(trace.SpanContext{})
+		rec.traceID, rec.spanID = spanIDs(trace.SpanContext{}, 0)
 		if rnd.IntN(2) == 0 {
-			_, rec.parentID = spanIDs(trace.SpanContext{})
+			_, rec.parentID = spanIDs(trace.SpanContext{}, 0)
 			if rnd.IntN(3) == 0 {
 				rec.traceState = "vendor=value,other=1"
 			}

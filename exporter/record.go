@@ -171,7 +171,7 @@ func (s *process) begin(r *tracer.Request, kind trace.SpanKind, name string) (co
 	if s.spans == nil {
 		return ctx, nil
 	}
-	tid, sid := spanIDs(r.Parent)
+	tid, sid := spanIDs(r.Parent, r.TraceIDLow)
 	sampled := s.sampler.sample(r.Parent, tid)
 	flags := r.Parent.TraceFlags().WithSampled(sampled)
 	if s.mp != nil {

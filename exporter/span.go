@@ -163,11 +163,17 @@ func newSpanResource(res *resource.Resource) *spanResource {
 }
 
 // spanIDs are a new span's identity: a child of parent when it is valid,
-// else the root of a new trace.
-func spanIDs(parent trace.SpanContext) (tid trace.TraceID, sid trace.SpanID) {
-	if parent.IsValid() {
+// else the root of a new trace, whose ID ends in low unless that is 0.
+func spanIDs(parent trace.SpanContext, low uint64) (tid trace.TraceID, sid trace.SpanID) {
+	switch {
+	case parent.IsValid():
 		tid = parent.TraceID()
-	} else {
+	case low != 0:
+		// The kernel drew the low half, and picked the request for a
+		// span by it (bpf.FastHTTP): the sampler judges the same bits.
+		binary.NativeEndian.PutUint64(tid[:8], rand.Uint64())
+		binary.BigEndian.PutUint64(tid[8:], low)
+	default:
 		for !tid.IsValid() {
 			binary.NativeEndian.PutUint64(tid[:8], rand.Uint64())
 			binary.NativeEndian.PutUint64(tid[8:], rand.Uint64())

@@ -15,6 +15,8 @@ type segment struct {
 	tail  []byte // last bytes transferred, when total > len(data)
 	enter uint64 // kernel timestamps, CLOCK_BOOTTIME ns
 	exit  uint64
+	// traceLow is the trace ID's low half the kernel drew (bpf.Event.TraceLow).
+	traceLow uint64
 }
 
 // message is one HTTP/1.x request or response head, and what is known of its
@@ -37,6 +39,7 @@ type message struct {
 	truncated   bool // the head was longer than what was captured
 	start, end  uint64
 	startEnter  uint64 // entry time of the first segment
+	traceLow    uint64 // the kernel's draw for a request's trace ID
 	completed   bool
 	noBody      bool     // set by the pairing for responses that cannot have one
 	upgrade     bool     // 101 Switching Protocols
@@ -156,7 +159,7 @@ func (s *http1Stream) newMessage(seg *segment) *message {
 	} else {
 		m = new(message)
 	}
-	m.start, m.startEnter, m.contentLen = seg.exit, seg.enter, -1
+	m.start, m.startEnter, m.contentLen, m.traceLow = seg.exit, seg.enter, -1, seg.traceLow
 	return m
 }
 

@@ -124,6 +124,7 @@ func (c *http1Conn) onComplete(m *message) {
 		RequestSize:     req.bodySize,
 		ResponseSize:    m.bodySize,
 		Parent:          req.parent,
+		TraceIDLow:      req.traceLow,
 		Truncated:       req.truncated,
 		GRPCStatus:      -1,
 		Partition:       -1,

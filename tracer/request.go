@@ -67,6 +67,10 @@ type Request struct {
 	// Parent is the remote span context from an incoming (server) or
 	// outgoing (client) traceparent header; invalid when absent.
 	Parent trace.SpanContext
+	// TraceIDLow, when not 0, is the low half of the trace ID the kernel
+	// drew for a request without a parent, and picked it for a span by
+	// (bpf.Event.TraceLow): the span's trace ID must end in it.
+	TraceIDLow uint64
 
 	// Truncated is true when the headers were longer than the captured
 	// prefix, so some header fields may be missing.

@@ -1,0 +1,243 @@
+package exporter
+
+import (
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
+
+	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/pod"
+	"github.com/podtracer/podtracer/tracer"
+)
+
+// The kernel's share of the HTTP server metrics (bpf/fast.go): when most
+// requests need no span, the kernel measures the commonest HTTP/1
+// requests itself, and the worker adds its histograms' growth to the
+// processes' own, as if the requests had come one by one. The kernel only
+// takes paths the agent registered: a path is registered when user space
+// has seen it answered with success or a redirect, so its route is known
+// real, and each route gets an id the kernel counts under.
+
+// KernelHTTP is the kernel's side of it: bpf.Capture.
+type KernelHTTP interface {
+	AddRoute(pid uint32, method, path string, id uint32) (bool, error)
+	ReadHistograms(fn func(bpf.HistKey, *bpf.HistValue)) error
+	ForgetProcess(pid uint32) error
+}
+
+// Bounds of the registration, so that paths full of ids (/users/42) do
+// not fill the kernel's maps or the agent's memory: beyond them a path
+// stays user space's.
+const (
+	maxKernelPaths  = 1024 // per process
+	maxKernelRoutes = 256  // ids per process
+)
+
+// kernelDrainInterval is how often the worker adds the kernel's counts:
+// the delay they may add to a metric export.
+var kernelDrainInterval = time.Second
+
+// FastHTTP is the fast path's configuration for the kernel, given the
+// exporter's sampler: on when spans are sampled (a ratio below 1, or
+// none), metrics go somewhere, and enabled says so.
+func (e *Exporter) FastHTTP(enabled bool) bpf.FastHTTP {
+	if !enabled || e.metrics == nil {
+		return bpf.FastHTTP{}
+	}
+	var ratio float64
+	switch {
+	case len(e.sinks) == 0, e.sampler.never:
+		ratio = 0
+	case e.sampler.always:
+		return bpf.FastHTTP{} // every request is a span: nothing to save
+	default:
+		ratio = float64(e.sampler.bound) / (1 << 63)
+	}
+	return bpf.FastHTTP{Enabled: true, SampleRatio: ratio, Bounds: serverDurationBounds()}
+}
+
+// serverDurationBounds are http.server.request.duration's buckets, as
+// the semconv constructor gives the agent's histogram.
+func serverDurationBounds() []float64 {
+	hs := newHistograms(&histogramOptions{})
+	srv, _ := httpconv.NewServerRequestDuration(hs)
+	return srv.Inst().(*histogram).bounds
+}
+
+// SetKernelHTTP hands the exporter the kernel's histograms, once, before
+// requests flow.
+func (e *Exporter) SetKernelHTTP(k KernelHTTP) {
+	e.kernel.Store(&kernelHTTP{k: k, procs: make(map[uint32]*kernelProc), last: make(map[bpf.HistKey]bpf.HistValue), logger: e.logger})
+}
+
+// kernelHTTP is the worker's bookkeeping of the fast path.
+type kernelHTTP struct {
+	k      KernelHTTP
+	procs  map[uint32]*kernelProc // by pid in the pod
+	last   map[bpf.HistKey]bpf.HistValue
+	logger *slog.Logger
+	failed bool // a kernel map call failed: logged once
+}
+
+// kernelProc is what the kernel counts of one process.
+type kernelProc struct {
+	proc   *pod.Process
+	ids    map[string]uint32 // route -> id
+	routes []string          // id -> route
+	paths  map[kernelPath]struct{}
+}
+
+type kernelPath struct{ method, path string }
+
+// register offers r's path to the kernel, when the kernel could take its
+// requests: a server's HTTP/1 GET or HEAD, answered with success or a
+// redirect (so its route is real, see routeOf).
+func (k *kernelHTTP) register(r *tracer.Request) {
+	if r.Role != tracer.RoleServer || r.Process == nil || r.StatusCode < 200 || r.StatusCode >= 400 ||
+		(r.Method != "GET" && r.Method != "HEAD") || (r.ProtocolVersion != "1.1" && r.ProtocolVersion != "1.0") ||
+		len(r.Path) > bpf.MaxRoutePath || r.Path == "" {
+		return
+	}
+	pid := uint32(r.Process.PID)
+	kp := k.procs[pid]
+	if kp == nil || kp.proc != r.Process {
+		if kp != nil {
+			k.forget(pid) // another process now has the pid
+		}
+		kp = &kernelProc{proc: r.Process, ids: make(map[string]uint32), paths: make(map[kernelPath]struct{})}
+		k.procs[pid] = kp
+	}
+	pk := kernelPath{r.Method, r.Path}
+	if _, ok := kp.paths[pk]; ok || len(kp.paths) >= maxKernelPaths {
+		return
+	}
+	id, ok := kp.ids[r.Route]
+	if !ok {
+		if len(kp.routes) >= maxKernelRoutes {
+			return
+		}
+		id = uint32(len(kp.routes))
+		kp.ids[r.Route] = id
+		kp.routes = append(kp.routes, r.Route)
+	}
+	kp.paths[pk] = struct{}{}
+	if _, err := k.k.AddRoute(pid, r.Method, r.Path, id); err != nil {
+		k.fail(err)
+	}
+}
+
+// drain adds what the kernel counted since the last drain to the
+// processes' server histograms, and forgets the processes that exited.
+func (k *kernelHTTP) drain(e *Exporter) {
+	err := k.k.ReadHistograms(func(key bpf.HistKey, v *bpf.HistValue) {
+		last := k.last[key]
+		if last == *v {
+			return
+		}
+		k.last[key] = *v
+		kp := k.procs[key.PID]
+		if kp == nil || int(key.Route) >= len(kp.routes) {
+			return // registered by an agent before this one
+		}
+		s := e.process(kp.proc)
+		if s.mp == nil {
+			return
+		}
+		r := tracer.Request{Role: tracer.RoleServer, Method: key.Method, StatusCode: key.Status,
+			Route: kp.routes[key.Route], ProtocolVersion: key.Version}
+		ser := s.series(&r, "", 0)
+		s.server.addKernel(ser.point, ser.attrs, &last, v)
+	})
+	if err != nil {
+		k.fail(err)
+	}
+	for pid, kp := range k.procs {
+		if !sameProcess(kp.proc) {
+			k.forget(pid)
+		}
+	}
+}
+
+// forget drops a process's registrations, here and in the kernel, with
+// what the kernel counted of it.
+func (k *kernelHTTP) forget(pid uint32) {
+	delete(k.procs, pid)
+	for key := range k.last {
+		if key.PID == pid {
+			delete(k.last, key)
+		}
+	}
+	if err := k.k.ForgetProcess(pid); err != nil {
+		k.fail(err)
+	}
+}
+
+func (k *kernelHTTP) fail(err error) {
+	if !k.failed {
+		k.failed = true
+		k.logger.Warn("kernel HTTP metrics", "error", err)
+	}
+}
+
+// procRoot is where sameProcess looks; a test seam.
+var procRoot = "/proc"
+
+// sameProcess tells whether p still runs under its pid: a process that
+// exited, or whose pid another executable took, no longer does.
+func sameProcess(p *pod.Process) bool {
+	exe, err := os.Readlink(procRoot + "/" + strconv.Itoa(p.PID) + "/exe")
+	if err != nil {
+		return false
+	}
+	return p.Exe == "" || exe == p.Exe
+}
+
+// addKernel adds the growth of a kernel series, from last to now, to the
+// point of attrs, which *cached keeps. A response written in several
+// sends moves its count between buckets as it goes on (fast_extend in
+// capture.c), so a bucket may shrink; with delta temporality the count it
+// loses may be in a period already exported, and then the move is not
+// made. Min and max are the series' over the kernel's whole count.
+func (h *histogram) addKernel(cached **histPoint, attrs attribute.Set, last, now *bpf.HistValue) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	p := *cached
+	if p == nil || p.gen != h.gen {
+		p = h.point(attrs)
+		*cached = p
+	}
+	n := min(len(p.counts), len(now.Buckets))
+	var d [len(bpf.HistValue{}.Buckets)]int64
+	var excess int64
+	for i := 0; i < n; i++ {
+		d[i] = int64(now.Buckets[i] - last.Buckets[i])
+		if d[i] < 0 && uint64(-d[i]) > p.counts[i] {
+			excess += -d[i] - int64(p.counts[i])
+			d[i] = -int64(p.counts[i])
+		}
+	}
+	for i := n - 1; i >= 0 && excess > 0; i-- {
+		t := min(max(d[i], 0), excess)
+		d[i] -= t
+		excess -= t
+	}
+	for i := 0; i < n; i++ {
+		p.counts[i] = uint64(int64(p.counts[i]) + d[i])
+	}
+	count := now.Count - last.Count
+	if count > 0 || now.MaxNS != last.MaxNS {
+		lo, hi := float64(now.MinNS)/1e9, float64(now.MaxNS)/1e9
+		if p.count == 0 || lo < p.min {
+			p.min = lo
+		}
+		if p.count == 0 || hi > p.max {
+			p.max = hi
+		}
+	}
+	p.count += count
+	p.sum += float64(int64(now.SumNS-last.SumNS)) / 1e9
+}

@@ -1,0 +1,115 @@
+package e2e
+
+import (
+	"encoding/binary"
+	"fmt"
+	"regexp"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/internal/otlptest"
+	"github.com/podtracer/podtracer/internal/testenv"
+)
+
+// TestKernelMetrics: with one span in four sampled, the kernel measures
+// the HTTP/1 GETs of paths already seen itself. The metrics still count
+// every request, once; the spans are a quarter of the requests without a
+// parent, each with a trace ID the ratio sampler keeps, and every request
+// with a sampled parent.
+func TestKernelMetrics(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
+	waitListening(t, port)
+	const ratio = 0.25
+	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG="+fmt.Sprint(ratio)))
+	if !regexp.MustCompile(`kernel HTTP metrics on`).MatchString(agent.output()) {
+		t.Fatalf("fast path not on:\n%s", agent.output())
+	}
+
+	// curl fetches its URLs over one keep-alive connection.
+	fetch := func(n int, path string, headers ...string) {
+		args := []string{"-sS", "--fail-with-body"}
+		for _, h := range headers {
+			args = append(args, "-H", h)
+		}
+		for range n {
+			args = append(args, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		}
+		run(t, pod.command(curl, args...))
+	}
+	const plain, parented = 400, 20
+	fetch(plain, "/users/7")
+	fetch(parented, "/users/7", "traceparent: "+traceparent)
+	fetch(plain, "/users/7")
+	fetch(5, "/users/8") // another path of the same route
+	total := uint64(2*plain + parented + 5)
+
+	points := rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
+		h := histogram(p, "http.server.request.duration", "httpapp", "/users/{id}", total)
+		return h != nil
+	})
+	h := histogram(points, "http.server.request.duration", "httpapp", "/users/{id}", total)
+	if h == nil {
+		var counts []uint64
+		for _, p := range points {
+			if p.Name == "http.server.request.duration" {
+				counts = append(counts, p.Count)
+			}
+		}
+		t.Fatalf("no histogram of %d requests (counts %v); agent log:\n%s", total, counts, agent.output())
+	}
+	var inBuckets uint64
+	for _, n := range h.BucketCounts {
+		inBuckets += n
+	}
+	if h.Count != total || inBuckets != total || h.Sum <= 0 || h.Attributes["http.response.status_code"] != int64(200) ||
+		h.Attributes["network.protocol.version"] != "1.1" || h.Attributes["http.request.method"] != "GET" {
+		t.Errorf("histogram %+v: want %d requests, in buckets too", h, total)
+	}
+
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 15*time.Second)
+	m := regexp.MustCompile(`kernel_requests=(\d+) kernel_requests_lost=(\d+)`).FindStringSubmatch(agent.output())
+	if m == nil {
+		t.Fatalf("no kernel counters in the log:\n%s", agent.output())
+	}
+	inKernel, _ := strconv.Atoi(m[1])
+	if inKernel < plain || m[2] != "0" {
+		t.Errorf("%s requests measured in the kernel, %s lost: want most of the %d without a parent, none lost", m[1], m[2], 2*plain)
+	}
+
+	bound := uint64(ratio * (1 << 63))
+	var roots, children int
+	for _, s := range rcv.Spans() {
+		if s.Kind != trace.SpanKindServer {
+			continue
+		}
+		if s.TraceID.String() == traceID {
+			children++
+			continue
+		}
+		roots++
+		if low := binary.BigEndian.Uint64(s.TraceID[8:]); low>>1 >= bound {
+			t.Errorf("span %s: a trace ID the ratio sampler drops", s.TraceID)
+		}
+	}
+	// 201 expected of 805 at 1/4; 150..260 is over 4 standard deviations.
+	if children != parented || roots < 150 || roots > 260 {
+		t.Errorf("%d root spans of %d requests without a parent (want about %d), %d of %d with a sampled parent",
+			roots, total-parented, int(ratio*float64(total-parented)), children, parented)
+	}
+	t.Logf("%d requests: %d measured in the kernel, %d root spans, %d children", total, inKernel, roots, children)
+	// A request is the kernel's or user space's, never both.
+	if inKernel+roots > int(total)-parented {
+		t.Errorf("%d requests in the kernel and %d root spans: more than the %d requests without a parent", inKernel, roots, int(total)-parented)
+	}
+}
