@@ -767,13 +767,15 @@ volatile const __u64 hist_bounds_ns[HIST_BUCKETS - 1] = {};
 #define ROUTE_PATH 56
 
 // route_key names a path of a process; the agent writes the paths it has
-// seen answered, with the id of their route.
+// seen answered, with the id of their route. The path is hashed
+// (path_hash; bpf/fast.go does the same), so that the key is small: a
+// lookup hashes and compares the whole key.
 struct route_key {
 	__u32 tgid; // in the pod's PID namespace
 	__u8 method;
-	__u8 len;
+	__u8 words; // 8-byte words the path's hash covers
 	__u16 pad;
-	char path[ROUTE_PATH]; // zero after len
+	__u64 hash;
 };
 
 struct {
@@ -812,6 +814,38 @@ struct head_scan {
 	__u8 end;       // the blank line ends the payload
 };
 
+#define ROUTE_WORDS (ROUTE_PATH / 8)
+
+// path_hash hashes the path that starts at e->payload[start] and ends
+// before the first ' ' or '?', as words of 8 bytes, the last one with its
+// bytes from the end on zeroed (a path that fills its last word gets a
+// zero word after it). It returns false for a path longer than
+// ROUTE_PATH - 1 bytes. Per word, a byte equal to ' ' or '?' is found
+// without a loop: the lowest byte of w ^ c that is zero.
+static __always_inline bool path_hash(struct event *e, __u32 start, struct route_key *rk)
+{
+	const __u64 ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+	__u64 h = 0xcbf29ce484222325ULL;
+#pragma unroll
+	for (int i = 0; i < ROUTE_WORDS; i++) {
+		__u64 w = *(__u64 *)&e->payload[bounded(start + 8 * i, MAX_CAPTURE - 1)];
+		__u64 sp = w ^ 0x2020202020202020ULL, q = w ^ 0x3f3f3f3f3f3f3f3fULL;
+		__u64 m = ((sp - ones) & ~sp & highs) | ((q - ones) & ~q & highs);
+		if (m) {
+			// Bytes below the first match stay: the lowest set bit of m
+			// is bit 7 of that byte.
+			__u64 low = m & (~m + 1);
+			w &= (low >> 7) - 1;
+			h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+			rk->hash = h ^ (h >> 29);
+			rk->words = i + 1;
+			return true;
+		}
+		h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+	}
+	return false;
+}
+
 static __always_inline void head_line(struct event *e, struct head_scan *s, __u32 nl)
 {
 	if (!s->first_nl) {
@@ -841,6 +875,7 @@ static __always_inline void head_line(struct event *e, struct head_scan *s, __u3
 		s->bad = 1;
 }
 
+// head_word is bpf_loop's step over the head: word i of the payload.
 static long head_word(__u32 i, struct head_scan *s)
 {
 	__u32 zero = 0;
@@ -895,25 +930,13 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st)
 	if (minor != '0' && minor != '1')
 		return false;
 
-	// The path: from the '/' to the query or the space before the version.
-	struct route_key rk = {.tgid = st->tgid, .method = method};
-	if (start == 4)
-		__builtin_memcpy(rk.path, &e->payload[4], ROUTE_PATH);
-	else
-		__builtin_memcpy(rk.path, &e->payload[5], ROUTE_PATH);
-	if (rk.path[0] != '/')
+	// The path: from the '/' to the query or the space before the version,
+	// hashed a word at a time.
+	if (e->payload[start] != '/')
 		return false;
-	__u32 plen = ROUTE_PATH + 1;
-#pragma unroll
-	for (int i = 1; i < ROUTE_PATH; i++) {
-		if (plen > ROUTE_PATH && (rk.path[i] == ' ' || rk.path[i] == '?'))
-			plen = i;
-		if (plen <= ROUTE_PATH && i >= plen)
-			rk.path[i] = 0;
-	}
-	if (plen > ROUTE_PATH)
-		return false; // longer than the key holds: user space's
-	rk.len = plen;
+	struct route_key rk = {.tgid = st->tgid, .method = method};
+	if (!path_hash(e, start, &rk))
+		return false; // longer than the kernel follows: user space's
 	__u32 *route = bpf_map_lookup_elem(&http_routes, &rk);
 	if (!route)
 		return false; // a path the agent has not seen answered yet

@@ -101,9 +101,9 @@ type captureRouteKey struct {
 	_      structs.HostLayout
 	Tgid   uint32
 	Method uint8
-	Len    uint8
+	Words  uint8
 	Pad    uint16
-	Path   [56]int8
+	Hash   uint64
 }
 
 type captureSockState struct {

@@ -16,8 +16,8 @@ import (
 // draw of its trace ID does not pick it for a span. The agent reads the
 // kernel's histograms (ReadHistograms) when it exports metrics.
 
-// MaxRoutePath is the longest path the kernel matches (ROUTE_PATH).
-const MaxRoutePath = 56
+// MaxRoutePath is the longest path the kernel matches (ROUTE_PATH - 1).
+const MaxRoutePath = 55
 
 // MaxHistBounds is how many bucket bounds the kernel's histograms have.
 const MaxHistBounds = 15
@@ -86,7 +86,8 @@ func (c *Capture) AddRoute(pid uint32, method, path string, id uint32) (bool, er
 	if c.fast == nil || len(path) == 0 || len(path) > MaxRoutePath || path[0] != '/' {
 		return false, nil
 	}
-	k := captureRouteKey{Tgid: pid, Len: uint8(len(path))}
+	k := captureRouteKey{Tgid: pid}
+	k.Words, k.Hash = pathHash(path)
 	switch method {
 	case "GET":
 		k.Method = methodGET
@@ -95,13 +96,23 @@ func (c *Capture) AddRoute(pid uint32, method, path string, id uint32) (bool, er
 	default:
 		return false, nil
 	}
-	for i := 0; i < len(path); i++ {
-		k.Path[i] = int8(path[i])
-	}
 	if err := c.fast.routes.Update(&k, id, ebpf.UpdateAny); err != nil {
 		return false, fmt.Errorf("register route: %w", err)
 	}
 	return true, nil
+}
+
+// pathHash is path_hash of capture.c: the path's bytes as little-endian
+// words of 8, the last one padded with zeros (a path that fills its last
+// word gets a zero word after it), folded by multiply and xor.
+func pathHash(path string) (words uint8, hash uint64) {
+	buf := make([]byte, (len(path)/8+1)*8)
+	copy(buf, path)
+	h := uint64(0xcbf29ce484222325)
+	for i := 0; i < len(buf); i += 8 {
+		h = (h ^ le.Uint64(buf[i:])) * 0x9e3779b97f4a7c15
+	}
+	return uint8(len(buf) / 8), h ^ h>>29
 }
 
 // HistKey is one series of the kernel's histograms.
