@@ -164,11 +164,11 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	}()
 	switch cfg.Hooks {
 	case HooksSocket:
-		err = c.attachSocket(spec, logger)
+		err = c.attachSocketFast(spec, cfg.FastHTTP, logger)
 	case HooksSyscall:
 		err = c.attachSyscall(spec, logger)
 	case HooksAuto, "":
-		if err = c.attachSocket(spec, logger); err != nil {
+		if err = c.attachSocketFast(spec, cfg.FastHTTP, logger); err != nil {
 			logger.Info("socket tracepoints unavailable (they need Linux 6.3+ with BTF): using syscall tracepoints, which run on every syscall of the node",
 				"reason", err)
 			err = c.attachSyscall(spec, logger)
@@ -245,6 +245,22 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		}
 	}
 	return nil
+}
+
+// attachSocketFast is attachSocket with the fast path as fast asks, and
+// without it when the kernel refuses that: the fast path only saves the
+// agent work, and a kernel that cannot verify it still gets the socket
+// hooks rather than the syscall ones.
+func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast FastHTTP, logger *slog.Logger) error {
+	err := c.attachSocket(spec, logger)
+	if err == nil || !fast.Enabled {
+		return err
+	}
+	logger.Info("kernel HTTP metrics unavailable: every request goes through the agent", "reason", err)
+	if err := spec.Variables["fast_http"].Set(uint8(0)); err != nil {
+		return err
+	}
+	return c.attachSocket(spec, logger)
 }
 
 // attachSyscall loads and attaches the raw syscall tracepoints. Raw
