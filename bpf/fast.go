@@ -46,7 +46,7 @@ func (f FastHTTP) set(spec *ebpf.CollectionSpec) error {
 	for i := range bounds {
 		bounds[i] = math.MaxUint64
 		if i < len(f.Bounds) {
-			bounds[i] = uint64(f.Bounds[i] * 1e9)
+			bounds[i] = BoundNS(f.Bounds[i])
 		}
 	}
 	var bound uint64
@@ -63,6 +63,10 @@ func (f FastHTTP) set(spec *ebpf.CollectionSpec) error {
 	}
 	return nil
 }
+
+// BoundNS is a bucket bound in seconds as the kernel compares durations
+// with it: nanoseconds, rounded (0.075 s is 75 000 000 ns, not one less).
+func BoundNS(seconds float64) uint64 { return uint64(math.Round(seconds * 1e9)) }
 
 // fastMaps are the fast path's maps, when it is on.
 type fastMaps struct {

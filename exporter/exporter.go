@@ -452,7 +452,7 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 	// The worker is gone: the process table is this goroutine's. What the
 	// kernel counted since the last drain goes into the final export.
 	if k := e.kernel.Load(); k != nil {
-		k.drain(e)
+		k.drain()
 	}
 	var errs []error
 	// Release every process in parallel: with a hanging collector each final
@@ -521,7 +521,7 @@ func (e *Exporter) run() {
 			e.handleBatch(batch)
 		case <-drain.C:
 			if k := e.kernel.Load(); k != nil {
-				k.drain(e)
+				k.drain()
 			}
 		case <-sweep.C:
 			e.gen++

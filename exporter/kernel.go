@@ -71,11 +71,12 @@ func serverDurationBounds() []float64 {
 // SetKernelHTTP hands the exporter the kernel's histograms, once, before
 // requests flow.
 func (e *Exporter) SetKernelHTTP(k KernelHTTP) {
-	e.kernel.Store(&kernelHTTP{k: k, procs: make(map[uint32]*kernelProc), last: make(map[bpf.HistKey]bpf.HistValue), logger: e.logger})
+	e.kernel.Store(&kernelHTTP{e: e, k: k, procs: make(map[uint32]*kernelProc), last: make(map[bpf.HistKey]bpf.HistValue), logger: e.logger})
 }
 
 // kernelHTTP is the worker's bookkeeping of the fast path.
 type kernelHTTP struct {
+	e      *Exporter
 	k      KernelHTTP
 	procs  map[uint32]*kernelProc // by pid in the pod
 	last   map[bpf.HistKey]bpf.HistValue
@@ -104,10 +105,14 @@ func (k *kernelHTTP) register(r *tracer.Request) {
 	}
 	pid := uint32(r.Process.PID)
 	kp := k.procs[pid]
-	if kp == nil || kp.proc != r.Process {
-		if kp != nil {
-			k.forget(pid) // another process now has the pid
-		}
+	if kp != nil && !sameKey(kp.proc, r.Process) {
+		// Another process has the pid now: what the kernel counted is the
+		// one before's.
+		k.read()
+		k.remove(pid)
+		kp = nil
+	}
+	if kp == nil {
 		kp = &kernelProc{proc: r.Process, ids: make(map[string]uint32), paths: make(map[kernelPath]struct{})}
 		k.procs[pid] = kp
 	}
@@ -132,7 +137,17 @@ func (k *kernelHTTP) register(r *tracer.Request) {
 
 // drain adds what the kernel counted since the last drain to the
 // processes' server histograms, and forgets the processes that exited.
-func (k *kernelHTTP) drain(e *Exporter) {
+func (k *kernelHTTP) drain() {
+	k.read()
+	for pid, kp := range k.procs {
+		if !sameProcess(kp.proc) {
+			k.remove(pid)
+		}
+	}
+}
+
+// read adds what the kernel counted since the last read.
+func (k *kernelHTTP) read() {
 	err := k.k.ReadHistograms(func(key bpf.HistKey, v *bpf.HistValue) {
 		last := k.last[key]
 		if last == *v {
@@ -143,7 +158,7 @@ func (k *kernelHTTP) drain(e *Exporter) {
 		if kp == nil || int(key.Route) >= len(kp.routes) {
 			return // registered by an agent before this one
 		}
-		s := e.process(kp.proc)
+		s := k.e.process(kp.proc)
 		if s.mp == nil {
 			return
 		}
@@ -155,16 +170,11 @@ func (k *kernelHTTP) drain(e *Exporter) {
 	if err != nil {
 		k.fail(err)
 	}
-	for pid, kp := range k.procs {
-		if !sameProcess(kp.proc) {
-			k.forget(pid)
-		}
-	}
 }
 
-// forget drops a process's registrations, here and in the kernel, with
-// what the kernel counted of it.
-func (k *kernelHTTP) forget(pid uint32) {
+// remove drops a process's registrations, here and in the kernel, with
+// what the kernel counted of it (read first).
+func (k *kernelHTTP) remove(pid uint32) {
 	delete(k.procs, pid)
 	for key := range k.last {
 		if key.PID == pid {
@@ -174,6 +184,12 @@ func (k *kernelHTTP) forget(pid uint32) {
 	if err := k.k.ForgetProcess(pid); err != nil {
 		k.fail(err)
 	}
+}
+
+// sameKey tells whether a and b are the same process to the exporter
+// (procKey): the registry may describe one process with a new Process.
+func sameKey(a, b *pod.Process) bool {
+	return a.PID == b.PID && a.Exe == b.Exe && a.Name == b.Name
 }
 
 func (k *kernelHTTP) fail(err error) {
@@ -187,13 +203,16 @@ func (k *kernelHTTP) fail(err error) {
 var procRoot = "/proc"
 
 // sameProcess tells whether p still runs under its pid: a process that
-// exited, or whose pid another executable took, no longer does.
+// exited, or whose pid another executable took, no longer does. Where the
+// agent may not read a neighbour's executable (no CAP_SYS_PTRACE), the
+// pid's existence is all it knows.
 func sameProcess(p *pod.Process) bool {
-	exe, err := os.Readlink(procRoot + "/" + strconv.Itoa(p.PID) + "/exe")
-	if err != nil {
+	dir := procRoot + "/" + strconv.Itoa(p.PID)
+	if _, err := os.Stat(dir); err != nil {
 		return false
 	}
-	return p.Exe == "" || exe == p.Exe
+	exe, err := os.Readlink(dir + "/exe")
+	return err != nil || p.Exe == "" || exe == p.Exe
 }
 
 // addKernel adds the growth of a kernel series, from last to now, to the

@@ -3,8 +3,11 @@ package e2e
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +32,18 @@ func TestKernelMetrics(t *testing.T) {
 	port := freePort(t)
 	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
 	waitListening(t, port)
+	// nginx with sendfile: each response is a write of its head, then a
+	// sendfile of the body, which the kernel must time to its end.
+	nginx := testenv.LookPath(t, "nginx")
+	nginxPort := freePort(t)
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "big.html"), []byte(strings.Repeat("<p>hello</p>\n", 20000)), 0o644)
+	conf := nginxConf(t, www, nginxPort)
+	b, _ := os.ReadFile(conf)
+	os.WriteFile(conf, []byte(strings.Replace(string(b), "access_log off;", "access_log off;\n\tsendfile on;", 1)), 0o644)
+	start(t, pod.command(nginx, "-c", conf))
+	waitListening(t, nginxPort)
+
 	const ratio = 0.25
 	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG="+fmt.Sprint(ratio)))
 	if !regexp.MustCompile(`kernel HTTP metrics on`).MatchString(agent.output()) {
@@ -36,7 +51,7 @@ func TestKernelMetrics(t *testing.T) {
 	}
 
 	// curl fetches its URLs over one keep-alive connection.
-	fetch := func(n int, path string, headers ...string) {
+	fetch := func(port, n int, path string, headers ...string) {
 		args := []string{"-sS", "--fail-with-body"}
 		for _, h := range headers {
 			args = append(args, "-H", h)
@@ -47,11 +62,13 @@ func TestKernelMetrics(t *testing.T) {
 		run(t, pod.command(curl, args...))
 	}
 	const plain, parented = 400, 20
-	fetch(plain, "/users/7")
-	fetch(parented, "/users/7", "traceparent: "+traceparent)
-	fetch(plain, "/users/7")
-	fetch(5, "/users/8") // another path of the same route
+	fetch(port, plain, "/users/7")
+	fetch(port, parented, "/users/7", "traceparent: "+traceparent)
+	fetch(port, plain, "/users/7")
+	fetch(port, 5, "/users/8") // another path of the same route
 	total := uint64(2*plain + parented + 5)
+	const big = 200
+	fetch(nginxPort, big, "/big.html")
 
 	points := rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
 		h := histogram(p, "http.server.request.duration", "httpapp", "/users/{id}", total)
@@ -76,6 +93,13 @@ func TestKernelMetrics(t *testing.T) {
 		t.Errorf("histogram %+v: want %d requests, in buckets too", h, total)
 	}
 
+	points = rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
+		return histogram(p, "http.server.request.duration", "nginx", "/big.html", big) != nil
+	})
+	if h := histogram(points, "http.server.request.duration", "nginx", "/big.html", big); h == nil || h.Count != big || h.Sum <= 0 {
+		t.Errorf("nginx histogram %+v: want %d requests", h, big)
+	}
+
 	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
 	agent.waitOutput(t, "final stats", 1, 15*time.Second)
 	m := regexp.MustCompile(`kernel_requests=(\d+) kernel_requests_lost=(\d+)`).FindStringSubmatch(agent.output())
@@ -83,7 +107,7 @@ func TestKernelMetrics(t *testing.T) {
 		t.Fatalf("no kernel counters in the log:\n%s", agent.output())
 	}
 	inKernel, _ := strconv.Atoi(m[1])
-	if inKernel < plain || m[2] != "0" {
+	if inKernel < plain+big/2 || m[2] != "0" {
 		t.Errorf("%s requests measured in the kernel, %s lost: want most of the %d without a parent, none lost", m[1], m[2], 2*plain)
 	}
 
@@ -102,14 +126,15 @@ func TestKernelMetrics(t *testing.T) {
 			t.Errorf("span %s: a trace ID the ratio sampler drops", s.TraceID)
 		}
 	}
-	// 201 expected of 805 at 1/4; 150..260 is over 4 standard deviations.
-	if children != parented || roots < 150 || roots > 260 {
+	// Go: 201 expected of 805 at 1/4; nginx 50 of 200; 200..310 is over 4
+	// standard deviations.
+	if children != parented || roots < 200 || roots > 310 {
 		t.Errorf("%d root spans of %d requests without a parent (want about %d), %d of %d with a sampled parent",
-			roots, total-parented, int(ratio*float64(total-parented)), children, parented)
+			roots, total+big-parented, int(ratio*float64(total+big-parented)), children, parented)
 	}
-	t.Logf("%d requests: %d measured in the kernel, %d root spans, %d children", total, inKernel, roots, children)
+	t.Logf("%d requests: %d measured in the kernel, %d root spans, %d children", int(total)+big, inKernel, roots, children)
 	// A request is the kernel's or user space's, never both.
-	if inKernel+roots > int(total)-parented {
-		t.Errorf("%d requests in the kernel and %d root spans: more than the %d requests without a parent", inKernel, roots, int(total)-parented)
+	if inKernel+roots > int(total)+big-parented {
+		t.Errorf("%d requests in the kernel and %d root spans: more than the %d requests without a parent", inKernel, roots, int(total)+big-parented)
 	}
 }

@@ -1,0 +1,291 @@
+package exporter
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata/metricdatatest"
+	"go.opentelemetry.io/otel/semconv/v1.43.0/httpconv"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/internal/otlptest"
+	"github.com/podtracer/podtracer/pod"
+	"github.com/podtracer/podtracer/tracer"
+)
+
+// kernelModel counts durations as capture.c's fast_record does, with the
+// bounds the agent gives the kernel (bpf.FastHTTP).
+type kernelModel struct {
+	bounds []uint64
+	v      bpf.HistValue
+}
+
+func newKernelModel(bounds []float64) *kernelModel {
+	k := &kernelModel{}
+	for _, b := range bounds {
+		k.bounds = append(k.bounds, bpf.BoundNS(b))
+	}
+	return k
+}
+
+func (k *kernelModel) record(ns uint64) {
+	b := 0
+	for _, bound := range k.bounds {
+		if ns > bound {
+			b++
+		}
+	}
+	k.v.Buckets[b]++
+	k.v.SumNS += ns
+	if k.v.Count == 0 || ns < k.v.MinNS {
+		k.v.MinNS = ns
+	}
+	k.v.MaxNS = max(k.v.MaxNS, ns)
+	k.v.Count++
+}
+
+// TestKernelHistogramMatchesAgent: requests counted in the kernel and
+// added with addKernel give the points the same requests recorded by the
+// agent give, cumulative and delta, over collections, boundaries included.
+func TestKernelHistogramMatchesAgent(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(strconv.FormatBool(delta), func(t *testing.T) {
+			opts := &histogramOptions{delta: delta, cardinalityLimit: 2000, exemplars: exemplarsAlwaysOff}
+			agent, kernel := newHistograms(opts), newHistograms(opts)
+			a, _ := httpconv.NewServerRequestDuration(agent)
+			k, _ := httpconv.NewServerRequestDuration(kernel)
+			ha, hk := a.Inst().(*histogram), k.Inst().(*histogram)
+			model := newKernelModel(hk.bounds)
+			attrs := attribute.NewSet(attribute.String("http.route", "/users/{id}"))
+			var cachedA, cachedK *histPoint
+			rnd := rand.New(rand.NewPCG(1, 2))
+			for round := range 3 {
+				last := model.v
+				for i := range 300 {
+					ns := uint64(rnd.ExpFloat64() * 30e6)
+					if i%40 == 0 {
+						ns = bpf.BoundNS(hk.bounds[i/40%len(hk.bounds)]) // exactly a bound
+					}
+					model.record(ns)
+					ha.recordCached(&cachedA, attrs, float64(ns)/1e9, trace.SpanContext{}, time.Now())
+				}
+				hk.addKernel(&cachedK, attrs, &last, &model.v)
+				want, _ := agent.Produce(context.Background())
+				got, _ := kernel.Produce(context.Background())
+				if len(want) != 1 || len(got) != 1 {
+					t.Fatalf("round %d: %d and %d scopes", round, len(want), len(got))
+				}
+				metricdatatest.AssertEqual(t, want[0].Metrics[0], got[0].Metrics[0], metricdatatest.IgnoreTimestamp(),
+					metricdatatest.IgnoreValue()) // sums: float addition order
+				wp := want[0].Metrics[0].Data.(metricdata.Histogram[float64]).DataPoints[0]
+				gp := got[0].Metrics[0].Data.(metricdata.Histogram[float64]).DataPoints[0]
+				if math.Abs(wp.Sum-gp.Sum) > 1e-9*wp.Sum || wp.Count != gp.Count {
+					t.Errorf("round %d: sum %v count %d, want %v %d", round, gp.Sum, gp.Count, wp.Sum, wp.Count)
+				}
+				for i := range wp.BucketCounts {
+					if wp.BucketCounts[i] != gp.BucketCounts[i] {
+						t.Errorf("round %d: buckets %v, want %v", round, gp.BucketCounts, wp.BucketCounts)
+						break
+					}
+				}
+			}
+		})
+	}
+}
+
+// A response that goes on after a collection moves its count out of a
+// bucket the agent no longer holds (delta temporality): the move is not
+// made, and the point stays whole, its buckets adding up to its count.
+func TestKernelMoveAcrossDeltaPeriods(t *testing.T) {
+	hs := newHistograms(&histogramOptions{delta: true, exemplars: exemplarsAlwaysOff})
+	inst, _ := httpconv.NewServerRequestDuration(hs)
+	h := inst.Inst().(*histogram)
+	attrs := attribute.NewSet()
+	var cached *histPoint
+	var v0, v1, v2 bpf.HistValue
+	v1.Count, v1.SumNS, v1.Buckets[0] = 1, 1e6, 1 // 1 ms: the first bucket
+	h.addKernel(&cached, attrs, &v0, &v1)
+	hs.Produce(context.Background()) // a new period
+	// The same request now lasts 30 ms (fast_extend: bucket 0 to 3), and
+	// another of 80 ms came (bucket 5).
+	v2 = v1
+	v2.Buckets[0], v2.Buckets[3], v2.Buckets[5] = 0, 1, 1
+	v2.Count, v2.SumNS = 2, 30e6+80e6
+	h.addKernel(&cached, attrs, &v1, &v2)
+	got, _ := hs.Produce(context.Background())
+	p := got[0].Metrics[0].Data.(metricdata.Histogram[float64]).DataPoints[0]
+	var inBuckets uint64
+	for _, n := range p.BucketCounts {
+		inBuckets += n
+	}
+	if p.Count != 1 || inBuckets != 1 || p.BucketCounts[0] != 0 {
+		t.Errorf("point %+v: want one request, its buckets adding up to it", p)
+	}
+}
+
+func TestSameProcess(t *testing.T) {
+	root := t.TempDir()
+	defer func(r string) { procRoot = r }(procRoot)
+	procRoot = root
+	os.MkdirAll(filepath.Join(root, "7"), 0o755)
+	os.Symlink("/usr/bin/python3", filepath.Join(root, "7", "exe"))
+	os.MkdirAll(filepath.Join(root, "8"), 0o755) // exe unreadable
+	for _, c := range []struct {
+		p    pod.Process
+		want bool
+	}{
+		{pod.Process{PID: 7, Exe: "/usr/bin/python3"}, true},
+		{pod.Process{PID: 7, Exe: "/usr/bin/node"}, false}, // the pid went to another program
+		{pod.Process{PID: 7}, true},
+		{pod.Process{PID: 8, Exe: "/usr/bin/node"}, true},
+		{pod.Process{PID: 9, Exe: "/usr/bin/node"}, false}, // exited
+	} {
+		if got := sameProcess(&c.p); got != c.want {
+			t.Errorf("%+v: %v, want %v", c.p, got, c.want)
+		}
+	}
+}
+
+// fakeKernel is the kernel's side of the fast path, in memory.
+type fakeKernel struct {
+	mu       sync.Mutex
+	routes   map[string]uint32 // "pid method path" -> id
+	series   map[bpf.HistKey]bpf.HistValue
+	forgot   []uint32
+	readErrs int
+}
+
+func (f *fakeKernel) AddRoute(pid uint32, method, path string, id uint32) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.routes[fmt.Sprint(pid, " ", method, " ", path)] = id
+	return true, nil
+}
+
+func (f *fakeKernel) ReadHistograms(fn func(bpf.HistKey, *bpf.HistValue)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, v := range f.series {
+		fn(k, &v)
+	}
+	return nil
+}
+
+func (f *fakeKernel) ForgetProcess(pid uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.forgot = append(f.forgot, pid)
+	for k := range f.series {
+		if k.PID == pid {
+			delete(f.series, k)
+		}
+	}
+	return nil
+}
+
+func (f *fakeKernel) route(key string) (uint32, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, ok := f.routes[key]
+	return id, ok
+}
+
+// TestKernelHTTP: the exporter registers the paths of the requests the
+// kernel could take once they were answered, and adds what the kernel
+// counted under a path's route to the process's own point, exported with
+// the requests it recorded itself.
+func TestKernelHTTP(t *testing.T) {
+	root := t.TempDir()
+	defer func(r string) { procRoot = r }(procRoot)
+	procRoot = root
+	os.MkdirAll(filepath.Join(root, "412"), 0o755)
+	os.Symlink(python.Exe, filepath.Join(root, "412", "exe"))
+
+	e, rcv, _ := startOTLP(t, Config{})
+	if e.FastHTTP(true).Enabled {
+		t.Error("fast path on with every span sampled")
+	}
+	t.Setenv("OTEL_TRACES_SAMPLER", "traceidratio")
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
+	logger, _ := testLogger(t)
+	e, err := New(context.Background(), Config{TracesOTLP: true, MetricsOTLP: true, Metadata: meta}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdown(t, e) })
+	f := e.FastHTTP(true)
+	if !f.Enabled || f.SampleRatio != 0.25 || len(f.Bounds) != 14 || e.FastHTTP(false).Enabled {
+		t.Fatalf("fast path %+v", f)
+	}
+	k := &fakeKernel{routes: map[string]uint32{}, series: map[bpf.HistKey]bpf.HistValue{}}
+	e.SetKernelHTTP(k)
+
+	get := serverReq()
+	get.Parent = trace.SpanContext{}
+	post, notFound, long := serverReq(), serverReq(), serverReq()
+	post.Method, notFound.StatusCode, notFound.Path = "POST", 404, "/users/43"
+	long.Path, long.Route = "/"+strings.Repeat("x", bpf.MaxRoutePath), "/{id}"
+	for _, r := range []*tracer.Request{get, post, notFound, long, clientReq()} {
+		e.Export(r)
+	}
+	deadline := time.Now().Add(waitFor)
+	id, ok := k.route("412 GET /users/42")
+	for ; !ok && time.Now().Before(deadline); id, ok = k.route("412 GET /users/42") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !ok {
+		t.Fatal("path not registered")
+	}
+	time.Sleep(100 * time.Millisecond) // the other requests are recorded too
+	k.mu.Lock()
+	if len(k.routes) != 1 {
+		t.Errorf("registered %v: want /users/42 only", k.routes)
+	}
+	k.mu.Unlock()
+
+	// The kernel counted 5 more requests of the route, 2 ms each.
+	k.mu.Lock()
+	k.series[bpf.HistKey{PID: 412, Route: id, Status: 200, Method: "GET", Version: "1.1"}] =
+		bpf.HistValue{Count: 5, SumNS: 10e6, MinNS: 2e6, MaxNS: 2e6, Buckets: [16]uint64{0, 5}}
+	k.mu.Unlock()
+	ps := rcv.WaitMetric(t, waitFor, hasPoint("http.server.request.duration", "/users/{id}", 6))
+	var p otlptest.MetricPoint
+	for _, q := range ps {
+		if q.Name == "http.server.request.duration" && q.Attributes["http.route"] == "/users/{id}" &&
+			q.Attributes["http.response.status_code"] == int64(200) {
+			p = q
+		}
+	}
+	if p.Count != 6 || p.BucketCounts[0] != 1 || p.BucketCounts[1] != 5 || abs(p.Sum-0.001234-0.010) > 1e-9 || p.Resource["service.name"] != "python3" {
+		t.Errorf("point %+v: want the agent's request and the kernel's 5", p)
+	}
+
+	// The process exits: its kernel state goes.
+	os.RemoveAll(filepath.Join(root, "412"))
+	for time.Now().Before(deadline) {
+		k.mu.Lock()
+		n := len(k.forgot)
+		k.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.forgot) != 1 || k.forgot[0] != 412 {
+		t.Errorf("forgotten %v, want [412]", k.forgot)
+	}
+}
