@@ -192,34 +192,28 @@ func (c *Capture) ForgetProcess(pid uint32) error {
 	if c.fast == nil {
 		return nil
 	}
-	var errs []error
-	var rk captureRouteKey
-	var routes []captureRouteKey
-	var id uint32
-	it := c.fast.routes.Iterate()
-	for it.Next(&rk, &id) {
-		if rk.Tgid == pid {
-			routes = append(routes, rk)
+	return errors.Join(
+		deleteWhere(c.fast.routes, func(k *captureRouteKey, _ *uint32) bool { return k.Tgid == pid }),
+		deleteWhere(c.fast.hist, func(k *captureHistKey, _ *[]captureHistVal) bool { return k.Tgid == pid }))
+}
+
+// deleteWhere deletes the entries of m that match says to.
+func deleteWhere[K, V any](m *ebpf.Map, match func(*K, *V) bool) error {
+	var (
+		k    K
+		v    V
+		keys []K
+		errs []error
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if match(&k, &v) {
+			keys = append(keys, k)
 		}
 	}
 	errs = append(errs, it.Err())
-	for i := range routes {
-		if err := c.fast.routes.Delete(&routes[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	var hk captureHistKey
-	var hists []captureHistKey
-	var perCPU []captureHistVal
-	hit := c.fast.hist.Iterate()
-	for hit.Next(&hk, &perCPU) {
-		if hk.Tgid == pid {
-			hists = append(hists, hk)
-		}
-	}
-	errs = append(errs, hit.Err())
-	for i := range hists {
-		if err := c.fast.hist.Delete(&hists[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
 	}
