@@ -137,7 +137,10 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 				stopProfile()
 				return nil
 			}
-			batcher.Flush() // the deferred shutdown exports it
+			// The exporter's final export reads the kernel's histograms:
+			// it shuts down before the deferred capture.Close.
+			batcher.Flush()
+			shutdownExporter(logger, exp)
 			return err
 		}
 		tr.Handle(&ev)

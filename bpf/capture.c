@@ -757,6 +757,7 @@ volatile const __u64 hist_bounds_ns[HIST_BUCKETS - 1] = {};
 #define FAST_RESP 2    // and its response has started
 #define FAST_HANDOFF 4 // a request went to user space meanwhile: the next response is its
 #define FAST_OFF 8     // no fast path on this connection any more
+#define FAST_PENDING 16 // a request went to user space, and no response has started since
 
 #define METHOD_GET 1
 #define METHOD_HEAD 2
@@ -848,10 +849,8 @@ static __always_inline bool path_hash(struct event *e, __u32 start, struct route
 
 static __always_inline void head_line(struct event *e, struct head_scan *s, __u32 nl)
 {
-	if (!s->first_nl) {
-		s->first_nl = nl;
-		return;
-	}
+	if (!s->first_nl)
+		s->first_nl = nl; // the request line's end; the first header follows
 	__u32 n = nl + 1; // the next line
 	if (n >= s->len)
 		return;
@@ -871,7 +870,7 @@ static __always_inline void head_line(struct event *e, struct head_scan *s, __u3
 	    name == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-') || // content-length: a body
 	    name == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') || // transfer-encoding: a body
 	    name == W8('u', 'p', 'g', 'r', 'a', 'd', 'e', ':') || // another protocol follows
-	    name == W8('e', 'x', 'p', 'e', 'c', 't', ':', ' '))   // 100-continue
+	    (name & 0x00ffffffffffffffULL) == W8('e', 'x', 'p', 'e', 'c', 't', ':', 0)) // 100-continue
 		s->bad = 1;
 }
 
@@ -1098,19 +1097,29 @@ static __always_inline bool fast_skip(struct sock_state *st, struct event *e, __
 				return false;
 			st->fast = f = f & FAST_OFF; // the skipped exchange is over
 		}
-		if ((f & FAST_OFF) || st->role == ROLE_CLIENT)
+		if (f & FAST_PENDING) {
+			// More of a request user space has (its body), or a request
+			// pipelined behind it: user space pairs them.
+			st->fast = f | FAST_OFF;
 			return false;
-		return fast_request(e, st);
-	}
-	if (!(f & FAST_OWN))
+		}
+		if (!(f & FAST_OFF) && st->role != ROLE_CLIENT && fast_request(e, st))
+			return true;
+		if (st->role != ROLE_CLIENT)
+			st->fast = f | FAST_PENDING;
 		return false;
+	}
+	if (!(f & FAST_OWN)) {
+		st->fast = f & ~FAST_PENDING; // the response of what user space has
+		return false;
+	}
 	__u16 status = response_status(e);
 	if (!(f & FAST_RESP)) {
-		if (status < 200) {
-			// Not a status line, or an interim one: leave the
-			// connection to user space.
-			st->fast = FAST_OFF;
-			return false;
+		if (status < 200 && status != 101) {
+			// An interim response (100 Continue, 103 Early Hints), or not
+			// a status line: the skipped exchange goes on until its final
+			// status. Nothing of it reaches user space.
+			return true;
 		}
 		fast_record(st, status, e->ts_exit);
 		st->fast = f | FAST_RESP;

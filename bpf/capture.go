@@ -253,8 +253,9 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 // hooks rather than the syscall ones.
 func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast FastHTTP, logger *slog.Logger) error {
 	err := c.attachSocket(spec, logger)
-	if err == nil || !fast.Enabled {
-		return err
+	var verr *ebpf.VerifierError
+	if err == nil || !fast.Enabled || !errors.As(err, &verr) {
+		return err // loaded, or refused for something else than the fast path
 	}
 	logger.Info("kernel HTTP metrics unavailable: every request goes through the agent", "reason", err)
 	if err := spec.Variables["fast_http"].Set(uint8(0)); err != nil {

@@ -153,13 +153,15 @@ func (c *Capture) ReadHistograms(fn func(HistKey, *HistValue)) error {
 	for it.Next(&k, &perCPU) {
 		v = HistValue{}
 		for _, p := range perCPU {
+			// A slot's max may come from a response that another CPU
+			// counted (fast_extend); its min only from its own counts.
+			v.MaxNS = max(v.MaxNS, p.MaxNs)
 			if p.Count == 0 {
 				continue
 			}
 			if v.Count == 0 || p.MinNs < v.MinNS {
 				v.MinNS = p.MinNs
 			}
-			v.MaxNS = max(v.MaxNS, p.MaxNs)
 			v.Count += p.Count
 		}
 		for _, p := range perCPU {
@@ -183,6 +185,13 @@ func (c *Capture) ReadHistograms(fn func(HistKey, *HistValue)) error {
 		return fmt.Errorf("read kernel histograms: %w", err)
 	}
 	return nil
+}
+
+// HistogramsLost is how many requests the kernel measured but could not
+// count, its histogram map being full (Stats.FastLost).
+func (c *Capture) HistogramsLost() (uint64, error) {
+	s, err := c.Stats()
+	return s.FastLost, err
 }
 
 // ForgetProcess removes what the kernel keeps for process pid, once it

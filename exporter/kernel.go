@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -26,6 +27,7 @@ import (
 type KernelHTTP interface {
 	AddRoute(pid uint32, method, path string, id uint32) (bool, error)
 	ReadHistograms(fn func(bpf.HistKey, *bpf.HistValue)) error
+	HistogramsLost() (uint64, error)
 	ForgetProcess(pid uint32) error
 }
 
@@ -82,6 +84,10 @@ type kernelHTTP struct {
 	last   map[bpf.HistKey]bpf.HistValue
 	logger *slog.Logger
 	failed bool // a kernel map call failed: logged once
+	// full: the kernel lost requests, its histogram map being full (its
+	// series are per process, route, method, status and version): no new
+	// path is registered, so new series stay with the agent.
+	full bool
 }
 
 // kernelProc is what the kernel counts of one process.
@@ -117,7 +123,7 @@ func (k *kernelHTTP) register(r *tracer.Request) {
 		k.procs[pid] = kp
 	}
 	pk := kernelPath{r.Method, r.Path}
-	if _, ok := kp.paths[pk]; ok || len(kp.paths) >= maxKernelPaths {
+	if _, ok := kp.paths[pk]; ok || len(kp.paths) >= maxKernelPaths || k.full {
 		return
 	}
 	id, ok := kp.ids[r.Route]
@@ -139,6 +145,11 @@ func (k *kernelHTTP) register(r *tracer.Request) {
 // processes' server histograms, and forgets the processes that exited.
 func (k *kernelHTTP) drain() {
 	k.read()
+	if lost, err := k.k.HistogramsLost(); err == nil && lost > 0 && !k.full {
+		k.full = true
+		k.logger.Warn("kernel HTTP histograms full: requests of new series were not counted; no more paths go to the kernel",
+			"lost", lost)
+	}
 	for pid, kp := range k.procs {
 		if !sameProcess(kp.proc) {
 			k.remove(pid)
@@ -212,7 +223,8 @@ func sameProcess(p *pod.Process) bool {
 		return false
 	}
 	exe, err := os.Readlink(dir + "/exe")
-	return err != nil || p.Exe == "" || exe == p.Exe
+	// As pod.ReadProcess has it: a binary replaced on disk still runs.
+	return err != nil || p.Exe == "" || strings.TrimSuffix(exe, " (deleted)") == p.Exe
 }
 
 // addKernel adds the growth of a kernel series, from last to now, to the
@@ -231,18 +243,23 @@ func (h *histogram) addKernel(cached **histPoint, attrs attribute.Set, last, now
 	}
 	n := min(len(p.counts), len(now.Buckets))
 	var d [len(bpf.HistValue{}.Buckets)]int64
-	var excess int64
 	for i := 0; i < n; i++ {
 		d[i] = int64(now.Buckets[i] - last.Buckets[i])
-		if d[i] < 0 && uint64(-d[i]) > p.counts[i] {
-			excess += -d[i] - int64(p.counts[i])
-			d[i] = -int64(p.counts[i])
-		}
 	}
-	for i := n - 1; i >= 0 && excess > 0; i-- {
-		t := min(max(d[i], 0), excess)
-		d[i] -= t
-		excess -= t
+	// A move goes up (a response only grows longer): a count a bucket
+	// cannot give back stays there, and the bucket above that received it
+	// does not get it.
+	for i := 0; i < n; i++ {
+		if d[i] >= 0 || uint64(-d[i]) <= p.counts[i] {
+			continue
+		}
+		excess := -d[i] - int64(p.counts[i])
+		d[i] = -int64(p.counts[i])
+		for j := i + 1; j < n && excess > 0; j++ {
+			t := min(max(d[j], 0), excess)
+			d[j] -= t
+			excess -= t
+		}
 	}
 	for i := 0; i < n; i++ {
 		p.counts[i] = uint64(int64(p.counts[i]) + d[i])
