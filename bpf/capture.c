@@ -896,6 +896,16 @@ static long head_word(__u32 i, struct head_scan *s)
 	return s->bad ? 1 : 0;
 }
 
+// starts_fast_method tells whether e's payload starts with a method the
+// fast path takes.
+static __always_inline bool starts_fast_method(struct event *e)
+{
+	if (e->captured < 5)
+		return false;
+	__u64 first = *(__u64 *)e->payload;
+	return (first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0) || (first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0);
+}
+
 // fast_request tells whether the request in e (received on a connection
 // in state st) is for the fast path, and if so makes st own its exchange.
 // It may draw e's trace ID instead: then the request goes to user space.
@@ -1098,9 +1108,13 @@ static __always_inline bool fast_skip(struct sock_state *st, struct event *e, __
 			st->fast = f = f & FAST_OFF; // the skipped exchange is over
 		}
 		if (f & FAST_PENDING) {
-			// More of a request user space has (its body), or a request
-			// pipelined behind it: user space pairs them.
-			st->fast = f | FAST_OFF;
+			// More of a request user space has (the rest of its head,
+			// its body), or a request pipelined behind it: both go to
+			// user space, which pairs them. A new request (it starts with
+			// a method the fast path takes) ends the fast path on this
+			// connection: its client pipelines.
+			if (starts_fast_method(e))
+				st->fast = f | FAST_OFF;
 			return false;
 		}
 		if (!(f & FAST_OFF) && st->role != ROLE_CLIENT && fast_request(e, st))
