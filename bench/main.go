@@ -89,8 +89,18 @@ const (
 
 	variantBare      = "bare"
 	variantPodtracer = "podtracer"
+	variantSampled   = "sampled"
 	variantOTelHTTP  = "otelhttp"
 )
+
+// sampledEnv is what makes the sampled variant: the podtracer agent with
+// one span in ten (and so the kernel's fast path for HTTP/1).
+var sampledEnv = []string{"OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.1"}
+
+// agentVariant tells whether variant runs the podtracer agent.
+func agentVariant(variant string) bool {
+	return variant == variantPodtracer || variant == variantSampled
+}
 
 // workload is a server the benchmark measures, and what drives it.
 type workload struct {
@@ -103,11 +113,11 @@ type workload struct {
 }
 
 var workloads = []workload{
-	{"go", workloadGo, []string{variantBare, variantPodtracer, variantOTelHTTP}, []string{"wrk"}, "wrk -t1 -c%d", "loadgen"},
-	{"nginx", workloadNginx, []string{variantBare, variantPodtracer}, []string{"wrk", "nginx"}, "wrk -t1 -c%d", "loadgen"},
-	{"redis", workloadRedis, []string{variantBare, variantPodtracer}, []string{"redis-server", "redis-benchmark"},
+	{"go", workloadGo, []string{variantBare, variantPodtracer, variantSampled, variantOTelHTTP}, []string{"wrk"}, "wrk -t1 -c%d", "loadgen"},
+	{"nginx", workloadNginx, []string{variantBare, variantPodtracer, variantSampled}, []string{"wrk", "nginx"}, "wrk -t1 -c%d", "loadgen"},
+	{"redis", workloadRedis, []string{variantBare, variantPodtracer, variantSampled}, []string{"redis-server", "redis-benchmark"},
 		"redis-benchmark -t get -P 1 -c %d", "loadgen -proto resp"},
-	{"grpc", workloadGRPC, []string{variantBare, variantPodtracer}, nil, "ghz -c %[1]d --connections %[1]d", "ghz --rps"},
+	{"grpc", workloadGRPC, []string{variantBare, variantPodtracer, variantSampled}, nil, "ghz -c %[1]d --connections %[1]d", "ghz --rps"},
 }
 
 // workloadNamed returns the workload whose table name is name.
@@ -129,7 +139,7 @@ func benchMain(args []string) error {
 	rates := fs.String("rates", "5000,20000", "fixed request rates (req/s) for latency, CPU and loss, comma-separated")
 	fs.IntVar(&o.conns, "conns", 32, "keep-alive connections, for every load generator")
 	workloadFlag := fs.String("workloads", "go,nginx", "workloads: go, nginx, redis, grpc, or all")
-	variants := fs.String("variants", "bare,podtracer,otelhttp", "variants: bare, podtracer, otelhttp (Go only); added figures need bare")
+	variants := fs.String("variants", "bare,podtracer,otelhttp", "variants: bare, podtracer, sampled (podtracer with one span in ten), otelhttp (Go only); added figures need bare")
 	fs.BoolVar(&o.saturate, "saturation", true, "run the saturation phase (wrk, redis-benchmark, ghz)")
 	fs.StringVar(&o.agent, "agent", "", "podtracer binary to measure; empty: build it from -repo")
 	fs.StringVar(&o.ghz, "ghz", "", "ghz binary (gRPC load); empty: ghz on PATH, else built with go install into the user cache folder")
@@ -176,11 +186,11 @@ func benchMain(args []string) error {
 	}
 	for _, v := range strings.Split(*variants, ",") {
 		switch v = strings.TrimSpace(v); v {
-		case variantBare, variantPodtracer, variantOTelHTTP:
+		case variantBare, variantPodtracer, variantSampled, variantOTelHTTP:
 			o.variants = append(o.variants, v)
 		case "":
 		default:
-			return fmt.Errorf("-variants: unknown %q (bare, podtracer, otelhttp)", v)
+			return fmt.Errorf("-variants: unknown %q (bare, podtracer, sampled, otelhttp)", v)
 		}
 	}
 	if *agentEnv != "" {
@@ -466,7 +476,7 @@ func (r *result) summary() string {
 	if r.Served > 0 {
 		s += fmt.Sprintf("  cpu/req server %5.1fµs agent %5.1fµs", us(r.ServerCPU)/float64(r.Served), us(r.AgentCPU)/float64(r.Served))
 	}
-	if r.Variant == variantPodtracer {
+	if agentVariant(r.Variant) {
 		s += fmt.Sprintf("  hwm %dMB lost %d spans %d/%d", r.HWM>>10, r.AgentStats["kernel_lost"], r.Received.ServerSpans, r.Served+r.Warmup)
 	} else if r.Variant == variantOTelHTTP {
 		s += fmt.Sprintf("  spans %d/%d", r.Received.ServerSpans, r.Served+r.Warmup)
@@ -543,9 +553,12 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 			return nil, err
 		}
 	}
-	if variant == variantPodtracer {
+	if agentVariant(variant) {
 		cmd := in.pod.command(h.agent)
 		cmd.Env = append(append(os.Environ(), h.otlpEnv()...), h.o.env...)
+		if variant == variantSampled {
+			cmd.Env = append(cmd.Env, sampledEnv...)
+		}
 		if in.agent, err = start("podtracer", cmd, true); err != nil {
 			return nil, err
 		}

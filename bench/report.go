@@ -292,7 +292,7 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 				srv := summarize(t.values(w, ph.name, v, func(r *result) float64 { return perReq(r.ServerCPU, r) }))
 				total := summarize(t.values(w, ph.name, v, func(r *result) float64 { return perReq(r.ServerCPU+r.AgentCPU, r) }))
 				agent, added := "", ""
-				if v == variantPodtracer {
+				if agentVariant(v) {
 					agent = summarize(t.values(w, ph.name, v, func(r *result) float64 { return perReq(r.AgentCPU, r) })).format(1)
 				}
 				if v != variantBare {
@@ -311,34 +311,36 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 	}
 
 	p("\n### podtracer agent: memory, events, loss\n\n")
-	p("| workload | load | RSS at start (MB) | RSS at end (MB) | peak RSS, VmHWM (MB) | BPF maps (MB, kernel) | kernel events / request | agent wake-ups / request | kernel lost | requests dropped | spans dropped | server spans received / requests |\n")
-	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	p("| workload | load | variant | RSS at start (MB) | RSS at end (MB) | peak RSS, VmHWM (MB) | BPF maps (MB, kernel) | kernel events / request | agent wake-ups / request | kernel lost | requests dropped | spans dropped | server spans received / requests |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	mb := func(kb uint64) float64 { return float64(kb) / 1024 }
 	for _, w := range o.workloads {
 		for _, ph := range phases {
-			rs := t.by[key(w, ph.name, variantPodtracer)]
-			if len(rs) == 0 {
-				continue
+			for _, variant := range []string{variantPodtracer, variantSampled} {
+				rs := t.by[key(w, ph.name, variant)]
+				if len(rs) == 0 {
+					continue
+				}
+				var lost, reqDropped, spansDropped, received, requests uint64
+				for _, r := range rs {
+					lost += r.AgentStats["kernel_lost"] + r.AgentStats["calls_untracked"]
+					reqDropped += r.AgentStats["requests_dropped"]
+					spansDropped += r.AgentStats["spans_dropped"] + r.AgentStats["spans_failed"]
+					received += r.Received.ServerSpans
+					requests += r.Served + r.Warmup
+				}
+				v := func(f func(*result) float64) []float64 { return t.values(w, ph.name, variant, f) }
+				p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s |\n", w, ph.name, variant,
+					summarize(v(func(r *result) float64 { return mb(r.RSSIdle) })).format(1),
+					summarize(v(func(r *result) float64 { return mb(r.RSSEnd) })).format(1),
+					summarize(v(func(r *result) float64 { return mb(r.HWM) })).format(1),
+					summarize(v(func(r *result) float64 { return float64(r.KernelMemory) / (1 << 20) })).format(1),
+					summarize(v(func(r *result) float64 {
+						return float64(r.AgentStats["kernel_events"]) / float64(r.Served+r.Warmup)
+					})).format(2),
+					summarize(v(func(r *result) float64 { return float64(r.AgentCtxSwitches) / float64(r.Served) })).format(2),
+					lost, reqDropped, spansDropped, ratio(received, requests))
 			}
-			var lost, reqDropped, spansDropped, received, requests uint64
-			for _, r := range rs {
-				lost += r.AgentStats["kernel_lost"] + r.AgentStats["calls_untracked"]
-				reqDropped += r.AgentStats["requests_dropped"]
-				spansDropped += r.AgentStats["spans_dropped"] + r.AgentStats["spans_failed"]
-				received += r.Received.ServerSpans
-				requests += r.Served + r.Warmup
-			}
-			v := func(f func(*result) float64) []float64 { return t.values(w, ph.name, variantPodtracer, f) }
-			p("| %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %d | %s |\n", w, ph.name,
-				summarize(v(func(r *result) float64 { return mb(r.RSSIdle) })).format(1),
-				summarize(v(func(r *result) float64 { return mb(r.RSSEnd) })).format(1),
-				summarize(v(func(r *result) float64 { return mb(r.HWM) })).format(1),
-				summarize(v(func(r *result) float64 { return float64(r.KernelMemory) / (1 << 20) })).format(1),
-				summarize(v(func(r *result) float64 {
-					return float64(r.AgentStats["kernel_events"]) / float64(r.Served+r.Warmup)
-				})).format(2),
-				summarize(v(func(r *result) float64 { return float64(r.AgentCtxSwitches) / float64(r.Served) })).format(2),
-				lost, reqDropped, spansDropped, ratio(received, requests))
 		}
 	}
 	p("\nLoss columns are totals over the rounds; kernel lost includes syscalls not followed because the in-flight map was full.\n")
