@@ -33,11 +33,17 @@ const MaxCaptureBytes = 4096
 // MinCaptureBytes keeps room for a request line and the tail logic.
 const MinCaptureBytes = 64
 
-// PollInterval is how often Read looks for events. The programs do not
-// wake the reader per event (see submit in capture.c), so this is the delay
-// between a syscall and its event reaching user space, unless a quarter of
-// the ring buffer fills first: then the kernel wakes the reader at once.
-const PollInterval = 10 * time.Millisecond
+// PollInterval is the longest Read waits between looks for events. The
+// programs do not wake the reader per event (see submit in capture.c), so
+// this is the most delay between a syscall and its event reaching user
+// space. A busy pod is polled sooner (see nextPoll), down to
+// MinPollInterval, which keeps the batches large (shorter waits measured
+// worse: more, smaller batches); and a quarter of the ring buffer filling
+// wakes the reader at once.
+const PollInterval = 40 * time.Millisecond
+
+// MinPollInterval is the shortest wait between polls.
+const MinPollInterval = 10 * time.Millisecond
 
 // Hook sets: which kernel hooks capture the traffic (Config.Hooks).
 const (
@@ -99,6 +105,10 @@ type Capture struct {
 	wake      *os.File
 	wakeConn  syscall.RawConn
 	firstWait bool
+	// What the last poll found, for the next one's wait (nextPoll).
+	ringBytes int
+	found     int // bytes read since the last poll
+	lastPoll  time.Time
 	// closeMu keeps Close from unmapping the ring while woken reads it;
 	// closing is set first, so that woken stops reading it.
 	closeMu sync.Mutex
@@ -186,6 +196,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
 	}
 	c.reader.SetDeadline(time.Unix(1, 0))
+	c.ringBytes, c.lastPoll = int(c.events.MaxEntries()), time.Now()
 	if err := c.openWake(); err != nil {
 		return nil, fmt.Errorf("poll ring buffer: %w", err)
 	}
@@ -341,8 +352,8 @@ func (c *Capture) hookNames() string {
 // ev.Tail point into a buffer that the next Read reuses. It returns
 // ErrClosed once Close was called.
 //
-// Events arrive in batches: the ring buffer is drained every PollInterval
-// (or when it fills), so a busy pod costs the agent one wake-up per batch,
+// Events arrive in batches: the ring buffer is drained every 10 to 40 ms
+// (nextPoll; or when it fills), so a busy pod costs the agent one wake-up per batch,
 // not one per syscall.
 func (c *Capture) Read(ev *Event) error {
 	for {
@@ -366,6 +377,7 @@ func (c *Capture) Read(ev *Event) error {
 			}
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
+		c.found += len(c.record.RawSample) + 8 // and the record's header
 		if ev.decode(c.record.RawSample) {
 			return nil
 		}
@@ -393,7 +405,8 @@ func (c *Capture) openWake() error {
 // sleep waits for the next poll: PollInterval, or less if the kernel
 // forces a wake-up. The goroutine is parked meanwhile, not in a syscall.
 func (c *Capture) sleep() error {
-	if err := c.wake.SetReadDeadline(time.Now().Add(PollInterval)); err != nil {
+	now := time.Now()
+	if err := c.wake.SetReadDeadline(now.Add(c.nextPoll(now))); err != nil {
 		return c.closedOr(err)
 	}
 	c.firstWait = true
@@ -402,6 +415,23 @@ func (c *Capture) sleep() error {
 		return nil
 	}
 	return c.closedOr(err)
+}
+
+// nextPoll is how long to wait for the next poll: the time the programs
+// took to write an eighth of the ring buffer, at the rate the last poll
+// found, within MinPollInterval and PollInterval. A quiet pod is polled
+// 25 times a second, each wake-up costing the agent less per request; a
+// busy one about as often as it fills an eighth of the ring, but at most
+// every MinPollInterval, past which a quarter filling wakes the reader.
+func (c *Capture) nextPoll(now time.Time) time.Duration {
+	elapsed := now.Sub(c.lastPoll)
+	found := c.found
+	c.lastPoll, c.found = now, 0
+	if found == 0 || elapsed <= 0 {
+		return PollInterval
+	}
+	wait := time.Duration(float64(elapsed) * float64(c.ringBytes/8) / float64(found))
+	return min(max(wait, MinPollInterval), PollInterval)
 }
 
 // woken tells the poller whether to stop waiting. The first call, before

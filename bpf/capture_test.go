@@ -380,3 +380,29 @@ func TestCaptureVectors(t *testing.T) {
 		})
 	}
 }
+
+// The wait between polls follows the rate the last poll found: an eighth
+// of the ring buffer per poll, within bounds.
+func TestNextPoll(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	for _, c := range []struct {
+		elapsed time.Duration
+		found   int
+		want    time.Duration
+	}{
+		{10 * time.Millisecond, 0, PollInterval},                // nothing came: the longest wait
+		{10 * time.Millisecond, 1 << 17, 10 * time.Millisecond}, // an eighth of 1 MiB in 10 ms
+		{10 * time.Millisecond, 1 << 16, 20 * time.Millisecond}, // half that rate
+		{10 * time.Millisecond, 1 << 12, PollInterval},          // a quiet pod
+		{10 * time.Millisecond, 1 << 20, MinPollInterval},       // the whole ring in 10 ms
+		{40 * time.Millisecond, 1 << 17, 40 * time.Millisecond},
+	} {
+		cp := &Capture{ringBytes: 1 << 20, lastPoll: t0, found: c.found}
+		if got := cp.nextPoll(t0.Add(c.elapsed)); got != c.want {
+			t.Errorf("%d bytes in %v: wait %v, want %v", c.found, c.elapsed, got, c.want)
+		}
+		if cp.found != 0 || !cp.lastPoll.Equal(t0.Add(c.elapsed)) {
+			t.Errorf("the poll's count was not reset")
+		}
+	}
+}
