@@ -802,6 +802,18 @@ struct {
 	__type(value, struct hist_val);
 } http_hist SEC(".maps");
 
+// hist_room is how many more series http_hist takes: written by the agent
+// each time it reads the histograms (bpf/fast.go), as its capacity less
+// the series it found and a margin for the series that may come before
+// the next read. At 0 the fast path takes no request: a series the map
+// could not hold would lose its requests, which user space still counts.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} hist_room SEC(".maps");
+
 #define W8(a, b, c, d, e, f, g, h)                                                                                   \
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | (__u64)(f) << 40 | \
 	 (__u64)(g) << 48 | (__u64)(h) << 56)
@@ -949,6 +961,10 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st)
 	__u32 *route = bpf_map_lookup_elem(&http_routes, &rk);
 	if (!route)
 		return false; // a path the agent has not seen answered yet
+	__u32 zero = 0;
+	__u32 *room = bpf_map_lookup_elem(&hist_room, &zero);
+	if (!room || *room == 0)
+		return false; // the histograms may be full: user space counts it
 
 	// The sampler's draw: a request picked for a span goes to user space
 	// with the low half of its trace ID.

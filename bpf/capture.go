@@ -150,6 +150,9 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	if cfg.MaxConnections > 0 {
 		spec.Maps["conns"].MaxEntries = uint32(cfg.MaxConnections)
 	}
+	if cfg.FastHTTP.MaxSeries > 0 {
+		spec.Maps["http_hist"].MaxEntries = uint32(cfg.FastHTTP.MaxSeries)
+	}
 	settings := map[string]any{
 		"pidns_dev":     uint64(ns.Dev),
 		"pidns_ino":     ns.Ino,
@@ -216,6 +219,7 @@ type socketObjects struct {
 	Stats            *ebpf.Map     `ebpf:"stats"`
 	HTTPRoutes       *ebpf.Map     `ebpf:"http_routes"`
 	HTTPHist         *ebpf.Map     `ebpf:"http_hist"`
+	HistRoom         *ebpf.Map     `ebpf:"hist_room"`
 }
 
 // syscallObjects are what the syscall-tracepoint capture loads.
@@ -233,7 +237,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	if err := loadObjects(spec, &objs, logger); err != nil {
 		return err
 	}
-	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist}
+	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom}
 	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState} {
 		hooks = append(hooks, func() (link.Link, error) {
@@ -252,7 +256,10 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	if spec.Variables["fast_http"] != nil {
 		var on uint8
 		if err := spec.Variables["fast_http"].Get(&on); err == nil && on != 0 {
-			c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist}
+			c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist, room: objs.HistRoom}
+			if err := c.fast.setRoom(0); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -126,6 +126,7 @@ const (
 	captureMapCalls             = "calls"
 	captureMapConns             = "conns"
 	captureMapEvents            = "events"
+	captureMapHistRoom          = "hist_room"
 	captureMapHttpHist          = "http_hist"
 	captureMapHttpRoutes        = "http_routes"
 	captureMapIovScratch        = "iov_scratch"
@@ -203,6 +204,7 @@ type captureMapSpecs struct {
 	Calls      *ebpf.MapSpec `ebpf:"calls"`
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
+	HistRoom   *ebpf.MapSpec `ebpf:"hist_room"`
 	HttpHist   *ebpf.MapSpec `ebpf:"http_hist"`
 	HttpRoutes *ebpf.MapSpec `ebpf:"http_routes"`
 	IovScratch *ebpf.MapSpec `ebpf:"iov_scratch"`
@@ -248,6 +250,7 @@ type captureMaps struct {
 	Calls      *ebpf.Map `ebpf:"calls"`
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Events     *ebpf.Map `ebpf:"events"`
+	HistRoom   *ebpf.Map `ebpf:"hist_room"`
 	HttpHist   *ebpf.Map `ebpf:"http_hist"`
 	HttpRoutes *ebpf.Map `ebpf:"http_routes"`
 	IovScratch *ebpf.Map `ebpf:"iov_scratch"`
@@ -261,6 +264,7 @@ func (m *captureMaps) Close() error {
 		m.Calls,
 		m.Conns,
 		m.Events,
+		m.HistRoom,
 		m.HttpHist,
 		m.HttpRoutes,
 		m.IovScratch,

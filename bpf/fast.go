@@ -33,6 +33,9 @@ type FastHTTP struct {
 	// Bounds are the histogram's bucket upper bounds, in seconds, as the
 	// agent's own histogram has them (at most MaxHistBounds).
 	Bounds []float64
+	// MaxSeries bounds the kernel's histograms (0: 1024). A series is a
+	// process, route, method, status and version.
+	MaxSeries int
 }
 
 func (f FastHTTP) set(spec *ebpf.CollectionSpec) error {
@@ -72,6 +75,19 @@ func BoundNS(seconds float64) uint64 { return uint64(math.Round(seconds * 1e9)) 
 type fastMaps struct {
 	routes *ebpf.Map
 	hist   *ebpf.Map
+	room   *ebpf.Map
+}
+
+// setRoom tells the kernel how many series the histograms have: it takes
+// no request once they may be full (hist_room in capture.c). An eighth of
+// the map is kept for the series that appear before the next read.
+func (f *fastMaps) setRoom(series int) error {
+	capacity := int(f.hist.MaxEntries())
+	room := max(capacity-capacity/8-series, 0)
+	if err := f.room.Update(uint32(0), uint32(room), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("kernel histograms' room: %w", err)
+	}
+	return nil
 }
 
 // FastPath tells whether the kernel measures requests itself.
@@ -139,7 +155,8 @@ type HistValue struct {
 }
 
 // ReadHistograms calls fn with every series the kernel has counted and
-// its totals, summed over the CPUs.
+// its totals, summed over the CPUs, and tells the kernel how much room its
+// histograms have left.
 func (c *Capture) ReadHistograms(fn func(HistKey, *HistValue)) error {
 	if c.fast == nil {
 		return nil
@@ -148,6 +165,7 @@ func (c *Capture) ReadHistograms(fn func(HistKey, *HistValue)) error {
 		k      captureHistKey
 		perCPU []captureHistVal
 		v      HistValue
+		series int
 	)
 	it := c.fast.hist.Iterate()
 	for it.Next(&k, &perCPU) {
@@ -180,11 +198,12 @@ func (c *Capture) ReadHistograms(fn func(HistKey, *HistValue)) error {
 			key.Version = "1.0"
 		}
 		fn(key, &v)
+		series++
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("read kernel histograms: %w", err)
 	}
-	return nil
+	return c.fast.setRoom(series)
 }
 
 // HistogramsLost is how many requests the kernel measured but could not

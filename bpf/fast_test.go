@@ -383,3 +383,49 @@ func TestFastPathPipelined(t *testing.T) {
 		t.Errorf("%d requests measured in the kernel, want 1", stats.FastRequests)
 	}
 }
+
+// TestFastPathRoom: the kernel takes no request once its histograms may
+// be full, so that no series is refused and its requests lost: they go to
+// user space instead.
+func TestFastPathRoom(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
+	}
+	const maxSeries = 16 // room for 14: an eighth is kept
+	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: FastHTTP{Enabled: true, Bounds: testBounds, MaxSeries: maxSeries}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	events := readEvents(c)
+	pid, port := startKeepAliveServer(t)
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	var userSpace []string
+	for i := range 20 {
+		path := fmt.Sprintf("/p%d", i)
+		if _, err := c.AddRoute(uint32(pid), "GET", path, uint32(i)); err != nil {
+			t.Fatal(err)
+		}
+		exchange(t, conn, r, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+		if err := c.ReadHistograms(func(HistKey, *HistValue) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ev := range events.take() {
+		if line, _, _ := strings.Cut(string(ev.Payload), "\r\n"); strings.HasPrefix(line, "GET ") {
+			userSpace = append(userSpace, line)
+		}
+	}
+	stats, _ := c.Stats()
+	want := []string{"GET /p14 HTTP/1.1", "GET /p15 HTTP/1.1", "GET /p16 HTTP/1.1", "GET /p17 HTTP/1.1", "GET /p18 HTTP/1.1", "GET /p19 HTTP/1.1"}
+	if stats.FastRequests != 14 || stats.FastLost != 0 || strings.Join(userSpace, "|") != strings.Join(want, "|") {
+		t.Errorf("%d in the kernel, %d lost, user space got %q: want 14, none, %q", stats.FastRequests, stats.FastLost, userSpace, want)
+	}
+}
