@@ -126,6 +126,26 @@ func exchange(t *testing.T, conn net.Conn, r *bufio.Reader, raw string, n int) {
 	}
 }
 
+// loadFast loads the capture with the socket hooks and the fast path as
+// fast says, for a test that plays the agent; it is closed with the test.
+func loadFast(t *testing.T, fast FastHTTP) *Capture {
+	t.Helper()
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
+	}
+	fast.Enabled = true
+	if fast.Bounds == nil {
+		fast.Bounds = testBounds
+	}
+	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: fast}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 var testBounds = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
 
 // TestFastPath: with the fast path on, the GETs of a registered path with
@@ -134,16 +154,7 @@ var testBounds = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75
 // whole. The test process plays the agent and the client (both
 // excluded); the server is a neighbour.
 func TestFastPath(t *testing.T) {
-	testenv.Privileged(t)
-	if !kernelAtLeast(t, 6, 3) {
-		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
-	}
-	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: FastHTTP{Enabled: true, Bounds: testBounds}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := loadFast(t, FastHTTP{})
 	if !c.FastPath() {
 		t.Fatal("fast path not on")
 	}
@@ -252,17 +263,8 @@ func TestFastPath(t *testing.T) {
 // for spans by drawing their trace IDs; those reach user space with the
 // trace ID's low half, which the ratio sampler keeps.
 func TestFastPathSampling(t *testing.T) {
-	testenv.Privileged(t)
-	if !kernelAtLeast(t, 6, 3) {
-		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
-	}
 	const ratio = 0.25
-	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: FastHTTP{Enabled: true, SampleRatio: ratio, Bounds: testBounds}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := loadFast(t, FastHTTP{SampleRatio: ratio})
 	events := readEvents(c)
 	pid, port := startKeepAliveServer(t)
 	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
@@ -321,16 +323,7 @@ while True:
 // waits for its response goes to user space with its response, whichever
 // of the two the kernel could have taken: user space pairs them.
 func TestFastPathPipelined(t *testing.T) {
-	testenv.Privileged(t)
-	if !kernelAtLeast(t, 6, 3) {
-		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
-	}
-	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: FastHTTP{Enabled: true, Bounds: testBounds}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := loadFast(t, FastHTTP{})
 	events := readEvents(c)
 	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", readAheadServer)
 	out, _ := cmd.StdoutPipe()
@@ -388,17 +381,8 @@ func TestFastPathPipelined(t *testing.T) {
 // be full, so that no series is refused and its requests lost: they go to
 // user space instead.
 func TestFastPathRoom(t *testing.T) {
-	testenv.Privileged(t)
-	if !kernelAtLeast(t, 6, 3) {
-		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
-	}
 	const maxSeries = 16 // room for 14: an eighth is kept
-	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: FastHTTP{Enabled: true, Bounds: testBounds, MaxSeries: maxSeries}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := loadFast(t, FastHTTP{MaxSeries: maxSeries})
 	events := readEvents(c)
 	pid, port := startKeepAliveServer(t)
 	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
