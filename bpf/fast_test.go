@@ -106,6 +106,17 @@ func startKeepAliveServer(t *testing.T) (pid, port int) {
 	return cmd.Process.Pid, port
 }
 
+// dial connects to the server on port, for the test's life.
+func dial(t *testing.T, port int) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, bufio.NewReader(conn)
+}
+
 // exchange writes raw on conn and reads n responses.
 func exchange(t *testing.T, conn net.Conn, r *bufio.Reader, raw string, n int) {
 	t.Helper()
@@ -160,12 +171,7 @@ func TestFastPath(t *testing.T) {
 	}
 	events := readEvents(c)
 	pid, port := startKeepAliveServer(t)
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
+	conn, r := dial(t, port)
 	get := func(path, headers string) string {
 		return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + headers + "\r\n"
 	}
@@ -270,12 +276,7 @@ func TestFastPathSampling(t *testing.T) {
 	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
+	conn, r := dial(t, port)
 	const n = 400
 	for i := 0; i < n; i++ {
 		exchange(t, conn, r, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 1)
@@ -385,12 +386,7 @@ func TestFastPathRoom(t *testing.T) {
 	c := loadFast(t, FastHTTP{MaxSeries: maxSeries})
 	events := readEvents(c)
 	pid, port := startKeepAliveServer(t)
-	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	r := bufio.NewReader(conn)
+	conn, r := dial(t, port)
 	var userSpace []string
 	for i := range 20 {
 		path := fmt.Sprintf("/p%d", i)
