@@ -78,13 +78,20 @@ func readEvents(c *Capture) *fastEvents {
 	return f
 }
 
-// take returns the events read so far and forgets them, after the reader's
-// next poll.
-func (f *fastEvents) take() []Event {
+// take returns the events of process pid read so far, after the reader's
+// next poll, and forgets every event read. Other tests of the machine may
+// be running beside (go test runs packages at once), and this test's
+// capture, in the root PID namespace, sees their processes too.
+func (f *fastEvents) take(pid int) []Event {
 	time.Sleep(3 * PollInterval)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	ev := f.events
+	var ev []Event
+	for _, e := range f.events {
+		if int(e.PID) == pid {
+			ev = append(ev, e)
+		}
+	}
 	f.events = nil
 	return ev
 }
@@ -179,7 +186,7 @@ func TestFastPath(t *testing.T) {
 	seen := func(want ...string) {
 		t.Helper()
 		var got []string
-		for _, ev := range events.take() {
+		for _, ev := range events.take(pid) {
 			line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
 			got = append(got, line)
 		}
@@ -282,7 +289,7 @@ func TestFastPathSampling(t *testing.T) {
 		exchange(t, conn, r, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n", 1)
 	}
 	var sampled, responses int
-	for _, ev := range events.take() {
+	for _, ev := range events.take(pid) {
 		switch {
 		case strings.HasPrefix(string(ev.Payload), "GET /a"):
 			sampled++
@@ -357,7 +364,7 @@ func TestFastPathPipelined(t *testing.T) {
 		}
 		conn.Close()
 		var got []string
-		for _, ev := range events.take() {
+		for _, ev := range events.take(cmd.Process.Pid) {
 			got = append(got, string(ev.Payload))
 		}
 		want := []string{
@@ -398,7 +405,7 @@ func TestFastPathRoom(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, ev := range events.take() {
+	for _, ev := range events.take(pid) {
 		if line, _, _ := strings.Cut(string(ev.Payload), "\r\n"); strings.HasPrefix(line, "GET ") {
 			userSpace = append(userSpace, line)
 		}
