@@ -714,6 +714,8 @@ struct sock_state {
 	__u64 req_ns; // when the skipped request arrived
 	__u64 dur_ns; // the duration it is counted with, so far
 	struct hist_key key; // and its series
+	__u8 held;      // FAST_BYTE: a request's first byte, read alone
+	__u64 held_ns;  // and when
 };
 
 struct {
@@ -758,6 +760,18 @@ volatile const __u64 hist_bounds_ns[HIST_BUCKETS - 1] = {};
 #define FAST_HANDOFF 4 // a request went to user space meanwhile: the next response is its
 #define FAST_OFF 8     // no fast path on this connection any more
 #define FAST_PENDING 16 // a request went to user space, and no response has started since
+// A request's first byte came alone (Go's server reads one byte in the
+// background while a handler runs, and gets the next request's first
+// byte when it comes before that read is cancelled): it is held, not
+// sent, until the rest shows whether the exchange is the kernel's.
+#define FAST_BYTE 32
+
+// What fast_skip tells its caller to do with the event.
+enum fast_verdict {
+	FAST_SEND = 0,      // send it
+	FAST_SKIP = 1,      // the kernel's: send nothing
+	FAST_SEND_HELD = 2, // send the held byte first, then it
+};
 
 #define METHOD_GET 1
 #define METHOD_HEAD 2
@@ -921,18 +935,24 @@ static __always_inline bool starts_fast_method(struct event *e)
 // fast_request tells whether the request in e (received on a connection
 // in state st) is for the fast path, and if so makes st own its exchange.
 // It may draw e's trace ID instead: then the request goes to user space.
-static __always_inline bool fast_request(struct event *e, struct sock_state *st)
+static __always_inline bool fast_request(struct event *e, struct sock_state *st, __u8 held, __u64 start_ns)
 {
 	__u32 len = e->len;
-	if (e->captured != len || len < 18 || len > FAST_MAX_HEAD)
+	if (e->captured != len || len + (held ? 1 : 0) < 18 || len > FAST_MAX_HEAD)
 		return false;
 	__u64 first = *(__u64 *)e->payload;
 	__u8 method;
 	__u32 start;
-	if ((first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0)) {
+	if (held == 'G' && (first & 0xffffff) == W8('E', 'T', ' ', 0, 0, 0, 0, 0)) {
+		method = METHOD_GET; // its 'G' came alone, and is held
+		start = 3;
+	} else if (held == 'H' && (first & 0xffffffff) == W8('E', 'A', 'D', ' ', 0, 0, 0, 0)) {
+		method = METHOD_HEAD;
+		start = 4;
+	} else if (!held && (first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0)) {
 		method = METHOD_GET;
 		start = 4;
-	} else if ((first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
+	} else if (!held && (first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
 		method = METHOD_HEAD;
 		start = 5;
 	} else {
@@ -976,7 +996,7 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st)
 		return false;
 	}
 	st->fast = FAST_OWN;
-	st->req_ns = e->ts_exit;
+	st->req_ns = start_ns;
 	st->key.tgid = st->tgid;
 	st->key.route = *route;
 	st->key.status = 0;
@@ -1109,18 +1129,30 @@ static __always_inline void sock_fill(struct event *e, struct task_struct *task,
 
 // fast_skip runs the fast path for e, received or sent on a connection in
 // state st, and tells whether e is the kernel's: not to be sent.
-static __always_inline bool fast_skip(struct sock_state *st, struct event *e, __u8 dir)
+static __always_inline int fast_skip(struct sock_state *st, struct event *e, __u8 dir)
 {
 	__u8 f = st->fast;
+	if (f & FAST_BYTE) {
+		// The rest of the request whose first byte is held, or anything
+		// else: either way the byte is decided now.
+		st->fast = f = f & ~FAST_BYTE;
+		if (dir == DIR_INGRESS && !(f & (FAST_OWN | FAST_PENDING | FAST_OFF)) && fast_request(e, st, st->held, st->held_ns))
+			return FAST_SKIP;
+		if (dir == DIR_INGRESS)
+			st->fast = f | FAST_PENDING;
+		else
+			st->fast = f & ~FAST_PENDING;
+		return FAST_SEND_HELD;
+	}
 	if (dir == DIR_INGRESS) {
 		if (f & FAST_OWN) {
 			if (!(f & FAST_RESP)) {
 				// A request before the skipped one's response: pipelined.
 				st->fast = f | FAST_HANDOFF | FAST_OFF;
-				return false;
+				return FAST_SEND;
 			}
 			if (f & FAST_HANDOFF)
-				return false;
+				return FAST_SEND;
 			st->fast = f = f & FAST_OFF; // the skipped exchange is over
 		}
 		if (f & FAST_PENDING) {
@@ -1131,17 +1163,24 @@ static __always_inline bool fast_skip(struct sock_state *st, struct event *e, __
 			// connection: its client pipelines.
 			if (starts_fast_method(e))
 				st->fast = f | FAST_OFF;
-			return false;
+			return FAST_SEND;
 		}
-		if (!(f & FAST_OFF) && st->role != ROLE_CLIENT && fast_request(e, st))
-			return true;
-		if (st->role != ROLE_CLIENT)
-			st->fast = f | FAST_PENDING;
-		return false;
+		if ((f & FAST_OFF) || st->role == ROLE_CLIENT)
+			return FAST_SEND;
+		if (e->len == 1 && e->captured == 1 && (e->payload[0] == 'G' || e->payload[0] == 'H')) {
+			st->held = e->payload[0];
+			st->held_ns = e->ts_exit;
+			st->fast = f | FAST_BYTE;
+			return FAST_SKIP;
+		}
+		if (fast_request(e, st, 0, e->ts_exit))
+			return FAST_SKIP;
+		st->fast = f | FAST_PENDING;
+		return FAST_SEND;
 	}
 	if (!(f & FAST_OWN)) {
 		st->fast = f & ~FAST_PENDING; // the response of what user space has
-		return false;
+		return FAST_SEND;
 	}
 	__u16 status = response_status(e);
 	if (!(f & FAST_RESP)) {
@@ -1149,20 +1188,43 @@ static __always_inline bool fast_skip(struct sock_state *st, struct event *e, __
 			// An interim response (100 Continue, 103 Early Hints), or not
 			// a status line: the skipped exchange goes on until its final
 			// status. Nothing of it reaches user space.
-			return true;
+			return FAST_SKIP;
 		}
 		fast_record(st, status, e->ts_exit);
 		st->fast = f | FAST_RESP;
-		return true;
+		return FAST_SKIP;
 	}
 	// FAST_HANDOFF: the response of the request user space has starts
 	// with its status line.
 	if (status) {
 		st->fast = FAST_OFF;
-		return false;
+		return FAST_SEND;
 	}
 	fast_extend(st, e->ts_exit);
-	return true;
+	return FAST_SKIP;
+}
+
+// submit_held sends the byte st holds as the event it came in: e's
+// connection and process (filled), one byte, at its time. It goes before
+// e, so user space sees the bytes in order.
+static __always_inline void submit_held(struct event *e, struct sock_state *st)
+{
+	__u32 len = e->len, captured = e->captured;
+	__u64 enter = e->ts_enter, exit = e->ts_exit;
+	__u8 dir = e->dir, tail = e->tail_len, first = e->payload[0];
+	e->len = e->captured = 1;
+	e->ts_enter = e->ts_exit = st->held_ns;
+	e->dir = DIR_INGRESS;
+	e->tail_len = 0;
+	e->payload[0] = st->held;
+	submit(e);
+	e->len = len;
+	e->captured = captured;
+	e->ts_enter = enter;
+	e->ts_exit = exit;
+	e->dir = dir;
+	e->tail_len = tail;
+	e->payload[0] = first;
 }
 
 // sock_syscall tells whether nr is a followed syscall that moves bytes in
@@ -1222,9 +1284,15 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	e->len = ret;
 	if (!copy_payload(e, nr, regs->si, regs->dx, ret))
 		return 0;
-	if (fast_http && st && fast_skip(st, e, dir))
-		return 0;
+	int verdict = FAST_SEND;
+	if (fast_http && st) {
+		verdict = fast_skip(st, e, dir);
+		if (verdict == FAST_SKIP)
+			return 0;
+	}
 	sock_fill(e, task, sk, role);
+	if (fast_http && st && verdict == FAST_SEND_HELD)
+		submit_held(e, st);
 	submit(e);
 	return 0;
 }

@@ -116,7 +116,9 @@ type captureSockState struct {
 	ReqNs  uint64
 	DurNs  uint64
 	Key    captureHistKey
-	_      [4]byte
+	Held   uint8
+	_      [3]byte
+	HeldNs uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -416,3 +416,72 @@ func TestFastPathRoom(t *testing.T) {
 		t.Errorf("%d in the kernel, %d lost, user space got %q: want 14, none, %q", stats.FastRequests, stats.FastLost, userSpace, want)
 	}
 }
+
+// byteFirstServer reads each request's first byte alone, then the rest,
+// as Go's server does when the next request comes before it cancels its
+// one-byte background read.
+const byteFirstServer = `
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    while True:
+        if not c.recv(1):
+            break
+        c.recv(4096)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.close()
+`
+
+// TestFastPathHeldByte: a request whose first byte was read alone is still
+// the kernel's when the rest qualifies; when it does not, user space gets
+// the byte and then the rest, in order, with the response.
+func TestFastPathHeldByte(t *testing.T) {
+	c := loadFast(t, FastHTTP{})
+	events := readEvents(c)
+	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", byteFirstServer)
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var port int
+	if _, err := fmt.Fscan(bufio.NewReader(out), &port); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	conn, r := dial(t, port)
+	seen := func(want ...string) {
+		t.Helper()
+		var got []string
+		for _, ev := range events.take(pid) {
+			line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
+			got = append(got, line)
+		}
+		if strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("user space got %q, want %q", got, want)
+		}
+	}
+	get := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+	exchange(t, conn, r, get, 1)
+	seen("G", "ET /a HTTP/1.1", "HTTP/1.1 200 OK")
+	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		exchange(t, conn, r, get, 1)
+	}
+	seen()
+	exchange(t, conn, r, "GET /a HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n", 1)
+	seen("G", "ET /a HTTP/1.1", "HTTP/1.1 200 OK")
+	exchange(t, conn, r, "POST /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 1)
+	seen("P", "OST /a HTTP/1.1", "HTTP/1.1 200 OK")
+	exchange(t, conn, r, get, 1)
+	seen()
+	if stats, _ := c.Stats(); stats.FastRequests != 6 {
+		t.Errorf("%d requests measured in the kernel, want 6", stats.FastRequests)
+	}
+}
