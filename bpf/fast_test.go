@@ -96,9 +96,25 @@ func (f *fastEvents) take(pid int) []Event {
 	return ev
 }
 
-func startKeepAliveServer(t *testing.T) (pid, port int) {
+// expectLines checks the first lines of the events of process pid that
+// user space got since the last take: which requests and responses.
+func (f *fastEvents) expectLines(t *testing.T, pid int, want ...string) {
 	t.Helper()
-	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", keepAliveServer)
+	var got []string
+	for _, ev := range f.take(pid) {
+		line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
+		got = append(got, line)
+	}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
+}
+
+// startPythonServer runs script, a neighbour server that prints its port
+// first, for the test's life.
+func startPythonServer(t *testing.T, script string) (pid, port int) {
+	t.Helper()
+	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", script)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -177,23 +193,12 @@ func TestFastPath(t *testing.T) {
 		t.Fatal("fast path not on")
 	}
 	events := readEvents(c)
-	pid, port := startKeepAliveServer(t)
+	pid, port := startPythonServer(t, keepAliveServer)
 	conn, r := dial(t, port)
 	get := func(path, headers string) string {
 		return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + headers + "\r\n"
 	}
-	// seen says which requests and responses user space got.
-	seen := func(want ...string) {
-		t.Helper()
-		var got []string
-		for _, ev := range events.take(pid) {
-			line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
-			got = append(got, line)
-		}
-		if strings.Join(got, "|") != strings.Join(want, "|") {
-			t.Errorf("user space got %q, want %q", got, want)
-		}
-	}
+	seen := func(want ...string) { t.Helper(); events.expectLines(t, pid, want...) }
 
 	// A path the agent has not registered: user space's.
 	exchange(t, conn, r, get("/a", ""), 1)
@@ -279,7 +284,7 @@ func TestFastPathSampling(t *testing.T) {
 	const ratio = 0.25
 	c := loadFast(t, FastHTTP{SampleRatio: ratio})
 	events := readEvents(c)
-	pid, port := startKeepAliveServer(t)
+	pid, port := startPythonServer(t, keepAliveServer)
 	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
 		t.Fatal(err)
 	}
@@ -308,15 +313,20 @@ func TestFastPathSampling(t *testing.T) {
 	}
 }
 
-// readAheadServer reads two requests before it answers the first, as a
-// server does whose client pipelines: per connection, a read, a second
-// read, then both responses, in order, one write each.
-const readAheadServer = `
+// pythonListener starts a raw server script: a socket s listening on a
+// port of the loopback, printed first (startPythonServer reads it).
+const pythonListener = `
 import socket
 s = socket.socket()
 s.bind(("127.0.0.1", 0))
 s.listen()
 print(s.getsockname()[1], flush=True)
+`
+
+// readAheadServer reads two requests before it answers the first, as a
+// server does whose client pipelines: per connection, a read, a second
+// read, then both responses, in order, one write each.
+const readAheadServer = pythonListener + `
 while True:
     c, _ = s.accept()
     a = c.recv(4096)
@@ -333,17 +343,8 @@ while True:
 func TestFastPathPipelined(t *testing.T) {
 	c := loadFast(t, FastHTTP{})
 	events := readEvents(c)
-	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", readAheadServer)
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	var port int
-	if _, err := fmt.Fscan(bufio.NewReader(out), &port); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.AddRoute(uint32(cmd.Process.Pid), "GET", "/fast", 1); err != nil {
+	pid, port := startPythonServer(t, readAheadServer)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
 		t.Fatal(err)
 	}
 	for _, first := range []string{"/slow-path", "/fast"} {
@@ -364,7 +365,7 @@ func TestFastPathPipelined(t *testing.T) {
 		}
 		conn.Close()
 		var got []string
-		for _, ev := range events.take(cmd.Process.Pid) {
+		for _, ev := range events.take(pid) {
 			got = append(got, string(ev.Payload))
 		}
 		want := []string{
@@ -392,7 +393,7 @@ func TestFastPathRoom(t *testing.T) {
 	const maxSeries = 16 // room for 14: an eighth is kept
 	c := loadFast(t, FastHTTP{MaxSeries: maxSeries})
 	events := readEvents(c)
-	pid, port := startKeepAliveServer(t)
+	pid, port := startPythonServer(t, keepAliveServer)
 	conn, r := dial(t, port)
 	var userSpace []string
 	for i := range 20 {
@@ -420,12 +421,7 @@ func TestFastPathRoom(t *testing.T) {
 // byteFirstServer reads each request's first byte alone, then the rest,
 // as Go's server does when the next request comes before it cancels its
 // one-byte background read.
-const byteFirstServer = `
-import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen()
-print(s.getsockname()[1], flush=True)
+const byteFirstServer = pythonListener + `
 while True:
     c, _ = s.accept()
     while True:
@@ -442,29 +438,9 @@ while True:
 func TestFastPathHeldByte(t *testing.T) {
 	c := loadFast(t, FastHTTP{})
 	events := readEvents(c)
-	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", byteFirstServer)
-	out, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	var port int
-	if _, err := fmt.Fscan(bufio.NewReader(out), &port); err != nil {
-		t.Fatal(err)
-	}
-	pid := cmd.Process.Pid
+	pid, port := startPythonServer(t, byteFirstServer)
 	conn, r := dial(t, port)
-	seen := func(want ...string) {
-		t.Helper()
-		var got []string
-		for _, ev := range events.take(pid) {
-			line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
-			got = append(got, line)
-		}
-		if strings.Join(got, "|") != strings.Join(want, "|") {
-			t.Errorf("user space got %q, want %q", got, want)
-		}
-	}
+	seen := func(want ...string) { t.Helper(); events.expectLines(t, pid, want...) }
 	get := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
 	exchange(t, conn, r, get, 1)
 	seen("G", "ET /a HTTP/1.1", "HTTP/1.1 200 OK")
