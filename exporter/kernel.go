@@ -2,9 +2,6 @@ package exporter
 
 import (
 	"log/slog"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -151,7 +148,7 @@ func (k *kernelHTTP) drain() {
 			"lost", lost)
 	}
 	for pid, kp := range k.procs {
-		if !sameProcess(kp.proc) {
+		if !pod.Running(procRoot, kp.proc) {
 			k.remove(pid)
 		}
 	}
@@ -210,22 +207,9 @@ func (k *kernelHTTP) fail(err error) {
 	}
 }
 
-// procRoot is where sameProcess looks; a test seam.
+// procRoot is where the exporter looks for the processes the kernel
+// counts for (pod.Running); a test seam.
 var procRoot = "/proc"
-
-// sameProcess tells whether p still runs under its pid: a process that
-// exited, or whose pid another executable took, no longer does. Where the
-// agent may not read a neighbour's executable (no CAP_SYS_PTRACE), the
-// pid's existence is all it knows.
-func sameProcess(p *pod.Process) bool {
-	dir := procRoot + "/" + strconv.Itoa(p.PID)
-	if _, err := os.Stat(dir); err != nil {
-		return false
-	}
-	exe, err := os.Readlink(dir + "/exe")
-	// As pod.ReadProcess has it: a binary replaced on disk still runs.
-	return err != nil || p.Exe == "" || strings.TrimSuffix(exe, " (deleted)") == p.Exe
-}
 
 // addKernel adds the growth of a kernel series, from last to now, to the
 // point of attrs, which *cached keeps. A response written in several

@@ -21,7 +21,6 @@ import (
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/internal/otlptest"
-	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
 )
 
@@ -132,29 +131,6 @@ func TestKernelMoveAcrossDeltaPeriods(t *testing.T) {
 	}
 	if p.Count != 1 || inBuckets != 1 || p.BucketCounts[5] != 1 {
 		t.Errorf("point %+v: want the new request, in (75, 100] ms, and no more", p)
-	}
-}
-
-func TestSameProcess(t *testing.T) {
-	root := t.TempDir()
-	defer func(r string) { procRoot = r }(procRoot)
-	procRoot = root
-	os.MkdirAll(filepath.Join(root, "7"), 0o755)
-	os.Symlink("/usr/bin/python3", filepath.Join(root, "7", "exe"))
-	os.MkdirAll(filepath.Join(root, "8"), 0o755) // exe unreadable
-	for _, c := range []struct {
-		p    pod.Process
-		want bool
-	}{
-		{pod.Process{PID: 7, Exe: "/usr/bin/python3"}, true},
-		{pod.Process{PID: 7, Exe: "/usr/bin/node"}, false}, // the pid went to another program
-		{pod.Process{PID: 7}, true},
-		{pod.Process{PID: 8, Exe: "/usr/bin/node"}, true},
-		{pod.Process{PID: 9, Exe: "/usr/bin/node"}, false}, // exited
-	} {
-		if got := sameProcess(&c.p); got != c.want {
-			t.Errorf("%+v: %v, want %v", c.p, got, c.want)
-		}
 	}
 }
 

@@ -151,3 +151,26 @@ func TestRecheckReadsAgain(t *testing.T) {
 		t.Fatalf("after exec: process %+v, want /usr/bin/java selected", p)
 	}
 }
+
+// Running: a process runs while its pid exists and names the same
+// executable, or one the agent may not read.
+func TestRunning(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "7"), 0o755)
+	os.Symlink("/usr/bin/python3", filepath.Join(root, "7", "exe"))
+	os.MkdirAll(filepath.Join(root, "8"), 0o755) // exe unreadable
+	for _, c := range []struct {
+		p    Process
+		want bool
+	}{
+		{Process{PID: 7, Exe: "/usr/bin/python3"}, true},
+		{Process{PID: 7, Exe: "/usr/bin/node"}, false}, // the pid went to another program
+		{Process{PID: 7}, true},
+		{Process{PID: 8, Exe: "/usr/bin/node"}, true},
+		{Process{PID: 9, Exe: "/usr/bin/node"}, false}, // exited
+	} {
+		if got := Running(root, &c.p); got != c.want {
+			t.Errorf("%+v: %v, want %v", c.p, got, c.want)
+		}
+	}
+}

@@ -130,13 +130,34 @@ func (r *Registry) selects(p *Process) bool {
 	return true
 }
 
+// readExe reads the executable of the process whose /proc folder is dir.
+// A binary replaced on disk since it started still runs: its " (deleted)"
+// mark is dropped.
+func readExe(dir string) (string, error) {
+	exe, err := os.Readlink(dir + "/exe")
+	return strings.TrimSuffix(exe, " (deleted)"), err
+}
+
+// Running tells whether p still runs under its pid: a process that exited,
+// or whose pid another executable took, no longer does. Where the agent may
+// not read a neighbour's executable (no CAP_SYS_PTRACE), the pid's
+// existence is all it knows.
+func Running(procRoot string, p *Process) bool {
+	dir := fmt.Sprintf("%s/%d", procRoot, p.PID)
+	if _, err := os.Stat(dir); err != nil {
+		return false
+	}
+	exe, err := readExe(dir)
+	return err != nil || p.Exe == "" || exe == p.Exe
+}
+
 // ReadProcess reads what /proc tells of pid. Fields it cannot read stay
 // empty; Name falls back to comm.
 func ReadProcess(procRoot string, pid int, comm string) *Process {
 	dir := fmt.Sprintf("%s/%d", procRoot, pid)
 	p := &Process{PID: pid, Name: comm}
-	if exe, err := os.Readlink(dir + "/exe"); err == nil {
-		p.Exe = strings.TrimSuffix(exe, " (deleted)")
+	if exe, err := readExe(dir); err == nil {
+		p.Exe = exe
 		p.Name = filepath.Base(p.Exe)
 	}
 	if b, err := readPrefix(dir+"/cmdline", maxCmdlineBytes); err == nil {
