@@ -922,14 +922,48 @@ static long head_word(__u32 i, struct head_scan *s)
 	return s->bad ? 1 : 0;
 }
 
+// fast_method is the method of the request e starts, when it is one the
+// fast path takes (METHOD_GET, METHOD_HEAD; else 0), and sets start to
+// where its target begins in e. held is the request's first byte when it
+// came alone and is held (FAST_BYTE), else 0: the method is matched as if
+// it were in front of the payload.
+static __always_inline __u8 fast_method(struct event *e, __u8 held, __u32 *start)
+{
+	if (e->captured < 5)
+		return 0;
+	__u64 first = *(__u64 *)e->payload;
+	__u32 skip = 0;
+	if (held) {
+		first = first << 8 | held;
+		skip = 1;
+	}
+	if ((first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0)) {
+		*start = 4 - skip;
+		return METHOD_GET;
+	}
+	if ((first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
+		*start = 5 - skip;
+		return METHOD_HEAD;
+	}
+	return 0;
+}
+
+// http1_version is x of "HTTP/1.x" at e->payload[off], 0 when that is
+// not there.
+static __always_inline __u8 http1_version(struct event *e, __u32 off)
+{
+	__u64 w = *(__u64 *)&e->payload[bounded(off, MAX_CAPTURE - 1)];
+	if ((w & 0x00ffffffffffffffULL) != W8('H', 'T', 'T', 'P', '/', '1', '.', 0))
+		return 0;
+	return w >> 56;
+}
+
 // starts_fast_method tells whether e's payload starts with a method the
 // fast path takes.
 static __always_inline bool starts_fast_method(struct event *e)
 {
-	if (e->captured < 5)
-		return false;
-	__u64 first = *(__u64 *)e->payload;
-	return (first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0) || (first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0);
+	__u32 start;
+	return fast_method(e, 0, &start) != 0;
 }
 
 // fast_request tells whether the request in e (received on a connection
@@ -940,35 +974,17 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 	__u32 len = e->len;
 	if (e->captured != len || len + (held ? 1 : 0) < 18 || len > FAST_MAX_HEAD)
 		return false;
-	__u64 first = *(__u64 *)e->payload;
-	__u8 method;
 	__u32 start;
-	if (held == 'G' && (first & 0xffffff) == W8('E', 'T', ' ', 0, 0, 0, 0, 0)) {
-		method = METHOD_GET; // its 'G' came alone, and is held
-		start = 3;
-	} else if (held == 'H' && (first & 0xffffffff) == W8('E', 'A', 'D', ' ', 0, 0, 0, 0)) {
-		method = METHOD_HEAD;
-		start = 4;
-	} else if (!held && (first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0)) {
-		method = METHOD_GET;
-		start = 4;
-	} else if (!held && (first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
-		method = METHOD_HEAD;
-		start = 5;
-	} else {
+	__u8 method = fast_method(e, held, &start);
+	if (!method)
 		return false;
-	}
 	struct head_scan s = {.len = len};
 	bpf_loop((len + 7) / 8, head_word, &s, 0);
 	if (s.bad || !s.end || s.first_nl < 14)
 		return false;
 	// The request line ends in " HTTP/1.x\r\n".
-	__u32 v = bounded(s.first_nl - 9, MAX_CAPTURE - 1);
-	__u64 version = *(__u64 *)&e->payload[v];
-	if ((version & 0x00ffffffffffffffULL) != W8('H', 'T', 'T', 'P', '/', '1', '.', 0) || e->payload[bounded(s.first_nl - 10, MAX_CAPTURE - 1)] != ' ')
-		return false;
-	__u8 minor = version >> 56;
-	if (minor != '0' && minor != '1')
+	__u8 minor = http1_version(e, s.first_nl - 9);
+	if ((minor != '0' && minor != '1') || e->payload[bounded(s.first_nl - 10, MAX_CAPTURE - 1)] != ' ')
 		return false;
 
 	// The path: from the '/' to the query or the space before the version,
@@ -1075,15 +1091,13 @@ static __always_inline __u16 response_status(struct event *e)
 {
 	if (e->captured < 12)
 		return 0;
-	__u64 w = *(__u64 *)e->payload;
-	if ((w & 0x00ffffffffffffffULL) != W8('H', 'T', 'T', 'P', '/', '1', '.', 0) || e->payload[8] != ' ')
+	if (!http1_version(e, 0) || e->payload[8] != ' ')
 		return 0;
 	__u8 a = e->payload[9] - '0', b = e->payload[10] - '0', c = e->payload[11] - '0';
 	if (a > 9 || b > 9 || c > 9)
 		return 0;
 	return a * 100 + b * 10 + c;
 }
-
 
 // tcp_sock tells whether sk is a TCP socket over IPv4 or IPv6. sk is a
 // typed kernel pointer here: plain loads, no probe reads.
@@ -1179,7 +1193,8 @@ static __always_inline int fast_skip(struct sock_state *st, struct event *e, __u
 		return FAST_SEND;
 	}
 	if (!(f & FAST_OWN)) {
-		st->fast = f & ~FAST_PENDING; // the response of what user space has
+		if (f & FAST_PENDING)
+			st->fast = f & ~FAST_PENDING; // the response of what user space has
 		return FAST_SEND;
 	}
 	__u16 status = response_status(e);
