@@ -108,7 +108,7 @@ func (k *kernelHTTP) register(r *tracer.Request) {
 	}
 	pid := uint32(r.Process.PID)
 	kp := k.procs[pid]
-	if kp != nil && !sameKey(kp.proc, r.Process) {
+	if kp != nil && procKeyOf(kp.proc) != procKeyOf(r.Process) {
 		// Another process has the pid now: what the kernel counted is the
 		// one before's.
 		k.read()
@@ -192,12 +192,6 @@ func (k *kernelHTTP) remove(pid uint32) {
 	if err := k.k.ForgetProcess(pid); err != nil {
 		k.fail(err)
 	}
-}
-
-// sameKey tells whether a and b are the same process to the exporter
-// (procKey): the registry may describe one process with a new Process.
-func sameKey(a, b *pod.Process) bool {
-	return a.PID == b.PID && a.Exe == b.Exe && a.Name == b.Name
 }
 
 func (k *kernelHTTP) fail(err error) {

@@ -27,6 +27,14 @@ type procKey struct {
 	exe, name string
 }
 
+// procKeyOf is p's key; the zero key for nil.
+func procKeyOf(p *pod.Process) procKey {
+	if p == nil {
+		return procKey{}
+	}
+	return procKey{pid: p.PID, exe: p.Exe, name: p.Name}
+}
+
 // process is one neighbour's resource, meter provider and span resource,
 // plus caches that keep the per-request work allocation-light. Only the
 // worker goroutine uses it.
@@ -72,10 +80,7 @@ type process struct {
 
 // process returns the state for p, creating it on first sight.
 func (e *Exporter) process(p *pod.Process) *process {
-	var key procKey
-	if p != nil {
-		key = procKey{pid: p.PID, exe: p.Exe, name: p.Name}
-	}
+	key := procKeyOf(p)
 	if s, ok := e.procs[key]; ok {
 		s.lastGen = e.gen
 		return s
