@@ -3,6 +3,7 @@ module github.com/podtracer/podtracer/bench
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.72.0
 	go.opentelemetry.io/otel v1.47.0
 	go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetricgrpc v1.47.0

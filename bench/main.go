@@ -45,6 +45,8 @@ func main() {
 			err = loadMain(os.Args[2:])
 		case "pingpong":
 			err = pingpongMain(os.Args[2:])
+		case "floor":
+			err = floorMain(os.Args[2:])
 		default:
 			err = benchMain(os.Args[1:])
 		}
@@ -90,6 +92,7 @@ const (
 	variantBare      = "bare"
 	variantPodtracer = "podtracer"
 	variantSampled   = "sampled"
+	variantFloor     = "floor"
 	variantOTelHTTP  = "otelhttp"
 )
 
@@ -97,9 +100,10 @@ const (
 // one span in ten (and so the kernel's fast path for HTTP/1).
 var sampledEnv = []string{"OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.1"}
 
-// agentVariant tells whether variant runs the podtracer agent.
+// agentVariant tells whether variant runs something in the server's pod
+// beside it: the podtracer agent, or the floor program in its place.
 func agentVariant(variant string) bool {
-	return variant == variantPodtracer || variant == variantSampled
+	return variant == variantPodtracer || variant == variantSampled || variant == variantFloor
 }
 
 // workload is a server the benchmark measures, and what drives it.
@@ -113,11 +117,11 @@ type workload struct {
 }
 
 var workloads = []workload{
-	{"go", workloadGo, []string{variantBare, variantPodtracer, variantSampled, variantOTelHTTP}, []string{"wrk"}, "wrk -t1 -c%d", "loadgen"},
-	{"nginx", workloadNginx, []string{variantBare, variantPodtracer, variantSampled}, []string{"wrk", "nginx"}, "wrk -t1 -c%d", "loadgen"},
-	{"redis", workloadRedis, []string{variantBare, variantPodtracer, variantSampled}, []string{"redis-server", "redis-benchmark"},
+	{"go", workloadGo, []string{variantBare, variantFloor, variantPodtracer, variantSampled, variantOTelHTTP}, []string{"wrk"}, "wrk -t1 -c%d", "loadgen"},
+	{"nginx", workloadNginx, []string{variantBare, variantFloor, variantPodtracer, variantSampled}, []string{"wrk", "nginx"}, "wrk -t1 -c%d", "loadgen"},
+	{"redis", workloadRedis, []string{variantBare, variantFloor, variantPodtracer, variantSampled}, []string{"redis-server", "redis-benchmark"},
 		"redis-benchmark -t get -P 1 -c %d", "loadgen -proto resp"},
-	{"grpc", workloadGRPC, []string{variantBare, variantPodtracer, variantSampled}, nil, "ghz -c %[1]d --connections %[1]d", "ghz --rps"},
+	{"grpc", workloadGRPC, []string{variantBare, variantFloor, variantPodtracer, variantSampled}, nil, "ghz -c %[1]d --connections %[1]d", "ghz --rps"},
 }
 
 // workloadNamed returns the workload whose table name is name.
@@ -139,7 +143,7 @@ func benchMain(args []string) error {
 	rates := fs.String("rates", "5000,20000", "fixed request rates (req/s) for latency, CPU and loss, comma-separated")
 	fs.IntVar(&o.conns, "conns", 32, "keep-alive connections, for every load generator")
 	workloadFlag := fs.String("workloads", "go,nginx", "workloads: go, nginx, redis, grpc, or all")
-	variants := fs.String("variants", "bare,podtracer,otelhttp", "variants: bare, podtracer, sampled (podtracer with one span in ten), otelhttp (Go only); added figures need bare")
+	variants := fs.String("variants", "bare,podtracer,otelhttp", "variants: bare, podtracer, sampled (podtracer with one span in ten), floor (a minimal per-call kernel program instead of the agent: the least any such design costs), otelhttp (Go only); added figures need bare")
 	fs.BoolVar(&o.saturate, "saturation", true, "run the saturation phase (wrk, redis-benchmark, ghz)")
 	fs.StringVar(&o.agent, "agent", "", "podtracer binary to measure; empty: build it from -repo")
 	fs.StringVar(&o.ghz, "ghz", "", "ghz binary (gRPC load); empty: ghz on PATH, else built with go install into the user cache folder")
@@ -186,11 +190,11 @@ func benchMain(args []string) error {
 	}
 	for _, v := range strings.Split(*variants, ",") {
 		switch v = strings.TrimSpace(v); v {
-		case variantBare, variantPodtracer, variantSampled, variantOTelHTTP:
+		case variantBare, variantPodtracer, variantSampled, variantFloor, variantOTelHTTP:
 			o.variants = append(o.variants, v)
 		case "":
 		default:
-			return fmt.Errorf("-variants: unknown %q (bare, podtracer, sampled, otelhttp)", v)
+			return fmt.Errorf("-variants: unknown %q (bare, podtracer, sampled, floor, otelhttp)", v)
 		}
 	}
 	if *agentEnv != "" {
@@ -238,6 +242,7 @@ type harness struct {
 	dir      string // scratch folder, removed at the end
 	self     string // this binary
 	agent    string
+	floor    string // the floor variant's compiled program
 	ghz      string // the gRPC load generator
 	www      string // nginx's document root
 	receiver *process
@@ -271,6 +276,11 @@ func newHarness(o options) (_ *harness, err error) {
 	h.agent = o.agent
 	if h.agent == "" {
 		if h.agent, err = buildAgent(o.repo, o.rev, h.dir); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Contains(o.variants, variantFloor) {
+		if h.floor, err = buildFloor(o.repo, h.dir); err != nil {
 			return nil, err
 		}
 	}
@@ -559,7 +569,10 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 		if variant == variantSampled {
 			cmd.Env = append(cmd.Env, sampledEnv...)
 		}
-		if in.agent, err = start("podtracer", cmd, true); err != nil {
+		if variant == variantFloor {
+			cmd = in.pod.command(h.self, "floor", h.floor)
+		}
+		if in.agent, err = start(variant, cmd, true); err != nil {
 			return nil, err
 		}
 		if err := in.agent.waitOutput("podtracer agent running", 60*time.Second); err != nil {

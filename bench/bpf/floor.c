@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// The floor of a per-call design: what any program that follows a pod's
+// socket calls does on each of them, and nothing more. It finds that the
+// call is the pod's (a TCP socket, a task of the pod's PID namespace), the
+// syscall's buffer, the connection's state, the time, and copies the
+// payload's first 64 bytes. It sends nothing anywhere. The bench's floor
+// variant runs it in place of the agent: what it costs the server is the
+// least that podtracer's kernel side, or any design like it, can cost.
+#include "vmlinux.h"
+#include "bpf_helpers.h"
+#include "bpf_core_read.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct conn_state {
+	__u64 last_ns;
+	__u64 calls;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct conn_state);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[64]);
+} head SEC(".maps");
+
+volatile const __u32 pidns_ino = 0;
+
+static __always_inline void *first_buffer(struct pt_regs *regs)
+{
+	struct iovec iov = {};
+	struct user_msghdr msg;
+	switch (regs->orig_ax) {
+	case 0:  // read
+	case 1:  // write
+	case 44: // sendto
+	case 45: // recvfrom
+		return (void *)regs->si;
+	case 19: // readv
+	case 20: // writev
+		bpf_probe_read_user(&iov, sizeof(iov), (void *)regs->si);
+		return iov.iov_base;
+	case 46: // sendmsg
+	case 47: // recvmsg
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)regs->si))
+			return 0;
+		bpf_probe_read_user(&iov, sizeof(iov), msg.msg_iov);
+		return iov.iov_base;
+	}
+	return 0;
+}
+
+static __always_inline int on_call(struct sock *sk, int ret)
+{
+	if (ret <= 0 || sk->sk_protocol != 6 /* IPPROTO_TCP */)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pid *p = task->thread_pid;
+	// The pod's PID namespace is one level below the node's (numbers[1]).
+	struct upid *u = (void *)p + bpf_core_field_offset(struct pid, numbers) + bpf_core_type_size(struct upid);
+	if (p->level != 1 || u->ns->ns.inum != pidns_ino)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	struct conn_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->last_ns = bpf_ktime_get_boot_ns();
+	st->calls++;
+	__u32 zero = 0;
+	char *buf = bpf_map_lookup_elem(&head, &zero);
+	void *src = first_buffer(regs);
+	if (buf && src)
+		bpf_probe_read_user(buf, 64, src);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int floor_recv(__u64 *ctx)
+{
+	return on_call((struct sock *)ctx[0], ctx[1]);
+}
+
+SEC("tp_btf/sock_send_length")
+int floor_send(__u64 *ctx)
+{
+	return on_call((struct sock *)ctx[0], ctx[1]);
+}
