@@ -37,7 +37,8 @@ func buildFloor(repo, dir string) (string, error) {
 // floorMain is `bench floor OBJECT`, the floor variant's stand-in for the
 // agent, run in the pod: it attaches floor.c's programs for its own PID
 // namespace and holds them until it is stopped. It prints the two lines
-// the harness waits for from an agent.
+// the harness waits for from an agent, the second with the count of calls
+// the programs followed (floor_calls), which the harness checks.
 func floorMain(args []string) error {
 	if len(args) != 1 {
 		return errors.New("usage: bench floor OBJECT")
@@ -50,8 +51,12 @@ func floorMain(args []string) error {
 	if err := syscall.Stat("/proc/self/ns/pid", &ns); err != nil {
 		return err
 	}
-	if err := spec.Variables["pidns_ino"].Set(uint32(ns.Ino)); err != nil {
-		return err
+	v := spec.Variables["pidns_ino"]
+	if v == nil {
+		return fmt.Errorf("%s: no variable pidns_ino", args[0])
+	}
+	if err := v.Set(uint32(ns.Ino)); err != nil {
+		return fmt.Errorf("set pidns_ino: %w", err)
 	}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
@@ -69,6 +74,14 @@ func floorMain(args []string) error {
 	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
 	fmt.Println(`msg="podtracer agent running" (the floor program)`)
 	<-stop
-	fmt.Println(`msg="final stats" kernel_events=0 kernel_lost=0 calls_untracked=0`)
+	var perCPU []uint64
+	if err := coll.Maps["calls"].Lookup(uint32(0), &perCPU); err != nil {
+		return fmt.Errorf("read the count of calls: %w", err)
+	}
+	var calls uint64
+	for _, n := range perCPU {
+		calls += n
+	}
+	fmt.Printf("msg=\"final stats\" kernel_events=0 kernel_lost=0 calls_untracked=0 floor_calls=%d\n", calls)
 	return nil
 }

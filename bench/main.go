@@ -681,6 +681,9 @@ func (h *harness) runPhase(ctx context.Context, w, variant string, ph phase) (*r
 		if res.AgentStats == nil {
 			return nil, fmt.Errorf("no final stats line from the agent:\n%s", in.agent.output())
 		}
+		if variant == variantFloor && res.AgentStats["floor_calls"] == 0 {
+			return nil, fmt.Errorf("the floor program followed none of the pod's calls: it measured nothing:\n%s", in.agent.output())
+		}
 		if ok {
 			res.AgentStats["kernel_events"], res.AgentStats["kernel_lost"], res.AgentStats["calls_untracked"] = events, lost, untracked
 			res.KernelMemory = memlock

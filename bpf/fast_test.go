@@ -222,7 +222,7 @@ func TestFastPath(t *testing.T) {
 	// through, one of them longer than many.
 	browser := "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n" +
 		"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n" +
-		"Accept-Language: en-US,en;q=0.5\r\nCookie: " + strings.Repeat("c", 200) + "\r\n" // 430 bytes in all: under the 512 captured
+		"Accept-Language: en-US,en;q=0.5\r\nCookie: " + strings.Repeat("c", 200) + "\r\n" // 428 bytes in all: under the 512 captured
 	exchange(t, conn, r, get("/a", browser), 1)
 	seen()
 	// Not the kernel's: a traceparent, a body, a path not registered, two
