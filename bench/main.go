@@ -564,13 +564,15 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 		}
 	}
 	if agentVariant(variant) {
-		cmd := in.pod.command(h.agent)
-		cmd.Env = append(append(os.Environ(), h.otlpEnv()...), h.o.env...)
-		if variant == variantSampled {
-			cmd.Env = append(cmd.Env, sampledEnv...)
-		}
+		var cmd *exec.Cmd
 		if variant == variantFloor {
 			cmd = in.pod.command(h.self, "floor", h.floor)
+		} else {
+			cmd = in.pod.command(h.agent)
+			cmd.Env = append(append(os.Environ(), h.otlpEnv()...), h.o.env...)
+			if variant == variantSampled {
+				cmd.Env = append(cmd.Env, sampledEnv...)
+			}
 		}
 		if in.agent, err = start(variant, cmd, true); err != nil {
 			return nil, err

@@ -833,6 +833,15 @@ struct {
 	 (__u64)(g) << 48 | (__u64)(h) << 56)
 #define LOWER8 0x2020202020202020ULL
 
+// bytes_equal marks the bytes of w equal to c (a byte repeated 8 times)
+// with their bit 7, without a loop. The lowest mark is exact; higher ones
+// can be false (the subtraction's borrow), so callers use the lowest only.
+static __always_inline __u64 bytes_equal(__u64 w, __u64 c)
+{
+	__u64 x = w ^ c;
+	return (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+}
+
 // head_scan walks a request head a line at a time, for bpf_loop.
 struct head_scan {
 	__u32 len;      // bytes in the payload
@@ -852,13 +861,11 @@ struct head_scan {
 // without a loop: the lowest byte of w ^ c that is zero.
 static __always_inline bool path_hash(struct event *e, __u32 start, struct route_key *rk)
 {
-	const __u64 ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
 	__u64 h = 0xcbf29ce484222325ULL;
 #pragma unroll
 	for (int i = 0; i < ROUTE_WORDS; i++) {
 		__u64 w = *(__u64 *)&e->payload[bounded(start + 8 * i, MAX_CAPTURE - 1)];
-		__u64 sp = w ^ 0x2020202020202020ULL, q = w ^ 0x3f3f3f3f3f3f3f3fULL;
-		__u64 m = ((sp - ones) & ~sp & highs) | ((q - ones) & ~q & highs);
+		__u64 m = bytes_equal(w, 0x2020202020202020ULL) | bytes_equal(w, 0x3f3f3f3f3f3f3f3fULL);
 		if (m) {
 			// Bytes below the first match stay: the lowest set bit of m
 			// is bit 7 of that byte.
@@ -914,7 +921,6 @@ static __always_inline void head_line(struct event *e, struct head_scan *s, __u3
 // limit), and longer lines take more steps.
 static long head_step(__u32 i, struct head_scan *s)
 {
-	const __u64 ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
 	__u32 zero = 0;
 	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
 	if (!e)
@@ -925,10 +931,7 @@ static long head_step(__u32 i, struct head_scan *s)
 	for (int j = 0; j < LINE_WORDS; j++) {
 		if (pos >= s->len)
 			return 1; // the payload ends before its blank line
-		__u64 t = *(__u64 *)&e->payload[bounded(pos, MAX_CAPTURE - 1)] ^ 0x0a0a0a0a0a0a0a0aULL;
-		// The lowest set bit is bit 7 of the first '\n' byte (higher
-		// ones can be false: the subtraction's borrow).
-		m = (t - ones) & ~t & highs;
+		m = bytes_equal(*(__u64 *)&e->payload[bounded(pos, MAX_CAPTURE - 1)], 0x0a0a0a0a0a0a0a0aULL);
 		if (m)
 			break;
 		pos += 8;
