@@ -78,7 +78,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		CaptureBytes:    cfg.CaptureBytes,
 		RingBufferBytes: cfg.RingBuffer,
 		MaxConnections:  cfg.MaxConnections,
-		FastHTTP:        exp.FastHTTP(cfg.KernelMetrics),
+		Fast:            exp.Fast(cfg.KernelMetrics, cfg.parses(tracer.ProtoRedis)),
 	}, logger)
 	if err != nil {
 		return fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
@@ -91,6 +91,9 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	if capture.FastPath() {
 		exp.SetKernelHTTP(capture)
 		logger.Info("kernel HTTP metrics on: unsampled HTTP/1 GET and HEAD requests of known paths are measured in the kernel")
+	}
+	if capture.RedisDrop() {
+		logger.Info("kernel Redis sampling on: server-side Redis commands not picked for a span are dropped in the kernel")
 	}
 
 	batcher := exp.NewBatcher()
@@ -235,7 +238,7 @@ func logStats(logger *slog.Logger, capture *bpf.Capture, tr *tracer.Tracer, exp 
 func logCounters(logger *slog.Logger, msg string, ks bpf.Stats, tr *tracer.Tracer, exp *exporter.Exporter) {
 	ts, es := tr.Stats(), exp.Stats()
 	logger.Info(msg, "kernel_events", ks.Events, "kernel_lost", ks.Lost, "calls_untracked", ks.CallsUntracked,
-		"kernel_requests", ks.FastRequests, "kernel_requests_lost", ks.FastLost, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
+		"kernel_requests", ks.FastRequests, "kernel_requests_lost", ks.FastLost, "kernel_redis_dropped", ks.RedisDropped, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
 		"spans_exported", es.ExportedSpans, "requests_dropped", es.DroppedRequests, "spans_dropped", es.DroppedSpans,
 		"spans_failed", es.FailedSpans)
 }

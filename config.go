@@ -44,7 +44,7 @@ type config struct {
 	CaptureBytes   int    `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
 	RingBuffer     int    `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, at least 4096); raise it if the log reports kernel events lost"`
 	KernelHooks    string `env:"PODTRACER_KERNEL_HOOKS" envDefault:"auto" desc:"kernel hooks that capture traffic: socket (tracepoints on socket sends and receives, Linux 6.3+), syscall (raw tracepoints on every syscall, Linux 5.8+), or auto (socket where the kernel has it)"`
-	KernelMetrics  bool   `env:"PODTRACER_KERNEL_METRICS" envDefault:"true" desc:"when spans are sampled (OTEL_TRACES_SAMPLER ratio below 1, or off) and metrics are exported, the kernel measures HTTP/1 GET and HEAD requests of paths already seen itself, and only those picked for spans reach the agent (socket hooks only); false: every request goes through the agent"`
+	KernelMetrics  bool   `env:"PODTRACER_KERNEL_METRICS" envDefault:"true" desc:"when spans are sampled (OTEL_TRACES_SAMPLER ratio below 1, or off) and metrics are exported, the kernel measures HTTP/1 GET and HEAD requests of paths already seen itself, and only those picked for spans reach the agent; with spans sampled, metrics or not, it also drops the server-side Redis commands not picked for a span (socket hooks only); false: every request goes through the agent"`
 	MaxConnections int    `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once; more are counted and skipped"`
 	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export; beyond it they are dropped and counted"`
 	CaptureQuery   bool   `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
@@ -249,6 +249,11 @@ func checkKeyValues(s string) error {
 }
 
 // tracesEndpoint and metricsEndpoint say whether OTLP export is on.
+// parses tells whether the agent parses protocol p (PODTRACER_PROTOCOLS).
+func (c *config) parses(p string) bool {
+	return len(c.protocols) == 0 || slices.Contains(c.protocols, p)
+}
+
 func (c *config) tracesOTLP() bool  { return c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "" }
 func (c *config) metricsOTLP() bool { return c.OTLPEndpoint != "" || c.OTLPMetricsEndpoint != "" }
 

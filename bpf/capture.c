@@ -76,6 +76,17 @@ enum event_type {
 	EVENT_CLOSE = 2,
 };
 
+// Event flags: what a server-side Redis connection's kernel drop (below)
+// left out before this event, so that user space pairs what follows.
+enum event_flags {
+	// A command the kernel dropped has no reply yet: the next reply on the
+	// connection is its.
+	EVENT_GAP = 1,
+	// The reply of a command the kernel dropped may go on: its rest comes
+	// before this command's reply.
+	EVENT_LOST = 2,
+};
+
 enum direction {
 	DIR_INGRESS = 0, // the process received these bytes
 	DIR_EGRESS = 1,  // the process sent these bytes
@@ -112,6 +123,8 @@ struct event {
 	__u8 raddr[16];
 	__u8 tail[TAIL_BYTES]; // last bytes transferred when len > captured
 	char comm[16];
+	__u8 flags; // EVENT_GAP, EVENT_LOST: what the kernel left out before it
+	__u8 pad[3];
 	// Sized so the verifier can prove that a masked copy (offset < MAX_CAPTURE,
 	// length < 2 * MAX_CAPTURE) stays inside; at most MAX_CAPTURE
 	// bytes of it are ever sent.
@@ -165,7 +178,8 @@ enum stat_index {
 	STAT_CALLS_FULL = 2, // syscalls not followed: no in-flight entry for the thread
 	STAT_FAST = 3,     // HTTP requests measured in the kernel (fast path)
 	STAT_FAST_LOST = 4, // and not recorded: the histogram map was full
-	STAT_MAX = 5,
+	STAT_REDIS_DROP = 5, // server-side Redis commands dropped, not picked for a span
+	STAT_MAX = 6,
 };
 
 struct {
@@ -495,6 +509,7 @@ static __always_inline struct event *scratch_event(__u32 ns_tgid, __u32 ns_tid, 
 	e->len = 0;
 	e->fd = 0;
 	e->trace_low = 0;
+	e->flags = 0;
 	return e;
 }
 
@@ -715,6 +730,7 @@ struct sock_state {
 	__u64 dur_ns; // the duration it is counted with, so far
 	struct hist_key key; // and its series
 	__u8 held;      // FAST_BYTE: a request's first byte, read alone
+	__u8 redis;     // REDIS_* flags: the Redis drop on this connection
 	__u64 held_ns;  // and when
 };
 
@@ -1247,6 +1263,282 @@ static __always_inline int fast_skip(struct sock_state *st, struct event *e, __u
 	return FAST_SKIP;
 }
 
+// ---------------------------------------------------------------------------
+// Server-side Redis commands dropped in the kernel (socket hooks only).
+//
+// A Redis server's own spans are all the agent makes of the commands it
+// serves (no metrics: a database observed from its own side), and RESP
+// carries no trace context, so each is a root span that the trace-ID
+// ratio alone keeps or drops. When spans are sampled, the kernel draws
+// the trace ID of a server's command as the HTTP fast path does, and
+// drops the commands it does not pick, with their replies: user space
+// never parses them. A picked command goes up with the trace ID's low
+// half (trace_low).
+//
+// Only what user space can do without is dropped: one whole command in
+// one read (an array of bulk strings, every byte captured), on a
+// connection whose previous exchange is over. The commands that change
+// how user space reads what follows always go up: SELECT, HELLO, AUTH,
+// RESET, and MULTI to EXEC or DISCARD (a transaction is one span). Those
+// after which the connection is no longer one reply per command
+// (SUBSCRIBE, MONITOR, SYNC, CLIENT REPLY) end the drop on the connection.
+//
+// Where a reply ends is not parsed here. A Redis server writes what it
+// has to send in one write() when it can: a larger reply goes out in
+// writev()s, and a full socket makes a short write. So a send that is a
+// whole write() has sent every reply to the commands read before it, and
+// a command read after it starts a new exchange; after any other send,
+// the next command goes to user space whole, with its reply. A command
+// read before any send since one user space has is pipelined: nothing is
+// dropped on that connection any more. A command read before the dropped
+// one's reply goes up flagged EVENT_GAP (the next reply is the dropped
+// one's), one read after a send that may not have ended it EVENT_LOST.
+
+volatile const __u8 fast_redis = 0; // the drop is on
+
+#define REDIS_SKIP 1    // the current command was dropped: its reply's sends are too
+#define REDIS_REPLIED 2 // a send of that reply came
+#define REDIS_OPEN 4    // the last send was not a whole write(): a reply may go on
+#define REDIS_PENDING 8 // a command went to user space, and no send came since
+#define REDIS_TX 16     // in a transaction: every command goes to user space
+#define REDIS_OFF 32    // nothing dropped on this connection any more
+
+#define REDIS_MAX_ARGS 64
+#define REDIS_MIN_COMMAND 14 // "*1\r\n$4\r\nPING\r\n"
+
+// What a command is to the drop.
+enum redis_kind {
+	REDIS_DROPPABLE = 0,
+	REDIS_KEEP = 1,     // goes to user space
+	REDIS_STOP = 2,     // goes to user space, and ends the drop on the connection
+	REDIS_TX_BEGIN = 3, // MULTI
+	REDIS_TX_END = 4,   // EXEC, DISCARD, RESET
+};
+
+// redis_scan walks a command's arguments, for bpf_loop.
+struct redis_scan {
+	__u32 len;  // payload bytes
+	__u32 pos;  // the next argument's "$<length>\r\n"
+	__u32 name; // where the command's name starts
+	__u32 name_len;
+	__u32 sub; // and its second argument
+	__u32 sub_len;
+	__u8 bad; // not one whole command of bulk strings
+};
+
+// redis_arg is bpf_loop's step over a command's arguments: a bulk string
+// of at most 999 bytes.
+static long redis_arg(__u32 i, struct redis_scan *s)
+{
+	__u32 zero = 0;
+	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 1;
+	__u32 pos = s->pos;
+	if (pos + 4 > s->len || e->payload[bounded(pos, MAX_CAPTURE - 1)] != '$')
+		goto bad;
+	__u32 n = 0, p = pos + 1;
+#pragma unroll
+	for (int k = 0; k < 3; k++) {
+		__u8 d = e->payload[bounded(p, MAX_CAPTURE - 1)] - '0';
+		if (d > 9)
+			break;
+		n = n * 10 + d;
+		p++;
+	}
+	if (p == pos + 1 || e->payload[bounded(p, MAX_CAPTURE - 1)] != '\r' || e->payload[bounded(p + 1, MAX_CAPTURE - 1)] != '\n')
+		goto bad;
+	__u32 data = p + 2, end = data + n;
+	if (end + 2 > s->len || e->payload[bounded(end, MAX_CAPTURE - 1)] != '\r' ||
+	    e->payload[bounded(end + 1, MAX_CAPTURE - 1)] != '\n')
+		goto bad;
+	if (i == 0) {
+		s->name = data;
+		s->name_len = n;
+	} else if (i == 1) {
+		s->sub = data;
+		s->sub_len = n;
+	}
+	s->pos = end + 2;
+	return 0;
+bad:
+	s->bad = 1;
+	return 1;
+}
+
+// redis_word is the up to 8 bytes at e->payload[at], letters folded to
+// lower case, the bytes past len zeroed. (Other bytes change too: a name
+// that folds to a kept one is kept, which only costs the drop.)
+static __always_inline __u64 redis_word(struct event *e, __u32 at, __u32 len)
+{
+	__u64 w = *(__u64 *)&e->payload[bounded(at, MAX_CAPTURE - 1)] | LOWER8;
+	if (len < 8)
+		w &= (1ULL << (8 * len)) - 1;
+	return w;
+}
+
+static __always_inline enum redis_kind redis_classify(struct event *e, struct redis_scan *s)
+{
+	__u64 w = redis_word(e, s->name, s->name_len);
+	switch (s->name_len) {
+	case 4:
+		if (w == W8('e', 'x', 'e', 'c', 0, 0, 0, 0))
+			return REDIS_TX_END;
+		if (w == W8('a', 'u', 't', 'h', 0, 0, 0, 0))
+			return REDIS_KEEP;
+		if (w == W8('s', 'y', 'n', 'c', 0, 0, 0, 0))
+			return REDIS_STOP;
+		break;
+	case 5:
+		if (w == W8('m', 'u', 'l', 't', 'i', 0, 0, 0))
+			return REDIS_TX_BEGIN;
+		if (w == W8('r', 'e', 's', 'e', 't', 0, 0, 0))
+			return REDIS_TX_END;
+		if (w == W8('h', 'e', 'l', 'l', 'o', 0, 0, 0))
+			return REDIS_KEEP;
+		if (w == W8('p', 's', 'y', 'n', 'c', 0, 0, 0))
+			return REDIS_STOP;
+		break;
+	case 6:
+		if (w == W8('s', 'e', 'l', 'e', 'c', 't', 0, 0))
+			return REDIS_KEEP;
+		if (w == W8('c', 'l', 'i', 'e', 'n', 't', 0, 0) && s->sub_len == 5 &&
+		    redis_word(e, s->sub, 5) == W8('r', 'e', 'p', 'l', 'y', 0, 0, 0))
+			return REDIS_STOP; // CLIENT REPLY: commands without replies
+		break;
+	case 7:
+		if (w == W8('d', 'i', 's', 'c', 'a', 'r', 'd', 0))
+			return REDIS_TX_END;
+		if (w == W8('m', 'o', 'n', 'i', 't', 'o', 'r', 0))
+			return REDIS_STOP;
+		break;
+	case 8:
+		if (w == W8('r', 'e', 'p', 'l', 'c', 'o', 'n', 'f'))
+			return REDIS_STOP;
+		break;
+	case 9:  // SUBSCRIBE
+	case 10: // PSUBSCRIBE, SSUBSCRIBE
+		if (w == W8('s', 'u', 'b', 's', 'c', 'r', 'i', 'b') || w == W8('p', 's', 'u', 'b', 's', 'c', 'r', 'i') ||
+		    w == W8('s', 's', 'u', 'b', 's', 'c', 'r', 'i'))
+			return REDIS_STOP;
+		break;
+	}
+	return REDIS_DROPPABLE;
+}
+
+// redis_command decides on the command in e, read on an idle server
+// connection in state st whose flags are r: dropped (true), or up to user
+// space.
+static __always_inline bool redis_command(struct event *e, struct sock_state *st, __u8 r)
+{
+	st->redis = r | REDIS_PENDING;
+	__u32 len = e->len;
+	if (e->captured != len || len < REDIS_MIN_COMMAND || e->payload[0] != '*')
+		return false;
+	// "*<1 to 64>\r\n"
+	__u8 d1 = e->payload[1] - '0', d2 = e->payload[2] - '0';
+	__u32 n, pos;
+	if (d1 > 9 || d1 == 0)
+		return false;
+	if (d2 <= 9) {
+		n = d1 * 10 + d2;
+		pos = 3;
+	} else {
+		n = d1;
+		pos = 2;
+	}
+	if (n > REDIS_MAX_ARGS || e->payload[pos] != '\r' || e->payload[pos + 1] != '\n')
+		return false;
+	struct redis_scan s = {.len = len, .pos = pos + 2};
+	bpf_loop(n, redis_arg, &s, 0);
+	if (s.bad || s.pos != len || s.name_len == 0)
+		return false;
+	switch (redis_classify(e, &s)) {
+	case REDIS_STOP:
+		st->redis = REDIS_OFF;
+		return false;
+	case REDIS_TX_BEGIN:
+		st->redis = r | REDIS_PENDING | REDIS_TX;
+		return false;
+	case REDIS_TX_END:
+		st->redis = (r & ~REDIS_TX) | REDIS_PENDING;
+		return false;
+	case REDIS_KEEP:
+		return false;
+	case REDIS_DROPPABLE:
+		break;
+	}
+	if (r & REDIS_TX)
+		return false;
+	// The sampler's draw, as for HTTP.
+	__u64 low = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32();
+	if (low == 0)
+		low = 1;
+	if ((low >> 1) < sample_bound) {
+		e->trace_low = low;
+		return false;
+	}
+	st->redis = REDIS_SKIP;
+	count(STAT_REDIS_DROP);
+	return true;
+}
+
+// send_open tells whether a send of ret bytes, by the syscall whose
+// registers are regs, may leave a reply unfinished: any but a whole
+// write() or send().
+static __always_inline bool send_open(struct pt_regs *regs, int ret)
+{
+	__u32 nr = regs->orig_ax;
+	return (nr != NR_WRITE && nr != NR_SENDTO) || ret < (int)regs->dx;
+}
+
+// redis_skip runs the drop for e, received or sent on a connection in
+// state st, and tells whether e is the kernel's: not to be sent. The sends
+// of a dropped command's reply never get here (on_sock_data).
+static __always_inline int redis_skip(struct sock_state *st, struct event *e, __u8 dir)
+{
+	__u8 r = st->redis;
+	if (dir == DIR_EGRESS) {
+		r &= ~(REDIS_PENDING | REDIS_OPEN);
+		// The syscall's registers are looked up again rather than kept
+		// from before the payload copy: the verifier would follow each
+		// path through the copy with them, and its work multiplies.
+		if (send_open((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), e->len))
+			r |= REDIS_OPEN;
+		st->redis = r;
+		return FAST_SEND;
+	}
+	if (r & REDIS_SKIP) {
+		// The dropped command's exchange ends with this read, unless its
+		// reply may not be whole: then user space is told what it misses.
+		if (!(r & REDIS_REPLIED) || (r & REDIS_OPEN)) {
+			e->flags |= (r & REDIS_REPLIED) ? EVENT_LOST : EVENT_GAP;
+			st->redis = REDIS_PENDING;
+			return FAST_SEND;
+		}
+		r = 0;
+	}
+	if (r & REDIS_OFF)
+		return FAST_SEND;
+	if (r & REDIS_PENDING) {
+		// More of a command user space has, or the next one before its
+		// reply: the client pipelines.
+		if (e->payload[0] == '*')
+			st->redis = r | REDIS_OFF;
+		return FAST_SEND;
+	}
+	if (r & REDIS_OPEN) {
+		// A reply may still be going out: this exchange is user space's.
+		st->redis = r | REDIS_PENDING;
+		return FAST_SEND;
+	}
+	if (st->role == ROLE_CLIENT) {
+		st->redis = REDIS_OFF;
+		return FAST_SEND;
+	}
+	return redis_command(e, st, r) ? FAST_SKIP : FAST_SEND;
+}
+
 // submit_held sends the byte st holds as the event it came in: e's
 // connection and process (filled), one byte, at its time. It goes before
 // e, so user space sees the bytes in order.
@@ -1319,6 +1611,11 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 			return 0;
 		}
 	}
+	if (fast_redis && st && dir == DIR_EGRESS && (st->redis & REDIS_SKIP)) {
+		// The reply of a dropped command: nothing to read.
+		st->redis = (st->redis & ~REDIS_OPEN) | REDIS_REPLIED | (send_open(regs, ret) ? REDIS_OPEN : 0);
+		return 0;
+	}
 	struct event *e = scratch_event(ns.tgid, ns.pid, EVENT_DATA);
 	if (!e)
 		return 0;
@@ -1333,6 +1630,8 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		if (verdict == FAST_SKIP)
 			return 0;
 	}
+	if (fast_redis && st && verdict == FAST_SEND && redis_skip(st, e, dir) == FAST_SKIP)
+		return 0;
 	sock_fill(e, task, sk, role);
 	if (fast_http && st && verdict == FAST_SEND_HELD)
 		submit_held(e, st);

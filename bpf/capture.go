@@ -73,9 +73,10 @@ type Config struct {
 	RingBufferBytes int
 	// MaxConnections bounds the kernel's per-fd connection cache.
 	MaxConnections int
-	// FastHTTP, with the socket hooks, lets the kernel measure the HTTP/1
-	// requests that need no span itself (see fast.go).
-	FastHTTP FastHTTP
+	// Fast, with the socket hooks, lets the kernel measure the HTTP/1
+	// requests that need no span itself, and drop the server-side Redis
+	// commands that need none (see fast.go).
+	Fast Fast
 }
 
 // ErrClosed is returned by Read after Close.
@@ -89,14 +90,16 @@ type Capture struct {
 	// calls it.
 	Drained func()
 
-	hooks   string // the hook set attached: HooksSocket or HooksSyscall
-	events  *ebpf.Map
-	stats   *ebpf.Map
-	fast    *fastMaps   // nil: no fast path
-	objects []io.Closer // programs and maps, closed by Close
-	links   []link.Link
-	reader  *ringbuf.Reader // never blocks: its deadline is in the past
-	record  ringbuf.Record
+	hooks  string // the hook set attached: HooksSocket or HooksSyscall
+	events *ebpf.Map
+	stats  *ebpf.Map
+	fast   *fastMaps // nil: no fast path
+	// redisDrop: the kernel drops server-side Redis commands not sampled.
+	redisDrop bool
+	objects   []io.Closer // programs and maps, closed by Close
+	links     []link.Link
+	reader    *ringbuf.Reader // never blocks: its deadline is in the past
+	record    ringbuf.Record
 	// wake is the ring buffer's fd in Go's network poller: Read sleeps
 	// there between polls, as a parked goroutine. (The reader's own wait
 	// is a blocking epoll_wait, which keeps the runtime's sysmon thread
@@ -150,8 +153,8 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	if cfg.MaxConnections > 0 {
 		spec.Maps["conns"].MaxEntries = uint32(cfg.MaxConnections)
 	}
-	if cfg.FastHTTP.MaxSeries > 0 {
-		spec.Maps["http_hist"].MaxEntries = uint32(cfg.FastHTTP.MaxSeries)
+	if cfg.Fast.MaxSeries > 0 {
+		spec.Maps["http_hist"].MaxEntries = uint32(cfg.Fast.MaxSeries)
 	}
 	settings := map[string]any{
 		"pidns_dev":     uint64(ns.Dev),
@@ -160,7 +163,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		"capture_bytes": uint32(cfg.CaptureBytes),
 		"wakeup_bytes":  uint64(ringBytes / 4),
 	}
-	if err := cfg.FastHTTP.set(spec); err != nil {
+	if err := cfg.Fast.set(spec); err != nil {
 		return nil, err
 	}
 	for name, value := range settings {
@@ -177,11 +180,11 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	}()
 	switch cfg.Hooks {
 	case HooksSocket:
-		err = c.attachSocketFast(spec, cfg.FastHTTP, logger)
+		err = c.attachSocketFast(spec, cfg.Fast, logger)
 	case HooksSyscall:
 		err = c.attachSyscall(spec, logger)
 	case HooksAuto, "":
-		if err = c.attachSocketFast(spec, cfg.FastHTTP, logger); err != nil {
+		if err = c.attachSocketFast(spec, cfg.Fast, logger); err != nil {
 			logger.Info("socket tracepoints unavailable (they need Linux 6.3+ with BTF): using syscall tracepoints, which run on every syscall of the node",
 				"reason", err)
 			err = c.attachSyscall(spec, logger)
@@ -253,6 +256,10 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
+	var redis uint8
+	if err := spec.Variables["fast_redis"].Get(&redis); err == nil && redis != 0 {
+		c.redisDrop = true
+	}
 	if spec.Variables["fast_http"] != nil {
 		var on uint8
 		if err := spec.Variables["fast_http"].Get(&on); err == nil && on != 0 {
@@ -265,19 +272,21 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	return nil
 }
 
-// attachSocketFast is attachSocket with the fast path as fast asks, and
-// without it when the kernel refuses that: the fast path only saves the
-// agent work, and a kernel that cannot verify it still gets the socket
-// hooks rather than the syscall ones.
-func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast FastHTTP, logger *slog.Logger) error {
+// attachSocketFast is attachSocket with the fast path and the Redis drop
+// as fast asks, and without them when the kernel refuses that: they only
+// save the agent work, and a kernel that cannot verify them still gets the
+// socket hooks rather than the syscall ones.
+func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger *slog.Logger) error {
 	err := c.attachSocket(spec, logger)
 	var verr *ebpf.VerifierError
-	if err == nil || !fast.Enabled || !errors.As(err, &verr) {
+	if err == nil || !(fast.HTTP || fast.Redis) || !errors.As(err, &verr) {
 		return err // loaded, or refused for something else than the fast path
 	}
-	logger.Info("kernel HTTP metrics unavailable: every request goes through the agent", "reason", err)
-	if err := spec.Variables["fast_http"].Set(uint8(0)); err != nil {
-		return err
+	logger.Info("kernel HTTP metrics and Redis sampling unavailable: every request goes through the agent", "reason", err)
+	for _, name := range []string{"fast_http", "fast_redis"} {
+		if err := spec.Variables[name].Set(uint8(0)); err != nil {
+			return err
+		}
 	}
 	return c.attachSocket(spec, logger)
 }
@@ -481,6 +490,9 @@ type Stats struct {
 	// FastRequests are HTTP requests measured in the kernel (fast path);
 	// FastLost those of them not counted, the histogram map being full.
 	FastRequests, FastLost uint64
+	// RedisDropped are server-side Redis commands the kernel dropped, not
+	// picked for a span.
+	RedisDropped uint64
 }
 
 // Stats sums the kernel's per-CPU counters.
@@ -510,7 +522,10 @@ func (c *Capture) Stats() (Stats, error) {
 	if s.FastRequests, err = sum(3); err != nil {
 		return s, err
 	}
-	s.FastLost, err = sum(4)
+	if s.FastLost, err = sum(4); err != nil {
+		return s, err
+	}
+	s.RedisDropped, err = sum(5)
 	return s, err
 }
 
@@ -606,6 +621,20 @@ const (
 	RoleClient  Role = 2 // connected
 )
 
+// EventFlags say what the kernel left out of a connection's bytes before
+// an event: server-side Redis commands it dropped (Fast.Redis), with
+// their replies.
+type EventFlags uint8
+
+const (
+	// FlagGap: a command the kernel dropped has no reply yet; the next
+	// reply on the connection is its.
+	FlagGap EventFlags = 1
+	// FlagLost: the reply of a command the kernel dropped may go on; its
+	// rest comes before the reply to this event's command.
+	FlagLost EventFlags = 2
+)
+
 // Event is one syscall on a TCP connection of a neighbour process.
 type Event struct {
 	Type     EventType
@@ -624,8 +653,11 @@ type Event struct {
 	// request it picked for a span (the fast path's sampling); 0 for any
 	// other event.
 	TraceLow uint64
-	Payload  []byte
-	Tail     []byte // the last bytes transferred, when Len > len(Payload)
+	// Flags say what the kernel left out before this event (FlagGap,
+	// FlagLost).
+	Flags   EventFlags
+	Payload []byte
+	Tail    []byte // the last bytes transferred, when Len > len(Payload)
 }
 
 // Layout of struct event, taken from the generated binding.
@@ -643,6 +675,7 @@ func (ev *Event) decode(b []byte) bool {
 	ev.ExitNS = le.Uint64(b[unsafe.Offsetof(raw.TsExit):])
 	ev.Conn = le.Uint64(b[unsafe.Offsetof(raw.Sock):])
 	ev.TraceLow = le.Uint64(b[unsafe.Offsetof(raw.TraceLow):])
+	ev.Flags = EventFlags(b[unsafe.Offsetof(raw.Flags)])
 	ev.PID = le.Uint32(b[unsafe.Offsetof(raw.Tgid):])
 	ev.TID = le.Uint32(b[unsafe.Offsetof(raw.Tid):])
 	ev.FD = le.Uint32(b[unsafe.Offsetof(raw.Fd):])

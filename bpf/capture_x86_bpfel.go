@@ -66,8 +66,9 @@ type captureEvent struct {
 	Raddr    [16]uint8
 	Tail     [16]uint8
 	Comm     [16]int8
+	Flags    uint8
+	Pad      [3]uint8
 	Payload  [12288]uint8
-	_        [4]byte
 }
 
 type captureHistKey struct {
@@ -117,7 +118,8 @@ type captureSockState struct {
 	DurNs  uint64
 	Key    captureHistKey
 	Held   uint8
-	_      [3]byte
+	Redis  uint8
+	_      [2]byte
 	HeldNs uint64
 }
 
@@ -143,6 +145,7 @@ const (
 	captureVarAgentTgid         = "agent_tgid"
 	captureVarCaptureBytes      = "capture_bytes"
 	captureVarFastHttp          = "fast_http"
+	captureVarFastRedis         = "fast_redis"
 	captureVarHistBoundsNs      = "hist_bounds_ns"
 	captureVarPidnsDev          = "pidns_dev"
 	captureVarPidnsIno          = "pidns_ino"
@@ -222,6 +225,7 @@ type captureVariableSpecs struct {
 	AgentTgid    *ebpf.VariableSpec `ebpf:"agent_tgid"`
 	CaptureBytes *ebpf.VariableSpec `ebpf:"capture_bytes"`
 	FastHttp     *ebpf.VariableSpec `ebpf:"fast_http"`
+	FastRedis    *ebpf.VariableSpec `ebpf:"fast_redis"`
 	HistBoundsNs *ebpf.VariableSpec `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.VariableSpec `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.VariableSpec `ebpf:"pidns_ino"`
@@ -283,6 +287,7 @@ type captureVariables struct {
 	AgentTgid    *ebpf.Variable `ebpf:"agent_tgid"`
 	CaptureBytes *ebpf.Variable `ebpf:"capture_bytes"`
 	FastHttp     *ebpf.Variable `ebpf:"fast_http"`
+	FastRedis    *ebpf.Variable `ebpf:"fast_redis"`
 	HistBoundsNs *ebpf.Variable `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.Variable `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.Variable `ebpf:"pidns_ino"`

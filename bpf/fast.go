@@ -22,10 +22,18 @@ const MaxRoutePath = 55
 // MaxHistBounds is how many bucket bounds the kernel's histograms have.
 const MaxHistBounds = 15
 
-// FastHTTP configures the fast path.
-type FastHTTP struct {
-	// Enabled turns it on. It only pays when most requests need no span.
-	Enabled bool
+// Fast configures what the kernel does itself when spans are sampled:
+// the HTTP/1 fast path, and the drop of server-side Redis commands not
+// picked for a span (capture.c).
+type Fast struct {
+	// HTTP turns the fast path on. It only pays when most requests need no
+	// span.
+	HTTP bool
+	// Redis drops the Redis commands a server in the pod serves that the
+	// kernel's draw does not pick for a span, with their replies: the
+	// agent makes nothing else of them (no metrics for a database seen
+	// from its own side).
+	Redis bool
 	// SampleRatio is the share of eligible requests the kernel picks for
 	// a span, by the trace-ID ratio rule; it sends them to user space
 	// with the trace ID's low half (Event.TraceLow).
@@ -38,8 +46,8 @@ type FastHTTP struct {
 	MaxSeries int
 }
 
-func (f FastHTTP) set(spec *ebpf.CollectionSpec) error {
-	if !f.Enabled {
+func (f Fast) set(spec *ebpf.CollectionSpec) error {
+	if !f.HTTP && !f.Redis {
 		return nil
 	}
 	if len(f.Bounds) > MaxHistBounds {
@@ -59,7 +67,14 @@ func (f FastHTTP) set(spec *ebpf.CollectionSpec) error {
 	case f.SampleRatio > 0:
 		bound = uint64(f.SampleRatio * (1 << 63)) // the SDK's TraceIDRatioBased
 	}
-	for name, value := range map[string]any{"fast_http": uint8(1), "sample_bound": bound, "hist_bounds_ns": bounds} {
+	settings := map[string]any{"sample_bound": bound, "hist_bounds_ns": bounds}
+	if f.HTTP {
+		settings["fast_http"] = uint8(1)
+	}
+	if f.Redis {
+		settings["fast_redis"] = uint8(1)
+	}
+	for name, value := range settings {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
@@ -92,6 +107,10 @@ func (f *fastMaps) setRoom(series int) error {
 
 // FastPath tells whether the kernel measures requests itself.
 func (c *Capture) FastPath() bool { return c.fast != nil }
+
+// RedisDrop tells whether the kernel drops server-side Redis commands not
+// picked for a span.
+func (c *Capture) RedisDrop() bool { return c.redisDrop }
 
 const (
 	methodGET  = 1

@@ -8,10 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/podtracer/podtracer/internal/testenv"
 )
@@ -162,17 +166,17 @@ func exchange(t *testing.T, conn net.Conn, r *bufio.Reader, raw string, n int) {
 
 // loadFast loads the capture with the socket hooks and the fast path as
 // fast says, for a test that plays the agent; it is closed with the test.
-func loadFast(t *testing.T, fast FastHTTP) *Capture {
+func loadFast(t *testing.T, fast Fast) *Capture {
 	t.Helper()
 	testenv.Privileged(t)
 	if !kernelAtLeast(t, 6, 3) {
 		testenv.Skip(t, "the fast path needs the socket tracepoints (Linux 6.3+)")
 	}
-	fast.Enabled = true
+	fast.HTTP = true
 	if fast.Bounds == nil {
 		fast.Bounds = testBounds
 	}
-	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, FastHTTP: fast}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, Fast: fast}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +192,7 @@ var testBounds = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75
 // whole. The test process plays the agent and the client (both
 // excluded); the server is a neighbour.
 func TestFastPath(t *testing.T) {
-	c := loadFast(t, FastHTTP{})
+	c := loadFast(t, Fast{})
 	if !c.FastPath() {
 		t.Fatal("fast path not on")
 	}
@@ -290,7 +294,7 @@ func TestFastPath(t *testing.T) {
 // trace ID's low half, which the ratio sampler keeps.
 func TestFastPathSampling(t *testing.T) {
 	const ratio = 0.25
-	c := loadFast(t, FastHTTP{SampleRatio: ratio})
+	c := loadFast(t, Fast{SampleRatio: ratio})
 	events := readEvents(c)
 	pid, port := startPythonServer(t, keepAliveServer)
 	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
@@ -349,7 +353,7 @@ while True:
 // waits for its response goes to user space with its response, whichever
 // of the two the kernel could have taken: user space pairs them.
 func TestFastPathPipelined(t *testing.T) {
-	c := loadFast(t, FastHTTP{})
+	c := loadFast(t, Fast{})
 	events := readEvents(c)
 	pid, port := startPythonServer(t, readAheadServer)
 	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
@@ -399,7 +403,7 @@ func TestFastPathPipelined(t *testing.T) {
 // user space instead.
 func TestFastPathRoom(t *testing.T) {
 	const maxSeries = 16 // room for 14: an eighth is kept
-	c := loadFast(t, FastHTTP{MaxSeries: maxSeries})
+	c := loadFast(t, Fast{MaxSeries: maxSeries})
 	events := readEvents(c)
 	pid, port := startPythonServer(t, keepAliveServer)
 	conn, r := dial(t, port)
@@ -444,7 +448,7 @@ while True:
 // the kernel's when the rest qualifies; when it does not, user space gets
 // the byte and then the rest, in order, with the response.
 func TestFastPathHeldByte(t *testing.T) {
-	c := loadFast(t, FastHTTP{})
+	c := loadFast(t, Fast{})
 	events := readEvents(c)
 	pid, port := startPythonServer(t, byteFirstServer)
 	conn, r := dial(t, port)
@@ -467,5 +471,41 @@ func TestFastPathHeldByte(t *testing.T) {
 	seen()
 	if stats, _ := c.Stats(); stats.FastRequests != 6 {
 		t.Errorf("%d requests measured in the kernel, want 6", stats.FastRequests)
+	}
+}
+
+// TestVerifierHeadroom: the socket programs, with the fast path and the
+// Redis drop on, stay well inside the verifier's budget of a million
+// instructions processed. Near it, a small change or another kernel's
+// verifier refuses them, and the agent falls back to less (the loader
+// retries without the fast path, then the syscall hooks): this fails
+// first, with the figures.
+func TestVerifierHeadroom(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		testenv.Skip(t, "the socket programs need the socket tracepoints (Linux 6.3+)")
+	}
+	spec, err := loadCapture()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (Fast{HTTP: true, Redis: true, SampleRatio: 0.1, Bounds: testBounds}).set(spec); err != nil {
+		t.Fatal(err)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coll.Close()
+	for _, name := range []string{"sock_recv_length", "sock_send_length"} {
+		m := regexp.MustCompile(`processed (\d+) insns`).FindStringSubmatch(coll.Programs[name].VerifierLog)
+		if m == nil {
+			t.Fatalf("%s: no statistics in the verifier's log:\n%s", name, coll.Programs[name].VerifierLog)
+		}
+		n, _ := strconv.Atoi(m[1])
+		t.Logf("%s: %d instructions processed", name, n)
+		if n > 850_000 {
+			t.Errorf("%s: %d of the verifier's 1 000 000 instructions: too little headroom", name, n)
+		}
 	}
 }

@@ -40,23 +40,29 @@ const (
 // the delay they may add to a metric export.
 var kernelDrainInterval = time.Second
 
-// FastHTTP is the fast path's configuration for the kernel, given the
-// exporter's sampler: on when spans are sampled (a ratio below 1, or
-// none), metrics go somewhere, and enabled says so.
-func (e *Exporter) FastHTTP(enabled bool) bpf.FastHTTP {
-	if !enabled || e.metrics == nil {
-		return bpf.FastHTTP{}
+// Fast is what the kernel does itself given the exporter's sampler, when
+// enabled says it may: when spans are sampled (a ratio below 1, or none),
+// the HTTP/1 fast path if metrics go somewhere, and the drop of the
+// server-side Redis commands not picked for a span if redis (the agent
+// parses Redis) says so.
+func (e *Exporter) Fast(enabled, redis bool) bpf.Fast {
+	if !enabled {
+		return bpf.Fast{}
 	}
 	var ratio float64
 	switch {
 	case len(e.sinks) == 0, e.sampler.never:
 		ratio = 0
 	case e.sampler.always:
-		return bpf.FastHTTP{} // every request is a span: nothing to save
+		return bpf.Fast{} // every request is a span: nothing to save
 	default:
 		ratio = float64(e.sampler.bound) / (1 << 63)
 	}
-	return bpf.FastHTTP{Enabled: true, SampleRatio: ratio, Bounds: serverDurationBounds()}
+	f := bpf.Fast{Redis: redis, SampleRatio: ratio}
+	if e.metrics != nil {
+		f.HTTP, f.Bounds = true, serverDurationBounds()
+	}
+	return f
 }
 
 // serverDurationBounds are http.server.request.duration's buckets, as

@@ -25,7 +25,7 @@ import (
 )
 
 // kernelModel counts durations as capture.c's fast_record does, with the
-// bounds the agent gives the kernel (bpf.FastHTTP).
+// bounds the agent gives the kernel (bpf.Fast).
 type kernelModel struct {
 	bounds []uint64
 	v      bpf.HistValue
@@ -192,8 +192,8 @@ func TestKernelHTTP(t *testing.T) {
 	os.Symlink(python.Exe, filepath.Join(root, "412", "exe"))
 
 	e, rcv, _ := startOTLP(t, Config{})
-	if e.FastHTTP(true).Enabled {
-		t.Error("fast path on with every span sampled")
+	if f := e.Fast(true, true); f.HTTP || f.Redis {
+		t.Errorf("fast path %+v with every span sampled", f)
 	}
 	t.Setenv("OTEL_TRACES_SAMPLER", "traceidratio")
 	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "0.25")
@@ -203,9 +203,12 @@ func TestKernelHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { shutdown(t, e) })
-	f := e.FastHTTP(true)
-	if !f.Enabled || f.SampleRatio != 0.25 || len(f.Bounds) != 14 || e.FastHTTP(false).Enabled {
+	f := e.Fast(true, false)
+	if !f.HTTP || f.Redis || f.SampleRatio != 0.25 || len(f.Bounds) != 14 || e.Fast(false, true).HTTP || e.Fast(false, true).Redis {
 		t.Fatalf("fast path %+v", f)
+	}
+	if f := e.Fast(true, true); !f.HTTP || !f.Redis {
+		t.Fatalf("fast path %+v, want the Redis drop too", f)
 	}
 	k := &fakeKernel{routes: map[string]uint32{}, series: map[bpf.HistKey]bpf.HistValue{}}
 	e.SetKernelHTTP(k)

@@ -170,7 +170,7 @@ func spanIDs(parent trace.SpanContext, low uint64) (tid trace.TraceID, sid trace
 		tid = parent.TraceID()
 	case low != 0:
 		// The kernel drew the low half, and picked the request for a
-		// span by it (bpf.FastHTTP): the sampler judges the same bits.
+		// span by it (bpf.Fast): the sampler judges the same bits.
 		binary.NativeEndian.PutUint64(tid[:8], rand.Uint64())
 		binary.BigEndian.PutUint64(tid[8:], low)
 	default:

@@ -5,6 +5,8 @@ import (
 	"strconv"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/bpf"
 )
 
 // segment is what one syscall moved in one direction: a captured prefix of
@@ -17,6 +19,7 @@ type segment struct {
 	exit  uint64
 	// traceLow is the trace ID's low half the kernel drew (bpf.Event.TraceLow).
 	traceLow uint64
+	flags    bpf.EventFlags // what the kernel left out before it
 }
 
 // message is one HTTP/1.x request or response head, and what is known of its

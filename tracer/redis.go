@@ -72,6 +72,7 @@ type redisCmd struct {
 	tx                *redisTx
 	txEnd             bool // EXEC or DISCARD
 	skip              bool // stands for commands not remembered: no span
+	traceLow          uint64
 }
 
 // redisTx is a MULTI ... EXEC transaction.
@@ -163,7 +164,19 @@ func (c *redisConn) feed(dir bpf.Direction, seg *segment) {
 			}
 			c.reps.reset()
 		}
+		if seg.flags&bpf.FlagGap != 0 {
+			// The kernel dropped a command not picked for a span
+			// (bpf.Fast.Redis), and its reply is still to come: the
+			// first reply is its.
+			c.pending = append(c.pending, &redisCmd{skip: true, replies: 1})
+		}
 		c.cmds.feed(seg)
+		if seg.flags&bpf.FlagLost != 0 {
+			// The rest of a dropped command's reply comes first, from
+			// where the kernel stopped dropping it: not to be parsed.
+			// This command is answered when the client sends the next.
+			c.reps.lose()
+		}
 	} else {
 		c.lastRep = seg.exit
 		c.reps.feed(seg)
@@ -236,7 +249,8 @@ type redisCmdStream struct {
 	lost      bool
 	enter     uint64 // entry and exit times of the segment the command began in
 	exit      uint64
-	onCommand func(args [][]byte, total int, enter, exit uint64)
+	traceLow  uint64 // the kernel's draw for the command's trace ID (segment.traceLow)
+	onCommand func(args [][]byte, total int, enter, exit, traceLow uint64)
 	onCut     func() // commands were lost
 }
 
@@ -279,7 +293,7 @@ func (s *redisCmdStream) feed(seg *segment) {
 			default:
 				s.state = rcInline
 			}
-			s.enter, s.exit = seg.enter, seg.exit
+			s.enter, s.exit, s.traceLow = seg.enter, seg.exit, seg.traceLow
 			s.args, s.total = s.args[:0], 0
 		case rcArray, rcBulkHeader, rcInline:
 			line, next, st := s.lines.read(seg, pos)
@@ -361,7 +375,7 @@ func (s *redisCmdStream) line(line []byte) bool {
 func (s *redisCmdStream) complete() {
 	s.state = rcIdle
 	if len(s.args) > 0 && s.onCommand != nil {
-		s.onCommand(s.args, s.total, s.enter, s.exit)
+		s.onCommand(s.args, s.total, s.enter, s.exit, s.traceLow)
 	}
 }
 
@@ -380,7 +394,7 @@ func (s *redisCmdStream) cut(seg *segment, prefix []byte) {
 		s.onCut()
 	}
 	if t := lastBytes(seg, 14); bytes.EqualFold(t, []byte("*1\r\n$4\r\nEXEC\r\n")) && s.onCommand != nil {
-		s.onCommand([][]byte{[]byte("EXEC")}, 1, seg.enter, seg.exit)
+		s.onCommand([][]byte{[]byte("EXEC")}, 1, seg.enter, seg.exit, 0)
 	}
 	s.lose()
 }
@@ -649,7 +663,7 @@ var redisPubsubKinds = map[string]bool{
 	"psubscribe": true, "punsubscribe": true, "ssubscribe": true, "sunsubscribe": true,
 }
 
-func (c *redisConn) onCommand(args [][]byte, total int, enter, exit uint64) {
+func (c *redisConn) onCommand(args [][]byte, total int, enter, exit, traceLow uint64) {
 	name := ""
 	if redisNameLike(args[0]) && len(args[0]) <= 32 {
 		name = strings.ToUpper(string(args[0]))
@@ -688,7 +702,7 @@ func (c *redisConn) onCommand(args [][]byte, total int, enter, exit uint64) {
 		c.skipNext = false
 		return
 	}
-	p := &redisCmd{op: op, text: c.queryText(name, op, args, total, argStart), start: exit, startEnter: enter, replies: 1, db: c.db}
+	p := &redisCmd{op: op, text: c.queryText(name, op, args, total, argStart), start: exit, startEnter: enter, replies: 1, db: c.db, traceLow: traceLow}
 	switch name {
 	case "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE":
 		p.confirm = strings.ToLower(name)
@@ -791,15 +805,16 @@ func (c *redisConn) answer(r redisReply, end uint64) {
 		if c.mode != QueryOff {
 			text = dbText(strings.Join(tx.texts, "; "), dbMaxQueryText)
 		}
-		c.report(op, text, tx.db, tx.startEnter, tx.start, end, tx.errCode, tx.errMsg)
+		c.report(op, text, tx.db, tx.startEnter, tx.start, end, tx.errCode, tx.errMsg, 0)
 		return
 	}
-	c.report(p.op, p.text, p.db, p.startEnter, p.start, end, code, msg)
+	c.report(p.op, p.text, p.db, p.startEnter, p.start, end, code, msg, p.traceLow)
 }
 
-func (c *redisConn) report(op, text, db string, startEnter, start, end uint64, code, msg string) {
+func (c *redisConn) report(op, text, db string, startEnter, start, end uint64, code, msg string, traceLow uint64) {
 	r := newDBRequest(ProtoRedis)
 	r.DBOperation, r.DBQuery, r.DBNamespace = op, text, db
+	r.TraceIDLow = traceLow
 	r.ErrorCode, r.ErrorMessage = code, msg
 	if c.role == RoleClient {
 		c.emit(r, RoleClient, startEnter, end)

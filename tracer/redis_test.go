@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/podtracer/podtracer/bpf"
 )
 
 func TestRedisGoRedis(t *testing.T) {
@@ -216,5 +218,41 @@ func TestRedisOverflowKeepsPairing(t *testing.T) {
 	got := redisRun(t, Config{RedisKeys: true}, append(steps, respCmd("PING"), "+PONG\r\n")...)
 	if len(got) != redisMaxPending+1 || got[0] != "redis GET | GET k0" || got[len(got)-1] != "redis PING | PING" {
 		t.Errorf("%d requests, first %q, last %q", len(got), got[0], got[len(got)-1])
+	}
+}
+
+// TestRedisKernelDrop: a server's commands the kernel dropped leave no
+// trace but the flags on what follows. FlagGap: the first reply answers
+// the dropped command, not the one carrying the flag. FlagLost: the rest
+// of a dropped command's reply comes first and is not parsed; the command
+// is answered when the client sends the next. A command the kernel picked
+// keeps the kernel's draw for its trace ID.
+func TestRedisKernelDrop(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{RedisKeys: true})
+	h.sendKernel(1, in, respCmd("GET", "picked"), 0xabc, 0)
+	h.send(1, out, "$1\r\nv\r\n")
+	// GET a was dropped; GET b was read before its reply.
+	h.sendKernel(1, in, respCmd("GET", "b"), 0, bpf.FlagGap)
+	h.send(1, out, "-ERR dropped\r\n$1\r\nb\r\n")
+	// GET c was dropped and its reply cut short; GET d was read after.
+	h.sendKernel(1, in, respCmd("GET", "d"), 0, bpf.FlagLost)
+	h.send(1, out, ":1\r\n:2\r\n") // the rest of c's reply: parses as replies
+	h.send(1, out, "$-1\r\n")      // d's
+	dEnd := h.now
+	h.send(1, in, respCmd("GET", "e"))
+	h.send(1, out, "-ERR e\r\n")
+	var got []string
+	for _, r := range h.got {
+		got = append(got, dbSummary(r))
+	}
+	want := []string{"redis GET | GET picked", "redis GET | GET b", "redis GET | GET d", "redis GET | GET e ! ERR ERR e"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if h.got[0].TraceIDLow != 0xabc || h.got[1].TraceIDLow != 0 {
+		t.Errorf("trace ID low halves %x, %x: want the kernel's draw, then none", h.got[0].TraceIDLow, h.got[1].TraceIDLow)
+	}
+	if end := uint64(h.got[2].End.UnixNano()); end != dEnd {
+		t.Errorf("GET d ends at %d, want %d: its reply's end", end, dEnd)
 	}
 }

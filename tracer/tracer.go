@@ -109,7 +109,7 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		t.live.Add(1)
 	}
 	c.lastSeen = ev.ExitNS
-	t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow}
+	t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags}
 	c.feed(ev.Dir, &t.seg)
 	if ev.ExitNS-t.lastSweep > uint64(10*time.Second) {
 		t.sweep(ev.ExitNS)

@@ -43,8 +43,15 @@ var (
 // send delivers one syscall's bytes on connection sock of pid 7, seen from
 // the server side (local = server).
 func (h *harness) send(sock uint64, dir bpf.Direction, data string) {
+	h.sendKernel(sock, dir, data, 0, 0)
+}
+
+// sendKernel is send with what the kernel adds: its draw of the trace
+// ID's low half, and what it left out before the event.
+func (h *harness) sendKernel(sock uint64, dir bpf.Direction, data string, traceLow uint64, flags bpf.EventFlags) {
 	h.now += 1000
-	ev := bpf.Event{Type: bpf.EventData, Dir: dir, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr}
+	ev := bpf.Event{Type: bpf.EventData, Dir: dir, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr,
+		TraceLow: traceLow, Flags: flags}
 	copy(ev.Comm[:], "server")
 	ev.Payload = []byte(data[:min(len(data), h.capture)])
 	if len(data) > h.capture {

@@ -138,3 +138,80 @@ func TestKernelMetrics(t *testing.T) {
 		t.Errorf("%d requests in the kernel and %d root spans: more than the %d requests without a parent", inKernel, roots, int(total)+big-parented)
 	}
 }
+
+// TestKernelRedisSampling: with one span in four sampled, the kernel
+// drops the commands the pod's Redis server serves that it does not pick
+// for a span. The server spans are a quarter of the commands, each with a
+// trace ID the ratio sampler keeps and paired with its own reply: every
+// SET succeeds and every LPUSH (of a key holding a string) fails.
+func TestKernelRedisSampling(t *testing.T) {
+	privileged(t)
+	server := testenv.LookPath(t, "redis-server")
+	cli := testenv.LookPath(t, "redis-cli")
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()))
+	waitListening(t, port)
+
+	const ratio = 0.25
+	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG="+fmt.Sprint(ratio)))
+	if !strings.Contains(agent.output(), "kernel Redis sampling on") {
+		t.Fatalf("Redis drop not on:\n%s", agent.output())
+	}
+	// redis-cli sends each line of its input as a command, and waits for
+	// its reply before the next.
+	const pairs = 400
+	var in strings.Builder
+	for i := range pairs {
+		fmt.Fprintf(&in, "SET k%d v\nLPUSH k%d x\n", i%10, i%10)
+	}
+	cmd := pod.command(cli, "-p", fmt.Sprint(port))
+	cmd.Stdin = strings.NewReader(in.String())
+	if out := run(t, cmd); strings.Count(out, "WRONGTYPE") != pairs {
+		t.Fatalf("redis-cli: %d WRONGTYPE replies, want %d", strings.Count(out, "WRONGTYPE"), pairs)
+	}
+
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 15*time.Second)
+	m := regexp.MustCompile(`kernel_redis_dropped=(\d+)`).FindStringSubmatch(agent.output())
+	if m == nil {
+		t.Fatalf("no kernel counter in the log:\n%s", agent.output())
+	}
+	dropped, _ := strconv.Atoi(m[1])
+
+	bound := uint64(ratio * (1 << 63))
+	var sets, lpushes int
+	for _, s := range rcv.Spans() {
+		if s.Kind != trace.SpanKindServer || s.Attributes["db.system.name"] != "redis" {
+			continue
+		}
+		code := s.Attributes["db.response.status_code"]
+		switch s.Name {
+		case "SET":
+			sets++
+			if code != nil {
+				t.Errorf("SET span with status %v: paired with another command's reply", code)
+			}
+		case "LPUSH":
+			lpushes++
+			if code != "WRONGTYPE" {
+				t.Errorf("LPUSH span with status %v, want WRONGTYPE", code)
+			}
+		default:
+			continue
+		}
+		if low := binary.BigEndian.Uint64(s.TraceID[8:]); low>>1 >= bound {
+			t.Errorf("span %s: a trace ID the ratio sampler drops", s.TraceID)
+		}
+	}
+	// 200 expected of 800 at 1/4; 150..250 is over 4 standard deviations.
+	if n := sets + lpushes; n < 150 || n > 250 || sets < 50 || lpushes < 50 {
+		t.Errorf("%d SET and %d LPUSH server spans of %d commands, want about %d", sets, lpushes, 2*pairs, int(ratio*2*pairs))
+	}
+	// A command is dropped or sent up, never both.
+	if dropped < 2*pairs-250 || dropped+sets+lpushes > 2*pairs+10 {
+		t.Errorf("%d commands dropped in the kernel and %d spans, of %d commands", dropped, sets+lpushes, 2*pairs)
+	}
+	t.Logf("%d commands: %d dropped in the kernel, %d SET and %d LPUSH spans", 2*pairs, dropped, sets, lpushes)
+}

@@ -1,0 +1,298 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podtracer/podtracer/internal/testenv"
+)
+
+// resp is a command as a client sends it: an array of bulk strings.
+func resp(args ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	return b.String()
+}
+
+// readReply reads one RESP reply from r.
+func readReply(r *bufio.Reader) (string, error) {
+	line, err := r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	if len(line) < 3 {
+		return "", fmt.Errorf("short reply line %q", line)
+	}
+	switch line[0] {
+	case '$':
+		n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+		if n < 0 {
+			return line, nil
+		}
+		b := make([]byte, n+2)
+		_, err := io.ReadFull(r, b)
+		return line + string(b), err
+	case '*':
+		n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
+		for range max(n, 0) {
+			e, err := readReply(r)
+			if err != nil {
+				return "", err
+			}
+			line += e
+		}
+	}
+	return line, nil
+}
+
+// redisClient talks RESP to a server, one write per call of send.
+type redisClient struct {
+	t    *testing.T
+	conn net.Conn
+	r    *bufio.Reader
+}
+
+func dialRedis(t *testing.T, port int) *redisClient {
+	t.Helper()
+	conn, r := dial(t, port)
+	return &redisClient{t: t, conn: conn, r: r}
+}
+
+// send writes raw (one or more commands) and reads n replies.
+func (c *redisClient) send(raw string, n int) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.conn, raw); err != nil {
+		c.t.Fatal(err)
+	}
+	for range n {
+		if _, err := readReply(c.r); err != nil {
+			c.t.Fatalf("reply to %q: %v", raw, err)
+		}
+	}
+}
+
+// startRedis runs a redis-server neighbour on a free port of the loopback.
+func startRedis(t *testing.T) (pid, port int) {
+	t.Helper()
+	server := testenv.LookPath(t, "redis-server")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(server, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %d: %v", port, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return cmd.Process.Pid, port
+}
+
+// expectPayloads checks the payloads of process pid's events that user
+// space got since the last take, whole and in order.
+func (f *fastEvents) expectPayloads(t *testing.T, pid int, want ...string) []Event {
+	t.Helper()
+	evs := f.take(pid)
+	var got []string
+	for _, ev := range evs {
+		got = append(got, string(ev.Payload))
+	}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
+	return evs
+}
+
+// TestRedisDrop: with spans sampled, the kernel drops the commands a Redis
+// server in the pod serves that it does not pick for a span, with their
+// replies, and sends user space every command that changes how it reads
+// the connection: SELECT, a transaction, pipelined commands. After CLIENT
+// REPLY or SUBSCRIBE nothing is dropped on the connection.
+func TestRedisDrop(t *testing.T) {
+	c := loadFast(t, Fast{Redis: true})
+	if !c.RedisDrop() {
+		t.Fatal("Redis drop not on")
+	}
+	events := readEvents(c)
+	pid, port := startRedis(t)
+	rc := dialRedis(t, port)
+	seen := func(want ...string) { t.Helper(); events.expectPayloads(t, pid, want...) }
+
+	rc.send(resp("SELECT", "1"), 1)
+	seen(resp("SELECT", "1"), "+OK\r\n")
+	for i := range 10 {
+		rc.send(resp("SET", "k"+strconv.Itoa(i), "v"), 1)
+		rc.send(resp("get", "k"+strconv.Itoa(i)), 1)
+	}
+	rc.send(resp("INCR", "k1"), 1) // an error reply: dropped too
+	seen()
+	rc.send(resp("MULTI"), 1)
+	rc.send(resp("SET", "t", "1"), 1)
+	rc.send(resp("EXEC"), 1)
+	seen(resp("MULTI"), "+OK\r\n", resp("SET", "t", "1"), "+QUEUED\r\n", resp("EXEC"), "*1\r\n+OK\r\n")
+	rc.send(resp("GET", "t"), 1)
+	seen()
+	// Two commands in one read: user space's, and their replies (one write).
+	rc.send(resp("GET", "t")+resp("GET", "t"), 2)
+	seen(resp("GET", "t")+resp("GET", "t"), "$1\r\n1\r\n$1\r\n1\r\n")
+	rc.send(resp("GET", "t"), 1)
+	seen()
+	// A value longer than the kernel reads through: user space's.
+	long := strings.Repeat("x", 600)
+	rc.send(resp("SET", "big", long), 1)
+	seen(resp("SET", "big", long)[:512], "+OK\r\n")
+	rc.send(resp("PING"), 1)
+	seen()
+	// A reply larger than Redis writes in one write() (writev): the
+	// command after it goes up with FlagLost, and the drop goes on after
+	// its reply, a whole write().
+	huge := strings.Repeat("h", 40000)
+	rc.send(resp("SET", "huge", huge), 1)
+	if evs := events.take(pid); len(evs) < 2 || !strings.HasPrefix(string(evs[0].Payload), "*3\r\n$3\r\nSET") ||
+		string(evs[len(evs)-1].Payload) != "+OK\r\n" {
+		t.Errorf("SET huge: %d events, want the command in its reads, then +OK", len(evs))
+	}
+	rc.send(resp("GET", "huge"), 1)
+	rc.send(resp("GET", "t"), 1)
+	evs := events.expectPayloads(t, pid, resp("GET", "t"), "$1\r\n1\r\n")
+	if len(evs) > 0 && evs[0].Flags != FlagLost {
+		t.Errorf("flags %d, want FlagLost", evs[0].Flags)
+	}
+	rc.send(resp("GET", "t"), 1)
+	seen()
+	if stats, _ := c.Stats(); stats.RedisDropped != 26 {
+		t.Errorf("%d commands dropped, want 26", stats.RedisDropped)
+	}
+
+	// CLIENT REPLY (here ON, which changes nothing) ends the drop on its
+	// connection; another connection is not concerned.
+	rc.send(resp("CLIENT", "REPLY", "ON"), 1)
+	rc.send(resp("GET", "t"), 1)
+	seen(resp("CLIENT", "REPLY", "ON"), "+OK\r\n", resp("GET", "t"), "$1\r\n1\r\n")
+	sub := dialRedis(t, port)
+	sub.send(resp("GET", "t"), 1)
+	seen()
+	sub.send(resp("SUBSCRIBE", "ch"), 1)
+	sub.send(resp("PING"), 1)
+	seen(resp("SUBSCRIBE", "ch"), "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n", resp("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+}
+
+// TestRedisDropSampling: the kernel picks a share of the commands for
+// spans by drawing their trace IDs; those reach user space with the trace
+// ID's low half, which the ratio sampler keeps.
+func TestRedisDropSampling(t *testing.T) {
+	const ratio = 0.25
+	c := loadFast(t, Fast{Redis: true, SampleRatio: ratio})
+	events := readEvents(c)
+	pid, port := startRedis(t)
+	rc := dialRedis(t, port)
+	const n = 400
+	for range n {
+		rc.send(resp("GET", "a"), 1)
+	}
+	var sampled, replies int
+	for _, ev := range events.take(pid) {
+		switch string(ev.Payload) {
+		case resp("GET", "a"):
+			sampled++
+			if ev.TraceLow == 0 || ev.TraceLow>>1 >= uint64(ratio*(1<<63)) {
+				t.Errorf("trace low %x: not one the ratio sampler keeps", ev.TraceLow)
+			}
+		case "$-1\r\n":
+			replies++
+		default:
+			t.Errorf("unexpected event %q", ev.Payload)
+		}
+	}
+	stats, _ := c.Stats()
+	// 100 expected; 60..140 is more than 4 standard deviations (8.7) wide.
+	if sampled < 60 || sampled > 140 || replies != sampled || stats.RedisDropped != uint64(n-sampled) {
+		t.Errorf("%d of %d commands sampled with %d replies, %d dropped: want about %d, all the rest dropped", sampled, n, replies,
+			stats.RedisDropped, int(ratio*n))
+	}
+}
+
+// gapServer reads a command, and a second one before it answers the
+// first (the client pipelines), then answers both in one write, and each
+// command after them with "+more".
+const gapServer = pythonListener + `
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.recv(4096)
+    c.sendall(b"-ERR first\r\n+second\r\n")
+    while c.recv(4096):
+        c.sendall(b"+more\r\n")
+    c.close()
+`
+
+// lostServer answers a read of two commands in one write, then a command
+// with a reply in two vectors (a sendmsg, which may leave a reply
+// unfinished), then each command with "+more".
+const lostServer = pythonListener + `
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b"-ERR first\r\n+second\r\n")
+    c.recv(4096)
+    c.sendmsg([b"$5\r\nthi", b"rd\r\n"])
+    while c.recv(4096):
+        c.sendall(b"+more\r\n")
+    c.close()
+`
+
+// TestRedisDropGap: a command read before the reply to one the kernel
+// dropped goes up flagged FlagGap (the next reply is the dropped one's),
+// one read after a send that may not have ended the dropped one's reply
+// FlagLost; with its reply, a whole write, the drop goes on.
+func TestRedisDropGap(t *testing.T) {
+	c := loadFast(t, Fast{Redis: true})
+	events := readEvents(c)
+
+	pid, port := startPythonServer(t, gapServer)
+	rc := dialRedis(t, port)
+	io.WriteString(rc.conn, resp("GET", "1"))
+	time.Sleep(50 * time.Millisecond) // read on its own
+	rc.send(resp("GET", "2"), 2)
+	rc.send(resp("GET", "3"), 1)
+	evs := events.expectPayloads(t, pid, resp("GET", "2"), "-ERR first\r\n+second\r\n")
+	if len(evs) > 0 && evs[0].Flags != FlagGap {
+		t.Errorf("flags %d, want FlagGap", evs[0].Flags)
+	}
+
+	pid, port = startPythonServer(t, lostServer)
+	rc = dialRedis(t, port)
+	rc.send(resp("GET", "1")+resp("GET", "2"), 2) // pipelined: user space's
+	rc.send(resp("GET", "3"), 1)                  // dropped, with its reply in two vectors
+	rc.send(resp("GET", "4"), 1)
+	rc.send(resp("GET", "5"), 1)
+	evs = events.expectPayloads(t, pid, resp("GET", "1")+resp("GET", "2"), "-ERR first\r\n+second\r\n", resp("GET", "4"), "+more\r\n")
+	if len(evs) > 2 && evs[2].Flags != FlagLost {
+		t.Errorf("flags %d, want FlagLost", evs[2].Flags)
+	}
+	if stats, _ := c.Stats(); stats.RedisDropped != 4 {
+		t.Errorf("%d commands dropped, want 4", stats.RedisDropped)
+	}
+}
