@@ -1492,10 +1492,10 @@ static __always_inline bool send_open(struct pt_regs *regs, int ret)
 	return (nr != NR_WRITE && nr != NR_SENDTO) || ret < (int)regs->dx;
 }
 
-// redis_skip runs the drop for e, received or sent on a connection in
-// state st, and tells whether e is the kernel's: not to be sent. The sends
+// redis_skip runs the drop for e, received or sent on socket sk in state
+// st, and tells whether e is the kernel's: not to be sent. The sends
 // of a dropped command's reply never get here (on_sock_data).
-static __always_inline int redis_skip(struct sock_state *st, struct event *e, __u8 dir)
+static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir)
 {
 	__u8 r = st->redis;
 	if (dir == DIR_EGRESS) {
@@ -1532,7 +1532,11 @@ static __always_inline int redis_skip(struct sock_state *st, struct event *e, __
 		st->redis = r | REDIS_PENDING;
 		return FAST_SEND;
 	}
-	if (st->role == ROLE_CLIENT) {
+	if (!sk->sk_max_ack_backlog) {
+		// Not a connection a listener accepted (it would have the
+		// listener's backlog, copied with the rest when it was made): a
+		// client's, whose replies may look like commands. The role does
+		// not tell for a connection made before the agent started.
 		st->redis = REDIS_OFF;
 		return FAST_SEND;
 	}
@@ -1630,7 +1634,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		if (verdict == FAST_SKIP)
 			return 0;
 	}
-	if (fast_redis && st && verdict == FAST_SEND && redis_skip(st, e, dir) == FAST_SKIP)
+	if (fast_redis && st && verdict == FAST_SEND && redis_skip(sk, st, e, dir) == FAST_SKIP)
 		return 0;
 	sock_fill(e, task, sk, role);
 	if (fast_http && st && verdict == FAST_SEND_HELD)

@@ -296,3 +296,76 @@ func TestRedisDropGap(t *testing.T) {
 		t.Errorf("%d commands dropped, want 4", stats.RedisDropped)
 	}
 }
+
+// clientScript connects to the port in its argument, says so, waits for
+// a line on its input, then sends 20 commands, each after the reply to
+// the one before (20 bytes each).
+const clientScript = `
+import socket, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print("connected", flush=True)
+sys.stdin.readline()
+for i in range(20):
+    c.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+    got = b""
+    while len(got) < 20:
+        got += c.recv(4096)
+print("done", flush=True)
+`
+
+// TestRedisDropConnectedBefore: connections made before the agent
+// started have no role in the kernel. A server's, accepted from a
+// listener, still gets the drop; a client's never does, though its
+// replies look like commands (an array of bulk strings).
+func TestRedisDropConnectedBefore(t *testing.T) {
+	testenv.Privileged(t)
+	redisPID, redisPort := startRedis(t)
+	rc := dialRedis(t, redisPort)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	client := exec.Command(testenv.LookPath(t, "python3"), "-c", clientScript, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+	stdin, _ := client.StdinPipe()
+	stdout, _ := client.StdoutPipe()
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Process.Kill(); client.Wait() })
+	conn, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	out := bufio.NewReader(stdout)
+	if line, _ := out.ReadString('\n'); line != "connected\n" {
+		t.Fatalf("client: %q", line)
+	}
+
+	c := loadFast(t, Fast{Redis: true})
+	events := readEvents(c)
+	rc.send(resp("GET", "a"), 1)
+	events.expectPayloads(t, redisPID)
+
+	io.WriteString(stdin, "go\n")
+	buf := make([]byte, 20)
+	for range 20 {
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(conn, resp("SET", "v"))
+	}
+	if line, _ := out.ReadString('\n'); line != "done\n" {
+		t.Fatalf("client: %q", line)
+	}
+	var want []string
+	for range 20 {
+		want = append(want, resp("GET", "k"), resp("SET", "v"))
+	}
+	events.expectPayloads(t, client.Process.Pid, want...)
+	if stats, _ := c.Stats(); stats.RedisDropped != 1 {
+		t.Errorf("%d commands dropped, want 1", stats.RedisDropped)
+	}
+}

@@ -91,6 +91,7 @@ struct sock {
 	struct sock_common __sk_common;
 	u16 sk_protocol;
 	u16 sk_type;
+	u32 sk_max_ack_backlog;
 } __attribute__((preserve_access_index));
 
 struct socket {
