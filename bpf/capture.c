@@ -1185,9 +1185,19 @@ static __always_inline void sock_fill(struct event *e, struct task_struct *task,
 	}
 }
 
-// fast_skip runs the fast path for e, received or sent on a connection in
+// accepted tells whether sk is a connection a listener accepted: a
+// server's. It has the listener's backlog, copied with the rest of the
+// listener when it was made; a connection a client made has none. The
+// role in the socket's storage does not tell for a connection made before
+// the agent started.
+static __always_inline bool accepted(struct sock *sk)
+{
+	return sk->sk_max_ack_backlog != 0;
+}
+
+// fast_skip runs the fast path for e, received or sent on socket sk in
 // state st, and tells whether e is the kernel's: not to be sent.
-static __always_inline int fast_skip(struct sock_state *st, struct event *e, __u8 dir)
+static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir)
 {
 	__u8 f = st->fast;
 	if (f & FAST_BYTE) {
@@ -1223,7 +1233,7 @@ static __always_inline int fast_skip(struct sock_state *st, struct event *e, __u
 				st->fast = f | FAST_OFF;
 			return FAST_SEND;
 		}
-		if ((f & FAST_OFF) || st->role == ROLE_CLIENT)
+		if ((f & FAST_OFF) || !accepted(sk))
 			return FAST_SEND;
 		if (e->len == 1 && e->captured == 1 && (e->payload[0] == 'G' || e->payload[0] == 'H')) {
 			st->held = e->payload[0];
@@ -1532,11 +1542,8 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 		st->redis = r | REDIS_PENDING;
 		return FAST_SEND;
 	}
-	if (!sk->sk_max_ack_backlog) {
-		// Not a connection a listener accepted (it would have the
-		// listener's backlog, copied with the rest when it was made): a
-		// client's, whose replies may look like commands. The role does
-		// not tell for a connection made before the agent started.
+	if (!accepted(sk)) {
+		// A client's connection, whose replies may look like commands.
 		st->redis = REDIS_OFF;
 		return FAST_SEND;
 	}
@@ -1630,7 +1637,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		return 0;
 	int verdict = FAST_SEND;
 	if (fast_http && st) {
-		verdict = fast_skip(st, e, dir);
+		verdict = fast_skip(sk, st, e, dir);
 		if (verdict == FAST_SKIP)
 			return 0;
 	}
