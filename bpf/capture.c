@@ -1287,22 +1287,27 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 //
 // Only what user space can do without is dropped: one whole command in
 // one read (an array of bulk strings, every byte captured), on a
-// connection whose previous exchange is over. The commands that change
-// how user space reads what follows always go up: SELECT, HELLO, AUTH,
-// RESET, and MULTI to EXEC or DISCARD (a transaction is one span). Those
-// after which the connection is no longer one reply per command
-// (SUBSCRIBE, MONITOR, SYNC, CLIENT REPLY) end the drop on the connection.
+// connection a listener accepted, whose previous exchange is over. Every
+// command read whole is still classified: those that change how user space
+// reads what follows always go up (SELECT, HELLO, AUTH, RESET, and MULTI
+// to EXEC or DISCARD: a transaction is one span), and those after which
+// the connection is no longer one reply per command (SUBSCRIBE, MONITOR,
+// SYNC, CLIENT REPLY, CLIENT TRACKING) end the drop on the connection,
+// as does a read that starts an exchange with anything but an array
+// (inline commands, or another protocol).
 //
-// Where a reply ends is not parsed here. A Redis server writes what it
-// has to send in one write() when it can: a larger reply goes out in
-// writev()s, and a full socket makes a short write. So a send that is a
-// whole write() has sent every reply to the commands read before it, and
-// a command read after it starts a new exchange; after any other send,
-// the next command goes to user space whole, with its reply. A command
-// read before any send since one user space has is pipelined: nothing is
-// dropped on that connection any more. A command read before the dropped
-// one's reply goes up flagged EVENT_GAP (the next reply is the dropped
-// one's), one read after a send that may not have ended it EVENT_LOST.
+// Where a reply ends is not parsed here. A Redis server sends what it has
+// in one write() when it can: a reply larger than its 16 kB chunk goes out
+// in several sends (write()s of a chunk or more in Redis 6, writev()s in
+// Redis 7), and a full socket makes a short write. So a whole write() of
+// less than a chunk has sent every reply to the commands read before it,
+// and a command read after it starts a new exchange; after any other send
+// the next command goes to user space, with its reply. A command read
+// before any send since one went to user space is pipelined, and so is
+// one read before the reply to a dropped command (it goes up flagged
+// EVENT_GAP: the next reply is the dropped one's): either ends the drop on
+// the connection. A command read after a send that may not have ended the
+// dropped one's reply goes up flagged EVENT_LOST.
 
 volatile const __u8 fast_redis = 0; // the drop is on
 
@@ -1412,9 +1417,12 @@ static __always_inline enum redis_kind redis_classify(struct event *e, struct re
 	case 6:
 		if (w == W8('s', 'e', 'l', 'e', 'c', 't', 0, 0))
 			return REDIS_KEEP;
-		if (w == W8('c', 'l', 'i', 'e', 'n', 't', 0, 0) && s->sub_len == 5 &&
-		    redis_word(e, s->sub, 5) == W8('r', 'e', 'p', 'l', 'y', 0, 0, 0))
-			return REDIS_STOP; // CLIENT REPLY: commands without replies
+		if (w == W8('c', 'l', 'i', 'e', 'n', 't', 0, 0)) {
+			__u64 sub = redis_word(e, s->sub, s->sub_len);
+			if ((s->sub_len == 5 && sub == W8('r', 'e', 'p', 'l', 'y', 0, 0, 0)) ||
+			    (s->sub_len == 8 && sub == W8('t', 'r', 'a', 'c', 'k', 'i', 'n', 'g')))
+				return REDIS_STOP; // commands without replies; replies with pushes among them
+		}
 		break;
 	case 7:
 		if (w == W8('d', 'i', 's', 'c', 'a', 'r', 'd', 0))
@@ -1436,14 +1444,35 @@ static __always_inline enum redis_kind redis_classify(struct event *e, struct re
 	return REDIS_DROPPABLE;
 }
 
-// redis_command decides on the command in e, read on an idle server
-// connection in state st whose flags are r: dropped (true), or up to user
-// space.
-static __always_inline bool redis_command(struct event *e, struct sock_state *st, __u8 r)
+// redis_tail_ends_tx tells whether e's payload ends with EXEC or DISCARD
+// (case folded): a transaction pipelined whole in one read.
+static __always_inline bool redis_tail_ends_tx(struct event *e)
 {
-	st->redis = r | REDIS_PENDING;
 	__u32 len = e->len;
-	if (e->captured != len || len < REDIS_MIN_COMMAND || e->payload[0] != '*')
+	if (len < 8)
+		return false;
+	__u64 w = *(__u64 *)&e->payload[bounded(len - 8, MAX_CAPTURE - 1)] | LOWER8;
+	return w == W8('\r' | 0x20, '\n' | 0x20, 'e', 'x', 'e', 'c', '\r' | 0x20, '\n' | 0x20) ||
+	       w == W8('i', 's', 'c', 'a', 'r', 'd', '\r' | 0x20, '\n' | 0x20);
+}
+
+// redis_command reads the command that starts e, received on a server
+// connection whose transaction flag is tx (REDIS_TX or 0), and marks it
+// gone to user space with what it changes (a transaction, the end of the
+// drop). When drop allows and it is one whole command that user space
+// can do without, the kernel draws its trace ID: unpicked, it is
+// dropped (true); picked, it goes up with the draw.
+static __always_inline bool redis_command(struct event *e, struct sock_state *st, __u8 tx, bool drop)
+{
+	st->redis = tx | REDIS_PENDING;
+	if (e->payload[0] != '*') {
+		// Not an array at the start of an exchange: another protocol,
+		// or inline commands, which are left to user space.
+		st->redis = REDIS_OFF;
+		return false;
+	}
+	__u32 len = e->len;
+	if (e->captured != len || len < REDIS_MIN_COMMAND)
 		return false;
 	// "*<1 to 64>\r\n"
 	__u8 d1 = e->payload[1] - '0', d2 = e->payload[2] - '0';
@@ -1461,24 +1490,29 @@ static __always_inline bool redis_command(struct event *e, struct sock_state *st
 		return false;
 	struct redis_scan s = {.len = len, .pos = pos + 2};
 	bpf_loop(n, redis_arg, &s, 0);
-	if (s.bad || s.pos != len || s.name_len == 0)
+	if (s.bad || s.name_len == 0)
 		return false;
+	// s.pos < len: more commands follow in the same read (pipelined,
+	// like a client library's handshake); the first still says what it
+	// changes, but none is dropped.
+	bool one = s.pos == len;
 	switch (redis_classify(e, &s)) {
 	case REDIS_STOP:
 		st->redis = REDIS_OFF;
 		return false;
 	case REDIS_TX_BEGIN:
-		st->redis = r | REDIS_PENDING | REDIS_TX;
+		if (one || !redis_tail_ends_tx(e))
+			st->redis = REDIS_PENDING | REDIS_TX;
 		return false;
 	case REDIS_TX_END:
-		st->redis = (r & ~REDIS_TX) | REDIS_PENDING;
+		st->redis = REDIS_PENDING;
 		return false;
 	case REDIS_KEEP:
 		return false;
 	case REDIS_DROPPABLE:
 		break;
 	}
-	if (r & REDIS_TX)
+	if (tx || !one || !drop)
 		return false;
 	// The sampler's draw, as for HTTP.
 	__u64 low = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32();
@@ -1493,21 +1527,28 @@ static __always_inline bool redis_command(struct event *e, struct sock_state *st
 	return true;
 }
 
+// REDIS_CHUNK is what Redis writes of a reply at a time: a send this
+// large may be followed by more of the same reply (Redis 6 writes a large
+// reply in several whole write()s, Redis 7 in writev()s).
+#define REDIS_CHUNK 16384
+
 // send_open tells whether a send of ret bytes, by the syscall whose
 // registers are regs, may leave a reply unfinished: any but a whole
-// write() or send().
+// write() or send() of less than REDIS_CHUNK bytes.
 static __always_inline bool send_open(struct pt_regs *regs, int ret)
 {
 	__u32 nr = regs->orig_ax;
-	return (nr != NR_WRITE && nr != NR_SENDTO) || ret < (int)regs->dx;
+	return (nr != NR_WRITE && nr != NR_SENDTO) || ret < (int)regs->dx || ret >= REDIS_CHUNK;
 }
 
 // redis_skip runs the drop for e, received or sent on socket sk in state
-// st, and tells whether e is the kernel's: not to be sent. The sends
-// of a dropped command's reply never get here (on_sock_data).
+// st, and tells whether e is the kernel's: not to be sent. The sends of a
+// dropped command's reply never get here (on_sock_data).
 static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir)
 {
 	__u8 r = st->redis;
+	if (r & REDIS_OFF)
+		return FAST_SEND;
 	if (dir == DIR_EGRESS) {
 		r &= ~(REDIS_PENDING | REDIS_OPEN);
 		// The syscall's registers are looked up again rather than kept
@@ -1518,18 +1559,23 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 		st->redis = r;
 		return FAST_SEND;
 	}
+	bool drop = true;
 	if (r & REDIS_SKIP) {
 		// The dropped command's exchange ends with this read, unless its
 		// reply may not be whole: then user space is told what it misses.
-		if (!(r & REDIS_REPLIED) || (r & REDIS_OPEN)) {
-			e->flags |= (r & REDIS_REPLIED) ? EVENT_LOST : EVENT_GAP;
-			st->redis = REDIS_PENDING;
+		if (!(r & REDIS_REPLIED)) {
+			// Read before the dropped command's reply: the client
+			// pipelines, and the kernel cannot tell replies apart.
+			e->flags |= EVENT_GAP;
+			st->redis = REDIS_OFF;
 			return FAST_SEND;
+		}
+		if (r & REDIS_OPEN) {
+			e->flags |= EVENT_LOST;
+			drop = false;
 		}
 		r = 0;
 	}
-	if (r & REDIS_OFF)
-		return FAST_SEND;
 	if (r & REDIS_PENDING) {
 		// More of a command user space has, or the next one before its
 		// reply: the client pipelines.
@@ -1537,17 +1583,16 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 			st->redis = r | REDIS_OFF;
 		return FAST_SEND;
 	}
-	if (r & REDIS_OPEN) {
-		// A reply may still be going out: this exchange is user space's.
-		st->redis = r | REDIS_PENDING;
-		return FAST_SEND;
-	}
 	if (!accepted(sk)) {
 		// A client's connection, whose replies may look like commands.
 		st->redis = REDIS_OFF;
 		return FAST_SEND;
 	}
-	return redis_command(e, st, r) ? FAST_SKIP : FAST_SEND;
+	// After a send that may not have ended its reply, this exchange is
+	// user space's; what the command changes still counts.
+	if (r & REDIS_OPEN)
+		drop = false;
+	return redis_command(e, st, r & REDIS_TX, drop) ? FAST_SKIP : FAST_SEND;
 }
 
 // submit_held sends the byte st holds as the event it came in: e's

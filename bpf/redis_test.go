@@ -182,15 +182,28 @@ func TestRedisDrop(t *testing.T) {
 	}
 	rc.send(resp("GET", "t"), 1)
 	seen()
-	if stats, _ := c.Stats(); stats.RedisDropped != 26 {
-		t.Errorf("%d commands dropped, want 26", stats.RedisDropped)
+	// The same with a transaction after the large reply: it still counts.
+	rc.send(resp("GET", "huge"), 1)
+	rc.send(resp("MULTI"), 1)
+	rc.send(resp("SET", "t", "2"), 1)
+	rc.send(resp("EXEC"), 1)
+	rc.send(resp("GET", "t"), 1)
+	seen(resp("MULTI"), "+OK\r\n", resp("SET", "t", "2"), "+QUEUED\r\n", resp("EXEC"), "*1\r\n+OK\r\n")
+	if stats, _ := c.Stats(); stats.RedisDropped != 28 {
+		t.Errorf("%d commands dropped, want 28", stats.RedisDropped)
 	}
 
 	// CLIENT REPLY (here ON, which changes nothing) ends the drop on its
 	// connection; another connection is not concerned.
 	rc.send(resp("CLIENT", "REPLY", "ON"), 1)
 	rc.send(resp("GET", "t"), 1)
-	seen(resp("CLIENT", "REPLY", "ON"), "+OK\r\n", resp("GET", "t"), "$1\r\n1\r\n")
+	seen(resp("CLIENT", "REPLY", "ON"), "+OK\r\n", resp("GET", "t"), "$1\r\n2\r\n")
+	tracking := dialRedis(t, port)
+	tracking.send(resp("GET", "t"), 1)
+	seen()
+	tracking.send(resp("CLIENT", "TRACKING", "ON"), 1)
+	tracking.send(resp("GET", "t"), 1) // in database 0: none
+	seen(resp("CLIENT", "TRACKING", "ON"), "+OK\r\n", resp("GET", "t"), "$-1\r\n")
 	sub := dialRedis(t, port)
 	sub.send(resp("GET", "t"), 1)
 	seen()
@@ -263,10 +276,24 @@ while True:
     c.close()
 `
 
+// bigWriteServer answers a command with one write of a 20 000-byte reply,
+// then each command with "+more".
+const bigWriteServer = pythonListener + `
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b"$20000\r\n" + b"x" * 20000 + b"\r\n")
+    while c.recv(4096):
+        c.sendall(b"+more\r\n")
+    c.close()
+`
+
 // TestRedisDropGap: a command read before the reply to one the kernel
 // dropped goes up flagged FlagGap (the next reply is the dropped one's),
-// one read after a send that may not have ended the dropped one's reply
-// FlagLost; with its reply, a whole write, the drop goes on.
+// and the client pipelines: nothing more is dropped on the connection. A
+// command read after a send that may not have ended the dropped one's
+// reply (a sendmsg, a write of 16 kB or more) goes up flagged FlagLost;
+// after its reply, a whole small write, the drop goes on.
 func TestRedisDropGap(t *testing.T) {
 	c := loadFast(t, Fast{Redis: true})
 	events := readEvents(c)
@@ -277,26 +304,31 @@ func TestRedisDropGap(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // read on its own
 	rc.send(resp("GET", "2"), 2)
 	rc.send(resp("GET", "3"), 1)
-	evs := events.expectPayloads(t, pid, resp("GET", "2"), "-ERR first\r\n+second\r\n")
-	if len(evs) > 0 && evs[0].Flags != FlagGap {
-		t.Errorf("flags %d, want FlagGap", evs[0].Flags)
+	evs := events.expectPayloads(t, pid, resp("GET", "2"), "-ERR first\r\n+second\r\n", resp("GET", "3"), "+more\r\n")
+	if len(evs) > 2 && (evs[0].Flags != FlagGap || evs[2].Flags != 0) {
+		t.Errorf("flags %d, %d: want FlagGap, then none", evs[0].Flags, evs[2].Flags)
 	}
 
-	pid, port = startPythonServer(t, lostServer)
-	rc = dialRedis(t, port)
-	rc.send(resp("GET", "1")+resp("GET", "2"), 2) // pipelined: user space's
-	rc.send(resp("GET", "3"), 1)                  // dropped, with its reply in two vectors
-	rc.send(resp("GET", "4"), 1)
-	rc.send(resp("GET", "5"), 1)
-	evs = events.expectPayloads(t, pid, resp("GET", "1")+resp("GET", "2"), "-ERR first\r\n+second\r\n", resp("GET", "4"), "+more\r\n")
-	if len(evs) > 2 && evs[2].Flags != FlagLost {
-		t.Errorf("flags %d, want FlagLost", evs[2].Flags)
+	for _, server := range []string{lostServer, bigWriteServer} {
+		pid, port = startPythonServer(t, server)
+		rc = dialRedis(t, port)
+		var want []string
+		if server == lostServer {
+			rc.send(resp("GET", "1")+resp("GET", "2"), 2) // pipelined: user space's
+			want = []string{resp("GET", "1") + resp("GET", "2"), "-ERR first\r\n+second\r\n"}
+		}
+		rc.send(resp("GET", "3"), 1) // dropped, with its reply
+		rc.send(resp("GET", "4"), 1)
+		rc.send(resp("GET", "5"), 1)
+		evs = events.expectPayloads(t, pid, append(want, resp("GET", "4"), "+more\r\n")...)
+		if i := len(want); len(evs) > i && evs[i].Flags != FlagLost {
+			t.Errorf("flags %d, want FlagLost", evs[i].Flags)
+		}
 	}
-	if stats, _ := c.Stats(); stats.RedisDropped != 4 {
-		t.Errorf("%d commands dropped, want 4", stats.RedisDropped)
+	if stats, _ := c.Stats(); stats.RedisDropped != 5 {
+		t.Errorf("%d commands dropped, want 5", stats.RedisDropped)
 	}
 }
-
 // clientScript connects to the port in its argument, says so, waits for
 // a line on its input, then sends 20 commands, each after the reply to
 // the one before (20 bytes each).

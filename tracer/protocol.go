@@ -73,6 +73,17 @@ func (cfg Config) enabled(name string) bool {
 	return len(cfg.Protocols) == 0 || slices.Contains(cfg.Protocols, name)
 }
 
+// A stateful parser holds what it cannot learn again mid-stream, such as
+// the database a Redis connection selected. Its connection may look idle
+// while the kernel drops what it carries (bpf.Fast.Redis), so the tracer
+// keeps it idle for longer (statefulIdle times IdleTimeout) before it
+// forgets it.
+type stateful interface {
+	stateful() bool
+}
+
+const statefulIdle = 10
+
 // A successor is a parser that hands its connection over to another, as
 // HTTP/1.1 does after an upgrade to h2c. The connection asks after each
 // segment; nil means not (yet).

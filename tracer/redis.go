@@ -184,8 +184,23 @@ func (c *redisConn) feed(dir bpf.Direction, seg *segment) {
 }
 
 func (c *redisConn) closed(uint64) {
+	if c.reps.lost {
+		// Commands were answered by replies it could not parse (after
+		// bpf.FlagLost, or bytes not captured): those a reply came after
+		// end with it, as they would have at the next command.
+		for len(c.pending) > 0 && c.pending[0].start < c.lastRep {
+			c.answer(redisReply{}, c.lastRep)
+		}
+	}
 	c.pending = nil
 	c.done = true
+}
+
+// stateful: a server connection that selected a database, or is in a
+// transaction or subscribed, would lose that if forgotten while the
+// kernel drops its commands.
+func (c *redisConn) stateful() bool {
+	return c.role == RoleServer && (c.db != "" || c.tx != nil || c.pubsub)
 }
 
 // redisLines reads CRLF-terminated lines across segments.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -254,5 +255,36 @@ func TestRedisKernelDrop(t *testing.T) {
 	}
 	if end := uint64(h.got[2].End.UnixNano()); end != dEnd {
 		t.Errorf("GET d ends at %d, want %d: its reply's end", end, dEnd)
+	}
+	// A command after a lost reply, and the connection closes before the
+	// client sends another: it ends with the reply that came after it.
+	h.sendKernel(1, in, respCmd("GET", "f"), 0, bpf.FlagLost)
+	h.send(1, out, "$-1\r\n")
+	fEnd := h.now
+	h.close(1)
+	if len(h.got) != 5 || dbSummary(h.got[4]) != "redis GET | GET f" || uint64(h.got[4].End.UnixNano()) != fEnd {
+		t.Errorf("after a lost reply and a close: %d requests, want GET f ending at %d", len(h.got), fEnd)
+	}
+}
+
+// TestRedisIdleKeepsDatabase: a server connection that selected a
+// database is not forgotten after the usual idle time, since the kernel
+// may be dropping its commands; its spans keep db.namespace.
+func TestRedisIdleKeepsDatabase(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, in, respCmd("SELECT", "2"))
+	h.send(1, out, "+OK\r\n")
+	h.send(2, in, respCmd("PING")) // another connection, whose events drive the sweep
+	h.send(2, out, "+PONG\r\n")
+	for range 30 { // 5 minutes of the other connection only
+		h.now += uint64(10 * time.Second)
+		h.send(2, in, respCmd("PING"))
+		h.send(2, out, "+PONG\r\n")
+	}
+	h.send(1, in, respCmd("GET", "k"))
+	h.send(1, out, "$-1\r\n")
+	last := h.got[len(h.got)-1]
+	if last.DBOperation != "GET" || last.DBNamespace != "2" {
+		t.Errorf("after 5 idle minutes: %s, want GET in database 2", dbSummary(last))
 	}
 }

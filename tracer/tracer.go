@@ -121,14 +121,19 @@ func (t *Tracer) forget(key connKey) {
 	t.live.Add(-1)
 }
 
-// sweep forgets connections idle for longer than IdleTimeout.
+// sweep forgets connections idle for longer than IdleTimeout (stateful
+// parsers' for longer).
 func (t *Tracer) sweep(now uint64) {
 	t.lastSweep = now
 	idle := uint64(t.cfg.IdleTimeout)
 	for key, c := range t.conns {
-		if now > c.lastSeen && now-c.lastSeen > idle {
-			t.forget(key)
+		if now <= c.lastSeen || now-c.lastSeen <= idle {
+			continue
 		}
+		if s, ok := c.parser.(stateful); ok && s.stateful() && now-c.lastSeen <= statefulIdle*idle {
+			continue
+		}
+		t.forget(key)
 	}
 }
 
