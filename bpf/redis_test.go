@@ -329,6 +329,7 @@ func TestRedisDropGap(t *testing.T) {
 		t.Errorf("%d commands dropped, want 5", stats.RedisDropped)
 	}
 }
+
 // clientScript connects to the port in its argument, says so, waits for
 // a line on its input, then sends 20 commands, each after the reply to
 // the one before (20 bytes each).
