@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# test-kernels.sh fetches the other kernels the capture is tested on
+# (test/kernels boots each under qemu): Debian's current 6.1 cloud kernel,
+# which has no socket tracepoints (Linux 6.3+), so the agent runs on the
+# syscall hooks there, and whose struct pid predates 6.5. It caches their
+# images outside the repository and prints the folder that holds them:
+#
+#   export PODTRACER_TEST_KERNELS="$(hack/test-kernels.sh | tail -1)"
+#
+# It needs apt (the package is downloaded, not installed) and dpkg-deb.
+# The tests also find the folder without the variable, at
+# ${PODTRACER_CACHE:-$HOME/.cache/podtracer}/kernels.
+set -euo pipefail
+
+CACHE=${PODTRACER_CACHE:-$HOME/.cache/podtracer}
+DIR=$CACHE/kernels
+mkdir -p "$DIR"
+
+# The meta package names the current 6.1 image package.
+pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-6/ {print $2; exit}')
+if [ -z "$pkg" ]; then
+	echo "test-kernels: apt knows no linux-image-cloud-amd64 (run apt-get update)" >&2
+	exit 1
+fi
+version=${pkg#linux-image-}
+if [ ! -f "$DIR/vmlinuz-$version" ]; then
+	echo "test-kernels: fetching $pkg" >&2
+	tmp=$(mktemp -d)
+	trap 'rm -rf "$tmp"' EXIT
+	(cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1 && dpkg-deb -x ./*.deb x)
+	cp "$tmp/x/boot/vmlinuz-$version" "$DIR/vmlinuz-$version.part"
+	mv "$DIR/vmlinuz-$version.part" "$DIR/vmlinuz-$version"
+fi
+echo "$DIR"
