@@ -167,6 +167,18 @@ func ReadProcess(procRoot string, pid int, comm string) *Process {
 			p.Cmdline = strings.Split(args, "\x00")
 		}
 	}
+	if p.Exe != "" && comm != "" && comm != p.Name && len(p.Cmdline) > 0 {
+		// A program run through a link (Debian's redis-server is a link to
+		// redis-check-rdb, python3 one to python3.11) goes by the link's
+		// name: the kernel's comm holds it (cut to 15 bytes), as argv[0]
+		// does (up to a space: Redis rewrites it as "redis-server *:6379"),
+		// while /proc/PID/exe names the target. Both must agree: a process
+		// may rename itself or rewrite its argv[0].
+		word, _, _ := strings.Cut(p.Cmdline[0], " ")
+		if base := filepath.Base(word); base == comm || len(comm) == 15 && strings.HasPrefix(base, comm) {
+			p.Name = base
+		}
+	}
 	if b, err := os.ReadFile(dir + "/stat"); err == nil {
 		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
 		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
