@@ -263,6 +263,7 @@ func TestHTTPAttributesWrittenStraight(t *testing.T) {
 	reset.StatusCode, reset.ErrorCode, reset.Host, reset.HostPort = 0, "CANCEL", "::1", 8443
 	reqs = append(reqs, odd, failed, reset)
 
+	wantAttrs := map[bool][][]*commonpb.KeyValue{} // by captureQuery, per request
 	for _, captureQuery := range []bool{false, true} {
 		e.cfg.CaptureQuery = captureQuery
 		for _, r := range reqs {
@@ -276,10 +277,12 @@ func TestHTTPAttributesWrittenStraight(t *testing.T) {
 				t.Fatalf("%s %s: %d KeyValues, encoded %v", r.Method, r.Path, len(rec.attrs), rec.attrsEncoded)
 			}
 			want := appendSpan(nil, rec)
+			var w tracepb.Span
+			_ = proto.Unmarshal(want, &w)
+			wantAttrs[captureQuery] = append(wantAttrs[captureQuery], w.Attributes)
 			if !bytes.Equal(rec.wire, want) {
-				var got, w tracepb.Span
+				var got tracepb.Span
 				_ = proto.Unmarshal(rec.wire, &got)
-				_ = proto.Unmarshal(want, &w)
 				t.Errorf("%s %s (query %v): written straight\n%v\nfrom KeyValues\n%v", r.Method, r.Path, captureQuery, &got, &w)
 			}
 			e.sinks[0].pending, e.sinks[1].pending = nil, nil
@@ -288,10 +291,33 @@ func TestHTTPAttributesWrittenStraight(t *testing.T) {
 		}
 	}
 
-	// With OTLP alone no KeyValue is made at all.
+	// With OTLP alone no KeyValue is made at all, and a request that
+	// repeats the last one's first attributes gets their encoding copied:
+	// the same attributes, whatever came before.
 	only := benchNew(t, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}}}, nil)
-	only.record(serverReq())
-	if rec := only.sinks[0].pending[0]; len(rec.attrs) != 0 || len(rec.wire) == 0 {
-		t.Errorf("OTLP only: %d KeyValues, %d bytes encoded", len(rec.attrs), len(rec.wire))
+	for _, captureQuery := range []bool{false, true} {
+		only.cfg.CaptureQuery = captureQuery
+		for _, i := range []int{0, 0, 1, 1, 0, 2, 2, 3, 0, 4, 4, 1} {
+			only.record(reqs[i])
+			rec := only.sinks[0].pending[0]
+			if len(rec.attrs) != 0 || len(rec.wire) == 0 {
+				t.Fatalf("OTLP only: %d KeyValues, %d bytes encoded", len(rec.attrs), len(rec.wire))
+			}
+			var got tracepb.Span
+			if err := proto.Unmarshal(rec.wire, &got); err != nil {
+				t.Fatal(err)
+			}
+			want := wantAttrs[captureQuery][i]
+			same := len(got.Attributes) == len(want)
+			for j := 0; same && j < len(want); j++ {
+				same = proto.Equal(got.Attributes[j], want[j])
+			}
+			if !same {
+				t.Errorf("request %d (query %v) after others: attributes\n%v\nwant\n%v", i, captureQuery, got.Attributes, want)
+			}
+			only.sinks[0].pending = nil
+			rec.refs.Store(1)
+			rec.release()
+		}
 	}
 }

@@ -76,6 +76,11 @@ type process struct {
 	// previous one's local address (a server) or peer (keep-alive).
 	lastLocal, lastRemote       netip.AddrPort
 	lastLocalStr, lastRemoteStr string
+
+	// The last HTTP span's first attributes, and their encoding (see
+	// httpAttributes).
+	lastHTTP     httpStable
+	lastHTTPWire []byte
 }
 
 // process returns the state for p, creating it on first sight.
