@@ -275,20 +275,33 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 // attachSocketFast is attachSocket with the fast path and the Redis drop
 // as fast asks, and without them when the kernel refuses that: they only
 // save the agent work, and a kernel that cannot verify them still gets the
-// socket hooks rather than the syscall ones.
+// socket hooks rather than the syscall ones. The Redis drop goes first,
+// the HTTP fast path after it.
 func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger *slog.Logger) error {
 	err := c.attachSocket(spec, logger)
-	var verr *ebpf.VerifierError
-	if err == nil || !(fast.HTTP || fast.Redis) || !errors.As(err, &verr) {
-		return err // loaded, or refused for something else than the fast path
+	steps := []struct {
+		on   bool
+		name string
+		what string
+	}{
+		{fast.Redis, "fast_redis", "kernel Redis sampling unavailable: every Redis command goes through the agent"},
+		{fast.HTTP, "fast_http", "kernel HTTP metrics unavailable: every request goes through the agent"},
 	}
-	logger.Info("kernel HTTP metrics and Redis sampling unavailable: every request goes through the agent", "reason", err)
-	for _, name := range []string{"fast_http", "fast_redis"} {
-		if err := spec.Variables[name].Set(uint8(0)); err != nil {
+	for _, step := range steps {
+		var verr *ebpf.VerifierError
+		if err == nil || !errors.As(err, &verr) {
+			return err // loaded, or refused for something else than the fast path
+		}
+		if !step.on {
+			continue
+		}
+		logger.Info(step.what, "reason", err)
+		if err := spec.Variables[step.name].Set(uint8(0)); err != nil {
 			return err
 		}
+		err = c.attachSocket(spec, logger)
 	}
-	return c.attachSocket(spec, logger)
+	return err
 }
 
 // attachSyscall loads and attaches the raw syscall tracepoints. Raw
