@@ -130,7 +130,8 @@ func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
 }
 
 // processResource describes one process. Precedence, lowest first: what
-// podtracer observed (executable name as service.name, process.*, k8s.*),
+// podtracer observed (the name the process was run by, or its executable's,
+// as service.name; process.*, k8s.*),
 // then OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK defines
 // them, then Config.ServiceName.
 func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
@@ -159,6 +160,9 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 		}
 	}
 	svc := name
+	if p != nil && p.RunAs != "" {
+		svc = p.RunAs // redis-server, not the redis-check-rdb it links to
+	}
 	if svc == "" {
 		svc = "unknown_service" // the spec's default
 	}

@@ -175,26 +175,35 @@ func TestRunning(t *testing.T) {
 	}
 }
 
-// A program run through a link goes by the link's name, which comm and
-// argv[0] both hold; a process that renamed itself or rewrote its argv[0]
-// keeps its executable's.
+// A program run through a link goes by the link's name (RunAs), which
+// comm and argv[0] both hold; its executable's name stays its own. A
+// process that renamed itself, rewrote its argv[0] into a title, or runs
+// itself again through /proc/self/exe has no other name.
 func TestReadProcessLinkName(t *testing.T) {
 	for _, c := range []struct{ exe, cmdline, comm, want string }{
 		{"/usr/bin/redis-check-rdb", "redis-server *:6379\x00", "redis-server", "redis-server"}, // argv[0] rewritten as Redis does
-		{"/usr/bin/python3.11", "worker: idle\x00", "python3", "python3.11"},
 		{"/usr/bin/redis-check-rdb", "/usr/bin/redis-server\x00--port\x006379\x00", "redis-server", "redis-server"},
 		{"/usr/bin/python3.11", "python3\x00-c\x00pass\x00", "python3", "python3"},
+		{"/usr/bin/python3.11", "worker: idle\x00", "python3", ""},
 		{"/opt/app/bin/a-very-long-program-name", "./a-very-long-program-name\x00", "a-very-long-pro", "a-very-long-program-name"},
-		{"/usr/sbin/nginx", "nginx: worker process\x00", "nginx", "nginx"},
-		{"/usr/lib/jvm/bin/java", "/usr/bin/java\x00-jar\x00app.jar\x00", "main", "java"},
-		{"/usr/bin/redis-check-rdb", "/usr/bin/redis-server\x00", "", "redis-check-rdb"},
+		{"/opt/app/bin/a-long-daemon-binary", "a-long-daemon-name: worker 3\x00", "a-long-daemon-n", ""},
+		{"/usr/sbin/nginx", "nginx: worker process\x00", "nginx", ""},
+		{"/usr/lib/jvm/bin/java", "/usr/bin/java\x00-jar\x00app.jar\x00", "main", ""},
+		{"/usr/local/bin/myserver", "/proc/self/exe\x00child\x00", "exe", ""},
+		{"/usr/bin/redis-check-rdb", "/usr/bin/redis-server\x00", "", "redis-server"}, // comm from stat
+		{"/usr/bin/redis-check-rdb", "\x00", "redis-server", ""},
 	} {
-		root := fakeProc(t, 42, map[string]string{"cmdline": c.cmdline})
+		files := map[string]string{"cmdline": c.cmdline}
+		if c.comm == "" {
+			files["stat"] = "42 (redis-server) S 1 42 42 0 -1"
+		}
+		root := fakeProc(t, 42, files)
 		if err := os.Symlink(c.exe, filepath.Join(root, "42", "exe")); err != nil {
 			t.Fatal(err)
 		}
-		if p := ReadProcess(root, 42, c.comm); p.Name != c.want || p.Exe != c.exe {
-			t.Errorf("exe %s, argv %q, comm %q: name %q, want %q", c.exe, c.cmdline, c.comm, p.Name, c.want)
+		p := ReadProcess(root, 42, c.comm)
+		if p.RunAs != c.want || p.Name != filepath.Base(c.exe) || p.Exe != c.exe {
+			t.Errorf("exe %s, argv %q, comm %q: run as %q, name %q; want %q, %q", c.exe, c.cmdline, c.comm, p.RunAs, p.Name, c.want, filepath.Base(c.exe))
 		}
 	}
 }

@@ -9,6 +9,7 @@ type Process struct {
 	PPID    int      // parent, 0 when unknown
 	Exe     string   // executable path, "" when it could not be read
 	Name    string   // executable base name, or the kernel's comm when Exe is unknown
+	RunAs   string   // the name it was run by, when that is a link to Exe (see runAs); else
 	Cmdline []string // may be empty for short-lived processes
 	// ContainerID is the container runtime's id, from /proc/PID/cgroup, "" outside containers.
 	ContainerID string

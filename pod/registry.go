@@ -167,35 +167,50 @@ func ReadProcess(procRoot string, pid int, comm string) *Process {
 			p.Cmdline = strings.Split(args, "\x00")
 		}
 	}
-	if p.Exe != "" && comm != "" && comm != p.Name && len(p.Cmdline) > 0 {
-		// A program run through a link (Debian's redis-server is a link to
-		// redis-check-rdb, python3 one to python3.11) goes by the link's
-		// name: the kernel's comm holds it (cut to 15 bytes), as argv[0]
-		// does (up to a space: Redis rewrites it as "redis-server *:6379"),
-		// while /proc/PID/exe names the target. Both must agree: a process
-		// may rename itself or rewrite its argv[0].
-		word, _, _ := strings.Cut(p.Cmdline[0], " ")
-		if base := filepath.Base(word); base == comm || len(comm) == 15 && strings.HasPrefix(base, comm) {
-			p.Name = base
-		}
-	}
 	if b, err := os.ReadFile(dir + "/stat"); err == nil {
 		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
 		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
 			if f := bytes.Fields(b[i+1:]); len(f) > 1 {
 				p.PPID, _ = strconv.Atoi(string(f[1]))
 			}
-			if p.Name == "" {
-				if j := bytes.IndexByte(b, '('); j >= 0 && j < i {
+			if j := bytes.IndexByte(b, '('); j >= 0 && j < i {
+				if comm == "" {
+					comm = string(b[j+1 : i])
+				}
+				if p.Name == "" {
 					p.Name = string(b[j+1 : i])
 				}
 			}
 		}
 	}
+	p.RunAs = runAs(p, comm)
 	if b, err := os.ReadFile(dir + "/cgroup"); err == nil {
 		p.ContainerID = containerID(string(b))
 	}
 	return p
+}
+
+// runAs is the name p was run by when that is a link to its executable
+// (Debian's redis-server is a link to redis-check-rdb, python3 one to
+// python3.11), else "". The kernel's comm holds it (cut to 15 bytes), as
+// argv[0] does up to a space (Redis rewrites it as "redis-server *:6379"),
+// while /proc/PID/exe names the link's target. Both must agree, since a
+// process may rename itself or rewrite its argv[0]; a program that runs
+// itself again through /proc/self/exe is "exe" to both, and a title
+// ("daemon: worker 3") is no name.
+func runAs(p *Process, comm string) string {
+	if p.Exe == "" || comm == "" || comm == p.Name || len(p.Cmdline) == 0 {
+		return ""
+	}
+	word, _, _ := strings.Cut(p.Cmdline[0], " ")
+	base := filepath.Base(word)
+	if strings.HasPrefix(word, "/proc/") || base == "exe" || strings.ContainsAny(base, ":/") {
+		return ""
+	}
+	if base == comm || len(comm) == 15 && strings.HasPrefix(base, comm) {
+		return base
+	}
+	return ""
 }
 
 // maxCmdlineBytes bounds what is read of /proc/PID/cmdline, which can be

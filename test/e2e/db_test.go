@@ -471,9 +471,9 @@ func TestRedis(t *testing.T) {
 
 	t.Run("server", func(t *testing.T) {
 		// Debian's redis-server is a link to redis-check-rdb: the service
-		// goes by the name it was run as, not its link's target.
+		// goes by the name it was run as, the executable by its own.
 		s := mustDBSpan(t, spans, trace.SpanKindServer, "redis-server", "SET", withQuery("SET user:1 ?"))
-		if s.Resource["process.executable.name"] != "redis-server" || s.Resource["process.executable.path"] != "/usr/bin/redis-check-rdb" {
+		if s.Resource["process.executable.name"] != "redis-check-rdb" || s.Resource["process.executable.path"] != "/usr/bin/redis-check-rdb" {
 			t.Errorf("server resource %v", s.Resource)
 		}
 		if s.Attributes["db.system.name"] != "redis" || s.Attributes["server.port"] != int64(port) || s.Attributes["db.namespace"] != "0" {
