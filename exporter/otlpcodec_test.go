@@ -262,6 +262,27 @@ func TestHTTPAttributesWrittenStraight(t *testing.T) {
 	reset := clientReq()
 	reset.StatusCode, reset.ErrorCode, reset.Host, reset.HostPort = 0, "CANCEL", "::1", 8443
 	reqs = append(reqs, odd, failed, reset)
+	// Requests of the same process as reqs[0] that differ from it in one
+	// of the first attributes only: each must be written anew after it.
+	firstAttrs := len(reqs)
+	for _, change := range []func(r *tracer.Request){
+		func(r *tracer.Request) { r.Method = "POST" },
+		func(r *tracer.Request) { r.Method = "BREW" },
+		func(r *tracer.Request) { r.Path = "/users/43" },
+		func(r *tracer.Request) { r.Query = "token=other" },
+		func(r *tracer.Request) { r.Route = "" },
+		func(r *tracer.Request) { r.StatusCode = 201 },
+		func(r *tracer.Request) { r.Host = "other.example" },
+		func(r *tracer.Request) { r.HostPort = 8081 },
+		func(r *tracer.Request) { r.Remote = netip.MustParseAddrPort("10.0.0.3:5555") },
+		func(r *tracer.Request) { r.ProtocolVersion = "1.0" },
+		func(r *tracer.Request) { r.UserAgent = "curl/8.6.0" },
+		func(r *tracer.Request) { r.Role = tracer.RoleClient },
+	} {
+		r := serverReq()
+		change(r)
+		reqs = append(reqs, r)
+	}
 
 	wantAttrs := map[bool][][]*commonpb.KeyValue{} // by captureQuery, per request
 	for _, captureQuery := range []bool{false, true} {
@@ -297,7 +318,11 @@ func TestHTTPAttributesWrittenStraight(t *testing.T) {
 	only := benchNew(t, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}}}, nil)
 	for _, captureQuery := range []bool{false, true} {
 		only.cfg.CaptureQuery = captureQuery
-		for _, i := range []int{0, 0, 1, 1, 0, 2, 2, 3, 0, 4, 4, 1} {
+		order := []int{0, 0, 1, 1, 0, 2, 2, 3, 0, 4, 4, 1}
+		for i := firstAttrs; i < len(reqs); i++ {
+			order = append(order, 0, i, i, 0)
+		}
+		for _, i := range order {
 			only.record(reqs[i])
 			rec := only.sinks[0].pending[0]
 			if len(rec.attrs) != 0 || len(rec.wire) == 0 {
