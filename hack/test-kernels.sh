@@ -16,10 +16,11 @@ CACHE=${PODTRACER_CACHE:-$HOME/.cache/podtracer}
 DIR=$CACHE/kernels
 mkdir -p "$DIR"
 
-# The meta package names the current 6.1 image package.
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-6/ {print $2; exit}')
+# The newest 6.1 cloud image apt knows (the series is pinned: a newer
+# Debian's default kernel would have the socket tracepoints).
+pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' 2>/dev/null | awk '{print $1}' | sort -V | tail -1)
 if [ -z "$pkg" ]; then
-	echo "test-kernels: apt knows no linux-image-cloud-amd64 (run apt-get update)" >&2
+	echo "test-kernels: apt knows no linux-image-6.1.0-*-cloud-amd64 (run apt-get update; Debian 12's archive has them)" >&2
 	exit 1
 fi
 version=${pkg#linux-image-}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,8 +105,23 @@ func TestOtherKernels(t *testing.T) {
 			if len(passes) != 2 || strings.Contains(text, "kernelcheck FAIL") {
 				t.Fatalf("want two passes (depth 0 and 2), got:\n%s", text)
 			}
+			// The hooks the kernel has: the socket tracepoints from 6.3 on,
+			// with the fast path and the Redis drop; the syscall ones before.
+			m := regexp.MustCompile(`kernelcheck kernel (\d+)\.(\d+)`).FindStringSubmatch(text)
+			if m == nil {
+				t.Fatalf("no kernel version in:\n%s", text)
+			}
+			major, _ := strconv.Atoi(m[1])
+			minor, _ := strconv.Atoi(m[2])
+			want := "hooks=syscall fast_http=false redis_drop=false"
+			if major > 6 || major == 6 && minor >= 3 {
+				want = "hooks=socket fast_http=true redis_drop=true"
+			}
 			for _, p := range passes {
 				t.Log(strings.TrimSpace(p))
+				if !strings.Contains(p, want) {
+					t.Errorf("kernel %s.%s: want %s", m[1], m[2], want)
+				}
 			}
 		})
 	}
