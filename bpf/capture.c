@@ -1444,16 +1444,26 @@ static __always_inline enum redis_kind redis_classify(struct event *e, struct re
 	return REDIS_DROPPABLE;
 }
 
-// redis_tail_ends_tx tells whether e's payload ends with EXEC or DISCARD
-// (case folded): a transaction pipelined whole in one read.
+// redis_tail_ends_tx tells whether e's payload ends with the command EXEC
+// or DISCARD (case folded): a transaction pipelined whole in one read.
 static __always_inline bool redis_tail_ends_tx(struct event *e)
 {
 	__u32 len = e->len;
-	if (len < 8)
+	if (len < 17)
 		return false;
-	__u64 w = *(__u64 *)&e->payload[bounded(len - 8, MAX_CAPTURE - 1)] | LOWER8;
-	return w == W8('\r' | 0x20, '\n' | 0x20, 'e', 'x', 'e', 'c', '\r' | 0x20, '\n' | 0x20) ||
-	       w == W8('i', 's', 'c', 'a', 'r', 'd', '\r' | 0x20, '\n' | 0x20);
+	__u64 end = *(__u64 *)&e->payload[bounded(len - 8, MAX_CAPTURE - 1)] | LOWER8;
+	if (end == W8('\r' | 0x20, '\n' | 0x20, 'e', 'x', 'e', 'c', '\r' | 0x20, '\n' | 0x20)) {
+		// "*1\r\n$4" before it
+		__u64 head = *(__u64 *)&e->payload[bounded(len - 14, MAX_CAPTURE - 1)] & 0xffffffffffffULL;
+		return head == W8('*', '1', '\r', '\n', '$', '4', 0, 0);
+	}
+	if (end == W8('i', 's', 'c', 'a', 'r', 'd', '\r' | 0x20, '\n' | 0x20)) {
+		// "*1\r\n$7\r\nD" before it
+		__u64 head = *(__u64 *)&e->payload[bounded(len - 17, MAX_CAPTURE - 1)];
+		return head == W8('*', '1', '\r', '\n', '$', '7', '\r', '\n') &&
+		       (e->payload[bounded(len - 9, MAX_CAPTURE - 1)] | 0x20) == 'd';
+	}
+	return false;
 }
 
 // redis_command reads the command that starts e, received on a server

@@ -210,6 +210,24 @@ func TestRedisDrop(t *testing.T) {
 	sub.send(resp("SUBSCRIBE", "ch"), 1)
 	sub.send(resp("PING"), 1)
 	seen(resp("SUBSCRIBE", "ch"), "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n", resp("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+
+	// A transaction pipelined whole in one read ends there; one whose
+	// read ends with an argument "exec" goes on, and its next command is
+	// still the transaction's.
+	txc := dialRedis(t, port)
+	tx := resp("MULTI") + resp("SET", "t", "3") + resp("EXEC")
+	txc.send(tx, 3)
+	txc.send(resp("GET", "t"), 1)
+	seen(tx, "+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n")
+	open := resp("MULTI") + resp("SET", "k", "exec")
+	txc.send(open, 2)
+	txc.send(resp("SET", "t", "4"), 1)
+	txc.send(resp("EXEC"), 1)
+	txc.send(resp("GET", "t"), 1)
+	seen(open, "+OK\r\n+QUEUED\r\n", resp("SET", "t", "4"), "+QUEUED\r\n", resp("EXEC"), "*2\r\n+OK\r\n+OK\r\n")
+	if stats, _ := c.Stats(); stats.RedisDropped != 32 {
+		t.Errorf("%d commands dropped, want 32", stats.RedisDropped)
+	}
 }
 
 // TestRedisDropSampling: the kernel picks a share of the commands for
