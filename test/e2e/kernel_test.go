@@ -215,3 +215,64 @@ func TestKernelRedisSampling(t *testing.T) {
 	}
 	t.Logf("%d commands: %d dropped in the kernel, %d SET and %d LPUSH spans", 2*pairs, dropped, sets, lpushes)
 }
+
+// TestKernelRedisSamplingGoRedis: go-redis on one long-lived connection
+// (its handshake and pipelines in one write, a transaction pipelined
+// whole, replies of 20 kB) with one span in two: the kernel drops many of
+// the server's commands, and every server span left still pairs with its
+// own reply: LPUSH on a string fails with WRONGTYPE, an unknown command
+// with ERR, and the commands that succeed carry no error.
+func TestKernelRedisSamplingGoRedis(t *testing.T) {
+	privileged(t)
+	server := testenv.LookPath(t, "redis-server")
+	client := dbclient(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()))
+	waitListening(t, port)
+	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.5"))
+
+	const repeat = 40
+	if out := run(t, pod.command(client, "-redis", fmt.Sprintf("127.0.0.1:%d", port), "-repeat", fmt.Sprint(repeat))); !strings.Contains(out, "done") {
+		t.Fatalf("dbclient: %s", out)
+	}
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 15*time.Second)
+	m := regexp.MustCompile(`kernel_redis_dropped=(\d+)`).FindStringSubmatch(agent.output())
+	if m == nil {
+		t.Fatalf("no kernel counter in the log:\n%s", agent.output())
+	}
+	dropped, _ := strconv.Atoi(m[1])
+
+	// What each command's span must say, on either side.
+	wantStatus := map[string]any{"SET": nil, "GET": nil, "HSET": nil, "HGETALL": nil, "INCR": nil, "MULTI INCR": nil, "DEL": nil,
+		"LPUSH": "WRONGTYPE", "NOSUCHCMD": "ERR"}
+	count := map[trace.SpanKind]map[string]int{trace.SpanKindServer: {}, trace.SpanKindClient: {}}
+	for _, s := range rcv.Spans() {
+		if s.Attributes["db.system.name"] != "redis" {
+			continue
+		}
+		want, known := wantStatus[s.Name]
+		if !known {
+			continue // the handshake: HELLO, CLIENT SETINFO
+		}
+		count[s.Kind][s.Name]++
+		if got := s.Attributes["db.response.status_code"]; got != want {
+			t.Errorf("%v %s span with status %v, want %v: paired with another command's reply", s.Kind, s.Name, got, want)
+		}
+	}
+	t.Logf("%d commands dropped in the kernel; server spans %v; client spans %v", dropped, count[trace.SpanKindServer], count[trace.SpanKindClient])
+	// Each command runs 40 times; at one in two, 20 spans are expected on
+	// each side (5 is over 4 standard deviations below).
+	for _, kind := range []trace.SpanKind{trace.SpanKindServer, trace.SpanKindClient} {
+		for _, name := range []string{"LPUSH", "NOSUCHCMD", "DEL", "MULTI INCR"} {
+			if count[kind][name] < 5 {
+				t.Errorf("%d %v %s spans of %d", count[kind][name], kind, name, repeat)
+			}
+		}
+	}
+	if dropped < 100 {
+		t.Errorf("%d commands dropped in the kernel, want most of the server's unpicked single commands", dropped)
+	}
+}
