@@ -275,10 +275,17 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 // attachSocketFast is attachSocket with the fast path and the Redis drop
 // as fast asks, and without them when the kernel refuses that: they only
 // save the agent work, and a kernel that cannot verify them still gets the
-// socket hooks rather than the syscall ones. The Redis drop goes first,
-// the HTTP fast path after it.
+// socket hooks rather than the syscall ones.
 func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger *slog.Logger) error {
-	err := c.attachSocket(spec, logger)
+	return withoutFastOnRefusal(fast, func() error { return c.attachSocket(spec, logger) },
+		func(name string) error { return spec.Variables[name].Set(uint8(0)) }, logger)
+}
+
+// withoutFastOnRefusal runs attach; while the verifier refuses it, it turns
+// off what fast asked for and runs it again: the Redis drop first, then
+// the HTTP fast path.
+func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable string) error, logger *slog.Logger) error {
+	err := attach()
 	steps := []struct {
 		on   bool
 		name string
@@ -296,10 +303,10 @@ func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger 
 			continue
 		}
 		logger.Info(step.what, "reason", err)
-		if err := spec.Variables[step.name].Set(uint8(0)); err != nil {
+		if err := turnOff(step.name); err != nil {
 			return err
 		}
-		err = c.attachSocket(spec, logger)
+		err = attach()
 	}
 	return err
 }

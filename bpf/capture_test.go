@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/podtracer/podtracer/internal/testenv"
@@ -403,6 +404,46 @@ func TestNextPoll(t *testing.T) {
 		}
 		if cp.found != 0 || !cp.lastPoll.Equal(t0.Add(c.elapsed)) {
 			t.Errorf("the poll's count was not reset")
+		}
+	}
+}
+
+// withoutFastOnRefusal: while the verifier refuses the programs, the
+// Redis drop goes first, then the HTTP fast path; another error, or
+// nothing left to turn off, is returned as it is.
+func TestWithoutFastOnRefusal(t *testing.T) {
+	refused := fmt.Errorf("load program: %w", &ebpf.VerifierError{Cause: errors.New("too complex")})
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, c := range []struct {
+		fast      Fast
+		refusals  int   // attaches refused before one succeeds
+		other     error // or every attach fails so
+		wantOff   string
+		wantError bool
+	}{
+		{Fast{HTTP: true, Redis: true}, 0, nil, "", false},
+		{Fast{HTTP: true, Redis: true}, 1, nil, "fast_redis", false},
+		{Fast{HTTP: true, Redis: true}, 2, nil, "fast_redis fast_http", false},
+		{Fast{HTTP: true, Redis: true}, 3, nil, "fast_redis fast_http", true},
+		{Fast{HTTP: true}, 1, nil, "fast_http", false},
+		{Fast{Redis: true}, 2, nil, "fast_redis", true},
+		{Fast{}, 1, nil, "", true},
+		{Fast{HTTP: true, Redis: true}, 0, errors.New("no such tracepoint"), "", true},
+	} {
+		attaches := 0
+		var off []string
+		err := withoutFastOnRefusal(c.fast, func() error {
+			attaches++
+			if c.other != nil {
+				return c.other
+			}
+			if attaches <= c.refusals {
+				return refused
+			}
+			return nil
+		}, func(name string) error { off = append(off, name); return nil }, logger)
+		if got := strings.Join(off, " "); got != c.wantOff || (err != nil) != c.wantError {
+			t.Errorf("%+v, %d refusals, %v: turned off %q, error %v; want %q, error %v", c.fast, c.refusals, c.other, got, err, c.wantOff, c.wantError)
 		}
 	}
 }
