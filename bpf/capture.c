@@ -1010,6 +1010,20 @@ static __always_inline bool starts_fast_method(struct event *e)
 	return fast_method(e, 0, &start) != 0;
 }
 
+// picked draws the low half of e's trace ID and judges it as the trace-ID
+// ratio sampler does: true when the sampler keeps it, and then e carries
+// it to user space, whose span takes that trace ID.
+static __always_inline bool picked(struct event *e)
+{
+	__u64 low = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32();
+	if (low == 0)
+		low = 1;
+	if ((low >> 1) >= sample_bound)
+		return false;
+	e->trace_low = low;
+	return true;
+}
+
 // fast_request tells whether the request in e (received on a connection
 // in state st) is for the fast path, and if so makes st own its exchange.
 // It may draw e's trace ID instead: then the request goes to user space.
@@ -1048,13 +1062,8 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 
 	// The sampler's draw: a request picked for a span goes to user space
 	// with the low half of its trace ID.
-	__u64 low = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32();
-	if (low == 0)
-		low = 1;
-	if ((low >> 1) < sample_bound) {
-		e->trace_low = low;
+	if (picked(e))
 		return false;
-	}
 	st->fast = FAST_OWN;
 	st->req_ns = start_ns;
 	st->key.tgid = st->tgid;
@@ -1525,13 +1534,8 @@ static __always_inline bool redis_command(struct event *e, struct sock_state *st
 	if (tx || !one || !drop)
 		return false;
 	// The sampler's draw, as for HTTP.
-	__u64 low = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32();
-	if (low == 0)
-		low = 1;
-	if ((low >> 1) < sample_bound) {
-		e->trace_low = low;
+	if (picked(e))
 		return false;
-	}
 	st->redis = REDIS_SKIP;
 	count(STAT_REDIS_DROP);
 	return true;

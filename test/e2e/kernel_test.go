@@ -100,15 +100,10 @@ func TestKernelMetrics(t *testing.T) {
 		t.Errorf("nginx histogram %+v: want %d requests", h, big)
 	}
 
-	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
-	agent.waitOutput(t, "final stats", 1, 15*time.Second)
-	m := regexp.MustCompile(`kernel_requests=(\d+) kernel_requests_lost=(\d+)`).FindStringSubmatch(agent.output())
-	if m == nil {
-		t.Fatalf("no kernel counters in the log:\n%s", agent.output())
-	}
-	inKernel, _ := strconv.Atoi(m[1])
-	if inKernel < plain+big/2 || m[2] != "0" {
-		t.Errorf("%s requests measured in the kernel, %s lost: want most of the %d without a parent, none lost", m[1], m[2], 2*plain)
+	counters := finalCounters(t, agent, "kernel_requests", "kernel_requests_lost")
+	inKernel := counters[0]
+	if inKernel < plain+big/2 || counters[1] != 0 {
+		t.Errorf("%d requests measured in the kernel, %d lost: want most of the %d without a parent, none lost", inKernel, counters[1], 2*plain)
 	}
 
 	bound := uint64(ratio * (1 << 63))
@@ -172,13 +167,7 @@ func TestKernelRedisSampling(t *testing.T) {
 		t.Fatalf("redis-cli: %d WRONGTYPE replies, want %d", strings.Count(out, "WRONGTYPE"), pairs)
 	}
 
-	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
-	agent.waitOutput(t, "final stats", 1, 15*time.Second)
-	m := regexp.MustCompile(`kernel_redis_dropped=(\d+)`).FindStringSubmatch(agent.output())
-	if m == nil {
-		t.Fatalf("no kernel counter in the log:\n%s", agent.output())
-	}
-	dropped, _ := strconv.Atoi(m[1])
+	dropped := finalCounters(t, agent, "kernel_redis_dropped")[0]
 
 	bound := uint64(ratio * (1 << 63))
 	var sets, lpushes int
@@ -237,13 +226,7 @@ func TestKernelRedisSamplingGoRedis(t *testing.T) {
 	if out := run(t, pod.command(client, "-redis", fmt.Sprintf("127.0.0.1:%d", port), "-repeat", fmt.Sprint(repeat))); !strings.Contains(out, "done") {
 		t.Fatalf("dbclient: %s", out)
 	}
-	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
-	agent.waitOutput(t, "final stats", 1, 15*time.Second)
-	m := regexp.MustCompile(`kernel_redis_dropped=(\d+)`).FindStringSubmatch(agent.output())
-	if m == nil {
-		t.Fatalf("no kernel counter in the log:\n%s", agent.output())
-	}
-	dropped, _ := strconv.Atoi(m[1])
+	dropped := finalCounters(t, agent, "kernel_redis_dropped")[0]
 
 	// What each command's span must say, on either side.
 	wantStatus := map[string]any{"SET": nil, "GET": nil, "HSET": nil, "HGETALL": nil, "INCR": nil, "MULTI INCR": nil, "DEL": nil,
@@ -275,4 +258,22 @@ func TestKernelRedisSamplingGoRedis(t *testing.T) {
 	if dropped < 100 {
 		t.Errorf("%d commands dropped in the kernel, want most of the server's unpicked single commands", dropped)
 	}
+}
+
+// finalCounters stops the agent and returns the named counters of its
+// final stats line, in order.
+func finalCounters(t *testing.T, agent *process, names ...string) []int {
+	t.Helper()
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 15*time.Second)
+	var values []int
+	for _, name := range names {
+		m := regexp.MustCompile(` ` + name + `=(\d+)`).FindStringSubmatch(agent.output())
+		if m == nil {
+			t.Fatalf("no %s in the log:\n%s", name, agent.output())
+		}
+		n, _ := strconv.Atoi(m[1])
+		values = append(values, n)
+	}
+	return values
 }
