@@ -90,7 +90,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	debug.FreeOSMemory()
 	if capture.FastPath() {
 		exp.SetKernelHTTP(capture)
-		logger.Info("kernel HTTP metrics on: unsampled HTTP/1 GET and HEAD requests of known paths are measured in the kernel")
+		logger.Info("kernel HTTP metrics on: unsampled HTTP/1 requests of known methods and paths are measured in the kernel")
 	}
 	if capture.RedisDrop() {
 		logger.Info("kernel Redis sampling on: server-side Redis commands not picked for a span are dropped in the kernel")

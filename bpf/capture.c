@@ -710,11 +710,12 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 
 // hist_key is one series of the kernel's HTTP histograms.
 struct hist_key {
-	__u32 tgid;  // in the pod's PID namespace
-	__u32 route; // the agent's id of the path's route
+	__u32 tgid;   // in the pod's PID namespace
+	__u32 route;  // the agent's id of the path's route
+	__u64 method; // the method's name, its bytes in a word (fast_method)
 	__u16 status;
-	__u8 method; // METHOD_GET, METHOD_HEAD
-	__u8 minor;  // of HTTP/1.x: '0' or '1'
+	__u8 minor; // of HTTP/1.x: '0' or '1'
+	__u8 pad[5];
 };
 
 // sock_state is what the kernel keeps with each of the pod's sockets, in
@@ -747,8 +748,9 @@ struct {
 // When spans are sampled (a trace-ID ratio below 1, or none at all), most
 // requests only feed the RED metrics, and sending their bytes to user space
 // to be parsed there is most of what they cost. For the commonest of them,
-// an HTTP/1 GET or HEAD of a path the agent has already seen answered,
-// with no body, no traceparent and no upgrade, the kernel records the
+// an HTTP/1 request of a method and path the agent has already seen
+// answered, whose head and body (by its Content-Length) come in one read,
+// with no traceparent and no upgrade, the kernel records the
 // duration in a histogram itself and sends nothing: neither the request's
 // bytes nor the response's. The agent reads the histograms when it exports
 // metrics (bpf/fast.go).
@@ -789,8 +791,6 @@ enum fast_verdict {
 	FAST_SEND_HELD = 2, // send the held byte first, then it
 };
 
-#define METHOD_GET 1
-#define METHOD_HEAD 2
 
 // FAST_MAX_HEAD bounds the request heads the kernel reads through (the
 // agent's capture_bytes may be less: then only what it copies).
@@ -803,9 +803,9 @@ enum fast_verdict {
 // lookup hashes and compares the whole key.
 struct route_key {
 	__u32 tgid; // in the pod's PID namespace
-	__u8 method;
 	__u8 words; // 8-byte words the path's hash covers
-	__u16 pad;
+	__u8 pad[3];
+	__u64 method; // the method's name, its bytes in a word (fast_method)
 	__u64 hash;
 };
 
@@ -863,8 +863,10 @@ struct head_scan {
 	__u32 len;      // bytes in the payload
 	__u32 pos;      // where the search for the next '\n' goes on
 	__u32 first_nl; // the request line's '\n'; 0 until found
+	__u32 body;     // where the body starts, after the blank line; 0 until found
+	__u32 length;   // where the Content-Length value starts; 0 when none
 	__u8 bad;       // not for the fast path
-	__u8 end;       // the blank line ends the payload
+	__u8 end;       // the blank line was found
 };
 
 #define ROUTE_WORDS (ROUTE_PATH / 8)
@@ -897,6 +899,32 @@ static __always_inline bool path_hash(struct event *e, __u32 start, struct route
 	return false;
 }
 
+// content_length reads the value of the Content-Length header whose
+// value's line starts at at (just after "Content-Length:"): up to four
+// digits after optional spaces. It returns -1 for a value the kernel does
+// not read.
+static __always_inline int content_length(struct event *e, __u32 at)
+{
+	__u32 p = at;
+#pragma unroll
+	for (int k = 0; k < 2; k++)
+		if (e->payload[bounded(p, MAX_CAPTURE - 1)] == ' ')
+			p++;
+	int n = 0, digits = 0;
+#pragma unroll
+	for (int k = 0; k < 4; k++) {
+		__u8 d = e->payload[bounded(p, MAX_CAPTURE - 1)] - '0';
+		if (d > 9)
+			break;
+		n = n * 10 + d;
+		p++;
+		digits++;
+	}
+	if (!digits || e->payload[bounded(p, MAX_CAPTURE - 1)] != '\r')
+		return -1;
+	return n;
+}
+
 static __always_inline void head_line(struct event *e, struct head_scan *s, __u32 nl)
 {
 	if (!s->first_nl)
@@ -905,23 +933,31 @@ static __always_inline void head_line(struct event *e, struct head_scan *s, __u3
 	if (n >= s->len)
 		return;
 	if (e->payload[bounded(n, MAX_CAPTURE - 1)] == '\r') {
-		// The blank line ends the head; it must end the payload too (no
-		// body, no second request behind it).
-		if (n + 2 == s->len)
-			s->end = 1;
-		else
-			s->bad = 1;
+		// The blank line ends the head; the body of its Content-Length,
+		// if any, must end the payload (fast_request checks it, outside
+		// the loop, where it costs the verifier less).
+		s->body = n + 2;
+		s->end = 1;
 		return;
 	}
 	// Headers that take a request off the fast path, by their first eight
 	// letters, case folded (a false match only costs the fast path).
 	__u64 name = *(__u64 *)&e->payload[bounded(n, MAX_CAPTURE - 1)] | LOWER8;
 	if (name == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') || // traceparent: the parent decides sampling
-	    name == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-') || // content-length: a body
-	    name == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') || // transfer-encoding: a body
+	    name == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') || // transfer-encoding: a body of chunks
 	    name == W8('u', 'p', 'g', 'r', 'a', 'd', 'e', ':') || // another protocol follows
-	    (name & 0x00ffffffffffffffULL) == W8('e', 'x', 'p', 'e', 'c', 't', ':', 0)) // 100-continue
+	    (name & 0x00ffffffffffffffULL) == W8('e', 'x', 'p', 'e', 'c', 't', ':', 0)) { // 100-continue
 		s->bad = 1;
+		return;
+	}
+	if (name == W8('c', 'o', 'n', 't', 'e', 'n', 't', '-') &&
+	    (*(__u64 *)&e->payload[bounded(n + 8, MAX_CAPTURE - 1)] | LOWER8) << 8 == W8(0, 'l', 'e', 'n', 'g', 't', 'h', ':' | 0x20)) {
+		// Content-Length (not Content-Type): a second one is a request
+		// the kernel leaves alone.
+		if (s->length)
+			s->bad = 1;
+		s->length = n + 15;
+	}
 }
 
 // LINE_WORDS is how many words one step of the head scan looks through
@@ -966,12 +1002,15 @@ static long head_step(__u32 i, struct head_scan *s)
 	return s->bad || s->end;
 }
 
-// fast_method is the method of the request e starts, when it is one the
-// fast path takes (METHOD_GET, METHOD_HEAD; else 0), and sets start to
-// where its target begins in e. held is the request's first byte when it
-// came alone and is held (FAST_BYTE), else 0: the method is matched as if
-// it were in front of the payload.
-static __always_inline __u8 fast_method(struct event *e, __u8 held, __u32 *start)
+// fast_method is the method of the request e starts: the bytes of its
+// name (3 to 7 of them, before the first space) as a word, 0 when there is
+// none; it sets start to where its target begins in e. Which methods the
+// kernel takes is the agent's choice: it registers a path with its method
+// (route_key), and the name is computed, not matched against a list, so
+// that the verifier follows one path for every method. held is the
+// request's first byte when it came alone and is held (FAST_BYTE), else
+// 0: the method is read as if it were in front of the payload.
+static __always_inline __u64 fast_method(struct event *e, __u8 held, __u32 *start)
 {
 	if (e->captured < 5)
 		return 0;
@@ -981,15 +1020,21 @@ static __always_inline __u8 fast_method(struct event *e, __u8 held, __u32 *start
 		first = first << 8 | held;
 		skip = 1;
 	}
-	if ((first & 0xffffffff) == W8('G', 'E', 'T', ' ', 0, 0, 0, 0)) {
-		*start = 4 - skip;
-		return METHOD_GET;
-	}
-	if ((first & 0xffffffffff) == W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)) {
-		*start = 5 - skip;
-		return METHOD_HEAD;
-	}
-	return 0;
+	__u64 m = bytes_equal(first, 0x2020202020202020ULL);
+	if (!m)
+		return 0;
+	// The byte index of the lowest set bit, as in head_step.
+	__u32 space = ((((m & (~m + 1)) >> 7) * 0x0001020304050607ULL) >> 56) & 7;
+	if (space < 3)
+		return 0;
+	// Upper-case letters only, byte by byte without a loop: bit 7 of
+	// b + 0x3f is set from 'A' on, of b + 0x25 from past 'Z' on.
+	__u64 bytes = (1ULL << (8 * space)) - 1;
+	__u64 name = first & bytes, high = 0x8080808080808080ULL & bytes;
+	if ((name & high) || ((name + 0x3f3f3f3f3f3f3f3fULL) & high) != high || ((name + 0x2525252525252525ULL) & high))
+		return 0;
+	*start = space + 1 - skip;
+	return name;
 }
 
 // http1_version is x of "HTTP/1.x" at e->payload[off], 0 when that is
@@ -1033,12 +1078,16 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 	if (e->captured != len || len + (held ? 1 : 0) < 18 || len > FAST_MAX_HEAD)
 		return false;
 	__u32 start;
-	__u8 method = fast_method(e, held, &start);
+	__u64 method = fast_method(e, held, &start);
 	if (!method)
 		return false;
 	struct head_scan s = {.len = len};
 	bpf_loop(len, head_step, &s, 0); // at most a step per byte; it stops at the blank line
 	if (s.bad || !s.end || s.first_nl < 14)
+		return false;
+	// The body, all of it in this read and nothing behind it.
+	int body = s.length ? content_length(e, s.length) : 0;
+	if (body < 0 || s.body + body != len)
 		return false;
 	// The request line ends in " HTTP/1.x\r\n".
 	__u8 minor = http1_version(e, s.first_nl - 9);
@@ -1244,7 +1293,8 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		}
 		if ((f & FAST_OFF) || !accepted(sk))
 			return FAST_SEND;
-		if (e->len == 1 && e->captured == 1 && (e->payload[0] == 'G' || e->payload[0] == 'H')) {
+		__u8 c = e->payload[0];
+		if (e->len == 1 && e->captured == 1 && c >= 'A' && c <= 'Z') {
 			st->held = e->payload[0];
 			st->held_ns = e->ts_exit;
 			st->fast = f | FAST_BYTE;

@@ -75,9 +75,10 @@ type captureHistKey struct {
 	_      structs.HostLayout
 	Tgid   uint32
 	Route  uint32
+	Method uint64
 	Status uint16
-	Method uint8
 	Minor  uint8
+	Pad    [5]uint8
 }
 
 type captureHistVal struct {
@@ -101,9 +102,9 @@ type captureIovArray struct {
 type captureRouteKey struct {
 	_      structs.HostLayout
 	Tgid   uint32
-	Method uint8
 	Words  uint8
-	Pad    uint16
+	Pad    [3]uint8
+	Method uint64
 	Hash   uint64
 }
 
@@ -119,7 +120,7 @@ type captureSockState struct {
 	Key    captureHistKey
 	Held   uint8
 	Redis  uint8
-	_      [2]byte
+	_      [6]byte
 	HeldNs uint64
 }
 

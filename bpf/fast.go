@@ -11,8 +11,9 @@ import (
 // The HTTP/1 fast path (capture.c): with the socket hooks, the kernel
 // measures the HTTP/1 server requests that need no span itself, and sends
 // neither their bytes nor their response's to user space. A request is the
-// kernel's when it is a GET or HEAD with no body, no traceparent and no
-// upgrade, of a path the agent registered (AddRoute), and the kernel's
+// kernel's when it comes whole in one read (its body, if any, by its
+// Content-Length), with no traceparent and no upgrade, of a method and path
+// the agent registered (AddRoute), and the kernel's
 // draw of its trace ID does not pick it for a span. The agent reads the
 // kernel's histograms (ReadHistograms) when it exports metrics.
 
@@ -112,29 +113,50 @@ func (c *Capture) FastPath() bool { return c.fast != nil }
 // picked for a span.
 func (c *Capture) RedisDrop() bool { return c.redisDrop }
 
-const (
-	methodGET  = 1
-	methodHEAD = 2
-)
+// FastMethod tells whether the kernel can take requests of method: a name
+// of 3 to 7 upper-case letters (fast_method in capture.c). Which of them
+// it takes is the agent's choice, path by path (AddRoute).
+func FastMethod(method string) bool {
+	if len(method) < 3 || len(method) > 7 {
+		return false
+	}
+	for i := 0; i < len(method); i++ {
+		if method[i] < 'A' || method[i] > 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+// methodWord is a method's name as fast_method reads it: its bytes, in
+// order, in a little-endian word.
+func methodWord(method string) uint64 {
+	var b [8]byte
+	copy(b[:], method)
+	return le.Uint64(b[:])
+}
+
+// methodName is the name in a word of methodWord.
+func methodName(w uint64) string {
+	var b [8]byte
+	le.PutUint64(b[:], w)
+	n := 0
+	for n < len(b) && b[n] != 0 {
+		n++
+	}
+	return string(b[:n])
+}
 
 // AddRoute lets the kernel measure method requests of path by process pid
 // (in the pod's PID namespace), as the route that the agent calls id. It
-// reports false for a request the kernel would never take (another
-// method, a longer path) or when the fast path is off.
+// reports false for a request the kernel would never take (a method it
+// cannot read, a longer path) or when the fast path is off.
 func (c *Capture) AddRoute(pid uint32, method, path string, id uint32) (bool, error) {
-	if c.fast == nil || len(path) == 0 || len(path) > MaxRoutePath || path[0] != '/' {
+	if c.fast == nil || len(path) == 0 || len(path) > MaxRoutePath || path[0] != '/' || !FastMethod(method) {
 		return false, nil
 	}
-	k := captureRouteKey{Tgid: pid}
+	k := captureRouteKey{Tgid: pid, Method: methodWord(method)}
 	k.Words, k.Hash = pathHash(path)
-	switch method {
-	case "GET":
-		k.Method = methodGET
-	case "HEAD":
-		k.Method = methodHEAD
-	default:
-		return false, nil
-	}
 	if err := c.fast.routes.Update(&k, id, ebpf.UpdateAny); err != nil {
 		return false, fmt.Errorf("register route: %w", err)
 	}
@@ -159,7 +181,7 @@ type HistKey struct {
 	PID     uint32 // in the pod's PID namespace
 	Route   uint32 // as given to AddRoute
 	Status  int
-	Method  string // "GET", "HEAD"
+	Method  string // "GET", "POST", ...
 	Version string // "1.0", "1.1"
 }
 
@@ -209,10 +231,7 @@ func (c *Capture) ReadHistograms(fn func(HistKey, *HistValue)) error {
 				v.Buckets[i] += p.Buckets[i]
 			}
 		}
-		key := HistKey{PID: k.Tgid, Route: k.Route, Status: int(k.Status), Method: "GET", Version: "1.1"}
-		if k.Method == methodHEAD {
-			key.Method = "HEAD"
-		}
+		key := HistKey{PID: k.Tgid, Route: k.Route, Status: int(k.Status), Method: methodName(k.Method), Version: "1.1"}
 		if k.Minor == '0' {
 			key.Version = "1.0"
 		}

@@ -212,8 +212,10 @@ func TestFastPath(t *testing.T) {
 			t.Fatalf("add route %s: %v %v", p, ok, err)
 		}
 	}
-	if ok, _ := c.AddRoute(uint32(pid), "POST", "/a", 7); ok {
-		t.Error("a POST route was taken")
+	for _, m := range []string{"get", "GE", "OPTIONSX", "M-SEARCH"} {
+		if ok, _ := c.AddRoute(uint32(pid), m, "/a", 7); ok {
+			t.Errorf("a route of method %q was taken", m)
+		}
 	}
 
 	// Registered: the kernel's, query or not, and nothing reaches user space.
@@ -250,14 +252,39 @@ func TestFastPath(t *testing.T) {
 	exchange(t, conn, r, get("/a", ""), 1)
 	seen()
 
+	// A request with a body, once its method and path are registered: the
+	// kernel's when the whole body, of its Content-Length, comes in the
+	// same read as the head, and nothing else.
+	if ok, err := c.AddRoute(uint32(pid), "POST", "/a", 8); !ok || err != nil {
+		t.Fatalf("add route POST /a: %v %v", ok, err)
+	}
+	post := func(headers, body string) string {
+		return "POST /a HTTP/1.1\r\nHost: x\r\n" + headers + "\r\n" + body
+	}
+	exchange(t, conn, r, post("Content-Type: application/json\r\nContent-Length: 13\r\n", `{"a":"bcdef"}`), 1)
+	exchange(t, conn, r, post("content-length:3\r\ncontent-type: text/plain\r\n", "abc"), 1)
+	seen()
+	io.WriteString(conn, post("Content-Length: 3\r\n", "")) // the body in a read of its own
+	time.Sleep(50 * time.Millisecond)
+	exchange(t, conn, r, "abc", 1)
+	seen("POST /a HTTP/1.1", "abc", "HTTP/1.1 200 OK", "posted")
+	exchange(t, conn, r, post("Content-Length: 3\r\nContent-Length: 3\r\n", "abc"), 1) // two lengths
+	seen("POST /a HTTP/1.1", "HTTP/1.1 200 OK", "posted")
+	exchange(t, conn, r, post("Content-Length: 2\r\n", "ab"), 1)
+	seen()
+
 	stats, err := c.Stats()
-	if err != nil || stats.FastRequests != 14 || stats.FastLost != 0 {
-		t.Errorf("stats %+v %v: want 14 fast requests, none lost", stats, err)
+	if err != nil || stats.FastRequests != 17 || stats.FastLost != 0 {
+		t.Errorf("stats %+v %v: want 17 fast requests, none lost", stats, err)
 	}
 	got := map[HistKey]HistValue{}
 	if err := c.ReadHistograms(func(k HistKey, v *HistValue) { got[k] = *v }); err != nil {
 		t.Fatal(err)
 	}
+	if v := got[HistKey{PID: uint32(pid), Route: 8, Status: 200, Method: "POST", Version: "1.1"}]; v.Count != 3 {
+		t.Errorf("histograms %+v: want 3 POST requests", got)
+	}
+	delete(got, HistKey{PID: uint32(pid), Route: 8, Status: 200, Method: "POST", Version: "1.1"})
 	want := HistKey{PID: uint32(pid), Route: 7, Status: 200, Method: "GET", Version: "1.1"}
 	v, ok := got[want]
 	if len(got) != 1 || !ok || v.Count != 14 {

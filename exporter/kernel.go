@@ -104,11 +104,12 @@ type kernelProc struct {
 type kernelPath struct{ method, path string }
 
 // register offers r's path to the kernel, when the kernel could take its
-// requests: a server's HTTP/1 GET or HEAD, answered with success or a
-// redirect (so its route is real, see routeOf).
+// requests: a server's HTTP/1 request of a method the conventions know,
+// answered with success or a redirect (so its route is real, see
+// routeOf).
 func (k *kernelHTTP) register(r *tracer.Request) {
 	if r.Role != tracer.RoleServer || r.Process == nil || r.StatusCode < 200 || r.StatusCode >= 400 ||
-		(r.Method != "GET" && r.Method != "HEAD") || (r.ProtocolVersion != "1.1" && r.ProtocolVersion != "1.0") ||
+		!knownMethod(r.Method) || !bpf.FastMethod(r.Method) || (r.ProtocolVersion != "1.1" && r.ProtocolVersion != "1.0") ||
 		len(r.Path) > bpf.MaxRoutePath || r.Path == "" {
 		return
 	}

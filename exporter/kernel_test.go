@@ -215,10 +215,10 @@ func TestKernelHTTP(t *testing.T) {
 
 	get := serverReq()
 	get.Parent = trace.SpanContext{}
-	post, notFound, long := serverReq(), serverReq(), serverReq()
-	post.Method, notFound.StatusCode, notFound.Path = "POST", 404, "/users/43"
+	post, brew, notFound, long := serverReq(), serverReq(), serverReq(), serverReq()
+	post.Method, brew.Method, notFound.StatusCode, notFound.Path = "POST", "BREW", 404, "/users/43"
 	long.Path, long.Route = "/"+strings.Repeat("x", bpf.MaxRoutePath), "/{id}"
-	for _, r := range []*tracer.Request{get, post, notFound, long, clientReq()} {
+	for _, r := range []*tracer.Request{get, post, brew, notFound, long, clientReq()} {
 		e.Export(r)
 	}
 	deadline := time.Now().Add(waitFor)
@@ -233,8 +233,8 @@ func TestKernelHTTP(t *testing.T) {
 	// out, every one was offered to the kernel.
 	rcv.WaitMetric(t, waitFor, hasPoint("http.client.request.duration", "", 1))
 	k.mu.Lock()
-	if len(k.routes) != 1 {
-		t.Errorf("registered %v: want /users/42 only", k.routes)
+	if _, ok := k.routes["412 POST /users/42"]; !ok || len(k.routes) != 2 {
+		t.Errorf("registered %v: want GET and POST /users/42 only (not a method the conventions do not know)", k.routes)
 	}
 	k.mu.Unlock()
 
