@@ -1025,8 +1025,8 @@ static __always_inline __u64 fast_method(struct event *e, __u8 held, __u32 *star
 		return 0;
 	// The byte index of the lowest set bit, as in head_step.
 	__u32 space = ((((m & (~m + 1)) >> 7) * 0x0001020304050607ULL) >> 56) & 7;
-	if (space < 3)
-		return 0;
+	if (space < 3 || space >= e->captured + skip)
+		return 0; // no name, or bytes past those captured (the scratch's last)
 	// Upper-case letters only, byte by byte without a loop: bit 7 of
 	// b + 0x3f is set from 'A' on, of b + 0x25 from past 'Z' on.
 	__u64 bytes = (1ULL << (8 * space)) - 1;
@@ -1047,12 +1047,13 @@ static __always_inline __u8 http1_version(struct event *e, __u32 off)
 	return w >> 56;
 }
 
-// starts_fast_method tells whether e's payload starts with a method the
-// fast path takes.
+// starts_fast_method tells whether e's payload starts a request the fast
+// path could take: a method, a space and a path. (A body read on its own
+// may start with a word in capitals, but hardly with "WORD /".)
 static __always_inline bool starts_fast_method(struct event *e)
 {
-	__u32 start;
-	return fast_method(e, 0, &start) != 0;
+	__u32 start = 0;
+	return fast_method(e, 0, &start) != 0 && start < e->captured && e->payload[bounded(start, MAX_CAPTURE - 1)] == '/';
 }
 
 // picked draws the low half of e's trace ID and judges it as the trace-ID
@@ -1294,7 +1295,9 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		if ((f & FAST_OFF) || !accepted(sk))
 			return FAST_SEND;
 		__u8 c = e->payload[0];
-		if (e->len == 1 && e->captured == 1 && c >= 'A' && c <= 'Z') {
+		// The first letters of GET, HEAD, POST, PUT, PATCH and DELETE:
+		// other methods' first bytes, read alone, go up as before.
+		if (e->len == 1 && e->captured == 1 && (c == 'G' || c == 'H' || c == 'P' || c == 'D')) {
 			st->held = e->payload[0];
 			st->held_ns = e->ts_exit;
 			st->fast = f | FAST_BYTE;
@@ -1814,6 +1817,14 @@ int inet_sock_set_state(__u64 *ctx)
 		return 0;
 	sock_fill(e, 0, sk, st->role);
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
+	if (fast_http && (st->fast & FAST_BYTE)) {
+		// A first byte held for a request that never came: user space
+		// gets it before the close, as it came.
+		st->fast &= ~FAST_BYTE;
+		e->type = EVENT_DATA;
+		submit_held(e, st);
+		e->type = EVENT_CLOSE;
+	}
 	submit(e);
 	return 0;
 }

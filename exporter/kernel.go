@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"log/slog"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -110,7 +111,7 @@ type kernelPath struct{ method, path string }
 func (k *kernelHTTP) register(r *tracer.Request) {
 	if r.Role != tracer.RoleServer || r.Process == nil || r.StatusCode < 200 || r.StatusCode >= 400 ||
 		!knownMethod(r.Method) || !bpf.FastMethod(r.Method) || (r.ProtocolVersion != "1.1" && r.ProtocolVersion != "1.0") ||
-		len(r.Path) > bpf.MaxRoutePath || r.Path == "" {
+		len(r.Path) > bpf.MaxRoutePath || !strings.HasPrefix(r.Path, "/") {
 		return
 	}
 	pid := uint32(r.Process.PID)

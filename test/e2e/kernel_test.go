@@ -307,3 +307,42 @@ func finalCounters(t *testing.T, agent *process, names ...string) []int {
 	}
 	return values
 }
+
+// TestKernelMetricsBodies: with no span sampled, every POST with a JSON
+// body after the first of its path (which registers it) is measured in
+// the kernel, none in the agent, and the metric counts each once.
+func TestKernelMetricsBodies(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
+	waitListening(t, port)
+	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=always_off"))
+
+	post := func(n int) {
+		args := []string{"-sS", "--fail-with-body", "-H", "Content-Type: application/json", "-d", `{"item":1}`}
+		for range n {
+			args = append(args, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/orders", port))
+		}
+		run(t, pod.command(curl, args...))
+	}
+	const posts = 200
+	post(1)
+	time.Sleep(300 * time.Millisecond)
+	post(posts - 1)
+	points := rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
+		return histogram(p, "http.server.request.duration", "httpapp", "/orders", posts) != nil
+	})
+	if h := histogram(points, "http.server.request.duration", "httpapp", "/orders", posts); h == nil || h.Count != posts ||
+		h.Attributes["http.request.method"] != "POST" || h.Attributes["http.response.status_code"] != int64(201) {
+		t.Errorf("POST histogram %+v: want %d requests", h, posts)
+	}
+	// Go's server may read a request's first byte alone; the kernel holds
+	// it, so that one too is the kernel's.
+	if inKernel := finalCounters(t, agent, "kernel_requests")[0]; inKernel < posts-5 {
+		t.Errorf("%d of %d POSTs measured in the kernel, want all but the first", inKernel, posts)
+	}
+}
