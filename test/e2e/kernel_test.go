@@ -75,19 +75,8 @@ func TestKernelMetrics(t *testing.T) {
 	total := uint64(2*plain + parented + 5)
 	const big = 200
 	fetch(nginxPort, big-1, "/big.html")
-	// POSTs with a JSON body, which curl writes with their head: the
-	// first one answered registers the path, then the kernel takes them.
-	post := func(n int) {
-		args := []string{"-sS", "--fail-with-body", "-H", "Content-Type: application/json", "-d", `{"item":1}`}
-		for range n {
-			args = append(args, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/orders", port))
-		}
-		run(t, pod.command(curl, args...))
-	}
 	const posts = 200
-	post(1)
-	time.Sleep(300 * time.Millisecond)
-	post(posts - 1)
+	postOrders(t, pod, curl, port, posts)
 
 	points := rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
 		h := histogram(p, "http.server.request.duration", "httpapp", "/users/{id}", total)
@@ -118,13 +107,7 @@ func TestKernelMetrics(t *testing.T) {
 	if h := histogram(points, "http.server.request.duration", "nginx", "/big.html", big); h == nil || h.Count != big || h.Sum <= 0 {
 		t.Errorf("nginx histogram %+v: want %d requests", h, big)
 	}
-	points = rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
-		return histogram(p, "http.server.request.duration", "httpapp", "/orders", posts) != nil
-	})
-	if h := histogram(points, "http.server.request.duration", "httpapp", "/orders", posts); h == nil || h.Count != posts ||
-		h.Attributes["http.request.method"] != "POST" || h.Attributes["http.response.status_code"] != int64(201) {
-		t.Errorf("POST histogram %+v: want %d requests", h, posts)
-	}
+	expectOrders(t, rcv, posts)
 
 	counters := finalCounters(t, agent, "kernel_requests", "kernel_requests_lost")
 	inKernel := counters[0]
@@ -322,6 +305,21 @@ func TestKernelMetricsBodies(t *testing.T) {
 	waitListening(t, port)
 	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=always_off"))
 
+	const posts = 200
+	postOrders(t, pod, curl, port, posts)
+	expectOrders(t, rcv, posts)
+	// Go's server may read a request's first byte alone; the kernel holds
+	// it, so that one too is the kernel's.
+	if inKernel := finalCounters(t, agent, "kernel_requests")[0]; inKernel < posts-5 {
+		t.Errorf("%d of %d POSTs measured in the kernel, want all but the first", inKernel, posts)
+	}
+}
+
+// postOrders sends n POSTs of a JSON body to httpapp's /orders, which
+// curl writes with their head: the first alone, so that the agent has
+// seen it answered (and registered the path) before the others come.
+func postOrders(t *testing.T, pod *testPod, curl string, port, n int) {
+	t.Helper()
 	post := func(n int) {
 		args := []string{"-sS", "--fail-with-body", "-H", "Content-Type: application/json", "-d", `{"item":1}`}
 		for range n {
@@ -329,20 +327,20 @@ func TestKernelMetricsBodies(t *testing.T) {
 		}
 		run(t, pod.command(curl, args...))
 	}
-	const posts = 200
 	post(1)
 	time.Sleep(300 * time.Millisecond)
-	post(posts - 1)
+	post(n - 1)
+}
+
+// expectOrders waits for the duration metric of httpapp's /orders to
+// count n POSTs answered 201, once each.
+func expectOrders(t *testing.T, rcv *otlptest.Receiver, n int) {
+	t.Helper()
 	points := rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
-		return histogram(p, "http.server.request.duration", "httpapp", "/orders", posts) != nil
+		return histogram(p, "http.server.request.duration", "httpapp", "/orders", uint64(n)) != nil
 	})
-	if h := histogram(points, "http.server.request.duration", "httpapp", "/orders", posts); h == nil || h.Count != posts ||
+	if h := histogram(points, "http.server.request.duration", "httpapp", "/orders", uint64(n)); h == nil || h.Count != uint64(n) ||
 		h.Attributes["http.request.method"] != "POST" || h.Attributes["http.response.status_code"] != int64(201) {
-		t.Errorf("POST histogram %+v: want %d requests", h, posts)
-	}
-	// Go's server may read a request's first byte alone; the kernel holds
-	// it, so that one too is the kernel's.
-	if inKernel := finalCounters(t, agent, "kernel_requests")[0]; inKernel < posts-5 {
-		t.Errorf("%d of %d POSTs measured in the kernel, want all but the first", inKernel, posts)
+		t.Errorf("POST histogram %+v: want %d requests", h, n)
 	}
 }
