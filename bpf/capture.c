@@ -1375,7 +1375,7 @@ volatile const __u8 fast_redis = 0; // the drop is on
 
 #define REDIS_SKIP 1    // the current command was dropped: its reply's sends are too
 #define REDIS_REPLIED 2 // a send of that reply came
-#define REDIS_OPEN 4    // the last send was not a whole write(): a reply may go on
+#define REDIS_OPEN 4    // the last send may not have ended its reply (send_open)
 #define REDIS_PENDING 8 // a command went to user space, and no send came since
 #define REDIS_TX 16     // in a transaction: every command goes to user space
 #define REDIS_OFF 32    // nothing dropped on this connection any more
