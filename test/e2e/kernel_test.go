@@ -27,12 +27,8 @@ import (
 func TestKernelMetrics(t *testing.T) {
 	privileged(t)
 	curl := testenv.LookPath(t, "curl")
-	_, httpapp := binaries(t)
 	rcv := otlptest.Start(t)
-	pod := newPod(t)
-	port := freePort(t)
-	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
-	waitListening(t, port)
+	pod, port := httpappPod(t)
 	// nginx with sendfile: each response is a write of its head, then a
 	// sendfile of the body, which the kernel must time to its end.
 	nginx := testenv.LookPath(t, "nginx")
@@ -297,12 +293,8 @@ func finalCounters(t *testing.T, agent *process, names ...string) []int {
 func TestKernelMetricsBodies(t *testing.T) {
 	privileged(t)
 	curl := testenv.LookPath(t, "curl")
-	_, httpapp := binaries(t)
 	rcv := otlptest.Start(t)
-	pod := newPod(t)
-	port := freePort(t)
-	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
-	waitListening(t, port)
+	pod, port := httpappPod(t)
 	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=always_off"))
 
 	const posts = 200
@@ -343,4 +335,16 @@ func expectOrders(t *testing.T, rcv *otlptest.Receiver, n int) {
 		h.Attributes["http.request.method"] != "POST" || h.Attributes["http.response.status_code"] != int64(201) {
 		t.Errorf("POST histogram %+v: want %d requests", h, n)
 	}
+}
+
+// httpappPod starts httpapp's server in a new pod, on a free port of the
+// loopback, and returns the pod and the port once it listens.
+func httpappPod(t *testing.T) (*testPod, int) {
+	t.Helper()
+	_, httpapp := binaries(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
+	waitListening(t, port)
+	return pod, port
 }
