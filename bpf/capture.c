@@ -74,6 +74,14 @@ volatile const __u64 wakeup_bytes = 1 << 20;
 enum event_type {
 	EVENT_DATA = 1,
 	EVENT_CLOSE = 2,
+	// An HTTP/1 exchange the kernel measured for a span (the kernel's
+	// spans, below): no payload; the request's head is the one head_hash
+	// names, which the agent has.
+	EVENT_HTTP = 3,
+	// The request of such an exchange, when its response turned out to be
+	// one the kernel does not measure: it stands for the request's bytes,
+	// and the response follows as data.
+	EVENT_HTTP_REQUEST = 4,
 };
 
 // Event flags: what a server-side Redis connection's kernel drop (below)
@@ -124,7 +132,13 @@ struct event {
 	__u8 tail[TAIL_BYTES]; // last bytes transferred when len > captured
 	char comm[16];
 	__u8 flags; // EVENT_GAP, EVENT_LOST: what the kernel left out before it
-	__u8 pad[3];
+	__u8 pad;
+	__u16 status; // EVENT_HTTP: the response's status code
+	__u32 body;   // EVENT_HTTP: the response's body bytes
+	__u32 pad2;
+	// The hash of the request head in this event (EVENT_DATA), or of the
+	// one an EVENT_HTTP or EVENT_HTTP_REQUEST stands for; 0 when none.
+	__u64 head_hash;
 	// Sized so the verifier can prove that a masked copy (offset < MAX_CAPTURE,
 	// length < 2 * MAX_CAPTURE) stays inside; at most MAX_CAPTURE
 	// bytes of it are ever sent.
@@ -179,7 +193,8 @@ enum stat_index {
 	STAT_FAST = 3,     // HTTP requests measured in the kernel (fast path)
 	STAT_FAST_LOST = 4, // and not recorded: the histogram map was full
 	STAT_REDIS_DROP = 5, // server-side Redis commands dropped, not picked for a span
-	STAT_MAX = 6,
+	STAT_SPAN = 6,     // HTTP requests picked for a span whose head the kernel stood for
+	STAT_MAX = 7,
 };
 
 struct {
@@ -510,6 +525,9 @@ static __always_inline struct event *scratch_event(__u32 ns_tgid, __u32 ns_tid, 
 	e->fd = 0;
 	e->trace_low = 0;
 	e->flags = 0;
+	e->status = 0;
+	e->body = 0;
+	e->head_hash = 0;
 	return e;
 }
 
@@ -733,6 +751,8 @@ struct sock_state {
 	__u8 held;      // FAST_BYTE: a request's first byte, read alone
 	__u8 redis;     // REDIS_* flags: the Redis drop on this connection
 	__u64 held_ns;  // and when
+	__u64 trace_low; // FAST_SPAN: the owned request's trace ID draw
+	__u64 head;      // and its head's hash
 };
 
 struct {
@@ -765,8 +785,24 @@ struct {
 // request that arrives before the response to a skipped one has started
 // (pipelining, read-ahead) goes to user space and ends the fast path on
 // that connection; its response is the next one that starts.
+//
+// The kernel's spans. A request picked for a span need not go up whole
+// either, when the agent already has its head: one byte for byte the same
+// as a head it parsed before (the same method, target, Host, User-Agent
+// and every other header; a keep-alive client repeats them). The kernel
+// hashes every head it reads through; the agent registers a head's hash
+// in http_heads once it has parsed that head twice. For a request whose
+// head is registered the kernel sends nothing on the read, and when the
+// response goes out whole in one send (status line, head and a body of
+// its Content-Length) one EVENT_HTTP record with the times, the status,
+// the body's size and the trace ID draw: the agent makes the span from
+// the head it has, with no bytes to copy or parse. Any other response (a
+// chunked or larger one, a 1xx, one in several sends), a request
+// pipelined behind it, or a close before it, sends EVENT_HTTP_REQUEST
+// first, which stands for the request's bytes, and the rest goes as data.
 
 volatile const __u8 fast_http = 0;      // the fast path is on
+volatile const __u8 fast_spans = 0;     // and the kernel's spans
 volatile const __u64 sample_bound = 0;  // ratio * 2^63: a drawn ID below it is sampled
 #define HIST_BUCKETS 16
 // Upper bounds of the buckets but the last, ascending, in ns; unused ones
@@ -783,12 +819,15 @@ volatile const __u64 hist_bounds_ns[HIST_BUCKETS - 1] = {};
 // byte when it comes before that read is cancelled): it is held, not
 // sent, until the rest shows whether the exchange is the kernel's.
 #define FAST_BYTE 32
+#define FAST_SPAN 64 // the owned exchange is a span's, for an EVENT_HTTP record
 
 // What fast_skip tells its caller to do with the event.
 enum fast_verdict {
 	FAST_SEND = 0,      // send it
 	FAST_SKIP = 1,      // the kernel's: send nothing
 	FAST_SEND_HELD = 2, // send the held byte first, then it
+	FAST_SEND_SPAN = 3, // send the owned exchange's EVENT_HTTP record instead
+	FAST_SEND_REQUEST = 4, // send the owned request's EVENT_HTTP_REQUEST first, then it
 };
 
 
@@ -832,6 +871,15 @@ struct {
 	__type(value, struct hist_val);
 } http_hist SEC(".maps");
 
+// http_heads holds the hashes of the request heads the agent has (the
+// kernel's spans); the agent writes and deletes them.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} http_heads SEC(".maps");
+
 // hist_room is how many more series http_hist takes: written by the agent
 // each time it reads the histograms (bpf/fast.go), as its capacity less
 // the series it found and a margin for the series that may come before
@@ -867,7 +915,10 @@ struct head_scan {
 	__u32 length;   // where the Content-Length value starts; 0 when none
 	__u8 bad;       // not for the fast path
 	__u8 end;       // the blank line was found
+	__u64 hash;     // of the lines scanned so far (head_hash)
 };
+
+#define HASH_MUL 0x9e3779b97f4a7c15ULL
 
 #define ROUTE_WORDS (ROUTE_PATH / 8)
 
@@ -987,16 +1038,24 @@ static long head_step(__u32 i, struct head_scan *s)
 	if (!e)
 		return 1;
 	__u32 pos = s->pos;
-	__u64 m = 0;
+	__u64 m = 0, h = s->hash;
 #pragma unroll
 	for (int j = 0; j < LINE_WORDS; j++) {
 		if (pos >= s->len)
 			return 1; // the payload ends before its blank line
-		m = bytes_equal(*(__u64 *)&e->payload[bounded(pos, MAX_CAPTURE - 1)], 0x0a0a0a0a0a0a0a0aULL);
+		__u64 w = *(__u64 *)&e->payload[bounded(pos, MAX_CAPTURE - 1)];
+		m = bytes_equal(w, 0x0a0a0a0a0a0a0a0aULL);
+		// The hash takes the line's words up to its '\n' (the bytes
+		// after it zeroed): a line at a time, from where the scan
+		// started, whatever else is in the payload.
+		if (m)
+			w &= ((m & (~m + 1)) << 1) - 1;
+		h = (h ^ w) * HASH_MUL;
 		if (m)
 			break;
 		pos += 8;
 	}
+	s->hash = h;
 	if (!m) {
 		s->pos = pos;
 		return 0;
@@ -1066,22 +1125,23 @@ static __always_inline bool starts_fast_method(struct event *e)
 }
 
 // picked draws the low half of e's trace ID and judges it as the trace-ID
-// ratio sampler does: true when the sampler keeps it, and then e carries
-// it to user space, whose span takes that trace ID.
+// ratio sampler does: true when the sampler keeps it. e carries the draw
+// to user space either way, whose span (or the sampler's verdict, when e
+// goes up unpicked) takes that trace ID.
 static __always_inline bool picked(struct event *e)
 {
 	__u64 low = (__u64)bpf_get_prandom_u32() << 32 | bpf_get_prandom_u32();
 	if (low == 0)
 		low = 1;
-	if ((low >> 1) >= sample_bound)
-		return false;
 	e->trace_low = low;
-	return true;
+	return (low >> 1) < sample_bound;
 }
 
 // fast_request tells whether the request in e (received on a connection
-// in state st) is for the fast path, and if so makes st own its exchange.
-// It may draw e's trace ID instead: then the request goes to user space.
+// in state st) is for the fast path, and if so makes st own its exchange:
+// for the histograms, or for a span (FAST_SPAN). Otherwise the request
+// goes to user space, with the kernel's draw of its trace ID if it made
+// one, and with its head's hash.
 static __always_inline bool fast_request(struct event *e, struct sock_state *st, __u8 held, __u64 start_ns)
 {
 	__u32 len = e->len;
@@ -1091,7 +1151,10 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 	__u64 method = fast_method(e, held, &start);
 	if (!method)
 		return false;
-	struct head_scan s = {.len = len};
+	// The scan, and so the head's hash, starts after the first byte, where
+	// it starts whether that byte was held or not; the method stands for
+	// it.
+	struct head_scan s = {.len = len, .pos = held ? 0 : 1, .hash = (0xcbf29ce484222325ULL ^ method) * HASH_MUL};
 	bpf_loop(len, head_step, &s, 0); // at most a step per byte; it stops at the blank line
 	if (s.bad || !s.end || s.first_nl < 14)
 		return false;
@@ -1108,6 +1171,22 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 	// hashed a word at a time.
 	if (e->payload[start] != '/')
 		return false;
+	__u64 head = s.hash ^ (s.hash >> 29);
+	if (fast_spans)
+		e->head_hash = head;
+
+	// The sampler's draw: a request picked for a span goes to user space,
+	// with the low half of its trace ID, unless the agent has its head.
+	if (picked(e)) {
+		if (!fast_spans || !bpf_map_lookup_elem(&http_heads, &head))
+			return false;
+		st->fast = FAST_OWN | FAST_SPAN;
+		st->req_ns = start_ns;
+		st->trace_low = e->trace_low;
+		st->head = head;
+		count(STAT_SPAN);
+		return true;
+	}
 	struct route_key rk = {.tgid = st->tgid, .method = method};
 	if (!path_hash(e, start, &rk))
 		return false; // longer than the kernel follows: user space's
@@ -1118,11 +1197,6 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 	__u32 *room = bpf_map_lookup_elem(&hist_room, &zero);
 	if (!room || *room == 0)
 		return false; // the histograms may be full: user space counts it
-
-	// The sampler's draw: a request picked for a span goes to user space
-	// with the low half of its trace ID.
-	if (picked(e))
-		return false;
 	st->fast = FAST_OWN;
 	st->req_ns = start_ns;
 	st->key.tgid = st->tgid;
@@ -1211,6 +1285,32 @@ static __always_inline __u16 response_status(struct event *e)
 	return a * 100 + b * 10 + c;
 }
 
+// whole_response tells whether e, sent on a connection whose request the
+// kernel owns for a span, is the whole response: a final status line, the
+// head in what was captured, and a body of its Content-Length (up to four
+// digits; none for 204 and 304) that ends the send. It puts the status and
+// the body's size in e.
+static __always_inline bool whole_response(struct event *e)
+{
+	__u16 status = response_status(e);
+	if (status < 200)
+		return false;
+	struct head_scan s = {.len = e->captured};
+	bpf_loop(e->captured, head_step, &s, 0);
+	if (s.bad || !s.end)
+		return false;
+	int body = 0;
+	if (s.length)
+		body = content_length(e, s.length);
+	else if (status != 204 && status != 304)
+		return false; // chunked, or until the close
+	if (body < 0 || s.body + body != e->len)
+		return false;
+	e->status = status;
+	e->body = body;
+	return true;
+}
+
 // tcp_sock tells whether sk is a TCP socket over IPv4 or IPv6. sk is a
 // typed kernel pointer here: plain loads, no probe reads.
 static __always_inline bool tcp_sock(struct sock *sk)
@@ -1282,6 +1382,12 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	}
 	if (dir == DIR_INGRESS) {
 		if (f & FAST_OWN) {
+			if (f & FAST_SPAN) {
+				// A request before the owned one's response: pipelined.
+				// Both go to user space, and what follows.
+				st->fast = FAST_OFF;
+				return FAST_SEND_REQUEST;
+			}
 			if (!(f & FAST_RESP)) {
 				// A request before the skipped one's response: pipelined.
 				st->fast = f | FAST_HANDOFF | FAST_OFF;
@@ -1321,6 +1427,12 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		if (f & FAST_PENDING)
 			st->fast = f & ~FAST_PENDING; // the response of what user space has
 		return FAST_SEND;
+	}
+	if (f & FAST_SPAN) {
+		// The owned request's response: the exchange ends here, as a
+		// record, or goes to user space from here on.
+		st->fast = f & FAST_OFF;
+		return whole_response(e) ? FAST_SEND_SPAN : FAST_SEND_REQUEST;
 	}
 	__u16 status = response_status(e);
 	if (!(f & FAST_RESP)) {
@@ -1668,24 +1780,38 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 	return redis_command(e, st, r & REDIS_TX, drop) ? FAST_SKIP : FAST_SEND;
 }
 
-// submit_held sends the byte st holds as the event it came in: e's
-// connection and process (filled), one byte, at its time. It goes before
-// e, so user space sees the bytes in order.
-static __always_inline void submit_held(struct event *e, struct sock_state *st)
+// submit_first sends, before e, what st kept back of what came in on e's
+// connection, as an event of e's connection and process (filled): the
+// byte it holds (type EVENT_DATA: one byte, at its time), or the request
+// it owned for a span (EVENT_HTTP_REQUEST). User space sees the bytes in
+// order. e is as it was after.
+static __always_inline void submit_first(struct event *e, struct sock_state *st, __u8 type)
 {
 	__u32 len = e->len, captured = e->captured;
-	__u64 enter = e->ts_enter, exit = e->ts_exit;
-	__u8 dir = e->dir, tail = e->tail_len, first = e->payload[0];
-	e->len = e->captured = 1;
-	e->ts_enter = e->ts_exit = st->held_ns;
+	__u64 enter = e->ts_enter, exit = e->ts_exit, low = e->trace_low, head = e->head_hash;
+	__u8 was = e->type, dir = e->dir, tail = e->tail_len, first = e->payload[0];
+	e->type = type;
 	e->dir = DIR_INGRESS;
 	e->tail_len = 0;
-	e->payload[0] = st->held;
+	if (type == EVENT_HTTP_REQUEST) {
+		e->len = e->captured = 0;
+		e->ts_enter = e->ts_exit = st->req_ns;
+		e->trace_low = st->trace_low;
+		e->head_hash = st->head;
+	} else {
+		// The rest's trace ID draw and head hash are the request's.
+		e->len = e->captured = 1;
+		e->ts_enter = e->ts_exit = st->held_ns;
+		e->payload[0] = st->held;
+	}
 	submit(e);
+	e->type = was;
 	e->len = len;
 	e->captured = captured;
 	e->ts_enter = enter;
 	e->ts_exit = exit;
+	e->trace_low = low;
+	e->head_hash = head;
 	e->dir = dir;
 	e->tail_len = tail;
 	e->payload[0] = first;
@@ -1762,8 +1888,21 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	if (fast_redis && st && verdict == FAST_SEND && redis_skip(sk, st, e, dir) == FAST_SKIP)
 		return 0;
 	sock_fill(e, task, sk, role);
-	if (fast_http && st && verdict == FAST_SEND_HELD)
-		submit_held(e, st);
+	if (fast_http && st) {
+		if (verdict == FAST_SEND_HELD)
+			submit_first(e, st, EVENT_DATA);
+		else if (verdict == FAST_SEND_REQUEST)
+			submit_first(e, st, EVENT_HTTP_REQUEST);
+		else if (verdict == FAST_SEND_SPAN) {
+			// The exchange's record: from the request to this send.
+			e->type = EVENT_HTTP;
+			e->captured = 0;
+			e->tail_len = 0;
+			e->ts_enter = st->req_ns;
+			e->trace_low = st->trace_low;
+			e->head_hash = st->head;
+		}
+	}
 	submit(e);
 	return 0;
 }
@@ -1827,9 +1966,12 @@ int inet_sock_set_state(__u64 *ctx)
 		// A first byte held for a request that never came: user space
 		// gets it before the close, as it came.
 		st->fast &= ~FAST_BYTE;
-		e->type = EVENT_DATA;
-		submit_held(e, st);
-		e->type = EVENT_CLOSE;
+		submit_first(e, st, EVENT_DATA);
+	}
+	if (fast_http && (st->fast & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
+		// A request owned for a span and closed before its response.
+		st->fast = FAST_OFF;
+		submit_first(e, st, EVENT_HTTP_REQUEST);
 	}
 	submit(e);
 	return 0;

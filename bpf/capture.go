@@ -223,6 +223,7 @@ type socketObjects struct {
 	HTTPRoutes       *ebpf.Map     `ebpf:"http_routes"`
 	HTTPHist         *ebpf.Map     `ebpf:"http_hist"`
 	HistRoom         *ebpf.Map     `ebpf:"hist_room"`
+	HTTPHeads        *ebpf.Map     `ebpf:"http_heads"`
 }
 
 // syscallObjects are what the syscall-tracepoint capture loads.
@@ -240,7 +241,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	if err := loadObjects(spec, &objs, logger); err != nil {
 		return err
 	}
-	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom}
+	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads}
 	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState} {
 		hooks = append(hooks, func() (link.Link, error) {
@@ -267,6 +268,9 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 			if err := c.fast.setRoom(0); err != nil {
 				return err
 			}
+			if err := spec.Variables["fast_spans"].Get(&on); err == nil && on != 0 {
+				c.fast.heads = objs.HTTPHeads
+			}
 		}
 	}
 	return nil
@@ -283,7 +287,7 @@ func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger 
 
 // withoutFastOnRefusal runs attach; while the verifier refuses it, it turns
 // off what fast asked for and runs it again: the Redis drop first, then
-// the HTTP fast path.
+// the kernel's spans, then the HTTP fast path.
 func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable string) error, logger *slog.Logger) error {
 	err := attach()
 	steps := []struct {
@@ -292,6 +296,7 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 		what string
 	}{
 		{fast.Redis, "fast_redis", "kernel Redis sampling unavailable: every Redis command goes through the agent"},
+		{fast.Spans, "fast_spans", "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
 		{fast.HTTP, "fast_http", "kernel HTTP metrics unavailable: every request goes through the agent"},
 	}
 	for _, step := range steps {
@@ -513,6 +518,9 @@ type Stats struct {
 	// RedisDropped are server-side Redis commands the kernel dropped, not
 	// picked for a span.
 	RedisDropped uint64
+	// HTTPSpans are HTTP requests picked for a span that the kernel stood
+	// for with an EventHTTP or EventHTTPRequest (Fast.Spans).
+	HTTPSpans uint64
 }
 
 // Stats sums the kernel's per-CPU counters.
@@ -545,7 +553,10 @@ func (c *Capture) Stats() (Stats, error) {
 	if s.FastLost, err = sum(4); err != nil {
 		return s, err
 	}
-	s.RedisDropped, err = sum(5)
+	if s.RedisDropped, err = sum(5); err != nil {
+		return s, err
+	}
+	s.HTTPSpans, err = sum(6)
 	return s, err
 }
 
@@ -622,6 +633,16 @@ type EventType uint8
 const (
 	EventData  EventType = 1 // bytes sent or received
 	EventClose EventType = 2 // the process closed the connection's fd
+	// EventHTTP is an HTTP/1 server exchange the kernel measured for a
+	// span (Fast.Spans): no payload; HeadHash names the request's head,
+	// Status and Body are the response's, EnterNS and ExitNS the request's
+	// arrival and the response's send.
+	EventHTTP EventType = 3
+	// EventHTTPRequest stands for the bytes of a request whose head is
+	// HeadHash's, received at EnterNS (with a body of that head's
+	// Content-Length): the kernel owned it for a span, but its response
+	// comes as data.
+	EventHTTPRequest EventType = 4
 )
 
 // Direction of the bytes, seen from the observed process.
@@ -675,7 +696,14 @@ type Event struct {
 	TraceLow uint64
 	// Flags say what the kernel left out before this event (FlagGap,
 	// FlagLost).
-	Flags   EventFlags
+	Flags EventFlags
+	// HeadHash is the kernel's hash of the request head in this event, or
+	// of the one an EventHTTP or EventHTTPRequest stands for (Fast.Spans);
+	// 0 when none.
+	HeadHash uint64
+	// Status and Body are an EventHTTP's response status and body bytes.
+	Status  uint16
+	Body    uint32
 	Payload []byte
 	Tail    []byte // the last bytes transferred, when Len > len(Payload)
 }
@@ -696,6 +724,9 @@ func (ev *Event) decode(b []byte) bool {
 	ev.Conn = le.Uint64(b[unsafe.Offsetof(raw.Sock):])
 	ev.TraceLow = le.Uint64(b[unsafe.Offsetof(raw.TraceLow):])
 	ev.Flags = EventFlags(b[unsafe.Offsetof(raw.Flags)])
+	ev.HeadHash = le.Uint64(b[unsafe.Offsetof(raw.HeadHash):])
+	ev.Status = le.Uint16(b[unsafe.Offsetof(raw.Status):])
+	ev.Body = le.Uint32(b[unsafe.Offsetof(raw.Body):])
 	ev.PID = le.Uint32(b[unsafe.Offsetof(raw.Tgid):])
 	ev.TID = le.Uint32(b[unsafe.Offsetof(raw.Tid):])
 	ev.FD = le.Uint32(b[unsafe.Offsetof(raw.Fd):])
@@ -721,7 +752,7 @@ func (ev *Event) decode(b []byte) bool {
 		captured = len(b) - payloadOffset
 	}
 	ev.Payload = b[payloadOffset : payloadOffset+captured]
-	return ev.Type == EventData || ev.Type == EventClose
+	return ev.Type >= EventData && ev.Type <= EventHTTPRequest
 }
 
 func addr(family uint16, b []byte) netip.Addr {

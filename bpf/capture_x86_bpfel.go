@@ -67,7 +67,11 @@ type captureEvent struct {
 	Tail     [16]uint8
 	Comm     [16]int8
 	Flags    uint8
-	Pad      [3]uint8
+	Pad      uint8
+	Status   uint16
+	Body     uint32
+	Pad2     uint32
+	HeadHash uint64
 	Payload  [12288]uint8
 }
 
@@ -109,19 +113,21 @@ type captureRouteKey struct {
 }
 
 type captureSockState struct {
-	_      structs.HostLayout
-	Tgid   uint32
-	Role   uint8
-	Closed uint8
-	Fast   uint8
-	Bucket uint8
-	ReqNs  uint64
-	DurNs  uint64
-	Key    captureHistKey
-	Held   uint8
-	Redis  uint8
-	_      [6]byte
-	HeldNs uint64
+	_        structs.HostLayout
+	Tgid     uint32
+	Role     uint8
+	Closed   uint8
+	Fast     uint8
+	Bucket   uint8
+	ReqNs    uint64
+	DurNs    uint64
+	Key      captureHistKey
+	Held     uint8
+	Redis    uint8
+	_        [6]byte
+	HeldNs   uint64
+	TraceLow uint64
+	Head     uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -132,6 +138,7 @@ const (
 	captureMapConns             = "conns"
 	captureMapEvents            = "events"
 	captureMapHistRoom          = "hist_room"
+	captureMapHttpHeads         = "http_heads"
 	captureMapHttpHist          = "http_hist"
 	captureMapHttpRoutes        = "http_routes"
 	captureMapIovScratch        = "iov_scratch"
@@ -147,6 +154,7 @@ const (
 	captureVarCaptureBytes      = "capture_bytes"
 	captureVarFastHttp          = "fast_http"
 	captureVarFastRedis         = "fast_redis"
+	captureVarFastSpans         = "fast_spans"
 	captureVarHistBoundsNs      = "hist_bounds_ns"
 	captureVarPidnsDev          = "pidns_dev"
 	captureVarPidnsIno          = "pidns_ino"
@@ -211,6 +219,7 @@ type captureMapSpecs struct {
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	HistRoom   *ebpf.MapSpec `ebpf:"hist_room"`
+	HttpHeads  *ebpf.MapSpec `ebpf:"http_heads"`
 	HttpHist   *ebpf.MapSpec `ebpf:"http_hist"`
 	HttpRoutes *ebpf.MapSpec `ebpf:"http_routes"`
 	IovScratch *ebpf.MapSpec `ebpf:"iov_scratch"`
@@ -227,6 +236,7 @@ type captureVariableSpecs struct {
 	CaptureBytes *ebpf.VariableSpec `ebpf:"capture_bytes"`
 	FastHttp     *ebpf.VariableSpec `ebpf:"fast_http"`
 	FastRedis    *ebpf.VariableSpec `ebpf:"fast_redis"`
+	FastSpans    *ebpf.VariableSpec `ebpf:"fast_spans"`
 	HistBoundsNs *ebpf.VariableSpec `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.VariableSpec `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.VariableSpec `ebpf:"pidns_ino"`
@@ -258,6 +268,7 @@ type captureMaps struct {
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Events     *ebpf.Map `ebpf:"events"`
 	HistRoom   *ebpf.Map `ebpf:"hist_room"`
+	HttpHeads  *ebpf.Map `ebpf:"http_heads"`
 	HttpHist   *ebpf.Map `ebpf:"http_hist"`
 	HttpRoutes *ebpf.Map `ebpf:"http_routes"`
 	IovScratch *ebpf.Map `ebpf:"iov_scratch"`
@@ -272,6 +283,7 @@ func (m *captureMaps) Close() error {
 		m.Conns,
 		m.Events,
 		m.HistRoom,
+		m.HttpHeads,
 		m.HttpHist,
 		m.HttpRoutes,
 		m.IovScratch,
@@ -289,6 +301,7 @@ type captureVariables struct {
 	CaptureBytes *ebpf.Variable `ebpf:"capture_bytes"`
 	FastHttp     *ebpf.Variable `ebpf:"fast_http"`
 	FastRedis    *ebpf.Variable `ebpf:"fast_redis"`
+	FastSpans    *ebpf.Variable `ebpf:"fast_spans"`
 	HistBoundsNs *ebpf.Variable `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.Variable `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.Variable `ebpf:"pidns_ino"`

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"syscall"
 
 	"github.com/cilium/ebpf"
 )
@@ -30,6 +31,13 @@ type Fast struct {
 	// HTTP turns the fast path on. It only pays when most requests need no
 	// span.
 	HTTP bool
+	// Spans turns on the kernel's spans, with HTTP: a request picked for
+	// a span whose head the agent registered (AddHead) is not sent; the
+	// kernel sends one EventHTTP record when its response goes out whole
+	// in one send, else an EventHTTPRequest in its place before the
+	// response's bytes. With a SampleRatio of 1 every eligible request is
+	// picked.
+	Spans bool
 	// Redis drops the Redis commands a server in the pod serves that the
 	// kernel's draw does not pick for a span, with their replies: the
 	// agent makes nothing else of them (no metrics for a database seen
@@ -63,14 +71,19 @@ func (f Fast) set(spec *ebpf.CollectionSpec) error {
 	}
 	var bound uint64
 	switch {
-	case f.SampleRatio >= 1:
+	case f.SampleRatio >= 1 && !f.Spans:
 		return errors.New("fast path: a sample ratio of 1 leaves it nothing to do")
+	case f.SampleRatio >= 1:
+		bound = 1 << 63 // every draw picked
 	case f.SampleRatio > 0:
 		bound = uint64(f.SampleRatio * (1 << 63)) // the SDK's TraceIDRatioBased
 	}
 	settings := map[string]any{"sample_bound": bound, "hist_bounds_ns": bounds}
 	if f.HTTP {
 		settings["fast_http"] = uint8(1)
+	}
+	if f.HTTP && f.Spans {
+		settings["fast_spans"] = uint8(1)
 	}
 	if f.Redis {
 		settings["fast_redis"] = uint8(1)
@@ -92,7 +105,48 @@ type fastMaps struct {
 	routes *ebpf.Map
 	hist   *ebpf.Map
 	room   *ebpf.Map
+	heads  *ebpf.Map // nil without the kernel's spans
 }
+
+// KernelSpans tells whether the kernel stands for the requests picked for
+// a span whose heads the agent registers (Fast.Spans).
+func (c *Capture) KernelSpans() bool { return c.fast != nil && c.fast.heads != nil }
+
+// AddHead registers the hash of a request head the agent has parsed
+// (Event.HeadHash): the kernel may then stand for a request with that
+// head (EventHTTP, EventHTTPRequest). ErrHeadsFull when the kernel holds
+// as many as it can.
+func (c *Capture) AddHead(hash uint64) error {
+	if !c.KernelSpans() {
+		return nil
+	}
+	if err := c.fast.heads.Update(hash, uint8(1), ebpf.UpdateAny); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) || errors.Is(err, syscall.E2BIG) {
+			return ErrHeadsFull
+		}
+		return fmt.Errorf("register request head: %w", err)
+	}
+	return nil
+}
+
+// RemoveHead takes a head's hash back: the kernel no longer stands for
+// requests with it (the agent may still get the records of some it
+// already did).
+func (c *Capture) RemoveHead(hash uint64) error {
+	if !c.KernelSpans() {
+		return nil
+	}
+	if err := c.fast.heads.Delete(hash); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("forget request head: %w", err)
+	}
+	return nil
+}
+
+// MaxHeads is how many request heads the kernel holds (http_heads).
+const MaxHeads = 4096
+
+// ErrHeadsFull: the kernel holds MaxHeads request heads already.
+var ErrHeadsFull = errors.New("kernel request heads full")
 
 // setRoom tells the kernel how many series the histograms have: it takes
 // no request once they may be full (hist_room in capture.c). An eighth of

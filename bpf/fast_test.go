@@ -69,7 +69,7 @@ func readEvents(c *Capture) *fastEvents {
 		defer close(f.done)
 		var ev Event
 		for c.Read(&ev) == nil {
-			if ev.Type != EventData {
+			if ev.Type == EventClose {
 				continue
 			}
 			e := ev
@@ -536,7 +536,7 @@ func TestVerifierHeadroom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (Fast{HTTP: true, Redis: true, SampleRatio: 0.1, Bounds: testBounds}).set(spec); err != nil {
+	if err := (Fast{HTTP: true, Spans: true, Redis: true, SampleRatio: 0.1, Bounds: testBounds}).set(spec); err != nil {
 		t.Fatal(err)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})

@@ -1,0 +1,249 @@
+package bpf
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// spanServer answers by path, each response in one send but /split's (head
+// and body apart); it reads every other request's first byte alone, as
+// Go's server sometimes does, and closes the connection on /close without
+// an answer.
+const spanServer = pythonListener + `
+import time
+while True:
+    c, _ = s.accept()
+    n = 0
+    while True:
+        n += 1
+        data = c.recv(1) if n % 2 else b""
+        data += c.recv(4096)
+        if not data:
+            break
+        path = data.split(b" ")[1] if data.count(b" ") > 1 else b""
+        if path == b"/close":
+            break
+        if path == b"/split":
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+            time.sleep(0.02)
+            c.sendall(b"ok")
+        elif path == b"/chunked":
+            c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        elif path == b"/empty":
+            c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+        elif path == b"/missing":
+            c.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 9\r\n\r\nnot found")
+        elif data.startswith(b"HEAD"):
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        else:
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.close()
+`
+
+// TestKernelSpans: with the kernel's spans on and every request picked
+// (a ratio of 1), a request whose head the agent registered is not sent;
+// its exchange comes as one EventHTTP record when the response goes out
+// whole in one send, and otherwise as an EventHTTPRequest standing for
+// the request, then the response's bytes. A head not registered goes up
+// whole, with its hash; the hash is the same whether its first byte was
+// read alone or not.
+func TestKernelSpans(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	if !c.KernelSpans() {
+		t.Fatal("kernel spans not on")
+	}
+	events := readEvents(c)
+	pid, port := startPythonServer(t, spanServer)
+	conn, r := dial(t, port)
+	// The server reads the first byte of the connection's odd requests
+	// alone: held by the kernel, and sent on its own when the request goes
+	// up whole.
+	sent := 0
+	send := func(raw string, responses int) {
+		t.Helper()
+		sent++
+		exchange(t, conn, r, raw, responses)
+	}
+	requestLines := func(raw string) []string {
+		line, _, _ := strings.Cut(raw, "\r\n")
+		if sent%2 == 1 {
+			return []string{line[:1], line[1:]}
+		}
+		return []string{line}
+	}
+	get := func(path string) string {
+		return "GET " + path + " HTTP/1.1\r\nHost: x\r\nUser-Agent: spans-test/1.0\r\n\r\n"
+	}
+	// full sends raw and expects it up whole with its response: the
+	// payloads' first lines, and the request's head hash.
+	full := func(raw string, response ...string) uint64 {
+		t.Helper()
+		if len(response) == 0 {
+			// Closed on, unanswered.
+			send(raw, 0)
+			if _, err := r.ReadByte(); err != io.EOF {
+				t.Fatalf("read after %q: %v, want EOF", raw, err)
+			}
+		} else {
+			send(raw, 1)
+		}
+		want := append(requestLines(raw), response...)
+		var hash uint64
+		var lines []string
+		for _, ev := range events.take(pid) {
+			if ev.Type != EventData {
+				t.Errorf("event of type %d, want data", ev.Type)
+				continue
+			}
+			line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
+			lines = append(lines, line)
+			if ev.Dir == Ingress && ev.HeadHash != 0 {
+				if hash != 0 && hash != ev.HeadHash {
+					t.Errorf("two head hashes for one request")
+				}
+				hash = ev.HeadHash
+				if ev.TraceLow == 0 {
+					t.Errorf("request %q without the kernel's draw", line)
+				}
+			}
+		}
+		if strings.Join(lines, "|") != strings.Join(want, "|") {
+			t.Errorf("user space got %q, want %q", lines, want)
+		}
+		if hash == 0 {
+			t.Fatalf("%q: no head hash", raw)
+		}
+		return hash
+	}
+	// Not registered: whole, twice (the first byte alone, then not), with
+	// the same hash.
+	h := full(get("/a"), "HTTP/1.1 200 OK")
+	if h2 := full(get("/a"), "HTTP/1.1 200 OK"); h2 != h {
+		t.Fatalf("hash %x, then %x for the same head", h, h2)
+	}
+	if other := full(strings.Replace(get("/a"), "1.0", "1.1", 1), "HTTP/1.1 200 OK"); other == h {
+		t.Fatal("another User-Agent, the same hash")
+	}
+	if err := c.AddHead(h); err != nil {
+		t.Fatal(err)
+	}
+
+	// Registered: a record per exchange, whichever way the first byte came.
+	for i := 0; i < 4; i++ {
+		before := time.Now()
+		send(get("/a"), 1)
+		evs := events.take(pid)
+		if len(evs) != 1 || evs[0].Type != EventHTTP {
+			t.Fatalf("exchange %d: events %+v, want one record", i, evs)
+		}
+		ev := evs[0]
+		if ev.HeadHash != h || ev.Status != 200 || ev.Body != 2 || ev.TraceLow == 0 || len(ev.Payload) != 0 {
+			t.Errorf("record %+v", ev)
+		}
+		if ev.ExitNS < ev.EnterNS || c.WallTime(ev.EnterNS).Before(before.Add(-time.Second)) {
+			t.Errorf("record times %d, %d", ev.EnterNS, ev.ExitNS)
+		}
+		if ev.Local.Port() != uint16(port) || !ev.Remote.Addr().IsLoopback() || ev.PID != uint32(pid) {
+			t.Errorf("record's connection %v %v pid %d", ev.Local, ev.Remote, ev.PID)
+		}
+	}
+
+	// Other heads, once registered: a 404 and a 204 are records too; a
+	// response in two sends, a chunked one and a HEAD's (a length and no
+	// body) come whole after the request's stand-in.
+	for _, p := range []string{"/missing", "/empty", "/split", "/chunked"} {
+		hp := full(get(p), responseLines(p)...)
+		if err := c.AddHead(hp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record := func(path string, status uint16, body uint32) {
+		t.Helper()
+		send(get(path), 1)
+		evs := events.take(pid)
+		if len(evs) != 1 || evs[0].Type != EventHTTP || evs[0].Status != status || evs[0].Body != body {
+			t.Errorf("%s: events %+v, want a record of %d with %d body bytes", path, evs, status, body)
+		}
+	}
+	record("/missing", 404, 9)
+	record("/empty", 204, 0)
+	standIn := func(raw string, want ...string) {
+		t.Helper()
+		send(raw, 1)
+		evs := events.take(pid)
+		if len(evs) == 0 || evs[0].Type != EventHTTPRequest || evs[0].HeadHash == 0 || evs[0].TraceLow == 0 || evs[0].Dir != Ingress {
+			t.Fatalf("%q: events %+v, want the request's stand-in first", raw, evs)
+		}
+		var lines []string
+		for _, ev := range evs[1:] {
+			line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
+			lines = append(lines, line)
+		}
+		if strings.Join(lines, "|") != strings.Join(want, "|") {
+			t.Errorf("%q: then %q, want %q", raw, lines, want)
+		}
+	}
+	standIn(get("/split"), "HTTP/1.1 200 OK", "ok")
+	standIn(get("/chunked"), "HTTP/1.1 200 OK")
+	head := strings.Replace(get("/a"), "GET", "HEAD", 1)
+	hh := full(head, "HTTP/1.1 200 OK")
+	if err := c.AddHead(hh); err != nil {
+		t.Fatal(err)
+	}
+	standIn(head, "HTTP/1.1 200 OK")
+	// And records again on the same connection.
+	record("/a", 200, 2)
+
+	// A request the server closes on, unanswered: its stand-in, then the
+	// close.
+	newConn := func() {
+		conn.Close()
+		conn, r = dial(t, port)
+		sent = 0
+	}
+	hc := full(get("/close"))
+	newConn()
+	if err := c.AddHead(hc); err != nil {
+		t.Fatal(err)
+	}
+	record("/a", 200, 2) // a registered head is every connection's
+	io.WriteString(conn, get("/close"))
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("read after /close: %v, want EOF", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	var got []EventType
+	for _, ev := range events.take(pid) {
+		got = append(got, ev.Type)
+	}
+	if len(got) != 1 || got[0] != EventHTTPRequest {
+		t.Errorf("events %v, want the stand-in before the close", got)
+	}
+
+	stats, err := c.Stats()
+	if err != nil || stats.HTTPSpans != 12 {
+		t.Errorf("stats %+v %v: want 12 requests stood for", stats, err)
+	}
+	if err := c.RemoveHead(h); err != nil {
+		t.Fatal(err)
+	}
+	newConn()
+	full(get("/a"), "HTTP/1.1 200 OK")
+	full(get("/a"), "HTTP/1.1 200 OK")
+}
+
+// responseLines are the first lines of spanServer's response to a GET of
+// path, a line per send.
+func responseLines(path string) []string {
+	switch path {
+	case "/missing":
+		return []string{"HTTP/1.1 404 Not Found"}
+	case "/empty":
+		return []string{"HTTP/1.1 204 No Content"}
+	case "/split":
+		return []string{"HTTP/1.1 200 OK", "ok"}
+	}
+	return []string{"HTTP/1.1 200 OK"}
+}
