@@ -78,7 +78,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		CaptureBytes:    cfg.CaptureBytes,
 		RingBufferBytes: cfg.RingBuffer,
 		MaxConnections:  cfg.MaxConnections,
-		Fast:            exp.Fast(cfg.KernelMetrics, cfg.parses(tracer.ProtoRedis)),
+		Fast:            exp.Fast(cfg.KernelMetrics, cfg.parses(tracer.ProtoRedis), cfg.KernelSpans && cfg.parses(tracer.ProtoHTTP)),
 	}, logger)
 	if err != nil {
 		return fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
@@ -92,6 +92,11 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		exp.SetKernelHTTP(capture)
 		logger.Info("kernel HTTP metrics on: unsampled HTTP/1 requests of known methods and paths are measured in the kernel")
 	}
+	var heads tracer.HeadRegistry
+	if capture.KernelSpans() {
+		heads = capture
+		logger.Info("kernel HTTP spans on: HTTP/1 requests picked for a span whose heads the agent has are measured in the kernel")
+	}
 	if capture.RedisDrop() {
 		logger.Info("kernel Redis sampling on: server-side Redis commands not picked for a span are dropped in the kernel")
 	}
@@ -104,6 +109,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		Protocols:      cfg.protocols,
 		QueryText:      cfg.QueryText,
 		RedisKeys:      cfg.RedisKeys,
+		Heads:          heads,
 	},
 		registry, capture.WallTime, batcher.Add)
 	// Requests reach the exporter once per poll of the ring buffer, not one
@@ -191,7 +197,7 @@ func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture,
 	t := time.NewTicker(statsInterval)
 	defer t.Stop()
 	var last bpf.Stats
-	var lastRequests, lastFailures uint64
+	var lastRequests, lastFailures, lastMisses uint64
 	for {
 		select {
 		case <-ctx.Done():
@@ -206,6 +212,9 @@ func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture,
 		if ks.Lost > last.Lost {
 			logger.Warn("kernel events lost: ring buffer full (raise PODTRACER_RING_BUFFER_BYTES)", "lost", ks.Lost-last.Lost, "lost_total", ks.Lost)
 		}
+		if ts.HeadMisses > lastMisses {
+			logger.Warn("requests lost: the kernel stood for request heads the agent did not have (please report this)", "lost", ts.HeadMisses-lastMisses, "lost_total", ts.HeadMisses)
+		}
 		if ts.ParserFailures > lastFailures {
 			logger.Error("a protocol parser failed; its connection is no longer traced, the others are (please report this with the failure)",
 				"connections_given_up", ts.ParserFailures-lastFailures, "total", ts.ParserFailures, "failure", tr.LastFailure())
@@ -213,7 +222,7 @@ func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture,
 		if ks != last || ts.Requests != lastRequests {
 			logStats(logger, capture, tr, exp, "stats")
 		}
-		last, lastRequests, lastFailures = ks, ts.Requests, ts.ParserFailures
+		last, lastRequests, lastFailures, lastMisses = ks, ts.Requests, ts.ParserFailures, ts.HeadMisses
 	}
 }
 
@@ -238,7 +247,8 @@ func logStats(logger *slog.Logger, capture *bpf.Capture, tr *tracer.Tracer, exp 
 func logCounters(logger *slog.Logger, msg string, ks bpf.Stats, tr *tracer.Tracer, exp *exporter.Exporter) {
 	ts, es := tr.Stats(), exp.Stats()
 	logger.Info(msg, "kernel_events", ks.Events, "kernel_lost", ks.Lost, "calls_untracked", ks.CallsUntracked,
-		"kernel_requests", ks.FastRequests, "kernel_requests_lost", ks.FastLost, "kernel_redis_dropped", ks.RedisDropped, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
+		"kernel_requests", ks.FastRequests, "kernel_requests_lost", ks.FastLost, "kernel_redis_dropped", ks.RedisDropped,
+		"kernel_spans", ks.HTTPSpans, "kernel_heads", ts.KernelHeads, "kernel_heads_missed", ts.HeadMisses, "kernel_heads_mismatched", ts.HeadMismatches, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
 		"spans_exported", es.ExportedSpans, "requests_dropped", es.DroppedRequests, "spans_dropped", es.DroppedSpans,
 		"spans_failed", es.FailedSpans)
 }

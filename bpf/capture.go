@@ -96,10 +96,13 @@ type Capture struct {
 	fast   *fastMaps // nil: no fast path
 	// redisDrop: the kernel drops server-side Redis commands not sampled.
 	redisDrop bool
-	objects   []io.Closer // programs and maps, closed by Close
-	links     []link.Link
-	reader    *ringbuf.Reader // never blocks: its deadline is in the past
-	record    ringbuf.Record
+	// histograms: the fast path, when on, fills the kernel's histograms
+	// (Fast.HTTP), not only the kernel's spans.
+	histograms bool
+	objects    []io.Closer // programs and maps, closed by Close
+	links      []link.Link
+	reader     *ringbuf.Reader // never blocks: its deadline is in the past
+	record     ringbuf.Record
 	// wake is the ring buffer's fd in Go's network poller: Read sleeps
 	// there between polls, as a parked goroutine. (The reader's own wait
 	// is a blocking epoll_wait, which keeps the runtime's sysmon thread
@@ -172,7 +175,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		}
 	}
 
-	c := &Capture{stopSync: make(chan struct{})}
+	c := &Capture{stopSync: make(chan struct{}), histograms: cfg.Fast.HTTP}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -297,7 +300,7 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 	}{
 		{fast.Redis, "fast_redis", "kernel Redis sampling unavailable: every Redis command goes through the agent"},
 		{fast.Spans, "fast_spans", "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
-		{fast.HTTP, "fast_http", "kernel HTTP metrics unavailable: every request goes through the agent"},
+		{fast.HTTP || fast.Spans, "fast_http", "kernel HTTP metrics and spans unavailable: every request goes through the agent"},
 	}
 	for _, step := range steps {
 		var verr *ebpf.VerifierError

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -28,8 +29,8 @@ const MaxHistBounds = 15
 // the HTTP/1 fast path, and the drop of server-side Redis commands not
 // picked for a span (capture.c).
 type Fast struct {
-	// HTTP turns the fast path on. It only pays when most requests need no
-	// span.
+	// HTTP turns the fast path's histograms on. It only pays when most
+	// requests need no span.
 	HTTP bool
 	// Spans turns on the kernel's spans, with HTTP: a request picked for
 	// a span whose head the agent registered (AddHead) is not sent; the
@@ -56,7 +57,7 @@ type Fast struct {
 }
 
 func (f Fast) set(spec *ebpf.CollectionSpec) error {
-	if !f.HTTP && !f.Redis {
+	if !f.HTTP && !f.Redis && !f.Spans {
 		return nil
 	}
 	if len(f.Bounds) > MaxHistBounds {
@@ -79,10 +80,10 @@ func (f Fast) set(spec *ebpf.CollectionSpec) error {
 		bound = uint64(f.SampleRatio * (1 << 63)) // the SDK's TraceIDRatioBased
 	}
 	settings := map[string]any{"sample_bound": bound, "hist_bounds_ns": bounds}
-	if f.HTTP {
+	if f.HTTP || f.Spans {
 		settings["fast_http"] = uint8(1)
 	}
-	if f.HTTP && f.Spans {
+	if f.Spans {
 		settings["fast_spans"] = uint8(1)
 	}
 	if f.Redis {
@@ -160,8 +161,9 @@ func (f *fastMaps) setRoom(series int) error {
 	return nil
 }
 
-// FastPath tells whether the kernel measures requests itself.
-func (c *Capture) FastPath() bool { return c.fast != nil }
+// FastPath tells whether the kernel measures requests itself, in its
+// histograms (Fast.HTTP).
+func (c *Capture) FastPath() bool { return c.fast != nil && c.histograms }
 
 // RedisDrop tells whether the kernel drops server-side Redis commands not
 // picked for a span.
@@ -338,4 +340,39 @@ func deleteWhere[K, V any](m *ebpf.Map, match func(*K, *V) bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+const hashMul = 0x9e3779b97f4a7c15
+
+// HeadHash is the kernel's hash of an HTTP/1 request head (fast_request
+// and head_step in capture.c), the one Event.HeadHash carries: head runs
+// from the method to the blank line's "\r\n". It is 0 for a head the
+// kernel does not hash. The agent checks a head it parsed against the
+// kernel's hash before it registers it (AddHead): the kernel then stands
+// for requests whose bytes the agent has, or for none.
+func HeadHash(head []byte) uint64 {
+	sp := bytes.IndexByte(head, ' ')
+	if sp < 0 || !FastMethod(string(head[:sp])) {
+		return 0
+	}
+	h := (0xcbf29ce484222325 ^ methodWord(string(head[:sp]))) * hashMul
+	// A line at a time from the second byte on, its words up to its '\n',
+	// the last one's bytes after it zeroed.
+	for pos := 1; ; {
+		nl := bytes.IndexByte(head[pos:], '\n')
+		if nl < 0 {
+			return 0
+		}
+		nl += pos
+		for ; pos+8 <= nl; pos += 8 {
+			h = (h ^ le.Uint64(head[pos:])) * hashMul
+		}
+		var w [8]byte
+		copy(w[:], head[pos:nl+1])
+		h = (h ^ le.Uint64(w[:])) * hashMul
+		pos = nl + 1
+		if pos < len(head) && head[pos] == '\r' {
+			return h ^ h>>29
+		}
+	}
 }

@@ -115,6 +115,9 @@ func TestKernelSpans(t *testing.T) {
 		if hash == 0 {
 			t.Fatalf("%q: no head hash", raw)
 		}
+		if mine := HeadHash([]byte(raw)); mine != hash {
+			t.Errorf("%q: HeadHash %x, the kernel's %x", raw, mine, hash)
+		}
 		return hash
 	}
 	// Not registered: whole, twice (the first byte alone, then not), with
@@ -126,6 +129,9 @@ func TestKernelSpans(t *testing.T) {
 	if other := full(strings.Replace(get("/a"), "1.0", "1.1", 1), "HTTP/1.1 200 OK"); other == h {
 		t.Fatal("another User-Agent, the same hash")
 	}
+	// Lines longer than a step of the kernel's scan, a body.
+	full("GET /a?q=1 HTTP/1.1\r\nHost: x\r\nCookie: "+strings.Repeat("c", 200)+"\r\nAccept: */*\r\n\r\n", "HTTP/1.1 200 OK")
+	full("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", "HTTP/1.1 200 OK")
 	if err := c.AddHead(h); err != nil {
 		t.Fatal(err)
 	}

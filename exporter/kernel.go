@@ -41,27 +41,29 @@ const (
 // the delay they may add to a metric export.
 var kernelDrainInterval = time.Second
 
-// Fast is what the kernel does itself given the exporter's sampler, when
-// enabled says it may: when spans are sampled (a ratio below 1, or none),
-// the HTTP/1 fast path if metrics go somewhere, and the drop of the
-// server-side Redis commands not picked for a span if redis (the agent
-// parses Redis) says so.
-func (e *Exporter) Fast(enabled, redis bool) bpf.Fast {
-	if !enabled {
-		return bpf.Fast{}
-	}
-	var ratio float64
+// Fast is what the kernel does itself given the exporter's sampler:
+//   - when spans are sampled (a ratio below 1, or none) and kernel says it
+//     may: the HTTP/1 fast path's histograms if metrics go somewhere, and
+//     the drop of the server-side Redis commands not picked for a span if
+//     redis (the agent parses Redis) says so;
+//   - when spans go somewhere and spans says it may: the kernel's spans,
+//     records of the HTTP/1 exchanges picked for a span whose request
+//     heads the agent has.
+func (e *Exporter) Fast(kernel, redis, spans bool) bpf.Fast {
+	var f bpf.Fast
 	switch {
 	case len(e.sinks) == 0, e.sampler.never:
-		ratio = 0
+		f.SampleRatio = 0
 	case e.sampler.always:
-		return bpf.Fast{} // every request is a span: nothing to save
+		f.SampleRatio, f.Spans = 1, spans
 	default:
-		ratio = float64(e.sampler.bound) / (1 << 63)
+		f.SampleRatio, f.Spans = float64(e.sampler.bound)/(1<<63), spans
 	}
-	f := bpf.Fast{Redis: redis, SampleRatio: ratio}
-	if e.metrics != nil {
-		f.HTTP, f.Bounds = true, serverDurationBounds()
+	if kernel && f.SampleRatio < 1 {
+		f.Redis = redis
+		if e.metrics != nil {
+			f.HTTP, f.Bounds = true, serverDurationBounds()
+		}
 	}
 	return f
 }

@@ -20,6 +20,9 @@ type segment struct {
 	// traceLow is the trace ID's low half the kernel drew (bpf.Event.TraceLow).
 	traceLow uint64
 	flags    bpf.EventFlags // what the kernel left out before it
+	// headHash is the kernel's hash of the request head in the segment
+	// (bpf.Event.HeadHash), 0 when none.
+	headHash uint64
 }
 
 // message is one HTTP/1.x request or response head, and what is known of its
@@ -85,6 +88,10 @@ type http1Stream struct {
 	// free holds messages done with, for new ones to reuse (shared by the
 	// connection's two streams; nil: always allocate).
 	free *[]*message
+
+	// heads learns the request heads the kernel hashed (the kernel's
+	// spans); nil without them.
+	heads *heads
 
 	// upgradedAt is where, in the segment just fed, the protocol that a
 	// 101 switched to begins (-1: nowhere in it).
@@ -229,6 +236,9 @@ func (s *http1Stream) endHead(seg *segment, truncated bool) {
 		s.state = stLost
 		s.msg = nil
 		return
+	}
+	if m.request && seg.headHash != 0 && !truncated && s.heads != nil {
+		s.heads.learn(seg.headHash, s.head, m, seg.exit)
 	}
 	s.onHead(m)
 	switch {

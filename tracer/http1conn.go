@@ -25,7 +25,7 @@ type http1Conn struct {
 
 // detectHTTP1 recognises a request line or status line at the start of the
 // segment, or its first bytes when a peer sends them piecemeal.
-func detectHTTP1(routes, h2c bool) detector {
+func detectHTTP1(routes, h2c bool, heads *heads) detector {
 	return func(dir bpf.Direction, seg *segment, emit emitter) protocolParser {
 		if !startsMessage(seg.data) && !mayStartMessage(seg, 0) {
 			return nil
@@ -36,6 +36,7 @@ func detectHTTP1(routes, h2c bool) detector {
 		c.in.onComplete = c.onComplete
 		c.out.onComplete = c.onComplete
 		c.in.free, c.out.free = &c.free, &c.free
+		c.in.heads, c.out.heads = heads, heads
 		return c
 	}
 }

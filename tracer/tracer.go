@@ -27,6 +27,11 @@ type Config struct {
 	QueryText string
 	// RedisKeys puts the key of Redis commands on their spans.
 	RedisKeys bool
+	// Heads, when the kernel stands for requests whose heads the agent
+	// has (bpf.Fast.Spans), is where the tracer registers them.
+	Heads HeadRegistry
+
+	heads *heads // made by New from Heads
 }
 
 // Values of Config.QueryText.
@@ -50,6 +55,12 @@ type Stats struct {
 	// ParserFailures counts connections given up because their parser
 	// panicked (see LastFailure).
 	ParserFailures uint64
+	// KernelHeads are the request heads registered with the kernel now;
+	// HeadMisses the records and stand-ins of requests whose head the
+	// tracer did not have (their requests are lost), HeadMismatches the
+	// heads whose hash the agent computed unlike the kernel (not
+	// registered).
+	KernelHeads, HeadMisses, HeadMismatches uint64
 }
 
 // Tracer turns capture events into finished requests. Handle is not safe
@@ -83,6 +94,7 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 2 * time.Minute
 	}
+	cfg.heads = newHeads(cfg.Heads, cfg.RouteHeuristic)
 	t := &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn)}
 	t.detectors = detectors(cfg)
 	return t
@@ -92,12 +104,18 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 func (t *Tracer) Handle(ev *bpf.Event) {
 	key := connKey{pid: ev.PID, sock: ev.Conn}
 	c := t.conns[key]
-	if ev.Type == bpf.EventClose {
+	var head *requestHead
+	switch ev.Type {
+	case bpf.EventClose:
 		if c != nil {
 			c.close(ev.ExitNS)
 			t.forget(key)
 		}
 		return
+	case bpf.EventHTTP, bpf.EventHTTPRequest:
+		if head = t.cfg.heads.lookup(ev.HeadHash, ev.ExitNS); head == nil {
+			return
+		}
 	}
 	if c == nil {
 		if len(t.conns) >= t.cfg.MaxConnections {
@@ -109,8 +127,22 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		t.live.Add(1)
 	}
 	c.lastSeen = ev.ExitNS
-	t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags}
-	c.feed(ev.Dir, &t.seg)
+	switch ev.Type {
+	case bpf.EventHTTP:
+		// A server exchange whose request had this head: the kernel
+		// measured it for a span, nothing to parse.
+		if !c.ignored {
+			c.emit(head.request(ev), RoleServer, ev.EnterNS, ev.ExitNS)
+		}
+	case bpf.EventHTTPRequest:
+		// The request's bytes, as they came; its response follows.
+		t.seg = segment{data: head.raw, total: len(head.raw) + int(head.bodySize), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
+		c.feed(bpf.Ingress, &t.seg)
+	default:
+		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,
+			headHash: ev.HeadHash}
+		c.feed(ev.Dir, &t.seg)
+	}
 	if ev.ExitNS-t.lastSweep > uint64(10*time.Second) {
 		t.sweep(ev.ExitNS)
 	}
@@ -139,8 +171,12 @@ func (t *Tracer) sweep(now uint64) {
 
 // Stats returns the tracer's counters; safe from any goroutine.
 func (t *Tracer) Stats() Stats {
-	return Stats{Requests: t.requests.Load(), Connections: uint64(t.live.Load()), ConnsUntracked: t.untracked.Load(),
+	s := Stats{Requests: t.requests.Load(), Connections: uint64(t.live.Load()), ConnsUntracked: t.untracked.Load(),
 		ParserFailures: t.failures.Load()}
+	if hs := t.cfg.heads; hs != nil {
+		s.KernelHeads, s.HeadMisses, s.HeadMismatches = uint64(hs.registered.Load()), uint64(hs.misses.Load()), uint64(hs.mismatched.Load())
+	}
+	return s
 }
 
 func (t *Tracer) parserFailed(what string) {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -347,4 +348,111 @@ func httpappPod(t *testing.T) (*testPod, int) {
 	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
 	waitListening(t, port)
 	return pod, port
+}
+
+// TestKernelSpans: with every request a span (the default sampler), the
+// kernel stands for the requests whose heads the agent has parsed twice:
+// it sends one record per exchange, or a stand-in for the request before
+// a response it does not measure (nginx's sendfile, a chunked stream).
+// Every request still has its span and is counted once, and a span made
+// from a record has the attributes of one made from the bytes.
+func TestKernelSpans(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	rcv := otlptest.Start(t)
+	pod, port := httpappPod(t)
+	nginx := testenv.LookPath(t, "nginx")
+	nginxPort := freePort(t)
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "big.html"), []byte(strings.Repeat("<p>hello</p>\n", 20000)), 0o644)
+	conf := nginxConf(t, www, nginxPort)
+	b, _ := os.ReadFile(conf)
+	os.WriteFile(conf, []byte(strings.Replace(string(b), "access_log off;", "access_log off;\n\tsendfile on;", 1)), 0o644)
+	start(t, pod.command(nginx, "-c", conf))
+	waitListening(t, nginxPort)
+	agent := startAgent(t, pod, agentEnv(rcv))
+	if !regexp.MustCompile(`kernel HTTP spans on`).MatchString(agent.output()) {
+		t.Fatalf("kernel spans not on:\n%s", agent.output())
+	}
+
+	// curl fetches its URLs over one keep-alive connection, with the same
+	// head each time; the first two of each go up whole.
+	fetch := func(port, n int, path string) {
+		args := []string{"-sS", "--fail-with-body"}
+		for range n {
+			args = append(args, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+		}
+		run(t, pod.command(curl, args...))
+	}
+	const users, streams, big, posts = 400, 20, 50, 100
+	fetch(port, 2, "/users/7")
+	fetch(port, 2, "/stream?parts=3")
+	fetch(nginxPort, 2, "/big.html")
+	postOrders(t, pod, curl, port, 2)
+	time.Sleep(300 * time.Millisecond) // the agent registers the heads
+	fetch(port, users-2, "/users/7")
+	fetch(port, streams-2, "/stream?parts=3")
+	fetch(nginxPort, big-2, "/big.html")
+	postOrders(t, pod, curl, port, posts-2)
+	expectOrders(t, rcv, posts)
+
+	count := func(spans []otlptest.Span, path string) (n int) {
+		for _, s := range spans {
+			if s.Kind == trace.SpanKindServer && s.Attributes["url.path"] == path {
+				n++
+			}
+		}
+		return n
+	}
+	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
+		return count(s, "/users/7") >= users && count(s, "/stream") >= streams && count(s, "/big.html") >= big && count(s, "/orders") >= posts
+	})
+	counters := finalCounters(t, agent, "kernel_spans", "kernel_heads_missed", "kernel_heads_mismatched", "requests")
+	if n := count(spans, "/users/7") + count(spans, "/stream") + count(spans, "/big.html") + count(spans, "/orders"); n != users+streams+big+posts {
+		t.Errorf("%d server spans, want one per request: %d", n, users+streams+big+posts)
+	}
+	// The first two of each head go up whole; Go's server may read the
+	// first byte of a request alone, which the kernel holds as before.
+	if eligible := users + streams + big + posts - 8; counters[0] < eligible*9/10 || counters[1] != 0 || counters[2] != 0 {
+		t.Errorf("%d requests stood for by the kernel (want most of %d), %d missed, %d mismatched", counters[0], eligible, counters[1], counters[2])
+	}
+	// Every span of a path has the same attributes but the client's port,
+	// whether the agent parsed its bytes or made it from a record.
+	want := map[string]map[string]any{}
+	for _, s := range spans {
+		path, _ := s.Attributes["url.path"].(string)
+		if s.Kind != trace.SpanKindServer || path == "" {
+			continue
+		}
+		attrs := map[string]any{}
+		for k, v := range s.Attributes {
+			if k != "client.port" && k != "network.peer.port" {
+				attrs[k] = v
+			}
+		}
+		if s.End.Before(s.Start) || s.StatusCode != 0 {
+			t.Errorf("span %s: %v to %v, status %v", path, s.Start, s.End, s.StatusCode)
+		}
+		if w, ok := want[path]; !ok {
+			want[path] = attrs
+		} else if !reflect.DeepEqual(w, attrs) {
+			t.Errorf("%s: span attributes %v, another's %v", path, attrs, w)
+			delete(want, path) // once per path
+		}
+	}
+	for path, size := range map[string]int64{"/users/7": 7, "/big.html": 260000, "/orders": 13} {
+		if got := want[path]["http.response.body.size"]; got != size {
+			t.Errorf("%s: http.response.body.size %v, want %d", path, got, size)
+		}
+	}
+	if want["/orders"]["http.request.body.size"] != int64(10) || want["/users/7"]["http.route"] != "/users/{id}" ||
+		!strings.HasPrefix(fmt.Sprint(want["/users/7"]["user_agent.original"]), "curl/") {
+		t.Errorf("attributes %v", want)
+	}
+	points := rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
+		return histogram(p, "http.server.request.duration", "httpapp", "/users/{id}", users) != nil
+	})
+	if h := histogram(points, "http.server.request.duration", "httpapp", "/users/{id}", users); h == nil || h.Count != users {
+		t.Errorf("histogram %+v: want %d requests", h, users)
+	}
 }

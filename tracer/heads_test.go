@@ -1,0 +1,145 @@
+package tracer
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+
+	"github.com/podtracer/podtracer/bpf"
+)
+
+// fakeHeads is the kernel's list of registered heads, holding at most max.
+type fakeHeads struct {
+	max     int
+	heads   map[uint64]bool
+	added   int
+	removed []uint64
+}
+
+func (f *fakeHeads) AddHead(hash uint64) error {
+	if len(f.heads) >= f.max && !f.heads[hash] {
+		return bpf.ErrHeadsFull
+	}
+	f.heads[hash] = true
+	f.added++
+	return nil
+}
+
+func (f *fakeHeads) RemoveHead(hash uint64) error {
+	if !f.heads[hash] {
+		return errors.New("no such head")
+	}
+	delete(f.heads, hash)
+	f.removed = append(f.removed, hash)
+	return nil
+}
+
+// sendHead delivers a request whose head the kernel hashed, as it would.
+func (h *harness) sendHead(sock uint64, data string, traceLow uint64) {
+	h.now += 1000
+	ev := bpf.Event{Type: bpf.EventData, Dir: in, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr,
+		TraceLow: traceLow, HeadHash: bpf.HeadHash([]byte(data)), Payload: []byte(data)}
+	copy(ev.Comm[:], "server")
+	h.now += 500
+	h.tracer.Handle(&ev)
+}
+
+// record delivers the kernel's record of an exchange of the head of data.
+func (h *harness) record(sock uint64, typ bpf.EventType, data string, status uint16, body uint32, traceLow uint64) {
+	h.now += 1000
+	ev := bpf.Event{Type: typ, Dir: out, EnterNS: h.now, ExitNS: h.now + 2000, Conn: sock, PID: 7, Local: serverAddr, Remote: clientAddr,
+		TraceLow: traceLow, HeadHash: bpf.HeadHash([]byte(data)), Status: status, Body: body}
+	if typ == bpf.EventHTTPRequest {
+		ev.Dir, ev.ExitNS = in, ev.EnterNS
+	}
+	copy(ev.Comm[:], "server")
+	h.now += 2000
+	h.tracer.Handle(&ev)
+}
+
+// The kernel's spans: a head parsed twice is registered; a record of an
+// exchange with it becomes the request that parsing the exchange's bytes
+// makes; a stand-in is parsed as the request's bytes with the response
+// that follows. A head the tracer lacks is counted, not invented.
+func TestKernelHeads(t *testing.T) {
+	h := newHarness(t, 512)
+	kernel := &fakeHeads{max: 2, heads: map[uint64]bool{}}
+	h.tracer = New(Config{RouteHeuristic: true, Heads: kernel}, allProcesses{}, h.tracer.wall, h.tracer.emit)
+	const post = "POST /users/42?x=1 HTTP/1.1\r\nHost: shop:8080\r\nUser-Agent: curl/8\r\nContent-Length: 5\r\n\r\n"
+	const resp = "HTTP/1.1 201 Created\r\nContent-Length: 7\r\n\r\ncreated"
+	for i := range 2 {
+		h.sendHead(1, post+"hello", 0x1234)
+		h.send(1, out, resp)
+		if want := i; kernel.added != want {
+			t.Fatalf("after %d requests %d heads registered, want %d", i+1, kernel.added, want)
+		}
+	}
+	parsed := *h.got[1]
+	h.record(1, bpf.EventHTTP, post, 201, 7, 0x1234)
+	h.record(2, bpf.EventHTTP, post, 201, 7, 0x1234) // another connection, new to the tracer
+	if len(h.got) != 4 {
+		t.Fatalf("%d requests, want 4", len(h.got))
+	}
+	for _, r := range h.got[2:] {
+		got := *r
+		if got.End.Sub(got.Start) != 2000 {
+			t.Errorf("record's span lasts %v, want 2µs", got.End.Sub(got.Start))
+		}
+		got.Start, got.End = parsed.Start, parsed.End
+		if !reflect.DeepEqual(got, parsed) {
+			t.Errorf("from the record:\n%+v\nparsed:\n%+v", got, parsed)
+		}
+	}
+
+	// A stand-in, then the response's bytes: parsed as if the request's
+	// had come.
+	h.record(1, bpf.EventHTTPRequest, post, 0, 0, 0x5678)
+	h.send(1, out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+	if len(h.got) != 5 || h.got[4].StatusCode != 200 || h.got[4].Path != "/users/42" || h.got[4].RequestSize != 5 || h.got[4].ResponseSize != 2 ||
+		h.got[4].TraceIDLow != 0x5678 {
+		t.Fatalf("after the stand-in: %+v", h.got[len(h.got)-1])
+	}
+	// And the connection goes on in step.
+	h.send(1, in, "GET /b HTTP/1.1\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 204 No Content\r\n\r\n")
+	if len(h.got) != 6 || h.got[5].Path != "/b" || h.got[5].StatusCode != 204 {
+		t.Fatalf("after the stand-in's exchange: %+v", h.got[len(h.got)-1])
+	}
+
+	// Unknown heads: counted, nothing made of them.
+	h.record(1, bpf.EventHTTP, "GET /unknown HTTP/1.1\r\n\r\n", 200, 0, 1)
+	h.record(1, bpf.EventHTTPRequest, "GET /unknown HTTP/1.1\r\n\r\n", 0, 0, 1)
+	if s := h.tracer.Stats(); len(h.got) != 6 || s.HeadMisses != 2 || s.KernelHeads != 1 {
+		t.Errorf("%d requests, stats %+v: want 6, 2 misses, 1 head", len(h.got), s)
+	}
+
+	// A head whose hash is not the kernel's is not registered.
+	h.now += 1000
+	bad := bpf.Event{Type: bpf.EventData, Dir: in, ExitNS: h.now, Conn: 3, PID: 7, Len: 18, HeadHash: 99, Payload: []byte("GET /c HTTP/1.1\r\n\r\n")}
+	h.tracer.Handle(&bad)
+	h.tracer.Handle(&bad)
+	if s := h.tracer.Stats(); s.HeadMismatches != 2 || kernel.added != 1 {
+		t.Errorf("stats %+v, %d registered: want 2 mismatches, 1 registered", s, kernel.added)
+	}
+
+	// The kernel full: the head stood for least recently makes room, and
+	// stays known for the records already on their way.
+	heads := []string{"GET /1 HTTP/1.1\r\n\r\n", "GET /2 HTTP/1.1\r\n\r\n"}
+	for _, head := range heads {
+		for range 2 {
+			h.sendHead(4, head, 0)
+			h.send(4, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+		}
+	}
+	if len(kernel.removed) != 1 || kernel.removed[0] != bpf.HeadHash([]byte(post)) || !kernel.heads[bpf.HeadHash([]byte(heads[1]))] {
+		t.Errorf("removed %x, registered %v", kernel.removed, kernel.heads)
+	}
+	n := len(h.got)
+	h.record(1, bpf.EventHTTP, post, 201, 7, 0x1234)
+	if len(h.got) != n+1 {
+		t.Errorf("a record of the head just removed was lost")
+	}
+	if s := h.tracer.Stats(); s.KernelHeads != 2 {
+		t.Errorf("stats %+v, want 2 heads", s)
+	}
+}
