@@ -995,7 +995,13 @@ static __always_inline void head_line(struct event *e, struct head_scan *s, __u3
 	if (e->payload[bounded(n, MAX_CAPTURE - 1)] == '\r') {
 		// The blank line ends the head; the body of its Content-Length,
 		// if any, must end the payload (fast_request checks it, outside
-		// the loop, where it costs the verifier less).
+		// the loop, where it costs the verifier less). Its bytes are not
+		// in the head's hash: it must be "\r\n", as the agent's parser
+		// wants it.
+		if (e->payload[bounded(n + 1, MAX_CAPTURE - 1)] != '\n' || n + 1 >= s->len) {
+			s->bad = 1;
+			return;
+		}
 		s->body = n + 2;
 		s->end = 1;
 		return;

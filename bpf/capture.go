@@ -294,13 +294,15 @@ func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger 
 func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable string) error, logger *slog.Logger) error {
 	err := attach()
 	steps := []struct {
-		on   bool
-		name string
-		what string
+		on    bool
+		names []string
+		what  string
 	}{
-		{fast.Redis, "fast_redis", "kernel Redis sampling unavailable: every Redis command goes through the agent"},
-		{fast.Spans, "fast_spans", "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
-		{fast.HTTP || fast.Spans, "fast_http", "kernel HTTP metrics and spans unavailable: every request goes through the agent"},
+		{fast.Redis, []string{"fast_redis"}, "kernel Redis sampling unavailable: every Redis command goes through the agent"},
+		// Without the histograms the fast path has nothing left to do.
+		{fast.Spans && fast.HTTP, []string{"fast_spans"}, "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
+		{fast.Spans && !fast.HTTP, []string{"fast_spans", "fast_http"}, "kernel HTTP spans unavailable: every request goes through the agent"},
+		{fast.HTTP, []string{"fast_http"}, "kernel HTTP metrics and spans unavailable: every request goes through the agent"},
 	}
 	for _, step := range steps {
 		var verr *ebpf.VerifierError
@@ -311,8 +313,10 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 			continue
 		}
 		logger.Info(step.what, "reason", err)
-		if err := turnOff(step.name); err != nil {
-			return err
+		for _, name := range step.names {
+			if err := turnOff(name); err != nil {
+				return err
+			}
 		}
 		err = attach()
 	}

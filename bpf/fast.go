@@ -346,8 +346,10 @@ const hashMul = 0x9e3779b97f4a7c15
 
 // HeadHash is the kernel's hash of an HTTP/1 request head (fast_request
 // and head_step in capture.c), the one Event.HeadHash carries: head runs
-// from the method to the blank line's "\r\n". It is 0 for a head the
-// kernel does not hash. The agent checks a head it parsed against the
+// from the method to the blank line's "\r\n", which ends it. It is 0 for
+// a head the kernel does not hash, or that goes on past the line the
+// kernel ends it at (after a line ending in a bare "\n", the agent's
+// parser reads on to "\r\n\r\n"). The agent checks a head it parsed against the
 // kernel's hash before it registers it (AddHead): the kernel then stands
 // for requests whose bytes the agent has, or for none.
 func HeadHash(head []byte) uint64 {
@@ -372,6 +374,9 @@ func HeadHash(head []byte) uint64 {
 		h = (h ^ le.Uint64(w[:])) * hashMul
 		pos = nl + 1
 		if pos < len(head) && head[pos] == '\r' {
+			if pos+2 != len(head) || head[pos+1] != '\n' || head[nl-1] != '\r' {
+				return 0
+			}
 			return h ^ h>>29
 		}
 	}

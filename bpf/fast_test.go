@@ -63,13 +63,16 @@ type fastEvents struct {
 	done   chan struct{}
 }
 
-func readEvents(c *Capture) *fastEvents {
+func readEvents(c *Capture) *fastEvents { return readEventsOf(c, false) }
+
+// readEventsOf is readEvents, with the close events too when closes.
+func readEventsOf(c *Capture, closes bool) *fastEvents {
 	f := &fastEvents{done: make(chan struct{})}
 	go func() {
 		defer close(f.done)
 		var ev Event
 		for c.Read(&ev) == nil {
-			if ev.Type == EventClose {
+			if ev.Type == EventClose && !closes {
 				continue
 			}
 			e := ev

@@ -1,6 +1,7 @@
 package bpf
 
 import (
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -54,7 +55,7 @@ func TestKernelSpans(t *testing.T) {
 	if !c.KernelSpans() {
 		t.Fatal("kernel spans not on")
 	}
-	events := readEvents(c)
+	events := readEventsOf(c, true)
 	pid, port := startPythonServer(t, spanServer)
 	conn, r := dial(t, port)
 	// The server reads the first byte of the connection's odd requests
@@ -93,6 +94,9 @@ func TestKernelSpans(t *testing.T) {
 		var hash uint64
 		var lines []string
 		for _, ev := range events.take(pid) {
+			if ev.Type == EventClose {
+				continue
+			}
 			if ev.Type != EventData {
 				t.Errorf("event of type %d, want data", ev.Type)
 				continue
@@ -115,7 +119,7 @@ func TestKernelSpans(t *testing.T) {
 		if hash == 0 {
 			t.Fatalf("%q: no head hash", raw)
 		}
-		if mine := HeadHash([]byte(raw)); mine != hash {
+		if mine := HeadHash([]byte(raw[:strings.Index(raw, "\r\n\r\n")+4])); mine != hash {
 			t.Errorf("%q: HeadHash %x, the kernel's %x", raw, mine, hash)
 		}
 		return hash
@@ -208,6 +212,7 @@ func TestKernelSpans(t *testing.T) {
 		conn.Close()
 		conn, r = dial(t, port)
 		sent = 0
+		events.take(pid) // the server's close of the last one
 	}
 	hc := full(get("/close"))
 	newConn()
@@ -224,8 +229,8 @@ func TestKernelSpans(t *testing.T) {
 	for _, ev := range events.take(pid) {
 		got = append(got, ev.Type)
 	}
-	if len(got) != 1 || got[0] != EventHTTPRequest {
-		t.Errorf("events %v, want the stand-in before the close", got)
+	if len(got) != 2 || got[0] != EventHTTPRequest || got[1] != EventClose {
+		t.Errorf("events %v, want the stand-in, then the close", got)
 	}
 
 	stats, err := c.Stats()
@@ -252,4 +257,39 @@ func responseLines(path string) []string {
 		return []string{"HTTP/1.1 200 OK", "ok"}
 	}
 	return []string{"HTTP/1.1 200 OK"}
+}
+
+// TestKernelSpansPipelined: a request read while the kernel owns one for a
+// span (the client pipelines, the server reads ahead) sends the owned
+// one's stand-in first, then its own bytes; both responses follow as
+// data, and the connection's exchanges are user space's from then on.
+func TestKernelSpansPipelined(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	events := readEventsOf(c, false)
+	pid, port := startPythonServer(t, readAheadServer)
+	const get = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+	pipeline := func() []Event {
+		conn, r := dial(t, port)
+		io.WriteString(conn, get)
+		time.Sleep(50 * time.Millisecond) // the server's first read takes it alone
+		exchange(t, conn, r, get, 2)
+		conn.Close() // the server goes on to the next connection
+		return events.take(pid)
+	}
+	first := pipeline()
+	if len(first) != 4 || first[0].HeadHash == 0 {
+		t.Fatalf("events %+v, want two requests and two responses, whole", first)
+	}
+	if err := c.AddHead(first[0].HeadHash); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range pipeline() {
+		line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
+		got = append(got, fmt.Sprintf("%d %s", ev.Type, line))
+	}
+	want := []string{"4 ", "1 GET /a HTTP/1.1", "1 HTTP/1.1 200 OK", "1 HTTP/1.1 200 OK"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("events %q, want %q", got, want)
+	}
 }

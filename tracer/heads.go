@@ -3,6 +3,7 @@ package tracer
 import (
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -16,10 +17,14 @@ type HeadRegistry interface {
 	RemoveHead(hash uint64) error
 }
 
-// maxHeads bounds the heads the tracer keeps: those registered with the
-// kernel (at most bpf.MaxHeads, about 1 kB each at most) and the hashes of
-// those seen once, which are registered when they come again.
-const maxHeads = 2 * bpf.MaxHeads
+// maxCandidates bounds the hashes of heads seen once, which are
+// registered when they come again.
+const maxCandidates = 2 * bpf.MaxHeads
+
+// headIdle is how long a registered head may go unused before the tracer
+// takes it back from the kernel, and how long after that it keeps its
+// bytes for the records already on their way.
+const headIdle = time.Minute
 
 // requestHead is a request head the agent parsed, kept by the kernel's hash
 // of it: what every request with those same bytes has. A head seen once
@@ -39,16 +44,24 @@ type requestHead struct {
 
 // heads are the request heads of the kernel's spans. A head parsed twice
 // is registered: one that comes once (an id in the path, a changing
-// cookie) costs no map update. Only the tracer's goroutine uses them.
+// cookie) costs no map update. The kernel holds bpf.MaxHeads; when they
+// are all taken, new heads wait until the sweep takes back those unused
+// for headIdle, so that a working set larger than the kernel's costs no
+// syscall per request. Only the tracer's goroutine uses them.
 type heads struct {
 	kernel HeadRegistry
 	routes bool // fill route by heuristicRoute
 	byHash map[uint64]*requestHead
+	// full: the kernel refused a head for want of room, since the last
+	// sweep took one back; broken: it refused one for another reason (the
+	// log has the counters), and no more are registered.
+	full, broken bool
+	candidates   int // heads seen once
 	// registered counts the heads registered; mismatched, the heads whose
 	// hash the agent computed unlike the kernel (none, unless they
 	// disagree); misses, the records and stand-ins of a head the tracer
-	// did not have.
-	registered, mismatched, misses atomic.Int64
+	// did not have; records, the exchanges made from a record.
+	registered, mismatched, misses, records atomic.Int64
 }
 
 func newHeads(kernel HeadRegistry, routes bool) *heads {
@@ -63,26 +76,30 @@ func newHeads(kernel HeadRegistry, routes bool) *heads {
 // second time, the head, which is registered.
 func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
 	h := hs.byHash[hash]
-	if h != nil && h.raw != nil {
-		// Registered, or taken back to make room.
+	if h != nil {
 		h.used = now
-		if !h.registered {
-			hs.register(hash, h)
+		if h.registered || hs.full || hs.broken {
+			return // registered (a request the kernel did not pick, or raced), or no room
 		}
-		return
+		if h.raw != nil {
+			hs.register(hash, h) // taken back by the sweep, and back in use
+			return
+		}
 	}
 	if bpf.HeadHash(head) != hash {
 		hs.mismatched.Add(1)
 		return
 	}
 	if h == nil {
-		if len(hs.byHash) >= maxHeads {
+		if hs.candidates >= maxCandidates {
 			hs.shed()
 		}
 		hs.byHash[hash] = &requestHead{used: now}
+		hs.candidates++
 		return
 	}
 	*h = requestHead{raw: append([]byte(nil), head...), method: m.method, userAgent: m.userAgent, version: "1.1", used: now}
+	hs.candidates--
 	if m.minor == '0' {
 		h.version = "1.0"
 	}
@@ -96,46 +113,59 @@ func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
 	hs.register(hash, h)
 }
 
-// register registers h with the kernel; when the kernel holds all it can,
-// the head stood for least recently makes room.
+// register registers h with the kernel.
 func (hs *heads) register(hash uint64, h *requestHead) {
-	err := hs.kernel.AddHead(hash)
-	if errors.Is(err, bpf.ErrHeadsFull) {
-		var oldest uint64
-		var victim *requestHead
-		for k, o := range hs.byHash {
-			if o.registered && (victim == nil || o.used < victim.used) {
-				oldest, victim = k, o
-			}
+	if err := hs.kernel.AddHead(hash); err != nil {
+		// The head goes up whole each time: nothing is lost.
+		if errors.Is(err, bpf.ErrHeadsFull) {
+			hs.full = true
+		} else {
+			hs.broken = true
 		}
-		if victim != nil {
-			if err = hs.kernel.RemoveHead(oldest); err == nil {
-				// It stays known: the kernel may have stood for it just now.
-				victim.registered = false
-				hs.registered.Add(-1)
-				err = hs.kernel.AddHead(hash)
-			}
-		}
-	}
-	if err != nil {
-		// The head goes up whole each time (and is tried again then):
-		// nothing lost.
 		return
 	}
 	h.registered = true
 	hs.registered.Add(1)
 }
 
-// shed forgets a quarter of the heads not registered.
+// shed forgets a quarter of the heads seen once.
 func (hs *heads) shed() {
-	n := maxHeads / 4
+	n := maxCandidates / 4
 	for k, h := range hs.byHash {
 		if n == 0 {
 			return
 		}
-		if !h.registered {
+		if h.raw == nil {
 			delete(hs.byHash, k)
+			hs.candidates--
 			n--
+		}
+	}
+}
+
+// sweep takes back from the kernel the heads unused for headIdle, and
+// forgets those taken back a headIdle ago, and the candidates as old.
+func (hs *heads) sweep(now uint64) {
+	if hs == nil {
+		return
+	}
+	idle := uint64(headIdle)
+	for k, h := range hs.byHash {
+		if now <= h.used || now-h.used <= idle {
+			continue
+		}
+		switch {
+		case h.registered:
+			if hs.kernel.RemoveHead(k) == nil {
+				h.registered = false
+				hs.registered.Add(-1)
+				hs.full = false
+			}
+		case now-h.used > 2*idle || h.raw == nil:
+			delete(hs.byHash, k)
+			if h.raw == nil {
+				hs.candidates--
+			}
 		}
 	}
 }

@@ -3,7 +3,9 @@ package tracer
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -38,7 +40,7 @@ func (f *fakeHeads) RemoveHead(hash uint64) error {
 func (h *harness) sendHead(sock uint64, data string, traceLow uint64) {
 	h.now += 1000
 	ev := bpf.Event{Type: bpf.EventData, Dir: in, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr,
-		TraceLow: traceLow, HeadHash: bpf.HeadHash([]byte(data)), Payload: []byte(data)}
+		TraceLow: traceLow, HeadHash: bpf.HeadHash([]byte(data[:strings.Index(data, "\r\n\r\n")+4])), Payload: []byte(data)}
 	copy(ev.Comm[:], "server")
 	h.now += 500
 	h.tracer.Handle(&ev)
@@ -106,6 +108,20 @@ func TestKernelHeads(t *testing.T) {
 		t.Fatalf("after the stand-in's exchange: %+v", h.got[len(h.got)-1])
 	}
 
+	// A request read after a stand-in's response went out, on another
+	// CPU, may reach the ring buffer before the stand-in: each response
+	// still pairs with its own request, by when they came.
+	h.send(5, in, "GET /c HTTP/1.1\r\n\r\n")
+	late := bpf.Event{Type: bpf.EventHTTPRequest, Dir: in, EnterNS: h.now - 800, ExitNS: h.now - 800, Conn: 5, PID: 7, Local: serverAddr, Remote: clientAddr,
+		TraceLow: 9, HeadHash: bpf.HeadHash([]byte(post))}
+	h.tracer.Handle(&late)
+	h.send(5, out, resp)
+	h.send(5, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	if len(h.got) != 8 || h.got[6].Path != "/users/42" || h.got[6].StatusCode != 201 || h.got[7].Path != "/c" || h.got[7].StatusCode != 200 {
+		t.Fatalf("after a late stand-in: %+v, %+v", h.got[len(h.got)-2], h.got[len(h.got)-1])
+	}
+	h.got = h.got[:6]
+
 	// Unknown heads: counted, nothing made of them.
 	h.record(1, bpf.EventHTTP, "GET /unknown HTTP/1.1\r\n\r\n", 200, 0, 1)
 	h.record(1, bpf.EventHTTPRequest, "GET /unknown HTTP/1.1\r\n\r\n", 0, 0, 1)
@@ -122,24 +138,37 @@ func TestKernelHeads(t *testing.T) {
 		t.Errorf("stats %+v, %d registered: want 2 mismatches, 1 registered", s, kernel.added)
 	}
 
-	// The kernel full: the head stood for least recently makes room, and
-	// stays known for the records already on their way.
+	// The kernel full: a new head waits, until the sweep takes back a head
+	// unused for a minute (which stays known for the records on their
+	// way); then it is registered.
 	heads := []string{"GET /1 HTTP/1.1\r\n\r\n", "GET /2 HTTP/1.1\r\n\r\n"}
-	for _, head := range heads {
-		for range 2 {
-			h.sendHead(4, head, 0)
-			h.send(4, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-		}
+	exchange := func(head string) {
+		h.sendHead(4, head, 0)
+		h.send(4, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 	}
-	if len(kernel.removed) != 1 || kernel.removed[0] != bpf.HeadHash([]byte(post)) || !kernel.heads[bpf.HeadHash([]byte(heads[1]))] {
-		t.Errorf("removed %x, registered %v", kernel.removed, kernel.heads)
+	for _, head := range heads {
+		exchange(head)
+		exchange(head)
+	}
+	hash := func(head string) uint64 { return bpf.HeadHash([]byte(head)) }
+	if !kernel.heads[hash(heads[0])] || kernel.heads[hash(heads[1])] || len(kernel.removed) != 0 {
+		t.Fatalf("registered %v, removed %x: want the first new head only", kernel.heads, kernel.removed)
+	}
+	h.now += uint64(61 * time.Second)
+	exchange(heads[0]) // in use: kept; the sweep runs
+	if len(kernel.removed) != 1 || kernel.removed[0] != hash(post) {
+		t.Errorf("removed %x, want the POST's head, unused for a minute", kernel.removed)
+	}
+	exchange(heads[1])
+	if !kernel.heads[hash(heads[1])] || kernel.added != 3 {
+		t.Errorf("registered %v (%d in all): want the second new head now", kernel.heads, kernel.added)
 	}
 	n := len(h.got)
 	h.record(1, bpf.EventHTTP, post, 201, 7, 0x1234)
 	if len(h.got) != n+1 {
-		t.Errorf("a record of the head just removed was lost")
+		t.Errorf("a record of the head just taken back was lost")
 	}
-	if s := h.tracer.Stats(); s.KernelHeads != 2 {
-		t.Errorf("stats %+v, want 2 heads", s)
+	if s := h.tracer.Stats(); s.KernelHeads != 2 || s.KernelRecords != 3 || s.HeadMisses != 2 {
+		t.Errorf("stats %+v, want 2 heads, 3 records, 2 misses", s)
 	}
 }

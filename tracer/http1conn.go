@@ -1,6 +1,10 @@
 package tracer
 
-import "github.com/podtracer/podtracer/bpf"
+import (
+	"slices"
+
+	"github.com/podtracer/podtracer/bpf"
+)
 
 // maxPending bounds pipelined requests waiting for their responses.
 const maxPending = 64
@@ -75,7 +79,15 @@ func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
 		if len(c.pending) == maxPending {
 			c.popPending()
 		}
-		c.pending = append(c.pending, m)
+		// In the order they came: the kernel's stand-in for a request
+		// (bpf.EventHTTPRequest) is sent with its response, and a request
+		// read after that response on another CPU may reach the ring
+		// buffer before it.
+		i := len(c.pending)
+		for i > 0 && c.pending[i-1].start > m.start {
+			i--
+		}
+		c.pending = slices.Insert(c.pending, i, m)
 		return
 	}
 	if m.interimResp || len(c.pending) == 0 || dir == c.requestDir {

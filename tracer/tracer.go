@@ -61,6 +61,9 @@ type Stats struct {
 	// heads whose hash the agent computed unlike the kernel (not
 	// registered).
 	KernelHeads, HeadMisses, HeadMismatches uint64
+	// KernelRecords are the requests made from the kernel's records of
+	// their exchanges (bpf.EventHTTP), without their bytes.
+	KernelRecords uint64
 }
 
 // Tracer turns capture events into finished requests. Handle is not safe
@@ -132,6 +135,7 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		// A server exchange whose request had this head: the kernel
 		// measured it for a span, nothing to parse.
 		if !c.ignored {
+			t.cfg.heads.records.Add(1)
 			c.emit(head.request(ev), RoleServer, ev.EnterNS, ev.ExitNS)
 		}
 	case bpf.EventHTTPRequest:
@@ -143,7 +147,7 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			headHash: ev.HeadHash}
 		c.feed(ev.Dir, &t.seg)
 	}
-	if ev.ExitNS-t.lastSweep > uint64(10*time.Second) {
+	if ev.ExitNS > t.lastSweep && ev.ExitNS-t.lastSweep > uint64(10*time.Second) {
 		t.sweep(ev.ExitNS)
 	}
 }
@@ -157,6 +161,7 @@ func (t *Tracer) forget(key connKey) {
 // parsers' for longer).
 func (t *Tracer) sweep(now uint64) {
 	t.lastSweep = now
+	t.cfg.heads.sweep(now)
 	idle := uint64(t.cfg.IdleTimeout)
 	for key, c := range t.conns {
 		if now <= c.lastSeen || now-c.lastSeen <= idle {
@@ -175,6 +180,7 @@ func (t *Tracer) Stats() Stats {
 		ParserFailures: t.failures.Load()}
 	if hs := t.cfg.heads; hs != nil {
 		s.KernelHeads, s.HeadMisses, s.HeadMismatches = uint64(hs.registered.Load()), uint64(hs.misses.Load()), uint64(hs.mismatched.Load())
+		s.KernelRecords = uint64(hs.records.Load())
 	}
 	return s
 }

@@ -407,7 +407,7 @@ func TestKernelSpans(t *testing.T) {
 	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
 		return count(s, "/users/7") >= users && count(s, "/stream") >= streams && count(s, "/big.html") >= big && count(s, "/orders") >= posts
 	})
-	counters := finalCounters(t, agent, "kernel_spans", "kernel_heads_missed", "kernel_heads_mismatched", "requests")
+	counters := finalCounters(t, agent, "kernel_spans", "kernel_heads_missed", "kernel_heads_mismatched", "kernel_records", "requests")
 	if n := count(spans, "/users/7") + count(spans, "/stream") + count(spans, "/big.html") + count(spans, "/orders"); n != users+streams+big+posts {
 		t.Errorf("%d server spans, want one per request: %d", n, users+streams+big+posts)
 	}
@@ -415,6 +415,15 @@ func TestKernelSpans(t *testing.T) {
 	// first byte of a request alone, which the kernel holds as before.
 	if eligible := users + streams + big + posts - 8; counters[0] < eligible*9/10 || counters[1] != 0 || counters[2] != 0 {
 		t.Errorf("%d requests stood for by the kernel (want most of %d), %d missed, %d mismatched", counters[0], eligible, counters[1], counters[2])
+	}
+	// httpapp's users and orders are answered whole in one send: spans
+	// from records. The stream's chunks and nginx's sendfile are not:
+	// stand-ins, then the responses' bytes.
+	if whole := users + posts - 4; counters[3] < whole*9/10 || counters[3] > counters[0]-(streams+big-4)*9/10 {
+		t.Errorf("%d spans made from records, %d stood for: want most of the %d whole exchanges, and not the others", counters[3], counters[0], whole)
+	}
+	if counters[4] < users+streams+big+posts {
+		t.Errorf("%d requests in the agent's count, want at least %d", counters[4], users+streams+big+posts)
 	}
 	// Every span of a path has the same attributes but the client's port,
 	// whether the agent parsed its bytes or made it from a record.
