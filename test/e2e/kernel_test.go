@@ -30,17 +30,7 @@ func TestKernelMetrics(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")
 	rcv := otlptest.Start(t)
 	pod, port := httpappPod(t)
-	// nginx with sendfile: each response is a write of its head, then a
-	// sendfile of the body, which the kernel must time to its end.
-	nginx := testenv.LookPath(t, "nginx")
-	nginxPort := freePort(t)
-	www := t.TempDir()
-	os.WriteFile(filepath.Join(www, "big.html"), []byte(strings.Repeat("<p>hello</p>\n", 20000)), 0o644)
-	conf := nginxConf(t, www, nginxPort)
-	b, _ := os.ReadFile(conf)
-	os.WriteFile(conf, []byte(strings.Replace(string(b), "access_log off;", "access_log off;\n\tsendfile on;", 1)), 0o644)
-	start(t, pod.command(nginx, "-c", conf))
-	waitListening(t, nginxPort)
+	nginxPort := sendfileNginx(t, pod)
 
 	const ratio = 0.25
 	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG="+fmt.Sprint(ratio)))
@@ -48,17 +38,7 @@ func TestKernelMetrics(t *testing.T) {
 		t.Fatalf("fast path not on:\n%s", agent.output())
 	}
 
-	// curl fetches its URLs over one keep-alive connection.
-	fetch := func(port, n int, path string, headers ...string) {
-		args := []string{"-sS", "--fail-with-body"}
-		for _, h := range headers {
-			args = append(args, "-H", h)
-		}
-		for range n {
-			args = append(args, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
-		}
-		run(t, pod.command(curl, args...))
-	}
+	fetch := func(port, n int, path string, headers ...string) { fetchN(t, pod, curl, port, n, path, headers...) }
 	const plain, parented = 400, 20
 	// A first request of each path, answered, registers it with the
 	// kernel (the agent does that when it has seen the answer).
@@ -361,29 +341,15 @@ func TestKernelSpans(t *testing.T) {
 	curl := testenv.LookPath(t, "curl")
 	rcv := otlptest.Start(t)
 	pod, port := httpappPod(t)
-	nginx := testenv.LookPath(t, "nginx")
-	nginxPort := freePort(t)
-	www := t.TempDir()
-	os.WriteFile(filepath.Join(www, "big.html"), []byte(strings.Repeat("<p>hello</p>\n", 20000)), 0o644)
-	conf := nginxConf(t, www, nginxPort)
-	b, _ := os.ReadFile(conf)
-	os.WriteFile(conf, []byte(strings.Replace(string(b), "access_log off;", "access_log off;\n\tsendfile on;", 1)), 0o644)
-	start(t, pod.command(nginx, "-c", conf))
-	waitListening(t, nginxPort)
+	nginxPort := sendfileNginx(t, pod)
 	agent := startAgent(t, pod, agentEnv(rcv))
 	if !regexp.MustCompile(`kernel HTTP spans on`).MatchString(agent.output()) {
 		t.Fatalf("kernel spans not on:\n%s", agent.output())
 	}
 
-	// curl fetches its URLs over one keep-alive connection, with the same
-	// head each time; the first two of each go up whole.
-	fetch := func(port, n int, path string) {
-		args := []string{"-sS", "--fail-with-body"}
-		for range n {
-			args = append(args, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
-		}
-		run(t, pod.command(curl, args...))
-	}
+	// curl sends the same head each time; the first two of each go up
+	// whole.
+	fetch := func(port, n int, path string) { fetchN(t, pod, curl, port, n, path) }
 	const users, streams, big, posts = 400, 20, 50, 100
 	fetch(port, 2, "/users/7")
 	fetch(port, 2, "/stream?parts=3")
@@ -464,4 +430,35 @@ func TestKernelSpans(t *testing.T) {
 	if h := histogram(points, "http.server.request.duration", "httpapp", "/users/{id}", users); h == nil || h.Count != users {
 		t.Errorf("histogram %+v: want %d requests", h, users)
 	}
+}
+
+// sendfileNginx starts nginx in pod, serving a 260 000-byte big.html with
+// sendfile: each response is a write of its head, then a sendfile of the
+// body, which the kernel must time to its end. It returns nginx's port.
+func sendfileNginx(t *testing.T, pod *testPod) int {
+	t.Helper()
+	nginx := testenv.LookPath(t, "nginx")
+	port := freePort(t)
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "big.html"), []byte(strings.Repeat("<p>hello</p>\n", 20000)), 0o644)
+	conf := nginxConf(t, www, port)
+	b, _ := os.ReadFile(conf)
+	os.WriteFile(conf, []byte(strings.Replace(string(b), "access_log off;", "access_log off;\n\tsendfile on;", 1)), 0o644)
+	start(t, pod.command(nginx, "-c", conf))
+	waitListening(t, port)
+	return port
+}
+
+// fetchN has curl in pod fetch path from port n times, over one
+// keep-alive connection, with headers.
+func fetchN(t *testing.T, pod *testPod, curl string, port, n int, path string, headers ...string) {
+	t.Helper()
+	args := []string{"-sS", "--fail-with-body"}
+	for _, h := range headers {
+		args = append(args, "-H", h)
+	}
+	for range n {
+		args = append(args, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	}
+	run(t, pod.command(curl, args...))
 }
