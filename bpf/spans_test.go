@@ -43,15 +43,16 @@ while True:
     c.close()
 `
 
-// TestKernelSpans: with the kernel's spans on and every request picked
-// (a ratio of 1), a request whose head the agent registered is not sent;
+// TestKernelSpans: with the kernel's spans on and nearly every request
+// picked (a ratio just under 1, so that the kernel draws trace IDs), a
+// request whose head the agent registered is not sent;
 // its exchange comes as one EventHTTP record when the response goes out
 // whole in one send, and otherwise as an EventHTTPRequest standing for
 // the request, then the response's bytes. A head not registered goes up
 // whole, with its hash; the hash is the same whether its first byte was
 // read alone or not.
 func TestKernelSpans(t *testing.T) {
-	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1 - 1e-9})
 	if !c.KernelSpans() {
 		t.Fatal("kernel spans not on")
 	}
@@ -263,6 +264,8 @@ func responseLines(path string) []string {
 // span (the client pipelines, the server reads ahead) sends the owned
 // one's stand-in first, then its own bytes; both responses follow as
 // data, and the connection's exchanges are user space's from then on.
+// Every request is picked (a ratio of 1): the kernel draws no trace ID,
+// the agent does.
 func TestKernelSpansPipelined(t *testing.T) {
 	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
 	events := readEventsOf(c, false)
@@ -285,6 +288,9 @@ func TestKernelSpansPipelined(t *testing.T) {
 	}
 	var got []string
 	for _, ev := range pipeline() {
+		if ev.TraceLow != 0 {
+			t.Errorf("a trace ID drawn with every request picked: %+v", ev)
+		}
 		line, _, _ := strings.Cut(string(ev.Payload), "\r\n")
 		got = append(got, fmt.Sprintf("%d %s", ev.Type, line))
 	}
