@@ -112,8 +112,8 @@ struct event {
 	__u64 ts_enter; // CLOCK_BOOTTIME ns at syscall entry
 	__u64 ts_exit;  // and at exit
 	__u64 sock;     // struct sock address: the connection's identity
-	// The trace ID's low 64 bits, drawn by the kernel for a request it
-	// picked for a span (see the fast path below); 0 for any other event.
+	// The trace ID's low 64 bits, drawn by the kernel for a request (see
+	// picked below); 0 when it drew none.
 	__u64 trace_low;
 	__u32 tgid;     // in the pod's PID namespace
 	__u32 tid;
@@ -795,7 +795,7 @@ struct {
 // head is registered the kernel sends nothing on the read, and when the
 // response goes out whole in one send (status line, head and a body of
 // its Content-Length) one EVENT_HTTP record with the times, the status,
-// the body's size and the trace ID draw: the agent makes the span from
+// the body's size and the trace ID draw, if any: the agent makes the span from
 // the head it has, with no bytes to copy or parse. Any other response (a
 // chunked or larger one, a 1xx, one in several sends), a request
 // pipelined behind it, or a close before it, sends EVENT_HTTP_REQUEST
@@ -1134,7 +1134,8 @@ static __always_inline bool starts_fast_method(struct event *e)
 // picked draws the low half of e's trace ID and judges it as the trace-ID
 // ratio sampler does: true when the sampler keeps it. e carries the draw
 // to user space either way, whose span (or the sampler's verdict, when e
-// goes up unpicked) takes that trace ID.
+// goes up unpicked) takes that trace ID. With every request sampled
+// nothing is drawn: e's trace_low stays 0, and the agent draws the ID.
 static __always_inline bool picked(struct event *e)
 {
 	if (sample_bound >= (1ULL << 63))
@@ -1314,6 +1315,11 @@ static __always_inline bool whole_response(struct event *e)
 		return false;
 	int body = 0;
 	if (s.length) {
+		// Headers after the length are not read: a response that also
+		// has Transfer-Encoding, or a second length, breaks RFC 9112,
+		// and at worst gets this length as its body's size and ends its
+		// exchange here (the agent's parser finds its place again at the
+		// next status line).
 		body = content_length(e, s.length);
 		if (body < 0 || body + 4 > e->len)
 			return false;

@@ -698,8 +698,8 @@ type Event struct {
 	Remote   netip.AddrPort
 	Comm     [16]byte
 	// TraceLow is the low half of the trace ID the kernel drew for a
-	// request it picked for a span (the fast path's sampling); 0 for any
-	// other event.
+	// request (the fast path's sampling, which the agent's ratio sampler
+	// judges alike); 0 when it drew none, as with every request sampled.
 	TraceLow uint64
 	// Flags say what the kernel left out before this event (FlagGap,
 	// FlagLost).

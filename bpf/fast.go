@@ -46,7 +46,7 @@ type Fast struct {
 	Redis bool
 	// SampleRatio is the share of eligible requests the kernel picks for
 	// a span, by the trace-ID ratio rule; it sends them to user space
-	// with the trace ID's low half (Event.TraceLow).
+	// with the trace ID's low half (Event.TraceLow), but draws none at 1.
 	SampleRatio float64
 	// Bounds are the histogram's bucket upper bounds, in seconds, as the
 	// agent's own histogram has them (at most MaxHistBounds).
