@@ -299,3 +299,29 @@ func TestKernelSpansPipelined(t *testing.T) {
 		t.Errorf("events %q, want %q", got, want)
 	}
 }
+
+// TestKernelSpansEverySpan: with every request picked (a ratio of 1, the
+// agent's default), a registered head's exchange is a record without a
+// trace ID draw: the agent draws it.
+func TestKernelSpansEverySpan(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	events := readEvents(c)
+	pid, port := startPythonServer(t, spanServer)
+	conn, r := dial(t, port)
+	const get = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+	exchange(t, conn, r, get, 1)
+	first := events.take(pid)
+	if len(first) != 3 || first[1].HeadHash == 0 || first[1].TraceLow != 0 {
+		t.Fatalf("events %+v, want the request (its first byte alone, then the rest, with its hash and no draw) and the response", first)
+	}
+	if err := c.AddHead(first[1].HeadHash); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		exchange(t, conn, r, get, 1)
+		evs := events.take(pid)
+		if len(evs) != 1 || evs[0].Type != EventHTTP || evs[0].Status != 200 || evs[0].Body != 2 || evs[0].TraceLow != 0 {
+			t.Fatalf("events %+v, want one record without a draw", evs)
+		}
+	}
+}
