@@ -58,8 +58,8 @@ type Stats struct {
 	// KernelHeads are the request heads registered with the kernel now;
 	// HeadMisses the records and stand-ins of requests whose head the
 	// tracer did not have (their requests are lost), HeadMismatches the
-	// heads whose hash the agent computed unlike the kernel (not
-	// registered).
+	// requests whose head's hash the agent computed unlike the kernel
+	// (their heads are not registered).
 	KernelHeads, HeadMisses, HeadMismatches uint64
 	// KernelRecords are the requests made from the kernel's records of
 	// their exchanges (bpf.EventHTTP), without their bytes.
