@@ -122,7 +122,7 @@ func (c *Capture) AddHead(hash uint64) error {
 		return nil
 	}
 	if err := c.fast.heads.Update(hash, uint8(1), ebpf.UpdateAny); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) || errors.Is(err, syscall.E2BIG) {
+		if errors.Is(err, syscall.E2BIG) { // a hash map that is full
 			return ErrHeadsFull
 		}
 		return fmt.Errorf("register request head: %w", err)

@@ -31,12 +31,9 @@ const headIdle = time.Minute
 // has only its use time.
 type requestHead struct {
 	raw []byte // the head's bytes, for a stand-in; nil when seen once
-
-	method, path, query, route string
-	host                       string
-	hostPort                   int
-	version, userAgent         string
-	bodySize                   int64 // its Content-Length
+	// request is the request side of every exchange with this head, its
+	// body of the head's Content-Length (RequestSize).
+	request Request
 
 	registered bool   // with the kernel
 	used       uint64 // when last parsed or stood for, kernel ns
@@ -98,18 +95,15 @@ func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
 		hs.candidates++
 		return
 	}
-	*h = requestHead{raw: append([]byte(nil), head...), method: m.method, userAgent: m.userAgent, version: "1.1", used: now}
-	hs.candidates--
-	if m.minor == '0' {
-		h.version = "1.0"
-	}
-	if m.contentLen > 0 {
-		h.bodySize = m.contentLen
-	}
-	h.path, h.query, h.host, h.hostPort = splitTarget(m.target, m.host)
+	var route *lastRoute
 	if hs.routes {
-		h.route = heuristicRoute(h.path)
+		route = new(lastRoute)
 	}
+	*h = requestHead{raw: append([]byte(nil), head...), request: *httpRequest(m, route), used: now}
+	hs.candidates--
+	// The head is the request's whole: its body is yet to come, of its
+	// length; the parse's draw was that request's.
+	h.request.RequestSize, h.request.TraceIDLow = max(m.contentLen, 0), 0
 	hs.register(hash, h)
 }
 
@@ -184,24 +178,10 @@ func (hs *heads) lookup(hash uint64, now uint64) *requestHead {
 	return h
 }
 
-// request is the exchange of a record (bpf.EventHTTP) of a request with
+// exchange is the request of a record (bpf.EventHTTP) of a request with
 // head h.
-func (h *requestHead) request(ev *bpf.Event) *Request {
-	return &Request{
-		Protocol:        ProtoHTTP,
-		Method:          h.method,
-		Path:            h.path,
-		Query:           h.query,
-		Route:           h.route,
-		Host:            h.host,
-		HostPort:        h.hostPort,
-		StatusCode:      int(ev.Status),
-		ProtocolVersion: h.version,
-		UserAgent:       h.userAgent,
-		RequestSize:     h.bodySize,
-		ResponseSize:    int64(ev.Body),
-		TraceIDLow:      ev.TraceLow,
-		GRPCStatus:      -1,
-		Partition:       -1,
-	}
+func (h *requestHead) exchange(ev *bpf.Event) *Request {
+	r := h.request
+	r.StatusCode, r.ResponseSize, r.TraceIDLow = int(ev.Status), int64(ev.Body), ev.TraceLow
+	return &r
 }

@@ -128,27 +128,12 @@ func (c *http1Conn) onComplete(m *message) {
 		c.next = newHTTP2Upgraded(c.emit, c.routes, c.requestDir, req, start)
 		return
 	}
-	r := &Request{
-		Protocol:        ProtoHTTP,
-		Method:          req.method,
-		StatusCode:      m.status,
-		ProtocolVersion: "1.1",
-		UserAgent:       req.userAgent,
-		RequestSize:     req.bodySize,
-		ResponseSize:    m.bodySize,
-		Parent:          req.parent,
-		TraceIDLow:      req.traceLow,
-		Truncated:       req.truncated,
-		GRPCStatus:      -1,
-		Partition:       -1,
-	}
-	if req.minor == '0' {
-		r.ProtocolVersion = "1.0"
-	}
-	r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
+	var route *lastRoute
 	if c.routes {
-		r.Route = c.route.of(r.Path)
+		route = &c.route
 	}
+	r := httpRequest(req, route)
+	r.StatusCode, r.ResponseSize = m.status, m.bodySize
 	if c.requestDir == bpf.Ingress {
 		// Server: from when the request arrived to the last response byte.
 		c.emit(r, RoleServer, req.start, m.end)
@@ -163,6 +148,31 @@ func (c *http1Conn) onComplete(m *message) {
 	if req.completed {
 		c.recycle(req)
 	}
+}
+
+// httpRequest is the request side of the exchange of req: its route by
+// route, none when nil.
+func httpRequest(req *message, route *lastRoute) *Request {
+	r := &Request{
+		Protocol:        ProtoHTTP,
+		Method:          req.method,
+		ProtocolVersion: "1.1",
+		UserAgent:       req.userAgent,
+		RequestSize:     req.bodySize,
+		Parent:          req.parent,
+		TraceIDLow:      req.traceLow,
+		Truncated:       req.truncated,
+		GRPCStatus:      -1,
+		Partition:       -1,
+	}
+	if req.minor == '0' {
+		r.ProtocolVersion = "1.0"
+	}
+	r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
+	if route != nil {
+		r.Route = route.of(r.Path)
+	}
+	return r
 }
 
 // maxFree bounds the spare messages a connection keeps.

@@ -136,11 +136,11 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		// measured it for a span, nothing to parse.
 		if !c.ignored {
 			t.cfg.heads.records.Add(1)
-			c.emit(head.request(ev), RoleServer, ev.EnterNS, ev.ExitNS)
+			c.emit(head.exchange(ev), RoleServer, ev.EnterNS, ev.ExitNS)
 		}
 	case bpf.EventHTTPRequest:
 		// The request's bytes, as they came; its response follows.
-		t.seg = segment{data: head.raw, total: len(head.raw) + int(head.bodySize), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
+		t.seg = segment{data: head.raw, total: len(head.raw) + int(head.request.RequestSize), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
 		c.feed(bpf.Ingress, &t.seg)
 	default:
 		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,

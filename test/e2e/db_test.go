@@ -385,17 +385,12 @@ func TestMariaDB(t *testing.T) {
 // redis-cli and redis-benchmark in the pod, with keys on the spans.
 func TestRedis(t *testing.T) {
 	privileged(t)
-	server := testenv.LookPath(t, "redis-server")
 	cli := testenv.LookPath(t, "redis-cli")
 	bench := testenv.LookPath(t, "redis-benchmark")
 	client := dbclient(t)
 
 	rcv := otlptest.Start(t)
-	pod := newPod(t)
-	port := freePort(t)
-	srv := pod.command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	start(t, srv)
-	waitListening(t, port)
+	pod, port := redisPod(t)
 	agent := startAgent(t, pod, agentEnv(rcv, "PODTRACER_REDIS_KEYS=true"))
 
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -484,4 +479,17 @@ func TestRedis(t *testing.T) {
 	t.Run("metrics", func(t *testing.T) {
 		expectDBMetric(t, rcv, "dbclient", "redis", "GET")
 	})
+}
+
+// redisPod starts redis-server, without persistence, in a new pod on a
+// free port of the loopback, and returns the pod and the port once it
+// listens.
+func redisPod(t *testing.T) (*testPod, int) {
+	t.Helper()
+	server := testenv.LookPath(t, "redis-server")
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()))
+	waitListening(t, port)
+	return pod, port
 }

@@ -131,13 +131,9 @@ func TestKernelMetrics(t *testing.T) {
 // SET succeeds and every LPUSH (of a key holding a string) fails.
 func TestKernelRedisSampling(t *testing.T) {
 	privileged(t)
-	server := testenv.LookPath(t, "redis-server")
 	cli := testenv.LookPath(t, "redis-cli")
 	rcv := otlptest.Start(t)
-	pod := newPod(t)
-	port := freePort(t)
-	start(t, pod.command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()))
-	waitListening(t, port)
+	pod, port := redisPod(t)
 
 	const ratio = 0.25
 	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG="+fmt.Sprint(ratio)))
@@ -203,13 +199,9 @@ func TestKernelRedisSampling(t *testing.T) {
 // with ERR, and the commands that succeed carry no error.
 func TestKernelRedisSamplingGoRedis(t *testing.T) {
 	privileged(t)
-	server := testenv.LookPath(t, "redis-server")
 	client := dbclient(t)
 	rcv := otlptest.Start(t)
-	pod := newPod(t)
-	port := freePort(t)
-	start(t, pod.command(server, "--port", fmt.Sprint(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir()))
-	waitListening(t, port)
+	pod, port := redisPod(t)
 	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.5"))
 
 	const repeat = 40
