@@ -736,6 +736,10 @@ struct hist_key {
 	__u8 pad[5];
 };
 
+// TRACEPARENT_VALUE is the length of a W3C traceparent's value, version 00
+// ("00-" 32 hex "-" 16 hex "-" 2 hex).
+#define TRACEPARENT_VALUE 55
+
 // sock_state is what the kernel keeps with each of the pod's sockets, in
 // socket-local storage: freed with the socket, so it needs no bound of its
 // own and no eviction.
@@ -753,6 +757,8 @@ struct sock_state {
 	__u64 held_ns;  // and when
 	__u64 trace_low; // FAST_SPAN: the owned request's trace ID draw
 	__u64 head;      // and its head's hash
+	__u8 has_parent; // and it had a traceparent, whose value is parent
+	__u8 parent[TRACEPARENT_VALUE + 1];
 };
 
 struct {
@@ -916,8 +922,13 @@ struct head_scan {
 	__u8 bad;       // not for the fast path
 	__u8 end;       // the blank line was found
 	__u64 hash;     // of the lines scanned so far (head_hash)
-	__u8 to_length; // stop at the Content-Length header
+	__u8 to_length; // stop at the Content-Length header (a response)
+	__u8 skip;      // the line being scanned is the traceparent's: not hashed
+	__u32 parent;   // where the traceparent's value starts; 0 when none
 };
+
+// TRACEPARENT_MARK stands in the head's hash for its traceparent line.
+#define TRACEPARENT_MARK 0x7472616365706172ULL
 
 #define HASH_MUL 0x9e3779b97f4a7c15ULL
 
@@ -1010,8 +1021,29 @@ static __always_inline void head_line(struct event *e, struct head_scan *s, __u3
 	// Headers that take a request off the fast path, by their first eight
 	// letters, case folded (a false match only costs the fast path).
 	__u64 name = *(__u64 *)&e->payload[bounded(n, MAX_CAPTURE - 1)] | LOWER8;
-	if (name == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') || // traceparent: the parent decides sampling
-	    name == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') || // transfer-encoding: a body of chunks
+	if (name == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r')) {
+		// traceparent: the parent decides sampling, so no histogram
+		// takes the request; the kernel's spans do, with the value in
+		// their record (the agent's sampler judges it). The line is one
+		// header, "traceparent:", an optional space and a value of
+		// version 00's length just before the line's "\r\n" (head_step
+		// checks the end): the bytes that the agent's parser reads as
+		// that value. The line's bytes are left out of the head's hash,
+		// which takes TRACEPARENT_MARK for them: every request of an
+		// instrumented client has a traceparent of its own.
+		__u32 ent = *(__u32 *)&e->payload[bounded(n + 8, MAX_CAPTURE - 1)] | 0x20202020;
+		if (!fast_spans || s->to_length || s->parent || ent != ('e' | 'n' << 8 | 't' << 16 | ':' << 24)) {
+			s->bad = 1;
+			return;
+		}
+		__u32 v = n + 12;
+		if (e->payload[bounded(v, MAX_CAPTURE - 1)] == ' ')
+			v++;
+		s->parent = v;
+		s->skip = 1;
+		return;
+	}
+	if (name == W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r') || // transfer-encoding: a body of chunks
 	    name == W8('u', 'p', 'g', 'r', 'a', 'd', 'e', ':') || // another protocol follows
 	    (name & 0x00ffffffffffffffULL) == W8('e', 'x', 'p', 'e', 'c', 't', ':', 0)) { // 100-continue
 		s->bad = 1;
@@ -1046,6 +1078,7 @@ static long head_step(__u32 i, struct head_scan *s)
 		return 1;
 	__u32 pos = s->pos;
 	__u64 m = 0, h = s->hash;
+	__u8 skip = s->skip;
 #pragma unroll
 	for (int j = 0; j < LINE_WORDS; j++) {
 		if (pos >= s->len)
@@ -1057,7 +1090,8 @@ static long head_step(__u32 i, struct head_scan *s)
 		// started, whatever else is in the payload.
 		if (m)
 			w &= ((m & (~m + 1)) << 1) - 1;
-		h = (h ^ w) * HASH_MUL;
+		if (!skip)
+			h = (h ^ w) * HASH_MUL;
 		if (m)
 			break;
 		pos += 8;
@@ -1072,9 +1106,65 @@ static long head_step(__u32 i, struct head_scan *s)
 	__u32 nl = pos + ((((m & (~m + 1)) >> 7) * 0x0001020304050607ULL) >> 56);
 	if (nl >= s->len)
 		return 1; // a byte past the payload
+	if (skip) {
+		// The traceparent's line ends right after its value.
+		if (nl != s->parent + TRACEPARENT_VALUE + 1 || e->payload[bounded(nl - 1, MAX_CAPTURE - 1)] != '\r') {
+			s->bad = 1;
+			return 1;
+		}
+		s->hash = (h ^ TRACEPARENT_MARK) * HASH_MUL;
+		s->skip = 0;
+	}
 	head_line(e, s, nl);
 	s->pos = nl + 1;
 	return s->bad || s->end || (s->to_length && s->length);
+}
+
+// scans holds the head scan of the program running on each CPU, so that
+// its results are read from a map value after scan_head: the verifier
+// takes those for unknown, where it would take the stack slots of a scan
+// set up on the caller's stack for what they were before the call (a
+// global function is checked apart from its callers).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct head_scan);
+} scans SEC(".maps");
+
+// new_scan is this CPU's head scan, set to start at pos of a payload of
+// len bytes with hash.
+static __always_inline struct head_scan *new_scan(__u32 len, __u32 pos, __u64 hash, __u8 to_length)
+{
+	__u32 zero = 0;
+	struct head_scan *s = bpf_map_lookup_elem(&scans, &zero);
+	if (!s)
+		return 0;
+	__builtin_memset(s, 0, sizeof(*s));
+	s->len = len;
+	s->pos = pos;
+	s->hash = hash;
+	s->to_length = to_length;
+	return s;
+}
+
+// scan_head runs the head scan over *s (new_scan). It is a global
+// function, so the verifier checks it once, on its own, instead of once
+// for each state its callers reach it in: the socket programs' budget
+// (and room for the scan to grow) depends on it. bpf_loop wants its
+// context on the stack: hence the copy.
+__noinline int scan_head(struct head_scan *s)
+{
+	if (!s)
+		return 0;
+	struct head_scan l = *s;
+	// At most a step per byte; it stops at the blank line. The mask is not
+	// for the verifier: the kernel's inlined bpf_loop compares all 64 bits
+	// of the register, and clang, loading len and pos as one word for the
+	// copy, would leave pos in its upper half.
+	bpf_loop(l.len & (2 * MAX_CAPTURE - 1), head_step, &l, 0);
+	*s = l;
+	return 0;
 }
 
 // fast_method is the method of the request e starts: the bytes of its
@@ -1164,26 +1254,43 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 	// The scan, and so the head's hash, starts after the first byte, where
 	// it starts whether that byte was held or not; the method stands for
 	// it.
-	struct head_scan s = {.len = len, .pos = held ? 0 : 1, .hash = (0xcbf29ce484222325ULL ^ method) * HASH_MUL};
-	bpf_loop(len, head_step, &s, 0); // at most a step per byte; it stops at the blank line
-	if (s.bad || !s.end || s.first_nl < 14)
+	struct head_scan *s = new_scan(len, held ? 0 : 1, (0xcbf29ce484222325ULL ^ method) * HASH_MUL, 0);
+	if (!s)
+		return false;
+	scan_head(s);
+	if (s->bad || !s->end || s->first_nl < 14)
 		return false;
 	// The body, all of it in this read and nothing behind it.
-	int body = s.length ? content_length(e, s.length) : 0;
-	if (body < 0 || s.body + body != len)
+	int body = s->length ? content_length(e, s->length) : 0;
+	if (body < 0 || s->body + body != len)
 		return false;
 	// The request line ends in " HTTP/1.x\r\n".
-	__u8 minor = http1_version(e, s.first_nl - 9);
-	if ((minor != '0' && minor != '1') || e->payload[bounded(s.first_nl - 10, MAX_CAPTURE - 1)] != ' ')
+	__u8 minor = http1_version(e, s->first_nl - 9);
+	if ((minor != '0' && minor != '1') || e->payload[bounded(s->first_nl - 10, MAX_CAPTURE - 1)] != ' ')
 		return false;
 
 	// The path: from the '/' to the query or the space before the version,
 	// hashed a word at a time.
 	if (e->payload[start] != '/')
 		return false;
-	__u64 head = s.hash ^ (s.hash >> 29);
+	__u64 head = s->hash ^ (s->hash >> 29);
 	if (fast_spans)
 		e->head_hash = head;
+	if (fast_spans && s->parent) {
+		// A traceparent (only with the kernel's spans: head_line): the
+		// agent's sampler judges the parent, from the record or from the
+		// bytes. No draw: the trace ID is the parent's.
+		if (!bpf_map_lookup_elem(&http_heads, &head))
+			return false;
+		st->fast = FAST_OWN | FAST_SPAN;
+		st->req_ns = start_ns;
+		st->trace_low = 0;
+		st->head = head;
+		st->has_parent = 1;
+		__builtin_memcpy(st->parent, &e->payload[bounded(s->parent, MAX_CAPTURE - 1)], TRACEPARENT_VALUE + 1);
+		count(STAT_SPAN);
+		return true;
+	}
 
 	// The sampler's draw: a request picked for a span goes to user space,
 	// with the low half of its trace ID, unless the agent has its head.
@@ -1194,6 +1301,7 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 		st->req_ns = start_ns;
 		st->trace_low = e->trace_low;
 		st->head = head;
+		st->has_parent = 0;
 		count(STAT_SPAN);
 		return true;
 	}
@@ -1309,25 +1417,27 @@ static __always_inline bool whole_response(struct event *e)
 	__u16 status = response_status(e);
 	if (status < 200)
 		return false;
-	struct head_scan s = {.len = e->captured, .to_length = 1};
-	bpf_loop(e->captured, head_step, &s, 0);
-	if (s.bad)
+	struct head_scan *s = new_scan(e->captured, 0, 0, 1);
+	if (!s)
+		return false;
+	scan_head(s);
+	if (s->bad)
 		return false;
 	int body = 0;
-	if (s.length) {
+	if (s->length) {
 		// Headers after the length are not read: a response that also
 		// has Transfer-Encoding, or a second length, breaks RFC 9112,
 		// and at worst gets this length as its body's size and ends its
 		// exchange here (the agent's parser finds its place again at the
 		// next status line).
-		body = content_length(e, s.length);
+		body = content_length(e, s->length);
 		if (body < 0 || body + 4 > e->len)
 			return false;
 		__u32 blank = e->len - body - 4; // the blank line's "\r\n", after the last header's
-		if (blank < s.length || blank + 4 > e->captured ||
+		if (blank < s->length || blank + 4 > e->captured ||
 		    *(__u32 *)&e->payload[bounded(blank, MAX_CAPTURE - 1)] != 0x0a0d0a0d)
 			return false;
-	} else if (!s.end || (status != 204 && status != 304) || s.body != e->len) {
+	} else if (!s->end || (status != 204 && status != 304) || s->body != e->len) {
 		return false; // chunked, until the close, or more after it
 	}
 	e->status = status;
@@ -1807,13 +1917,15 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 // submit_first sends, before e, what st kept back of what came in on e's
 // connection, as an event of e's connection and process (filled): the
 // byte it holds (type EVENT_DATA: one byte, at its time), or the request
-// it owned for a span (EVENT_HTTP_REQUEST). User space sees the bytes in
-// order. e is as it was after.
+// it owned for a span (EVENT_HTTP_REQUEST, with its traceparent's value
+// as payload if it had one). User space sees the bytes in order. e is as
+// it was after.
 static __always_inline void submit_first(struct event *e, struct sock_state *st, __u8 type)
 {
 	__u32 len = e->len, captured = e->captured;
 	__u64 enter = e->ts_enter, exit = e->ts_exit, low = e->trace_low, head = e->head_hash;
 	__u8 was = e->type, dir = e->dir, tail = e->tail_len, first = e->payload[0];
+	__u64 saved[(TRACEPARENT_VALUE + 1) / 8]; // e's payload, where the value goes
 	e->type = type;
 	e->dir = DIR_INGRESS;
 	e->tail_len = 0;
@@ -1822,6 +1934,11 @@ static __always_inline void submit_first(struct event *e, struct sock_state *st,
 		e->ts_enter = e->ts_exit = st->req_ns;
 		e->trace_low = st->trace_low;
 		e->head_hash = st->head;
+		if (st->has_parent) {
+			__builtin_memcpy(saved, e->payload, sizeof(saved));
+			__builtin_memcpy(e->payload, st->parent, sizeof(saved));
+			e->captured = TRACEPARENT_VALUE;
+		}
 	} else {
 		// The rest's trace ID draw and head hash are the request's.
 		e->len = e->captured = 1;
@@ -1838,7 +1955,10 @@ static __always_inline void submit_first(struct event *e, struct sock_state *st,
 	e->head_hash = head;
 	e->dir = dir;
 	e->tail_len = tail;
-	e->payload[0] = first;
+	if (type == EVENT_HTTP_REQUEST && st->has_parent)
+		__builtin_memcpy(e->payload, saved, sizeof(saved));
+	else
+		e->payload[0] = first;
 }
 
 // sock_syscall tells whether nr is a followed syscall that moves bytes in
@@ -1925,6 +2045,10 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 			e->ts_enter = st->req_ns;
 			e->trace_low = st->trace_low;
 			e->head_hash = st->head;
+			if (st->has_parent) {
+				__builtin_memcpy(e->payload, st->parent, TRACEPARENT_VALUE + 1);
+				e->captured = TRACEPARENT_VALUE;
+			}
 		}
 	}
 	submit(e);

@@ -641,14 +641,16 @@ const (
 	EventData  EventType = 1 // bytes sent or received
 	EventClose EventType = 2 // the process closed the connection's fd
 	// EventHTTP is an HTTP/1 server exchange the kernel measured for a
-	// span (Fast.Spans): no payload; HeadHash names the request's head,
-	// Status and Body are the response's, EnterNS and ExitNS the request's
-	// arrival and the response's send.
+	// span (Fast.Spans): HeadHash names the request's head, Status and
+	// Body are the response's, EnterNS and ExitNS the request's arrival
+	// and the response's send. Its payload is the value of the request's
+	// traceparent (TraceparentLen bytes) when its head has one
+	// (HeadParent), else empty.
 	EventHTTP EventType = 3
 	// EventHTTPRequest stands for the bytes of a request whose head is
 	// HeadHash's, received at EnterNS (with a body of that head's
-	// Content-Length): the kernel owned it for a span, but its response
-	// comes as data.
+	// Content-Length), its traceparent's value as payload as in EventHTTP:
+	// the kernel owned it for a span, but its response comes as data.
 	EventHTTPRequest EventType = 4
 )
 

@@ -75,6 +75,23 @@ type captureEvent struct {
 	Payload  [12288]uint8
 }
 
+type captureHeadScan struct {
+	_        structs.HostLayout
+	Len      uint32
+	Pos      uint32
+	FirstNl  uint32
+	Body     uint32
+	Length   uint32
+	Bad      uint8
+	End      uint8
+	_        [2]byte
+	Hash     uint64
+	ToLength uint8
+	Skip     uint8
+	_        [2]byte
+	Parent   uint32
+}
+
 type captureHistKey struct {
 	_      structs.HostLayout
 	Tgid   uint32
@@ -113,21 +130,24 @@ type captureRouteKey struct {
 }
 
 type captureSockState struct {
-	_        structs.HostLayout
-	Tgid     uint32
-	Role     uint8
-	Closed   uint8
-	Fast     uint8
-	Bucket   uint8
-	ReqNs    uint64
-	DurNs    uint64
-	Key      captureHistKey
-	Held     uint8
-	Redis    uint8
-	_        [6]byte
-	HeldNs   uint64
-	TraceLow uint64
-	Head     uint64
+	_         structs.HostLayout
+	Tgid      uint32
+	Role      uint8
+	Closed    uint8
+	Fast      uint8
+	Bucket    uint8
+	ReqNs     uint64
+	DurNs     uint64
+	Key       captureHistKey
+	Held      uint8
+	Redis     uint8
+	_         [6]byte
+	HeldNs    uint64
+	TraceLow  uint64
+	Head      uint64
+	HasParent uint8
+	Parent    [56]uint8
+	_         [7]byte
 }
 
 // Names of all BPF objects in the ELF.
@@ -142,6 +162,7 @@ const (
 	captureMapHttpHist          = "http_hist"
 	captureMapHttpRoutes        = "http_routes"
 	captureMapIovScratch        = "iov_scratch"
+	captureMapScans             = "scans"
 	captureMapScratch           = "scratch"
 	captureMapSocks             = "socks"
 	captureMapStats             = "stats"
@@ -223,6 +244,7 @@ type captureMapSpecs struct {
 	HttpHist   *ebpf.MapSpec `ebpf:"http_hist"`
 	HttpRoutes *ebpf.MapSpec `ebpf:"http_routes"`
 	IovScratch *ebpf.MapSpec `ebpf:"iov_scratch"`
+	Scans      *ebpf.MapSpec `ebpf:"scans"`
 	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 	Socks      *ebpf.MapSpec `ebpf:"socks"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
@@ -272,6 +294,7 @@ type captureMaps struct {
 	HttpHist   *ebpf.Map `ebpf:"http_hist"`
 	HttpRoutes *ebpf.Map `ebpf:"http_routes"`
 	IovScratch *ebpf.Map `ebpf:"iov_scratch"`
+	Scans      *ebpf.Map `ebpf:"scans"`
 	Scratch    *ebpf.Map `ebpf:"scratch"`
 	Socks      *ebpf.Map `ebpf:"socks"`
 	Stats      *ebpf.Map `ebpf:"stats"`
@@ -287,6 +310,7 @@ func (m *captureMaps) Close() error {
 		m.HttpHist,
 		m.HttpRoutes,
 		m.IovScratch,
+		m.Scans,
 		m.Scratch,
 		m.Socks,
 		m.Stats,

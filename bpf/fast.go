@@ -352,32 +352,94 @@ const hashMul = 0x9e3779b97f4a7c15
 // parser reads on to "\r\n\r\n"). The agent checks a head it parsed against the
 // kernel's hash before it registers it (AddHead): the kernel then stands
 // for requests whose bytes the agent has, or for none.
+//
+// A traceparent line is left out of the hash (a mark stands for it), so
+// that the requests of an instrumented client, each with a traceparent of
+// its own, have one head; the kernel sends the value with each record.
+// Only a line of the form the kernel reads has it: "traceparent:" (any
+// case), an optional space, and a value of TraceparentLen bytes that the
+// line's "\r\n" ends; a head with any other, or with two, hashes to 0.
 func HeadHash(head []byte) uint64 {
+	h, _ := headHash(head)
+	return h
+}
+
+// HeadParent is where the value of head's traceparent starts, as the
+// kernel reads it (HeadHash), or -1 when head has none.
+func HeadParent(head []byte) int {
+	h, at := headHash(head)
+	if h == 0 {
+		return -1
+	}
+	return at
+}
+
+// TraceparentLen is the length of the traceparent value (version 00) that
+// a record of a request with one carries as its payload.
+const TraceparentLen = 55
+
+// traceparentMark stands in a head's hash for its traceparent line.
+const traceparentMark = 0x7472616365706172
+
+func headHash(head []byte) (hash uint64, parent int) {
 	sp := bytes.IndexByte(head, ' ')
 	if sp < 0 || !FastMethod(string(head[:sp])) {
-		return 0
+		return 0, -1
 	}
 	h := (0xcbf29ce484222325 ^ methodWord(string(head[:sp]))) * hashMul
+	parent = -1
 	// A line at a time from the second byte on, its words up to its '\n',
 	// the last one's bytes after it zeroed.
 	for pos := 1; ; {
 		nl := bytes.IndexByte(head[pos:], '\n')
 		if nl < 0 {
-			return 0
+			return 0, -1
 		}
 		nl += pos
-		for ; pos+8 <= nl; pos += 8 {
-			h = (h ^ le.Uint64(head[pos:])) * hashMul
+		if pos > 1 && foldedIs(head[pos:], "tracepar") {
+			// The kernel's check (head_line): its first eight letters,
+			// then "ent:", case folded the same way.
+			v := pos + 12
+			if parent >= 0 || !foldedIs(head[pos+8:], "ent:") {
+				return 0, -1
+			}
+			if head[v] == ' ' {
+				v++
+			}
+			if nl != v+TraceparentLen+1 || head[nl-1] != '\r' {
+				return 0, -1
+			}
+			parent = v
+			h = (h ^ traceparentMark) * hashMul
+		} else {
+			for ; pos+8 <= nl; pos += 8 {
+				h = (h ^ le.Uint64(head[pos:])) * hashMul
+			}
+			var w [8]byte
+			copy(w[:], head[pos:nl+1])
+			h = (h ^ le.Uint64(w[:])) * hashMul
 		}
-		var w [8]byte
-		copy(w[:], head[pos:nl+1])
-		h = (h ^ le.Uint64(w[:])) * hashMul
 		pos = nl + 1
 		if pos < len(head) && head[pos] == '\r' {
 			if pos+2 != len(head) || head[pos+1] != '\n' || head[nl-1] != '\r' {
-				return 0
+				return 0, -1
 			}
-			return h ^ h>>29
+			return h ^ h>>29, parent
 		}
 	}
+}
+
+// foldedIs tells whether b starts with name (lower case) when every byte
+// of b is ORed with 0x20, as the kernel folds case: a header's name is
+// compared a word at a time.
+func foldedIs(b []byte, name string) bool {
+	if len(b) < len(name) {
+		return false
+	}
+	for i := range len(name) {
+		if b[i]|0x20 != name[i] {
+			return false
+		}
+	}
+	return true
 }

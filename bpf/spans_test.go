@@ -325,3 +325,132 @@ func TestKernelSpansEverySpan(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelSpansTraceparent: a request with a traceparent (every request
+// of an instrumented client has its own) is the kernel's too. The value is
+// left out of its head's hash, so requests that differ only in it have one
+// head, and each record or stand-in carries its request's value; the
+// kernel draws no trace ID for it (the parent's is the span's), whatever
+// the ratio. A traceparent line of any other form, or a second one, takes
+// the request off the fast path: up whole, with no hash.
+func TestKernelSpansTraceparent(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 0.5})
+	events := readEventsOf(c, true)
+	pid, port := startPythonServer(t, spanServer)
+	conn, r := dial(t, port)
+	n := 0
+	value := func() string {
+		n++
+		return fmt.Sprintf("00-%032x-%016x-01", 0xabc0000+n, 0xdef00+n)
+	}
+	get := func(path, line string) string {
+		return "GET " + path + " HTTP/1.1\r\nHost: x\r\n" + line + "\r\nUser-Agent: spans-test/1.0\r\n\r\n"
+	}
+	// up sends raw, expects it up whole, and returns its head's hash.
+	up := func(raw string, responses int) uint64 {
+		t.Helper()
+		exchange(t, conn, r, raw, responses)
+		var hash uint64
+		for _, ev := range events.take(pid) {
+			if ev.Type == EventClose {
+				continue
+			}
+			if ev.Type != EventData {
+				t.Fatalf("%q: event %+v, want the bytes", raw, ev)
+			}
+			if ev.Dir == Ingress && ev.HeadHash != 0 {
+				hash = ev.HeadHash
+			}
+			if ev.TraceLow != 0 && strings.Contains(strings.ToLower(raw), "traceparent") {
+				t.Errorf("%q: a trace ID drawn for a request with a parent", raw)
+			}
+		}
+		head := raw[:strings.Index(raw, "\r\n\r\n")+4]
+		if mine := HeadHash([]byte(head)); mine != hash {
+			t.Errorf("%q: HeadHash %x, the kernel's %x", raw, mine, hash)
+		}
+		return hash
+	}
+
+	h := up(get("/a", "traceparent: "+value()), 1)
+	if h == 0 {
+		t.Fatal("no head hash for a request with a traceparent")
+	}
+	if h2 := up(get("/a", "traceparent: "+value()), 1); h2 != h {
+		t.Errorf("another traceparent value, another hash: %x, %x", h, h2)
+	}
+	raw := get("/a", "traceparent: "+value())
+	if at := HeadParent([]byte(raw)); at != strings.Index(raw, "00-") {
+		t.Errorf("HeadParent %d, want %d", at, strings.Index(raw, "00-"))
+	}
+	// Go's client writes "Traceparent:"; no space is allowed too. The
+	// line's form is not in the hash either: the agent's parser reads
+	// them alike, and a stand-in takes the registered head's form.
+	for _, line := range []string{"Traceparent: ", "traceparent:"} {
+		if hash := up(get("/a", line+value()), 1); hash != h {
+			t.Errorf("%q: hash %x, want the first form's %x", line, hash, h)
+		}
+	}
+	// Other forms are not the fast path's.
+	for _, line := range []string{
+		"traceparent:  " + value(),                                // two spaces
+		"traceparent: " + value()[:54],                            // short
+		"traceparent: " + value() + " ",                           // something after it
+		"traceparent: " + value() + "\r\nTraceparent: " + value(), // two
+	} {
+		if hash := up(get("/a", line), 1); hash != 0 {
+			t.Errorf("%q: hashed", line)
+		}
+	}
+	if up(get("/a", "User-Agent: none"), 1) == h {
+		t.Fatal("a head without the traceparent line hashes like one with it")
+	}
+
+	// Registered: each record carries its own request's value.
+	if err := c.AddHead(h); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		v := value()
+		exchange(t, conn, r, get("/a", "traceparent: "+v), 1)
+		evs := events.take(pid)
+		if len(evs) != 1 || evs[0].Type != EventHTTP || evs[0].Status != 200 || evs[0].TraceLow != 0 {
+			t.Fatalf("events %+v, want one record without a draw", evs)
+		}
+		if string(evs[0].Payload) != v {
+			t.Errorf("record's payload %q, want the value %q", evs[0].Payload, v)
+		}
+	}
+	// A stand-in carries it too, and the response's bytes after it are
+	// whole.
+	hs := up(get("/split", "traceparent: "+value()), 1)
+	if err := c.AddHead(hs); err != nil {
+		t.Fatal(err)
+	}
+	v := value()
+	exchange(t, conn, r, get("/split", "traceparent: "+v), 1)
+	evs := events.take(pid)
+	if len(evs) != 3 || evs[0].Type != EventHTTPRequest || string(evs[0].Payload) != v {
+		t.Fatalf("events %+v, want the stand-in with the value %q, then the response", evs, v)
+	}
+	if got := string(evs[1].Payload) + string(evs[2].Payload); got != "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" {
+		t.Errorf("the response after the stand-in: %q", got)
+	}
+	// And one closed on before its response.
+	hc := up(get("/close", "traceparent: "+value()), 0)
+	conn.Close()
+	conn, r = dial(t, port)
+	events.take(pid)
+	if err := c.AddHead(hc); err != nil {
+		t.Fatal(err)
+	}
+	v = value()
+	io.WriteString(conn, get("/close", "traceparent: "+v))
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("read after /close: %v, want EOF", err)
+	}
+	evs = events.take(pid)
+	if len(evs) != 2 || evs[0].Type != EventHTTPRequest || string(evs[0].Payload) != v || evs[1].Type != EventClose {
+		t.Errorf("events %+v, want the stand-in with %q, then the close", evs, v)
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/podtracer/podtracer/bpf"
 )
 
@@ -31,6 +33,9 @@ const headIdle = time.Minute
 // has only its use time.
 type requestHead struct {
 	raw []byte // the head's bytes, for a stand-in; nil when seen once
+	// parent is where raw's traceparent value starts, -1 when it has
+	// none: each request's own comes with its record or stand-in.
+	parent int
 	// request is the request side of every exchange with this head, its
 	// body of the head's Content-Length (RequestSize).
 	request Request
@@ -99,11 +104,11 @@ func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
 	if hs.routes {
 		route = new(lastRoute)
 	}
-	*h = requestHead{raw: append([]byte(nil), head...), request: *httpRequest(m, route), used: now}
+	*h = requestHead{raw: append([]byte(nil), head...), parent: bpf.HeadParent(head), request: *httpRequest(m, route), used: now}
 	hs.candidates--
 	// The head is the request's whole: its body is yet to come, of its
-	// length; the parse's draw was that request's.
-	h.request.RequestSize, h.request.TraceIDLow = max(m.contentLen, 0), 0
+	// length; the parse's draw and parent were that request's.
+	h.request.RequestSize, h.request.TraceIDLow, h.request.Parent = max(m.contentLen, 0), 0, trace.SpanContext{}
 	hs.register(hash, h)
 }
 
@@ -183,5 +188,30 @@ func (hs *heads) lookup(hash uint64, now uint64) *requestHead {
 func (h *requestHead) exchange(ev *bpf.Event) *Request {
 	r := h.request
 	r.StatusCode, r.ResponseSize, r.TraceIDLow = int(ev.Status), int64(ev.Body), ev.TraceLow
+	if h.parent >= 0 {
+		// As the parser reads the header (an invalid value is no parent).
+		r.Parent = parseTraceparent(ev.Payload)
+	}
 	return &r
+}
+
+// standIn is the bytes of the request a stand-in (bpf.EventHTTPRequest)
+// is for: h's, or when h has a traceparent a copy in *buf with the value
+// the event carries.
+func (h *requestHead) standIn(ev *bpf.Event, buf *[]byte) []byte {
+	if h.parent < 0 {
+		return h.raw
+	}
+	*buf = append((*buf)[:0], h.raw...)
+	value := (*buf)[h.parent : h.parent+bpf.TraceparentLen]
+	if len(ev.Payload) == bpf.TraceparentLen {
+		copy(value, ev.Payload)
+	} else {
+		// None came (the kernel always sends it): no parent, rather than
+		// the one the head was parsed with.
+		for i := range value {
+			value[i] = '0'
+		}
+	}
+	return *buf
 }

@@ -59,6 +59,75 @@ func (h *harness) record(sock uint64, typ bpf.EventType, data string, status uin
 	h.tracer.Handle(&ev)
 }
 
+// recordWith is record with the kernel's payload (a traceparent value).
+func (h *harness) recordWith(sock uint64, typ bpf.EventType, data, payload string, status uint16, body uint32) {
+	h.now += 1000
+	ev := bpf.Event{Type: typ, Dir: out, EnterNS: h.now, ExitNS: h.now + 2000, Conn: sock, PID: 7, Local: serverAddr, Remote: clientAddr,
+		HeadHash: bpf.HeadHash([]byte(data)), Status: status, Body: body, Payload: []byte(payload)}
+	if typ == bpf.EventHTTPRequest {
+		ev.Dir, ev.ExitNS = in, ev.EnterNS
+	}
+	copy(ev.Comm[:], "server")
+	h.now += 2000
+	h.tracer.Handle(&ev)
+}
+
+// The kernel's spans of requests with a traceparent: the heads of an
+// instrumented client's requests differ only in its value, which is not
+// in their hash, so they are one head; each record and stand-in carries
+// its request's value, which becomes the request's parent as parsing its
+// bytes would make it.
+func TestKernelHeadsTraceparent(t *testing.T) {
+	h := newHarness(t, 512)
+	kernel := &fakeHeads{max: 8, heads: map[uint64]bool{}}
+	h.tracer = New(Config{Heads: kernel}, allProcesses{}, h.tracer.wall, h.tracer.emit)
+	head := func(value string) string {
+		return "GET /a HTTP/1.1\r\nHost: x\r\nTraceparent: " + value + "\r\nUser-Agent: y\r\n\r\n"
+	}
+	const v1, v2, v3 = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+		"00-0af7651916cd43dd8448eb211c80319d-b7ad6b7169203332-00",
+		"00-0af7651916cd43dd8448eb211c80319e-b7ad6b7169203333-01"
+	const resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	h.sendHead(1, head(v1), 0)
+	h.send(1, out, resp)
+	h.sendHead(1, head(v2), 0)
+	h.send(1, out, resp)
+	if kernel.added != 1 {
+		t.Fatalf("%d heads registered after two requests that differ in their traceparent, want 1", kernel.added)
+	}
+	// The same exchanges again, from records and from a stand-in: the
+	// same requests as parsed, each with its own parent.
+	h.recordWith(1, bpf.EventHTTP, head(v1), v1, 200, 2)
+	h.recordWith(1, bpf.EventHTTP, head(v2), v2, 200, 2)
+	h.recordWith(1, bpf.EventHTTPRequest, head(v1), v1, 0, 0)
+	h.send(1, out, resp)
+	h.sendHead(1, head(v3), 0)
+	h.send(1, out, resp)
+	if len(h.got) != 6 {
+		t.Fatalf("%d requests, want 6", len(h.got))
+	}
+	for i, want := range []*Request{h.got[0], h.got[1], h.got[0]} {
+		got, w := *h.got[2+i], *want
+		got.Start, got.End, w.Start, w.End = time.Time{}, time.Time{}, time.Time{}, time.Time{}
+		if !reflect.DeepEqual(got, w) {
+			t.Errorf("exchange %d from the kernel:\n%+v\nparsed:\n%+v", i, got, w)
+		}
+	}
+	if p := h.got[3].Parent; p.TraceID().String() != v2[3:35] || p.SpanID().String() != v2[36:52] || p.IsSampled() {
+		t.Errorf("record's parent %v, want %s", p, v2)
+	}
+	// The stand-in's bytes were a copy: the registered head keeps its own.
+	if p := h.got[5].Parent; p.SpanID().String() != v3[36:52] {
+		t.Errorf("parent after the stand-in %v, want %s", p, v3)
+	}
+	// A value the kernel forwards but that is no traceparent: no parent,
+	// as the parser reads it.
+	h.recordWith(1, bpf.EventHTTP, head(v1), strings.Replace(v1, "-01", "x01", 1), 200, 2)
+	if p := h.got[6].Parent; p.IsValid() {
+		t.Errorf("an invalid value made the parent %v", p)
+	}
+}
+
 // The kernel's spans: a head parsed twice is registered; a record of an
 // exchange with it becomes the request that parsing the exchange's bytes
 // makes; a stand-in is parsed as the request's bytes with the response

@@ -81,6 +81,8 @@ type Tracer struct {
 	// call that feeds it (its bytes are the event's, reused by the next
 	// one), so one serves every event without an allocation.
 	seg segment
+	// standIn holds the bytes of a stand-in whose head has a traceparent.
+	standIn []byte
 
 	requests, untracked atomic.Uint64
 	live                atomic.Int64
@@ -140,7 +142,7 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		}
 	case bpf.EventHTTPRequest:
 		// The request's bytes, as they came; its response follows.
-		t.seg = segment{data: head.raw, total: len(head.raw) + int(head.request.RequestSize), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
+		t.seg = segment{data: head.standIn(ev, &t.standIn), total: len(head.raw) + int(head.request.RequestSize), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
 		c.feed(bpf.Ingress, &t.seg)
 	default:
 		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,

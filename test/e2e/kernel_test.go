@@ -342,16 +342,24 @@ func TestKernelSpans(t *testing.T) {
 	// curl sends the same head each time; the first two of each go up
 	// whole.
 	fetch := func(port, n int, path string) { fetchN(t, pod, curl, port, n, path) }
-	const users, streams, big, posts = 400, 20, 50, 100
+	const users, streams, big, posts, traced = 400, 20, 50, 100, 80
+	// An instrumented client's requests: a traceparent of their own each,
+	// every fourth not sampled (the parent-based sampler drops its span).
+	parents := make([]string, traced)
+	for i := range parents {
+		parents[i] = fmt.Sprintf("00-%032x-%016x-%02d", 0x5eed0000+i, 0xbeef00+i, min(i%4, 1))
+	}
 	fetch(port, 2, "/users/7")
 	fetch(port, 2, "/stream?parts=3")
 	fetch(nginxPort, 2, "/big.html")
 	postOrders(t, pod, curl, port, 2)
+	fetchTraced(t, pod, curl, port, "/users/9", parents[:2])
 	time.Sleep(300 * time.Millisecond) // the agent registers the heads
 	fetch(port, users-2, "/users/7")
 	fetch(port, streams-2, "/stream?parts=3")
 	fetch(nginxPort, big-2, "/big.html")
 	postOrders(t, pod, curl, port, posts-2)
+	fetchTraced(t, pod, curl, port, "/users/9", parents[2:])
 	expectOrders(t, rcv, posts)
 
 	count := func(spans []otlptest.Span, path string) (n int) {
@@ -362,26 +370,46 @@ func TestKernelSpans(t *testing.T) {
 		}
 		return n
 	}
+	const sampled = traced * 3 / 4
 	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
-		return count(s, "/users/7") >= users && count(s, "/stream") >= streams && count(s, "/big.html") >= big && count(s, "/orders") >= posts
+		return count(s, "/users/7") >= users && count(s, "/stream") >= streams && count(s, "/big.html") >= big && count(s, "/orders") >= posts &&
+			count(s, "/users/9") >= sampled
 	})
 	counters := finalCounters(t, agent, "kernel_spans", "kernel_heads_missed", "kernel_heads_mismatched", "kernel_records", "requests")
 	if n := count(spans, "/users/7") + count(spans, "/stream") + count(spans, "/big.html") + count(spans, "/orders"); n != users+streams+big+posts {
 		t.Errorf("%d server spans, want one per request: %d", n, users+streams+big+posts)
 	}
+	// Each traced request's span is its parent's child, whether made from
+	// its bytes or from a record: none lost, none twice, none of an
+	// unsampled parent.
+	children := map[string]bool{}
+	for _, s := range spans {
+		if s.Kind == trace.SpanKindServer && s.Attributes["url.path"] == "/users/9" {
+			children[fmt.Sprintf("00-%s-%s-01", s.TraceID, s.ParentSpanID)] = true
+		}
+	}
+	for i, p := range parents {
+		if children[p] != (i%4 != 0) {
+			t.Errorf("parent %s: a child span %v", p, children[p])
+		}
+	}
+	if count(spans, "/users/9") != sampled {
+		t.Errorf("%d spans of traced requests, want %d", count(spans, "/users/9"), sampled)
+	}
 	// The first two of each head go up whole; Go's server may read the
 	// first byte of a request alone, which the kernel holds as before.
-	if eligible := users + streams + big + posts - 8; counters[0] < eligible*9/10 || counters[1] != 0 || counters[2] != 0 {
+	if eligible := users + streams + big + posts + traced - 10; counters[0] < eligible*9/10 || counters[1] != 0 || counters[2] != 0 {
 		t.Errorf("%d requests stood for by the kernel (want most of %d), %d missed, %d mismatched", counters[0], eligible, counters[1], counters[2])
 	}
 	// httpapp's users and orders are answered whole in one send: spans
-	// from records. The stream's chunks and nginx's sendfile are not:
-	// stand-ins, then the responses' bytes.
-	if whole := users + posts - 4; counters[3] < whole*9/10 || counters[3] > counters[0]-(streams+big-4)*9/10 {
+	// from records (a traced request's too, sampled or not). The stream's
+	// chunks and nginx's sendfile are not: stand-ins, then the responses'
+	// bytes.
+	if whole := users + posts + traced - 6; counters[3] < whole*9/10 || counters[3] > counters[0]-(streams+big-4)*9/10 {
 		t.Errorf("%d spans made from records, %d stood for: want most of the %d whole exchanges, and not the others", counters[3], counters[0], whole)
 	}
-	if counters[4] < users+streams+big+posts {
-		t.Errorf("%d requests in the agent's count, want at least %d", counters[4], users+streams+big+posts)
+	if counters[4] < users+streams+big+posts+traced {
+		t.Errorf("%d requests in the agent's count, want at least %d", counters[4], users+streams+big+posts+traced)
 	}
 	// Every span of a path has the same attributes but the client's port,
 	// whether the agent parsed its bytes or made it from a record.
@@ -416,12 +444,27 @@ func TestKernelSpans(t *testing.T) {
 		!strings.HasPrefix(fmt.Sprint(want["/users/7"]["user_agent.original"]), "curl/") {
 		t.Errorf("attributes %v", want)
 	}
+	// The metrics count every request, a span or not.
 	points := rcv.WaitMetric(t, 20*time.Second, func(p []otlptest.MetricPoint) bool {
-		return histogram(p, "http.server.request.duration", "httpapp", "/users/{id}", users) != nil
+		return histogram(p, "http.server.request.duration", "httpapp", "/users/{id}", users+traced) != nil
 	})
-	if h := histogram(points, "http.server.request.duration", "httpapp", "/users/{id}", users); h == nil || h.Count != users {
-		t.Errorf("histogram %+v: want %d requests", h, users)
+	if h := histogram(points, "http.server.request.duration", "httpapp", "/users/{id}", users+traced); h == nil || h.Count != users+traced {
+		t.Errorf("histogram %+v: want %d requests", h, users+traced)
 	}
+}
+
+// fetchTraced has curl in pod fetch path from port over one keep-alive
+// connection, once per parent, each request with that traceparent.
+func fetchTraced(t *testing.T, pod *testPod, curl string, port int, path string, parents []string) {
+	t.Helper()
+	var args []string
+	for i, p := range parents {
+		if i > 0 {
+			args = append(args, "--next")
+		}
+		args = append(args, "-sS", "--fail-with-body", "-H", "traceparent: "+p, "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	}
+	run(t, pod.command(curl, args...))
 }
 
 // sendfileNginx starts nginx in pod, serving a 260 000-byte big.html with
