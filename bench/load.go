@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -52,12 +54,18 @@ func loadMain(args []string) error {
 	nconns := fs.Int("conns", 32, "keep-alive connections")
 	duration := fs.Duration("duration", 5*time.Second, "how long requests are sent")
 	fs.DurationVar(&loadTick, "tick", loadTick, "shortest sleep between sends; requests due within it are sent together")
+	traceparent := fs.Bool("traceparent", false, "HTTP requests carry a sampled traceparent, a new trace ID and parent span ID each")
 	fs.Parse(args)
 	var request []byte
 	var parse func([]byte) (bool, int, error)
 	switch *proto {
 	case "http":
-		request = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: podtracer-bench\r\n\r\n", *path, *addr)
+		request = fmt.Appendf(nil, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: podtracer-bench\r\n", *path, *addr)
+		if *traceparent {
+			traceAt = len(request) + len("traceparent: 00-")
+			request = fmt.Appendf(request, "traceparent: %s\r\n", benchTraceparent)
+		}
+		request = append(request, "\r\n"...)
 		parse = parseResponse
 	case "resp":
 		request, parse = redisCommand("GET", redisKey), parseRedisReply
@@ -73,6 +81,14 @@ func loadMain(args []string) error {
 
 // loadTick is the shortest sleep of the schedule.
 var loadTick time.Duration
+
+// traceAt is where the trace ID starts in the HTTP request, 0 when it has
+// no traceparent.
+var traceAt int
+
+// benchTraceparent is the traceparent of the bench's traced requests
+// (wrk's, all of them; loadgen's first): sampled.
+const benchTraceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 // loadConn is one keep-alive connection. It carries at most one request at
 // a time (no pipelining).
@@ -158,9 +174,17 @@ func runLoad(addr string, request []byte, parse func([]byte) (ok bool, size int,
 		unix.EpollCtl(epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 		delete(conns, int32(c.fd))
 	}
+	var sent uint64
 	send := func(c *loadConn, due int64) {
 		c.busy, c.due = true, due
 		outstanding++
+		if traceAt > 0 {
+			// A trace of its own: the trace ID's last 16 hex digits and
+			// the parent span ID are the request's number.
+			sent++
+			hex.Encode(request[traceAt+16:traceAt+32], binary.BigEndian.AppendUint64(nil, sent))
+			hex.Encode(request[traceAt+33:traceAt+49], binary.BigEndian.AppendUint64(nil, sent))
+		}
 		if n, err := unix.Write(c.fd, request); err != nil || n != len(request) {
 			dead(c)
 		}

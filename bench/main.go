@@ -77,6 +77,9 @@ type options struct {
 	profile   bool
 	profRate  float64
 	env       []string // extra agent environment, KEY=value
+	// traceparent: the HTTP clients send a sampled traceparent with every
+	// request, as an instrumented caller does.
+	traceparent bool
 
 	quietCores float64       // a phase starts when the machine uses less than this
 	quietWait  time.Duration // but waits no longer than this for it
@@ -155,6 +158,7 @@ func benchMain(args []string) error {
 	fs.Float64Var(&o.quietCores, "quiet-cores", 0.3, "before each phase, wait until the machine uses less CPU than this (cores)")
 	fs.DurationVar(&o.quietWait, "quiet-wait", 3*time.Second, "longest wait for a quiet machine before each phase")
 	reportFrom := fs.String("report", "", "print the report of a run saved with -json, and run nothing")
+	fs.BoolVar(&o.traceparent, "traceparent", false, "HTTP requests carry a sampled traceparent, as from an instrumented caller (wrk: one value; loadgen: a new one per request)")
 	agentEnv := fs.String("agent-env", "", "extra agent environment, KEY=value,KEY=value (e.g. PODTRACER_CAPTURE_BYTES=256)")
 	fs.Parse(args)
 	for _, s := range strings.Split(*rates, ",") {
@@ -389,7 +393,7 @@ func (h *harness) run(ctx context.Context) error {
 	}
 	logf("done in %v", time.Since(began).Round(time.Second))
 	if h.o.jsonOut != "" {
-		b, _ := json.MarshalIndent(runFile{m, h.o.rounds, h.o.duration, h.o.warmup, h.o.conns, h.o.workloads, h.o.rates, h.o.saturate, results}, "", "  ")
+		b, _ := json.MarshalIndent(runFile{m, h.o.rounds, h.o.duration, h.o.warmup, h.o.conns, h.o.workloads, h.o.rates, h.o.saturate, h.o.traceparent, results}, "", "  ")
 		if err := os.WriteFile(h.o.jsonOut, b, 0o644); err != nil {
 			return err
 		}
@@ -407,6 +411,7 @@ type runFile struct {
 	Workloads        []string
 	Rates            []float64
 	Saturation       bool
+	Traceparent      bool `json:",omitempty"`
 	Results          []*result
 }
 
@@ -420,7 +425,7 @@ func reportFile(path string) error {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	o := options{rounds: f.Rounds, duration: f.Duration, warmup: f.Warmup, conns: f.Conns, workloads: f.Workloads, rates: f.Rates, saturate: f.Saturation}
+	o := options{rounds: f.Rounds, duration: f.Duration, warmup: f.Warmup, conns: f.Conns, workloads: f.Workloads, rates: f.Rates, saturate: f.Saturation, traceparent: f.Traceparent}
 	report(os.Stdout, f.Machine, o, o.phases(), f.Results)
 	return nil
 }
@@ -752,14 +757,15 @@ func (h *harness) load(in *instance, ph phase, d time.Duration) (*loadRun, error
 		}
 		return l, err
 	case ph.rate == 0:
-		return runWrk(in.addr, h.o.conns, d)
+		return runWrk(in.addr, h.o.conns, d, h.o.traceparent)
 	}
 	proto := "http"
 	if in.workload == workloadRedis {
 		proto = "resp"
 	}
 	out, cpu, err := runLoader("load generator", exec.Command(filepath.Join(h.dir, "loadgen"), "load", "-proto", proto,
-		"-addr", in.addr, "-rate", fmt.Sprint(ph.rate), "-conns", strconv.Itoa(h.o.conns), "-duration", d.String()))
+		"-addr", in.addr, "-rate", fmt.Sprint(ph.rate), "-conns", strconv.Itoa(h.o.conns), "-duration", d.String(),
+		fmt.Sprintf("-traceparent=%v", h.o.traceparent && proto == "http")))
 	if err != nil {
 		return nil, err
 	}
@@ -782,9 +788,13 @@ func runLoader(name string, cmd *exec.Cmd) ([]byte, time.Duration, error) {
 	return out, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
 }
 
-func runWrk(addr string, conns int, d time.Duration) (*loadRun, error) {
+func runWrk(addr string, conns int, d time.Duration, traceparent bool) (*loadRun, error) {
 	secs := max(1, int(d.Round(time.Second)/time.Second))
-	out, cpu, err := runLoader("wrk", exec.Command("wrk", "-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", secs), "http://"+addr+"/"))
+	args := []string{"-t1", fmt.Sprintf("-c%d", conns), fmt.Sprintf("-d%ds", secs)}
+	if traceparent {
+		args = append(args, "-H", "traceparent: "+benchTraceparent)
+	}
+	out, cpu, err := runLoader("wrk", exec.Command("wrk", append(args, "http://"+addr+"/")...))
 	if err != nil {
 		return nil, err
 	}

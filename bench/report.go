@@ -211,8 +211,12 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 	}
 	p("Measured %s on %s, %d cores, %s RAM, %s; Linux %s; %s; podtracer %s.\n",
 		m.Date, m.CPU, m.Cores, m.Memory, m.Virt, m.Kernel, tools, m.Commit)
-	p("%d rounds; each phase: %v warm-up, then %v measured; %d keep-alive connections; medians, with (min–max) over the rounds.\n\n",
-		o.rounds, o.warmup, o.duration, o.conns)
+	traced := ""
+	if o.traceparent {
+		traced = "; every HTTP request with a sampled traceparent (-traceparent)"
+	}
+	p("%d rounds; each phase: %v warm-up, then %v measured; %d keep-alive connections%s; medians, with (min–max) over the rounds.\n\n",
+		o.rounds, o.warmup, o.duration, o.conns, traced)
 
 	var saturators, fixed []string
 	for _, w := range o.workloads {

@@ -524,12 +524,14 @@ while True:
 	events.expectLines(t, pid, "G")
 }
 
-// TestVerifierHeadroom: the socket programs, with the fast path and the
-// Redis drop on, stay well inside the verifier's budget of a million
-// instructions processed. Near it, a small change or another kernel's
-// verifier refuses them, and the agent falls back to less (the loader
-// retries without the fast path, then the syscall hooks): this fails
-// first, with the figures.
+// TestVerifierHeadroom: the socket programs, with the fast path, the
+// kernel's spans and the Redis drop on, stay well inside the verifier's
+// budget of a million instructions processed. Near it, a small change or
+// another kernel's verifier refuses them, and the agent falls back to
+// less (the loader retries without the Redis drop, the spans, the fast
+// path, then the syscall hooks): this fails first, with the figures. The
+// payload copy and the head scan are global functions, checked once
+// each: 280k and 260k on 6.18 (766k and 641k when they were inline).
 func TestVerifierHeadroom(t *testing.T) {
 	testenv.Privileged(t)
 	if !kernelAtLeast(t, 6, 3) {
@@ -554,7 +556,7 @@ func TestVerifierHeadroom(t *testing.T) {
 		}
 		n, _ := strconv.Atoi(m[1])
 		t.Logf("%s: %d instructions processed", name, n)
-		if n > 850_000 {
+		if n > 500_000 {
 			t.Errorf("%s: %d of the verifier's 1 000 000 instructions: too little headroom", name, n)
 		}
 	}

@@ -79,7 +79,7 @@ func agent() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	start := time.Now()
 	c, err := bpf.Load(bpf.Config{Hooks: bpf.HooksAuto, CaptureBytes: 512,
-		Fast: bpf.Fast{HTTP: true, Redis: true, SampleRatio: 0.5, Bounds: []float64{0.005, 0.01, 0.1, 1}}}, logger)
+		Fast: bpf.Fast{HTTP: true, Spans: true, Redis: true, SampleRatio: 0.5, Bounds: []float64{0.005, 0.01, 0.1, 1}}}, logger)
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
@@ -149,8 +149,8 @@ func agent() error {
 		return fmt.Errorf("hooks=%s: events not captured: %s (server %d, client %d)", c.Hooks(), strings.Join(missing, ", "),
 			server.Process.Pid, client.Process.Pid)
 	}
-	fmt.Printf("kernelcheck PASS pid=%d hooks=%s fast_http=%v redis_drop=%v loaded_in=%s\n", os.Getpid(), c.Hooks(), c.FastPath(),
-		c.RedisDrop(), loaded.Round(time.Millisecond))
+	fmt.Printf("kernelcheck PASS pid=%d hooks=%s fast_http=%v redis_drop=%v kernel_spans=%v loaded_in=%s\n", os.Getpid(), c.Hooks(), c.FastPath(),
+		c.RedisDrop(), c.KernelSpans(), loaded.Round(time.Millisecond))
 	return nil
 }
 
