@@ -405,12 +405,25 @@ struct {
 // The tail may span vectors: Node.js writes a whole chunked response in
 // one writev of 17 vectors, the last one "0\r\n\r\n", and without those
 // bytes the end of the body cannot be found.
-static __always_inline __u32 copy_iov(struct event *e, struct iovec *iov, __u32 iovcnt, __u32 total)
+//
+// It is a global function: the verifier checks its loops once, on their
+// own, instead of inline for each of the three syscalls that use it and
+// for each state they are reached in; they were most of the programs'
+// budget (on 6.18, 684k of the socket receive program's 1M instructions
+// with no fast path, 224k now). Only vectored calls pay for the call (a
+// return costs more than usual on CPUs with the SRSO mitigation), not
+// read and write. Its arguments are 64-bit: the verifier takes a global
+// function's for any 64-bit value. It returns the bytes captured, into
+// the scratch event.
+__noinline int copy_iov(__u64 iov_addr, __u64 iovcnt64, __u64 total64)
 {
 	__u32 zero = 0;
 	struct iov_array *vecs = bpf_map_lookup_elem(&iov_scratch, &zero);
-	if (!vecs)
+	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!vecs || !e)
 		return 0;
+	struct iovec *iov = (struct iovec *)iov_addr;
+	__u32 iovcnt = iovcnt64, total = total64;
 	// Clamped before it is masked for the verifier: a mask alone would
 	// turn 64 vectors into none.
 	__u32 cnt = iovcnt < MAX_IOV ? iovcnt : MAX_IOV;
@@ -595,23 +608,11 @@ static __always_inline void on_close(struct bpf_pidns_info *ns, __u32 tgid, __u3
 	bpf_map_delete_elem(&conns, &key);
 }
 
-// copy_payload fills the scratch event's direction and payload for a
-// transfer of len bytes by syscall nr, whose arguments were buf (a
-// buffer, an iovec array or a msghdr) and iovcnt. It returns 0 for a
-// syscall that is not followed. It is a global function: the verifier
-// checks its copies (three of a vector array, each a loop) once, on
-// their own, instead of inline in each program and for each state they
-// are reached in; they were most of the programs' budget (on 6.18, 684k
-// of the socket receive program's 1M instructions with no fast path).
-// Its arguments are 64-bit: the verifier takes a global function's
-// arguments for any 64-bit value.
-__noinline int copy_payload(__u64 nr64, __u64 buf, __u64 iovcnt64, __u64 len64)
+// copy_payload fills e's direction and payload for a transfer of len bytes
+// by syscall nr, whose arguments were buf (a buffer, an iovec array or a
+// msghdr) and iovcnt. It returns false for a syscall that is not followed.
+static __always_inline bool copy_payload(struct event *e, __u32 nr, __u64 buf, __u32 iovcnt, __u32 len)
 {
-	__u32 zero = 0;
-	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
-	if (!e)
-		return 0;
-	__u32 nr = nr64, iovcnt = iovcnt64, len = len64;
 	switch (nr) {
 	case NR_READ:
 	case NR_RECVFROM:
@@ -625,18 +626,18 @@ __noinline int copy_payload(__u64 nr64, __u64 buf, __u64 iovcnt64, __u64 len64)
 		break;
 	case NR_READV:
 		e->dir = DIR_INGRESS;
-		e->captured = copy_iov(e, (struct iovec *)buf, iovcnt, len);
+		e->captured = copy_iov(buf, iovcnt, len);
 		break;
 	case NR_WRITEV:
 		e->dir = DIR_EGRESS;
-		e->captured = copy_iov(e, (struct iovec *)buf, iovcnt, len);
+		e->captured = copy_iov(buf, iovcnt, len);
 		break;
 	case NR_RECVMSG:
 	case NR_SENDMSG: {
 		e->dir = nr == NR_RECVMSG ? DIR_INGRESS : DIR_EGRESS;
 		struct user_msghdr msg;
 		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)buf) == 0)
-			e->captured = copy_iov(e, msg.msg_iov, msg.msg_iovlen, len);
+			e->captured = copy_iov((__u64)msg.msg_iov, msg.msg_iovlen, len);
 		break;
 	}
 	case NR_SENDFILE:
@@ -644,9 +645,9 @@ __noinline int copy_payload(__u64 nr64, __u64 buf, __u64 iovcnt64, __u64 len64)
 		e->dir = DIR_EGRESS;
 		break;
 	default:
-		return 0;
+		return false;
 	}
-	return 1;
+	return true;
 }
 
 SEC("raw_tracepoint/sys_enter")
@@ -727,7 +728,7 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	e->fd = c.fd;
 	e->len = ret;
 
-	if (!copy_payload(c.nr, c.buf, c.iovcnt, ret))
+	if (!copy_payload(e, c.nr, c.buf, c.iovcnt, ret))
 		return 0;
 	submit(e);
 	return 0;
@@ -1138,11 +1139,13 @@ static long head_step(__u32 i, struct head_scan *s)
 	return s->bad || s->end || (s->to_length && s->length);
 }
 
-// scans holds the head scan of the program running on each CPU, so that
-// its results are read from a map value after scan_head: the verifier
-// takes those for unknown, where it would take the stack slots of a scan
-// set up on the caller's stack for what they were before the call (a
-// global function is checked apart from its callers).
+// scans holds the head scan of the program running on each CPU. In a map
+// value, not on the stack: the verifier follows the values of stack slots
+// (the scan's fields, set to constants before the scan) through the
+// scan's bpf_loop steps, and the states it explores multiply with them.
+// Its fields read back from a map are just numbers to it: on 6.18
+// sock_recv_length takes 185k instructions to check so, 927k with the
+// scan on the stack (1M is the most it takes).
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -1166,15 +1169,11 @@ static __always_inline struct head_scan *new_scan(__u32 len, __u32 pos, __u64 ha
 	return s;
 }
 
-// scan_head runs the head scan over *s (new_scan). It is a global
-// function, so the verifier checks it once, on its own, instead of once
-// for each state its callers reach it in: the socket programs' budget
-// (and room for the scan to grow) depends on it. bpf_loop wants its
-// context on the stack: hence the copy.
-__noinline int scan_head(struct head_scan *s)
+// scan_head runs the head scan over *s (new_scan). bpf_loop wants its
+// context on the stack: hence the copy, whose fields the verifier then
+// knows no more of than of the map value's.
+static __always_inline void scan_head(struct head_scan *s)
 {
-	if (!s)
-		return 0;
 	struct head_scan l = *s;
 	// At most a step per byte; it stops at the blank line. The mask is not
 	// for the verifier: the kernel's inlined bpf_loop compares all 64 bits
@@ -1182,7 +1181,6 @@ __noinline int scan_head(struct head_scan *s)
 	// copy, would leave pos in its upper half.
 	bpf_loop(l.len & (2 * MAX_CAPTURE - 1), head_step, &l, 0);
 	*s = l;
-	return 0;
 }
 
 // fast_method is the method of the request e starts: the bytes of its
@@ -2039,7 +2037,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
 	e->fd = regs->di;
 	e->len = ret;
-	if (!copy_payload(nr, regs->si, regs->dx, ret))
+	if (!copy_payload(e, nr, regs->si, regs->dx, ret))
 		return 0;
 	int verdict = FAST_SEND;
 	if (fast_http && st) {
