@@ -78,7 +78,8 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		CaptureBytes:    cfg.CaptureBytes,
 		RingBufferBytes: cfg.RingBuffer,
 		MaxConnections:  cfg.MaxConnections,
-		Fast:            exp.Fast(cfg.KernelMetrics, cfg.parses(tracer.ProtoRedis), cfg.KernelSpans && cfg.parses(tracer.ProtoHTTP)),
+		Fast: exp.Fast(cfg.KernelMetrics, cfg.parses(tracer.ProtoRedis), cfg.KernelSpans && cfg.parses(tracer.ProtoHTTP),
+			cfg.KernelSpans && cfg.parses(tracer.ProtoRedis) && tracer.RedisShapeSpans(cfg.QueryText, cfg.RedisKeys)),
 	}, logger)
 	if err != nil {
 		return fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
@@ -94,8 +95,13 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	}
 	var heads tracer.HeadRegistry
 	if capture.KernelSpans() {
-		heads = capture
 		logger.Info("kernel HTTP spans on: HTTP/1 requests picked for a span whose heads the agent has are measured in the kernel")
+	}
+	if capture.RedisSpans() {
+		logger.Info("kernel Redis spans on: server-side Redis commands picked for a span whose shapes the agent has are measured in the kernel")
+	}
+	if capture.KernelSpans() || capture.RedisSpans() {
+		heads = capture
 	}
 	if capture.RedisDrop() {
 		logger.Info("kernel Redis sampling on: server-side Redis commands not picked for a span are dropped in the kernel")
@@ -248,7 +254,7 @@ func logCounters(logger *slog.Logger, msg string, ks bpf.Stats, tr *tracer.Trace
 	ts, es := tr.Stats(), exp.Stats()
 	logger.Info(msg, "kernel_events", ks.Events, "kernel_lost", ks.Lost, "calls_untracked", ks.CallsUntracked,
 		"kernel_requests", ks.FastRequests, "kernel_requests_lost", ks.FastLost, "kernel_redis_dropped", ks.RedisDropped,
-		"kernel_spans", ks.HTTPSpans, "kernel_records", ts.KernelRecords, "kernel_heads", ts.KernelHeads, "kernel_heads_missed", ts.HeadMisses, "kernel_heads_mismatched", ts.HeadMismatches, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
+		"kernel_spans", ks.HTTPSpans, "kernel_redis_spans", ks.RedisSpans, "kernel_records", ts.KernelRecords, "kernel_heads", ts.KernelHeads, "kernel_heads_missed", ts.HeadMisses, "kernel_heads_mismatched", ts.HeadMismatches, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures,
 		"spans_exported", es.ExportedSpans, "requests_dropped", es.DroppedRequests, "spans_dropped", es.DroppedSpans,
 		"spans_failed", es.FailedSpans)
 }

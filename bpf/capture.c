@@ -75,13 +75,16 @@ enum event_type {
 	EVENT_DATA = 1,
 	EVENT_CLOSE = 2,
 	// An HTTP/1 exchange the kernel measured for a span (the kernel's
-	// spans, below): no payload; the request's head is the one head_hash
-	// names, which the agent has.
+	// spans, below): the request's head is the one head_hash names, which
+	// the agent has; the payload is the request's traceparent value, if
+	// it had one.
 	EVENT_HTTP = 3,
 	// The request of such an exchange, when its response turned out to be
-	// one the kernel does not measure: it stands for the request's bytes,
-	// and the response follows as data.
+	// one the kernel does not measure: it stands for the request's bytes
+	// (the payload as EVENT_HTTP's), and the response follows as data.
 	EVENT_HTTP_REQUEST = 4,
+	EVENT_REDIS = 5,         // a server's Redis command and its reply, measured for a span: no payload
+	EVENT_REDIS_REQUEST = 6, // stands for the bytes of a command of head_hash's shape
 };
 
 // Event flags: what a server-side Redis connection's kernel drop (below)
@@ -194,7 +197,8 @@ enum stat_index {
 	STAT_FAST_LOST = 4, // and not recorded: the histogram map was full
 	STAT_REDIS_DROP = 5, // server-side Redis commands dropped, not picked for a span
 	STAT_SPAN = 6,     // HTTP requests picked for a span whose head the kernel stood for
-	STAT_MAX = 7,
+	STAT_REDIS_SPAN = 7, // Redis commands picked for a span whose shape the kernel stood for
+	STAT_MAX = 8,
 };
 
 struct {
@@ -1050,7 +1054,8 @@ static __always_inline void head_line(struct event *e, struct head_scan *s, __u3
 		// that value. The line's bytes are left out of the head's hash,
 		// which takes TRACEPARENT_MARK for them: every request of an
 		// instrumented client has a traceparent of its own.
-		__u32 ent = *(__u32 *)&e->payload[bounded(n + 8, MAX_CAPTURE - 1)] | 0x20202020;
+		// Only the letters are folded: a byte 0x1a would fold to ':'.
+		__u32 ent = *(__u32 *)&e->payload[bounded(n + 8, MAX_CAPTURE - 1)] | 0x00202020;
 		if (!fast_spans || s->to_length || s->parent || ent != ('e' | 'n' << 8 | 't' << 16 | ':' << 24)) {
 			s->bad = 1;
 			return;
@@ -1641,8 +1646,21 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 // EVENT_GAP: the next reply is the dropped one's): either ends the drop on
 // the connection. A command read after a send that may not have ended the
 // dropped one's reply goes up flagged EVENT_LOST.
+//
+// The kernel's spans of Redis commands (redis_spans). The span of a
+// command is its name, its arguments' count and its reply's error, if
+// any: the arguments themselves are not in it (db.query.text has a "?"
+// for each, unless the agent is told to keep keys or values, when it
+// registers nothing). So a command the drop could take, picked for a
+// span, whose shape (redis_shape: its name as it came and how many
+// arguments) the agent has registered in http_heads, is not sent either:
+// its reply's send, when it is whole (send_open) and not an error, sends
+// one EVENT_REDIS record with the times; any other reply, a command read
+// before it, or a close, sends EVENT_REDIS_REQUEST first, which stands
+// for a command of that shape, and the rest goes as data.
 
-volatile const __u8 fast_redis = 0; // the drop is on
+volatile const __u8 fast_redis = 0;  // the drop, or the kernel's spans of Redis commands, is on
+volatile const __u8 redis_spans = 0; // the kernel's spans of Redis commands are
 
 #define REDIS_SKIP 1    // the current command was dropped: its reply's sends are too
 #define REDIS_REPLIED 2 // a send of that reply came
@@ -1650,8 +1668,10 @@ volatile const __u8 fast_redis = 0; // the drop is on
 #define REDIS_PENDING 8 // a command went to user space, and no send came since
 #define REDIS_TX 16     // in a transaction: every command goes to user space
 #define REDIS_OFF 32    // nothing dropped on this connection any more
+#define REDIS_SPAN 64   // the current command is the kernel's, for a span (redis_spans)
 
 #define REDIS_MAX_ARGS 64
+#define REDIS_SHAPE_SEED 0x6a09e667f3bcc908ULL // not the HTTP heads' seed: they share http_heads
 #define REDIS_MIN_COMMAND 14 // "*1\r\n$4\r\nPING\r\n"
 
 // What a command is to the drop.
@@ -1792,6 +1812,32 @@ static __always_inline bool redis_tail_ends_tx(struct event *e)
 	return false;
 }
 
+// redis_shape is the hash of what the span of the command s scanned in e
+// is made of, when its arguments are not in it: its name, its bytes as
+// they came, and its n - 1 arguments' count. 0 for a name longer than 16
+// bytes, which the kernel's spans leave to user space. bpf.RedisShape is
+// the same in Go.
+static __always_inline __u64 redis_shape(struct event *e, struct redis_scan *s, __u32 n)
+{
+	__u32 len = s->name_len;
+	if (len > 16)
+		return 0;
+	__u64 w0 = *(__u64 *)&e->payload[bounded(s->name, MAX_CAPTURE - 1)];
+	__u64 w1 = *(__u64 *)&e->payload[bounded(s->name + 8, MAX_CAPTURE - 1)];
+	if (len < 8) {
+		w0 &= (1ULL << (8 * len)) - 1;
+		w1 = 0;
+	} else if (len == 8) {
+		w1 = 0;
+	} else if (len < 16) {
+		w1 &= (1ULL << (8 * (len - 8))) - 1;
+	}
+	__u64 h = (REDIS_SHAPE_SEED ^ ((__u64)n << 8 | len)) * HASH_MUL;
+	h = (h ^ w0) * HASH_MUL;
+	h = (h ^ w1) * HASH_MUL;
+	return h ^ (h >> 29);
+}
+
 // redis_command reads the command that starts e, received on a server
 // connection whose transaction flag is tx (REDIS_TX or 0), and marks it
 // gone to user space with what it changes (a transaction, the end of the
@@ -1848,11 +1894,29 @@ static __always_inline bool redis_command(struct event *e, struct sock_state *st
 	case REDIS_DROPPABLE:
 		break;
 	}
-	if (tx || !one || !drop)
+	if (tx || !one)
+		return false;
+	__u64 shape = 0;
+	if (redis_spans) {
+		// Even when it is not taken here: the agent learns shapes from
+		// the commands it parses.
+		shape = redis_shape(e, &s, n);
+		e->head_hash = shape;
+	}
+	if (!drop)
 		return false;
 	// The sampler's draw, as for HTTP.
-	if (picked(e))
-		return false;
+	if (picked(e)) {
+		if (!shape || !bpf_map_lookup_elem(&http_heads, &shape))
+			return false;
+		st->redis = REDIS_SPAN;
+		st->req_ns = e->ts_exit;
+		st->trace_low = e->trace_low;
+		st->head = shape;
+		st->has_parent = 0;
+		count(STAT_REDIS_SPAN);
+		return true;
+	}
 	st->redis = REDIS_SKIP;
 	count(STAT_REDIS_DROP);
 	return true;
@@ -1880,6 +1944,22 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 	__u8 r = st->redis;
 	if (r & REDIS_OFF)
 		return FAST_SEND;
+	if (r & REDIS_SPAN) {
+		if (dir == DIR_INGRESS) {
+			// A read before the owned command's reply: the client
+			// pipelines. Both go up, the owned one first, and the
+			// drop ends.
+			st->redis = REDIS_OFF;
+			return FAST_SEND_REQUEST;
+		}
+		// Its reply: a record when this send is all of it and it is not
+		// an error, whose message is in the span.
+		bool open = send_open((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), e->len);
+		st->redis = open ? REDIS_OPEN : 0;
+		if (!open && e->captured > 0 && e->payload[0] != '-')
+			return FAST_SEND_SPAN;
+		return FAST_SEND_REQUEST;
+	}
 	if (dir == DIR_EGRESS) {
 		r &= ~(REDIS_PENDING | REDIS_OPEN);
 		// The syscall's registers are looked up again rather than kept
@@ -1934,23 +2014,25 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 // connection, as an event of e's connection and process (filled): the
 // byte it holds (type EVENT_DATA: one byte, at its time), or the request
 // it owned for a span (EVENT_HTTP_REQUEST, with its traceparent's value
-// as payload if it had one). User space sees the bytes in order. e is as
-// it was after.
+// as payload if it had one; EVENT_REDIS_REQUEST for a Redis command).
+// User space sees the bytes in order. e is as it was after.
 static __always_inline void submit_first(struct event *e, struct sock_state *st, __u8 type)
 {
 	__u32 len = e->len, captured = e->captured;
 	__u64 enter = e->ts_enter, exit = e->ts_exit, low = e->trace_low, head = e->head_hash;
 	__u8 was = e->type, dir = e->dir, tail = e->tail_len, first = e->payload[0];
 	__u64 saved[(TRACEPARENT_VALUE + 1) / 8]; // e's payload, where the value goes
+	// Read once: another CPU may own a request of the connection meanwhile.
+	bool swap = type != EVENT_DATA && st->has_parent;
 	e->type = type;
 	e->dir = DIR_INGRESS;
 	e->tail_len = 0;
-	if (type == EVENT_HTTP_REQUEST) {
+	if (type != EVENT_DATA) {
 		e->len = e->captured = 0;
 		e->ts_enter = e->ts_exit = st->req_ns;
 		e->trace_low = st->trace_low;
 		e->head_hash = st->head;
-		if (st->has_parent) {
+		if (swap) {
 			__builtin_memcpy(saved, e->payload, sizeof(saved));
 			__builtin_memcpy(e->payload, st->parent, sizeof(saved));
 			e->captured = TRACEPARENT_VALUE;
@@ -1971,7 +2053,7 @@ static __always_inline void submit_first(struct event *e, struct sock_state *st,
 	e->head_hash = head;
 	e->dir = dir;
 	e->tail_len = tail;
-	if (type == EVENT_HTTP_REQUEST && st->has_parent)
+	if (swap)
 		__builtin_memcpy(e->payload, saved, sizeof(saved));
 	else
 		e->payload[0] = first;
@@ -2045,17 +2127,22 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		if (verdict == FAST_SKIP)
 			return 0;
 	}
-	if (fast_redis && st && verdict == FAST_SEND && redis_skip(sk, st, e, dir) == FAST_SKIP)
-		return 0;
+	bool redis = false; // the verdict is the Redis side's
+	if (fast_redis && st && verdict == FAST_SEND) {
+		verdict = redis_skip(sk, st, e, dir);
+		if (verdict == FAST_SKIP)
+			return 0;
+		redis = true;
+	}
 	sock_fill(e, task, sk, role);
-	if (fast_http && st) {
+	if ((fast_http || fast_redis) && st) {
 		if (verdict == FAST_SEND_HELD)
 			submit_first(e, st, EVENT_DATA);
 		else if (verdict == FAST_SEND_REQUEST)
-			submit_first(e, st, EVENT_HTTP_REQUEST);
+			submit_first(e, st, redis ? EVENT_REDIS_REQUEST : EVENT_HTTP_REQUEST);
 		else if (verdict == FAST_SEND_SPAN) {
 			// The exchange's record: from the request to this send.
-			e->type = EVENT_HTTP;
+			e->type = redis ? EVENT_REDIS : EVENT_HTTP;
 			e->captured = 0;
 			e->tail_len = 0;
 			e->ts_enter = st->req_ns;
@@ -2136,6 +2223,11 @@ int inet_sock_set_state(__u64 *ctx)
 		// A request owned for a span and closed before its response.
 		st->fast = FAST_OFF;
 		submit_first(e, st, EVENT_HTTP_REQUEST);
+	}
+	if (fast_redis && (st->redis & REDIS_SPAN)) {
+		// A command owned for a span and closed before its reply.
+		st->redis = REDIS_OFF;
+		submit_first(e, st, EVENT_REDIS_REQUEST);
 	}
 	submit(e);
 	return 0;

@@ -96,6 +96,11 @@ type Capture struct {
 	fast   *fastMaps // nil: no fast path
 	// redisDrop: the kernel drops server-side Redis commands not sampled.
 	redisDrop bool
+	// httpSpans, redisSpans: the kernel's spans of HTTP requests and of
+	// Redis commands are on; heads is their registry (http_heads), nil
+	// when neither is.
+	httpSpans, redisSpans bool
+	heads                 *ebpf.Map
 	// histograms: the fast path, when on, fills the kernel's histograms
 	// (Fast.HTTP), not only the kernel's spans.
 	histograms bool
@@ -260,21 +265,26 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
-	var redis uint8
-	if err := spec.Variables["fast_redis"].Get(&redis); err == nil && redis != 0 {
-		c.redisDrop = true
-	}
-	if spec.Variables["fast_http"] != nil {
+	set := func(name string) bool {
 		var on uint8
-		if err := spec.Variables["fast_http"].Get(&on); err == nil && on != 0 {
-			c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist, room: objs.HistRoom}
-			if err := c.fast.setRoom(0); err != nil {
-				return err
-			}
-			if err := spec.Variables["fast_spans"].Get(&on); err == nil && on != 0 {
-				c.fast.heads = objs.HTTPHeads
-			}
+		return spec.Variables[name] != nil && spec.Variables[name].Get(&on) == nil && on != 0
+	}
+	var bound uint64
+	if spec.Variables["sample_bound"] != nil {
+		spec.Variables["sample_bound"].Get(&bound)
+	}
+	// With every command picked (a bound of 2^63) nothing is dropped.
+	c.redisDrop = set("fast_redis") && bound < 1<<63
+	c.redisSpans = set("fast_redis") && set("redis_spans")
+	if set("fast_http") {
+		c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist, room: objs.HistRoom}
+		if err := c.fast.setRoom(0); err != nil {
+			return err
 		}
+		c.httpSpans = set("fast_spans")
+	}
+	if c.httpSpans || c.redisSpans {
+		c.heads = objs.HTTPHeads
 	}
 	return nil
 }
@@ -298,7 +308,7 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 		names []string
 		what  string
 	}{
-		{fast.Redis, []string{"fast_redis"}, "kernel Redis sampling unavailable: every Redis command goes through the agent"},
+		{fast.Redis || fast.RedisSpans, []string{"fast_redis", "redis_spans"}, "kernel Redis sampling and spans unavailable: every Redis command goes through the agent"},
 		// Without the histograms the fast path has nothing left to do.
 		{fast.Spans && fast.HTTP, []string{"fast_spans"}, "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
 		{fast.Spans && !fast.HTTP, []string{"fast_spans", "fast_http"}, "kernel HTTP spans unavailable: every request goes through the agent"},
@@ -528,6 +538,9 @@ type Stats struct {
 	// HTTPSpans are HTTP requests picked for a span that the kernel stood
 	// for with an EventHTTP or EventHTTPRequest (Fast.Spans).
 	HTTPSpans uint64
+	// RedisSpans are Redis commands picked for a span that the kernel
+	// stood for with an EventRedis or EventRedisRequest (Fast.RedisSpans).
+	RedisSpans uint64
 }
 
 // Stats sums the kernel's per-CPU counters.
@@ -563,7 +576,10 @@ func (c *Capture) Stats() (Stats, error) {
 	if s.RedisDropped, err = sum(5); err != nil {
 		return s, err
 	}
-	s.HTTPSpans, err = sum(6)
+	if s.HTTPSpans, err = sum(6); err != nil {
+		return s, err
+	}
+	s.RedisSpans, err = sum(7)
 	return s, err
 }
 
@@ -652,6 +668,15 @@ const (
 	// Content-Length), its traceparent's value as payload as in EventHTTP:
 	// the kernel owned it for a span, but its response comes as data.
 	EventHTTPRequest EventType = 4
+	// EventRedis is a Redis command a server in the pod read and answered,
+	// measured for a span (Fast.RedisSpans): HeadHash names the command's
+	// shape (RedisShape), EnterNS is when it was read, ExitNS when its
+	// reply, whole and not an error, was sent. No payload.
+	EventRedis EventType = 5
+	// EventRedisRequest stands for the bytes of a command of HeadHash's
+	// shape, read at EnterNS: the kernel owned it for a span, but its
+	// reply comes as data.
+	EventRedisRequest EventType = 6
 )
 
 // Direction of the bytes, seen from the observed process.
@@ -707,7 +732,8 @@ type Event struct {
 	// FlagLost).
 	Flags EventFlags
 	// HeadHash is the kernel's hash of the request head in this event, or
-	// of the one an EventHTTP or EventHTTPRequest stands for (Fast.Spans);
+	// of the one an EventHTTP or EventHTTPRequest stands for (Fast.Spans),
+	// or the shape of an EventRedis's or EventRedisRequest's command;
 	// 0 when none.
 	HeadHash uint64
 	// Status and Body are an EventHTTP's response status and body bytes.
@@ -761,7 +787,7 @@ func (ev *Event) decode(b []byte) bool {
 		captured = len(b) - payloadOffset
 	}
 	ev.Payload = b[payloadOffset : payloadOffset+captured]
-	return ev.Type >= EventData && ev.Type <= EventHTTPRequest
+	return ev.Type >= EventData && ev.Type <= EventRedisRequest
 }
 
 func addr(family uint16, b []byte) netip.Addr {

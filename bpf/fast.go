@@ -44,6 +44,12 @@ type Fast struct {
 	// agent makes nothing else of them (no metrics for a database seen
 	// from its own side).
 	Redis bool
+	// RedisSpans turns on the kernel's spans of those commands: one picked
+	// for a span whose shape (RedisShape) the agent registered (AddHead)
+	// is not sent; the kernel sends one EventRedis record when its reply
+	// goes out whole in one send and is not an error, else an
+	// EventRedisRequest in its place before the reply's bytes.
+	RedisSpans bool
 	// SampleRatio is the share of eligible requests the kernel picks for
 	// a span, by the trace-ID ratio rule; it sends them to user space
 	// with the trace ID's low half (Event.TraceLow), but draws none at 1.
@@ -57,7 +63,7 @@ type Fast struct {
 }
 
 func (f Fast) set(spec *ebpf.CollectionSpec) error {
-	if !f.HTTP && !f.Redis && !f.Spans {
+	if !f.HTTP && !f.Redis && !f.Spans && !f.RedisSpans {
 		return nil
 	}
 	if len(f.Bounds) > MaxHistBounds {
@@ -72,7 +78,7 @@ func (f Fast) set(spec *ebpf.CollectionSpec) error {
 	}
 	var bound uint64
 	switch {
-	case f.SampleRatio >= 1 && !f.Spans:
+	case f.SampleRatio >= 1 && !f.Spans && !f.RedisSpans:
 		return errors.New("fast path: a sample ratio of 1 leaves it nothing to do")
 	case f.SampleRatio >= 1:
 		bound = 1 << 63 // every draw picked
@@ -86,8 +92,11 @@ func (f Fast) set(spec *ebpf.CollectionSpec) error {
 	if f.Spans {
 		settings["fast_spans"] = uint8(1)
 	}
-	if f.Redis {
+	if f.Redis || f.RedisSpans {
 		settings["fast_redis"] = uint8(1)
+	}
+	if f.RedisSpans {
+		settings["redis_spans"] = uint8(1)
 	}
 	for name, value := range settings {
 		if err := spec.Variables[name].Set(value); err != nil {
@@ -106,22 +115,25 @@ type fastMaps struct {
 	routes *ebpf.Map
 	hist   *ebpf.Map
 	room   *ebpf.Map
-	heads  *ebpf.Map // nil without the kernel's spans
 }
 
-// KernelSpans tells whether the kernel stands for the requests picked for
-// a span whose heads the agent registers (Fast.Spans).
-func (c *Capture) KernelSpans() bool { return c.fast != nil && c.fast.heads != nil }
+// KernelSpans tells whether the kernel stands for the HTTP requests
+// picked for a span whose heads the agent registers (Fast.Spans).
+func (c *Capture) KernelSpans() bool { return c.httpSpans }
+
+// RedisSpans tells whether the kernel stands for the Redis commands picked
+// for a span whose shapes the agent registers (Fast.RedisSpans).
+func (c *Capture) RedisSpans() bool { return c.redisSpans }
 
 // AddHead registers the hash of a request head the agent has parsed
 // (Event.HeadHash): the kernel may then stand for a request with that
 // head (EventHTTP, EventHTTPRequest). ErrHeadsFull when the kernel holds
 // as many as it can.
 func (c *Capture) AddHead(hash uint64) error {
-	if !c.KernelSpans() {
+	if c.heads == nil {
 		return nil
 	}
-	if err := c.fast.heads.Update(hash, uint8(1), ebpf.UpdateAny); err != nil {
+	if err := c.heads.Update(hash, uint8(1), ebpf.UpdateAny); err != nil {
 		if errors.Is(err, syscall.E2BIG) { // a hash map that is full
 			return ErrHeadsFull
 		}
@@ -134,10 +146,10 @@ func (c *Capture) AddHead(hash uint64) error {
 // requests with it (the agent may still get the records of some it
 // already did).
 func (c *Capture) RemoveHead(hash uint64) error {
-	if !c.KernelSpans() {
+	if c.heads == nil {
 		return nil
 	}
-	if err := c.fast.heads.Delete(hash); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := c.heads.Delete(hash); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("forget request head: %w", err)
 	}
 	return nil
@@ -398,9 +410,9 @@ func headHash(head []byte) (hash uint64, parent int) {
 		nl += pos
 		if pos > 1 && foldedIs(head[pos:], "tracepar") {
 			// The kernel's check (head_line): its first eight letters,
-			// then "ent:", case folded the same way.
+			// then "ent", case folded the same way, and ':'.
 			v := pos + 12
-			if parent >= 0 || !foldedIs(head[pos+8:], "ent:") {
+			if parent >= 0 || !foldedIs(head[pos+8:], "ent") || len(head) < pos+12 || head[pos+11] != ':' {
 				return 0, -1
 			}
 			if head[v] == ' ' {
@@ -442,4 +454,26 @@ func foldedIs(b []byte, name string) bool {
 		}
 	}
 	return true
+}
+
+// redisShapeSeed is REDIS_SHAPE_SEED in capture.c: the Redis shapes share
+// the kernel's map with the HTTP heads, whose hashes start elsewhere.
+const redisShapeSeed = 0x6a09e667f3bcc908
+
+// RedisShape is the kernel's hash of a Redis command's shape (redis_shape
+// in capture.c), the one Event.HeadHash carries for a command: its name,
+// its bytes as they came, and args, the count of its array's elements
+// (the name and its arguments). It is 0 for a name longer than 16 bytes,
+// or none. The agent registers a shape (AddHead) only when a command's
+// span is all in it: no argument's value in db.query.text.
+func RedisShape(name []byte, args int) uint64 {
+	if len(name) == 0 || len(name) > 16 {
+		return 0
+	}
+	var w [16]byte
+	copy(w[:], name)
+	h := (redisShapeSeed ^ (uint64(args)<<8 | uint64(len(name)))) * hashMul
+	h = (h ^ le.Uint64(w[:8])) * hashMul
+	h = (h ^ le.Uint64(w[8:])) * hashMul
+	return h ^ h>>29
 }

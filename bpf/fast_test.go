@@ -542,7 +542,7 @@ func TestVerifierHeadroom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := (Fast{HTTP: true, Spans: true, Redis: true, SampleRatio: 0.1, Bounds: testBounds}).set(spec); err != nil {
+	if err := (Fast{HTTP: true, Spans: true, Redis: true, RedisSpans: true, SampleRatio: 0.1, Bounds: testBounds}).set(spec); err != nil {
 		t.Fatal(err)
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats}})

@@ -420,3 +420,84 @@ func TestRedisDropConnectedBefore(t *testing.T) {
 		t.Errorf("%d commands dropped, want 1", stats.RedisDropped)
 	}
 }
+
+// TestKernelRedisSpans: with the kernel's spans of Redis commands on and
+// every command picked, a command whose shape (its name as sent and its
+// arguments' count) the agent registered is not sent: its reply's send is
+// one EventRedis record when it is whole and no error, else an
+// EventRedisRequest stands for the command before the reply's bytes. A
+// command of another shape goes up whole, with its shape's hash.
+func TestKernelRedisSpans(t *testing.T) {
+	c := loadFast(t, Fast{RedisSpans: true, SampleRatio: 1})
+	if !c.RedisSpans() || c.RedisDrop() {
+		t.Fatalf("redis spans %v, drop %v: want spans and no drop", c.RedisSpans(), c.RedisDrop())
+	}
+	events := readEvents(c)
+	pid, port := startRedis(t)
+	rc := dialRedis(t, port)
+	// up sends a command and expects it and its reply whole; it returns
+	// the command's hash.
+	up := func(args ...string) uint64 {
+		t.Helper()
+		rc.send(resp(args...), 1)
+		evs := events.take(pid)
+		if len(evs) != 2 || evs[0].Type != EventData || string(evs[0].Payload) != resp(args...) || evs[1].Type != EventData {
+			t.Fatalf("%q: events %+v, want it and its reply whole", args, evs)
+		}
+		if want := RedisShape([]byte(args[0]), len(args)); evs[0].HeadHash != want || evs[0].TraceLow != 0 {
+			t.Errorf("%q: hash %x, draw %x; want RedisShape's %x and no draw", args, evs[0].HeadHash, evs[0].TraceLow, want)
+		}
+		return evs[0].HeadHash
+	}
+	get := up("GET", "k1")
+	if up("GET", "k2") != get || up("get", "k1") == get || up("GET", "k1", "x") == get || up("SET", "k1", "v") == get {
+		t.Error("hashes: GET of another key differs, or a lower-case GET, another count or SET does not")
+	}
+	up("RPUSH", "list", "a")
+	rc.send(resp("SET", "big", strings.Repeat("b", 40000)), 1) // in more than one read
+	events.take(pid)
+	if err := c.AddHead(get); err != nil {
+		t.Fatal(err)
+	}
+
+	// Records: a value, and no value (a nil reply is no error).
+	for _, key := range []string{"k1", "missing"} {
+		before := time.Now()
+		rc.send(resp("GET", key), 1)
+		evs := events.take(pid)
+		if len(evs) != 1 || evs[0].Type != EventRedis || evs[0].HeadHash != get || len(evs[0].Payload) != 0 {
+			t.Fatalf("GET %s: events %+v, want one record", key, evs)
+		}
+		if ev := evs[0]; ev.ExitNS < ev.EnterNS || c.WallTime(ev.EnterNS).Before(before.Add(-time.Second)) || ev.PID != uint32(pid) {
+			t.Errorf("record %+v", ev)
+		}
+	}
+	// An error reply (WRONGTYPE), and one of more than Redis writes at
+	// once: the command's stand-in, then the reply's bytes.
+	for _, key := range []string{"list", "big"} {
+		rc.send(resp("GET", key), 1)
+		evs := events.take(pid)
+		if len(evs) < 2 || evs[0].Type != EventRedisRequest || evs[0].HeadHash != get || evs[0].Dir != Ingress {
+			t.Fatalf("GET %s: events %+v, want the command's stand-in first", key, evs)
+		}
+		var reply string
+		for _, ev := range evs[1:] {
+			if ev.Type != EventData || ev.Dir != Egress {
+				t.Fatalf("GET %s: event %+v after the stand-in, want the reply's bytes", key, ev)
+			}
+			reply += string(ev.Payload[:1])
+		}
+		if want := map[string]string{"list": "-", "big": "$"}[key]; reply[:1] != want {
+			t.Errorf("GET %s: reply starts %q, want %q", key, reply[:1], want)
+		}
+	}
+	// Two commands in one read are not the kernel's.
+	rc.send(resp("GET", "k1")+resp("GET", "k2"), 2)
+	if evs := events.take(pid); len(evs) == 0 || evs[0].Type != EventData || !strings.HasPrefix(string(evs[0].Payload), resp("GET", "k1")+resp("GET", "k2")) {
+		t.Errorf("pipelined: events %+v, want the commands whole", evs)
+	}
+	stats, err := c.Stats()
+	if err != nil || stats.RedisSpans != 4 || stats.RedisDropped != 0 {
+		t.Errorf("stats %+v %v: want 4 commands stood for, none dropped", stats, err)
+	}
+}

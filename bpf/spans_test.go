@@ -397,6 +397,8 @@ func TestKernelSpansTraceparent(t *testing.T) {
 		"traceparent: " + value()[:54],                            // short
 		"traceparent: " + value() + " ",                           // something after it
 		"traceparent: " + value() + "\r\nTraceparent: " + value(), // two
+		"traceparent\x1a " + value(),                              // a byte that folds to ':'
+		"Traceparent : " + value(),                                // not a header the parser reads
 	} {
 		if hash := up(get("/a", line), 1); hash != 0 {
 			t.Errorf("%q: hashed", line)

@@ -48,16 +48,17 @@ var kernelDrainInterval = time.Second
 //     redis (the agent parses Redis) says so;
 //   - when spans go somewhere and spans says it may: the kernel's spans,
 //     records of the HTTP/1 exchanges picked for a span whose request
-//     heads the agent has.
-func (e *Exporter) Fast(kernel, redis, spans bool) bpf.Fast {
+//     heads the agent has; and when redisSpans says so too, of the
+//     server-side Redis commands whose shapes it has.
+func (e *Exporter) Fast(kernel, redis, spans, redisSpans bool) bpf.Fast {
 	var f bpf.Fast
 	switch {
 	case len(e.sinks) == 0, e.sampler.never:
 		f.SampleRatio = 0
 	case e.sampler.always:
-		f.SampleRatio, f.Spans = 1, spans
+		f.SampleRatio, f.Spans, f.RedisSpans = 1, spans, redisSpans
 	default:
-		f.SampleRatio, f.Spans = float64(e.sampler.bound)/(1<<63), spans
+		f.SampleRatio, f.Spans, f.RedisSpans = float64(e.sampler.bound)/(1<<63), spans, redisSpans
 	}
 	if kernel && f.SampleRatio < 1 {
 		f.Redis = redis

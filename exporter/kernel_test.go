@@ -192,10 +192,10 @@ func TestKernelHTTP(t *testing.T) {
 	os.Symlink(python.Exe, filepath.Join(root, "412", "exe"))
 
 	e, rcv, _ := startOTLP(t, Config{})
-	if f := e.Fast(true, true, false); f.HTTP || f.Redis || f.Spans {
+	if f := e.Fast(true, true, false, false); f.HTTP || f.Redis || f.Spans || f.RedisSpans {
 		t.Errorf("fast path %+v with every span sampled", f)
 	}
-	if f := e.Fast(true, true, true); f.HTTP || f.Redis || !f.Spans || f.SampleRatio != 1 {
+	if f := e.Fast(true, true, true, true); f.HTTP || f.Redis || !f.Spans || !f.RedisSpans || f.SampleRatio != 1 {
 		t.Errorf("fast path %+v with every span sampled, want the kernel's spans only", f)
 	}
 	t.Setenv("OTEL_TRACES_SAMPLER", "traceidratio")
@@ -206,14 +206,14 @@ func TestKernelHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { shutdown(t, e) })
-	f := e.Fast(true, false, false)
-	if !f.HTTP || f.Redis || f.Spans || f.SampleRatio != 0.25 || len(f.Bounds) != 14 || e.Fast(false, true, false).HTTP || e.Fast(false, true, false).Redis {
+	f := e.Fast(true, false, false, false)
+	if !f.HTTP || f.Redis || f.Spans || f.RedisSpans || f.SampleRatio != 0.25 || len(f.Bounds) != 14 || e.Fast(false, true, false, false).HTTP || e.Fast(false, true, false, false).Redis {
 		t.Fatalf("fast path %+v", f)
 	}
-	if f := e.Fast(true, true, true); !f.HTTP || !f.Redis || !f.Spans {
+	if f := e.Fast(true, true, true, true); !f.HTTP || !f.Redis || !f.Spans || !f.RedisSpans {
 		t.Fatalf("fast path %+v, want the Redis drop and the kernel's spans too", f)
 	}
-	if f := e.Fast(false, true, true); f.HTTP || f.Redis || !f.Spans || f.SampleRatio != 0.25 {
+	if f := e.Fast(false, true, true, false); f.HTTP || f.Redis || !f.Spans || f.RedisSpans || f.SampleRatio != 0.25 {
 		t.Fatalf("fast path %+v, want the kernel's spans only", f)
 	}
 	k := &fakeKernel{routes: map[string]uint32{}, series: map[bpf.HistKey]bpf.HistValue{}}

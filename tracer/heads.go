@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -30,7 +31,8 @@ const headIdle = time.Minute
 
 // requestHead is a request head the agent parsed, kept by the kernel's hash
 // of it: what every request with those same bytes has. A head seen once
-// has only its use time.
+// has only its use time. A Redis command's shape (bpf.RedisShape) is one
+// too: the command's span is all in its name and its arguments' count.
 type requestHead struct {
 	raw []byte // the head's bytes, for a stand-in; nil when seen once
 	// parent is where raw's traceparent value starts, -1 when it has
@@ -39,6 +41,9 @@ type requestHead struct {
 	// request is the request side of every exchange with this head, its
 	// body of the head's Content-Length (RequestSize).
 	request Request
+	// redis is the span of every command of this shape, nil for an HTTP
+	// head; raw is then a command of the shape, its arguments "?".
+	redis *redisShape
 
 	registered bool   // with the kernel
 	used       uint64 // when last parsed or stood for, kernel ns
@@ -77,27 +82,8 @@ func newHeads(kernel HeadRegistry, routes bool) *heads {
 // hashed as hash. The first time a head comes only its hash is kept; the
 // second time, the head, which is registered.
 func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
-	h := hs.byHash[hash]
-	if h != nil {
-		h.used = now
-		if h.registered || hs.full || hs.broken {
-			return // registered (a request the kernel did not pick, or raced), or no room
-		}
-		if h.raw != nil {
-			hs.register(hash, h) // taken back by the sweep, and back in use
-			return
-		}
-	}
-	if bpf.HeadHash(head) != hash {
-		hs.mismatched.Add(1)
-		return
-	}
+	h := hs.seen(hash, now, func() bool { return bpf.HeadHash(head) == hash })
 	if h == nil {
-		if hs.candidates >= maxCandidates {
-			hs.shed()
-		}
-		hs.byHash[hash] = &requestHead{used: now}
-		hs.candidates++
 		return
 	}
 	var route *lastRoute
@@ -110,6 +96,53 @@ func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
 	// length; the parse's draw and parent were that request's.
 	h.request.RequestSize, h.request.TraceIDLow, h.request.Parent = max(m.contentLen, 0), 0, trace.SpanContext{}
 	hs.register(hash, h)
+}
+
+// learnRedis takes note of a Redis command whose shape the kernel hashed
+// as hash: its name, its args (the name's included), and the span every
+// command of that shape makes (op and text).
+func (hs *heads) learnRedis(hash uint64, name []byte, args int, op, text string, now uint64) {
+	h := hs.seen(hash, now, func() bool { return bpf.RedisShape(name, args) == hash })
+	if h == nil {
+		return
+	}
+	raw := fmt.Appendf(nil, "*%d\r\n$%d\r\n%s\r\n", args, len(name), name)
+	for range args - 1 {
+		raw = append(raw, "$1\r\n?\r\n"...)
+	}
+	*h = requestHead{raw: raw, redis: &redisShape{op: op, text: text}, used: now}
+	hs.candidates--
+	hs.register(hash, h)
+}
+
+// seen takes note of a head of hash, which check tells is the kernel's.
+// It returns the head's entry, to fill and register, the second time the
+// head comes; nil otherwise (the first time only its hash is kept).
+func (hs *heads) seen(hash uint64, now uint64, check func() bool) *requestHead {
+	h := hs.byHash[hash]
+	if h != nil {
+		h.used = now
+		if h.registered || hs.full || hs.broken {
+			return nil // registered (a request the kernel did not pick, or raced), or no room
+		}
+		if h.raw != nil {
+			hs.register(hash, h) // taken back by the sweep, and back in use
+			return nil
+		}
+	}
+	if !check() {
+		hs.mismatched.Add(1)
+		return nil
+	}
+	if h == nil {
+		if hs.candidates >= maxCandidates {
+			hs.shed()
+		}
+		hs.byHash[hash] = &requestHead{used: now}
+		hs.candidates++
+		return nil
+	}
+	return h
 }
 
 // register registers h with the kernel.

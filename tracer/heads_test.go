@@ -116,7 +116,11 @@ func TestKernelHeadsTraceparent(t *testing.T) {
 	if p := h.got[3].Parent; p.TraceID().String() != v2[3:35] || p.SpanID().String() != v2[36:52] || p.IsSampled() {
 		t.Errorf("record's parent %v, want %s", p, v2)
 	}
-	// The stand-in's bytes were a copy: the registered head keeps its own.
+	// The stand-in's bytes were a copy: the registered head keeps its own
+	// (the second request's, which registered it).
+	if raw := string(h.tracer.cfg.heads.byHash[bpf.HeadHash([]byte(head(v1)))].raw); raw != head(v2) {
+		t.Errorf("registered head %q after the stand-in, want %q", raw, head(v2))
+	}
 	if p := h.got[5].Parent; p.SpanID().String() != v3[36:52] {
 		t.Errorf("parent after the stand-in %v, want %s", p, v3)
 	}
@@ -239,5 +243,103 @@ func TestKernelHeads(t *testing.T) {
 	}
 	if s := h.tracer.Stats(); s.KernelHeads != 2 || s.KernelRecords != 3 || s.HeadMisses != 2 {
 		t.Errorf("stats %+v, want 2 heads, 3 records, 2 misses", s)
+	}
+}
+
+// sendCommand delivers a server's Redis command, with the kernel's hash of
+// its shape, as the kernel would.
+func (h *harness) sendCommand(sock uint64, args ...string) {
+	h.now += 1000
+	data := respCmd(args...)
+	ev := bpf.Event{Type: bpf.EventData, Dir: in, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr,
+		HeadHash: bpf.RedisShape([]byte(args[0]), len(args)), Payload: []byte(data)}
+	copy(ev.Comm[:], "server")
+	h.now += 500
+	h.tracer.Handle(&ev)
+}
+
+// The kernel's spans of Redis commands: a command's shape (its name and
+// its arguments' count) seen twice is registered, unless its span says
+// more than its shape; a record of a command of that shape becomes the
+// span that parsing the command and its reply makes, in the connection's
+// database; a stand-in is parsed as a command of the shape, its reply
+// following.
+func TestKernelRedisShapes(t *testing.T) {
+	h := newHarness(t, 512)
+	kernel := &fakeHeads{max: 8, heads: map[uint64]bool{}}
+	h.tracer = New(Config{Heads: kernel}, allProcesses{}, h.tracer.wall, h.tracer.emit)
+	h.sendCommand(1, "SELECT", "2")
+	h.send(1, out, "+OK\r\n")
+	h.sendCommand(1, "SELECT", "2")
+	h.send(1, out, "+OK\r\n")
+	h.sendCommand(1, "GET", "user:1")
+	h.send(1, out, "$2\r\nv1\r\n")
+	h.sendCommand(1, "GET", "user:2")
+	h.send(1, out, "$-1\r\n")
+	if kernel.added != 1 || !kernel.heads[bpf.RedisShape([]byte("GET"), 2)] {
+		t.Fatalf("registered %v, want GET's shape alone (SELECT changes the connection)", kernel.heads)
+	}
+	parsed := *h.got[len(h.got)-1]
+	if parsed.DBOperation != "GET" || parsed.DBQuery != "GET ?" || parsed.DBNamespace != "2" {
+		t.Fatalf("parsed %+v", parsed)
+	}
+	get := bpf.RedisShape([]byte("GET"), 2)
+	kernelEvent := func(sock uint64, typ bpf.EventType, shape uint64) {
+		h.now += 1000
+		ev := bpf.Event{Type: typ, Dir: out, EnterNS: h.now, ExitNS: h.now + 2000, Conn: sock, PID: 7, Local: serverAddr, Remote: clientAddr, HeadHash: shape}
+		if typ == bpf.EventRedisRequest || typ == bpf.EventHTTPRequest {
+			ev.Dir, ev.ExitNS = in, ev.EnterNS
+		}
+		copy(ev.Comm[:], "server")
+		h.now += 2000
+		h.tracer.Handle(&ev)
+	}
+	n := len(h.got)
+	kernelEvent(1, bpf.EventRedis, get)
+	if len(h.got) != n+1 {
+		t.Fatalf("%d spans after a record, want %d", len(h.got), n+1)
+	}
+	got := *h.got[n]
+	if got.End.Sub(got.Start) != 2000 {
+		t.Errorf("record's span lasts %v, want 2µs", got.End.Sub(got.Start))
+	}
+	got.Start, got.End = parsed.Start, parsed.End
+	if !reflect.DeepEqual(got, parsed) {
+		t.Errorf("from the record:\n%+v\nparsed:\n%+v", got, parsed)
+	}
+	// A stand-in, then an error reply: the error is the span's.
+	kernelEvent(1, bpf.EventRedisRequest, get)
+	h.send(1, out, "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+	if len(h.got) != n+2 || h.got[n+1].DBQuery != "GET ?" || h.got[n+1].ErrorCode != "WRONGTYPE" || h.got[n+1].DBNamespace != "2" {
+		t.Fatalf("after the stand-in: %+v", h.got[len(h.got)-1])
+	}
+	// And the connection goes on in step.
+	h.sendCommand(1, "SET", "k", "v")
+	h.send(1, out, "+OK\r\n")
+	if len(h.got) != n+3 || h.got[n+2].DBQuery != "SET ? ?" {
+		t.Fatalf("after the stand-in's exchange: %+v", h.got[len(h.got)-1])
+	}
+	// A record on a connection the agent has not seen: its database is
+	// not known, as for a command parsed there.
+	kernelEvent(2, bpf.EventRedis, get)
+	if len(h.got) != n+4 || h.got[n+3].DBOperation != "GET" || h.got[n+3].DBNamespace != "" {
+		t.Fatalf("record on a new connection: %+v", h.got[len(h.got)-1])
+	}
+	// A hash of the other kind, or unknown: counted, nothing made.
+	kernelEvent(1, bpf.EventHTTP, get)
+	kernelEvent(1, bpf.EventRedis, 12345)
+	if s := h.tracer.Stats(); len(h.got) != n+4 || s.HeadMisses != 2 {
+		t.Errorf("%d spans, stats %+v: want no more spans, 2 misses", len(h.got)-n, s)
+	}
+	// With keys in the query text, nothing is registered.
+	h2 := newHarness(t, 512)
+	kernel2 := &fakeHeads{max: 8, heads: map[uint64]bool{}}
+	h2.tracer = New(Config{Heads: kernel2, RedisKeys: true}, allProcesses{}, h2.tracer.wall, h2.tracer.emit)
+	for range 3 {
+		h2.sendCommand(1, "GET", "user:1")
+		h2.send(1, out, "$2\r\nv1\r\n")
+	}
+	if kernel2.added != 0 {
+		t.Errorf("%d shapes registered with keys in the query text", kernel2.added)
 	}
 }

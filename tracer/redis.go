@@ -59,6 +59,44 @@ type redisConn struct {
 	db       string
 	done     bool
 	lastRep  uint64 // exit time of the last reply segment
+	heads    *heads // the kernel's spans: the shapes of the commands it stands for
+}
+
+// redisShape is the span of every command of a shape (bpf.RedisShape).
+type redisShape struct{ op, text string }
+
+// RedisShapeSpans tells whether a Redis command's span is all in its
+// shape, its name and its arguments' count, with the agent's query text
+// setting (Config.QueryText) and keys (Config.RedisKeys): then the kernel
+// may stand for commands whose shape the agent registered.
+func RedisShapeSpans(queryText string, keys bool) bool {
+	return queryText != QueryFull && !keys
+}
+
+// redisShapeOnly tells whether the span of a command named name is all in
+// its shape: its op is its name (not a container's subcommand), it is
+// answered by one reply, and it changes nothing of what the connection's
+// later spans say (its database, a transaction, a subscription).
+func redisShapeOnly(name, mode string, keys bool) bool {
+	return name != "" && RedisShapeSpans(mode, keys) && !redisContainers[name] && !redisStateful[name]
+}
+
+// redisStateful are the commands that change how a connection's later
+// commands and replies are read, or answer with more than one reply.
+var redisStateful = map[string]bool{
+	"SELECT": true, "MULTI": true, "EXEC": true, "DISCARD": true, "RESET": true, "HELLO": true, "AUTH": true,
+	"SUBSCRIBE": true, "PSUBSCRIBE": true, "SSUBSCRIBE": true, "UNSUBSCRIBE": true, "PUNSUBSCRIBE": true,
+	"SUNSUBSCRIBE": true, "PSYNC": true, "SYNC": true, "MONITOR": true, "QUIT": true, "REPLCONF": true,
+}
+
+// record makes the span of a command of shape, read at start and answered
+// at end, not an error: a record of the kernel (bpf.EventRedis).
+func (c *redisConn) record(shape *redisShape, start, end, traceLow uint64) {
+	if c.done || c.replyOff {
+		return
+	}
+	c.seen = true
+	c.report(shape.op, shape.text, c.db, start, start, end, "", "", traceLow)
 }
 
 // redisCmd is a command waiting for its reply.
@@ -99,19 +137,26 @@ func detectRedis(cfg Config) detector {
 		if !redisCommandStart(seg.data) {
 			return nil
 		}
-		c := &redisConn{mode: cfg.QueryText, keys: cfg.RedisKeys, emit: emit, cmdDir: dir, role: RoleServer}
-		if dir == bpf.Egress {
-			c.role = RoleClient
-		}
-		c.cmds.onCommand = c.onCommand
-		c.cmds.onCut = func() {
-			if c.tx != nil {
-				c.tx.partial = true
-			}
-		}
-		c.reps.onReply = c.onReply
-		return c
+		return newRedisConn(cfg, dir, emit)
 	}
+}
+
+// newRedisConn follows a Redis connection whose commands travel in dir.
+func newRedisConn(cfg Config, dir bpf.Direction, emit emitter) *redisConn {
+	c := &redisConn{mode: cfg.QueryText, keys: cfg.RedisKeys, emit: emit, cmdDir: dir, role: RoleServer}
+	if dir == bpf.Egress {
+		c.role = RoleClient
+	} else {
+		c.heads = cfg.heads
+	}
+	c.cmds.onCommand = c.onCommand
+	c.cmds.onCut = func() {
+		if c.tx != nil {
+			c.tx.partial = true
+		}
+	}
+	c.reps.onReply = c.onReply
+	return c
 }
 
 // redisCommandStart recognises the start of a command: an array of bulk
@@ -255,19 +300,22 @@ func (l *redisLines) read(seg *segment, pos int) ([]byte, int, lineStatus) {
 
 // redisCmdStream parses commands from one direction of the connection.
 type redisCmdStream struct {
-	lines     redisLines
-	state     uint8
-	nargs     int // arguments still to come
-	bulkLeft  int // bytes of the current argument, and its CRLF, still to come
-	argLen    int
-	keeping   bool // the current argument is kept in args
-	args      [][]byte
-	total     int // arguments in all
-	lost      bool
-	enter     uint64 // entry and exit times of the segment the command began in
-	exit      uint64
-	traceLow  uint64 // the kernel's draw for the command's trace ID (segment.traceLow)
-	onCommand func(args [][]byte, total int, enter, exit, traceLow uint64)
+	lines    redisLines
+	state    uint8
+	nargs    int // arguments still to come
+	bulkLeft int // bytes of the current argument, and its CRLF, still to come
+	argLen   int
+	keeping  bool // the current argument is kept in args
+	args     [][]byte
+	total    int // arguments in all
+	lost     bool
+	enter    uint64 // entry and exit times of the segment the command began in
+	exit     uint64
+	traceLow uint64 // the kernel's draw for the command's trace ID (segment.traceLow)
+	// shape is the kernel's hash of the command's shape (bpf.RedisShape),
+	// when it starts its segment; 0 when none.
+	shape     uint64
+	onCommand func(args [][]byte, total int, enter, exit, traceLow, shape uint64)
 	onCut     func() // commands were lost
 }
 
@@ -310,7 +358,10 @@ func (s *redisCmdStream) feed(seg *segment) {
 			default:
 				s.state = rcInline
 			}
-			s.enter, s.exit, s.traceLow = seg.enter, seg.exit, seg.traceLow
+			s.enter, s.exit, s.traceLow, s.shape = seg.enter, seg.exit, seg.traceLow, 0
+			if pos == 0 {
+				s.shape = seg.headHash // the kernel hashes the first command of a read
+			}
 			s.args, s.total = s.args[:0], 0
 		case rcArray, rcBulkHeader, rcInline:
 			line, next, st := s.lines.read(seg, pos)
@@ -392,7 +443,7 @@ func (s *redisCmdStream) line(line []byte) bool {
 func (s *redisCmdStream) complete() {
 	s.state = rcIdle
 	if len(s.args) > 0 && s.onCommand != nil {
-		s.onCommand(s.args, s.total, s.enter, s.exit, s.traceLow)
+		s.onCommand(s.args, s.total, s.enter, s.exit, s.traceLow, s.shape)
 	}
 }
 
@@ -411,7 +462,7 @@ func (s *redisCmdStream) cut(seg *segment, prefix []byte) {
 		s.onCut()
 	}
 	if t := lastBytes(seg, 14); bytes.EqualFold(t, []byte("*1\r\n$4\r\nEXEC\r\n")) && s.onCommand != nil {
-		s.onCommand([][]byte{[]byte("EXEC")}, 1, seg.enter, seg.exit, 0)
+		s.onCommand([][]byte{[]byte("EXEC")}, 1, seg.enter, seg.exit, 0, 0)
 	}
 	s.lose()
 }
@@ -680,7 +731,7 @@ var redisPubsubKinds = map[string]bool{
 	"psubscribe": true, "punsubscribe": true, "ssubscribe": true, "sunsubscribe": true,
 }
 
-func (c *redisConn) onCommand(args [][]byte, total int, enter, exit, traceLow uint64) {
+func (c *redisConn) onCommand(args [][]byte, total int, enter, exit, traceLow, shape uint64) {
 	name := ""
 	if redisNameLike(args[0]) && len(args[0]) <= 32 {
 		name = strings.ToUpper(string(args[0]))
@@ -720,6 +771,9 @@ func (c *redisConn) onCommand(args [][]byte, total int, enter, exit, traceLow ui
 		return
 	}
 	p := &redisCmd{op: op, text: c.queryText(name, op, args, total, argStart), start: exit, startEnter: enter, replies: 1, db: c.db, traceLow: traceLow}
+	if shape != 0 && c.heads != nil && c.role == RoleServer && c.tx == nil && redisShapeOnly(name, c.mode, c.keys) {
+		c.heads.learnRedis(shape, args[0], total, p.op, p.text, exit)
+	}
 	switch name {
 	case "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE", "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE":
 		p.confirm = strings.ToLower(name)

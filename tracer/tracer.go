@@ -117,8 +117,12 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			t.forget(key)
 		}
 		return
-	case bpf.EventHTTP, bpf.EventHTTPRequest:
+	case bpf.EventHTTP, bpf.EventHTTPRequest, bpf.EventRedis, bpf.EventRedisRequest:
 		if head = t.cfg.heads.lookup(ev.HeadHash, ev.ExitNS); head == nil {
+			return
+		}
+		if (head.redis != nil) != (ev.Type == bpf.EventRedis || ev.Type == bpf.EventRedisRequest) {
+			t.cfg.heads.misses.Add(1) // a hash of the other kind: the kernel's and the agent's hashes disagree
 			return
 		}
 	}
@@ -143,6 +147,23 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 	case bpf.EventHTTPRequest:
 		// The request's bytes, as they came; its response follows.
 		t.seg = segment{data: head.standIn(ev, &t.standIn), total: len(head.raw) + int(head.request.RequestSize), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
+		c.feed(bpf.Ingress, &t.seg)
+	case bpf.EventRedis:
+		// A server's command and its reply, not an error: the span is all
+		// in the command's shape, and the connection's database.
+		if !c.ignored {
+			if c.parser == nil {
+				c.parser = newRedisConn(t.cfg, bpf.Ingress, c.emit)
+			}
+			if rc, ok := c.parser.(*redisConn); ok && rc.role == RoleServer {
+				t.cfg.heads.records.Add(1)
+				rc.record(head.redis, ev.EnterNS, ev.ExitNS, ev.TraceLow)
+			}
+		}
+	case bpf.EventRedisRequest:
+		// A command of the shape (its arguments do not matter to its
+		// span); its reply follows.
+		t.seg = segment{data: head.raw, total: len(head.raw), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
 		c.feed(bpf.Ingress, &t.seg)
 	default:
 		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,

@@ -242,6 +242,91 @@ func TestKernelRedisSamplingGoRedis(t *testing.T) {
 	}
 }
 
+// TestKernelRedisSpans: with every command a span (the default), the
+// kernel stands for a server's commands whose shape (name and arguments'
+// count) the agent has registered: a record when the reply is whole and
+// no error, a stand-in before an error's bytes. Every span of a command
+// says the same whether it was parsed or made from a record, and none is
+// lost or made twice.
+func TestKernelRedisSpans(t *testing.T) {
+	privileged(t)
+	cli := testenv.LookPath(t, "redis-cli")
+	rcv := otlptest.Start(t)
+	pod, port := redisPod(t)
+	agent := startAgent(t, pod, agentEnv(rcv))
+	if !strings.Contains(agent.output(), "kernel Redis spans on") {
+		t.Fatalf("kernel Redis spans not on:\n%s", agent.output())
+	}
+	// redis-cli sends each line of its input as a command, and waits for
+	// its reply before the next. LPUSH on a string is an error.
+	const rounds = 300
+	commands := func(from, to int) {
+		var in strings.Builder
+		for i := from; i < to; i++ {
+			fmt.Fprintf(&in, "SET k%d v\nGET k%d\nLPUSH k%d x\n", i%10, i%10, i%10)
+		}
+		cmd := pod.command(cli, "-p", fmt.Sprint(port))
+		cmd.Stdin = strings.NewReader(in.String())
+		if out := run(t, cmd); strings.Count(out, "WRONGTYPE") != to-from {
+			t.Fatalf("redis-cli: %d WRONGTYPE replies, want %d", strings.Count(out, "WRONGTYPE"), to-from)
+		}
+	}
+	commands(0, 2)
+	time.Sleep(300 * time.Millisecond) // the agent registers the shapes
+	commands(2, rounds)
+	want := map[string]struct {
+		text   string
+		status any
+	}{"SET": {"SET ? ?", nil}, "GET": {"GET ?", nil}, "LPUSH": {"LPUSH ? ?", "WRONGTYPE"}}
+	count := func(spans []otlptest.Span) map[string]int {
+		n := map[string]int{}
+		for _, s := range spans {
+			if s.Kind == trace.SpanKindServer && s.Attributes["db.system.name"] == "redis" {
+				n[s.Name]++
+			}
+		}
+		return n
+	}
+	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
+		n := count(s)
+		return n["SET"] >= rounds && n["GET"] >= rounds && n["LPUSH"] >= rounds
+	})
+	counters := finalCounters(t, agent, "kernel_redis_spans", "kernel_records", "kernel_heads_missed", "kernel_heads_mismatched")
+	attrs := map[string]map[string]any{}
+	for _, s := range spans {
+		w, ok := want[s.Name]
+		if s.Kind != trace.SpanKindServer || !ok {
+			continue
+		}
+		if s.Attributes["db.query.text"] != w.text || s.Attributes["db.response.status_code"] != w.status || s.End.Before(s.Start) {
+			t.Errorf("%s span: text %v, status %v, %v to %v", s.Name, s.Attributes["db.query.text"], s.Attributes["db.response.status_code"], s.Start, s.End)
+		}
+		a := map[string]any{}
+		for k, v := range s.Attributes {
+			if k != "client.port" && k != "network.peer.port" {
+				a[k] = v
+			}
+		}
+		if prev, ok := attrs[s.Name]; !ok {
+			attrs[s.Name] = a
+		} else if !reflect.DeepEqual(prev, a) {
+			t.Errorf("%s: span attributes %v, another's %v", s.Name, a, prev)
+			attrs[s.Name] = a
+		}
+	}
+	if n := count(spans); n["SET"] != rounds || n["GET"] != rounds || n["LPUSH"] != rounds {
+		t.Errorf("server spans %v, want %d of each", n, rounds)
+	}
+	// The first two of each shape go up whole; SET's and GET's replies
+	// are whole and no error (records), LPUSH's an error (stand-ins).
+	if stood := 3*rounds - 6; counters[0] < stood*9/10 || counters[1] < (2*rounds-4)*9/10 || counters[1] > counters[0]-(rounds-2)*9/10 ||
+		counters[2] != 0 || counters[3] != 0 {
+		t.Errorf("%d commands stood for by the kernel (want most of %d), %d records (most of %d), %d missed, %d mismatched",
+			counters[0], stood, counters[1], 2*rounds-4, counters[2], counters[3])
+	}
+	t.Logf("%d commands: %d stood for by the kernel, %d records", 3*rounds, counters[0], counters[1])
+}
+
 // finalCounters stops the agent and returns the named counters of its
 // final stats line, in order.
 func finalCounters(t *testing.T, agent *process, names ...string) []int {
@@ -385,12 +470,12 @@ func TestKernelSpans(t *testing.T) {
 	children := map[string]bool{}
 	for _, s := range spans {
 		if s.Kind == trace.SpanKindServer && s.Attributes["url.path"] == "/users/9" {
-			children[fmt.Sprintf("00-%s-%s-01", s.TraceID, s.ParentSpanID)] = true
+			children[fmt.Sprintf("%s-%s", s.TraceID, s.ParentSpanID)] = true
 		}
 	}
 	for i, p := range parents {
-		if children[p] != (i%4 != 0) {
-			t.Errorf("parent %s: a child span %v", p, children[p])
+		if children[p[3:52]] != (i%4 != 0) {
+			t.Errorf("parent %s: a child span %v", p, children[p[3:52]])
 		}
 	}
 	if count(spans, "/users/9") != sampled {
