@@ -1660,6 +1660,7 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 // for a command of that shape, and the rest goes as data.
 
 volatile const __u8 fast_redis = 0;  // the drop, or the kernel's spans of Redis commands, is on
+volatile const __u8 redis_drop = 0;  // the drop is
 volatile const __u8 redis_spans = 0; // the kernel's spans of Redis commands are
 
 #define REDIS_SKIP 1    // the current command was dropped: its reply's sends are too
@@ -1917,6 +1918,8 @@ static __always_inline bool redis_command(struct event *e, struct sock_state *st
 		count(STAT_REDIS_SPAN);
 		return true;
 	}
+	if (!redis_drop)
+		return false;
 	st->redis = REDIS_SKIP;
 	count(STAT_REDIS_DROP);
 	return true;
@@ -1934,6 +1937,37 @@ static __always_inline bool send_open(struct pt_regs *regs, int ret)
 {
 	__u32 nr = regs->orig_ax;
 	return (nr != NR_WRITE && nr != NR_SENDTO) || ret < (int)regs->dx || ret >= REDIS_CHUNK;
+}
+
+// redis_whole_reply tells whether e, captured whole, is one whole reply
+// that is not an error: a line (a simple string, an integer, a null, a
+// double, a boolean) or a bulk string of at most 9999 bytes whose length
+// is the send's. Anything else, an aggregate too, gets a stand-in:
+// Redis 6 writes the part of a reply that fits its 16 kB buffer first,
+// which may be a bulk string's header alone or half an array's elements,
+// in a whole write() that send_open cannot tell from a whole reply.
+static __always_inline bool redis_whole_reply(struct event *e)
+{
+	__u32 len = e->len;
+	if (len < 3 || len > e->captured || e->payload[bounded(len - 2, MAX_CAPTURE - 1)] != '\r' ||
+	    e->payload[bounded(len - 1, MAX_CAPTURE - 1)] != '\n')
+		return false;
+	switch (e->payload[0]) {
+	case '+':
+	case ':':
+	case '_':
+	case ',':
+	case '#':
+		return true; // one line, written whole
+	case '$': {
+		if (e->payload[1] == '-')
+			return len == 5; // "$-1\r\n", RESP2's null
+		__u32 at = 1;
+		int n = decimal(e, &at, 4);
+		return n >= 0 && at + 2 + n + 2 == len;
+	}
+	}
+	return false;
 }
 
 // redis_skip runs the drop for e, received or sent on socket sk in state
@@ -1956,7 +1990,7 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 		// an error, whose message is in the span.
 		bool open = send_open((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), e->len);
 		st->redis = open ? REDIS_OPEN : 0;
-		if (!open && e->captured > 0 && e->payload[0] != '-')
+		if (!open && redis_whole_reply(e))
 			return FAST_SEND_SPAN;
 		return FAST_SEND_REQUEST;
 	}
@@ -2124,6 +2158,8 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	int verdict = FAST_SEND;
 	if (fast_http && st) {
 		verdict = fast_skip(sk, st, e, dir);
+		if (fast_redis && verdict != FAST_SEND)
+			st->redis = REDIS_OFF; // an HTTP connection: no RESP command of it is the Redis side's
 		if (verdict == FAST_SKIP)
 			return 0;
 	}

@@ -274,7 +274,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		spec.Variables["sample_bound"].Get(&bound)
 	}
 	// With every command picked (a bound of 2^63) nothing is dropped.
-	c.redisDrop = set("fast_redis") && bound < 1<<63
+	c.redisDrop = set("fast_redis") && set("redis_drop") && bound < 1<<63
 	c.redisSpans = set("fast_redis") && set("redis_spans")
 	if set("fast_http") {
 		c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist, room: objs.HistRoom}
@@ -308,7 +308,7 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 		names []string
 		what  string
 	}{
-		{fast.Redis || fast.RedisSpans, []string{"fast_redis", "redis_spans"}, "kernel Redis sampling and spans unavailable: every Redis command goes through the agent"},
+		{fast.Redis || fast.RedisSpans, []string{"fast_redis", "redis_drop", "redis_spans"}, "kernel Redis sampling and spans unavailable: every Redis command goes through the agent"},
 		// Without the histograms the fast path has nothing left to do.
 		{fast.Spans && fast.HTTP, []string{"fast_spans"}, "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
 		{fast.Spans && !fast.HTTP, []string{"fast_spans", "fast_http"}, "kernel HTTP spans unavailable: every request goes through the agent"},

@@ -179,6 +179,7 @@ const (
 	captureVarHistBoundsNs      = "hist_bounds_ns"
 	captureVarPidnsDev          = "pidns_dev"
 	captureVarPidnsIno          = "pidns_ino"
+	captureVarRedisDrop         = "redis_drop"
 	captureVarRedisSpans        = "redis_spans"
 	captureVarSampleBound       = "sample_bound"
 	captureVarWakeupBytes       = "wakeup_bytes"
@@ -263,6 +264,7 @@ type captureVariableSpecs struct {
 	HistBoundsNs *ebpf.VariableSpec `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.VariableSpec `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.VariableSpec `ebpf:"pidns_ino"`
+	RedisDrop    *ebpf.VariableSpec `ebpf:"redis_drop"`
 	RedisSpans   *ebpf.VariableSpec `ebpf:"redis_spans"`
 	SampleBound  *ebpf.VariableSpec `ebpf:"sample_bound"`
 	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -331,6 +333,7 @@ type captureVariables struct {
 	HistBoundsNs *ebpf.Variable `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.Variable `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.Variable `ebpf:"pidns_ino"`
+	RedisDrop    *ebpf.Variable `ebpf:"redis_drop"`
 	RedisSpans   *ebpf.Variable `ebpf:"redis_spans"`
 	SampleBound  *ebpf.Variable `ebpf:"sample_bound"`
 	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`

@@ -95,6 +95,9 @@ func (f Fast) set(spec *ebpf.CollectionSpec) error {
 	if f.Redis || f.RedisSpans {
 		settings["fast_redis"] = uint8(1)
 	}
+	if f.Redis {
+		settings["redis_drop"] = uint8(1)
+	}
 	if f.RedisSpans {
 		settings["redis_spans"] = uint8(1)
 	}
@@ -126,8 +129,10 @@ func (c *Capture) KernelSpans() bool { return c.httpSpans }
 func (c *Capture) RedisSpans() bool { return c.redisSpans }
 
 // AddHead registers the hash of a request head the agent has parsed
-// (Event.HeadHash): the kernel may then stand for a request with that
-// head (EventHTTP, EventHTTPRequest). ErrHeadsFull when the kernel holds
+// (Event.HeadHash), or of a Redis command's shape (RedisShape): the kernel
+// may then stand for a request with that head (EventHTTP,
+// EventHTTPRequest), or a command of that shape (EventRedis,
+// EventRedisRequest). ErrHeadsFull when the kernel holds
 // as many as it can.
 func (c *Capture) AddHead(hash uint64) error {
 	if c.heads == nil {

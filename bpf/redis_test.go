@@ -491,13 +491,51 @@ func TestKernelRedisSpans(t *testing.T) {
 			t.Errorf("GET %s: reply starts %q, want %q", key, reply[:1], want)
 		}
 	}
+	// An array (Redis 6 may write part of one in a whole write) and a
+	// reply longer than the capture: stand-ins, the replies after them.
+	mget := up("MGET", "k1", "k2")
+	if err := c.AddHead(mget); err != nil {
+		t.Fatal(err)
+	}
+	rc.send(resp("MGET", "k1", "k2"), 1)
+	if evs := events.take(pid); len(evs) != 2 || evs[0].Type != EventRedisRequest || evs[1].Type != EventData || evs[1].Payload[0] != '*' {
+		t.Errorf("MGET: events %+v, want its stand-in and its reply", evs)
+	}
+	rc.send(resp("SET", "long", strings.Repeat("l", 1000)), 1)
+	events.take(pid)
+	rc.send(resp("GET", "long"), 1)
+	if evs := events.take(pid); len(evs) != 2 || evs[0].Type != EventRedisRequest || evs[1].Len != 1000+9 {
+		t.Errorf("GET of 1000 bytes: events %+v, want its stand-in and its reply", evs)
+	}
 	// Two commands in one read are not the kernel's.
 	rc.send(resp("GET", "k1")+resp("GET", "k2"), 2)
 	if evs := events.take(pid); len(evs) == 0 || evs[0].Type != EventData || !strings.HasPrefix(string(evs[0].Payload), resp("GET", "k1")+resp("GET", "k2")) {
 		t.Errorf("pipelined: events %+v, want the commands whole", evs)
 	}
 	stats, err := c.Stats()
-	if err != nil || stats.RedisSpans != 4 || stats.RedisDropped != 0 {
-		t.Errorf("stats %+v %v: want 4 commands stood for, none dropped", stats, err)
+	if err != nil || stats.RedisSpans != 6 || stats.RedisDropped != 0 {
+		t.Errorf("stats %+v %v: want 6 commands stood for, none dropped", stats, err)
+	}
+}
+
+// TestKernelRedisSpansNoDrop: the kernel's spans of Redis commands with
+// spans sampled but the drop off (PODTRACER_KERNEL_METRICS=false): no
+// command is dropped, whatever the draw.
+func TestKernelRedisSpansNoDrop(t *testing.T) {
+	c := loadFast(t, Fast{RedisSpans: true, SampleRatio: 0.5})
+	if !c.RedisSpans() || c.RedisDrop() {
+		t.Fatalf("redis spans %v, drop %v: want spans and no drop", c.RedisSpans(), c.RedisDrop())
+	}
+	events := readEvents(c)
+	pid, port := startRedis(t)
+	rc := dialRedis(t, port)
+	for range 20 {
+		rc.send(resp("GET", "k"), 1)
+	}
+	if evs := events.take(pid); len(evs) != 40 {
+		t.Errorf("%d events for 20 commands, want them and their replies", len(evs))
+	}
+	if stats, err := c.Stats(); err != nil || stats.RedisDropped != 0 {
+		t.Errorf("stats %+v %v: want none dropped", stats, err)
 	}
 }

@@ -319,6 +319,18 @@ func TestKernelRedisShapes(t *testing.T) {
 	if len(h.got) != n+3 || h.got[n+2].DBQuery != "SET ? ?" {
 		t.Fatalf("after the stand-in's exchange: %+v", h.got[len(h.got)-1])
 	}
+	// In a transaction whose MULTI the kernel did not see (it came behind
+	// another command in one read), a record's command is queued: one
+	// span, the transaction's, as parsed.
+	h.send(1, in, respCmd("PING")+respCmd("MULTI"))
+	h.send(1, out, "+PONG\r\n+OK\r\n")
+	kernelEvent(1, bpf.EventRedis, get)
+	h.send(1, in, respCmd("EXEC"))
+	h.send(1, out, "*1\r\n$1\r\nv\r\n")
+	if len(h.got) != n+5 || h.got[n+4].DBOperation != "MULTI GET" || h.got[n+4].DBQuery != "GET ?" {
+		t.Fatalf("transaction: %d spans, the last %+v; want PING, then MULTI GET", len(h.got)-n-3, h.got[len(h.got)-1])
+	}
+	n += 2
 	// A record on a connection the agent has not seen: its database is
 	// not known, as for a command parsed there.
 	kernelEvent(2, bpf.EventRedis, get)

@@ -78,11 +78,21 @@ func RedisShapeSpans(queryText string, keys bool) bool {
 // answered by one reply, and it changes nothing of what the connection's
 // later spans say (its database, a transaction, a subscription).
 func redisShapeOnly(name, mode string, keys bool) bool {
-	return name != "" && RedisShapeSpans(mode, keys) && !redisContainers[name] && !redisStateful[name]
+	return name != "" && RedisShapeSpans(mode, keys) && !redisContainers[name] && !redisStateful[name] && !redisBlocking[name]
+}
+
+// redisBlocking are the commands whose reply may wait for long: a shape
+// unused for minutes is taken back from the kernel and forgotten (heads'
+// sweep), and so would a record that comes after that.
+var redisBlocking = map[string]bool{
+	"BLPOP": true, "BRPOP": true, "BLMOVE": true, "BRPOPLPUSH": true, "BLMPOP": true, "BZPOPMIN": true, "BZPOPMAX": true,
+	"BZMPOP": true, "XREAD": true, "XREADGROUP": true, "WAIT": true, "WAITAOF": true,
 }
 
 // redisStateful are the commands that change how a connection's later
 // commands and replies are read, or answer with more than one reply.
+// (The kernel takes none of them but UNSUBSCRIBE and its kin, QUIT and
+// REPLCONF, which it need not know.)
 var redisStateful = map[string]bool{
 	"SELECT": true, "MULTI": true, "EXEC": true, "DISCARD": true, "RESET": true, "HELLO": true, "AUTH": true,
 	"SUBSCRIBE": true, "PSUBSCRIBE": true, "SSUBSCRIBE": true, "UNSUBSCRIBE": true, "PUNSUBSCRIBE": true,
@@ -90,12 +100,23 @@ var redisStateful = map[string]bool{
 }
 
 // record makes the span of a command of shape, read at start and answered
-// at end, not an error: a record of the kernel (bpf.EventRedis).
+// at end, not an error: a record of the kernel (bpf.EventRedis). In a
+// transaction (its MULTI read behind another command, which the kernel
+// does not look at) the command is queued, as parsed, and its span is
+// the transaction's.
 func (c *redisConn) record(shape *redisShape, start, end, traceLow uint64) {
 	if c.done || c.replyOff {
 		return
 	}
 	c.seen = true
+	if tx := c.tx; tx != nil {
+		tx.n++
+		if len(tx.ops) < redisMaxTxOps {
+			tx.ops = append(tx.ops, shape.op)
+			tx.texts = append(tx.texts, shape.text)
+		}
+		return
+	}
 	c.report(shape.op, shape.text, c.db, start, start, end, "", "", traceLow)
 }
 

@@ -158,6 +158,8 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			if rc, ok := c.parser.(*redisConn); ok && rc.role == RoleServer {
 				t.cfg.heads.records.Add(1)
 				rc.record(head.redis, ev.EnterNS, ev.ExitNS, ev.TraceLow)
+			} else {
+				t.cfg.heads.misses.Add(1) // the connection speaks something else: lost
 			}
 		}
 	case bpf.EventRedisRequest:

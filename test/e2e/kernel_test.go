@@ -258,14 +258,15 @@ func TestKernelRedisSpans(t *testing.T) {
 		t.Fatalf("kernel Redis spans not on:\n%s", agent.output())
 	}
 	// redis-cli sends each line of its input as a command, and waits for
-	// its reply before the next. LPUSH on a string is an error.
+	// its reply before the next, after a SELECT of database 2 (-n): the
+	// records' spans are in it too. LPUSH on a string is an error.
 	const rounds = 300
 	commands := func(from, to int) {
 		var in strings.Builder
 		for i := from; i < to; i++ {
 			fmt.Fprintf(&in, "SET k%d v\nGET k%d\nLPUSH k%d x\n", i%10, i%10, i%10)
 		}
-		cmd := pod.command(cli, "-p", fmt.Sprint(port))
+		cmd := pod.command(cli, "-p", fmt.Sprint(port), "-n", "2")
 		cmd.Stdin = strings.NewReader(in.String())
 		if out := run(t, cmd); strings.Count(out, "WRONGTYPE") != to-from {
 			t.Fatalf("redis-cli: %d WRONGTYPE replies, want %d", strings.Count(out, "WRONGTYPE"), to-from)
@@ -298,8 +299,10 @@ func TestKernelRedisSpans(t *testing.T) {
 		if s.Kind != trace.SpanKindServer || !ok {
 			continue
 		}
-		if s.Attributes["db.query.text"] != w.text || s.Attributes["db.response.status_code"] != w.status || s.End.Before(s.Start) {
-			t.Errorf("%s span: text %v, status %v, %v to %v", s.Name, s.Attributes["db.query.text"], s.Attributes["db.response.status_code"], s.Start, s.End)
+		if s.Attributes["db.query.text"] != w.text || s.Attributes["db.response.status_code"] != w.status || s.Attributes["db.namespace"] != "2" ||
+			s.End.Before(s.Start) {
+			t.Errorf("%s span: text %v, status %v, database %v, %v to %v", s.Name, s.Attributes["db.query.text"], s.Attributes["db.response.status_code"],
+				s.Attributes["db.namespace"], s.Start, s.End)
 		}
 		a := map[string]any{}
 		for k, v := range s.Attributes {

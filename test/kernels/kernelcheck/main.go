@@ -79,7 +79,7 @@ func agent() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	start := time.Now()
 	c, err := bpf.Load(bpf.Config{Hooks: bpf.HooksAuto, CaptureBytes: 512,
-		Fast: bpf.Fast{HTTP: true, Spans: true, Redis: true, SampleRatio: 0.5, Bounds: []float64{0.005, 0.01, 0.1, 1}}}, logger)
+		Fast: bpf.Fast{HTTP: true, Spans: true, Redis: true, RedisSpans: true, SampleRatio: 0.5, Bounds: []float64{0.005, 0.01, 0.1, 1}}}, logger)
 	if err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
