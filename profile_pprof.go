@@ -4,14 +4,21 @@ package main
 
 // Built with -tags pprof, the agent writes a Go CPU profile of its whole
 // life to $PODTRACER_DEV_CPUPROFILE (a developer's tool: perf on virtual
-// machines attributes most samples to the kernel's interrupt exits).
+// machines attributes most samples to the kernel's interrupt exits), and
+// a heap profile of the moment its heap was largest to
+// $PODTRACER_DEV_HEAPPROFILE (looked at twice a second).
 
 import (
 	"os"
+	"runtime"
 	"runtime/pprof"
+	"time"
 )
 
 func init() {
+	if path := os.Getenv("PODTRACER_DEV_HEAPPROFILE"); path != "" {
+		go heapPeaks(path)
+	}
 	path := os.Getenv("PODTRACER_DEV_CPUPROFILE")
 	if path == "" {
 		return
@@ -24,4 +31,22 @@ func init() {
 		panic(err)
 	}
 	stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+}
+
+// heapPeaks writes a heap profile to path each time the heap in use is
+// larger than it has been.
+func heapPeaks(path string) {
+	var most uint64
+	var m runtime.MemStats
+	for range time.Tick(500 * time.Millisecond) {
+		runtime.ReadMemStats(&m)
+		if m.HeapInuse <= most {
+			continue
+		}
+		most = m.HeapInuse
+		if f, err := os.Create(path); err == nil {
+			pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 }

@@ -81,6 +81,12 @@ type process struct {
 	// httpAttributes).
 	lastHTTP     httpStable
 	lastHTTPWire []byte
+
+	// The last other exchange's description (describe), and the last
+	// peer address of one with its string.
+	lastOther   *otherDesc
+	lastPeer    netip.Addr
+	lastPeerStr string
 }
 
 // process returns the state for p, creating it on first sight.

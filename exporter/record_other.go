@@ -90,11 +90,54 @@ func (s *process) otherInstruments() *otherInstruments {
 	return o
 }
 
+// otherKey is what describeOther reads of a request.
+type otherKey struct {
+	protocol, rpcService, rpcMethod, msgOp, msgDest, clientID string
+	dbOp, dbCollection, dbNamespace, dbQuery, errorCode       string
+	role                                                      tracer.Role
+	grpcStatus, partition, port                               int
+	host                                                      string
+}
+
+func otherKeyOf(r *tracer.Request, host string, port int) otherKey {
+	return otherKey{protocol: r.Protocol, rpcService: r.RPCService, rpcMethod: r.RPCMethod, msgOp: r.MessagingOperation,
+		msgDest: r.MessagingDestination, clientID: r.ClientID, dbOp: r.DBOperation, dbCollection: r.DBCollection,
+		dbNamespace: r.DBNamespace, dbQuery: r.DBQuery, errorCode: r.ErrorCode, role: r.Role, grpcStatus: r.GRPCStatus,
+		partition: r.Partition, port: port, host: host}
+}
+
+// otherDesc is describeOther's description of the requests of a key, and
+// its metric attributes as a set (made when first needed).
+type otherDesc struct {
+	key          otherKey
+	name         string
+	span, metric []attribute.KeyValue
+	failed       bool
+	errType      string
+	set          *attribute.Set
+}
+
+// describe is describeOther, remembered for the next request: a
+// connection's requests mostly repeat the last one's command, database
+// and status (all but the peer), and a description is a dozen
+// allocations.
+func (s *process) describe(r *tracer.Request, host string, port int) *otherDesc {
+	key := otherKeyOf(r, host, port)
+	if d := s.lastOther; d != nil && d.key == key {
+		return d
+	}
+	d := &otherDesc{key: key}
+	d.name, d.span, d.metric, d.failed, d.errType = describeOther(r, host, port)
+	s.lastOther = d
+	return d
+}
+
 // recordOther turns a gRPC, database or Kafka exchange into a span and a
 // metric point.
 func (s *process) recordOther(r *tracer.Request) {
 	host, port := s.peerEndpoint(r)
-	name, spanAttrs, metricAttrs, failed, errType := describeOther(r, host, port)
+	d := s.describe(r, host, port)
+	name, spanAttrs, failed, errType := d.name, d.span, d.failed, d.errType
 
 	kind := trace.SpanKindServer
 	switch {
@@ -106,6 +149,12 @@ func (s *process) recordOther(r *tracer.Request) {
 	ctx, rec := s.begin(r, kind, name)
 	if rec != nil {
 		rec.attrs = append(rec.attrs[:0], spanAttrs...)
+		if r.Remote.IsValid() {
+			if r.Remote.Addr() != s.lastPeer || s.lastPeerStr == "" {
+				s.lastPeer, s.lastPeerStr = r.Remote.Addr(), r.Remote.Addr().String()
+			}
+			rec.attrs = append(rec.attrs, semconv.NetworkPeerAddress(s.lastPeerStr), semconv.NetworkPeerPort(int(r.Remote.Port())))
+		}
 		if failed {
 			rec.status, rec.statusMsg = codes.Error, r.ErrorMessage
 			if rec.statusMsg == "" {
@@ -131,8 +180,11 @@ func (s *process) recordOther(r *tracer.Request) {
 	default:
 		return // a database or broker observed from its own side: spans only
 	}
-	d := max(r.End.Sub(r.Start).Seconds(), 0)
-	h.Record(ctx, d, metric.WithAttributeSet(attribute.NewSet(metricAttrs...)))
+	if d.set == nil {
+		set := attribute.NewSet(d.metric...)
+		d.set = &set
+	}
+	h.Record(ctx, max(r.End.Sub(r.Start).Seconds(), 0), metric.WithAttributeSet(*d.set))
 }
 
 // peerEndpoint is server.address and server.port: the remote end for a
@@ -144,9 +196,9 @@ func (s *process) peerEndpoint(r *tracer.Request) (string, int) {
 	return addrString(r.Local, &s.lastLocal, &s.lastLocalStr), int(r.Local.Port())
 }
 
-// describeOther returns the span name, span attributes and the (low
-// cardinality) metric attributes of a non-HTTP exchange, and whether and
-// how it failed.
+// describeOther returns the span name, span attributes (but the peer's,
+// which recordOther adds) and the (low cardinality) metric attributes of
+// a non-HTTP exchange, and whether and how it failed.
 func describeOther(r *tracer.Request, host string, port int) (name string, span, metric []attribute.KeyValue, failed bool, errType string) {
 	common := []attribute.KeyValue{semconv.ServerAddress(host), semconv.ServerPort(port)}
 	switch r.Protocol {
@@ -236,8 +288,5 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 		metric = append(metric, common...)
 	}
 	span = append(span, common...)
-	if r.Remote.IsValid() {
-		span = append(span, semconv.NetworkPeerAddress(r.Remote.Addr().String()), semconv.NetworkPeerPort(int(r.Remote.Port())))
-	}
 	return name, span, metric, failed, errType
 }
