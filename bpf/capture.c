@@ -1636,10 +1636,12 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 //
 // Where a reply ends is not parsed here. A Redis server sends what it has
 // in one write() when it can: a reply larger than its 16 kB chunk goes out
-// in several sends (write()s of a chunk or more in Redis 6, writev()s in
-// Redis 7), and a full socket makes a short write. So a whole write() of
-// less than a chunk has sent every reply to the commands read before it,
-// and a command read after it starts a new exchange; after any other send
+// in several sends (in Redis 6 write()s, the first of what fitted its
+// buffer, which may be less than a chunk; writev()s in Redis 7), and a
+// full socket makes a short write. All of them go out before the server
+// reads again, so a command read after a whole write() of less than a
+// chunk starts a new exchange (with a client that waits for its replies:
+// one that pipelines is caught as below); after any other send
 // the next command goes to user space, with its reply. A command read
 // before any send since one went to user space is pipelined, and so is
 // one read before the reply to a dropped command (it goes up flagged
