@@ -428,13 +428,7 @@ func TestRedisDropConnectedBefore(t *testing.T) {
 // EventRedisRequest stands for the command before the reply's bytes. A
 // command of another shape goes up whole, with its shape's hash.
 func TestKernelRedisSpans(t *testing.T) {
-	c := loadFast(t, Fast{RedisSpans: true, SampleRatio: 1})
-	if !c.RedisSpans() || c.RedisDrop() {
-		t.Fatalf("redis spans %v, drop %v: want spans and no drop", c.RedisSpans(), c.RedisDrop())
-	}
-	events := readEvents(c)
-	pid, port := startRedis(t)
-	rc := dialRedis(t, port)
+	c, events, pid, rc := redisSpans(t, 1)
 	// up sends a command and expects it and its reply whole; it returns
 	// the command's hash.
 	up := func(args ...string) uint64 {
@@ -522,13 +516,7 @@ func TestKernelRedisSpans(t *testing.T) {
 // spans sampled but the drop off (PODTRACER_KERNEL_METRICS=false): no
 // command is dropped, whatever the draw.
 func TestKernelRedisSpansNoDrop(t *testing.T) {
-	c := loadFast(t, Fast{RedisSpans: true, SampleRatio: 0.5})
-	if !c.RedisSpans() || c.RedisDrop() {
-		t.Fatalf("redis spans %v, drop %v: want spans and no drop", c.RedisSpans(), c.RedisDrop())
-	}
-	events := readEvents(c)
-	pid, port := startRedis(t)
-	rc := dialRedis(t, port)
+	c, events, pid, rc := redisSpans(t, 0.5)
 	for range 20 {
 		rc.send(resp("GET", "k"), 1)
 	}
@@ -538,4 +526,18 @@ func TestKernelRedisSpansNoDrop(t *testing.T) {
 	if stats, err := c.Stats(); err != nil || stats.RedisDropped != 0 {
 		t.Errorf("stats %+v %v: want none dropped", stats, err)
 	}
+}
+
+// redisSpans loads the capture with the kernel's spans of Redis commands
+// at ratio, without the drop, and starts a redis-server and a client of
+// it.
+func redisSpans(t *testing.T, ratio float64) (*Capture, *fastEvents, int, *redisClient) {
+	t.Helper()
+	c := loadFast(t, Fast{RedisSpans: true, SampleRatio: ratio})
+	if !c.RedisSpans() || c.RedisDrop() {
+		t.Fatalf("redis spans %v, drop %v: want spans and no drop", c.RedisSpans(), c.RedisDrop())
+	}
+	events := readEvents(c)
+	pid, port := startRedis(t)
+	return c, events, pid, dialRedis(t, port)
 }

@@ -38,9 +38,14 @@ func (f *fakeHeads) RemoveHead(hash uint64) error {
 
 // sendHead delivers a request whose head the kernel hashed, as it would.
 func (h *harness) sendHead(sock uint64, data string, traceLow uint64) {
+	h.sendHashed(sock, data, bpf.HeadHash([]byte(data[:strings.Index(data, "\r\n\r\n")+4])), traceLow)
+}
+
+// sendHashed delivers a request the kernel hashed as hash.
+func (h *harness) sendHashed(sock uint64, data string, hash, traceLow uint64) {
 	h.now += 1000
 	ev := bpf.Event{Type: bpf.EventData, Dir: in, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr,
-		TraceLow: traceLow, HeadHash: bpf.HeadHash([]byte(data[:strings.Index(data, "\r\n\r\n")+4])), Payload: []byte(data)}
+		TraceLow: traceLow, HeadHash: hash, Payload: []byte(data)}
 	copy(ev.Comm[:], "server")
 	h.now += 500
 	h.tracer.Handle(&ev)
@@ -48,23 +53,21 @@ func (h *harness) sendHead(sock uint64, data string, traceLow uint64) {
 
 // record delivers the kernel's record of an exchange of the head of data.
 func (h *harness) record(sock uint64, typ bpf.EventType, data string, status uint16, body uint32, traceLow uint64) {
-	h.now += 1000
-	ev := bpf.Event{Type: typ, Dir: out, EnterNS: h.now, ExitNS: h.now + 2000, Conn: sock, PID: 7, Local: serverAddr, Remote: clientAddr,
-		TraceLow: traceLow, HeadHash: bpf.HeadHash([]byte(data)), Status: status, Body: body}
-	if typ == bpf.EventHTTPRequest {
-		ev.Dir, ev.ExitNS = in, ev.EnterNS
-	}
-	copy(ev.Comm[:], "server")
-	h.now += 2000
-	h.tracer.Handle(&ev)
+	h.kernelRecord(sock, typ, bpf.HeadHash([]byte(data)), "", status, body, traceLow)
 }
 
 // recordWith is record with the kernel's payload (a traceparent value).
 func (h *harness) recordWith(sock uint64, typ bpf.EventType, data, payload string, status uint16, body uint32) {
+	h.kernelRecord(sock, typ, bpf.HeadHash([]byte(data)), payload, status, body, 0)
+}
+
+// kernelRecord delivers the kernel's record (or stand-in, by typ) of an
+// exchange whose request the kernel hashed as hash.
+func (h *harness) kernelRecord(sock uint64, typ bpf.EventType, hash uint64, payload string, status uint16, body uint32, traceLow uint64) {
 	h.now += 1000
 	ev := bpf.Event{Type: typ, Dir: out, EnterNS: h.now, ExitNS: h.now + 2000, Conn: sock, PID: 7, Local: serverAddr, Remote: clientAddr,
-		HeadHash: bpf.HeadHash([]byte(data)), Status: status, Body: body, Payload: []byte(payload)}
-	if typ == bpf.EventHTTPRequest {
+		TraceLow: traceLow, HeadHash: hash, Status: status, Body: body, Payload: []byte(payload)}
+	if typ == bpf.EventHTTPRequest || typ == bpf.EventRedisRequest {
 		ev.Dir, ev.ExitNS = in, ev.EnterNS
 	}
 	copy(ev.Comm[:], "server")
@@ -249,13 +252,7 @@ func TestKernelHeads(t *testing.T) {
 // sendCommand delivers a server's Redis command, with the kernel's hash of
 // its shape, as the kernel would.
 func (h *harness) sendCommand(sock uint64, args ...string) {
-	h.now += 1000
-	data := respCmd(args...)
-	ev := bpf.Event{Type: bpf.EventData, Dir: in, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr,
-		HeadHash: bpf.RedisShape([]byte(args[0]), len(args)), Payload: []byte(data)}
-	copy(ev.Comm[:], "server")
-	h.now += 500
-	h.tracer.Handle(&ev)
+	h.sendHashed(sock, respCmd(args...), bpf.RedisShape([]byte(args[0]), len(args)), 0)
 }
 
 // The kernel's spans of Redis commands: a command's shape (its name and
@@ -284,16 +281,7 @@ func TestKernelRedisShapes(t *testing.T) {
 		t.Fatalf("parsed %+v", parsed)
 	}
 	get := bpf.RedisShape([]byte("GET"), 2)
-	kernelEvent := func(sock uint64, typ bpf.EventType, shape uint64) {
-		h.now += 1000
-		ev := bpf.Event{Type: typ, Dir: out, EnterNS: h.now, ExitNS: h.now + 2000, Conn: sock, PID: 7, Local: serverAddr, Remote: clientAddr, HeadHash: shape}
-		if typ == bpf.EventRedisRequest || typ == bpf.EventHTTPRequest {
-			ev.Dir, ev.ExitNS = in, ev.EnterNS
-		}
-		copy(ev.Comm[:], "server")
-		h.now += 2000
-		h.tracer.Handle(&ev)
-	}
+	kernelEvent := func(sock uint64, typ bpf.EventType, shape uint64) { h.kernelRecord(sock, typ, shape, "", 0, 0, 0) }
 	n := len(h.got)
 	kernelEvent(1, bpf.EventRedis, get)
 	if len(h.got) != n+1 {
