@@ -299,8 +299,9 @@ func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger 
 }
 
 // withoutFastOnRefusal runs attach; while the verifier refuses it, it turns
-// off what fast asked for and runs it again: the Redis drop first, then
-// the kernel's spans, then the HTTP fast path.
+// off what fast asked for and runs it again: the kernel's Redis spans
+// first, then the Redis drop, then the kernel's HTTP spans, then the HTTP
+// fast path.
 func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable string) error, logger *slog.Logger) error {
 	err := attach()
 	steps := []struct {
@@ -308,7 +309,9 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 		names []string
 		what  string
 	}{
-		{fast.Redis || fast.RedisSpans, []string{"fast_redis", "redis_drop", "redis_spans"}, "kernel Redis sampling and spans unavailable: every Redis command goes through the agent"},
+		{fast.RedisSpans && fast.Redis, []string{"redis_spans"}, "kernel Redis spans unavailable: every Redis command picked for a span goes through the agent"},
+		{fast.RedisSpans && !fast.Redis, []string{"redis_spans", "fast_redis"}, "kernel Redis spans unavailable: every Redis command goes through the agent"},
+		{fast.Redis, []string{"fast_redis", "redis_drop"}, "kernel Redis sampling unavailable: every Redis command goes through the agent"},
 		// Without the histograms the fast path has nothing left to do.
 		{fast.Spans && fast.HTTP, []string{"fast_spans"}, "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
 		{fast.Spans && !fast.HTTP, []string{"fast_spans", "fast_http"}, "kernel HTTP spans unavailable: every request goes through the agent"},

@@ -409,8 +409,8 @@ func TestNextPoll(t *testing.T) {
 }
 
 // withoutFastOnRefusal: while the verifier refuses the programs, the
-// Redis drop and spans go first, then the kernel's HTTP spans, then the
-// HTTP fast path; another error, or
+// kernel's Redis spans go first, then the Redis drop, then the kernel's
+// HTTP spans, then the HTTP fast path; another error, or
 // nothing left to turn off, is returned as it is.
 func TestWithoutFastOnRefusal(t *testing.T) {
 	refused := fmt.Errorf("load program: %w", &ebpf.VerifierError{Cause: errors.New("too complex")})
@@ -423,16 +423,18 @@ func TestWithoutFastOnRefusal(t *testing.T) {
 		wantError bool
 	}{
 		{Fast{HTTP: true, Redis: true}, 0, nil, "", false},
-		{Fast{HTTP: true, Redis: true}, 1, nil, "fast_redis redis_drop redis_spans", false},
-		{Fast{HTTP: true, Redis: true}, 2, nil, "fast_redis redis_drop redis_spans fast_http", false},
-		{Fast{HTTP: true, Redis: true}, 3, nil, "fast_redis redis_drop redis_spans fast_http", true},
+		{Fast{HTTP: true, Redis: true}, 1, nil, "fast_redis redis_drop", false},
+		{Fast{HTTP: true, Redis: true}, 2, nil, "fast_redis redis_drop fast_http", false},
+		{Fast{HTTP: true, Redis: true}, 3, nil, "fast_redis redis_drop fast_http", true},
 		{Fast{HTTP: true}, 1, nil, "fast_http", false},
-		{Fast{HTTP: true, Spans: true, Redis: true}, 2, nil, "fast_redis redis_drop redis_spans fast_spans", false},
-		{Fast{HTTP: true, Spans: true, Redis: true}, 3, nil, "fast_redis redis_drop redis_spans fast_spans fast_http", false},
+		{Fast{HTTP: true, Spans: true, Redis: true}, 2, nil, "fast_redis redis_drop fast_spans", false},
+		{Fast{HTTP: true, Spans: true, Redis: true}, 3, nil, "fast_redis redis_drop fast_spans fast_http", false},
 		{Fast{Spans: true}, 1, nil, "fast_spans fast_http", false},
-		{Fast{Spans: true, Redis: true}, 2, nil, "fast_redis redis_drop redis_spans fast_spans fast_http", false},
-		{Fast{Spans: true, RedisSpans: true}, 1, nil, "fast_redis redis_drop redis_spans", false},
-		{Fast{Redis: true}, 2, nil, "fast_redis redis_drop redis_spans", true},
+		{Fast{Spans: true, Redis: true}, 2, nil, "fast_redis redis_drop fast_spans fast_http", false},
+		{Fast{Spans: true, RedisSpans: true}, 1, nil, "redis_spans fast_redis", false},
+		{Fast{Spans: true, RedisSpans: true, Redis: true}, 1, nil, "redis_spans", false},
+		{Fast{Spans: true, RedisSpans: true, Redis: true}, 2, nil, "redis_spans fast_redis redis_drop", false},
+		{Fast{Redis: true}, 2, nil, "fast_redis redis_drop", true},
 		{Fast{}, 1, nil, "", true},
 		{Fast{HTTP: true, Redis: true}, 0, errors.New("no such tracepoint"), "", true},
 	} {
