@@ -5,8 +5,10 @@ package main
 // Built with -tags pprof, the agent writes a Go CPU profile of its whole
 // life to $PODTRACER_DEV_CPUPROFILE (a developer's tool: perf on virtual
 // machines attributes most samples to the kernel's interrupt exits), and
-// a heap profile of the moment its heap was largest to
-// $PODTRACER_DEV_HEAPPROFILE (looked at twice a second).
+// to $PODTRACER_DEV_HEAPPROFILE a heap profile taken when its heap in use
+// was the largest it had been (looked at twice a second, stopping the
+// world each time: not for benchmark figures; the profile's figures are
+// as of the last collection).
 
 import (
 	"os"
@@ -44,9 +46,10 @@ func heapPeaks(path string) {
 			continue
 		}
 		most = m.HeapInuse
-		if f, err := os.Create(path); err == nil {
+		if f, err := os.Create(path + ".part"); err == nil {
 			pprof.Lookup("heap").WriteTo(f, 0)
 			f.Close()
+			os.Rename(path+".part", path)
 		}
 	}
 }

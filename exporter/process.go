@@ -82,9 +82,10 @@ type process struct {
 	lastHTTP     httpStable
 	lastHTTPWire []byte
 
-	// The last other exchange's description (describe), and the last
-	// peer address of one with its string.
-	lastOther   *otherDesc
+	// The last other exchanges' descriptions (describe), the next one to
+	// replace, and the last peer address of one with its string.
+	lastOther   [4]*otherDesc
+	nextOther   int
 	lastPeer    netip.Addr
 	lastPeerStr string
 }

@@ -117,18 +117,22 @@ type otherDesc struct {
 	set          *attribute.Set
 }
 
-// describe is describeOther, remembered for the next request: a
-// connection's requests mostly repeat the last one's command, database
-// and status (all but the peer), and a description is a dozen
-// allocations.
+// describe is describeOther, remembered for the next requests: a
+// process's requests mostly repeat a few commands, databases and
+// statuses (all but the peer), and a description is a dozen allocations.
+// The last few are kept (a client alternating GET and SET, say), the
+// oldest replaced first.
 func (s *process) describe(r *tracer.Request, host string, port int) *otherDesc {
 	key := otherKeyOf(r, host, port)
-	if d := s.lastOther; d != nil && d.key == key {
-		return d
+	for _, d := range s.lastOther {
+		if d != nil && d.key == key {
+			return d
+		}
 	}
 	d := &otherDesc{key: key}
 	d.name, d.span, d.metric, d.failed, d.errType = describeOther(r, host, port)
-	s.lastOther = d
+	s.lastOther[s.nextOther] = d
+	s.nextOther = (s.nextOther + 1) % len(s.lastOther)
 	return d
 }
 

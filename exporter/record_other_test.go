@@ -1,11 +1,163 @@
 package exporter
 
 import (
+	"fmt"
+	"net/netip"
 	"reflect"
 	"testing"
 
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/internal/otlptest"
 	"github.com/podtracer/podtracer/tracer"
 )
+
+func otherReq(proto string, role tracer.Role) *tracer.Request {
+	r := serverReq()
+	r.Protocol, r.Role = proto, role
+	r.Method, r.Path, r.Route, r.StatusCode, r.Host, r.HostPort, r.ProtocolVersion, r.UserAgent = "", "", "", 0, "", 0, "", ""
+	r.Parent = trace.SpanContext{}
+	r.Local = netip.MustParseAddrPort("10.0.0.2:40000")
+	r.Remote = netip.MustParseAddrPort("10.0.0.9:5432")
+	r.GRPCStatus, r.Partition = -1, -1
+	return r
+}
+
+func TestDatabaseSpan(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	r := otherReq(tracer.ProtoPostgreSQL, tracer.RoleClient)
+	r.DBOperation, r.DBCollection, r.DBNamespace, r.DBQuery = "SELECT", "users", "shop", "SELECT * FROM users WHERE id = ?"
+	e.Export(r)
+	bad := otherReq(tracer.ProtoPostgreSQL, tracer.RoleClient)
+	bad.DBOperation, bad.ErrorCode, bad.ErrorMessage = "INSERT", "23505", "duplicate key"
+	e.Export(bad)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(find(s, "SELECT users")) == 1 && len(find(s, "INSERT")) == 1 })
+	s := find(spans, "SELECT users")[0]
+	if s.Kind != trace.SpanKindClient || s.StatusCode != codes.Unset {
+		t.Errorf("kind %v status %v", s.Kind, s.StatusCode)
+	}
+	checkAttrs(t, "db span", s.Attributes, map[string]any{
+		"db.system.name":       "postgresql",
+		"db.operation.name":    "SELECT",
+		"db.collection.name":   "users",
+		"db.namespace":         "shop",
+		"db.query.text":        "SELECT * FROM users WHERE id = ?",
+		"server.address":       "10.0.0.9",
+		"server.port":          int64(5432),
+		"network.peer.address": "10.0.0.9",
+		"network.peer.port":    int64(5432),
+	})
+	f := find(spans, "INSERT")[0]
+	if f.StatusCode != codes.Error || f.StatusMessage != "duplicate key" || f.Attributes["db.response.status_code"] != "23505" || f.Attributes["error.type"] != "23505" {
+		t.Errorf("failed span: status %v %q attrs %v", f.StatusCode, f.StatusMessage, f.Attributes)
+	}
+	points := rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
+		for _, p := range m {
+			if p.Name == "db.client.operation.duration" && p.Attributes["db.operation.name"] == "SELECT" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, p := range points {
+		if _, ok := p.Attributes["db.query.text"]; ok {
+			t.Errorf("%s has db.query.text: cardinality", p.Name)
+		}
+	}
+}
+
+func TestGRPCSpans(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	srv := otherReq(tracer.ProtoGRPC, tracer.RoleServer)
+	srv.RPCService, srv.RPCMethod, srv.GRPCStatus = "helloworld.Greeter", "SayHello", 5 // NOT_FOUND: not the server's failure
+	e.Export(srv)
+	cli := otherReq(tracer.ProtoGRPC, tracer.RoleClient)
+	cli.RPCService, cli.RPCMethod, cli.GRPCStatus = "helloworld.Greeter", "SayHello", 5
+	e.Export(cli)
+	spans := rcv.WaitSpans(t, waitFor, spansNamed("helloworld.Greeter/SayHello", 2))
+	for _, s := range find(spans, "helloworld.Greeter/SayHello") {
+		if s.Attributes["rpc.system.name"] != "grpc" || s.Attributes["rpc.method"] != "helloworld.Greeter/SayHello" ||
+			s.Attributes["rpc.response.status_code"] != "NOT_FOUND" || s.Attributes["rpc.grpc.status_code"] != int64(5) || s.Attributes["rpc.service"] != "helloworld.Greeter" {
+			t.Errorf("%v attrs %v", s.Kind, s.Attributes)
+		}
+		wantErr := s.Kind == trace.SpanKindClient
+		if (s.StatusCode == codes.Error) != wantErr {
+			t.Errorf("%v span status %v", s.Kind, s.StatusCode)
+		}
+	}
+	rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
+		var server, client bool
+		for _, p := range m {
+			server = server || p.Name == "rpc.server.call.duration"
+			client = client || p.Name == "rpc.client.call.duration" && p.Attributes["server.port"] == int64(5432)
+		}
+		return server && client
+	})
+}
+
+// gRPC calls to methods the server does not have (it answers
+// UNIMPLEMENTED): the path is the caller's choice, so a scanner would make a
+// series per path. rpc.method is "_OTHER" then, the path stays on the span.
+func TestGRPCUnknownMethod(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	for i := range 20 {
+		r := otherReq(tracer.ProtoGRPC, tracer.RoleServer)
+		r.RPCService, r.RPCMethod, r.GRPCStatus = fmt.Sprintf("scan%d.Svc", i), "Probe", 12
+		e.Export(r)
+	}
+	spans := rcv.WaitSpans(t, waitFor, spansNamed("_OTHER", 20))
+	if s := find(spans, "_OTHER")[0]; s.Attributes["rpc.method"] != "_OTHER" || s.Attributes["rpc.method_original"] == nil {
+		t.Errorf("attrs %v", s.Attributes)
+	}
+	points := rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
+		for _, p := range m {
+			if p.Name == "rpc.server.call.duration" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, p := range points {
+		if p.Name == "rpc.server.call.duration" && p.Attributes["rpc.method"] != "_OTHER" {
+			t.Errorf("metric point with rpc.method %v", p.Attributes["rpc.method"])
+		}
+	}
+}
+
+func TestKafkaSpans(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	send := otherReq(tracer.ProtoKafka, tracer.RoleClient)
+	send.MessagingOperation, send.MessagingDestination, send.Partition, send.ClientID = "send", "orders", 3, "shop-producer"
+	send.Remote = netip.MustParseAddrPort("10.0.0.7:9092")
+	e.Export(send)
+	recv := otherReq(tracer.ProtoKafka, tracer.RoleClient)
+	recv.MessagingOperation, recv.MessagingDestination = "receive", "orders"
+	recv.Remote = netip.MustParseAddrPort("10.0.0.7:9092")
+	e.Export(recv)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool {
+		return len(find(s, "send orders")) == 1 && len(find(s, "receive orders")) == 1
+	})
+	s := find(spans, "send orders")[0]
+	if s.Kind != trace.SpanKindProducer {
+		t.Errorf("send kind %v", s.Kind)
+	}
+	checkAttrs(t, "send", s.Attributes, map[string]any{
+		"messaging.system":                   "kafka",
+		"messaging.operation.name":           "send",
+		"messaging.operation.type":           "send",
+		"messaging.destination.name":         "orders",
+		"messaging.destination.partition.id": "3",
+		"messaging.client.id":                "shop-producer",
+		"server.address":                     "10.0.0.7",
+		"server.port":                        int64(9092),
+		"network.peer.address":               "10.0.0.7",
+		"network.peer.port":                  int64(9092),
+	})
+	if r := find(spans, "receive orders")[0]; r.Kind != trace.SpanKindClient || r.Attributes["messaging.operation.type"] != "receive" {
+		t.Errorf("receive %v %v", r.Kind, r.Attributes)
+	}
+}
 
 // describe remembers the last description, and gives describeOther's own
 // for each request of a sequence where each differs from the one before
@@ -48,6 +200,15 @@ func TestDescribeRemembers(t *testing.T) {
 				}
 				if again := s.describe(&r, host, port); again != d {
 					t.Errorf("step %d: the same request described anew", i)
+				}
+				if i > 0 && port == 6379 && host == "10.0.0.1" {
+					// A few descriptions are kept: the step before's too.
+					prev := r
+					prev.DBOperation, prev.RPCMethod, prev.Partition = "", "", 99
+					s.describe(&prev, host, port)
+					if again := s.describe(&r, host, port); again != d {
+						t.Errorf("step %d: described anew after another", i)
+					}
 				}
 			}
 		}

@@ -66,8 +66,8 @@ type heads struct {
 	candidates   int // heads seen once
 	// registered counts the heads registered; mismatched, the heads whose
 	// hash the agent computed unlike the kernel (none, unless they
-	// disagree); misses, the records and stand-ins of a head the tracer
-	// did not have; records, the exchanges made from a record.
+	// disagree); misses, the records and stand-ins the tracer could not
+	// use (Stats.HeadMisses); records, the exchanges made from a record.
 	registered, mismatched, misses, records atomic.Int64
 }
 

@@ -104,9 +104,10 @@ var redisStateful = map[string]bool{
 // transaction (its MULTI read behind another command, which the kernel
 // does not look at) the command is queued, as parsed, and its span is
 // the transaction's.
-func (c *redisConn) record(shape *redisShape, start, end, traceLow uint64) {
+// It tells whether the command was taken.
+func (c *redisConn) record(shape *redisShape, start, end, traceLow uint64) bool {
 	if c.done || c.replyOff {
-		return
+		return false
 	}
 	c.seen = true
 	if tx := c.tx; tx != nil {
@@ -115,9 +116,10 @@ func (c *redisConn) record(shape *redisShape, start, end, traceLow uint64) {
 			tx.ops = append(tx.ops, shape.op)
 			tx.texts = append(tx.texts, shape.text)
 		}
-		return
+		return true
 	}
 	c.report(shape.op, shape.text, c.db, start, start, end, "", "", traceLow)
+	return true
 }
 
 // redisCmd is a command waiting for its reply.

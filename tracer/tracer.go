@@ -55,14 +55,17 @@ type Stats struct {
 	// ParserFailures counts connections given up because their parser
 	// panicked (see LastFailure).
 	ParserFailures uint64
-	// KernelHeads are the request heads registered with the kernel now;
-	// HeadMisses the records and stand-ins of requests whose head the
-	// tracer did not have (their requests are lost), HeadMismatches the
-	// requests whose head's hash the agent computed unlike the kernel
-	// (their heads are not registered).
+	// KernelHeads are the request heads and Redis command shapes
+	// registered with the kernel now; HeadMisses the records and
+	// stand-ins the tracer could not use (their requests are lost): of a
+	// head or shape it did not have, of the other kind, or a Redis record
+	// on a connection that speaks something else; HeadMismatches the
+	// requests whose hash the agent computed unlike the kernel (their
+	// heads are not registered).
 	KernelHeads, HeadMisses, HeadMismatches uint64
-	// KernelRecords are the requests made from the kernel's records of
-	// their exchanges (bpf.EventHTTP), without their bytes.
+	// KernelRecords are the requests and commands made from the kernel's
+	// records of their exchanges (bpf.EventHTTP, bpf.EventRedis), without
+	// their bytes.
 	KernelRecords uint64
 }
 
@@ -156,8 +159,9 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 				c.parser = newRedisConn(t.cfg, bpf.Ingress, c.emit)
 			}
 			if rc, ok := c.parser.(*redisConn); ok && rc.role == RoleServer {
-				t.cfg.heads.records.Add(1)
-				rc.record(head.redis, ev.EnterNS, ev.ExitNS, ev.TraceLow)
+				if rc.record(head.redis, ev.EnterNS, ev.ExitNS, ev.TraceLow) {
+					t.cfg.heads.records.Add(1)
+				}
 			} else {
 				t.cfg.heads.misses.Add(1) // the connection speaks something else: lost
 			}
