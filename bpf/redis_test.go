@@ -541,3 +541,72 @@ func redisSpans(t *testing.T, ratio float64) (*Capture, *fastEvents, int, *redis
 	pid, port := startRedis(t)
 	return c, events, pid, dialRedis(t, port)
 }
+
+// respServer answers each command with +OK, one send each; after a
+// command with "ahead" in it, it reads once more before it answers (the
+// client pipelines), and on one with "close" it closes unanswered.
+const respServer = pythonListener + `
+while True:
+    c, _ = s.accept()
+    while True:
+        data = c.recv(4096)
+        if not data or b"close" in data:
+            break
+        n = 1
+        if b"ahead" in data:
+            c.recv(4096)
+            n = 2
+        for _ in range(n):
+            c.sendall(b"+OK\r\n")
+    c.close()
+`
+
+// TestKernelRedisSpansEnds: a command the kernel owns for a span, and a
+// command read before its reply (the client pipelines), or a close before
+// it: the owned command's stand-in goes first, then what came, and the
+// connection's commands are user space's from then on.
+func TestKernelRedisSpansEnds(t *testing.T) {
+	c := loadFast(t, Fast{RedisSpans: true, SampleRatio: 1})
+	events := readEventsOf(c, true)
+	pid, port := startPythonServer(t, respServer)
+	if err := c.AddHead(RedisShape([]byte("GET"), 2)); err != nil {
+		t.Fatal(err)
+	}
+	types := func() (got []EventType) {
+		for _, ev := range events.take(pid) {
+			got = append(got, ev.Type)
+		}
+		return got
+	}
+	rc := dialRedis(t, port)
+	rc.send(resp("GET", "k"), 1)
+	if got := types(); len(got) != 1 || got[0] != EventRedis {
+		t.Fatalf("events %v, want a record", got)
+	}
+	// Read ahead: the owned command's stand-in, the next command's bytes,
+	// then both replies; then nothing more is the kernel's.
+	io.WriteString(rc.conn, resp("GET", "ahead"))
+	time.Sleep(50 * time.Millisecond)
+	rc.send(resp("GET", "k"), 2)
+	if got := types(); len(got) != 4 || got[0] != EventRedisRequest || got[1] != EventData || got[2] != EventData || got[3] != EventData {
+		t.Errorf("read ahead: events %v, want the stand-in, the command, two replies", got)
+	}
+	rc.send(resp("GET", "k"), 1)
+	if got := types(); len(got) != 2 || got[0] != EventData {
+		t.Errorf("after the read ahead: events %v, want the command and its reply", got)
+	}
+	// A close before the reply: the stand-in, then the close. (The
+	// server takes one connection at a time.)
+	rc.conn.Close()
+	time.Sleep(50 * time.Millisecond)
+	events.take(pid)
+	rc2 := dialRedis(t, port)
+	io.WriteString(rc2.conn, resp("GET", "close"))
+	if _, err := rc2.r.ReadByte(); err != io.EOF {
+		t.Fatalf("read after close: %v, want EOF", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got := types(); len(got) != 2 || got[0] != EventRedisRequest || got[1] != EventClose {
+		t.Errorf("close: events %v, want the stand-in, then the close", got)
+	}
+}
