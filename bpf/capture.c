@@ -1258,6 +1258,17 @@ static __always_inline bool picked(struct event *e)
 	return (low >> 1) < sample_bound;
 }
 
+// own_span keeps in st what stands for the request (or Redis command) the
+// kernel now owns for a span: when it arrived, its trace ID draw and its
+// head's hash (or shape), for its record or stand-in; no traceparent.
+static __always_inline void own_span(struct sock_state *st, __u64 start_ns, __u64 trace_low, __u64 head)
+{
+	st->req_ns = start_ns;
+	st->trace_low = trace_low;
+	st->head = head;
+	st->has_parent = 0;
+}
+
 // fast_request tells whether the request in e (received on a connection
 // in state st) is for the fast path, and if so makes st own its exchange:
 // for the histograms, or for a span (FAST_SPAN). Otherwise the request
@@ -1304,9 +1315,7 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 		if (!bpf_map_lookup_elem(&http_heads, &head))
 			return false;
 		st->fast = FAST_OWN | FAST_SPAN;
-		st->req_ns = start_ns;
-		st->trace_low = 0;
-		st->head = head;
+		own_span(st, start_ns, 0, head);
 		st->has_parent = 1;
 		__builtin_memcpy(st->parent, &e->payload[bounded(s->parent, MAX_CAPTURE - 1)], TRACEPARENT_VALUE + 1);
 		count(STAT_SPAN);
@@ -1319,10 +1328,7 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 		if (!fast_spans || !bpf_map_lookup_elem(&http_heads, &head))
 			return false;
 		st->fast = FAST_OWN | FAST_SPAN;
-		st->req_ns = start_ns;
-		st->trace_low = e->trace_low;
-		st->head = head;
-		st->has_parent = 0;
+		own_span(st, start_ns, e->trace_low, head);
 		count(STAT_SPAN);
 		return true;
 	}
@@ -1913,10 +1919,7 @@ static __always_inline bool redis_command(struct event *e, struct sock_state *st
 		if (!shape || !bpf_map_lookup_elem(&http_heads, &shape))
 			return false;
 		st->redis = REDIS_SPAN;
-		st->req_ns = e->ts_exit;
-		st->trace_low = e->trace_low;
-		st->head = shape;
-		st->has_parent = 0;
+		own_span(st, e->ts_exit, e->trace_low, shape);
 		count(STAT_REDIS_SPAN);
 		return true;
 	}
@@ -1973,9 +1976,10 @@ static __always_inline bool redis_whole_reply(struct event *e)
 }
 
 // redis_skip runs the drop for e, received or sent on socket sk in state
-// st, and tells whether e is the kernel's: not to be sent. The sends of a
-// dropped command's reply never get here (on_sock_data).
-static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir)
+// st by the syscall whose saved registers are regs, and tells whether e is
+// the kernel's: not to be sent. The sends of a dropped command's reply
+// never get here (on_sock_data).
+static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir, struct pt_regs *regs)
 {
 	__u8 r = st->redis;
 	if (r & REDIS_OFF)
@@ -1990,7 +1994,7 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 		}
 		// Its reply: a record when this send is all of it and it is not
 		// an error, whose message is in the span.
-		bool open = send_open((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), e->len);
+		bool open = send_open(regs, e->len);
 		st->redis = open ? REDIS_OPEN : 0;
 		if (!open && redis_whole_reply(e))
 			return FAST_SEND_SPAN;
@@ -1998,14 +2002,7 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 	}
 	if (dir == DIR_EGRESS) {
 		r &= ~(REDIS_PENDING | REDIS_OPEN);
-		// The syscall's registers are looked up again rather than kept
-		// from before the payload copy: the verifier would follow each
-		// path through the copy with them, and its work multiplies
-		// (sock_send_length 616k → 894k of 1M instructions even when only
-		// the result is stored before the copy: branching on the syscall
-		// number there splits the copy by it). Only connections the drop
-		// is still on pay for it: any other protocol's first read ends it.
-		if (send_open((struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()), e->len))
+		if (send_open(regs, e->len))
 			r |= REDIS_OPEN;
 		st->redis = r;
 		return FAST_SEND;
@@ -2167,7 +2164,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	}
 	bool redis = false; // the verdict is the Redis side's
 	if (fast_redis && st && verdict == FAST_SEND) {
-		verdict = redis_skip(sk, st, e, dir);
+		verdict = redis_skip(sk, st, e, dir, regs);
 		if (verdict == FAST_SKIP)
 			return 0;
 		redis = true;

@@ -52,13 +52,11 @@ var kernelDrainInterval = time.Second
 //     server-side Redis commands whose shapes it has.
 func (e *Exporter) Fast(kernel, redis, spans, redisSpans bool) bpf.Fast {
 	var f bpf.Fast
-	switch {
-	case len(e.sinks) == 0, e.sampler.never:
-		f.SampleRatio = 0
-	case e.sampler.always:
-		f.SampleRatio, f.Spans, f.RedisSpans = 1, spans, redisSpans
-	default:
+	if len(e.sinks) > 0 && !e.sampler.never {
 		f.SampleRatio, f.Spans, f.RedisSpans = float64(e.sampler.bound)/(1<<63), spans, redisSpans
+		if e.sampler.always {
+			f.SampleRatio = 1
+		}
 	}
 	if kernel && f.SampleRatio < 1 {
 		f.Redis = redis

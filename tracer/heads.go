@@ -110,7 +110,7 @@ func (hs *heads) learnRedis(hash uint64, name []byte, args int, op, text string,
 	for range args - 1 {
 		raw = append(raw, "$1\r\n?\r\n"...)
 	}
-	*h = requestHead{raw: raw, redis: &redisShape{op: op, text: text}, used: now}
+	*h = requestHead{raw: raw, parent: -1, redis: &redisShape{op: op, text: text}, used: now}
 	hs.candidates--
 	hs.register(hash, h)
 }
@@ -228,8 +228,8 @@ func (h *requestHead) exchange(ev *bpf.Event) *Request {
 	return &r
 }
 
-// standIn is the bytes of the request a stand-in (bpf.EventHTTPRequest)
-// is for: h's, or when h has a traceparent a copy in *buf with the value
+// standIn is the bytes of the request a stand-in (bpf.EventHTTPRequest,
+// bpf.EventRedisRequest) is for: h's, or when h has a traceparent a copy in *buf with the value
 // the event carries.
 func (h *requestHead) standIn(ev *bpf.Event, buf *[]byte) []byte {
 	if h.parent < 0 {

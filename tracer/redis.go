@@ -110,12 +110,8 @@ func (c *redisConn) record(shape *redisShape, start, end, traceLow uint64) bool 
 		return false
 	}
 	c.seen = true
-	if tx := c.tx; tx != nil {
-		tx.n++
-		if len(tx.ops) < redisMaxTxOps {
-			tx.ops = append(tx.ops, shape.op)
-			tx.texts = append(tx.texts, shape.text)
-		}
+	if c.tx != nil {
+		c.tx.queue(shape.op, shape.text)
 		return true
 	}
 	c.report(shape.op, shape.text, c.db, start, start, end, "", "", traceLow)
@@ -145,6 +141,16 @@ type redisTx struct {
 	n                 int  // commands queued
 	partial           bool // some of its commands were not captured
 	errCode, errMsg   string
+}
+
+// queue counts a command queued in the transaction, and keeps its op and
+// text while there is room.
+func (tx *redisTx) queue(op, text string) {
+	tx.n++
+	if len(tx.ops) < redisMaxTxOps {
+		tx.ops = append(tx.ops, op)
+		tx.texts = append(tx.texts, text)
+	}
 }
 
 // redisReply is what the pairing needs of a complete reply.
@@ -821,11 +827,7 @@ func (c *redisConn) onCommand(args [][]byte, total int, enter, exit, traceLow, s
 		c.tx = nil
 	case c.tx != nil:
 		p.tx = c.tx
-		c.tx.n++
-		if len(c.tx.ops) < redisMaxTxOps {
-			c.tx.ops = append(c.tx.ops, op)
-			c.tx.texts = append(c.tx.texts, p.text)
-		}
+		c.tx.queue(op, p.text)
 	}
 	if len(c.pending) >= redisMaxPending {
 		// Too many in flight to remember: count them, so that their

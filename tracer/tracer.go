@@ -147,8 +147,9 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			t.cfg.heads.records.Add(1)
 			c.emit(head.exchange(ev), RoleServer, ev.EnterNS, ev.ExitNS)
 		}
-	case bpf.EventHTTPRequest:
-		// The request's bytes, as they came; its response follows.
+	case bpf.EventHTTPRequest, bpf.EventRedisRequest:
+		// The request's bytes, as they came (a Redis command's, of its
+		// shape: its arguments are not in its span); its response follows.
 		t.seg = segment{data: head.standIn(ev, &t.standIn), total: len(head.raw) + int(head.request.RequestSize), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
 		c.feed(bpf.Ingress, &t.seg)
 	case bpf.EventRedis:
@@ -166,11 +167,6 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 				t.cfg.heads.misses.Add(1) // the connection speaks something else: lost
 			}
 		}
-	case bpf.EventRedisRequest:
-		// A command of the shape (its arguments do not matter to its
-		// span); its reply follows.
-		t.seg = segment{data: head.raw, total: len(head.raw), enter: ev.EnterNS, exit: ev.EnterNS, traceLow: ev.TraceLow}
-		c.feed(bpf.Ingress, &t.seg)
 	default:
 		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,
 			headHash: ev.HeadHash}
