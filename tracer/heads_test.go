@@ -3,6 +3,7 @@ package tracer
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -341,5 +342,150 @@ func TestKernelRedisShapes(t *testing.T) {
 	}
 	if kernel2.added != 0 {
 		t.Errorf("%d shapes registered with keys in the query text", kernel2.added)
+	}
+}
+
+// A connection closing (softirq, one CPU) while its owned request's
+// response is sent (another CPU): both the close and the send may see the
+// request owned, and each send what stands for it, in either order with
+// the other's events. Per-socket state has no atomics to stop that (the
+// programs are built for BPF v1), so the tracer must: a request stood for
+// twice never makes two spans. The close's stand-in, and its close event
+// after it, race the send's record, or its stand-in and the response's
+// bytes after that.
+func TestKernelCloseRace(t *testing.T) {
+	const get = "GET /race HTTP/1.1\r\nHost: shop\r\n\r\n"
+	const resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	redisGet := bpf.RedisShape([]byte("GET"), 2)
+	type event struct {
+		name string
+		send func(h *harness)
+	}
+	closeStandIn := func(typ bpf.EventType, hash uint64) event {
+		return event{"close's stand-in", func(h *harness) { h.kernelRecord(9, typ, hash, "", 0, 0, 0) }}
+	}
+	closed := event{"close", func(h *harness) { h.close(9) }}
+	// The close event forgets the connection: when it lands between the
+	// send's stand-in and the response, the response has no request, and
+	// the exchange is lost (not doubled). Otherwise one span.
+	standInSpans := func(order []string) int {
+		if c := slices.Index(order, "close"); slices.Index(order, "send's stand-in") < c && c < slices.Index(order, "response") {
+			return 0
+		}
+		return 1
+	}
+	for _, tc := range []struct {
+		name  string
+		learn func(h *harness)
+		// closing and sending: each side's events, in order
+		closing, sending []event
+		spans            func(order []string) int // expected
+		check            func(t *testing.T, r *Request)
+	}{{
+		name: "HTTP record",
+		learn: func(h *harness) {
+			h.sendHead(1, get, 0)
+			h.send(1, out, resp)
+		},
+		closing: []event{closeStandIn(bpf.EventHTTPRequest, bpf.HeadHash([]byte(get))), closed},
+		sending: []event{{"record", func(h *harness) { h.record(9, bpf.EventHTTP, get, 200, 2, 0) }}},
+		spans:   func([]string) int { return 1 },
+		check: func(t *testing.T, r *Request) {
+			if r.Path != "/race" || r.StatusCode != 200 || r.ResponseSize != 2 {
+				t.Errorf("span %+v", r)
+			}
+		},
+	}, {
+		name: "HTTP stand-in",
+		learn: func(h *harness) {
+			h.sendHead(1, get, 0)
+			h.send(1, out, resp)
+		},
+		closing: []event{closeStandIn(bpf.EventHTTPRequest, bpf.HeadHash([]byte(get))), closed},
+		sending: []event{
+			{"send's stand-in", func(h *harness) { h.record(9, bpf.EventHTTPRequest, get, 0, 0, 0) }},
+			{"response", func(h *harness) { h.send(9, out, resp) }},
+		},
+		spans: standInSpans,
+		check: func(t *testing.T, r *Request) {
+			if r.Path != "/race" || r.StatusCode != 200 {
+				t.Errorf("span %+v", r)
+			}
+		},
+	}, {
+		name: "Redis record",
+		learn: func(h *harness) {
+			h.sendCommand(1, "GET", "k")
+			h.send(1, out, "$1\r\nv\r\n")
+		},
+		closing: []event{closeStandIn(bpf.EventRedisRequest, redisGet), closed},
+		sending: []event{{"record", func(h *harness) { h.kernelRecord(9, bpf.EventRedis, redisGet, "", 0, 0, 0) }}},
+		spans:   func([]string) int { return 1 },
+		check: func(t *testing.T, r *Request) {
+			if r.DBQuery != "GET ?" || r.ErrorCode != "" {
+				t.Errorf("span %+v", r)
+			}
+		},
+	}, {
+		name: "Redis stand-in",
+		learn: func(h *harness) {
+			h.sendCommand(1, "GET", "k")
+			h.send(1, out, "$1\r\nv\r\n")
+		},
+		closing: []event{closeStandIn(bpf.EventRedisRequest, redisGet), closed},
+		sending: []event{
+			{"send's stand-in", func(h *harness) { h.kernelRecord(9, bpf.EventRedisRequest, redisGet, "", 0, 0, 0) }},
+			{"response", func(h *harness) { h.send(9, out, "*2\r\n$1\r\na\r\n$1\r\nb\r\n") }},
+		},
+		spans: standInSpans,
+		check: func(t *testing.T, r *Request) {
+			if r.DBQuery != "GET ?" {
+				t.Errorf("span %+v", r)
+			}
+		},
+	}} {
+		// Every interleaving of the two sides, each side in its order.
+		var orders [][]event
+		var interleave func(done []event, a, b []event)
+		interleave = func(done []event, a, b []event) {
+			if len(a) == 0 && len(b) == 0 {
+				orders = append(orders, slices.Clone(done))
+				return
+			}
+			if len(a) > 0 {
+				interleave(append(done, a[0]), a[1:], b)
+			}
+			if len(b) > 0 {
+				interleave(append(done, b[0]), a, b[1:])
+			}
+		}
+		interleave(nil, tc.closing, tc.sending)
+		for _, order := range orders {
+			var names []string
+			for _, e := range order {
+				names = append(names, e.name)
+			}
+			t.Run(tc.name+": "+strings.Join(names, ", "), func(t *testing.T) {
+				h := newHarness(t, 512)
+				kernel := &fakeHeads{max: 8, heads: map[uint64]bool{}}
+				h.tracer = New(Config{Heads: kernel}, allProcesses{}, h.tracer.wall, h.tracer.emit)
+				tc.learn(h)
+				tc.learn(h)
+				if kernel.added != 1 {
+					t.Fatalf("%d heads registered, want 1", kernel.added)
+				}
+				n := len(h.got)
+				for _, e := range order {
+					e.send(h)
+				}
+				spans := h.got[n:]
+				if want := tc.spans(names); len(spans) != want {
+					t.Fatalf("%d spans, want %d", len(spans), want)
+				}
+				for _, r := range spans {
+					tc.check(t, r)
+				}
+			})
+		}
 	}
 }
