@@ -12,12 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/caarlos0/env/v11"
 	"github.com/hashicorp/go-multierror"
 
 	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/exporter"
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
 )
@@ -30,13 +30,20 @@ type config struct {
 	OTLPEndpoint        string `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC collector endpoint for traces and metrics (e.g. http://otel-collector:4317); unset: spans are printed to stdout"`
 	OTLPTracesEndpoint  string `env:"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" desc:"OTLP/gRPC endpoint for traces only, overrides OTEL_EXPORTER_OTLP_ENDPOINT"`
 	OTLPMetricsEndpoint string `env:"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" desc:"OTLP/gRPC endpoint for metrics only, overrides OTEL_EXPORTER_OTLP_ENDPOINT"`
-	OTLPInsecure        string `env:"OTEL_EXPORTER_OTLP_INSECURE" desc:"true: plaintext gRPC to an https:// endpoint's host (http:// endpoints are plaintext anyway)"`
+	OTLPInsecure        string `env:"OTEL_EXPORTER_OTLP_INSECURE" desc:"true: plaintext gRPC even to an https:// endpoint; false: TLS even to an http:// one; unset: as the endpoint's scheme says"`
 	OTLPHeaders         string `env:"OTEL_EXPORTER_OTLP_HEADERS" desc:"headers for every OTLP export, key1=value1,key2=value2 (e.g. auth tokens)"`
 	ServiceName         string `env:"OTEL_SERVICE_NAME" desc:"service.name of every traced process; unset: each process's executable name"`
 	ResourceAttributes  string `env:"OTEL_RESOURCE_ATTRIBUTES" desc:"extra resource attributes, key1=value1,key2=value2"`
 	Sampler             string `env:"OTEL_TRACES_SAMPLER" envDefault:"parentbased_always_on" desc:"always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"`
 	SamplerArg          string `env:"OTEL_TRACES_SAMPLER_ARG" desc:"sampling ratio 0..1 for the traceidratio samplers"`
 	MetricInterval      string `env:"OTEL_METRIC_EXPORT_INTERVAL" envDefault:"60000" desc:"milliseconds between metric exports"`
+	MetricTimeout       string `env:"OTEL_METRIC_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a metric export may take"`
+	ExemplarFilter      string `env:"OTEL_METRICS_EXEMPLAR_FILTER" envDefault:"trace_based" desc:"which requests leave exemplars on the duration histograms: trace_based (those with a sampled span), always_on or always_off"`
+	BatchQueue          string `env:"OTEL_BSP_MAX_QUEUE_SIZE" envDefault:"2048" desc:"spans waiting for export per destination; beyond it they are dropped and counted"`
+	BatchSize           string `env:"OTEL_BSP_MAX_EXPORT_BATCH_SIZE" envDefault:"512" desc:"spans per export at most"`
+	BatchDelay          string `env:"OTEL_BSP_SCHEDULE_DELAY" envDefault:"5000" desc:"milliseconds a span may wait for a fuller batch"`
+	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take"`
+	OTLPProtocol        string `env:"OTEL_EXPORTER_OTLP_PROTOCOL" envDefault:"grpc" desc:"grpc only (also OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and OTEL_EXPORTER_OTLP_METRICS_PROTOCOL): the agent exports OTLP over gRPC, and refuses http/protobuf rather than send it gRPC"`
 
 	OpenPorts      string `env:"PODTRACER_OPEN_PORTS" desc:"trace only processes listening on these TCP ports, e.g. 8080,9000-9100; unset: every neighbour"`
 	ExecutableName string `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path matches this regular expression"`
@@ -50,7 +57,7 @@ type config struct {
 	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export; beyond it they are dropped and counted"`
 	CaptureQuery   bool   `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
 	RouteHeuristic bool   `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive http.route from the path, ids replaced by {id} (/users/{id}); false: no route"`
-	Protocols      string `env:"PODTRACER_PROTOCOLS" desc:"protocols to parse, comma-separated (see -h for the names); unset: all"`
+	Protocols      string `env:"PODTRACER_PROTOCOLS" desc:"the protocols to parse, comma-separated, the others off: http, http2, postgresql, mysql, redis, kafka; unset: all"`
 	QueryText      string `env:"PODTRACER_QUERY_TEXT" envDefault:"sanitized" desc:"db.query.text on database spans: sanitized (literals replaced by ?), full, or off"`
 	RedisKeys      bool   `env:"PODTRACER_REDIS_KEYS" envDefault:"false" desc:"keep the key of Redis commands in db.query.text (off: keys may hold user data)"`
 	LogLevel       string `env:"PODTRACER_LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
@@ -97,7 +104,9 @@ func loadConfig(environ []string) (config, error) {
 	case err != nil:
 		errs = multierror.Append(errs, err)
 	}
-	for _, e := range cfg.validate() {
+	// The standard variables the exporter reads, as it reads them.
+	std := exporter.CheckEnv(func(k string) string { return environment[k] })
+	for _, e := range append(cfg.validate(), std...) {
 		if name, _, _ := strings.Cut(e.Error(), "="); !unparsed[name] {
 			errs = multierror.Append(errs, e)
 		}
@@ -162,20 +171,8 @@ func (c *config) validate() []error {
 			bad(name, v, err.Error())
 		}
 	}
-	switch c.Sampler {
-	case "always_on", "always_off", "parentbased_always_on", "parentbased_always_off":
-	case "traceidratio", "parentbased_traceidratio":
-		if c.SamplerArg != "" {
-			if r, err := strconv.ParseFloat(c.SamplerArg, 64); err != nil || r < 0 || r > 1 {
-				bad("OTEL_TRACES_SAMPLER_ARG", c.SamplerArg, "want a ratio between 0 and 1")
-			}
-		}
-	default:
-		bad("OTEL_TRACES_SAMPLER", c.Sampler, "want always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio")
-	}
-	if ms, err := strconv.Atoi(c.MetricInterval); err != nil || ms <= 0 {
-		bad("OTEL_METRIC_EXPORT_INTERVAL", c.MetricInterval, "want a positive number of milliseconds")
-	}
+	// The sampler, the metric and batch settings: the exporter's checks
+	// (loadConfig).
 
 	var err error
 	if c.ports, err = pod.ParsePorts(c.OpenPorts); err != nil {
@@ -257,11 +254,6 @@ func (c *config) parses(p string) bool {
 
 func (c *config) tracesOTLP() bool  { return c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "" }
 func (c *config) metricsOTLP() bool { return c.OTLPEndpoint != "" || c.OTLPMetricsEndpoint != "" }
-
-func (c *config) metricInterval() time.Duration {
-	ms, _ := strconv.Atoi(c.MetricInterval)
-	return time.Duration(ms) * time.Millisecond
-}
 
 // variable is one documented environment variable.
 type variable struct{ name, def, desc string }

@@ -17,8 +17,8 @@ func TestConfigDefaults(t *testing.T) {
 	if cfg.CaptureBytes != 1024 || cfg.QueueSize != 8192 || !cfg.RouteHeuristic || cfg.CaptureQuery || cfg.tracesOTLP() || cfg.metricsOTLP() {
 		t.Errorf("defaults = %+v", cfg)
 	}
-	if cfg.metricInterval().Seconds() != 60 {
-		t.Errorf("metric interval %v", cfg.metricInterval())
+	if cfg.MetricInterval != "60000" {
+		t.Errorf("metric interval %v", cfg.MetricInterval)
 	}
 }
 
@@ -47,7 +47,10 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_INSECURE": "yes please",
 		"OTEL_RESOURCE_ATTRIBUTES":    "novalue",
 		"OTEL_TRACES_SAMPLER":         "sometimes",
+		"OTEL_TRACES_SAMPLER_ARG":     "2",
 		"OTEL_METRIC_EXPORT_INTERVAL": "5s",
+		"OTEL_BSP_MAX_QUEUE_SIZE":     "0",
+		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
 		"PODTRACER_OPEN_PORTS":        "80,http",
 		"PODTRACER_EXECUTABLE_NAME":   "python(",
 		"PODTRACER_TRACE_PRINTER":     "xml",
@@ -74,7 +77,7 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 			t.Errorf("%s reported %d times in:\n%s", k, strings.Count(msg, k+"="), msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "16 configuration error(s):") {
+	if !strings.HasPrefix(msg, "19 configuration error(s):") {
 		t.Errorf("message = %s", msg)
 	}
 }

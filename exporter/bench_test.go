@@ -3,6 +3,7 @@ package exporter
 import (
 	"context"
 	"log/slog"
+	"os"
 	"strconv"
 	"testing"
 
@@ -80,14 +81,11 @@ func benchExporter(b *testing.B, spans, metrics bool) *Exporter {
 
 func benchNew(b testing.TB, dests []destination, me sdkmetric.Exporter) *Exporter {
 	cfg := Config{QueueSize: DefaultQueueSize, Metadata: meta}
-	smp, err := samplerFromEnv()
-	if err != nil {
-		b.Fatal(err)
-	}
-	bc, errs := batchConfigFromEnv()
+	std, errs := settingsFromEnv(os.Getenv)
 	if len(errs) > 0 {
 		b.Fatal(errs)
 	}
+	smp, bc := std.sampler, std.batch
 	envRes, err := resource.New(context.Background(), resource.WithTelemetrySDK())
 	if err != nil {
 		b.Fatal(err)

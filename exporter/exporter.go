@@ -217,17 +217,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	if cfg.PrinterOut == nil {
 		cfg.PrinterOut = os.Stdout
 	}
-	smp, err := samplerFromEnv()
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, k := range []string{"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT"} {
-		if _, err := envMillis(k, 0); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	batch, batchErrs := batchConfigFromEnv()
-	errs = append(errs, batchErrs...)
+	std, stdErrs := settingsFromEnv(os.Getenv)
+	errs = append(errs, stdErrs...)
+	smp, batch := std.sampler, std.batch
 	// The environment's resource is the same for every process, so it is
 	// detected once; per process it is only merged.
 	envRes, err := resource.New(ctx, resource.WithTelemetrySDK(), resource.WithFromEnv())
@@ -573,58 +565,94 @@ func (e *Exporter) handle(r *tracer.Request) {
 	e.offerSpans()
 }
 
-// batchConfigFromEnv reads OTEL_BSP_* with the SDK batch processor's
-// defaults. The SDK would log a bad value and use its default; the agent
-// refuses to start instead.
-func batchConfigFromEnv() (batchConfig, []error) {
+// CheckEnv checks the standard OpenTelemetry variables the exporter reads
+// (through getenv: os.Getenv, or the agent's view of its environment) and
+// returns every mistake, so that the agent reports them with its own
+// before anything starts.
+func CheckEnv(getenv func(string) string) []error {
+	_, errs := settingsFromEnv(getenv)
+	return errs
+}
+
+// envSettings are what the exporter takes from the standard variables.
+type envSettings struct {
+	sampler sampler
+	batch   batchConfig
+}
+
+// otlpProtocols are the variables that choose the OTLP transport; the
+// agent's exporters speak gRPC only.
+var otlpProtocols = []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"}
+
+// settingsFromEnv reads the standard variables, with the SDK's defaults.
+// The SDK would log a bad value and use its default; the agent refuses to
+// start instead, naming every bad value.
+func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
+	var s envSettings
 	var errs []error
 	keep := func(err error) {
-		if err != nil {
+		if joined, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = append(errs, joined.Unwrap()...) // one mistake each
+		} else if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	var c batchConfig
 	var err error
-	c.queue, err = spanQueueSize()
+	s.sampler, err = samplerFromEnv(getenv)
 	keep(err)
-	c.size, err = envPositive("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize)
+	for _, k := range []string{"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT"} {
+		_, err := envMillis(getenv, k, 0)
+		keep(err)
+	}
+	s.batch.queue, err = envPositive(getenv, "OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize)
 	keep(err)
-	c.delay, err = envMillis("OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)
+	s.batch.size, err = envPositive(getenv, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize)
 	keep(err)
-	c.timeout, err = envMillis("OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)
+	s.batch.delay, err = envMillis(getenv, "OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)
 	keep(err)
-	return c, errs
+	s.batch.timeout, err = envMillis(getenv, "OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)
+	keep(err)
+	switch v := strings.TrimSpace(getenv("OTEL_METRICS_EXEMPLAR_FILTER")); strings.ToLower(v) {
+	case "", "trace_based", "always_on", "always_off":
+	default:
+		keep(fmt.Errorf("OTEL_METRICS_EXEMPLAR_FILTER=%q: want trace_based, always_on or always_off", v))
+	}
+	if v := strings.TrimSpace(getenv("OTEL_GO_X_CARDINALITY_LIMIT")); v != "" {
+		if _, err := strconv.Atoi(v); err != nil {
+			keep(fmt.Errorf("OTEL_GO_X_CARDINALITY_LIMIT=%q: want an integer (0 or less: no limit)", v))
+		}
+	}
+	for _, k := range otlpProtocols {
+		if v := strings.TrimSpace(getenv(k)); v != "" && strings.ToLower(v) != "grpc" {
+			keep(fmt.Errorf("%s=%q: want grpc (the agent exports OTLP over gRPC only)", k, v))
+		}
+	}
+	return s, errs
 }
 
 // envMillis reads a duration variable the way the SDKs parse them (whole
 // positive milliseconds); def is the value when it is unset.
-func envMillis(key string, def int64) (time.Duration, error) {
-	v := strings.TrimSpace(os.Getenv(key))
+func envMillis(getenv func(string) string, key string, def int64) (time.Duration, error) {
+	v := strings.TrimSpace(getenv(key))
 	if v == "" {
 		return time.Duration(def) * time.Millisecond, nil
 	}
 	d, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || d <= 0 || d > int64(math.MaxInt64/time.Millisecond) {
-		return 0, fmt.Errorf("%s %q: want a positive number of milliseconds", key, v)
+		return 0, fmt.Errorf("%s=%q: want a positive number of milliseconds", key, v)
 	}
 	return time.Duration(d) * time.Millisecond, nil
 }
 
 // envPositive reads a count; def is the value when it is unset.
-func envPositive(key string, def int) (int, error) {
-	s := strings.TrimSpace(os.Getenv(key))
+func envPositive(getenv func(string) string, key string, def int) (int, error) {
+	s := strings.TrimSpace(getenv(key))
 	if s == "" {
 		return def, nil
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%s %q: want a positive integer", key, s)
+		return 0, fmt.Errorf("%s=%q: want a positive integer", key, s)
 	}
 	return n, nil
-}
-
-// spanQueueSize is the bound on spans held by a destination,
-// OTEL_BSP_MAX_QUEUE_SIZE.
-func spanQueueSize() (int, error) {
-	return envPositive("OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize)
 }

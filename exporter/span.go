@@ -3,9 +3,9 @@ package exporter
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -225,9 +225,19 @@ func (s sampler) sample(parent trace.SpanContext, tid trace.TraceID) bool {
 // SDK does. The SDK itself only reports a bad value to the global error
 // handler and falls back to a default, which would let a typo sample
 // everything silently; the agent refuses to start instead.
-func samplerFromEnv() (sampler, error) {
-	name := strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER")))
-	arg := strings.TrimSpace(os.Getenv("OTEL_TRACES_SAMPLER_ARG"))
+func samplerFromEnv(getenv func(string) string) (sampler, error) {
+	given := strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER"))
+	name := strings.ToLower(given)
+	arg := strings.TrimSpace(getenv("OTEL_TRACES_SAMPLER_ARG"))
+	ratio := 1.0
+	var argErr error
+	if arg != "" {
+		v, err := strconv.ParseFloat(arg, 64)
+		if err != nil || v < 0 || v > 1 {
+			argErr = fmt.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: want a ratio between 0 and 1", arg)
+		}
+		ratio = v
+	}
 	switch name {
 	case "", "parentbased_always_on":
 		return sampler{parentBased: true, always: true}, nil
@@ -238,20 +248,17 @@ func samplerFromEnv() (sampler, error) {
 	case "parentbased_always_off":
 		return sampler{parentBased: true, never: true}, nil
 	case "traceidratio", "parentbased_traceidratio":
-		ratio := 1.0
-		if arg != "" {
-			v, err := strconv.ParseFloat(arg, 64)
-			if err != nil || v < 0 || v > 1 {
-				return sampler{}, fmt.Errorf("OTEL_TRACES_SAMPLER_ARG %q: want a ratio between 0 and 1", arg)
-			}
-			ratio = v
+		if argErr != nil {
+			return sampler{}, argErr
 		}
 		s := newRatioSampler(ratio)
 		s.parentBased = name == "parentbased_traceidratio"
 		return s, nil
 	}
-	return sampler{}, fmt.Errorf("OTEL_TRACES_SAMPLER %q: want always_on, always_off, traceidratio, "+
-		"parentbased_always_on, parentbased_always_off or parentbased_traceidratio", name)
+	// An unknown sampler: its argument is checked too, so that both
+	// mistakes are reported at once.
+	return sampler{}, errors.Join(fmt.Errorf("OTEL_TRACES_SAMPLER=%q: want always_on, always_off, traceidratio, "+
+		"parentbased_always_on, parentbased_always_off or parentbased_traceidratio", given), argErr)
 }
 
 // exemplarSpan carries the current request's span context into the metric

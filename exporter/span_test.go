@@ -2,7 +2,9 @@ package exporter
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -72,7 +74,7 @@ func TestSamplerAgreesWithSDK(t *testing.T) {
 		t.Run(tt.env+"/"+tt.arg, func(t *testing.T) {
 			t.Setenv("OTEL_TRACES_SAMPLER", tt.env)
 			t.Setenv("OTEL_TRACES_SAMPLER_ARG", tt.arg)
-			s, err := samplerFromEnv()
+			s, err := samplerFromEnv(os.Getenv)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -102,16 +104,68 @@ func TestSamplerAgreesWithSDK(t *testing.T) {
 }
 
 func TestSamplerEnvErrors(t *testing.T) {
-	for _, tt := range []struct{ env, arg, want string }{
-		{"sometimes", "", `OTEL_TRACES_SAMPLER "sometimes": want always_on`},
-		{"traceidratio", "half", `OTEL_TRACES_SAMPLER_ARG "half": want a ratio between 0 and 1`},
-		{"parentbased_traceidratio", "-0.1", `OTEL_TRACES_SAMPLER_ARG "-0.1"`},
+	for _, tt := range []struct {
+		env, arg string
+		want     []string
+	}{
+		{"sometimes", "", []string{`OTEL_TRACES_SAMPLER="sometimes": want always_on`}},
+		{"traceidratio", "half", []string{`OTEL_TRACES_SAMPLER_ARG="half": want a ratio between 0 and 1`}},
+		{"parentbased_traceidratio", "-0.1", []string{`OTEL_TRACES_SAMPLER_ARG="-0.1"`}},
+		// Both mistakes at once.
+		{"Sometimes", "2", []string{`OTEL_TRACES_SAMPLER="Sometimes"`, `OTEL_TRACES_SAMPLER_ARG="2"`}},
 	} {
-		t.Setenv("OTEL_TRACES_SAMPLER", tt.env)
-		t.Setenv("OTEL_TRACES_SAMPLER_ARG", tt.arg)
-		if _, err := samplerFromEnv(); err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s %s: err = %v, want %q", tt.env, tt.arg, err, tt.want)
+		vars := map[string]string{"OTEL_TRACES_SAMPLER": tt.env, "OTEL_TRACES_SAMPLER_ARG": tt.arg}
+		_, err := samplerFromEnv(func(k string) string { return vars[k] })
+		for _, want := range tt.want {
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%s %s: err = %v, want %q", tt.env, tt.arg, err, want)
+			}
 		}
+	}
+	// An argument the sampler does not take is not read.
+	vars := map[string]string{"OTEL_TRACES_SAMPLER": "always_on", "OTEL_TRACES_SAMPLER_ARG": "half"}
+	if _, err := samplerFromEnv(func(k string) string { return vars[k] }); err != nil {
+		t.Errorf("always_on with an argument: %v", err)
+	}
+}
+
+// CheckEnv names every bad standard variable at once, and none of the
+// good ones.
+func TestCheckEnv(t *testing.T) {
+	good := map[string]string{
+		"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25",
+		"OTEL_METRIC_EXPORT_INTERVAL": "10000", "OTEL_METRIC_EXPORT_TIMEOUT": "5000",
+		"OTEL_BSP_MAX_QUEUE_SIZE": "8192", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
+		"OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BSP_EXPORT_TIMEOUT": "10000",
+		"OTEL_METRICS_EXEMPLAR_FILTER": "Always_Off", "OTEL_GO_X_CARDINALITY_LIMIT": "-1",
+		"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "GRPC",
+	}
+	if errs := CheckEnv(func(k string) string { return good[k] }); len(errs) > 0 {
+		t.Errorf("good values: %v", errs)
+	}
+	if errs := CheckEnv(func(string) string { return "" }); len(errs) > 0 {
+		t.Errorf("nothing set: %v", errs)
+	}
+	bad := map[string]string{
+		"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5",
+		"OTEL_METRIC_EXPORT_INTERVAL": "1m", "OTEL_METRIC_EXPORT_TIMEOUT": "0",
+		"OTEL_BSP_MAX_QUEUE_SIZE": "-1", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "lots",
+		"OTEL_BSP_SCHEDULE_DELAY": "5s", "OTEL_BSP_EXPORT_TIMEOUT": "x",
+		"OTEL_METRICS_EXEMPLAR_FILTER": "sometimes", "OTEL_GO_X_CARDINALITY_LIMIT": "many",
+		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json",
+	}
+	errs := CheckEnv(func(k string) string { return bad[k] })
+	text := fmt.Sprint(errs)
+	for k, v := range bad {
+		if k == "OTEL_TRACES_SAMPLER" {
+			continue // good: its argument is not
+		}
+		if !strings.Contains(text, fmt.Sprintf("%s=%q", k, v)) {
+			t.Errorf("%s=%s not reported", k, v)
+		}
+	}
+	if len(errs) != len(bad)-1 {
+		t.Errorf("%d errors, want %d:\n%s", len(errs), len(bad)-1, text)
 	}
 }
 

@@ -23,7 +23,7 @@ type Config struct {
 	TLSKey  string `env:"PODTRACER_WEBHOOK_TLS_KEY,required" help:"PEM private key file; reloaded when it changes"`
 	// How often the certificate files are read again to see whether they
 	// changed (cert-manager renewed them, a Secret was updated).
-	CertReloadInterval time.Duration `env:"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL" envDefault:"10s" help:"how often the certificate files are checked for changes"`
+	CertReloadInterval time.Duration `env:"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL" envDefault:"10s" help:"how often the certificate files are checked for changes (0: never)"`
 
 	Image           string `env:"PODTRACER_WEBHOOK_IMAGE,required" help:"image of the injected podtracer container"`
 	ImagePullPolicy string `env:"PODTRACER_WEBHOOK_IMAGE_PULL_POLICY" help:"Always, IfNotPresent or Never (default: Kubernetes' default for the tag)"`

@@ -21,8 +21,8 @@ const (
 	// `kubectl annotate deployment` changes.
 	AnnotationInject = "podtracer.io/inject"
 	// AnnotationPrivileged runs the sidecar privileged instead of with the
-	// capabilities below: an opt-in for kernels older than 5.8, which have no
-	// CAP_BPF or CAP_PERFMON.
+	// capabilities below: an opt-in where the container runtime does not
+	// know CAP_BPF or CAP_PERFMON, or a seccomp profile blocks bpf().
 	AnnotationPrivileged = "podtracer.io/privileged"
 	// AnnotationStatus is written on the pod template by the webhook and
 	// records what it injected, so that a second pass changes nothing and

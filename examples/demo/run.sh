@@ -58,7 +58,9 @@ while [ $SECONDS -lt $end ]; do
 	[ $((i % 3)) -eq 0 ] && in_pod curl -s -o /dev/null "http://127.0.0.1:$port/fail" || true
 	sleep 1
 done
-kill -TERM "$agent" 2>/dev/null || true
+# SIGTERM to the agent itself (nsenter, which started it, does not pass
+# signals on): it flushes what it holds and logs its final stats.
+pkill -TERM -x -f "$bin/podtracer" 2>/dev/null || true
 wait "$agent" 2>/dev/null || true
 echo "demo: agent log:"
 grep -E "attached|neighbour found|final stats" "$bin/agent.log" || cat "$bin/agent.log"
