@@ -213,6 +213,9 @@ type http2Conn struct {
 	route   lastRoute
 	dirs    [2]*h2Dir // by bpf.Direction
 	streams map[uint32]*h2Stream
+	// free holds streams finished, for new ones: a stream is three
+	// header blocks' worth of fields, allocated per call otherwise.
+	free []*h2Stream
 	// clientDir is the direction requests travel, once known: from the
 	// preface, or from the first header block that says.
 	clientDir   bpf.Direction
@@ -712,9 +715,25 @@ func (c *http2Conn) newStream(id uint32) *h2Stream {
 		}
 		delete(c.streams, oldest)
 	}
-	s := &h2Stream{}
+	var s *h2Stream
+	if n := len(c.free); n > 0 {
+		s, c.free = c.free[n-1], c.free[:n-1]
+	} else {
+		s = new(h2Stream)
+	}
 	c.streams[id] = s
 	return s
+}
+
+// h2MaxFree bounds the streams kept for reuse by one connection.
+const h2MaxFree = 8
+
+// release keeps s, finished and out of the table, for a new stream.
+func (c *http2Conn) release(s *h2Stream) {
+	if len(c.free) < h2MaxFree {
+		*s = h2Stream{}
+		c.free = append(c.free, s)
+	}
 }
 
 func (c *http2Conn) onData(d *h2Dir, id uint32, n int64, endStream bool, seg *segment) {
@@ -749,9 +768,11 @@ func (c *http2Conn) onGoAway(last uint32) {
 	}
 }
 
-// finish emits the request of stream id, if what is known of it is certain.
+// finish emits the request of stream id, if what is known of it is
+// certain, and releases s.
 func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, reset bool) {
 	delete(c.streams, id)
+	defer c.release(s)
 	q := &s.req
 	if q.method == "" || (q.path == "" && q.method != "CONNECT") {
 		return // :method or :path unknown, or not a request
