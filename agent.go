@@ -9,8 +9,10 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.opentelemetry.io/otel"
 
 	"github.com/podtracer/podtracer/bpf"
@@ -56,6 +58,9 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			logger.Warn("opentelemetry sdk", "error", err)
 		}
 	}))
+	// And what it logs (a CA file it could not read, say), in the agent's
+	// format: its levels are verbosities, 0 for information.
+	otel.SetLogger(logr.FromSlogHandler(logger.With("source", "opentelemetry sdk").Handler()))
 
 	// Exporter first: a collector that is down must not stop the agent,
 	// and spans from the first captured request need somewhere to go.
@@ -71,7 +76,10 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	if err != nil {
 		return fmt.Errorf("start exporter: %w", err)
 	}
-	defer shutdownExporter(logger, exp) // once only: a second call does nothing
+	// Once: the loop below shuts the exporter down before its final
+	// stats; on the other ways out, this defer does.
+	shutdown := sync.OnceFunc(func() { shutdownExporter(logger, exp) })
+	defer shutdown()
 
 	capture, err := bpf.Load(bpf.Config{
 		Hooks:           cfg.KernelHooks,
@@ -146,7 +154,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 				// reads the kernel's histograms.
 				ks, _ := capture.Stats()
 				batcher.Flush()
-				shutdownExporter(logger, exp)
+				shutdown()
 				capture.Close()
 				logCounters(logger, "final stats", ks, tr, exp)
 				stopProfile()
@@ -155,7 +163,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			// The exporter's final export reads the kernel's histograms:
 			// it shuts down before the deferred capture.Close.
 			batcher.Flush()
-			shutdownExporter(logger, exp)
+			shutdown()
 			return err
 		}
 		tr.Handle(&ev)

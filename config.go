@@ -30,7 +30,7 @@ type config struct {
 	OTLPEndpoint        string `env:"OTEL_EXPORTER_OTLP_ENDPOINT" desc:"OTLP/gRPC collector endpoint for traces and metrics (e.g. http://otel-collector:4317); unset: spans are printed to stdout"`
 	OTLPTracesEndpoint  string `env:"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" desc:"OTLP/gRPC endpoint for traces only, overrides OTEL_EXPORTER_OTLP_ENDPOINT"`
 	OTLPMetricsEndpoint string `env:"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" desc:"OTLP/gRPC endpoint for metrics only, overrides OTEL_EXPORTER_OTLP_ENDPOINT"`
-	OTLPInsecure        string `env:"OTEL_EXPORTER_OTLP_INSECURE" desc:"true: plaintext gRPC even to an https:// endpoint; false: TLS even to an http:// one; unset: as the endpoint's scheme says"`
+	OTLPInsecure        string `env:"OTEL_EXPORTER_OTLP_INSECURE" desc:"true: plaintext gRPC even to an https:// endpoint; false: TLS even to an http:// one; unset: as the endpoint's scheme says (also _TRACES_ and _METRICS_INSECURE; true or false only, any case)"`
 	OTLPHeaders         string `env:"OTEL_EXPORTER_OTLP_HEADERS" desc:"headers for every OTLP export, key1=value1,key2=value2 (e.g. auth tokens)"`
 	ServiceName         string `env:"OTEL_SERVICE_NAME" desc:"service.name of every traced process; unset: each process's executable name"`
 	ResourceAttributes  string `env:"OTEL_RESOURCE_ATTRIBUTES" desc:"extra resource attributes, key1=value1,key2=value2"`
@@ -39,7 +39,7 @@ type config struct {
 	MetricInterval      string `env:"OTEL_METRIC_EXPORT_INTERVAL" envDefault:"60000" desc:"milliseconds between metric exports"`
 	MetricTimeout       string `env:"OTEL_METRIC_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a metric export may take"`
 	ExemplarFilter      string `env:"OTEL_METRICS_EXEMPLAR_FILTER" envDefault:"trace_based" desc:"which requests leave exemplars on the duration histograms: trace_based (those with a sampled span), always_on or always_off"`
-	BatchQueue          string `env:"OTEL_BSP_MAX_QUEUE_SIZE" envDefault:"2048" desc:"spans waiting for export per destination; beyond it they are dropped and counted"`
+	BatchQueue          string `env:"OTEL_BSP_MAX_QUEUE_SIZE" envDefault:"2048" desc:"spans waiting for export per destination (at most 1048576); beyond it they are dropped and counted"`
 	BatchSize           string `env:"OTEL_BSP_MAX_EXPORT_BATCH_SIZE" envDefault:"512" desc:"spans per export at most"`
 	BatchDelay          string `env:"OTEL_BSP_SCHEDULE_DELAY" envDefault:"5000" desc:"milliseconds a span may wait for a fuller batch"`
 	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take"`
@@ -49,12 +49,12 @@ type config struct {
 	ExecutableName string `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path matches this regular expression"`
 	TracePrinter   string `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without an OTLP endpoint, else off"`
 	CaptureBytes   int    `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
-	RingBuffer     int    `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, at least 4096); raise it if the log reports kernel events lost"`
+	RingBuffer     int    `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, 4096 to 1073741824); raise it if the log reports kernel events lost"`
 	KernelHooks    string `env:"PODTRACER_KERNEL_HOOKS" envDefault:"auto" desc:"kernel hooks that capture traffic: socket (tracepoints on socket sends and receives, Linux 6.3+), syscall (raw tracepoints on every syscall, Linux 5.8+), or auto (socket where the kernel has it)"`
 	KernelMetrics  bool   `env:"PODTRACER_KERNEL_METRICS" envDefault:"true" desc:"when spans are sampled (OTEL_TRACES_SAMPLER ratio below 1, or off) and metrics are exported, the kernel measures HTTP/1 requests of methods and paths already seen itself (with a body, if it comes in the same read), and only those picked for spans reach the agent; with spans sampled, metrics or not, it also drops the server-side Redis commands not picked for a span (socket hooks only); false: every request goes through the agent"`
 	KernelSpans    bool   `env:"PODTRACER_KERNEL_SPANS" envDefault:"true" desc:"the kernel measures the HTTP/1 server requests picked for a span whose head (every header but a traceparent's value) the agent has already parsed twice, and a Redis server's commands whose shape (name and argument count) it has: when the response goes out whole in one send the agent makes the span from a record, without copying or parsing the bytes, else from a stand-in for the request and the response's bytes (socket hooks only; no effect without spans or the protocol's parsing); false: every such request or command goes through the agent whole"`
 	MaxConnections int    `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once; more are counted and skipped"`
-	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export; beyond it they are dropped and counted"`
+	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export (at most 1048576); beyond it they are dropped and counted"`
 	CaptureQuery   bool   `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
 	RouteHeuristic bool   `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive http.route from the path, ids replaced by {id} (/users/{id}); false: no route"`
 	Protocols      string `env:"PODTRACER_PROTOCOLS" desc:"the protocols to parse, comma-separated, the others off: http, http2, postgresql, mysql, redis, kafka; unset: all"`
@@ -161,18 +161,13 @@ func (c *config) validate() []error {
 			bad(name, v, "want a URL like http://collector:4317 or https://collector:4317")
 		}
 	}
-	if c.OTLPInsecure != "" {
-		if _, err := strconv.ParseBool(c.OTLPInsecure); err != nil {
-			bad("OTEL_EXPORTER_OTLP_INSECURE", c.OTLPInsecure, "want true or false")
-		}
-	}
 	for name, v := range map[string]string{"OTEL_EXPORTER_OTLP_HEADERS": c.OTLPHeaders, "OTEL_RESOURCE_ATTRIBUTES": c.ResourceAttributes} {
 		if err := checkKeyValues(v); err != nil {
 			bad(name, v, err.Error())
 		}
 	}
-	// The sampler, the metric and batch settings: the exporter's checks
-	// (loadConfig).
+	// The sampler, the metric and batch settings, the OTLP exporters'
+	// own: the exporter's checks (loadConfig).
 
 	var err error
 	if c.ports, err = pod.ParsePorts(c.OpenPorts); err != nil {
@@ -191,8 +186,8 @@ func (c *config) validate() []error {
 	if c.CaptureBytes < bpf.MinCaptureBytes || c.CaptureBytes > bpf.MaxCaptureBytes {
 		bad("PODTRACER_CAPTURE_BYTES", strconv.Itoa(c.CaptureBytes), fmt.Sprintf("want %d to %d", bpf.MinCaptureBytes, bpf.MaxCaptureBytes))
 	}
-	if c.RingBuffer < 4096 || c.RingBuffer&(c.RingBuffer-1) != 0 {
-		bad("PODTRACER_RING_BUFFER_BYTES", strconv.Itoa(c.RingBuffer), "want a power of two, at least 4096")
+	if c.RingBuffer < 4096 || c.RingBuffer > 1<<30 || c.RingBuffer&(c.RingBuffer-1) != 0 {
+		bad("PODTRACER_RING_BUFFER_BYTES", strconv.Itoa(c.RingBuffer), "want a power of two, 4096 to 1073741824")
 	}
 	if !slices.Contains(bpf.HookSets, c.KernelHooks) {
 		bad("PODTRACER_KERNEL_HOOKS", c.KernelHooks, "want "+strings.Join(bpf.HookSets, ", "))
@@ -200,8 +195,8 @@ func (c *config) validate() []error {
 	if c.MaxConnections <= 0 {
 		bad("PODTRACER_MAX_CONNECTIONS", strconv.Itoa(c.MaxConnections), "want a positive number")
 	}
-	if c.QueueSize <= 0 {
-		bad("PODTRACER_QUEUE_SIZE", strconv.Itoa(c.QueueSize), "want a positive number")
+	if c.QueueSize <= 0 || c.QueueSize > exporter.MaxQueue {
+		bad("PODTRACER_QUEUE_SIZE", strconv.Itoa(c.QueueSize), fmt.Sprintf("want 1 to %d", exporter.MaxQueue))
 	}
 	for _, p := range strings.Split(c.Protocols, ",") {
 		p = strings.TrimSpace(strings.ToLower(p))

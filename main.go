@@ -18,6 +18,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// The first signal asks for a flush (bounded: 10 s); a second one
+		// ends the process at once, as if nothing caught it.
+		<-ctx.Done()
+		stop()
+	}()
 	logger := loggerFromEnv()
 
 	var err error

@@ -25,6 +25,8 @@ package exporter
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -580,9 +582,15 @@ type envSettings struct {
 	batch   batchConfig
 }
 
-// otlpProtocols are the variables that choose the OTLP transport; the
-// agent's exporters speak gRPC only.
-var otlpProtocols = []string{"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"}
+// MaxQueue bounds the queue sizes a setting may ask for: each queue's
+// channel is allocated whole at start.
+const MaxQueue = 1 << 20
+
+// otlpVariants are a standard OTLP exporter variable's names: for both
+// signals, for traces, for metrics.
+func otlpVariants(suffix string) []string {
+	return []string{"OTEL_EXPORTER_OTLP_" + suffix, "OTEL_EXPORTER_OTLP_TRACES_" + suffix, "OTEL_EXPORTER_OTLP_METRICS_" + suffix}
+}
 
 // settingsFromEnv reads the standard variables, with the SDK's defaults.
 // The SDK would log a bad value and use its default; the agent refuses to
@@ -606,6 +614,9 @@ func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
 	}
 	s.batch.queue, err = envPositive(getenv, "OTEL_BSP_MAX_QUEUE_SIZE", sdktrace.DefaultMaxQueueSize)
 	keep(err)
+	if s.batch.queue > MaxQueue {
+		keep(fmt.Errorf("OTEL_BSP_MAX_QUEUE_SIZE=%q: want at most %d", getenv("OTEL_BSP_MAX_QUEUE_SIZE"), MaxQueue))
+	}
 	s.batch.size, err = envPositive(getenv, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", sdktrace.DefaultMaxExportBatchSize)
 	keep(err)
 	s.batch.delay, err = envMillis(getenv, "OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)
@@ -622,12 +633,64 @@ func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
 			keep(fmt.Errorf("OTEL_GO_X_CARDINALITY_LIMIT=%q: want an integer (0 or less: no limit)", v))
 		}
 	}
-	for _, k := range otlpProtocols {
+	for _, k := range otlpVariants("PROTOCOL") {
 		if v := strings.TrimSpace(getenv(k)); v != "" && strings.ToLower(v) != "grpc" {
 			keep(fmt.Errorf("%s=%q: want grpc (the agent exports OTLP over gRPC only)", k, v))
 		}
 	}
+	errs = append(errs, checkOTLPEnv(getenv)...)
 	return s, errs
+}
+
+// checkOTLPEnv checks the standard OTLP exporter variables that the SDK's
+// exporters read themselves, and would only complain of in their log
+// (or not at all) while exporting nothing, or not as asked.
+func checkOTLPEnv(getenv func(string) string) []error {
+	var errs []error
+	bad := func(k, v, want string) { errs = append(errs, fmt.Errorf("%s=%q: %s", k, v, want)) }
+	for _, k := range otlpVariants("INSECURE") {
+		// The SDK takes "true" in any case for true and anything else for
+		// false: "1" would turn TLS on.
+		if v := strings.TrimSpace(getenv(k)); v != "" && !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false") {
+			bad(k, v, "want true or false")
+		}
+	}
+	for _, k := range otlpVariants("TIMEOUT") {
+		_, err := envMillis(getenv, k, 0)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, k := range otlpVariants("COMPRESSION") {
+		if v := strings.TrimSpace(getenv(k)); v != "" && v != "gzip" && v != "none" {
+			bad(k, v, "want gzip or none")
+		}
+	}
+	for _, k := range otlpVariants("CERTIFICATE") {
+		if v := getenv(k); v != "" {
+			pem, err := os.ReadFile(v)
+			switch {
+			case err != nil:
+				bad(k, v, err.Error())
+			case !x509.NewCertPool().AppendCertsFromPEM(pem):
+				bad(k, v, "no PEM certificate in it")
+			}
+		}
+	}
+	for _, signal := range []string{"", "TRACES_", "METRICS_"} {
+		certKey, keyKey := "OTEL_EXPORTER_OTLP_"+signal+"CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_"+signal+"CLIENT_KEY"
+		cert, key := getenv(certKey), getenv(keyKey)
+		switch {
+		case cert == "" && key == "":
+		case cert == "" || key == "":
+			errs = append(errs, fmt.Errorf("%s=%q and %s=%q: want both files or neither", certKey, cert, keyKey, key))
+		default:
+			if _, err := tls.LoadX509KeyPair(cert, key); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q and %s=%q: %w", certKey, cert, keyKey, key, err))
+			}
+		}
+	}
+	return errs
 }
 
 // envMillis reads a duration variable the way the SDKs parse them (whole

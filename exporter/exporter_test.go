@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"reflect"
 	"runtime"
 	"strings"
@@ -713,13 +715,56 @@ func TestIdleProcessesReleased(t *testing.T) {
 		}
 		return len(pids) == 3
 	})
-	// A process that comes back gets fresh providers.
+	// A process that comes back gets fresh providers (one that runs: an
+	// exited one would go again at the second sweep).
 	r := serverReq()
 	r.Route = "/back"
+	r.Process = &pod.Process{PID: os.Getpid(), Name: "worker"}
 	e.Export(r)
 	rcv.WaitSpans(t, waitFor, spansNamed("GET /back", 1))
 	if got := e.Stats().Processes; got != 1 {
 		t.Errorf("Processes = %d, want 1", got)
+	}
+}
+
+// A process that exited goes at the second sweep without a request, its
+// last points exported, long before idleTimeout; one that runs stays.
+func TestExitedProcessesReleased(t *testing.T) {
+	defer func(i, s time.Duration) { idleTimeout, sweepInterval = i, s }(idleTimeout, sweepInterval)
+	idleTimeout, sweepInterval = time.Hour, 20*time.Millisecond
+
+	exited := exec.Command("sleep", "0")
+	if err := exited.Run(); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, rcv, _ := startOTLP(t, Config{})
+	for _, p := range []*pod.Process{{PID: exited.Process.Pid, Exe: exited.Path, Name: "sleep"}, {PID: os.Getpid(), Exe: self, Name: "exporter.test"}} {
+		r := serverReq()
+		r.Process = p
+		e.Export(r)
+	}
+	deadline := time.Now().Add(waitFor)
+	for e.Stats().Requests != 2 || e.Stats().Processes != 1 {
+		time.Sleep(5 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("the exited process not released: %+v", e.Stats())
+		}
+	}
+	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		for _, p := range ps {
+			if p.Resource["process.pid"].(int64) == int64(exited.Process.Pid) {
+				return true
+			}
+		}
+		return false
+	})
+	time.Sleep(10 * sweepInterval)
+	if got := e.Stats().Processes; got != 1 {
+		t.Errorf("Processes = %d: the running process was released too", got)
 	}
 }
 

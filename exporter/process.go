@@ -198,14 +198,24 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 	return res
 }
 
-// releaseIdle releases processes idle for idleTimeout.
+// releaseIdle releases processes idle for idleTimeout, and those that
+// exited and sent nothing for a whole sweep interval since: a short-lived
+// process (a probe's exec, a script's curl) takes its provider, reader
+// goroutine and export per interval with it after a minute or two, not
+// ten, and its last points go out then (release).
 func (e *Exporter) releaseIdle() {
 	idle := uint64(e.idleTimeout / e.sweepInterval)
 	for k, s := range e.procs {
-		if e.gen-s.lastGen >= idle {
+		quiet := e.gen - s.lastGen
+		if quiet >= idle || (quiet >= 2 && !k.running()) {
 			e.release(k, s)
 		}
 	}
+}
+
+// running tells whether the process of k still runs (pod.Running).
+func (k procKey) running() bool {
+	return pod.Running(procRoot, &pod.Process{PID: k.pid, Exe: k.exe})
 }
 
 // releaseLRU makes room for a new process by releasing the one idle longest.

@@ -233,7 +233,7 @@ func samplerFromEnv(getenv func(string) string) (sampler, error) {
 	var argErr error
 	if arg != "" {
 		v, err := strconv.ParseFloat(arg, 64)
-		if err != nil || v < 0 || v > 1 {
+		if err != nil || !(v >= 0 && v <= 1) { // NaN too
 			argErr = fmt.Errorf("OTEL_TRACES_SAMPLER_ARG=%q: want a ratio between 0 and 1", arg)
 		}
 		ratio = v

@@ -2,9 +2,17 @@ package exporter
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -111,6 +119,7 @@ func TestSamplerEnvErrors(t *testing.T) {
 		{"sometimes", "", []string{`OTEL_TRACES_SAMPLER="sometimes": want always_on`}},
 		{"traceidratio", "half", []string{`OTEL_TRACES_SAMPLER_ARG="half": want a ratio between 0 and 1`}},
 		{"parentbased_traceidratio", "-0.1", []string{`OTEL_TRACES_SAMPLER_ARG="-0.1"`}},
+		{"traceidratio", "NaN", []string{`OTEL_TRACES_SAMPLER_ARG="NaN"`}},
 		// Both mistakes at once.
 		{"Sometimes", "2", []string{`OTEL_TRACES_SAMPLER="Sometimes"`, `OTEL_TRACES_SAMPLER_ARG="2"`}},
 	} {
@@ -129,6 +138,25 @@ func TestSamplerEnvErrors(t *testing.T) {
 	}
 }
 
+// writeCA writes a self-signed CA certificate, PEM, and returns its path.
+func writeCA(t *testing.T) string {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // CheckEnv names every bad standard variable at once, and none of the
 // good ones.
 func TestCheckEnv(t *testing.T) {
@@ -139,6 +167,9 @@ func TestCheckEnv(t *testing.T) {
 		"OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BSP_EXPORT_TIMEOUT": "10000",
 		"OTEL_METRICS_EXEMPLAR_FILTER": "Always_Off", "OTEL_GO_X_CARDINALITY_LIMIT": "-1",
 		"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "GRPC",
+		"OTEL_EXPORTER_OTLP_INSECURE": "TRUE", "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "false",
+		"OTEL_EXPORTER_OTLP_TIMEOUT": "10000", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+		"OTEL_EXPORTER_OTLP_CERTIFICATE": writeCA(t),
 	}
 	if errs := CheckEnv(func(k string) string { return good[k] }); len(errs) > 0 {
 		t.Errorf("good values: %v", errs)
@@ -153,6 +184,11 @@ func TestCheckEnv(t *testing.T) {
 		"OTEL_BSP_SCHEDULE_DELAY": "5s", "OTEL_BSP_EXPORT_TIMEOUT": "x",
 		"OTEL_METRICS_EXEMPLAR_FILTER": "sometimes", "OTEL_GO_X_CARDINALITY_LIMIT": "many",
 		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json",
+		// "1" is not true to the SDK: it would turn TLS on.
+		"OTEL_EXPORTER_OTLP_INSECURE": "1", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "10s",
+		"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
+		"OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": "/etc/hostname", // not PEM
+		"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE":  "/nonexistent/client.pem",
 	}
 	errs := CheckEnv(func(k string) string { return bad[k] })
 	text := fmt.Sprint(errs)
@@ -163,6 +199,9 @@ func TestCheckEnv(t *testing.T) {
 		if !strings.Contains(text, fmt.Sprintf("%s=%q", k, v)) {
 			t.Errorf("%s=%s not reported", k, v)
 		}
+	}
+	if !strings.Contains(text, "want both files or neither") {
+		t.Errorf("a client certificate without its key not reported:\n%s", text)
 	}
 	if len(errs) != len(bad)-1 {
 		t.Errorf("%d errors, want %d:\n%s", len(errs), len(bad)-1, text)
