@@ -151,9 +151,18 @@ func (c Config) Sidecar() Sidecar {
 		Image:           c.Image,
 		ImagePullPolicy: corev1.PullPolicy(c.ImagePullPolicy),
 		OTLPEndpoint:    c.OTLPEndpoint,
-		OTLPInsecure:    c.OTLPInsecure,
+		OTLPInsecure:    cleanInsecure(c.OTLPInsecure),
 		Resources:       res,
 	}
+}
+
+// cleanInsecure is the sidecar's OTEL_EXPORTER_OTLP_INSECURE for v, as
+// the agent takes it (cleanBool), or "" when v is.
+func cleanInsecure(v string) string {
+	if v == "" {
+		return ""
+	}
+	return cleanBool(v)
 }
 
 func listErrors(errs []error) string {

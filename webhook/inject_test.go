@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/podtracer/podtracer/exporter"
 	"github.com/podtracer/podtracer/pod"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -299,6 +300,42 @@ func TestOpenPortsAgreesWithAgent(t *testing.T) {
 				t.Errorf("%q cleaned to %q: the agent rejects it: %v", v, removeSpaces(v), err)
 			}
 		}
+	}
+}
+
+// The webhook never hands the sidecar a value (as it cleans it) that the
+// agent refuses at start: a crash-looping sidecar makes the pod not ready.
+func TestSettingsAgreeWithAgent(t *testing.T) {
+	for _, tc := range []struct {
+		annotation string
+		values     []string
+		env        map[string]string // what else the sidecar has
+	}{
+		{"podtracer.io/otlp-insecure", []string{"true", "TRUE", "1", "t", "false", "0", "F", "yes", ""}, nil},
+		{"podtracer.io/sampler", []string{"always_on", "traceidratio", "parentbased_always_off", "TraceIDRatio", "ratio", ""}, nil},
+		{"podtracer.io/sampler-arg", []string{"0", "0.5", "1", "1e-3", "NaN", "Inf", "-0", "0x1p-2", "1.5", ""},
+			map[string]string{"OTEL_TRACES_SAMPLER": "traceidratio"}},
+		{"podtracer.io/metric-export-interval", []string{"1", "60000", "9223372036854", "9223372036854775", "9223372036854776", "9223372036854775807", "0", ""}, nil},
+	} {
+		st := settingByAnnotation[tc.annotation]
+		for _, v := range tc.values {
+			if st.check(v) != nil {
+				continue
+			}
+			if st.clean != nil {
+				v = st.clean(v)
+			}
+			env := map[string]string{st.Env: v}
+			for k, v := range tc.env {
+				env[k] = v
+			}
+			if errs := exporter.CheckEnv(func(k string) string { return env[k] }); len(errs) > 0 {
+				t.Errorf("%s=%q: the webhook passes %s=%q, the agent refuses it: %v", tc.annotation, v, st.Env, v, errs)
+			}
+		}
+	}
+	if got := cleanInsecure("1"); got != "true" {
+		t.Errorf("PODTRACER_WEBHOOK_OTLP_INSECURE=1 becomes %q, want true", got)
 	}
 }
 

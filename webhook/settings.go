@@ -3,11 +3,13 @@ package webhook
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"regexp"
 	"regexp/syntax"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Setting is an agent environment variable that a Deployment annotation sets
@@ -28,7 +30,7 @@ var Settings = []Setting{
 	{"podtracer.io/service-name", "OTEL_SERVICE_NAME", "service name (default: the Deployment's name)", nonEmpty, nil},
 	{"podtracer.io/resource-attributes", "OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,... (k8s.deployment.name is always set)", checkAttributes, nil},
 	{"podtracer.io/otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC endpoint, http://host:port or https://host:port", checkEndpoint, nil},
-	{"podtracer.io/otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE", "true: plaintext gRPC even to an https:// endpoint", checkBool, nil},
+	{"podtracer.io/otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE", "true: plaintext gRPC even to an https:// endpoint", checkBool, cleanBool},
 	{"podtracer.io/sampler", "OTEL_TRACES_SAMPLER", "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio", oneOf("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"), nil},
 	{"podtracer.io/sampler-arg", "OTEL_TRACES_SAMPLER_ARG", "sampling ratio, 0 to 1", checkRatio, nil},
 	{"podtracer.io/metric-export-interval", "OTEL_METRIC_EXPORT_INTERVAL", "milliseconds between metric exports", checkMillis, nil},
@@ -71,6 +73,14 @@ func checkBool(v string) error {
 	return nil
 }
 
+// cleanBool writes a boolean checkBool took ("1", "T", ...) as the
+// OpenTelemetry SDK reads one: only "true" is true to it, and the agent
+// refuses anything but true or false.
+func cleanBool(v string) string {
+	b, _ := strconv.ParseBool(v)
+	return strconv.FormatBool(b)
+}
+
 func oneOf(values ...string) func(string) error {
 	return func(v string) error {
 		for _, ok := range values {
@@ -94,7 +104,7 @@ func checkEndpoint(v string) error {
 
 func checkRatio(v string) error {
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < 0 || f > 1 {
+	if err != nil || !(f >= 0 && f <= 1) { // NaN too
 		return fmt.Errorf("%s is not a number from 0 to 1", quote(v))
 	}
 	return nil
@@ -102,7 +112,7 @@ func checkRatio(v string) error {
 
 func checkMillis(v string) error {
 	n, err := strconv.ParseUint(v, 10, 63)
-	if err != nil || n == 0 {
+	if err != nil || n == 0 || n > math.MaxInt64/uint64(time.Millisecond) {
 		return fmt.Errorf("%s is not a positive number of milliseconds", quote(v))
 	}
 	return nil
