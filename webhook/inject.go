@@ -293,6 +293,10 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		}
 		values[st.Env] = v
 	}
+	if values["OTEL_TRACES_SAMPLER_ARG"] != "" && !strings.HasSuffix(values["OTEL_TRACES_SAMPLER"], "traceidratio") {
+		// The agent reads the ratio for the ratio samplers only.
+		ignored = append(ignored, "annotation podtracer.io/sampler-arg has no effect without podtracer.io/sampler traceidratio or parentbased_traceidratio")
+	}
 	attrs := "k8s.deployment.name=" + name
 	if extra := values["OTEL_RESOURCE_ATTRIBUTES"]; extra != "" {
 		attrs += "," + extra
