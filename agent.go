@@ -59,8 +59,8 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		}
 	}))
 	// And what it logs (a CA file it could not read, say), in the agent's
-	// format: its levels are verbosities, 0 for information.
-	otel.SetLogger(logr.FromSlogHandler(logger.With("source", "opentelemetry sdk").Handler()))
+	// format and at its levels.
+	otel.SetLogger(sdkLogger(logger))
 
 	// Exporter first: a collector that is down must not stop the agent,
 	// and spans from the first captured request need somewhere to go.
@@ -169,6 +169,44 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		tr.Handle(&ev)
 	}
 }
+
+// sdkLogger is the OpenTelemetry SDK's logger, writing to the agent's.
+// The SDK logs by logr verbosity (errors; V(1) warnings; V(4) information;
+// V(8) debugging), which logr.FromSlogHandler turns into levels below
+// Info: its warnings would never show at the default level. sdkLevels
+// puts them back.
+func sdkLogger(logger *slog.Logger) logr.Logger {
+	return logr.FromSlogHandler(sdkLevels{logger.With("source", "opentelemetry sdk").Handler()})
+}
+
+// sdkLevels is a handler that maps logr verbosities, as slog levels, to
+// the agent's: V(1)-V(3) Warn, V(4) and beyond Debug.
+type sdkLevels struct{ slog.Handler }
+
+func sdkLevel(l slog.Level) slog.Level {
+	switch {
+	case l >= slog.LevelInfo:
+		return l
+	case l > slog.LevelInfo-4:
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
+}
+
+func (h sdkLevels) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.Handler.Enabled(ctx, sdkLevel(l))
+}
+
+func (h sdkLevels) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = sdkLevel(r.Level)
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h sdkLevels) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return sdkLevels{h.Handler.WithAttrs(attrs)}
+}
+
+func (h sdkLevels) WithGroup(name string) slog.Handler { return sdkLevels{h.Handler.WithGroup(name)} }
 
 // agentMaxProcs gives the agent one P unless GOMAXPROCS (its value given)
 // says otherwise: the agent is one pipeline (capture, tracer, exporter,

@@ -42,12 +42,12 @@ type config struct {
 	BatchQueue          string `env:"OTEL_BSP_MAX_QUEUE_SIZE" envDefault:"2048" desc:"spans waiting for export per destination (at most 1048576); beyond it they are dropped and counted"`
 	BatchSize           string `env:"OTEL_BSP_MAX_EXPORT_BATCH_SIZE" envDefault:"512" desc:"spans per export at most"`
 	BatchDelay          string `env:"OTEL_BSP_SCHEDULE_DELAY" envDefault:"5000" desc:"milliseconds a span may wait for a fuller batch"`
-	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take"`
+	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take (0: no limit)"`
 	OTLPProtocol        string `env:"OTEL_EXPORTER_OTLP_PROTOCOL" envDefault:"grpc" desc:"grpc only (also OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and OTEL_EXPORTER_OTLP_METRICS_PROTOCOL): the agent exports OTLP over gRPC, and refuses http/protobuf rather than send it gRPC"`
 
 	OpenPorts      string `env:"PODTRACER_OPEN_PORTS" desc:"trace only processes listening on these TCP ports, e.g. 8080,9000-9100; unset: every neighbour"`
 	ExecutableName string `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path matches this regular expression"`
-	TracePrinter   string `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without an OTLP endpoint, else off"`
+	TracePrinter   string `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without a traces endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or _TRACES_ENDPOINT), else off"`
 	CaptureBytes   int    `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
 	RingBuffer     int    `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, 4096 to 1073741824); raise it if the log reports kernel events lost"`
 	KernelHooks    string `env:"PODTRACER_KERNEL_HOOKS" envDefault:"auto" desc:"kernel hooks that capture traffic: socket (tracepoints on socket sends and receives, Linux 6.3+), syscall (raw tracepoints on every syscall, Linux 5.8+), or auto (socket where the kernel has it)"`

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"log/slog"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -127,5 +129,25 @@ func TestAgentGC(t *testing.T) {
 	agentGC("")
 	if p := debug.SetGCPercent(100); p != agentGCPercent {
 		t.Errorf("GOGC unset: %d, want %d", p, agentGCPercent)
+	}
+}
+
+// The SDK's warnings (logr V(1)) show at the agent's default level, as
+// warnings; its information (V(4)) only when debugging.
+func TestSDKLogLevels(t *testing.T) {
+	var out bytes.Buffer
+	lg := sdkLogger(slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	lg.Error(errors.New("no CA"), "read tls ca cert file")
+	lg.V(1).Info("invalid temporality")
+	lg.V(4).Info("exporter started")
+	lg.V(8).Info("exporting")
+	got := out.String()
+	for _, want := range []string{`level=ERROR msg="read tls ca cert file" source="opentelemetry sdk" err="no CA"`, `level=WARN msg="invalid temporality"`} {
+		if !strings.Contains(got, want) {
+			t.Errorf("log lacks %s:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "exporter started") || strings.Contains(got, "exporting") {
+		t.Errorf("information and debugging shown at level info:\n%s", got)
 	}
 }

@@ -609,6 +609,12 @@ func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
 	s.sampler, err = samplerFromEnv(getenv)
 	keep(err)
 	for _, k := range []string{"OTEL_METRIC_EXPORT_INTERVAL", "OTEL_METRIC_EXPORT_TIMEOUT"} {
+		// The metric SDK reads these itself, untrimmed: " 5000" would be
+		// its default, with an error in the log.
+		if v := getenv(k); v != strings.TrimSpace(v) {
+			keep(fmt.Errorf("%s=%q: want a positive number of milliseconds, without spaces", k, v))
+			continue
+		}
 		_, err := envMillis(getenv, k, 0)
 		keep(err)
 	}
@@ -621,8 +627,18 @@ func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
 	keep(err)
 	s.batch.delay, err = envMillis(getenv, "OTEL_BSP_SCHEDULE_DELAY", sdktrace.DefaultScheduleDelay)
 	keep(err)
-	s.batch.timeout, err = envMillis(getenv, "OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)
+	s.batch.timeout, err = envTimeout(getenv, "OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)
 	keep(err)
+	switch v := strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")); strings.ToLower(v) {
+	case "", "cumulative", "delta", "lowmemory":
+	default:
+		keep(fmt.Errorf("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE=%q: want cumulative, delta or lowmemory", v))
+	}
+	switch v := strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION")); strings.ToLower(v) {
+	case "", "explicit_bucket_histogram":
+	default:
+		keep(fmt.Errorf("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=%q: want explicit_bucket_histogram (the agent's duration histograms have the semantic conventions' explicit buckets)", v))
+	}
 	switch v := strings.TrimSpace(getenv("OTEL_METRICS_EXEMPLAR_FILTER")); strings.ToLower(v) {
 	case "", "trace_based", "always_on", "always_off":
 	default:
@@ -656,8 +672,7 @@ func checkOTLPEnv(getenv func(string) string) []error {
 		}
 	}
 	for _, k := range otlpVariants("TIMEOUT") {
-		_, err := envMillis(getenv, k, 0)
-		if err != nil {
+		if _, err := envTimeout(getenv, k, 0); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -666,8 +681,10 @@ func checkOTLPEnv(getenv func(string) string) []error {
 			bad(k, v, "want gzip or none")
 		}
 	}
+	// File paths are trimmed, as the SDK trims them (a ConfigMap's block
+	// ends in a newline).
 	for _, k := range otlpVariants("CERTIFICATE") {
-		if v := getenv(k); v != "" {
+		if v := strings.TrimSpace(getenv(k)); v != "" {
 			pem, err := os.ReadFile(v)
 			switch {
 			case err != nil:
@@ -679,7 +696,7 @@ func checkOTLPEnv(getenv func(string) string) []error {
 	}
 	for _, signal := range []string{"", "TRACES_", "METRICS_"} {
 		certKey, keyKey := "OTEL_EXPORTER_OTLP_"+signal+"CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_"+signal+"CLIENT_KEY"
-		cert, key := getenv(certKey), getenv(keyKey)
+		cert, key := strings.TrimSpace(getenv(certKey)), strings.TrimSpace(getenv(keyKey))
 		switch {
 		case cert == "" && key == "":
 		case cert == "" || key == "":
@@ -705,6 +722,20 @@ func envMillis(getenv func(string) string, key string, def int64) (time.Duration
 		return 0, fmt.Errorf("%s=%q: want a positive number of milliseconds", key, v)
 	}
 	return time.Duration(d) * time.Millisecond, nil
+}
+
+// envTimeout reads a timeout in milliseconds, where 0 means no limit (the
+// specification's Timeout); def is the value when it is unset.
+func envTimeout(getenv func(string) string, key string, def int64) (time.Duration, error) {
+	v := strings.TrimSpace(getenv(key))
+	if v == "0" {
+		return 0, nil
+	}
+	d, err := envMillis(getenv, key, def)
+	if err != nil {
+		return 0, fmt.Errorf("%s=%q: want a number of milliseconds, 0 for no limit", key, v)
+	}
+	return d, nil
 }
 
 // envPositive reads a count; def is the value when it is unset.

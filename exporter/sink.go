@@ -178,7 +178,10 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 	if len(batch) == 0 {
 		return batch
 	}
-	ctx, cancel := context.WithTimeout(k.ctx, k.cfg.timeout)
+	ctx, cancel := k.ctx, context.CancelFunc(func() {})
+	if k.cfg.timeout > 0 { // 0: no limit, as the specification says
+		ctx, cancel = context.WithTimeout(k.ctx, k.cfg.timeout)
+	}
 	err := k.exp.exportSpans(ctx, batch)
 	cancel()
 	n := len(batch)

@@ -164,12 +164,15 @@ func TestCheckEnv(t *testing.T) {
 		"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25",
 		"OTEL_METRIC_EXPORT_INTERVAL": "10000", "OTEL_METRIC_EXPORT_TIMEOUT": "5000",
 		"OTEL_BSP_MAX_QUEUE_SIZE": "8192", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2048",
-		"OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BSP_EXPORT_TIMEOUT": "10000",
+		"OTEL_BSP_SCHEDULE_DELAY": "1000", "OTEL_BSP_EXPORT_TIMEOUT": "0",
 		"OTEL_METRICS_EXEMPLAR_FILTER": "Always_Off", "OTEL_GO_X_CARDINALITY_LIMIT": "-1",
 		"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "GRPC",
 		"OTEL_EXPORTER_OTLP_INSECURE": "TRUE", "OTEL_EXPORTER_OTLP_METRICS_INSECURE": "false",
 		"OTEL_EXPORTER_OTLP_TIMEOUT": "10000", "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
-		"OTEL_EXPORTER_OTLP_CERTIFICATE": writeCA(t),
+		// As the SDK reads them: 0 is no limit, a path is trimmed.
+		"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "0", "OTEL_EXPORTER_OTLP_CERTIFICATE": writeCA(t) + "\n",
+		"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE":        "Delta",
+		"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "explicit_bucket_histogram",
 	}
 	if errs := CheckEnv(func(k string) string { return good[k] }); len(errs) > 0 {
 		t.Errorf("good values: %v", errs)
@@ -179,8 +182,8 @@ func TestCheckEnv(t *testing.T) {
 	}
 	bad := map[string]string{
 		"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1.5",
-		"OTEL_METRIC_EXPORT_INTERVAL": "1m", "OTEL_METRIC_EXPORT_TIMEOUT": "0",
-		"OTEL_BSP_MAX_QUEUE_SIZE": "-1", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "lots",
+		"OTEL_METRIC_EXPORT_TIMEOUT": "0",
+		"OTEL_BSP_MAX_QUEUE_SIZE":    "-1", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "lots",
 		"OTEL_BSP_SCHEDULE_DELAY": "5s", "OTEL_BSP_EXPORT_TIMEOUT": "x",
 		"OTEL_METRICS_EXEMPLAR_FILTER": "sometimes", "OTEL_GO_X_CARDINALITY_LIMIT": "many",
 		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json",
@@ -189,6 +192,10 @@ func TestCheckEnv(t *testing.T) {
 		"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd", "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent/ca.pem",
 		"OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE": "/etc/hostname", // not PEM
 		"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE":  "/nonexistent/client.pem",
+		// The metric SDK reads its interval untrimmed.
+		"OTEL_METRIC_EXPORT_INTERVAL":                              " 5000",
+		"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE":        "sometimes",
+		"OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION": "base2_exponential_bucket_histogram",
 	}
 	errs := CheckEnv(func(k string) string { return bad[k] })
 	text := fmt.Sprint(errs)

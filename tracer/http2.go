@@ -725,8 +725,10 @@ func (c *http2Conn) newStream(id uint32) *h2Stream {
 	return s
 }
 
-// h2MaxFree bounds the streams kept for reuse by one connection.
-const h2MaxFree = 8
+// h2MaxFree bounds the streams kept for reuse by one connection: a unary
+// client's one call at a time needs one, and an idle connection holds no
+// more than this (about 640 bytes each).
+const h2MaxFree = 2
 
 // release keeps s, finished and out of the table, for a new stream.
 func (c *http2Conn) release(s *h2Stream) {
