@@ -220,9 +220,16 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+// scratch holds the event being built, per CPU: slot 0 for the socket
+// and syscall programs, which run in the traced task's context; slot 1 for
+// inet_sock_set_state, which also runs in softirq, and so may interrupt
+// one of them half-way through its event on the same CPU.
+#define SCRATCH_TASK 0
+#define SCRATCH_STATE 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct event);
 } scratch SEC(".maps");
@@ -525,12 +532,12 @@ static __always_inline __u32 copy_buf(struct event *e, void *buf, __u32 total)
 	return limit;
 }
 
-// scratch_event takes the per-CPU scratch event and fills what every
-// event has but the process's name: type, process and thread.
-static __always_inline struct event *scratch_event(__u32 ns_tgid, __u32 ns_tid, __u8 type)
+// scratch_event takes the per-CPU scratch event of slot (SCRATCH_*) and
+// fills what every event has but the process's name: type, process and
+// thread.
+static __always_inline struct event *scratch_event(__u32 slot, __u32 ns_tgid, __u32 ns_tid, __u8 type)
 {
-	__u32 zero = 0;
-	struct event *e = bpf_map_lookup_elem(&scratch, &zero);
+	struct event *e = bpf_map_lookup_elem(&scratch, &slot);
 	if (!e)
 		return 0;
 	e->type = type;
@@ -552,7 +559,7 @@ static __always_inline struct event *scratch_event(__u32 ns_tgid, __u32 ns_tid, 
 // the connection.
 static __always_inline struct event *event_base(__u32 ns_tgid, __u32 ns_tid, __u8 type)
 {
-	struct event *e = scratch_event(ns_tgid, ns_tid, type);
+	struct event *e = scratch_event(SCRATCH_TASK, ns_tgid, ns_tid, type);
 	if (!e)
 		return 0;
 	// The process's name, not the thread's ("kcat", not "rdk:broker-1"):
@@ -1597,10 +1604,17 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	}
 	__u16 status = response_status(e);
 	if (!(f & FAST_RESP)) {
+		if (!status) {
+			// Not a status line: the rest of the response before, which
+			// user space has, still going out (a server that reads the
+			// next request while it writes: Node.js, aiohttp). It goes up;
+			// the skipped exchange's response is the next status line.
+			return FAST_SEND;
+		}
 		if (status < 200 && status != 101) {
-			// An interim response (100 Continue, 103 Early Hints), or not
-			// a status line: the skipped exchange goes on until its final
-			// status. Nothing of it reaches user space.
+			// An interim response (100 Continue, 103 Early Hints): the
+			// skipped exchange goes on until its final status. Nothing of
+			// it reaches user space.
 			return FAST_SKIP;
 		}
 		fast_record(st, status, e->ts_exit);
@@ -2146,7 +2160,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		st->redis = (st->redis & ~REDIS_OPEN) | REDIS_REPLIED | (send_open(regs, ret) ? REDIS_OPEN : 0);
 		return 0;
 	}
-	struct event *e = scratch_event(ns.tgid, ns.pid, EVENT_DATA);
+	struct event *e = scratch_event(SCRATCH_TASK, ns.tgid, ns.pid, EVENT_DATA);
 	if (!e)
 		return 0;
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
@@ -2243,7 +2257,7 @@ int inet_sock_set_state(__u64 *ctx)
 	if (!st || st->closed || !st->tgid)
 		return 0;
 	st->closed = 1;
-	struct event *e = scratch_event(st->tgid, 0, EVENT_CLOSE);
+	struct event *e = scratch_event(SCRATCH_STATE, st->tgid, 0, EVENT_CLOSE);
 	if (!e)
 		return 0;
 	sock_fill(e, 0, sk, st->role);

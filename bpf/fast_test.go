@@ -428,6 +428,64 @@ func TestFastPathPipelined(t *testing.T) {
 	}
 }
 
+// sendingServer reads the next request while it still writes the
+// response before it (Node.js and aiohttp do): the second request comes
+// between the first response's two writes.
+const sendingServer = pythonListener + `
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nbig")
+    c.recv(4096)
+    c.sendall(b"gie")
+    c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    c.recv(4096)
+    c.close()
+`
+
+// TestFastPathReadWhileSending: a request the kernel takes while the
+// response before it, which user space has, is still going out leaves the
+// rest of that response to user space; its own response is the next
+// status line.
+func TestFastPathReadWhileSending(t *testing.T) {
+	c := loadFast(t, Fast{})
+	events := readEvents(c)
+	pid, port := startPythonServer(t, sendingServer)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
+		t.Fatal(err)
+	}
+	conn, r := dial(t, port)
+	io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // the first part is out
+	io.WriteString(conn, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+	for _, want := range []int{200, 204} {
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("status %d, want %d", resp.StatusCode, want)
+		}
+	}
+	conn.Close()
+	var got []string
+	for _, ev := range events.take(pid) {
+		got = append(got, string(ev.Payload))
+	}
+	want := []string{"GET /big HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nbig", "gie"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
+	var statuses []int
+	if err := c.ReadHistograms(func(k HistKey, v *HistValue) { statuses = append(statuses, k.Status) }); err != nil {
+		t.Fatal(err)
+	}
+	if stats, _ := c.Stats(); stats.FastRequests != 1 || len(statuses) != 1 || statuses[0] != 204 {
+		t.Errorf("%d requests measured in the kernel, series of statuses %v: want 1, [204]", stats.FastRequests, statuses)
+	}
+}
+
 // TestFastPathRoom: the kernel takes no request once its histograms may
 // be full, so that no series is refused and its requests lost: they go to
 // user space instead.
