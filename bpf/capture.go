@@ -96,7 +96,7 @@ type Capture struct {
 	// programs are the attached programs, whose runs the kernel skipped
 	// are counted (Stats.RunsSkipped).
 	programs []*ebpf.Program
-	fast   *fastMaps // nil: no fast path
+	fast     *fastMaps // nil: no fast path
 	// redisDrop: the kernel drops server-side Redis commands not sampled.
 	redisDrop bool
 	// httpSpans, redisSpans: the kernel's spans of HTTP requests and of
