@@ -422,6 +422,11 @@ func (e *Exporter) Stats() Stats {
 // metric points and closes the OTLP connections. It returns when that is done
 // or ctx ends, whichever comes first; what was not sent by then is lost. Only
 // the first call does anything; later calls return the first one's result.
+// Failing tells whether the last export, of spans or metrics, failed: the
+// collector is down, or refuses what it gets. A final flush then has
+// little to gain from a long wait.
+func (e *Exporter) Failing() bool { return e.rep.failing.Load() }
+
 func (e *Exporter) Shutdown(ctx context.Context) error {
 	e.shutdownOnce.Do(func() {
 		e.shutdownErr = e.shutdown(ctx)

@@ -668,6 +668,9 @@ func TestExportFailuresCounted(t *testing.T) {
 	if s.FailedSpans != 1 || s.FailedMetricExports == 0 {
 		t.Errorf("stats %+v, want 1 failed span and failed metric exports", s)
 	}
+	if !e.Failing() {
+		t.Error("Failing() = false after failed exports")
+	}
 	if !strings.Contains(logs.String(), "go away") {
 		t.Errorf("the collector's error was not logged:\n%s", logs.String())
 	}
@@ -677,6 +680,11 @@ func TestExportFailuresCounted(t *testing.T) {
 	r.Route = "/later"
 	e.Export(r)
 	rcv.WaitSpans(t, waitFor, spansNamed("GET /later", 1))
+	for deadline := time.Now().Add(waitFor); e.Failing(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Failing() = true after the collector took spans again")
+		}
+	}
 }
 
 func TestIdleProcessesReleased(t *testing.T) {

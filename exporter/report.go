@@ -3,6 +3,7 @@ package exporter
 import (
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,6 +19,9 @@ type reporter struct {
 	wg       sync.WaitGroup
 	once     sync.Once
 
+	// failing: the last export, of spans or metrics, failed.
+	failing atomic.Bool
+
 	mu        sync.Mutex
 	spanErr   error // last span export error, with the sink's name
 	spanSink  string
@@ -31,13 +35,18 @@ func newReporter(logger *slog.Logger, interval time.Duration) *reporter {
 	return &reporter{logger: logger, interval: interval, quit: make(chan struct{})}
 }
 
+// exported notes an export that succeeded.
+func (r *reporter) exported() { r.failing.Store(false) }
+
 func (r *reporter) spanError(sink string, err error) {
+	r.failing.Store(true)
 	r.mu.Lock()
 	r.spanErr, r.spanSink = err, sink
 	r.mu.Unlock()
 }
 
 func (r *reporter) metricError(err error) {
+	r.failing.Store(true)
 	r.mu.Lock()
 	r.metricErr = err
 	r.mu.Unlock()

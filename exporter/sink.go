@@ -190,6 +190,7 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 		k.rep.spanError(k.name, err)
 	} else {
 		k.exported.Add(uint64(n))
+		k.rep.exported()
 	}
 	releaseAll(batch)
 	clear(batch)
@@ -245,6 +246,8 @@ func (m *metricSink) Export(ctx context.Context, rm *metricdata.ResourceMetrics)
 	if err != nil {
 		m.failed.Add(1)
 		m.rep.metricError(err)
+	} else {
+		m.rep.exported()
 	}
 	// Counted and logged; the reader would hand it to the global handler.
 	return nil
