@@ -2166,7 +2166,13 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
 	e->fd = regs->di;
 	e->len = ret;
-	if (!copy_payload(e, nr, regs->si, regs->dx, ret))
+	// The response to a request the kernel owns needs its head only, to
+	// tell its status and whether it is whole, and nginx writes the head
+	// and the body in two vectors: the body's probe read waits until the
+	// response turns out to go up after all.
+	bool head_only = fast_http && st && nr == NR_WRITEV && dir == DIR_EGRESS && regs->dx == 2 &&
+			 (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF | FAST_BYTE)) == FAST_OWN;
+	if (!copy_payload(e, nr, regs->si, head_only ? 1 : regs->dx, ret))
 		return 0;
 	int verdict = FAST_SEND;
 	if (fast_http && st) {
@@ -2175,6 +2181,8 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 			st->redis = REDIS_OFF; // an HTTP connection: no RESP command of it is the Redis side's
 		if (verdict == FAST_SKIP)
 			return 0;
+		if (head_only && verdict != FAST_SEND_SPAN)
+			e->captured = copy_iov(regs->si, regs->dx, ret); // and its tail
 	}
 	bool redis = false; // the verdict is the Redis side's
 	if (fast_redis && st && verdict == FAST_SEND) {

@@ -9,11 +9,12 @@ import (
 )
 
 // spanServer answers by path, each response in one send but /split's (head
-// and body apart); it reads every other request's first byte alone, as
-// Go's server sometimes does, and closes the connection on /close without
-// an answer.
+// and body apart); /vec and /vecchunked write the head and the body as two
+// vectors of one writev, as nginx does; it reads every other request's
+// first byte alone, as Go's server sometimes does, and closes the
+// connection on /close without an answer.
 const spanServer = pythonListener + `
-import time
+import os, time
 while True:
     c, _ = s.accept()
     n = 0
@@ -32,6 +33,10 @@ while True:
             c.sendall(b"ok")
         elif path == b"/chunked":
             c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+        elif path == b"/vec":
+            os.writev(c.fileno(), [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok"])
+        elif path == b"/vecchunked":
+            os.writev(c.fileno(), [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"2\r\nok\r\n0\r\n\r\n"])
         elif path == b"/empty":
             c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
         elif path == b"/missing":
@@ -180,6 +185,21 @@ func TestKernelSpans(t *testing.T) {
 	}
 	record("/missing", 404, 9)
 	record("/empty", 204, 0)
+	// Two vectors, nginx's way: whole, a record (the kernel copies the head
+	// only); chunked, the stand-in and then both vectors, the chunked
+	// body's end included.
+	for _, p := range []string{"/vec", "/vecchunked"} {
+		hp := full(get(p), "HTTP/1.1 200 OK")
+		if err := c.AddHead(hp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record("/vec", 200, 2)
+	send(get("/vecchunked"), 1)
+	const vecChunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+	if evs := events.take(pid); len(evs) != 2 || evs[0].Type != EventHTTPRequest || evs[1].Type != EventData || string(evs[1].Payload) != vecChunked {
+		t.Errorf("/vecchunked: events %+v, want the stand-in, then the response whole", evs)
+	}
 	standIn := func(raw string, want ...string) {
 		t.Helper()
 		send(raw, 1)
@@ -235,8 +255,8 @@ func TestKernelSpans(t *testing.T) {
 	}
 
 	stats, err := c.Stats()
-	if err != nil || stats.HTTPSpans != 12 {
-		t.Errorf("stats %+v %v: want 12 requests stood for", stats, err)
+	if err != nil || stats.HTTPSpans != 14 {
+		t.Errorf("stats %+v %v: want 14 requests stood for", stats, err)
 	}
 	if err := c.RemoveHead(h); err != nil {
 		t.Fatal(err)
