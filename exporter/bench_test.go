@@ -112,6 +112,7 @@ func BenchmarkHandle(b *testing.B) {
 		{"server", serverReq(), true, true},
 		{"server-root", root, true, true},
 		{"client", clientReq(), true, true},
+		{"grpc-server", otherReq(tracer.ProtoGRPC, tracer.RoleServer), true, true},
 		{"unsampled", unsampled, true, true},
 		{"spans-only", serverReq(), true, false},
 		{"metrics-only", serverReq(), false, true},
