@@ -281,11 +281,11 @@ func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture,
 // shutdownExporter flushes spans and metrics, waiting at most 10 seconds
 // for a slow collector.
 func shutdownExporter(logger *slog.Logger, exp *exporter.Exporter) {
-	// Ten seconds to flush; two when the collector failed the last export,
-	// so that a collector that is down does not hold every pod's
-	// termination ten seconds (one retry still fits). Measured with a
-	// refusing collector: the agent ends 4.3 s after SIGTERM, not 10 (the
-	// metric SDK's last collection overruns the deadline a little).
+	// Ten seconds to flush; two when the collector failed the last
+	// exports, so that a collector that is down does not hold every pod's
+	// termination ten seconds. Measured with a refusing collector: the
+	// agent ends 4.3 s after SIGTERM, not 10 (the metric SDK's periodic
+	// reader overruns the deadline, waiting for its export under way).
 	wait := 10 * time.Second
 	if exp.Failing() {
 		wait = 2 * time.Second

@@ -1605,10 +1605,12 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	__u16 status = response_status(e);
 	if (!(f & FAST_RESP)) {
 		if (!status) {
-			// Not a status line: the rest of the response before, which
-			// user space has, still going out (a server that reads the
-			// next request while it writes: Node.js, aiohttp). It goes up;
-			// the skipped exchange's response is the next status line.
+			// Not a status line: taken for the rest of the response
+			// before, which user space has, still going out (a server that
+			// reads the next request while it writes: Node.js, aiohttp).
+			// It goes up, and the next status line is taken for the
+			// skipped exchange's response. (A status line split across
+			// sends breaks that; it did before too.)
 			return FAST_SEND;
 		}
 		if (status < 200 && status != 101) {
@@ -2174,6 +2176,12 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 			 (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF | FAST_BYTE)) == FAST_OWN;
 	if (!copy_payload(e, nr, regs->si, head_only ? 1 : regs->dx, ret))
 		return 0;
+	if (head_only && e->captured < 12) {
+		// Not even a status line in the first vector (an empty one, a
+		// line split): all of it, as for any other send.
+		e->captured = copy_iov(regs->si, regs->dx, ret);
+		head_only = false;
+	}
 	int verdict = FAST_SEND;
 	if (fast_http && st) {
 		verdict = fast_skip(sk, st, e, dir);

@@ -549,10 +549,11 @@ type Stats struct {
 	// RedisSpans are Redis commands picked for a span that the kernel
 	// stood for with an EventRedis or EventRedisRequest (Fast.RedisSpans).
 	RedisSpans uint64
-	// RunsSkipped are runs of the programs the kernel skipped, because one
-	// ran on the CPU already (a connection's end in softirq, say, while a
-	// send was followed): what they would have seen is missing (Linux
-	// 5.12 and later count them; 0 before).
+	// RunsSkipped are runs of the programs the kernel skipped because the
+	// same program was already running on the CPU: inet_sock_set_state,
+	// in a task's connect or close, interrupted by a softirq's state
+	// change of another connection, whose mark or close event is then
+	// missing (Linux 5.12 and later count them; 0 before).
 	RunsSkipped uint64
 }
 

@@ -486,6 +486,64 @@ func TestFastPathReadWhileSending(t *testing.T) {
 	}
 }
 
+// vecServer answers /fast with one writev of the vectors VECS, anything
+// else with a 404.
+const vecServer = pythonListener + `
+import os
+while True:
+    c, _ = s.accept()
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        if d.split(b" ")[1] == b"/fast":
+            os.writev(c.fileno(), VECS)
+        else:
+            c.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx")
+    c.close()
+`
+
+// TestFastPathTwoVectors: the response to a request the kernel took, in
+// two vectors of one writev, is measured whether its status line is all
+// in the first (nginx: the head, then the body) or not (an empty first
+// vector, a line split between them), and what follows stays in step.
+func TestFastPathTwoVectors(t *testing.T) {
+	for _, tc := range []struct{ name, vecs string }{
+		{"head and body", `[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok"]`},
+		{"empty first", `[b"", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]`},
+		{"line split", `[b"HTTP/1.1", b" 200 OK\r\nContent-Length: 2\r\n\r\nok"]`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := loadFast(t, Fast{})
+			events := readEvents(c)
+			pid, port := startPythonServer(t, strings.Replace(vecServer, "VECS", tc.vecs, 1))
+			if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
+				t.Fatal(err)
+			}
+			conn, r := dial(t, port)
+			for _, p := range []string{"/fast", "/other"} {
+				exchange(t, conn, r, "GET "+p+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+			}
+			conn.Close()
+			var got []string
+			for _, ev := range events.take(pid) {
+				got = append(got, string(ev.Payload))
+			}
+			want := []string{"GET /other HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx"}
+			if strings.Join(got, "|") != strings.Join(want, "|") {
+				t.Errorf("user space got %q, want %q", got, want)
+			}
+			var statuses []int
+			if err := c.ReadHistograms(func(k HistKey, v *HistValue) { statuses = append(statuses, k.Status) }); err != nil {
+				t.Fatal(err)
+			}
+			if len(statuses) != 1 || statuses[0] != 200 {
+				t.Errorf("histogram series of statuses %v, want [200]", statuses)
+			}
+		})
+	}
+}
+
 // TestFastPathRoom: the kernel takes no request once its histograms may
 // be full, so that no series is refused and its requests lost: they go to
 // user space instead.

@@ -246,7 +246,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		if err := client.Start(ctx); err != nil {
 			return nil, fmt.Errorf("otlp trace client: %w", err)
 		}
-		dests = append(dests, destination{name: "otlp", exp: &otlpSpans{client: client, codec: codec}})
+		dests = append(dests, destination{name: otlpSink, exp: &otlpSpans{client: client, codec: codec}})
 	}
 	if cfg.Printer != PrinterOff {
 		dests = append(dests, destination{
@@ -274,6 +274,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", batch.queue)
 	return e, nil
 }
+
+// otlpSink is the OTLP span destination's name.
+const otlpSink = "otlp"
 
 // destination is a span exporter and how to batch for it.
 type destination struct {
@@ -418,15 +421,19 @@ func (e *Exporter) Stats() Stats {
 	return s
 }
 
+// Failing tells whether the collector failed the last OTLP exports: of
+// spans, if they go there, and of metrics, if they do. A final flush then
+// has little to gain from a long wait. A collector that takes one and
+// refuses the other is not failing.
+func (e *Exporter) Failing() bool {
+	spans, metrics := e.cfg.TracesOTLP, e.metrics != nil
+	return (spans || metrics) && (!spans || e.rep.spansFailing.Load()) && (!metrics || e.rep.metricsFailing.Load())
+}
+
 // Shutdown turns the requests still queued into spans, flushes all spans and
 // metric points and closes the OTLP connections. It returns when that is done
 // or ctx ends, whichever comes first; what was not sent by then is lost. Only
 // the first call does anything; later calls return the first one's result.
-// Failing tells whether the last export, of spans or metrics, failed: the
-// collector is down, or refuses what it gets. A final flush then has
-// little to gain from a long wait.
-func (e *Exporter) Failing() bool { return e.rep.failing.Load() }
-
 func (e *Exporter) Shutdown(ctx context.Context) error {
 	e.shutdownOnce.Do(func() {
 		e.shutdownErr = e.shutdown(ctx)

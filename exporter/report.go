@@ -19,8 +19,9 @@ type reporter struct {
 	wg       sync.WaitGroup
 	once     sync.Once
 
-	// failing: the last export, of spans or metrics, failed.
-	failing atomic.Bool
+	// spansFailing, metricsFailing: the last OTLP export of spans, of
+	// metrics, failed.
+	spansFailing, metricsFailing atomic.Bool
 
 	mu        sync.Mutex
 	spanErr   error // last span export error, with the sink's name
@@ -35,18 +36,21 @@ func newReporter(logger *slog.Logger, interval time.Duration) *reporter {
 	return &reporter{logger: logger, interval: interval, quit: make(chan struct{})}
 }
 
-// exported notes an export that succeeded.
-func (r *reporter) exported() { r.failing.Store(false) }
+// spansExported and metricsExported note an OTLP export that succeeded.
+func (r *reporter) spansExported()   { r.spansFailing.Store(false) }
+func (r *reporter) metricsExported() { r.metricsFailing.Store(false) }
 
 func (r *reporter) spanError(sink string, err error) {
-	r.failing.Store(true)
+	if sink == otlpSink {
+		r.spansFailing.Store(true)
+	}
 	r.mu.Lock()
 	r.spanErr, r.spanSink = err, sink
 	r.mu.Unlock()
 }
 
 func (r *reporter) metricError(err error) {
-	r.failing.Store(true)
+	r.metricsFailing.Store(true)
 	r.mu.Lock()
 	r.metricErr = err
 	r.mu.Unlock()

@@ -190,7 +190,9 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 		k.rep.spanError(k.name, err)
 	} else {
 		k.exported.Add(uint64(n))
-		k.rep.exported()
+		if k.name == otlpSink {
+			k.rep.spansExported()
+		}
 	}
 	releaseAll(batch)
 	clear(batch)
@@ -247,7 +249,7 @@ func (m *metricSink) Export(ctx context.Context, rm *metricdata.ResourceMetrics)
 		m.failed.Add(1)
 		m.rep.metricError(err)
 	} else {
-		m.rep.exported()
+		m.rep.metricsExported()
 	}
 	// Counted and logged; the reader would hand it to the global handler.
 	return nil
