@@ -968,9 +968,10 @@ struct head_scan {
 // before the first ' ' or '?', as words of 8 bytes, the last one with its
 // bytes from the end on zeroed (a path that fills its last word gets a
 // zero word after it). It returns false for a path longer than
-// ROUTE_PATH - 1 bytes. Per word, a byte equal to ' ' or '?' is found
+// ROUTE_PATH - 1 bytes, and for one a space ends before version_space
+// (the space before "HTTP/1.x"). Per word, a byte equal to ' ' or '?' is found
 // without a loop: the lowest byte of w ^ c that is zero.
-static __always_inline bool path_hash(struct event *e, __u32 start, struct route_key *rk)
+static __always_inline bool path_hash(struct event *e, __u32 start, __u32 version_space, struct route_key *rk)
 {
 	__u64 h = 0xcbf29ce484222325ULL;
 #pragma unroll
@@ -981,6 +982,13 @@ static __always_inline bool path_hash(struct event *e, __u32 start, struct route
 			// Bytes below the first match stay: the lowest set bit of m
 			// is bit 7 of that byte.
 			__u64 low = m & (~m + 1);
+			// A space ends the path only where the version starts (at
+			// version_space): user space reads "GET /a b HTTP/1.1" as a
+			// path of "/a b", which is not /a's route. The byte's index
+			// is in the top byte of 256^k times 0x0001..07.
+			__u32 at = start + 8 * i + (((low >> 7) * 0x0001020304050607ULL) >> 56);
+			if (at != version_space && e->payload[bounded(at, MAX_CAPTURE - 1)] == ' ')
+				return false;
 			w &= (low >> 7) - 1;
 			h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
 			rk->hash = h ^ (h >> 29);
@@ -1340,8 +1348,8 @@ static __always_inline bool fast_request(struct event *e, struct sock_state *st,
 		return true;
 	}
 	struct route_key rk = {.tgid = st->tgid, .method = method};
-	if (!path_hash(e, start, &rk))
-		return false; // longer than the kernel follows: user space's
+	if (!path_hash(e, start, s->first_nl - 10, &rk))
+		return false; // longer than the kernel follows, or odd: user space's
 	__u32 *route = bpf_map_lookup_elem(&http_routes, &rk);
 	if (!route)
 		return false; // a path the agent has not seen answered yet

@@ -544,6 +544,33 @@ func TestFastPathTwoVectors(t *testing.T) {
 	}
 }
 
+// TestFastPathSpaceInTarget: a request whose target has a space before
+// the version's is user space's, which reads the path as "/fast x", not
+// as /fast; a space in the query is the query's.
+func TestFastPathSpaceInTarget(t *testing.T) {
+	c := loadFast(t, Fast{})
+	events := readEvents(c)
+	pid, port := startPythonServer(t, strings.Replace(vecServer, "VECS", `[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok"]`, 1))
+	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
+		t.Fatal(err)
+	}
+	conn, r := dial(t, port)
+	exchange(t, conn, r, "GET /fast x HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	exchange(t, conn, r, "GET /fast?q=a b HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	conn.Close()
+	var got []string
+	for _, ev := range events.take(pid) {
+		got = append(got, string(ev.Payload))
+	}
+	want := []string{"GET /fast x HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
+	if stats, _ := c.Stats(); stats.FastRequests != 1 {
+		t.Errorf("%d requests measured in the kernel, want 1 (the query's)", stats.FastRequests)
+	}
+}
+
 // TestFastPathRoom: the kernel takes no request once its histograms may
 // be full, so that no series is refused and its requests lost: they go to
 // user space instead.
