@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -28,6 +29,9 @@ const procRoot = "/proc"
 // stopProfile ends a developer's CPU profile (profile_pprof.go, built with
 // -tags pprof); it does nothing otherwise.
 var stopProfile = func() {}
+
+// loadCapture loads the kernel capture; a test seam.
+var loadCapture = bpf.Load
 
 // statsInterval is how often the agent logs its counters when they changed.
 var statsInterval = 30 * time.Second
@@ -81,7 +85,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	shutdown := sync.OnceFunc(func() { shutdownExporter(logger, exp) })
 	defer shutdown()
 
-	capture, err := bpf.Load(bpf.Config{
+	capture, err := loadCapture(bpf.Config{
 		Hooks:           cfg.KernelHooks,
 		CaptureBytes:    cfg.CaptureBytes,
 		RingBufferBytes: cfg.RingBuffer,
@@ -90,7 +94,16 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			cfg.KernelSpans && cfg.parses(tracer.ProtoRedis) && tracer.RedisShapeSpans(cfg.QueryText, cfg.RedisKeys)),
 	}, logger)
 	if err != nil {
-		return fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
+		err = fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
+		if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+			return err
+		}
+		// In a pod, a sidecar that exits crash-loops, and keeps its pod
+		// from being ready: the neighbours would stop serving for want of
+		// telemetry. The agent says why, and waits for the pod to end.
+		logger.Error("nothing is traced: the agent waits for SIGTERM", "error", err)
+		<-ctx.Done()
+		return nil
 	}
 	defer capture.Close()
 	// Loading parsed the kernel's BTF (several MB, garbage now): give the
@@ -239,10 +252,13 @@ const agentGCPercent = 200
 func newLogger(cfg config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.level}
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		return slog.New(slog.NewJSONHandler(logOutput, opts))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.New(slog.NewTextHandler(logOutput, opts))
 }
+
+// logOutput is where the agent logs; a test seam.
+var logOutput io.Writer = os.Stderr
 
 // reportStats logs the counters when they change, and warns about loss.
 func reportStats(ctx context.Context, logger *slog.Logger, capture *bpf.Capture, tr *tracer.Tracer, exp *exporter.Exporter) {

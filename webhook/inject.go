@@ -116,7 +116,7 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 	}
 
 	out := d.DeepCopy()
-	stripped, warnings := strip(out)
+	at, stripped, warnings := strip(out)
 	if !want {
 		if !stripped {
 			return unchanged(d, ActionNone)
@@ -147,7 +147,13 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 		spec.ShareProcessNamespace = new(true)
 		st.ShareProcessNamespace = true
 	}
-	spec.Containers = append(spec.Containers, container)
+	if stripped && at >= 0 && at <= len(spec.Containers) {
+		// Where it was: moving it would change the template (and roll
+		// the pods) for nothing.
+		spec.Containers = slices.Insert(spec.Containers, at, container)
+	} else {
+		spec.Containers = append(spec.Containers, container)
+	}
 	raw, _ := json.Marshal(st) // cannot fail: plain struct
 	if out.Spec.Template.Annotations == nil {
 		out.Spec.Template.Annotations = map[string]string{}
@@ -191,13 +197,14 @@ func parseBoolAnnotation(a map[string]string, key string) (value, set bool, err 
 }
 
 // strip removes what an earlier injection added, as recorded by
-// AnnotationStatus, and reports whether there was one. Without the status
+// AnnotationStatus, and reports whether there was one, and where in the
+// containers the sidecar was (-1: not there). Without the status
 // annotation nothing is touched: a container named podtracer is then the
 // user's own.
-func strip(d *appsv1.Deployment) (bool, []string) {
+func strip(d *appsv1.Deployment) (int, bool, []string) {
 	raw, ok := d.Spec.Template.Annotations[AnnotationStatus]
 	if !ok {
-		return false, nil
+		return -1, false, nil
 	}
 	var warnings []string
 	var st status
@@ -212,6 +219,7 @@ func strip(d *appsv1.Deployment) (bool, []string) {
 		st.Container = ContainerName
 	}
 	spec := &d.Spec.Template.Spec
+	at := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == st.Container })
 	spec.Containers = slices.DeleteFunc(spec.Containers, func(c corev1.Container) bool {
 		return c.Name == st.Container
 	})
@@ -222,7 +230,7 @@ func strip(d *appsv1.Deployment) (bool, []string) {
 	if len(d.Spec.Template.Annotations) == 0 {
 		d.Spec.Template.Annotations = nil
 	}
-	return true, warnings
+	return at, true, warnings
 }
 
 // cannotInject says why the agent could not work in a pod with this spec.
@@ -233,6 +241,9 @@ func cannotInject(spec *corev1.PodSpec) []string {
 	}
 	if spec.HostPID {
 		reasons = append(reasons, "hostPID is true, so the sidecar would trace the whole node")
+	}
+	if spec.HostUsers != nil && !*spec.HostUsers {
+		reasons = append(reasons, "hostUsers is false: in a user namespace the sidecar's BPF and PERFMON capabilities are not the host's, and the kernel refuses it bpf()")
 	}
 	if spec.OS != nil && spec.OS.Name != corev1.Linux {
 		reasons = append(reasons, fmt.Sprintf("spec.os.name is %s; eBPF needs Linux", spec.OS.Name))

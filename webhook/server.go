@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -236,10 +238,26 @@ func (s *Server) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissio
 	if err != nil {
 		return nil, fmt.Errorf("encode mutated deployment: %w", err)
 	}
-	ops, err := jsonpatch.CreatePatch(before, after)
+	// A sidecar taken out from among the containers is one remove, and the
+	// rest is diffed with the lists aligned: a diff of the two lists would
+	// rewrite each container after it, field by field, into its place,
+	// and fields these types do not know would stay behind on the wrong
+	// container.
+	var ops []jsonpatch.Operation
+	base := before
+	if i := removedSidecar(&d, res.Deployment); i >= 0 {
+		ops = append(ops, jsonpatch.NewOperation("remove", fmt.Sprintf("/spec/template/spec/containers/%d", i), nil))
+		aligned := d.DeepCopy()
+		aligned.Spec.Template.Spec.Containers = slices.Delete(aligned.Spec.Template.Spec.Containers, i, i+1)
+		if base, err = json.Marshal(aligned); err != nil {
+			return nil, fmt.Errorf("encode deployment: %w", err)
+		}
+	}
+	rest, err := jsonpatch.CreatePatch(base, after)
 	if err != nil {
 		return nil, fmt.Errorf("create patch: %w", err)
 	}
+	ops = append(ops, rest...)
 	if len(ops) > 0 {
 		if err := exactValues(ops, after); err != nil {
 			return nil, fmt.Errorf("create patch: %w", err)
@@ -318,6 +336,17 @@ func pointerValue(doc any, pointer string) (any, error) {
 // checkPatch makes sure that patch turns before into after exactly, as the
 // API server will apply it: a wrong patch would change the Deployment into
 // something that neither the user nor the webhook asked for.
+// removedSidecar is the index of the sidecar among before's containers
+// when after no longer has it, else -1.
+func removedSidecar(before, after *appsv1.Deployment) int {
+	named := func(c corev1.Container) bool { return c.Name == ContainerName }
+	i := slices.IndexFunc(before.Spec.Template.Spec.Containers, named)
+	if i < 0 || slices.ContainsFunc(after.Spec.Template.Spec.Containers, named) {
+		return -1
+	}
+	return i
+}
+
 func checkPatch(before, after, patch []byte) error {
 	p, err := jsonpatch5.DecodePatch(patch)
 	if err != nil {

@@ -265,9 +265,9 @@ func FuzzMutateEndpoint(f *testing.F) {
 }
 
 // TestMutateEndpointPatchIsExact: when the injected container is not the
-// last one (the user added one after it), the patch moves containers in
-// the list; their int64 fields beyond 2^53 must come through exactly, not
-// rounded to a float64.
+// last one (the user added one after it), a changed sidecar stays where
+// it is and a removed one's followers move up; their int64 fields beyond
+// 2^53 must come through exactly, not rounded to a float64.
 func TestMutateEndpointPatchIsExact(t *testing.T) {
 	h := newHandlerServer(t).Handler()
 	d := readDeployment(t, "testdata/inject/basic/out.yaml")
@@ -282,7 +282,10 @@ func TestMutateEndpointPatchIsExact(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for name, obj := range map[string][]byte{"re-injected": object, "removed": bytes.Replace(object, []byte(`"podtracer.io/inject":"true"`), []byte(`"podtracer.io/inject":"false"`), 1)} {
+	for name, obj := range map[string][]byte{
+		"re-injected": bytes.Replace(object, []byte(`"podtracer.io/inject":"true"`), []byte(`"podtracer.io/inject":"true","podtracer.io/log-level":"debug"`), 1),
+		"removed":     bytes.Replace(object, []byte(`"podtracer.io/inject":"true"`), []byte(`"podtracer.io/inject":"false"`), 1),
+	} {
 		t.Run(name, func(t *testing.T) {
 			rec, out := post(t, h, review(t, admissionv1.Update, obj))
 			if out == nil || out.Response.Patch == nil {
@@ -305,6 +308,69 @@ func TestMutateEndpointPatchIsExact(t *testing.T) {
 			want := Mutate(&in, goldenSidecar()).Deployment
 			if !equality.Semantic.DeepEqual(&got, want) {
 				t.Errorf("patched object differs from the mutation (-want +got):\n%s", diff(deploymentYAML(t, want), deploymentYAML(t, &got)))
+			}
+		})
+	}
+}
+
+// TestMutateEndpointKeepsOtherContainers: a sidecar changed or taken out
+// from among the containers leaves the others where they are, with the
+// fields the webhook's API types do not know (a newer cluster's) on the
+// container they belong to.
+func TestMutateEndpointKeepsOtherContainers(t *testing.T) {
+	h := newHandlerServer(t).Handler()
+	d := readDeployment(t, "testdata/inject/basic/out.yaml")
+	d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, corev1.Container{Name: "cache", Image: "redis:7"})
+	object, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	json.Unmarshal(object, &m)
+	containers := m["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
+	containers[len(containers)-1].(map[string]any)["futureContainerField"] = "cache's"
+	object, _ = json.Marshal(m)
+
+	for name, tc := range map[string]struct {
+		from, to string
+		want     []string // the containers' names after
+	}{
+		"changed": {`"podtracer.io/inject":"true"`, `"podtracer.io/inject":"true","podtracer.io/log-level":"debug"`, []string{"shop", "podtracer", "cache"}},
+		"removed": {`"podtracer.io/inject":"true"`, `"podtracer.io/inject":"false"`, []string{"shop", "cache"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			obj := bytes.Replace(object, []byte(tc.from), []byte(tc.to), 1)
+			rec, out := post(t, h, review(t, admissionv1.Update, obj))
+			if out == nil || out.Response.Patch == nil {
+				t.Fatalf("status %d, no patch: %s", rec.Code, rec.Body.String())
+			}
+			patch, err := jsonpatch.DecodePatch(out.Response.Patch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			patched, err := patch.Apply(obj)
+			if err != nil {
+				t.Fatalf("apply patch: %v", err)
+			}
+			var got struct {
+				Spec struct {
+					Template struct {
+						Spec struct {
+							Containers []map[string]any `json:"containers"`
+						} `json:"spec"`
+					} `json:"template"`
+				} `json:"spec"`
+			}
+			json.Unmarshal(patched, &got)
+			var names []string
+			for _, c := range got.Spec.Template.Spec.Containers {
+				names = append(names, c["name"].(string))
+				if future, ok := c["futureContainerField"]; ok != (c["name"] == "cache") || (ok && future != "cache's") {
+					t.Errorf("container %s has futureContainerField %v", c["name"], future)
+				}
+			}
+			if strings.Join(names, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("containers %v, want %v", names, tc.want)
 			}
 		})
 	}
