@@ -19,7 +19,9 @@ import (
 // crash-looping sidecar would keep its pod from being ready.
 func TestAgentCaptureNotLoaded(t *testing.T) {
 	defer func(l func(bpf.Config, *slog.Logger) (*bpf.Capture, error)) { loadCapture = l }(loadCapture)
-	loadCapture = func(bpf.Config, *slog.Logger) (*bpf.Capture, error) { return nil, errors.New("operation not permitted") }
+	loadCapture = func(bpf.Config, *slog.Logger) (*bpf.Capture, error) {
+		return nil, errors.New("operation not permitted")
+	}
 	t.Setenv("PODTRACER_TRACE_PRINTER", "off")
 
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
