@@ -83,6 +83,14 @@ type http1Stream struct {
 	chunkLeft int64  // data bytes left in the current chunk, then its CRLF
 	chunkLine []byte // a chunk-size line split across segments
 	inTrailer bool
+	// blindTail holds the stream's last bytes while blind in a chunked
+	// body: its last chunk may come split over two segments.
+	blindTail []byte
+	// newerRequest tells whether the other direction has sent a request
+	// after the one this stream's message answers (nil: never).
+	newerRequest func() bool
+	// lastExit is when the last segment fed ended.
+	lastExit uint64
 
 	seen seenStrings // the last head's strings, reused when repeated
 	// free holds messages done with, for new ones to reuse (shared by the
@@ -114,6 +122,17 @@ func (s *http1Stream) feed(seg *segment) {
 			return
 		}
 	}
+	if s.state == stChunkedBlind && s.newerRequest != nil && s.newerRequest() && startsStatusLine(seg.data) {
+		// Blind in a chunked body whose end went by unseen: a status line
+		// after the client's next request starts the next response. The
+		// old one ended with the last segment before.
+		s.msg.end = s.lastExit
+		m := s.msg
+		m.completed = true
+		s.state, s.msg = stIdle, nil
+		s.onComplete(m)
+	}
+	defer func() { s.lastExit = seg.exit }()
 	pos := 0 // position in the segment's bytes, captured or not
 	captured := len(seg.data)
 	s.upgradedAt = -1
@@ -144,7 +163,7 @@ func (s *http1Stream) feed(seg *segment) {
 		case stChunkedBlind:
 			s.msg.bodySize += int64(seg.total - pos)
 			pos = seg.total
-			if endsChunked(seg) {
+			if s.blindEnds(seg) {
 				s.complete(seg)
 			}
 		case stUntilClose:
@@ -266,6 +285,13 @@ func (s *http1Stream) endHead(seg *segment, truncated bool) {
 	case m.contentLen == 0 || m.request:
 		// Requests without framing have no body (RFC 9112 6.3).
 		s.complete(seg)
+	case truncated:
+		// Its framing may be in the part of the head not captured (a
+		// long head written alone: cookies, a policy): the response ends
+		// here as far as can be known, and the next status line starts
+		// the next one. Until the close, it would swallow them all.
+		s.complete(seg)
+		s.state = stLost
 	default:
 		s.state = stUntilClose
 		m.end = seg.exit
@@ -299,8 +325,8 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 		if pos >= captured {
 			// The next chunk-size line is beyond the captured prefix: we
 			// no longer know where chunks start, only where the body may end.
-			s.state = stChunkedBlind
-			if endsChunked(seg) {
+			s.enterBlind()
+			if s.blindEnds(seg) {
 				s.complete(seg)
 			}
 			return seg.total
@@ -314,7 +340,10 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 			s.chunkLine = append(s.chunkLine, seg.data[pos:]...)
 			pos = captured
 			if captured < seg.total {
-				s.state = stChunkedBlind
+				s.enterBlind()
+				if s.blindEnds(seg) {
+					s.complete(seg)
+				}
 				return seg.total
 			}
 			continue
@@ -359,6 +388,24 @@ var (
 	http1Version = []byte("HTTP/1.")
 )
 
+// enterBlind goes blind in a chunked body.
+func (s *http1Stream) enterBlind() {
+	s.state = stChunkedBlind
+	s.blindTail = s.blindTail[:0]
+}
+
+// blindEnds tells whether, blind in a chunked body, the stream ends its
+// body with seg: with the segments before, when seg is shorter than the
+// last chunk ("...0\r", then "\n\r\n").
+func (s *http1Stream) blindEnds(seg *segment) bool {
+	n := len(lastChunk) + 2
+	s.blindTail = append(s.blindTail, lastBytes(seg, n)...)
+	if len(s.blindTail) > n {
+		s.blindTail = s.blindTail[len(s.blindTail)-n:]
+	}
+	return bytes.HasSuffix(s.blindTail, lastChunk)
+}
+
 // endsChunked tells whether a segment ends with the last chunk of a body.
 func endsChunked(seg *segment) bool {
 	return bytes.HasSuffix(lastBytes(seg, len(lastChunk)+2), lastChunk)
@@ -392,6 +439,13 @@ func startsMessage(b []byte) bool {
 	}
 	_, ok := requestMethod(b)
 	return ok
+}
+
+// startsStatusLine tells whether b starts with a status line's
+// "HTTP/1.x NNN ".
+func startsStatusLine(b []byte) bool {
+	return len(b) >= 13 && bytes.HasPrefix(b, http1Version) && (b[7] == '0' || b[7] == '1') && b[8] == ' ' &&
+		b[9] >= '1' && b[9] <= '5' && b[10] >= '0' && b[10] <= '9' && b[11] >= '0' && b[11] <= '9' && b[12] == ' '
 }
 
 // mayStartMessage tells whether the segment ends with the first few bytes

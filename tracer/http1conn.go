@@ -41,6 +41,11 @@ func detectHTTP1(routes, h2c bool, heads *heads) detector {
 		c.out.onComplete = c.onComplete
 		c.in.free, c.out.free = &c.free, &c.free
 		c.in.heads, c.out.heads = heads, heads
+		// A response stream knows when the client has sent another
+		// request: pending holds those not yet answered, the one being
+		// answered taken out of it.
+		newer := func() bool { return len(c.pending) > 0 }
+		c.in.newerRequest, c.out.newerRequest = newer, newer
 		return c
 	}
 }

@@ -463,3 +463,64 @@ func TestRouteIsACopy(t *testing.T) {
 		t.Errorf("route %q shares the target's memory", r)
 	}
 }
+
+// A chunked response whose chunk lines lie past the captured prefix ends
+// where its last chunk does, also when the client's reads split that
+// chunk ("...0\r", then "\n\r\n"); and when its end cannot be seen at all
+// (a trailer past the prefix), the next status line after the next
+// request starts the next response. Either way later exchanges pair
+// right.
+func TestHTTP1BlindChunkedEnds(t *testing.T) {
+	body := "800\r\n" + strings.Repeat("x", 0x800) + "\r\n800\r\n" + strings.Repeat("y", 0x800) + "\r\n0\r\n"
+	for name, end := range map[string]string{"split last chunk": "\r\n", "trailer": "Expires: 0\r\n\r\n"} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, 1024)
+			resp := "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + end
+			cut := len(resp) - 3
+			h.send(1, in, "GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+			h.send(1, out, resp[:cut])
+			h.send(1, out, resp[cut:])
+			want := map[string]int{"/first": 200, "/second": 201, "/third": 202, "/fourth": 204}
+			for _, p := range []string{"/second", "/third", "/fourth"} {
+				h.send(1, in, "GET "+p+" HTTP/1.1\r\nHost: x\r\n\r\n")
+				h.send(1, out, fmt.Sprintf("HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n", want[p]))
+			}
+			if len(h.got) != 4 {
+				t.Fatalf("%d spans, want 4", len(h.got))
+			}
+			for _, r := range h.got {
+				if want[r.Path] != r.StatusCode {
+					t.Errorf("%s paired with %d, want %d", r.Path, r.StatusCode, want[r.Path])
+				}
+			}
+			if first := h.got[0]; first.Path != "/first" || first.End.Sub(first.Start) > 5*time.Millisecond {
+				t.Errorf("first span %s, lasting %v", first.Path, first.End.Sub(first.Start))
+			}
+		})
+	}
+}
+
+// A response head longer than the captured prefix, written alone (long
+// cookies, a policy header): its framing may lie past the prefix, so the
+// response ends there as far as is known, and the next status line starts
+// the next one; its body is not taken to run until the connection closes.
+func TestHTTP1TruncatedResponseHead(t *testing.T) {
+	h := newHarness(t, 1024)
+	big := "HTTP/1.1 200 OK\r\nContent-Security-Policy: " + strings.Repeat("a", 1100) + "\r\nContent-Length: 5\r\n\r\n"
+	h.send(1, in, "GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, big)
+	h.send(1, out, "hello")
+	for range 3 {
+		h.send(1, in, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+		h.send(1, out, "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+	}
+	if len(h.got) != 4 {
+		t.Fatalf("%d spans before the close, want 4", len(h.got))
+	}
+	if h.got[0].Path != "/a" || h.got[0].StatusCode != 200 || h.got[3].Path != "/b" || h.got[3].StatusCode != 201 {
+		t.Errorf("spans %s %d ... %s %d", h.got[0].Path, h.got[0].StatusCode, h.got[3].Path, h.got[3].StatusCode)
+	}
+	if d := h.got[0].End.Sub(h.got[0].Start); d > time.Millisecond {
+		t.Errorf("the first exchange lasted %v", d)
+	}
+}
