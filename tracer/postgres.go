@@ -777,16 +777,23 @@ func (s *dbStream) walk(seg *segment, from int, onMsg func(hdr, body []byte, cut
 	captured := len(seg.data)
 	for pos < seg.total {
 		if !s.inBody {
-			if pos >= captured {
-				return dbWalkLost
+			// The header from the prefix, or past it from the tail: a
+			// long message (a Bind of large parameters) may leave the
+			// short ones after it there (its Execute and Sync).
+			n := min(s.hdrLen-s.nhdr, seg.total-pos)
+			b, ok := segCaptured(seg, pos, n)
+			if !ok {
+				if pos >= captured {
+					return dbWalkLost
+				}
+				b = seg.data[pos:min(pos+n, captured)]
 			}
 			if s.nhdr == 0 {
 				s.startEnter, s.startExit = seg.enter, seg.exit
 			}
-			n := min(s.hdrLen-s.nhdr, captured-pos)
-			copy(s.hdr[s.nhdr:s.hdrLen], seg.data[pos:pos+n])
-			s.nhdr += n
-			pos += n
+			copy(s.hdr[s.nhdr:s.hdrLen], b)
+			s.nhdr += len(b)
+			pos += len(b)
 			if s.nhdr < s.hdrLen {
 				continue
 			}
@@ -800,9 +807,14 @@ func (s *dbStream) walk(seg *segment, from int, onMsg func(hdr, body []byte, cut
 		if s.left > 0 {
 			n := min(s.left, seg.total-pos)
 			kept := 0
-			if !s.cut && pos < captured {
-				kept = min(n, captured-pos, s.keep-len(s.body))
-				s.body = append(s.body, seg.data[pos:pos+kept]...)
+			if !s.cut {
+				if b, ok := segCaptured(seg, pos, min(n, s.keep-len(s.body))); ok {
+					kept = len(b) // in the prefix, or all in the tail
+					s.body = append(s.body, b...)
+				} else if pos < captured {
+					kept = min(n, captured-pos, s.keep-len(s.body))
+					s.body = append(s.body, seg.data[pos:pos+kept]...)
+				}
 			}
 			if kept < n {
 				s.cut = true

@@ -576,3 +576,39 @@ func TestPostgresHeldTextReleased(t *testing.T) {
 		t.Errorf("%d bytes held by %d batches", c.held, len(c.batches))
 	}
 }
+
+// pgx with its statement cache: Parse once, then Bind, Execute and Sync in
+// one write. A Bind of more parameter bytes than the prefix holds leaves
+// the Execute and the Sync in the tail, where they are read: the
+// execution keeps its statement.
+func TestPostgresBigBind(t *testing.T) {
+	h := newDBHarness(t, 1024, Config{})
+	startup := "\x00\x03\x00\x00user\x00app\x00database\x00shop\x00\x00"
+	sb := []byte{0, 0, 0, 0}
+	binary.BigEndian.PutUint32(sb, uint32(4+len(startup)))
+	h.send(1, out, string(sb)+startup)
+	msg := func(t byte, body string) string {
+		b := []byte{t, 0, 0, 0, 0}
+		binary.BigEndian.PutUint32(b[1:], uint32(4+len(body)))
+		return string(b) + body
+	}
+	h.send(1, in, msg('R', "\x00\x00\x00\x00")+msg('Z', "I"))
+	h.send(1, out, msg('P', "s1\x00INSERT INTO orders (doc) VALUES ($1)\x00\x00\x00")+msg('D', "Ss1\x00")+msg('S', ""))
+	h.send(1, in, msg('1', "")+msg('t', "\x00\x00")+msg('n', "")+msg('Z', "I"))
+	for _, n := range []int{10, 3000} {
+		param := strings.Repeat("x", n)
+		pl := []byte{0, 0, 0, 0}
+		binary.BigEndian.PutUint32(pl, uint32(len(param)))
+		bind := msg('B', "\x00s1\x00\x00\x00\x00\x01"+string(pl)+param+"\x00\x00")
+		h.send(1, out, bind+msg('E', "\x00\x00\x00\x00\x00")+msg('S', ""))
+		h.send(1, in, msg('2', "")+msg('C', "INSERT 0 1\x00")+msg('Z', "I"))
+	}
+	if len(h.got) != 2 {
+		t.Fatalf("%d spans, want 2", len(h.got))
+	}
+	for _, r := range h.got {
+		if r.DBOperation != "INSERT" || r.DBCollection != "orders" || r.DBQuery == "" {
+			t.Errorf("span %q %q %q, want INSERT into orders with its text", r.DBOperation, r.DBCollection, r.DBQuery)
+		}
+	}
+}
