@@ -251,6 +251,27 @@ func TestClientSpan(t *testing.T) {
 	}
 }
 
+// A client's route is url.template, on its span and its metric: the
+// conventions give http.route to servers only.
+func TestClientRouteIsURLTemplate(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	r := clientReq()
+	r.StatusCode, r.Path, r.Route = 200, "/orders/7", "/orders/{id}"
+	e.Export(r)
+	s := rcv.WaitSpans(t, waitFor, spansNamed("POST /orders/{id}", 1))[0]
+	if s.Attributes["url.template"] != "/orders/{id}" || s.Attributes["http.route"] != nil {
+		t.Errorf("span url.template %v, http.route %v: want /orders/{id} and none", s.Attributes["url.template"], s.Attributes["http.route"])
+	}
+	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		for _, p := range ps {
+			if p.Name == "http.client.request.duration" && p.Attributes["url.template"] == "/orders/{id}" && p.Attributes["http.route"] == nil {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func TestSpanRules(t *testing.T) {
 	e, rcv, _ := startOTLP(t, Config{})
 	tests := []struct {

@@ -115,7 +115,7 @@ func describe(s *spanRecord, withAttrs bool) printed {
 			l.Status = kv.Value.AsInt64()
 		case semconv.URLPathKey:
 			path = kv.Value.AsString()
-		case semconv.HTTPRouteKey:
+		case semconv.HTTPRouteKey, semconv.URLTemplateKey:
 			route = kv.Value.AsString()
 		case semconv.URLFullKey:
 			full = kv.Value.AsString()

@@ -287,7 +287,7 @@ func (k *httpStable) write(a spanAttrs) {
 		a.str(semconv.URLQueryKey, k.query)
 	}
 	if k.route != "" {
-		a.str(semconv.HTTPRouteKey, k.route)
+		a.str(routeAttr(k.role == tracer.RoleClient), k.route)
 	}
 	if k.status != 0 {
 		a.int(semconv.HTTPResponseStatusCodeKey, int64(k.status))
@@ -454,6 +454,16 @@ func (s *process) newSeries(k seriesKey) series {
 	return v
 }
 
+// routeAttr is the attribute of an HTTP route: http.route on a server,
+// url.template on a client (the conventions give http.route to servers
+// only).
+func routeAttr(client bool) attribute.Key {
+	if client {
+		return semconv.URLTemplateKey
+	}
+	return semconv.HTTPRouteKey
+}
+
 func metricAttrs(k seriesKey) attribute.Set {
 	a := make([]attribute.KeyValue, 0, 9)
 	a = append(a, semconv.HTTPRequestMethodKey.String(k.method), schemeHTTP, protocolNameHTTP)
@@ -461,7 +471,7 @@ func metricAttrs(k seriesKey) attribute.Set {
 		a = append(a, semconv.HTTPResponseStatusCode(k.status))
 	}
 	if k.route != "" {
-		a = append(a, semconv.HTTPRoute(k.route))
+		a = append(a, routeAttr(k.client).String(k.route))
 	}
 	if k.version != "" {
 		a = append(a, semconv.NetworkProtocolVersion(k.version))

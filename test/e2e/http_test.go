@@ -464,7 +464,12 @@ func expectResource(t *testing.T, s *otlptest.Span, exe string) {
 func histogram(points []otlptest.MetricPoint, name, service, route string, minCount uint64) *otlptest.MetricPoint {
 	for i := range points {
 		p := &points[i]
-		if p.Name == name && p.Resource["service.name"] == service && p.Attributes["http.route"] == route && p.Count >= minCount {
+		// A server's route is http.route, a client's url.template.
+		key := "http.route"
+		if strings.HasPrefix(name, "http.client.") {
+			key = "url.template"
+		}
+		if p.Name == name && p.Resource["service.name"] == service && p.Attributes[key] == route && p.Count >= minCount {
 			return p
 		}
 	}
