@@ -7,9 +7,15 @@
 # It makes a throw-away CA and a serving certificate for the webhook's
 # Service (needs openssl), and prints two manifests: the Secret the webhook
 # mounts, and the MutatingWebhookConfiguration from
-# 30-mutatingwebhookconfiguration.yaml with the CA as its caBundle. The CA's key
-# is not kept: to renew (after DAYS, default 365), run it again; the webhook
-# picks up the new Secret by itself within a minute or two.
+# 30-mutatingwebhookconfiguration.yaml with the CA as its caBundle.
+#
+# To renew (after DAYS, default 365), run it again; the webhook picks up the
+# new Secret by itself. Without CA_DIR the CA is thrown away and a new one
+# made each time: the caBundle changes at once, the webhook's certificate a
+# minute or two later (the kubelet's Secret refresh), and meanwhile the API
+# server skips the webhook (failurePolicy: Ignore). With CA_DIR=/some/dir
+# the CA is kept there (made on the first run, its key mode 0600) and
+# reused, so that a renewal leaves the caBundle as it was.
 #
 # NAMESPACE, SERVICE and SECRET must match 10-webhook.yaml if you changed it.
 set -euo pipefail
@@ -24,8 +30,20 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 cd "$TMP"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-	-keyout ca.key -out ca.crt -days "$DAYS" -subj "/CN=podtracer-webhook-ca" 2>/dev/null
+if [[ -n ${CA_DIR:-} && -f $CA_DIR/ca.key && -f $CA_DIR/ca.crt ]]; then
+	cp "$CA_DIR/ca.key" "$CA_DIR/ca.crt" .
+else
+	# A kept CA outlives the certificates it signs: ten years.
+	ca_days=$DAYS
+	[[ -n ${CA_DIR:-} ]] && ca_days=3650
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+		-keyout ca.key -out ca.crt -days "$ca_days" -subj "/CN=podtracer-webhook-ca" 2>/dev/null
+	if [[ -n ${CA_DIR:-} ]]; then
+		mkdir -p "$CA_DIR"
+		(umask 077 && cp ca.key "$CA_DIR/ca.key")
+		cp ca.crt "$CA_DIR/ca.crt"
+	fi
+fi
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
 	-keyout tls.key -out tls.csr -subj "/CN=$SERVICE.$NAMESPACE.svc" 2>/dev/null
 cat >ext.cnf <<EXT
