@@ -467,6 +467,23 @@ func TestEndToEnd(t *testing.T) {
 		if sidecarOf(self) != nil {
 			t.Error("webhook's own Deployment injected")
 		}
+		// A namespace where Pod Security enforces restricted would refuse
+		// the sidecar's pods: not injected there, while it would be in an
+		// audited one.
+		for level, want := range map[string]bool{"restricted": false, "baseline": false, "privileged": true} {
+			ns := "psa-" + level
+			labels := map[string]string{"pod-security.kubernetes.io/enforce": level}
+			if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			d, err := cs.AppsV1().Deployments(ns).Create(ctx, appDeployment("app", map[string]string{AnnotationInject: "true"}), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := sidecarOf(d) != nil; got != want {
+				t.Errorf("enforce=%s: injected %v, want %v", level, got, want)
+			}
+		}
 	})
 
 	t.Run("webhook down: Deployments are admitted without the sidecar", func(t *testing.T) {
