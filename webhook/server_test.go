@@ -287,18 +287,7 @@ func TestMutateEndpointPatchIsExact(t *testing.T) {
 		"removed":     bytes.Replace(object, []byte(`"podtracer.io/inject":"true"`), []byte(`"podtracer.io/inject":"false"`), 1),
 	} {
 		t.Run(name, func(t *testing.T) {
-			rec, out := post(t, h, review(t, admissionv1.Update, obj))
-			if out == nil || out.Response.Patch == nil {
-				t.Fatalf("status %d, no patch: %s", rec.Code, rec.Body.String())
-			}
-			patch, err := jsonpatch.DecodePatch(out.Response.Patch)
-			if err != nil {
-				t.Fatal(err)
-			}
-			patched, err := patch.Apply(obj)
-			if err != nil {
-				t.Fatalf("apply patch: %v", err)
-			}
+			patched := patchedUpdate(t, h, obj)
 			var got appsv1.Deployment
 			if err := json.Unmarshal(patched, &got); err != nil {
 				t.Fatal(err)
@@ -340,18 +329,7 @@ func TestMutateEndpointKeepsOtherContainers(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			obj := bytes.Replace(object, []byte(tc.from), []byte(tc.to), 1)
-			rec, out := post(t, h, review(t, admissionv1.Update, obj))
-			if out == nil || out.Response.Patch == nil {
-				t.Fatalf("status %d, no patch: %s", rec.Code, rec.Body.String())
-			}
-			patch, err := jsonpatch.DecodePatch(out.Response.Patch)
-			if err != nil {
-				t.Fatal(err)
-			}
-			patched, err := patch.Apply(obj)
-			if err != nil {
-				t.Fatalf("apply patch: %v", err)
-			}
+			patched := patchedUpdate(t, h, obj)
 			var got struct {
 				Spec struct {
 					Template struct {
@@ -374,4 +352,23 @@ func TestMutateEndpointKeepsOtherContainers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// patchedUpdate sends obj to h as an UPDATE and returns it with the
+// response's patch applied; it fails the test when there is none.
+func patchedUpdate(t *testing.T, h http.Handler, obj []byte) []byte {
+	t.Helper()
+	rec, out := post(t, h, review(t, admissionv1.Update, obj))
+	if out == nil || out.Response.Patch == nil {
+		t.Fatalf("status %d, no patch: %s", rec.Code, rec.Body.String())
+	}
+	patch, err := jsonpatch.DecodePatch(out.Response.Patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patched, err := patch.Apply(obj)
+	if err != nil {
+		t.Fatalf("apply patch: %v", err)
+	}
+	return patched
 }
