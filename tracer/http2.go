@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http2/hpack"
@@ -177,20 +178,23 @@ func init() {
 	// Before HTTP/1 (10): its detector takes "PRI * HTTP/2.0" for a request
 	// line. Frame headers never look like HTTP/1 text, and a segment must
 	// hold a chain of valid frames to be taken for HTTP/2.
-	registerProtocol("http2", 5, func(cfg Config) detector { return detectHTTP2(cfg.RouteHeuristic) })
+	registerProtocol("http2", 5, func(cfg Config) detector { return detectHTTP2(cfg.RouteHeuristic, cfg.h2Lost) })
 }
 
-func detectHTTP2(routes bool) detector {
+func detectHTTP2(routes bool, lost *atomic.Uint64) detector {
 	return func(dir bpf.Direction, seg *segment, emit emitter) protocolParser {
 		switch {
 		case isH2Preface(seg):
 			// Both directions from their start; feed sees the preface.
-			return newHTTP2Conn(emit, routes)
+			c := newHTTP2Conn(emit, routes)
+			c.lost = lost
+			return c
 		case h2Plausible(seg, h2DefaultMaxFrame):
 			// Mid-stream, or a server that speaks first (its SETTINGS):
 			// the other direction shows its frames, or the preface, later.
 			c := newHTTP2Conn(emit, routes)
 			c.dirs[1-dir].lost = true
+			c.lost = lost
 			return c
 		}
 		return nil
@@ -213,6 +217,9 @@ type http2Conn struct {
 	route   lastRoute
 	dirs    [2]*h2Dir // by bpf.Direction
 	streams map[uint32]*h2Stream
+	// lost counts the directions that lost their place in the frames
+	// (Stats.HTTP2Lost); nil: not counted.
+	lost *atomic.Uint64
 	// free holds streams finished, for new ones: a stream is three
 	// header blocks' worth of fields, allocated per call otherwise.
 	free []*h2Stream
@@ -376,6 +383,9 @@ func (d *h2Dir) feed(seg *segment) {
 // lose gives up the frame boundaries, and with them the dynamic table:
 // header blocks may pass unseen.
 func (d *h2Dir) lose() {
+	if !d.lost && d.c.lost != nil {
+		d.c.lost.Add(1)
+	}
 	d.lost = true
 	d.nhdr, d.left, d.bOpen = 0, 0, false
 	d.buf, d.block = d.buf[:0], d.block[:0]

@@ -549,7 +549,7 @@ func TestHTTP2Detect(t *testing.T) {
 		{"unknown flags", h2frame(h2WindowUpdate, 0x80, 0, []byte{0, 0, 1, 0}), false},
 	} {
 		seg := &segment{data: []byte(tc.data), total: len(tc.data)}
-		got := detectHTTP2(false)(bpf.Ingress, seg, func(*Request, Role, uint64, uint64) {}) != nil
+		got := detectHTTP2(false, nil)(bpf.Ingress, seg, func(*Request, Role, uint64, uint64) {}) != nil
 		if got != tc.want {
 			t.Errorf("%s: detected %v, want %v", tc.name, got, tc.want)
 		}
@@ -705,5 +705,25 @@ func BenchmarkHPACKEvict(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A write of frames that go on past the captured prefix loses the
+// direction's place (the next frame header is not captured): counted,
+// so that the connections whose later calls get no span show.
+func TestHTTP2LostCounted(t *testing.T) {
+	cli, srv := newH2Peer(), newH2Peer()
+	h := newHarness(t, 1024)
+	h.send(1, in, h2Preface+h2Settings0)
+	h.send(1, out, h2Settings0+h2frame(h2Settings, h2FlagAck, 0, nil))
+	call := h2frame(h2Headers, h2FlagEndHeaders, 1, cli.block(":method", "POST", ":scheme", "http", ":path", "/demo.Echo/Say",
+		":authority", "x", "content-type", "application/grpc"))
+	// Two DATA frames of 2000 bytes in one read: the second's header lies
+	// past the 1024 captured bytes.
+	big := strings.Repeat("x", 2000)
+	h.send(1, in, call+h2frame(h2Data, 0, 1, []byte(big))+h2frame(h2Data, h2FlagEndStream, 1, []byte(big)))
+	h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, srv.block(":status", "200", "content-type", "application/grpc", "grpc-status", "0")))
+	if got := h.tracer.Stats().HTTP2Lost; got != 1 {
+		t.Errorf("HTTP2Lost = %d, want 1", got)
 	}
 }

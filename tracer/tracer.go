@@ -31,7 +31,8 @@ type Config struct {
 	// has (bpf.Fast.Spans), is where the tracer registers them.
 	Heads HeadRegistry
 
-	heads *heads // made by New from Heads
+	heads  *heads         // made by New from Heads
+	h2Lost *atomic.Uint64 // made by New: Stats.HTTP2Lost
 }
 
 // Values of Config.QueryText.
@@ -67,6 +68,11 @@ type Stats struct {
 	// records of their exchanges (bpf.EventHTTP, bpf.EventRedis), without
 	// their bytes.
 	KernelRecords uint64
+	// HTTP2Lost counts the times an HTTP/2 connection's direction lost
+	// its place in the frames (a frame header past the captured prefix:
+	// a write of several large frames, say). Its header table is then
+	// only partly known, and requests whose fields it holds get no span.
+	HTTP2Lost uint64
 }
 
 // Tracer turns capture events into finished requests. Handle is not safe
@@ -103,6 +109,7 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 		cfg.IdleTimeout = 2 * time.Minute
 	}
 	cfg.heads = newHeads(cfg.Heads, cfg.RouteHeuristic)
+	cfg.h2Lost = new(atomic.Uint64)
 	t := &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn)}
 	t.detectors = detectors(cfg)
 	return t
@@ -202,7 +209,7 @@ func (t *Tracer) sweep(now uint64) {
 // Stats returns the tracer's counters; safe from any goroutine.
 func (t *Tracer) Stats() Stats {
 	s := Stats{Requests: t.requests.Load(), Connections: uint64(t.live.Load()), ConnsUntracked: t.untracked.Load(),
-		ParserFailures: t.failures.Load()}
+		ParserFailures: t.failures.Load(), HTTP2Lost: t.cfg.h2Lost.Load()}
 	if hs := t.cfg.heads; hs != nil {
 		s.KernelHeads, s.HeadMisses, s.HeadMismatches = uint64(hs.registered.Load()), uint64(hs.misses.Load()), uint64(hs.mismatched.Load())
 		s.KernelRecords = uint64(hs.records.Load())
