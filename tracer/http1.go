@@ -326,6 +326,7 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 			// The next chunk-size line is beyond the captured prefix: we
 			// no longer know where chunks start, only where the body may end.
 			s.enterBlind()
+			s.msg.bodySize += int64(seg.total - pos) // what follows, framing and all, as blind
 			if s.blindEnds(seg) {
 				s.complete(seg)
 			}
@@ -341,6 +342,7 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 			pos = captured
 			if captured < seg.total {
 				s.enterBlind()
+				s.msg.bodySize += int64(seg.total - pos)
 				if s.blindEnds(seg) {
 					s.complete(seg)
 				}
