@@ -87,8 +87,8 @@ type http1Stream struct {
 	// body: its last chunk may come split over two segments.
 	blindTail []byte
 	// newerRequest tells whether the other direction has sent a request
-	// after the one this stream's message answers (nil: never).
-	newerRequest func() bool
+	// after the given time (nil: never).
+	newerRequest func(after uint64) bool
 	// lastExit is when the last segment fed ended.
 	lastExit uint64
 
@@ -122,10 +122,10 @@ func (s *http1Stream) feed(seg *segment) {
 			return
 		}
 	}
-	if s.state == stChunkedBlind && s.newerRequest != nil && s.newerRequest() && startsStatusLine(seg.data) {
-		// Blind in a chunked body whose end went by unseen: a status line
-		// after the client's next request starts the next response. The
-		// old one ended with the last segment before.
+	if s.resyncs(seg) {
+		// Blind in a response whose end went by unseen: a status line
+		// after a request sent since its last bytes starts the next
+		// response. The old one ended with the last segment before.
 		s.msg.end = s.lastExit
 		m := s.msg
 		m.completed = true
@@ -285,14 +285,10 @@ func (s *http1Stream) endHead(seg *segment, truncated bool) {
 	case m.contentLen == 0 || m.request:
 		// Requests without framing have no body (RFC 9112 6.3).
 		s.complete(seg)
-	case truncated:
-		// Its framing may be in the part of the head not captured (a
-		// long head written alone: cookies, a policy): the response ends
-		// here as far as can be known, and the next status line starts
-		// the next one. Until the close, it would swallow them all.
-		s.complete(seg)
-		s.state = stLost
 	default:
+		// Until the close; or, when the head was cut (a long head
+		// written alone: cookies, a policy) and its framing may have
+		// been past the prefix, until the next response (resyncs).
 		s.state = stUntilClose
 		m.end = seg.exit
 	}
@@ -390,6 +386,18 @@ var (
 	http1Version = []byte("HTTP/1.")
 )
 
+// resyncs tells whether seg, a status line, starts a new response while
+// this stream is blind in one whose end may have gone by unseen: a
+// chunked body past the prefix, or a body whose framing was in the part of
+// its head not captured. Only after a request sent since the blind
+// response's last bytes: a pipelining client's requests came before, and a
+// body's bytes may look like a status line.
+func (s *http1Stream) resyncs(seg *segment) bool {
+	blind := s.state == stChunkedBlind || (s.state == stUntilClose && s.msg != nil && s.msg.truncated)
+	return blind && s.msg != nil && !s.msg.request && s.newerRequest != nil && s.newerRequest(s.lastExit) &&
+		startsStatusLine(seg.data)
+}
+
 // enterBlind goes blind in a chunked body.
 func (s *http1Stream) enterBlind() {
 	s.state = stChunkedBlind
@@ -406,11 +414,6 @@ func (s *http1Stream) blindEnds(seg *segment) bool {
 		s.blindTail = s.blindTail[len(s.blindTail)-n:]
 	}
 	return bytes.HasSuffix(s.blindTail, lastChunk)
-}
-
-// endsChunked tells whether a segment ends with the last chunk of a body.
-func endsChunked(seg *segment) bool {
-	return bytes.HasSuffix(lastBytes(seg, len(lastChunk)+2), lastChunk)
 }
 
 // lastBytes returns up to n of the last bytes the segment transferred.

@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"slices"
+	"sync/atomic"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -19,7 +20,8 @@ type http1Conn struct {
 	emit    emitter
 	routes  bool // fill Route by heuristicRoute
 	route   lastRoute
-	h2c     bool // follow upgrades to h2c (the http2 parser is enabled)
+	h2c     bool           // follow upgrades to h2c (the http2 parser is enabled)
+	h2Lost  *atomic.Uint64 // the h2c successor's count of lost places
 	// requestDir is the direction requests travel; set by the first one.
 	requestDir bpf.Direction
 	sawRequest bool
@@ -29,12 +31,12 @@ type http1Conn struct {
 
 // detectHTTP1 recognises a request line or status line at the start of the
 // segment, or its first bytes when a peer sends them piecemeal.
-func detectHTTP1(routes, h2c bool, heads *heads) detector {
+func detectHTTP1(routes, h2c bool, heads *heads, h2Lost *atomic.Uint64) detector {
 	return func(dir bpf.Direction, seg *segment, emit emitter) protocolParser {
 		if !startsMessage(seg.data) && !mayStartMessage(seg, 0) {
 			return nil
 		}
-		c := &http1Conn{emit: emit, routes: routes, h2c: h2c}
+		c := &http1Conn{emit: emit, routes: routes, h2c: h2c, h2Lost: h2Lost}
 		c.in.onHead = func(m *message) { c.onHead(bpf.Ingress, m) }
 		c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
 		c.in.onComplete = c.onComplete
@@ -42,9 +44,9 @@ func detectHTTP1(routes, h2c bool, heads *heads) detector {
 		c.in.free, c.out.free = &c.free, &c.free
 		c.in.heads, c.out.heads = heads, heads
 		// A response stream knows when the client has sent another
-		// request: pending holds those not yet answered, the one being
-		// answered taken out of it.
-		newer := func() bool { return len(c.pending) > 0 }
+		// request: pending holds those not yet answered, in the order
+		// they came, the one being answered taken out of it.
+		newer := func(after uint64) bool { n := len(c.pending); return n > 0 && c.pending[n-1].start > after }
 		c.in.newerRequest, c.out.newerRequest = newer, newer
 		return c
 	}
@@ -130,7 +132,9 @@ func (c *http1Conn) onComplete(m *message) {
 		if c.requestDir == bpf.Egress {
 			start = req.startEnter
 		}
-		c.next = newHTTP2Upgraded(c.emit, c.routes, c.requestDir, req, start)
+		next := newHTTP2Upgraded(c.emit, c.routes, c.requestDir, req, start)
+		next.lost = c.h2Lost
+		c.next = next
 		return
 	}
 	var route *lastRoute

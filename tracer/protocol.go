@@ -93,6 +93,6 @@ type successor interface {
 
 func init() {
 	registerProtocol(ProtoHTTP, 10, func(cfg Config) detector {
-		return detectHTTP1(cfg.RouteHeuristic, cfg.enabled("http2"), cfg.heads)
+		return detectHTTP1(cfg.RouteHeuristic, cfg.enabled("http2"), cfg.heads, cfg.h2Lost)
 	})
 }

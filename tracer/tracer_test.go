@@ -528,3 +528,51 @@ func TestHTTP1TruncatedResponseHead(t *testing.T) {
 		t.Errorf("the first exchange lasted %v", d)
 	}
 }
+
+// The resynchronisation on a status line is only for a response whose
+// end may have gone by unseen, after a request sent since its last bytes:
+// not while a pipelining client's requests, all sent before, wait (a
+// body's bytes may look like a status line), not in the request
+// direction, and not for a response that runs until the close.
+func TestHTTP1ResyncOnlyWhenDue(t *testing.T) {
+	emb := "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	chunk := strings.Repeat("x", 3000) + emb + strings.Repeat("y", 3000)
+	body := "7d0\r\n" + strings.Repeat("w", 2000) + "\r\n" + fmt.Sprintf("%x\r\n", len(chunk)) + chunk + "\r\n0\r\n\r\n"
+
+	t.Run("pipelined", func(t *testing.T) {
+		h := newHarness(t, 1024)
+		h.send(1, in, "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n")
+		h.send(1, in, "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+		resp := "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+		i := strings.Index(resp, emb)
+		h.send(1, out, resp[:i])
+		h.send(1, out, resp[i:])
+		h.send(1, out, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+		if len(h.got) != 2 || h.got[0].Path != "/1" || h.got[0].StatusCode != 200 || h.got[1].Path != "/2" || h.got[1].StatusCode != 201 {
+			t.Errorf("spans %v", h.got)
+		}
+	})
+	t.Run("request", func(t *testing.T) {
+		h := newHarness(t, 1024)
+		req := "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+		i := strings.Index(req, emb)
+		h.send(1, in, req[:i])
+		h.send(1, in, req[i:])
+		h.send(1, out, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+		if len(h.got) != 1 || h.got[0].RequestSize < int64(len(chunk)) || h.got[0].StatusCode != 201 {
+			t.Errorf("spans %v", h.got)
+		}
+	})
+	t.Run("until the close", func(t *testing.T) {
+		h := newHarness(t, 1024)
+		h.send(1, in, "GET /a HTTP/1.0\r\nHost: x\r\n\r\n")
+		h.send(1, out, "HTTP/1.0 200 OK\r\nContent-Security-Policy: "+strings.Repeat("a", 1100)+"\r\n\r\n")
+		for range 5 {
+			h.send(1, out, strings.Repeat("b", 5000))
+		}
+		h.close(1)
+		if len(h.got) != 1 || h.got[0].ResponseSize != 25000 {
+			t.Errorf("spans %v", h.got)
+		}
+	})
+}

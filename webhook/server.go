@@ -333,9 +333,6 @@ func pointerValue(doc any, pointer string) (any, error) {
 	return doc, nil
 }
 
-// checkPatch makes sure that patch turns before into after exactly, as the
-// API server will apply it: a wrong patch would change the Deployment into
-// something that neither the user nor the webhook asked for.
 // removedSidecar is the index of the sidecar among before's containers
 // when after no longer has it, else -1.
 func removedSidecar(before, after *appsv1.Deployment) int {
@@ -347,6 +344,9 @@ func removedSidecar(before, after *appsv1.Deployment) int {
 	return i
 }
 
+// checkPatch makes sure that patch turns before into after exactly, as the
+// API server will apply it: a wrong patch would change the Deployment into
+// something that neither the user nor the webhook asked for.
 func checkPatch(before, after, patch []byte) error {
 	p, err := jsonpatch5.DecodePatch(patch)
 	if err != nil {
