@@ -89,8 +89,6 @@ type http1Stream struct {
 	// newerRequest tells whether the other direction has sent a request
 	// after the given time (nil: never).
 	newerRequest func(after uint64) bool
-	// lastExit is when the last segment fed ended.
-	lastExit uint64
 
 	seen seenStrings // the last head's strings, reused when repeated
 	// free holds messages done with, for new ones to reuse (shared by the
@@ -125,14 +123,12 @@ func (s *http1Stream) feed(seg *segment) {
 	if s.resyncs(seg) {
 		// Blind in a response whose end went by unseen: a status line
 		// after a request sent since its last bytes starts the next
-		// response. The old one ended with the last segment before.
-		s.msg.end = s.lastExit
+		// response. The old one ended with its last segment (msg.end).
 		m := s.msg
 		m.completed = true
 		s.state, s.msg = stIdle, nil
 		s.onComplete(m)
 	}
-	defer func() { s.lastExit = seg.exit }()
 	pos := 0 // position in the segment's bytes, captured or not
 	captured := len(seg.data)
 	s.upgradedAt = -1
@@ -162,6 +158,7 @@ func (s *http1Stream) feed(seg *segment) {
 			pos = s.feedChunked(seg, pos)
 		case stChunkedBlind:
 			s.msg.bodySize += int64(seg.total - pos)
+			s.msg.end = seg.exit
 			pos = seg.total
 			if s.blindEnds(seg) {
 				s.complete(seg)
@@ -321,7 +318,7 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 		if pos >= captured {
 			// The next chunk-size line is beyond the captured prefix: we
 			// no longer know where chunks start, only where the body may end.
-			s.enterBlind()
+			s.enterBlind(seg)
 			s.msg.bodySize += int64(seg.total - pos) // what follows, framing and all, as blind
 			if s.blindEnds(seg) {
 				s.complete(seg)
@@ -337,7 +334,7 @@ func (s *http1Stream) feedChunked(seg *segment, pos int) int {
 			s.chunkLine = append(s.chunkLine, seg.data[pos:]...)
 			pos = captured
 			if captured < seg.total {
-				s.enterBlind()
+				s.enterBlind(seg)
 				s.msg.bodySize += int64(seg.total - pos)
 				if s.blindEnds(seg) {
 					s.complete(seg)
@@ -394,14 +391,16 @@ var (
 // body's bytes may look like a status line.
 func (s *http1Stream) resyncs(seg *segment) bool {
 	blind := s.state == stChunkedBlind || (s.state == stUntilClose && s.msg != nil && s.msg.truncated)
-	return blind && s.msg != nil && !s.msg.request && s.newerRequest != nil && s.newerRequest(s.lastExit) &&
+	return blind && s.msg != nil && !s.msg.request && s.newerRequest != nil && s.newerRequest(s.msg.end) &&
 		startsStatusLine(seg.data)
 }
 
-// enterBlind goes blind in a chunked body.
-func (s *http1Stream) enterBlind() {
+// enterBlind goes blind in a chunked body at seg, where its bytes are
+// last known to go.
+func (s *http1Stream) enterBlind(seg *segment) {
 	s.state = stChunkedBlind
 	s.blindTail = s.blindTail[:0]
+	s.msg.end = seg.exit
 }
 
 // blindEnds tells whether, blind in a chunked body, the stream ends its
