@@ -651,16 +651,10 @@ func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
 	default:
 		keep(fmt.Errorf("OTEL_EXPORTER_OTLP_METRICS_DEFAULT_HISTOGRAM_AGGREGATION=%q: want explicit_bucket_histogram (the agent's duration histograms have the semantic conventions' explicit buckets)", v))
 	}
-	switch v := strings.TrimSpace(getenv("OTEL_METRICS_EXEMPLAR_FILTER")); strings.ToLower(v) {
-	case "", "trace_based", "always_on", "always_off":
-	default:
-		keep(fmt.Errorf("OTEL_METRICS_EXEMPLAR_FILTER=%q: want trace_based, always_on or always_off", v))
-	}
-	if v := strings.TrimSpace(getenv("OTEL_GO_X_CARDINALITY_LIMIT")); v != "" {
-		if _, err := strconv.Atoi(v); err != nil {
-			keep(fmt.Errorf("OTEL_GO_X_CARDINALITY_LIMIT=%q: want an integer (0 or less: no limit)", v))
-		}
-	}
+	_, err = exemplarFilterFromEnv(getenv)
+	keep(err)
+	_, err = cardinalityLimitFromEnv(getenv)
+	keep(err)
 	for _, k := range otlpVariants("PROTOCOL") {
 		if v := strings.TrimSpace(getenv(k)); v != "" && strings.ToLower(v) != "grpc" {
 			keep(fmt.Errorf("%s=%q: want grpc (the agent exports OTLP over gRPC only)", k, v))

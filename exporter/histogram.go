@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
 	"sort"
@@ -62,20 +63,42 @@ const (
 // histogramOptionsFrom reads the exporter's temporality for histograms and
 // the SDK's environment variables for exemplars and cardinality.
 func histogramOptionsFrom(exp sdkmetric.Exporter) *histogramOptions {
-	o := &histogramOptions{cardinalityLimit: 2000}
+	o := &histogramOptions{}
 	if exp != nil {
 		o.delta = exp.Temporality(sdkmetric.InstrumentKindHistogram) == metricdata.DeltaTemporality
 	}
-	switch strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_METRICS_EXEMPLAR_FILTER"))) {
-	case "always_on":
-		o.exemplars = exemplarsAlwaysOn
-	case "always_off":
-		o.exemplars = exemplarsAlwaysOff
-	}
-	if n, err := strconv.Atoi(strings.TrimSpace(os.Getenv("OTEL_GO_X_CARDINALITY_LIMIT"))); err == nil {
-		o.cardinalityLimit = n
-	}
+	o.exemplars, _ = exemplarFilterFromEnv(os.Getenv)
+	o.cardinalityLimit, _ = cardinalityLimitFromEnv(os.Getenv)
 	return o
+}
+
+// exemplarFilterFromEnv reads OTEL_METRICS_EXEMPLAR_FILTER; a bad value is
+// an error, and the default.
+func exemplarFilterFromEnv(getenv func(string) string) (exemplarFilter, error) {
+	switch v := strings.TrimSpace(getenv("OTEL_METRICS_EXEMPLAR_FILTER")); strings.ToLower(v) {
+	case "", "trace_based":
+		return exemplarsTraceBased, nil
+	case "always_on":
+		return exemplarsAlwaysOn, nil
+	case "always_off":
+		return exemplarsAlwaysOff, nil
+	default:
+		return exemplarsTraceBased, fmt.Errorf("OTEL_METRICS_EXEMPLAR_FILTER=%q: want trace_based, always_on or always_off", v)
+	}
+}
+
+// cardinalityLimitFromEnv reads OTEL_GO_X_CARDINALITY_LIMIT, 2000 (the
+// SDK's) when unset; a bad value is an error, and that default.
+func cardinalityLimitFromEnv(getenv func(string) string) (int, error) {
+	v := strings.TrimSpace(getenv("OTEL_GO_X_CARDINALITY_LIMIT"))
+	if v == "" {
+		return 2000, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 2000, fmt.Errorf("OTEL_GO_X_CARDINALITY_LIMIT=%q: want an integer (0 or less: no limit)", v)
+	}
+	return n, nil
 }
 
 // overflowAttrs is the point of measurements beyond the cardinality limit.

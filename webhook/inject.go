@@ -147,7 +147,7 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 		spec.ShareProcessNamespace = new(true)
 		st.ShareProcessNamespace = true
 	}
-	if stripped && at >= 0 && at <= len(spec.Containers) {
+	if at >= 0 {
 		// Where it was: moving it would change the template (and roll
 		// the pods) for nothing.
 		spec.Containers = slices.Insert(spec.Containers, at, container)
@@ -198,7 +198,8 @@ func parseBoolAnnotation(a map[string]string, key string) (value, set bool, err 
 
 // strip removes what an earlier injection added, as recorded by
 // AnnotationStatus, and reports whether there was one, and where in the
-// containers the sidecar was (-1: not there). Without the status
+// containers the sidecar was (-1: not there; otherwise at most the
+// number of containers left). Without the status
 // annotation nothing is touched: a container named podtracer is then the
 // user's own.
 func strip(d *appsv1.Deployment) (int, bool, []string) {
