@@ -224,7 +224,7 @@ struct {
 // and syscall programs, which run in the traced task's context; slot 1 for
 // inet_sock_set_state, which also runs in softirq, and so may interrupt
 // one of them half-way through its event on the same CPU.
-#define SCRATCH_TASK 0
+#define SCRATCH_TASK 0 // copy_iov, head_step and redis_arg look it up as key 0
 #define SCRATCH_STATE 1
 
 struct {
