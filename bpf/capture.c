@@ -138,7 +138,10 @@ struct event {
 	__u8 pad;
 	__u16 status; // EVENT_HTTP: the response's status code
 	__u32 body;   // EVENT_HTTP: the response's body bytes
-	__u32 pad2;
+	// Bytes of pieces after the captured prefix: HTTP/2 frames past it
+	// (see h2_follow), each [offset u32][length u16][bytes].
+	__u16 extra;
+	__u16 pad2;
 	// The hash of the request head in this event (EVENT_DATA), or of the
 	// one an EVENT_HTTP or EVENT_HTTP_REQUEST stands for; 0 when none.
 	__u64 head_hash;
@@ -224,7 +227,7 @@ struct {
 // and syscall programs, which run in the traced task's context; slot 1 for
 // inet_sock_set_state, which also runs in softirq, and so may interrupt
 // one of them half-way through its event on the same CPU.
-#define SCRATCH_TASK 0 // copy_iov, head_step and redis_arg look it up as key 0
+#define SCRATCH_TASK 0 // copy_iov, head_step, redis_arg, h2_step and h2_piece look it up as key 0
 #define SCRATCH_STATE 1
 
 struct {
@@ -400,6 +403,8 @@ struct iov_entry {
 
 struct iov_array {
 	struct iov_entry v[MAX_IOV];
+	__u32 cnt; // vectors read into v by the last copy_iov
+	__u32 pad;
 };
 
 struct {
@@ -441,8 +446,10 @@ __noinline int copy_iov(__u64 iov_addr, __u64 iovcnt64, __u64 total64)
 	cnt = bounded(cnt, 2 * MAX_IOV - 1);
 	if (cnt > MAX_IOV)
 		cnt = MAX_IOV;
+	vecs->cnt = 0;
 	if (cnt == 0 || bpf_probe_read_user(vecs->v, cnt * sizeof(struct iov_entry), iov))
 		return 0;
+	vecs->cnt = cnt;
 
 	// The payload prefix, from the first vectors.
 	__u32 off = 0;
@@ -552,6 +559,7 @@ static __always_inline struct event *scratch_event(__u32 slot, __u32 ns_tgid, __
 	e->status = 0;
 	e->body = 0;
 	e->head_hash = 0;
+	e->extra = 0;
 	return e;
 }
 
@@ -592,7 +600,7 @@ static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __
 // filling up faster than that wakes it.
 static __always_inline void submit(struct event *e)
 {
-	__u32 captured = bounded(e->captured, 2 * MAX_CAPTURE - 1);
+	__u32 captured = bounded(e->captured + e->extra, 2 * MAX_CAPTURE - 1);
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;
@@ -764,6 +772,17 @@ struct hist_key {
 // ("00-" 32 hex "-" 16 hex "-" 2 hex).
 #define TRACEPARENT_VALUE 55
 
+// h2_dir is where one direction of an HTTP/2 connection is in its frames,
+// between two segments (h2_follow).
+struct h2_dir {
+	__u32 left; // payload bytes of the current frame still to come
+	__u32 want; // of which the first ones wanted, to be copied
+	__u8 nhdr;  // bytes of a frame header the last segment ended in
+	__u8 lost;  // the frames could not be followed: wait for a plausible one
+	__u8 hdr[9];
+	__u8 pad;
+};
+
 // sock_state is what the kernel keeps with each of the pod's sockets, in
 // socket-local storage: freed with the socket, so it needs no bound of its
 // own and no eviction.
@@ -783,6 +802,9 @@ struct sock_state {
 	__u64 head;      // and its head's hash
 	__u8 has_parent; // and it had a traceparent, whose value is parent
 	__u8 parent[TRACEPARENT_VALUE + 1];
+	__u8 h2; // H2_ON: the connection speaks HTTP/2 (h2_follow)
+	__u8 pad3[3];
+	struct h2_dir h2d[2]; // and where each direction is in its frames
 };
 
 struct {
@@ -2116,6 +2138,331 @@ static __always_inline void submit_first(struct event *e, struct sock_state *st,
 		e->payload[0] = first;
 }
 
+// ---------------------------------------------------------------------------
+// HTTP/2 frames past the prefix.
+//
+// One write of an HTTP/2 connection holds many frames, and a big one (a
+// large message's DATA) puts those after it past the captured prefix. A
+// header block among them, unseen, leaves the agent's copy of the
+// sender's HPACK table behind for the rest of the connection, and with it
+// every later request whose path that table holds. So on a connection
+// that started with the client preface the kernel follows each
+// direction's frames by their lengths, as the agent does, and adds to the
+// event what the agent reads of the frames past the prefix: each frame
+// header, and the payload of header blocks (HEADERS, PUSH_PROMISE,
+// CONTINUATION), of RST_STREAM, GOAWAY and SETTINGS, and a padded DATA
+// frame's pad length. They follow the prefix as pieces, [offset u32]
+// [length u16][bytes], e->extra bytes of them, fewer than PIECE_ROOM with
+// the prefix. DATA payloads, the bulk, are never copied. A direction whose
+// frames cannot be followed (no room left for a header, more frames than
+// a walk takes, a sendfile) waits for a segment that starts with a
+// plausible frame header, as the agent does.
+
+volatile const __u8 h2_frames = 1; // the loader turns it off where the verifier refuses it
+#define H2_ON 1
+#define H2_PREFACE 24        // "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define H2_MAX_FRAMES 256    // frames followed per segment
+#define H2_RESYNC_FRAME 16384 // the largest frame a resync takes (SETTINGS_MAX_FRAME_SIZE's default)
+#define PIECE_HEADER 6
+#define PIECE_ROOM (2 * MAX_CAPTURE) // the prefix and the pieces are shorter: submit masks their length with PIECE_ROOM - 1
+
+// h2_key is 0, the key of every per-CPU map the walk looks up (the
+// scratch event's SCRATCH_TASK too): in a constant, not on the stack,
+// whose 512 bytes the receive and send programs with the walk's calls
+// need all of.
+const volatile __u32 h2_key = 0;
+
+// h2_walk follows the frames of one segment, for bpf_loop.
+struct h2_walk {
+	__u64 buf;      // the syscall's buffer, or its iovec array (vectored)
+	__u32 total;    // bytes it moved
+	__u32 captured; // of which the prefix in the event
+	__u32 pos;      // the next frame header's offset in them
+	__u32 room;     // where the next piece goes in e->payload
+	__u32 last;     // where the last piece starts in e->payload; 0: none
+	__u32 last_end; // and the offset it ends at
+	__u32 left;     // as in h2_dir
+	__u32 want;
+	__u8 vectored;
+	__u8 nhdr;
+	__u8 lost;
+	__u8 hdr[16]; // a frame header cut by a segment's end: 9 bytes, and room to copy words
+};
+
+// h2_walks holds the walk of the program running on each CPU.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct h2_walk);
+} h2_walks SEC(".maps");
+
+// h2_piece copies [off, off + n) of what the syscall moved into the
+// event's pieces, onto the last piece when that ends at off: from the
+// syscall's buffer, or from its vectors as copy_iov left them in
+// iov_scratch. It returns where the bytes are in e->payload, 0 when there
+// was no room for them or they could not be read. A global function, as
+// copy_iov, so that its loop is checked once; it looks up the walk and
+// the event itself, so that its callers keep little across the call.
+__noinline int h2_piece(__u64 off64, __u64 n64)
+{
+	struct h2_walk *w = bpf_map_lookup_elem(&h2_walks, (const void *)&h2_key);
+	struct event *e = bpf_map_lookup_elem(&scratch, (const void *)&h2_key); // SCRATCH_TASK
+	if (!w || !e)
+		return 0;
+	__u32 off = off64, n = n64;
+	bool join = w->last && w->last_end == off;
+	__u32 at = w->room + (join ? 0 : PIECE_HEADER);
+	if (n == 0 || n >= MAX_CAPTURE || at + n >= PIECE_ROOM)
+		return 0;
+	__u32 to = at, from = off, rest = n;
+	if (!w->vectored) {
+		if (bpf_probe_read_user(&e->payload[bounded(to, PIECE_ROOM - 1)], bounded(rest, MAX_CAPTURE - 1),
+					(void *)w->buf + from))
+			return 0;
+		rest = 0;
+	} else {
+		struct iov_array *vecs = bpf_map_lookup_elem(&iov_scratch, (const void *)&h2_key);
+		if (!vecs)
+			return 0;
+		__u64 before = 0; // bytes of the transfer before vector i
+		for (int i = 0; i < MAX_IOV; i++) {
+			if (i >= vecs->cnt || rest == 0)
+				break;
+			__u64 len = vecs->v[i].len;
+			if (from < before + len) {
+				__u64 k = before + len - from;
+				if (k > rest)
+					k = rest;
+				if (bpf_probe_read_user(&e->payload[bounded(to, PIECE_ROOM - 1)], bounded(k, MAX_CAPTURE - 1),
+							(void *)vecs->v[i].base + (from - before)))
+					return 0;
+				to += k;
+				from += k;
+				rest -= k;
+			}
+			before += len;
+		}
+	}
+	if (rest)
+		return 0;
+	if (join) {
+		*(__u16 *)&e->payload[bounded(w->last + 4, PIECE_ROOM - 1)] += n;
+	} else {
+		*(__u32 *)&e->payload[bounded(w->room, PIECE_ROOM - 1)] = off;
+		*(__u16 *)&e->payload[bounded(w->room + 4, PIECE_ROOM - 1)] = n;
+		w->last = w->room;
+	}
+	w->room = at + n;
+	w->last_end = off + n;
+	return at;
+}
+
+// h2_want copies what of [start, start + n) lies past the prefix, as far
+// as there is room: a header block cut short is still worth its start.
+static __always_inline void h2_want(struct h2_walk *w, struct event *e, __u32 start, __u32 n)
+{
+	__u32 end = start + n;
+	if (end > w->total)
+		end = w->total;
+	if (start < w->captured)
+		start = w->captured;
+	if (end <= start)
+		return;
+	n = end - start;
+	__u32 at = w->room + (w->last && w->last_end == start ? 0 : PIECE_HEADER);
+	if (at + 1 >= PIECE_ROOM)
+		return;
+	if (n > PIECE_ROOM - 1 - at)
+		n = PIECE_ROOM - 1 - at;
+	if (n >= MAX_CAPTURE)
+		n = MAX_CAPTURE - 1;
+	h2_piece(start, n);
+}
+
+// h2_frame takes the frame whose header is h and whose payload starts at
+// offset start: it copies the part of the payload the agent reads, and
+// moves on to the next frame, in this segment or a later one.
+static __always_inline void h2_frame(struct h2_walk *w, struct event *e, __u8 *h, __u32 start)
+{
+	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+	__u8 type = h[3], flags = h[4];
+	__u32 want = 0;
+	switch (type) {
+	case 0x1: // HEADERS
+	case 0x5: // PUSH_PROMISE
+	case 0x9: // CONTINUATION
+		want = len;
+		break;
+	case 0x3: // RST_STREAM
+	case 0x7: // GOAWAY: the last stream and the error code
+		want = len < 8 ? len : 8;
+		break;
+	case 0x4: // SETTINGS: the agent reads ten of them
+		want = len < 60 ? len : 60;
+		break;
+	case 0x0: // DATA: its pad length, when padded
+		want = (flags & 0x8) && len ? 1 : 0;
+		break;
+	}
+	h2_want(w, e, start, want);
+	__u64 end = (__u64)start + len;
+	if (end > w->total) {
+		w->left = end - w->total;
+		w->want = (__u64)start + want > w->total ? start + want - w->total : 0;
+		w->pos = w->total;
+	} else {
+		w->left = 0;
+		w->want = 0;
+		w->pos = end;
+	}
+}
+
+// h2_carry takes up, at the start of a segment, the frame the last one
+// ended in: the rest of its header, or of its payload.
+static __always_inline long h2_carry(struct h2_walk *w, struct event *e)
+{
+	if (w->nhdr) {
+		// The rest of the header the last segment ended in: in the
+		// prefix, which is never shorter than a header.
+		__u32 have = w->nhdr < 9 ? w->nhdr : 8;
+		__u32 need = 9 - have;
+		if (need > w->captured)
+			need = w->captured;
+		for (int i = 0; i < 8; i++)
+			if (i < need)
+				w->hdr[(have + i) & 15] = e->payload[i];
+		w->nhdr = have + need;
+		w->pos = need;
+		if (w->nhdr == 9) {
+			w->nhdr = 0;
+			h2_frame(w, e, w->hdr, need);
+		}
+	} else if (w->left) {
+		// The rest of a frame the last segment ended in.
+		__u32 n = w->left < w->total ? w->left : w->total;
+		h2_want(w, e, 0, w->want < n ? w->want : n);
+		w->want = w->want < n ? 0 : w->want - n;
+		w->left -= n;
+		w->pos = n;
+	}
+	return 0;
+}
+
+// h2_step is bpf_loop's step over a segment's frames: one frame header.
+// The walk is looked up, not handed over on the stack: the verifier then
+// knows nothing of its fields from one step to the next, and checks the
+// step once or twice instead of once for every value it has seen them take.
+static long h2_step(__u32 i, void *unused)
+{
+	struct h2_walk *w = bpf_map_lookup_elem(&h2_walks, (const void *)&h2_key);
+	struct event *e = bpf_map_lookup_elem(&scratch, (const void *)&h2_key); // SCRATCH_TASK
+	if (!w || !e)
+		return 1;
+	__u32 pos = w->pos;
+	if (pos >= w->total)
+		return 1;
+	if (w->nhdr || w->left)
+		return h2_carry(w, e);
+	__u32 n = w->total - pos;
+	if (n > 9)
+		n = 9;
+	__u32 at = pos;
+	if (pos + n > w->captured) {
+		at = h2_piece(pos, n);
+		if (!at) {
+			w->lost = 1;
+			return 1;
+		}
+	}
+	if (n < 9) {
+		// The segment ends inside the header: the next one has the rest.
+		__builtin_memcpy(w->hdr, &e->payload[bounded(at, PIECE_ROOM - 1)], 8);
+		w->nhdr = n;
+		w->pos = w->total;
+		return 1;
+	}
+	h2_frame(w, e, &e->payload[bounded(at, PIECE_ROOM - 1)], pos + 9);
+	return 0;
+}
+
+// h2_preface tells whether e starts with the client preface.
+static __always_inline bool h2_preface(struct event *e)
+{
+	__u64 *p = (__u64 *)e->payload;
+	return p[0] == W8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T') && p[1] == W8('T', 'P', '/', '2', '.', '0', '\r', '\n') &&
+	       p[2] == W8('\r', '\n', 'S', 'M', '\r', '\n', '\r', '\n');
+}
+
+// h2_plausible tells whether e starts with a frame header a lost direction
+// may take up again at: a defined type, a length within the default
+// maximum, no reserved bit.
+static __always_inline bool h2_plausible(struct event *e)
+{
+	if (e->captured < 9)
+		return false;
+	__u32 len = (__u32)e->payload[0] << 16 | (__u32)e->payload[1] << 8 | e->payload[2];
+	return len <= H2_RESYNC_FRAME && e->payload[3] <= 0x9 && !(e->payload[5] & 0x80);
+}
+
+// h2_follow follows the frames of the scratch event, moved in direction
+// dir by syscall nr whose buffer argument was buf, on a connection that
+// speaks HTTP/2 (see above). A global function: checked once, not for
+// every state on_sock_data reaches it in (inline, they took the receive
+// program past the verifier's million instructions). Only a connection
+// that speaks HTTP/2, or a segment that may start its preface, pays for
+// the call.
+static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u8 dir, __u32 nr, __u64 buf)
+{
+	__u32 start = 0;
+	if (!(st->h2 & H2_ON)) {
+		if (e->captured < H2_PREFACE || !h2_preface(e))
+			return 0;
+		st->h2 = H2_ON;
+		__builtin_memset(st->h2d, 0, sizeof(st->h2d));
+		start = H2_PREFACE;
+	}
+	struct h2_dir *d = &st->h2d[dir & 1];
+	if (nr == NR_SENDFILE) {
+		d->lost = 1; // bytes from a file: nothing to read them from
+		return 0;
+	}
+	if (d->lost) {
+		if (!h2_plausible(e))
+			return 0;
+		__builtin_memset(d, 0, sizeof(*d));
+	}
+	struct h2_walk *w = bpf_map_lookup_elem(&h2_walks, (const void *)&h2_key);
+	if (!w)
+		return 0;
+	w->buf = buf;
+	if ((nr == NR_RECVMSG || nr == NR_SENDMSG) &&
+	    bpf_probe_read_user(&w->buf, sizeof(w->buf), &((struct user_msghdr *)buf)->msg_iov))
+		return 0;
+	w->vectored = nr == NR_READV || nr == NR_WRITEV || nr == NR_RECVMSG || nr == NR_SENDMSG;
+	w->total = e->len;
+	w->captured = e->captured;
+	w->room = e->captured;
+	w->last = 0;
+	w->last_end = 0;
+	w->pos = start;
+	w->left = d->left;
+	w->want = d->want;
+	w->nhdr = d->nhdr;
+	w->lost = 0;
+	__builtin_memcpy(w->hdr, d->hdr, sizeof(d->hdr));
+	bpf_loop(H2_MAX_FRAMES, h2_step, 0, 0);
+	if (w->pos < w->total)
+		w->lost = 1; // more frames than a walk takes, or no room for a header
+	d->left = w->left;
+	d->want = w->want;
+	d->nhdr = w->nhdr;
+	d->lost = w->lost;
+	__builtin_memcpy(d->hdr, w->hdr, sizeof(d->hdr));
+	e->extra = w->room - w->captured;
+	return 0;
+}
+
 // sock_syscall tells whether nr is a followed syscall that moves bytes in
 // direction dir. The others (io_uring, sendmmsg, splice) leave no buffer in
 // their registers to copy from: they are left before any work is done.
@@ -2207,6 +2554,9 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 			return 0;
 		redis = true;
 	}
+	if (h2_frames && st && verdict == FAST_SEND &&
+	    ((st->h2 & H2_ON) || (e->captured >= H2_PREFACE && *(__u64 *)e->payload == W8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T'))))
+		h2_follow(st, e, dir, nr, regs->si);
 	sock_fill(e, task, sk, role);
 	if ((fast_http || fast_redis) && st) {
 		if (verdict == FAST_SEND_HELD)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,10 +108,13 @@ type Capture struct {
 	// histograms: the fast path, when on, fills the kernel's histograms
 	// (Fast.HTTP), not only the kernel's spans.
 	histograms bool
-	objects    []io.Closer // programs and maps, closed by Close
-	links      []link.Link
-	reader     *ringbuf.Reader // never blocks: its deadline is in the past
-	record     ringbuf.Record
+	// h2Frames: the kernel adds the HTTP/2 frames past the prefix to
+	// events (Event.Pieces).
+	h2Frames bool
+	objects  []io.Closer // programs and maps, closed by Close
+	links    []link.Link
+	reader   *ringbuf.Reader // never blocks: its deadline is in the past
+	record   ringbuf.Record
 	// wake is the ring buffer's fd in Go's network poller: Read sleeps
 	// there between polls, as a parked goroutine. (The reader's own wait
 	// is a blocking epoll_wait, which keeps the runtime's sysmon thread
@@ -207,7 +211,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		return nil, err
 	}
 	logger.Info("attached kernel capture", "hooks", c.hookNames(), "pid_namespace", ns.Ino, "capture_bytes", cfg.CaptureBytes,
-		"ring_buffer_bytes", c.events.MaxEntries())
+		"ring_buffer_bytes", c.events.MaxEntries(), "http2_frames", c.h2Frames)
 
 	if c.reader, err = ringbuf.NewReader(c.events); err != nil {
 		return nil, fmt.Errorf("open ring buffer: %w", err)
@@ -280,6 +284,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	// With every command picked (a bound of 2^63) nothing is dropped.
 	c.redisDrop = set("fast_redis") && set("redis_drop") && bound < 1<<63
 	c.redisSpans = set("fast_redis") && set("redis_spans")
+	c.h2Frames = set("h2_frames")
 	if set("fast_http") {
 		c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist, room: objs.HistRoom}
 		if err := c.fast.setRoom(0); err != nil {
@@ -305,7 +310,11 @@ func (c *Capture) attachSocketFast(spec *ebpf.CollectionSpec, fast Fast, logger 
 // withoutFastOnRefusal runs attach; while the verifier refuses it, it turns
 // off what fast asked for and runs it again: the kernel's Redis spans
 // first, then the Redis drop, then the kernel's HTTP spans, then the HTTP
-// fast path.
+// fast path; and last the walk of HTTP/2 frames past the prefix, which
+// the agent's HTTP/2 spans need on connections that send big messages.
+// When the stack is what the verifier refused, the walk goes first: its
+// calls are the deepest, and kernels before 6.10 round each frame up to
+// 32 bytes, which may take the programs past 512.
 func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable string) error, logger *slog.Logger) error {
 	err := attach()
 	steps := []struct {
@@ -320,9 +329,18 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 		{fast.Spans && fast.HTTP, []string{"fast_spans"}, "kernel HTTP spans unavailable: every request picked for a span goes through the agent whole"},
 		{fast.Spans && !fast.HTTP, []string{"fast_spans", "fast_http"}, "kernel HTTP spans unavailable: every request goes through the agent"},
 		{fast.HTTP, []string{"fast_http"}, "kernel HTTP metrics and spans unavailable: every request goes through the agent"},
+		{true, []string{"h2_frames"}, h2FramesOff},
+	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) && slices.ContainsFunc(verr.Log, func(line string) bool { return strings.Contains(line, "stack size") }) {
+		logger.Info(h2FramesOff, "reason", err)
+		if err := turnOff("h2_frames"); err != nil {
+			return err
+		}
+		steps = steps[:len(steps)-1]
+		err = attach()
 	}
 	for _, step := range steps {
-		var verr *ebpf.VerifierError
 		if err == nil || !errors.As(err, &verr) {
 			return err // loaded, or refused for something else than the fast path
 		}
@@ -339,6 +357,8 @@ func withoutFastOnRefusal(fast Fast, attach func() error, turnOff func(variable 
 	}
 	return err
 }
+
+const h2FramesOff = "kernel HTTP/2 frame walk unavailable: after a write with a big message, an HTTP/2 connection may lose the spans of calls whose headers are in the HPACK table (counted in http2_lost)"
 
 // attachSyscall loads and attaches the raw syscall tracepoints. Raw
 // tracepoints need neither kprobes nor tracefs.
@@ -406,6 +426,11 @@ func closeAll(objects []io.Closer) {
 
 // Hooks returns the hook set attached: HooksSocket or HooksSyscall.
 func (c *Capture) Hooks() string { return c.hooks }
+
+// HTTP2Frames tells whether the kernel follows the frames of HTTP/2
+// connections and adds those past the prefix to events (Event.Pieces):
+// the socket hooks do, unless the verifier refused it.
+func (c *Capture) HTTP2Frames() bool { return c.h2Frames }
 
 func (c *Capture) hookNames() string {
 	if c.hooks == HooksSocket {
@@ -762,7 +787,29 @@ type Event struct {
 	Body    uint32
 	Payload []byte
 	Tail    []byte // the last bytes transferred, when Len > len(Payload)
+	// Pieces are more of the bytes transferred, past Payload: on an
+	// HTTP/2 connection, the frame headers and the parts of frames the
+	// agent reads (NextPiece).
+	Pieces []byte
 }
+
+// NextPiece splits the first piece off pieces (Event.Pieces): the offset
+// of its bytes in the transfer, and the bytes. ok is false when there is
+// none, or what is left is not a whole piece.
+func NextPiece(pieces []byte) (off int, data, rest []byte, ok bool) {
+	if len(pieces) < pieceHeader {
+		return 0, nil, nil, false
+	}
+	n := int(le.Uint16(pieces[4:]))
+	if len(pieces) < pieceHeader+n {
+		return 0, nil, nil, false
+	}
+	return int(le.Uint32(pieces)), pieces[pieceHeader : pieceHeader+n], pieces[pieceHeader+n:], true
+}
+
+// pieceHeader is a piece's offset (u32) and length (u16), as capture.c
+// writes them (PIECE_HEADER).
+const pieceHeader = 6
 
 // Layout of struct event, taken from the generated binding.
 var (
@@ -788,6 +835,7 @@ func (ev *Event) decode(b []byte) bool {
 	ev.FD = le.Uint32(b[unsafe.Offsetof(raw.Fd):])
 	ev.Len = le.Uint32(b[unsafe.Offsetof(raw.Len):])
 	captured := int(le.Uint16(b[unsafe.Offsetof(raw.Captured):]))
+	extra := int(le.Uint16(b[unsafe.Offsetof(raw.Extra):]))
 	ev.Type = EventType(b[unsafe.Offsetof(raw.Type)])
 	ev.Dir = Direction(b[unsafe.Offsetof(raw.Dir)])
 	ev.Role = Role(b[unsafe.Offsetof(raw.Role)])
@@ -808,6 +856,7 @@ func (ev *Event) decode(b []byte) bool {
 		captured = len(b) - payloadOffset
 	}
 	ev.Payload = b[payloadOffset : payloadOffset+captured]
+	ev.Pieces = b[payloadOffset+captured : payloadOffset+min(captured+extra, len(b)-payloadOffset)]
 	return ev.Type >= EventData && ev.Type <= EventRedisRequest
 }
 

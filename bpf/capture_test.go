@@ -410,33 +410,44 @@ func TestNextPoll(t *testing.T) {
 
 // withoutFastOnRefusal: while the verifier refuses the programs, the
 // kernel's Redis spans go first, then the Redis drop, then the kernel's
-// HTTP spans, then the HTTP fast path; another error, or
-// nothing left to turn off, is returned as it is.
+// HTTP spans, then the HTTP fast path, then the HTTP/2 frame walk (first
+// when the stack was refused); another error, or nothing left to turn
+// off, is returned as it is.
 func TestWithoutFastOnRefusal(t *testing.T) {
 	refused := fmt.Errorf("load program: %w", &ebpf.VerifierError{Cause: errors.New("too complex")})
+	stack := fmt.Errorf("load program: %w", &ebpf.VerifierError{Cause: errors.New("argument list too long"),
+		Log: []string{"combined stack size of 3 calls is 544. Too large", "processed 1234 insns"}})
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, c := range []struct {
 		fast      Fast
 		refusals  int   // attaches refused before one succeeds
+		first     error // the first refusal, when not the usual
 		other     error // or every attach fails so
 		wantOff   string
 		wantError bool
 	}{
-		{Fast{HTTP: true, Redis: true}, 0, nil, "", false},
-		{Fast{HTTP: true, Redis: true}, 1, nil, "fast_redis redis_drop", false},
-		{Fast{HTTP: true, Redis: true}, 2, nil, "fast_redis redis_drop fast_http", false},
-		{Fast{HTTP: true, Redis: true}, 3, nil, "fast_redis redis_drop fast_http", true},
-		{Fast{HTTP: true}, 1, nil, "fast_http", false},
-		{Fast{HTTP: true, Spans: true, Redis: true}, 2, nil, "fast_redis redis_drop fast_spans", false},
-		{Fast{HTTP: true, Spans: true, Redis: true}, 3, nil, "fast_redis redis_drop fast_spans fast_http", false},
-		{Fast{Spans: true}, 1, nil, "fast_spans fast_http", false},
-		{Fast{Spans: true, Redis: true}, 2, nil, "fast_redis redis_drop fast_spans fast_http", false},
-		{Fast{Spans: true, RedisSpans: true}, 1, nil, "redis_spans fast_redis", false},
-		{Fast{Spans: true, RedisSpans: true, Redis: true}, 1, nil, "redis_spans", false},
-		{Fast{Spans: true, RedisSpans: true, Redis: true}, 2, nil, "redis_spans fast_redis redis_drop", false},
-		{Fast{Redis: true}, 2, nil, "fast_redis redis_drop", true},
-		{Fast{}, 1, nil, "", true},
-		{Fast{HTTP: true, Redis: true}, 0, errors.New("no such tracepoint"), "", true},
+		{Fast{HTTP: true, Redis: true}, 0, nil, nil, "", false},
+		{Fast{HTTP: true, Redis: true}, 1, nil, nil, "fast_redis redis_drop", false},
+		{Fast{HTTP: true, Redis: true}, 2, nil, nil, "fast_redis redis_drop fast_http", false},
+		{Fast{HTTP: true, Redis: true}, 3, nil, nil, "fast_redis redis_drop fast_http h2_frames", false},
+		{Fast{HTTP: true, Redis: true}, 4, nil, nil, "fast_redis redis_drop fast_http h2_frames", true},
+		{Fast{HTTP: true}, 1, nil, nil, "fast_http", false},
+		{Fast{HTTP: true, Spans: true, Redis: true}, 2, nil, nil, "fast_redis redis_drop fast_spans", false},
+		{Fast{HTTP: true, Spans: true, Redis: true}, 3, nil, nil, "fast_redis redis_drop fast_spans fast_http", false},
+		{Fast{Spans: true}, 1, nil, nil, "fast_spans fast_http", false},
+		{Fast{Spans: true, Redis: true}, 2, nil, nil, "fast_redis redis_drop fast_spans fast_http", false},
+		{Fast{Spans: true, RedisSpans: true}, 1, nil, nil, "redis_spans fast_redis", false},
+		{Fast{Spans: true, RedisSpans: true, Redis: true}, 1, nil, nil, "redis_spans", false},
+		{Fast{Spans: true, RedisSpans: true, Redis: true}, 2, nil, nil, "redis_spans fast_redis redis_drop", false},
+		{Fast{Redis: true}, 2, nil, nil, "fast_redis redis_drop h2_frames", false},
+		{Fast{Redis: true}, 3, nil, nil, "fast_redis redis_drop h2_frames", true},
+		{Fast{}, 1, nil, nil, "h2_frames", false},
+		{Fast{}, 2, nil, nil, "h2_frames", true},
+		// Refused for the stack: the HTTP/2 walk goes first.
+		{Fast{HTTP: true, Redis: true}, 1, stack, nil, "h2_frames", false},
+		{Fast{HTTP: true, Redis: true}, 2, stack, nil, "h2_frames fast_redis redis_drop", false},
+		{Fast{}, 2, stack, nil, "h2_frames", true},
+		{Fast{HTTP: true, Redis: true}, 0, nil, errors.New("no such tracepoint"), "", true},
 	} {
 		attaches := 0
 		var off []string
@@ -444,6 +455,9 @@ func TestWithoutFastOnRefusal(t *testing.T) {
 			attaches++
 			if c.other != nil {
 				return c.other
+			}
+			if attaches == 1 && c.first != nil {
+				return c.first
 			}
 			if attaches <= c.refusals {
 				return refused

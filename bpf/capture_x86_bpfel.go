@@ -70,9 +70,28 @@ type captureEvent struct {
 	Pad      uint8
 	Status   uint16
 	Body     uint32
-	Pad2     uint32
+	Extra    uint16
+	Pad2     uint16
 	HeadHash uint64
 	Payload  [12288]uint8
+}
+
+type captureH2Walk struct {
+	_        structs.HostLayout
+	Buf      uint64
+	Total    uint32
+	Captured uint32
+	Pos      uint32
+	Room     uint32
+	Last     uint32
+	LastEnd  uint32
+	Left     uint32
+	Want     uint32
+	Vectored uint8
+	Nhdr     uint8
+	Lost     uint8
+	Hdr      [16]uint8
+	_        [5]byte
 }
 
 type captureHeadScan struct {
@@ -118,6 +137,8 @@ type captureIovArray struct {
 		Base uint64
 		Len  uint64
 	}
+	Cnt uint32
+	Pad uint32
 }
 
 type captureRouteKey struct {
@@ -147,7 +168,18 @@ type captureSockState struct {
 	Head      uint64
 	HasParent uint8
 	Parent    [56]uint8
-	_         [7]byte
+	H2        uint8
+	Pad3      [3]uint8
+	_         [3]byte
+	H2d       [2]struct {
+		_    structs.HostLayout
+		Left uint32
+		Want uint32
+		Nhdr uint8
+		Lost uint8
+		Hdr  [9]uint8
+		Pad  uint8
+	}
 }
 
 // Names of all BPF objects in the ELF.
@@ -157,6 +189,7 @@ const (
 	captureMapCalls             = "calls"
 	captureMapConns             = "conns"
 	captureMapEvents            = "events"
+	captureMapH2Walks           = "h2_walks"
 	captureMapHistRoom          = "hist_room"
 	captureMapHttpHeads         = "http_heads"
 	captureMapHttpHist          = "http_hist"
@@ -176,6 +209,8 @@ const (
 	captureVarFastHttp          = "fast_http"
 	captureVarFastRedis         = "fast_redis"
 	captureVarFastSpans         = "fast_spans"
+	captureVarH2Frames          = "h2_frames"
+	captureVarH2Key             = "h2_key"
 	captureVarHistBoundsNs      = "hist_bounds_ns"
 	captureVarPidnsDev          = "pidns_dev"
 	captureVarPidnsIno          = "pidns_ino"
@@ -241,6 +276,7 @@ type captureMapSpecs struct {
 	Calls      *ebpf.MapSpec `ebpf:"calls"`
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
+	H2Walks    *ebpf.MapSpec `ebpf:"h2_walks"`
 	HistRoom   *ebpf.MapSpec `ebpf:"hist_room"`
 	HttpHeads  *ebpf.MapSpec `ebpf:"http_heads"`
 	HttpHist   *ebpf.MapSpec `ebpf:"http_hist"`
@@ -261,6 +297,8 @@ type captureVariableSpecs struct {
 	FastHttp     *ebpf.VariableSpec `ebpf:"fast_http"`
 	FastRedis    *ebpf.VariableSpec `ebpf:"fast_redis"`
 	FastSpans    *ebpf.VariableSpec `ebpf:"fast_spans"`
+	H2Frames     *ebpf.VariableSpec `ebpf:"h2_frames"`
+	H2Key        *ebpf.VariableSpec `ebpf:"h2_key"`
 	HistBoundsNs *ebpf.VariableSpec `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.VariableSpec `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.VariableSpec `ebpf:"pidns_ino"`
@@ -293,6 +331,7 @@ type captureMaps struct {
 	Calls      *ebpf.Map `ebpf:"calls"`
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Events     *ebpf.Map `ebpf:"events"`
+	H2Walks    *ebpf.Map `ebpf:"h2_walks"`
 	HistRoom   *ebpf.Map `ebpf:"hist_room"`
 	HttpHeads  *ebpf.Map `ebpf:"http_heads"`
 	HttpHist   *ebpf.Map `ebpf:"http_hist"`
@@ -309,6 +348,7 @@ func (m *captureMaps) Close() error {
 		m.Calls,
 		m.Conns,
 		m.Events,
+		m.H2Walks,
 		m.HistRoom,
 		m.HttpHeads,
 		m.HttpHist,
@@ -330,6 +370,8 @@ type captureVariables struct {
 	FastHttp     *ebpf.Variable `ebpf:"fast_http"`
 	FastRedis    *ebpf.Variable `ebpf:"fast_redis"`
 	FastSpans    *ebpf.Variable `ebpf:"fast_spans"`
+	H2Frames     *ebpf.Variable `ebpf:"h2_frames"`
+	H2Key        *ebpf.Variable `ebpf:"h2_key"`
 	HistBoundsNs *ebpf.Variable `ebpf:"hist_bounds_ns"`
 	PidnsDev     *ebpf.Variable `ebpf:"pidns_dev"`
 	PidnsIno     *ebpf.Variable `ebpf:"pidns_ino"`

@@ -15,8 +15,14 @@ type segment struct {
 	data  []byte // captured prefix
 	total int    // bytes transferred; len(data) <= total
 	tail  []byte // last bytes transferred, when total > len(data)
-	enter uint64 // kernel timestamps, CLOCK_BOOTTIME ns
-	exit  uint64
+	// pieces are more captured bytes past data (bpf.Event.Pieces), and
+	// pieceAt and pieceOff where capturedAt's last search left them: the
+	// byte index of a piece in pieces, and the offset its search passed.
+	pieces   []byte
+	pieceAt  int
+	pieceOff int
+	enter    uint64 // kernel timestamps, CLOCK_BOOTTIME ns
+	exit     uint64
 	// traceLow is the trace ID's low half the kernel drew (bpf.Event.TraceLow).
 	traceLow uint64
 	flags    bpf.EventFlags // what the kernel left out before it

@@ -20,8 +20,11 @@ import (
 //
 // Each direction is a sequence of frames, followed by counting the bytes
 // each syscall moved, so that frames beyond the captured prefix are skipped
-// by their length; a frame that lies in the last 16 bytes (the segment's
-// tail) is read from there, which often holds a response's trailers.
+// by their length. Their headers, and what is read of their payloads, are
+// read from the kernel's pieces (bpf.Event.Pieces: on a connection that
+// started with the preface, the kernel follows the frames too), or from
+// the last 16 bytes (the segment's tail), which often hold a response's
+// trailers.
 // Header blocks (HEADERS or PUSH_PROMISE, then CONTINUATION) are decoded
 // with one HPACK decoder per direction, since each direction has its own
 // dynamic table.
@@ -41,7 +44,9 @@ import (
 //     becomes "fully known" again, but as the peers insert new entries, more
 //     and more fields decode.
 //   - When the frame boundaries of a direction are lost (a frame header
-//     lay where nothing was captured), the direction waits for a segment
+//     lay where nothing was captured: on the syscall hooks, on a connection
+//     older than the agent, past the frames the kernel follows in one
+//     segment), the direction waits for a segment
 //     that starts with plausible frames. Streams whose end passed unseen
 //     are dropped when the stream table is full, never emitted.
 //
@@ -938,27 +943,23 @@ func h2ErrorName(code uint32) string {
 }
 
 // segCaptured returns the bytes [off, off+n) of what the segment moved,
-// when all of them were captured: in the prefix, or in the tail.
+// when all of them were captured: in the prefix, the pieces or the tail,
+// joined when they run on from one into another.
 func segCaptured(seg *segment, off, n int) ([]byte, bool) {
 	if off < 0 || n < 0 || off+n > seg.total {
 		return nil, false
 	}
-	if off+n <= len(seg.data) {
-		return seg.data[off : off+n], true
+	if n == 0 {
+		return nil, true
 	}
-	tailStart := seg.total - len(seg.tail)
-	if len(seg.data) >= seg.total || tailStart < 0 {
+	b := seg.capturedAt(off)
+	if len(b) >= n {
+		return b[:n], true
+	}
+	if b = seg.capturedRun(off, n, b); len(b) < n {
 		return nil, false
 	}
-	if off >= tailStart {
-		return seg.tail[off-tailStart : off-tailStart+n], true
-	}
-	if off < len(seg.data) && tailStart <= len(seg.data) {
-		// Prefix and tail overlap or touch: join them.
-		b := append([]byte(nil), seg.data[off:]...)
-		return append(b, seg.tail[len(seg.data)-tailStart:off+n-tailStart]...), true
-	}
-	return nil, false
+	return b, true
 }
 
 // segCapturedPrefix returns the captured bytes of [off, off+n) of what the
@@ -968,14 +969,61 @@ func segCapturedPrefix(seg *segment, off, n int) []byte {
 	if off < 0 || n <= 0 {
 		return nil
 	}
-	if b, ok := segCaptured(seg, off, n); ok {
-		return b
+	b := seg.capturedAt(off)
+	if len(b) >= n {
+		return b[:n]
 	}
+	if len(b) == 0 {
+		return nil
+	}
+	return seg.capturedRun(off, n, b)
+}
+
+// capturedRun joins the captured bytes from off on, up to n of them or the
+// first that was not captured; first is those capturedAt(off) has.
+func (seg *segment) capturedRun(off, n int, first []byte) []byte {
+	b := append([]byte(nil), first...)
+	for len(b) < n {
+		next := seg.capturedAt(off + len(b))
+		if len(next) == 0 {
+			break
+		}
+		b = append(b, next[:min(len(next), n-len(b))]...)
+	}
+	return b
+}
+
+// capturedAt returns the captured bytes from offset off of what the
+// segment moved on, as far as they run in one place: the prefix, a piece
+// (bpf.Event.Pieces) or the tail; nil when byte off was not captured.
+func (seg *segment) capturedAt(off int) []byte {
 	if off < len(seg.data) {
-		return seg.data[off:min(off+n, len(seg.data))]
+		return seg.data[off:]
 	}
-	if tailStart := seg.total - len(seg.tail); len(seg.data) < seg.total && off >= tailStart {
-		return seg.tail[off-tailStart:][:n]
+	if len(seg.data) >= seg.total {
+		return nil
+	}
+	if len(seg.pieces) > 0 {
+		// Pieces come by offset, and so do the lookups of a walk through
+		// the frames: start from the last piece found, unless it lies
+		// past off.
+		if seg.pieceOff > off {
+			seg.pieceAt, seg.pieceOff = 0, 0
+		}
+		for rest := seg.pieces[seg.pieceAt:]; ; {
+			p, data, next, ok := bpf.NextPiece(rest)
+			if !ok || p > off {
+				break
+			}
+			if off < p+len(data) {
+				return data[off-p:]
+			}
+			seg.pieceAt, seg.pieceOff = len(seg.pieces)-len(next), p+len(data)
+			rest = next
+		}
+	}
+	if tailStart := seg.total - len(seg.tail); tailStart >= 0 && off >= tailStart {
+		return seg.tail[off-tailStart:]
 	}
 	return nil
 }

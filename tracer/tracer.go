@@ -175,7 +175,7 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			}
 		}
 	default:
-		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,
+		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, pieces: ev.Pieces, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,
 			headHash: ev.HeadHash}
 		c.feed(ev.Dir, &t.seg)
 	}

@@ -40,6 +40,10 @@ func TestGRPC(t *testing.T) {
 	start(t, pod.command(grpcapp, "-grpc", fmt.Sprintf("127.0.0.1:%d", grpcPort), "-h2c", fmt.Sprintf("127.0.0.1:%d", h2Port)))
 	waitListening(t, grpcPort)
 	waitListening(t, h2Port)
+	// A server of its own for the big messages' calls, to count them.
+	bigPort := freePort(t)
+	start(t, pod.command(grpcapp, "-grpc", fmt.Sprintf("127.0.0.1:%d", bigPort)))
+	waitListening(t, bigPort)
 
 	// A client whose connection is older than the agent: its HPACK tables
 	// hold entries the agent never saw.
@@ -58,6 +62,16 @@ func TestGRPC(t *testing.T) {
 		fmt.Fprintln(client.stdin, line)
 	}
 	client.waitOutput(t, "\n", 6, 20*time.Second)
+	// Big messages each way: writes whose frames go on far past the
+	// capture prefix, and calls after them whose headers refer to HPACK
+	// entries made before. The kernel's pieces keep the agent's place in
+	// the frames, so every call gets its spans.
+	bigClient := start(t, pod.command(grpcapp, "-client", fmt.Sprintf("127.0.0.1:%d", bigPort)))
+	for _, line := range []string{"say first", "big 100000", "say a", "big 300000", "say b", "par 4"} {
+		fmt.Fprintln(bigClient.stdin, line)
+	}
+	bigClient.waitOutput(t, "\n", 6, 20*time.Second)
+	const bigCalls = 9
 	// On the early connection, Say's :path is an entry from before the
 	// agent: no span may name a wrong method. Chat is new to it: its
 	// request decodes.
@@ -84,7 +98,8 @@ func TestGRPC(t *testing.T) {
 			findRPC(s, trace.SpanKindServer, "List", withGRPCStatus(1)) != nil &&
 			find(s, trace.SpanKindClient, "/fail") != nil &&
 			count(s, trace.SpanKindServer, "/users/9") >= 10 &&
-			find(s, trace.SpanKindClient, "/users/13") != nil && find(s, trace.SpanKindServer, "/users/13") != nil
+			find(s, trace.SpanKindClient, "/users/13") != nil && find(s, trace.SpanKindServer, "/users/13") != nil &&
+			countRPC(s, trace.SpanKindServer, "Say", withPort(bigPort)) >= bigCalls && countRPC(s, trace.SpanKindClient, "Say", withPort(bigPort)) >= bigCalls
 	})
 	if t.Failed() {
 		t.Logf("agent log:\n%s", agent.output())
@@ -150,6 +165,14 @@ func TestGRPC(t *testing.T) {
 		}
 		if s := findRPC(spans, trace.SpanKindServer, "Say", func(s otlptest.Span) bool { return s.Attributes["rpc.grpc.status_code"] != int64(0) }); s != nil {
 			t.Errorf("a Say call with a status other than OK: %v %v", s.Attributes, s.Resource["process.pid"])
+		}
+	})
+
+	t.Run("big messages", func(t *testing.T) {
+		for _, kind := range []trace.SpanKind{trace.SpanKindServer, trace.SpanKindClient} {
+			if n, ok := countRPC(spans, kind, "Say", withPort(bigPort)), countRPC(spans, kind, "Say", withPort(bigPort), withGRPCStatus(0)); n != bigCalls || ok != bigCalls {
+				t.Errorf("%v: %d Say spans, %d of them OK; want %d, all OK", kind, n, ok, bigCalls)
+			}
 		}
 	})
 
@@ -243,6 +266,18 @@ func withGRPCStatus(code int64) spanFilter {
 func rpcFilters(kind trace.SpanKind, method string) []spanFilter {
 	return []spanFilter{withKind(kind), withAttr("rpc.service", "demo.Echo"),
 		func(s otlptest.Span) bool { return rpcMethod(s) == method }}
+}
+
+// countRPC counts the gRPC spans of this kind and method that meet the
+// filters.
+func countRPC(spans []otlptest.Span, kind trace.SpanKind, method string, filters ...spanFilter) int {
+	n := 0
+	for i := range spans {
+		if firstSpan(spans[i:i+1], append(rpcFilters(kind, method), filters...)...) != nil {
+			n++
+		}
+	}
+	return n
 }
 
 func findRPC(spans []otlptest.Span, kind trace.SpanKind, method string, filters ...spanFilter) *otlptest.Span {

@@ -106,17 +106,18 @@ func TestOtherKernels(t *testing.T) {
 				t.Fatalf("want two passes (depth 0 and 2), got:\n%s", text)
 			}
 			// The hooks the kernel has: the socket tracepoints from 6.3 on,
-			// with the fast path, the Redis drop and the kernel's spans (its
-			// verifier takes every program); the syscall ones before.
+			// with the fast path, the Redis drop, the kernel's spans and the
+			// HTTP/2 frame walk (its verifier takes every program); the
+			// syscall ones before.
 			m := regexp.MustCompile(`kernelcheck kernel (\d+)\.(\d+)`).FindStringSubmatch(text)
 			if m == nil {
 				t.Fatalf("no kernel version in:\n%s", text)
 			}
 			major, _ := strconv.Atoi(m[1])
 			minor, _ := strconv.Atoi(m[2])
-			want := "hooks=syscall fast_http=false redis_drop=false kernel_spans=false"
+			want := "hooks=syscall fast_http=false redis_drop=false kernel_spans=false http2_frames=false"
 			if major > 6 || major == 6 && minor >= 3 {
-				want = "hooks=socket fast_http=true redis_drop=true kernel_spans=true"
+				want = "hooks=socket fast_http=true redis_drop=true kernel_spans=true http2_frames=true"
 			}
 			for _, p := range passes {
 				t.Log(strings.TrimSpace(p))

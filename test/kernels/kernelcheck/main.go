@@ -149,8 +149,8 @@ func agent() error {
 		return fmt.Errorf("hooks=%s: events not captured: %s (server %d, client %d)", c.Hooks(), strings.Join(missing, ", "),
 			server.Process.Pid, client.Process.Pid)
 	}
-	fmt.Printf("kernelcheck PASS pid=%d hooks=%s fast_http=%v redis_drop=%v kernel_spans=%v loaded_in=%s\n", os.Getpid(), c.Hooks(), c.FastPath(),
-		c.RedisDrop(), c.KernelSpans(), loaded.Round(time.Millisecond))
+	fmt.Printf("kernelcheck PASS pid=%d hooks=%s fast_http=%v redis_drop=%v kernel_spans=%v http2_frames=%v loaded_in=%s\n", os.Getpid(), c.Hooks(),
+		c.FastPath(), c.RedisDrop(), c.KernelSpans(), c.HTTP2Frames(), loaded.Round(time.Millisecond))
 	return nil
 }
 
