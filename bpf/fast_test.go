@@ -699,7 +699,8 @@ func TestVerifierHeadroom(t *testing.T) {
 			t.Fatalf("%s: no statistics in the verifier's log:\n%s", name, coll.Programs[name].VerifierLog)
 		}
 		n, _ := strconv.Atoi(m[1])
-		t.Logf("%s: %d instructions processed", name, n)
+		stack := regexp.MustCompile(`stack depth ([0-9+]+)`).FindStringSubmatch(coll.Programs[name].VerifierLog)
+		t.Logf("%s: %d instructions processed, stack depth of its functions %v", name, n, stack[1:])
 		if n > 500_000 {
 			t.Errorf("%s: %d of the verifier's 1 000 000 instructions: too little headroom", name, n)
 		}
