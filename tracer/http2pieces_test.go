@@ -49,15 +49,8 @@ func (k *h2Kernel) pieces(data string, capture int) []byte {
 
 // sendPieces is send with the kernel's pieces.
 func (h *harness) sendPieces(sock uint64, dir bpf.Direction, data string, pieces []byte) {
-	h.now += 1000
-	ev := bpf.Event{Type: bpf.EventData, Dir: dir, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)),
-		Local: serverAddr, Remote: clientAddr, Pieces: pieces}
-	copy(ev.Comm[:], "server")
-	ev.Payload = []byte(data[:min(len(data), h.capture)])
-	if len(data) > h.capture {
-		ev.Tail = []byte(data[max(0, len(data)-16):])
-	}
-	h.now += 500
+	ev := h.dataEvent(sock, dir, data)
+	ev.Pieces = pieces
 	h.tracer.Handle(&ev)
 }
 

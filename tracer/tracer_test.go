@@ -49,16 +49,23 @@ func (h *harness) send(sock uint64, dir bpf.Direction, data string) {
 // sendKernel is send with what the kernel adds: its draw of the trace
 // ID's low half, and what it left out before the event.
 func (h *harness) sendKernel(sock uint64, dir bpf.Direction, data string, traceLow uint64, flags bpf.EventFlags) {
+	ev := h.dataEvent(sock, dir, data)
+	ev.TraceLow, ev.Flags = traceLow, flags
+	h.tracer.Handle(&ev)
+}
+
+// dataEvent is the event of one syscall that moved data, with its prefix
+// and tail as the kernel captures them.
+func (h *harness) dataEvent(sock uint64, dir bpf.Direction, data string) bpf.Event {
 	h.now += 1000
-	ev := bpf.Event{Type: bpf.EventData, Dir: dir, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr,
-		TraceLow: traceLow, Flags: flags}
+	ev := bpf.Event{Type: bpf.EventData, Dir: dir, EnterNS: h.now, ExitNS: h.now + 500, Conn: sock, PID: 7, Len: uint32(len(data)), Local: serverAddr, Remote: clientAddr}
 	copy(ev.Comm[:], "server")
 	ev.Payload = []byte(data[:min(len(data), h.capture)])
 	if len(data) > h.capture {
 		ev.Tail = []byte(data[max(0, len(data)-16):])
 	}
 	h.now += 500
-	h.tracer.Handle(&ev)
+	return ev
 }
 
 func (h *harness) close(sock uint64) {
