@@ -403,7 +403,8 @@ struct iov_entry {
 
 struct iov_array {
 	struct iov_entry v[MAX_IOV];
-	__u32 cnt; // vectors read into v by the last copy_iov
+	__u64 addr; // the iovec array the last copy_iov read, in user memory
+	__u32 cnt;  // and its vectors read into v
 	__u32 pad;
 };
 
@@ -447,6 +448,7 @@ __noinline int copy_iov(__u64 iov_addr, __u64 iovcnt64, __u64 total64)
 	if (cnt > MAX_IOV)
 		cnt = MAX_IOV;
 	vecs->cnt = 0;
+	vecs->addr = iov_addr;
 	if (cnt == 0 || bpf_probe_read_user(vecs->v, cnt * sizeof(struct iov_entry), iov))
 		return 0;
 	vecs->cnt = cnt;
@@ -2155,8 +2157,10 @@ static __always_inline void submit_first(struct event *e, struct sock_state *st,
 // [length u16][bytes], e->extra bytes of them, fewer than PIECE_ROOM with
 // the prefix. DATA payloads, the bulk, are never copied. A direction whose
 // frames cannot be followed (no room left for a header, more frames than
-// a walk takes, a sendfile) waits for a segment that starts with a
-// plausible frame header, as the agent does.
+// a walk takes, more vectors than copy_iov reads, a sendfile, a header
+// that is not valid) waits for a segment that starts with plausible
+// frames (h2_plausible), as the agent waits for its own kind
+// (h2Plausible in tracer/http2.go).
 
 volatile const __u8 h2_frames = 1; // the loader turns it off where the verifier refuses it
 #define H2_ON 1
@@ -2224,8 +2228,8 @@ __noinline int h2_piece(__u64 off64, __u64 n64)
 		rest = 0;
 	} else {
 		struct iov_array *vecs = bpf_map_lookup_elem(&iov_scratch, (const void *)&h2_key);
-		if (!vecs)
-			return 0;
+		if (!vecs || vecs->addr != w->buf)
+			return 0; // not this syscall's vectors: copy_iov did not read them
 		__u64 before = 0; // bytes of the transfer before vector i
 		for (int i = 0; i < MAX_IOV; i++) {
 			if (i >= vecs->cnt || rest == 0)
@@ -2281,11 +2285,48 @@ static __always_inline void h2_want(struct h2_walk *w, struct event *e, __u32 st
 	h2_piece(start, n);
 }
 
+// h2_valid tells whether h is a frame header a peer may send, by the
+// rules RFC 9113 gives for each type that the header alone shows (its
+// stream, its length); extension types pass. Anything else means the
+// walk is not where it thinks: a segment not followed (io_uring, splice),
+// a wrong guess at a resync.
+static __always_inline bool h2_valid(__u8 *h)
+{
+	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+	bool zero = !((h[5] & 0x7f) | h[6] | h[7] | h[8]); // stream 0
+	switch (h[3]) {
+	case 0x0: // DATA
+	case 0x1: // HEADERS
+	case 0x9: // CONTINUATION
+		return !zero;
+	case 0x2: // PRIORITY
+		return !zero && len == 5;
+	case 0x3: // RST_STREAM
+		return !zero && len == 4;
+	case 0x4: // SETTINGS
+		return zero && len % 6 == 0;
+	case 0x5: // PUSH_PROMISE
+		return !zero && len >= 4;
+	case 0x6: // PING
+		return zero && len == 8;
+	case 0x7: // GOAWAY
+		return zero && len >= 8;
+	case 0x8: // WINDOW_UPDATE
+		return len == 4;
+	}
+	return true;
+}
+
 // h2_frame takes the frame whose header is h and whose payload starts at
 // offset start: it copies the part of the payload the agent reads, and
 // moves on to the next frame, in this segment or a later one.
 static __always_inline void h2_frame(struct h2_walk *w, struct event *e, __u8 *h, __u32 start)
 {
+	if (!h2_valid(h)) {
+		w->lost = 1;
+		w->pos = w->total;
+		return;
+	}
 	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
 	__u8 type = h[3], flags = h[4];
 	__u32 want = 0;
@@ -2325,14 +2366,23 @@ static __always_inline long h2_carry(struct h2_walk *w, struct event *e)
 {
 	if (w->nhdr) {
 		// The rest of the header the last segment ended in: in the
-		// prefix, which is never shorter than a header.
+		// prefix, unless a vectored call's first vectors were too short
+		// to fill it; then it is read, and goes up, as a piece.
 		__u32 have = w->nhdr < 9 ? w->nhdr : 8;
 		__u32 need = 9 - have;
-		if (need > w->captured)
-			need = w->captured;
+		if (need > w->total)
+			need = w->total;
+		__u32 at = 0;
+		if (need > w->captured) {
+			at = h2_piece(0, need);
+			if (!at) {
+				w->lost = 1;
+				return 1;
+			}
+		}
 		for (int i = 0; i < 8; i++)
 			if (i < need)
-				w->hdr[(have + i) & 15] = e->payload[i];
+				w->hdr[(have + i) & 15] = e->payload[bounded(at + i, PIECE_ROOM - 1)];
 		w->nhdr = have + need;
 		w->pos = need;
 		if (w->nhdr == 9) {
@@ -2395,24 +2445,34 @@ static __always_inline bool h2_preface(struct event *e)
 	       p[2] == W8('\r', '\n', 'S', 'M', '\r', '\n', '\r', '\n');
 }
 
-// h2_plausible tells whether e starts with a frame header a lost direction
-// may take up again at: a defined type, a length within the default
-// maximum, no reserved bit.
+// h2_plausible tells whether e starts with frames a lost direction may
+// take up again at: a valid header of a defined type, with no reserved bit
+// and a length within the default maximum, and the same of the next header
+// when the prefix holds it, or the segment ends with the first frame.
 static __always_inline bool h2_plausible(struct event *e)
 {
-	if (e->captured < 9)
-		return false;
-	__u32 len = (__u32)e->payload[0] << 16 | (__u32)e->payload[1] << 8 | e->payload[2];
-	return len <= H2_RESYNC_FRAME && e->payload[3] <= 0x9 && !(e->payload[5] & 0x80);
+	__u32 pos = 0;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (pos + 9 > e->captured)
+			return i > 0;
+		__u8 *h = &e->payload[bounded(pos, MAX_CAPTURE - 1)];
+		__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+		if (len > H2_RESYNC_FRAME || h[3] > 0x9 || (h[5] & 0x80) || !h2_valid(h))
+			return false;
+		pos += 9 + len;
+		if (pos >= e->len)
+			return pos == e->len;
+	}
+	return true;
 }
 
-// h2_follow follows the frames of the scratch event, moved in direction
-// dir by syscall nr whose buffer argument was buf, on a connection that
-// speaks HTTP/2 (see above). A global function: checked once, not for
-// every state on_sock_data reaches it in (inline, they took the receive
-// program past the verifier's million instructions). Only a connection
-// that speaks HTTP/2, or a segment that may start its preface, pays for
-// the call.
+// h2_follow follows the frames of e, moved in direction dir by syscall nr
+// whose buffer argument was buf, on a connection that speaks HTTP/2 (see
+// above). Only such a connection, or a segment that may start its
+// preface, gets here. What the verifier has to follow per state of
+// on_sock_data is kept small: the walk past the prefix is a bpf_loop step
+// that finds its state in a map, and the copies a global function.
 static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u8 dir, __u32 nr, __u64 buf)
 {
 	__u32 start = 0;
@@ -2421,6 +2481,14 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 			return 0;
 		st->h2 = H2_ON;
 		__builtin_memset(st->h2d, 0, sizeof(st->h2d));
+		// The other direction may be anywhere in its frames (a server's
+		// 101 and first frames, written before the preface came): it is
+		// taken up at its first segment that starts with frames.
+		st->h2d[(dir & 1) ^ 1].lost = 1;
+		// Neither HTTP/1 requests nor Redis commands on it: the fast path
+		// would hold a first byte, which the walk would then not see.
+		st->fast = FAST_OFF;
+		st->redis = REDIS_OFF;
 		start = H2_PREFACE;
 	}
 	struct h2_dir *d = &st->h2d[dir & 1];
@@ -2446,6 +2514,10 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 			if (pos + 9 > captured)
 				break;
 			__u8 *h = &e->payload[bounded(pos, MAX_CAPTURE - 1)];
+			if (!h2_valid(h)) {
+				d->lost = 1;
+				return 0;
+			}
 			__u32 end = pos + 9 + ((__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2]);
 			if (end > captured) {
 				past = true;
@@ -2461,8 +2533,10 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 		return 0;
 	w->buf = buf;
 	if ((nr == NR_RECVMSG || nr == NR_SENDMSG) &&
-	    bpf_probe_read_user(&w->buf, sizeof(w->buf), &((struct user_msghdr *)buf)->msg_iov))
+	    bpf_probe_read_user(&w->buf, sizeof(w->buf), &((struct user_msghdr *)buf)->msg_iov)) {
+		d->lost = 1;
 		return 0;
+	}
 	w->vectored = nr == NR_READV || nr == NR_WRITEV || nr == NR_RECVMSG || nr == NR_SENDMSG;
 	w->total = e->len;
 	w->captured = captured;

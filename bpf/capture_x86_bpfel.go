@@ -137,8 +137,9 @@ type captureIovArray struct {
 		Base uint64
 		Len  uint64
 	}
-	Cnt uint32
-	Pad uint32
+	Addr uint64
+	Cnt  uint32
+	Pad  uint32
 }
 
 type captureRouteKey struct {

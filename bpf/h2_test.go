@@ -14,17 +14,22 @@ import (
 	"github.com/podtracer/podtracer/internal/testenv"
 )
 
-// h2Script runs an HTTP/2 client and a server that reads what it sends,
-// in one Python process: on connection A, writes with frames past the
-// prefix of every kind the agent reads, a frame header and a header block
-// cut by a write's end, and a sendmsg whose vectors cut a frame header;
-// on connection B, more frames in one write than the kernel follows, then
-// a write it must take up again at; on connection C, more header blocks
-// past the prefix than an event has room for. The server reads alternately with
-// recv and with recvmsg_into two buffers. It prints the bytes each
-// connection sent, in hex, one line each.
+// h2Script runs an HTTP/2 client and a server, in one Python process. On
+// connection A the client writes frames past the prefix of every kind the
+// agent reads, a frame header and a header block cut by a write's end,
+// a sendmsg whose vectors cut a frame header, and a writev with the same;
+// then a header cut by a write's end whose rest comes in a writev after
+// eight empty vectors (nothing of it in the prefix); the server, once it
+// has read the preface, answers with frames of its own (the direction
+// the preface did not start). On connection B, more
+// frames in one write than the kernel follows, then a write it must take
+// up again at; on connection C, more header blocks past the prefix than
+// an event has room for, then a write it must take up again at. The
+// server reads with recv, recvmsg_into two buffers and readv in turn. It
+// prints the bytes each connection's client sent, in hex, one line each,
+// then those A's server sent.
 const h2Script = `
-import socket, struct, sys, threading, time
+import os, socket, struct, sys, threading, time
 def frame(typ, flags, stream, payload):
     return struct.pack('>I', len(payload))[1:] + bytes([typ, flags]) + struct.pack('>I', stream) + payload
 PREFACE = b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'
@@ -38,50 +43,91 @@ a += [frame(0, 0, 3, b'e' * 3000) + h[:5], h[5:] + frame(0, 1, 3, b'f' * 3000)]
 big = frame(1, 4, 9, block(3000, 0x87))
 a += [frame(0, 0, 9, b'g' * 2000) + big[:100], big[100:] + frame(8, 0, 0, struct.pack('>I', 1000))]
 v = frame(0, 0, 11, b'h' * 2000) + frame(1, 5, 11, block(50, 0x88)) + frame(3, 0, 11, struct.pack('>I', 8))
-a += [[v[:2013], v[2013:2030], v[2030:]]]
+a += [[v[:2013], v[2013:2030], v[2030:]], ('writev', [v[:2010], v[2010:2012], v[2012:]])]
+# A header cut by a write's end, whose rest comes after eight empty vectors:
+# none of it in the prefix.
+h = frame(1, 4, 17, block(100, 0x92))
+a += [frame(0, 0, 15, b'z' * 1000) + h[:3], ('writev', [b''] * 8 + [h[3:] + frame(0, 1, 17, b'z' * 100)])]
 b = [PREFACE + frame(4, 0, 0, b''), b''.join(frame(6, 0, 0, b'12345678') for _ in range(300)),
      frame(1, 4, 1, block(20, 0x89)) + frame(0, 0, 1, b'i' * 5000) + frame(1, 4, 3, block(40, 0x8a))]
-c = [PREFACE + frame(4, 0, 0, b'\x00\x03\x00\x00\x00\x0a'), frame(0, 0, 1, b'j' * 2000) + b''.join(frame(1, 4, 2 * i + 3, block(3000, 0x8b)) for i in range(4))]
+c = [PREFACE + frame(4, 0, 0, b'\x00\x03\x00\x00\x00\x0a'), frame(0, 0, 1, b'j' * 2000) + b''.join(frame(1, 4, 2 * i + 3, block(3000, 0x8b)) for i in range(4)),
+     frame(1, 4, 13, block(20, 0x8c)) + frame(0, 0, 13, b'k' * 3000) + frame(1, 4, 15, block(40, 0x8d))]
+# What A's server answers, in writes.
+r = [frame(4, 0, 0, b'\x00\x05\x00\x00\x40\x00') + frame(4, 1, 0, b''),
+     frame(1, 4, 1, block(30, 0x90)) + frame(0, 0, 1, b'q' * 6000) + frame(1, 5, 1, block(200, 0x91)) + frame(6, 1, 0, b'87654321'),
+     frame(0, 0, 3, b'r' * 4000) + frame(3, 0, 5, struct.pack('>I', 8)) + frame(7, 0, 0, struct.pack('>II', 3, 2))]
 
 srv = socket.socket()
 srv.bind(('127.0.0.1', 0))
 srv.listen(4)
+answered = []
 def serve():
+    first = True
     while True:
         c, _ = srv.accept()
-        def read(c=c):
-            i = 0
+        def read(c=c, answer=first):
+            i, got = 0, 0
             while True:
-                if i % 2:
-                    n, _, _, _ = c.recvmsg_into([bytearray(1000), bytearray(65536)])
-                else:
-                    n = len(c.recv(65536))
-                if n == 0:
+                try:
+                    if i % 3 == 1:
+                        n, _, _, _ = c.recvmsg_into([bytearray(1000), bytearray(65536)])
+                    elif i % 3 == 2:
+                        n = os.readv(c.fileno(), [bytearray(700), bytearray(65536)])
+                    else:
+                        n = len(c.recv(65536))
+                except OSError:
                     return
+                if n == 0:
+                    c.close()
+                    return
+                got += n
+                if answer and got >= 24 and not answered:
+                    for w in r:
+                        c.sendall(w)
+                        time.sleep(0.05)
+                    answered.append(1)
                 i += 1
+        first = False
         threading.Thread(target=read, daemon=True).start()
 threading.Thread(target=serve, daemon=True).start()
+def drain(s):
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
 for writes in (a, b, c):
     s = socket.create_connection(srv.getsockname())
+    reader = threading.Thread(target=drain, args=(s,), daemon=True)
+    reader.start()
     for w in writes:
         if isinstance(w, list):
             s.sendmsg(w)
+        elif isinstance(w, tuple):
+            os.writev(s.fileno(), w[1])
         else:
             s.sendall(w)
         time.sleep(0.05)
-    time.sleep(0.1)
+    time.sleep(0.3)
+    s.shutdown(socket.SHUT_WR)
+    reader.join(2)
     s.close()
-    print(b''.join(x if isinstance(x, bytes) else b''.join(x) for x in writes).hex())
+    flat = lambda x: x if isinstance(x, bytes) else b''.join(x if isinstance(x, list) else x[1])
+    print(b''.join(flat(w) for w in writes).hex())
+print(b''.join(r).hex())
 time.sleep(0.2)
 `
 
-// h2Wanted returns what of an HTTP/2 client stream the agent reads, as
-// ranges: every frame header, and the payload of header blocks, of
-// RST_STREAM, GOAWAY and SETTINGS (ten of them), and a padded DATA
-// frame's pad length.
+// h2Wanted returns what of an HTTP/2 stream the agent reads, as ranges:
+// every frame header, and the payload of header blocks, of RST_STREAM,
+// GOAWAY and SETTINGS (ten of them), and a padded DATA frame's pad length.
 func h2Wanted(stream []byte) [][2]int {
 	var r [][2]int
-	for off := 24; off+9 <= len(stream); {
+	off := 0
+	if bytes.HasPrefix(stream, []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")) {
+		off = 24
+	}
+	for off+9 <= len(stream) {
 		n := int(stream[off])<<16 | int(stream[off+1])<<8 | int(stream[off+2])
 		typ, flags := stream[off+3], stream[off+4]
 		want := 0
@@ -113,23 +159,29 @@ type h2Event struct {
 
 // TestHTTP2Frames: on a connection that starts with the HTTP/2 preface,
 // the kernel adds to each event the frame headers past the prefix and
-// what the agent reads of their payloads, in either direction, for
-// write, sendmsg with vectors, recv and recvmsg: the pieces hold the
-// bytes sent at their offsets, nothing else (no DATA payload), and
+// what the agent reads of their payloads, in either direction (the one
+// the preface started and the other), for write, sendmsg and writev with
+// vectors, recv, recvmsg and readv, with the fast path on: the pieces hold
+// the bytes sent at their offsets, nothing else (no DATA payload), and
 // together with the prefix and the tail every byte the agent reads. A
-// direction with more frames in a write than the kernel follows takes
-// them up again at the next write that starts with a frame.
+// direction with more frames in a write than the kernel follows, or more
+// than an event has room for, takes them up again at the next write that
+// starts with frames.
 func TestHTTP2Frames(t *testing.T) {
 	testenv.Privileged(t)
 	python := testenv.LookPath(t, "python3")
 	if !kernelAtLeast(t, 6, 3) {
 		testenv.Skip(t, "the HTTP/2 frame walk is the socket programs' (Linux 6.3+)")
 	}
-	c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 22, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 22, Hooks: HooksSocket, Fast: Fast{HTTP: true, Spans: true, Redis: true, SampleRatio: 0.5, Bounds: testBounds}},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if !c.HTTP2Frames() || !c.FastPath() {
+		t.Fatalf("HTTP/2 frame walk %v, fast path %v: want both", c.HTTP2Frames(), c.FastPath())
+	}
 	var events []h2Event
 	done := make(chan struct{})
 	go func() {
@@ -157,12 +209,13 @@ func TestHTTP2Frames(t *testing.T) {
 		}
 		streams = append(streams, b)
 	}
-	if len(streams) != 3 {
+	if len(streams) != 4 {
 		t.Fatalf("script output %q", out)
 	}
 
 	// Each stream's events in one direction, in order: they are told
-	// apart by the client's port, and start with the preface.
+	// apart by the client's port (the server's, for what A's server
+	// sent), and start with what the stream starts with.
 	for i, stream := range streams {
 		for _, dir := range []Direction{Egress, Ingress} {
 			var evs []h2Event
@@ -176,7 +229,7 @@ func TestHTTP2Frames(t *testing.T) {
 					continue
 				}
 				if port == 0 {
-					if len(e.payload) < 33 || !bytes.HasPrefix(stream, e.payload) {
+					if len(e.payload) < 24 || !bytes.HasPrefix(stream, e.payload) {
 						continue
 					}
 					port = p
@@ -186,29 +239,36 @@ func TestHTTP2Frames(t *testing.T) {
 			if len(evs) == 0 {
 				t.Fatalf("stream %d dir %d: no events", i, dir)
 			}
-			// On B, only the write after the one the walk gave up in is
-			// taken up again; what the server reads of it may start
-			// anywhere. On C, the pieces stop where the room ends: what
-			// they hold must still be right.
-			from := 0
+			// On B, the walk gives up in the second write, and takes
+			// up again at the third; what the server reads may start
+			// anywhere, once it gave up. On C, the pieces stop where the
+			// room ends in the second write (what they hold must still be
+			// right), and the third is taken up again.
+			name := fmt.Sprintf("stream %d dir %d", i, dir)
 			switch i {
-			case 1:
+			case 1, 2:
 				if dir == Ingress {
 					continue
 				}
-				from = len(evs) - 1
-			case 2:
-				from = len(evs)
+				if len(evs) != 3 {
+					t.Fatalf("%s: %d events, want the 3 writes", name, len(evs))
+				}
+				if uncovered := checkH2Pieces(t, name, stream, evs, map[int]bool{1: true}); uncovered[1] == 0 {
+					t.Errorf("%s: the second write is all captured: it does not test what it should", name)
+				}
+			default:
+				checkH2Pieces(t, name, stream, evs, nil)
 			}
-			checkH2Pieces(t, fmt.Sprintf("stream %d dir %d", i, dir), stream, evs, from)
 		}
 	}
 }
 
-// checkH2Pieces checks the events of stream from the from-th on (see
-// TestHTTP2Frames).
-func checkH2Pieces(t *testing.T, name string, stream []byte, evs []h2Event, from int) {
+// checkH2Pieces checks the events of stream (see TestHTTP2Frames); the
+// events in partial need not have every byte the agent reads. It returns
+// the number of those bytes left out of each event.
+func checkH2Pieces(t *testing.T, name string, stream []byte, evs []h2Event, partial map[int]bool) []int {
 	t.Helper()
+	uncovered := make([]int, len(evs))
 	wanted := make([]bool, len(stream))
 	for _, r := range h2Wanted(stream) {
 		for j := r[0]; j < r[1]; j++ {
@@ -252,11 +312,10 @@ func checkH2Pieces(t *testing.T, name string, stream []byte, evs []h2Event, from
 			pieces++
 			rest = next
 		}
-		if k >= from {
-			for j := range e.len {
-				if wanted[base+j] && !covered[j] {
+		for j := range e.len {
+			if wanted[base+j] && !covered[j] {
+				if uncovered[k]++; uncovered[k] == 1 && !partial[k] {
 					t.Errorf("%s event %d (%d bytes, %d captured): byte %d (stream %d) is read by the agent, not captured", name, k, e.len, len(e.payload), j, base+j)
-					break
 				}
 			}
 		}
@@ -265,6 +324,7 @@ func checkH2Pieces(t *testing.T, name string, stream []byte, evs []h2Event, from
 	if pieces == 0 {
 		t.Errorf("%s: no pieces", name)
 	}
+	return uncovered
 }
 
 // NextPiece on a malformed tail of pieces.

@@ -952,7 +952,7 @@ func segCaptured(seg *segment, off, n int) ([]byte, bool) {
 	if n == 0 {
 		return nil, true
 	}
-	b := seg.capturedAt(off)
+	b := seg.capturedAt(off, n)
 	if len(b) >= n {
 		return b[:n], true
 	}
@@ -969,7 +969,7 @@ func segCapturedPrefix(seg *segment, off, n int) []byte {
 	if off < 0 || n <= 0 {
 		return nil
 	}
-	b := seg.capturedAt(off)
+	b := seg.capturedAt(off, n)
 	if len(b) >= n {
 		return b[:n]
 	}
@@ -980,11 +980,11 @@ func segCapturedPrefix(seg *segment, off, n int) []byte {
 }
 
 // capturedRun joins the captured bytes from off on, up to n of them or the
-// first that was not captured; first is those capturedAt(off) has.
+// first that was not captured; first is those capturedAt(off, n) has.
 func (seg *segment) capturedRun(off, n int, first []byte) []byte {
 	b := append([]byte(nil), first...)
 	for len(b) < n {
-		next := seg.capturedAt(off + len(b))
+		next := seg.capturedAt(off+len(b), n-len(b))
 		if len(next) == 0 {
 			break
 		}
@@ -995,13 +995,22 @@ func (seg *segment) capturedRun(off, n int, first []byte) []byte {
 
 // capturedAt returns the captured bytes from offset off of what the
 // segment moved on, as far as they run in one place: the prefix, a piece
-// (bpf.Event.Pieces) or the tail; nil when byte off was not captured.
-func (seg *segment) capturedAt(off int) []byte {
+// (bpf.Event.Pieces) or the tail, the first of them that holds n bytes
+// (the kernel copies a frame header that the prefix cuts whole, as a
+// piece), else the first that holds any; nil when byte off was not
+// captured.
+func (seg *segment) capturedAt(off, n int) []byte {
+	if off < 0 || off >= seg.total {
+		return nil
+	}
+	var first []byte
 	if off < len(seg.data) {
-		return seg.data[off:]
+		if first = seg.data[off:]; len(first) >= n {
+			return first
+		}
 	}
 	if len(seg.data) >= seg.total {
-		return nil
+		return first
 	}
 	if len(seg.pieces) > 0 {
 		// Pieces come by offset, and so do the lookups of a walk through
@@ -1016,14 +1025,19 @@ func (seg *segment) capturedAt(off int) []byte {
 				break
 			}
 			if off < p+len(data) {
-				return data[off-p:]
+				if b := data[off-p:]; len(b) >= n || first == nil {
+					return b
+				}
+				break
 			}
 			seg.pieceAt, seg.pieceOff = len(seg.pieces)-len(next), p+len(data)
 			rest = next
 		}
 	}
 	if tailStart := seg.total - len(seg.tail); tailStart >= 0 && off >= tailStart {
-		return seg.tail[off-tailStart:]
+		if b := seg.tail[off-tailStart:]; len(b) >= n || first == nil {
+			return b
+		}
 	}
-	return nil
+	return first
 }

@@ -36,7 +36,12 @@ func (k *h2Kernel) pieces(data string, capture int) []byte {
 		case h2RSTStream, h2GoAway:
 			want = min(int(f.length), 8)
 		}
-		from, to := max(off, base+capture), min(off+9+want, len(k.stream))
+		// A header the prefix cuts goes up whole, and the payload
+		// wanted with it.
+		from, to := max(off, base), min(off+9+want, len(k.stream))
+		if off+9 <= base+capture {
+			from = max(off+9, base+capture)
+		}
 		if from < to && to > base {
 			pieces = binary.LittleEndian.AppendUint32(pieces, uint32(from-base))
 			pieces = binary.LittleEndian.AppendUint16(pieces, uint16(to-from))
@@ -107,6 +112,9 @@ func TestHTTP2PiecesKeepPlace(t *testing.T) {
 	}
 }
 
+// pieceHeaderLen is a piece's offset and length (bpf.NextPiece).
+const pieceHeaderLen = 6
+
 // capturedAt finds bytes in the prefix, the pieces and the tail, and
 // segCaptured joins them where they run on from one into the next.
 func TestSegCapturedPieces(t *testing.T) {
@@ -122,13 +130,14 @@ func TestSegCapturedPieces(t *testing.T) {
 	copy(full[50:], "klmno")
 	copy(full[84:], "TAIL-0123456789!")
 	seg := &segment{data: full[:10], total: 100, tail: full[84:],
-		pieces: slices.Concat(piece(10, "ABCDE"), piece(40, "fghij"), piece(50, "klmno"))}
+		pieces: slices.Concat(piece(8, "89ABCDE"), piece(40, "fghij"), piece(50, "klmno"), piece(80, "....TA"))}
 	for _, c := range []struct {
 		off, n int
 		want   string
 		ok     bool
 	}{
 		{0, 15, "0123456789ABCDE", true}, // prefix and the piece after it
+		{8, 5, "89ABC", true},            // the piece that holds all of it, not the prefix's two
 		{12, 3, "CDE", true},
 		{40, 5, "fghij", true},
 		{50, 5, "klmno", true},
@@ -136,6 +145,7 @@ func TestSegCapturedPieces(t *testing.T) {
 		{44, 7, "", false},  // a gap between two pieces
 		{52, 3, "mno", true},
 		{86, 14, "IL-0123456789!", true},
+		{80, 10, "....TAIL-0", true}, // a piece that runs into the tail
 		{8, 9, "", false},
 		{60, 4, "", false},
 		{99, 2, "", false}, // past the transfer
@@ -147,5 +157,12 @@ func TestSegCapturedPieces(t *testing.T) {
 	}
 	if b := segCapturedPrefix(seg, 5, 20); string(b) != "56789ABCDE" {
 		t.Errorf("segCapturedPrefix(5, 20) = %q", b)
+	}
+	if b := segCapturedPrefix(seg, 99, 20); string(b) != "!" {
+		t.Errorf("segCapturedPrefix(99, 20) = %q", b)
+	}
+	// A header the prefix cuts, whole in a piece: no copy.
+	if b, ok := segCaptured(seg, 8, 5); ok && &b[0] != &seg.pieces[pieceHeaderLen] {
+		t.Error("segCaptured(8, 5) copied what a piece holds")
 	}
 }

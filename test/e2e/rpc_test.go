@@ -55,9 +55,9 @@ func TestGRPC(t *testing.T) {
 
 	client := start(t, pod.command(grpcapp, "-client", fmt.Sprintf("127.0.0.1:%d", grpcPort)))
 	// The cancelled stream comes last: the server writes its messages
-	// faster than the client reads, in writes longer than the capture
-	// prefix, so frames pass unseen and that direction's HPACK table is
-	// lost: later statuses on the connection would be unknown.
+	// faster than the client reads, in writes of many frames, which may be
+	// more than the kernel follows in one write; that direction's HPACK
+	// table is then lost, and later statuses on the connection unknown.
 	for _, line := range []string{"say alice " + traceparent, "fail bob", "list 5", "collect 3", "say again", "cancel x"} {
 		fmt.Fprintln(client.stdin, line)
 	}
@@ -169,6 +169,9 @@ func TestGRPC(t *testing.T) {
 	})
 
 	t.Run("big messages", func(t *testing.T) {
+		if !strings.Contains(agent.output(), "http2_frames=true") {
+			testenv.Skip(t, "the agent runs without the kernel's HTTP/2 frame walk (the syscall hooks, before Linux 6.3): calls after a big message may get no span")
+		}
 		for _, kind := range []trace.SpanKind{trace.SpanKindServer, trace.SpanKindClient} {
 			if n, ok := countRPC(spans, kind, "Say", withPort(bigPort)), countRPC(spans, kind, "Say", withPort(bigPort), withGRPCStatus(0)); n != bigCalls || ok != bigCalls {
 				t.Errorf("%v: %d Say spans, %d of them OK; want %d, all OK", kind, n, ok, bigCalls)
