@@ -138,17 +138,20 @@ func BenchmarkHandle(b *testing.B) {
 // default batch size, so no span is dropped and nothing runs on another
 // CPU unmeasured.
 func BenchmarkFullPath(b *testing.B) {
+	grpcServer := func() *tracer.Request { return otherReq(tracer.ProtoGRPC, tracer.RoleServer) }
 	for _, bc := range []struct {
 		name  string
 		procs []*pod.Process
+		req   func() *tracer.Request
 	}{
-		{"1proc", []*pod.Process{python}},
+		{"1proc", []*pod.Process{python}, serverReq},
 		{"8procs", func() (ps []*pod.Process) {
 			for i := range 8 {
 				ps = append(ps, &pod.Process{PID: 100 + i, Exe: "/usr/bin/app", Name: "app"})
 			}
 			return ps
-		}()},
+		}(), serverReq},
+		{"grpc-server", []*pod.Process{python}, grpcServer},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.Setenv("OTEL_TRACES_SAMPLER", "")
@@ -156,7 +159,7 @@ func BenchmarkFullPath(b *testing.B) {
 			e := benchNew(b, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}}}, discardMetrics{})
 			reqs := make([]*tracer.Request, len(bc.procs))
 			for i, p := range bc.procs {
-				reqs[i] = serverReq()
+				reqs[i] = bc.req()
 				reqs[i].Process = p
 				e.handle(reqs[i])
 			}

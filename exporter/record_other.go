@@ -115,6 +115,9 @@ type otherDesc struct {
 	failed       bool
 	errType      string
 	set          *attribute.Set
+	// wire is span's OTLP encoding (made when first needed): a span of
+	// this description copies it instead of writing each attribute.
+	wire []byte
 }
 
 // describe is describeOther, remembered for the next requests: a
@@ -152,12 +155,22 @@ func (s *process) recordOther(r *tracer.Request) {
 	}
 	ctx, rec := s.begin(r, kind, name)
 	if rec != nil {
-		rec.attrs = append(rec.attrs[:0], spanAttrs...)
+		a := s.spanAttrs(rec)
+		if a.kvs {
+			rec.attrs = append(rec.attrs[:0], spanAttrs...)
+		}
+		if a.wire {
+			if d.wire == nil {
+				d.wire = appendKeyValues([]byte{}, fSpanAttributes, spanAttrs)
+			}
+			rec.wire = append(rec.wire, d.wire...)
+		}
 		if r.Remote.IsValid() {
 			if r.Remote.Addr() != s.lastPeer || s.lastPeerStr == "" {
 				s.lastPeer, s.lastPeerStr = r.Remote.Addr(), r.Remote.Addr().String()
 			}
-			rec.attrs = append(rec.attrs, semconv.NetworkPeerAddress(s.lastPeerStr), semconv.NetworkPeerPort(int(r.Remote.Port())))
+			a.str(semconv.NetworkPeerAddressKey, s.lastPeerStr)
+			a.int(semconv.NetworkPeerPortKey, int64(r.Remote.Port()))
 		}
 		if failed {
 			rec.status, rec.statusMsg = codes.Error, r.ErrorMessage

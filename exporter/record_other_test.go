@@ -214,3 +214,49 @@ func TestDescribeRemembers(t *testing.T) {
 		}
 	}
 }
+
+// A description's span attributes are encoded once and copied into each
+// span of it: spans of descriptions that alternate, and of one
+// description from peers that differ, each arrive with their own
+// attributes, as the KeyValues describeOther gives, and their own peer.
+func TestOtherSpansEncodedOnce(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	var sent []*tracer.Request
+	for range 3 {
+		for _, r := range []*tracer.Request{otherReq(tracer.ProtoGRPC, tracer.RoleServer), otherReq(tracer.ProtoRedis, tracer.RoleClient),
+			otherReq(tracer.ProtoGRPC, tracer.RoleServer)} {
+			if r.Protocol == tracer.ProtoGRPC {
+				r.RPCService, r.RPCMethod, r.GRPCStatus = "demo.Echo", "Say", 0
+			} else {
+				r.DBOperation, r.DBQuery = "GET", "GET ?"
+			}
+			r.Remote = netip.AddrPortFrom(r.Remote.Addr(), uint16(5000+len(sent)))
+			r.TraceIDLow = uint64(1000 + len(sent)) // a span ID of its own
+			e.Export(r)
+			sent = append(sent, r)
+		}
+	}
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= len(sent) })
+	byPort := map[int64]otlptest.Span{}
+	for _, s := range spans {
+		byPort[s.Attributes["network.peer.port"].(int64)] = s
+	}
+	for _, r := range sent {
+		s, ok := byPort[int64(r.Remote.Port())]
+		if !ok {
+			t.Fatalf("no span from peer port %d", r.Remote.Port())
+		}
+		host, port := r.Local.Addr().String(), int(r.Local.Port())
+		if r.Role == tracer.RoleClient {
+			host, port = r.Remote.Addr().String(), int(r.Remote.Port())
+		}
+		_, attrs, _, _, _ := describeOther(r, host, port)
+		want := map[string]any{"network.peer.address": r.Remote.Addr().String(), "network.peer.port": int64(r.Remote.Port())}
+		for _, kv := range attrs {
+			want[string(kv.Key)] = kv.Value.AsInterface()
+		}
+		if !reflect.DeepEqual(s.Attributes, want) {
+			t.Errorf("%s from port %d: attributes %v, want %v", r.Protocol, r.Remote.Port(), s.Attributes, want)
+		}
+	}
+}
