@@ -5,7 +5,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/dbconv"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/messagingconv"
@@ -68,9 +67,9 @@ func grpcError(role tracer.Role, code int) bool {
 // otherInstruments are the histograms of the protocols other than HTTP,
 // made on a process's first such request.
 type otherInstruments struct {
-	rpcServer, rpcClient metric.Float64Histogram
-	dbClient             metric.Float64Histogram
-	messagingClient      metric.Float64Histogram
+	rpcServer, rpcClient *histogram
+	dbClient             *histogram
+	messagingClient      *histogram
 }
 
 func (s *process) otherInstruments() *otherInstruments {
@@ -85,7 +84,8 @@ func (s *process) otherInstruments() *otherInstruments {
 	rc, _ := rpcconv.NewClientCallDuration(m)
 	dc, _ := dbconv.NewClientOperationDuration(m)
 	mc, _ := messagingconv.NewClientOperationDuration(m)
-	o.rpcServer, o.rpcClient, o.dbClient, o.messagingClient = rs.Inst(), rc.Inst(), dc.Inst(), mc.Inst()
+	o.rpcServer, o.rpcClient, o.dbClient, o.messagingClient = rs.Inst().(*histogram), rc.Inst().(*histogram), dc.Inst().(*histogram),
+		mc.Inst().(*histogram)
 	s.other = o
 	return o
 }
@@ -115,6 +115,9 @@ type otherDesc struct {
 	failed       bool
 	errType      string
 	set          *attribute.Set
+	// point is set's point in the description's histogram, as
+	// recordCached keeps it.
+	point *histPoint
 	// wire is span's OTLP encoding (made when first needed): a span of
 	// this description copies it instead of writing each attribute.
 	wire []byte
@@ -184,7 +187,7 @@ func (s *process) recordOther(r *tracer.Request) {
 		return
 	}
 	o := s.otherInstruments()
-	var h metric.Float64Histogram
+	var h *histogram
 	switch {
 	case r.Protocol == tracer.ProtoGRPC && r.Role == tracer.RoleClient:
 		h = o.rpcClient
@@ -201,7 +204,9 @@ func (s *process) recordOther(r *tracer.Request) {
 		set := attribute.NewSet(d.metric...)
 		d.set = &set
 	}
-	h.Record(ctx, max(r.End.Sub(r.Start).Seconds(), 0), metric.WithAttributeSet(*d.set))
+	// The exemplar's time is the exchange's end, not a clock read, as for
+	// HTTP.
+	h.recordCached(&d.point, *d.set, max(r.End.Sub(r.Start).Seconds(), 0), trace.SpanContextFromContext(ctx), r.End)
 }
 
 // peerEndpoint is server.address and server.port: the remote end for a
