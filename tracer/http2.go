@@ -322,6 +322,81 @@ type h2Dir struct {
 	dec    *hpack.Decoder
 	table  hpackPartial
 	fields []hfield // filled by onField
+	// indexed remembers the last blocks made of indexed fields alone, and
+	// what they decoded to, while the dynamic table stays as it was
+	// (tableGen): a gRPC peer repeats a few such blocks (a reply's
+	// headers, its trailers) on every call.
+	indexed  [h2IndexedBlocks]h2IndexedBlock
+	tableGen uint64
+	nextIdx  int
+}
+
+// h2IndexedBlock is a header block of indexed fields alone and what it
+// decoded to, with the dynamic table of generation gen.
+type h2IndexedBlock struct {
+	block  []byte
+	fields []hfield
+	gen    uint64
+}
+
+const (
+	// h2IndexedBlocks is how many all-indexed blocks a direction keeps.
+	h2IndexedBlocks = 4
+	// h2IndexedMax bounds the blocks kept, and their fields.
+	h2IndexedMax = 128
+)
+
+// allIndexed tells whether an HPACK header block is made of indexed
+// fields alone (RFC 7541 6.1): decoding it leaves the dynamic table as it
+// was, so the same bytes decode to the same fields until another block
+// changes the table.
+func allIndexed(b []byte) bool {
+	for i := 0; i < len(b); i++ {
+		if b[i]&0x80 == 0 {
+			return false
+		}
+		if b[i]&0x7f == 0x7f {
+			// The index goes on in bytes with their high bit set, up
+			// to one without.
+			for i++; i < len(b) && b[i]&0x80 != 0; i++ {
+			}
+		}
+	}
+	return len(b) > 0
+}
+
+// decodeKnown decodes d.block with the fully known table into d.fields,
+// or takes the fields of the same all-indexed block decoded before, when
+// the table has not changed since.
+func (d *h2Dir) decodeKnown() error {
+	indexed := !d.bCut && len(d.block) <= h2IndexedMax && allIndexed(d.block)
+	if indexed {
+		for i := range d.indexed {
+			if x := &d.indexed[i]; x.gen == d.tableGen && x.block != nil && string(x.block) == string(d.block) {
+				d.fields = append(d.fields[:0], x.fields...)
+				return nil
+			}
+		}
+	}
+	_, err := d.dec.Write(d.block)
+	if err == nil && !d.bCut {
+		err = d.dec.Close()
+	}
+	if err != nil {
+		return err
+	}
+	if !indexed {
+		d.tableGen++ // the table may have changed: what was kept is stale
+		return nil
+	}
+	if len(d.fields) <= h2IndexedMax {
+		x := &d.indexed[d.nextIdx]
+		d.nextIdx = (d.nextIdx + 1) % len(d.indexed)
+		x.block = append(x.block[:0], d.block...)
+		x.fields = append(x.fields[:0], d.fields...)
+		x.gen = d.tableGen
+	}
+	return nil
 }
 
 func (d *h2Dir) peer() *h2Dir { return d.c.dirs[1-d.dir] }
@@ -565,11 +640,7 @@ func (d *h2Dir) endBlock(seg *segment) {
 	d.blocks++
 	d.fields = d.fields[:0]
 	if d.dec != nil {
-		_, err := d.dec.Write(d.block)
-		if err == nil && !d.bCut {
-			err = d.dec.Close()
-		}
-		if err != nil {
+		if err := d.decodeKnown(); err != nil {
 			// Garbage, or a peer we do not understand: nothing of the block
 			// is trusted, and the table is no longer known.
 			d.fields = d.fields[:0]

@@ -727,3 +727,43 @@ func TestHTTP2LostCounted(t *testing.T) {
 		t.Errorf("HTTP2Lost = %d, want 1", got)
 	}
 }
+
+// An all-indexed block decodes to what it did before only while the
+// dynamic table stays as it was: the same bytes, after an insertion has
+// moved the entries, decode anew (RFC 7541 2.3.3).
+func TestHPACKIndexedBlocksRemembered(t *testing.T) {
+	literal := func(name, value string) []byte { // with incremental indexing, a new name
+		return append(append(append([]byte{0x40, byte(len(name))}, name...), byte(len(value))), value...)
+	}
+	blocks := [][]byte{
+		literal("x-a", "1"),
+		{0xbe},       // the newest entry: x-a: 1
+		{0xbe, 0x88}, // and :status 200
+		{0xbe},
+		literal("x-b", "2"),
+		{0xbe}, // now x-b: 2
+		{0xbe, 0x88},
+		{0xbf}, // x-a: 1, one further
+		{0xbe},
+	}
+	d := &h2Dir{}
+	d.dec = hpack.NewDecoder(4096, d.onField)
+	var ref []hfield
+	refDec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { ref = append(ref, hfield{name: f.Name, value: f.Value}) })
+	for i, b := range blocks {
+		ref = ref[:0]
+		if _, err := refDec.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		d.block, d.fields = b, d.fields[:0]
+		if err := d.decodeKnown(); err != nil {
+			t.Fatalf("block %d: %v", i, err)
+		}
+		if !slices.Equal(d.fields, ref) {
+			t.Errorf("block %d %x: %v, want %v", i, b, d.fields, ref)
+		}
+	}
+	if !allIndexed([]byte{0xff, 0x80, 0x01, 0x82}) || allIndexed([]byte{0x82, 0x40}) || allIndexed(nil) {
+		t.Error("allIndexed: a multi-byte index, a literal, an empty block")
+	}
+}
