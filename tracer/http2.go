@@ -365,6 +365,17 @@ func allIndexed(b []byte) bool {
 	return len(b) > 0
 }
 
+// forgetIndexed forgets the all-indexed blocks kept, and the header
+// values their fields hold.
+func (d *h2Dir) forgetIndexed() {
+	d.tableGen++
+	for i := range d.indexed {
+		x := &d.indexed[i]
+		clear(x.fields[:cap(x.fields)])
+		x.block, x.fields = x.block[:0], x.fields[:0]
+	}
+}
+
 // decodeKnown decodes d.block with the fully known table into d.fields,
 // or takes the fields of the same all-indexed block decoded before, when
 // the table has not changed since.
@@ -372,7 +383,7 @@ func (d *h2Dir) decodeKnown() error {
 	indexed := !d.bCut && len(d.block) <= h2IndexedMax && allIndexed(d.block)
 	if indexed {
 		for i := range d.indexed {
-			if x := &d.indexed[i]; x.gen == d.tableGen && x.block != nil && string(x.block) == string(d.block) {
+			if x := &d.indexed[i]; x.gen == d.tableGen && len(x.block) > 0 && string(x.block) == string(d.block) {
 				d.fields = append(d.fields[:0], x.fields...)
 				return nil
 			}
@@ -382,12 +393,9 @@ func (d *h2Dir) decodeKnown() error {
 	if err == nil && !d.bCut {
 		err = d.dec.Close()
 	}
-	if err != nil {
+	if err != nil || !indexed {
+		d.forgetIndexed() // the table may have changed: what was kept is stale
 		return err
-	}
-	if !indexed {
-		d.tableGen++ // the table may have changed: what was kept is stale
-		return nil
 	}
 	if len(d.fields) <= h2IndexedMax {
 		x := &d.indexed[d.nextIdx]
@@ -482,6 +490,7 @@ func (d *h2Dir) resync() {
 func (d *h2Dir) degrade() {
 	d.dec = nil
 	d.table.forget()
+	d.forgetIndexed()
 }
 
 // startFrame checks a frame header and prepares for its payload.

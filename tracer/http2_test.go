@@ -747,7 +747,8 @@ func TestHPACKIndexedBlocksRemembered(t *testing.T) {
 		{0xbe},
 	}
 	d := &h2Dir{}
-	d.dec = hpack.NewDecoder(4096, d.onField)
+	decoded := 0 // fields the decoder emitted, not taken from a block kept
+	d.dec = hpack.NewDecoder(4096, func(f hpack.HeaderField) { decoded++; d.onField(f) })
 	var ref []hfield
 	refDec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { ref = append(ref, hfield{name: f.Name, value: f.Value}) })
 	for i, b := range blocks {
@@ -762,6 +763,10 @@ func TestHPACKIndexedBlocksRemembered(t *testing.T) {
 		if !slices.Equal(d.fields, ref) {
 			t.Errorf("block %d %x: %v, want %v", i, b, d.fields, ref)
 		}
+	}
+	// Blocks 3 and 8 are kept ones: 11 fields in all, 9 of them decoded.
+	if decoded != 9 {
+		t.Errorf("%d fields decoded, want 9: blocks kept were decoded again, or blocks decoded were not kept", decoded)
 	}
 	if !allIndexed([]byte{0xff, 0x80, 0x01, 0x82}) || allIndexed([]byte{0x82, 0x40}) || allIndexed(nil) {
 		t.Error("allIndexed: a multi-byte index, a literal, an empty block")
