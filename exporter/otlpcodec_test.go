@@ -346,3 +346,73 @@ func TestHTTPAttributesWrittenStraight(t *testing.T) {
 		}
 	}
 }
+
+// TestOtherAttributesWrittenStraight: a gRPC, database or Kafka span's
+// description is copied into its encoded span, its peer written after it.
+// With the printer as well, the encoded span must be the bytes the codec
+// writes from the KeyValues, failed spans' status included; with OTLP
+// alone no KeyValue is made, and the attributes are the same, in the same
+// order, whichever description came before.
+func TestOtherAttributesWrittenStraight(t *testing.T) {
+	t.Setenv("OTEL_TRACES_SAMPLER", "")
+	mc := &marshalClient{codec: newTraceCodec()}
+	both := benchNew(t, []destination{
+		{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}},
+		{name: "recorder", exp: newBatchRecorder()},
+	}, nil)
+	only := benchNew(t, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}}}, nil)
+
+	say := otherReq(tracer.ProtoGRPC, tracer.RoleServer)
+	say.RPCService, say.RPCMethod, say.GRPCStatus = "demo.Echo", "Say", 0
+	failed := otherReq(tracer.ProtoGRPC, tracer.RoleClient)
+	failed.RPCService, failed.RPCMethod, failed.GRPCStatus, failed.ErrorMessage = "demo.Echo", "Say", 14, "no backend"
+	insert := otherReq(tracer.ProtoPostgreSQL, tracer.RoleClient)
+	insert.DBOperation, insert.ErrorCode, insert.ErrorMessage = "INSERT", "23505", "duplicate key"
+	send := otherReq(tracer.ProtoKafka, tracer.RoleClient)
+	send.MessagingOperation, send.MessagingDestination, send.Partition = "send", "orders", 3
+	otherPeer := *say
+	otherPeer.Remote = netip.MustParseAddrPort("[2001:db8::7]:443")
+	reqs := []*tracer.Request{say, failed, insert, send, &otherPeer}
+
+	var want [][]*commonpb.KeyValue
+	for _, r := range reqs {
+		both.record(r)
+		rec := both.sinks[0].pending[0]
+		if len(rec.attrs) < 5 || !rec.attrsEncoded {
+			t.Fatalf("%s: %d KeyValues, encoded %v", r.Protocol, len(rec.attrs), rec.attrsEncoded)
+		}
+		fromKVs := appendSpan(nil, rec)
+		var w tracepb.Span
+		_ = proto.Unmarshal(fromKVs, &w)
+		want = append(want, w.Attributes)
+		if !bytes.Equal(rec.wire, fromKVs) {
+			var got tracepb.Span
+			_ = proto.Unmarshal(rec.wire, &got)
+			t.Errorf("%s %s: copied\n%v\nfrom KeyValues\n%v", r.Protocol, r.RPCMethod, &got, &w)
+		}
+		both.sinks[0].pending, both.sinks[1].pending = nil, nil
+		rec.refs.Store(1)
+		rec.release()
+	}
+	for _, i := range []int{0, 0, 1, 0, 2, 2, 3, 0, 4, 0, 1} {
+		only.record(reqs[i])
+		rec := only.sinks[0].pending[0]
+		if len(rec.attrs) != 0 {
+			t.Fatalf("OTLP only: %d KeyValues", len(rec.attrs))
+		}
+		var got tracepb.Span
+		if err := proto.Unmarshal(rec.wire, &got); err != nil {
+			t.Fatal(err)
+		}
+		same := len(got.Attributes) == len(want[i])
+		for j := 0; same && j < len(want[i]); j++ {
+			same = proto.Equal(got.Attributes[j], want[i][j])
+		}
+		if !same {
+			t.Errorf("request %d after others: attributes\n%v\nwant\n%v", i, got.Attributes, want[i])
+		}
+		only.sinks[0].pending = nil
+		rec.refs.Store(1)
+		rec.release()
+	}
+}
