@@ -59,7 +59,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define TAIL_BYTES 16
 // Vectors of one readv/writev/sendmsg/recvmsg: the payload prefix is
 // copied from the first MAX_IOV_COPY, the tail found among MAX_IOV.
-#define MAX_IOV 32
+#define MAX_IOV 64
 #define MAX_IOV_COPY 8
 
 // Settings written by the loader before the program is loaded.

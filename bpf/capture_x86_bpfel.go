@@ -132,7 +132,7 @@ type captureHistVal struct {
 
 type captureIovArray struct {
 	_ structs.HostLayout
-	V [32]struct {
+	V [64]struct {
 		_    structs.HostLayout
 		Base uint64
 		Len  uint64

@@ -19,7 +19,8 @@ import (
 // agent reads, a frame header and a header block cut by a write's end,
 // a sendmsg whose vectors cut a frame header, and a writev with the same;
 // then a header cut by a write's end whose rest comes in a writev after
-// eight empty vectors (nothing of it in the prefix); the server, once it
+// eight empty vectors (nothing of it in the prefix), and a writev of forty
+// vectors with a header block in the 39th; the server, once it
 // has read the preface, answers with frames of its own (the direction
 // the preface did not start). On connection B, more
 // frames in one write than the kernel follows, then a write it must take
@@ -48,6 +49,10 @@ a += [[v[:2013], v[2013:2030], v[2030:]], ('writev', [v[:2010], v[2010:2012], v[
 # none of it in the prefix.
 h = frame(1, 4, 17, block(100, 0x92))
 a += [frame(0, 0, 15, b'z' * 1000) + h[:3], ('writev', [b''] * 8 + [h[3:] + frame(0, 1, 17, b'z' * 100)])]
+# Forty vectors (gRPC-Java's Netty gathers a buffer per frame part): the
+# header block after a big DATA frame lies in the 39th.
+w = frame(0, 0, 19, b'y' * 3000) + frame(1, 4, 21, block(60, 0x93))
+a += [('writev', [w[i * 78:(i + 1) * 78] for i in range(39)] + [w[39 * 78:]])]
 b = [PREFACE + frame(4, 0, 0, b''), b''.join(frame(6, 0, 0, b'12345678') for _ in range(300)),
      frame(1, 4, 1, block(20, 0x89)) + frame(0, 0, 1, b'i' * 5000) + frame(1, 4, 3, block(40, 0x8a))]
 c = [PREFACE + frame(4, 0, 0, b'\x00\x03\x00\x00\x00\x0a'), frame(0, 0, 1, b'j' * 2000) + b''.join(frame(1, 4, 2 * i + 3, block(3000, 0x8b)) for i in range(4)),
