@@ -159,7 +159,8 @@ type h2Event struct {
 	dir                   Direction
 	len                   int
 	payload, tail, pieces []byte
-	local, remote         uint16
+	conn                  uint64 // the socket
+	closed                bool   // the socket's close, not data
 }
 
 // TestHTTP2Frames: on a connection that starts with the HTTP/2 preface,
@@ -193,9 +194,12 @@ func TestHTTP2Frames(t *testing.T) {
 		defer close(done)
 		var ev Event
 		for c.Read(&ev) == nil {
-			if ev.Type == EventData {
+			switch ev.Type {
+			case EventData:
 				events = append(events, h2Event{ev.Dir, int(ev.Len), bytes.Clone(ev.Payload), bytes.Clone(ev.Tail), bytes.Clone(ev.Pieces),
-					ev.Local.Port(), ev.Remote.Port()})
+					ev.Conn, false})
+			case EventClose:
+				events = append(events, h2Event{conn: ev.Conn, closed: true})
 			}
 		}
 	}()
@@ -218,26 +222,27 @@ func TestHTTP2Frames(t *testing.T) {
 		t.Fatalf("script output %q", out)
 	}
 
-	// Each stream's events in one direction, in order: they are told
-	// apart by the client's port (the server's, for what A's server
-	// sent), and start with what the stream starts with.
+	// Each stream's events in one direction, in order: those of the
+	// socket whose first event starts with what the stream starts with, up
+	// to its close. (Sockets, not ports: other tests' pods, in network
+	// namespaces of their own, may use the same port numbers meanwhile; a
+	// socket's address is used again once it is closed.)
 	for i, stream := range streams {
 		for _, dir := range []Direction{Egress, Ingress} {
 			var evs []h2Event
-			var port uint16
+			var conn uint64
 			for _, e := range events {
-				p := e.local
-				if dir == Ingress {
-					p = e.remote
+				if e.closed && conn != 0 && e.conn == conn {
+					break
 				}
-				if e.dir != dir || (port != 0 && p != port) {
+				if e.closed || e.dir != dir || (conn != 0 && e.conn != conn) {
 					continue
 				}
-				if port == 0 {
+				if conn == 0 {
 					if len(e.payload) < 24 || !bytes.HasPrefix(stream, e.payload) {
 						continue
 					}
-					port = p
+					conn = e.conn
 				}
 				evs = append(evs, e)
 			}
