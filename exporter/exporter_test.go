@@ -579,12 +579,16 @@ func freeAddr(t *testing.T) string {
 
 func TestCollectorDown(t *testing.T) {
 	otlpEnv(t, "http://"+freeAddr(t))
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
 	testBadCollector(t)
 }
 
 func TestCollectorHangs(t *testing.T) {
 	rcv := otlptest.Start(t, otlptest.WithHang())
 	otlpEnv(t, rcv.URL())
+	// Metric exports every 100 ms: one is under way, hanging, at the
+	// shutdown, which must still keep its deadline.
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "100")
 	testBadCollector(t)
 	if tr, _ := rcv.Calls(); tr == 0 {
 		t.Error("the hanging collector was never called")
