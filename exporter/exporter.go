@@ -581,11 +581,13 @@ func (e *Exporter) handle(r *tracer.Request) {
 
 // CheckEnv checks the standard OpenTelemetry variables the exporter reads
 // (through getenv: os.Getenv, or the agent's view of its environment) and
-// returns every mistake, so that the agent reports them with its own
-// before anything starts.
+// those the SDK's OTLP exporters read themselves, and returns every
+// mistake, so that the agent reports them with its own before anything
+// starts. (New reads its own settings again, but leaves the OTLP
+// exporters' files, certificates and keys, to this one check.)
 func CheckEnv(getenv func(string) string) []error {
 	_, errs := settingsFromEnv(getenv)
-	return errs
+	return append(errs, checkOTLPEnv(getenv)...)
 }
 
 // envSettings are what the exporter takes from the standard variables.
@@ -660,7 +662,6 @@ func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
 			keep(fmt.Errorf("%s=%q: want grpc (the agent exports OTLP over gRPC only)", k, v))
 		}
 	}
-	errs = append(errs, checkOTLPEnv(getenv)...)
 	return s, errs
 }
 
