@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -19,13 +20,13 @@ import (
 // Config is the webhook's configuration, read from the environment only.
 type Config struct {
 	Addr    string `env:"PODTRACER_WEBHOOK_ADDR" envDefault:":9443" help:"address of the HTTPS server (/mutate, /healthz, /readyz)"`
-	TLSCert string `env:"PODTRACER_WEBHOOK_TLS_CERT,required" help:"PEM certificate file (chain first); reloaded when it changes"`
-	TLSKey  string `env:"PODTRACER_WEBHOOK_TLS_KEY,required" help:"PEM private key file; reloaded when it changes"`
+	TLSCert string `env:"PODTRACER_WEBHOOK_TLS_CERT,required,notEmpty" help:"PEM certificate file (chain first); reloaded when it changes"`
+	TLSKey  string `env:"PODTRACER_WEBHOOK_TLS_KEY,required,notEmpty" help:"PEM private key file; reloaded when it changes"`
 	// How often the certificate files are read again to see whether they
 	// changed (cert-manager renewed them, a Secret was updated).
 	CertReloadInterval time.Duration `env:"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL" envDefault:"10s" help:"how often the certificate files are checked for changes (0: never)"`
 
-	Image           string `env:"PODTRACER_WEBHOOK_IMAGE,required" help:"image of the injected podtracer container"`
+	Image           string `env:"PODTRACER_WEBHOOK_IMAGE,required,notEmpty" help:"image of the injected podtracer container"`
 	ImagePullPolicy string `env:"PODTRACER_WEBHOOK_IMAGE_PULL_POLICY" help:"Always, IfNotPresent or Never (default: Kubernetes' default for the tag)"`
 	OTLPEndpoint    string `env:"PODTRACER_WEBHOOK_OTLP_ENDPOINT" help:"OTEL_EXPORTER_OTLP_ENDPOINT of the sidecar unless annotated, e.g. http://otel-collector.observability:4317 (default: none, spans go to the sidecar's stdout)"`
 	OTLPInsecure    string `env:"PODTRACER_WEBHOOK_OTLP_INSECURE" help:"OTEL_EXPORTER_OTLP_INSECURE of the sidecar unless annotated: true for plaintext gRPC even to an https:// endpoint"`
@@ -135,18 +136,28 @@ func (c Config) validate() []error {
 func (c Config) Sidecar() Sidecar {
 	res := corev1.ResourceRequirements{}
 	add := func(list *corev1.ResourceList, name corev1.ResourceName, q resource.Quantity) {
-		if q.IsZero() {
-			return
-		}
 		if *list == nil {
 			*list = corev1.ResourceList{}
 		}
 		(*list)[name] = q
 	}
-	add(&res.Requests, corev1.ResourceCPU, c.CPURequest)
-	add(&res.Requests, corev1.ResourceMemory, c.MemoryRequest)
-	add(&res.Limits, corev1.ResourceCPU, c.CPULimit)
-	add(&res.Limits, corev1.ResourceMemory, c.MemoryLimit)
+	for _, r := range []struct {
+		name     corev1.ResourceName
+		req, lim resource.Quantity
+	}{
+		{corev1.ResourceCPU, c.CPURequest, c.CPULimit},
+		{corev1.ResourceMemory, c.MemoryRequest, c.MemoryLimit},
+	} {
+		// A request of 0 is written out when there is a limit: Kubernetes
+		// gives a container with a limit and no request the limit as its
+		// request, and 0 means none.
+		if !r.req.IsZero() || !r.lim.IsZero() {
+			add(&res.Requests, r.name, r.req)
+		}
+		if !r.lim.IsZero() {
+			add(&res.Limits, r.name, r.lim)
+		}
+	}
 	return Sidecar{
 		Image:           c.Image,
 		ImagePullPolicy: corev1.PullPolicy(c.ImagePullPolicy),
@@ -186,7 +197,7 @@ environment variables:
 	for _, f := range reflect.VisibleFields(reflect.TypeFor[Config]()) {
 		name, opts, _ := strings.Cut(f.Tag.Get("env"), ",")
 		def := f.Tag.Get("envDefault")
-		if opts == "required" {
+		if slices.Contains(strings.Split(opts, ","), "required") {
 			def = "(required)"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", name, def, f.Tag.Get("help"))

@@ -89,3 +89,48 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 	}
 	t.Log(msg)
 }
+
+// TestLoadConfigEmptyValues: a variable set to nothing (a Helm value left
+// empty) is a mistake, not a value: an empty image would make every
+// annotated Deployment invalid.
+func TestLoadConfigEmptyValues(t *testing.T) {
+	_, err := LoadConfig([]string{
+		"PODTRACER_WEBHOOK_TLS_CERT=",
+		"PODTRACER_WEBHOOK_TLS_KEY=",
+		"PODTRACER_WEBHOOK_IMAGE=",
+	})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"PODTRACER_WEBHOOK_TLS_CERT", "PODTRACER_WEBHOOK_TLS_KEY", "PODTRACER_WEBHOOK_IMAGE"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %s:\n%v", want, err)
+		}
+	}
+}
+
+// TestZeroRequestWithLimit: a request of 0 means none, also when there is
+// a limit, which Kubernetes would otherwise copy into the request.
+func TestZeroRequestWithLimit(t *testing.T) {
+	c, err := LoadConfig([]string{
+		"PODTRACER_WEBHOOK_TLS_CERT=/c",
+		"PODTRACER_WEBHOOK_TLS_KEY=/k",
+		"PODTRACER_WEBHOOK_IMAGE=podtracer:dev",
+		"PODTRACER_WEBHOOK_CPU_REQUEST=0",
+		"PODTRACER_WEBHOOK_MEMORY_REQUEST=0",
+		"PODTRACER_WEBHOOK_MEMORY_LIMIT=0",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := c.Sidecar().Resources
+	if q, ok := res.Requests[corev1.ResourceCPU]; !ok || !q.IsZero() {
+		t.Errorf("CPU request %v (set: %v), want an explicit 0 beside the limit", q.String(), ok)
+	}
+	if _, ok := res.Requests[corev1.ResourceMemory]; ok {
+		t.Error("memory request written with neither request nor limit")
+	}
+	if _, ok := res.Limits[corev1.ResourceMemory]; ok {
+		t.Error("memory limit 0 should mean none")
+	}
+}

@@ -26,6 +26,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -431,6 +432,57 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		t.Logf("webhook calls: %q", calls.of("shop", "plain"))
+	})
+
+	t.Run("generateName: later updates keep the sidecar", func(t *testing.T) {
+		d := appDeployment("batch", map[string]string{AnnotationInject: "true"})
+		d.Name, d.GenerateName = "", "batch-"
+		created, err := deployments.Create(ctx, d, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := sidecarOf(created)
+		if s == nil {
+			t.Fatal("not injected")
+		}
+		t.Logf("created %s, OTEL_SERVICE_NAME %q", created.Name, envValue(*s, "OTEL_SERVICE_NAME"))
+		if got := envValue(*s, "OTEL_SERVICE_NAME"); got != "batch" {
+			t.Errorf("OTEL_SERVICE_NAME = %q, want the prefix, batch", got)
+		}
+		// An update of another field must not change the template: that
+		// would roll the pods.
+		scaled, err := deployments.Patch(ctx, created.Name, types.MergePatchType, []byte(`{"spec":{"replicas":2}}`), metav1.PatchOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !equality.Semantic.DeepEqual(created.Spec.Template, scaled.Spec.Template) {
+			t.Errorf("update changed the template:\n%s", diff(deploymentYAML(t, created), deploymentYAML(t, scaled)))
+		}
+	})
+
+	t.Run("pod-level resources: the sidecar shares them", func(t *testing.T) {
+		d := appDeployment("budget", map[string]string{AnnotationInject: "true"})
+		spec := &d.Spec.Template.Spec
+		spec.Resources = &corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+		}
+		spec.Containers[0].Resources.Requests = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m")}
+		warnings.take()
+		created, err := deployments.Create(ctx, d, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("refused: %v", err)
+		}
+		s := sidecarOf(created)
+		if s == nil {
+			t.Fatal("not injected")
+		}
+		if len(s.Resources.Requests) > 0 || len(s.Resources.Limits) > 0 {
+			t.Errorf("sidecar has resources of its own in a pod with pod-level resources: %v", s.Resources)
+		}
+		if w := warnings.take(); !slices.ContainsFunc(w, func(s string) bool { return strings.Contains(s, "pod-level resources") }) {
+			t.Errorf("warnings %q do not mention pod-level resources", w)
+		}
 	})
 
 	t.Run("Deployment that cannot be injected is allowed with a warning", func(t *testing.T) {

@@ -142,6 +142,13 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 	warnings = append(warnings, ignored...)
 
 	spec := &out.Spec.Template.Spec
+	if r := spec.Resources; r != nil && (len(r.Requests) > 0 || len(r.Limits) > 0) {
+		// The pod's containers must fit in its pod-level resources (their
+		// requests' sum, each one's limit): the API server would refuse
+		// the sidecar's own, and with them the user's update.
+		container.Resources = corev1.ResourceRequirements{}
+		warnings = append(warnings, "the pod sets pod-level resources (spec.resources): the podtracer sidecar has no requests or limits of its own and shares the pod's")
+	}
 	st := status{Container: ContainerName}
 	if spec.ShareProcessNamespace == nil {
 		spec.ShareProcessNamespace = new(true)
@@ -360,13 +367,15 @@ func fieldEnv(name, path string) corev1.EnvVar {
 	}}
 }
 
-// deploymentName is the service name podtracer reports by default. On
-// CREATE with generateName the name is not known yet.
+// deploymentName is the service name podtracer reports by default. A
+// Deployment created with generateName has no name at admission, and the
+// generated one on later updates: it is named by its prefix in both, so
+// that an update does not change the sidecar and roll the pods.
 func deploymentName(d *appsv1.Deployment) string {
-	if d.Name != "" {
-		return d.Name
+	if d.GenerateName != "" && (d.Name == "" || strings.HasPrefix(d.Name, d.GenerateName)) {
+		return strings.TrimRight(d.GenerateName, "-")
 	}
-	return strings.TrimRight(d.GenerateName, "-")
+	return d.Name
 }
 
 // pullPolicy is the configured policy, or the one the API server would

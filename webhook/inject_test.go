@@ -359,3 +359,26 @@ func TestMutateStatusNamesOtherContainer(t *testing.T) {
 		t.Errorf("containers %v after removal, want only %q", names, app)
 	}
 }
+
+// TestMutateGenerateNameStable: a Deployment created with generateName is
+// named by its prefix at CREATE and on every later update, when it has
+// its generated name: an update must not change the sidecar and roll the
+// pods (checked against the API server in TestEndToEnd).
+func TestMutateGenerateNameStable(t *testing.T) {
+	in := readDeployment(t, "testdata/inject/generate-name/in.yaml")
+	created := Mutate(in, goldenSidecar())
+	if created.Action != ActionInjected {
+		t.Fatalf("action %s", created.Action)
+	}
+	stored := created.Deployment.DeepCopy()
+	stored.Name = "batch-x7k2p"
+	if res := Mutate(stored, goldenSidecar()); res.Action != ActionNone {
+		t.Errorf("update of the generated Deployment: %s\n%s", res.Action, diff(deploymentYAML(t, stored), deploymentYAML(t, res.Deployment)))
+	}
+	// A name given with a prefix that it does not start with is the name.
+	named := in.DeepCopy()
+	named.Name = "nightly"
+	if got := envValue(*sidecarOf(Mutate(named, goldenSidecar()).Deployment), "OTEL_SERVICE_NAME"); got != "nightly" {
+		t.Errorf("OTEL_SERVICE_NAME = %q, want nightly", got)
+	}
+}
