@@ -461,10 +461,19 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 		k.drain()
 	}
 	var errs []error
-	// Release every process in parallel: with a hanging collector each final
-	// metric flush runs to the deadline, and they should share it.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	// The last spans go out beside the final metric exports, not after
+	// them: a metrics endpoint that hangs (another collector, say) would
+	// otherwise use up the deadline the spans need.
+	wg.Go(func() {
+		serrs := e.shutdownSinks(ctx)
+		mu.Lock()
+		errs = append(errs, serrs...)
+		mu.Unlock()
+	})
+	// Release every process in parallel: with a hanging collector each final
+	// metric flush runs to the deadline, and they should share it.
 	for k, p := range e.procs {
 		delete(e.procs, k)
 		wg.Go(func() {
@@ -479,7 +488,6 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 	e.nprocs.Store(0)
 	waitCtx(ctx, &e.releasing)
 
-	errs = append(errs, e.shutdownSinks(ctx)...)
 	if e.metrics != nil {
 		if err := e.metrics.Exporter.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("metric exporter: %w", err))

@@ -1004,3 +1004,35 @@ func TestRoutesLearntPerRole(t *testing.T) {
 		t.Errorf("server 404 route %q after its own redirect, want it kept", got)
 	}
 }
+
+// TestShutdownSpansBesideHangingMetrics: at shutdown the last spans go out
+// while the final metric exports run, not after them: a metrics endpoint
+// that hangs (another collector than the traces') must not use up the
+// deadline the spans needed.
+func TestShutdownSpansBesideHangingMetrics(t *testing.T) {
+	traces := otlptest.Start(t)
+	metrics := otlptest.Start(t, otlptest.WithHang())
+	otlpEnv(t, traces.URL())
+	t.Setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics.URL())
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000") // only the final export
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")     // the span waits for the shutdown
+	logger, _ := testLogger(t)
+	e, err := New(context.Background(), Config{TracesOTLP: true, MetricsOTLP: true, Printer: "off", QueueSize: 512, Metadata: meta}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Export(serverReq())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	_ = e.Shutdown(ctx) // the metric export's deadline error is expected
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("Shutdown took %v with a 2 s deadline", took)
+	}
+	if got := len(traces.Spans()); got != 1 {
+		t.Errorf("%d spans reached the healthy traces endpoint, want 1 (stats %+v)", got, e.Stats())
+	}
+	if _, m := metrics.Calls(); m == 0 {
+		t.Error("the hanging metrics endpoint was never called: the test proves nothing")
+	}
+}
