@@ -147,6 +147,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	go reportStats(ctx, logger, capture, tr, exp)
 	go func() {
 		<-ctx.Done()
+		drainNeighbours(capture, cfg.ShutdownWait, logger)
 		capture.Stop() // Read drains the ring buffer, then ends
 	}()
 
@@ -180,6 +181,45 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			return err
 		}
 		tr.Handle(&ev)
+	}
+}
+
+// drainQuiet is how long the kernel may see nothing of the neighbours
+// before the agent, asked to stop, takes them as done.
+var drainQuiet = time.Second
+
+// drainNeighbours keeps the capture running after SIGTERM while the
+// neighbours still talk, for at most wait: Kubernetes sends SIGTERM to
+// every container of a pod at once, and a server goes on answering while
+// it drains (a preStop sleep while the endpoints change, the requests in
+// flight), which is what its users see of a rollout. It returns when the
+// kernel has seen nothing of them (no event, no request it measured) for
+// drainQuiet, or when wait is over.
+func drainNeighbours(capture *bpf.Capture, wait time.Duration, logger *slog.Logger) {
+	if wait <= 0 {
+		return
+	}
+	activity := func() uint64 {
+		s, _ := capture.Stats()
+		return s.Events + s.FastRequests + s.RedisDropped
+	}
+	logger.Info("stopping: tracing the neighbours until they are quiet", "at_most", wait)
+	start := time.Now()
+	last, quiet := activity(), start
+	tick := time.NewTicker(drainQuiet / 5)
+	defer tick.Stop()
+	for now := range tick.C {
+		if n := activity(); n != last {
+			last, quiet = n, now
+		}
+		if now.Sub(quiet) >= drainQuiet {
+			logger.Info("neighbours quiet", "after", now.Sub(start).Round(time.Millisecond))
+			return
+		}
+		if now.Sub(start) >= wait {
+			logger.Info("neighbours still talking: stopping anyway (PODTRACER_SHUTDOWN_WAIT)", "after", wait)
+			return
+		}
 	}
 }
 

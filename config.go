@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/caarlos0/env/v11"
 	"github.com/hashicorp/go-multierror"
@@ -45,23 +46,24 @@ type config struct {
 	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take (0: no limit)"`
 	OTLPProtocol        string `env:"OTEL_EXPORTER_OTLP_PROTOCOL" envDefault:"grpc" desc:"grpc only (also OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and OTEL_EXPORTER_OTLP_METRICS_PROTOCOL): the agent exports OTLP over gRPC, and refuses http/protobuf rather than send it gRPC"`
 
-	OpenPorts      string `env:"PODTRACER_OPEN_PORTS" desc:"trace only processes listening on these TCP ports, e.g. 8080,9000-9100; unset: every neighbour"`
-	ExecutableName string `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path matches this regular expression"`
-	TracePrinter   string `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without a traces endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or _TRACES_ENDPOINT), else off"`
-	CaptureBytes   int    `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
-	RingBuffer     int    `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, 4096 to 1073741824); raise it if the log reports kernel events lost"`
-	KernelHooks    string `env:"PODTRACER_KERNEL_HOOKS" envDefault:"auto" desc:"kernel hooks that capture traffic: socket (tracepoints on socket sends and receives, Linux 6.3+), syscall (raw tracepoints on every syscall, Linux 5.8+), or auto (socket where the kernel has it)"`
-	KernelMetrics  bool   `env:"PODTRACER_KERNEL_METRICS" envDefault:"true" desc:"when spans are sampled (OTEL_TRACES_SAMPLER ratio below 1, or off) and metrics are exported, the kernel measures HTTP/1 requests of methods and paths already seen itself (with a body, if it comes in the same read), and only those picked for spans reach the agent; with spans sampled, metrics or not, it also drops the server-side Redis commands not picked for a span (socket hooks only); false: every request goes through the agent"`
-	KernelSpans    bool   `env:"PODTRACER_KERNEL_SPANS" envDefault:"true" desc:"the kernel measures the HTTP/1 server requests picked for a span whose head (every header but a traceparent's value) the agent has already parsed twice, and a Redis server's commands whose shape (name and argument count) it has: when the response goes out whole in one send the agent makes the span from a record, without copying or parsing the bytes, else from a stand-in for the request and the response's bytes (socket hooks only; no effect without spans or the protocol's parsing); false: every such request or command goes through the agent whole"`
-	MaxConnections int    `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once; more are counted and skipped"`
-	QueueSize      int    `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export (at most 1048576); beyond it they are dropped and counted"`
-	CaptureQuery   bool   `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
-	RouteHeuristic bool   `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive the route from the path, ids replaced by {id} (/users/{id}): http.route on servers, url.template on clients; false: no route"`
-	Protocols      string `env:"PODTRACER_PROTOCOLS" desc:"the protocols to parse, comma-separated, the others off: http, http2, postgresql, mysql, redis, kafka; unset: all"`
-	QueryText      string `env:"PODTRACER_QUERY_TEXT" envDefault:"sanitized" desc:"db.query.text on database spans: sanitized (literals replaced by ?), full, or off"`
-	RedisKeys      bool   `env:"PODTRACER_REDIS_KEYS" envDefault:"false" desc:"keep the key of Redis commands in db.query.text (off: keys may hold user data)"`
-	LogLevel       string `env:"PODTRACER_LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
-	LogFormat      string `env:"PODTRACER_LOG_FORMAT" envDefault:"text" desc:"text or json"`
+	OpenPorts      string        `env:"PODTRACER_OPEN_PORTS" desc:"trace only processes listening on these TCP ports, e.g. 8080,9000-9100; unset: every neighbour"`
+	ExecutableName string        `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path matches this regular expression"`
+	TracePrinter   string        `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without a traces endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or _TRACES_ENDPOINT), else off"`
+	CaptureBytes   int           `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
+	RingBuffer     int           `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, 4096 to 1073741824); raise it if the log reports kernel events lost"`
+	KernelHooks    string        `env:"PODTRACER_KERNEL_HOOKS" envDefault:"auto" desc:"kernel hooks that capture traffic: socket (tracepoints on socket sends and receives, Linux 6.3+), syscall (raw tracepoints on every syscall, Linux 5.8+), or auto (socket where the kernel has it)"`
+	KernelMetrics  bool          `env:"PODTRACER_KERNEL_METRICS" envDefault:"true" desc:"when spans are sampled (OTEL_TRACES_SAMPLER ratio below 1, or off) and metrics are exported, the kernel measures HTTP/1 requests of methods and paths already seen itself (with a body, if it comes in the same read), and only those picked for spans reach the agent; with spans sampled, metrics or not, it also drops the server-side Redis commands not picked for a span (socket hooks only); false: every request goes through the agent"`
+	KernelSpans    bool          `env:"PODTRACER_KERNEL_SPANS" envDefault:"true" desc:"the kernel measures the HTTP/1 server requests picked for a span whose head (every header but a traceparent's value) the agent has already parsed twice, and a Redis server's commands whose shape (name and argument count) it has: when the response goes out whole in one send the agent makes the span from a record, without copying or parsing the bytes, else from a stand-in for the request and the response's bytes (socket hooks only; no effect without spans or the protocol's parsing); false: every such request or command goes through the agent whole"`
+	MaxConnections int           `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once; more are counted and skipped"`
+	QueueSize      int           `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export (at most 1048576); beyond it they are dropped and counted"`
+	CaptureQuery   bool          `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
+	RouteHeuristic bool          `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive the route from the path, ids replaced by {id} (/users/{id}): http.route on servers, url.template on clients; false: no route"`
+	Protocols      string        `env:"PODTRACER_PROTOCOLS" desc:"the protocols to parse, comma-separated, the others off: http, http2, postgresql, mysql, redis, kafka; unset: all"`
+	QueryText      string        `env:"PODTRACER_QUERY_TEXT" envDefault:"sanitized" desc:"db.query.text on database spans: sanitized (literals replaced by ?), full, or off"`
+	RedisKeys      bool          `env:"PODTRACER_REDIS_KEYS" envDefault:"false" desc:"keep the key of Redis commands in db.query.text (off: keys may hold user data)"`
+	LogLevel       string        `env:"PODTRACER_LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
+	LogFormat      string        `env:"PODTRACER_LOG_FORMAT" envDefault:"text" desc:"text or json"`
+	ShutdownWait   time.Duration `env:"PODTRACER_SHUTDOWN_WAIT" envDefault:"15s" desc:"after SIGTERM, how long at most the agent goes on tracing while its neighbours drain (Kubernetes stops every container of a pod at once): it stops as soon as the kernel has seen nothing of them for a second, then flushes (up to 10 s); 0: stop at once"`
 
 	Metadata pod.Metadata `desc:"downward API"`
 
@@ -133,6 +135,9 @@ func kindName(t reflect.Type) string {
 	case reflect.Int:
 		return "an integer"
 	}
+	if t == reflect.TypeFor[time.Duration]() {
+		return "a duration such as 15s or 500ms"
+	}
 	return "a " + t.String()
 }
 
@@ -191,6 +196,9 @@ func (c *config) validate() []error {
 	}
 	if !slices.Contains(bpf.HookSets, c.KernelHooks) {
 		bad("PODTRACER_KERNEL_HOOKS", c.KernelHooks, "want "+strings.Join(bpf.HookSets, ", "))
+	}
+	if c.ShutdownWait < 0 {
+		bad("PODTRACER_SHUTDOWN_WAIT", c.ShutdownWait.String(), "want a duration of 0 or more, e.g. 15s")
 	}
 	if c.MaxConnections <= 0 {
 		bad("PODTRACER_MAX_CONNECTIONS", strconv.Itoa(c.MaxConnections), "want a positive number")

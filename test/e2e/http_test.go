@@ -599,3 +599,64 @@ func TestIPv6AndContinue(t *testing.T) {
 	c := mustFind(t, spans, trace.SpanKindClient, "/orders")
 	expect(t, c, map[string]any{"http.response.status_code": int64(201), "url.full": fmt.Sprintf("http://[::1]:%d/orders", port)})
 }
+
+// TestShutdownDrain: Kubernetes sends SIGTERM to every container of a pod
+// at once, and a server goes on answering while it drains. The agent keeps
+// tracing until its neighbours are quiet, so the requests of a rollout's
+// last seconds have spans; with PODTRACER_SHUTDOWN_WAIT=0 (the control)
+// it stops at once and they have none.
+func TestShutdownDrain(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	python := testenv.LookPath(t, "python3")
+	for _, tc := range []struct {
+		wait   string
+		traced bool
+	}{{"", true}, {"0", false}} {
+		t.Run("PODTRACER_SHUTDOWN_WAIT="+tc.wait, func(t *testing.T) {
+			rcv := otlptest.Start(t)
+			pod := newPod(t)
+			port := freePort(t)
+			// A server that outlives SIGTERM, as one in its preStop sleep or
+			// graceful drain does.
+			server := start(t, pod.command("sh", "-c", fmt.Sprintf(`trap "" TERM; exec %s -m http.server --bind 127.0.0.1 --directory %s %d`, python, t.TempDir(), port)))
+			t.Cleanup(func() { syscall.Kill(-server.cmd.Process.Pid, syscall.SIGKILL) }) // it ignores SIGTERM
+			waitListening(t, port)
+			env := agentEnv(rcv)
+			if tc.wait != "" {
+				env = append(env, "PODTRACER_SHUTDOWN_WAIT="+tc.wait)
+			}
+			agent := startAgent(t, pod, env)
+			get := func(path string) {
+				run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d%s", port, path)))
+			}
+			get("/before")
+			rcv.WaitSpans(t, 10*time.Second, func(s []otlptest.Span) bool { return find(s, trace.SpanKindServer, "/before") != nil })
+
+			stopped := time.Now()
+			syscall.Kill(-server.cmd.Process.Pid, syscall.SIGTERM)
+			syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+			const during = 6
+			for i := range during {
+				time.Sleep(200 * time.Millisecond)
+				get(fmt.Sprintf("/during/%d", i))
+			}
+			agent.waitOutput(t, "final stats", 1, 20*time.Second)
+			if d := time.Since(stopped); d > 8*time.Second {
+				t.Errorf("the agent took %v to end after its neighbours went quiet", d)
+			}
+			traced := 0
+			for _, s := range rcv.Spans() {
+				if s.Kind == trace.SpanKindServer && strings.HasPrefix(fmt.Sprint(s.Attributes["url.path"]), "/during/") {
+					traced++
+				}
+			}
+			switch {
+			case tc.traced && traced != during:
+				t.Errorf("%d of the %d requests after SIGTERM have server spans, want all:\n%s", traced, during, agent.output())
+			case !tc.traced && traced > 0:
+				t.Errorf("%d requests after SIGTERM have spans with the drain off: the test cannot tell", traced)
+			}
+		})
+	}
+}
