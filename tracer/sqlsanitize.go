@@ -121,6 +121,32 @@ type sqlLexer struct {
 	d sqlDialect
 }
 
+// sqlSkipComment returns the end of the block comment at s[i:]: the end
+// of s when it is not closed. PostgreSQL's block comments nest (the SQL
+// standard's); MySQL's end at the first "*/". Ending a nested comment too
+// early would take the rest of it for SQL, and a quote in it would turn
+// the statement's literals into what the lexer thinks is text between
+// them, to be kept.
+func sqlSkipComment(s string, i int, nested bool) int {
+	depth := 0
+	for i+1 < len(s) {
+		switch {
+		case s[i] == '/' && s[i+1] == '*' && (depth == 0 || nested):
+			depth++
+			i += 2
+		case s[i] == '*' && s[i+1] == '/':
+			depth--
+			i += 2
+			if depth == 0 {
+				return i
+			}
+		default:
+			i++
+		}
+	}
+	return len(s)
+}
+
 func (l *sqlLexer) next() (sqlToken, bool) {
 	s, i := l.s, l.i
 	if i >= len(s) {
@@ -141,11 +167,7 @@ func (l *sqlLexer) next() (sqlToken, bool) {
 		}
 	case c == '/' && i+1 < len(s) && s[i+1] == '*':
 		t.kind = sqlTokSpace
-		if j := strings.Index(s[i+2:], "*/"); j >= 0 {
-			i += j + 4
-		} else {
-			i = len(s)
-		}
+		i = sqlSkipComment(s, i, l.d == dialectPostgres)
 	case c == '\'':
 		t.kind = sqlTokLiteral
 		i = sqlSkipQuoted(s, i, '\'', l.d == dialectMySQL)

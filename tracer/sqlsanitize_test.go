@@ -19,6 +19,11 @@ func TestSanitizeSQL(t *testing.T) {
 		{dialectPostgres, "SELECT $$a 'quoted' body$$, $fn$ x $fn$, 1.5e-3, .5, -7 FROM t", "SELECT ?, ?, ?, ?, ? FROM t"},
 		{dialectPostgres, "SELECT a - 5, a-5, (-5), x = -5 FROM t", "SELECT a - ?, a-?, (?), x = ? FROM t"},
 		{dialectPostgres, "SELECT 1 -- secret 'x'\n  ,  2 /* c 'y' */ FROM\n\tt", "SELECT ? , ? FROM t"},
+		// PostgreSQL's block comments nest: ended at the first */, the
+		// quote after it made the password look like text between literals.
+		{dialectPostgres, "SELECT 1 /* a /* b */ don't */ FROM t WHERE pw = 'hunter2'", "SELECT ? FROM t WHERE pw = ?"},
+		{dialectPostgres, "SELECT 1 /* /* unclosed */ FROM t WHERE pw = 'hunter2'", "SELECT ?"},
+		{dialectMySQL, "SELECT 1 /* a /* b */ FROM t WHERE pw = 'hunter2'", "SELECT ? FROM t WHERE pw = ?"},
 		{dialectPostgres, "SELECT x::int, t1.col2 FROM t1 WHERE c = :name", "SELECT x::int, t1.col2 FROM t1 WHERE c = :name"},
 		{dialectPostgres, "SELECT 'unterminated", "SELECT ?"},
 		{dialectPostgres, "SELECT * FROM t WHERE a IN ($1, $2)", "SELECT * FROM t WHERE a IN ($1, $2)"},
