@@ -159,6 +159,9 @@ type redisReply struct {
 	err       []byte // a top-level error: "ERR unknown command"
 	nestedErr []byte // the first error among its elements (EXEC's results)
 	first     []byte // its first element, when a string: pubsub kinds
+	// count is its last integer element, -1 when none: an unsubscribe
+	// confirmation's count of subscriptions left.
+	count int64
 }
 
 func detectRedis(cfg Config) detector {
@@ -636,7 +639,7 @@ func (s *redisReplyStream) line(line []byte) bool {
 	t := line[0]
 	depth := len(s.stack)
 	if depth == 0 {
-		s.reply = redisReply{kind: t}
+		s.reply = redisReply{kind: t, count: -1}
 	}
 	first := depth == 1 && s.stack[0].seen == 0 && !s.stack[0].attr
 	switch t {
@@ -644,6 +647,11 @@ func (s *redisReplyStream) line(line []byte) bool {
 		if first && t == '+' {
 			s.firstBuf = append(s.firstBuf[:0], line[1:min(len(line), 33)]...)
 			s.reply.first = s.firstBuf
+		}
+		if t == ':' && depth == 1 {
+			if n, err := strconv.ParseInt(string(line[1:]), 10, 64); err == nil {
+				s.reply.count = n
+			}
 		}
 		s.valueDone()
 	case '-':
@@ -850,6 +858,12 @@ func (c *redisConn) onReply(r redisReply, exit uint64) {
 		kind := strings.ToLower(string(r.first))
 		if len(c.pending) == 0 || c.pending[0].confirm == "" || c.pending[0].confirm != kind {
 			return
+		}
+		if strings.HasSuffix(kind, "unsubscribe") && r.count == 0 {
+			// No subscription left: the connection is out of pubsub
+			// mode, and a reply whose first element is "message" is an
+			// ordinary one again.
+			c.pubsub = false
 		}
 	}
 	if len(c.pending) == 0 {

@@ -162,6 +162,38 @@ func TestRedisRESP3PushesAttributesAndReplyOff(t *testing.T) {
 	})
 }
 
+// TestRedisPubsubEnds: after its last UNSUBSCRIBE a RESP2 connection is
+// out of pubsub mode, and a reply whose first element is "message" (an
+// HKEYS of such a field) answers its command instead of being taken for
+// a pubsub message, which left every later reply one command behind.
+func TestRedisPubsubEnds(t *testing.T) {
+	got := redisRun(t, Config{},
+		respCmd("SUBSCRIBE", "ch"), "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+		respCmd("UNSUBSCRIBE", "ch"), "*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n",
+		respCmd("HKEYS", "notif"), "*2\r\n$7\r\nmessage\r\n$4\r\nuser\r\n",
+		respCmd("GET", "k"), "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+		respCmd("PING"), "+PONG\r\n",
+	)
+	dbDiff(t, "pubsub ended", got, []string{
+		"redis SUBSCRIBE | SUBSCRIBE ?",
+		"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
+		"redis HKEYS | HKEYS ?",
+		"redis GET | GET ? ! WRONGTYPE WRONGTYPE Operation against a key holding the wrong kind of value",
+		"redis PING | PING",
+	})
+	// Still subscribed to one channel: a message stays a message.
+	got = redisRun(t, Config{},
+		respCmd("SUBSCRIBE", "a", "b"), "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
+		respCmd("UNSUBSCRIBE", "a"), "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$2\r\nhi\r\n",
+		respCmd("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+	)
+	dbDiff(t, "still subscribed", got, []string{
+		"redis SUBSCRIBE | SUBSCRIBE ? ?",
+		"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
+		"redis PING | PING",
+	})
+}
+
 func TestRedisTransactionErrors(t *testing.T) {
 	got := redisRun(t, Config{},
 		respCmd("MULTI")+respCmd("SET", "a", "1")+respCmd("LPUSH", "a", "x")+respCmd("EXEC"),
