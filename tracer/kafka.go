@@ -495,7 +495,10 @@ func kafkaFlexible(key, version int16) bool {
 
 func (c *kafkaConn) onRequest(m *kafkaMessage) {
 	q, ok := parseKafkaRequest(m.body)
-	if !ok || m.captureFull && !q.complete && kafkaMaxVersions[q.key] >= q.version {
+	// Only a request of a key and version the parser reads whole can be
+	// found incomplete: of the others it reads just the header.
+	maxV, known := kafkaMaxVersions[q.key]
+	if !ok || m.captureFull && !q.complete && known && maxV >= q.version {
 		c.streams[c.reqDir].lose() // not a request: we lost our place
 		return
 	}

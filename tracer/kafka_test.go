@@ -364,6 +364,21 @@ func TestKafkaResync(t *testing.T) {
 	}
 }
 
+// TestKafkaUnknownKeyV0: a request of an api key the parser does not read
+// (GetTelemetrySubscriptions, 71), at version 0, in one write with a
+// Produce, is a request: taken for garbage, it lost the Produce after it.
+func TestKafkaUnknownKeyV0(t *testing.T) {
+	h := newHarness(t, 4096)
+	one := map[string][]int32{"t": {0}}
+	h.send(1, out, produceV3(1, 1, one))
+	h.send(1, in, produceRespV3(1, 0, one))
+	h.send(1, out, kafkaHeader(71, 0, 2, "app", true).append(make([]byte, 16)).tags().msg()+produceV3(3, 1, one))
+	h.send(1, in, produceRespV3(3, 0, one))
+	if got := describeAll(h.got); len(got) != 2 {
+		t.Errorf("got %q, want the two Produce spans", got)
+	}
+}
+
 func TestKafkaDetect(t *testing.T) {
 	apiVersions := kafkaHeader(kafkaApiVersions, 3, 0, "rdkafka", true).cstr("librdkafka").cstr("2.0.2").tags().msg()
 	for _, tc := range []struct {
