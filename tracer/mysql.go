@@ -241,6 +241,13 @@ func sqlTextLike(b []byte) bool {
 	return true
 }
 
+// stateful: a connection that knows its database (from its handshake or
+// a USE) or has prepared statements would lose them if forgotten while
+// idle in a pool.
+func (c *myConn) stateful() bool {
+	return c.db != "" || len(c.stmts.m) > 0 || len(c.sqlStmts.m) > 0
+}
+
 func (c *myConn) feed(dir bpf.Direction, seg *segment) {
 	if c.done {
 		return

@@ -283,6 +283,10 @@ func pgBackendHeader(h []byte) (int, int, bool) {
 	return n - 4, keep, true
 }
 
+// stateful: a connection that knows its database (from its startup) or
+// has prepared statements would lose them if forgotten while idle in a pool.
+func (c *pgConn) stateful() bool { return c.db != "" || len(c.stmts.m) > 0 }
+
 func (c *pgConn) feed(dir bpf.Direction, seg *segment) {
 	if c.done {
 		return

@@ -319,6 +319,28 @@ func TestPostgresPipelinedErrorSkipsRest(t *testing.T) {
 	}
 }
 
+// TestPostgresIdleKeepsState: a pooled connection idle for ten minutes
+// (HikariCP's default) keeps its database and prepared statements: an
+// execution of a statement prepared before still has its text and table.
+func TestPostgresIdleKeepsState(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, out, pgStartup("user", "app", "database", "shop"))
+	h.send(1, in, pgMsg('R', "\x00\x00\x00\x00")+pgReady)
+	exec := pgMsg('B', "\x00", "s1", "\x00\x00\x00\x00\x00\x00\x00") + pgMsg('E', "\x00\x00\x00\x00\x00") + pgMsg('S')
+	h.send(1, out, pgMsg('P', "s1\x00", "SELECT * FROM users WHERE id = $1\x00\x00\x00")+exec)
+	h.send(1, in, pgMsg('1')+pgMsg('2')+pgMsg('C', "SELECT 1\x00")+pgReady)
+	for range 60 { // ten minutes of another connection only, which drives the sweep
+		h.now += uint64(10 * time.Second)
+		h.send(2, out, pgMsg('Q', "SELECT 1\x00"))
+		h.send(2, in, pgMsg('C', "SELECT 1\x00")+pgReady)
+	}
+	h.send(1, out, exec)
+	h.send(1, in, pgMsg('2')+pgMsg('C', "SELECT 1\x00")+pgReady)
+	if got, want := dbSummary(h.got[len(h.got)-1]), "postgresql SELECT users @shop | SELECT * FROM users WHERE id = $1"; got != want {
+		t.Errorf("after 10 idle minutes: %s, want %s", got, want)
+	}
+}
+
 func TestPostgresServerTimes(t *testing.T) {
 	h := newDBHarness(t, 4096, Config{})
 	h.send(1, in, pgMsg('Q', "SELECT 1\x00"))

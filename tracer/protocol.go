@@ -74,15 +74,17 @@ func (cfg Config) enabled(name string) bool {
 }
 
 // A stateful parser holds what it cannot learn again mid-stream, such as
-// the database a Redis connection selected. Its connection may look idle
-// while the kernel drops what it carries (bpf.Fast.Redis), so the tracer
-// keeps it idle for longer (statefulIdle times IdleTimeout) before it
-// forgets it.
+// the database a connection uses or the statements it prepared. Database
+// pools keep such connections idle for long (HikariCP 10 minutes, pgx 30),
+// and a Redis connection may look idle while the kernel drops what it
+// carries (bpf.Fast.Redis), so the tracer keeps it idle for longer
+// (statefulIdle times IdleTimeout, an hour by default) before it forgets
+// it: the kernel reports its close anyway, this is for a close missed.
 type stateful interface {
 	stateful() bool
 }
 
-const statefulIdle = 10
+const statefulIdle = 30
 
 // A successor is a parser that hands its connection over to another, as
 // HTTP/1.1 does after an upgrade to h2c. The connection asks after each

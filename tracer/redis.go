@@ -273,13 +273,12 @@ func (c *redisConn) closed(uint64) {
 	c.done = true
 }
 
-// stateful: a server connection that knows its database (it saw SELECT,
-// or the HELLO or AUTH that starts a connection in database 0), or is in
-// a transaction or subscribed, would lose that if forgotten while the
-// kernel drops its commands. Such connections are kept ten times longer
-// idle, whether the kernel drops or not: it does not say.
+// stateful: a connection that knows its database (it saw SELECT, or the
+// HELLO or AUTH that starts a connection in database 0), or is in a
+// transaction or subscribed, would lose that if forgotten while idle in a
+// pool, or while the kernel drops a server's commands.
 func (c *redisConn) stateful() bool {
-	return c.role == RoleServer && (c.db != "" || c.tx != nil || c.pubsub)
+	return c.db != "" || c.tx != nil || c.pubsub
 }
 
 // redisLines reads CRLF-terminated lines across segments.
