@@ -55,6 +55,12 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	agentGC(os.Getenv("GOGC"))
 	logger = newLogger(cfg)
 	slog.SetDefault(logger)
+	for _, w := range cfg.warnings {
+		logger.Warn("configuration: " + w)
+	}
+	if cfg.SDKDisabled {
+		logger.Warn("configuration: OTEL_SDK_DISABLED=true: no span or metric is exported")
+	}
 	// The OpenTelemetry SDK reports its own troubles here; into the log
 	// they go, not to a bare stderr line.
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
@@ -71,7 +77,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	exp, err := exporter.New(ctx, exporter.Config{
 		TracesOTLP:   cfg.tracesOTLP(),
 		MetricsOTLP:  cfg.metricsOTLP(),
-		Printer:      cfg.TracePrinter,
+		Printer:      cfg.printer(),
 		QueueSize:    cfg.QueueSize,
 		CaptureQuery: cfg.CaptureQuery,
 		ServiceName:  cfg.ServiceName,

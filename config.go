@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/url"
 	"reflect"
 	"regexp"
@@ -33,6 +34,11 @@ type config struct {
 	OTLPMetricsEndpoint string `env:"OTEL_EXPORTER_OTLP_METRICS_ENDPOINT" desc:"OTLP/gRPC endpoint for metrics only, overrides OTEL_EXPORTER_OTLP_ENDPOINT"`
 	OTLPInsecure        string `env:"OTEL_EXPORTER_OTLP_INSECURE" desc:"true: plaintext gRPC even to an https:// endpoint; false: TLS even to an http:// one; unset: as the endpoint's scheme says (also _TRACES_ and _METRICS_INSECURE; true or false only, any case)"`
 	OTLPHeaders         string `env:"OTEL_EXPORTER_OTLP_HEADERS" desc:"headers for every OTLP export, key1=value1,key2=value2 (e.g. auth tokens)"`
+	OTLPTracesHeaders   string `env:"OTEL_EXPORTER_OTLP_TRACES_HEADERS" desc:"headers for trace exports, instead of OTEL_EXPORTER_OTLP_HEADERS"`
+	OTLPMetricsHeaders  string `env:"OTEL_EXPORTER_OTLP_METRICS_HEADERS" desc:"headers for metric exports, instead of OTEL_EXPORTER_OTLP_HEADERS"`
+	TracesExporter      string `env:"OTEL_TRACES_EXPORTER" envDefault:"otlp" desc:"otlp (to the traces endpoint, or printed when there is none), console (printed to stdout) or none"`
+	MetricsExporter     string `env:"OTEL_METRICS_EXPORTER" envDefault:"otlp" desc:"otlp (to the metrics endpoint, if there is one) or none"`
+	SDKDisabled         bool   `env:"OTEL_SDK_DISABLED" envDefault:"false" desc:"true: nothing is exported (the agent still runs, and logs its counters)"`
 	ServiceName         string `env:"OTEL_SERVICE_NAME" desc:"service.name of every traced process; unset: each process's executable name"`
 	ResourceAttributes  string `env:"OTEL_RESOURCE_ATTRIBUTES" desc:"extra resource attributes, key1=value1,key2=value2"`
 	Sampler             string `env:"OTEL_TRACES_SAMPLER" envDefault:"parentbased_always_on" desc:"always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"`
@@ -54,7 +60,7 @@ type config struct {
 	KernelHooks    string        `env:"PODTRACER_KERNEL_HOOKS" envDefault:"auto" desc:"kernel hooks that capture traffic: socket (tracepoints on socket sends and receives, Linux 6.3+), syscall (raw tracepoints on every syscall, Linux 5.8+), or auto (socket where the kernel has it)"`
 	KernelMetrics  bool          `env:"PODTRACER_KERNEL_METRICS" envDefault:"true" desc:"when spans are sampled (OTEL_TRACES_SAMPLER ratio below 1, or off) and metrics are exported, the kernel measures HTTP/1 requests of methods and paths already seen itself (with a body, if it comes in the same read), and only those picked for spans reach the agent; with spans sampled, metrics or not, it also drops the server-side Redis commands not picked for a span (socket hooks only); false: every request goes through the agent"`
 	KernelSpans    bool          `env:"PODTRACER_KERNEL_SPANS" envDefault:"true" desc:"the kernel measures the HTTP/1 server requests picked for a span whose head (every header but a traceparent's value) the agent has already parsed twice, and a Redis server's commands whose shape (name and argument count) it has: when the response goes out whole in one send the agent makes the span from a record, without copying or parsing the bytes, else from a stand-in for the request and the response's bytes (socket hooks only; no effect without spans or the protocol's parsing); false: every such request or command goes through the agent whole"`
-	MaxConnections int           `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once; more are counted and skipped"`
+	MaxConnections int           `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once (at most 1048576); more are counted and skipped"`
 	QueueSize      int           `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export (at most 1048576); beyond it they are dropped and counted"`
 	CaptureQuery   bool          `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
 	RouteHeuristic bool          `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive the route from the path, ids replaced by {id} (/users/{id}): http.route on servers, url.template on clients; false: no route"`
@@ -72,6 +78,9 @@ type config struct {
 	executable *regexp.Regexp
 	protocols  []string
 	level      slog.Level
+	// warnings are settings that are not mistakes but have no effect,
+	// logged once the logger exists.
+	warnings []string
 }
 
 // metadataDesc documents the downward-API variables in -h.
@@ -81,6 +90,10 @@ var metadataDesc = map[string]string{
 	"NODE_NAME":     "k8s.node.name (downward API: spec.nodeName)",
 	"POD_UID":       "k8s.pod.uid (downward API: metadata.uid)",
 }
+
+// maxConnections bounds PODTRACER_MAX_CONNECTIONS: the syscall hooks'
+// connection map is allocated whole in the kernel at start.
+const maxConnections = 1 << 20
 
 // loadConfig reads and checks the whole configuration from environ
 // ("KEY=value" strings), reporting every mistake in one error.
@@ -113,11 +126,68 @@ func loadConfig(environ []string) (config, error) {
 			errs = multierror.Append(errs, e)
 		}
 	}
+	cfg.warnings = append(cfg.warnings, unknownVariables(environment)...)
 	if errs == nil {
 		return cfg, nil
 	}
 	errs.ErrorFormat = listErrors
 	return cfg, errs.ErrorOrNil()
+}
+
+// unknownVariables warns of PODTRACER_ variables the agent does not read:
+// a misspelt one (PODTRACER_OPEN_PORT) would otherwise leave its default
+// in force without a word. The webhook's and the developers' own are not
+// the agent's to judge.
+func unknownVariables(environment map[string]string) []string {
+	known := map[string]bool{}
+	for _, v := range variables() {
+		known[v.name] = true
+	}
+	var warnings []string
+	for _, name := range slices.Sorted(maps.Keys(environment)) {
+		if !strings.HasPrefix(name, "PODTRACER_") || known[name] ||
+			strings.HasPrefix(name, "PODTRACER_WEBHOOK_") || strings.HasPrefix(name, "PODTRACER_DEV_") {
+			continue
+		}
+		w := name + " is not a podtracer variable, and has no effect"
+		if near := nearestVariable(name, known); near != "" {
+			w += "; did you mean " + near + "?"
+		}
+		warnings = append(warnings, w)
+	}
+	return warnings
+}
+
+// nearestVariable is the known name within two edits of name, if any.
+func nearestVariable(name string, known map[string]bool) string {
+	best, bestD := "", 3
+	for k := range known {
+		if d := editDistance(name, k); d < bestD || d == bestD && k < best {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // envName returns the variable behind a config field.
@@ -166,10 +236,31 @@ func (c *config) validate() []error {
 			bad(name, v, "want a URL like http://collector:4317 or https://collector:4317")
 		}
 	}
-	for name, v := range map[string]string{"OTEL_EXPORTER_OTLP_HEADERS": c.OTLPHeaders, "OTEL_RESOURCE_ATTRIBUTES": c.ResourceAttributes} {
-		if err := checkKeyValues(v); err != nil {
-			bad(name, v, err.Error())
+	for _, kv := range []struct{ name, v string }{
+		{"OTEL_EXPORTER_OTLP_HEADERS", c.OTLPHeaders},
+		{"OTEL_EXPORTER_OTLP_TRACES_HEADERS", c.OTLPTracesHeaders},
+		{"OTEL_EXPORTER_OTLP_METRICS_HEADERS", c.OTLPMetricsHeaders},
+	} {
+		if err := checkKeyValues(kv.v, headerName); err != nil {
+			bad(kv.name, kv.v, err.Error())
 		}
+	}
+	if err := checkKeyValues(c.ResourceAttributes, nil); err != nil {
+		bad("OTEL_RESOURCE_ATTRIBUTES", c.ResourceAttributes, err.Error())
+	}
+	switch c.TracesExporter {
+	case "otlp", "console", "none":
+	default:
+		bad("OTEL_TRACES_EXPORTER", c.TracesExporter, "want otlp, console or none")
+	}
+	switch c.MetricsExporter {
+	case "otlp", "none":
+	default:
+		bad("OTEL_METRICS_EXPORTER", c.MetricsExporter, "want otlp or none (the agent exports metrics over OTLP only)")
+	}
+	c.ServiceName = strings.TrimSpace(c.ServiceName)
+	if c.SamplerArg != "" && !strings.HasSuffix(c.Sampler, "traceidratio") {
+		c.warnings = append(c.warnings, fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%q has no effect with OTEL_TRACES_SAMPLER=%s: only the traceidratio samplers read it", c.SamplerArg, c.Sampler))
 	}
 	// The sampler, the metric and batch settings, the OTLP exporters'
 	// own: the exporter's checks (loadConfig).
@@ -200,12 +291,13 @@ func (c *config) validate() []error {
 	if c.ShutdownWait < 0 {
 		bad("PODTRACER_SHUTDOWN_WAIT", c.ShutdownWait.String(), "want a duration of 0 or more, e.g. 15s")
 	}
-	if c.MaxConnections <= 0 {
-		bad("PODTRACER_MAX_CONNECTIONS", strconv.Itoa(c.MaxConnections), "want a positive number")
+	if c.MaxConnections <= 0 || c.MaxConnections > maxConnections {
+		bad("PODTRACER_MAX_CONNECTIONS", strconv.Itoa(c.MaxConnections), fmt.Sprintf("want 1 to %d", maxConnections))
 	}
 	if c.QueueSize <= 0 || c.QueueSize > exporter.MaxQueue {
 		bad("PODTRACER_QUEUE_SIZE", strconv.Itoa(c.QueueSize), fmt.Sprintf("want 1 to %d", exporter.MaxQueue))
 	}
+	unknown := false
 	for _, p := range strings.Split(c.Protocols, ",") {
 		p = strings.TrimSpace(strings.ToLower(p))
 		if p == "" {
@@ -213,9 +305,14 @@ func (c *config) validate() []error {
 		}
 		if !slices.Contains(tracer.Protocols(), p) {
 			bad("PODTRACER_PROTOCOLS", c.Protocols, fmt.Sprintf("unknown protocol %q; known: %s", p, strings.Join(tracer.Protocols(), ", ")))
+			unknown = true
 			continue
 		}
 		c.protocols = append(c.protocols, p)
+	}
+	if strings.TrimSpace(c.Protocols) != "" && len(c.protocols) == 0 && !unknown {
+		// "," would otherwise mean every protocol, as unset does.
+		bad("PODTRACER_PROTOCOLS", c.Protocols, "names no protocol; unset it to parse all")
 	}
 	switch c.QueryText {
 	case tracer.QuerySanitized, tracer.QueryFull, tracer.QueryOff:
@@ -232,8 +329,9 @@ func (c *config) validate() []error {
 }
 
 // checkKeyValues checks the W3C baggage-like "k=v,k2=v2" lists that
-// OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS use.
-func checkKeyValues(s string) error {
+// OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS use; validKey,
+// when not nil, checks each key too.
+func checkKeyValues(s string, validKey func(string) bool) error {
 	if strings.TrimSpace(s) == "" {
 		return nil
 	}
@@ -242,11 +340,26 @@ func checkKeyValues(s string) error {
 		if !ok || strings.TrimSpace(k) == "" {
 			return fmt.Errorf("want key=value pairs separated by commas, got %q", item)
 		}
+		if validKey != nil && !validKey(strings.TrimSpace(k)) {
+			// The SDK would drop the header, and every export would then
+			// fail to authenticate.
+			return fmt.Errorf("%q is not a header name (letters, digits and !#$%%&'*+-.^_`|~ only)", strings.TrimSpace(k))
+		}
 		if _, err := url.QueryUnescape(v); err != nil {
 			return fmt.Errorf("value of %q is not URL-encoded correctly", k)
 		}
 	}
 	return nil
+}
+
+// headerName tells whether k is an HTTP header field name (RFC 9110's token).
+func headerName(k string) bool {
+	for _, c := range []byte(k) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return k != ""
 }
 
 // tracesEndpoint and metricsEndpoint say whether OTLP export is on.
@@ -255,8 +368,27 @@ func (c *config) parses(p string) bool {
 	return len(c.protocols) == 0 || slices.Contains(c.protocols, p)
 }
 
-func (c *config) tracesOTLP() bool  { return c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "" }
-func (c *config) metricsOTLP() bool { return c.OTLPEndpoint != "" || c.OTLPMetricsEndpoint != "" }
+func (c *config) tracesOTLP() bool {
+	return !c.SDKDisabled && c.TracesExporter == "otlp" && (c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "")
+}
+
+func (c *config) metricsOTLP() bool {
+	return !c.SDKDisabled && c.MetricsExporter == "otlp" && (c.OTLPEndpoint != "" || c.OTLPMetricsEndpoint != "")
+}
+
+// printer is the trace printer's setting for the exporter: as set, or
+// what OTEL_TRACES_EXPORTER and OTEL_SDK_DISABLED ask for.
+func (c *config) printer() string {
+	switch {
+	case c.TracePrinter != "":
+		return c.TracePrinter
+	case c.SDKDisabled || c.TracesExporter == "none":
+		return "off"
+	case c.TracesExporter == "console":
+		return "text"
+	}
+	return "" // the exporter's default: text when there is no traces endpoint
+}
 
 // variable is one documented environment variable.
 type variable struct{ name, def, desc string }

@@ -151,3 +151,88 @@ func TestSDKLogLevels(t *testing.T) {
 		t.Errorf("information and debugging shown at level info:\n%s", got)
 	}
 }
+
+// TestConfigMistakesFoundByReview: settings the agent took without a word
+// and that then did nothing, or the wrong thing.
+func TestConfigMistakesFoundByReview(t *testing.T) {
+	for _, c := range []struct {
+		env  string
+		want string // in the error
+	}{
+		// The SDK drops a header it cannot parse, and exports then fail
+		// to authenticate.
+		{"OTEL_EXPORTER_OTLP_TRACES_HEADERS=novalue", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"},
+		{"OTEL_EXPORTER_OTLP_METRICS_HEADERS=a=1,b", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"},
+		{`OTEL_EXPORTER_OTLP_HEADERS="x-api-key"=abc`, "not a header name"},
+		{"OTEL_EXPORTER_OTLP_HEADERS=Authorization Bearer=abc", "not a header name"},
+		{"PODTRACER_PROTOCOLS=,", "names no protocol"},
+		{"PODTRACER_MAX_CONNECTIONS=20000000", "want 1 to 1048576"},
+		{"OTEL_TRACES_EXPORTER=zipkin", "want otlp, console or none"},
+		{"OTEL_METRICS_EXPORTER=prometheus", "want otlp or none"},
+		{"PODTRACER_SHUTDOWN_WAIT=soon", "a duration"},
+	} {
+		_, err := loadConfig([]string{c.env})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one saying %q", c.env, err, c.want)
+		}
+	}
+	for _, ok := range []string{"OTEL_EXPORTER_OTLP_HEADERS=api-key=abc,X-Scope-OrgID=shop", "PODTRACER_PROTOCOLS=http, redis"} {
+		if _, err := loadConfig([]string{ok}); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+}
+
+// TestConfigExporters: OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER and
+// OTEL_SDK_DISABLED, as the specification defines them.
+func TestConfigExporters(t *testing.T) {
+	endpoint := "OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317"
+	for _, c := range []struct {
+		env             []string
+		traces, metrics bool
+		printer         string
+	}{
+		{[]string{endpoint}, true, true, ""},
+		{[]string{endpoint, "OTEL_TRACES_EXPORTER=none"}, false, true, "off"},
+		{[]string{endpoint, "OTEL_METRICS_EXPORTER=none"}, true, false, ""},
+		{[]string{endpoint, "OTEL_TRACES_EXPORTER=console"}, false, true, "text"},
+		{[]string{endpoint, "OTEL_TRACES_EXPORTER=none", "PODTRACER_TRACE_PRINTER=json"}, false, true, "json"},
+		{[]string{endpoint, "OTEL_SDK_DISABLED=true"}, false, false, "off"},
+		{nil, false, false, ""},
+	} {
+		cfg, err := loadConfig(c.env)
+		if err != nil {
+			t.Fatalf("%q: %v", c.env, err)
+		}
+		if cfg.tracesOTLP() != c.traces || cfg.metricsOTLP() != c.metrics || cfg.printer() != c.printer {
+			t.Errorf("%q: traces %v metrics %v printer %q, want %v %v %q", c.env, cfg.tracesOTLP(), cfg.metricsOTLP(), cfg.printer(), c.traces, c.metrics, c.printer)
+		}
+	}
+}
+
+// TestConfigWarnings: settings that are not mistakes but do nothing are
+// said at start.
+func TestConfigWarnings(t *testing.T) {
+	cfg, err := loadConfig([]string{
+		"PODTRACER_OPEN_PORT=8080",          // misspelt
+		"PODTRACER_WEBHOOK_IMAGE=podtracer", // the webhook's
+		"PODTRACER_DEV_CPUPROFILE=/tmp/x",   // a developer's
+		"OTEL_TRACES_SAMPLER_ARG=0.1",       // without a ratio sampler
+		"OTEL_SERVICE_NAME=  shop\n",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(cfg.warnings, "\n")
+	for _, want := range []string{"PODTRACER_OPEN_PORT is not a podtracer variable", "did you mean PODTRACER_OPEN_PORTS?", "OTEL_TRACES_SAMPLER_ARG=\"0.1\" has no effect"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("warnings lack %q:\n%s", want, got)
+		}
+	}
+	if len(cfg.warnings) != 2 {
+		t.Errorf("want 2 warnings, got:\n%s", got)
+	}
+	if cfg.ServiceName != "shop" {
+		t.Errorf("service name %q, want it trimmed", cfg.ServiceName)
+	}
+}
