@@ -147,6 +147,7 @@ var (
 // for concurrent use.
 type Exporter struct {
 	cfg    Config
+	host   string // os.Hostname, for service.instance.id
 	logger *slog.Logger
 
 	// queue carries requests in batches (see Batcher), counted in queued
@@ -289,8 +290,10 @@ type destination struct {
 // starting the worker, which lets benchmarks drive the worker's code
 // directly.
 func newExporter(cfg Config, logger *slog.Logger, envRes *resource.Resource, smp sampler, batch batchConfig, dests []destination, metricExp sdkmetric.Exporter) *Exporter {
+	host, _ := os.Hostname() // for service.instance.id outside Kubernetes; "" will do
 	e := &Exporter{
 		cfg:        cfg,
+		host:       host,
 		logger:     logger,
 		queue:      make(chan []*tracer.Request, cfg.QueueSize),
 		spare:      newSlicePool[*tracer.Request](),

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	grpccodes "google.golang.org/grpc/codes"
@@ -361,6 +362,39 @@ func TestResourcePerProcess(t *testing.T) {
 		}
 		if got := e.Stats().Processes; got != 2 {
 			t.Errorf("Processes = %d, want 2", got)
+		}
+	})
+	t.Run("service.instance.id", func(t *testing.T) {
+		// Two workers of one server (nginx's, gunicorn's) differ in
+		// process.pid alone, which a Prometheus translation drops: their
+		// service.instance.id tells them apart, and stays the same for
+		// a process's life.
+		e, rcv, _ := startOTLP(t, Config{})
+		worker1 := &pod.Process{PID: 501, Exe: "/usr/sbin/nginx", Name: "nginx"}
+		worker2 := &pod.Process{PID: 502, Exe: "/usr/sbin/nginx", Name: "nginx"}
+		for _, p := range []*pod.Process{worker1, worker2, worker1} {
+			r := serverReq()
+			r.Process = p
+			e.Export(r)
+		}
+		spans := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 3))
+		ids := map[int64]map[string]bool{}
+		for _, s := range spans {
+			pid := s.Resource["process.pid"].(int64)
+			id, _ := s.Resource["service.instance.id"].(string)
+			if u, err := uuid.Parse(id); err != nil || u.Version() != 5 {
+				t.Errorf("pid %d: service.instance.id %q is not a UUID v5", pid, id)
+			}
+			if ids[pid] == nil {
+				ids[pid] = map[string]bool{}
+			}
+			ids[pid][id] = true
+		}
+		if len(ids[501]) != 1 || len(ids[502]) != 1 {
+			t.Fatalf("ids per pid: %v", ids)
+		}
+		if reflect.DeepEqual(ids[501], ids[502]) {
+			t.Errorf("both workers have service.instance.id %v", ids[501])
 		}
 	})
 	t.Run("environment", func(t *testing.T) {

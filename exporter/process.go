@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 
+	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -174,8 +176,11 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 		svc = "unknown_service" // the spec's default
 	}
 	attrs = append(attrs, semconv.ServiceName(svc))
-	validAttrs(attrs) // file names and arguments are bytes
 	md := e.cfg.Metadata
+	if p != nil {
+		attrs = append(attrs, semconv.ServiceInstanceID(instanceID(md, e.host, p)))
+	}
+	validAttrs(attrs) // file names and arguments are bytes
 	for _, kv := range []attribute.KeyValue{
 		semconv.K8SPodName(md.PodName),
 		semconv.K8SNamespaceName(md.Namespace),
@@ -196,6 +201,30 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 		res, _ = resource.Merge(res, resource.NewSchemaless(semconv.ServiceName(e.cfg.ServiceName)))
 	}
 	return res
+}
+
+// instanceNamespace is the UUID namespace the semantic conventions give
+// for a service.instance.id made from an inherent id.
+var instanceNamespace = uuid.MustParse("4d63009a-8d0f-11ee-aad7-4c796ed8e320")
+
+// instanceID is p's service.instance.id. Sibling processes of a service
+// (nginx's or gunicorn's workers) share every other resource attribute
+// but process.pid, which a translation of their metrics to Prometheus
+// drops (its instance label is service.instance.id), merging their
+// series into one that goes back and forth. As the conventions recommend
+// for an id made from an inherent one: a UUID v5 of the pod (its uid, or
+// its namespace and name, or the host's name outside Kubernetes) and the
+// process (its pid and executable), the same for the process's life.
+func instanceID(md pod.Metadata, host string, p *pod.Process) string {
+	where := md.PodUID
+	switch {
+	case where != "":
+	case md.PodName != "":
+		where = md.Namespace + "/" + md.PodName
+	default:
+		where = host
+	}
+	return uuid.NewSHA1(instanceNamespace, []byte(where+"/"+strconv.Itoa(p.PID)+"/"+p.Exe)).String()
 }
 
 // releaseIdle releases processes idle for idleTimeout, and those that
