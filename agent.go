@@ -149,6 +149,10 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	// by one: its worker wakes once per batch.
 	capture.Drained = batcher.Flush
 
+	if pod.NodePIDNamespace(procRoot) && (cfg.Metadata.PodName != "" || os.Getenv("KUBERNETES_SERVICE_HOST") != "") {
+		logger.Warn("the agent is in the node's PID namespace (hostPID: true): it traces every process of the node, " +
+			"and gives them this pod's k8s.* attributes; use shareProcessNamespace: true instead")
+	}
 	go pod.Watch(ctx, procRoot, 10*time.Second, logger)
 	go reportStats(ctx, logger, capture, tr, exp)
 	go func() {

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podtracer/podtracer/internal/testenv"
 )
 
 func TestParsePorts(t *testing.T) {
@@ -205,5 +208,29 @@ func TestReadProcessLinkName(t *testing.T) {
 		if p.RunAs != c.want || p.Name != filepath.Base(c.exe) || p.Exe != c.exe {
 			t.Errorf("exe %s, argv %q, comm %q: run as %q, name %q; want %q, %q", c.exe, c.cmdline, c.comm, p.RunAs, p.Name, c.want, filepath.Base(c.exe))
 		}
+	}
+}
+
+// TestNodePIDNamespace: the node's PID namespace is told from a pod's by
+// its inode; a pod made with unshare is not the node's.
+func TestNodePIDNamespace(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "self", "ns"), 0o755)
+	os.Symlink("pid:[4026531836]", filepath.Join(dir, "self", "ns", "pid"))
+	if !NodePIDNamespace(dir) {
+		t.Error("the node's namespace not recognised")
+	}
+	os.Remove(filepath.Join(dir, "self", "ns", "pid"))
+	os.Symlink("pid:[4026532451]", filepath.Join(dir, "self", "ns", "pid"))
+	if NodePIDNamespace(dir) {
+		t.Error("a pod's namespace taken for the node's")
+	}
+	testenv.Privileged(t)
+	out, err := exec.Command(testenv.LookPath(t, "unshare"), "--pid", "--fork", "--mount-proc", "readlink", "/proc/self/ns/pid").Output()
+	if err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	if got := strings.TrimSpace(string(out)); got == initPIDNamespace {
+		t.Errorf("a new PID namespace reads %s", got)
 	}
 }

@@ -27,6 +27,18 @@ func Neighbours(procRoot string) ([]int, error) {
 	return pids, nil
 }
 
+// initPIDNamespace is the inode of the kernel's first PID namespace, the
+// node's (PROC_PID_INIT_INO in the kernel's include/linux/proc_ns.h).
+const initPIDNamespace = "pid:[4026531836]"
+
+// NodePIDNamespace tells whether the processes under procRoot are in the
+// node's own PID namespace: a pod with hostPID: true, where the agent
+// would trace every process of the node.
+func NodePIDNamespace(procRoot string) bool {
+	link, err := os.Readlink(procRoot + "/self/ns/pid")
+	return err == nil && link == initPIDNamespace
+}
+
 // Watch logs the neighbours as they come and go, every interval, until ctx
 // ends. When the agent sees none (the pod lacks shareProcessNamespace, or
 // the other containers have not started yet), it says so and keeps
