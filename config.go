@@ -259,6 +259,14 @@ func (c *config) validate() []error {
 		bad("OTEL_METRICS_EXPORTER", c.MetricsExporter, "want otlp or none (the agent exports metrics over OTLP only)")
 	}
 	c.ServiceName = strings.TrimSpace(c.ServiceName)
+	if strings.EqualFold(strings.TrimSpace(c.OTLPInsecure), "true") {
+		for _, ep := range []string{c.OTLPEndpoint, c.OTLPTracesEndpoint, c.OTLPMetricsEndpoint} {
+			if strings.HasPrefix(ep, "https://") {
+				c.warnings = append(c.warnings, "OTEL_EXPORTER_OTLP_INSECURE=true: exports to "+ep+" go as plaintext gRPC, headers included, despite its https:// (the Go SDK's reading; the specification's has https win)")
+				break
+			}
+		}
+	}
 	if c.SamplerArg != "" && !strings.HasSuffix(c.Sampler, "traceidratio") {
 		c.warnings = append(c.warnings, fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%q has no effect with OTEL_TRACES_SAMPLER=%s: only the traceidratio samplers read it", c.SamplerArg, c.Sampler))
 	}

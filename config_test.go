@@ -236,3 +236,20 @@ func TestConfigWarnings(t *testing.T) {
 		t.Errorf("service name %q, want it trimmed", cfg.ServiceName)
 	}
 }
+
+// TestConfigInsecureHTTPS: plaintext to an https:// endpoint is what the
+// Go SDK does with OTEL_EXPORTER_OTLP_INSECURE=true, against the
+// specification: the agent says so at start.
+func TestConfigInsecureHTTPS(t *testing.T) {
+	cfg, err := loadConfig([]string{"OTEL_EXPORTER_OTLP_ENDPOINT=https://otlp.vendor.example:443", "OTEL_EXPORTER_OTLP_INSECURE=true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := strings.Join(cfg.warnings, "\n"); !strings.Contains(w, "plaintext") {
+		t.Errorf("no warning of plaintext to https://: %q", w)
+	}
+	cfg, _ = loadConfig([]string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4317", "OTEL_EXPORTER_OTLP_INSECURE=true"})
+	if len(cfg.warnings) != 0 {
+		t.Errorf("warnings for a plain http:// endpoint: %q", cfg.warnings)
+	}
+}

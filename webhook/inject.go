@@ -312,6 +312,14 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		}
 		values[st.Env] = v
 	}
+	_, ownEndpoint := annotations["podtracer.io/otlp-endpoint"]
+	if _, ownInsecure := annotations["podtracer.io/otlp-insecure"]; ownEndpoint && !ownInsecure {
+		// The webhook's insecure setting goes with its endpoint (a
+		// collector in the cluster): a Deployment's own endpoint (a
+		// vendor's https://, with its credentials) is taken as its
+		// scheme says, not sent plaintext.
+		delete(values, "OTEL_EXPORTER_OTLP_INSECURE")
+	}
 	if values["OTEL_TRACES_SAMPLER_ARG"] != "" && !strings.HasSuffix(values["OTEL_TRACES_SAMPLER"], "traceidratio") {
 		// The agent reads the ratio for the ratio samplers only.
 		ignored = append(ignored, "annotation podtracer.io/sampler-arg has no effect without podtracer.io/sampler traceidratio or parentbased_traceidratio")

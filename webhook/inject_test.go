@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -380,5 +381,29 @@ func TestMutateGenerateNameStable(t *testing.T) {
 	named.Name = "nightly"
 	if got := envValue(*sidecarOf(Mutate(named, goldenSidecar()).Deployment), "OTEL_SERVICE_NAME"); got != "nightly" {
 		t.Errorf("OTEL_SERVICE_NAME = %q, want nightly", got)
+	}
+}
+
+// TestMutateInsecureGoesWithItsEndpoint: the webhook's
+// OTEL_EXPORTER_OTLP_INSECURE=true is for its own (in-cluster) endpoint; a
+// Deployment that names its own https:// endpoint is not sent plaintext,
+// unless it asks for that too.
+func TestMutateInsecureGoesWithItsEndpoint(t *testing.T) {
+	s := goldenSidecar()
+	s.OTLPInsecure = "true"
+	for _, c := range []struct {
+		annotations map[string]string
+		want        string
+	}{
+		{nil, "true"},
+		{map[string]string{"podtracer.io/otlp-endpoint": "https://otlp.vendor.example:443"}, ""},
+		{map[string]string{"podtracer.io/otlp-endpoint": "https://otlp.vendor.example:443", "podtracer.io/otlp-insecure": "true"}, "true"},
+	} {
+		d := readDeployment(t, "testdata/inject/basic/in.yaml")
+		maps.Copy(d.Annotations, c.annotations)
+		res := Mutate(d, s)
+		if got := envValue(*sidecarOf(res.Deployment), "OTEL_EXPORTER_OTLP_INSECURE"); got != c.want {
+			t.Errorf("%v: OTEL_EXPORTER_OTLP_INSECURE = %q, want %q", c.annotations, got, c.want)
+		}
 	}
 }
