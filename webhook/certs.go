@@ -28,6 +28,9 @@ type certReloader struct {
 	certPEM  []byte
 	keyPEM   []byte
 	lastFail string
+	// expiredWarned is when the watch last warned of an expired
+	// certificate (its goroutine's alone).
+	expiredWarned time.Time
 }
 
 // newCertReloader loads the pair once, and fails if it cannot.
@@ -106,5 +109,20 @@ func (r *certReloader) watch(ctx context.Context, interval time.Duration) {
 		case err == nil:
 			r.lastFail = ""
 		}
+		r.warnExpired(time.Now())
 	}
+}
+
+// warnExpired warns, once an hour, that the certificate served has
+// expired: files that stay the same are not loaded again, so the warning
+// at load would not come, and the API server stops calling the webhook.
+func (r *certReloader) warnExpired(now time.Time) {
+	r.mu.RLock()
+	leaf := r.cert.Leaf
+	r.mu.RUnlock()
+	if leaf == nil || !now.After(leaf.NotAfter) || now.Sub(r.expiredWarned) < time.Hour {
+		return
+	}
+	r.expiredWarned = now
+	r.logger.Warn("serving certificate has expired: the API server refuses it, and no Deployment is injected", "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -229,5 +230,83 @@ func TestMainArgs(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("usage lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+// TestHandshakeFailuresLogged: a client that does not trust the serving
+// certificate (the API server after a CA rotation) shows in the log as a
+// warning, once per interval however many come.
+func TestHandshakeFailuresLogged(t *testing.T) {
+	dir := t.TempDir()
+	cert := newTestCert(t, "127.0.0.1")
+	certFile, keyFile := cert.write(t, dir)
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	s, err := NewServer(Config{TLSCert: certFile, TLSKey: keyFile, Image: "podtracer:test"}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go s.Serve(ctx, ln)
+	other := newTestCert(t, "127.0.0.1") // a CA that did not sign the served certificate
+	for range 3 {
+		if conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: other.pool(t)}); err == nil {
+			conn.Close()
+			t.Fatal("handshake with an untrusted certificate succeeded")
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "TLS handshake failed") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the others, had they been logged
+	if n := strings.Count(logs.String(), "TLS handshake failed"); n != 1 || !strings.Contains(logs.String(), "level=WARN") {
+		t.Errorf("%d handshake warnings, want 1:\n%s", n, logs.String())
+	}
+}
+
+// syncBuffer is a log destination for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestExpiredCertificateWarned: a certificate that expires while its files
+// stay the same is warned of, once an hour.
+func TestExpiredCertificateWarned(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := newTestCert(t, "127.0.0.1").write(t, dir)
+	var logs syncBuffer
+	r, err := newCertReloader(certFile, keyFile, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.warnExpired(time.Now())
+	if strings.Contains(logs.String(), "expired") {
+		t.Fatalf("a valid certificate warned of:\n%s", logs.String())
+	}
+	later := r.cert.Leaf.NotAfter.Add(time.Minute)
+	r.warnExpired(later)
+	r.warnExpired(later.Add(time.Minute))
+	r.warnExpired(later.Add(2 * time.Hour))
+	if n := strings.Count(logs.String(), "serving certificate has expired"); n != 2 {
+		t.Errorf("%d warnings, want 2 (at expiry, and an hour on):\n%s", n, logs.String())
 	}
 }

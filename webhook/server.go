@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,6 +71,40 @@ func (s *Server) Handler() http.Handler {
 	return s.recoverPanics(mux)
 }
 
+// serverErrors is the HTTPS server's error log. A failed TLS handshake is
+// how a webhook the API server no longer trusts (a CA rotated, a
+// caBundle not updated) shows: with failurePolicy Ignore nothing else
+// says that injection stopped, so it is a warning, though at most one
+// per interval (a port scanner makes many), with the count of the others.
+type serverErrors struct {
+	logger     *slog.Logger
+	every      time.Duration
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (w *serverErrors) Write(p []byte) (int, error) {
+	msg := strings.TrimSpace(string(p))
+	if !strings.Contains(msg, "TLS handshake error") {
+		w.logger.Warn("https server", "error", msg)
+		return len(p), nil
+	}
+	w.mu.Lock()
+	now := time.Now()
+	if !w.last.IsZero() && now.Sub(w.last) < w.every {
+		w.suppressed++
+		w.mu.Unlock()
+		return len(p), nil
+	}
+	suppressed := w.suppressed
+	w.last, w.suppressed = now, 0
+	w.mu.Unlock()
+	w.logger.Warn("TLS handshake failed: if the API server is the client, it does not trust this certificate (check the webhook configuration's caBundle)",
+		"error", msg, "others_since_last", suppressed)
+	return len(p), nil
+}
+
 // Serve serves HTTPS on ln until ctx is done, then stops accepting, says it
 // is not ready, and lets requests in flight finish.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
@@ -86,7 +122,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       90 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
+		ErrorLog:          log.New(&serverErrors{logger: s.logger, every: time.Minute}, "", 0),
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.ServeTLS(ln, "", "") }()
