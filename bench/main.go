@@ -538,7 +538,7 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 			args = append(args, "-otel")
 		}
 		cmd = in.pod.command(filepath.Join(h.dir, "hello"), args...)
-		cmd.Env = append(os.Environ(), h.otlpEnv()...)
+		cmd.Env = append(os.Environ(), h.agentEnv()...)
 	case workloadNginx:
 		conf, err := h.nginxConf(port)
 		if err != nil {
@@ -574,7 +574,7 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 			cmd = in.pod.command(h.self, "floor", h.floor)
 		} else {
 			cmd = in.pod.command(h.agent)
-			cmd.Env = append(append(os.Environ(), h.otlpEnv()...), h.o.env...)
+			cmd.Env = append(append(os.Environ(), h.agentEnv()...), h.o.env...)
 			if variant == variantSampled {
 				cmd.Env = append(cmd.Env, sampledEnv...)
 			}
@@ -612,10 +612,14 @@ func (in *instance) serverPIDs() []int {
 	return pids
 }
 
-func (h *harness) otlpEnv() []string {
+// agentEnv is the agent's environment: export to the bench's receiver,
+// and stop at once when stopped, since the load has ended by then (no
+// drain of a second, PODTRACER_SHUTDOWN_WAIT, per phase).
+func (h *harness) agentEnv() []string {
 	return []string{
 		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + h.otlpAddr,
 		"OTEL_EXPORTER_OTLP_INSECURE=true",
+		"PODTRACER_SHUTDOWN_WAIT=0",
 	}
 }
 

@@ -477,7 +477,7 @@ func (h *harness) tax(out io.Writer) error {
 		return err
 	}
 	cmd := pd.command(h.agent)
-	cmd.Env = append(append(os.Environ(), h.otlpEnv()...), h.o.env...)
+	cmd.Env = append(append(os.Environ(), h.agentEnv()...), h.o.env...)
 	agent, err := start("podtracer", cmd, true)
 	if err != nil {
 		return err
