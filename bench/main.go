@@ -538,7 +538,7 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 			args = append(args, "-otel")
 		}
 		cmd = in.pod.command(filepath.Join(h.dir, "hello"), args...)
-		cmd.Env = append(os.Environ(), h.agentEnv()...)
+		cmd.Env = append(os.Environ(), h.otlpEnv()...) // otelhttp's exporter
 	case workloadNginx:
 		conf, err := h.nginxConf(port)
 		if err != nil {
@@ -612,15 +612,19 @@ func (in *instance) serverPIDs() []int {
 	return pids
 }
 
+// otlpEnv points an exporter at the bench's receiver.
+func (h *harness) otlpEnv() []string {
+	return []string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + h.otlpAddr,
+		"OTEL_EXPORTER_OTLP_INSECURE=true",
+	}
+}
+
 // agentEnv is the agent's environment: export to the bench's receiver,
 // and stop at once when stopped, since the load has ended by then (no
 // drain of a second, PODTRACER_SHUTDOWN_WAIT, per phase).
 func (h *harness) agentEnv() []string {
-	return []string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT=http://" + h.otlpAddr,
-		"OTEL_EXPORTER_OTLP_INSECURE=true",
-		"PODTRACER_SHUTDOWN_WAIT=0",
-	}
+	return append(h.otlpEnv(), "PODTRACER_SHUTDOWN_WAIT=0")
 }
 
 // runPhase runs one phase of one variant in a fresh pod: warm-up, then the
