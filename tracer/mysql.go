@@ -416,6 +416,27 @@ func (c *myConn) handshakeResponse(b []byte) bool {
 	return true
 }
 
+// changeUserDB is the database a COM_CHANGE_USER names (a pool resetting a
+// session for another user or schema: PHP's persistent connections):
+// after the user, the authentication data, by its length since 4.1's
+// CLIENT_SECURE_CONNECTION (assumed when the handshake was not seen).
+func (c *myConn) changeUserDB(arg []byte) string {
+	_, rest, ok := bytes.Cut(arg, []byte{0}) // user
+	if !ok {
+		return ""
+	}
+	if c.caps == 0 || c.caps&myCapSecureConn != 0 {
+		if len(rest) == 0 || len(rest) < 1+int(rest[0]) {
+			return ""
+		}
+		rest = rest[1+int(rest[0]):]
+	} else if _, rest, ok = bytes.Cut(rest, []byte{0}); !ok {
+		return ""
+	}
+	db, _, _ := bytes.Cut(rest, []byte{0})
+	return dbText(db, 256)
+}
+
 // command queues a command for its response.
 func (c *myConn) command(com byte, arg []byte) {
 	if c.srv.lost && len(c.pending) > 0 {
@@ -480,6 +501,7 @@ func (c *myConn) command(com byte, arg []byte) {
 		p.state = myRows
 	case myComChangeUser:
 		p.state = myChangeUser
+		p.useDB = c.changeUserDB(arg)
 	case myComBinlogDump, myComBinlogDumpGTID, myComRegisterSlave:
 		c.done = true // replication: a stream of events, not responses
 		return
@@ -759,7 +781,12 @@ func (c *myConn) finish(p *myCmd, code, msg string, end uint64) {
 		if p.useDB != "" {
 			c.db = p.useDB
 		}
-		if p.com == myComResetConnection {
+		if p.com == myComChangeUser {
+			// The session starts again: in the database it names (none
+			// when empty), without the statements prepared before.
+			c.db = p.useDB
+		}
+		if p.com == myComResetConnection || p.com == myComChangeUser {
 			c.stmts.clear()
 			c.sqlStmts.clear()
 		}

@@ -97,6 +97,33 @@ func TestMySQLMultiResultsAndMariaDBPipelinedExecute(t *testing.T) {
 	})
 }
 
+// TestMySQLChangeUser: COM_CHANGE_USER starts the session again in the
+// database it names (PHP's persistent connections reset them so), and
+// without the statements prepared before it.
+func TestMySQLChangeUser(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, out, myPkt(0, "\x03SELECT 1"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	h.send(1, out, myPkt(0, "\x02shop"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	h.send(1, out, myPkt(0, "\x03SELECT * FROM users"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	auth := strings.Repeat("\x5a", 20)
+	h.send(1, out, myPkt(0, "\x11app2\x00\x14"+auth+"billing\x00\x21\x00mysql_native_password\x00"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	h.send(1, out, myPkt(0, "\x03SELECT * FROM invoices"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	var got []string
+	for _, r := range h.got {
+		got = append(got, dbSummary(r))
+	}
+	dbDiff(t, "change user", got, []string{
+		"mysql SELECT | SELECT ?",
+		"mysql SELECT users @shop | SELECT * FROM users",
+		"mysql SELECT invoices @billing | SELECT * FROM invoices",
+	})
+}
+
 func TestMySQLTLSAndCompression(t *testing.T) {
 	greeting := loadDBCapture(t, "mysql-gosql.bin")[0].data
 	for name, resp := range map[string]string{
