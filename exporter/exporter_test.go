@@ -1037,6 +1037,33 @@ func TestRoutesLearntPerRole(t *testing.T) {
 	if got := s.routeOf(false, "/users/{id}", 404); got != "/users/{id}" {
 		t.Errorf("server 404 route %q after its own redirect, want it kept", got)
 	}
+	// A scanner's paths refused by an authentication layer or a router
+	// (401, 403, 400, 405) are no more routes than its 404s.
+	for _, status := range []int{400, 401, 403, 405} {
+		if got := s.routeOf(false, "/.env", status); got != "" {
+			t.Errorf("route %q for a never-answered path refused with %d", got, status)
+		}
+	}
+	if got := s.routeOf(false, "/users/{id}", 403); got != "/users/{id}" {
+		t.Errorf("403 for a known route: %q, want it kept", got)
+	}
+	// A server error keeps its route: the route exists, and fails.
+	if got := s.routeOf(false, "/orders/{id}", 500); got != "/orders/{id}" {
+		t.Errorf("500 route %q, want it kept", got)
+	}
+}
+
+// TestResetAfterResponseHeadersFails: an HTTP/2 response reset after its
+// headers (a 200 whose body was cut short) failed: error.type is the reset.
+func TestResetAfterResponseHeadersFails(t *testing.T) {
+	for _, role := range []tracer.Role{tracer.RoleServer, tracer.RoleClient} {
+		if got := httpErrorType(role, 200, "INTERNAL_ERROR"); got != "INTERNAL_ERROR" {
+			t.Errorf("%v: error.type %q, want INTERNAL_ERROR", role, got)
+		}
+		if got := httpErrorType(role, 200, ""); got != "" {
+			t.Errorf("%v: error.type %q for a plain 200", role, got)
+		}
+	}
 }
 
 // TestShutdownSpansBesideHangingMetrics: at shutdown the last spans go out

@@ -64,12 +64,13 @@ func isError(role tracer.Role, code int) bool {
 
 // httpErrorType is error.type for an HTTP request, "" when it did not fail:
 // the status code's text for failing codes, else what ended the exchange
-// without a response (an HTTP/2 stream reset: "CANCEL", ...).
+// without a response, or before the end of one (an HTTP/2 stream reset:
+// "CANCEL", "INTERNAL_ERROR", ...: a 200 whose body was cut short failed).
 func httpErrorType(role tracer.Role, code int, errorCode string) string {
 	switch {
 	case isError(role, code):
 		return statusString(code)
-	case code == 0 && errorCode != "":
+	case errorCode != "":
 		return errorCode
 	}
 	return ""
@@ -79,11 +80,13 @@ func httpErrorType(role tracer.Role, code int, errorCode string) string {
 const maxRoutes = 1000
 
 // routeOf is the route to report for a request answered with status. A
-// route is a guess from the path (tracer.heuristicRoute), and a 404 may
-// mean that no route matched: every path a scanner tries would then be a
-// route and a series. So a 404 keeps its route only if the process has
-// answered that route with success or a redirect before (a 404 for a
-// missing user of /users/{id}); otherwise it has none.
+// route is a guess from the path (tracer.heuristicRoute), and a 4xx may
+// mean that no route matched, or that the request was refused before
+// routing (401 and 403 from an authentication layer, 400, 405): every
+// path a scanner tries would then be a route and a series. So a 4xx keeps
+// its route only if the process has answered that route with success or
+// a redirect before (a 404 for a missing user of /users/{id}); otherwise
+// it has none.
 // A process's own routes (server) and its peers' (client) are apart.
 func (s *process) routeOf(client bool, route string, status int) string {
 	if route == "" {
@@ -93,7 +96,7 @@ func (s *process) routeOf(client bool, route string, status int) string {
 	if k == s.lastRoute {
 		return route // known real: most requests repeat the last one's route
 	}
-	if status == 404 {
+	if status >= 400 && status < 500 {
 		if _, ok := s.routes[k]; !ok {
 			return ""
 		}

@@ -585,7 +585,9 @@ func (d *h2Dir) endFrame(seg *segment) {
 			d.settings()
 		}
 	case h2GoAway:
-		if len(d.buf) >= 4 {
+		// The last stream of a GOAWAY is of those the receiver started:
+		// a client's speaks of server pushes, not of its own requests.
+		if len(d.buf) >= 4 && !d.c.isRequestDir(d) {
 			d.c.onGoAway(binary.BigEndian.Uint32(d.buf) & 0x7fffffff)
 		}
 	}
@@ -695,7 +697,7 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 		}
 		v := f.value
 		if len(v) > h2MaxValue {
-			v = v[:h2MaxValue]
+			v = strings.Clone(v[:h2MaxValue]) // not the whole value, kept alive by a substring
 		}
 		switch f.name {
 		case ":method":

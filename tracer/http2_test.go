@@ -323,6 +323,28 @@ func TestHTTP2Frames(t *testing.T) {
 	}
 }
 
+// TestHTTP2ClientGoAway: a client's GOAWAY speaks of streams the server
+// started (pushes), not of the client's own requests, which are still
+// answered; a reset after the response headers ends the stream as failed.
+func TestHTTP2ClientGoAway(t *testing.T) {
+	cli, srv := newH2Peer(), newH2Peer()
+	h := newHarness(t, 4096)
+	h.send(1, in, h2Preface+h2Settings0)
+	h.send(1, out, h2Settings0+h2frame(h2Settings, h2FlagAck, 0, nil))
+	for _, id := range []uint32{1, 3} {
+		h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, id, cli.block(":method", "GET", ":scheme", "http", ":path", fmt.Sprint("/s", id), ":authority", "x")))
+	}
+	h.send(1, in, h2frame(h2GoAway, 0, 0, []byte{0, 0, 0, 0, 0, 0, 0, 0})) // last=0, NO_ERROR: nghttp2's way
+	h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, srv.block(":status", "200")))
+	h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders, 3, srv.block(":status", "200")))
+	h.send(1, out, h2frame(h2RSTStream, 0, 3, []byte{0, 0, 0, 2})) // INTERNAL_ERROR, the body cut short
+	got := describeAll(h.got)
+	want := []string{"server http/2 GET /s1 200", "server http/2 GET /s3 200 error=INTERNAL_ERROR"}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
 // A connection joined mid-stream: the dynamic tables are unknown. Fields
 // from the static table and literals decode, as do entries inserted since;
 // a request whose :path is an entry from before gives no span.

@@ -13,7 +13,8 @@ func parseTraceparent[T string | []byte](h T) trace.SpanContext {
 		return trace.SpanContext{}
 	}
 	version, ok := hexByte(h[0], h[1])
-	if !ok || version == 0xff || (version == 0 && len(h) != 55) {
+	if !ok || version == 0xff || (version == 0 && len(h) != 55) || (len(h) > 55 && h[55] != '-') {
+		// A later version may add fields, after a '-'.
 		return trace.SpanContext{}
 	}
 	var tid trace.TraceID

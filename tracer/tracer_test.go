@@ -344,6 +344,8 @@ func TestTraceparent(t *testing.T) {
 		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g":       false,
 		"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-":      false, // version 00 has nothing after the flags
 		"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later": true,
+		"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01xyz":    false, // a later field comes after a '-'
+		"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01":       true,
 		"garbage": false,
 	} {
 		got := parseTraceparent(h)
