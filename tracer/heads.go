@@ -41,6 +41,8 @@ type requestHead struct {
 	// request is the request side of every exchange with this head, its
 	// body of the head's Content-Length (RequestSize).
 	request Request
+	// state is the head's tracestate, for each request's own parent.
+	state trace.TraceState
 	// redis is the span of every command of this shape, nil for an HTTP
 	// head; raw is then a command of the shape, its arguments "?".
 	redis *redisShape
@@ -93,8 +95,10 @@ func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
 	*h = requestHead{raw: append([]byte(nil), head...), parent: bpf.HeadParent(head), request: *httpRequest(m, route), used: now}
 	hs.candidates--
 	// The head is the request's whole: its body is yet to come, of its
-	// length; the parse's draw and parent were that request's.
+	// length; the parse's draw and parent were that request's, but not
+	// its tracestate, whose bytes are the head's.
 	h.request.RequestSize, h.request.TraceIDLow, h.request.Parent = max(m.contentLen, 0), 0, trace.SpanContext{}
+	h.state = m.parent.TraceState()
 	hs.register(hash, h)
 }
 
@@ -222,8 +226,12 @@ func (h *requestHead) exchange(ev *bpf.Event) *Request {
 	r := h.request
 	r.StatusCode, r.ResponseSize, r.TraceIDLow = int(ev.Status), int64(ev.Body), ev.TraceLow
 	if h.parent >= 0 {
-		// As the parser reads the header (an invalid value is no parent).
+		// As the parser reads the header (an invalid value is no parent);
+		// the tracestate is the head's, whose bytes the kernel matched.
 		r.Parent = parseTraceparent(ev.Payload)
+		if r.Parent.IsValid() {
+			r.Parent = r.Parent.WithTraceState(h.state)
+		}
 	}
 	return &r
 }

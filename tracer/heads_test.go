@@ -86,7 +86,8 @@ func TestKernelHeadsTraceparent(t *testing.T) {
 	kernel := &fakeHeads{max: 8, heads: map[uint64]bool{}}
 	h.tracer = New(Config{Heads: kernel}, allProcesses{}, h.tracer.wall, h.tracer.emit)
 	head := func(value string) string {
-		return "GET /a HTTP/1.1\r\nHost: x\r\nTraceparent: " + value + "\r\nUser-Agent: y\r\n\r\n"
+		// With a tracestate, which the kernel's records keep (the head's).
+		return "GET /a HTTP/1.1\r\nHost: x\r\nTraceparent: " + value + "\r\nTracestate: vendor=abc\r\nUser-Agent: y\r\n\r\n"
 	}
 	const v1, v2, v3 = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 		"00-0af7651916cd43dd8448eb211c80319d-b7ad6b7169203332-00",

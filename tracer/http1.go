@@ -537,6 +537,7 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 		}
 		m.target = seen.target.of(target)
 	}
+	var state []byte // the tracestate header's value
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, []byte("\n"))
 		line = bytes.TrimRight(line, "\r")
@@ -559,11 +560,16 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 			m.chunked = bytes.HasSuffix(bytes.ToLower(value), []byte("chunked"))
 		case equalFold(name, "traceparent"):
 			m.parent = parseTraceparent(value)
+		case equalFold(name, "tracestate"):
+			state = value
 		case equalFold(name, "user-agent"):
 			m.userAgent = seen.userAgent.of(value)
 		case equalFold(name, "upgrade"):
 			m.h2c = hasToken(value, "h2c")
 		}
+	}
+	if state != nil && m.parent.IsValid() {
+		m.parent = m.parent.WithTraceState(seen.traceState.of(state))
 	}
 	if m.request && m.method == "CONNECT" {
 		m.noBody = true
@@ -574,6 +580,7 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 // seenStrings holds the strings of the last message head a stream parsed.
 type seenStrings struct {
 	method, target, host, userAgent lastString
+	traceState                      lastTraceState
 }
 
 // lastString is the last string made from some bytes.
@@ -586,6 +593,22 @@ func (l *lastString) of(b []byte) string {
 		l.s = string(b)
 	}
 	return l.s
+}
+
+// lastTraceState is the last tracestate parsed, kept while the value repeats.
+type lastTraceState struct {
+	raw   string
+	state trace.TraceState
+}
+
+// of returns the W3C tracestate of value, empty when it is not valid (the
+// specification: an invalid tracestate is discarded, the parent kept).
+func (l *lastTraceState) of(value []byte) trace.TraceState {
+	if string(value) != l.raw {
+		l.raw = string(value)
+		l.state, _ = trace.ParseTraceState(l.raw)
+	}
+	return l.state
 }
 
 // hasToken tells whether the comma-separated header value lists token.

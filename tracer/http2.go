@@ -690,6 +690,7 @@ type h2Head struct {
 
 func readH2Headers(fields []hfield, cut bool) h2Head {
 	h := h2Head{grpcStatus: -1, cut: cut}
+	state := ""
 	for _, f := range fields {
 		if f.unknown {
 			h.unknown = true
@@ -718,6 +719,8 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 			h.contentType = v
 		case "traceparent":
 			h.parent = parseTraceparent(v)
+		case "tracestate":
+			state = v
 		case "user-agent":
 			h.userAgent = v
 		case "grpc-status":
@@ -726,6 +729,11 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 			}
 		case "grpc-message":
 			h.grpcMessage = v
+		}
+	}
+	if state != "" && h.parent.IsValid() {
+		if ts, err := trace.ParseTraceState(state); err == nil {
+			h.parent = h.parent.WithTraceState(ts)
 		}
 	}
 	return h

@@ -405,6 +405,41 @@ func TestNothingCarriedOver(t *testing.T) {
 	}
 }
 
+// TestTraceState: a caller's tracestate goes with its traceparent (vendor
+// state, the sampling threshold ot=th), over HTTP/1 and HTTP/2; an invalid
+// one is dropped and the parent kept, and none without a parent.
+func TestTraceState(t *testing.T) {
+	const tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	h := newHarness(t, 4096)
+	for _, c := range []struct{ headers, want string }{
+		{"traceparent: " + tp + "\r\ntracestate: vendor=abc,ot=th:8\r\n", "vendor=abc,ot=th:8"},
+		{"tracestate: vendor=abc\r\ntraceparent: " + tp + "\r\n", "vendor=abc"}, // either order
+		{"traceparent: " + tp + "\r\ntracestate: NOT VALID\r\n", ""},
+		{"tracestate: vendor=abc\r\n", ""},
+	} {
+		h.got = nil
+		h.send(1, in, "GET /x HTTP/1.1\r\nHost: a\r\n"+c.headers+"\r\n")
+		h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+		if len(h.got) != 1 {
+			t.Fatalf("%q: %d requests", c.headers, len(h.got))
+		}
+		if got := h.got[0].Parent.TraceState().String(); got != c.want {
+			t.Errorf("%q: tracestate %q, want %q", c.headers, got, c.want)
+		}
+	}
+
+	cli, srv := newH2Peer(), newH2Peer()
+	h2 := newHarness(t, 4096)
+	h2.send(1, in, h2Preface+h2Settings0)
+	h2.send(1, out, h2Settings0+h2frame(h2Settings, h2FlagAck, 0, nil))
+	h2.send(1, in, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, cli.block(":method", "GET", ":scheme", "http", ":path", "/y", ":authority", "x",
+		"traceparent", tp, "tracestate", "vendor=xyz")))
+	h2.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, srv.block(":status", "200")))
+	if len(h2.got) != 1 || h2.got[0].Parent.TraceState().String() != "vendor=xyz" {
+		t.Errorf("HTTP/2: %d requests, tracestate %v", len(h2.got), h2.got)
+	}
+}
+
 // panicky is a parser with a bug: it panics on the bytes "boom".
 type panicky struct{}
 
