@@ -477,7 +477,8 @@ func mayStartMessage(seg *segment, pos int) bool {
 	return true
 }
 
-// requestMethod recognises "METHOD /target" or "METHOD *" or "METHOD http://".
+// requestMethod recognises "METHOD /target" or "METHOD *" or "METHOD http://",
+// and "CONNECT host:port" (the authority form of a proxy's tunnel).
 func requestMethod(b []byte) (int, bool) {
 	i := 0
 	for i < len(b) && i < 20 && b[i] >= 'A' && b[i] <= 'Z' {
@@ -486,8 +487,10 @@ func requestMethod(b []byte) (int, bool) {
 	if i < 3 || i+1 >= len(b) || b[i] != ' ' {
 		return 0, false
 	}
-	switch b[i+1] {
-	case '/', '*', 'h':
+	switch c := b[i+1]; {
+	case c == '/', c == '*', c == 'h':
+		return i, true
+	case string(b[:i]) == "CONNECT" && (c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '['):
 		return i, true
 	}
 	return 0, false

@@ -440,6 +440,24 @@ func TestTraceState(t *testing.T) {
 	}
 }
 
+// TestHTTP1ConnectAuthority: a proxy's CONNECT names its tunnel's end in
+// the authority form, host:port: a request with no path, and the tunnel
+// after its 200 is not HTTP.
+func TestHTTP1ConnectAuthority(t *testing.T) {
+	for _, host := range []string{"api.example.com", "httpbin.org", "10.0.0.9"} {
+		h := newHarness(t, 4096)
+		h.send(1, in, "CONNECT "+host+":443 HTTP/1.1\r\nHost: "+host+":443\r\n\r\n")
+		h.send(1, out, "HTTP/1.1 200 Connection Established\r\n\r\n")
+		h.send(1, in, "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") // TLS through the tunnel
+		if len(h.got) != 1 {
+			t.Fatalf("%s: %d requests, want 1", host, len(h.got))
+		}
+		if r := h.got[0]; r.Method != "CONNECT" || r.Path != "" || r.Host != host || r.HostPort != 443 || r.StatusCode != 200 {
+			t.Errorf("%s: request %+v", host, r)
+		}
+	}
+}
+
 // panicky is a parser with a bug: it panics on the bytes "boom".
 type panicky struct{}
 
