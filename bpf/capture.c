@@ -47,7 +47,15 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define MSG_OOB 1
 #define MSG_PEEK 2
+#define MSG_TRUNC 0x20
+#define MSG_ERRQUEUE 0x2000
+// NOT_STREAM are the receive flags whose bytes are not the stream's next:
+// a peek (read again later), the urgent byte, the error queue's packets,
+// and MSG_TRUNC, whose bytes TCP discards without copying them (the buffer
+// holds whatever it held: no bytes to report).
+#define NOT_STREAM (MSG_OOB | MSG_PEEK | MSG_TRUNC | MSG_ERRQUEUE)
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
 #define TCP_LAST_ACK 9
@@ -164,7 +172,8 @@ struct event {
 // the same, but only from Linux 5.13 on, and measured no faster.
 struct call {
 	__u64 ts;
-	__u64 buf; // buffer, iovec array or msghdr
+	__u64 task; // the task that entered: its host tid may be another pod's by the exit
+	__u64 buf;  // buffer, iovec array or msghdr
 	__u32 nr;
 	__u32 fd;
 	__u32 iovcnt;
@@ -531,12 +540,14 @@ static __always_inline __u32 copy_buf(struct event *e, void *buf, __u32 total)
 		limit = MAX_CAPTURE;
 	if (total < limit)
 		limit = total;
-	if (limit > 0)
-		bpf_probe_read_user(e->payload, bounded(limit, 2 * MAX_CAPTURE - 1), buf);
+	// A read that fails leaves zeros: no bytes, rather than zeros
+	// reported as the stream's.
+	if (limit > 0 && bpf_probe_read_user(e->payload, bounded(limit, 2 * MAX_CAPTURE - 1), buf))
+		return 0;
 	if (total > limit) {
 		__u32 t = TAIL_BYTES;
-		bpf_probe_read_user(e->tail, t, buf + total - t);
-		e->tail_len = t;
+		if (bpf_probe_read_user(e->tail, t, buf + total - t) == 0)
+			e->tail_len = t;
 	}
 	return limit;
 }
@@ -687,6 +698,11 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		on_close(&ns, bpf_get_current_pid_tgid() >> 32, fd);
 		return 0;
 	}
+	// recvfrom's flags are its fourth argument (r10 for the syscall), and
+	// recvmsg's its third: a peek, say, is not the stream's next bytes.
+	if ((nr == NR_RECVFROM && (BPF_CORE_READ(regs, r10) & NOT_STREAM)) ||
+	    (nr == NR_RECVMSG && (BPF_CORE_READ(regs, dx) & NOT_STREAM)))
+		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &id);
 	if (!c) {
@@ -699,6 +715,7 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	}
 	c->ts = bpf_ktime_get_boot_ns();
+	c->task = bpf_get_current_task();
 	c->nr = nr;
 	c->fd = fd;
 	c->buf = BPF_CORE_READ(regs, si);
@@ -723,6 +740,10 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	struct call c = *call;
 	call->active = 0;
+	// An entry the pod's thread left (it exited in its syscall) whose
+	// host tid another task has now: not that task's call.
+	if (c.task != bpf_get_current_task())
+		return 0;
 	long ret = ctx->args[1];
 	__u32 tgid = id >> 32;
 
@@ -1517,6 +1538,16 @@ static __always_inline bool tcp_sock(struct sock *sk)
 {
 	__u16 family = sk->__sk_common.skc_family;
 	return (family == AF_INET || family == AF_INET6) && sk->sk_protocol == IPPROTO_TCP && sk->sk_type == SOCK_STREAM;
+}
+
+// user_sock tells whether sk is a socket of a file, a process's: the
+// kernel's own (an SMB mount's, writing a pod task's file data) send in the
+// task's context, where the saved registers are the task's syscall's, not
+// theirs.
+static __always_inline bool user_sock(struct sock *sk)
+{
+	struct socket *so = sk->sk_socket;
+	return so && so->file;
 }
 
 // sock_fill fills e's process name and connection for sk. task is the
@@ -2593,7 +2624,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct bpf_pidns_info ns;
-	if (!in_pod_btf(task, &ns))
+	if (!in_pod_btf(task, &ns) || !user_sock(sk))
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	__u32 nr = regs->orig_ax;
@@ -2686,8 +2717,9 @@ int sock_recv_length(__u64 *ctx)
 {
 	int ret = ctx[1];
 	int flags = ctx[2];
-	// Failed and empty reads carry nothing; a peek is read again later.
-	if (ret <= 0 || (flags & MSG_PEEK))
+	// Failed and empty reads carry nothing, nor do those whose bytes are
+	// not the stream's next (NOT_STREAM).
+	if (ret <= 0 || (flags & NOT_STREAM))
 		return 0;
 	return on_sock_data((struct sock *)ctx[0], ret, DIR_INGRESS);
 }
@@ -2722,6 +2754,10 @@ int inet_sock_set_state(__u64 *ctx)
 			return 0;
 		struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (st) {
+			// A new connection, also on a socket that connected before (a
+			// refused connect, then another; a disconnect with AF_UNSPEC):
+			// nothing of the last one's holds for it.
+			__builtin_memset(st, 0, sizeof(*st));
 			st->tgid = ns.tgid;
 			st->role = ROLE_CLIENT;
 		}

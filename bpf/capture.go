@@ -267,16 +267,27 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 			return l, nil
 		})
 	}
+	set := func(name string) bool {
+		var on uint8
+		return spec.Variables[name] != nil && spec.Variables[name].Get(&on) == nil && on != 0
+	}
+	var fast *fastMaps
+	if set("fast_http") {
+		// Before anything is attached: should it fail, nothing of these
+		// programs is left on the node (with auto, the syscall hooks are
+		// tried next).
+		fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist, room: objs.HistRoom}
+		if err := fast.setRoom(0); err != nil {
+			closeAll(objects)
+			return err
+		}
+	}
 	links, err := attachEach(objects, hooks)
 	if err != nil {
 		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
 	c.programs = []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState}
-	set := func(name string) bool {
-		var on uint8
-		return spec.Variables[name] != nil && spec.Variables[name].Get(&on) == nil && on != 0
-	}
 	var bound uint64
 	if spec.Variables["sample_bound"] != nil {
 		spec.Variables["sample_bound"].Get(&bound)
@@ -285,11 +296,8 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	c.redisDrop = set("fast_redis") && set("redis_drop") && bound < 1<<63
 	c.redisSpans = set("fast_redis") && set("redis_spans")
 	c.h2Frames = set("h2_frames")
-	if set("fast_http") {
-		c.fast = &fastMaps{routes: objs.HTTPRoutes, hist: objs.HTTPHist, room: objs.HistRoom}
-		if err := c.fast.setRoom(0); err != nil {
-			return err
-		}
+	if fast != nil {
+		c.fast = fast
 		c.httpSpans = set("fast_spans")
 	}
 	if c.httpSpans || c.redisSpans {

@@ -469,3 +469,84 @@ func TestWithoutFastOnRefusal(t *testing.T) {
 		}
 	}
 }
+
+// notStreamScript receives bytes that are not the stream's next: a peek
+// (recv and recvmsg), the urgent byte, a MSG_TRUNC receive whose bytes TCP
+// discards (the buffer still holds STALE); then it connects a socket that
+// was refused, again, to a server: the second connection's data and close.
+const notStreamScript = `
+import socket, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+port = srv.getsockname()[1]
+c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+c.sendall(b"PEEK1"); time.sleep(0.05)
+p1 = a.recv(5, socket.MSG_PEEK); p2 = a.recvmsg(5, 0, socket.MSG_PEEK)[0]; r = a.recv(5)
+c.send(b"!", socket.MSG_OOB); time.sleep(0.05)
+o = a.recv(1, socket.MSG_OOB)
+c.sendall(b"TRUNC"); time.sleep(0.05)
+buf = bytearray(b"STALE"); t = a.recv_into(buf, 5, socket.MSG_TRUNC)
+c.sendall(b"AFTER"); time.sleep(0.05)
+f = a.recv(5)
+closed = socket.socket(); closed.bind(("127.0.0.1", 0)); dead = closed.getsockname()[1]; closed.close()
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", dead))
+except ConnectionRefusedError:
+    pass
+s.connect(("127.0.0.1", port)); b, _ = srv.accept()
+s.sendall(b"AGAIN"); b.recv(5); s.close(); b.close()
+sys.stdout.write("%s %s %s %s %d %s %d\n" % (p1.decode(), p2.decode(), r.decode(), o.decode(), t, f.decode(), s.fileno()))
+`
+
+// TestNotStreamBytes: bytes a receive does not take from the stream are not
+// reported as the stream's (an Istio sidecar peeks at every connection), and
+// a socket that connects again after a refused connect reports its second
+// connection's data and close.
+func TestNotStreamBytes(t *testing.T) {
+	testenv.Privileged(t)
+	python := testenv.LookPath(t, "python3")
+	for _, hooks := range hookSets(t) {
+		t.Run(hooks, func(t *testing.T) {
+			c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: hooks}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			out, err := exec.Command(python, "-c", notStreamScript).CombinedOutput()
+			if err != nil || !strings.HasPrefix(string(out), "PEEK1 PEEK1 PEEK1 ! 5 AFTER") {
+				t.Fatalf("script: %v %q", err, out)
+			}
+			var ingress []string
+			var againConn uint64
+			againClosed := false
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				var ev Event
+				for c.Read(&ev) == nil {
+					switch {
+					case ev.Type == EventData && ev.Dir == Ingress:
+						ingress = append(ingress, string(ev.Payload))
+					case ev.Type == EventData && ev.Dir == Egress && string(ev.Payload) == "AGAIN":
+						againConn = ev.Conn // the client's side, whose socket was refused first
+					case ev.Type == EventClose && againConn != 0 && ev.Conn == againConn:
+						againClosed = true
+					}
+				}
+			}()
+			time.Sleep(500 * time.Millisecond)
+			c.Close()
+			<-done
+			count := map[string]int{}
+			for _, p := range ingress {
+				count[p]++
+			}
+			if count["PEEK1"] != 1 || count["!"] != 0 || count["STALE"] != 0 || count["AFTER"] != 1 || count["AGAIN"] != 1 {
+				t.Errorf("ingress payloads %q: want PEEK1, AFTER and AGAIN once each, no ! nor STALE", ingress)
+			}
+			if hooks == HooksSocket && !againClosed {
+				t.Error("no close event for the connection of a socket refused before")
+			}
+		})
+	}
+}

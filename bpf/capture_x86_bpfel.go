@@ -16,6 +16,7 @@ import (
 type captureCall struct {
 	_      structs.HostLayout
 	Ts     uint64
+	Task   uint64
 	Buf    uint64
 	Nr     uint32
 	Fd     uint32

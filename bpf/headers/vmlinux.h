@@ -87,16 +87,22 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
+struct socket;
+
 struct sock {
 	struct sock_common __sk_common;
 	u16 sk_protocol;
 	u16 sk_type;
 	u32 sk_max_ack_backlog;
+	struct socket *sk_socket;
 } __attribute__((preserve_access_index));
+
+struct file;
 
 struct socket {
 	short int type;
 	struct sock *sk;
+	struct file *file;
 } __attribute__((preserve_access_index));
 
 struct inode {
