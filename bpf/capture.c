@@ -47,6 +47,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define RCV_SHUTDOWN 1
 #define MSG_OOB 1
 #define MSG_PEEK 2
 #define MSG_TRUNC 0x20
@@ -826,7 +827,10 @@ struct sock_state {
 	__u8 has_parent; // and it had a traceparent, whose value is parent
 	__u8 parent[TRACEPARENT_VALUE + 1];
 	__u8 h2; // H2_ON: the connection speaks HTTP/2 (h2_follow)
-	__u8 pad3[3];
+	// The connection ended (TCP_CLOSE) while bytes were still to be read:
+	// its close event waits until they are (late_close).
+	__u8 close_late;
+	__u8 pad3[2];
 	struct h2_dir h2d[2]; // and where each direction is in its frames
 };
 
@@ -2712,16 +2716,69 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	return 0;
 }
 
+// send_close reports the end of sk's connection to user space, with what
+// the kernel held of it first, in the scratch event of slot: a program
+// that a softirq's may interrupt on the CPU must not use that one's.
+static __always_inline void send_close(struct sock *sk, struct sock_state *st, __u32 slot)
+{
+	st->closed = 1;
+	struct event *e = scratch_event(slot, st->tgid, 0, EVENT_CLOSE);
+	if (!e)
+		return;
+	sock_fill(e, 0, sk, st->role);
+	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
+	if (fast_http && (st->fast & FAST_BYTE)) {
+		// A first byte held for a request that never came: user space
+		// gets it before the close, as it came.
+		st->fast &= ~FAST_BYTE;
+		submit_first(e, st, EVENT_DATA);
+	}
+	if (fast_http && (st->fast & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
+		// A request owned for a span and closed before its response.
+		st->fast = FAST_OFF;
+		submit_first(e, st, EVENT_HTTP_REQUEST);
+	}
+	if (fast_redis && (st->redis & REDIS_SPAN)) {
+		// A command owned for a span and closed before its reply.
+		st->redis = REDIS_OFF;
+		submit_first(e, st, EVENT_REDIS_REQUEST);
+	}
+	submit(e);
+	return;
+}
+
+// late_close sends the close of a connection that ended with bytes still
+// to read (inet_sock_set_state) when a read of it finds nothing: they have
+// all been read, and their events went up before. A process that closes
+// its socket without such a read sends none: user space forgets the
+// connection once it has been idle for long.
+static __always_inline void late_close(struct sock *sk)
+{
+	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!st || !st->close_late || st->closed)
+		return;
+	st->close_late = 0;
+	send_close(sk, st, SCRATCH_TASK);
+}
+
 SEC("tp_btf/sock_recv_length")
 int sock_recv_length(__u64 *ctx)
 {
+	struct sock *sk = (struct sock *)ctx[0];
 	int ret = ctx[1];
 	int flags = ctx[2];
-	// Failed and empty reads carry nothing, nor do those whose bytes are
-	// not the stream's next (NOT_STREAM).
-	if (ret <= 0 || (flags & NOT_STREAM))
+	if (ret <= 0) {
+		// Failed and empty reads carry nothing; on a connection that has
+		// ended (one state load for the node's other reads) such a read
+		// is what a held-back close waits for.
+		if (sk->__sk_common.skc_state == TCP_CLOSE)
+			late_close(sk);
 		return 0;
-	return on_sock_data((struct sock *)ctx[0], ret, DIR_INGRESS);
+	}
+	// Nor do reads whose bytes are not the stream's next (NOT_STREAM).
+	if (flags & NOT_STREAM)
+		return 0;
+	return on_sock_data(sk, ret, DIR_INGRESS);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -2766,28 +2823,18 @@ int inet_sock_set_state(__u64 *ctx)
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
 	if (!st || st->closed || !st->tgid)
 		return 0;
-	st->closed = 1;
-	struct event *e = scratch_event(SCRATCH_STATE, st->tgid, 0, EVENT_CLOSE);
-	if (!e)
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	__u32 unread = tp ? tp->rcv_nxt - tp->copied_seq : 0;
+	if (unread && (sk->sk_shutdown & RCV_SHUTDOWN))
+		unread--; // the peer's FIN counts one in rcv_nxt, and is no byte
+	if (newstate == TCP_CLOSE && unread && user_sock(sk)) {
+		// Ended (a reset after the response, the peer's FIN after our
+		// shutdown) with bytes the process has yet to read: user space
+		// would forget the connection before they come. The close goes
+		// up when a read finds nothing left (late_close).
+		st->close_late = 1;
 		return 0;
-	sock_fill(e, 0, sk, st->role);
-	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
-	if (fast_http && (st->fast & FAST_BYTE)) {
-		// A first byte held for a request that never came: user space
-		// gets it before the close, as it came.
-		st->fast &= ~FAST_BYTE;
-		submit_first(e, st, EVENT_DATA);
 	}
-	if (fast_http && (st->fast & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
-		// A request owned for a span and closed before its response.
-		st->fast = FAST_OFF;
-		submit_first(e, st, EVENT_HTTP_REQUEST);
-	}
-	if (fast_redis && (st->redis & REDIS_SPAN)) {
-		// A command owned for a span and closed before its reply.
-		st->redis = REDIS_OFF;
-		submit_first(e, st, EVENT_REDIS_REQUEST);
-	}
-	submit(e);
+	send_close(sk, st, SCRATCH_STATE);
 	return 0;
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -548,5 +549,93 @@ func TestNotStreamBytes(t *testing.T) {
 				t.Error("no close event for the connection of a socket refused before")
 			}
 		})
+	}
+}
+
+// lateCloseScript ends two connections while the client has yet to read
+// their last bytes: the server's reset after its response, and the server's
+// FIN after the client's shutdown(SHUT_WR). The client reads them after the
+// end, then reads once more (nothing: the end).
+const lateCloseScript = `
+import socket, struct, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+port = srv.getsockname()[1]
+got, keep = [], []
+for how in ("RSET", "HALF"):
+    c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+    c.sendall(b"REQ-" + how.encode())
+    if how == "HALF":
+        c.shutdown(socket.SHUT_WR)
+    a.recv(8); a.sendall(b"RESP-" + how.encode())
+    if how == "RSET":
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close()
+    time.sleep(0.3)  # the connection ends, its reply unread
+    got.append(c.recv(16).decode())
+    try:
+        c.recv(16)
+    except ConnectionResetError:
+        pass
+    keep.append(c)  # closed at the end: two sockets, two addresses
+sys.stdout.write(" ".join(got) + "\n")
+`
+
+// TestLateClose: a connection that ends while its process has bytes still
+// to read reports its close after them, not before (user space would
+// forget the connection first, and lose the reply).
+func TestLateClose(t *testing.T) {
+	testenv.Privileged(t)
+	python := testenv.LookPath(t, "python3")
+	if !slices.Contains(hookSets(t), HooksSocket) {
+		testenv.Skip(t, "the socket hooks need Linux 6.3+; the syscall hooks report closes at close(2)")
+	}
+	c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out, err := exec.Command(python, "-c", lateCloseScript).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "RESP-RSET RESP-HALF" {
+		t.Fatalf("script: %v %q", err, out)
+	}
+	type step struct {
+		what string
+		conn uint64
+	}
+	var steps []step
+	clients := map[uint64]int{} // the clients' connections: where their request is in steps
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			switch p := string(ev.Payload); {
+			case ev.Type == EventData && ev.Dir == Egress && strings.HasPrefix(p, "REQ-"):
+				// Socket addresses are reused: the connection's events are
+				// those from its request on.
+				clients[ev.Conn] = len(steps)
+			case ev.Type == EventData && ev.Dir == Ingress && strings.HasPrefix(p, "RESP-"):
+				steps = append(steps, step{"data", ev.Conn})
+			case ev.Type == EventClose:
+				steps = append(steps, step{"close", ev.Conn})
+			}
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	c.Close()
+	<-done
+	for conn, from := range clients {
+		var order []string
+		for _, s := range steps[from:] {
+			if s.conn == conn {
+				order = append(order, s.what)
+			}
+		}
+		if len(order) < 2 || !slices.Equal(order[:2], []string{"data", "close"}) {
+			t.Errorf("connection %x: the client's events %q, want its reply, then its close", conn, order)
+		}
+	}
+	if len(clients) != 2 {
+		t.Errorf("%d client connections seen, want 2", len(clients))
 	}
 }

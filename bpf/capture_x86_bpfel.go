@@ -171,7 +171,8 @@ type captureSockState struct {
 	HasParent uint8
 	Parent    [56]uint8
 	H2        uint8
-	Pad3      [3]uint8
+	CloseLate uint8
+	Pad3      [2]uint8
 	_         [3]byte
 	H2d       [2]struct {
 		_    structs.HostLayout
