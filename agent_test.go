@@ -1,17 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/internal/testenv"
 )
 
 // A kernel capture that does not load: outside Kubernetes the agent exits
@@ -32,7 +31,7 @@ func TestAgentCaptureNotLoaded(t *testing.T) {
 	t.Setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var logs lockedBuffer
+	var logs testenv.Buffer
 	defer func(w io.Writer) { logOutput = w }(logOutput)
 	logOutput = &logs
 	go func() { done <- runAgent(ctx, slog.New(slog.DiscardHandler), nil) }()
@@ -53,22 +52,4 @@ func TestAgentCaptureNotLoaded(t *testing.T) {
 	if !strings.Contains(logs.String(), "nothing is traced") || !strings.Contains(logs.String(), "operation not permitted") {
 		t.Errorf("the log does not say why:\n%s", logs.String())
 	}
-}
-
-// lockedBuffer is a bytes.Buffer for a logger on another goroutine.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -1,7 +1,6 @@
 package exporter
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -12,7 +11,6 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podtracer/podtracer/internal/otlptest"
+	"github.com/podtracer/podtracer/internal/testenv"
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
 )
@@ -83,26 +82,8 @@ func otlpEnv(t *testing.T, endpoint string) {
 	}
 }
 
-// logBuffer is a concurrency-safe writer for log and printer output.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func testLogger(t *testing.T) (*slog.Logger, *logBuffer) {
-	var buf logBuffer
+func testLogger(t *testing.T) (*slog.Logger, *testenv.Buffer) {
+	var buf testenv.Buffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("exporter log:\n%s", buf.String())
@@ -112,7 +93,7 @@ func testLogger(t *testing.T) (*slog.Logger, *logBuffer) {
 }
 
 // startOTLP starts a receiver and an exporter sending to it.
-func startOTLP(t *testing.T, cfg Config, opts ...otlptest.Option) (*Exporter, *otlptest.Receiver, *logBuffer) {
+func startOTLP(t *testing.T, cfg Config, opts ...otlptest.Option) (*Exporter, *otlptest.Receiver, *testenv.Buffer) {
 	t.Helper()
 	rcv := otlptest.Start(t, opts...)
 	otlpEnv(t, rcv.URL())
@@ -845,7 +826,7 @@ func heapInUse() uint64 {
 func TestMetricsOnly(t *testing.T) {
 	rcv := otlptest.Start(t)
 	otlpEnv(t, rcv.URL())
-	var printed logBuffer
+	var printed testenv.Buffer
 	logger, _ := testLogger(t)
 	// A metrics endpoint and no traces endpoint, printer explicitly off: no
 	// spans are even created.
@@ -865,7 +846,7 @@ func TestMetricsOnly(t *testing.T) {
 }
 
 func TestPrinterOffWithTracesEndpoint(t *testing.T) {
-	var printed logBuffer
+	var printed testenv.Buffer
 	e, rcv, _ := startOTLP(t, Config{PrinterOut: &printed})
 	e.Export(serverReq())
 	rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 1))

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/internal/testenv"
 )
 
 func TestPrinterText(t *testing.T) {
@@ -62,7 +64,7 @@ func startPrinter(t *testing.T, format string) string {
 	t.Setenv("OTEL_TRACES_SAMPLER", "")
 	t.Setenv("OTEL_SERVICE_NAME", "")
 	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "")
-	var out logBuffer
+	var out testenv.Buffer
 	logger, _ := testLogger(t)
 	e, err := New(context.Background(), Config{Printer: format, PrinterOut: &out, Metadata: meta}, logger)
 	if err != nil {

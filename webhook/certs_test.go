@@ -17,9 +17,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/podtracer/podtracer/internal/testenv"
 )
 
 // testCert is a serving certificate signed by its own throw-away CA.
@@ -240,7 +241,7 @@ func TestHandshakeFailuresLogged(t *testing.T) {
 	dir := t.TempDir()
 	cert := newTestCert(t, "127.0.0.1")
 	certFile, keyFile := cert.write(t, dir)
-	var logs syncBuffer
+	var logs testenv.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	s, err := NewServer(Config{TLSCert: certFile, TLSKey: keyFile, Image: "podtracer:test"}, logger)
 	if err != nil {
@@ -270,30 +271,12 @@ func TestHandshakeFailuresLogged(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestExpiredCertificateWarned: a certificate that expires while its files
 // stay the same is warned of, once an hour.
 func TestExpiredCertificateWarned(t *testing.T) {
 	dir := t.TempDir()
 	certFile, keyFile := newTestCert(t, "127.0.0.1").write(t, dir)
-	var logs syncBuffer
+	var logs testenv.Buffer
 	r, err := newCertReloader(certFile, keyFile, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)

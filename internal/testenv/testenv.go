@@ -1,12 +1,15 @@
 // Package testenv gates tests on what the machine offers. Outside CI a
 // missing privilege or tool skips the test with a clear message; in CI
 // (CI=true) the same gap fails the test, so a silent skip cannot hide a
-// regression.
+// regression. It also holds the small helpers the tests of several
+// packages share.
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 )
 
@@ -40,4 +43,24 @@ func LookPath(t testing.TB, name string) string {
 		Skip(t, name+" is not installed (.ci/run installs it)")
 	}
 	return p
+}
+
+// Buffer is a bytes.Buffer that code under test may write to from its own
+// goroutines (a logger, a printer) while the test reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what was written so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
