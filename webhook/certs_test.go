@@ -137,6 +137,23 @@ func TestCertReloaderFailsAtStart(t *testing.T) {
 	}
 }
 
+// serveTest runs a Server of c on a port of its own until cancel; served
+// gets what Serve returned.
+func serveTest(t *testing.T, c Config, logger *slog.Logger) (s *Server, ln net.Listener, served <-chan error, cancel func()) {
+	t.Helper()
+	s, err := NewServer(c, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	return s, ln, done, cancel
+}
+
 // TestServeReloadsCertificate runs the real HTTPS server, replaces its
 // certificate files the way the kubelet does, and sees new connections get
 // the new certificate; a broken pair in between is not served.
@@ -145,17 +162,7 @@ func TestServeReloadsCertificate(t *testing.T) {
 	first := newTestCert(t, "127.0.0.1")
 	certFile, keyFile := first.write(t, dir)
 	c := Config{TLSCert: certFile, TLSKey: keyFile, CertReloadInterval: 20 * time.Millisecond, Image: "podtracer:test"}
-	s, err := NewServer(c, testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln) }()
+	s, ln, served, cancel := serveTest(t, c, testLogger(t))
 	url := "https://" + ln.Addr().String()
 
 	serial := func(ca testCert) (*big.Int, error) {
@@ -243,17 +250,8 @@ func TestHandshakeFailuresLogged(t *testing.T) {
 	certFile, keyFile := cert.write(t, dir)
 	var logs testenv.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
-	s, err := NewServer(Config{TLSCert: certFile, TLSKey: keyFile, Image: "podtracer:test"}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	_, ln, _, cancel := serveTest(t, Config{TLSCert: certFile, TLSKey: keyFile, Image: "podtracer:test"}, logger)
 	defer cancel()
-	go s.Serve(ctx, ln)
 	other := newTestCert(t, "127.0.0.1") // a CA that did not sign the served certificate
 	for range 3 {
 		if conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: other.pool(t)}); err == nil {
