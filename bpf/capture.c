@@ -47,7 +47,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
-#define RCV_SHUTDOWN 1
 #define MSG_OOB 1
 #define MSG_PEEK 2
 #define MSG_TRUNC 0x20
@@ -239,10 +238,11 @@ struct {
 // one of them half-way through its event on the same CPU.
 #define SCRATCH_TASK 0 // copy_iov, head_step, redis_arg, h2_step and h2_piece look it up as key 0
 #define SCRATCH_STATE 1
+#define SCRATCH_DESTROY 2 // tcp_destroy_sock's: it runs in a task or in softirq
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, struct event);
 } scratch SEC(".maps");
@@ -2790,6 +2790,20 @@ int sock_send_length(__u64 *ctx)
 	return on_sock_data((struct sock *)ctx[0], ret, DIR_EGRESS);
 }
 
+// tcp_destroy_sock sends the close held back for a connection whose
+// process closed its socket without a read that found nothing left.
+SEC("tp_btf/tcp_destroy_sock")
+int tcp_destroy_sock(__u64 *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[0];
+	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!st || !st->close_late || st->closed)
+		return 0;
+	st->close_late = 0;
+	send_close(sk, st, SCRATCH_DESTROY);
+	return 0;
+}
+
 // inet_sock_set_state marks the connections the pod's processes open
 // (SYN_SENT happens in the connecting task) and reports the end of the
 // pod's connections: LAST_ACK (both sides closed) or CLOSE. It fires a few
@@ -2823,15 +2837,13 @@ int inet_sock_set_state(__u64 *ctx)
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
 	if (!st || st->closed || !st->tgid)
 		return 0;
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
-	__u32 unread = tp ? tp->rcv_nxt - tp->copied_seq : 0;
-	if (unread && (sk->sk_shutdown & RCV_SHUTDOWN))
-		unread--; // the peer's FIN counts one in rcv_nxt, and is no byte
-	if (newstate == TCP_CLOSE && unread && user_sock(sk)) {
+	if (newstate == TCP_CLOSE && sk->sk_receive_queue.qlen && user_sock(sk)) {
 		// Ended (a reset after the response, the peer's FIN after our
 		// shutdown) with bytes the process has yet to read: user space
 		// would forget the connection before they come. The close goes
-		// up when a read finds nothing left (late_close).
+		// up when a read finds nothing left (late_close), or when the
+		// socket goes (tcp_destroy_sock). A close(2) with bytes unread
+		// empties the queue first: its close goes at once.
 		st->close_late = 1;
 		return 0;
 	}

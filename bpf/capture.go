@@ -233,6 +233,7 @@ type socketObjects struct {
 	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
 	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
 	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
+	TCPDestroySock   *ebpf.Program `ebpf:"tcp_destroy_sock"`
 	Events           *ebpf.Map     `ebpf:"events"`
 	Stats            *ebpf.Map     `ebpf:"stats"`
 	HTTPRoutes       *ebpf.Map     `ebpf:"http_routes"`
@@ -256,9 +257,9 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	if err := loadObjects(spec, &objs, logger); err != nil {
 		return err
 	}
-	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads}
+	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads}
 	var hooks []func() (link.Link, error)
-	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState} {
+	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock} {
 		hooks = append(hooks, func() (link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: p})
 			if err != nil {
@@ -287,7 +288,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
-	c.programs = []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState}
+	c.programs = []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}
 	var bound uint64
 	if spec.Variables["sample_bound"] != nil {
 		spec.Variables["sample_bound"].Get(&bound)
@@ -442,7 +443,7 @@ func (c *Capture) HTTP2Frames() bool { return c.h2Frames }
 
 func (c *Capture) hookNames() string {
 	if c.hooks == HooksSocket {
-		return "tp_btf/sock_recv_length,tp_btf/sock_send_length,tp_btf/inet_sock_set_state"
+		return "tp_btf/sock_recv_length,tp_btf/sock_send_length,tp_btf/inet_sock_set_state,tp_btf/tcp_destroy_sock"
 	}
 	return "raw_tracepoint/sys_enter,raw_tracepoint/sys_exit"
 }

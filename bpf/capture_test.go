@@ -552,10 +552,12 @@ func TestNotStreamBytes(t *testing.T) {
 	}
 }
 
-// lateCloseScript ends two connections while the client has yet to read
-// their last bytes: the server's reset after its response, and the server's
-// FIN after the client's shutdown(SHUT_WR). The client reads them after the
-// end, then reads once more (nothing: the end).
+// lateCloseScript ends connections while the client has yet to read their
+// last bytes: the server's reset after its response (RSET), and the
+// server's FIN after the client's shutdown(SHUT_WR) (HALF), after which the
+// client reads them, then once more (nothing: the end); a reset after
+// which it reads them and closes without that last read (NOEOF); and a
+// client that closes with its reply unread (DROP).
 const lateCloseScript = `
 import socket, struct, sys, time
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
@@ -577,6 +579,13 @@ for how in ("RSET", "HALF"):
     except ConnectionResetError:
         pass
     keep.append(c)  # closed at the end: two sockets, two addresses
+c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+c.sendall(b"REQ-NOEOF"); a.recv(9); a.sendall(b"RESP-NOEOF")
+a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); a.close()
+time.sleep(0.3); got.append(c.recv(16).decode()); c.close()
+c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+c.sendall(b"REQ-DROP"); a.recv(8); a.sendall(b"RESP-DROP")
+time.sleep(0.3); c.close(); keep.append(a)
 sys.stdout.write(" ".join(got) + "\n")
 `
 
@@ -595,7 +604,7 @@ func TestLateClose(t *testing.T) {
 	}
 	defer c.Close()
 	out, err := exec.Command(python, "-c", lateCloseScript).CombinedOutput()
-	if err != nil || strings.TrimSpace(string(out)) != "RESP-RSET RESP-HALF" {
+	if err != nil || strings.TrimSpace(string(out)) != "RESP-RSET RESP-HALF RESP-NOEOF" {
 		t.Fatalf("script: %v %q", err, out)
 	}
 	type step struct {
@@ -603,7 +612,12 @@ func TestLateClose(t *testing.T) {
 		conn uint64
 	}
 	var steps []step
-	clients := map[uint64]int{} // the clients' connections: where their request is in steps
+	type client struct {
+		how  string
+		conn uint64
+		from int // where its request is in steps: socket addresses are reused
+	}
+	var clients []client
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -611,9 +625,7 @@ func TestLateClose(t *testing.T) {
 		for c.Read(&ev) == nil {
 			switch p := string(ev.Payload); {
 			case ev.Type == EventData && ev.Dir == Egress && strings.HasPrefix(p, "REQ-"):
-				// Socket addresses are reused: the connection's events are
-				// those from its request on.
-				clients[ev.Conn] = len(steps)
+				clients = append(clients, client{p[4:], ev.Conn, len(steps)})
 			case ev.Type == EventData && ev.Dir == Ingress && strings.HasPrefix(p, "RESP-"):
 				steps = append(steps, step{"data", ev.Conn})
 			case ev.Type == EventClose:
@@ -624,18 +636,22 @@ func TestLateClose(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	c.Close()
 	<-done
-	for conn, from := range clients {
+	for _, cl := range clients {
 		var order []string
-		for _, s := range steps[from:] {
-			if s.conn == conn {
+		for _, s := range steps[cl.from:] {
+			if s.conn == cl.conn {
 				order = append(order, s.what)
 			}
 		}
-		if len(order) < 2 || !slices.Equal(order[:2], []string{"data", "close"}) {
-			t.Errorf("connection %x: the client's events %q, want its reply, then its close", conn, order)
+		want := []string{"data", "close"}
+		if cl.how == "DROP" {
+			want = []string{"close"} // closed unread: at once, the reply never read
+		}
+		if len(order) < len(want) || !slices.Equal(order[:len(want)], want) {
+			t.Errorf("%s: the client's events %q, want %q", cl.how, order, want)
 		}
 	}
-	if len(clients) != 2 {
-		t.Errorf("%d client connections seen, want 2", len(clients))
+	if len(clients) != 4 {
+		t.Errorf("%d client connections seen, want 4", len(clients))
 	}
 }

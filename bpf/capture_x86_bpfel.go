@@ -207,6 +207,7 @@ const (
 	captureProgSockSendLength   = "sock_send_length"
 	captureProgSysEnter         = "sys_enter"
 	captureProgSysExit          = "sys_exit"
+	captureProgTcpDestroySock   = "tcp_destroy_sock"
 	captureVarAgentTgid         = "agent_tgid"
 	captureVarCaptureBytes      = "capture_bytes"
 	captureVarFastHttp          = "fast_http"
@@ -270,6 +271,7 @@ type captureProgramSpecs struct {
 	SockSendLength   *ebpf.ProgramSpec `ebpf:"sock_send_length"`
 	SysEnter         *ebpf.ProgramSpec `ebpf:"sys_enter"`
 	SysExit          *ebpf.ProgramSpec `ebpf:"sys_exit"`
+	TcpDestroySock   *ebpf.ProgramSpec `ebpf:"tcp_destroy_sock"`
 }
 
 // captureMapSpecs contains maps before they are loaded into the kernel.
@@ -393,6 +395,7 @@ type capturePrograms struct {
 	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
 	SysEnter         *ebpf.Program `ebpf:"sys_enter"`
 	SysExit          *ebpf.Program `ebpf:"sys_exit"`
+	TcpDestroySock   *ebpf.Program `ebpf:"tcp_destroy_sock"`
 }
 
 func (p *capturePrograms) Close() error {
@@ -402,6 +405,7 @@ func (p *capturePrograms) Close() error {
 		p.SockSendLength,
 		p.SysEnter,
 		p.SysExit,
+		p.TcpDestroySock,
 	)
 }
 

@@ -89,19 +89,17 @@ struct sock_common {
 
 struct socket;
 
+struct sk_buff_head {
+	u32 qlen;
+} __attribute__((preserve_access_index));
+
 struct sock {
 	struct sock_common __sk_common;
 	u16 sk_protocol;
 	u16 sk_type;
 	u32 sk_max_ack_backlog;
-	u8 sk_shutdown;
+	struct sk_buff_head sk_receive_queue;
 	struct socket *sk_socket;
-} __attribute__((preserve_access_index));
-
-/* Read through bpf_skc_to_tcp_sock: unread bytes are rcv_nxt - copied_seq. */
-struct tcp_sock {
-	u32 rcv_nxt;
-	u32 copied_seq;
 } __attribute__((preserve_access_index));
 
 struct file;
