@@ -1035,11 +1035,19 @@ func TestRoutesLearntPerRole(t *testing.T) {
 }
 
 // TestResetAfterResponseHeadersFails: an HTTP/2 response reset after its
-// headers (a 200 whose body was cut short) failed: error.type is the reset.
+// headers (a 200 whose body was cut short) failed the client: error.type is
+// the reset. The server did not fail (its client cancelled a video's range,
+// a prefetch); a reset before any response fails either.
 func TestResetAfterResponseHeadersFails(t *testing.T) {
+	if got := httpErrorType(tracer.RoleClient, 200, "INTERNAL_ERROR"); got != "INTERNAL_ERROR" {
+		t.Errorf("client: error.type %q, want INTERNAL_ERROR", got)
+	}
+	if got := httpErrorType(tracer.RoleServer, 206, "CANCEL"); got != "" {
+		t.Errorf("server: error.type %q for a response its client cancelled", got)
+	}
 	for _, role := range []tracer.Role{tracer.RoleServer, tracer.RoleClient} {
-		if got := httpErrorType(role, 200, "INTERNAL_ERROR"); got != "INTERNAL_ERROR" {
-			t.Errorf("%v: error.type %q, want INTERNAL_ERROR", role, got)
+		if got := httpErrorType(role, 0, "CANCEL"); got != "CANCEL" {
+			t.Errorf("%v: error.type %q for a reset before the response, want CANCEL", role, got)
 		}
 		if got := httpErrorType(role, 200, ""); got != "" {
 			t.Errorf("%v: error.type %q for a plain 200", role, got)

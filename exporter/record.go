@@ -64,13 +64,15 @@ func isError(role tracer.Role, code int) bool {
 
 // httpErrorType is error.type for an HTTP request, "" when it did not fail:
 // the status code's text for failing codes, else what ended the exchange
-// without a response, or before the end of one (an HTTP/2 stream reset:
-// "CANCEL", "INTERNAL_ERROR", ...: a 200 whose body was cut short failed).
+// without a response (an HTTP/2 stream reset: "CANCEL", ...), or, for a
+// client, before the end of one (a 200 whose body was cut short failed it;
+// a server whose client stops reading a response, as browsers do with
+// media and prefetches, did not fail).
 func httpErrorType(role tracer.Role, code int, errorCode string) string {
 	switch {
 	case isError(role, code):
 		return statusString(code)
-	case errorCode != "":
+	case errorCode != "" && (code == 0 || role == tracer.RoleClient):
 		return errorCode
 	}
 	return ""

@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/podtracer/podtracer/bpf"
@@ -177,7 +178,16 @@ func httpRequest(req *message, route *lastRoute) *Request {
 	if req.minor == '0' {
 		r.ProtocolVersion = "1.0"
 	}
-	r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
+	if req.method == "CONNECT" && !strings.HasPrefix(req.target, "/") {
+		// The authority form, host:port: the tunnel's end, no path.
+		host := req.host
+		if host == "" {
+			host = req.target
+		}
+		r.Host, r.HostPort = splitHostPort(host)
+	} else {
+		r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
+	}
 	if route != nil {
 		r.Route = route.of(r.Path)
 	}

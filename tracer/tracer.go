@@ -246,13 +246,6 @@ func splitTarget(target, hostHeader string) (path, query, host string, port int)
 			target = "/" + p
 		}
 	}
-	if target != "" && target[0] != '/' && target != "*" && !strings.Contains(target, "://") {
-		// The authority form (CONNECT host:port): no path.
-		if authority == "" {
-			authority = target
-		}
-		target = ""
-	}
 	path, query, _ = strings.Cut(target, "?")
 	if i := strings.IndexByte(path, '#'); i >= 0 {
 		path = path[:i]
