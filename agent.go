@@ -58,7 +58,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	for _, w := range cfg.warnings {
 		logger.Warn("configuration: " + w)
 	}
-	if cfg.SDKDisabled {
+	if cfg.disabled {
 		logger.Warn("configuration: OTEL_SDK_DISABLED=true: no span or metric is exported")
 	}
 	// The OpenTelemetry SDK reports its own troubles here; into the log

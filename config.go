@@ -36,9 +36,9 @@ type config struct {
 	OTLPHeaders         string `env:"OTEL_EXPORTER_OTLP_HEADERS" desc:"headers for every OTLP export, key1=value1,key2=value2 (e.g. auth tokens)"`
 	OTLPTracesHeaders   string `env:"OTEL_EXPORTER_OTLP_TRACES_HEADERS" desc:"headers for trace exports, instead of OTEL_EXPORTER_OTLP_HEADERS"`
 	OTLPMetricsHeaders  string `env:"OTEL_EXPORTER_OTLP_METRICS_HEADERS" desc:"headers for metric exports, instead of OTEL_EXPORTER_OTLP_HEADERS"`
-	TracesExporter      string `env:"OTEL_TRACES_EXPORTER" envDefault:"otlp" desc:"otlp (to the traces endpoint, or printed when there is none), console (printed to stdout) or none"`
-	MetricsExporter     string `env:"OTEL_METRICS_EXPORTER" envDefault:"otlp" desc:"otlp (to the metrics endpoint, if there is one) or none"`
-	SDKDisabled         bool   `env:"OTEL_SDK_DISABLED" envDefault:"false" desc:"true: nothing is exported (the agent still runs, and logs its counters)"`
+	TracesExporter      string `env:"OTEL_TRACES_EXPORTER" envDefault:"otlp" desc:"comma-separated: otlp (to the traces endpoint, or printed when there is none), console (printed to stdout), none; others are warned of and ignored"`
+	MetricsExporter     string `env:"OTEL_METRICS_EXPORTER" envDefault:"otlp" desc:"comma-separated: otlp (to the metrics endpoint, if there is one), none; others are warned of and ignored"`
+	SDKDisabled         string `env:"OTEL_SDK_DISABLED" desc:"true (any case): nothing is exported (the agent still runs, and logs its counters); anything else: false"`
 	ServiceName         string `env:"OTEL_SERVICE_NAME" desc:"service.name of every traced process; unset: each process's executable name"`
 	ResourceAttributes  string `env:"OTEL_RESOURCE_ATTRIBUTES" desc:"extra resource attributes, key1=value1,key2=value2"`
 	Sampler             string `env:"OTEL_TRACES_SAMPLER" envDefault:"parentbased_always_on" desc:"always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"`
@@ -78,6 +78,8 @@ type config struct {
 	executable *regexp.Regexp
 	protocols  []string
 	level      slog.Level
+	traces, metrics map[string]bool // the exporters named, of those the agent has
+	disabled        bool            // OTEL_SDK_DISABLED
 	// warnings are settings that are not mistakes but have no effect,
 	// logged once the logger exists.
 	warnings []string
@@ -136,8 +138,8 @@ func loadConfig(environ []string) (config, error) {
 
 // unknownVariables warns of PODTRACER_ variables the agent does not read:
 // a misspelt one (PODTRACER_OPEN_PORT) would otherwise leave its default
-// in force without a word. The webhook's and the developers' own are not
-// the agent's to judge.
+// in force without a word. The webhook's, and the developers' (a profile,
+// the tests' kernels and caches), are not the agent's to judge.
 func unknownVariables(environment map[string]string) []string {
 	known := map[string]bool{}
 	for _, v := range variables() {
@@ -145,8 +147,8 @@ func unknownVariables(environment map[string]string) []string {
 	}
 	var warnings []string
 	for _, name := range slices.Sorted(maps.Keys(environment)) {
-		if !strings.HasPrefix(name, "PODTRACER_") || known[name] ||
-			strings.HasPrefix(name, "PODTRACER_WEBHOOK_") || strings.HasPrefix(name, "PODTRACER_DEV_") {
+		if !strings.HasPrefix(name, "PODTRACER_") || known[name] || strings.HasPrefix(name, "PODTRACER_WEBHOOK_") ||
+			strings.HasPrefix(name, "PODTRACER_DEV_") || strings.HasPrefix(name, "PODTRACER_TEST_") || name == "PODTRACER_CACHE" {
 			continue
 		}
 		w := name + " is not a podtracer variable, and has no effect"
@@ -248,16 +250,11 @@ func (c *config) validate() []error {
 	if err := checkKeyValues(c.ResourceAttributes, nil); err != nil {
 		bad("OTEL_RESOURCE_ATTRIBUTES", c.ResourceAttributes, err.Error())
 	}
-	switch c.TracesExporter {
-	case "otlp", "console", "none":
-	default:
-		bad("OTEL_TRACES_EXPORTER", c.TracesExporter, "want otlp, console or none")
-	}
-	switch c.MetricsExporter {
-	case "otlp", "none":
-	default:
-		bad("OTEL_METRICS_EXPORTER", c.MetricsExporter, "want otlp or none (the agent exports metrics over OTLP only)")
-	}
+	// Shared with an application's environment (envFrom), these may name
+	// exporters the agent has not: warned of, not fatal.
+	c.traces = c.exporters("OTEL_TRACES_EXPORTER", c.TracesExporter, "otlp", "console", "none")
+	c.metrics = c.exporters("OTEL_METRICS_EXPORTER", c.MetricsExporter, "otlp", "none")
+	c.disabled = strings.EqualFold(strings.TrimSpace(c.SDKDisabled), "true")
 	c.ServiceName = strings.TrimSpace(c.ServiceName)
 	if strings.EqualFold(strings.TrimSpace(c.OTLPInsecure), "true") {
 		for _, ep := range []string{c.OTLPEndpoint, c.OTLPTracesEndpoint, c.OTLPMetricsEndpoint} {
@@ -360,6 +357,27 @@ func checkKeyValues(s string, validKey func(string) bool) error {
 	return nil
 }
 
+// exporters reads an OTEL_*_EXPORTER list (case-insensitive) into the set
+// of the known names it holds, warning of the others; a list of none of
+// them is otlp, the default.
+func (c *config) exporters(name, value string, known ...string) map[string]bool {
+	set := map[string]bool{}
+	for _, e := range strings.Split(value, ",") {
+		e = strings.ToLower(strings.TrimSpace(e))
+		switch {
+		case e == "":
+		case slices.Contains(known, e):
+			set[e] = true
+		default:
+			c.warnings = append(c.warnings, fmt.Sprintf("%s: %q is not an exporter the agent has (%s): ignored", name, e, strings.Join(known, ", ")))
+		}
+	}
+	if len(set) == 0 {
+		set["otlp"] = true // unset, or only exporters the agent has not
+	}
+	return set
+}
+
 // headerName tells whether k is an HTTP header field name (RFC 9110's token).
 func headerName(k string) bool {
 	for _, c := range []byte(k) {
@@ -377,11 +395,11 @@ func (c *config) parses(p string) bool {
 }
 
 func (c *config) tracesOTLP() bool {
-	return !c.SDKDisabled && c.TracesExporter == "otlp" && (c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "")
+	return !c.disabled && c.traces["otlp"] && (c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "")
 }
 
 func (c *config) metricsOTLP() bool {
-	return !c.SDKDisabled && c.MetricsExporter == "otlp" && (c.OTLPEndpoint != "" || c.OTLPMetricsEndpoint != "")
+	return !c.disabled && c.metrics["otlp"] && (c.OTLPEndpoint != "" || c.OTLPMetricsEndpoint != "")
 }
 
 // printer is the trace printer's setting for the exporter: as set, or
@@ -390,9 +408,9 @@ func (c *config) printer() string {
 	switch {
 	case c.TracePrinter != "":
 		return c.TracePrinter
-	case c.SDKDisabled || c.TracesExporter == "none":
+	case c.disabled || !c.traces["otlp"] && !c.traces["console"]:
 		return "off"
-	case c.TracesExporter == "console":
+	case c.traces["console"]:
 		return "text"
 	}
 	return "" // the exporter's default: text when there is no traces endpoint

@@ -167,8 +167,6 @@ func TestConfigMistakesFoundByReview(t *testing.T) {
 		{"OTEL_EXPORTER_OTLP_HEADERS=Authorization Bearer=abc", "not a header name"},
 		{"PODTRACER_PROTOCOLS=,", "names no protocol"},
 		{"PODTRACER_MAX_CONNECTIONS=20000000", "want 1 to 1048576"},
-		{"OTEL_TRACES_EXPORTER=zipkin", "want otlp, console or none"},
-		{"OTEL_METRICS_EXPORTER=prometheus", "want otlp or none"},
 		{"PODTRACER_SHUTDOWN_WAIT=soon", "a duration"},
 	} {
 		_, err := loadConfig([]string{c.env})
@@ -198,6 +196,13 @@ func TestConfigExporters(t *testing.T) {
 		{[]string{endpoint, "OTEL_TRACES_EXPORTER=console"}, false, true, "text"},
 		{[]string{endpoint, "OTEL_TRACES_EXPORTER=none", "PODTRACER_TRACE_PRINTER=json"}, false, true, "json"},
 		{[]string{endpoint, "OTEL_SDK_DISABLED=true"}, false, false, "off"},
+		{[]string{endpoint, "OTEL_SDK_DISABLED=TRUE"}, false, false, "off"},
+		{[]string{endpoint, "OTEL_SDK_DISABLED=1"}, true, true, ""}, // only "true" is
+		// Lists, any case; exporters the agent has not are ignored (and
+		// warned of): an application's environment, shared, is no mistake.
+		{[]string{endpoint, "OTEL_TRACES_EXPORTER=OTLP,console"}, true, true, "text"},
+		{[]string{endpoint, "OTEL_TRACES_EXPORTER=zipkin", "OTEL_METRICS_EXPORTER=otlp,prometheus"}, true, true, ""},
+		{[]string{endpoint, "OTEL_METRICS_EXPORTER=None"}, true, false, ""},
 		{nil, false, false, ""},
 	} {
 		cfg, err := loadConfig(c.env)
@@ -207,6 +212,10 @@ func TestConfigExporters(t *testing.T) {
 		if cfg.tracesOTLP() != c.traces || cfg.metricsOTLP() != c.metrics || cfg.printer() != c.printer {
 			t.Errorf("%q: traces %v metrics %v printer %q, want %v %v %q", c.env, cfg.tracesOTLP(), cfg.metricsOTLP(), cfg.printer(), c.traces, c.metrics, c.printer)
 		}
+	}
+	cfg, _ := loadConfig([]string{"OTEL_TRACES_EXPORTER=zipkin"})
+	if w := strings.Join(cfg.warnings, "\n"); !strings.Contains(w, `"zipkin" is not an exporter`) {
+		t.Errorf("no warning of an exporter the agent has not: %q", w)
 	}
 }
 
@@ -219,6 +228,7 @@ func TestConfigWarnings(t *testing.T) {
 		"PODTRACER_DEV_CPUPROFILE=/tmp/x",   // a developer's
 		"OTEL_TRACES_SAMPLER_ARG=0.1",       // without a ratio sampler
 		"OTEL_SERVICE_NAME=  shop\n",
+		"PODTRACER_TEST_KERNELS=/x", "PODTRACER_CACHE=/y", // the tests' own
 	})
 	if err != nil {
 		t.Fatal(err)

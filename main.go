@@ -19,7 +19,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
-		// The first signal asks for a flush (bounded: 10 s); a second one
+		// The first signal asks for a drain and a flush (bounded:
+		// PODTRACER_SHUTDOWN_WAIT, then 10 s); a second one
 		// ends the process at once, as if nothing caught it.
 		<-ctx.Done()
 		stop()

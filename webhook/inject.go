@@ -313,11 +313,11 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		values[st.Env] = v
 	}
 	_, ownEndpoint := annotations["podtracer.io/otlp-endpoint"]
-	if _, ownInsecure := annotations["podtracer.io/otlp-insecure"]; ownEndpoint && !ownInsecure {
-		// The webhook's insecure setting goes with its endpoint (a
-		// collector in the cluster): a Deployment's own endpoint (a
-		// vendor's https://, with its credentials) is taken as its
-		// scheme says, not sent plaintext.
+	if _, ownInsecure := annotations["podtracer.io/otlp-insecure"]; ownEndpoint && !ownInsecure && values["OTEL_EXPORTER_OTLP_INSECURE"] == "true" {
+		// The webhook's plaintext goes with its endpoint (a collector in
+		// the cluster): a Deployment's own endpoint (a vendor's https://,
+		// with its credentials) is taken as its scheme says. Its TLS
+		// (false) holds for every endpoint.
 		delete(values, "OTEL_EXPORTER_OTLP_INSECURE")
 	}
 	if values["OTEL_TRACES_SAMPLER_ARG"] != "" && !strings.HasSuffix(values["OTEL_TRACES_SAMPLER"], "traceidratio") {

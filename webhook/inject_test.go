@@ -406,4 +406,12 @@ func TestMutateInsecureGoesWithItsEndpoint(t *testing.T) {
 			t.Errorf("%v: OTEL_EXPORTER_OTLP_INSECURE = %q, want %q", c.annotations, got, c.want)
 		}
 	}
+	// The webhook's TLS even to http:// holds for a Deployment's own
+	// endpoint too.
+	s.OTLPInsecure = "false"
+	d := readDeployment(t, "testdata/inject/basic/in.yaml")
+	d.Annotations["podtracer.io/otlp-endpoint"] = "http://collector.shop:4317"
+	if got := envValue(*sidecarOf(Mutate(d, s).Deployment), "OTEL_EXPORTER_OTLP_INSECURE"); got != "false" {
+		t.Errorf("webhook's insecure=false with an annotated endpoint: %q, want false", got)
+	}
 }
