@@ -74,10 +74,10 @@ type config struct {
 	Metadata pod.Metadata `desc:"downward API"`
 
 	// Parsed from the strings above by validate.
-	ports      pod.Ports
-	executable *regexp.Regexp
-	protocols  []string
-	level      slog.Level
+	ports           pod.Ports
+	executable      *regexp.Regexp
+	protocols       []string
+	level           slog.Level
 	traces, metrics map[string]bool // the exporters named, of those the agent has
 	disabled        bool            // OTEL_SDK_DISABLED
 	// warnings are settings that are not mistakes but have no effect,
