@@ -312,6 +312,9 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		}
 		values[st.Env] = v
 	}
+	if values["PODTRACER_SHUTDOWN_WAIT"] == "" {
+		values["PODTRACER_SHUTDOWN_WAIT"] = shutdownWait(d.Spec.Template.Spec.TerminationGracePeriodSeconds)
+	}
 	_, ownEndpoint := annotations["podtracer.io/otlp-endpoint"]
 	if _, ownInsecure := annotations["podtracer.io/otlp-insecure"]; ownEndpoint && !ownInsecure && values["OTEL_EXPORTER_OTLP_INSECURE"] == "true" {
 		// The webhook's plaintext goes with its endpoint (a collector in
@@ -373,6 +376,22 @@ func fieldEnv(name, path string) corev1.EnvVar {
 	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
 		FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
 	}}
+}
+
+// shutdownWait is the sidecar's PODTRACER_SHUTDOWN_WAIT for a pod with this
+// grace period (nil: Kubernetes' 30 s), "" for the agent's default (15 s):
+// the drain after SIGTERM, then up to 10 s of flush, and 2 s to spare must
+// fit in it, or the kubelet kills the sidecar with its last spans.
+func shutdownWait(grace *int64) string {
+	g := int64(30)
+	if grace != nil {
+		g = *grace
+	}
+	wait := min(15, max(g-12, 0))
+	if wait == 15 {
+		return ""
+	}
+	return strconv.FormatInt(wait, 10) + "s"
 }
 
 // deploymentName is the service name podtracer reports by default. A

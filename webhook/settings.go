@@ -38,6 +38,19 @@ var Settings = []Setting{
 	{"podtracer.io/executable-name", "PODTRACER_EXECUTABLE_NAME", "trace only processes whose executable matches this regular expression", checkRegexp, nil},
 	{"podtracer.io/trace-printer", "PODTRACER_TRACE_PRINTER", "print spans to the sidecar's stdout: text, json or off", oneOf("text", "json", "off"), nil},
 	{"podtracer.io/log-level", "PODTRACER_LOG_LEVEL", "debug, info, warn or error", oneOf("debug", "info", "warn", "error"), nil},
+	{"podtracer.io/shutdown-wait", "PODTRACER_SHUTDOWN_WAIT", "after SIGTERM, how long at most the sidecar goes on tracing the draining pod, e.g. 10s (default: fitted to the pod's grace period)", checkDuration, nil},
+}
+
+// checkDuration accepts a Go duration of 0 or more, as the agent reads it.
+func checkDuration(v string) error {
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("%s is not a duration such as 10s or 500ms", quote(v))
+	}
+	if d < 0 {
+		return fmt.Errorf("%s is negative", quote(v))
+	}
+	return nil
 }
 
 var settingByAnnotation = func() map[string]Setting {
