@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/net/http2/hpack"
 
@@ -792,5 +793,19 @@ func TestHPACKIndexedBlocksRemembered(t *testing.T) {
 	}
 	if !allIndexed([]byte{0xff, 0x80, 0x01, 0x82}) || allIndexed([]byte{0x82, 0x40}) || allIndexed(nil) {
 		t.Error("allIndexed: a multi-byte index, a literal, an empty block")
+	}
+}
+
+// TestHTTP2LongValueNotPinned: a header value longer than the cap is kept
+// as a copy of its start, not as a substring that keeps all of it alive for
+// the stream's life.
+func TestHTTP2LongValueNotPinned(t *testing.T) {
+	long := "/" + strings.Repeat("x", 60000)
+	h := readH2Headers([]hfield{{name: ":path", value: long}, {name: ":method", value: "GET"}}, false)
+	if len(h.path) != h2MaxValue {
+		t.Fatalf("path of %d bytes, want the cap, %d", len(h.path), h2MaxValue)
+	}
+	if unsafe.StringData(h.path) == unsafe.StringData(long) {
+		t.Error("the capped value shares the whole value's bytes")
 	}
 }

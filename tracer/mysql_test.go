@@ -3,6 +3,7 @@ package tracer
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMySQLGoDriver(t *testing.T) {
@@ -122,6 +123,26 @@ func TestMySQLChangeUser(t *testing.T) {
 		"mysql SELECT users @shop | SELECT * FROM users",
 		"mysql SELECT invoices @billing | SELECT * FROM invoices",
 	})
+}
+
+// TestMySQLIdleKeepsState: a pooled connection idle for ten minutes keeps
+// its database.
+func TestMySQLIdleKeepsState(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, out, myPkt(0, "\x03SELECT 1"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	h.send(1, out, myPkt(0, "\x02shop"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	for range 60 { // ten minutes of another connection only, which drives the sweep
+		h.now += uint64(10 * time.Second)
+		h.send(2, out, myPkt(0, "\x03SELECT 1"))
+		h.send(2, in, myPkt(1, myOKPacket))
+	}
+	h.send(1, out, myPkt(0, "\x03SELECT * FROM users"))
+	h.send(1, in, myPkt(1, myOKPacket))
+	if got := dbSummary(h.got[len(h.got)-1]); got != "mysql SELECT users @shop | SELECT * FROM users" {
+		t.Errorf("after 10 idle minutes: %s", got)
+	}
 }
 
 func TestMySQLTLSAndCompression(t *testing.T) {

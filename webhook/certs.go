@@ -81,9 +81,8 @@ func (r *certReloader) reload() (bool, error) {
 	r.logger.Info("serving certificate loaded",
 		"file", r.certFile, "subject", leaf.Subject.String(), "dns_names", leaf.DNSNames,
 		"not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
-	if time.Now().After(leaf.NotAfter) {
-		r.logger.Warn("serving certificate has expired", "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
-	}
+	r.expiredWarned = time.Time{} // a new certificate: warned of at once if it has expired
+	r.warnExpired(time.Now())
 	return true, nil
 }
 
