@@ -322,37 +322,52 @@ while k < 136:
 sys.stdout.write("%d %d %d %d\n" % (got, n, m, k))
 `
 
+// capturePython loads the capture with cfg, runs a Python script (a
+// neighbour: the test plays the agent), and hands each event read to each
+// until half a second after the script ended. It returns what the script
+// printed.
+func capturePython(t *testing.T, cfg Config, script string, each func(ev *Event)) string {
+	t.Helper()
+	python := testenv.LookPath(t, "python3")
+	c, err := Load(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	out, err := exec.Command(python, "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("script: %v %s", err, out)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			each(&ev)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	c.Close()
+	<-done
+	return string(out)
+}
+
 // TestCaptureVectors: transfers through iovec arrays are captured with
 // their prefix, in order across the vectors, and their tail.
 func TestCaptureVectors(t *testing.T) {
 	testenv.Privileged(t)
-	python := testenv.LookPath(t, "python3")
 	for _, hooks := range hookSets(t) {
 		t.Run(hooks, func(t *testing.T) {
-			c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: hooks}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			out, err := exec.Command(python, "-c", vectorScript).CombinedOutput()
-			if err != nil || strings.TrimSpace(string(out)) != "121 11 37 136" {
-				t.Fatalf("script: %v %q", err, out)
-			}
 			type capture struct{ payload, tail string }
 			got := map[string]capture{} // by direction and the payload's first 5 bytes
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				var ev Event
-				for c.Read(&ev) == nil {
-					if ev.Type == EventData && len(ev.Payload) >= 5 && strings.HasPrefix(string(ev.Payload), "VEC") {
-						got[fmt.Sprintf("%d %s", ev.Dir, ev.Payload[:5])] = capture{string(ev.Payload), string(ev.Tail)}
-					}
+			out := capturePython(t, Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: hooks}, vectorScript, func(ev *Event) {
+				if ev.Type == EventData && len(ev.Payload) >= 5 && strings.HasPrefix(string(ev.Payload), "VEC") {
+					got[fmt.Sprintf("%d %s", ev.Dir, ev.Payload[:5])] = capture{string(ev.Payload), string(ev.Tail)}
 				}
-			}()
-			time.Sleep(500 * time.Millisecond)
-			c.Close()
-			<-done
+			})
+			if strings.TrimSpace(out) != "121 11 37 136" {
+				t.Fatalf("script printed %q", out)
+			}
 
 			prefix := "VEC1:" + strings.Repeat("x", 59)
 			for _, dir := range []Direction{Egress, Ingress} {
@@ -505,39 +520,24 @@ sys.stdout.write("%s %s %s %s %d %s %d\n" % (p1.decode(), p2.decode(), r.decode(
 // connection's data and close.
 func TestNotStreamBytes(t *testing.T) {
 	testenv.Privileged(t)
-	python := testenv.LookPath(t, "python3")
 	for _, hooks := range hookSets(t) {
 		t.Run(hooks, func(t *testing.T) {
-			c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: hooks}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			out, err := exec.Command(python, "-c", notStreamScript).CombinedOutput()
-			if err != nil || !strings.HasPrefix(string(out), "PEEK1 PEEK1 PEEK1 ! 5 AFTER") {
-				t.Fatalf("script: %v %q", err, out)
-			}
 			var ingress []string
 			var againConn uint64
 			againClosed := false
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				var ev Event
-				for c.Read(&ev) == nil {
-					switch {
-					case ev.Type == EventData && ev.Dir == Ingress:
-						ingress = append(ingress, string(ev.Payload))
-					case ev.Type == EventData && ev.Dir == Egress && string(ev.Payload) == "AGAIN":
-						againConn = ev.Conn // the client's side, whose socket was refused first
-					case ev.Type == EventClose && againConn != 0 && ev.Conn == againConn:
-						againClosed = true
-					}
+			out := capturePython(t, Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: hooks}, notStreamScript, func(ev *Event) {
+				switch {
+				case ev.Type == EventData && ev.Dir == Ingress:
+					ingress = append(ingress, string(ev.Payload))
+				case ev.Type == EventData && ev.Dir == Egress && string(ev.Payload) == "AGAIN":
+					againConn = ev.Conn // the client's side, whose socket was refused first
+				case ev.Type == EventClose && againConn != 0 && ev.Conn == againConn:
+					againClosed = true
 				}
-			}()
-			time.Sleep(500 * time.Millisecond)
-			c.Close()
-			<-done
+			})
+			if !strings.HasPrefix(out, "PEEK1 PEEK1 PEEK1 ! 5 AFTER") {
+				t.Fatalf("script printed %q", out)
+			}
 			count := map[string]int{}
 			for _, p := range ingress {
 				count[p]++
@@ -594,18 +594,8 @@ sys.stdout.write(" ".join(got) + "\n")
 // forget the connection first, and lose the reply).
 func TestLateClose(t *testing.T) {
 	testenv.Privileged(t)
-	python := testenv.LookPath(t, "python3")
 	if !slices.Contains(hookSets(t), HooksSocket) {
 		testenv.Skip(t, "the socket hooks need Linux 6.3+; the syscall hooks report closes at close(2)")
-	}
-	c, err := Load(Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	out, err := exec.Command(python, "-c", lateCloseScript).CombinedOutput()
-	if err != nil || strings.TrimSpace(string(out)) != "RESP-RSET RESP-HALF RESP-NOEOF" {
-		t.Fatalf("script: %v %q", err, out)
 	}
 	type step struct {
 		what string
@@ -618,24 +608,19 @@ func TestLateClose(t *testing.T) {
 		from int // where its request is in steps: socket addresses are reused
 	}
 	var clients []client
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var ev Event
-		for c.Read(&ev) == nil {
-			switch p := string(ev.Payload); {
-			case ev.Type == EventData && ev.Dir == Egress && strings.HasPrefix(p, "REQ-"):
-				clients = append(clients, client{p[4:], ev.Conn, len(steps)})
-			case ev.Type == EventData && ev.Dir == Ingress && strings.HasPrefix(p, "RESP-"):
-				steps = append(steps, step{"data", ev.Conn})
-			case ev.Type == EventClose:
-				steps = append(steps, step{"close", ev.Conn})
-			}
+	out := capturePython(t, Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: HooksSocket}, lateCloseScript, func(ev *Event) {
+		switch p := string(ev.Payload); {
+		case ev.Type == EventData && ev.Dir == Egress && strings.HasPrefix(p, "REQ-"):
+			clients = append(clients, client{p[4:], ev.Conn, len(steps)})
+		case ev.Type == EventData && ev.Dir == Ingress && strings.HasPrefix(p, "RESP-"):
+			steps = append(steps, step{"data", ev.Conn})
+		case ev.Type == EventClose:
+			steps = append(steps, step{"close", ev.Conn})
 		}
-	}()
-	time.Sleep(500 * time.Millisecond)
-	c.Close()
-	<-done
+	})
+	if strings.TrimSpace(out) != "RESP-RSET RESP-HALF RESP-NOEOF" {
+		t.Fatalf("script printed %q", out)
+	}
 	for _, cl := range clients {
 		var order []string
 		for _, s := range steps[cl.from:] {
