@@ -660,3 +660,54 @@ func TestShutdownDrain(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelSpansUnderLoad: 32 keep-alive connections to a Go server in the
+// pod, each asking for five paths in turn whose status is their path's.
+// The kernel's records stand for most requests once their heads are
+// registered, and every server span must carry its own request's status:
+// a record paired with another exchange of its connection (the kernel's
+// state of a connection updated by a send and a receive on two CPUs at
+// once) would not.
+func TestKernelSpansUnderLoad(t *testing.T) {
+	privileged(t)
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
+	waitListening(t, port)
+	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_BSP_MAX_QUEUE_SIZE=262144", "PODTRACER_SHUTDOWN_WAIT=0"))
+	out := run(t, exec.Command(httpapp, "-load", fmt.Sprintf("http://127.0.0.1:%d", port), "-for", "2s"))
+	var ok, wrong int
+	if _, err := fmt.Sscanf(out, "ok %d wrong %d", &ok, &wrong); err != nil || ok < 1000 || wrong != 0 {
+		t.Fatalf("load: %q", out)
+	}
+	statusSpans := func(spans []otlptest.Span) (n, mismatched int) {
+		for _, s := range spans {
+			path := fmt.Sprint(s.Attributes["url.path"])
+			if s.Kind != trace.SpanKindServer || !strings.HasPrefix(path, "/status/") {
+				continue
+			}
+			n++
+			if fmt.Sprint(s.Attributes["http.response.status_code"]) != strings.TrimPrefix(path, "/status/") {
+				mismatched++
+			}
+		}
+		return n, mismatched
+	}
+	spans := rcv.WaitSpans(t, 60*time.Second, func(s []otlptest.Span) bool { n, _ := statusSpans(s); return n >= ok })
+	n, mismatched := statusSpans(spans)
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 20*time.Second)
+	var records int
+	if i := strings.Index(agent.output(), "kernel_records="); i >= 0 {
+		fmt.Sscanf(agent.output()[i:], "kernel_records=%d", &records)
+	}
+	t.Logf("%d requests, %d server spans, %d of them from the kernel's records", ok, n, records)
+	if mismatched > 0 {
+		t.Errorf("%d of %d server spans carry another request's status", mismatched, n)
+	}
+	if records < ok/2 {
+		t.Errorf("the kernel's records stood for %d of %d requests: the fast path was not what this measured", records, ok)
+	}
+}
