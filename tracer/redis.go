@@ -53,6 +53,11 @@ type redisConn struct {
 	pending  []*redisCmd
 	tx       *redisTx // the transaction being queued
 	pubsub   bool     // RESP2 subscriber: messages come that answer nothing
+	// The subscriptions the last confirmations counted: channels and
+	// patterns (SUBSCRIBE, PSUBSCRIBE and their UNSUBSCRIBEs), and shard
+	// channels (SSUBSCRIBE, SUNSUBSCRIBE), which Redis counts apart. The
+	// connection leaves pubsub mode when both are 0.
+	subs, shardSubs int64
 	replyOff bool     // CLIENT REPLY OFF
 	skipNext bool     // CLIENT REPLY SKIP
 	seen     bool     // a command was seen
@@ -858,11 +863,18 @@ func (c *redisConn) onReply(r redisReply, exit uint64) {
 		if len(c.pending) == 0 || c.pending[0].confirm == "" || c.pending[0].confirm != kind {
 			return
 		}
-		if strings.HasSuffix(kind, "unsubscribe") && r.count == 0 {
-			// No subscription left: the connection is out of pubsub
-			// mode, and a reply whose first element is "message" is an
-			// ordinary one again.
-			c.pubsub = false
+		if r.count >= 0 && strings.HasSuffix(kind, "subscribe") {
+			if kind == "ssubscribe" || kind == "sunsubscribe" {
+				c.shardSubs = r.count
+			} else {
+				c.subs = r.count
+			}
+			if c.subs == 0 && c.shardSubs == 0 {
+				// No subscription left: the connection is out of pubsub
+				// mode, and a reply whose first element is "message"
+				// is an ordinary one again.
+				c.pubsub = false
+			}
 		}
 	}
 	if len(c.pending) == 0 {
@@ -885,7 +897,7 @@ func (c *redisConn) answer(r redisReply, end uint64) {
 	case r.err != nil && p.selectDB != "" && c.db == p.selectDB:
 		c.db = p.db
 	case r.err == nil && p.op == "RESET":
-		c.pubsub, c.db = false, "0"
+		c.pubsub, c.db, c.subs, c.shardSubs = false, "0", 0, 0
 	}
 	if p.skip {
 		return

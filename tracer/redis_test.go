@@ -192,6 +192,20 @@ func TestRedisPubsubEnds(t *testing.T) {
 		"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
 		"redis PING | PING",
 	})
+	// Redis counts shard channels apart: the last UNSUBSCRIBE's 0 leaves
+	// the SSUBSCRIBE's channel, and the connection still subscribed.
+	got = redisRun(t, Config{},
+		respCmd("SSUBSCRIBE", "s"), "*3\r\n$10\r\nssubscribe\r\n$1\r\ns\r\n:1\r\n",
+		respCmd("SUBSCRIBE", "a"), "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n",
+		respCmd("UNSUBSCRIBE", "a"), "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n*3\r\n$8\r\nsmessage\r\n$1\r\ns\r\n$2\r\nhi\r\n",
+		respCmd("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+	)
+	dbDiff(t, "shard channel left", got, []string{
+		"redis SSUBSCRIBE | SSUBSCRIBE ?",
+		"redis SUBSCRIBE | SUBSCRIBE ?",
+		"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
+		"redis PING | PING",
+	})
 }
 
 func TestRedisTransactionErrors(t *testing.T) {
