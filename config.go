@@ -129,11 +129,35 @@ func loadConfig(environ []string) (config, error) {
 		}
 	}
 	cfg.warnings = append(cfg.warnings, unknownVariables(environment)...)
+	cfg.warnings = append(cfg.warnings, plaintextToHTTPS(environment)...)
 	if errs == nil {
 		return cfg, nil
 	}
 	errs.ErrorFormat = listErrors
 	return cfg, errs.ErrorOrNil()
+}
+
+// plaintextToHTTPS warns of a signal sent as plaintext gRPC to an https://
+// endpoint: what the Go SDK does with OTEL_EXPORTER_OTLP_INSECURE=true (or
+// the signal's own), headers included, where the specification has https
+// win. Each signal's endpoint and setting are its own, else the general's.
+func plaintextToHTTPS(environment map[string]string) []string {
+	var warnings []string
+	for _, signal := range []string{"TRACES", "METRICS"} {
+		endpoint := environment["OTEL_EXPORTER_OTLP_"+signal+"_ENDPOINT"]
+		if endpoint == "" {
+			endpoint = environment["OTEL_EXPORTER_OTLP_ENDPOINT"]
+		}
+		insecure, ok := environment["OTEL_EXPORTER_OTLP_"+signal+"_INSECURE"]
+		if !ok {
+			insecure = environment["OTEL_EXPORTER_OTLP_INSECURE"]
+		}
+		if strings.HasPrefix(endpoint, "https://") && strings.EqualFold(strings.TrimSpace(insecure), "true") {
+			warnings = append(warnings, fmt.Sprintf("%s go to %s as plaintext gRPC, headers included, despite its https://: OTEL_EXPORTER_OTLP_(%s_)INSECURE=true, as the Go SDK reads it (the specification has https win)",
+				strings.ToLower(signal), endpoint, signal))
+		}
+	}
+	return warnings
 }
 
 // unknownVariables warns of PODTRACER_ variables the agent does not read:
@@ -256,14 +280,6 @@ func (c *config) validate() []error {
 	c.metrics = c.exporters("OTEL_METRICS_EXPORTER", c.MetricsExporter, "otlp", "none")
 	c.disabled = strings.EqualFold(strings.TrimSpace(c.SDKDisabled), "true")
 	c.ServiceName = strings.TrimSpace(c.ServiceName)
-	if strings.EqualFold(strings.TrimSpace(c.OTLPInsecure), "true") {
-		for _, ep := range []string{c.OTLPEndpoint, c.OTLPTracesEndpoint, c.OTLPMetricsEndpoint} {
-			if strings.HasPrefix(ep, "https://") {
-				c.warnings = append(c.warnings, "OTEL_EXPORTER_OTLP_INSECURE=true: exports to "+ep+" go as plaintext gRPC, headers included, despite its https:// (the Go SDK's reading; the specification's has https win)")
-				break
-			}
-		}
-	}
 	if c.SamplerArg != "" && !strings.HasSuffix(c.Sampler, "traceidratio") {
 		c.warnings = append(c.warnings, fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%q has no effect with OTEL_TRACES_SAMPLER=%s: only the traceidratio samplers read it", c.SamplerArg, c.Sampler))
 	}

@@ -262,4 +262,15 @@ func TestConfigInsecureHTTPS(t *testing.T) {
 	if len(cfg.warnings) != 0 {
 		t.Errorf("warnings for a plain http:// endpoint: %q", cfg.warnings)
 	}
+	// The signals' own settings: traces' plaintext is warned of, metrics'
+	// TLS overrides the general plaintext.
+	cfg, _ = loadConfig([]string{"OTEL_EXPORTER_OTLP_ENDPOINT=https://otlp.vendor.example:443", "OTEL_EXPORTER_OTLP_INSECURE=true",
+		"OTEL_EXPORTER_OTLP_METRICS_INSECURE=false"})
+	if w := strings.Join(cfg.warnings, "\n"); !strings.Contains(w, "traces go to") || strings.Contains(w, "metrics go to") {
+		t.Errorf("signal-specific settings: %q", w)
+	}
+	cfg, _ = loadConfig([]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=https://t.example:443", "OTEL_EXPORTER_OTLP_TRACES_INSECURE=true"})
+	if w := strings.Join(cfg.warnings, "\n"); !strings.Contains(w, "traces go to https://t.example:443") {
+		t.Errorf("the traces' own insecure setting: %q", w)
+	}
 }

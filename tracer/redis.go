@@ -50,21 +50,21 @@ type redisConn struct {
 	cmds   redisCmdStream
 	reps   redisReplyStream
 
-	pending  []*redisCmd
-	tx       *redisTx // the transaction being queued
-	pubsub   bool     // RESP2 subscriber: messages come that answer nothing
+	pending []*redisCmd
+	tx      *redisTx // the transaction being queued
+	pubsub  bool     // RESP2 subscriber: messages come that answer nothing
 	// The subscriptions the last confirmations counted: channels and
 	// patterns (SUBSCRIBE, PSUBSCRIBE and their UNSUBSCRIBEs), and shard
 	// channels (SSUBSCRIBE, SUNSUBSCRIBE), which Redis counts apart. The
 	// connection leaves pubsub mode when both are 0.
 	subs, shardSubs int64
-	replyOff bool     // CLIENT REPLY OFF
-	skipNext bool     // CLIENT REPLY SKIP
-	seen     bool     // a command was seen
-	db       string
-	done     bool
-	lastRep  uint64 // exit time of the last reply segment
-	heads    *heads // the kernel's spans: the shapes of the commands it stands for
+	replyOff        bool // CLIENT REPLY OFF
+	skipNext        bool // CLIENT REPLY SKIP
+	seen            bool // a command was seen
+	db              string
+	done            bool
+	lastRep         uint64 // exit time of the last reply segment
+	heads           *heads // the kernel's spans: the shapes of the commands it stands for
 }
 
 // redisShape is the span of every command of a shape (bpf.RedisShape).
