@@ -74,17 +74,18 @@ func (cfg Config) enabled(name string) bool {
 }
 
 // A stateful parser holds what it cannot learn again mid-stream, such as
-// the database a connection uses or the statements it prepared. Database
-// pools keep such connections idle for long (HikariCP 10 minutes, pgx 30),
-// and a Redis connection may look idle while the kernel drops what it
-// carries (bpf.Fast.Redis), so the tracer keeps it idle for longer
-// (statefulIdle times IdleTimeout, an hour by default) before it forgets
-// it: the kernel reports its close anyway, this is for a close missed.
+// the database a connection uses or the statements it prepared. Pools
+// keep such connections idle for long (HikariCP 10 minutes, pgx and
+// go-redis 30), and a Redis connection may look idle while the kernel
+// drops what it carries (bpf.Fast.Redis), so the tracer keeps it idle for
+// longer (statefulIdle times IdleTimeout, 30 minutes by default) before it
+// forgets it. The kernel reports closes; this bounds what a missed one
+// (a process's exit under the syscall hooks) holds.
 type stateful interface {
 	stateful() bool
 }
 
-const statefulIdle = 30
+const statefulIdle = 15
 
 // A successor is a parser that hands its connection over to another, as
 // HTTP/1.1 does after an upgrade to h2c. The connection asks after each
