@@ -905,6 +905,11 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 		if reset && r.GRPCStatus < 0 {
 			r.GRPCStatus = grpcFromH2Error(rstCode)
 		}
+		if !reset && r.GRPCStatus < 0 && !s.trailSeen && s.respSeen && s.resp.complete() && s.resp.status == 200 {
+			// Ended whole, without trailers, and no grpc-status in what
+			// was all decoded: the client's library reports INTERNAL.
+			r.GRPCStatus, r.ErrorMessage = 13, "stream ended without trailers (no grpc-status)"
+		}
 		if r.GRPCStatus <= 0 {
 			r.ErrorMessage = ""
 		}

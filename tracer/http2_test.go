@@ -346,6 +346,27 @@ func TestHTTP2ClientGoAway(t *testing.T) {
 	}
 }
 
+// TestHTTP2GRPCWithoutTrailers: a gRPC response that ends (END_STREAM on
+// its DATA) with no trailers and no grpc-status is what gRPC clients
+// report as INTERNAL; one whose trailers are still to come is not ended.
+func TestHTTP2GRPCWithoutTrailers(t *testing.T) {
+	cli, srv := newH2Peer(), newH2Peer()
+	h := newHarness(t, 4096)
+	h.send(1, in, h2Preface+h2Settings0)
+	h.send(1, out, h2Settings0+h2frame(h2Settings, h2FlagAck, 0, nil))
+	h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders, 1, cli.block(":method", "POST", ":scheme", "http", ":path", "/shop.Cart/Add", ":authority", "cart", "content-type", "application/grpc")))
+	h.send(1, in, h2frame(h2Data, h2FlagEndStream, 1, []byte("\x00\x00\x00\x00\x00")))
+	h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200", "content-type", "application/grpc")))
+	h.send(1, out, h2frame(h2Data, 0, 1, []byte("\x00\x00\x00\x00\x00")))
+	if len(h.got) != 0 {
+		t.Fatal("ended before END_STREAM")
+	}
+	h.send(1, out, h2frame(h2Data, h2FlagEndStream, 1, nil))
+	if got := describeAll(h.got); !slices.Equal(got, []string{"server grpc shop.Cart/Add grpc=13"}) {
+		t.Errorf("got %q", got)
+	}
+}
+
 // A connection joined mid-stream: the dynamic tables are unknown. Fields
 // from the static table and literals decode, as do entries inserted since;
 // a request whose :path is an entry from before gives no span.
