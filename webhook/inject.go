@@ -327,11 +327,15 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		// The agent reads the ratio for the ratio samplers only.
 		ignored = append(ignored, "annotation podtracer.io/sampler-arg has no effect without podtracer.io/sampler traceidratio or parentbased_traceidratio")
 	}
-	attrs := "k8s.deployment.name=" + name
-	if extra := values["OTEL_RESOURCE_ATTRIBUTES"]; extra != "" {
-		attrs += "," + extra
+	if !generatedName(d) {
+		// A generated name is not known at CREATE, and the prefix is
+		// no Deployment's name: none rather than a wrong one.
+		attrs := "k8s.deployment.name=" + name
+		if extra := values["OTEL_RESOURCE_ATTRIBUTES"]; extra != "" {
+			attrs += "," + extra
+		}
+		values["OTEL_RESOURCE_ATTRIBUTES"] = attrs
 	}
-	values["OTEL_RESOURCE_ATTRIBUTES"] = attrs
 	for _, st := range Settings {
 		if v := values[st.Env]; v != "" {
 			env = append(env, corev1.EnvVar{Name: st.Env, Value: v})
@@ -399,10 +403,16 @@ func shutdownWait(grace *int64) string {
 // generated one on later updates: it is named by its prefix in both, so
 // that an update does not change the sidecar and roll the pods.
 func deploymentName(d *appsv1.Deployment) string {
-	if d.GenerateName != "" && (d.Name == "" || strings.HasPrefix(d.Name, d.GenerateName)) {
+	if generatedName(d) {
 		return strings.TrimRight(d.GenerateName, "-")
 	}
 	return d.Name
+}
+
+// generatedName tells whether d's name is (or will be) generated from its
+// generateName: the same answer at CREATE and on every later update.
+func generatedName(d *appsv1.Deployment) bool {
+	return d.GenerateName != "" && (d.Name == "" || strings.HasPrefix(d.Name, d.GenerateName))
 }
 
 // pullPolicy is the configured policy, or the one the API server would

@@ -28,7 +28,7 @@ type Setting struct {
 // the agent exit at start: a crash-looping sidecar makes the pod not ready.
 var Settings = []Setting{
 	{"podtracer.io/service-name", "OTEL_SERVICE_NAME", "service name (default: the Deployment's name)", nonEmpty, nil},
-	{"podtracer.io/resource-attributes", "OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,... (k8s.deployment.name is always set)", checkAttributes, nil},
+	{"podtracer.io/resource-attributes", "OTEL_RESOURCE_ATTRIBUTES", "extra resource attributes, key=value,... (k8s.deployment.name is set but for a generated name)", checkAttributes, nil},
 	{"podtracer.io/otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTLP/gRPC endpoint, http://host:port or https://host:port", checkEndpoint, nil},
 	{"podtracer.io/otlp-insecure", "OTEL_EXPORTER_OTLP_INSECURE", "true: plaintext gRPC even to an https:// endpoint", checkBool, cleanBool},
 	{"podtracer.io/sampler", "OTEL_TRACES_SAMPLER", "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio", oneOf("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"), nil},
