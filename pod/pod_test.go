@@ -234,3 +234,13 @@ func TestNodePIDNamespace(t *testing.T) {
 		t.Errorf("a new PID namespace reads %s", got)
 	}
 }
+
+func TestRegistryAlive(t *testing.T) {
+	r := NewRegistry("/proc", Selection{}, slog.New(slog.DiscardHandler))
+	if !r.Alive(uint32(os.Getpid())) {
+		t.Error("the test's own process is not alive")
+	}
+	if r.Alive(1<<30 + 7) {
+		t.Error("a pid beyond the kernel's range is alive")
+	}
+}

@@ -138,6 +138,13 @@ func readExe(dir string) (string, error) {
 	return strings.TrimSuffix(exe, " (deleted)"), err
 }
 
+// Alive tells whether pid is a process of the namespace now (perhaps
+// another one than the pid's last).
+func (r *Registry) Alive(pid uint32) bool {
+	_, err := os.Stat(fmt.Sprintf("%s/%d", r.procRoot, pid))
+	return err == nil
+}
+
 // Running tells whether p still runs under its pid: a process that exited,
 // or whose pid another executable took, no longer does. Where the agent may
 // not read a neighbour's executable (no CAP_SYS_PTRACE), the pid's

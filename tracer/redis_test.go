@@ -334,3 +334,35 @@ func TestRedisIdleKeepsDatabase(t *testing.T) {
 		t.Errorf("after 5 idle minutes: %s, want GET in database 2", dbSummary(last))
 	}
 }
+
+// exitedProcesses are processes that have all exited (Alive false).
+type exitedProcesses struct{ allProcesses }
+
+func (exitedProcesses) Alive(uint32) bool { return false }
+
+// TestIdleOfExitedProcessForgotten: the stateful connection of a process
+// that exited (its close unseen: the syscall hooks miss the closes of an
+// exit) is forgotten at the usual idle timeout, not kept 30 minutes.
+func TestIdleOfExitedProcessForgotten(t *testing.T) {
+	for _, exited := range []bool{true, false} {
+		h := newDBHarness(t, 4096, Config{})
+		var procs Processes = allProcesses{} // no Alive: the control, kept
+		if exited {
+			procs = exitedProcesses{}
+		}
+		h.tracer = New(Config{}, procs, h.tracer.wall, h.tracer.emit)
+		h.send(1, in, respCmd("SELECT", "2"))
+		h.send(1, out, "+OK\r\n")
+		for range 30 { // 5 minutes of another connection only, which drives the sweep
+			h.now += uint64(10 * time.Second)
+			h.send(2, in, respCmd("PING"))
+			h.send(2, out, "+PONG\r\n")
+		}
+		if _, ok := h.tracer.conns[connKey{pid: 7, sock: 1}]; ok == exited {
+			t.Errorf("exited %v: the idle stateful connection followed: %v", exited, ok)
+		}
+		if _, ok := h.tracer.conns[connKey{pid: 7, sock: 2}]; !ok {
+			t.Error("the active connection was forgotten")
+		}
+	}
+}

@@ -48,6 +48,13 @@ type Processes interface {
 	Lookup(pid uint32, comm string) *pod.Process
 }
 
+// livingProcesses is Processes that can tell whether a pid still runs:
+// the idle sweep then forgets at once the stateful connections of the
+// processes that exited (whose closes the syscall hooks do not see).
+type livingProcesses interface {
+	Alive(pid uint32) bool
+}
+
 // Stats are the tracer's counters.
 type Stats struct {
 	Requests       uint64 // requests finished and handed on
@@ -195,12 +202,21 @@ func (t *Tracer) sweep(now uint64) {
 	t.lastSweep = now
 	t.cfg.heads.sweep(now)
 	idle := uint64(t.cfg.IdleTimeout)
+	living, _ := t.procs.(livingProcesses)
+	alive := map[uint32]bool{} // per sweep: a process's connections ask once
 	for key, c := range t.conns {
 		if now <= c.lastSeen || now-c.lastSeen <= idle {
 			continue
 		}
 		if s, ok := c.parser.(stateful); ok && s.stateful() && now-c.lastSeen <= statefulIdle*idle {
-			continue
+			a, asked := alive[key.pid]
+			if !asked {
+				a = living == nil || living.Alive(key.pid)
+				alive[key.pid] = a
+			}
+			if a {
+				continue
+			}
 		}
 		t.forget(key)
 	}
