@@ -2744,21 +2744,20 @@ static __always_inline void send_close(struct sock *sk, struct sock_state *st, _
 		submit_first(e, st, EVENT_REDIS_REQUEST);
 	}
 	submit(e);
-	return;
 }
 
 // late_close sends the close of a connection that ended with bytes still
-// to read (inet_sock_set_state) when a read of it finds nothing: they have
-// all been read, and their events went up before. A process that closes
-// its socket without such a read sends none: user space forgets the
-// connection once it has been idle for long.
-static __always_inline void late_close(struct sock *sk)
+// to read (inet_sock_set_state), if it was held back: when a read of it
+// finds nothing (they have all been read, and their events went up
+// before), or when its socket goes (tcp_destroy_sock), in the scratch
+// event of slot.
+static __always_inline void late_close(struct sock *sk, __u32 slot)
 {
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
 	if (!st || !st->close_late || st->closed)
 		return;
 	st->close_late = 0;
-	send_close(sk, st, SCRATCH_TASK);
+	send_close(sk, st, slot);
 }
 
 SEC("tp_btf/sock_recv_length")
@@ -2772,7 +2771,7 @@ int sock_recv_length(__u64 *ctx)
 		// ended (one state load for the node's other reads) such a read
 		// is what a held-back close waits for.
 		if (sk->__sk_common.skc_state == TCP_CLOSE)
-			late_close(sk);
+			late_close(sk, SCRATCH_TASK); // the program's own: a task's read
 		return 0;
 	}
 	// Nor do reads whose bytes are not the stream's next (NOT_STREAM).
@@ -2795,12 +2794,7 @@ int sock_send_length(__u64 *ctx)
 SEC("tp_btf/tcp_destroy_sock")
 int tcp_destroy_sock(__u64 *ctx)
 {
-	struct sock *sk = (struct sock *)ctx[0];
-	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
-	if (!st || !st->close_late || st->closed)
-		return 0;
-	st->close_late = 0;
-	send_close(sk, st, SCRATCH_DESTROY);
+	late_close((struct sock *)ctx[0], SCRATCH_DESTROY);
 	return 0;
 }
 

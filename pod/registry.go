@@ -140,8 +140,11 @@ func readExe(dir string) (string, error) {
 
 // Alive tells whether pid is a process of the namespace now (perhaps
 // another one than the pid's last).
-func (r *Registry) Alive(pid uint32) bool {
-	_, err := os.Stat(fmt.Sprintf("%s/%d", r.procRoot, pid))
+func (r *Registry) Alive(pid uint32) bool { return exists(r.procRoot, int(pid)) }
+
+// exists tells whether procRoot has a directory for pid.
+func exists(procRoot string, pid int) bool {
+	_, err := os.Stat(fmt.Sprintf("%s/%d", procRoot, pid))
 	return err == nil
 }
 
@@ -150,11 +153,10 @@ func (r *Registry) Alive(pid uint32) bool {
 // not read a neighbour's executable (no CAP_SYS_PTRACE), the pid's
 // existence is all it knows.
 func Running(procRoot string, p *Process) bool {
-	dir := fmt.Sprintf("%s/%d", procRoot, p.PID)
-	if _, err := os.Stat(dir); err != nil {
+	if !exists(procRoot, p.PID) {
 		return false
 	}
-	exe, err := readExe(dir)
+	exe, err := readExe(fmt.Sprintf("%s/%d", procRoot, p.PID))
 	return err != nil || p.Exe == "" || exe == p.Exe
 }
 

@@ -178,16 +178,15 @@ func httpRequest(req *message, route *lastRoute) *Request {
 	if req.minor == '0' {
 		r.ProtocolVersion = "1.0"
 	}
-	if req.method == "CONNECT" && !strings.HasPrefix(req.target, "/") {
+	target, host := req.target, req.host
+	if req.method == "CONNECT" && !strings.HasPrefix(target, "/") {
 		// The authority form, host:port: the tunnel's end, no path.
-		host := req.host
 		if host == "" {
-			host = req.target
+			host = target
 		}
-		r.Host, r.HostPort = splitHostPort(host)
-	} else {
-		r.Path, r.Query, r.Host, r.HostPort = splitTarget(req.target, req.host)
+		target = ""
 	}
+	r.Path, r.Query, r.Host, r.HostPort = splitTarget(target, host)
 	if route != nil {
 		r.Route = route.of(r.Path)
 	}

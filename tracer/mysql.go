@@ -387,26 +387,9 @@ func (c *myConn) handshakeResponse(b []byte) bool {
 	if caps&myCapProtocol41 == 0 || len(b) < 33 {
 		return true
 	}
-	_, rest, ok := bytes.Cut(b[32:], []byte{0}) // user
+	rest, ok := afterAuth(b[32:], caps)
 	if !ok {
 		return true
-	}
-	switch {
-	case caps&myCapPluginAuthLenenc != 0:
-		n, k := myLenenc(rest)
-		if k == 0 || uint64(len(rest)-k) < n {
-			return true
-		}
-		rest = rest[k+int(n):]
-	case caps&myCapSecureConn != 0:
-		if len(rest) == 0 || len(rest) < 1+int(rest[0]) {
-			return true
-		}
-		rest = rest[1+int(rest[0]):]
-	default:
-		if _, rest, ok = bytes.Cut(rest, []byte{0}); !ok {
-			return true
-		}
 	}
 	if caps&myCapConnectWithDB != 0 {
 		if db, _, ok := bytes.Cut(rest, []byte{0}); ok {
@@ -421,20 +404,41 @@ func (c *myConn) handshakeResponse(b []byte) bool {
 // after the user, the authentication data, by its length since 4.1's
 // CLIENT_SECURE_CONNECTION (assumed when the handshake was not seen).
 func (c *myConn) changeUserDB(arg []byte) string {
-	_, rest, ok := bytes.Cut(arg, []byte{0}) // user
-	if !ok {
-		return ""
+	caps := c.caps &^ myCapPluginAuthLenenc // COM_CHANGE_USER's data has a length byte
+	if c.caps == 0 {
+		caps = myCapSecureConn
 	}
-	if c.caps == 0 || c.caps&myCapSecureConn != 0 {
-		if len(rest) == 0 || len(rest) < 1+int(rest[0]) {
-			return ""
-		}
-		rest = rest[1+int(rest[0]):]
-	} else if _, rest, ok = bytes.Cut(rest, []byte{0}); !ok {
+	rest, ok := afterAuth(arg, caps)
+	if !ok {
 		return ""
 	}
 	db, _, _ := bytes.Cut(rest, []byte{0})
 	return dbText(db, 256)
+}
+
+// afterAuth skips a user name and its authentication data, laid out as
+// caps say (a lenenc length, a length byte, or a NUL at its end), and
+// returns what follows; false when b ends before.
+func afterAuth(b []byte, caps uint32) ([]byte, bool) {
+	_, rest, ok := bytes.Cut(b, []byte{0}) // the user
+	if !ok {
+		return nil, false
+	}
+	switch {
+	case caps&myCapPluginAuthLenenc != 0:
+		n, k := myLenenc(rest)
+		if k == 0 || uint64(len(rest)-k) < n {
+			return nil, false
+		}
+		return rest[k+int(n):], true
+	case caps&myCapSecureConn != 0:
+		if len(rest) == 0 || len(rest) < 1+int(rest[0]) {
+			return nil, false
+		}
+		return rest[1+int(rest[0]):], true
+	}
+	_, rest, ok = bytes.Cut(rest, []byte{0})
+	return rest, ok
 }
 
 // command queues a command for its response.

@@ -87,10 +87,7 @@ func TestMySQLMultiResultsAndMariaDBPipelinedExecute(t *testing.T) {
 	h.send(1, out, myPkt(0, "\x03ALTER TABLE t ADD c INT"))
 	h.send(1, in, myPkt(1, "\xff\xff\xff\x01\x01\x02\x00\x00\x00\x00\x00stage"))
 	h.send(1, in, myPkt(2, "\xff\x15\x04#42000Access denied"))
-	var got []string
-	for _, r := range h.got {
-		got = append(got, dbSummary(r))
-	}
+	got := dbSummaries(h.got)
 	dbDiff(t, "requests", got, []string{
 		"mysql SELECT | SELECT ?; UPDATE t SET a = ?",
 		"mysql DELETE sessions | DELETE FROM sessions WHERE id = ?",
@@ -114,10 +111,7 @@ func TestMySQLChangeUser(t *testing.T) {
 	h.send(1, in, myPkt(1, myOKPacket))
 	h.send(1, out, myPkt(0, "\x03SELECT * FROM invoices"))
 	h.send(1, in, myPkt(1, myOKPacket))
-	var got []string
-	for _, r := range h.got {
-		got = append(got, dbSummary(r))
-	}
+	got := dbSummaries(h.got)
 	dbDiff(t, "change user", got, []string{
 		"mysql SELECT | SELECT ?",
 		"mysql SELECT users @shop | SELECT * FROM users",
@@ -133,11 +127,7 @@ func TestMySQLIdleKeepsState(t *testing.T) {
 	h.send(1, in, myPkt(1, myOKPacket))
 	h.send(1, out, myPkt(0, "\x02shop"))
 	h.send(1, in, myPkt(1, myOKPacket))
-	for range 60 { // ten minutes of another connection only, which drives the sweep
-		h.now += uint64(10 * time.Second)
-		h.send(2, out, myPkt(0, "\x03SELECT 1"))
-		h.send(2, in, myPkt(1, myOKPacket))
-	}
+	h.idleFor(10*time.Minute, 2, out, myPkt(0, "\x03SELECT 1"), myPkt(1, myOKPacket))
 	h.send(1, out, myPkt(0, "\x03SELECT * FROM users"))
 	h.send(1, in, myPkt(1, myOKPacket))
 	if got := dbSummary(h.got[len(h.got)-1]); got != "mysql SELECT users @shop | SELECT * FROM users" {

@@ -98,7 +98,16 @@ func replayDB(t testing.TB, cfg Config, recs []dbRecord, role Role, capture int,
 	return out
 }
 
-// summary is what the tests compare of a request.
+// dbSummaries is dbSummary of each request.
+func dbSummaries(rs []*Request) []string {
+	var got []string
+	for _, r := range rs {
+		got = append(got, dbSummary(r))
+	}
+	return got
+}
+
+// dbSummary is what the tests compare of a request.
 func dbSummary(r *Request) string {
 	s := r.Protocol + " " + r.DBOperation
 	if r.DBCollection != "" {
@@ -303,10 +312,7 @@ func TestPostgresPipelinedErrorSkipsRest(t *testing.T) {
 	// Then a simple query: it pairs with its own ReadyForQuery.
 	h.send(1, out, pgMsg('Q', "DELETE FROM t WHERE id = 5\x00"))
 	h.send(1, in, pgMsg('C', "DELETE 1\x00")+pgReady)
-	var got []string
-	for _, r := range h.got {
-		got = append(got, dbSummary(r))
-	}
+	got := dbSummaries(h.got)
 	dbDiff(t, "pipelined", got, []string{
 		"postgresql SELECT @shop | SELECT ?",
 		"postgresql SELECT nope @shop | SELECT * FROM nope ! 42P01 relation \"nope\" does not exist",
@@ -329,11 +335,7 @@ func TestPostgresIdleKeepsState(t *testing.T) {
 	exec := pgMsg('B', "\x00", "s1", "\x00\x00\x00\x00\x00\x00\x00") + pgMsg('E', "\x00\x00\x00\x00\x00") + pgMsg('S')
 	h.send(1, out, pgMsg('P', "s1\x00", "SELECT * FROM users WHERE id = $1\x00\x00\x00")+exec)
 	h.send(1, in, pgMsg('1')+pgMsg('2')+pgMsg('C', "SELECT 1\x00")+pgReady)
-	for range 60 { // ten minutes of another connection only, which drives the sweep
-		h.now += uint64(10 * time.Second)
-		h.send(2, out, pgMsg('Q', "SELECT 1\x00"))
-		h.send(2, in, pgMsg('C', "SELECT 1\x00")+pgReady)
-	}
+	h.idleFor(10*time.Minute, 2, out, pgMsg('Q', "SELECT 1\x00"), pgMsg('C', "SELECT 1\x00")+pgReady)
 	h.send(1, out, exec)
 	h.send(1, in, pgMsg('2')+pgMsg('C', "SELECT 1\x00")+pgReady)
 	if got, want := dbSummary(h.got[len(h.got)-1]), "postgresql SELECT users @shop | SELECT * FROM users WHERE id = $1"; got != want {

@@ -164,8 +164,8 @@ type redisReply struct {
 	err       []byte // a top-level error: "ERR unknown command"
 	nestedErr []byte // the first error among its elements (EXEC's results)
 	first     []byte // its first element, when a string: pubsub kinds
-	// count is its last integer element, -1 when none: an unsubscribe
-	// confirmation's count of subscriptions left.
+	// count is its third element when that is an integer after a string
+	// first, -1 else: a pubsub confirmation's count of subscriptions.
 	count int64
 }
 
@@ -652,7 +652,8 @@ func (s *redisReplyStream) line(line []byte) bool {
 			s.firstBuf = append(s.firstBuf[:0], line[1:min(len(line), 33)]...)
 			s.reply.first = s.firstBuf
 		}
-		if t == ':' && depth == 1 {
+		if t == ':' && depth == 1 && s.stack[0].seen == 2 && len(s.reply.first) > 0 {
+			// The third element after a string: a pubsub confirmation's count.
 			if n, err := strconv.ParseInt(string(line[1:]), 10, 64); err == nil {
 				s.reply.count = n
 			}

@@ -102,10 +102,7 @@ func redisRun(t *testing.T, cfg Config, steps ...string) []string {
 			h.send(1, dir, s)
 		}
 	}
-	var got []string
-	for _, r := range h.got {
-		got = append(got, dbSummary(r))
-	}
+	got := dbSummaries(h.got)
 	return got
 }
 
@@ -167,45 +164,49 @@ func TestRedisRESP3PushesAttributesAndReplyOff(t *testing.T) {
 // HKEYS of such a field) answers its command instead of being taken for
 // a pubsub message, which left every later reply one command behind.
 func TestRedisPubsubEnds(t *testing.T) {
-	got := redisRun(t, Config{},
-		respCmd("SUBSCRIBE", "ch"), "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
-		respCmd("UNSUBSCRIBE", "ch"), "*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n",
-		respCmd("HKEYS", "notif"), "*2\r\n$7\r\nmessage\r\n$4\r\nuser\r\n",
-		respCmd("GET", "k"), "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
-		respCmd("PING"), "+PONG\r\n",
-	)
-	dbDiff(t, "pubsub ended", got, []string{
-		"redis SUBSCRIBE | SUBSCRIBE ?",
-		"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
-		"redis HKEYS | HKEYS ?",
-		"redis GET | GET ? ! WRONGTYPE WRONGTYPE Operation against a key holding the wrong kind of value",
-		"redis PING | PING",
-	})
-	// Still subscribed to one channel: a message stays a message.
-	got = redisRun(t, Config{},
-		respCmd("SUBSCRIBE", "a", "b"), "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
-		respCmd("UNSUBSCRIBE", "a"), "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$2\r\nhi\r\n",
-		respCmd("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
-	)
-	dbDiff(t, "still subscribed", got, []string{
-		"redis SUBSCRIBE | SUBSCRIBE ? ?",
-		"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
-		"redis PING | PING",
-	})
-	// Redis counts shard channels apart: the last UNSUBSCRIBE's 0 leaves
-	// the SSUBSCRIBE's channel, and the connection still subscribed.
-	got = redisRun(t, Config{},
-		respCmd("SSUBSCRIBE", "s"), "*3\r\n$10\r\nssubscribe\r\n$1\r\ns\r\n:1\r\n",
-		respCmd("SUBSCRIBE", "a"), "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n",
-		respCmd("UNSUBSCRIBE", "a"), "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n*3\r\n$8\r\nsmessage\r\n$1\r\ns\r\n$2\r\nhi\r\n",
-		respCmd("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
-	)
-	dbDiff(t, "shard channel left", got, []string{
-		"redis SSUBSCRIBE | SSUBSCRIBE ?",
-		"redis SUBSCRIBE | SUBSCRIBE ?",
-		"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
-		"redis PING | PING",
-	})
+	for _, c := range []struct {
+		name  string
+		steps []string
+		want  []string
+	}{{
+		"pubsub ended",
+		[]string{
+			respCmd("SUBSCRIBE", "ch"), "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+			respCmd("UNSUBSCRIBE", "ch"), "*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n",
+			respCmd("HKEYS", "notif"), "*2\r\n$7\r\nmessage\r\n$4\r\nuser\r\n",
+			respCmd("GET", "k"), "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+			respCmd("PING"), "+PONG\r\n",
+		},
+		[]string{
+			"redis SUBSCRIBE | SUBSCRIBE ?",
+			"redis UNSUBSCRIBE | UNSUBSCRIBE ?",
+			"redis HKEYS | HKEYS ?",
+			"redis GET | GET ? ! WRONGTYPE WRONGTYPE Operation against a key holding the wrong kind of value",
+			"redis PING | PING",
+		},
+	}, {
+		// Still subscribed to one channel: a message stays a message.
+		"still subscribed",
+		[]string{
+			respCmd("SUBSCRIBE", "a", "b"), "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n",
+			respCmd("UNSUBSCRIBE", "a"), "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$1\r\nb\r\n$2\r\nhi\r\n",
+			respCmd("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+		},
+		[]string{"redis SUBSCRIBE | SUBSCRIBE ? ?", "redis UNSUBSCRIBE | UNSUBSCRIBE ?", "redis PING | PING"},
+	}, {
+		// Redis counts shard channels apart: the last UNSUBSCRIBE's 0 leaves
+		// the SSUBSCRIBE's channel, and the connection still subscribed.
+		"shard channel left",
+		[]string{
+			respCmd("SSUBSCRIBE", "s"), "*3\r\n$10\r\nssubscribe\r\n$1\r\ns\r\n:1\r\n",
+			respCmd("SUBSCRIBE", "a"), "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n",
+			respCmd("UNSUBSCRIBE", "a"), "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n*3\r\n$8\r\nsmessage\r\n$1\r\ns\r\n$2\r\nhi\r\n",
+			respCmd("PING"), "*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+		},
+		[]string{"redis SSUBSCRIBE | SSUBSCRIBE ?", "redis SUBSCRIBE | SUBSCRIBE ?", "redis UNSUBSCRIBE | UNSUBSCRIBE ?", "redis PING | PING"},
+	}} {
+		dbDiff(t, c.name, redisRun(t, Config{}, c.steps...), c.want)
+	}
 }
 
 func TestRedisTransactionErrors(t *testing.T) {
@@ -288,10 +289,7 @@ func TestRedisKernelDrop(t *testing.T) {
 	dEnd := h.now
 	h.send(1, in, respCmd("GET", "e"))
 	h.send(1, out, "-ERR e\r\n")
-	var got []string
-	for _, r := range h.got {
-		got = append(got, dbSummary(r))
-	}
+	got := dbSummaries(h.got)
 	want := []string{"redis GET | GET picked", "redis GET | GET b", "redis GET | GET d", "redis GET | GET e ! ERR ERR e"}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -322,11 +320,7 @@ func TestRedisIdleKeepsDatabase(t *testing.T) {
 	h.send(1, out, "+OK\r\n")
 	h.send(2, in, respCmd("PING")) // another connection, whose events drive the sweep
 	h.send(2, out, "+PONG\r\n")
-	for range 30 { // 5 minutes of the other connection only
-		h.now += uint64(10 * time.Second)
-		h.send(2, in, respCmd("PING"))
-		h.send(2, out, "+PONG\r\n")
-	}
+	h.idleFor(5*time.Minute, 2, in, respCmd("PING"), "+PONG\r\n")
 	h.send(1, in, respCmd("GET", "k"))
 	h.send(1, out, "$-1\r\n")
 	last := h.got[len(h.got)-1]
@@ -353,11 +347,7 @@ func TestIdleOfExitedProcessForgotten(t *testing.T) {
 		h.tracer = New(Config{}, procs, h.tracer.wall, h.tracer.emit)
 		h.send(1, in, respCmd("SELECT", "2"))
 		h.send(1, out, "+OK\r\n")
-		for range 30 { // 5 minutes of another connection only, which drives the sweep
-			h.now += uint64(10 * time.Second)
-			h.send(2, in, respCmd("PING"))
-			h.send(2, out, "+PONG\r\n")
-		}
+		h.idleFor(5*time.Minute, 2, in, respCmd("PING"), "+PONG\r\n")
 		if _, ok := h.tracer.conns[connKey{pid: 7, sock: 1}]; ok == exited {
 			t.Errorf("exited %v: the idle stateful connection followed: %v", exited, ok)
 		}

@@ -46,6 +46,17 @@ func (h *harness) send(sock uint64, dir bpf.Direction, data string) {
 	h.sendKernel(sock, dir, data, 0, 0)
 }
 
+// idleFor lets d go by, 10 s at a time, with an exchange on another
+// connection, sock, at each step: its events drive the idle sweep while
+// the connections under test say nothing.
+func (h *harness) idleFor(d time.Duration, sock uint64, dir bpf.Direction, request, response string) {
+	for range d / (10 * time.Second) {
+		h.now += uint64(10 * time.Second)
+		h.send(sock, dir, request)
+		h.send(sock, 1-dir, response)
+	}
+}
+
 // sendKernel is send with what the kernel adds: its draw of the trace
 // ID's low half, and what it left out before the event.
 func (h *harness) sendKernel(sock uint64, dir bpf.Direction, data string, traceLow uint64, flags bpf.EventFlags) {
