@@ -39,6 +39,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define NR_SENDMSG 46
 #define NR_RECVMSG 47
 #define NR_ACCEPT4 288
+// NR_COUNT_ONLY stands, in the socket hooks, for a syscall whose bytes are
+// not in a buffer its registers name (sendfile aside): io_uring, splice,
+// sendmmsg and recvmmsg, an io_uring worker's. Its bytes are counted, not
+// read, so that user space knows where the stream has a hole.
+#define NR_COUNT_ONLY 0xffffffff
+#define PF_IO_WORKER 0x00000010
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -677,6 +683,8 @@ static __always_inline bool copy_payload(struct event *e, __u32 nr, __u64 buf, _
 		// The bytes come from a file, not user memory: count them only.
 		e->dir = DIR_EGRESS;
 		break;
+	case NR_COUNT_ONLY:
+		break; // the caller set the direction
 	default:
 		return false;
 	}
@@ -1939,9 +1947,10 @@ static __always_inline __u64 redis_shape(struct event *e, struct redis_scan *s, 
 static __always_inline bool redis_command(struct event *e, struct sock_state *st, __u8 tx, bool drop)
 {
 	st->redis = tx | REDIS_PENDING;
-	if (e->payload[0] != '*') {
+	if (!e->captured || e->payload[0] != '*') {
 		// Not an array at the start of an exchange: another protocol,
-		// or inline commands, which are left to user space.
+		// or inline commands, which are left to user space (or bytes
+		// counted, not read: NR_COUNT_ONLY).
 		st->redis = REDIS_OFF;
 		return false;
 	}
@@ -2110,7 +2119,7 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 	if (r & REDIS_PENDING) {
 		// More of a command user space has, or the next one before its
 		// reply: the client pipelines.
-		if (e->payload[0] == '*')
+		if (!e->captured || e->payload[0] == '*')
 			st->redis = r | REDIS_OFF;
 		return FAST_SEND;
 	}
@@ -2527,8 +2536,8 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 		start = H2_PREFACE;
 	}
 	struct h2_dir *d = &st->h2d[dir & 1];
-	if (nr == NR_SENDFILE) {
-		d->lost = 1; // bytes from a file: nothing to read them from
+	if (nr == NR_SENDFILE || nr == NR_COUNT_ONLY) {
+		d->lost = 1; // bytes counted, not read: nothing to follow the frames in
 		return 0;
 	}
 	if (d->lost) {
@@ -2600,7 +2609,7 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 
 // sock_syscall tells whether nr is a followed syscall that moves bytes in
 // direction dir. The others (io_uring, sendmmsg, splice) leave no buffer in
-// their registers to copy from: they are left before any work is done.
+// their registers to copy from: their bytes are counted (NR_COUNT_ONLY).
 static __always_inline bool sock_syscall(__u32 nr, __u8 dir)
 {
 	switch (nr) {
@@ -2632,8 +2641,12 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	__u32 nr = regs->orig_ax;
-	if (!sock_syscall(nr, dir))
-		return 0;
+	// An io_uring worker's registers are zeros (a read of nothing), and the
+	// bytes of a syscall not followed are in no buffer of its registers:
+	// either way they are counted, not read. Without them user space
+	// would see a stream with bytes missing and not know it.
+	if ((task->flags & PF_IO_WORKER) || !sock_syscall(nr, dir))
+		nr = NR_COUNT_ONLY;
 
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	__u8 role = ROLE_UNKNOWN;
@@ -2664,6 +2677,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	// response turns out to go up after all.
 	bool head_only = fast_http && st && nr == NR_WRITEV && dir == DIR_EGRESS && regs->dx == 2 &&
 			 (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF | FAST_BYTE)) == FAST_OWN;
+	e->dir = dir;
 	if (!copy_payload(e, nr, regs->si, head_only ? 1 : regs->dx, ret))
 		return 0;
 	if (head_only && e->captured < 12) {

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -328,15 +330,20 @@ sys.stdout.write("%d %d %d %d\n" % (got, n, m, k))
 // printed.
 func capturePython(t *testing.T, cfg Config, script string, each func(ev *Event)) string {
 	t.Helper()
-	python := testenv.LookPath(t, "python3")
+	return captureCommand(t, cfg, exec.Command(testenv.LookPath(t, "python3"), "-c", script), each)
+}
+
+// captureCommand is capturePython for any command.
+func captureCommand(t *testing.T, cfg Config, cmd *exec.Cmd, each func(ev *Event)) string {
+	t.Helper()
 	c, err := Load(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	out, err := exec.Command(python, "-c", script).CombinedOutput()
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("script: %v %s", err, out)
+		t.Fatalf("%s: %v %s", cmd.Path, err, out)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -550,6 +557,119 @@ func TestNotStreamBytes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// countedScript moves bytes over a loopback connection with syscalls whose
+// registers name no buffer of them: sendmmsg (two messages), recvmmsg and
+// splice from a pipe. The other side uses recv and send.
+const countedScript = `
+import ctypes, os, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t), ("flags", ctypes.c_int)]
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+def mmsgs(bufs):
+    vecs, msgs = (iovec * len(bufs))(), (mmsghdr * len(bufs))()
+    for i, b in enumerate(bufs):
+        vecs[i].base, vecs[i].len = ctypes.cast(b, ctypes.c_void_p), len(b)
+        msgs[i].hdr.iov, msgs[i].hdr.iovlen = ctypes.pointer(vecs[i]), 1
+    return msgs, vecs
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+c = socket.create_connection(("127.0.0.1", srv.getsockname()[1])); a, _ = srv.accept()
+out = [ctypes.create_string_buffer(b"MMSG-ONE", 8), ctypes.create_string_buffer(b"MMSG-TWO!", 9)]
+msgs, vecs = mmsgs(out)
+sent = libc.sendmmsg(c.fileno(), msgs, 2, 0)
+got = a.recv(17); time.sleep(0.05)
+a.sendall(b"RECVMMSG"); time.sleep(0.05)
+into = [ctypes.create_string_buffer(8)]
+msgs, vecs = mmsgs(into)
+n = libc.recvmmsg(c.fileno(), msgs, 1, 0, None)
+r, w = os.pipe(); os.write(w, b"SPLICED")
+os.splice(r, c.fileno(), 7); time.sleep(0.05)
+got += a.recv(7)
+sys.stdout.write("%d %s %d %s\n" % (sent, got.decode(), n, into[0].raw.decode()))
+`
+
+// TestCountedBytes: bytes moved on a pod's connection by a syscall whose
+// registers name no buffer of them (sendmmsg, recvmmsg, splice, io_uring,
+// an io_uring worker thread) go up counted, with no payload, so that user
+// space knows where its copy of the stream has a hole; before, they left
+// no trace, and the parsers took the bytes after the hole for the bytes
+// before it. The syscall hooks do not follow these syscalls at all.
+func TestCountedBytes(t *testing.T) {
+	testenv.Privileged(t)
+	if !slices.Contains(hookSets(t), HooksSocket) {
+		testenv.Skip(t, "the socket hooks need Linux 6.3+; the syscall hooks do not follow these syscalls")
+	}
+	cfg := Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: HooksSocket}
+	// Per connection, what each side saw: the readable payloads and the
+	// lengths of the counted transfers.
+	collect := func(conns map[uint64][]string) func(ev *Event) {
+		return func(ev *Event) {
+			if ev.Type != EventData {
+				return
+			}
+			if len(ev.Payload) == 0 {
+				conns[ev.Conn] = append(conns[ev.Conn], fmt.Sprintf("%d:#%d", ev.Dir, ev.Len))
+			} else {
+				conns[ev.Conn] = append(conns[ev.Conn], fmt.Sprintf("%d:%s", ev.Dir, ev.Payload))
+			}
+		}
+	}
+	// find returns the one connection whose events include want.
+	find := func(t *testing.T, conns map[uint64][]string, want string) []string {
+		t.Helper()
+		for _, evs := range conns {
+			if slices.Contains(evs, want) {
+				return evs
+			}
+		}
+		t.Fatalf("no connection with %q: %v", want, conns)
+		return nil
+	}
+	in, out := fmt.Sprint(Ingress), fmt.Sprint(Egress)
+
+	t.Run("mmsg and splice", func(t *testing.T) {
+		conns := map[uint64][]string{}
+		got := capturePython(t, cfg, countedScript, collect(conns))
+		if strings.TrimSpace(got) != "2 MMSG-ONEMMSG-TWO!SPLICED 1 RECVMMSG" {
+			t.Fatalf("script printed %q", got)
+		}
+		client := find(t, conns, out+":#8")
+		want := []string{out + ":#8", out + ":#9", in + ":#8", out + ":#7"}
+		if !slices.Equal(client, want) {
+			t.Errorf("client's events %q, want %q", client, want)
+		}
+		server := find(t, conns, out+":RECVMMSG")
+		if !slices.Contains(server, out+":RECVMMSG") || !strings.Contains(strings.Join(server, " "), "SPLICED") {
+			t.Errorf("server's events %q: want its reads and its send read", server)
+		}
+	})
+
+	t.Run("io_uring", func(t *testing.T) {
+		cc := testenv.LookPath(t, "clang")
+		if _, err := os.Stat("/usr/include/liburing.h"); err != nil {
+			testenv.Skip(t, "needs liburing (apt-get install liburing-dev)")
+		}
+		bin := filepath.Join(t.TempDir(), "uring")
+		if out, err := exec.Command(cc, "-O2", "-o", bin, "testdata/uring.c", "-luring").CombinedOutput(); err != nil {
+			t.Fatalf("clang: %v %s", err, out)
+		}
+		conns := map[uint64][]string{}
+		got := captureCommand(t, cfg, exec.Command(bin), collect(conns))
+		if strings.TrimSpace(got) != "URING-INLINEURING-WORKER" {
+			t.Fatalf("uring printed %q", got)
+		}
+		// Both sends counted: the one in io_uring_enter, the worker's.
+		client := find(t, conns, out+":#12")
+		if want := []string{out + ":#12", out + ":#12"}; !slices.Equal(client, want) {
+			t.Errorf("client's events %q, want %q", client, want)
+		}
+	})
 }
 
 // lateCloseScript ends connections while the client has yet to read their

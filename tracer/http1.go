@@ -57,6 +57,7 @@ type message struct {
 	upgrade     bool     // 101 Switching Protocols
 	h2c         bool     // an Upgrade header that offers (request) or picks (101) h2c
 	interimResp bool     // 1xx other than 101
+	unseen      bool     // a request that went by where nothing of it was captured
 	req         *message // for a response: the request it answers
 }
 
@@ -112,6 +113,10 @@ type http1Stream struct {
 	// Callbacks into the connection that pairs requests and responses.
 	onHead     func(m *message)
 	onComplete func(m *message)
+	// onUnseen is told that a message started at seg's exit where none of
+	// it was captured (a send or receive the kernel counted but could not
+	// read: io_uring, splice).
+	onUnseen func(at uint64)
 }
 
 // feed consumes one segment.
@@ -144,6 +149,9 @@ func (s *http1Stream) feed(seg *segment) {
 			if pos >= captured || !(startsMessage(seg.data[pos:]) || mayStartMessage(seg, pos)) {
 				// A message starts where we cannot see it, or the bytes are
 				// not HTTP/1: wait for a segment that starts a message.
+				if pos >= captured && s.onUnseen != nil {
+					s.onUnseen(seg.exit)
+				}
 				s.state = stLost
 				return
 			}

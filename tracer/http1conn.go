@@ -42,6 +42,8 @@ func detectHTTP1(routes, h2c bool, heads *heads, h2Lost *atomic.Uint64) detector
 		c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
 		c.in.onComplete = c.onComplete
 		c.out.onComplete = c.onComplete
+		c.in.onUnseen = func(at uint64) { c.onUnseen(bpf.Ingress, at) }
+		c.out.onUnseen = func(at uint64) { c.onUnseen(bpf.Egress, at) }
 		c.in.free, c.out.free = &c.free, &c.free
 		c.in.heads, c.out.heads = heads, heads
 		// A response stream knows when the client has sent another
@@ -110,6 +112,27 @@ func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
 	}
 }
 
+// onUnseen keeps the pairing in step over a message that went by unseen
+// in direction dir, at time at: an unseen request takes its place in the
+// queue, so that its response answers it and not the request after it; an
+// unseen response answers the oldest request, which then gets no span (its
+// status is not known). Before the first request the direction is not
+// known, and nothing is pending either.
+func (c *http1Conn) onUnseen(dir bpf.Direction, at uint64) {
+	if !c.sawRequest {
+		return
+	}
+	if dir == c.requestDir {
+		m := c.in.newMessage(&segment{exit: at})
+		m.request, m.unseen, m.completed = true, true, true
+		c.onHead(dir, m)
+		return
+	}
+	if len(c.pending) > 0 {
+		c.recycle(c.popPending())
+	}
+}
+
 // popPending takes the oldest request waiting for its response. It shifts
 // the rest down rather than reslicing, so that the queue's array, usually
 // holding one request, serves the connection's whole life.
@@ -126,6 +149,11 @@ func (c *http1Conn) onComplete(m *message) {
 		return
 	}
 	req := m.req
+	if req.unseen {
+		c.recycle(m)
+		c.recycle(req)
+		return
+	}
 	if c.h2c && m.upgrade && m.status == 101 && m.h2c && req.h2c {
 		// h2c by Upgrade (RFC 7540 3.2): this request is HTTP/2 stream 1,
 		// answered there; the connection goes on in HTTP/2.

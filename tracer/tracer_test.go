@@ -649,3 +649,66 @@ func TestHTTP1ResyncOnlyWhenDue(t *testing.T) {
 		}
 	})
 }
+
+// counted delivers n bytes that the kernel counted but could not read
+// (io_uring, splice, sendmmsg): a length, no payload.
+func (h *harness) counted(sock uint64, dir bpf.Direction, n int) {
+	ev := h.dataEvent(sock, dir, "")
+	ev.Len = uint32(n)
+	h.tracer.Handle(&ev)
+}
+
+// TestCountedHoles: bytes the kernel counted but could not read leave a
+// hole in a connection's stream; the exchanges after it are paired as they
+// are, not with what the hole hid.
+func TestCountedHoles(t *testing.T) {
+	req := func(path string) string { return "GET " + path + " HTTP/1.1\r\nHost: shop\r\n\r\n" }
+	const resp = "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+	for _, tc := range []struct {
+		name string
+		feed func(h *harness)
+	}{
+		{"request counted", func(h *harness) {
+			h.counted(1, in, len(req("/hidden")))
+			h.send(1, out, "HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno")
+		}},
+		{"response counted", func(h *harness) {
+			h.send(1, in, req("/hidden"))
+			h.counted(1, out, 200)
+		}},
+		{"both counted", func(h *harness) {
+			h.counted(1, in, len(req("/hidden")))
+			h.counted(1, out, 200)
+		}},
+		{"pipelined, request counted", func(h *harness) {
+			h.send(1, in, req("/first"))
+			h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			h.send(1, in, req("/a"))
+			h.counted(1, in, len(req("/hidden")))
+			h.send(1, in, req("/seen"))
+			h.send(1, out, "HTTP/1.1 204 No Content\r\n\r\n")
+			h.send(1, out, "HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, 512)
+			tc.feed(h)
+			if !strings.HasPrefix(tc.name, "pipelined") {
+				h.send(1, in, req("/seen"))
+			}
+			h.send(1, out, resp)
+			var seen []*Request
+			for _, r := range h.got {
+				if r.Path == "/seen" || r.StatusCode == 201 {
+					seen = append(seen, r)
+				}
+			}
+			if len(seen) != 1 || seen[0].Path != "/seen" || seen[0].StatusCode != 201 {
+				for _, r := range h.got {
+					t.Logf("request %q status %d", r.Path, r.StatusCode)
+				}
+				t.Fatalf("the exchange after the hole: want one /seen answered 201")
+			}
+		})
+	}
+}

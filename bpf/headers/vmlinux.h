@@ -147,6 +147,7 @@ struct pid {
 } __attribute__((preserve_access_index));
 
 struct task_struct {
+	unsigned int flags;
 	struct files_struct *files;
 	struct task_struct *group_leader;
 	struct pid *thread_pid;
