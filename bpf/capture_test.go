@@ -606,11 +606,12 @@ func TestCountedBytes(t *testing.T) {
 		testenv.Skip(t, "the socket hooks need Linux 6.3+; the syscall hooks do not follow these syscalls")
 	}
 	cfg := Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: HooksSocket}
-	// Per connection, what each side saw: the readable payloads and the
-	// lengths of the counted transfers.
-	collect := func(conns map[uint64][]string) func(ev *Event) {
+	// Per connection of cmd's process (other tests' run beside), what each
+	// side saw: the readable payloads and the lengths of the counted
+	// transfers.
+	collect := func(conns map[uint64][]string, cmd *exec.Cmd) func(ev *Event) {
 		return func(ev *Event) {
-			if ev.Type != EventData {
+			if ev.Type != EventData || ev.PID != uint32(cmd.Process.Pid) {
 				return
 			}
 			if len(ev.Payload) == 0 {
@@ -635,7 +636,8 @@ func TestCountedBytes(t *testing.T) {
 
 	t.Run("mmsg and splice", func(t *testing.T) {
 		conns := map[uint64][]string{}
-		got := capturePython(t, cfg, countedScript, collect(conns))
+		cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", countedScript)
+		got := captureCommand(t, cfg, cmd, collect(conns, cmd))
 		if strings.TrimSpace(got) != "2 MMSG-ONEMMSG-TWO!SPLICED 1 RECVMMSG" {
 			t.Fatalf("script printed %q", got)
 		}
@@ -660,7 +662,8 @@ func TestCountedBytes(t *testing.T) {
 			t.Fatalf("clang: %v %s", err, out)
 		}
 		conns := map[uint64][]string{}
-		got := captureCommand(t, cfg, exec.Command(bin), collect(conns))
+		cmd := exec.Command(bin)
+		got := captureCommand(t, cfg, cmd, collect(conns, cmd))
 		if strings.TrimSpace(got) != "URING-INLINEURING-WORKER" {
 			t.Fatalf("uring printed %q", got)
 		}
