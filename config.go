@@ -63,6 +63,7 @@ type config struct {
 	MaxConnections int           `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once (at most 1048576); more are counted and skipped"`
 	QueueSize      int           `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export (at most 1048576); beyond it they are dropped and counted"`
 	CaptureQuery   bool          `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
+	CommandArgs    bool          `env:"PODTRACER_COMMAND_ARGS" envDefault:"false" desc:"put process.command_args (each traced process's full command line) on its resource (off: arguments often carry secrets, as in redis-server --requirepass)"`
 	RouteHeuristic bool          `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive the route from the path, ids replaced by {id} (/users/{id}): http.route on servers, url.template on clients; false: no route"`
 	Protocols      string        `env:"PODTRACER_PROTOCOLS" desc:"the protocols to parse, comma-separated, the others off: http, http2, postgresql, mysql, redis, kafka; unset: all"`
 	QueryText      string        `env:"PODTRACER_QUERY_TEXT" envDefault:"sanitized" desc:"db.query.text on database spans: sanitized (literals replaced by ?), full, or off"`

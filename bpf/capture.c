@@ -1679,6 +1679,13 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	}
 	__u16 status = response_status(e);
 	if (!(f & FAST_RESP)) {
+		if (!e->captured) {
+			// Counted, not read (io_uring, splice): whether it is the
+			// owned exchange's response cannot be told. The exchange is
+			// given up, and the fast path on this connection with it.
+			st->fast = FAST_OFF;
+			return FAST_SEND;
+		}
 		if (!status) {
 			// Not a status line: taken for the rest of the response
 			// before, which user space has, still going out (a server that
@@ -2332,8 +2339,9 @@ static __always_inline void h2_want(struct h2_walk *w, struct event *e, __u32 st
 // h2_valid tells whether h is a frame header a peer may send, by the
 // rules RFC 9113 gives for each type that the header alone shows (its
 // stream, its length); extension types pass. Anything else means the
-// walk is not where it thinks: a segment not followed (io_uring, splice),
-// a wrong guess at a resync.
+// walk is not where it thinks: bytes no event reported (a splice out of
+// the socket; the syscall hooks' io_uring, splice and sendmmsg), a wrong
+// guess at a resync.
 static __always_inline bool h2_valid(__u8 *h)
 {
 	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
@@ -2537,7 +2545,15 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 	}
 	struct h2_dir *d = &st->h2d[dir & 1];
 	if (nr == NR_SENDFILE || nr == NR_COUNT_ONLY) {
-		d->lost = 1; // bytes counted, not read: nothing to follow the frames in
+		// Bytes counted, not read: inside the current frame's payload the
+		// walk keeps its place (a DATA frame's body sent from a file);
+		// anywhere else it has lost it.
+		if (!d->lost && !d->nhdr && e->len <= d->left) {
+			d->left -= e->len;
+			d->want = d->want > e->len ? d->want - e->len : 0;
+		} else {
+			d->lost = 1;
+		}
 		return 0;
 	}
 	if (d->lost) {
@@ -2628,6 +2644,19 @@ static __always_inline bool sock_syscall(__u32 nr, __u8 dir)
 	return false;
 }
 
+// syscall_sock tells whether the syscall whose registers are regs is the
+// one that moved bytes on sk. It is, but for a thread that has used
+// io_uring: its completions may run as task work when it leaves another
+// syscall, whose registers name another file's buffer. Only then is the
+// syscall's file descriptor looked up.
+static __always_inline bool syscall_sock(struct task_struct *task, struct pt_regs *regs, struct sock *sk)
+{
+	if (!bpf_core_field_exists(task->io_uring) || !task->io_uring)
+		return true;
+	struct socket *so = sk->sk_socket;
+	return so && fd_file(regs->di) == so->file;
+}
+
 // on_sock_data reports ret bytes received or sent on sk by the current
 // task. The syscall that moved them, and its buffer, are in the registers
 // the task saved on entry.
@@ -2645,7 +2674,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	// bytes of a syscall not followed are in no buffer of its registers:
 	// either way they are counted, not read. Without them user space
 	// would see a stream with bytes missing and not know it.
-	if ((task->flags & PF_IO_WORKER) || !sock_syscall(nr, dir))
+	if ((task->flags & PF_IO_WORKER) || !sock_syscall(nr, dir) || !syscall_sock(task, regs, sk))
 		nr = NR_COUNT_ONLY;
 
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);

@@ -486,10 +486,10 @@ func TestFastPathReadWhileSending(t *testing.T) {
 	}
 }
 
-// vecServer answers /fast with one writev of the vectors VECS, anything
-// else with a 404.
-const vecServer = pythonListener + `
-import os
+// fastServer answers /fast with answer(c), a Python function it defines
+// for the connection c, anything else with a 404.
+func fastServer(answer string) string {
+	return pythonListener + "import os\n" + answer + `
 while True:
     c, _ = s.accept()
     while True:
@@ -497,11 +497,42 @@ while True:
         if not d:
             break
         if d.split(b" ")[1] == b"/fast":
-            os.writev(c.fileno(), VECS)
+            answer(c)
         else:
             c.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx")
     c.close()
 `
+}
+
+// vecServer answers /fast with one writev of the vectors VECS.
+var vecServer = fastServer(`
+def answer(c):
+    os.writev(c.fileno(), VECS)
+`)
+
+// fastThenOther starts server (a pythonListener script), registers its
+// GET /fast, sends /fast then /other on one connection, and returns the
+// events user space got of the server and the statuses of the kernel's
+// histogram series.
+func fastThenOther(t *testing.T, c *Capture, server string) ([]Event, []int) {
+	t.Helper()
+	events := readEvents(c)
+	pid, port := startPythonServer(t, server)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
+		t.Fatal(err)
+	}
+	conn, r := dial(t, port)
+	for _, p := range []string{"/fast", "/other"} {
+		exchange(t, conn, r, "GET "+p+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	}
+	conn.Close()
+	got := events.take(pid)
+	var statuses []int
+	if err := c.ReadHistograms(func(k HistKey, v *HistValue) { statuses = append(statuses, k.Status) }); err != nil {
+		t.Fatal(err)
+	}
+	return got, statuses
+}
 
 // TestFastPathTwoVectors: the response to a request the kernel took, in
 // two vectors of one writev, is measured whether its status line is all
@@ -514,33 +545,52 @@ func TestFastPathTwoVectors(t *testing.T) {
 		{"line split", `[b"HTTP/1.1", b" 200 OK\r\nContent-Length: 2\r\n\r\nok"]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := loadFast(t, Fast{})
-			events := readEvents(c)
-			pid, port := startPythonServer(t, strings.Replace(vecServer, "VECS", tc.vecs, 1))
-			if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
-				t.Fatal(err)
-			}
-			conn, r := dial(t, port)
-			for _, p := range []string{"/fast", "/other"} {
-				exchange(t, conn, r, "GET "+p+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
-			}
-			conn.Close()
+			events, statuses := fastThenOther(t, loadFast(t, Fast{}), strings.Replace(vecServer, "VECS", tc.vecs, 1))
 			var got []string
-			for _, ev := range events.take(pid) {
+			for _, ev := range events {
 				got = append(got, string(ev.Payload))
 			}
 			want := []string{"GET /other HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx"}
 			if strings.Join(got, "|") != strings.Join(want, "|") {
 				t.Errorf("user space got %q, want %q", got, want)
 			}
-			var statuses []int
-			if err := c.ReadHistograms(func(k HistKey, v *HistValue) { statuses = append(statuses, k.Status) }); err != nil {
-				t.Fatal(err)
-			}
 			if len(statuses) != 1 || statuses[0] != 200 {
 				t.Errorf("histogram series of statuses %v, want [200]", statuses)
 			}
 		})
+	}
+}
+
+// spliceServer answers /fast with a splice from a pipe, which the kernel
+// counts but cannot read.
+var spliceServer = fastServer(`
+def answer(c):
+    r, w = os.pipe()
+    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    os.write(w, resp)
+    os.splice(r, c.fileno(), len(resp))
+    os.close(r); os.close(w)
+`)
+
+// TestFastPathCountedResponse: the response to a request the kernel took
+// that it can count but not read (a splice) gives the exchange up, and the
+// fast path on its connection: the next response is not counted for it.
+func TestFastPathCountedResponse(t *testing.T) {
+	c := loadFast(t, Fast{})
+	if !kernelAtLeast(t, 6, 5) {
+		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
+	}
+	events, statuses := fastThenOther(t, c, spliceServer)
+	var got []string
+	for _, ev := range events {
+		got = append(got, fmt.Sprintf("%d %q", ev.Len, ev.Payload))
+	}
+	want := []string{`40 ""`, `32 "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"`, `46 "HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx"`}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
+	if len(statuses) != 0 {
+		t.Errorf("histogram series of statuses %v, want none", statuses)
 	}
 }
 

@@ -88,6 +88,10 @@ type Config struct {
 	// CaptureQuery puts url.query (and the query in url.full) on spans. Off
 	// by default because query strings often carry tokens and other secrets.
 	CaptureQuery bool
+	// CommandArgs puts process.command_args on each process's resource.
+	// Off by default: arguments often carry secrets, and the semantic
+	// conventions say not to collect them by default without sanitizing.
+	CommandArgs bool
 
 	// ServiceName overrides service.name for every process (the agent passes
 	// OTEL_SERVICE_NAME). "" means each process is named after its

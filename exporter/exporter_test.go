@@ -182,7 +182,7 @@ func TestServerSpan(t *testing.T) {
 		"process.parent_pid":      int64(1),
 		"process.executable.name": "python3",
 		"process.executable.path": "/usr/bin/python3.12",
-		"process.command_args":    []any{"python3", "app.py"},
+		"process.command_args":    nil, // off by default: PODTRACER_COMMAND_ARGS
 		"container.id":            "abc123",
 		"k8s.pod.name":            "shop-1",
 		"k8s.namespace.name":      "prod",
@@ -936,9 +936,9 @@ func TestInvalidUTF8(t *testing.T) {
 }
 
 // TestInvalidUTF8Resource: a process whose executable path and arguments
-// are not UTF-8 still gets its spans through.
+// (exported when asked for) are not UTF-8 still gets its spans through.
 func TestInvalidUTF8Resource(t *testing.T) {
-	e, rcv, _ := startOTLP(t, Config{})
+	e, rcv, _ := startOTLP(t, Config{CommandArgs: true})
 	r := serverReq()
 	r.Process = &pod.Process{PID: 99, Exe: "/opt/\xffapp", Name: "\xffapp", Cmdline: []string{"/opt/\xffapp", "--name=caf\xe9"}}
 	e.Export(r)

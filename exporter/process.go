@@ -161,7 +161,7 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 		if p.Exe != "" {
 			attrs = append(attrs, semconv.ProcessExecutablePath(p.Exe))
 		}
-		if len(p.Cmdline) > 0 {
+		if len(p.Cmdline) > 0 && e.cfg.CommandArgs {
 			attrs = append(attrs, semconv.ProcessCommandArgs(p.Cmdline...))
 		}
 		if p.ContainerID != "" {

@@ -42,6 +42,9 @@ func (c *conn) feed(dir bpf.Direction, seg *segment) {
 	}
 	defer c.recoverParser()
 	if c.parser == nil {
+		if len(seg.data) == 0 {
+			return // counted, not read (io_uring, splice): nothing to detect, no try spent
+		}
 		for _, detect := range c.t.detectors {
 			if c.parser = detect(dir, seg, c.emit); c.parser != nil {
 				break

@@ -113,10 +113,16 @@ type http1Stream struct {
 	// Callbacks into the connection that pairs requests and responses.
 	onHead     func(m *message)
 	onComplete func(m *message)
-	// onUnseen is told that a message started at seg's exit where none of
-	// it was captured (a send or receive the kernel counted but could not
-	// read: io_uring, splice).
-	onUnseen func(at uint64)
+	// onUnseen is told that a message started in seg where none of it was
+	// captured: past the captured prefix of a long transfer (pipelining),
+	// or in a transfer the kernel counted but could not read (io_uring,
+	// splice).
+	onUnseen func(seg *segment)
+	// guessed is set while the stream's place rests on a head cut short
+	// by the capture (its framing headers may have been in what was not
+	// captured), until a message is seen starting: bytes after such a head
+	// may be its body, not a message.
+	guessed bool
 }
 
 // feed consumes one segment.
@@ -149,12 +155,13 @@ func (s *http1Stream) feed(seg *segment) {
 			if pos >= captured || !(startsMessage(seg.data[pos:]) || mayStartMessage(seg, pos)) {
 				// A message starts where we cannot see it, or the bytes are
 				// not HTTP/1: wait for a segment that starts a message.
-				if pos >= captured && s.onUnseen != nil {
-					s.onUnseen(seg.exit)
+				if pos >= captured && seg.total-pos >= minMessageBytes && !s.guessed && s.onUnseen != nil {
+					s.onUnseen(seg)
 				}
 				s.state = stLost
 				return
 			}
+			s.guessed = false
 			s.msg = s.newMessage(seg)
 			s.head = s.head[:0]
 			s.state = stHeaders
@@ -258,10 +265,16 @@ func (s *http1Stream) feedHead(seg *segment, pos int) int {
 	return seg.total // all of it buffered; the head continues in the next segment
 }
 
+// minMessageBytes is the least an HTTP/1 message takes ("GET / HTTP/1.1",
+// CRLF twice): fewer bytes left where a message would start are no message
+// (a client's stray CRLF after a body).
+const minMessageBytes = 18
+
 // endHead parses the buffered head and decides how the body is framed.
 func (s *http1Stream) endHead(seg *segment, truncated bool) {
 	m := s.msg
 	m.truncated = truncated
+	s.guessed = truncated
 	if !parseHead(s.head, m, &s.seen) {
 		s.state = stLost
 		s.msg = nil

@@ -42,8 +42,8 @@ func detectHTTP1(routes, h2c bool, heads *heads, h2Lost *atomic.Uint64) detector
 		c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
 		c.in.onComplete = c.onComplete
 		c.out.onComplete = c.onComplete
-		c.in.onUnseen = func(at uint64) { c.onUnseen(bpf.Ingress, at) }
-		c.out.onUnseen = func(at uint64) { c.onUnseen(bpf.Egress, at) }
+		c.in.onUnseen = func(seg *segment) { c.onUnseen(bpf.Ingress, seg) }
+		c.out.onUnseen = func(seg *segment) { c.onUnseen(bpf.Egress, seg) }
 		c.in.free, c.out.free = &c.free, &c.free
 		c.in.heads, c.out.heads = heads, heads
 		// A response stream knows when the client has sent another
@@ -112,23 +112,25 @@ func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
 	}
 }
 
-// onUnseen keeps the pairing in step over a message that went by unseen
-// in direction dir, at time at: an unseen request takes its place in the
-// queue, so that its response answers it and not the request after it; an
-// unseen response answers the oldest request, which then gets no span (its
-// status is not known). Before the first request the direction is not
-// known, and nothing is pending either.
-func (c *http1Conn) onUnseen(dir bpf.Direction, at uint64) {
+// onUnseen keeps the pairing in step over a message that started unseen in
+// seg, in direction dir. An unseen request takes its place in the queue,
+// so that its response answers it and not the request after it. An unseen
+// response may be more than one (pipelined, in one write): every request
+// that had come before it is taken as answered, without a span (their
+// statuses are not known), rather than one left to be paired with the
+// next response, and every one after it off by one. Before the first
+// request the direction is not known, and nothing is pending either.
+func (c *http1Conn) onUnseen(dir bpf.Direction, seg *segment) {
 	if !c.sawRequest {
 		return
 	}
 	if dir == c.requestDir {
-		m := c.in.newMessage(&segment{exit: at})
+		m := c.in.newMessage(seg)
 		m.request, m.unseen, m.completed = true, true, true
 		c.onHead(dir, m)
 		return
 	}
-	if len(c.pending) > 0 {
+	for len(c.pending) > 0 && c.pending[0].start <= seg.enter {
 		c.recycle(c.popPending())
 	}
 }

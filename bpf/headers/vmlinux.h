@@ -146,9 +146,12 @@ struct pid {
 	struct upid numbers[1];
 } __attribute__((preserve_access_index));
 
+struct io_uring_task;
+
 struct task_struct {
 	unsigned int flags;
 	struct files_struct *files;
+	struct io_uring_task *io_uring; /* CONFIG_IO_URING: set once the thread used io_uring */
 	struct task_struct *group_leader;
 	struct pid *thread_pid;
 	char comm[16];
