@@ -38,11 +38,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define NR_RECVFROM 45
 #define NR_SENDMSG 46
 #define NR_RECVMSG 47
+#define NR_SPLICE 275
 #define NR_ACCEPT4 288
-// NR_COUNT_ONLY stands, in the socket hooks, for a syscall whose bytes are
-// not in a buffer its registers name (sendfile aside): io_uring, splice,
-// sendmmsg and recvmmsg, an io_uring worker's. Its bytes are counted, not
-// read, so that user space knows where the stream has a hole.
+// NR_COUNT_ONLY stands for a syscall whose bytes are not in a buffer its
+// registers name (sendfile aside): in the socket hooks io_uring, splice,
+// sendmmsg and recvmmsg, an io_uring worker's; in the syscall hooks
+// splice. Its bytes are counted, not read, so that user space knows where
+// the stream has a hole.
 #define NR_COUNT_ONLY 0xffffffff
 #define PF_IO_WORKER 0x00000010
 
@@ -323,6 +325,7 @@ static __always_inline bool followed(__u32 nr)
 	case NR_READV:
 	case NR_WRITEV:
 	case NR_SENDFILE:
+	case NR_SPLICE:
 	case NR_CONNECT:
 	case NR_ACCEPT:
 	case NR_ACCEPT4:
@@ -728,7 +731,7 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	c->nr = nr;
 	c->fd = fd;
 	c->buf = BPF_CORE_READ(regs, si);
-	c->iovcnt = BPF_CORE_READ(regs, dx);
+	c->iovcnt = BPF_CORE_READ(regs, dx); // splice's fd_out
 	c->ns_tgid = ns.tgid;
 	c->ns_tid = ns.pid;
 	c->active = 1;
@@ -768,7 +771,22 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (ret <= 0)
 		return 0;
 
-	struct conn *conn = lookup_conn(tgid, c.fd);
+	__u32 fd = c.fd;
+	__u8 dir = DIR_INGRESS;
+	struct conn *conn = 0;
+	if (c.nr == NR_SPLICE) {
+		// splice(fd_in, off_in, fd_out, ...) moves bytes between a pipe
+		// and, here, a socket, in the kernel: they are counted, not read
+		// (a Go proxy's io.Copy between two connections splices both
+		// ways). The socket hooks see only a splice into a socket.
+		conn = lookup_conn(tgid, c.iovcnt);
+		if (conn) {
+			fd = c.iovcnt;
+			dir = DIR_EGRESS;
+		}
+	}
+	if (!conn)
+		conn = lookup_conn(tgid, fd);
 	if (!conn)
 		return 0;
 	struct event *e = new_event(conn, c.ns_tgid, c.ns_tid, EVENT_DATA);
@@ -776,10 +794,11 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	e->ts_enter = c.ts;
 	e->ts_exit = bpf_ktime_get_boot_ns();
-	e->fd = c.fd;
+	e->fd = fd;
 	e->len = ret;
 
-	if (!copy_payload(e, c.nr, c.buf, c.iovcnt, ret))
+	e->dir = dir;
+	if (!copy_payload(e, c.nr == NR_SPLICE ? NR_COUNT_ONLY : c.nr, c.buf, c.iovcnt, ret))
 		return 0;
 	submit(e);
 	return 0;

@@ -594,6 +594,79 @@ got += a.recv(7)
 sys.stdout.write("%d %s %d %s\n" % (sent, got.decode(), n, into[0].raw.decode()))
 `
 
+// processConns collects, per connection of cmd's process (other tests'
+// run beside), what it saw: "dir:payload" for the bytes read, "dir:#len"
+// for the bytes counted.
+func processConns(conns map[uint64][]string, cmd *exec.Cmd) func(ev *Event) {
+	return func(ev *Event) {
+		if ev.Type != EventData || ev.PID != uint32(cmd.Process.Pid) {
+			return
+		}
+		if len(ev.Payload) == 0 {
+			conns[ev.Conn] = append(conns[ev.Conn], fmt.Sprintf("%d:#%d", ev.Dir, ev.Len))
+		} else {
+			conns[ev.Conn] = append(conns[ev.Conn], fmt.Sprintf("%d:%s", ev.Dir, ev.Payload))
+		}
+	}
+}
+
+// connWith returns the connection of conns whose events include want.
+func connWith(t *testing.T, conns map[uint64][]string, want string) []string {
+	t.Helper()
+	for _, evs := range conns {
+		if slices.Contains(evs, want) {
+			return evs
+		}
+	}
+	t.Fatalf("no connection with %q: %v", want, conns)
+	return nil
+}
+
+// splicedScript splices bytes from a pipe into a socket, and from a
+// socket into a pipe.
+const splicedScript = `
+import os, socket, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+c = socket.create_connection(("127.0.0.1", srv.getsockname()[1])); a, _ = srv.accept()
+c.sendall(b"FIRST"); a.recv(5)
+r, w = os.pipe()
+os.write(w, b"SPLICE-OUT")
+os.splice(r, c.fileno(), 10); time.sleep(0.05)
+n = os.splice(a.fileno(), w, 10)
+sys.stdout.write("%d %s\n" % (n, os.read(r, 10).decode()))
+`
+
+// TestSplicedBytes: a splice into a socket is counted by both hook sets
+// (the socket hooks from Linux 6.5), a splice out of one by the syscall
+// hooks; the socket hooks have no tracepoint on that path.
+func TestSplicedBytes(t *testing.T) {
+	testenv.Privileged(t)
+	in, out := fmt.Sprint(Ingress), fmt.Sprint(Egress)
+	for _, hooks := range hookSets(t) {
+		t.Run(hooks, func(t *testing.T) {
+			if hooks == HooksSocket && !kernelAtLeast(t, 6, 5) {
+				testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
+			}
+			conns := map[uint64][]string{}
+			cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", splicedScript)
+			got := captureCommand(t, Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: hooks}, cmd, processConns(conns, cmd))
+			if strings.TrimSpace(got) != "10 SPLICE-OUT" {
+				t.Fatalf("script printed %q", got)
+			}
+			if client := connWith(t, conns, out+":FIRST"); !slices.Equal(client, []string{out + ":FIRST", out + ":#10"}) {
+				t.Errorf("client's events %q: want FIRST, then 10 bytes counted", client)
+			}
+			server := []string{in + ":FIRST", in + ":#10"}
+			if hooks == HooksSocket {
+				server = server[:1]
+			}
+			if got := connWith(t, conns, in+":FIRST"); !slices.Equal(got, server) {
+				t.Errorf("server's events %q, want %q", got, server)
+			}
+		})
+	}
+}
+
 // TestCountedBytes: bytes moved on a pod's connection by a syscall whose
 // registers name no buffer of them (sendmmsg, recvmmsg, splice, io_uring,
 // an io_uring worker thread, io_uring's task work run as another syscall
@@ -607,42 +680,16 @@ func TestCountedBytes(t *testing.T) {
 		testenv.Skip(t, "the socket hooks need Linux 6.3+; the syscall hooks do not follow these syscalls")
 	}
 	cfg := Config{CaptureBytes: 64, RingBufferBytes: 1 << 20, Hooks: HooksSocket}
-	// Per connection of cmd's process (other tests' run beside), what each
-	// side saw: the readable payloads and the lengths of the counted
-	// transfers.
-	collect := func(conns map[uint64][]string, cmd *exec.Cmd) func(ev *Event) {
-		return func(ev *Event) {
-			if ev.Type != EventData || ev.PID != uint32(cmd.Process.Pid) {
-				return
-			}
-			if len(ev.Payload) == 0 {
-				conns[ev.Conn] = append(conns[ev.Conn], fmt.Sprintf("%d:#%d", ev.Dir, ev.Len))
-			} else {
-				conns[ev.Conn] = append(conns[ev.Conn], fmt.Sprintf("%d:%s", ev.Dir, ev.Payload))
-			}
-		}
-	}
-	// find returns the one connection whose events include want.
-	find := func(t *testing.T, conns map[uint64][]string, want string) []string {
-		t.Helper()
-		for _, evs := range conns {
-			if slices.Contains(evs, want) {
-				return evs
-			}
-		}
-		t.Fatalf("no connection with %q: %v", want, conns)
-		return nil
-	}
 	in, out := fmt.Sprint(Ingress), fmt.Sprint(Egress)
 
 	t.Run("mmsg and splice", func(t *testing.T) {
 		conns := map[uint64][]string{}
 		cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", countedScript)
-		got := captureCommand(t, cfg, cmd, collect(conns, cmd))
+		got := captureCommand(t, cfg, cmd, processConns(conns, cmd))
 		if strings.TrimSpace(got) != "2 MMSG-ONEMMSG-TWO!SPLICED 1 RECVMMSG" {
 			t.Fatalf("script printed %q", got)
 		}
-		client := find(t, conns, out+":#8")
+		client := connWith(t, conns, out+":#8")
 		want := []string{out + ":#8", out + ":#9", in + ":#8", out + ":#7"}
 		if !kernelAtLeast(t, 6, 5) {
 			want = want[:3] // a splice into a socket went by sendpage, past sock_sendmsg's tracepoint
@@ -650,7 +697,7 @@ func TestCountedBytes(t *testing.T) {
 		if !slices.Equal(client, want) {
 			t.Errorf("client's events %q, want %q", client, want)
 		}
-		server := find(t, conns, out+":RECVMMSG")
+		server := connWith(t, conns, out+":RECVMMSG")
 		if !slices.Contains(server, out+":RECVMMSG") || !strings.Contains(strings.Join(server, " "), "SPLICED") {
 			t.Errorf("server's events %q: want its reads and its send read", server)
 		}
@@ -667,7 +714,7 @@ func TestCountedBytes(t *testing.T) {
 		}
 		conns := map[uint64][]string{}
 		cmd := exec.Command(bin)
-		got := captureCommand(t, cfg, cmd, collect(conns, cmd))
+		got := captureCommand(t, cfg, cmd, processConns(conns, cmd))
 		if strings.TrimSpace(got) == "no io_uring" {
 			testenv.Skip(t, "io_uring is disabled here (kernel.io_uring_disabled, or a seccomp filter)")
 		}
@@ -675,13 +722,13 @@ func TestCountedBytes(t *testing.T) {
 			t.Fatalf("uring printed %q", got)
 		}
 		// Both sends counted: the one in io_uring_enter, the worker's.
-		client := find(t, conns, out+":#12")
+		client := connWith(t, conns, out+":#12")
 		if want := []string{out + ":#12", out + ":#12", out + ":URING-TASKWORK"}; !slices.Equal(client, want) {
 			t.Errorf("client's events %q, want %q", client, want)
 		}
 		// The receive done as task work, in the registers of a read(2) of
 		// a pipe: counted, not read from the pipe's buffer.
-		server := find(t, conns, in+":URING-INLINE")
+		server := connWith(t, conns, in+":URING-INLINE")
 		if want := []string{in + ":URING-INLINE", in + ":URING-WORKER", in + ":#14"}; !slices.Equal(server, want) {
 			t.Errorf("server's events %q, want %q", server, want)
 		}
