@@ -25,6 +25,7 @@ type dbFuzzInput struct {
 func dbFuzz(t *testing.T, proto string, open string, openToServer bool, in dbFuzzInput, check func(t *testing.T, p protocolParser)) {
 	cfg := Config{QueryText: []string{QuerySanitized, QueryFull, QueryOff}[in.flags%3], RedisKeys: in.flags&4 != 0}
 	h := newDBHarness(t, int(in.capture%4096)+1, cfg)
+	h.countEvery = int(in.capture >> 12)       // some pieces counted, not read
 	reqDir, respDir := bpf.Egress, bpf.Ingress // the observed process is the client
 	if in.flags&8 != 0 {
 		reqDir, respDir = respDir, reqDir
@@ -76,6 +77,7 @@ func dbFuzzSeeds(f *testing.F, name string) {
 	f.Add(reqs, resps, uint8(31), uint16(4095), uint8(0))
 	f.Add(reqs, resps, uint8(7), uint16(63), uint8(1|8))
 	f.Add(reqs, resps, uint8(0), uint16(100), uint8(2|4|16))
+	f.Add(reqs, resps, uint8(5), uint16(3<<12|100), uint8(0))
 }
 
 func FuzzPostgres(f *testing.F) {

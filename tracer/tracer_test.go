@@ -26,6 +26,10 @@ type harness struct {
 	got     []*Request
 	now     uint64
 	capture int
+	// countEvery, when not 0, makes every countEvery-th piece that piece
+	// sends counted, not read (bpf: io_uring, splice).
+	countEvery int
+	pieces     int
 }
 
 func newHarness(t *testing.T, capture int) *harness {
@@ -271,7 +275,7 @@ func (h *harness) interleave(sock uint64, aDir bpf.Direction, a []byte, aStep in
 			n = min(step, n)
 		}
 		if n > 0 {
-			h.send(sock, dir, string((*data)[:n]))
+			h.piece(sock, dir, string((*data)[:n]))
 			*data = (*data)[n:]
 		}
 	}
@@ -648,6 +652,15 @@ func TestHTTP1ResyncOnlyWhenDue(t *testing.T) {
 			t.Errorf("spans %v", h.got)
 		}
 	})
+}
+
+// piece delivers data as send does, or counted (countEvery).
+func (h *harness) piece(sock uint64, dir bpf.Direction, data string) {
+	if h.pieces++; h.countEvery > 0 && h.pieces%h.countEvery == 0 {
+		h.counted(sock, dir, len(data))
+		return
+	}
+	h.send(sock, dir, data)
 }
 
 // counted delivers n bytes that the kernel counted but could not read
