@@ -43,8 +43,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 // NR_COUNT_ONLY stands for a syscall whose bytes are not in a buffer its
 // registers name (sendfile aside): in the socket hooks io_uring, splice,
 // sendmmsg and recvmmsg, an io_uring worker's; in the syscall hooks
-// splice. Its bytes are counted, not read, so that user space knows where
-// the stream has a hole.
+// splice; in both a receive with MSG_TRUNC. Its bytes are counted, not
+// read, so that user space knows where the stream has a hole.
 #define NR_COUNT_ONLY 0xffffffff
 #define PF_IO_WORKER 0x00000010
 
@@ -60,10 +60,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define MSG_TRUNC 0x20
 #define MSG_ERRQUEUE 0x2000
 // NOT_STREAM are the receive flags whose bytes are not the stream's next:
-// a peek (read again later), the urgent byte, the error queue's packets,
-// and MSG_TRUNC, whose bytes TCP discards without copying them (the buffer
-// holds whatever it held: no bytes to report).
-#define NOT_STREAM (MSG_OOB | MSG_PEEK | MSG_TRUNC | MSG_ERRQUEUE)
+// a peek (read again later), the urgent byte, the error queue's packets.
+// A receive with MSG_TRUNC takes the stream's next bytes but discards them
+// without copying them (the buffer holds whatever it held): they are
+// counted, not read.
+#define NOT_STREAM (MSG_OOB | MSG_PEEK | MSG_ERRQUEUE)
 #define TCP_SYN_SENT 2
 #define TCP_CLOSE 7
 #define TCP_LAST_ACK 9
@@ -712,8 +713,8 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	}
 	// recvfrom's flags are its fourth argument (r10 for the syscall), and
 	// recvmsg's its third: a peek, say, is not the stream's next bytes.
-	if ((nr == NR_RECVFROM && (BPF_CORE_READ(regs, r10) & NOT_STREAM)) ||
-	    (nr == NR_RECVMSG && (BPF_CORE_READ(regs, dx) & NOT_STREAM)))
+	__u64 rflags = nr == NR_RECVFROM ? BPF_CORE_READ(regs, r10) : nr == NR_RECVMSG ? BPF_CORE_READ(regs, dx) : 0;
+	if (rflags & NOT_STREAM)
 		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &id);
@@ -728,7 +729,7 @@ int sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	}
 	c->ts = bpf_ktime_get_boot_ns();
 	c->task = bpf_get_current_task();
-	c->nr = nr;
+	c->nr = (rflags & MSG_TRUNC) ? NR_COUNT_ONLY : nr;
 	c->fd = fd;
 	c->buf = BPF_CORE_READ(regs, si);
 	c->iovcnt = BPF_CORE_READ(regs, dx); // splice's fd_out
@@ -2679,7 +2680,7 @@ static __always_inline bool syscall_sock(struct task_struct *task, struct pt_reg
 // on_sock_data reports ret bytes received or sent on sk by the current
 // task. The syscall that moved them, and its buffer, are in the registers
 // the task saved on entry.
-static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
+static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool count_only)
 {
 	if (!tcp_sock(sk))
 		return 0;
@@ -2693,7 +2694,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir)
 	// bytes of a syscall not followed are in no buffer of its registers:
 	// either way they are counted, not read. Without them user space
 	// would see a stream with bytes missing and not know it.
-	if ((task->flags & PF_IO_WORKER) || !sock_syscall(nr, dir) || !syscall_sock(task, regs, sk))
+	if (count_only || (task->flags & PF_IO_WORKER) || !sock_syscall(nr, dir) || !syscall_sock(task, regs, sk))
 		nr = NR_COUNT_ONLY;
 
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -2839,7 +2840,7 @@ int sock_recv_length(__u64 *ctx)
 	// Nor do reads whose bytes are not the stream's next (NOT_STREAM).
 	if (flags & NOT_STREAM)
 		return 0;
-	return on_sock_data(sk, ret, DIR_INGRESS);
+	return on_sock_data(sk, ret, DIR_INGRESS, flags & MSG_TRUNC);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -2848,7 +2849,7 @@ int sock_send_length(__u64 *ctx)
 	int ret = ctx[1];
 	if (ret <= 0)
 		return 0;
-	return on_sock_data((struct sock *)ctx[0], ret, DIR_EGRESS);
+	return on_sock_data((struct sock *)ctx[0], ret, DIR_EGRESS, false);
 }
 
 // tcp_destroy_sock sends the close held back for a connection whose
