@@ -1666,8 +1666,8 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 			// user space, which pairs them. A new request (it starts with
 			// a method the fast path takes) ends the fast path on this
 			// connection: its client pipelines.
-			if (starts_fast_method(e))
-				st->fast = f | FAST_OFF;
+			if (!e->captured || starts_fast_method(e))
+				st->fast = f | FAST_OFF; // (or counted: it may be one)
 			return FAST_SEND;
 		}
 		if ((f & FAST_OFF) || !accepted(sk))
@@ -1726,8 +1726,8 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		return FAST_SKIP;
 	}
 	// FAST_HANDOFF: the response of the request user space has starts
-	// with its status line.
-	if (status) {
+	// with its status line, or may be a send counted, not read.
+	if (status || !e->captured) {
 		st->fast = FAST_OFF;
 		return FAST_SEND;
 	}
@@ -2054,12 +2054,12 @@ static __always_inline bool redis_command(struct event *e, struct sock_state *st
 // reply in several whole write()s, Redis 7 in writev()s).
 #define REDIS_CHUNK 16384
 
-// send_open tells whether a send of ret bytes, by the syscall whose
-// registers are regs, may leave a reply unfinished: any but a whole
-// write() or send() of less than REDIS_CHUNK bytes.
-static __always_inline bool send_open(struct pt_regs *regs, int ret)
+// send_open tells whether a send of ret bytes, by syscall nr (as
+// on_sock_data took it: NR_COUNT_ONLY when not read) whose registers are
+// regs, may leave a reply unfinished: any but a whole write() or send() of
+// less than REDIS_CHUNK bytes.
+static __always_inline bool send_open(__u32 nr, struct pt_regs *regs, int ret)
 {
-	__u32 nr = regs->orig_ax;
 	return (nr != NR_WRITE && nr != NR_SENDTO) || ret < (int)regs->dx || ret >= REDIS_CHUNK;
 }
 
@@ -2095,10 +2095,10 @@ static __always_inline bool redis_whole_reply(struct event *e)
 }
 
 // redis_skip runs the drop for e, received or sent on socket sk in state
-// st by the syscall whose saved registers are regs, and tells whether e is
-// the kernel's: not to be sent. The sends of a dropped command's reply
-// never get here (on_sock_data).
-static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir, struct pt_regs *regs)
+// st by syscall nr (as on_sock_data took it) whose saved registers are
+// regs, and tells whether e is the kernel's: not to be sent. The sends of
+// a dropped command's reply never get here (on_sock_data).
+static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir, __u32 nr, struct pt_regs *regs)
 {
 	__u8 r = st->redis;
 	if (r & REDIS_OFF)
@@ -2113,7 +2113,7 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 		}
 		// Its reply: a record when this send is all of it and it is not
 		// an error, whose message is in the span.
-		bool open = send_open(regs, e->len);
+		bool open = send_open(nr, regs, e->len);
 		st->redis = open ? REDIS_OPEN : 0;
 		if (!open && redis_whole_reply(e))
 			return FAST_SEND_SPAN;
@@ -2121,7 +2121,7 @@ static __always_inline int redis_skip(struct sock *sk, struct sock_state *st, st
 	}
 	if (dir == DIR_EGRESS) {
 		r &= ~(REDIS_PENDING | REDIS_OPEN);
-		if (send_open(regs, e->len))
+		if (send_open(nr, regs, e->len))
 			r |= REDIS_OPEN;
 		st->redis = r;
 		return FAST_SEND;
@@ -2360,8 +2360,8 @@ static __always_inline void h2_want(struct h2_walk *w, struct event *e, __u32 st
 // rules RFC 9113 gives for each type that the header alone shows (its
 // stream, its length); extension types pass. Anything else means the
 // walk is not where it thinks: bytes no event reported (a splice out of
-// the socket; the syscall hooks' io_uring, splice and sendmmsg), a wrong
-// guess at a resync.
+// the socket; the syscall hooks' io_uring, sendmmsg and recvmmsg), a
+// wrong guess at a resync.
 static __always_inline bool h2_valid(__u8 *h)
 {
 	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
@@ -2711,7 +2711,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 	}
 	if (fast_redis && st && dir == DIR_EGRESS && (st->redis & REDIS_SKIP)) {
 		// The reply of a dropped command: nothing to read.
-		st->redis = (st->redis & ~REDIS_OPEN) | REDIS_REPLIED | (send_open(regs, ret) ? REDIS_OPEN : 0);
+		st->redis = (st->redis & ~REDIS_OPEN) | REDIS_REPLIED | (send_open(nr, regs, ret) ? REDIS_OPEN : 0);
 		return 0;
 	}
 	struct event *e = scratch_event(SCRATCH_TASK, ns.tgid, ns.pid, EVENT_DATA);
@@ -2747,7 +2747,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 	}
 	bool redis = false; // the verdict is the Redis side's
 	if (fast_redis && st && verdict == FAST_SEND) {
-		verdict = redis_skip(sk, st, e, dir, regs);
+		verdict = redis_skip(sk, st, e, dir, nr, regs);
 		if (verdict == FAST_SKIP)
 			return 0;
 		redis = true;

@@ -116,13 +116,18 @@ type http1Stream struct {
 	// onUnseen is told that a message started in seg where none of it was
 	// captured: past the captured prefix of a long transfer (pipelining),
 	// or in a transfer the kernel counted but could not read (io_uring,
-	// splice).
-	onUnseen func(seg *segment)
+	// splice). again says that seg is counted whole right after such a
+	// message, and may be more of it.
+	onUnseen func(seg *segment, again bool)
 	// guessed is set while the stream's place rests on a head cut short
 	// by the capture (its framing headers may have been in what was not
 	// captured), until a message is seen starting: bytes after such a head
 	// may be its body, not a message.
 	guessed bool
+	// lostUnseen is set while the stream is lost after a message that
+	// started unseen: transfers counted whole after it are told too
+	// (onUnseen, again).
+	lostUnseen bool
 }
 
 // feed consumes one segment.
@@ -131,7 +136,11 @@ func (s *http1Stream) feed(seg *segment) {
 		return
 	}
 	if s.state == stLost {
-		s.state = stIdle
+		if len(seg.data) == 0 && s.lostUnseen && seg.total >= minMessageBytes {
+			s.onUnseen(seg, true)
+			return
+		}
+		s.state, s.lostUnseen = stIdle, false
 		if !startsMessage(seg.data) {
 			s.state = stLost
 			return
@@ -156,7 +165,8 @@ func (s *http1Stream) feed(seg *segment) {
 				// A message starts where we cannot see it, or the bytes are
 				// not HTTP/1: wait for a segment that starts a message.
 				if pos >= captured && seg.total-pos >= minMessageBytes && !s.guessed && s.onUnseen != nil {
-					s.onUnseen(seg)
+					s.onUnseen(seg, false)
+					s.lostUnseen = true
 				}
 				s.state = stLost
 				return

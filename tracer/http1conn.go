@@ -42,8 +42,8 @@ func detectHTTP1(routes, h2c bool, heads *heads, h2Lost *atomic.Uint64) detector
 		c.out.onHead = func(m *message) { c.onHead(bpf.Egress, m) }
 		c.in.onComplete = c.onComplete
 		c.out.onComplete = c.onComplete
-		c.in.onUnseen = func(seg *segment) { c.onUnseen(bpf.Ingress, seg) }
-		c.out.onUnseen = func(seg *segment) { c.onUnseen(bpf.Egress, seg) }
+		c.in.onUnseen = func(seg *segment, again bool) { c.onUnseen(bpf.Ingress, seg, again) }
+		c.out.onUnseen = func(seg *segment, again bool) { c.onUnseen(bpf.Egress, seg, again) }
 		c.in.free, c.out.free = &c.free, &c.free
 		c.in.heads, c.out.heads = heads, heads
 		// A response stream knows when the client has sent another
@@ -113,18 +113,24 @@ func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
 }
 
 // onUnseen keeps the pairing in step over a message that started unseen in
-// seg, in direction dir. An unseen request takes its place in the queue,
-// so that its response answers it and not the request after it. An unseen
-// response may be more than one (pipelined, in one write): every request
-// that had come before it is taken as answered, without a span (their
-// statuses are not known), rather than one left to be paired with the
-// next response, and every one after it off by one. Before the first
-// request the direction is not known, and nothing is pending either.
-func (c *http1Conn) onUnseen(dir bpf.Direction, seg *segment) {
+// seg, in direction dir (again: seg was counted whole right after one). An
+// unseen request takes its place in the queue, so that its response
+// answers it and not the request after it; what is counted right after it
+// is taken for more of it (a body read apart), not for another. An unseen
+// response may be more than one (pipelined, in one write, or one counted
+// write each): every request that had come before it is taken as
+// answered, without a span (their statuses are not known), rather than one
+// left to be paired with the next response, and every one after it off by
+// one. Before the first request the direction is not known, and nothing is
+// pending either.
+func (c *http1Conn) onUnseen(dir bpf.Direction, seg *segment, again bool) {
 	if !c.sawRequest {
 		return
 	}
 	if dir == c.requestDir {
+		if again {
+			return
+		}
 		m := c.in.newMessage(seg)
 		m.request, m.unseen, m.completed = true, true, true
 		c.onHead(dir, m)

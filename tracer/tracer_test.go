@@ -707,6 +707,21 @@ func TestCountedHoles(t *testing.T) {
 			h.counted(1, out, 400)
 			h.send(1, in, req("/seen"))
 		}},
+		{"responses counted in a row", func(h *harness) {
+			h.send(1, in, req("/a"))
+			h.counted(1, out, 200)
+			h.send(1, in, req("/b"))
+			h.counted(1, out, 200)
+			h.send(1, in, req("/seen"))
+		}},
+		{"pipelined, a request counted in two reads", func(h *harness) {
+			h.send(1, in, req("/a"))
+			h.counted(1, in, 200) // a head,
+			h.counted(1, in, 200) // its body
+			h.send(1, in, req("/seen"))
+			h.send(1, out, "HTTP/1.1 204 No Content\r\n\r\n")
+			h.send(1, out, "HTTP/1.1 500 Oops\r\nContent-Length: 2\r\n\r\nno")
+		}},
 		{"a stray CRLF after a body", func(h *harness) {
 			h.send(1, in, "POST /form HTTP/1.1\r\nHost: shop\r\nContent-Length: 100\r\n\r\n"+strings.Repeat("f", 100)+"\r\n")
 			h.send(1, out, ok)
