@@ -428,6 +428,55 @@ func TestFastPathPipelined(t *testing.T) {
 	}
 }
 
+// readAheadSpliceServer is readAheadServer whose second response is
+// spliced from a pipe (counted, not read), and which answers a third
+// request after them.
+const readAheadSpliceServer = pythonListener + `
+import os
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nA")
+    r, w = os.pipe()
+    os.write(w, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nB")
+    os.splice(r, c.fileno(), 39)
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    c.recv(4096)
+    c.close()
+`
+
+// TestFastPathPipelinedCounted: when the response of the request handed to
+// user space behind one the kernel took is counted, not read, it goes up
+// counted, not taken for more of the kernel's response: user space then
+// pairs the next response with the next request.
+func TestFastPathPipelinedCounted(t *testing.T) {
+	c := loadFast(t, Fast{})
+	if !kernelAtLeast(t, 6, 5) {
+		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
+	}
+	events := readEvents(c)
+	pid, port := startPythonServer(t, readAheadSpliceServer)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
+		t.Fatal(err)
+	}
+	conn, r := dial(t, port)
+	io.WriteString(conn, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
+	time.Sleep(50 * time.Millisecond) // read on its own
+	exchange(t, conn, r, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n", 2)
+	exchange(t, conn, r, "GET /third HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+	conn.Close()
+	var got []string
+	for _, ev := range events.take(pid) {
+		got = append(got, fmt.Sprintf("%d %q", ev.Len, ev.Payload))
+	}
+	want := []string{`32 "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"`, `39 ""`, `32 "GET /third HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
+}
+
 // sendingServer reads the next request while it still writes the
 // response before it (Node.js and aiohttp do): the second request comes
 // between the first response's two writes.
