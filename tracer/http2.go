@@ -234,6 +234,21 @@ type http2Conn struct {
 	clientKnown bool
 }
 
+// stateful: an HTTP/2 connection's HPACK tables hold what its later header
+// blocks refer to by index (a gRPC channel's every call, its method's
+// path). Forgotten while idle, the connection would be taken up again
+// mid-stream, its calls without their methods for the rest of its life: it
+// is kept as long as the pools keep such connections idle (grpc-go's
+// channel 30 minutes).
+func (c *http2Conn) stateful() bool {
+	for _, d := range c.dirs {
+		if d.tableGen > 0 || d.table.size > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 func newHTTP2Conn(emit emitter, routes bool) *http2Conn {
 	c := &http2Conn{emit: emit, routes: routes, streams: make(map[uint32]*h2Stream)}
 	for _, dir := range []bpf.Direction{bpf.Ingress, bpf.Egress} {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/net/http2/hpack"
@@ -828,5 +829,28 @@ func TestHTTP2LongValueNotPinned(t *testing.T) {
 	}
 	if unsafe.StringData(h.path) == unsafe.StringData(long) {
 		t.Error("the capped value shares the whole value's bytes")
+	}
+}
+
+// TestHTTP2IdleKeepsTables: a gRPC connection idle for longer than the
+// usual idle timeout is not forgotten, since its next call refers to its
+// method's path in the HPACK tables.
+func TestHTTP2IdleKeepsTables(t *testing.T) {
+	cli, srv := newH2Peer(), newH2Peer()
+	h := newHarness(t, 4096)
+	h.send(1, in, h2Preface+h2Settings0)
+	h.send(1, out, h2Settings0+h2frame(h2Settings, h2FlagAck, 0, nil))
+	call := func(stream uint32) {
+		h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, stream, cli.block(":method", "POST", ":scheme", "http",
+			":path", "/shop.Cart/Add", ":authority", "cart", "content-type", "application/grpc")))
+		h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, stream, srv.block(":status", "200",
+			"content-type", "application/grpc", "grpc-status", "0")))
+	}
+	call(1)
+	h.idleFor(10*time.Minute, 2, in, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 204 No Content\r\n\r\n")
+	call(3)
+	last := h.got[len(h.got)-1]
+	if last.Protocol != ProtoGRPC || last.RPCService != "shop.Cart" || last.RPCMethod != "Add" {
+		t.Errorf("the call after 10 idle minutes: %s %s/%s, want grpc shop.Cart/Add", last.Protocol, last.RPCService, last.RPCMethod)
 	}
 }
