@@ -173,6 +173,7 @@ type h2Event struct {
 	payload, tail, pieces []byte
 	conn                  uint64 // the socket
 	closed                bool   // the socket's close, not data
+	pid                   uint32 // whose socket
 }
 
 // TestHTTP2Frames: on a connection that starts with the HTTP/2 preface,
@@ -209,9 +210,9 @@ func TestHTTP2Frames(t *testing.T) {
 			switch ev.Type {
 			case EventData:
 				events = append(events, h2Event{ev.Dir, int(ev.Len), bytes.Clone(ev.Payload), bytes.Clone(ev.Tail), bytes.Clone(ev.Pieces),
-					ev.Conn, false})
+					ev.Conn, false, ev.PID})
 			case EventClose:
-				events = append(events, h2Event{conn: ev.Conn, closed: true})
+				events = append(events, h2Event{conn: ev.Conn, closed: true, pid: ev.PID})
 			}
 		}
 	}()
@@ -219,10 +220,12 @@ func TestHTTP2Frames(t *testing.T) {
 	if kernelAtLeast(t, 6, 5) {
 		script = strings.Replace(script, "SPLICE = False", "SPLICE = True", 1)
 	}
-	out, err := exec.Command(python, "-c", script).CombinedOutput()
+	cmd := exec.Command(python, "-c", script)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("script: %v %s", err, out)
 	}
+	pid := uint32(cmd.Process.Pid)
 	time.Sleep(300 * time.Millisecond)
 	c.Close()
 	<-done
@@ -248,6 +251,9 @@ func TestHTTP2Frames(t *testing.T) {
 			var evs []h2Event
 			var conn uint64
 			for _, e := range events {
+				if e.pid != pid {
+					continue // another process's: other tests' gRPC connections start with the preface too
+				}
 				if e.closed && conn != 0 && e.conn == conn {
 					break
 				}
