@@ -384,11 +384,7 @@ while True:
 // of the two the kernel could have taken: user space pairs them.
 func TestFastPathPipelined(t *testing.T) {
 	c := loadFast(t, Fast{})
-	events := readEvents(c)
-	pid, port := startPythonServer(t, readAheadServer)
-	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
-		t.Fatal(err)
-	}
+	events, pid, port := startFastServer(t, c, readAheadServer)
 	for _, first := range []string{"/slow-path", "/fast"} {
 		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
@@ -456,11 +452,7 @@ func TestFastPathPipelinedCounted(t *testing.T) {
 	if !kernelAtLeast(t, 6, 5) {
 		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
 	}
-	events := readEvents(c)
-	pid, port := startPythonServer(t, readAheadSpliceServer)
-	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
-		t.Fatal(err)
-	}
+	events, pid, port := startFastServer(t, c, readAheadSpliceServer)
 	conn, r := dial(t, port)
 	io.WriteString(conn, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
 	time.Sleep(50 * time.Millisecond) // read on its own
@@ -498,11 +490,7 @@ while True:
 // status line.
 func TestFastPathReadWhileSending(t *testing.T) {
 	c := loadFast(t, Fast{})
-	events := readEvents(c)
-	pid, port := startPythonServer(t, sendingServer)
-	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
-		t.Fatal(err)
-	}
+	events, pid, port := startFastServer(t, c, sendingServer)
 	conn, r := dial(t, port)
 	io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
 	time.Sleep(50 * time.Millisecond) // the first part is out
@@ -559,17 +547,25 @@ def answer(c):
     os.writev(c.fileno(), VECS)
 `)
 
+// startFastServer reads c's events, starts server (a Python script that
+// prints its port) and registers its GET /fast for the fast path.
+func startFastServer(t *testing.T, c *Capture, server string) (events *fastEvents, pid, port int) {
+	t.Helper()
+	events = readEvents(c)
+	pid, port = startPythonServer(t, server)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
+		t.Fatal(err)
+	}
+	return events, pid, port
+}
+
 // fastThenOther starts server (a pythonListener script), registers its
 // GET /fast, sends /fast then /other on one connection, and returns the
 // events user space got of the server and the statuses of the kernel's
 // histogram series.
 func fastThenOther(t *testing.T, c *Capture, server string) ([]Event, []int) {
 	t.Helper()
-	events := readEvents(c)
-	pid, port := startPythonServer(t, server)
-	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
-		t.Fatal(err)
-	}
+	events, pid, port := startFastServer(t, c, server)
 	conn, r := dial(t, port)
 	for _, p := range []string{"/fast", "/other"} {
 		exchange(t, conn, r, "GET "+p+" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
@@ -648,11 +644,7 @@ func TestFastPathCountedResponse(t *testing.T) {
 // as /fast; a space in the query is the query's.
 func TestFastPathSpaceInTarget(t *testing.T) {
 	c := loadFast(t, Fast{})
-	events := readEvents(c)
-	pid, port := startPythonServer(t, strings.Replace(vecServer, "VECS", `[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok"]`, 1))
-	if _, err := c.AddRoute(uint32(pid), "GET", "/fast", 1); err != nil {
-		t.Fatal(err)
-	}
+	events, pid, port := startFastServer(t, c, strings.Replace(vecServer, "VECS", `[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok"]`, 1))
 	conn, r := dial(t, port)
 	exchange(t, conn, r, "GET /fast x HTTP/1.1\r\nHost: x\r\n\r\n", 1)
 	exchange(t, conn, r, "GET /fast?q=a b HTTP/1.1\r\nHost: x\r\n\r\n", 1)
