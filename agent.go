@@ -377,7 +377,7 @@ func logCounters(logger *slog.Logger, msg string, ks bpf.Stats, tr *tracer.Trace
 	ts, es := tr.Stats(), exp.Stats()
 	logger.Info(msg, "kernel_events", ks.Events, "kernel_lost", ks.Lost, "kernel_runs_skipped", ks.RunsSkipped, "calls_untracked", ks.CallsUntracked,
 		"kernel_requests", ks.FastRequests, "kernel_requests_lost", ks.FastLost, "kernel_redis_dropped", ks.RedisDropped,
-		"kernel_spans", ks.HTTPSpans, "kernel_redis_spans", ks.RedisSpans, "kernel_records", ts.KernelRecords, "kernel_heads", ts.KernelHeads, "kernel_heads_missed", ts.HeadMisses, "kernel_heads_mismatched", ts.HeadMismatches, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures, "http2_lost", ts.HTTP2Lost,
+		"kernel_spans", ks.HTTPSpans, "kernel_redis_spans", ks.RedisSpans, "kernel_http2_quiet", ks.H2Quiet, "kernel_records", ts.KernelRecords, "kernel_heads", ts.KernelHeads, "kernel_heads_missed", ts.HeadMisses, "kernel_heads_mismatched", ts.HeadMismatches, "requests", ts.Requests, "connections", ts.Connections, "connections_untracked", ts.ConnsUntracked, "parser_failures", ts.ParserFailures, "http2_lost", ts.HTTP2Lost,
 		"spans_exported", es.ExportedSpans, "requests_dropped", es.DroppedRequests, "spans_dropped", es.DroppedSpans,
 		"spans_failed", es.FailedSpans)
 }

@@ -219,7 +219,8 @@ enum stat_index {
 	STAT_REDIS_DROP = 5, // server-side Redis commands dropped, not picked for a span
 	STAT_SPAN = 6,     // HTTP requests picked for a span whose head the kernel stood for
 	STAT_REDIS_SPAN = 7, // Redis commands picked for a span whose shape the kernel stood for
-	STAT_MAX = 8,
+	STAT_H2_QUIET = 8,   // HTTP/2 segments of window updates and pings alone, not sent (h2_follow)
+	STAT_MAX = 9,
 };
 
 struct {
@@ -858,7 +859,10 @@ struct sock_state {
 	// The connection ended (TCP_CLOSE) while bytes were still to be read:
 	// its close event waits until they are (late_close).
 	__u8 close_late;
-	__u8 pad3[2];
+	// H2_ON: when (in H2_TICK units) a segment of the connection last
+	// went up, so that one of window updates and pings alone goes up at
+	// least that often (h2_follow).
+	__u16 h2_sent;
 	struct h2_dir h2d[2]; // and where each direction is in its frames
 };
 
@@ -2238,6 +2242,12 @@ volatile const __u8 h2_frames = 1; // the loader turns it off where the verifier
 #define H2_PREFACE 24        // "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #define H2_MAX_FRAMES 256    // frames followed per segment (and H2_INLINE_FRAMES before them)
 #define H2_INLINE_FRAMES 8
+#define H2_QUIET 1           // h2_follow: the segment is frames the agent does not read, alone
+// A connection's segments of window updates and pings alone go up at least
+// once per H2_LIVE ticks of 2^30 ns (about 8.6 s), so that the agent, which
+// keeps an idle connection's HPACK tables 30 minutes, sees that it lives.
+#define H2_TICK_SHIFT 30
+#define H2_LIVE 8
 #define H2_RESYNC_FRAME 16384 // the largest frame a resync takes (SETTINGS_MAX_FRAME_SIZE's default)
 #define PIECE_HEADER 6
 #define PIECE_ROOM (2 * MAX_CAPTURE) // the prefix and the pieces are shorter: submit masks their length with PIECE_ROOM - 1
@@ -2544,7 +2554,9 @@ static __always_inline bool h2_plausible(struct event *e)
 // above). Only such a connection, or a segment that may start its
 // preface, gets here. What the verifier has to follow per state of
 // on_sock_data is kept small: the walk past the prefix is a bpf_loop step
-// that finds its state in a map, and the copies a global function.
+// that finds its state in a map, and the copies a global function. It
+// returns H2_QUIET for a segment not to be sent: window updates and pings
+// alone, which the agent does not read (the walk's place is unchanged).
 static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u8 dir, __u32 nr, __u64 buf)
 {
 	__u32 start = 0;
@@ -2589,6 +2601,12 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 	__u32 pos = start, captured = e->captured;
 	bool past = false; // the frame at pos runs past the prefix
 	if (!d->nhdr && !d->left) {
+		// Not 0 unless every frame is a WINDOW_UPDATE or a PING, which
+		// the agent does not read: grpc-go sends them with each call at
+		// low rates (its BDP pings), as many segments as the calls' own.
+		// Arithmetic, not branches: the verifier then has one state per
+		// step, not two.
+		__u64 loud = start;
 #pragma unroll
 		for (int i = 0; i < H2_INLINE_FRAMES; i++) {
 			if (pos + 9 > captured)
@@ -2602,11 +2620,26 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 				past = true;
 				break;
 			}
+			__u64 window = (h[3] ^ 0x8) | ((end - pos) ^ 13); // 0: a WINDOW_UPDATE
+			__u64 ping = (h[3] ^ 0x6) | ((end - pos) ^ 17);   // 0: a PING
+			loud |= window * ping;
 			pos = end;
 		}
-		if (pos == e->len)
+		if (pos == e->len) {
+			// All of it frames, stepped over: the walk's place is where
+			// it was. Such a segment of window updates and pings alone
+			// need not go up, unless the connection has sent nothing
+			// for a while.
+			__u16 now = e->ts_exit >> H2_TICK_SHIFT;
+			if (!loud && (__u16)(now - st->h2_sent) < H2_LIVE) {
+				count(STAT_H2_QUIET);
+				return H2_QUIET;
+			}
+			st->h2_sent = now;
 			return 0;
+		}
 	}
+	st->h2_sent = e->ts_exit >> H2_TICK_SHIFT;
 	struct h2_walk *w = bpf_map_lookup_elem(&h2_walks, (const void *)&h2_key);
 	if (!w)
 		return 0;
@@ -2753,8 +2786,9 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		redis = true;
 	}
 	if (h2_frames && st && verdict == FAST_SEND &&
-	    ((st->h2 & H2_ON) || (e->captured >= H2_PREFACE && *(__u64 *)e->payload == W8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T'))))
-		h2_follow(st, e, dir, nr, regs->si);
+	    ((st->h2 & H2_ON) || (e->captured >= H2_PREFACE && *(__u64 *)e->payload == W8('P', 'R', 'I', ' ', '*', ' ', 'H', 'T'))) &&
+	    h2_follow(st, e, dir, nr, regs->si) == H2_QUIET)
+		return 0;
 	sock_fill(e, task, sk, role);
 	if ((fast_http || fast_redis) && st) {
 		if (verdict == FAST_SEND_HELD)

@@ -583,6 +583,9 @@ type Stats struct {
 	// RedisSpans are Redis commands picked for a span that the kernel
 	// stood for with an EventRedis or EventRedisRequest (Fast.RedisSpans).
 	RedisSpans uint64
+	// H2Quiet are HTTP/2 segments of window updates and pings alone that
+	// the kernel did not send: the agent does not read them (HTTP2Frames).
+	H2Quiet uint64
 	// RunsSkipped are runs of the programs the kernel skipped because the
 	// same program was already running on the CPU: inet_sock_set_state,
 	// in a task's connect or close, interrupted by a softirq's state
@@ -628,6 +631,9 @@ func (c *Capture) Stats() (Stats, error) {
 		return s, err
 	}
 	if s.RedisSpans, err = sum(7); err != nil {
+		return s, err
+	}
+	if s.H2Quiet, err = sum(8); err != nil {
 		return s, err
 	}
 	for _, p := range c.programs {

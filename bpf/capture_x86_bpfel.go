@@ -172,8 +172,9 @@ type captureSockState struct {
 	Parent    [56]uint8
 	H2        uint8
 	CloseLate uint8
-	Pad3      [2]uint8
-	_         [3]byte
+	_         [1]byte
+	H2Sent    uint16
+	_         [2]byte
 	H2d       [2]struct {
 		_    structs.HostLayout
 		Left uint32

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -373,5 +374,88 @@ func TestNextPiece(t *testing.T) {
 	}
 	if _, _, _, ok := NextPiece(p[:8]); ok {
 		t.Error("a piece cut short taken")
+	}
+}
+
+// quietScript sends, on an HTTP/2 connection, segments of window updates
+// and pings alone between the others, one write each, read one by one;
+// then, after 9 quiet seconds, one more.
+const quietScript = `
+import socket, struct, sys, time
+def frame(typ, flags, stream, payload):
+    return struct.pack('>I', len(payload))[1:] + bytes([typ, flags]) + struct.pack('>I', stream) + payload
+srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(1)
+c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()
+window, ping = frame(8, 0, 0, struct.pack('>I', 1000)), frame(6, 0, 0, b'12345678')
+headers = lambda stream: frame(1, 4, stream, b'\x82\x86\x84')
+for w in [b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n' + frame(4, 0, 0, b''), window + ping, headers(1), frame(6, 1, 0, b'12345678'),
+          ping + headers(3), window + frame(0, 0, 1, b'data'), 9, window + ping]:
+    if w == 9:
+        time.sleep(9)
+        continue
+    c.sendall(w)
+    time.sleep(0.05)
+    a.recv(4096)
+sys.stdout.write("ok\n")
+`
+
+// TestHTTP2Quiet: segments of HTTP/2 window updates and pings alone, which
+// the agent does not read, are not sent; a segment with any other frame
+// is, and so is one of them after the connection sent nothing for 8.6 s
+// (the agent, which keeps an idle connection's HPACK tables 30 minutes,
+// sees it live).
+func TestHTTP2Quiet(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		testenv.Skip(t, "the HTTP/2 frame walk is the socket programs' (Linux 6.3+)")
+	}
+	c, err := Load(Config{CaptureBytes: 256, RingBufferBytes: 1 << 20, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", quietScript)
+	var got []string // per direction, the frame types of each segment sent
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			if ev.Type != EventData || cmd.Process == nil || ev.PID != uint32(cmd.Process.Pid) {
+				continue
+			}
+			types, off := "", 0
+			if bytes.HasPrefix(ev.Payload, []byte("PRI * HTTP/2.0")) {
+				types, off = "preface ", 24
+			}
+			for off+9 <= len(ev.Payload) {
+				types += fmt.Sprint(ev.Payload[off+3])
+				off += 9 + (int(ev.Payload[off])<<16 | int(ev.Payload[off+1])<<8 | int(ev.Payload[off+2]))
+			}
+			got = append(got, fmt.Sprintf("%d:%s", ev.Dir, types))
+		}
+	}()
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "ok" {
+		t.Fatalf("script: %v %s", err, out)
+	}
+	time.Sleep(300 * time.Millisecond)
+	stats, _ := c.Stats()
+	c.Close()
+	<-done
+	for _, dir := range []Direction{Egress, Ingress} {
+		var segs []string
+		for _, g := range got {
+			if strings.HasPrefix(g, fmt.Sprint(dir)+":") {
+				segs = append(segs, strings.TrimPrefix(g, fmt.Sprint(dir)+":"))
+			}
+		}
+		// The preface and SETTINGS, HEADERS, PING and HEADERS,
+		// WINDOW_UPDATE and DATA; after the pause, WINDOW_UPDATE and PING.
+		if want := []string{"preface 4", "1", "61", "80", "86"}; !slices.Equal(segs, want) {
+			t.Errorf("direction %d: segments of frame types %q, want %q", dir, segs, want)
+		}
+	}
+	if stats.H2Quiet != 4 {
+		t.Errorf("%d quiet segments counted, want 4 (two each way)", stats.H2Quiet)
 	}
 }
