@@ -455,7 +455,9 @@ func TestHTTP2Quiet(t *testing.T) {
 			t.Errorf("direction %d: segments of frame types %q, want %q", dir, segs, want)
 		}
 	}
-	if stats.H2Quiet != 4 {
-		t.Errorf("%d quiet segments counted, want 4 (two each way)", stats.H2Quiet)
+	// At least the script's four, two each way (the counter is the
+	// capture's: other tests' gRPC connections run beside).
+	if stats.H2Quiet < 4 {
+		t.Errorf("%d quiet segments counted, want at least 4", stats.H2Quiet)
 	}
 }
