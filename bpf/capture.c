@@ -859,9 +859,9 @@ struct sock_state {
 	// The connection ended (TCP_CLOSE) while bytes were still to be read:
 	// its close event waits until they are (late_close).
 	__u8 close_late;
-	// H2_ON: when (in H2_TICK units) a segment of the connection last
-	// went up, so that one of window updates and pings alone goes up at
-	// least that often (h2_follow).
+	// H2_ON: when (in ticks of 2^H2_TICK_SHIFT ns) a segment of the
+	// connection last went up, so that one of window updates and pings
+	// alone goes up at least every H2_LIVE ticks (h2_follow).
 	__u16 h2_sent;
 	struct h2_dir h2d[2]; // and where each direction is in its frames
 };
