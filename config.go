@@ -17,6 +17,7 @@ import (
 
 	"github.com/caarlos0/env/v11"
 	"github.com/hashicorp/go-multierror"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/exporter"
@@ -268,7 +269,7 @@ func (c *config) validate() []error {
 		{"OTEL_EXPORTER_OTLP_TRACES_HEADERS", c.OTLPTracesHeaders},
 		{"OTEL_EXPORTER_OTLP_METRICS_HEADERS", c.OTLPMetricsHeaders},
 	} {
-		if err := checkKeyValues(kv.v, headerName); err != nil {
+		if err := checkKeyValues(kv.v, httpguts.ValidHeaderFieldName); err != nil {
 			bad(kv.name, kv.v, err.Error())
 		}
 	}
@@ -395,22 +396,12 @@ func (c *config) exporters(name, value string, known ...string) map[string]bool 
 	return set
 }
 
-// headerName tells whether k is an HTTP header field name (RFC 9110's token).
-func headerName(k string) bool {
-	for _, c := range []byte(k) {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
-			return false
-		}
-	}
-	return k != ""
-}
-
-// tracesEndpoint and metricsEndpoint say whether OTLP export is on.
 // parses tells whether the agent parses protocol p (PODTRACER_PROTOCOLS).
 func (c *config) parses(p string) bool {
 	return len(c.protocols) == 0 || slices.Contains(c.protocols, p)
 }
 
+// tracesOTLP and metricsOTLP tell whether OTLP export is on.
 func (c *config) tracesOTLP() bool {
 	return !c.disabled && c.traces["otlp"] && (c.OTLPEndpoint != "" || c.OTLPTracesEndpoint != "")
 }

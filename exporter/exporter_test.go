@@ -324,16 +324,27 @@ func TestSpanRules(t *testing.T) {
 	}
 }
 
+// exportEach exports a server request of each of procs, in turn.
+func exportEach(e *Exporter, procs ...*pod.Process) {
+	for _, p := range procs {
+		r := serverReq()
+		r.Process = p
+		e.Export(r)
+	}
+}
+
+// exportFrom is exportEach, then the spans the receiver got of them.
+func exportFrom(t *testing.T, e *Exporter, rcv *otlptest.Receiver, procs ...*pod.Process) []otlptest.Span {
+	t.Helper()
+	exportEach(e, procs...)
+	return rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", len(procs)))
+}
+
 func TestResourcePerProcess(t *testing.T) {
 	t.Run("executable names", func(t *testing.T) {
 		e, rcv, _ := startOTLP(t, Config{})
 		other := &pod.Process{PID: 413, Exe: "/usr/bin/node", Name: "node"}
-		for _, p := range []*pod.Process{python, other, python} {
-			r := serverReq()
-			r.Process = p
-			e.Export(r)
-		}
-		spans := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 3))
+		spans := exportFrom(t, e, rcv, python, other, python)
 		names := map[string]int64{}
 		for _, s := range spans {
 			names[s.Resource["service.name"].(string)] = s.Resource["process.pid"].(int64)
@@ -353,12 +364,7 @@ func TestResourcePerProcess(t *testing.T) {
 		e, rcv, _ := startOTLP(t, Config{})
 		worker1 := &pod.Process{PID: 501, Exe: "/usr/sbin/nginx", Name: "nginx"}
 		worker2 := &pod.Process{PID: 502, Exe: "/usr/sbin/nginx", Name: "nginx"}
-		for _, p := range []*pod.Process{worker1, worker2, worker1} {
-			r := serverReq()
-			r.Process = p
-			e.Export(r)
-		}
-		spans := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 3))
+		spans := exportFrom(t, e, rcv, worker1, worker2, worker1)
 		ids := map[int64]map[string]bool{}
 		for _, s := range spans {
 			pid := s.Resource["process.pid"].(int64)
@@ -790,11 +796,7 @@ func TestExitedProcessesReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	e, rcv, _ := startOTLP(t, Config{})
-	for _, p := range []*pod.Process{{PID: exited.Process.Pid, Exe: exited.Path, Name: "sleep"}, {PID: os.Getpid(), Exe: self, Name: "exporter.test"}} {
-		r := serverReq()
-		r.Process = p
-		e.Export(r)
-	}
+	exportEach(e, &pod.Process{PID: exited.Process.Pid, Exe: exited.Path, Name: "sleep"}, &pod.Process{PID: os.Getpid(), Exe: self, Name: "exporter.test"})
 	deadline := time.Now().Add(waitFor)
 	for e.Stats().Requests != 2 || e.Stats().Processes != 1 {
 		time.Sleep(5 * time.Millisecond)

@@ -381,11 +381,16 @@ func allIndexed(b []byte) bool {
 }
 
 // forgetIndexed forgets the all-indexed blocks kept, and the header
-// values their fields hold.
+// values their fields hold. It runs for most header blocks (a grpc-go
+// call's, whose grpc-timeout is new every time): what is forgotten
+// already is not cleared again.
 func (d *h2Dir) forgetIndexed() {
 	d.tableGen++
 	for i := range d.indexed {
 		x := &d.indexed[i]
+		if len(x.block) == 0 {
+			continue
+		}
 		clear(x.fields[:cap(x.fields)])
 		x.block, x.fields = x.block[:0], x.fields[:0]
 	}
