@@ -110,7 +110,10 @@ type histPoint struct {
 	count    uint64
 	sum      float64
 	min, max float64
-	counts   []uint64
+	// A kernel series added with delta temporality may not say what its
+	// extremes were in this period (addKernel): then the point has none.
+	noMin, noMax bool
+	counts       []uint64
 	// exemplars holds, per bucket, the last exemplar (zero Time: none).
 	exemplars []metricdata.Exemplar[float64]
 }
@@ -207,7 +210,12 @@ func (h *histogram) collect(now time.Time) (metricdata.Metrics, bool) {
 		dp := metricdata.HistogramDataPoint[float64]{
 			Attributes: p.attrs, StartTime: h.start, Time: now, Count: p.count,
 			Bounds: h.bounds, BucketCounts: slices.Clone(p.counts), Sum: p.sum,
-			Min: metricdata.NewExtrema(p.min), Max: metricdata.NewExtrema(p.max),
+		}
+		if !p.noMin {
+			dp.Min = metricdata.NewExtrema(p.min)
+		}
+		if !p.noMax {
+			dp.Max = metricdata.NewExtrema(p.max)
 		}
 		for _, e := range p.exemplars {
 			if !e.Time.IsZero() {
@@ -247,8 +255,12 @@ func (hs *histograms) Float64Histogram(name string, options ...metric.Float64His
 	cfg := metric.NewFloat64HistogramConfig(options...)
 	bounds := cfg.ExplicitBucketBoundaries()
 	if bounds == nil {
-		// The SDK's default boundaries.
-		bounds = []float64{0, 5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000}
+		// Every histogram of the agent's is a duration in seconds, and
+		// its constructor names its buckets; were one not to, the SDK's
+		// default (made for milliseconds) would put every operation
+		// under 5 s in one bucket. These are the conventions' for
+		// durations.
+		bounds = messagingDurationBounds
 	}
 	h := &histogram{name: name, description: cfg.Description(), unit: cfg.Unit(), bounds: slices.Clone(bounds),
 		opts: hs.opts, points: make(map[attribute.Distinct]*histPoint), start: time.Now()}

@@ -219,7 +219,11 @@ var procRoot = "/proc"
 // sends moves its count between buckets as it goes on (fast_extend in
 // capture.c), so a bucket may shrink; with delta temporality the count it
 // loses may be in a period already exported, and then the move is not
-// made. Min and max are the series' over the kernel's whole count.
+// made. Min and max are the series' over the kernel's whole count, which
+// is the point's with cumulative temporality. A delta point knows them
+// only when they moved in its period; otherwise they lie in an earlier
+// one, the period's are unknown, and the point has none (both are
+// optional in OTLP): a stale extreme would outlive its period forever.
 func (h *histogram) addKernel(cached **histPoint, attrs attribute.Set, last, now *bpf.HistValue) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -259,6 +263,11 @@ func (h *histogram) addKernel(cached **histPoint, attrs attribute.Set, last, now
 		}
 		if p.count == 0 || hi > p.max {
 			p.max = hi
+		}
+		if h.opts.delta && count > 0 {
+			fresh := last.Count == 0
+			p.noMin = p.noMin || !(fresh || now.MinNS < last.MinNS)
+			p.noMax = p.noMax || !(fresh || now.MaxNS > last.MaxNS)
 		}
 	}
 	p.count += count

@@ -180,6 +180,62 @@ func (f *fakeKernel) route(key string) (uint32, bool) {
 	return id, ok
 }
 
+// With delta temporality a kernel point's min and max are its period's:
+// a slow request in one period is not the max of the next, whose own
+// extremes the kernel's series does not give unless they moved (then the
+// point has none). Cumulative points keep the whole series'.
+func TestKernelDeltaExtremes(t *testing.T) {
+	for _, delta := range []bool{false, true} {
+		t.Run(strconv.FormatBool(delta), func(t *testing.T) {
+			hs := newHistograms(&histogramOptions{delta: delta, exemplars: exemplarsAlwaysOff})
+			inst, _ := httpconv.NewServerRequestDuration(hs)
+			h := inst.Inst().(*histogram)
+			model := newKernelModel(h.bounds)
+			attrs := attribute.NewSet()
+			var cached *histPoint
+			period := func(ns ...uint64) metricdata.HistogramDataPoint[float64] {
+				t.Helper()
+				last := model.v
+				for _, n := range ns {
+					model.record(n)
+				}
+				h.addKernel(&cached, attrs, &last, &model.v)
+				got, _ := hs.Produce(context.Background())
+				return got[0].Metrics[0].Data.(metricdata.Histogram[float64]).DataPoints[0]
+			}
+			extremes := func(p metricdata.HistogramDataPoint[float64]) string {
+				s := ""
+				for _, e := range []metricdata.Extrema[float64]{p.Min, p.Max} {
+					if v, ok := e.Value(); ok {
+						s += fmt.Sprintf("%g ", v)
+					} else {
+						s += "none "
+					}
+				}
+				return s
+			}
+			checks := []struct {
+				ns                []uint64
+				delta, cumulative string
+			}{
+				{[]uint64{9e9, 2e6}, "0.002 9 ", "0.002 9 "},
+				{[]uint64{1e6}, "0.001 none ", "0.001 9 "}, // a new min, the old max
+				{[]uint64{3e6}, "none none ", "0.001 9 "},  // neither moved
+				{[]uint64{12e9}, "none 12 ", "0.001 12 "},
+			}
+			for i, c := range checks {
+				want := c.cumulative
+				if delta {
+					want = c.delta
+				}
+				if got := extremes(period(c.ns...)); got != want {
+					t.Errorf("period %d: min and max %q, want %q", i+1, got, want)
+				}
+			}
+		})
+	}
+}
+
 // TestKernelHTTP: the exporter registers the paths of the requests the
 // kernel could take once they were answered, and adds what the kernel
 // counted under a path's route to the process's own point, exported with

@@ -129,8 +129,8 @@ func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
 			sdkmetric.WithResource(s.res),
 			sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics, sdkmetric.WithProducer(s.hists))),
 		)
-		// The semconv constructors carry name, unit, description and the
-		// recommended explicit buckets.
+		// The HTTP semconv constructors carry name, unit, description and
+		// the recommended explicit buckets.
 		srv, _ := httpconv.NewServerRequestDuration(s.hists) // the agent's meter never fails
 		cli, _ := httpconv.NewClientRequestDuration(s.hists)
 		s.server, s.client = srv.Inst().(*histogram), cli.Inst().(*histogram)

@@ -5,6 +5,7 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/dbconv"
 	"go.opentelemetry.io/otel/semconv/v1.43.0/messagingconv"
@@ -72,6 +73,14 @@ type otherInstruments struct {
 	messagingClient      *histogram
 }
 
+// dbDurationBounds are db.client.operation.duration's buckets, in
+// seconds, as semantic conventions 1.43 recommend (database-metrics.md).
+var dbDurationBounds = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}
+
+// messagingDurationBounds are messaging.client.operation.duration's
+// (messaging-metrics.md), the same as HTTP's and RPC's.
+var messagingDurationBounds = []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
+
 func (s *process) otherInstruments() *otherInstruments {
 	if s.other != nil || s.mp == nil {
 		return s.other
@@ -82,8 +91,10 @@ func (s *process) otherInstruments() *otherInstruments {
 	// instrument is a no-op then anyway.
 	rs, _ := rpcconv.NewServerCallDuration(m)
 	rc, _ := rpcconv.NewClientCallDuration(m)
-	dc, _ := dbconv.NewClientOperationDuration(m)
-	mc, _ := messagingconv.NewClientOperationDuration(m)
+	// The database and messaging constructors carry no buckets: the
+	// conventions' own are given here.
+	dc, _ := dbconv.NewClientOperationDuration(m, metric.WithExplicitBucketBoundaries(dbDurationBounds...))
+	mc, _ := messagingconv.NewClientOperationDuration(m, metric.WithExplicitBucketBoundaries(messagingDurationBounds...))
 	o.rpcServer, o.rpcClient, o.dbClient, o.messagingClient = rs.Inst().(*histogram), rc.Inst().(*histogram), dc.Inst().(*histogram),
 		mc.Inst().(*histogram)
 	s.other = o
@@ -149,11 +160,14 @@ func (s *process) recordOther(r *tracer.Request) {
 	d := s.describe(r, host, port)
 	name, spanAttrs, failed, errType := d.name, d.span, d.failed, d.errType
 
+	// A broker in the pod serves its clients' produce and fetch requests:
+	// its spans are SERVER, only a producer's are PRODUCER.
 	kind := trace.SpanKindServer
 	switch {
+	case r.Role != tracer.RoleClient:
 	case r.Protocol == tracer.ProtoKafka && r.MessagingOperation == "send":
 		kind = trace.SpanKindProducer
-	case r.Role == tracer.RoleClient:
+	default:
 		kind = trace.SpanKindClient
 	}
 	ctx, rec := s.begin(r, kind, name)
@@ -252,10 +266,13 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 			name += " " + r.MessagingDestination
 		}
 		base := []attribute.KeyValue{semconv.MessagingSystemKafka, semconv.MessagingOperationName(r.MessagingOperation)}
-		switch r.MessagingOperation {
-		case "send":
+		// The operation type is the client's; a broker's span would be
+		// taken for a publisher's or a consumer's.
+		switch {
+		case r.Role != tracer.RoleClient:
+		case r.MessagingOperation == "send":
 			base = append(base, semconv.MessagingOperationTypeSend)
-		case "receive":
+		case r.MessagingOperation == "receive":
 			base = append(base, semconv.MessagingOperationTypeReceive)
 		}
 		if r.MessagingDestination != "" {

@@ -64,6 +64,9 @@ func TestDatabaseSpan(t *testing.T) {
 		if _, ok := p.Attributes["db.query.text"]; ok {
 			t.Errorf("%s has db.query.text: cardinality", p.Name)
 		}
+		if p.Name == "db.client.operation.duration" && !reflect.DeepEqual(p.Bounds, dbDurationBounds) {
+			t.Errorf("%s buckets %v, want the conventions' %v", p.Name, p.Bounds, dbDurationBounds)
+		}
 	}
 }
 
@@ -157,6 +160,42 @@ func TestKafkaSpans(t *testing.T) {
 	if r := find(spans, "receive orders")[0]; r.Kind != trace.SpanKindClient || r.Attributes["messaging.operation.type"] != "receive" {
 		t.Errorf("receive %v %v", r.Kind, r.Attributes)
 	}
+	points := rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
+		return len(findPoints(m, "messaging.client.operation.duration")) > 0
+	})
+	for _, p := range findPoints(points, "messaging.client.operation.duration") {
+		if !reflect.DeepEqual(p.Bounds, messagingDurationBounds) {
+			t.Errorf("%s buckets %v, want the conventions' %v", p.Name, p.Bounds, messagingDurationBounds)
+		}
+	}
+}
+
+// A broker in the pod serving a producer: its span is the server's, not a
+// second producer's.
+func TestKafkaBrokerSpan(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	produce := otherReq(tracer.ProtoKafka, tracer.RoleServer)
+	produce.MessagingOperation, produce.MessagingDestination = "send", "orders"
+	e.Export(produce)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(find(s, "send orders")) == 1 })
+	s := find(spans, "send orders")[0]
+	if s.Kind != trace.SpanKindServer {
+		t.Errorf("broker's span kind %v, want server", s.Kind)
+	}
+	if _, ok := s.Attributes["messaging.operation.type"]; ok {
+		t.Errorf("broker's span has the client's messaging.operation.type: %v", s.Attributes)
+	}
+}
+
+// findPoints returns the points of the metric named name.
+func findPoints(points []otlptest.MetricPoint, name string) []otlptest.MetricPoint {
+	var found []otlptest.MetricPoint
+	for _, p := range points {
+		if p.Name == name {
+			found = append(found, p)
+		}
+	}
+	return found
 }
 
 // describe remembers the last description, and gives describeOther's own

@@ -801,7 +801,7 @@ func (c *myConn) finish(p *myCmd, code, msg string, end uint64) {
 	r := newDBRequest(ProtoMySQL)
 	r.DBOperation, r.DBCollection, r.DBQuery = p.stmt.op, p.stmt.table, p.stmt.text
 	r.DBNamespace = c.db
-	r.ErrorCode, r.ErrorMessage = code, msg
+	r.ErrorCode, r.ErrorMessage = code, dbErrorText(msg, c.mode)
 	if c.role == RoleClient {
 		c.emit(r, RoleClient, p.startEnter, end)
 	} else {

@@ -709,7 +709,7 @@ func (c *pgConn) report(b *pgBatch, it pgItem, tag, code, msg string, end uint64
 		r.DBOperation = verb
 	}
 	r.DBNamespace = c.db
-	r.ErrorCode, r.ErrorMessage = code, msg
+	r.ErrorCode, r.ErrorMessage = code, dbErrorText(msg, c.mode)
 	if c.role == RoleClient {
 		c.emit(r, RoleClient, b.startEnter, end)
 	} else {

@@ -245,7 +245,7 @@ func TestPostgresPgx(t *testing.T) {
 		"postgresql INSERT users @shop | INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name",
 		"postgresql SELECT users @shop | SELECT name FROM users WHERE id = $1",
 		"postgresql SELECT users @shop | SELECT id, name FROM users WHERE name = ? AND id IN (?)",
-		"postgresql SELECT missing_table @shop | SELECT * FROM missing_table WHERE id = $1 ! 42P01 relation \"missing_table\" does not exist",
+		"postgresql SELECT missing_table @shop | SELECT * FROM missing_table WHERE id = $1 ! 42P01 relation ? does not exist",
 		"postgresql SELECT users @shop | SELECT name FROM users WHERE id = $1",
 		"postgresql INSERT users @shop | INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
 		"postgresql UPDATE users @shop | UPDATE users SET name = $1 WHERE id = $2",
@@ -267,7 +267,7 @@ func TestPostgresPsql(t *testing.T) {
 		"postgresql SELECT users @shop | SELECT id, name FROM users WHERE id = ?;",
 		"postgresql INSERT users @shop | INSERT INTO users (id, name) VALUES (?, ?) ON CONFLICT DO NOTHING;",
 		"postgresql SELECT users @shop | SELECT count(*) FROM users;",
-		"postgresql SELECT nope @shop | SELECT * FROM nope; ! 42P01 relation \"nope\" does not exist",
+		"postgresql SELECT nope @shop | SELECT * FROM nope; ! 42P01 relation ? does not exist",
 		"postgresql PREPARE @shop | PREPARE q(int) AS SELECT name FROM users WHERE id = $1;",
 		"postgresql SELECT users @shop | EXECUTE q(?);",
 		"postgresql BEGIN @shop | BEGIN;",
@@ -315,7 +315,7 @@ func TestPostgresPipelinedErrorSkipsRest(t *testing.T) {
 	got := dbSummaries(h.got)
 	dbDiff(t, "pipelined", got, []string{
 		"postgresql SELECT @shop | SELECT ?",
-		"postgresql SELECT nope @shop | SELECT * FROM nope ! 42P01 relation \"nope\" does not exist",
+		"postgresql SELECT nope @shop | SELECT * FROM nope ! 42P01 relation ? does not exist",
 		"postgresql DELETE t @shop | DELETE FROM t WHERE id = ?",
 	})
 	// Times: a client span runs from entering the write to the response.

@@ -937,7 +937,7 @@ func (c *redisConn) report(op, text, db string, startEnter, start, end uint64, c
 	r := newDBRequest(ProtoRedis)
 	r.DBOperation, r.DBQuery, r.DBNamespace = op, text, db
 	r.TraceIDLow = traceLow
-	r.ErrorCode, r.ErrorMessage = code, msg
+	r.ErrorCode, r.ErrorMessage = code, dbErrorText(msg, c.mode)
 	if c.role == RoleClient {
 		c.emit(r, RoleClient, startEnter, end)
 	} else {

@@ -50,6 +50,52 @@ func describeSQL(query string, d sqlDialect, mode string) sqlStatement {
 	return s
 }
 
+// dbErrorText is a server's error message as the span's status
+// description. Messages quote the values that failed ("Duplicate entry
+// 'alice@example.com' for key 'users.email'", `invalid input syntax for
+// type integer: "4111 1111"`, "unknown command 'x', with args beginning
+// with: 'secret'"), so unless mode is QueryFull, quoted runs and numbers
+// become "?" as the literals of db.query.text do. PostgreSQL quotes
+// names with the same marks as values: they go too.
+func dbErrorText(msg, mode string) string {
+	if mode == QueryFull {
+		return msg
+	}
+	isWord := func(c byte) bool {
+		return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
+	}
+	isDigit := func(c byte) bool { return c >= '0' && c <= '9' }
+	out := make([]byte, 0, len(msg))
+	for i := 0; i < len(msg); {
+		c := msg[i]
+		switch {
+		case (c == '\'' || c == '"' || c == '`') &&
+			!(c == '\'' && i > 0 && isWord(msg[i-1]) && i+1 < len(msg) && isWord(msg[i+1])): // not "can't"
+			end := strings.IndexByte(msg[i+1:], c)
+			if end < 0 {
+				return string(append(out, '?')) // cut off inside a value
+			}
+			out = append(out, '?')
+			i += end + 2
+		case isDigit(c) && (i == 0 || !isWord(msg[i-1]) && !isDigit(msg[i-1])):
+			j := i
+			for j < len(msg) && (isDigit(msg[j]) || msg[j] == '.' && j+1 < len(msg) && isDigit(msg[j+1])) {
+				j++
+			}
+			if j < len(msg) && isWord(msg[j]) { // a name such as "2fa_codes"
+				out = append(out, msg[i:j]...)
+			} else {
+				out = append(out, '?')
+			}
+			i = j
+		default:
+			out = append(out, c)
+			i++
+		}
+	}
+	return string(out)
+}
+
 // newDBRequest starts a Request for a database exchange.
 func newDBRequest(proto string) *Request {
 	return &Request{Protocol: proto, GRPCStatus: -1, Partition: -1}

@@ -121,3 +121,30 @@ func FuzzSanitizeSQL(f *testing.F) {
 		}
 	})
 }
+
+// A server's error message goes on the span without the values it
+// quotes, unless the query text is kept whole.
+func TestDBErrorText(t *testing.T) {
+	for _, c := range []struct{ msg, want string }{
+		{"Duplicate entry 'alice@example.com' for key 'users.email'", "Duplicate entry ? for key ?"},
+		{`invalid input syntax for type integer: "4111 1111"`, "invalid input syntax for type integer: ?"},
+		{"ERR unknown command 'GETX', with args beginning with: 'secret' ", "ERR unknown command ?, with args beginning with: ? "},
+		{"Out of range value for column 'age' at row 1", "Out of range value for column ? at row ?"},
+		{"Can't find file: 'x.frm' (errno: 2)", "Can't find file: ? (errno: ?)"},
+		{"value 3.14 too long for type character varying(2)", "value ? too long for type character varying(?)"},
+		{"relation 2fa_codes does not exist", "relation 2fa_codes does not exist"},
+		{"WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE Operation against a key holding the wrong kind of value"},
+		{"Duplicate entry 'cut off", "Duplicate entry ?"},
+		{"", ""},
+	} {
+		if got := dbErrorText(c.msg, QuerySanitized); got != c.want {
+			t.Errorf("%q: got %q, want %q", c.msg, got, c.want)
+		}
+		if got := dbErrorText(c.msg, QueryOff); got != c.want {
+			t.Errorf("%q (query text off): got %q, want %q", c.msg, got, c.want)
+		}
+		if got := dbErrorText(c.msg, QueryFull); got != c.msg {
+			t.Errorf("%q (query text full): got %q", c.msg, got)
+		}
+	}
+}
