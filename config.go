@@ -21,6 +21,7 @@ import (
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/exporter"
+	"github.com/podtracer/podtracer/internal/envname"
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
 )
@@ -168,8 +169,10 @@ func plaintextToHTTPS(environment map[string]string) []string {
 // the tests' kernels and caches), are not the agent's to judge.
 func unknownVariables(environment map[string]string) []string {
 	known := map[string]bool{}
+	var names []string
 	for _, v := range variables() {
 		known[v.name] = true
+		names = append(names, v.name)
 	}
 	var warnings []string
 	for _, name := range slices.Sorted(maps.Keys(environment)) {
@@ -178,44 +181,12 @@ func unknownVariables(environment map[string]string) []string {
 			continue
 		}
 		w := name + " is not a podtracer variable, and has no effect"
-		if near := nearestVariable(name, known); near != "" {
+		if near := envname.Nearest(name, names); near != "" {
 			w += "; did you mean " + near + "?"
 		}
 		warnings = append(warnings, w)
 	}
 	return warnings
-}
-
-// nearestVariable is the known name within two edits of name, if any.
-func nearestVariable(name string, known map[string]bool) string {
-	best, bestD := "", 3
-	for k := range known {
-		if d := editDistance(name, k); d < bestD || d == bestD && k < best {
-			best, bestD = k, d
-		}
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // envName returns the variable behind a config field.

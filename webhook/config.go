@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,8 @@ import (
 	"github.com/hashicorp/go-multierror"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/podtracer/podtracer/internal/envname"
 )
 
 // Config is the webhook's configuration, read from the environment only.
@@ -72,6 +75,39 @@ func LoadConfig(environ []string) (Config, error) {
 	return c, nil
 }
 
+// UnknownVariables warns of PODTRACER_WEBHOOK_ variables in environ
+// (os.Environ's format) that the webhook does not read: a misspelt one
+// (PODTRACER_WEBHOOK_OTLP_ENDPONT) would otherwise leave every sidecar
+// printing its spans instead of exporting them, without a word. The
+// variables Kubernetes gives a pod for a Service named podtracer-webhook
+// (PODTRACER_WEBHOOK_SERVICE_HOST, PODTRACER_WEBHOOK_PORT_443_TCP, ...)
+// are not the user's.
+func UnknownVariables(environ []string) []string {
+	var known []string
+	for _, f := range reflect.VisibleFields(reflect.TypeFor[Config]()) {
+		name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+		known = append(known, name)
+	}
+	var warnings []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "PODTRACER_WEBHOOK_") || slices.Contains(known, name) || serviceLink.MatchString(name) {
+			continue
+		}
+		w := name + " is not a webhook variable, and has no effect"
+		if near := envname.Nearest(name, known); near != "" {
+			w += "; did you mean " + near + "?"
+		}
+		warnings = append(warnings, w)
+	}
+	slices.Sort(warnings)
+	return warnings
+}
+
+// serviceLink matches the names of the variables Kubernetes sets for a
+// Service named podtracer-webhook (enableServiceLinks).
+var serviceLink = regexp.MustCompile(`^PODTRACER_WEBHOOK_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)$`)
+
 // envError names the variable, not the Go field, in a parse error.
 func envError(err error) error {
 	var pe env.ParseError
@@ -106,16 +142,17 @@ func (c Config) validate() []error {
 		errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL: %s is negative", c.CertReloadInterval))
 	}
 	for _, q := range []struct {
-		name string
-		v    resource.Quantity
+		name     string
+		v        resource.Quantity
+		resource corev1.ResourceName
 	}{
-		{"PODTRACER_WEBHOOK_CPU_REQUEST", c.CPURequest},
-		{"PODTRACER_WEBHOOK_MEMORY_REQUEST", c.MemoryRequest},
-		{"PODTRACER_WEBHOOK_CPU_LIMIT", c.CPULimit},
-		{"PODTRACER_WEBHOOK_MEMORY_LIMIT", c.MemoryLimit},
+		{"PODTRACER_WEBHOOK_CPU_REQUEST", c.CPURequest, corev1.ResourceCPU},
+		{"PODTRACER_WEBHOOK_MEMORY_REQUEST", c.MemoryRequest, corev1.ResourceMemory},
+		{"PODTRACER_WEBHOOK_CPU_LIMIT", c.CPULimit, corev1.ResourceCPU},
+		{"PODTRACER_WEBHOOK_MEMORY_LIMIT", c.MemoryLimit, corev1.ResourceMemory},
 	} {
-		if q.v.Sign() < 0 {
-			errs = append(errs, fmt.Errorf("%s: %s is negative", q.name, q.v.String()))
+		if _, err := checkQuantity(q.v.String(), q.resource); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", q.name, err))
 		}
 	}
 	for _, p := range []struct {

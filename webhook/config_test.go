@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,7 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 		"PODTRACER_WEBHOOK_CPU_REQUEST=lots",
 		"PODTRACER_WEBHOOK_MEMORY_REQUEST=512Mi",
 		"PODTRACER_WEBHOOK_MEMORY_LIMIT=256Mi",
+		"PODTRACER_WEBHOOK_CPU_LIMIT=500u",
 	})
 	if err == nil {
 		t.Fatal("no error")
@@ -81,7 +83,7 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 	for _, want := range []string{
 		"PODTRACER_WEBHOOK_TLS_CERT", "PODTRACER_WEBHOOK_TLS_KEY", "PODTRACER_WEBHOOK_IMAGE\"",
 		"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL", "Sometimes", "collector:4317", "maybe",
-		"lots", "memory request 512Mi is above its limit 256Mi",
+		"lots", "memory request 512Mi is above its limit 256Mi", "PODTRACER_WEBHOOK_CPU_LIMIT: \"500u\" is finer than Kubernetes keeps",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)
@@ -132,5 +134,31 @@ func TestZeroRequestWithLimit(t *testing.T) {
 	}
 	if _, ok := res.Limits[corev1.ResourceMemory]; ok {
 		t.Error("memory limit 0 should mean none")
+	}
+}
+
+// A misspelt webhook variable is named, with the one it was meant to be;
+// the variables of the webhook's own Service are not the user's.
+func TestUnknownVariables(t *testing.T) {
+	got := UnknownVariables([]string{
+		"PODTRACER_WEBHOOK_OTLP_ENDPONT=http://collector:4317",
+		"PODTRACER_WEBHOOK_CPU_LIMITS=1",
+		"PODTRACER_WEBHOOK_IMAGE=podtracer:dev",
+		"PODTRACER_WEBHOOK_SERVICE_HOST=10.0.0.1",
+		"PODTRACER_WEBHOOK_SERVICE_PORT=443",
+		"PODTRACER_WEBHOOK_SERVICE_PORT_HTTPS=443",
+		"PODTRACER_WEBHOOK_PORT=tcp://10.0.0.1:443",
+		"PODTRACER_WEBHOOK_PORT_443_TCP=tcp://10.0.0.1:443",
+		"PODTRACER_WEBHOOK_PORT_443_TCP_PROTO=tcp",
+		"PODTRACER_WEBHOOK_PORT_443_TCP_PORT=443",
+		"PODTRACER_WEBHOOK_PORT_443_TCP_ADDR=10.0.0.1",
+		"PODTRACER_LOG_LEVEL=debug",
+	})
+	want := []string{
+		"PODTRACER_WEBHOOK_CPU_LIMITS is not a webhook variable, and has no effect; did you mean PODTRACER_WEBHOOK_CPU_LIMIT?",
+		"PODTRACER_WEBHOOK_OTLP_ENDPONT is not a webhook variable, and has no effect; did you mean PODTRACER_WEBHOOK_OTLP_ENDPOINT?",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // Annotations that users put on a Deployment (or on its pod template) to ask
@@ -116,7 +117,7 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 	}
 
 	out := d.DeepCopy()
-	at, stripped, warnings := strip(out)
+	at, old, stripped, warnings := strip(out)
 	if !want {
 		if !stripped {
 			return unchanged(d, ActionNone)
@@ -149,6 +150,7 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 		container.Resources = corev1.ResourceRequirements{}
 		warnings = append(warnings, "the pod sets pod-level resources (spec.resources): the podtracer sidecar has no requests or limits of its own and shares the pod's")
 	}
+	warnings = append(warnings, keepUsers(&container, old)...)
 	st := status{Container: ContainerName}
 	if spec.ShareProcessNamespace == nil {
 		spec.ShareProcessNamespace = new(true)
@@ -206,13 +208,13 @@ func parseBoolAnnotation(a map[string]string, key string) (value, set bool, err 
 // strip removes what an earlier injection added, as recorded by
 // AnnotationStatus, and reports whether there was one, and where in the
 // containers the sidecar was (-1: not there; otherwise at most the
-// number of containers left). Without the status
+// number of containers left) and what it was then. Without the status
 // annotation nothing is touched: a container named podtracer is then the
 // user's own.
-func strip(d *appsv1.Deployment) (int, bool, []string) {
+func strip(d *appsv1.Deployment) (int, *corev1.Container, bool, []string) {
 	raw, ok := d.Spec.Template.Annotations[AnnotationStatus]
 	if !ok {
-		return -1, false, nil
+		return -1, nil, false, nil
 	}
 	var warnings []string
 	var st status
@@ -228,6 +230,10 @@ func strip(d *appsv1.Deployment) (int, bool, []string) {
 	}
 	spec := &d.Spec.Template.Spec
 	at := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == st.Container })
+	var old *corev1.Container
+	if at >= 0 {
+		old = spec.Containers[at].DeepCopy()
+	}
 	spec.Containers = slices.DeleteFunc(spec.Containers, func(c corev1.Container) bool {
 		return c.Name == st.Container
 	})
@@ -238,7 +244,7 @@ func strip(d *appsv1.Deployment) (int, bool, []string) {
 	if len(d.Spec.Template.Annotations) == 0 {
 		d.Spec.Template.Annotations = nil
 	}
-	return at, true, warnings
+	return at, old, true, warnings
 }
 
 // cannotInject says why the agent could not work in a pod with this spec.
@@ -256,6 +262,9 @@ func cannotInject(spec *corev1.PodSpec) []string {
 	if spec.OS != nil && spec.OS.Name != corev1.Linux {
 		reasons = append(reasons, fmt.Sprintf("spec.os.name is %s; eBPF needs Linux", spec.OS.Name))
 	}
+	if arch := pinnedArch(spec); arch != "" {
+		reasons = append(reasons, fmt.Sprintf("the pod runs on %s nodes only, and the podtracer image is built for amd64", arch))
+	}
 	for _, list := range [][]corev1.Container{spec.Containers, spec.InitContainers} {
 		for _, c := range list {
 			if c.Name == ContainerName {
@@ -264,6 +273,37 @@ func cannotInject(spec *corev1.PodSpec) []string {
 		}
 	}
 	return reasons
+}
+
+// pinnedArch is the CPU architecture, other than amd64, that the pod's
+// nodeSelector or required node affinity holds it to ("" if none): the
+// sidecar, whose image is amd64 only, could not start there, and the pod
+// would never be ready.
+func pinnedArch(spec *corev1.PodSpec) string {
+	if a, ok := spec.NodeSelector[corev1.LabelArchStable]; ok && a != "amd64" {
+		return a
+	}
+	aff := spec.Affinity
+	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
+		return ""
+	}
+	// The terms are ORed: the pod is held off amd64 only if every term is.
+	terms := aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
+	var archs []string
+	for _, term := range terms {
+		held := false
+		for _, e := range term.MatchExpressions {
+			if e.Key == corev1.LabelArchStable && e.Operator == corev1.NodeSelectorOpIn && !slices.Contains(e.Values, "amd64") {
+				held = true
+				archs = append(archs, e.Values...)
+			}
+		}
+		if !held {
+			return ""
+		}
+	}
+	slices.Sort(archs)
+	return strings.Join(slices.Compact(archs), ", ")
 }
 
 // sidecarContainer builds the injected container. problems are annotation
@@ -284,6 +324,7 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		"OTEL_EXPORTER_OTLP_INSECURE": s.OTLPInsecure,
 	}
 	privileged := false
+	resources := *s.Resources.DeepCopy()
 	for _, key := range slices.Sorted(maps.Keys(annotations)) {
 		v := annotations[key]
 		switch key {
@@ -295,6 +336,15 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 				problems = append(problems, err.Error())
 			}
 			privileged = b
+			continue
+		}
+		if r, ok := resourceByAnnotation[key]; ok {
+			q, err := checkQuantity(strings.TrimSpace(v), r.name)
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("annotation %s: %v", key, err))
+				continue
+			}
+			setResource(&resources, r, q)
 			continue
 		}
 		st, ok := settingByAnnotation[key]
@@ -311,6 +361,13 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 			v = st.clean(v)
 		}
 		values[st.Env] = v
+	}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, hasReq := resources.Requests[name]
+		lim, hasLim := resources.Limits[name]
+		if hasReq && hasLim && req.Cmp(lim) > 0 {
+			problems = append(problems, fmt.Sprintf("the sidecar's %s request %s is above its limit %s (podtracer.io/%s-request and -limit, or the webhook's)", name, req.String(), lim.String(), name))
+		}
 	}
 	if values["PODTRACER_SHUTDOWN_WAIT"] == "" {
 		values["PODTRACER_SHUTDOWN_WAIT"] = shutdownWait(d.Spec.Template.Spec.TerminationGracePeriodSeconds)
@@ -347,12 +404,125 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		Image:                    s.Image,
 		ImagePullPolicy:          pullPolicy(s),
 		Env:                      env,
-		Resources:                *s.Resources.DeepCopy(),
+		Resources:                resources,
 		SecurityContext:          securityContext(privileged),
 		TerminationMessagePath:   corev1.TerminationMessagePathDefault,
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 	return c, problems, ignored
+}
+
+// resourceAnnotation sets one of the sidecar's requests or limits, over
+// the webhook's PODTRACER_WEBHOOK_*_REQUEST and _LIMIT.
+type resourceAnnotation struct {
+	name  corev1.ResourceName
+	limit bool
+}
+
+var resourceByAnnotation = map[string]resourceAnnotation{
+	"podtracer.io/cpu-request":    {corev1.ResourceCPU, false},
+	"podtracer.io/cpu-limit":      {corev1.ResourceCPU, true},
+	"podtracer.io/memory-request": {corev1.ResourceMemory, false},
+	"podtracer.io/memory-limit":   {corev1.ResourceMemory, true},
+}
+
+// checkQuantity reads a request or limit as the API server would keep it:
+// a CPU finer than 1m, or memory finer than a byte, would be rounded up
+// there, and the template would then differ from the webhook's on every
+// update.
+func checkQuantity(v string, name corev1.ResourceName) (resource.Quantity, error) {
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return q, fmt.Errorf("%s is not a quantity like 100m or 64Mi", quote(v))
+	}
+	if q.Sign() < 0 {
+		return q, fmt.Errorf("%s is negative", quote(v))
+	}
+	whole := resource.NewQuantity(q.Value(), q.Format)
+	if name == corev1.ResourceCPU {
+		whole = resource.NewMilliQuantity(q.MilliValue(), q.Format)
+	}
+	if q.Cmp(*whole) != 0 {
+		return q, fmt.Errorf("%s is finer than Kubernetes keeps (1m of CPU, 1 byte of memory)", quote(v))
+	}
+	return q, nil
+}
+
+// setResource sets one request or limit; 0 means none, as for the
+// webhook's own settings: a limit of 0 is taken out, and a request of 0 is
+// written as 0 where there is a limit (Kubernetes would otherwise make the
+// limit the request).
+func setResource(rr *corev1.ResourceRequirements, r resourceAnnotation, q resource.Quantity) {
+	list := &rr.Requests
+	if r.limit {
+		list = &rr.Limits
+	}
+	if *list == nil {
+		*list = corev1.ResourceList{}
+	}
+	(*list)[r.name] = q
+	if !q.IsZero() {
+		return
+	}
+	if r.limit {
+		delete(rr.Limits, r.name)
+		if req, ok := rr.Requests[r.name]; ok && req.IsZero() {
+			delete(rr.Requests, r.name)
+		}
+	} else if _, limited := rr.Limits[r.name]; !limited {
+		delete(rr.Requests, r.name)
+	}
+	if len(rr.Requests) == 0 {
+		rr.Requests = nil
+	}
+	if len(rr.Limits) == 0 {
+		rr.Limits = nil
+	}
+}
+
+// managedEnv are the sidecar variables the webhook writes.
+var managedEnv = func() map[string]string {
+	m := map[string]string{"POD_NAME": "", "POD_NAMESPACE": "", "NODE_NAME": "", "POD_UID": ""}
+	for _, st := range Settings {
+		m[st.Env] = st.Annotation
+	}
+	return m
+}()
+
+// keepUsers carries over to the new sidecar c what a user added to the
+// one injected before (old, nil if none): variables the webhook does not
+// write (OTEL_EXPORTER_OTLP_HEADERS from a Secret, say, with `kubectl set
+// env`), envFrom and volume mounts (a private CA for
+// OTEL_EXPORTER_OTLP_CERTIFICATE). What the webhook writes it writes
+// again, and says so when that undoes a change: the annotations are
+// where a Deployment sets it.
+func keepUsers(c *corev1.Container, old *corev1.Container) []string {
+	if old == nil {
+		return nil
+	}
+	var warnings []string
+	for _, e := range old.Env {
+		annotation, managed := managedEnv[e.Name]
+		if !managed {
+			c.Env = append(c.Env, e)
+			continue
+		}
+		i := slices.IndexFunc(c.Env, func(n corev1.EnvVar) bool { return n.Name == e.Name })
+		if i >= 0 && equality.Semantic.DeepEqual(c.Env[i], e) {
+			continue
+		}
+		w := fmt.Sprintf("the %s container's %s is the webhook's", ContainerName, e.Name)
+		if annotation != "" {
+			w += "; set it with annotation " + annotation
+		}
+		warnings = append(warnings, w)
+	}
+	c.EnvFrom = old.EnvFrom
+	c.VolumeMounts = old.VolumeMounts
+	if !equality.Semantic.DeepEqual(c.Resources, old.Resources) {
+		warnings = append(warnings, fmt.Sprintf("the %s container's resources are the webhook's; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit", ContainerName))
+	}
+	return warnings
 }
 
 // securityContext is the least the agent needs: root (to read its

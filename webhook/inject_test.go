@@ -5,11 +5,13 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/podtracer/podtracer/exporter"
 	"github.com/podtracer/podtracer/pod"
+	"github.com/podtracer/podtracer/tracer"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -340,6 +342,26 @@ func TestSettingsAgreeWithAgent(t *testing.T) {
 	}
 }
 
+// The webhook knows the agent's protocols, and no others.
+func TestProtocolsAgreeWithAgent(t *testing.T) {
+	if !slices.Equal(protocols, tracer.Protocols()) {
+		t.Errorf("webhook's protocols %v, the agent's %v", protocols, tracer.Protocols())
+	}
+	for v, ok := range map[string]bool{"http,redis": true, " HTTP , Redis ": true, "http,": true, ",": false, "": false, "grpc": false, "http,smtp": false} {
+		if err := checkProtocols(v); (err == nil) != ok {
+			t.Errorf("podtracer.io/protocols=%q: %v", v, err)
+		}
+	}
+	if got := cleanProtocols(" HTTP , Redis "); got != "http,redis" {
+		t.Errorf("cleaned to %q", got)
+	}
+	for v, ok := range map[string]bool{"4096": true, "1048576": true, "1073741824": true, "2048": false, "3000000": false, "2147483648": false, "-4096": false, "1MiB": false} {
+		if err := checkRingBuffer(v); (err == nil) != ok {
+			t.Errorf("podtracer.io/ring-buffer-bytes=%q: %v", v, err)
+		}
+	}
+}
+
 // TestMutateStatusNamesOtherContainer: removal takes out only what the
 // webhook adds, even when the status annotation was edited to name
 // another container.
@@ -439,6 +461,103 @@ func TestMutateShutdownWaitFitsGrace(t *testing.T) {
 		}
 		if got := envValue(*sidecarOf(Mutate(d, goldenSidecar()).Deployment), "PODTRACER_SHUTDOWN_WAIT"); got != c.want {
 			t.Errorf("grace %v, annotation %q: PODTRACER_SHUTDOWN_WAIT=%q, want %q", c.grace, c.annotation, got, c.want)
+		}
+	}
+}
+
+// What a user adds to the injected sidecar (a variable the webhook does
+// not write, from a Secret; envFrom; a mounted CA) survives the next
+// update; what the webhook writes is written again, with warnings that
+// name the annotation to use instead; and the result is stable.
+func TestMutateKeepsUsersAdditions(t *testing.T) {
+	in := readDeployment(t, "testdata/inject/basic/in.yaml")
+	injected := Mutate(in, goldenSidecar()).Deployment
+	spec := &injected.Spec.Template.Spec
+	i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == ContainerName })
+	c := &spec.Containers[i]
+	headers := corev1.EnvVar{Name: "OTEL_EXPORTER_OTLP_HEADERS", ValueFrom: &corev1.EnvVarSource{
+		SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "vendor"}, Key: "headers"}}}
+	c.Env = append(c.Env, headers, corev1.EnvVar{Name: "PODTRACER_LOG_LEVEL", Value: "debug"})
+	c.EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "tuning"}}}}
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "ca", MountPath: "/etc/ca", ReadOnly: true}}
+	c.Resources.Limits[corev1.ResourceCPU] = resource.MustParse("2")
+
+	res := Mutate(injected, goldenSidecar())
+	got := res.Deployment.Spec.Template.Spec.Containers[i]
+	if !slices.ContainsFunc(got.Env, func(e corev1.EnvVar) bool { return equality.Semantic.DeepEqual(e, headers) }) {
+		t.Errorf("the user's %s was dropped: %v", headers.Name, got.Env)
+	}
+	if envValue(got, "PODTRACER_LOG_LEVEL") != "" {
+		t.Errorf("PODTRACER_LOG_LEVEL kept on the sidecar; the webhook writes it from podtracer.io/log-level")
+	}
+	if len(got.EnvFrom) != 1 || len(got.VolumeMounts) != 1 {
+		t.Errorf("envFrom %v, volumeMounts %v: want the user's", got.EnvFrom, got.VolumeMounts)
+	}
+	if lim := got.Resources.Limits[corev1.ResourceCPU]; lim.String() != "500m" {
+		t.Errorf("CPU limit %s, want the webhook's 500m", lim.String())
+	}
+	want := []string{
+		"the podtracer container's PODTRACER_LOG_LEVEL is the webhook's; set it with annotation podtracer.io/log-level",
+		"the podtracer container's resources are the webhook's; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit",
+	}
+	if !slices.Equal(res.Warnings, want) {
+		t.Errorf("warnings %q, want %q", res.Warnings, want)
+	}
+	again := Mutate(res.Deployment, goldenSidecar())
+	if again.Action != ActionNone || len(again.Warnings) > 0 {
+		t.Errorf("second pass: action %s warnings %q, want none", again.Action, again.Warnings)
+	}
+	removed := Mutate(withoutInject(res.Deployment), goldenSidecar())
+	if removed.Action != ActionRemoved || len(removed.Deployment.Spec.Template.Spec.Containers) != 1 {
+		t.Errorf("removal: action %s, %d containers", removed.Action, len(removed.Deployment.Spec.Template.Spec.Containers))
+	}
+}
+
+// Resource annotations the API server would refuse, or keep otherwise
+// than written, leave the Deployment unchanged with a warning.
+func TestMutateBadResources(t *testing.T) {
+	for _, a := range []map[string]string{
+		{"podtracer.io/cpu-limit": "two"},
+		{"podtracer.io/cpu-limit": "-1"},
+		{"podtracer.io/cpu-request": "500u"},
+		{"podtracer.io/memory-request": "0.5"},
+		{"podtracer.io/cpu-request": "1"}, // above the webhook's 500m limit
+		{"podtracer.io/memory-request": "1Gi", "podtracer.io/memory-limit": "512Mi"},
+	} {
+		in := readDeployment(t, "testdata/inject/basic/in.yaml")
+		maps.Copy(in.Annotations, a)
+		res := Mutate(in, goldenSidecar())
+		if res.Action != ActionSkipped || len(res.Warnings) != 2 {
+			t.Errorf("%v: action %s warnings %q, want skipped with the problem", a, res.Action, res.Warnings)
+		}
+	}
+}
+
+// A pod held to arm64 by its node affinity is not injected; one that may
+// also run on amd64 is.
+func TestMutateArchitecture(t *testing.T) {
+	for _, tc := range []struct {
+		terms  [][]string // each term's kubernetes.io/arch values
+		inject bool
+	}{
+		{[][]string{{"arm64"}}, false},
+		{[][]string{{"arm64"}, {"arm64", "s390x"}}, false},
+		{[][]string{{"arm64", "amd64"}}, true},
+		{[][]string{{"arm64"}, nil}, true}, // the second term does not hold the arch
+	} {
+		in := readDeployment(t, "testdata/inject/basic/in.yaml")
+		var terms []corev1.NodeSelectorTerm
+		for _, values := range tc.terms {
+			term := corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "kubernetes.io/os", Operator: corev1.NodeSelectorOpIn, Values: []string{"linux"}}}}
+			if values != nil {
+				term.MatchExpressions = append(term.MatchExpressions, corev1.NodeSelectorRequirement{Key: corev1.LabelArchStable, Operator: corev1.NodeSelectorOpIn, Values: values})
+			}
+			terms = append(terms, term)
+		}
+		in.Spec.Template.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: terms}}}
+		if got := Mutate(in, goldenSidecar()).Action == ActionInjected; got != tc.inject {
+			t.Errorf("terms %v: injected %v, want %v", tc.terms, got, tc.inject)
 		}
 	}
 }

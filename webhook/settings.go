@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"regexp"
 	"regexp/syntax"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,43 @@ var Settings = []Setting{
 	{"podtracer.io/trace-printer", "PODTRACER_TRACE_PRINTER", "print spans to the sidecar's stdout: text, json or off", oneOf("text", "json", "off"), nil},
 	{"podtracer.io/log-level", "PODTRACER_LOG_LEVEL", "debug, info, warn or error", oneOf("debug", "info", "warn", "error"), nil},
 	{"podtracer.io/shutdown-wait", "PODTRACER_SHUTDOWN_WAIT", "after SIGTERM, how long at most the sidecar goes on tracing the draining pod, e.g. 10s (default: fitted to the pod's grace period)", checkDuration, nil},
+	{"podtracer.io/protocols", "PODTRACER_PROTOCOLS", "the protocols to parse, comma-separated, the others off: " + strings.Join(protocols, ", ") + " (default: all)", checkProtocols, cleanProtocols},
+	{"podtracer.io/query-text", "PODTRACER_QUERY_TEXT", "db.query.text: sanitized, full or off", oneOf("sanitized", "full", "off"), nil},
+	{"podtracer.io/ring-buffer-bytes", "PODTRACER_RING_BUFFER_BYTES", "kernel-to-agent ring buffer, a power of two from 4096 to 1073741824 (raise it if the sidecar's log reports kernel events lost)", checkRingBuffer, nil},
+}
+
+// protocols are the agent's (tracer.Protocols, which a test compares).
+var protocols = []string{"http2", "http", "postgresql", "mysql", "redis", "kafka"}
+
+// checkProtocols accepts a comma-separated list of protocol names that
+// names at least one, as the agent does.
+func checkProtocols(v string) error {
+	named := false
+	for p := range strings.SplitSeq(v, ",") {
+		p = strings.ToLower(strings.TrimSpace(p))
+		if p == "" {
+			continue
+		}
+		if !slices.Contains(protocols, p) {
+			return fmt.Errorf("%s is not a protocol; known: %s", quote(p), strings.Join(protocols, ", "))
+		}
+		named = true
+	}
+	if !named {
+		return errors.New("names no protocol")
+	}
+	return nil
+}
+
+func cleanProtocols(v string) string { return strings.ToLower(removeSpaces(v)) }
+
+// checkRingBuffer accepts what the kernel takes as a ring buffer's size.
+func checkRingBuffer(v string) error {
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n < 4096 || n > 1<<30 || n&(n-1) != 0 {
+		return fmt.Errorf("%s is not a power of two from 4096 to 1073741824", quote(v))
+	}
+	return nil
 }
 
 // checkDuration accepts a Go duration of 0 or more, as the agent reads it.

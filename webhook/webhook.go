@@ -27,6 +27,9 @@ func Main(ctx context.Context, logger *slog.Logger, args []string) error {
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)
 	}
+	for _, w := range UnknownVariables(os.Environ()) {
+		logger.Warn(w)
+	}
 	s, err := NewServer(c, logger)
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)
