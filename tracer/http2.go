@@ -959,7 +959,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 // grpc-status; when the fields that would say were unknown, by the shape
 // of the request (POST /pkg.Service/Method).
 func (c *http2Conn) isGRPC(s *h2Stream) bool {
-	if strings.HasPrefix(s.req.contentType, "application/grpc") || strings.HasPrefix(s.resp.contentType, "application/grpc") {
+	if grpcContentType(s.req.contentType) || grpcContentType(s.resp.contentType) {
 		return true
 	}
 	if s.respSeen && s.resp.grpcStatus >= 0 || s.trailSeen && s.trailers.grpcStatus >= 0 {
@@ -970,6 +970,15 @@ func (c *http2Conn) isGRPC(s *h2Stream) bool {
 		return strings.Contains(svc, ".") && m != ""
 	}
 	return false
+}
+
+// grpcContentType tells gRPC's content types (application/grpc,
+// application/grpc+proto, application/grpc;charset=...) from gRPC-Web's
+// (application/grpc-web+proto), whose status is in the body: taken for
+// gRPC, its every call would end without trailers, an error.
+func grpcContentType(ct string) bool {
+	rest, ok := strings.CutPrefix(ct, "application/grpc")
+	return ok && (rest == "" || rest[0] == '+' || rest[0] == ';')
 }
 
 // splitGRPCPath splits "/pkg.Service/Method".

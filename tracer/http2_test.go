@@ -854,3 +854,38 @@ func TestHTTP2IdleKeepsTables(t *testing.T) {
 		t.Errorf("the call after 10 idle minutes: %s %s/%s, want grpc shop.Cart/Add", last.Protocol, last.RPCService, last.RPCMethod)
 	}
 }
+
+// gRPC-Web carried over HTTP/2 has its status in the body, not in
+// trailers: its calls are HTTP/2 requests, not gRPC calls that all ended
+// without a status. gRPC's own content types with a suffix or parameters
+// are gRPC.
+func TestHTTP2GRPCWebIsHTTP(t *testing.T) {
+	for ct, wantProto := range map[string]string{
+		"application/grpc-web+proto":    ProtoHTTP,
+		"application/grpc-web-text":     ProtoHTTP,
+		"application/grpc+proto":        ProtoGRPC,
+		"application/grpc;charset=utf8": ProtoGRPC,
+	} {
+		cli, srv := newH2Peer(), newH2Peer()
+		h := newHarness(t, 4096)
+		h.send(1, in, h2Preface+h2Settings0)
+		h.send(1, out, h2Settings0+h2frame(h2Settings, h2FlagAck, 0, nil))
+		h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders, 1, cli.block(":method", "POST", ":scheme", "http", ":path", "/shop.Cart/Add", ":authority", "cart", "content-type", ct)))
+		h.send(1, in, h2frame(h2Data, h2FlagEndStream, 1, []byte("\x00\x00\x00\x00\x00")))
+		if wantProto == ProtoGRPC {
+			h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200", "content-type", ct)))
+			h.send(1, out, h2frame(h2Data, 0, 1, []byte("\x00\x00\x00\x00\x00")))
+			h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, srv.block("grpc-status", "0")))
+		} else {
+			h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200", "content-type", ct)))
+			trailer := "grpc-status:0\r\n"
+			h.send(1, out, h2frame(h2Data, h2FlagEndStream, 1, []byte("\x00\x00\x00\x00\x00\x80\x00\x00\x00"+string(rune(len(trailer)))+trailer)))
+		}
+		if len(h.got) != 1 {
+			t.Fatalf("%s: %d requests", ct, len(h.got))
+		}
+		if r := h.got[0]; r.Protocol != wantProto || r.ErrorMessage != "" {
+			t.Errorf("%s: protocol %s, error %q; want %s and none", ct, r.Protocol, r.ErrorMessage, wantProto)
+		}
+	}
+}

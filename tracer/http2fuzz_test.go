@@ -75,6 +75,9 @@ func FuzzHTTP2(f *testing.F) {
 				t.Fatalf("emitted an HTTP/2 request without status or error: %+v", r)
 			}
 		}
+		if s := h.tracer.Stats(); s.ParserFailures != 0 {
+			t.Fatalf("a parser failed (panicked) %d times: the tracer recovers, but it is a bug", s.ParserFailures)
+		}
 		if h.tracer.Stats().Connections != 0 {
 			t.Fatal("connection kept after close")
 		}

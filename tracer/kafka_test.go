@@ -465,6 +465,9 @@ func FuzzKafka(f *testing.F) {
 				t.Fatalf("emitted %+v", r)
 			}
 		}
+		if s := h.tracer.Stats(); s.ParserFailures != 0 {
+			t.Fatalf("a parser failed (panicked) %d times: the tracer recovers, but it is a bug", s.ParserFailures)
+		}
 		if h.tracer.Stats().Connections != 0 {
 			t.Fatal("connection kept after close")
 		}

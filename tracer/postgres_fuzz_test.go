@@ -59,6 +59,9 @@ func dbFuzz(t *testing.T, proto string, open string, openToServer bool, in dbFuz
 			t.Fatalf("query text %q with QueryOff", r.DBQuery)
 		}
 	}
+	if s := h.tracer.Stats(); s.ParserFailures != 0 {
+		t.Fatalf("a parser failed (panicked) %d times: the tracer recovers, but it is a bug", s.ParserFailures)
+	}
 	if h.tracer.Stats().Connections != 0 {
 		t.Fatal("connection kept after close")
 	}

@@ -197,9 +197,13 @@ func newRedisConn(cfg Config, dir bpf.Direction, emit emitter) *redisConn {
 }
 
 // redisCommandStart recognises the start of a command: an array of bulk
-// strings whose first is a command name ("*2\r\n$3\r\nGET\r\n"), or an
+// strings whose first is a command's name ("*2\r\n$3\r\nGET\r\n"), or an
 // inline PING. Other inline commands are parsed once the protocol is
-// known, but too much text looks like them to start from one.
+// known, but too much text looks like them to start from one. A reply
+// can be an array of bulk strings too (SMEMBERS', a pubsub message), and
+// is what a connection older than the agent may show first: its first
+// string must be a command Redis has (or a module's), and a pubsub
+// confirmation, whose count is an integer, is none.
 func redisCommandStart(b []byte) bool {
 	if len(b) > 0 && b[0] != '*' {
 		line, _, ok := bytes.Cut(b, []byte("\n"))
@@ -210,18 +214,34 @@ func redisCommandStart(b []byte) bool {
 	if !ok || len(line) < 2 {
 		return false
 	}
-	if n, err := strconv.Atoi(string(line[1:])); err != nil || n < 1 || n > 1<<20 {
+	count, err := strconv.Atoi(string(line[1:]))
+	if err != nil || count < 1 || count > 1<<20 {
 		return false
 	}
-	line, rest, ok = bytes.Cut(rest, []byte("\r\n"))
-	if !ok || len(line) < 2 || line[0] != '$' {
-		return false
+	for i := range count {
+		if len(rest) == 0 {
+			break // the rest is in later segments
+		}
+		line, after, ok := bytes.Cut(rest, []byte("\r\n"))
+		if !ok {
+			return i > 0 && rest[0] == '$' // a header cut by the segment
+		}
+		if len(line) < 2 || line[0] != '$' {
+			return false
+		}
+		n, err := strconv.Atoi(string(line[1:]))
+		if err != nil || n < 0 || i == 0 && (n < 1 || n > 64) {
+			return false
+		}
+		if i == 0 && (len(after) < n+2 || after[n] != '\r' || after[n+1] != '\n' || !redisKnownCommand(after[:n])) {
+			return false
+		}
+		if len(after) < n+2 {
+			break // a long argument: the rest is in later segments
+		}
+		rest = after[n+2:]
 	}
-	n, err := strconv.Atoi(string(line[1:]))
-	if err != nil || n < 1 || n > 64 || len(rest) < n+2 || rest[n] != '\r' || rest[n+1] != '\n' {
-		return false
-	}
-	return redisNameLike(rest[:n])
+	return true
 }
 
 func redisNameLike(b []byte) bool {
@@ -861,10 +881,10 @@ func (c *redisConn) onReply(r redisReply, exit uint64) {
 		// A pubsub message, a client-tracking invalidation, or a
 		// confirmation: only the last answer a command.
 		kind := strings.ToLower(string(r.first))
-		if len(c.pending) == 0 || c.pending[0].confirm == "" || c.pending[0].confirm != kind {
-			return
-		}
 		if r.count >= 0 && strings.HasSuffix(kind, "subscribe") {
+			// Every confirmation says how many subscriptions are left,
+			// also those that answer no command of their own (an
+			// UNSUBSCRIBE of all is confirmed once per channel).
 			if kind == "ssubscribe" || kind == "sunsubscribe" {
 				c.shardSubs = r.count
 			} else {
@@ -876,6 +896,9 @@ func (c *redisConn) onReply(r redisReply, exit uint64) {
 				// is an ordinary one again.
 				c.pubsub = false
 			}
+		}
+		if len(c.pending) == 0 || c.pending[0].confirm == "" || c.pending[0].confirm != kind {
+			return
 		}
 	}
 	if len(c.pending) == 0 {

@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -354,5 +355,57 @@ func TestIdleOfExitedProcessForgotten(t *testing.T) {
 		if _, ok := h.tracer.conns[connKey{pid: 7, sock: 2}]; !ok {
 			t.Error("the active connection was forgotten")
 		}
+	}
+}
+
+// A connection older than the agent may show a reply first: an array of
+// bulk strings (a pubsub message, SMEMBERS' members) or a subscription's
+// confirmation. It is not taken for a command, which would make the
+// client the server for the connection's life, and the replies' values
+// the spans' operations.
+func TestRedisJoinedAtReply(t *testing.T) {
+	for name, first := range map[string]string{
+		"message":      "*3\r\n$7\r\nmessage\r\n$6\r\norders\r\n$5\r\nhello\r\n",
+		"members":      "*2\r\n$5\r\nalice\r\n$3\r\nbob\r\n",
+		"confirmation": "*3\r\n$9\r\nsubscribe\r\n$6\r\norders\r\n:1\r\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newDBHarness(t, 1024, Config{})
+			h.send(1, in, first)
+			for range 2 {
+				h.send(1, out, respCmd("GET", "k"))
+				h.send(1, in, "$5\r\nhello\r\n")
+				h.send(1, out, respCmd("set", "k", "v"))
+				h.send(1, in, "+OK\r\n")
+			}
+			var got []string
+			for _, r := range h.got {
+				got = append(got, r.Role.String()+" "+dbSummary(r))
+			}
+			want := []string{"client redis GET | GET ?", "client redis SET | SET ? ?", "client redis GET | GET ?", "client redis SET | SET ? ?"}
+			if !slices.Equal(got, want) {
+				t.Errorf("spans:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+		})
+	}
+}
+
+// An UNSUBSCRIBE of every channel is confirmed once per channel: after the
+// last, the connection is out of pubsub mode, and an array reply whose
+// first element is "message" answers its command.
+func TestRedisUnsubscribeAll(t *testing.T) {
+	h := newDBHarness(t, 1024, Config{})
+	h.send(1, out, respCmd("SUBSCRIBE", "a", "b"))
+	h.send(1, in, "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$1\r\nb\r\n:2\r\n")
+	h.send(1, out, respCmd("UNSUBSCRIBE"))
+	h.send(1, in, "*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:1\r\n*3\r\n$11\r\nunsubscribe\r\n$1\r\nb\r\n:0\r\n")
+	h.send(1, out, respCmd("LRANGE", "l", "0", "-1"))
+	h.send(1, in, "*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\ny\r\n")
+	h.send(1, out, respCmd("GET", "k"))
+	h.send(1, in, "$1\r\nv\r\n")
+	got := dbSummaries(h.got)
+	want := []string{"redis SUBSCRIBE | SUBSCRIBE ? ?", "redis UNSUBSCRIBE | UNSUBSCRIBE", "redis LRANGE | LRANGE ? ? ?", "redis GET | GET ?"}
+	if !slices.Equal(got, want) {
+		t.Errorf("spans:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
