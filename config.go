@@ -68,7 +68,7 @@ type config struct {
 	CommandArgs    bool          `env:"PODTRACER_COMMAND_ARGS" envDefault:"false" desc:"put process.command_args (each traced process's full command line) on its resource (off: arguments often carry secrets, as in redis-server --requirepass)"`
 	RouteHeuristic bool          `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive the route from the path, ids replaced by {id} (/users/{id}): http.route on servers, url.template on clients; false: no route"`
 	Protocols      string        `env:"PODTRACER_PROTOCOLS" desc:"the protocols to parse, comma-separated, the others off: http, http2, postgresql, mysql, redis, kafka; unset: all"`
-	QueryText      string        `env:"PODTRACER_QUERY_TEXT" envDefault:"sanitized" desc:"db.query.text on database spans: sanitized (literals replaced by ?), full, or off"`
+	QueryText      string        `env:"PODTRACER_QUERY_TEXT" envDefault:"sanitized" desc:"db.query.text on database spans: sanitized (literals replaced by ?), full, or off; all but full also replace the quoted values and numbers in a database's error message (the span's status)"`
 	RedisKeys      bool          `env:"PODTRACER_REDIS_KEYS" envDefault:"false" desc:"keep the key of Redis commands in db.query.text (off: keys may hold user data)"`
 	LogLevel       string        `env:"PODTRACER_LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
 	LogFormat      string        `env:"PODTRACER_LOG_FORMAT" envDefault:"text" desc:"text or json"`

@@ -258,16 +258,18 @@ func (h *histogram) addKernel(cached **histPoint, attrs attribute.Set, last, now
 	count := now.Count - last.Count
 	if count > 0 || now.MaxNS != last.MaxNS {
 		lo, hi := float64(now.MinNS)/1e9, float64(now.MaxNS)/1e9
-		if p.count == 0 || lo < p.min {
+		fresh := last.Count == 0
+		minMoved := !h.opts.delta || fresh || now.MinNS < last.MinNS
+		maxMoved := !h.opts.delta || fresh || now.MaxNS > last.MaxNS
+		if minMoved && (p.count == 0 || lo < p.min) {
 			p.min = lo
 		}
-		if p.count == 0 || hi > p.max {
+		if maxMoved && (p.count == 0 || hi > p.max) {
 			p.max = hi
 		}
-		if h.opts.delta && count > 0 {
-			fresh := last.Count == 0
-			p.noMin = p.noMin || !(fresh || now.MinNS < last.MinNS)
-			p.noMax = p.noMax || !(fresh || now.MaxNS > last.MaxNS)
+		if count > 0 {
+			p.noMin = p.noMin || !minMoved
+			p.noMax = p.noMax || !maxMoved
 		}
 	}
 	p.count += count

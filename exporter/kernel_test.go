@@ -180,6 +180,30 @@ func (f *fakeKernel) route(key string) (uint32, bool) {
 	return id, ok
 }
 
+// A delta period where the agent recorded a request and the kernel only
+// lengthened a response of an earlier period: the point's min is the
+// agent's, not the kernel series' of all time.
+func TestKernelDeltaStretchOnly(t *testing.T) {
+	hs := newHistograms(&histogramOptions{delta: true, exemplars: exemplarsAlwaysOff})
+	inst, _ := httpconv.NewServerRequestDuration(hs)
+	h := inst.Inst().(*histogram)
+	attrs := attribute.NewSet()
+	var cached *histPoint
+	var v0, v1 bpf.HistValue
+	v1.Count, v1.SumNS, v1.MinNS, v1.MaxNS, v1.Buckets[0] = 1, 1e6, 1e6, 1e6, 1
+	h.addKernel(&cached, attrs, &v0, &v1)
+	hs.Produce(context.Background()) // a new period
+	h.recordCached(&cached, attrs, 0.05, trace.SpanContext{}, time.Now())
+	v2 := v1
+	v2.MaxNS, v2.SumNS = 3e9, 3e9 // the same request, now 3 s long
+	h.addKernel(&cached, attrs, &v1, &v2)
+	got, _ := hs.Produce(context.Background())
+	p := got[0].Metrics[0].Data.(metricdata.Histogram[float64]).DataPoints[0]
+	if lo, ok := p.Min.Value(); !ok || lo != 0.05 {
+		t.Errorf("min %v (%v), want the agent's 0.05", lo, ok)
+	}
+}
+
 // With delta temporality a kernel point's min and max are its period's:
 // a slow request in one period is not the max of the next, whose own
 // extremes the kernel's series does not give unless they moved (then the

@@ -64,8 +64,9 @@ func TestDatabaseSpan(t *testing.T) {
 		if _, ok := p.Attributes["db.query.text"]; ok {
 			t.Errorf("%s has db.query.text: cardinality", p.Name)
 		}
-		if p.Name == "db.client.operation.duration" && !reflect.DeepEqual(p.Bounds, dbDurationBounds) {
-			t.Errorf("%s buckets %v, want the conventions' %v", p.Name, p.Bounds, dbDurationBounds)
+		// Semantic conventions 1.43, database-metrics.md.
+		if want := []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}; p.Name == "db.client.operation.duration" && !reflect.DeepEqual(p.Bounds, want) {
+			t.Errorf("%s buckets %v, want the conventions' %v", p.Name, p.Bounds, want)
 		}
 	}
 }
@@ -163,9 +164,11 @@ func TestKafkaSpans(t *testing.T) {
 	points := rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
 		return len(findPoints(m, "messaging.client.operation.duration")) > 0
 	})
+	// Semantic conventions 1.43, messaging-metrics.md.
+	want := []float64{0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10}
 	for _, p := range findPoints(points, "messaging.client.operation.duration") {
-		if !reflect.DeepEqual(p.Bounds, messagingDurationBounds) {
-			t.Errorf("%s buckets %v, want the conventions' %v", p.Name, p.Bounds, messagingDurationBounds)
+		if !reflect.DeepEqual(p.Bounds, want) {
+			t.Errorf("%s buckets %v, want the conventions' %v", p.Name, p.Bounds, want)
 		}
 	}
 }

@@ -959,6 +959,9 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 // grpc-status; when the fields that would say were unknown, by the shape
 // of the request (POST /pkg.Service/Method).
 func (c *http2Conn) isGRPC(s *h2Stream) bool {
+	if strings.HasPrefix(s.req.contentType, "application/grpc-web") || strings.HasPrefix(s.resp.contentType, "application/grpc-web") {
+		return false // even a trailers-only error's grpc-status in its headers
+	}
 	if grpcContentType(s.req.contentType) || grpcContentType(s.resp.contentType) {
 		return true
 	}

@@ -872,7 +872,10 @@ func TestHTTP2GRPCWebIsHTTP(t *testing.T) {
 		h.send(1, out, h2Settings0+h2frame(h2Settings, h2FlagAck, 0, nil))
 		h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders, 1, cli.block(":method", "POST", ":scheme", "http", ":path", "/shop.Cart/Add", ":authority", "cart", "content-type", ct)))
 		h.send(1, in, h2frame(h2Data, h2FlagEndStream, 1, []byte("\x00\x00\x00\x00\x00")))
-		if wantProto == ProtoGRPC {
+		if ct == "application/grpc-web-text" {
+			// A trailers-only error: grpc-status in the response's headers.
+			h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, srv.block(":status", "200", "content-type", ct, "grpc-status", "5")))
+		} else if wantProto == ProtoGRPC {
 			h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200", "content-type", ct)))
 			h.send(1, out, h2frame(h2Data, 0, 1, []byte("\x00\x00\x00\x00\x00")))
 			h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, srv.block("grpc-status", "0")))

@@ -220,6 +220,9 @@ func redisCommandStart(b []byte) bool {
 	}
 	for i := range count {
 		if len(rest) == 0 {
+			if i == 0 {
+				return false // a bare array header: a reply's as well
+			}
 			break // the rest is in later segments
 		}
 		line, after, ok := bytes.Cut(rest, []byte("\r\n"))

@@ -409,3 +409,22 @@ func TestRedisUnsubscribeAll(t *testing.T) {
 		t.Errorf("spans:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+func TestRedisCommandStart(t *testing.T) {
+	for in, want := range map[string]bool{
+		respCmd("GET", "k"):                          true,
+		respCmd("get", "k"):                          true,
+		respCmd("SENTINEL", "masters"):               true,
+		respCmd("FT.SEARCH", "idx", "*"):             true,
+		"*2\r\n$3\r\nGET\r\n":                        true, // the key in a later segment
+		"*1\r\n":                                     false,
+		"*2\r\n":                                     false,
+		respCmd("alice", "bob"):                      false,
+		"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n": false,
+		"PING\r\n":                                   true,
+	} {
+		if got := redisCommandStart([]byte(in)); got != want {
+			t.Errorf("redisCommandStart(%q) = %v, want %v", in, got, want)
+		}
+	}
+}

@@ -71,12 +71,20 @@ func dbErrorText(msg, mode string) string {
 		switch {
 		case (c == '\'' || c == '"' || c == '`') &&
 			!(c == '\'' && i > 0 && isWord(msg[i-1]) && i+1 < len(msg) && isWord(msg[i+1])): // not "can't"
-			end := strings.IndexByte(msg[i+1:], c)
+			// The value is not escaped ('O'Brien'): its closing quote
+			// is one that a word does not follow.
+			end := -1
+			for k := i + 1; k < len(msg); k++ {
+				if msg[k] == c && (k+1 == len(msg) || !isWord(msg[k+1]) && !isDigit(msg[k+1])) {
+					end = k
+					break
+				}
+			}
 			if end < 0 {
 				return string(append(out, '?')) // cut off inside a value
 			}
 			out = append(out, '?')
-			i += end + 2
+			i = end + 1
 		case isDigit(c) && (i == 0 || !isWord(msg[i-1]) && !isDigit(msg[i-1])):
 			j := i
 			for j < len(msg) && (isDigit(msg[j]) || msg[j] == '.' && j+1 < len(msg) && isDigit(msg[j+1])) {
@@ -165,6 +173,12 @@ type sqlLexer struct {
 	s string
 	i int
 	d sqlDialect
+	// otherEscapes reads plain strings with the server's other setting
+	// for backslashes: none for MySQL (NO_BACKSLASH_ESCAPES), escapes for
+	// PostgreSQL (standard_conforming_strings=off). See sanitizeSQL.
+	otherEscapes bool
+	// unterminated is set when a quoted string runs to the text's end.
+	unterminated bool
 }
 
 // sqlSkipComment returns the end of the block comment at s[i:]: the end
@@ -216,17 +230,17 @@ func (l *sqlLexer) next() (sqlToken, bool) {
 		i = sqlSkipComment(s, i, l.d == dialectPostgres)
 	case c == '\'':
 		t.kind = sqlTokLiteral
-		i = sqlSkipQuoted(s, i, '\'', l.d == dialectMySQL)
+		i = l.quoted(i, '\'', (l.d == dialectMySQL) != l.otherEscapes)
 	case c == '"':
 		if l.d == dialectMySQL {
 			t.kind = sqlTokLiteral
 		} else {
 			t.kind = sqlTokQuotedID
 		}
-		i = sqlSkipQuoted(s, i, '"', l.d == dialectMySQL)
+		i = l.quoted(i, '"', l.d == dialectMySQL && !l.otherEscapes)
 	case c == '`':
 		t.kind = sqlTokQuotedID
-		i = sqlSkipQuoted(s, i, '`', false)
+		i = l.quoted(i, '`', false)
 	case c >= '0' && c <= '9', c == '.' && i+1 < len(s) && s[i+1] >= '0' && s[i+1] <= '9':
 		t.kind = sqlTokLiteral
 		i = sqlSkipNumber(s, i)
@@ -269,7 +283,7 @@ func (l *sqlLexer) next() (sqlToken, bool) {
 		// Prefixed literals: E'..', B'..', X'..', N'..', U&'..', _utf8'..'.
 		if i+1 < len(s) && s[i+1] == '\'' && strings.IndexByte("eEbBxXnN", c) >= 0 {
 			t.kind = sqlTokLiteral
-			i = sqlSkipQuoted(s, i+1, '\'', l.d == dialectMySQL || c == 'e' || c == 'E')
+			i = l.quoted(i+1, '\'', (l.d == dialectMySQL) != l.otherEscapes || c == 'e' || c == 'E')
 			break
 		}
 		t.kind = sqlTokWord
@@ -278,7 +292,7 @@ func (l *sqlLexer) next() (sqlToken, bool) {
 		}
 		if l.d == dialectMySQL && s[t.start] == '_' && i < len(s) && s[i] == '\'' { // _utf8mb4'..'
 			t.kind = sqlTokLiteral
-			i = sqlSkipQuoted(s, i, '\'', true)
+			i = l.quoted(i, '\'', !l.otherEscapes)
 		}
 	default:
 		t.kind, i = sqlTokPunct, i+1
@@ -288,9 +302,11 @@ func (l *sqlLexer) next() (sqlToken, bool) {
 	return t, true
 }
 
-// sqlSkipQuoted returns the index after the string starting at s[i] == q, where
-// a doubled quote escapes it, and so does a backslash when backslash is set.
-func sqlSkipQuoted(s string, i int, q byte, backslash bool) int {
+// quoted returns the index after the string starting at s[i] == q, where
+// a doubled quote escapes it, and so does a backslash when backslash is
+// set; one that does not end is noted (unterminated).
+func (l *sqlLexer) quoted(i int, q byte, backslash bool) int {
+	s := l.s
 	for i++; i < len(s); i++ {
 		switch s[i] {
 		case '\\':
@@ -305,6 +321,7 @@ func sqlSkipQuoted(s string, i int, q byte, backslash bool) int {
 			return i + 1
 		}
 	}
+	l.unterminated = true
 	return len(s)
 }
 
@@ -345,9 +362,56 @@ func sqlWordByte(c byte) bool {
 // sanitizeSQL replaces literals by "?", collapses lists of them ("IN (?)",
 // one VALUES row), drops comments and folds whitespace. Identifiers,
 // keywords and parameters stay.
+//
+// Where a string literal ends depends on a setting of the server's that
+// the wire does not show: whether a backslash escapes a quote (MySQL's
+// NO_BACKSLASH_ESCAPES, PostgreSQL's standard_conforming_strings). Read
+// the wrong way, 'C:\' AND x='secret' leaves secret bare. When the two
+// readings part, everything from where they part is one "?".
 func sanitizeSQL(q string, d sqlDialect) string {
+	if strings.IndexByte(q, '\\') < 0 {
+		return sanitizeSQLTokens(q, d, false)
+	}
+	a, b := sqlLexer{s: q, d: d}, sqlLexer{s: q, d: d, otherEscapes: true}
+	parted := -1
+	for {
+		ta, okA := a.next()
+		tb, okB := b.next()
+		if !okA || !okB {
+			break
+		}
+		if parted < 0 && ta != tb {
+			parted = ta.start
+		}
+	}
+	for a.i < len(q) {
+		a.next()
+	}
+	for b.i < len(q) {
+		b.next()
+	}
+	switch {
+	case parted < 0:
+		return sanitizeSQLTokens(q, d, false)
+	case !a.unterminated && b.unterminated:
+		// Read the other way the text would not parse: the server reads
+		// it the usual way.
+		return sanitizeSQLTokens(q, d, false)
+	case a.unterminated && !b.unterminated:
+		return sanitizeSQLTokens(q, d, true)
+	}
+	prefix := sanitizeSQLTokens(q[:parted], d, false)
+	if prefix == "" {
+		return "?"
+	}
+	return prefix + " ?"
+}
+
+// sanitizeSQLTokens is sanitizeSQL for a text read one way (otherEscapes:
+// see sqlLexer).
+func sanitizeSQLTokens(q string, d sqlDialect, otherEscapes bool) string {
 	out := make([]byte, 0, len(q))
-	l := sqlLexer{s: q, d: d}
+	l := sqlLexer{s: q, d: d, otherEscapes: otherEscapes}
 	space := false
 	var prev sqlToken // previous token that is not space
 	for {

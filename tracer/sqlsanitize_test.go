@@ -135,6 +135,8 @@ func TestDBErrorText(t *testing.T) {
 		{"relation 2fa_codes does not exist", "relation 2fa_codes does not exist"},
 		{"WRONGTYPE Operation against a key holding the wrong kind of value", "WRONGTYPE Operation against a key holding the wrong kind of value"},
 		{"Duplicate entry 'cut off", "Duplicate entry ?"},
+		{"Duplicate entry 'O'Brien' for key 'users.name'", "Duplicate entry ? for key ?"},
+		{"Duplicate entry 'it's 1'", "Duplicate entry ?"},
 		{"", ""},
 	} {
 		if got := dbErrorText(c.msg, QuerySanitized); got != c.want {
@@ -145,6 +147,38 @@ func TestDBErrorText(t *testing.T) {
 		}
 		if got := dbErrorText(c.msg, QueryFull); got != c.msg {
 			t.Errorf("%q (query text full): got %q", c.msg, got)
+		}
+	}
+}
+
+// Whether a backslash escapes a quote is the server's setting, not the
+// query's: a literal read the wrong way would leave the next one's value
+// bare. The reading under which the query parses is taken; when both do,
+// and differ, what follows the first difference is one "?".
+func TestSanitizeSQLBackslashReadings(t *testing.T) {
+	for _, c := range []struct {
+		d        sqlDialect
+		in, want string
+	}{
+		// MySQL with NO_BACKSLASH_ESCAPES: read with escapes, secret2 was bare.
+		{dialectMySQL, `UPDATE u SET pw='C:\' AND x='secret2'`, "UPDATE u SET pw=? AND x=?"},
+		// MySQL's default: escaped quotes.
+		{dialectMySQL, `SELECT * FROM t WHERE name = 'O\'Brien' AND id = 7`, "SELECT * FROM t WHERE name = ? AND id = ?"},
+		// PostgreSQL's default (standard strings), and with
+		// standard_conforming_strings=off.
+		{dialectPostgres, `SELECT 'a\' , 'secret'`, "SELECT ? , ?"},
+		{dialectPostgres, `SELECT 'x\' , secret'`, "SELECT ?"},
+		// Both readings parse, differently.
+		{dialectMySQL, `SELECT 'a\' , \'b' , 'c'`, "SELECT ?"},
+	} {
+		got := sanitizeSQL(c.in, c.d)
+		if got != c.want {
+			t.Errorf("sanitizeSQL(%q) = %q, want %q", c.in, got, c.want)
+		}
+		for _, secret := range []string{"secret", "Brien", "b'"} {
+			if strings.Contains(got, secret) {
+				t.Errorf("sanitizeSQL(%q) = %q leaves %q", c.in, got, secret)
+			}
 		}
 	}
 }

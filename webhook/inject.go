@@ -3,6 +3,7 @@ package webhook
 import (
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"maps"
 	"slices"
 	"strconv"
@@ -97,6 +98,10 @@ type status struct {
 	// ShareProcessNamespace is true when the webhook set
 	// spec.shareProcessNamespace, which was unset before.
 	ShareProcessNamespace bool `json:"shareProcessNamespace,omitempty"`
+	// Managed is a hash of what the webhook wrote of the container that
+	// it writes again on every update (managedHash): a container that no
+	// longer matches it was edited by hand, and the edit is undone.
+	Managed string `json:"managed,omitempty"`
 }
 
 // Mutate returns d as the webhook wants it: with the podtracer sidecar when
@@ -117,7 +122,8 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 	}
 
 	out := d.DeepCopy()
-	at, old, stripped, warnings := strip(out)
+	at, old, earlier, warnings := strip(out)
+	stripped := earlier != nil
 	if !want {
 		if !stripped {
 			return unchanged(d, ActionNone)
@@ -143,15 +149,19 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 	warnings = append(warnings, ignored...)
 
 	spec := &out.Spec.Template.Spec
-	if r := spec.Resources; r != nil && (len(r.Requests) > 0 || len(r.Limits) > 0) {
+	if podLevelResources(spec) {
 		// The pod's containers must fit in its pod-level resources (their
 		// requests' sum, each one's limit): the API server would refuse
 		// the sidecar's own, and with them the user's update.
 		container.Resources = corev1.ResourceRequirements{}
 		warnings = append(warnings, "the pod sets pod-level resources (spec.resources): the podtracer sidecar has no requests or limits of its own and shares the pod's")
 	}
-	warnings = append(warnings, keepUsers(&container, old)...)
-	st := status{Container: ContainerName}
+	st := status{Container: ContainerName, Managed: managedHash(&container)}
+	recorded := ""
+	if earlier != nil {
+		recorded = earlier.Managed
+	}
+	warnings = append(warnings, keepUsers(&container, old, recorded)...)
 	if spec.ShareProcessNamespace == nil {
 		spec.ShareProcessNamespace = new(true)
 		st.ShareProcessNamespace = true
@@ -208,13 +218,14 @@ func parseBoolAnnotation(a map[string]string, key string) (value, set bool, err 
 // strip removes what an earlier injection added, as recorded by
 // AnnotationStatus, and reports whether there was one, and where in the
 // containers the sidecar was (-1: not there; otherwise at most the
-// number of containers left) and what it was then. Without the status
+// number of containers left), what it was then, and the status it had
+// recorded (nil: none). Without the status
 // annotation nothing is touched: a container named podtracer is then the
 // user's own.
-func strip(d *appsv1.Deployment) (int, *corev1.Container, bool, []string) {
+func strip(d *appsv1.Deployment) (int, *corev1.Container, *status, []string) {
 	raw, ok := d.Spec.Template.Annotations[AnnotationStatus]
 	if !ok {
-		return -1, nil, false, nil
+		return -1, nil, nil, nil
 	}
 	var warnings []string
 	var st status
@@ -244,7 +255,7 @@ func strip(d *appsv1.Deployment) (int, *corev1.Container, bool, []string) {
 	if len(d.Spec.Template.Annotations) == 0 {
 		d.Spec.Template.Annotations = nil
 	}
-	return at, old, true, warnings
+	return at, old, &st, warnings
 }
 
 // cannotInject says why the agent could not work in a pod with this spec.
@@ -275,6 +286,13 @@ func cannotInject(spec *corev1.PodSpec) []string {
 	return reasons
 }
 
+// podLevelResources tells whether the pod sets pod-level resources
+// (spec.resources), which its containers share.
+func podLevelResources(spec *corev1.PodSpec) bool {
+	r := spec.Resources
+	return r != nil && (len(r.Requests) > 0 || len(r.Limits) > 0)
+}
+
 // pinnedArch is the CPU architecture, other than amd64, that the pod's
 // nodeSelector or required node affinity holds it to ("" if none): the
 // sidecar, whose image is amd64 only, could not start there, and the pod
@@ -293,9 +311,16 @@ func pinnedArch(spec *corev1.PodSpec) string {
 	for _, term := range terms {
 		held := false
 		for _, e := range term.MatchExpressions {
-			if e.Key == corev1.LabelArchStable && e.Operator == corev1.NodeSelectorOpIn && !slices.Contains(e.Values, "amd64") {
+			if e.Key != corev1.LabelArchStable {
+				continue
+			}
+			switch {
+			case e.Operator == corev1.NodeSelectorOpIn && !slices.Contains(e.Values, "amd64"):
 				held = true
 				archs = append(archs, e.Values...)
+			case e.Operator == corev1.NodeSelectorOpNotIn && slices.Contains(e.Values, "amd64"):
+				held = true
+				archs = append(archs, "other than amd64")
 			}
 		}
 		if !held {
@@ -362,11 +387,11 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		}
 		values[st.Env] = v
 	}
-	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
-		req, hasReq := resources.Requests[name]
-		lim, hasLim := resources.Limits[name]
-		if hasReq && hasLim && req.Cmp(lim) > 0 {
-			problems = append(problems, fmt.Sprintf("the sidecar's %s request %s is above its limit %s (podtracer.io/%s-request and -limit, or the webhook's)", name, req.String(), lim.String(), name))
+	for _, res := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, hasReq := resources.Requests[res]
+		lim, hasLim := resources.Limits[res]
+		if hasReq && hasLim && req.Cmp(lim) > 0 && !podLevelResources(&d.Spec.Template.Spec) {
+			problems = append(problems, fmt.Sprintf("the sidecar's %s request %s is above its limit %s (podtracer.io/%s-request and -limit, or the webhook's)", res, req.String(), lim.String(), res))
 		}
 	}
 	if values["PODTRACER_SHUTDOWN_WAIT"] == "" {
@@ -438,6 +463,9 @@ func checkQuantity(v string, name corev1.ResourceName) (resource.Quantity, error
 	if q.Sign() < 0 {
 		return q, fmt.Errorf("%s is negative", quote(v))
 	}
+	if q.Cmp(resource.MustParse("1Pi")) > 0 {
+		return q, fmt.Errorf("%s is too large", quote(v))
+	}
 	whole := resource.NewQuantity(q.Value(), q.Format)
 	if name == corev1.ResourceCPU {
 		whole = resource.NewMilliQuantity(q.MilliValue(), q.Format)
@@ -489,17 +517,40 @@ var managedEnv = func() map[string]string {
 	return m
 }()
 
+// managedHash sums what the webhook writes of the sidecar c: the
+// variables it manages and the resources.
+func managedHash(c *corev1.Container) string {
+	var parts struct {
+		Env       []corev1.EnvVar
+		Resources corev1.ResourceRequirements
+	}
+	for _, e := range c.Env {
+		if _, ok := managedEnv[e.Name]; ok {
+			parts.Env = append(parts.Env, e)
+		}
+	}
+	parts.Resources = c.Resources
+	raw, _ := json.Marshal(parts) // cannot fail: plain structs
+	h := fnv.New64a()
+	h.Write(raw)
+	return strconv.FormatUint(h.Sum64(), 16)
+}
+
 // keepUsers carries over to the new sidecar c what a user added to the
 // one injected before (old, nil if none): variables the webhook does not
 // write (OTEL_EXPORTER_OTLP_HEADERS from a Secret, say, with `kubectl set
 // env`), envFrom and volume mounts (a private CA for
 // OTEL_EXPORTER_OTLP_CERTIFICATE). What the webhook writes it writes
-// again, and says so when that undoes a change: the annotations are
-// where a Deployment sets it.
-func keepUsers(c *corev1.Container, old *corev1.Container) []string {
+// again; when old's no longer matches what it recorded having written
+// (recorded: managedHash then, "" for a status of before), someone
+// edited it, and the warnings say that the edit is undone and which
+// annotation sets it. A change of annotations or of the webhook's own
+// settings is no edit, and gets none.
+func keepUsers(c *corev1.Container, old *corev1.Container, recorded string) []string {
 	if old == nil {
 		return nil
 	}
+	edited := recorded != "" && managedHash(old) != recorded
 	var warnings []string
 	for _, e := range old.Env {
 		annotation, managed := managedEnv[e.Name]
@@ -508,10 +559,10 @@ func keepUsers(c *corev1.Container, old *corev1.Container) []string {
 			continue
 		}
 		i := slices.IndexFunc(c.Env, func(n corev1.EnvVar) bool { return n.Name == e.Name })
-		if i >= 0 && equality.Semantic.DeepEqual(c.Env[i], e) {
+		if !edited || i >= 0 && equality.Semantic.DeepEqual(c.Env[i], e) {
 			continue
 		}
-		w := fmt.Sprintf("the %s container's %s is the webhook's", ContainerName, e.Name)
+		w := fmt.Sprintf("the %s container's %s is the webhook's: the edit is undone", ContainerName, e.Name)
 		if annotation != "" {
 			w += "; set it with annotation " + annotation
 		}
@@ -519,8 +570,8 @@ func keepUsers(c *corev1.Container, old *corev1.Container) []string {
 	}
 	c.EnvFrom = old.EnvFrom
 	c.VolumeMounts = old.VolumeMounts
-	if !equality.Semantic.DeepEqual(c.Resources, old.Resources) {
-		warnings = append(warnings, fmt.Sprintf("the %s container's resources are the webhook's; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit", ContainerName))
+	if edited && !equality.Semantic.DeepEqual(c.Resources, old.Resources) {
+		warnings = append(warnings, fmt.Sprintf("the %s container's resources are the webhook's: the edit is undone; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit", ContainerName))
 	}
 	return warnings
 }

@@ -497,8 +497,8 @@ func TestMutateKeepsUsersAdditions(t *testing.T) {
 		t.Errorf("CPU limit %s, want the webhook's 500m", lim.String())
 	}
 	want := []string{
-		"the podtracer container's PODTRACER_LOG_LEVEL is the webhook's; set it with annotation podtracer.io/log-level",
-		"the podtracer container's resources are the webhook's; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit",
+		"the podtracer container's PODTRACER_LOG_LEVEL is the webhook's: the edit is undone; set it with annotation podtracer.io/log-level",
+		"the podtracer container's resources are the webhook's: the edit is undone; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit",
 	}
 	if !slices.Equal(res.Warnings, want) {
 		t.Errorf("warnings %q, want %q", res.Warnings, want)
@@ -506,6 +506,17 @@ func TestMutateKeepsUsersAdditions(t *testing.T) {
 	again := Mutate(res.Deployment, goldenSidecar())
 	if again.Action != ActionNone || len(again.Warnings) > 0 {
 		t.Errorf("second pass: action %s warnings %q, want none", again.Action, again.Warnings)
+	}
+	// What the annotations and the webhook's settings change is no edit:
+	// no warning.
+	annotated := res.Deployment.DeepCopy()
+	annotated.Annotations["podtracer.io/log-level"] = "debug"
+	annotated.Annotations["podtracer.io/cpu-limit"] = "1"
+	reconfigured := goldenSidecar()
+	reconfigured.OTLPEndpoint = "http://other-collector:4317"
+	changed := Mutate(annotated, reconfigured)
+	if changed.Action != ActionInjected || len(changed.Warnings) > 0 {
+		t.Errorf("annotations and settings changed: action %s warnings %q, want injected without any", changed.Action, changed.Warnings)
 	}
 	removed := Mutate(withoutInject(res.Deployment), goldenSidecar())
 	if removed.Action != ActionRemoved || len(removed.Deployment.Spec.Template.Spec.Containers) != 1 {
@@ -523,6 +534,7 @@ func TestMutateBadResources(t *testing.T) {
 		{"podtracer.io/memory-request": "0.5"},
 		{"podtracer.io/cpu-request": "1"}, // above the webhook's 500m limit
 		{"podtracer.io/memory-request": "1Gi", "podtracer.io/memory-limit": "512Mi"},
+		{"podtracer.io/memory-limit": "10E"},
 	} {
 		in := readDeployment(t, "testdata/inject/basic/in.yaml")
 		maps.Copy(in.Annotations, a)
@@ -544,12 +556,15 @@ func TestMutateArchitecture(t *testing.T) {
 		{[][]string{{"arm64"}, {"arm64", "s390x"}}, false},
 		{[][]string{{"arm64", "amd64"}}, true},
 		{[][]string{{"arm64"}, nil}, true}, // the second term does not hold the arch
+		{[][]string{{"!amd64"}}, false},    // NotIn [amd64]
 	} {
 		in := readDeployment(t, "testdata/inject/basic/in.yaml")
 		var terms []corev1.NodeSelectorTerm
 		for _, values := range tc.terms {
 			term := corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "kubernetes.io/os", Operator: corev1.NodeSelectorOpIn, Values: []string{"linux"}}}}
-			if values != nil {
+			if len(values) == 1 && strings.HasPrefix(values[0], "!") {
+				term.MatchExpressions = append(term.MatchExpressions, corev1.NodeSelectorRequirement{Key: corev1.LabelArchStable, Operator: corev1.NodeSelectorOpNotIn, Values: []string{values[0][1:]}})
+			} else if values != nil {
 				term.MatchExpressions = append(term.MatchExpressions, corev1.NodeSelectorRequirement{Key: corev1.LabelArchStable, Operator: corev1.NodeSelectorOpIn, Values: values})
 			}
 			terms = append(terms, term)
@@ -559,5 +574,18 @@ func TestMutateArchitecture(t *testing.T) {
 		if got := Mutate(in, goldenSidecar()).Action == ActionInjected; got != tc.inject {
 			t.Errorf("terms %v: injected %v, want %v", tc.terms, got, tc.inject)
 		}
+	}
+}
+
+// In a pod with pod-level resources the sidecar has none of its own, so
+// its resource annotations cannot be wrong there.
+func TestMutatePodLevelResourcesIgnoreAnnotations(t *testing.T) {
+	in := readDeployment(t, "testdata/inject/pod-level-resources/in.yaml")
+	if in.Annotations == nil {
+		in.Annotations = map[string]string{}
+	}
+	in.Annotations["podtracer.io/cpu-request"] = "1" // above the webhook's 500m limit
+	if res := Mutate(in, goldenSidecar()); res.Action != ActionInjected {
+		t.Errorf("action %s warnings %q, want injected", res.Action, res.Warnings)
 	}
 }

@@ -23,12 +23,13 @@ func Main(ctx context.Context, logger *slog.Logger, args []string) error {
 		}
 		return fmt.Errorf("webhook: unexpected argument %q: configure it with PODTRACER_WEBHOOK_* environment variables (podtracer webhook -h)", args[0])
 	}
+	// First: a misspelt variable may be why the configuration is refused.
+	for _, w := range UnknownVariables(os.Environ()) {
+		logger.Warn(w)
+	}
 	c, err := LoadConfig(os.Environ())
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)
-	}
-	for _, w := range UnknownVariables(os.Environ()) {
-		logger.Warn(w)
 	}
 	s, err := NewServer(c, logger)
 	if err != nil {
