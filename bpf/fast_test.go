@@ -820,3 +820,43 @@ func TestMethodWord(t *testing.T) {
 		t.Errorf("GET is %x, want 0x544547", w)
 	}
 }
+
+// earlyByteServer reads a request, then the next request's first byte
+// before it answers the first (as Go's background read can, on loopback,
+// before the answer's send is seen in the kernel), then the rest.
+const earlyByteServer = pythonListener + `
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    while True:
+        if not c.recv(1):
+            break
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.recv(4096)
+    c.close()
+`
+
+// TestFastPathEarlyByte: the next request's first byte read before the
+// kernel's exchange is answered is held, not taken for pipelining that
+// ends the fast path: the exchange is the kernel's, and so are the
+// requests after it.
+func TestFastPathEarlyByte(t *testing.T) {
+	c := loadFast(t, Fast{})
+	events := readEvents(c)
+	pid, port := startPythonServer(t, earlyByteServer)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
+		t.Fatal(err)
+	}
+	conn, r := dial(t, port)
+	get := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+	io.WriteString(conn, get)
+	time.Sleep(50 * time.Millisecond) // the first request read alone
+	for range 4 {
+		exchange(t, conn, r, get, 1) // its first byte read before the answer to the one before
+	}
+	events.expectLines(t, pid)
+	// All five, the last taken but not yet answered.
+	if stats, _ := c.Stats(); stats.FastRequests != 5 {
+		t.Errorf("%d requests measured in the kernel, want 5", stats.FastRequests)
+	}
+}

@@ -89,13 +89,11 @@ func TestKernelMetrics(t *testing.T) {
 	counters := finalCounters(t, agent, "kernel_requests", "kernel_requests_lost")
 	inKernel := counters[0]
 	// Three quarters of those without a parent, but the first of each
-	// path and those Go's server reads in two parts: about 900 of 1202.
-	// Now and then (one run in fifteen, on 6.18, before and after
-	// a508bac) the fast path ends early on a curl connection to the Go
-	// server and the rest of its requests go to the agent (counted there,
-	// the histogram stays exact): a third is the least that still says
-	// the kernel measures them.
-	if eligible := 2*plain + 5 + big + posts - 3; inKernel < eligible/3 || counters[1] != 0 {
+	// path and those Go's server reads in two parts: about 900 of 1202,
+	// at least two thirds. (Below that, once in fifteen runs, until the
+	// kernel held a first byte read before its exchange's answer was
+	// seen: TestFastPathEarlyByte.)
+	if eligible := 2*plain + 5 + big + posts - 3; inKernel < eligible*2/3 || counters[1] != 0 {
 		t.Errorf("%d requests measured in the kernel, %d lost: want most of the %d without a parent, none lost", inKernel, counters[1], eligible)
 	}
 
