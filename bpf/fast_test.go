@@ -824,15 +824,18 @@ func TestMethodWord(t *testing.T) {
 // earlyByteServer reads a request, then the next request's first byte
 // before it answers the first (as Go's background read can, on loopback,
 // before the answer's send is seen in the kernel), then the rest.
+// Its reads are of exact lengths (the test's requests are 28 bytes), so
+// that requests that come together (a slow machine) are read the same way.
 const earlyByteServer = pythonListener + `
+import socket
 while True:
     c, _ = s.accept()
-    c.recv(4096)
+    c.recv(28, socket.MSG_WAITALL)
     while True:
         if not c.recv(1):
             break
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        c.recv(4096)
+        c.recv(27, socket.MSG_WAITALL)
     c.close()
 `
 
@@ -848,7 +851,11 @@ func TestFastPathEarlyByte(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn, r := dial(t, port)
+	conn.SetDeadline(time.Now().Add(10 * time.Second)) // a failure, not a hang
 	get := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+	if len(get) != 28 {
+		t.Fatalf("the server reads 28-byte requests, not %d", len(get))
+	}
 	io.WriteString(conn, get)
 	time.Sleep(50 * time.Millisecond) // the first request read alone
 	for range 4 {
