@@ -1731,8 +1731,9 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		if (!e->captured) {
 			// Counted, not read (io_uring, splice): whether it is the
 			// owned exchange's response cannot be told. The exchange is
-			// given up, and the fast path on this connection with it.
-			st->fast = FAST_OFF;
+			// given up, and the fast path on this connection with it. A
+			// byte held stays held: the rest of its request sends it.
+			st->fast = FAST_OFF | (f & FAST_BYTE);
 			return FAST_SEND;
 		}
 		if (!status) {
@@ -1757,7 +1758,7 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	// FAST_HANDOFF: the response of the request user space has starts
 	// with its status line, or may be a send counted, not read.
 	if (status || !e->captured) {
-		st->fast = FAST_OFF;
+		st->fast = FAST_OFF | (f & FAST_BYTE);
 		return FAST_SEND;
 	}
 	fast_extend(st, e->ts_exit);

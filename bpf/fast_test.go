@@ -867,3 +867,53 @@ func TestFastPathEarlyByte(t *testing.T) {
 		t.Errorf("%d requests measured in the kernel, want 5", stats.FastRequests)
 	}
 }
+
+// earlyByteSpliceServer is earlyByteServer whose first answer is spliced
+// from a pipe: counted, not read.
+const earlyByteSpliceServer = pythonListener + `
+import os, socket
+while True:
+    c, _ = s.accept()
+    c.recv(28, socket.MSG_WAITALL)
+    c.recv(1)
+    r, w = os.pipe()
+    os.write(w, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    os.splice(r, c.fileno(), 40)
+    c.recv(27, socket.MSG_WAITALL)
+    c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    c.recv(1)
+    c.close()
+`
+
+// TestFastPathEarlyByteCounted: when the answer that a held byte waits
+// for is counted, not read, the kernel gives its exchange up, and the
+// held byte still reaches user space before the rest of its request.
+func TestFastPathEarlyByteCounted(t *testing.T) {
+	c := loadFast(t, Fast{})
+	if !kernelAtLeast(t, 6, 5) {
+		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
+	}
+	events := readEvents(c)
+	pid, port := startPythonServer(t, earlyByteSpliceServer)
+	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
+		t.Fatal(err)
+	}
+	conn, r := dial(t, port)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	get := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+	io.WriteString(conn, get)
+	time.Sleep(50 * time.Millisecond)
+	exchange(t, conn, r, get, 1) // its first byte read before the spliced answer
+	if _, err := http.ReadResponse(r, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	var got []string
+	for _, ev := range events.take(pid) {
+		got = append(got, fmt.Sprintf("%d %q", ev.Len, ev.Payload))
+	}
+	want := []string{`40 ""`, `1 "G"`, `27 "ET /a HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
+}
