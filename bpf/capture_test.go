@@ -650,8 +650,8 @@ func TestSplicedBytes(t *testing.T) {
 	in, out := fmt.Sprint(Ingress), fmt.Sprint(Egress)
 	for _, hooks := range hookSets(t) {
 		t.Run(hooks, func(t *testing.T) {
-			if hooks == HooksSocket && !kernelAtLeast(t, 6, 5) {
-				testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
+			if hooks == HooksSocket {
+				needSpliceTracepoint(t)
 			}
 			conns := map[uint64][]string{}
 			cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", splicedScript)

@@ -449,9 +449,7 @@ while True:
 // pairs the next response with the next request.
 func TestFastPathPipelinedCounted(t *testing.T) {
 	c := loadFast(t, Fast{})
-	if !kernelAtLeast(t, 6, 5) {
-		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
-	}
+	needSpliceTracepoint(t)
 	events, pid, port := startFastServer(t, c, readAheadSpliceServer)
 	conn, r := dial(t, port)
 	io.WriteString(conn, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -459,14 +457,7 @@ func TestFastPathPipelinedCounted(t *testing.T) {
 	exchange(t, conn, r, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n", 2)
 	exchange(t, conn, r, "GET /third HTTP/1.1\r\nHost: x\r\n\r\n", 1)
 	conn.Close()
-	var got []string
-	for _, ev := range events.take(pid) {
-		got = append(got, fmt.Sprintf("%d %q", ev.Len, ev.Payload))
-	}
-	want := []string{`32 "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"`, `39 ""`, `32 "GET /third HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`}
-	if strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Errorf("user space got %q, want %q", got, want)
-	}
+	expectEvents(t, events.take(pid), `32 "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"`, `39 ""`, `32 "GET /third HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`)
 }
 
 // sendingServer reads the next request while it still writes the
@@ -622,18 +613,9 @@ def answer(c):
 // fast path on its connection: the next response is not counted for it.
 func TestFastPathCountedResponse(t *testing.T) {
 	c := loadFast(t, Fast{})
-	if !kernelAtLeast(t, 6, 5) {
-		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
-	}
+	needSpliceTracepoint(t)
 	events, statuses := fastThenOther(t, c, spliceServer)
-	var got []string
-	for _, ev := range events {
-		got = append(got, fmt.Sprintf("%d %q", ev.Len, ev.Payload))
-	}
-	want := []string{`40 ""`, `32 "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"`, `46 "HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx"`}
-	if strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Errorf("user space got %q, want %q", got, want)
-	}
+	expectEvents(t, events, `40 ""`, `32 "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"`, `46 "HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx"`)
 	if len(statuses) != 0 {
 		t.Errorf("histogram series of statuses %v, want none", statuses)
 	}
@@ -845,21 +827,9 @@ while True:
 // requests after it.
 func TestFastPathEarlyByte(t *testing.T) {
 	c := loadFast(t, Fast{})
-	events := readEvents(c)
-	pid, port := startPythonServer(t, earlyByteServer)
-	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
-		t.Fatal(err)
-	}
-	conn, r := dial(t, port)
-	conn.SetDeadline(time.Now().Add(10 * time.Second)) // a failure, not a hang
-	get := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
-	if len(get) != 28 {
-		t.Fatalf("the server reads 28-byte requests, not %d", len(get))
-	}
-	io.WriteString(conn, get)
-	time.Sleep(50 * time.Millisecond) // the first request read alone
+	events, pid, conn, r := earlyByteConn(t, c, earlyByteServer)
 	for range 4 {
-		exchange(t, conn, r, get, 1) // its first byte read before the answer to the one before
+		exchange(t, conn, r, earlyByteGet, 1) // its first byte read before the answer to the one before
 	}
 	events.expectLines(t, pid)
 	// All five, the last taken but not yet answered.
@@ -890,30 +860,57 @@ while True:
 // held byte still reaches user space before the rest of its request.
 func TestFastPathEarlyByteCounted(t *testing.T) {
 	c := loadFast(t, Fast{})
-	if !kernelAtLeast(t, 6, 5) {
-		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
+	needSpliceTracepoint(t)
+	events, pid, conn, r := earlyByteConn(t, c, earlyByteSpliceServer)
+	exchange(t, conn, r, earlyByteGet, 1) // its first byte read before the spliced answer
+	if _, err := http.ReadResponse(r, nil); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	expectEvents(t, events.take(pid), `40 ""`, `1 "G"`, `27 "ET /a HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`)
+}
+
+// earlyByteGet is the request the early-byte servers read, by its length.
+const earlyByteGet = "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+
+// earlyByteConn reads c's events, starts server (earlyByteServer or its
+// kin) with its GET /a registered, and sends it a first request, read
+// alone. The connection has a deadline: a failure, not a hang.
+func earlyByteConn(t *testing.T, c *Capture, server string) (*fastEvents, int, net.Conn, *bufio.Reader) {
+	t.Helper()
+	if len(earlyByteGet) != 28 {
+		t.Fatalf("the server reads 28-byte requests, not %d", len(earlyByteGet))
 	}
 	events := readEvents(c)
-	pid, port := startPythonServer(t, earlyByteSpliceServer)
+	pid, port := startPythonServer(t, server)
 	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
 		t.Fatal(err)
 	}
 	conn, r := dial(t, port)
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	get := "GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
-	io.WriteString(conn, get)
-	time.Sleep(50 * time.Millisecond)
-	exchange(t, conn, r, get, 1) // its first byte read before the spliced answer
-	if _, err := http.ReadResponse(r, nil); err != nil {
-		t.Fatal(err)
-	}
-	conn.Close()
+	io.WriteString(conn, earlyByteGet)
+	time.Sleep(50 * time.Millisecond) // the first request read alone
+	return events, pid, conn, r
+}
+
+// expectEvents checks the lengths and captured bytes of events, as
+// `len "payload"` (a counted event: `len ""`).
+func expectEvents(t *testing.T, events []Event, want ...string) {
+	t.Helper()
 	var got []string
-	for _, ev := range events.take(pid) {
+	for _, ev := range events {
 		got = append(got, fmt.Sprintf("%d %q", ev.Len, ev.Payload))
 	}
-	want := []string{`40 ""`, `1 "G"`, `27 "ET /a HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("user space got %q, want %q", got, want)
+	}
+}
+
+// needSpliceTracepoint skips where a splice into a socket is not seen by
+// the socket hooks.
+func needSpliceTracepoint(t *testing.T) {
+	t.Helper()
+	if !kernelAtLeast(t, 6, 5) {
+		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
 	}
 }

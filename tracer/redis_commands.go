@@ -48,20 +48,27 @@ const redisCommandList = " " +
 
 // redisModulePrefixes are the commands of the common modules (RedisJSON,
 // RediSearch, RedisTimeSeries, RedisBloom, RedisGraph): FT.SEARCH, ...
-var redisModulePrefixes = []string{"JSON.", "FT.", "FT._", "TS.", "BF.", "CF.", "CMS.", "TOPK.", "TDIGEST.", "GRAPH."}
+var redisModulePrefixes = []string{"JSON.", "FT.", "TS.", "BF.", "CF.", "CMS.", "TOPK.", "TDIGEST.", "GRAPH."}
 
 // redisKnownCommand tells whether name (any case) is a command of Redis
 // or of a common module.
 func redisKnownCommand(name []byte) bool {
-	if len(name) > 32 {
+	var buf [32]byte
+	if len(name) > len(buf) {
 		return false
 	}
-	upper := strings.ToUpper(string(name))
-	if redisCommandNames[upper] {
+	upper := buf[:len(name)]
+	for i, c := range name {
+		if c >= 'a' && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		upper[i] = c
+	}
+	if redisCommandNames[string(upper)] { // no allocation for the lookup
 		return true
 	}
 	for _, p := range redisModulePrefixes {
-		if strings.HasPrefix(upper, p) && len(upper) > len(p) {
+		if len(upper) > len(p) && string(upper[:len(p)]) == p {
 			return true
 		}
 	}

@@ -61,21 +61,20 @@ func dbErrorText(msg, mode string) string {
 	if mode == QueryFull {
 		return msg
 	}
-	isWord := func(c byte) bool {
-		return c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= 0x80
-	}
+	// Words are the lexer's (sqlWordStart); a digit after a word is part
+	// of it.
 	isDigit := func(c byte) bool { return c >= '0' && c <= '9' }
 	out := make([]byte, 0, len(msg))
 	for i := 0; i < len(msg); {
 		c := msg[i]
 		switch {
 		case (c == '\'' || c == '"' || c == '`') &&
-			!(c == '\'' && i > 0 && isWord(msg[i-1]) && i+1 < len(msg) && isWord(msg[i+1])): // not "can't"
+			!(c == '\'' && i > 0 && sqlWordStart(msg[i-1]) && i+1 < len(msg) && sqlWordStart(msg[i+1])): // not "can't"
 			// The value is not escaped ('O'Brien'): its closing quote
 			// is one that a word does not follow.
 			end := -1
 			for k := i + 1; k < len(msg); k++ {
-				if msg[k] == c && (k+1 == len(msg) || !isWord(msg[k+1]) && !isDigit(msg[k+1])) {
+				if msg[k] == c && (k+1 == len(msg) || !sqlWordStart(msg[k+1]) && !isDigit(msg[k+1])) {
 					end = k
 					break
 				}
@@ -85,12 +84,12 @@ func dbErrorText(msg, mode string) string {
 			}
 			out = append(out, '?')
 			i = end + 1
-		case isDigit(c) && (i == 0 || !isWord(msg[i-1]) && !isDigit(msg[i-1])):
+		case isDigit(c) && (i == 0 || !sqlWordStart(msg[i-1]) && !isDigit(msg[i-1])):
 			j := i
 			for j < len(msg) && (isDigit(msg[j]) || msg[j] == '.' && j+1 < len(msg) && isDigit(msg[j+1])) {
 				j++
 			}
-			if j < len(msg) && isWord(msg[j]) { // a name such as "2fa_codes"
+			if j < len(msg) && sqlWordStart(msg[j]) { // a name such as "2fa_codes"
 				out = append(out, msg[i:j]...)
 			} else {
 				out = append(out, '?')
@@ -377,18 +376,12 @@ func sanitizeSQL(q string, d sqlDialect) string {
 	for {
 		ta, okA := a.next()
 		tb, okB := b.next()
-		if !okA || !okB {
-			break
+		if !okA && !okB {
+			break // both read to the end: unterminated is known
 		}
 		if parted < 0 && ta != tb {
-			parted = ta.start
+			parted = ta.start // the same start: the tokens before were equal
 		}
-	}
-	for a.i < len(q) {
-		a.next()
-	}
-	for b.i < len(q) {
-		b.next()
 	}
 	switch {
 	case parted < 0:
