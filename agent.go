@@ -80,6 +80,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		Printer:      cfg.printer(),
 		QueueSize:    cfg.QueueSize,
 		CaptureQuery: cfg.CaptureQuery,
+		OptIn:        cfg.optIn,
 		CommandArgs:  cfg.CommandArgs,
 		ServiceName:  cfg.ServiceName,
 		Metadata:     cfg.Metadata,

@@ -65,6 +65,7 @@ type config struct {
 	MaxConnections int           `env:"PODTRACER_MAX_CONNECTIONS" envDefault:"65536" desc:"connections followed at once (at most 1048576); more are counted and skipped"`
 	QueueSize      int           `env:"PODTRACER_QUEUE_SIZE" envDefault:"8192" desc:"requests waiting for export (at most 1048576); beyond it they are dropped and counted"`
 	CaptureQuery   bool          `env:"PODTRACER_CAPTURE_QUERY" envDefault:"false" desc:"put url.query on spans (off: queries often carry secrets)"`
+	OptIn          string        `env:"PODTRACER_OPT_IN_ATTRIBUTES" desc:"attributes the semantic conventions leave off HTTP spans unless asked for, comma-separated: client.port, http.request.body.size, http.response.body.size; unset: none"`
 	CommandArgs    bool          `env:"PODTRACER_COMMAND_ARGS" envDefault:"false" desc:"put process.command_args (each traced process's full command line) on its resource (off: arguments often carry secrets, as in redis-server --requirepass)"`
 	RouteHeuristic bool          `env:"PODTRACER_ROUTE_HEURISTIC" envDefault:"true" desc:"derive the route from the path, ids replaced by {id} (/users/{id}): http.route on servers, url.template on clients; false: no route"`
 	Protocols      string        `env:"PODTRACER_PROTOCOLS" desc:"the protocols to parse, comma-separated, the others off: http, http2, postgresql, mysql, redis, kafka; unset: all"`
@@ -80,6 +81,7 @@ type config struct {
 	ports           pod.Ports
 	executable      *regexp.Regexp
 	protocols       []string
+	optIn           exporter.OptIn
 	level           slog.Level
 	traces, metrics map[string]bool // the exporters named, of those the agent has
 	disabled        bool            // OTEL_SDK_DISABLED
@@ -307,6 +309,9 @@ func (c *config) validate() []error {
 	if strings.TrimSpace(c.Protocols) != "" && len(c.protocols) == 0 && !unknown {
 		// "," would otherwise mean every protocol, as unset does.
 		bad("PODTRACER_PROTOCOLS", c.Protocols, "names no protocol; unset it to parse all")
+	}
+	if c.optIn, err = exporter.ParseOptIn(c.OptIn); err != nil {
+		bad("PODTRACER_OPT_IN_ATTRIBUTES", c.OptIn, err.Error())
 	}
 	switch c.QueryText {
 	case tracer.QuerySanitized, tracer.QueryFull, tracer.QueryOff:

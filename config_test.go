@@ -64,6 +64,7 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 		"PODTRACER_LOG_LEVEL":         "loud",
 		"PODTRACER_PROTOCOLS":         "http,smtp",
 		"PODTRACER_QUERY_TEXT":        "some",
+		"PODTRACER_OPT_IN_ATTRIBUTES": "client.port,http.request.size",
 	}
 	var environ []string
 	for k, v := range bad {
@@ -79,7 +80,7 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 			t.Errorf("%s reported %d times in:\n%s", k, strings.Count(msg, k+"="), msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "19 configuration error(s):") {
+	if !strings.HasPrefix(msg, "20 configuration error(s):") {
 		t.Errorf("message = %s", msg)
 	}
 }
@@ -168,13 +169,14 @@ func TestConfigMistakesFoundByReview(t *testing.T) {
 		{"PODTRACER_PROTOCOLS=,", "names no protocol"},
 		{"PODTRACER_MAX_CONNECTIONS=20000000", "want 1 to 1048576"},
 		{"PODTRACER_SHUTDOWN_WAIT=soon", "a duration"},
+		{"PODTRACER_OPT_IN_ATTRIBUTES=client.port,network.transport", `unknown attribute "network.transport"; known: client.port, http.request.body.size, http.response.body.size`},
 	} {
 		_, err := loadConfig([]string{c.env})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one saying %q", c.env, err, c.want)
 		}
 	}
-	for _, ok := range []string{"OTEL_EXPORTER_OTLP_HEADERS=api-key=abc,X-Scope-OrgID=shop", "PODTRACER_PROTOCOLS=http, redis"} {
+	for _, ok := range []string{"OTEL_EXPORTER_OTLP_HEADERS=api-key=abc,X-Scope-OrgID=shop", "PODTRACER_PROTOCOLS=http, redis", "PODTRACER_OPT_IN_ATTRIBUTES= http.response.body.size ,client.port"} {
 		if _, err := loadConfig([]string{ok}); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}

@@ -169,12 +169,10 @@ func TestServerSpan(t *testing.T) {
 		"server.address":            "shop.example",
 		"server.port":               int64(8080),
 		"client.address":            "10.0.0.1",
-		"client.port":               int64(5555),
 		"network.peer.address":      "10.0.0.1",
 		"network.peer.port":         int64(5555),
 		"network.protocol.version":  "1.1",
 		"user_agent.original":       "curl/8.5.0",
-		"http.response.body.size":   int64(17),
 	})
 	for k, v := range map[string]any{
 		"service.name":            "python3",
@@ -197,8 +195,29 @@ func TestServerSpan(t *testing.T) {
 	}
 }
 
+// The attributes the conventions make opt-in are on spans when asked for,
+// and only then (TestServerSpan has them off).
+func TestOptInAttributes(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{OptIn: OptIn{ClientPort: true, ResponseBodySize: true}})
+	e.Export(serverReq())
+	s := rcv.WaitSpans(t, waitFor, spansNamed("GET /users/{id}", 1))[0]
+	for k, v := range map[string]any{"client.port": int64(5555), "http.response.body.size": int64(17)} {
+		if s.Attributes[k] != v {
+			t.Errorf("%s = %v, want %v", k, s.Attributes[k], v)
+		}
+	}
+	e.Export(clientReq())
+	c := find(rcv.WaitSpans(t, waitFor, spansNamed("POST", 1)), "POST")[0]
+	if _, ok := c.Attributes["http.request.body.size"]; ok {
+		t.Errorf("http.request.body.size on a span although not asked for: %v", c.Attributes)
+	}
+	if c.Attributes["http.response.body.size"] != int64(3) {
+		t.Errorf("http.response.body.size = %v, want 3", c.Attributes["http.response.body.size"])
+	}
+}
+
 func TestClientSpan(t *testing.T) {
-	e, rcv, _ := startOTLP(t, Config{CaptureQuery: true})
+	e, rcv, _ := startOTLP(t, Config{CaptureQuery: true, OptIn: OptIn{ClientPort: true, RequestBodySize: true, ResponseBodySize: true}})
 	e.Export(clientReq())
 	s := rcv.WaitSpans(t, waitFor, spansNamed("POST", 1))[0]
 

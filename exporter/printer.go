@@ -149,6 +149,9 @@ func describe(s *spanRecord, withAttrs bool) printed {
 		l.Target = path
 	}
 	if clientAddr != "" {
+		if clientPort == 0 && clientAddr == peerAddr {
+			clientPort = peerPort // client.port is opt-in; the connection's is the same
+		}
 		l.Client = hostPort(clientAddr, clientPort)
 	}
 	if (s.kind == trace.SpanKindClient || s.kind == trace.SpanKindProducer) && peerAddr != "" {

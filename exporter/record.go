@@ -134,7 +134,7 @@ func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 
 // record turns one request into a metric point and, when traces go
 // somewhere and the sampler keeps it, a span.
-func (s *process) record(r *tracer.Request, captureQuery bool) {
+func (s *process) record(r *tracer.Request, cfg *Config) {
 	if r.Protocol != "" && r.Protocol != tracer.ProtoHTTP {
 		s.recordOther(r)
 		return
@@ -148,7 +148,7 @@ func (s *process) record(r *tracer.Request, captureQuery bool) {
 	}
 	ctx, rec := s.begin(r, kind, ser.name)
 	if rec != nil {
-		s.httpAttributes(rec, r, host, port, captureQuery)
+		s.httpAttributes(rec, r, host, port, cfg)
 		s.finish(rec)
 	}
 	if s.mp != nil {
@@ -223,11 +223,11 @@ func (s *process) finish(rec *spanRecord) {
 // OTLP wants the span and they are the last request's, their encoding is
 // copied from it, not written again (a fifth of the worker's time with
 // every span exported).
-func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string, port int, captureQuery bool) {
+func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string, port int, cfg *Config) {
 	a := s.spanAttrs(rec)
 	key := httpStable{role: r.Role, method: r.Method, path: r.Path, route: r.Route, status: r.StatusCode, host: host, port: port,
 		version: r.ProtocolVersion, userAgent: r.UserAgent}
-	if captureQuery {
+	if cfg.CaptureQuery {
 		key.query = r.Query
 	}
 	if r.Remote.IsValid() {
@@ -246,14 +246,14 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 
 	if r.Remote.IsValid() {
 		a.int(semconv.NetworkPeerPortKey, int64(r.Remote.Port()))
-		if r.Role != tracer.RoleClient {
+		if cfg.OptIn.ClientPort && r.Role != tracer.RoleClient {
 			a.int(semconv.ClientPortKey, int64(r.Remote.Port()))
 		}
 	}
-	if r.RequestSize > 0 {
+	if cfg.OptIn.RequestBodySize && r.RequestSize > 0 {
 		a.int(semconv.HTTPRequestBodySizeKey, r.RequestSize)
 	}
-	if r.ResponseSize > 0 {
+	if cfg.OptIn.ResponseBodySize && r.ResponseSize > 0 {
 		a.int(semconv.HTTPResponseBodySizeKey, r.ResponseSize)
 	}
 	if errType := httpErrorType(r.Role, r.StatusCode, r.ErrorCode); errType != "" {

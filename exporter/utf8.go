@@ -31,7 +31,9 @@ func validRequest(r *tracer.Request) {
 		&r.MessagingOperation, &r.MessagingDestination, &r.ClientID,
 		&r.ErrorCode, &r.ErrorMessage,
 	} {
-		*s = validString(*s)
+		if !utf8.ValidString(*s) { // a store only when needed: a write barrier while the GC runs
+			*s = strings.ToValidUTF8(*s, "\uFFFD")
+		}
 	}
 }
 

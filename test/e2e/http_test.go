@@ -219,8 +219,11 @@ func TestHTTP1(t *testing.T) {
 		if c.StatusCode != codes.Error {
 			t.Errorf("client 404 status = %v, want Error", c.StatusCode)
 		}
-		if ok.Attributes["client.port"] != missing.Attributes["client.port"] {
-			t.Errorf("two requests of one curl used ports %v and %v: not keep-alive", ok.Attributes["client.port"], missing.Attributes["client.port"])
+		if ok.Attributes["network.peer.port"] != missing.Attributes["network.peer.port"] {
+			t.Errorf("two requests of one curl used ports %v and %v: not keep-alive", ok.Attributes["network.peer.port"], missing.Attributes["network.peer.port"])
+		}
+		if _, on := ok.Attributes["client.port"]; on {
+			t.Error("client.port on a span: it is opt-in")
 		}
 	})
 
@@ -580,7 +583,7 @@ func TestIPv6AndContinue(t *testing.T) {
 	pod := newPod(t)
 	port := freePort(t)
 	start(t, pod.command(httpapp, "-server", fmt.Sprintf("[::1]:%d", port)))
-	startAgent(t, pod, agentEnv(rcv))
+	startAgent(t, pod, agentEnv(rcv, "PODTRACER_OPT_IN_ATTRIBUTES=http.request.body.size"))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if exec.Command(curl, "-s", "-g", fmt.Sprintf("http://[::1]:%d/", port)).Run() == nil || time.Now().After(deadline) {

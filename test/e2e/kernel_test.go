@@ -425,7 +425,7 @@ func TestKernelSpans(t *testing.T) {
 	rcv := otlptest.Start(t)
 	pod, port := httpappPod(t)
 	nginxPort := sendfileNginx(t, pod)
-	agent := startAgent(t, pod, agentEnv(rcv))
+	agent := startAgent(t, pod, agentEnv(rcv, "PODTRACER_OPT_IN_ATTRIBUTES=client.port,http.request.body.size,http.response.body.size"))
 	if !regexp.MustCompile(`kernel HTTP spans on`).MatchString(agent.output()) {
 		t.Fatalf("kernel spans not on:\n%s", agent.output())
 	}
