@@ -945,6 +945,7 @@ enum fast_verdict {
 	FAST_SEND_HELD = 2, // send the held byte first, then it
 	FAST_SEND_SPAN = 3, // send the owned exchange's EVENT_HTTP record instead
 	FAST_SEND_REQUEST = 4, // send the owned request's EVENT_HTTP_REQUEST first, then it
+	FAST_SEND_REQUEST_HELD = 5, // send the owned request's EVENT_HTTP_REQUEST, the held byte, then it
 };
 
 
@@ -1650,6 +1651,13 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		// The rest of the request whose first byte is held, or anything
 		// else: either way the byte is decided now.
 		st->fast = f = f & ~FAST_BYTE;
+		if ((f & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
+			// More of the next request before the response of the one
+			// owned for a span (only a receive gets here): pipelined,
+			// as below. The owned request goes up first, then the byte.
+			st->fast = FAST_OFF;
+			return FAST_SEND_REQUEST_HELD;
+		}
 		if ((f & (FAST_OWN | FAST_RESP | FAST_SPAN | FAST_HANDOFF)) == (FAST_OWN | FAST_RESP))
 			st->fast = f = f & FAST_OFF; // the owned exchange is over
 		if (dir == DIR_INGRESS && !(f & (FAST_OWN | FAST_PENDING | FAST_OFF)) && fast_request(e, st, st->held, st->held_ns))
@@ -1664,6 +1672,19 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	}
 	if (dir == DIR_INGRESS) {
 		if (f & FAST_OWN) {
+			// A first byte alone: Go's background read, which gets the
+			// next request's first byte as soon as the client sends it.
+			// On loopback that can be before this exchange's response
+			// send is seen here, its tracepoint running after the bytes
+			// were delivered. Held, as below, until the response has
+			// gone by (HTTP/1 answers in order: right for a pipelining
+			// client too).
+			if (!(f & (FAST_RESP | FAST_HANDOFF)) && lone_method_byte(e)) {
+				st->held = e->payload[0];
+				st->held_ns = e->ts_exit;
+				st->fast = f | FAST_BYTE;
+				return FAST_SKIP;
+			}
 			if (f & FAST_SPAN) {
 				// A request before the owned one's response: pipelined.
 				// Both go to user space, and what follows.
@@ -1671,19 +1692,6 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 				return FAST_SEND_REQUEST;
 			}
 			if (!(f & FAST_RESP)) {
-				// A first byte alone: Go's background read, which gets
-				// the next request's first byte as soon as the client
-				// sends it. On loopback that can be before this exchange's
-				// response send is seen here, its tracepoint running after
-				// the bytes were delivered. Held, as below, until the
-				// response has gone by (HTTP/1 answers in order: right for
-				// a pipelining client too).
-				if (!(f & FAST_HANDOFF) && lone_method_byte(e)) {
-					st->held = e->payload[0];
-					st->held_ns = e->ts_exit;
-					st->fast = f | FAST_BYTE;
-					return FAST_SKIP;
-				}
 				// A request before the skipped one's response: pipelined.
 				st->fast = f | FAST_HANDOFF | FAST_OFF;
 				return FAST_SEND;
@@ -1722,8 +1730,9 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	}
 	if (f & FAST_SPAN) {
 		// The owned request's response: the exchange ends here, as a
-		// record, or goes to user space from here on.
-		st->fast = f & FAST_OFF;
+		// record, or goes to user space from here on. A byte held
+		// stays held for the rest of its request.
+		st->fast = f & (FAST_OFF | FAST_BYTE);
 		return whole_response(e) ? FAST_SEND_SPAN : FAST_SEND_REQUEST;
 	}
 	__u16 status = response_status(e);
@@ -2817,10 +2826,11 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		return 0;
 	sock_fill(e, task, sk, role);
 	if ((fast_http || fast_redis) && st) {
-		if (verdict == FAST_SEND_HELD)
-			submit_first(e, st, EVENT_DATA);
-		else if (verdict == FAST_SEND_REQUEST)
+		// The owned request first, then the held byte (which came after it).
+		if (verdict == FAST_SEND_REQUEST || verdict == FAST_SEND_REQUEST_HELD)
 			submit_first(e, st, redis ? EVENT_REDIS_REQUEST : EVENT_HTTP_REQUEST);
+		if (verdict == FAST_SEND_HELD || verdict == FAST_SEND_REQUEST_HELD)
+			submit_first(e, st, EVENT_DATA);
 		else if (verdict == FAST_SEND_SPAN) {
 			// The exchange's record: from the request to this send.
 			e->type = redis ? EVENT_REDIS : EVENT_HTTP;
@@ -2850,16 +2860,18 @@ static __always_inline void send_close(struct sock *sk, struct sock_state *st, _
 		return;
 	sock_fill(e, 0, sk, st->role);
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
-	if (fast_http && (st->fast & FAST_BYTE)) {
-		// A first byte held for a request that never came: user space
-		// gets it before the close, as it came.
-		st->fast &= ~FAST_BYTE;
-		submit_first(e, st, EVENT_DATA);
-	}
+	__u8 held = st->fast & FAST_BYTE;
 	if (fast_http && (st->fast & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
 		// A request owned for a span and closed before its response.
 		st->fast = FAST_OFF;
 		submit_first(e, st, EVENT_HTTP_REQUEST);
+	}
+	if (fast_http && held) {
+		// A first byte held for a request that never came (after the
+		// owned one's, which came first): user space gets it before
+		// the close, as it came.
+		st->fast &= ~FAST_BYTE;
+		submit_first(e, st, EVENT_DATA);
 	}
 	if (fast_redis && (st->redis & REDIS_SPAN)) {
 		// A command owned for a span and closed before its reply.

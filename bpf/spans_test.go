@@ -1,8 +1,10 @@
 package bpf
 
 import (
+	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -475,4 +477,110 @@ func TestKernelSpansTraceparent(t *testing.T) {
 	if len(evs) != 2 || evs[0].Type != EventHTTPRequest || string(evs[0].Payload) != v || evs[1].Type != EventClose {
 		t.Errorf("events %+v, want the stand-in with %q, then the close", evs, v)
 	}
+}
+
+// earlyByteSpanServer starts server (earlyByteServer or its kin) and
+// registers the head of its requests, learnt from a first connection.
+func earlyByteSpanServer(t *testing.T, c *Capture, server string) (events *fastEvents, pid, port int) {
+	t.Helper()
+	events = readEventsOf(c, true)
+	pid, port = startPythonServer(t, server)
+	conn, r := earlyByteDial(t, port)
+	exchange(t, conn, r, earlyByteGet, 1)
+	conn.Close()
+	first := events.take(pid)
+	if len(first) == 0 || first[0].Len != uint32(len(earlyByteGet)) || first[0].HeadHash == 0 {
+		t.Fatalf("events %+v, want the first request whole, with its head's hash", first)
+	}
+	if err := c.AddHead(first[0].HeadHash); err != nil {
+		t.Fatal(err)
+	}
+	return events, pid, port
+}
+
+// earlyByteDial connects to port and sends a first request, read alone.
+// The connection has a deadline: a failure, not a hang.
+func earlyByteDial(t *testing.T, port int) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, r := dial(t, port)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, earlyByteGet)
+	time.Sleep(50 * time.Millisecond)
+	return conn, r
+}
+
+// eventLines shows events as "type len payload".
+func eventLines(events []Event) []string {
+	var lines []string
+	for _, ev := range events {
+		lines = append(lines, fmt.Sprintf("%d %d %q", ev.Type, ev.Len, ev.Payload))
+	}
+	return lines
+}
+
+// TestKernelSpansEarlyByte: as TestFastPathEarlyByte, for requests owned
+// for a span: the next request's first byte, read before the owned
+// exchange is answered, is held; the exchange still comes as a record,
+// and so do the requests after it.
+func TestKernelSpansEarlyByte(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	events, pid, port := earlyByteSpanServer(t, c, earlyByteServer)
+	conn, r := earlyByteDial(t, port)
+	for range 4 {
+		exchange(t, conn, r, earlyByteGet, 1) // its first byte read before the answer to the one before
+	}
+	evs := events.take(pid)
+	if len(evs) != 4 {
+		t.Fatalf("events %q, want four records", eventLines(evs))
+	}
+	for _, ev := range evs {
+		if ev.Type != EventHTTP || ev.Status != 200 || ev.Body != 2 {
+			t.Errorf("event %+v, want a record of a 200 with 2 bytes", ev)
+		}
+	}
+}
+
+// earlyBytePipelineServer reads a request, the next one's first byte,
+// and the rest of that request before it answers both (the client
+// pipelines), then closes; or closes when the rest does not come.
+const earlyBytePipelineServer = pythonListener + `
+import socket
+while True:
+    c, _ = s.accept()
+    c.recv(28, socket.MSG_WAITALL)
+    c.recv(1)
+    if c.recv(27, socket.MSG_WAITALL):
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" * 2)
+    c.close()
+`
+
+// TestKernelSpansEarlyBytePipelined: when the rest of the request whose
+// first byte is held comes before the owned request is answered, the
+// client pipelines: user space gets the owned request's stand-in, the
+// held byte, then the rest, in the order the server read them. So it
+// does when the server closes with a request owned and a byte held.
+func TestKernelSpansEarlyBytePipelined(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	events, pid, port := earlyByteSpanServer(t, c, earlyBytePipelineServer)
+	standIn, held, closed := `4 0 ""`, `1 1 "G"`, `2 0 ""`
+	const earlyByteOK = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" // as the server answers
+
+	conn, r := earlyByteDial(t, port)
+	io.WriteString(conn, earlyByteGet[:1])
+	time.Sleep(50 * time.Millisecond) // the first byte read alone
+	exchange(t, conn, r, earlyByteGet[1:], 2)
+	expectEvents := func(want ...string) {
+		t.Helper()
+		if got := eventLines(events.take(pid)); strings.Join(got, "|") != strings.Join(want, "|") {
+			t.Errorf("user space got %q, want %q", got, want)
+		}
+	}
+	expectEvents(standIn, held, fmt.Sprintf("1 27 %q", earlyByteGet[1:]),
+		fmt.Sprintf("1 %d %q", 2*len(earlyByteOK), strings.Repeat(earlyByteOK, 2)), closed)
+
+	conn, _ = earlyByteDial(t, port)
+	io.WriteString(conn, earlyByteGet[:1])
+	time.Sleep(50 * time.Millisecond)
+	conn.(*net.TCPConn).CloseWrite() // the server reads nothing more, and closes
+	expectEvents(standIn, held, closed)
 }
