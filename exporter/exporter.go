@@ -359,6 +359,7 @@ func (e *Exporter) enqueue(batch []*tracer.Request) {
 	e.requests.Add(uint64(n))
 	if e.closed.Load() {
 		e.droppedRequests.Add(uint64(n))
+		releaseAllRequests(batch)
 		e.spare.put(batch)
 		return
 	}
@@ -366,6 +367,7 @@ func (e *Exporter) enqueue(batch []*tracer.Request) {
 		over = min(over, n)
 		e.queued.Add(-over)
 		e.droppedRequests.Add(uint64(over))
+		releaseAllRequests(batch[n-over:])
 		batch = batch[:n-over]
 		if len(batch) == 0 {
 			e.spare.put(batch)
@@ -373,6 +375,13 @@ func (e *Exporter) enqueue(batch []*tracer.Request) {
 		}
 	}
 	e.queue <- batch
+}
+
+// releaseAllRequests releases the requests of batch, dropped.
+func releaseAllRequests(batch []*tracer.Request) {
+	for _, r := range batch {
+		r.Release()
+	}
 }
 
 // Batcher gathers the requests of one goroutine and hands them to the
@@ -568,6 +577,7 @@ func (e *Exporter) run() {
 func (e *Exporter) handleBatch(batch []*tracer.Request) {
 	for _, r := range batch {
 		e.record(r)
+		r.Release() // the span record and the metric point have what they need
 	}
 	e.queued.Add(-int64(len(batch)))
 	e.spare.put(batch)

@@ -16,7 +16,7 @@ import (
 func BenchmarkHTTP1KeepAlive(b *testing.B) {
 	var emitted int
 	tr := New(Config{RouteHeuristic: true}, allProcesses{}, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) },
-		func(*Request) { emitted++ })
+		func(r *Request) { emitted++; r.Release() }) // as the exporter does
 	req := []byte("GET /users/42 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: loadgen\r\nTraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
 	resp := []byte("HTTP/1.1 200 OK\r\nDate: Sun, 22 Nov 2026 08:00:00 GMT\r\nContent-Length: 12\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello world\n")
 	ev := bpf.Event{Type: bpf.EventData, Conn: 1, PID: 7, TID: 7, Local: serverAddr, Remote: clientAddr, Role: bpf.RoleServer}
@@ -45,7 +45,7 @@ func BenchmarkHTTP1KeepAlive(b *testing.B) {
 func BenchmarkGRPCUnary(b *testing.B) {
 	var emitted int
 	tr := New(Config{RouteHeuristic: true}, allProcesses{}, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) },
-		func(*Request) { emitted++ })
+		func(r *Request) { emitted++; r.Release() }) // as the exporter does
 	cli, srv := newH2Peer(), newH2Peer()
 	call := func() []byte {
 		return []byte(h2frame(h2Headers, h2FlagEndHeaders, 1, cli.block(":method", "POST", ":scheme", "http", ":path", "/demo.Echo/Say",

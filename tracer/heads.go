@@ -223,7 +223,7 @@ func (hs *heads) lookup(hash uint64, now uint64) *requestHead {
 // exchange is the request of a record (bpf.EventHTTP) of a request with
 // head h.
 func (h *requestHead) exchange(ev *bpf.Event) *Request {
-	r := h.request
+	r := pooledRequest(h.request)
 	r.StatusCode, r.ResponseSize, r.TraceIDLow = int(ev.Status), int64(ev.Body), ev.TraceLow
 	if h.parent >= 0 {
 		// As the parser reads the header (an invalid value is no parent);
@@ -233,7 +233,7 @@ func (h *requestHead) exchange(ev *bpf.Event) *Request {
 			r.Parent = r.Parent.WithTraceState(h.state)
 		}
 	}
-	return &r
+	return r
 }
 
 // standIn is the bytes of the request a stand-in (bpf.EventHTTPRequest,

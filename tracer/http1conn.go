@@ -199,7 +199,7 @@ func (c *http1Conn) onComplete(m *message) {
 // httpRequest is the request side of the exchange of req: its route by
 // route, none when nil.
 func httpRequest(req *message, route *lastRoute) *Request {
-	r := &Request{
+	r := pooledRequest(Request{
 		Protocol:        ProtoHTTP,
 		Method:          req.method,
 		ProtocolVersion: "1.1",
@@ -210,7 +210,7 @@ func httpRequest(req *message, route *lastRoute) *Request {
 		Truncated:       req.truncated,
 		GRPCStatus:      -1,
 		Partition:       -1,
-	}
+	})
 	if req.minor == '0' {
 		r.ProtocolVersion = "1.0"
 	}

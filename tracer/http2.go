@@ -904,7 +904,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 	if q.method == "" || (q.path == "" && q.method != "CONNECT") {
 		return // :method or :path unknown, or not a request
 	}
-	r := &Request{
+	r := pooledRequest(Request{
 		Protocol:        ProtoHTTP,
 		ProtocolVersion: "2",
 		Method:          q.method,
@@ -916,7 +916,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 		StatusCode:      s.resp.status,
 		GRPCStatus:      -1,
 		Partition:       -1,
-	}
+	})
 	r.Path, r.Query, r.Host, r.HostPort = splitTarget(q.path, q.authority)
 	if c.isGRPC(s) {
 		r.Protocol = ProtoGRPC

@@ -770,13 +770,13 @@ func (c *kafkaConn) role() Role {
 }
 
 func (c *kafkaConn) request(p *kafkaPending, op string) *Request {
-	return &Request{
+	return pooledRequest(Request{
 		Protocol:           ProtoKafka,
 		MessagingOperation: op,
 		ClientID:           p.clientID,
 		Partition:          -1,
 		GRPCStatus:         -1,
-	}
+	})
 }
 
 // describe sets the destination, partition and error from the topics an

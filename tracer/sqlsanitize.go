@@ -105,7 +105,7 @@ func dbErrorText(msg, mode string) string {
 
 // newDBRequest starts a Request for a database exchange.
 func newDBRequest(proto string) *Request {
-	return &Request{Protocol: proto, GRPCStatus: -1, Partition: -1}
+	return pooledRequest(Request{Protocol: proto, GRPCStatus: -1, Partition: -1})
 }
 
 // dbText turns wire bytes into a span attribute: at most max bytes of

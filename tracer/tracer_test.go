@@ -771,3 +771,32 @@ func TestCountedBeforeDetection(t *testing.T) {
 		t.Fatalf("got %d requests, want /late", len(h.got))
 	}
 }
+
+// TestRequestRelease: a Request the tracer made is cleared when its
+// consumer releases it, to be made again; one made elsewhere (a caller's,
+// a test's) is left as it is.
+func TestRequestRelease(t *testing.T) {
+	r := pooledRequest(Request{Method: "GET", Path: "/a", StatusCode: 200, Process: &pod.Process{PID: 7}})
+	r.Release()
+	if r.Method != "" || r.Path != "" || r.StatusCode != 0 || r.Process != nil || r.pooled {
+		t.Errorf("released request not cleared: %+v", r)
+	}
+	mine := &Request{Method: "GET", Path: "/a"}
+	mine.Release()
+	if mine.Method != "GET" || mine.Path != "/a" {
+		t.Errorf("a request the tracer did not make was cleared: %+v", mine)
+	}
+	// Every request the tracer hands over is one Release recycles.
+	var got []*Request
+	tr := New(Config{}, allProcesses{}, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { got = append(got, r) })
+	ev := bpf.Event{Type: bpf.EventData, Conn: 1, PID: 7, TID: 7, Local: serverAddr, Remote: clientAddr, Role: bpf.RoleServer, Dir: bpf.Ingress}
+	ev.Payload = []byte("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+	ev.Len = uint32(len(ev.Payload))
+	tr.Handle(&ev)
+	ev.Dir, ev.Payload = bpf.Egress, []byte("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	ev.Len = uint32(len(ev.Payload))
+	tr.Handle(&ev)
+	if len(got) != 1 || !got[0].pooled {
+		t.Fatalf("requests %+v, want one the tracer made for recycling", got)
+	}
+}
