@@ -1730,10 +1730,21 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	}
 	if (f & FAST_SPAN) {
 		// The owned request's response: the exchange ends here, as a
-		// record, or goes to user space from here on. A byte held
-		// stays held for the rest of its request.
-		st->fast = f & (FAST_OFF | FAST_BYTE);
-		return whole_response(e) ? FAST_SEND_SPAN : FAST_SEND_REQUEST;
+		// record, and a byte held stays held for the rest of its
+		// request. Or it goes to user space from here on, and so does
+		// a byte held, after the stand-in: more of the response may
+		// follow, and the rest of the byte's request, read after it,
+		// must not be taken for a request of its own.
+		if (whole_response(e)) {
+			st->fast = f & (FAST_OFF | FAST_BYTE);
+			return FAST_SEND_SPAN;
+		}
+		if (f & FAST_BYTE) {
+			st->fast = FAST_OFF;
+			return FAST_SEND_REQUEST_HELD;
+		}
+		st->fast = f & FAST_OFF;
+		return FAST_SEND_REQUEST;
 	}
 	__u16 status = response_status(e);
 	if (!(f & FAST_RESP)) {

@@ -565,16 +565,17 @@ func TestKernelSpansEarlyBytePipelined(t *testing.T) {
 	standIn, held, closed := `4 0 ""`, `1 1 "G"`, `2 0 ""`
 	const earlyByteOK = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" // as the server answers
 
-	conn, r := earlyByteDial(t, port)
-	io.WriteString(conn, earlyByteGet[:1])
-	time.Sleep(50 * time.Millisecond) // the first byte read alone
-	exchange(t, conn, r, earlyByteGet[1:], 2)
 	expectEvents := func(want ...string) {
 		t.Helper()
 		if got := eventLines(events.take(pid)); strings.Join(got, "|") != strings.Join(want, "|") {
 			t.Errorf("user space got %q, want %q", got, want)
 		}
 	}
+	conn, r := earlyByteDial(t, port)
+	io.WriteString(conn, earlyByteGet[:1])
+	time.Sleep(50 * time.Millisecond) // the first byte read alone
+	expectEvents()                    // the request owned, the byte held
+	exchange(t, conn, r, earlyByteGet[1:], 2)
 	expectEvents(standIn, held, fmt.Sprintf("1 27 %q", earlyByteGet[1:]),
 		fmt.Sprintf("1 %d %q", 2*len(earlyByteOK), strings.Repeat(earlyByteOK, 2)), closed)
 
@@ -583,4 +584,38 @@ func TestKernelSpansEarlyBytePipelined(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	conn.(*net.TCPConn).CloseWrite() // the server reads nothing more, and closes
 	expectEvents(standIn, held, closed)
+}
+
+// earlyByteChunkedServer reads a request and the next one's first byte,
+// answers the first with a chunked response (not whole to the kernel),
+// then reads the rest of the second, answers it and closes.
+const earlyByteChunkedServer = pythonListener + `
+import socket
+while True:
+    c, _ = s.accept()
+    c.recv(28, socket.MSG_WAITALL)
+    c.recv(1)
+    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    if c.recv(27, socket.MSG_WAITALL):
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.close()
+`
+
+// TestKernelSpansEarlyByteChunked: when the response of the request owned
+// for a span is not whole (more of it may follow in other sends), the byte
+// held goes up with the stand-in, before the response, and the fast path
+// ends on the connection: the rest of the byte's request, read after, is
+// not taken for a request of its own.
+func TestKernelSpansEarlyByteChunked(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	events, pid, port := earlyByteSpanServer(t, c, earlyByteChunkedServer)
+	conn, r := earlyByteDial(t, port)
+	exchange(t, conn, r, earlyByteGet, 2) // its first byte read before the first answer
+	const chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+	const ok = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	want := []string{`4 0 ""`, `1 1 "G"`, fmt.Sprintf("1 %d %q", len(chunked), chunked),
+		fmt.Sprintf("1 27 %q", earlyByteGet[1:]), fmt.Sprintf("1 %d %q", len(ok), ok), `2 0 ""`}
+	if got := eventLines(events.take(pid)); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("user space got %q, want %q", got, want)
+	}
 }
