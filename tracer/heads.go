@@ -92,7 +92,10 @@ func (hs *heads) learn(hash uint64, head []byte, m *message, now uint64) {
 	if hs.routes {
 		route = new(lastRoute)
 	}
-	*h = requestHead{raw: append([]byte(nil), head...), parent: bpf.HeadParent(head), request: *httpRequest(m, route), used: now}
+	r := httpRequest(m, route)
+	*h = requestHead{raw: append([]byte(nil), head...), parent: bpf.HeadParent(head), request: *r, used: now}
+	r.Release() // copied: the head keeps the request, not the pool's Request
+	h.request.pooled = false
 	hs.candidates--
 	// The head is the request's whole: its body is yet to come, of its
 	// length; the parse's draw and parent were that request's, but not

@@ -938,6 +938,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 			r.Route = c.route.of(r.Path)
 		}
 		if !reset && (s.resp.status == 0 || !s.respSeen) {
+			r.Release()
 			return // the status was in a field we could not decode
 		}
 	}
