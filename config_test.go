@@ -169,7 +169,7 @@ func TestConfigMistakesFoundByReview(t *testing.T) {
 		{"PODTRACER_PROTOCOLS=,", "names no protocol"},
 		{"PODTRACER_MAX_CONNECTIONS=20000000", "want 1 to 1048576"},
 		{"PODTRACER_SHUTDOWN_WAIT=soon", "a duration"},
-		{"PODTRACER_OPT_IN_ATTRIBUTES=client.port,network.transport", `unknown attribute "network.transport"; known: client.port, http.request.body.size, http.response.body.size`},
+		{"PODTRACER_OPT_IN_ATTRIBUTES=client.port,network.transport", `unknown attribute "network.transport"; known: client.port, http.request.body.size, http.response.body.size, url.scheme, url.template, user_agent.original`},
 	} {
 		_, err := loadConfig([]string{c.env})
 		if err == nil || !strings.Contains(err.Error(), c.want) {

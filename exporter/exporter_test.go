@@ -214,10 +214,23 @@ func TestOptInAttributes(t *testing.T) {
 	if c.Attributes["http.response.body.size"] != int64(3) {
 		t.Errorf("http.response.body.size = %v, want 3", c.Attributes["http.response.body.size"])
 	}
+	// A client span's scheme, route and user agent are opt-in too; its
+	// name still has the route.
+	for _, k := range []string{"url.scheme", "url.template", "user_agent.original"} {
+		if _, ok := c.Attributes[k]; ok {
+			t.Errorf("%s on a client span although not asked for: %v", k, c.Attributes)
+		}
+	}
+	r := clientReq()
+	r.StatusCode, r.Path, r.Route = 200, "/orders/7", "/orders/{id}"
+	e.Export(r)
+	if c := find(rcv.WaitSpans(t, waitFor, spansNamed("POST /orders/{id}", 1)), "POST /orders/{id}")[0]; c.Attributes["url.template"] != nil {
+		t.Errorf("url.template on a client span although not asked for: %v", c.Attributes)
+	}
 }
 
 func TestClientSpan(t *testing.T) {
-	e, rcv, _ := startOTLP(t, Config{CaptureQuery: true, OptIn: OptIn{ClientPort: true, RequestBodySize: true, ResponseBodySize: true}})
+	e, rcv, _ := startOTLP(t, Config{CaptureQuery: true, OptIn: OptIn{RequestBodySize: true, ResponseBodySize: true, ClientScheme: true, ClientUserAgent: true}})
 	e.Export(clientReq())
 	s := rcv.WaitSpans(t, waitFor, spansNamed("POST", 1))[0]
 
@@ -255,7 +268,7 @@ func TestClientSpan(t *testing.T) {
 // A client's route is url.template, on its span and its metric: the
 // conventions give http.route to servers only.
 func TestClientRouteIsURLTemplate(t *testing.T) {
-	e, rcv, _ := startOTLP(t, Config{})
+	e, rcv, _ := startOTLP(t, Config{OptIn: OptIn{ClientTemplate: true}})
 	r := clientReq()
 	r.StatusCode, r.Path, r.Route = 200, "/orders/7", "/orders/{id}"
 	e.Export(r)

@@ -2,7 +2,6 @@ package exporter
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -15,6 +14,10 @@ type OptIn struct {
 	ClientPort       bool // client.port on server spans
 	RequestBodySize  bool // http.request.body.size
 	ResponseBodySize bool // http.response.body.size
+	// On client spans only: a server span has them by default.
+	ClientScheme    bool // url.scheme
+	ClientTemplate  bool // url.template (the route; the span's name has it anyway)
+	ClientUserAgent bool // user_agent.original
 }
 
 // optInNames are the attributes ParseOptIn knows, in the order it lists them.
@@ -22,6 +25,9 @@ var optInNames = []string{
 	string(semconv.ClientPortKey),
 	string(semconv.HTTPRequestBodySizeKey),
 	string(semconv.HTTPResponseBodySizeKey),
+	string(semconv.URLSchemeKey),
+	string(semconv.URLTemplateKey),
+	string(semconv.UserAgentOriginalKey),
 }
 
 // ParseOptIn reads a comma-separated list of attribute names
@@ -38,12 +44,15 @@ func ParseOptIn(list string) (OptIn, error) {
 			o.RequestBodySize = true
 		case string(semconv.HTTPResponseBodySizeKey):
 			o.ResponseBodySize = true
+		case string(semconv.URLSchemeKey):
+			o.ClientScheme = true
+		case string(semconv.URLTemplateKey):
+			o.ClientTemplate = true
+		case string(semconv.UserAgentOriginalKey):
+			o.ClientUserAgent = true
 		default:
 			return OptIn{}, fmt.Errorf("unknown attribute %q; known: %s", name, strings.Join(optInNames, ", "))
 		}
 	}
 	return o, nil
 }
-
-// OptInNames lists the attributes ParseOptIn knows.
-func OptInNames() []string { return slices.Clone(optInNames) }

@@ -238,10 +238,10 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 		rec.wire = append(rec.wire, s.lastHTTPWire...)
 	case a.wire && !a.kvs:
 		start := len(rec.wire)
-		key.write(a)
+		key.write(a, &cfg.OptIn)
 		s.lastHTTP, s.lastHTTPWire = key, append(s.lastHTTPWire[:0], rec.wire[start:]...)
 	default:
-		key.write(a)
+		key.write(a, &cfg.OptIn)
 	}
 
 	if r.Remote.IsValid() {
@@ -279,20 +279,25 @@ type httpStable struct {
 	version, userAgent  string
 }
 
-func (k *httpStable) write(a spanAttrs) {
+// write puts the attributes on a span. The conventions make a client
+// span's scheme, route and user agent opt-in.
+func (k *httpStable) write(a spanAttrs, opt *OptIn) {
+	client := k.role == tracer.RoleClient
 	if knownMethod(k.method) {
 		a.str(semconv.HTTPRequestMethodKey, k.method)
 	} else {
 		a.str(semconv.HTTPRequestMethodKey, methodOtherName)
 		a.str(semconv.HTTPRequestMethodOriginalKey, k.method)
 	}
-	a.str(semconv.URLSchemeKey, "http")
+	if !client || opt.ClientScheme {
+		a.str(semconv.URLSchemeKey, "http")
+	}
 	a.str(semconv.URLPathKey, k.path)
 	if k.query != "" {
 		a.str(semconv.URLQueryKey, k.query)
 	}
-	if k.route != "" {
-		a.str(routeAttr(k.role == tracer.RoleClient), k.route)
+	if k.route != "" && (!client || opt.ClientTemplate) {
+		a.str(routeAttr(client), k.route)
 	}
 	if k.status != 0 {
 		a.int(semconv.HTTPResponseStatusCodeKey, int64(k.status))
@@ -305,18 +310,18 @@ func (k *httpStable) write(a spanAttrs) {
 	}
 	if k.peer != "" {
 		a.str(semconv.NetworkPeerAddressKey, k.peer)
-		if k.role != tracer.RoleClient {
+		if !client {
 			// Without proxy headers the client is the peer.
 			a.str(semconv.ClientAddressKey, k.peer)
 		}
 	}
-	if k.role == tracer.RoleClient {
+	if client {
 		a.str(semconv.URLFullKey, fullURL(k.host, k.port, k.path, k.query, k.query != ""))
 	}
 	if k.version != "" {
 		a.str(semconv.NetworkProtocolVersionKey, k.version)
 	}
-	if k.userAgent != "" {
+	if k.userAgent != "" && (!client || opt.ClientUserAgent) {
 		a.str(semconv.UserAgentOriginalKey, k.userAgent)
 	}
 }
