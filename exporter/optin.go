@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -56,3 +57,6 @@ func ParseOptIn(list string) (OptIn, error) {
 	}
 	return o, nil
 }
+
+// OptInNames lists the attributes ParseOptIn knows.
+func OptInNames() []string { return slices.Clone(optInNames) }

@@ -342,6 +342,26 @@ func TestSettingsAgreeWithAgent(t *testing.T) {
 	}
 }
 
+// The webhook knows the agent's opt-in attributes, and no others, and
+// passes only lists the agent takes.
+func TestOptInAgreesWithAgent(t *testing.T) {
+	if !slices.Equal(optInAttributes, exporter.OptInNames()) {
+		t.Errorf("webhook's opt-in attributes %v, the agent's %v", optInAttributes, exporter.OptInNames())
+	}
+	for v, ok := range map[string]bool{"client.port": true, " url.scheme , user_agent.original ": true, "client.port,": true, ",": false, "": false,
+		"Client.Port": false, "network.transport": false} {
+		err := checkOptIn(v)
+		if (err == nil) != ok {
+			t.Errorf("podtracer.io/opt-in-attributes=%q: %v", v, err)
+		}
+		if err == nil {
+			if _, err := exporter.ParseOptIn(removeSpaces(v)); err != nil {
+				t.Errorf("%q: the webhook passes it, the agent refuses it: %v", v, err)
+			}
+		}
+	}
+}
+
 // The webhook knows the agent's protocols, and no others.
 func TestProtocolsAgreeWithAgent(t *testing.T) {
 	if !slices.Equal(protocols, tracer.Protocols()) {

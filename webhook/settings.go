@@ -42,6 +42,7 @@ var Settings = []Setting{
 	{"podtracer.io/shutdown-wait", "PODTRACER_SHUTDOWN_WAIT", "after SIGTERM, how long at most the sidecar goes on tracing the draining pod, e.g. 10s (default: fitted to the pod's grace period)", checkDuration, nil},
 	{"podtracer.io/protocols", "PODTRACER_PROTOCOLS", "the protocols to parse, comma-separated, the others off: " + strings.Join(protocols, ", ") + " (default: all)", checkProtocols, cleanProtocols},
 	{"podtracer.io/query-text", "PODTRACER_QUERY_TEXT", "db.query.text: sanitized, full or off (all but full also take the quoted values out of database error messages)", oneOf("sanitized", "full", "off"), nil},
+	{"podtracer.io/opt-in-attributes", "PODTRACER_OPT_IN_ATTRIBUTES", "span attributes the semantic conventions make opt-in, comma-separated: " + strings.Join(optInAttributes, ", "), checkOptIn, removeSpaces},
 	{"podtracer.io/ring-buffer-bytes", "PODTRACER_RING_BUFFER_BYTES", "kernel-to-agent ring buffer, a power of two from 4096 to 1073741824 (raise it if the sidecar's log reports kernel events lost)", checkRingBuffer, nil},
 }
 
@@ -69,6 +70,30 @@ func checkProtocols(v string) error {
 }
 
 func cleanProtocols(v string) string { return strings.ToLower(removeSpaces(v)) }
+
+// optInAttributes are the agent's (exporter.OptInNames, which a test
+// compares).
+var optInAttributes = []string{"client.port", "http.request.body.size", "http.response.body.size", "url.scheme", "url.template", "user_agent.original"}
+
+// checkOptIn accepts a comma-separated list of the attributes the agent
+// knows that names at least one.
+func checkOptIn(v string) error {
+	named := false
+	for a := range strings.SplitSeq(v, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if !slices.Contains(optInAttributes, a) {
+			return fmt.Errorf("%s is not an opt-in attribute the agent knows; known: %s", quote(a), strings.Join(optInAttributes, ", "))
+		}
+		named = true
+	}
+	if !named {
+		return errors.New("names no attribute")
+	}
+	return nil
+}
 
 // checkRingBuffer accepts what the kernel takes as a ring buffer's size.
 func checkRingBuffer(v string) error {
