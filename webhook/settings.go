@@ -51,20 +51,25 @@ var protocols = []string{"http2", "http", "postgresql", "mysql", "redis", "kafka
 
 // checkProtocols accepts a comma-separated list of protocol names that
 // names at least one, as the agent does.
-func checkProtocols(v string) error {
+func checkProtocols(v string) error { return checkNames(strings.ToLower(v), protocols, "protocol") }
+
+// checkNames accepts a comma-separated list of names from known that
+// names at least one: an empty one is likelier a typo than a wish for
+// nothing.
+func checkNames(v string, known []string, what string) error {
 	named := false
-	for p := range strings.SplitSeq(v, ",") {
-		p = strings.ToLower(strings.TrimSpace(p))
-		if p == "" {
+	for name := range strings.SplitSeq(v, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
 			continue
 		}
-		if !slices.Contains(protocols, p) {
-			return fmt.Errorf("%s is not a protocol; known: %s", quote(p), strings.Join(protocols, ", "))
+		if !slices.Contains(known, name) {
+			return fmt.Errorf("%s is not a %s the agent knows; known: %s", quote(name), what, strings.Join(known, ", "))
 		}
 		named = true
 	}
 	if !named {
-		return errors.New("names no protocol")
+		return fmt.Errorf("names no %s", what)
 	}
 	return nil
 }
@@ -75,25 +80,9 @@ func cleanProtocols(v string) string { return strings.ToLower(removeSpaces(v)) }
 // compares).
 var optInAttributes = []string{"client.port", "http.request.body.size", "http.response.body.size", "url.scheme", "url.template", "user_agent.original"}
 
-// checkOptIn accepts a comma-separated list of the attributes the agent
-// knows that names at least one.
-func checkOptIn(v string) error {
-	named := false
-	for a := range strings.SplitSeq(v, ",") {
-		a = strings.TrimSpace(a)
-		if a == "" {
-			continue
-		}
-		if !slices.Contains(optInAttributes, a) {
-			return fmt.Errorf("%s is not an opt-in attribute the agent knows; known: %s", quote(a), strings.Join(optInAttributes, ", "))
-		}
-		named = true
-	}
-	if !named {
-		return errors.New("names no attribute")
-	}
-	return nil
-}
+// checkOptIn accepts a comma-separated list of the opt-in attributes the
+// agent knows that names at least one.
+func checkOptIn(v string) error { return checkNames(v, optInAttributes, "opt-in attribute") }
 
 // checkRingBuffer accepts what the kernel takes as a ring buffer's size.
 func checkRingBuffer(v string) error {
