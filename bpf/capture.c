@@ -1645,29 +1645,31 @@ static __always_inline bool lone_method_byte(struct event *e)
 static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir)
 {
 	__u8 f = st->fast;
-	// A byte held while the kernel owns an exchange (see below) waits
-	// through that exchange's response, which is the kernel's.
-	if ((f & FAST_BYTE) && (dir == DIR_INGRESS || !(f & FAST_OWN))) {
+	// A byte held waits for the next receive, the rest of its request:
+	// through the response of an exchange the kernel owns (see below),
+	// and through the sends of a response user space has, whose last one
+	// the client's next request can beat on loopback as well. Sent before
+	// such a send, the byte would put the rest of its request after a
+	// response, where it looks like a request of its own ("OST /").
+	if ((f & FAST_BYTE) && dir == DIR_INGRESS) {
 		// The rest of the request whose first byte is held, or anything
 		// else: either way the byte is decided now.
 		st->fast = f = f & ~FAST_BYTE;
 		if ((f & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
 			// More of the next request before the response of the one
-			// owned for a span (only a receive gets here): pipelined,
-			// as below. The owned request goes up first, then the byte.
+			// owned for a span: pipelined, as below. The owned request
+			// goes up first, then the byte.
 			st->fast = FAST_OFF;
 			return FAST_SEND_REQUEST_HELD;
 		}
 		if ((f & (FAST_OWN | FAST_RESP | FAST_SPAN | FAST_HANDOFF)) == (FAST_OWN | FAST_RESP))
 			st->fast = f = f & FAST_OFF; // the owned exchange is over
-		if (dir == DIR_INGRESS && !(f & (FAST_OWN | FAST_PENDING | FAST_OFF)) && fast_request(e, st, st->held, st->held_ns))
+		if (!(f & (FAST_OWN | FAST_PENDING | FAST_OFF)) && fast_request(e, st, st->held, st->held_ns))
 			return FAST_SKIP;
-		if (dir == DIR_INGRESS && (f & FAST_OWN))
+		if (f & FAST_OWN)
 			st->fast = f | FAST_HANDOFF | FAST_OFF; // pipelined, as below
-		else if (dir == DIR_INGRESS)
-			st->fast = f | FAST_PENDING;
 		else
-			st->fast = f & ~FAST_PENDING;
+			st->fast = f | FAST_PENDING;
 		return FAST_SEND_HELD;
 	}
 	if (dir == DIR_INGRESS) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -617,5 +618,53 @@ func TestKernelSpansEarlyByteChunked(t *testing.T) {
 		fmt.Sprintf("1 27 %q", earlyByteGet[1:]), fmt.Sprintf("1 %d %q", len(ok), ok), `2 0 ""`}
 	if got := eventLines(events.take(pid)); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("user space got %q, want %q", got, want)
+	}
+}
+
+// earlyByteSplitServer answers a request in two sends, and reads the next
+// request's first byte (a POST's) between them, as a Go server can on
+// loopback when the client's next request beats the last send's
+// tracepoint; then it reads the rest and closes.
+const earlyByteSplitServer = pythonListener + `
+import socket
+while True:
+    c, _ = s.accept()
+    c.recv(28, socket.MSG_WAITALL)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    c.recv(1)
+    c.sendall(b"ok")
+    c.recv(28, socket.MSG_WAITALL)
+    c.close()
+`
+
+// TestKernelSpansEarlyByteSplitResponse: a byte read between the sends of
+// a response user space has waits for the rest of its request, and goes
+// up with it, after the response: the request's head is hashed whole
+// ("POST /b", not "OST /b"), so the agent can register it.
+func TestKernelSpansEarlyByteSplitResponse(t *testing.T) {
+	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
+	events := readEventsOf(c, true)
+	pid, port := startPythonServer(t, earlyByteSplitServer)
+	conn, r := dial(t, port)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	const post = "POST /b HTTP/1.1\r\nHost: x\r\n\r\n"
+	io.WriteString(conn, earlyByteGet)
+	time.Sleep(50 * time.Millisecond) // read, and the response's first send gone
+	io.WriteString(conn, post[:1])    // read between the two sends
+	if resp, err := http.ReadResponse(r, nil); err != nil {
+		t.Fatal(err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+	}
+	io.WriteString(conn, post[1:])
+	time.Sleep(50 * time.Millisecond)
+	evs := events.take(pid)
+	want := []string{fmt.Sprintf("1 28 %q", earlyByteGet), `1 38 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"`, `1 2 "ok"`,
+		`1 1 "P"`, fmt.Sprintf("1 %d %q", len(post)-1, post[1:]), `2 0 ""`}
+	if got := eventLines(evs); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("user space got %q, want %q", got, want)
+	}
+	if evs[4].HeadHash != HeadHash([]byte(post)) {
+		t.Errorf("the request's head hashed as %x, want %x (its whole head's)", evs[4].HeadHash, HeadHash([]byte(post)))
 	}
 }
