@@ -1726,8 +1726,14 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		return FAST_SEND;
 	}
 	if (!(f & FAST_OWN)) {
-		if (f & FAST_PENDING)
-			st->fast = f & ~FAST_PENDING; // the response of what user space has
+		// The response of what user space has ends its request, but an
+		// interim one (100 Continue) does not: the body comes after it,
+		// and a first byte of it read alone is the body's, not held.
+		if (f & FAST_PENDING) {
+			__u16 status = response_status(e);
+			if (!status || status >= 200 || status == 101)
+				st->fast = f & ~FAST_PENDING;
+		}
 		return FAST_SEND;
 	}
 	if (f & FAST_SPAN) {

@@ -914,3 +914,44 @@ func needSpliceTracepoint(t *testing.T) {
 		testenv.Skip(t, "a splice into a socket passes sock_sendmsg's tracepoint from Linux 6.5")
 	}
 }
+
+// continueServer reads a request that expects 100 Continue, answers with
+// it, reads the one-byte body alone, then answers, and reads the next
+// request whole.
+const continueServer = pythonListener + `
+import socket
+while True:
+    c, _ = s.accept()
+    c.recv(len(b"POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"), socket.MSG_WAITALL)
+    c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    c.recv(1)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.recv(28, socket.MSG_WAITALL)
+    c.close()
+`
+
+// TestFastPathContinueBody: an interim response does not end the request
+// user space has, so its body's first byte, read alone after it ("P"), is
+// sent as the body it is, before the final response; held, it went up
+// after that response and made the next request "PGET".
+func TestFastPathContinueBody(t *testing.T) {
+	c := loadFast(t, Fast{})
+	events := readEvents(c)
+	pid, port := startPythonServer(t, continueServer)
+	conn, r := dial(t, port)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+	if line, err := r.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("%q, %v", line, err)
+	}
+	r.ReadString('\n')
+	io.WriteString(conn, "P")
+	if resp, err := http.ReadResponse(r, nil); err != nil {
+		t.Fatal(err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+	}
+	io.WriteString(conn, earlyByteGet)
+	time.Sleep(50 * time.Millisecond)
+	events.expectLines(t, pid, "POST /a HTTP/1.1", "HTTP/1.1 100 Continue", "P", "HTTP/1.1 200 OK", "GET /a HTTP/1.1")
+}
