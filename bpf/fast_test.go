@@ -153,14 +153,20 @@ func exchange(t *testing.T, conn net.Conn, r *bufio.Reader, raw string, n int) {
 	if _, err := io.WriteString(conn, raw); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < n; i++ {
-		var req *http.Request
-		if strings.HasPrefix(raw, "HEAD ") {
-			req = &http.Request{Method: "HEAD"}
-		}
+	var req *http.Request
+	if strings.HasPrefix(raw, "HEAD ") {
+		req = &http.Request{Method: "HEAD"}
+	}
+	readResponses(t, r, req, n)
+}
+
+// readResponses reads n responses to req (nil: to a GET) and their bodies.
+func readResponses(t *testing.T, r *bufio.Reader, req *http.Request, n int) {
+	t.Helper()
+	for i := range n {
 		resp, err := http.ReadResponse(r, req)
 		if err != nil {
-			t.Fatalf("response %d to %q: %v", i, raw, err)
+			t.Fatalf("response %d: %v", i, err)
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
@@ -394,13 +400,7 @@ func TestFastPathPipelined(t *testing.T) {
 		io.WriteString(conn, "GET "+first+" HTTP/1.1\r\nHost: x\r\n\r\n")
 		time.Sleep(50 * time.Millisecond) // read on its own
 		io.WriteString(conn, "GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
-		for range 2 {
-			resp, err := http.ReadResponse(r, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			io.Copy(io.Discard, resp.Body)
-		}
+		readResponses(t, r, nil, 2)
 		conn.Close()
 		var got []string
 		for _, ev := range events.take(pid) {
@@ -863,9 +863,7 @@ func TestFastPathEarlyByteCounted(t *testing.T) {
 	needSpliceTracepoint(t)
 	events, pid, conn, r := earlyByteConn(t, c, earlyByteSpliceServer)
 	exchange(t, conn, r, earlyByteGet, 1) // its first byte read before the spliced answer
-	if _, err := http.ReadResponse(r, nil); err != nil {
-		t.Fatal(err)
-	}
+	readResponses(t, r, nil, 1)
 	conn.Close()
 	expectEvents(t, events.take(pid), `40 ""`, `1 "G"`, `27 "ET /a HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`)
 }
@@ -886,11 +884,27 @@ func earlyByteConn(t *testing.T, c *Capture, server string) (*fastEvents, int, n
 	if _, err := c.AddRoute(uint32(pid), "GET", "/a", 1); err != nil {
 		t.Fatal(err)
 	}
+	conn, r := earlyByteDial(t, port)
+	return events, pid, conn, r
+}
+
+// earlyByteDial connects to port and sends a first request, read alone.
+// The connection has a deadline: a failure, not a hang.
+func earlyByteDial(t *testing.T, port int) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, r := dialDeadline(t, port)
+	io.WriteString(conn, earlyByteGet)
+	time.Sleep(50 * time.Millisecond)
+	return conn, r
+}
+
+// dialDeadline is dial, with a deadline on the connection: a test that
+// waits for the server fails rather than hangs.
+func dialDeadline(t *testing.T, port int) (net.Conn, *bufio.Reader) {
+	t.Helper()
 	conn, r := dial(t, port)
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, earlyByteGet)
-	time.Sleep(50 * time.Millisecond) // the first request read alone
-	return events, pid, conn, r
+	return conn, r
 }
 
 // expectEvents checks the lengths and captured bytes of events, as
@@ -938,19 +952,14 @@ func TestFastPathContinueBody(t *testing.T) {
 	c := loadFast(t, Fast{})
 	events := readEvents(c)
 	pid, port := startPythonServer(t, continueServer)
-	conn, r := dial(t, port)
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn, r := dialDeadline(t, port)
 	io.WriteString(conn, "POST /a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
 	if line, err := r.ReadString('\n'); err != nil || line != "HTTP/1.1 100 Continue\r\n" {
 		t.Fatalf("%q, %v", line, err)
 	}
 	r.ReadString('\n')
 	io.WriteString(conn, "P")
-	if resp, err := http.ReadResponse(r, nil); err != nil {
-		t.Fatal(err)
-	} else {
-		io.Copy(io.Discard, resp.Body)
-	}
+	readResponses(t, r, nil, 1)
 	io.WriteString(conn, earlyByteGet)
 	time.Sleep(50 * time.Millisecond)
 	events.expectLines(t, pid, "POST /a HTTP/1.1", "HTTP/1.1 100 Continue", "P", "HTTP/1.1 200 OK", "GET /a HTTP/1.1")

@@ -1,11 +1,9 @@
 package bpf
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -499,17 +497,6 @@ func earlyByteSpanServer(t *testing.T, c *Capture, server string) (events *fastE
 	return events, pid, port
 }
 
-// earlyByteDial connects to port and sends a first request, read alone.
-// The connection has a deadline: a failure, not a hang.
-func earlyByteDial(t *testing.T, port int) (net.Conn, *bufio.Reader) {
-	t.Helper()
-	conn, r := dial(t, port)
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, earlyByteGet)
-	time.Sleep(50 * time.Millisecond)
-	return conn, r
-}
-
 // eventLines shows events as "type len payload".
 func eventLines(events []Event) []string {
 	var lines []string
@@ -645,17 +632,10 @@ func TestKernelSpansEarlyByteSplitResponse(t *testing.T) {
 	c := loadFast(t, Fast{Spans: true, SampleRatio: 1})
 	events := readEventsOf(c, true)
 	pid, port := startPythonServer(t, earlyByteSplitServer)
-	conn, r := dial(t, port)
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	const post = "POST /b HTTP/1.1\r\nHost: x\r\n\r\n"
-	io.WriteString(conn, earlyByteGet)
-	time.Sleep(50 * time.Millisecond) // read, and the response's first send gone
+	conn, r := earlyByteDial(t, port) // read, and the response's first send gone
 	io.WriteString(conn, post[:1])    // read between the two sends
-	if resp, err := http.ReadResponse(r, nil); err != nil {
-		t.Fatal(err)
-	} else {
-		io.Copy(io.Discard, resp.Body)
-	}
+	readResponses(t, r, nil, 1)
 	io.WriteString(conn, post[1:])
 	time.Sleep(50 * time.Millisecond)
 	evs := events.take(pid)

@@ -104,13 +104,19 @@ func TestKernelHistogramMatchesAgent(t *testing.T) {
 	}
 }
 
+// deltaServerDuration is the server duration histogram of a reader with
+// delta temporality, without exemplars.
+func deltaServerDuration() (*histograms, *histogram) {
+	hs := newHistograms(&histogramOptions{delta: true, exemplars: exemplarsAlwaysOff})
+	inst, _ := httpconv.NewServerRequestDuration(hs)
+	return hs, inst.Inst().(*histogram)
+}
+
 // A response that goes on after a collection moves its count out of a
 // bucket the agent no longer holds (delta temporality): the move is not
 // made, and the point stays whole, its buckets adding up to its count.
 func TestKernelMoveAcrossDeltaPeriods(t *testing.T) {
-	hs := newHistograms(&histogramOptions{delta: true, exemplars: exemplarsAlwaysOff})
-	inst, _ := httpconv.NewServerRequestDuration(hs)
-	h := inst.Inst().(*histogram)
+	hs, h := deltaServerDuration()
 	attrs := attribute.NewSet()
 	var cached *histPoint
 	var v0, v1, v2 bpf.HistValue
@@ -184,9 +190,7 @@ func (f *fakeKernel) route(key string) (uint32, bool) {
 // lengthened a response of an earlier period: the point's min is the
 // agent's, not the kernel series' of all time.
 func TestKernelDeltaStretchOnly(t *testing.T) {
-	hs := newHistograms(&histogramOptions{delta: true, exemplars: exemplarsAlwaysOff})
-	inst, _ := httpconv.NewServerRequestDuration(hs)
-	h := inst.Inst().(*histogram)
+	hs, h := deltaServerDuration()
 	attrs := attribute.NewSet()
 	var cached *histPoint
 	var v0, v1 bpf.HistValue

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"go.opentelemetry.io/otel/attribute"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
@@ -21,14 +22,21 @@ type OptIn struct {
 	ClientUserAgent bool // user_agent.original
 }
 
-// optInNames are the attributes ParseOptIn knows, in the order it lists them.
-var optInNames = []string{
-	string(semconv.ClientPortKey),
-	string(semconv.HTTPRequestBodySizeKey),
-	string(semconv.HTTPResponseBodySizeKey),
-	string(semconv.URLSchemeKey),
-	string(semconv.URLTemplateKey),
-	string(semconv.UserAgentOriginalKey),
+// optInAttr is an attribute ParseOptIn knows, with the field it sets.
+type optInAttr struct {
+	key   attribute.Key
+	field func(*OptIn) *bool
+}
+
+// optIns are the attributes ParseOptIn knows, in the order it lists
+// them.
+var optIns = []optInAttr{
+	{semconv.ClientPortKey, func(o *OptIn) *bool { return &o.ClientPort }},
+	{semconv.HTTPRequestBodySizeKey, func(o *OptIn) *bool { return &o.RequestBodySize }},
+	{semconv.HTTPResponseBodySizeKey, func(o *OptIn) *bool { return &o.ResponseBodySize }},
+	{semconv.URLSchemeKey, func(o *OptIn) *bool { return &o.ClientScheme }},
+	{semconv.URLTemplateKey, func(o *OptIn) *bool { return &o.ClientTemplate }},
+	{semconv.UserAgentOriginalKey, func(o *OptIn) *bool { return &o.ClientUserAgent }},
 }
 
 // ParseOptIn reads a comma-separated list of attribute names
@@ -36,27 +44,25 @@ var optInNames = []string{
 // the known ones.
 func ParseOptIn(list string) (OptIn, error) {
 	var o OptIn
-	for _, name := range strings.Split(list, ",") {
-		switch name = strings.TrimSpace(name); name {
-		case "":
-		case string(semconv.ClientPortKey):
-			o.ClientPort = true
-		case string(semconv.HTTPRequestBodySizeKey):
-			o.RequestBodySize = true
-		case string(semconv.HTTPResponseBodySizeKey):
-			o.ResponseBodySize = true
-		case string(semconv.URLSchemeKey):
-			o.ClientScheme = true
-		case string(semconv.URLTemplateKey):
-			o.ClientTemplate = true
-		case string(semconv.UserAgentOriginalKey):
-			o.ClientUserAgent = true
-		default:
-			return OptIn{}, fmt.Errorf("unknown attribute %q; known: %s", name, strings.Join(optInNames, ", "))
+	for name := range strings.SplitSeq(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
 		}
+		i := slices.IndexFunc(optIns, func(a optInAttr) bool { return string(a.key) == name })
+		if i < 0 {
+			return OptIn{}, fmt.Errorf("unknown attribute %q; known: %s", name, strings.Join(OptInNames(), ", "))
+		}
+		*optIns[i].field(&o) = true
 	}
 	return o, nil
 }
 
 // OptInNames lists the attributes ParseOptIn knows.
-func OptInNames() []string { return slices.Clone(optInNames) }
+func OptInNames() []string {
+	names := make([]string, len(optIns))
+	for i, a := range optIns {
+		names[i] = string(a.key)
+	}
+	return names
+}
