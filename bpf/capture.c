@@ -2624,8 +2624,10 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 		// taken up at its first segment that starts with frames.
 		st->h2d[(dir & 1) ^ 1].lost = 1;
 		// Neither HTTP/1 requests nor Redis commands on it: the fast path
-		// would hold a first byte, which the walk would then not see.
-		st->fast = FAST_OFF;
+		// would hold a first byte, which the walk would then not see. A
+		// byte held already (a tunnel whose accepted side sends the
+		// preface) stays held: the next receive sends it first.
+		st->fast = FAST_OFF | (st->fast & FAST_BYTE);
 		st->redis = REDIS_OFF;
 		start = H2_PREFACE;
 	}

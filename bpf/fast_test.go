@@ -740,6 +740,32 @@ while True:
 	events.expectLines(t, pid, "G")
 }
 
+// TestFastPathHeldByteHTTP2: a byte held on an accepted socket that then
+// sends an HTTP/2 client preface (a tunnel whose roles are reversed) is
+// not lost when the fast path turns off for HTTP/2: it goes up before the
+// rest of its direction's bytes.
+func TestFastPathHeldByteHTTP2(t *testing.T) {
+	c := loadFast(t, Fast{})
+	events := readEvents(c)
+	pid, port := startPythonServer(t, pythonListener+`
+import socket
+while True:
+    c, _ = s.accept()
+    c.recv(1)
+    c.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    c.recv(27, socket.MSG_WAITALL)
+    c.close()
+`)
+	conn, r := dialDeadline(t, port)
+	io.WriteString(conn, "G")
+	if _, err := io.ReadFull(r, make([]byte, 24)); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(conn, "ET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+	r.ReadByte() // the close
+	events.expectLines(t, pid, "PRI * HTTP/2.0", "G", "ET /a HTTP/1.1")
+}
+
 // TestVerifierHeadroom: the socket programs, with the fast path, the
 // kernel's spans, the Redis drop and the HTTP/2 frame walk on, stay well
 // inside the verifier's budget of a million instructions processed. Near
