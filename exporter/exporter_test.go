@@ -227,6 +227,27 @@ func TestOptInAttributes(t *testing.T) {
 	if c := find(rcv.WaitSpans(t, waitFor, spansNamed("POST /orders/{id}", 1)), "POST /orders/{id}")[0]; c.Attributes["url.template"] != nil {
 		t.Errorf("url.template on a client span although not asked for: %v", c.Attributes)
 	}
+	// The client's metric leaves them out too: the 200 with a route and
+	// the 404 without one are two series, told apart by status alone.
+	ps := rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		n := 0
+		for _, p := range ps {
+			if p.Name == "http.client.request.duration" && p.Count > 0 {
+				n++
+			}
+		}
+		return n >= 2
+	})
+	for _, p := range ps {
+		if p.Name != "http.client.request.duration" {
+			continue
+		}
+		for _, k := range []string{"url.scheme", "url.template"} {
+			if _, ok := p.Attributes[k]; ok {
+				t.Errorf("%s on the client metric although not asked for: %v", k, p.Attributes)
+			}
+		}
+	}
 }
 
 func TestClientSpan(t *testing.T) {
@@ -266,9 +287,10 @@ func TestClientSpan(t *testing.T) {
 }
 
 // A client's route is url.template, on its span and its metric: the
-// conventions give http.route to servers only.
+// conventions give http.route to servers only. Both are opt-in there, as
+// is url.scheme.
 func TestClientRouteIsURLTemplate(t *testing.T) {
-	e, rcv, _ := startOTLP(t, Config{OptIn: OptIn{ClientTemplate: true}})
+	e, rcv, _ := startOTLP(t, Config{OptIn: OptIn{ClientTemplate: true, ClientScheme: true}})
 	r := clientReq()
 	r.StatusCode, r.Path, r.Route = 200, "/orders/7", "/orders/{id}"
 	e.Export(r)
@@ -278,7 +300,8 @@ func TestClientRouteIsURLTemplate(t *testing.T) {
 	}
 	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
 		for _, p := range ps {
-			if p.Name == "http.client.request.duration" && p.Attributes["url.template"] == "/orders/{id}" && p.Attributes["http.route"] == nil {
+			if p.Name == "http.client.request.duration" && p.Attributes["url.template"] == "/orders/{id}" && p.Attributes["http.route"] == nil &&
+				p.Attributes["url.scheme"] == "http" {
 				return true
 			}
 		}
@@ -563,7 +586,6 @@ func TestMetrics(t *testing.T) {
 		"error.type":                "404",
 		"network.protocol.name":     "http",
 		"network.protocol.version":  "1.1",
-		"url.scheme":                "http",
 		"server.address":            "10.0.0.9",
 		"server.port":               int64(9000),
 	})

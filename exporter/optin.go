@@ -10,13 +10,15 @@ import (
 )
 
 // OptIn says which of the attributes that the semantic conventions make
-// Opt-In on HTTP spans a span carries. They are left out by default, as
-// the conventions ask; each would add a few dozen bytes to every span.
+// Opt-In on HTTP spans and metrics they carry. They are left out by
+// default, as the conventions ask; each would add a few dozen bytes to
+// every span (and the route, series to a client's metric).
 type OptIn struct {
 	ClientPort       bool // client.port on server spans
 	RequestBodySize  bool // http.request.body.size
 	ResponseBodySize bool // http.response.body.size
-	// On client spans only: a server span has them by default.
+	// On clients only (spans and http.client.request.duration): a server
+	// has them by default.
 	ClientScheme    bool // url.scheme
 	ClientTemplate  bool // url.template (the route; the span's name has it anyway)
 	ClientUserAgent bool // user_agent.original

@@ -458,7 +458,7 @@ func (s *process) newSeries(k seriesKey) series {
 		}
 	}
 	if s.mp != nil {
-		v.attrs, v.point = metricAttrs(k), new(*histPoint)
+		v.attrs, v.point = metricAttrs(k, &s.optIn), new(*histPoint)
 	}
 	s.seriesCache[k] = v
 	return v
@@ -474,13 +474,19 @@ func routeAttr(client bool) attribute.Key {
 	return semconv.HTTPRouteKey
 }
 
-func metricAttrs(k seriesKey) attribute.Set {
+// metricAttrs is the attribute set of k's metric points. On the client's
+// metric the conventions make the scheme and the route (url.template)
+// opt-in, as on its spans: the span's name keeps the route either way.
+func metricAttrs(k seriesKey, opt *OptIn) attribute.Set {
 	a := make([]attribute.KeyValue, 0, 9)
-	a = append(a, semconv.HTTPRequestMethodKey.String(k.method), schemeHTTP, protocolNameHTTP)
+	a = append(a, semconv.HTTPRequestMethodKey.String(k.method), protocolNameHTTP)
+	if !k.client || opt.ClientScheme {
+		a = append(a, schemeHTTP)
+	}
 	if k.status != 0 {
 		a = append(a, semconv.HTTPResponseStatusCode(k.status))
 	}
-	if k.route != "" {
+	if k.route != "" && (!k.client || opt.ClientTemplate) {
 		a = append(a, routeAttr(k.client).String(k.route))
 	}
 	if k.version != "" {

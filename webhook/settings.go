@@ -42,7 +42,7 @@ var Settings = []Setting{
 	{"podtracer.io/shutdown-wait", "PODTRACER_SHUTDOWN_WAIT", "after SIGTERM, how long at most the sidecar goes on tracing the draining pod, e.g. 10s (default: fitted to the pod's grace period)", checkDuration, nil},
 	{"podtracer.io/protocols", "PODTRACER_PROTOCOLS", "the protocols to parse, comma-separated, the others off: " + strings.Join(protocols, ", ") + " (default: all)", checkProtocols, cleanProtocols},
 	{"podtracer.io/query-text", "PODTRACER_QUERY_TEXT", "db.query.text: sanitized, full or off (all but full also take the quoted values out of database error messages)", oneOf("sanitized", "full", "off"), nil},
-	{"podtracer.io/opt-in-attributes", "PODTRACER_OPT_IN_ATTRIBUTES", "span attributes the semantic conventions make opt-in, comma-separated: " + strings.Join(optInAttributes, ", "), checkOptIn, removeSpaces},
+	{"podtracer.io/opt-in-attributes", "PODTRACER_OPT_IN_ATTRIBUTES", "attributes the semantic conventions make opt-in, comma-separated: " + strings.Join(optInAttributes, ", "), checkOptIn, removeSpaces},
 	{"podtracer.io/ring-buffer-bytes", "PODTRACER_RING_BUFFER_BYTES", "kernel-to-agent ring buffer, a power of two from 4096 to 1073741824 (raise it if the sidecar's log reports kernel events lost)", checkRingBuffer, nil},
 }
 

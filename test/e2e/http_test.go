@@ -242,7 +242,7 @@ func TestHTTP1(t *testing.T) {
 	t.Run("metrics", func(t *testing.T) {
 		points := rcv.WaitMetric(t, 10*time.Second, func(m []otlptest.MetricPoint) bool {
 			return histogram(m, "http.server.request.duration", "httpapp", "/users/{id}", 2) != nil &&
-				histogram(m, "http.client.request.duration", "curl", "/node/{id}", 1) != nil
+				clientHistogram(m, "curl", nodePort) != nil
 		})
 		p := histogram(points, "http.server.request.duration", "httpapp", "/users/{id}", 2)
 		if p == nil {
@@ -259,7 +259,26 @@ func TestHTTP1(t *testing.T) {
 				t.Errorf("metric %s has url.path: cardinality", m.Name)
 			}
 		}
+		// A client's route and scheme are opt-in on its metric.
+		c := clientHistogram(points, "curl", nodePort)
+		for _, k := range []string{"url.template", "url.scheme"} {
+			if _, ok := c.Attributes[k]; ok {
+				t.Errorf("client metric has %s, which is opt-in: %v", k, c.Attributes)
+			}
+		}
 	})
+}
+
+// clientHistogram is service's http.client.request.duration point for
+// requests to port.
+func clientHistogram(points []otlptest.MetricPoint, service string, port int) *otlptest.MetricPoint {
+	for i := range points {
+		p := &points[i]
+		if p.Name == "http.client.request.duration" && p.Resource["service.name"] == service && p.Attributes["server.port"] == int64(port) && p.Count > 0 {
+			return p
+		}
+	}
+	return nil
 }
 
 // TestNoNeighbours: an agent alone in its PID namespace (a pod without
@@ -464,15 +483,12 @@ func expectResource(t *testing.T, s *otlptest.Span, exe string) {
 	}
 }
 
+// histogram is a server metric's point for route, with at least minCount
+// requests.
 func histogram(points []otlptest.MetricPoint, name, service, route string, minCount uint64) *otlptest.MetricPoint {
 	for i := range points {
 		p := &points[i]
-		// A server's route is http.route, a client's url.template.
-		key := "http.route"
-		if strings.HasPrefix(name, "http.client.") {
-			key = "url.template"
-		}
-		if p.Name == name && p.Resource["service.name"] == service && p.Attributes[key] == route && p.Count >= minCount {
+		if p.Name == name && p.Resource["service.name"] == service && p.Attributes["http.route"] == route && p.Count >= minCount {
 			return p
 		}
 	}
