@@ -77,6 +77,11 @@ type options struct {
 	profile   bool
 	profRate  float64
 	env       []string // extra agent environment, KEY=value
+	// The baseline variant: another agent (a git revision or a binary),
+	// or the same one with other settings, measured in the same rounds.
+	baselineRev   string
+	baselineAgent string
+	baselineEnv   []string // its extra environment, after env
 	// traceparent: the HTTP clients send a sampled traceparent with every
 	// request, as an instrumented caller does.
 	traceparent bool
@@ -97,6 +102,7 @@ const (
 	variantSampled   = "sampled"
 	variantFloor     = "floor"
 	variantOTelHTTP  = "otelhttp"
+	variantBaseline  = "baseline"
 )
 
 // sampledEnv is what makes the sampled variant: the podtracer agent with
@@ -104,9 +110,15 @@ const (
 var sampledEnv = []string{"OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG=0.1"}
 
 // agentVariant tells whether variant runs something in the server's pod
-// beside it: the podtracer agent, or the floor program in its place.
+// beside it: the podtracer agent (or the baseline's), or the floor
+// program in its place.
 func agentVariant(variant string) bool {
-	return variant == variantPodtracer || variant == variantSampled || variant == variantFloor
+	return podtracerVariant(variant) || variant == variantFloor
+}
+
+// podtracerVariant tells whether variant runs a podtracer agent.
+func podtracerVariant(variant string) bool {
+	return variant == variantPodtracer || variant == variantSampled || variant == variantBaseline
 }
 
 // workload is a server the benchmark measures, and what drives it.
@@ -120,11 +132,11 @@ type workload struct {
 }
 
 var workloads = []workload{
-	{"go", workloadGo, []string{variantBare, variantFloor, variantPodtracer, variantSampled, variantOTelHTTP}, []string{"wrk"}, "wrk -t1 -c%d", "loadgen"},
-	{"nginx", workloadNginx, []string{variantBare, variantFloor, variantPodtracer, variantSampled}, []string{"wrk", "nginx"}, "wrk -t1 -c%d", "loadgen"},
-	{"redis", workloadRedis, []string{variantBare, variantFloor, variantPodtracer, variantSampled}, []string{"redis-server", "redis-benchmark"},
+	{"go", workloadGo, []string{variantBare, variantFloor, variantPodtracer, variantBaseline, variantSampled, variantOTelHTTP}, []string{"wrk"}, "wrk -t1 -c%d", "loadgen"},
+	{"nginx", workloadNginx, []string{variantBare, variantFloor, variantPodtracer, variantBaseline, variantSampled}, []string{"wrk", "nginx"}, "wrk -t1 -c%d", "loadgen"},
+	{"redis", workloadRedis, []string{variantBare, variantFloor, variantPodtracer, variantBaseline, variantSampled}, []string{"redis-server", "redis-benchmark"},
 		"redis-benchmark -t get -P 1 -c %d", "loadgen -proto resp"},
-	{"grpc", workloadGRPC, []string{variantBare, variantFloor, variantPodtracer, variantSampled}, nil, "ghz -c %[1]d --connections %[1]d", "ghz --rps"},
+	{"grpc", workloadGRPC, []string{variantBare, variantFloor, variantPodtracer, variantBaseline, variantSampled}, nil, "ghz -c %[1]d --connections %[1]d", "ghz --rps"},
 }
 
 // workloadNamed returns the workload whose table name is name.
@@ -160,6 +172,9 @@ func benchMain(args []string) error {
 	reportFrom := fs.String("report", "", "print the report of a run saved with -json, and run nothing")
 	fs.BoolVar(&o.traceparent, "traceparent", false, "HTTP requests carry a sampled traceparent, as from an instrumented caller (wrk: one value; loadgen: a new one per request)")
 	agentEnv := fs.String("agent-env", "", "extra agent environment, KEY=value,KEY=value (e.g. PODTRACER_CAPTURE_BYTES=256)")
+	fs.StringVar(&o.baselineRev, "baseline", "", "A/B: also run the baseline variant, the agent built from this git revision, in the same rounds (e.g. HEAD, against the working tree)")
+	fs.StringVar(&o.baselineAgent, "baseline-agent", "", "A/B: the baseline variant runs this podtracer binary")
+	baselineEnv := fs.String("baseline-env", "", "A/B: the baseline's extra environment, after -agent-env; alone, the baseline is the same agent with it")
 	fs.Parse(args)
 	for _, s := range strings.Split(*rates, ",") {
 		if s = strings.TrimSpace(s); s == "" {
@@ -194,15 +209,26 @@ func benchMain(args []string) error {
 	}
 	for _, v := range strings.Split(*variants, ",") {
 		switch v = strings.TrimSpace(v); v {
-		case variantBare, variantPodtracer, variantSampled, variantFloor, variantOTelHTTP:
+		case variantBare, variantPodtracer, variantBaseline, variantSampled, variantFloor, variantOTelHTTP:
 			o.variants = append(o.variants, v)
 		case "":
 		default:
-			return fmt.Errorf("-variants: unknown %q (bare, podtracer, sampled, floor, otelhttp)", v)
+			return fmt.Errorf("-variants: unknown %q (bare, podtracer, baseline, sampled, floor, otelhttp)", v)
 		}
 	}
 	if *agentEnv != "" {
 		o.env = strings.Split(*agentEnv, ",")
+	}
+	if *baselineEnv != "" {
+		o.baselineEnv = strings.Split(*baselineEnv, ",")
+	}
+	switch ab := o.baselineRev != "" || o.baselineAgent != "" || o.baselineEnv != nil; {
+	case o.baselineRev != "" && o.baselineAgent != "":
+		return errors.New("-baseline and -baseline-agent: one baseline at a time")
+	case ab && !slices.Contains(o.variants, variantBaseline):
+		o.variants = append(o.variants, variantBaseline)
+	case !ab && slices.Contains(o.variants, variantBaseline):
+		return errors.New("-variants baseline: say what it is with -baseline, -baseline-agent or -baseline-env")
 	}
 	if *reportFrom != "" {
 		return reportFile(*reportFrom)
@@ -246,6 +272,7 @@ type harness struct {
 	dir      string // scratch folder, removed at the end
 	self     string // this binary
 	agent    string
+	baseline string // the baseline variant's agent
 	floor    string // the floor variant's compiled program
 	ghz      string // the gRPC load generator
 	www      string // nginx's document root
@@ -281,6 +308,24 @@ func newHarness(o options) (_ *harness, err error) {
 	if h.agent == "" {
 		if h.agent, err = buildAgent(o.repo, o.rev, h.dir); err != nil {
 			return nil, err
+		}
+	}
+	if slices.Contains(o.variants, variantBaseline) {
+		switch {
+		case o.baselineAgent != "":
+			h.baseline = o.baselineAgent
+		case o.baselineRev != "":
+			// Its own folder: the same binary name, so that the two are
+			// told apart by nothing but their code.
+			dir := filepath.Join(h.dir, "baseline")
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				return nil, err
+			}
+			if h.baseline, err = buildAgent(o.repo, o.baselineRev, dir); err != nil {
+				return nil, err
+			}
+		default:
+			h.baseline = h.agent
 		}
 	}
 	if slices.Contains(o.variants, variantFloor) {
@@ -573,10 +618,17 @@ func (h *harness) startInstance(w, variant string) (_ *instance, err error) {
 		if variant == variantFloor {
 			cmd = in.pod.command(h.self, "floor", h.floor)
 		} else {
-			cmd = in.pod.command(h.agent)
+			agent := h.agent
+			if variant == variantBaseline {
+				agent = h.baseline
+			}
+			cmd = in.pod.command(agent)
 			cmd.Env = append(append(os.Environ(), h.agentEnv()...), h.o.env...)
-			if variant == variantSampled {
+			switch variant {
+			case variantSampled:
 				cmd.Env = append(cmd.Env, sampledEnv...)
+			case variantBaseline:
+				cmd.Env = append(cmd.Env, h.o.baselineEnv...)
 			}
 		}
 		if in.agent, err = start(variant, cmd, true); err != nil {

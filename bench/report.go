@@ -19,6 +19,7 @@ type machine struct {
 	Cores                     int
 	Go, Nginx, Wrk, Commit    string
 	Redis, Ghz                string `json:",omitempty"`
+	Baseline                  string `json:",omitempty"` // what the baseline variant ran
 	Date                      string
 }
 
@@ -80,6 +81,22 @@ func describeMachine(o options) (machine, error) {
 			if out, err := exec.Command("git", "-C", o.repo, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(out) > 0 {
 				m.Commit += " + working tree changes"
 			}
+		}
+	}
+	if slices.Contains(o.variants, variantBaseline) {
+		switch {
+		case o.baselineAgent != "":
+			m.Baseline = o.baselineAgent
+		case o.baselineRev != "":
+			m.Baseline = o.baselineRev
+			if out, err := exec.Command("git", "-C", o.repo, "rev-parse", "--short", o.baselineRev).Output(); err == nil {
+				m.Baseline = strings.TrimSpace(string(out))
+			}
+		default:
+			m.Baseline = "the same agent"
+		}
+		if len(o.baselineEnv) > 0 {
+			m.Baseline += " with " + strings.Join(o.baselineEnv, ",")
 		}
 	}
 	return m, nil
@@ -174,14 +191,20 @@ func (t *table) values(w, ph, v string, f func(*result) float64) []float64 {
 
 // paired returns g(result, bare result of the same round) for one cell.
 func (t *table) paired(w, ph, v string, g func(r, bare *result) float64) []float64 {
-	bare := map[int]*result{}
-	for _, r := range t.by[key(w, ph, variantBare)] {
-		bare[r.Round] = r
+	return t.pairedWith(w, ph, v, variantBare, g)
+}
+
+// pairedWith returns g(result, the other variant's result of the same
+// round) for one cell.
+func (t *table) pairedWith(w, ph, v, other string, g func(r, o *result) float64) []float64 {
+	others := map[int]*result{}
+	for _, r := range t.by[key(w, ph, other)] {
+		others[r.Round] = r
 	}
 	var xs []float64
 	for _, r := range t.by[key(w, ph, v)] {
-		if b := bare[r.Round]; b != nil {
-			xs = append(xs, g(r, b))
+		if o := others[r.Round]; o != nil {
+			xs = append(xs, g(r, o))
 		}
 	}
 	return xs
@@ -211,6 +234,9 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 	}
 	p("Measured %s on %s, %d cores, %s RAM, %s; Linux %s; %s; podtracer %s.\n",
 		m.Date, m.CPU, m.Cores, m.Memory, m.Virt, m.Kernel, tools, m.Commit)
+	if m.Baseline != "" {
+		p("Baseline (A/B): %s.\n", m.Baseline)
+	}
 	traced := ""
 	if o.traceparent {
 		traced = "; every HTTP request with a sampled traceparent (-traceparent)"
@@ -320,7 +346,7 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 	mb := func(kb uint64) float64 { return float64(kb) / 1024 }
 	for _, w := range o.workloads {
 		for _, ph := range phases {
-			for _, variant := range []string{variantPodtracer, variantSampled} {
+			for _, variant := range []string{variantPodtracer, variantBaseline, variantSampled} {
 				rs := t.by[key(w, ph.name, variant)]
 				if len(rs) == 0 {
 					continue
@@ -348,8 +374,9 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 		}
 	}
 	p("\nLoss columns are totals over the rounds; kernel lost includes syscalls not followed because the in-flight map was full.\n")
+	reportBaseline(p, t, o, phases, m.Baseline)
 
-	if slices.Contains(o.workloads, workloadGo) {
+	if slices.ContainsFunc(phases, func(ph phase) bool { return t.has(workloadGo, ph.name, variantOTelHTTP) }) {
 		p("\n### otelhttp: spans delivered\n\n| load | server spans received / requests |\n|---|---|\n")
 		for _, ph := range phases {
 			var received, requests uint64
@@ -370,6 +397,49 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 	}
 	if len(errs) > 0 {
 		p("\nRequests that failed or were not answered in time (non-2xx, socket errors, unanswered): %s\n", strings.Join(errs, "; "))
+	}
+}
+
+// reportBaseline prints podtracer against the baseline, each round's
+// pair taken together: a change's effect, with the drift of the machine
+// between rounds left out.
+func reportBaseline(p func(string, ...any), t *table, o options, phases []phase, baseline string) {
+	var rows []string
+	for _, w := range o.workloads {
+		for _, ph := range phases {
+			if !t.has(w, ph.name, variantPodtracer) || !t.has(w, ph.name, variantBaseline) {
+				continue
+			}
+			diff := func(f func(*result) float64) string {
+				return summarize(t.pairedWith(w, ph.name, variantPodtracer, variantBaseline, func(r, b *result) float64 { return f(r) - f(b) })).signed(1)
+			}
+			// Throughput at saturation, latency at a fixed rate.
+			rate, p50, p99 := "", "", ""
+			if ph.rate == 0 {
+				rate = summarize(t.pairedWith(w, ph.name, variantPodtracer, variantBaseline, func(r, b *result) float64 { return r.Rate / b.Rate })).format(2)
+			} else {
+				p50 = diff(func(r *result) float64 { return r.P50 })
+				p99 = diff(func(r *result) float64 { return r.P99 })
+			}
+			mark := held(t, w, ph, variantPodtracer)
+			if mark == "" {
+				mark = held(t, w, ph, variantBaseline)
+			}
+			rows = append(rows, fmt.Sprintf("| %s | %s%s | %s | %s | %s | %s | %s | %s | %s |", w, ph.name, mark, rate, p50, p99,
+				diff(func(r *result) float64 { return perReq(r.AgentCPU, r) }),
+				diff(func(r *result) float64 { return perReq(r.ServerCPU, r) }),
+				diff(func(r *result) float64 { return perReq(r.ReceiverCPU, r) }),
+				diff(func(r *result) float64 { return float64(r.HWM) / 1024 })))
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	p("\n### podtracer against the baseline (%s), round by round\n\n", baseline)
+	p("Each figure is podtracer's minus the baseline's (throughput: over) in the same round; medians, with (min–max) over the rounds.\n\n")
+	p("| workload | load | throughput, ratio | p50 (µs) | p99 (µs) | agent CPU per request (µs) | server CPU per request (µs) | OTLP receiver per request (µs) | peak RSS (MB) |\n|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		p("%s\n", r)
 	}
 }
 
