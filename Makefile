@@ -12,10 +12,12 @@ build:
 demo:
 	examples/demo/run.sh
 
-# Every test: unit, fuzz seeds, and (as root) the eBPF end-to-end and
-# webhook tests. CI runs this with CI=true, where a skipped test fails.
+# Every test: unit, fuzz seeds, the bench harness's own, and (as root) the
+# eBPF end-to-end and webhook tests. CI runs this with CI=true, where a
+# skipped test fails.
 test: lint
 	$(GO) test -count=1 -timeout 30m ./...
+	cd bench && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 test-unit:
 	$(GO) test -short ./...

@@ -216,11 +216,12 @@ func benchMain(args []string) error {
 			return fmt.Errorf("-variants: unknown %q (bare, podtracer, baseline, sampled, floor, otelhttp)", v)
 		}
 	}
-	if *agentEnv != "" {
-		o.env = strings.Split(*agentEnv, ",")
+	var err error
+	if o.env, err = splitEnv(*agentEnv); err != nil {
+		return fmt.Errorf("-agent-env: %w", err)
 	}
-	if *baselineEnv != "" {
-		o.baselineEnv = strings.Split(*baselineEnv, ",")
+	if o.baselineEnv, err = splitEnv(*baselineEnv); err != nil {
+		return fmt.Errorf("-baseline-env: %w", err)
 	}
 	switch ab := o.baselineRev != "" || o.baselineAgent != "" || o.baselineEnv != nil; {
 	case o.baselineRev != "" && o.baselineAgent != "":
@@ -229,6 +230,9 @@ func benchMain(args []string) error {
 		o.variants = append(o.variants, variantBaseline)
 	case !ab && slices.Contains(o.variants, variantBaseline):
 		return errors.New("-variants baseline: say what it is with -baseline, -baseline-agent or -baseline-env")
+	}
+	if slices.Contains(o.variants, variantBaseline) && (o.profile || !slices.Contains(o.variants, variantPodtracer)) {
+		return errors.New("a baseline is measured against the podtracer variant: -variants needs podtracer, and -profile takes no baseline")
 	}
 	if *reportFrom != "" {
 		return reportFile(*reportFrom)
@@ -367,6 +371,27 @@ func newHarness(o options) (_ *harness, err error) {
 	return h, nil
 }
 
+// splitEnv splits a comma-separated list of KEY=value settings. A value
+// may hold commas itself (PODTRACER_OPT_IN_ATTRIBUTES=url.scheme,url.template,
+// OTEL_RESOURCE_ATTRIBUTES=a=1,b=2): a piece that does not start with a
+// variable's name (upper case, digits, _) and "=" belongs to the value
+// before it.
+func splitEnv(list string) ([]string, error) {
+	var env []string
+	for _, piece := range strings.Split(list, ",") {
+		name, _, ok := strings.Cut(piece, "=")
+		switch {
+		case ok && name != "" && strings.Trim(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_") == "":
+			env = append(env, piece)
+		case len(env) > 0:
+			env[len(env)-1] += "," + piece
+		case piece != "":
+			return nil, fmt.Errorf("%q is not KEY=value", piece)
+		}
+	}
+	return env, nil
+}
+
 // buildAgent builds podtracer from the working tree at repo, or from a git
 // revision of it exported into dir.
 func buildAgent(repo, rev, dir string) (string, error) {
@@ -416,6 +441,13 @@ func (h *harness) run(ctx context.Context) error {
 				if slices.Contains(h.o.variants, v) {
 					variants = append(variants, v)
 				}
+			}
+			// A/B: podtracer and the baseline swap places every other
+			// round, so that neither always runs right after the other
+			// (whatever one phase leaves behind, the receiver's garbage,
+			// maps being freed, lands on both alike).
+			if i, j := slices.Index(variants, variantPodtracer), slices.Index(variants, variantBaseline); i >= 0 && j >= 0 && round%2 == 1 {
+				variants[i], variants[j] = variants[j], variants[i]
 			}
 			for _, ph := range phases {
 				// Rotate the order each round, so that no variant always
