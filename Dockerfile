@@ -26,9 +26,13 @@ RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
 ARG TARGETOS=linux
 ARG TARGETARCH
+# The version spans and metrics carry (their instrumentation scope's):
+# docker build --build-arg VERSION=v1.2.0 . (the context has no .git for
+# Go to stamp one from).
+ARG VERSION=
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
 	CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-	go build -trimpath -ldflags="-s -w" -o /out/podtracer .
+	go build -trimpath -ldflags="-s -w -X github.com/podtracer/podtracer/exporter.version=${VERSION}" -o /out/podtracer .
 
 FROM scratch
 # Root CAs, for OTLP over TLS to a collector with a public certificate.

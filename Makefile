@@ -5,8 +5,11 @@ GO ?= go
 
 all: build
 
+# The version spans and metrics carry (their instrumentation scope's).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+
 build:
-	$(GO) build -o podtracer .
+	$(GO) build -ldflags "-X github.com/podtracer/podtracer/exporter.version=$(VERSION)" -o podtracer .
 
 # A sample app and curl in a pod-like PID namespace, the agent printing spans.
 demo:

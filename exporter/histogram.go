@@ -276,7 +276,7 @@ func (hs *histograms) Produce(context.Context) ([]metricdata.ScopeMetrics, error
 	all := slices.Clone(hs.all)
 	hs.mu.Unlock()
 	now := time.Now()
-	sm := metricdata.ScopeMetrics{Scope: instrumentation.Scope{Name: scopeName}}
+	sm := metricdata.ScopeMetrics{Scope: instrumentation.Scope{Name: scopeName, Version: scopeVersion}}
 	for _, h := range all {
 		if m, ok := h.collect(now); ok {
 			sm.Metrics = append(sm.Metrics, m)

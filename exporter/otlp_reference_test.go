@@ -9,7 +9,7 @@ import (
 )
 
 // scopePB is every span's instrumentation scope.
-var scopePB = &commonpb.InstrumentationScope{Name: scopeName}
+var scopePB = &commonpb.InstrumentationScope{Name: scopeName, Version: scopeVersion}
 
 // pbBatch is the reference for traceCodec: it builds the OTLP messages of
 // one batch of records as the SDK's OTLP exporter converts spans, which

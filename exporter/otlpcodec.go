@@ -134,7 +134,8 @@ const (
 	fScopeSpansScope = 1
 	fScopeSpansSpans = 2
 
-	fScopeName = 1
+	fScopeName    = 1
+	fScopeVersion = 2
 
 	fSpanTraceID      = 1
 	fSpanSpanID       = 2
@@ -173,7 +174,11 @@ const (
 )
 
 // scopeBytes is every span's instrumentation scope, encoded once.
-var scopeBytes = protowire.AppendString(protowire.AppendTag(nil, fScopeName, protowire.BytesType), scopeName)
+var scopeBytes = encodeScope(scopeVersion)
+
+func encodeScope(version string) []byte {
+	return appendString(appendString(nil, fScopeName, scopeName), fScopeVersion, version)
+}
 
 // spanEncoder writes a batch of records as one export request, in two
 // passes over the spans the worker encoded (spanRecord.wire): the first

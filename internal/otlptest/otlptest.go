@@ -54,8 +54,9 @@ type Span struct {
 // resource and scope. A cumulative metric arrives again at every export, so
 // the same series appears once per export, newest last.
 type MetricPoint struct {
-	Resource map[string]any
-	Scope    string
+	Resource     map[string]any
+	Scope        string
+	ScopeVersion string
 
 	Name        string
 	Unit        string
@@ -334,11 +335,12 @@ func (r *Receiver) exportMetrics(ctx context.Context, req *colmetricpb.ExportMet
 		for _, sm := range rm.GetScopeMetrics() {
 			for _, m := range sm.GetMetrics() {
 				base := MetricPoint{
-					Resource:    res,
-					Scope:       sm.GetScope().GetName(),
-					Name:        m.GetName(),
-					Unit:        m.GetUnit(),
-					Description: m.GetDescription(),
+					Resource:     res,
+					Scope:        sm.GetScope().GetName(),
+					ScopeVersion: sm.GetScope().GetVersion(),
+					Name:         m.GetName(),
+					Unit:         m.GetUnit(),
+					Description:  m.GetDescription(),
 				}
 				got = append(got, flattenMetric(base, m)...)
 			}
