@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 
 	"go.opentelemetry.io/otel/trace"
@@ -454,6 +455,14 @@ func (s *http1Stream) blindEnds(seg *segment) bool {
 
 // lastBytes returns up to n of the last bytes the segment transferred.
 // from is the rest of the segment from byte off on.
+// clone copies seg, whose bytes the next event reuses, to be fed later.
+func (seg *segment) clone() *segment {
+	c := *seg
+	c.data, c.tail, c.pieces = slices.Clone(seg.data), slices.Clone(seg.tail), slices.Clone(seg.pieces)
+	c.pieceAt, c.pieceOff = 0, 0
+	return &c
+}
+
 func (seg *segment) from(off int) *segment {
 	rest := &segment{total: seg.total - off, tail: seg.tail, enter: seg.enter, exit: seg.exit}
 	if off < len(seg.data) {

@@ -11,6 +11,10 @@ import (
 // maxPending bounds pipelined requests waiting for their responses.
 const maxPending = 64
 
+// maxEarlyH2 bounds the client's HTTP/2 segments kept for the 101 that
+// they came before (http1Conn.early).
+const maxEarlyH2 = 8
+
 // http1Conn pairs the requests and responses of an HTTP/1.x connection: a
 // stream parser for each direction, and the requests waiting for their
 // responses (pipelining answers them in order).
@@ -28,6 +32,13 @@ type http1Conn struct {
 	sawRequest bool
 	// next takes the connection over after an upgrade to h2c.
 	next protocolParser
+	// early is what the client sent in HTTP/2 before the server's 101
+	// reached the tracer. On loopback the client can read the 101 and send
+	// its preface before the send of the 101 is seen (the send's
+	// tracepoint runs after the bytes were delivered), so the server's
+	// read of the preface can come first. It waits for the 101, then goes
+	// to the HTTP/2 parser; read as HTTP/1.1, the preface was lost to it.
+	early []*segment
 }
 
 // detectHTTP1 recognises a request line or status line at the start of the
@@ -56,6 +67,12 @@ func detectHTTP1(routes, h2c bool, heads *heads, h2Lost *atomic.Uint64) detector
 }
 
 func (c *http1Conn) feed(dir bpf.Direction, seg *segment) {
+	if c.beforeUpgrade(dir, seg) {
+		if len(c.early) < maxEarlyH2 {
+			c.early = append(c.early, seg.clone())
+		} // else the HTTP/2 parser finds its place again later, or loses it
+		return
+	}
 	s := &c.out
 	if dir == bpf.Ingress {
 		s = &c.in
@@ -65,6 +82,22 @@ func (c *http1Conn) feed(dir bpf.Direction, seg *segment) {
 		// The 101 and the first HTTP/2 frames came in one write.
 		c.next.feed(dir, seg.from(s.upgradedAt))
 	}
+	if c.next != nil {
+		for _, e := range c.early {
+			c.next.feed(c.requestDir, e)
+		}
+		c.early = nil
+	}
+}
+
+// beforeUpgrade tells whether seg, moved in direction dir, is the client's
+// HTTP/2 before the 101 that switches to it (see early): the preface, or
+// what follows it, while a request that offers h2c waits for its answer.
+func (c *http1Conn) beforeUpgrade(dir bpf.Direction, seg *segment) bool {
+	if !c.h2c || c.next != nil || !c.sawRequest || dir != c.requestDir || len(c.pending) == 0 || !c.pending[len(c.pending)-1].h2c {
+		return false
+	}
+	return len(c.early) > 0 || isH2Preface(seg)
 }
 
 // successor is the parser that continues the connection after an upgrade
@@ -174,6 +207,9 @@ func (c *http1Conn) onComplete(m *message) {
 		c.next = next
 		return
 	}
+	// Not an upgrade: a preface sent before it (a broken client) is
+	// dropped, and HTTP/1.1 goes on.
+	c.early = nil
 	var route *lastRoute
 	if c.routes {
 		route = &c.route

@@ -690,6 +690,51 @@ func TestH2CUpgrade(t *testing.T) {
 	}
 }
 
+// TestH2CUpgradePrefaceFirst: on loopback the client reads the 101 and
+// sends its preface before the server's send of the 101 is seen (the send
+// tracepoint runs after the bytes were delivered), so the server's read of
+// the preface, and of the frames after it, can come first. They wait for
+// the 101; taken for HTTP/1.1, the preface was lost to the HTTP/2 parser,
+// which then lost its place, and stream 1 its span.
+func TestH2CUpgradePrefaceFirst(t *testing.T) {
+	cli, srv := newH2Peer(), newH2Peer()
+	h := newHarness(t, 4096)
+	h.send(1, in, "GET /upgrade/7 HTTP/1.1\r\nHost: shop:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n"+
+		"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+	h.send(1, in, h2Preface+h2Settings0)
+	h.send(1, in, h2frame(h2Settings, h2FlagAck, 0, nil))
+	h.send(1, out, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"+h2Settings0)
+	h.send(1, out, h2frame(h2Settings, h2FlagAck, 0, nil)+
+		h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200", "content-type", "text/plain")))
+	h.send(1, out, h2frame(h2Data, h2FlagEndStream, 1, []byte("hello")))
+	h.send(1, in, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 3,
+		cli.block(":method", "GET", ":scheme", "http", ":path", "/next", ":authority", "shop:8080")))
+	h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 3, srv.block(":status", "404")))
+	if len(h.got) != 2 {
+		t.Fatalf("got %d requests, want 2: %q", len(h.got), describeAll(h.got))
+	}
+	if r := h.got[0]; r.Role != RoleServer || r.ProtocolVersion != "2" || r.Path != "/upgrade/7" || r.StatusCode != 200 || r.ResponseSize != 5 {
+		t.Errorf("upgraded request = %+v", r)
+	}
+	if r := h.got[1]; r.ProtocolVersion != "2" || r.Path != "/next" || r.StatusCode != 404 {
+		t.Errorf("second request = %+v", r)
+	}
+}
+
+// A preface the server never switches to (it answers 200: a broken
+// client) is dropped with the exchange; HTTP/1.1 goes on.
+func TestH2CPrefaceDeclined(t *testing.T) {
+	h := newHarness(t, 4096)
+	h.send(1, in, "GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+	h.send(1, in, h2Preface+h2Settings0)
+	h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	h.send(1, in, "GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+	h.send(1, out, "HTTP/1.1 204 No Content\r\n\r\n")
+	if len(h.got) != 2 || h.got[0].Path != "/a" || h.got[0].StatusCode != 200 || h.got[1].Path != "/b" || h.got[1].StatusCode != 204 {
+		t.Fatalf("got %q, want /a 200 and /b 204", describeAll(h.got))
+	}
+}
+
 // An upgrade to anything else (WebSocket), or an h2c offer the server
 // declines, stays HTTP/1.1.
 func TestUpgradeNotH2C(t *testing.T) {
