@@ -286,7 +286,7 @@ func TestCloseWakesRead(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(3 * PollInterval) // Read is asleep between polls now
+	time.Sleep(3 * maxPoll) // Read is asleep between polls now
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -408,6 +408,9 @@ func TestCaptureVectors(t *testing.T) {
 // The wait between polls follows the rate the last poll found: an eighth
 // of the ring buffer per poll, within bounds.
 func TestNextPoll(t *testing.T) {
+	testPoll := maxPoll
+	maxPoll = PollInterval
+	defer func() { maxPoll = testPoll }()
 	t0 := time.Unix(1000, 0)
 	for _, c := range []struct {
 		elapsed time.Duration
@@ -420,6 +423,7 @@ func TestNextPoll(t *testing.T) {
 		{10 * time.Millisecond, 1 << 12, PollInterval},          // a quiet pod
 		{10 * time.Millisecond, 1 << 20, MinPollInterval},       // the whole ring in 10 ms
 		{40 * time.Millisecond, 1 << 17, 40 * time.Millisecond},
+		{10 * time.Millisecond, 1 << 13, 160 * time.Millisecond}, // 800 kB/s: 5k requests/s of small events
 	} {
 		cp := &Capture{ringBytes: 1 << 20, lastPoll: t0, found: c.found}
 		if got := cp.nextPoll(t0.Add(c.elapsed)); got != c.want {

@@ -90,7 +90,7 @@ func readEventsOf(c *Capture, closes bool) *fastEvents {
 // be running beside (go test runs packages at once), and this test's
 // capture, in the root PID namespace, sees their processes too.
 func (f *fastEvents) take(pid int) []Event {
-	time.Sleep(3 * PollInterval)
+	time.Sleep(3 * maxPoll)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var ev []Event
