@@ -6,7 +6,8 @@ GO ?= go
 all: build
 
 # The version spans and metrics carry (their instrumentation scope's).
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+# make build VERSION=v1.2.0 sets another.
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null)
 
 build:
 	$(GO) build -ldflags "-X github.com/podtracer/podtracer/exporter.version=$(VERSION)" -o podtracer .

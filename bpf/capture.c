@@ -202,7 +202,7 @@ struct conn {
 	__u64 file;
 	__u64 sock; // 0: not a TCP socket
 	__u8 role;
-	__u8 pad;
+	__u8 announced; // an event of it went up: its process is announced
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -623,16 +623,46 @@ static __always_inline struct event *new_event(struct conn *c, __u32 ns_tgid, __
 // on virtual machines) per event, more than all the rest of the program.
 // The reader polls every few milliseconds instead, and only a ring buffer
 // filling up faster than that wakes it.
-static __always_inline void submit(struct event *e)
+static __always_inline void submit_waking(struct event *e, bool wake)
 {
 	__u32 captured = bounded(e->captured + e->extra, 2 * MAX_CAPTURE - 1);
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+	if (wake || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(&events, e, EVENT_HEADER_SIZE + captured, flags))
 		count(STAT_LOST);
 	else
 		count(STAT_EVENTS);
+}
+
+static __always_inline void submit(struct event *e)
+{
+	submit_waking(e, false);
+}
+
+// announced holds the processes (tgids in the pod's namespace) whose
+// sockets have sent events. A process not in it yet wakes the agent with
+// its first event, rather than waiting for the next poll (up to
+// PollInterval, 200 ms, for a quiet pod): the agent then reads its /proc
+// entry (executable, command line, container) before a short-lived one,
+// a curl or a probe's script, has exited. Once per process; a new socket
+// looks it up once.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} announced SEC(".maps");
+
+// first_of_process tells whether tgid has not been announced, and
+// announces it.
+static __always_inline bool first_of_process(__u32 tgid)
+{
+	if (bpf_map_lookup_elem(&announced, &tgid))
+		return false;
+	__u8 one = 1;
+	bpf_map_update_elem(&announced, &tgid, &one, BPF_ANY);
+	return true;
 }
 
 static __always_inline void on_close(struct bpf_pidns_info *ns, __u32 tgid, __u32 fd)
@@ -802,7 +832,12 @@ int sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	e->dir = dir;
 	if (!copy_payload(e, c.nr == NR_SPLICE ? NR_COUNT_ONLY : c.nr, c.buf, c.iovcnt, ret))
 		return 0;
-	submit(e);
+	bool wake = false;
+	if (!conn->announced) {
+		conn->announced = 1;
+		wake = first_of_process(c.ns_tgid);
+	}
+	submit_waking(e, wake);
 	return 0;
 }
 
@@ -859,6 +894,7 @@ struct sock_state {
 	// The connection ended (TCP_CLOSE) while bytes were still to be read:
 	// its close event waits until they are (late_close).
 	__u8 close_late;
+	__u8 announced; // an event of it went up: its process is announced
 	// H2_ON: when (in ticks of 2^H2_TICK_SHIFT ns) a segment of the
 	// connection last went up, so that one of window updates and pings
 	// alone goes up at least every H2_LIVE ticks (h2_follow).
@@ -2866,7 +2902,12 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 			}
 		}
 	}
-	submit(e);
+	bool wake = false;
+	if (st && !st->announced) {
+		st->announced = 1;
+		wake = first_of_process(ns.tgid);
+	}
+	submit_waking(e, wake);
 	return 0;
 }
 

@@ -833,3 +833,69 @@ func TestLateClose(t *testing.T) {
 		t.Errorf("%d client connections seen, want 4", len(clients))
 	}
 }
+
+// TestNewProcessWakes: a process's first event wakes the reader at once,
+// rather than at its next poll, so that the agent reads the /proc entry of
+// a short-lived one (a curl, a probe's script) before it exits. (That its
+// later events wait for the poll is not checked: the capture, in the root
+// PID namespace, sees the machine's other processes, whose first events
+// wake the reader too.)
+func TestNewProcessWakes(t *testing.T) {
+	testenv.Privileged(t)
+	testPoll := maxPoll
+	maxPoll = time.Minute // no poll comes during the test
+	defer func() { maxPoll = testPoll }()
+	for _, hooks := range hookSets(t) {
+		t.Run(hooks, func(t *testing.T) { testNewProcessWakes(t, hooks) })
+	}
+}
+
+func testNewProcessWakes(t *testing.T, hooks string) {
+	c, err := Load(Config{CaptureBytes: 64, Hooks: hooks}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	events := make(chan Event, 64)
+	go func() {
+		var ev Event
+		for c.Read(&ev) == nil {
+			if ev.Type == EventData {
+				e := ev
+				e.Payload = bytes.Clone(ev.Payload)
+				events <- e
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // the reader waits for its next poll now
+
+	pid, port := startPythonServer(t, pythonListener+`
+while True:
+    c, _ = s.accept()
+    c.recv(64)
+    c.close()
+`)
+	send := func(what string) {
+		conn, _ := dial(t, port)
+		io.WriteString(conn, what)
+		conn.Close()
+	}
+	arrived := func(what string, within time.Duration) bool {
+		t.Helper()
+		deadline := time.After(within)
+		for {
+			select {
+			case ev := <-events:
+				if int(ev.PID) == pid && string(ev.Payload) == what {
+					return true
+				}
+			case <-deadline:
+				return false
+			}
+		}
+	}
+	send("first")
+	if !arrived("first", 5*time.Second) {
+		t.Fatal("the first event of a new process did not wake the reader")
+	}
+}

@@ -27,16 +27,16 @@ type captureCall struct {
 }
 
 type captureConn struct {
-	_      structs.HostLayout
-	File   uint64
-	Sock   uint64
-	Role   uint8
-	Pad    uint8
-	Family uint16
-	Lport  uint16
-	Rport  uint16
-	Laddr  [16]uint8
-	Raddr  [16]uint8
+	_         structs.HostLayout
+	File      uint64
+	Sock      uint64
+	Role      uint8
+	Announced uint8
+	Family    uint16
+	Lport     uint16
+	Rport     uint16
+	Laddr     [16]uint8
+	Raddr     [16]uint8
 }
 
 type captureConnKey struct {
@@ -172,7 +172,7 @@ type captureSockState struct {
 	Parent    [56]uint8
 	H2        uint8
 	CloseLate uint8
-	_         [1]byte
+	Announced uint8
 	H2Sent    uint16
 	_         [2]byte
 	H2d       [2]struct {
@@ -190,6 +190,7 @@ type captureSockState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	captureMapAnnounced         = "announced"
 	captureMapCalls             = "calls"
 	captureMapConns             = "conns"
 	captureMapEvents            = "events"
@@ -279,6 +280,7 @@ type captureProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureMapSpecs struct {
+	Announced  *ebpf.MapSpec `ebpf:"announced"`
 	Calls      *ebpf.MapSpec `ebpf:"calls"`
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
@@ -334,6 +336,7 @@ func (o *captureObjects) Close() error {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureMaps struct {
+	Announced  *ebpf.Map `ebpf:"announced"`
 	Calls      *ebpf.Map `ebpf:"calls"`
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Events     *ebpf.Map `ebpf:"events"`
@@ -351,6 +354,7 @@ type captureMaps struct {
 
 func (m *captureMaps) Close() error {
 	return _CaptureClose(
+		m.Announced,
 		m.Calls,
 		m.Conns,
 		m.Events,
