@@ -453,8 +453,6 @@ func (s *http1Stream) blindEnds(seg *segment) bool {
 	return bytes.HasSuffix(s.blindTail, lastChunk)
 }
 
-// lastBytes returns up to n of the last bytes the segment transferred.
-// from is the rest of the segment from byte off on.
 // clone copies seg, whose bytes the next event reuses, to be fed later.
 func (seg *segment) clone() *segment {
 	c := *seg
@@ -463,6 +461,8 @@ func (seg *segment) clone() *segment {
 	return &c
 }
 
+// lastBytes returns up to n of the last bytes the segment transferred.
+// from is the rest of the segment from byte off on.
 func (seg *segment) from(off int) *segment {
 	rest := &segment{total: seg.total - off, tail: seg.tail, enter: seg.enter, exit: seg.exit}
 	if off < len(seg.data) {

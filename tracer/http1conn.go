@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -12,8 +13,12 @@ import (
 const maxPending = 64
 
 // maxEarlyH2 bounds the client's HTTP/2 segments kept for the 101 that
-// they came before (http1Conn.early).
-const maxEarlyH2 = 8
+// they came before (http1Conn.early), and maxEarlyWait how long they wait
+// for it (by the kernel's clock).
+const (
+	maxEarlyH2   = 8
+	maxEarlyWait = uint64(time.Second)
+)
 
 // http1Conn pairs the requests and responses of an HTTP/1.x connection: a
 // stream parser for each direction, and the requests waiting for their
@@ -38,7 +43,8 @@ type http1Conn struct {
 	// tracepoint runs after the bytes were delivered), so the server's
 	// read of the preface can come first. It waits for the 101, then goes
 	// to the HTTP/2 parser; read as HTTP/1.1, the preface was lost to it.
-	early []*segment
+	early        []*segment
+	earlyDropped bool // more came than early keeps: the HTTP/2 parser has lost its place
 }
 
 // detectHTTP1 recognises a request line or status line at the start of the
@@ -70,7 +76,9 @@ func (c *http1Conn) feed(dir bpf.Direction, seg *segment) {
 	if c.beforeUpgrade(dir, seg) {
 		if len(c.early) < maxEarlyH2 {
 			c.early = append(c.early, seg.clone())
-		} // else the HTTP/2 parser finds its place again later, or loses it
+		} else {
+			c.earlyDropped = true
+		}
 		return
 	}
 	s := &c.out
@@ -82,11 +90,14 @@ func (c *http1Conn) feed(dir bpf.Direction, seg *segment) {
 		// The 101 and the first HTTP/2 frames came in one write.
 		c.next.feed(dir, seg.from(s.upgradedAt))
 	}
-	if c.next != nil {
+	if c.next != nil && len(c.early) > 0 {
 		for _, e := range c.early {
 			c.next.feed(c.requestDir, e)
 		}
-		c.early = nil
+		if h2, ok := c.next.(*http2Conn); ok && c.earlyDropped {
+			h2.dirs[c.requestDir].lose() // bytes are missing: it resyncs
+		}
+		c.early, c.earlyDropped = nil, false
 	}
 }
 
@@ -94,7 +105,16 @@ func (c *http1Conn) feed(dir bpf.Direction, seg *segment) {
 // HTTP/2 before the 101 that switches to it (see early): the preface, or
 // what follows it, while a request that offers h2c waits for its answer.
 func (c *http1Conn) beforeUpgrade(dir bpf.Direction, seg *segment) bool {
-	if !c.h2c || c.next != nil || !c.sawRequest || dir != c.requestDir || len(c.pending) == 0 || !c.pending[len(c.pending)-1].h2c {
+	if !c.h2c || c.next != nil || !c.sawRequest || dir != c.requestDir {
+		return false
+	}
+	if len(c.pending) == 0 || !c.pending[len(c.pending)-1].h2c {
+		c.early, c.earlyDropped = nil, false // the request they waited with is gone
+		return false
+	}
+	if len(c.early) > 0 && seg.enter > c.early[0].enter+maxEarlyWait {
+		// The 101 did not come (lost, or never sent): they are dropped.
+		c.early, c.earlyDropped = nil, false
 		return false
 	}
 	return len(c.early) > 0 || isH2Preface(seg)
@@ -110,6 +130,7 @@ func (c *http1Conn) closed(ts uint64) {
 	c.in.closed(ts)
 	c.out.closed(ts)
 	c.pending = nil
+	c.early = nil
 }
 
 func (c *http1Conn) onHead(dir bpf.Direction, m *message) {
@@ -207,9 +228,11 @@ func (c *http1Conn) onComplete(m *message) {
 		c.next = next
 		return
 	}
-	// Not an upgrade: a preface sent before it (a broken client) is
-	// dropped, and HTTP/1.1 goes on.
-	c.early = nil
+	if req.h2c {
+		// Not an upgrade: a preface sent before it (a broken client) is
+		// dropped, and HTTP/1.1 goes on.
+		c.early, c.earlyDropped = nil, false
+	}
 	var route *lastRoute
 	if c.routes {
 		route = &c.route

@@ -721,6 +721,52 @@ func TestH2CUpgradePrefaceFirst(t *testing.T) {
 	}
 }
 
+// More early segments than are kept: the HTTP/2 parser is told it lost
+// its place (counted), rather than reading the frames after the gap from
+// the wrong offsets; the upgraded request, answered on the server's side,
+// keeps its span.
+func TestH2CUpgradeEarlyOverflow(t *testing.T) {
+	srv := newH2Peer()
+	h := newHarness(t, 4096)
+	h.send(1, in, "GET /upgrade/7 HTTP/1.1\r\nHost: shop:8080\r\nConnection: Upgrade, HTTP2-Settings\r\n"+
+		"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+	h.send(1, in, h2Preface+h2Settings0)
+	for i := range maxEarlyH2 + 2 {
+		h.send(1, in, h2frame(h2Ping, 0, 0, []byte{0, 0, 0, 0, 0, 0, 0, byte(i)}))
+	}
+	h.send(1, out, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"+h2Settings0)
+	h.send(1, out, h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200"))+h2frame(h2Data, h2FlagEndStream, 1, []byte("hello")))
+	if len(h.got) != 1 || h.got[0].Path != "/upgrade/7" || h.got[0].StatusCode != 200 {
+		t.Fatalf("got %q, want the upgraded request's 200", describeAll(h.got))
+	}
+	if lost := h.tracer.Stats().HTTP2Lost; lost != 1 {
+		t.Errorf("%d places lost, want 1", lost)
+	}
+}
+
+// Early segments whose 101 never comes are dropped after a while, not
+// kept for the connection's life; what the client sends next is parsed
+// as it comes.
+func TestH2CUpgradeEarlyExpires(t *testing.T) {
+	h := newHarness(t, 4096)
+	h.send(1, in, "GET /a HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+	h.send(1, in, h2Preface+h2Settings0)
+	h.now += uint64(2 * time.Second)
+	var conn *http1Conn
+	for _, c := range h.tracer.conns {
+		if p, ok := c.parser.(*http1Conn); ok {
+			conn = p
+		}
+	}
+	if conn == nil || len(conn.early) != 1 {
+		t.Fatalf("the preface was not kept: %+v", conn)
+	}
+	h.send(1, in, h2frame(h2Ping, 0, 0, make([]byte, 8)))
+	if len(conn.early) != 0 {
+		t.Errorf("%d early segments kept after %v", len(conn.early), maxEarlyWait)
+	}
+}
+
 // A preface the server never switches to (it answers 200: a broken
 // client) is dropped with the exchange; HTTP/1.1 goes on.
 func TestH2CPrefaceDeclined(t *testing.T) {
