@@ -16,9 +16,16 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/internal/otlptest"
 	"github.com/podtracer/podtracer/internal/testenv"
 )
+
+// registerWait is how long a test waits for the agent to register with the
+// kernel what it has just seen: a quiet pod's events wait up to
+// bpf.PollInterval (200 ms) for the agent's next poll, and twice that
+// leaves room.
+const registerWait = 2 * bpf.PollInterval
 
 // TestKernelMetrics: with one span in four sampled, the kernel measures
 // the HTTP/1 GETs of paths already seen itself. The metrics still count
@@ -44,7 +51,7 @@ func TestKernelMetrics(t *testing.T) {
 	// kernel (the agent does that when it has seen the answer).
 	fetch(port, 1, "/users/7")
 	fetch(nginxPort, 1, "/big.html")
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(registerWait)
 	fetch(port, plain-1, "/users/7")
 	fetch(port, parented, "/users/7", "traceparent: "+traceparent)
 	fetch(port, plain, "/users/7")
@@ -276,7 +283,7 @@ func TestKernelRedisSpans(t *testing.T) {
 		}
 	}
 	commands(0, 2)
-	time.Sleep(300 * time.Millisecond) // the agent registers the shapes
+	time.Sleep(registerWait) // the agent registers the shapes
 	commands(2, rounds)
 	want := map[string]struct {
 		text   string
@@ -384,7 +391,7 @@ func postOrders(t *testing.T, pod *testPod, curl string, port, n int) {
 		run(t, pod.command(curl, args...))
 	}
 	post(1)
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(registerWait)
 	post(n - 1)
 }
 
@@ -445,7 +452,7 @@ func TestKernelSpans(t *testing.T) {
 	fetch(nginxPort, 2, "/big.html")
 	postOrders(t, pod, curl, port, 2)
 	fetchTraced(t, pod, curl, port, "/users/9", parents[:2])
-	time.Sleep(300 * time.Millisecond) // the agent registers the heads
+	time.Sleep(registerWait) // the agent registers the heads
 	fetch(port, users-2, "/users/7")
 	fetch(port, streams-2, "/stream?parts=3")
 	fetch(nginxPort, big-2, "/big.html")
