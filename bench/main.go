@@ -113,12 +113,7 @@ var sampledEnv = []string{"OTEL_TRACES_SAMPLER=parentbased_traceidratio", "OTEL_
 // beside it: the podtracer agent (or the baseline's), or the floor
 // program in its place.
 func agentVariant(variant string) bool {
-	return podtracerVariant(variant) || variant == variantFloor
-}
-
-// podtracerVariant tells whether variant runs a podtracer agent.
-func podtracerVariant(variant string) bool {
-	return variant == variantPodtracer || variant == variantSampled || variant == variantBaseline
+	return variant == variantPodtracer || variant == variantSampled || variant == variantBaseline || variant == variantFloor
 }
 
 // workload is a server the benchmark measures, and what drives it.

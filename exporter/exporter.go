@@ -88,8 +88,8 @@ type Config struct {
 	// CaptureQuery puts url.query (and the query in url.full) on spans. Off
 	// by default because query strings often carry tokens and other secrets.
 	CaptureQuery bool
-	// OptIn puts on spans the attributes the semantic conventions leave
-	// out unless a user asks for them ("Opt-In").
+	// OptIn puts on spans and metric points the attributes the semantic
+	// conventions leave out unless a user asks for them ("Opt-In").
 	OptIn OptIn
 	// CommandArgs puts process.command_args on each process's resource.
 	// Off by default: arguments often carry secrets, and the semantic
@@ -594,7 +594,7 @@ func (e *Exporter) offerSpans() {
 // record makes r's span record and metric point.
 func (e *Exporter) record(r *tracer.Request) {
 	validRequest(r)
-	e.process(r.Process).record(r, &e.cfg)
+	e.process(r.Process).record(r)
 	if k := e.kernel.Load(); k != nil && r.Protocol == tracer.ProtoHTTP {
 		k.register(r) // after record, which settled its route
 	}

@@ -55,7 +55,7 @@ type process struct {
 	server    *histogram
 	client    *histogram
 	other     *otherInstruments // gRPC, database and messaging histograms, made on first use
-	optIn     OptIn             // the exporter's: which opt-in attributes spans and metrics carry
+	cfg       *Config           // the exporter's: the query and opt-in attributes, for spans and metrics alike
 
 	// Span names and metric attribute sets, built once per distinct
 	// combination; bounded by maxSeries, after which the cache is reset.
@@ -110,7 +110,7 @@ func (e *Exporter) process(p *pod.Process) *process {
 }
 
 func (e *Exporter) newProcess(key procKey, p *pod.Process) *process {
-	s := &process{key: key, lastGen: e.gen, seriesCache: make(map[seriesKey]series), routes: make(map[routeKey]struct{}), optIn: e.cfg.OptIn}
+	s := &process{key: key, lastGen: e.gen, seriesCache: make(map[seriesKey]series), routes: make(map[routeKey]struct{}), cfg: &e.cfg}
 	s.res = e.processResource(p)
 
 	if len(e.sinks) > 0 {

@@ -134,7 +134,7 @@ func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 
 // record turns one request into a metric point and, when traces go
 // somewhere and the sampler keeps it, a span.
-func (s *process) record(r *tracer.Request, cfg *Config) {
+func (s *process) record(r *tracer.Request) {
 	if r.Protocol != "" && r.Protocol != tracer.ProtoHTTP {
 		s.recordOther(r)
 		return
@@ -148,7 +148,7 @@ func (s *process) record(r *tracer.Request, cfg *Config) {
 	}
 	ctx, rec := s.begin(r, kind, ser.name)
 	if rec != nil {
-		s.httpAttributes(rec, r, host, port, cfg)
+		s.httpAttributes(rec, r, host, port)
 		s.finish(rec)
 	}
 	if s.mp != nil {
@@ -223,7 +223,8 @@ func (s *process) finish(rec *spanRecord) {
 // OTLP wants the span and they are the last request's, their encoding is
 // copied from it, not written again (a fifth of the worker's time with
 // every span exported).
-func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string, port int, cfg *Config) {
+func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string, port int) {
+	cfg := s.cfg
 	a := s.spanAttrs(rec)
 	key := httpStable{role: r.Role, method: r.Method, path: r.Path, route: r.Route, status: r.StatusCode, host: host, port: port,
 		version: r.ProtocolVersion, userAgent: r.UserAgent}
@@ -458,7 +459,7 @@ func (s *process) newSeries(k seriesKey) series {
 		}
 	}
 	if s.mp != nil {
-		v.attrs, v.point = metricAttrs(k, &s.optIn), new(*histPoint)
+		v.attrs, v.point = metricAttrs(k, &s.cfg.OptIn), new(*histPoint)
 	}
 	s.seriesCache[k] = v
 	return v

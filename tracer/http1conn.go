@@ -108,16 +108,14 @@ func (c *http1Conn) beforeUpgrade(dir bpf.Direction, seg *segment) bool {
 	if !c.h2c || c.next != nil || !c.sawRequest || dir != c.requestDir {
 		return false
 	}
-	if len(c.pending) == 0 || !c.pending[len(c.pending)-1].h2c {
-		c.early, c.earlyDropped = nil, false // the request they waited with is gone
-		return false
-	}
-	if len(c.early) > 0 && seg.enter > c.early[0].enter+maxEarlyWait {
-		// The 101 did not come (lost, or never sent): they are dropped.
+	waiting := len(c.pending) > 0 && c.pending[len(c.pending)-1].h2c
+	if len(c.early) > 0 && (!waiting || seg.enter > c.early[0].enter+maxEarlyWait) {
+		// The request they waited with is gone, or its 101 did not come
+		// (lost, or never sent): they are dropped.
 		c.early, c.earlyDropped = nil, false
 		return false
 	}
-	return len(c.early) > 0 || isH2Preface(seg)
+	return waiting && (len(c.early) > 0 || isH2Preface(seg))
 }
 
 // successor is the parser that continues the connection after an upgrade
