@@ -293,9 +293,13 @@ func (k *httpStable) write(a spanAttrs, opt *OptIn) {
 	if !client || opt.ClientScheme {
 		a.str(semconv.URLSchemeKey, "http")
 	}
-	a.str(semconv.URLPathKey, k.path)
-	if k.query != "" {
-		a.str(semconv.URLQueryKey, k.query)
+	if !client {
+		// A client's path and query are in its url.full: the conventions
+		// give url.path and url.query to servers only.
+		a.str(semconv.URLPathKey, k.path)
+		if k.query != "" {
+			a.str(semconv.URLQueryKey, k.query)
+		}
 	}
 	if k.route != "" && (!client || opt.ClientTemplate) {
 		a.str(routeAttr(client), k.route)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,6 +172,11 @@ func TestHTTP1(t *testing.T) {
 			"server.port":               int64(goPort),
 			"url.full":                  fmt.Sprintf("http://127.0.0.1:%d/users/2", goPort),
 		})
+		for _, k := range []string{"url.path", "url.query"} {
+			if _, ok := s.Attributes[k]; ok {
+				t.Errorf("%s on a client span: the conventions give it to servers", k)
+			}
+		}
 		expectResource(t, s, "httpapp")
 		fail := mustFind(t, spans, trace.SpanKindClient, "/fail")
 		if fail.StatusCode != codes.Error {
@@ -229,7 +235,7 @@ func TestHTTP1(t *testing.T) {
 
 	t.Run("nothing from outside the pod", func(t *testing.T) {
 		for _, s := range spans {
-			path := fmt.Sprint(s.Attributes["url.path"])
+			path := urlPath(s)
 			if path == "/outside-only" || s.Attributes["server.port"] == int64(outsidePort) {
 				t.Errorf("span from outside the pod: %s %v", s.Name, s.Attributes)
 			}
@@ -409,6 +415,25 @@ func withKind(kind trace.SpanKind) spanFilter {
 	return func(s otlptest.Span) bool { return s.Kind == kind }
 }
 
+// withPath keeps HTTP spans of this path (urlPath).
+func withPath(path string) spanFilter {
+	return func(s otlptest.Span) bool { return urlPath(s) == path }
+}
+
+// urlPath is an HTTP span's path: a server's url.path, or the path in a
+// client's url.full (the conventions give clients no url.path).
+func urlPath(s otlptest.Span) string {
+	if path, ok := s.Attributes["url.path"].(string); ok {
+		return path
+	}
+	full, _ := s.Attributes["url.full"].(string)
+	u, err := url.Parse(full)
+	if err != nil {
+		return ""
+	}
+	return u.EscapedPath()
+}
+
 func withAttr(key string, value any) spanFilter {
 	return func(s otlptest.Span) bool { return s.Attributes[key] == value }
 }
@@ -444,14 +469,14 @@ func mustFirstSpan(t *testing.T, spans []otlptest.Span, what string, describe fu
 
 // find is the first HTTP span of this kind and path.
 func find(spans []otlptest.Span, kind trace.SpanKind, path string, filters ...spanFilter) *otlptest.Span {
-	return firstSpan(spans, append([]spanFilter{withKind(kind), withAttr("url.path", path)}, filters...)...)
+	return firstSpan(spans, append([]spanFilter{withKind(kind), withPath(path)}, filters...)...)
 }
 
 func mustFind(t *testing.T, spans []otlptest.Span, kind trace.SpanKind, path string, filters ...spanFilter) *otlptest.Span {
 	t.Helper()
 	return mustFirstSpan(t, spans, fmt.Sprintf("%v %s", kind, path),
-		func(s otlptest.Span) string { return fmt.Sprintf("%v %s %v", s.Kind, s.Name, s.Attributes["url.path"]) },
-		append([]spanFilter{withKind(kind), withAttr("url.path", path)}, filters...)...)
+		func(s otlptest.Span) string { return fmt.Sprintf("%v %s %v", s.Kind, s.Name, urlPath(s)) },
+		append([]spanFilter{withKind(kind), withPath(path)}, filters...)...)
 }
 
 func expect(t *testing.T, s *otlptest.Span, attrs map[string]any) {

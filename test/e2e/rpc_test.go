@@ -307,7 +307,7 @@ func expectRPC(t *testing.T, s *otlptest.Span, method string, code int64) {
 func count(spans []otlptest.Span, kind trace.SpanKind, path string) int {
 	n := 0
 	for _, s := range spans {
-		if s.Kind == kind && s.Attributes["url.path"] == path {
+		if s.Kind == kind && urlPath(s) == path {
 			n++
 		}
 	}
