@@ -81,6 +81,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		QueueSize:    cfg.QueueSize,
 		CaptureQuery: cfg.CaptureQuery,
 		OptIn:        cfg.optIn,
+		KnownMethods: cfg.knownMethods,
 		CommandArgs:  cfg.CommandArgs,
 		ServiceName:  cfg.ServiceName,
 		Metadata:     cfg.Metadata,

@@ -52,6 +52,7 @@ type config struct {
 	BatchSize           string `env:"OTEL_BSP_MAX_EXPORT_BATCH_SIZE" envDefault:"512" desc:"spans per export at most"`
 	BatchDelay          string `env:"OTEL_BSP_SCHEDULE_DELAY" envDefault:"5000" desc:"milliseconds a span may wait for a fuller batch"`
 	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take (0: no limit)"`
+	KnownMethods        string `env:"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS" desc:"the HTTP methods spans and metrics name, comma-separated and case-sensitive, instead of the conventions' CONNECT, DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, QUERY, TRACE (a full list, not additions: GET,POST,PROPFIND); other methods are _OTHER, with the method in http.request.method_original on spans"`
 	OTLPProtocol        string `env:"OTEL_EXPORTER_OTLP_PROTOCOL" envDefault:"grpc" desc:"grpc only (also OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and OTEL_EXPORTER_OTLP_METRICS_PROTOCOL): the agent exports OTLP over gRPC, and refuses http/protobuf rather than send it gRPC"`
 
 	OpenPorts      string        `env:"PODTRACER_OPEN_PORTS" desc:"trace only processes listening on these TCP ports, e.g. 8080,9000-9100; unset: every neighbour"`
@@ -82,6 +83,7 @@ type config struct {
 	executable      *regexp.Regexp
 	protocols       []string
 	optIn           exporter.OptIn
+	knownMethods    map[string]bool // nil: the conventions'
 	level           slog.Level
 	traces, metrics map[string]bool // the exporters named, of those the agent has
 	disabled        bool            // OTEL_SDK_DISABLED
@@ -312,6 +314,9 @@ func (c *config) validate() []error {
 	}
 	if c.optIn, err = exporter.ParseOptIn(c.OptIn); err != nil {
 		bad("PODTRACER_OPT_IN_ATTRIBUTES", c.OptIn, err.Error())
+	}
+	if c.knownMethods, err = exporter.ParseKnownMethods(c.KnownMethods); err != nil {
+		bad("OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS", c.KnownMethods, err.Error())
 	}
 	switch c.QueryText {
 	case tracer.QuerySanitized, tracer.QueryFull, tracer.QueryOff:

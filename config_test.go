@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"log/slog"
+	"maps"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -45,26 +46,27 @@ func TestConfigValid(t *testing.T) {
 // Every mistake is reported at once, each naming its variable.
 func TestConfigEveryMistakeAtOnce(t *testing.T) {
 	bad := map[string]string{
-		"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4317",
-		"OTEL_EXPORTER_OTLP_INSECURE": "yes please",
-		"OTEL_RESOURCE_ATTRIBUTES":    "novalue",
-		"OTEL_TRACES_SAMPLER":         "sometimes",
-		"OTEL_TRACES_SAMPLER_ARG":     "2",
-		"OTEL_METRIC_EXPORT_INTERVAL": "5s",
-		"OTEL_BSP_MAX_QUEUE_SIZE":     "0",
-		"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-		"PODTRACER_OPEN_PORTS":        "80,http",
-		"PODTRACER_EXECUTABLE_NAME":   "python(",
-		"PODTRACER_TRACE_PRINTER":     "xml",
-		"PODTRACER_CAPTURE_BYTES":     "lots",
-		"PODTRACER_RING_BUFFER_BYTES": "5000",
-		"PODTRACER_KERNEL_HOOKS":      "kprobes",
-		"PODTRACER_QUEUE_SIZE":        "-1",
-		"PODTRACER_CAPTURE_QUERY":     "maybe",
-		"PODTRACER_LOG_LEVEL":         "loud",
-		"PODTRACER_PROTOCOLS":         "http,smtp",
-		"PODTRACER_QUERY_TEXT":        "some",
-		"PODTRACER_OPT_IN_ATTRIBUTES": "client.port,http.request.size",
+		"OTEL_EXPORTER_OTLP_ENDPOINT":             "collector:4317",
+		"OTEL_EXPORTER_OTLP_INSECURE":             "yes please",
+		"OTEL_RESOURCE_ATTRIBUTES":                "novalue",
+		"OTEL_TRACES_SAMPLER":                     "sometimes",
+		"OTEL_TRACES_SAMPLER_ARG":                 "2",
+		"OTEL_METRIC_EXPORT_INTERVAL":             "5s",
+		"OTEL_BSP_MAX_QUEUE_SIZE":                 "0",
+		"OTEL_EXPORTER_OTLP_PROTOCOL":             "http/protobuf",
+		"PODTRACER_OPEN_PORTS":                    "80,http",
+		"PODTRACER_EXECUTABLE_NAME":               "python(",
+		"PODTRACER_TRACE_PRINTER":                 "xml",
+		"PODTRACER_CAPTURE_BYTES":                 "lots",
+		"PODTRACER_RING_BUFFER_BYTES":             "5000",
+		"PODTRACER_KERNEL_HOOKS":                  "kprobes",
+		"PODTRACER_QUEUE_SIZE":                    "-1",
+		"PODTRACER_CAPTURE_QUERY":                 "maybe",
+		"PODTRACER_LOG_LEVEL":                     "loud",
+		"PODTRACER_PROTOCOLS":                     "http,smtp",
+		"PODTRACER_QUERY_TEXT":                    "some",
+		"PODTRACER_OPT_IN_ATTRIBUTES":             "client.port,http.request.size",
+		"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS": "GET,PROP FIND",
 	}
 	var environ []string
 	for k, v := range bad {
@@ -80,7 +82,7 @@ func TestConfigEveryMistakeAtOnce(t *testing.T) {
 			t.Errorf("%s reported %d times in:\n%s", k, strings.Count(msg, k+"="), msg)
 		}
 	}
-	if !strings.HasPrefix(msg, "20 configuration error(s):") {
+	if !strings.HasPrefix(msg, "21 configuration error(s):") {
 		t.Errorf("message = %s", msg)
 	}
 }
@@ -170,13 +172,16 @@ func TestConfigMistakesFoundByReview(t *testing.T) {
 		{"PODTRACER_MAX_CONNECTIONS=20000000", "want 1 to 1048576"},
 		{"PODTRACER_SHUTDOWN_WAIT=soon", "a duration"},
 		{"PODTRACER_OPT_IN_ATTRIBUTES=client.port,network.transport", `unknown attribute "network.transport"; known: client.port, http.request.body.size, http.response.body.size, url.scheme, url.template, user_agent.original`},
+		{"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=GET;POST", `"GET;POST" is not an HTTP method`},
+		{"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=,", "names no method"},
 	} {
 		_, err := loadConfig([]string{c.env})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one saying %q", c.env, err, c.want)
 		}
 	}
-	for _, ok := range []string{"OTEL_EXPORTER_OTLP_HEADERS=api-key=abc,X-Scope-OrgID=shop", "PODTRACER_PROTOCOLS=http, redis", "PODTRACER_OPT_IN_ATTRIBUTES= http.response.body.size ,client.port"} {
+	for _, ok := range []string{"OTEL_EXPORTER_OTLP_HEADERS=api-key=abc,X-Scope-OrgID=shop", "PODTRACER_PROTOCOLS=http, redis", "PODTRACER_OPT_IN_ATTRIBUTES= http.response.body.size ,client.port",
+		"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=GET, POST,PROPFIND", "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS="} {
 		if _, err := loadConfig([]string{ok}); err != nil {
 			t.Errorf("%s: %v", ok, err)
 		}
@@ -274,5 +279,20 @@ func TestConfigInsecureHTTPS(t *testing.T) {
 	cfg, _ = loadConfig([]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=https://t.example:443", "OTEL_EXPORTER_OTLP_TRACES_INSECURE=true"})
 	if w := strings.Join(cfg.warnings, "\n"); !strings.Contains(w, "traces go to https://t.example:443") {
 		t.Errorf("the traces' own insecure setting: %q", w)
+	}
+}
+
+// OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS replaces the conventions' list
+// whole; unset keeps theirs (nil).
+func TestConfigKnownMethods(t *testing.T) {
+	cfg, err := loadConfig([]string{"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=GET, POST,PROPFIND"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]bool{"GET": true, "POST": true, "PROPFIND": true}; !maps.Equal(cfg.knownMethods, want) {
+		t.Errorf("known methods %v, want %v", cfg.knownMethods, want)
+	}
+	if cfg, _ = loadConfig(nil); cfg.knownMethods != nil {
+		t.Errorf("unset: %v, want nil (the conventions' list)", cfg.knownMethods)
 	}
 }

@@ -91,6 +91,10 @@ type Config struct {
 	// OptIn puts on spans and metric points the attributes the semantic
 	// conventions leave out unless a user asks for them ("Opt-In").
 	OptIn OptIn
+	// KnownMethods, when not nil, are the HTTP methods spans and metrics
+	// name instead of the conventions' (ParseKnownMethods); others are
+	// _OTHER.
+	KnownMethods map[string]bool
 	// CommandArgs puts process.command_args on each process's resource.
 	// Off by default: arguments often carry secrets, and the semantic
 	// conventions say not to collect them by default without sanitizing.

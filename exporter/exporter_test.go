@@ -330,7 +330,10 @@ func TestSpanRules(t *testing.T) {
 		{"no route names the span by method", func(r *tracer.Request) { r.Method = "DELETE"; r.Route = "" },
 			"DELETE", codes.Unset, nil, []string{"http.route"}},
 		{"unknown method", func(r *tracer.Request) { r.Method = "PURGE"; r.Route = "/d" },
-			"HTTP", codes.Unset, map[string]any{"http.request.method": "_OTHER", "http.request.method_original": "PURGE"}, nil},
+			// The conventions' name is "{method} {target}", "HTTP" for the method.
+			"HTTP /d", codes.Unset, map[string]any{"http.request.method": "_OTHER", "http.request.method_original": "PURGE"}, nil},
+		{"unknown method without a route", func(r *tracer.Request) { r.Method = "BREW"; r.Route = "" },
+			"HTTP", codes.Unset, map[string]any{"http.request.method": "_OTHER", "http.request.method_original": "BREW"}, nil},
 		{"query is not captured by default", func(r *tracer.Request) { r.Route = "/e" },
 			"GET /e", codes.Unset, nil, []string{"url.query"}},
 		{"host without port means 80", func(r *tracer.Request) { r.Route = "/f"; r.HostPort = 0 },
@@ -375,6 +378,35 @@ func TestSpanRules(t *testing.T) {
 			}
 		})
 	}
+}
+
+// OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS (Config.KnownMethods) replaces
+// the conventions' list of methods whole: a WebDAV server's PROPFIND is
+// named, and POST, not in the list, is _OTHER, on spans and metrics alike.
+func TestKnownMethodsOverride(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{KnownMethods: map[string]bool{"GET": true, "PROPFIND": true}})
+	dav := serverReq()
+	dav.Method, dav.Route, dav.StatusCode = "PROPFIND", "/dav", 207
+	e.Export(dav)
+	post := serverReq()
+	post.Method, post.Route = "POST", "/p"
+	e.Export(post)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(find(s, "PROPFIND /dav")) > 0 && len(find(s, "HTTP /p")) > 0 })
+	if s := find(spans, "PROPFIND /dav")[0]; s.Attributes["http.request.method"] != "PROPFIND" || s.Attributes["http.request.method_original"] != nil {
+		t.Errorf("PROPFIND span: %v", s.Attributes)
+	}
+	if s := find(spans, "HTTP /p")[0]; s.Attributes["http.request.method"] != "_OTHER" || s.Attributes["http.request.method_original"] != "POST" {
+		t.Errorf("POST span: %v", s.Attributes)
+	}
+	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		methods := map[any]bool{}
+		for _, p := range ps {
+			if p.Name == "http.server.request.duration" {
+				methods[p.Attributes["http.request.method"]] = true
+			}
+		}
+		return methods["PROPFIND"] && methods["_OTHER"] && !methods["POST"]
+	})
 }
 
 // exportEach exports a server request of each of procs, in turn.

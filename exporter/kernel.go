@@ -111,7 +111,7 @@ type kernelPath struct{ method, path string }
 // routeOf).
 func (k *kernelHTTP) register(r *tracer.Request) {
 	if r.Role != tracer.RoleServer || r.Process == nil || r.StatusCode < 200 || r.StatusCode >= 400 ||
-		!knownMethod(r.Method) || !bpf.FastMethod(r.Method) || (r.ProtocolVersion != "1.1" && r.ProtocolVersion != "1.0") ||
+		!k.e.cfg.knownMethod(r.Method) || !bpf.FastMethod(r.Method) || (r.ProtocolVersion != "1.1" && r.ProtocolVersion != "1.0") ||
 		len(r.Path) > bpf.MaxRoutePath || !strings.HasPrefix(r.Path, "/") {
 		return
 	}

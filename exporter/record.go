@@ -2,6 +2,8 @@ package exporter
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -9,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/podtracer/podtracer/tracer"
 )
@@ -41,15 +44,45 @@ func statusString(code int) string {
 	return strconv.Itoa(code)
 }
 
-// knownMethod reports whether m is one of the methods the HTTP semantic
-// conventions name; others are reported as _OTHER so that a scanner sending
-// random verbs cannot explode metric cardinality.
-func knownMethod(m string) bool {
+// knownMethod reports whether spans and metrics name m: one of the
+// methods the HTTP semantic conventions name, or of the user's list that
+// replaces theirs (KnownMethods). Others are reported as _OTHER so that a
+// scanner sending random verbs cannot explode metric cardinality.
+func (c *Config) knownMethod(m string) bool {
+	if c.KnownMethods != nil {
+		return c.KnownMethods[m]
+	}
 	switch m {
 	case "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE", "QUERY":
 		return true
 	}
 	return false
+}
+
+// ParseKnownMethods reads OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS: a
+// comma-separated list of case-sensitive methods that replaces the
+// conventions' (http-spans.md: "a full override of the default known
+// methods, not a list of known methods in addition to the defaults").
+// Unset or blank is nil: theirs.
+func ParseKnownMethods(list string) (map[string]bool, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	known := map[string]bool{}
+	for m := range strings.SplitSeq(list, ",") {
+		m = strings.TrimSpace(m)
+		if m == "" {
+			continue
+		}
+		if !httpguts.ValidHeaderFieldName(m) { // a method is a token, as a field name is
+			return nil, fmt.Errorf("%q is not an HTTP method (a token: letters, digits and !#$%%&'*+-.^_`|~)", m)
+		}
+		known[m] = true
+	}
+	if len(known) == 0 {
+		return nil, errors.New("names no method; unset it for the conventions' list")
+	}
+	return known, nil
 }
 
 // isError applies the HTTP semantic conventions: a server failed when it
@@ -239,10 +272,10 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 		rec.wire = append(rec.wire, s.lastHTTPWire...)
 	case a.wire && !a.kvs:
 		start := len(rec.wire)
-		key.write(a, &cfg.OptIn)
+		key.write(a, cfg)
 		s.lastHTTP, s.lastHTTPWire = key, append(s.lastHTTPWire[:0], rec.wire[start:]...)
 	default:
-		key.write(a, &cfg.OptIn)
+		key.write(a, cfg)
 	}
 
 	if r.Remote.IsValid() {
@@ -282,9 +315,10 @@ type httpStable struct {
 
 // write puts the attributes on a span. The conventions make a client
 // span's scheme, route and user agent opt-in.
-func (k *httpStable) write(a spanAttrs, opt *OptIn) {
+func (k *httpStable) write(a spanAttrs, cfg *Config) {
+	opt := &cfg.OptIn
 	client := k.role == tracer.RoleClient
-	if knownMethod(k.method) {
+	if cfg.knownMethod(k.method) {
 		a.str(semconv.HTTPRequestMethodKey, k.method)
 	} else {
 		a.str(semconv.HTTPRequestMethodKey, methodOtherName)
@@ -431,7 +465,7 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 		version: r.ProtocolVersion,
 		errType: httpErrorType(r.Role, r.StatusCode, r.ErrorCode),
 	}
-	if !knownMethod(k.method) {
+	if !s.cfg.knownMethod(k.method) {
 		k.method = methodOtherName
 	}
 	if k.client {
@@ -454,13 +488,13 @@ func (s *process) newSeries(k seriesKey) series {
 		clear(s.seriesCache)
 	}
 	// Span name per the HTTP conventions: "METHOD route", "METHOD" without a
-	// route, "HTTP" for an unknown method.
-	v := series{name: "HTTP"}
-	if k.method != methodOtherName {
-		v.name = k.method
-		if k.route != "" {
-			v.name = k.method + " " + k.route
-		}
+	// route, with "HTTP" for the method when it is unknown (_OTHER).
+	v := series{name: k.method}
+	if k.method == methodOtherName {
+		v.name = "HTTP"
+	}
+	if k.route != "" {
+		v.name += " " + k.route
 	}
 	if s.mp != nil {
 		v.attrs, v.point = metricAttrs(k, &s.cfg.OptIn), new(*histPoint)

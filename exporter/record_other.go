@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"strconv"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -156,7 +157,7 @@ func (s *process) describe(r *tracer.Request, host string, port int) *otherDesc 
 // recordOther turns a gRPC, database or Kafka exchange into a span and a
 // metric point.
 func (s *process) recordOther(r *tracer.Request) {
-	host, port := s.peerEndpoint(r)
+	host, port := s.otherEndpoint(r)
 	d := s.describe(r, host, port)
 	name, spanAttrs, failed, errType := d.name, d.span, d.failed, d.errType
 
@@ -223,6 +224,23 @@ func (s *process) recordOther(r *tracer.Request) {
 	h.recordCached(&d.point, *d.set, max(r.End.Sub(r.Start).Seconds(), 0), trace.SpanContextFromContext(ctx), r.End)
 }
 
+// otherEndpoint is server.address and server.port of a gRPC, database or
+// Kafka exchange. A gRPC call's :authority names the server the client
+// dialed (the conventions' "RPC server host name", as Host does for
+// HTTP): a Service's name rather than whichever of its pods' addresses
+// the connection went to. Without one, or for the other protocols, it is
+// the connection's end (peerEndpoint).
+func (s *process) otherEndpoint(r *tracer.Request) (string, int) {
+	host, port := s.peerEndpoint(r)
+	if r.Protocol == tracer.ProtoGRPC && r.Host != "" {
+		host = strings.TrimSuffix(strings.TrimPrefix(r.Host, "["), "]")
+		if r.HostPort != 0 {
+			port = r.HostPort
+		}
+	}
+	return host, port
+}
+
 // peerEndpoint is server.address and server.port: the remote end for a
 // client, the local end for a server.
 func (s *process) peerEndpoint(r *tracer.Request) (string, int) {
@@ -250,6 +268,9 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 			span = append(span, semconv.RPCMethodOriginal(full))
 		}
 		name = method
+		if method == rpcMethodOther {
+			name = "grpc" // rpc-spans.md: {rpc.system.name} when the method is _OTHER
+		}
 		metric = append(metric, semconv.RPCSystemNameGRPC, semconv.RPCMethod(method))
 		span = append(span, semconv.RPCSystemNameGRPC, semconv.RPCMethod(method), rpcSystemOld.String("grpc"), rpcServiceOld.String(r.RPCService))
 		if r.GRPCStatus >= 0 {

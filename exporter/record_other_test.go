@@ -100,6 +100,44 @@ func TestGRPCSpans(t *testing.T) {
 	})
 }
 
+// A gRPC call's server.address is the host its client dialed (the
+// :authority, "RPC server host name"), not the address of the pod its
+// connection reached; without an authority, the connection's end. Its
+// port is the authority's, or the connection's when the authority has
+// none.
+func TestGRPCServerAddressIsAuthority(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	for _, c := range []struct {
+		method, host string
+		hostPort     int
+	}{{"ByName", "orders.shop.svc", 50051}, {"NoPort", "orders", 0}, {"NoAuthority", "", 0}} {
+		r := otherReq(tracer.ProtoGRPC, tracer.RoleClient)
+		r.RPCService, r.RPCMethod, r.GRPCStatus = "shop.Orders", c.method, 0
+		r.Host, r.HostPort = c.host, c.hostPort
+		e.Export(r)
+	}
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 3 })
+	want := map[string][2]any{
+		"shop.Orders/ByName":      {"orders.shop.svc", int64(50051)},
+		"shop.Orders/NoPort":      {"orders", int64(5432)},
+		"shop.Orders/NoAuthority": {"10.0.0.9", int64(5432)},
+	}
+	for name, w := range want {
+		s := find(spans, name)
+		if len(s) != 1 || s[0].Attributes["server.address"] != w[0] || s[0].Attributes["server.port"] != w[1] {
+			t.Errorf("%s: %v, want server.address %v, server.port %v", name, s, w[0], w[1])
+		}
+	}
+	rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
+		for _, p := range m {
+			if p.Name == "rpc.client.call.duration" && p.Attributes["server.address"] == "orders.shop.svc" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // gRPC calls to methods the server does not have (it answers
 // UNIMPLEMENTED): the path is the caller's choice, so a scanner would make a
 // series per path. rpc.method is "_OTHER" then, the path stays on the span.
@@ -110,8 +148,10 @@ func TestGRPCUnknownMethod(t *testing.T) {
 		r.RPCService, r.RPCMethod, r.GRPCStatus = fmt.Sprintf("scan%d.Svc", i), "Probe", 12
 		e.Export(r)
 	}
-	spans := rcv.WaitSpans(t, waitFor, spansNamed("_OTHER", 20))
-	if s := find(spans, "_OTHER")[0]; s.Attributes["rpc.method"] != "_OTHER" || s.Attributes["rpc.method_original"] == nil {
+	// The span is named after the system when the method is _OTHER
+	// (rpc-spans.md, "Name").
+	spans := rcv.WaitSpans(t, waitFor, spansNamed("grpc", 20))
+	if s := find(spans, "grpc")[0]; s.Attributes["rpc.method"] != "_OTHER" || s.Attributes["rpc.method_original"] == nil {
 		t.Errorf("attrs %v", s.Attributes)
 	}
 	points := rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {

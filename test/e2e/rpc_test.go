@@ -79,7 +79,8 @@ func TestGRPC(t *testing.T) {
 	fmt.Fprintln(early.stdin, "chat 2")
 	early.waitOutput(t, "\n", 3, 10*time.Second)
 
-	js := pod.command(node, filepath.Join(fixtureDir(t, "grpcjs"), "client.js"), fmt.Sprintf("127.0.0.1:%d", grpcPort), "nodejs")
+	// By name: its calls' :authority is "localhost", their server.address.
+	js := pod.command(node, filepath.Join(fixtureDir(t, "grpcjs"), "client.js"), fmt.Sprintf("localhost:%d", grpcPort), "nodejs")
 	js.Env = append(os.Environ(), "NODE_PATH="+grpcJS)
 	if out := run(t, js); !strings.Contains(out, "list 3") {
 		t.Fatalf("node client: %s", out)
@@ -182,7 +183,7 @@ func TestGRPC(t *testing.T) {
 	t.Run("node grpc-js client", func(t *testing.T) {
 		s := mustFindRPC(t, spans, trace.SpanKindClient, "Say", withService("node"))
 		expectRPC(t, s, "Say", 0)
-		expect(t, s, map[string]any{"server.port": int64(grpcPort)})
+		expect(t, s, map[string]any{"server.address": "localhost", "server.port": int64(grpcPort), "network.peer.address": "127.0.0.1"})
 		mustFindRPC(t, spans, trace.SpanKindClient, "List", withService("node"))
 	})
 
