@@ -105,7 +105,8 @@ func (s *process) otherInstruments() *otherInstruments {
 // otherKey is what describeOther reads of a request.
 type otherKey struct {
 	protocol, rpcService, rpcMethod, msgOp, msgDest, clientID string
-	dbOp, dbCollection, dbNamespace, dbQuery, errorCode       string
+	dbSystem, dbOp, dbCollection, dbNamespace, dbQuery        string
+	errorCode                                                 string
 	role                                                      tracer.Role
 	grpcStatus, partition, port                               int
 	host                                                      string
@@ -113,7 +114,7 @@ type otherKey struct {
 
 func otherKeyOf(r *tracer.Request, host string, port int) otherKey {
 	return otherKey{protocol: r.Protocol, rpcService: r.RPCService, rpcMethod: r.RPCMethod, msgOp: r.MessagingOperation,
-		msgDest: r.MessagingDestination, clientID: r.ClientID, dbOp: r.DBOperation, dbCollection: r.DBCollection,
+		msgDest: r.MessagingDestination, clientID: r.ClientID, dbSystem: r.DBSystem, dbOp: r.DBOperation, dbCollection: r.DBCollection,
 		dbNamespace: r.DBNamespace, dbQuery: r.DBQuery, errorCode: r.ErrorCode, role: r.Role, grpcStatus: r.GRPCStatus,
 		partition: r.Partition, port: port, host: host}
 }
@@ -311,16 +312,19 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 			failed, errType = true, r.ErrorCode
 		}
 	default: // databases
-		system := semconv.DBSystemNameKey.String(r.Protocol)
+		system := r.Protocol
+		if r.DBSystem != "" {
+			system = r.DBSystem // MariaDB, in MySQL's protocol
+		}
 		switch {
 		case r.DBOperation != "" && r.DBCollection != "":
 			name = r.DBOperation + " " + r.DBCollection
 		case r.DBOperation != "":
 			name = r.DBOperation
 		default:
-			name = r.Protocol
+			name = system
 		}
-		base := []attribute.KeyValue{system}
+		base := []attribute.KeyValue{semconv.DBSystemNameKey.String(system)}
 		if r.DBOperation != "" {
 			base = append(base, semconv.DBOperationName(r.DBOperation))
 		}

@@ -71,6 +71,42 @@ func TestDatabaseSpan(t *testing.T) {
 	}
 }
 
+// A MySQL-protocol server that said it is MariaDB: db.system.name
+// "mariadb" on the span and the metric, and as the span's name without
+// an operation; the description of the same statement to a MySQL server
+// is not reused for it.
+func TestMariaDBSystem(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	my := otherReq(tracer.ProtoMySQL, tracer.RoleClient)
+	my.DBOperation = "SELECT"
+	e.Export(my)
+	maria := otherReq(tracer.ProtoMySQL, tracer.RoleClient)
+	maria.DBOperation, maria.DBSystem = "SELECT", "mariadb"
+	e.Export(maria)
+	bare := otherReq(tracer.ProtoMySQL, tracer.RoleClient)
+	bare.DBSystem = "mariadb"
+	e.Export(bare)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 3 })
+	systems := map[any]int{}
+	for _, s := range find(spans, "SELECT") {
+		systems[s.Attributes["db.system.name"]]++
+	}
+	if systems["mysql"] != 1 || systems["mariadb"] != 1 {
+		t.Errorf("db.system.name of the SELECTs: %v, want one mysql and one mariadb", systems)
+	}
+	if s := find(spans, "mariadb"); len(s) != 1 || s[0].Attributes["db.system.name"] != "mariadb" {
+		t.Errorf("span without an operation: %v", s)
+	}
+	rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
+		for _, p := range m {
+			if p.Name == "db.client.operation.duration" && p.Attributes["db.system.name"] == "mariadb" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func TestGRPCSpans(t *testing.T) {
 	e, rcv, _ := startOTLP(t, Config{})
 	srv := otherReq(tracer.ProtoGRPC, tracer.RoleServer)

@@ -98,6 +98,7 @@ type myConn struct {
 	srv    dbStream
 	phase  myPhase
 	caps   uint32 // capabilities both ends have, when the handshake was seen
+	system string // Request.DBSystem: "mariadb" when the greeting says so
 	done   bool
 	db     string
 
@@ -599,10 +600,19 @@ func (c *myConn) onServer(hdr, body []byte, cut bool) bool {
 	return true
 }
 
-// greeting reads the server's capabilities.
+// greeting reads the server's version and capabilities.
 func (c *myConn) greeting(b []byte) {
-	_, rest, ok := bytes.Cut(b[min(1, len(b)):], []byte{0}) // version
-	if !ok || len(rest) < 4+8+1+2 {
+	version, rest, ok := bytes.Cut(b[min(1, len(b)):], []byte{0})
+	if !ok {
+		return
+	}
+	// MariaDB speaks MySQL's protocol and names itself in its version
+	// ("5.5.5-10.11.6-MariaDB-0+deb12u1"); the conventions tell the two
+	// apart (db.system.name "mariadb").
+	if bytes.Contains(version, []byte("MariaDB")) {
+		c.system = "mariadb"
+	}
+	if len(rest) < 4+8+1+2 {
 		return
 	}
 	caps := uint32(binary.LittleEndian.Uint16(rest[13:]))
@@ -799,6 +809,7 @@ func (c *myConn) finish(p *myCmd, code, msg string, end uint64) {
 		return
 	}
 	r := newDBRequest(ProtoMySQL)
+	r.DBSystem = c.system
 	r.DBOperation, r.DBCollection, r.DBQuery = p.stmt.op, p.stmt.table, p.stmt.text
 	r.DBNamespace = c.db
 	r.ErrorCode, r.ErrorMessage = code, dbErrorText(msg, c.mode)

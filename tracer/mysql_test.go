@@ -6,35 +6,55 @@ import (
 	"time"
 )
 
+// The server of these captures is MariaDB (its greeting says so), and
+// db.system.name says it too.
 func TestMySQLGoDriver(t *testing.T) {
 	want := []string{
-		"mysql CREATE users @shop | CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(?) NOT NULL)",
-		"mysql INSERT users @shop | INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = VALUES(name)",
-		"mysql SELECT users @shop | SELECT name FROM users WHERE id = ?",
-		"mysql SELECT users @shop | SELECT id, name FROM users WHERE name = ? AND id IN (?)",
-		"mysql SELECT missing_table @shop | SELECT * FROM missing_table ! 1146 Table ? doesn't exist",
-		"mysql SELECT missing_table @shop | SELECT * FROM missing_table WHERE id = ? ! 1146 Table ? doesn't exist",
-		"mysql SELECT users @shop | SELECT name FROM users WHERE id = ?",
-		"mysql SELECT users @shop | SELECT name FROM users WHERE id = ?",
-		"mysql UPDATE users @shop | UPDATE users SET name = ? WHERE id = ?",
-		"mysql SELECT seq_1_to_5000 @shop | SELECT seq, REPEAT(?, ?) FROM seq_1_to_5000",
+		"mariadb CREATE users @shop | CREATE TABLE IF NOT EXISTS users (id INT PRIMARY KEY, name VARCHAR(?) NOT NULL)",
+		"mariadb INSERT users @shop | INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = VALUES(name)",
+		"mariadb SELECT users @shop | SELECT name FROM users WHERE id = ?",
+		"mariadb SELECT users @shop | SELECT id, name FROM users WHERE name = ? AND id IN (?)",
+		"mariadb SELECT missing_table @shop | SELECT * FROM missing_table ! 1146 Table ? doesn't exist",
+		"mariadb SELECT missing_table @shop | SELECT * FROM missing_table WHERE id = ? ! 1146 Table ? doesn't exist",
+		"mariadb SELECT users @shop | SELECT name FROM users WHERE id = ?",
+		"mariadb SELECT users @shop | SELECT name FROM users WHERE id = ?",
+		"mariadb UPDATE users @shop | UPDATE users SET name = ? WHERE id = ?",
+		"mariadb SELECT seq_1_to_5000 @shop | SELECT seq, REPEAT(?, ?) FROM seq_1_to_5000",
 	}
 	checkDBCapture(t, Config{}, "mysql-gosql.bin", want, nil)
 }
 
 func TestMySQLMariaDBClient(t *testing.T) {
 	want := []string{
-		"mysql SELECT users @shop | SELECT id, name FROM users WHERE id = ?",
-		"mysql INSERT users @shop | INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = ?",
-		"mysql SELECT nope @shop | SELECT * FROM nope ! 1146 Table ? doesn't exist",
-		"mysql PREPARE @shop | PREPARE q FROM ?",
-		"mysql SET @shop | SET @a = ?",
-		"mysql SELECT users @shop | EXECUTE q USING @a",
-		"mysql SELECT @shop | SELECT DATABASE()",
-		"mysql SELECT @mysql | SELECT ?, ?",
-		"mysql SELECT @mysql | SELECT ?",
+		"mariadb SELECT users @shop | SELECT id, name FROM users WHERE id = ?",
+		"mariadb INSERT users @shop | INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = ?",
+		"mariadb SELECT nope @shop | SELECT * FROM nope ! 1146 Table ? doesn't exist",
+		"mariadb PREPARE @shop | PREPARE q FROM ?",
+		"mariadb SET @shop | SET @a = ?",
+		"mariadb SELECT users @shop | EXECUTE q USING @a",
+		"mariadb SELECT @shop | SELECT DATABASE()",
+		"mariadb SELECT @mysql | SELECT ?, ?",
+		"mariadb SELECT @mysql | SELECT ?",
 	}
 	checkDBCapture(t, Config{}, "mysql-mariadb.bin", want, nil)
+}
+
+// A greeting's version tells MariaDB from MySQL, which speak the same
+// protocol.
+func TestMySQLGreetingSystem(t *testing.T) {
+	rest := "\x08\x00\x00\x00abcdefgh\x00\xff\xf7"
+	for version, want := range map[string]string{
+		"5.5.5-10.11.6-MariaDB-0+deb12u1": "mariadb",
+		"11.4.2-MariaDB":                  "mariadb",
+		"8.0.36":                          "",
+		"8.4.0-0ubuntu0.24.04.1":          "",
+	} {
+		c := &myConn{}
+		c.greeting([]byte("\x0a" + version + "\x00" + rest))
+		if c.system != want {
+			t.Errorf("%s: system %q, want %q", version, c.system, want)
+		}
+	}
 }
 
 func TestMySQLAuthError(t *testing.T) {

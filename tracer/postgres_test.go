@@ -109,7 +109,11 @@ func dbSummaries(rs []*Request) []string {
 
 // dbSummary is what the tests compare of a request.
 func dbSummary(r *Request) string {
-	s := r.Protocol + " " + r.DBOperation
+	system := r.Protocol
+	if r.DBSystem != "" {
+		system = r.DBSystem
+	}
+	s := system + " " + r.DBOperation
 	if r.DBCollection != "" {
 		s += " " + r.DBCollection
 	}

@@ -82,6 +82,9 @@ type Request struct {
 	DBCollection string // db.collection.name: the table, "" when unknown
 	DBNamespace  string // db.namespace: the database, "" when unknown
 	DBQuery      string // db.query.text, literals replaced by "?" unless the user enabled full text
+	// DBSystem is db.system.name where it is not Protocol: "mariadb" for
+	// a MySQL-protocol server whose greeting says it is MariaDB.
+	DBSystem string
 
 	// RPC (gRPC over HTTP/2).
 	RPCService string // rpc.service: "helloworld.Greeter"

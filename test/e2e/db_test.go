@@ -297,7 +297,8 @@ func TestPostgreSQL(t *testing.T) {
 }
 
 // TestMariaDB: a MariaDB server outside the pod; go-sql-driver/mysql
-// (dbclient) and the mariadb client in the pod.
+// (dbclient) and the mariadb client in the pod. Its greeting says MariaDB:
+// db.system.name is "mariadb", though the protocol is MySQL's.
 func TestMariaDB(t *testing.T) {
 	privileged(t)
 	mariadbd := testenv.LookPath(t, "mariadbd")
@@ -342,30 +343,30 @@ func TestMariaDB(t *testing.T) {
 	t.Run("go-sql-driver", func(t *testing.T) {
 		// Prepared, executed by statement id.
 		s := mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT users", withQuery("SELECT name FROM users WHERE id = ?"))
-		expectDB(t, s, "mysql", port, map[string]any{"db.operation.name": "SELECT", "db.collection.name": "users", "db.namespace": "shop"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.operation.name": "SELECT", "db.collection.name": "users", "db.namespace": "shop"})
 		expectResource(t, s, "dbclient")
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "INSERT users")
-		expectDB(t, s, "mysql", port, map[string]any{"db.query.text": "INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = VALUES(name)"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.query.text": "INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = VALUES(name)"})
 		// Text protocol, literals replaced.
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "UPDATE users")
-		expectDB(t, s, "mysql", port, map[string]any{"db.query.text": "UPDATE users SET name = ? WHERE id = ?"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.query.text": "UPDATE users SET name = ? WHERE id = ?"})
 		// The same error from COM_QUERY and from COM_STMT_PREPARE.
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT missing_table", withQuery("SELECT * FROM missing_table"))
-		expectDB(t, s, "mysql", port, map[string]any{"db.response.status_code": "1146"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.response.status_code": "1146"})
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT missing_table", withQuery("SELECT * FROM missing_table WHERE id = ?"))
-		expectDB(t, s, "mysql", port, map[string]any{"db.response.status_code": "1146"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.response.status_code": "1146"})
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT seq_1_to_5000")
-		expectDB(t, s, "mysql", port, map[string]any{"db.query.text": "SELECT seq, REPEAT(?, ?) FROM seq_1_to_5000"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.query.text": "SELECT seq, REPEAT(?, ?) FROM seq_1_to_5000"})
 	})
 
 	t.Run("mariadb client", func(t *testing.T) {
 		s := mustDBSpan(t, spans, trace.SpanKindClient, "mariadb", "SELECT nope")
-		expectDB(t, s, "mysql", port, map[string]any{"db.response.status_code": "1146", "db.query.text": "SELECT * FROM nope WHERE id = ?", "db.namespace": "shop"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.response.status_code": "1146", "db.query.text": "SELECT * FROM nope WHERE id = ?", "db.namespace": "shop"})
 		if !strings.Contains(s.StatusMessage, "doesn't exist") {
 			t.Errorf("status message %q", s.StatusMessage)
 		}
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "mariadb", "INSERT users")
-		expectDB(t, s, "mysql", port, map[string]any{"db.query.text": "INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = ?"})
+		expectDB(t, s, "mariadb", port, map[string]any{"db.query.text": "INSERT INTO users (id, name) VALUES (?, ?) ON DUPLICATE KEY UPDATE name = ?"})
 	})
 
 	t.Run("nothing from the server outside the pod", func(t *testing.T) {
@@ -377,7 +378,7 @@ func TestMariaDB(t *testing.T) {
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		expectDBMetric(t, rcv, "dbclient", "mysql", "SELECT")
+		expectDBMetric(t, rcv, "dbclient", "mariadb", "SELECT")
 	})
 }
 
