@@ -1172,3 +1172,36 @@ func TestShutdownSpansBesideHangingMetrics(t *testing.T) {
 		t.Error("the hanging metrics endpoint was never called: the test proves nothing")
 	}
 }
+
+// Signed URLs' signatures and credentials are redacted in a captured
+// query, as the conventions want by default (url.query, url.full): the
+// key stays, the value is REDACTED; matched case-sensitively.
+func TestQueryRedacted(t *testing.T) {
+	for q, want := range map[string]string{
+		"q=otel":               "q=otel",
+		"q=otel&sig=abc%2Fdef": "q=otel&sig=REDACTED",
+		"X-Amz-Credential=AKIA%2F20261207&X-Amz-Signature=f00d&X-Amz-Expires=60": "X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Expires=60",
+		"X-Amz-Security-Token=t&X-Goog-Signature=g":                              "X-Amz-Security-Token=REDACTED&X-Goog-Signature=REDACTED",
+		"Sig=abc&xsig=abc&sig": "Sig=abc&xsig=abc&sig",
+		"sig=":                 "sig=REDACTED",
+	} {
+		if got := redactQuery(q); got != want {
+			t.Errorf("redactQuery(%q) = %q, want %q", q, got, want)
+		}
+	}
+
+	e, rcv, _ := startOTLP(t, Config{CaptureQuery: true})
+	srv := serverReq()
+	srv.Route, srv.Query = "/blob", "name=a&sig=secret"
+	e.Export(srv)
+	cli := clientReq()
+	cli.Query = "X-Goog-Signature=secret&x=1"
+	e.Export(cli)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(find(s, "GET /blob")) > 0 && len(find(s, "POST")) > 0 })
+	if q := find(spans, "GET /blob")[0].Attributes["url.query"]; q != "name=a&sig=REDACTED" {
+		t.Errorf("server url.query %v", q)
+	}
+	if u := find(spans, "POST")[0].Attributes["url.full"]; u != "http://10.0.0.9:9000/orders?X-Goog-Signature=REDACTED&x=1" {
+		t.Errorf("client url.full %v", u)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -262,7 +263,7 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 	key := httpStable{role: r.Role, method: r.Method, path: r.Path, route: r.Route, status: r.StatusCode, host: host, port: port,
 		version: r.ProtocolVersion, userAgent: r.UserAgent}
 	if cfg.CaptureQuery {
-		key.query = r.Query
+		key.query = redactQuery(r.Query)
 	}
 	if r.Remote.IsValid() {
 		key.peer = addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr)
@@ -402,6 +403,37 @@ func (a spanAttrs) int(key attribute.Key, v int64) {
 	if a.wire {
 		a.rec.wire = appendIntAttr(a.rec.wire, key, v)
 	}
+}
+
+// sensitiveQueryKeys are the query parameters whose values the
+// conventions want redacted by default, in url.query and url.full alike
+// (v1.43, url.query): signed URLs' signatures and credentials. Matched
+// case-sensitively, as they say.
+var sensitiveQueryKeys = []string{"X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "sig", "X-Goog-Signature"}
+
+// redactQuery replaces the values of q's sensitive parameters with
+// "REDACTED", keeping their keys ("q=otel&sig=REDACTED"). A query without
+// them is returned as it is, without an allocation.
+func redactQuery(q string) string {
+	sensitive := func(param string) bool {
+		key, _, hasValue := strings.Cut(param, "=")
+		return hasValue && slices.Contains(sensitiveQueryKeys, key)
+	}
+	if !strings.Contains(q, "sig=") && !strings.Contains(q, "X-Amz-") && !strings.Contains(q, "X-Goog-Signature") {
+		return q
+	}
+	params := strings.Split(q, "&")
+	changed := false
+	for i, p := range params {
+		if sensitive(p) {
+			key, _, _ := strings.Cut(p, "=")
+			params[i], changed = key+"=REDACTED", true
+		}
+	}
+	if !changed {
+		return q
+	}
+	return strings.Join(params, "&")
 }
 
 // fullURL builds url.full for a client span. The port is left out when it
