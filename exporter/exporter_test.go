@@ -1205,3 +1205,28 @@ func TestQueryRedacted(t *testing.T) {
 		t.Errorf("client url.full %v", u)
 	}
 }
+
+// Behind a proxy, a server span's client.address is the client the proxy
+// named (Request.ClientAddress), network.peer.address the proxy; and
+// client.port, whose value behind a proxy is not known, is left off even
+// when asked for.
+func TestClientBehindProxy(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{OptIn: OptIn{ClientPort: true}})
+	r := serverReq()
+	r.Route, r.ClientAddress = "/proxied", "203.0.113.7"
+	e.Export(r)
+	direct := serverReq()
+	direct.Route = "/direct"
+	e.Export(direct)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool {
+		return len(find(s, "GET /proxied")) > 0 && len(find(s, "GET /direct")) > 0
+	})
+	p := find(spans, "GET /proxied")[0].Attributes
+	if p["client.address"] != "203.0.113.7" || p["network.peer.address"] != "10.0.0.1" || p["client.port"] != nil {
+		t.Errorf("behind a proxy: %v", p)
+	}
+	d := find(spans, "GET /direct")[0].Attributes
+	if d["client.address"] != "10.0.0.1" || d["client.port"] != int64(5555) {
+		t.Errorf("direct: %v", d)
+	}
+}

@@ -268,6 +268,9 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 	if r.Remote.IsValid() {
 		key.peer = addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr)
 	}
+	if r.Role != tracer.RoleClient {
+		key.client = r.ClientAddress
+	}
 	switch {
 	case a.wire && !a.kvs && s.lastHTTPWire != nil && key == s.lastHTTP:
 		rec.wire = append(rec.wire, s.lastHTTPWire...)
@@ -281,7 +284,9 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 
 	if r.Remote.IsValid() {
 		a.int(semconv.NetworkPeerPortKey, int64(r.Remote.Port()))
-		if cfg.OptIn.ClientPort && r.Role != tracer.RoleClient {
+		if cfg.OptIn.ClientPort && r.Role != tracer.RoleClient && r.ClientAddress == "" {
+			// The peer's port is the client's only without proxies: behind
+			// them it is the last proxy's, and the client's is not known.
 			a.int(semconv.ClientPortKey, int64(r.Remote.Port()))
 		}
 	}
@@ -311,6 +316,7 @@ type httpStable struct {
 	host                string
 	port                int
 	peer                string // the peer's address, "" when unknown
+	client              string // a server's client behind proxies (Request.ClientAddress), "" when none said
 	version, userAgent  string
 }
 
@@ -350,10 +356,16 @@ func (k *httpStable) write(a spanAttrs, cfg *Config) {
 	}
 	if k.peer != "" {
 		a.str(semconv.NetworkPeerAddressKey, k.peer)
-		if !client {
-			// Without proxy headers the client is the peer.
-			a.str(semconv.ClientAddressKey, k.peer)
-		}
+	}
+	switch {
+	case client:
+	case k.client != "":
+		// The original client, as the proxies in front said: the
+		// conventions' "behind all proxies, if known".
+		a.str(semconv.ClientAddressKey, k.client)
+	case k.peer != "":
+		// Without proxy headers the client is the peer.
+		a.str(semconv.ClientAddressKey, k.peer)
 	}
 	if client {
 		a.str(semconv.URLFullKey, fullURL(k.host, k.port, k.path, k.query, k.query != ""))

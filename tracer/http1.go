@@ -45,6 +45,7 @@ type message struct {
 	minor       byte // HTTP/1.<minor>
 	host        string
 	userAgent   string
+	clientAddr  string            // the original client, from Forwarded or X-Forwarded-For (forwardedClient)
 	parent      trace.SpanContext // from the traceparent header
 	contentLen  int64             // -1 when absent
 	chunked     bool
@@ -580,7 +581,8 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 		}
 		m.target = seen.target.of(target)
 	}
-	var state []byte // the tracestate header's value
+	var state []byte          // the tracestate header's value
+	var forwarded, xff []byte // the proxies' headers naming the client
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, []byte("\n"))
 		line = bytes.TrimRight(line, "\r")
@@ -609,7 +611,14 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 			m.userAgent = seen.userAgent.of(value)
 		case equalFold(name, "upgrade"):
 			m.h2c = hasToken(value, "h2c")
+		case equalFold(name, "forwarded"):
+			forwarded = value
+		case equalFold(name, "x-forwarded-for"):
+			xff = value
 		}
+	}
+	if m.request && (forwarded != nil || xff != nil) {
+		m.clientAddr = forwardedClient(forwarded, xff)
 	}
 	if state != nil && m.parent.IsValid() {
 		m.parent = m.parent.WithTraceState(seen.traceState.of(state))

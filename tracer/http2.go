@@ -267,7 +267,7 @@ func newHTTP2Upgraded(emit emitter, routes bool, clientDir bpf.Direction, req *m
 	c.onPreface(c.dirs[clientDir])
 	s := c.newStream(1)
 	s.req = h2Head{method: req.method, path: req.target, authority: req.host,
-		parent: req.parent, userAgent: req.userAgent, grpcStatus: -1}
+		parent: req.parent, userAgent: req.userAgent, clientAddr: req.clientAddr, grpcStatus: -1}
 	s.start = start
 	s.reqBytes = req.bodySize
 	s.reqEnded = true
@@ -700,6 +700,7 @@ func (d *h2Dir) endBlock(seg *segment) {
 // h2Head is what a header block says that matters here.
 type h2Head struct {
 	method, path, authority, contentType, userAgent string
+	clientAddr                                      string            // forwardedClient
 	parent                                          trace.SpanContext // from traceparent
 	status                                          int               // :status; 0 absent
 	grpcStatus                                      int               // -1 absent
@@ -711,6 +712,7 @@ type h2Head struct {
 func readH2Headers(fields []hfield, cut bool) h2Head {
 	h := h2Head{grpcStatus: -1, cut: cut}
 	state := ""
+	var forwarded, xff string
 	for _, f := range fields {
 		if f.unknown {
 			h.unknown = true
@@ -743,6 +745,10 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 			state = v
 		case "user-agent":
 			h.userAgent = v
+		case "forwarded":
+			forwarded = v
+		case "x-forwarded-for":
+			xff = v
 		case "grpc-status":
 			if n, err := strconv.Atoi(v); err == nil && n >= 0 && n < 1000 {
 				h.grpcStatus = n
@@ -755,6 +761,9 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 		if ts, err := trace.ParseTraceState(state); err == nil {
 			h.parent = h.parent.WithTraceState(ts)
 		}
+	}
+	if forwarded != "" || xff != "" {
+		h.clientAddr = forwardedClient([]byte(forwarded), []byte(xff))
 	}
 	return h
 }
@@ -909,6 +918,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 		ProtocolVersion: "2",
 		Method:          q.method,
 		UserAgent:       q.userAgent,
+		ClientAddress:   q.clientAddr,
 		Parent:          q.parent,
 		Truncated:       !q.complete(),
 		RequestSize:     s.reqBytes,

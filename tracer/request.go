@@ -62,8 +62,9 @@ type Request struct {
 	StatusCode      int    // 0 when no response was seen
 	ProtocolVersion string // "1.0", "1.1"
 	UserAgent       string
-	RequestSize     int64 // body bytes
-	ResponseSize    int64 // body bytes
+	ClientAddress   string // the original client behind proxies (Forwarded, X-Forwarded-For); "" when none said
+	RequestSize     int64  // body bytes
+	ResponseSize    int64  // body bytes
 
 	// Parent is the remote span context from an incoming (server) or
 	// outgoing (client) traceparent header; invalid when absent.

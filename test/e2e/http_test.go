@@ -101,6 +101,8 @@ func TestHTTP1(t *testing.T) {
 	goClient.waitOutput(t, "\n", 6, 10*time.Second)
 	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-H", "traceparent: "+traceparent, fmt.Sprintf("http://127.0.0.1:%d/index.html?token=secret", pyPort)))
 	run(t, pod.command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/node/42", nodePort)))
+	// As from behind an ingress: the client the proxies name.
+	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-H", "X-Forwarded-For: 203.0.113.7, 10.0.0.1", fmt.Sprintf("http://127.0.0.1:%d/node/proxied", nodePort)))
 	// Keep-alive: two requests on one connection.
 	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-o", "/dev/null",
 		fmt.Sprintf("http://127.0.0.1:%d/index.html", nginxPort), fmt.Sprintf("http://127.0.0.1:%d/missing", nginxPort)))
@@ -115,6 +117,7 @@ func TestHTTP1(t *testing.T) {
 			find(s, trace.SpanKindServer, "/missing") != nil &&
 			find(s, trace.SpanKindClient, "/missing") != nil &&
 			find(s, trace.SpanKindServer, "/node/42") != nil &&
+			find(s, trace.SpanKindServer, "/node/proxied") != nil &&
 			find(s, trace.SpanKindClient, "/node/42") != nil &&
 			find(s, trace.SpanKindServer, "/users/2") != nil
 	})
@@ -205,8 +208,10 @@ func TestHTTP1(t *testing.T) {
 
 	t.Run("node server and curl client", func(t *testing.T) {
 		s := mustFind(t, spans, trace.SpanKindServer, "/node/42")
-		expect(t, s, map[string]any{"http.response.status_code": int64(200), "server.port": int64(nodePort)})
+		expect(t, s, map[string]any{"http.response.status_code": int64(200), "server.port": int64(nodePort), "client.address": "127.0.0.1"})
 		expectResource(t, s, "node")
+		proxied := mustFind(t, spans, trace.SpanKindServer, "/node/proxied")
+		expect(t, proxied, map[string]any{"client.address": "203.0.113.7", "network.peer.address": "127.0.0.1"})
 		c := mustFind(t, spans, trace.SpanKindClient, "/node/42")
 		expectResource(t, c, "curl")
 		expect(t, c, map[string]any{"url.full": fmt.Sprintf("http://127.0.0.1:%d/node/42", nodePort), "server.port": int64(nodePort)})
