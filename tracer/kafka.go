@@ -809,8 +809,10 @@ func setKafkaError(r *Request, code int16, msg string) {
 	if r.ErrorCode != "" {
 		return
 	}
-	r.ErrorCode = strconv.Itoa(int(code))
-	r.ErrorMessage = kafkaErrorName(code)
+	// error.type is the error's name, as the conventions' Kafka examples
+	// have it (KAFKA_STORAGE_ERROR), not its number.
+	r.ErrorCode = kafkaErrorName(code)
+	r.ErrorMessage = r.ErrorCode
 	if msg != "" {
 		r.ErrorMessage += ": " + msg
 	}

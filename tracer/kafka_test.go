@@ -220,7 +220,7 @@ func TestKafkaProduce(t *testing.T) {
 	want := []string{
 		`client kafka send "payments" partition=2 client=app`,
 		`client kafka send "payments" client=app`,
-		`client kafka send "payments" partition=2 client=app error=3`,
+		`client kafka send "payments" partition=2 client=app error=UNKNOWN_TOPIC_OR_PARTITION`,
 		`client kafka send "" client=app`,
 	}
 	if !slices.Equal(got, want) {
@@ -269,7 +269,7 @@ func TestKafkaFetch(t *testing.T) {
 		`client kafka receive "clicks" partition=3 client=consumer`,
 		`client kafka receive "clicks" client=consumer`,
 		`client kafka receive "" client=consumer`,
-		`client kafka receive "" client=consumer error=70`,
+		`client kafka receive "" client=consumer error=FETCH_SESSION_ID_NOT_FOUND`,
 		`client kafka receive "big" partition=4 client=consumer`,
 	}
 	if !slices.Equal(got, want) {
@@ -544,7 +544,7 @@ func TestKafkaPendingTrimmedErrors(t *testing.T) {
 		b = b.i32(int32(p)).i16(3).i64(0).i64(-1)
 	}
 	h.send(1, in, b.i32(0).msg())
-	want := []string{`client kafka send "" client=app error=3`}
+	want := []string{`client kafka send "" client=app error=UNKNOWN_TOPIC_OR_PARTITION`}
 	if got := describeAll(h.got); !slices.Equal(got, want) {
 		t.Errorf("got %q\nwant %q", got, want)
 	}
