@@ -15,7 +15,7 @@ func TestForwardedClient(t *testing.T) {
 		{"for=192.0.2.60;proto=http;by=203.0.113.43", "", "192.0.2.60"},
 		{`For="[2001:db8:cafe::17]:4711", for=10.0.0.1`, "", "2001:db8:cafe::17"},
 		{"proto=https; for=192.0.2.60", "198.51.100.1", "192.0.2.60"}, // Forwarded first
-		{"for=_hidden", "198.51.100.1", "198.51.100.1"},             // obfuscated: X-Forwarded-For then
+		{"for=_hidden", "198.51.100.1", "198.51.100.1"},               // obfuscated: X-Forwarded-For then
 		{"by=203.0.113.43", "198.51.100.1", "198.51.100.1"},
 		{"for=\"", "", ""},
 		{"", "fe80::1%eth0", ""}, // a zone is the proxy's own link, not a client
