@@ -1207,26 +1207,46 @@ func TestQueryRedacted(t *testing.T) {
 }
 
 // Behind a proxy, a server span's client.address is the client the proxy
-// named (Request.ClientAddress), network.peer.address the proxy; and
-// client.port, whose value behind a proxy is not known, is left off even
-// when asked for.
+// named (Request.ForwardedFor), network.peer.address the proxy; client.port,
+// when asked for, is the one the proxy named, and none when it named none
+// (the peer's would be the proxy's). A gRPC server span gets the same
+// client.address; without proxies, the peer's.
 func TestClientBehindProxy(t *testing.T) {
 	e, rcv, _ := startOTLP(t, Config{OptIn: OptIn{ClientPort: true}})
 	r := serverReq()
-	r.Route, r.ClientAddress = "/proxied", "203.0.113.7"
+	r.Route, r.ForwardedFor = "/proxied", netip.MustParseAddrPort("203.0.113.7:0")
 	e.Export(r)
+	withPort := serverReq()
+	withPort.Route, withPort.ForwardedFor = "/proxied-port", netip.MustParseAddrPort("[2001:db8::17]:4711")
+	e.Export(withPort)
 	direct := serverReq()
 	direct.Route = "/direct"
 	e.Export(direct)
-	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool {
-		return len(find(s, "GET /proxied")) > 0 && len(find(s, "GET /direct")) > 0
-	})
-	p := find(spans, "GET /proxied")[0].Attributes
-	if p["client.address"] != "203.0.113.7" || p["network.peer.address"] != "10.0.0.1" || p["client.port"] != nil {
-		t.Errorf("behind a proxy: %v", p)
+	for _, fwd := range []netip.AddrPort{{}, netip.MustParseAddrPort("198.51.100.1:0")} {
+		g := otherReq(tracer.ProtoGRPC, tracer.RoleServer)
+		g.RPCService, g.RPCMethod, g.GRPCStatus, g.ForwardedFor = "shop.Orders", "Get", 0, fwd
+		if fwd.IsValid() {
+			g.RPCMethod = "GetProxied"
+		}
+		e.Export(g)
 	}
-	d := find(spans, "GET /direct")[0].Attributes
-	if d["client.address"] != "10.0.0.1" || d["client.port"] != int64(5555) {
-		t.Errorf("direct: %v", d)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 5 })
+	for name, want := range map[string]map[string]any{
+		"GET /proxied":           {"client.address": "203.0.113.7", "network.peer.address": "10.0.0.1", "client.port": nil},
+		"GET /proxied-port":      {"client.address": "2001:db8::17", "client.port": int64(4711)},
+		"GET /direct":            {"client.address": "10.0.0.1", "client.port": int64(5555)},
+		"shop.Orders/Get":        {"client.address": "10.0.0.9"},
+		"shop.Orders/GetProxied": {"client.address": "198.51.100.1", "network.peer.address": "10.0.0.9"},
+	} {
+		s := find(spans, name)
+		if len(s) != 1 {
+			t.Errorf("%s: %d spans", name, len(s))
+			continue
+		}
+		for k, v := range want {
+			if got := s[0].Attributes[k]; got != v {
+				t.Errorf("%s: %s = %v, want %v", name, k, got, v)
+			}
+		}
 	}
 }

@@ -97,7 +97,7 @@ func describe(s *spanRecord, withAttrs bool) printed {
 	if s.parentID.IsValid() {
 		l.ParentID = s.parentID.String()
 	}
-	var path, route, full, original, clientAddr, peerAddr string
+	var path, route, full, original, rpcOriginal, clientAddr, peerAddr string
 	var clientPort, peerPort int64
 	if withAttrs {
 		l.Attrs = make(map[string]any, len(s.attrs))
@@ -111,6 +111,8 @@ func describe(s *spanRecord, withAttrs bool) printed {
 			l.Method = kv.Value.AsString()
 		case semconv.HTTPRequestMethodOriginalKey:
 			original = kv.Value.AsString()
+		case semconv.RPCMethodOriginalKey:
+			rpcOriginal = kv.Value.AsString()
 		case semconv.HTTPResponseStatusCodeKey:
 			l.Status = kv.Value.AsInt64()
 		case semconv.URLPathKey:
@@ -133,8 +135,12 @@ func describe(s *spanRecord, withAttrs bool) printed {
 	}
 	if l.Method == "" && path == "" && full == "" {
 		// Not HTTP: the span name says it all ("SELECT users",
-		// "helloworld.Greeter/SayHello", "send orders").
+		// "helloworld.Greeter/SayHello", "send orders"), but for a gRPC
+		// method the server does not have ("grpc"): the path called.
 		l.Target = l.Name
+		if rpcOriginal != "" {
+			l.Target = rpcOriginal
+		}
 	}
 	if original != "" {
 		l.Method = original // a human wants the verb that was sent

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/attribute"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/podtracer/podtracer/internal/testenv"
@@ -84,4 +86,19 @@ func startPrinter(t *testing.T, format string) string {
 		t.Errorf("ExportedSpans = %d, want 3", s.ExportedSpans)
 	}
 	return out.String()
+}
+
+// A gRPC call to a method the server does not have is the span "grpc";
+// the printer shows the path that was called (rpc.method_original).
+func TestPrinterUnknownGRPCMethod(t *testing.T) {
+	rec := &spanRecord{name: "grpc", kind: trace.SpanKindServer, res: &spanResource{service: "grpcapp"}, attrs: []attribute.KeyValue{
+		semconv.RPCSystemNameGRPC, semconv.RPCMethod("_OTHER"), semconv.RPCMethodOriginal("scan.Svc/Probe"),
+	}}
+	if got := describe(rec, false).Target; got != "scan.Svc/Probe" {
+		t.Errorf("target %q, want the method called", got)
+	}
+	rec.attrs = rec.attrs[:2]
+	if got := describe(rec, false).Target; got != "grpc" {
+		t.Errorf("target %q without rpc.method_original, want the span's name", got)
+	}
 }

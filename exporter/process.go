@@ -79,6 +79,8 @@ type process struct {
 	// previous one's local address (a server) or peer (keep-alive).
 	lastLocal, lastRemote       netip.AddrPort
 	lastLocalStr, lastRemoteStr string
+	lastForwarded               netip.AddrPort // of the last request behind proxies (forwardedFor)
+	lastForwardedStr            string
 
 	// The last HTTP span's first attributes, and their encoding (see
 	// httpAttributes).

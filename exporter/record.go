@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -269,7 +270,7 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 		key.peer = addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr)
 	}
 	if r.Role != tracer.RoleClient {
-		key.client = r.ClientAddress
+		key.client = s.forwardedFor(r)
 	}
 	switch {
 	case a.wire && !a.kvs && s.lastHTTPWire != nil && key == s.lastHTTP:
@@ -284,9 +285,14 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 
 	if r.Remote.IsValid() {
 		a.int(semconv.NetworkPeerPortKey, int64(r.Remote.Port()))
-		if cfg.OptIn.ClientPort && r.Role != tracer.RoleClient && r.ClientAddress == "" {
-			// The peer's port is the client's only without proxies: behind
-			// them it is the last proxy's, and the client's is not known.
+	}
+	if cfg.OptIn.ClientPort && r.Role != tracer.RoleClient {
+		// Behind proxies the peer's port is the last proxy's: the
+		// client's is the one they name, if they named one.
+		switch port := r.ForwardedFor.Port(); {
+		case r.ForwardedFor.IsValid() && port != 0:
+			a.int(semconv.ClientPortKey, int64(port))
+		case !r.ForwardedFor.IsValid() && r.Remote.IsValid():
 			a.int(semconv.ClientPortKey, int64(r.Remote.Port()))
 		}
 	}
@@ -316,7 +322,7 @@ type httpStable struct {
 	host                string
 	port                int
 	peer                string // the peer's address, "" when unknown
-	client              string // a server's client behind proxies (Request.ClientAddress), "" when none said
+	client              string // a server's client behind proxies (forwardedFor), "" when none said
 	version, userAgent  string
 }
 
@@ -415,6 +421,12 @@ func (a spanAttrs) int(key attribute.Key, v int64) {
 	if a.wire {
 		a.rec.wire = appendIntAttr(a.rec.wire, key, v)
 	}
+}
+
+// forwardedFor is the client.address of a server's request behind proxies
+// (tracer.Request.ForwardedFor), "" when they named none.
+func (s *process) forwardedFor(r *tracer.Request) string {
+	return addrString(netip.AddrPortFrom(r.ForwardedFor.Addr(), 0), &s.lastForwarded, &s.lastForwardedStr)
 }
 
 // sensitiveQueryKeys are the query parameters whose values the

@@ -191,6 +191,14 @@ func (s *process) recordOther(r *tracer.Request) {
 			a.str(semconv.NetworkPeerAddressKey, s.lastPeerStr)
 			a.int(semconv.NetworkPeerPortKey, int64(r.Remote.Port()))
 		}
+		if r.Protocol == tracer.ProtoGRPC && r.Role == tracer.RoleServer {
+			// The caller: the one proxies name, else the peer (as for HTTP).
+			if client := s.forwardedFor(r); client != "" {
+				a.str(semconv.ClientAddressKey, client)
+			} else if r.Remote.IsValid() {
+				a.str(semconv.ClientAddressKey, s.lastPeerStr)
+			}
+		}
 		if failed {
 			rec.status, rec.statusMsg = codes.Error, r.ErrorMessage
 			if rec.statusMsg == "" {

@@ -370,6 +370,9 @@ func TestOtherSpansEncodedOnce(t *testing.T) {
 		}
 		_, attrs, _, _, _ := describeOther(r, host, port)
 		want := map[string]any{"network.peer.address": r.Remote.Addr().String(), "network.peer.port": int64(r.Remote.Port())}
+		if r.Protocol == tracer.ProtoGRPC {
+			want["client.address"] = r.Remote.Addr().String() // a server's caller, per request
+		}
 		for _, kv := range attrs {
 			want[string(kv.Key)] = kv.Value.AsInterface()
 		}

@@ -1,59 +1,63 @@
 package tracer
 
 import (
-	"bytes"
 	"net/netip"
 	"strings"
 )
 
-// forwardedClient is the original client's address that proxies in front
-// of a server put in a request: the first element of Forwarded (RFC 7239)
-// if it names an address, else the first of X-Forwarded-For. The
-// conventions' client.address is "the original client behind all proxies,
-// if known (e.g. from Forwarded#for, X-Forwarded-For)". Only an IP address
-// is taken (its port dropped): an obfuscated identifier ("_hidden"),
-// "unknown" or anything else is no address, and the connection's peer
-// stays the client. "" when there is none.
-func forwardedClient(forwarded, xff []byte) string {
-	if a, ok := forwardedFor(forwarded); ok {
-		return a.String()
+// forwardedClient is the original client that proxies in front of a
+// server name in a request, from the first Forwarded (RFC 7239) and
+// X-Forwarded-For lines: the conventions' client.address is "the
+// original client behind all proxies, if known (e.g. from Forwarded#for,
+// X-Forwarded-For)". The first element of each is the client as the first
+// proxy saw it. Forwarded, the standard, wins: when its first element has
+// a "for" that is no IP address (an obfuscated "_hidden", "unknown"),
+// the client is not known, and X-Forwarded-For, which a client may have
+// written itself, is not read. Only an IP address is taken, with its port
+// when the proxy gave one (else 0). Invalid when none is said.
+//
+// Anyone who reaches the server directly can send these headers: they
+// are as trustworthy as the proxies in front of it.
+func forwardedClient(forwarded, xff string) netip.AddrPort {
+	if value, ok := forwardedFor(forwarded); ok {
+		return parseHostAddr(value)
 	}
-	first, _, _ := bytes.Cut(xff, []byte(","))
-	if a, ok := parseHostAddr(string(bytes.TrimSpace(first))); ok {
-		return a.String()
-	}
-	return ""
+	first, _, _ := strings.Cut(xff, ",")
+	return parseHostAddr(strings.TrimSpace(first))
 }
 
-// forwardedFor reads the "for" parameter of a Forwarded header's first
-// element: for=192.0.2.60;proto=http, or for="[2001:db8::17]:4711".
-func forwardedFor(v []byte) (netip.Addr, bool) {
-	first, _, _ := bytes.Cut(v, []byte(","))
-	for param := range bytes.SplitSeq(first, []byte(";")) {
-		key, value, ok := bytes.Cut(param, []byte("="))
-		if !ok || !strings.EqualFold(string(bytes.TrimSpace(key)), "for") {
+// forwardedFor is the "for" parameter of a Forwarded header's first
+// element, unquoted: for=192.0.2.60;proto=http, or
+// for="[2001:db8::17]:4711". ok is false when there is none.
+func forwardedFor(v string) (value string, ok bool) {
+	first, _, _ := strings.Cut(v, ",")
+	for param := range strings.SplitSeq(first, ";") {
+		key, value, ok := strings.Cut(param, "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(key), "for") {
 			continue
 		}
-		value = bytes.TrimSpace(value)
+		value = strings.TrimSpace(value)
 		if len(value) >= 2 && value[0] == '"' && value[len(value)-1] == '"' {
 			value = value[1 : len(value)-1]
 		}
-		return parseHostAddr(string(value))
+		return value, true
 	}
-	return netip.Addr{}, false
+	return "", false
 }
 
 // parseHostAddr reads an IP address that may carry a port ("192.0.2.60",
 // "192.0.2.60:4711", "[2001:db8::17]:4711", "2001:db8::17"), IPv4-mapped
-// IPv6 as IPv4.
-func parseHostAddr(s string) (netip.Addr, bool) {
-	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
-	if err != nil {
-		ap, perr := netip.ParseAddrPort(s)
-		a, err = ap.Addr(), perr
+// IPv6 as IPv4; invalid for anything else, and for an address with a zone
+// (a link of the proxy's own).
+func parseHostAddr(s string) netip.AddrPort {
+	var ap netip.AddrPort
+	if a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")); err == nil {
+		ap = netip.AddrPortFrom(a, 0)
+	} else if ap, err = netip.ParseAddrPort(s); err != nil {
+		return netip.AddrPort{}
 	}
-	if err != nil || a.Zone() != "" { // a zone is a link of the proxy's own
-		return netip.Addr{}, false
+	if ap.Addr().Zone() != "" {
+		return netip.AddrPort{}
 	}
-	return a.Unmap(), true
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"bytes"
+	"net/netip"
 	"slices"
 	"strconv"
 
@@ -42,25 +43,25 @@ type message struct {
 	// Status line.
 	status int
 
-	minor       byte // HTTP/1.<minor>
-	host        string
-	userAgent   string
-	clientAddr  string            // the original client, from Forwarded or X-Forwarded-For (forwardedClient)
-	parent      trace.SpanContext // from the traceparent header
-	contentLen  int64             // -1 when absent
-	chunked     bool
-	bodySize    int64
-	truncated   bool // the head was longer than what was captured
-	start, end  uint64
-	startEnter  uint64 // entry time of the first segment
-	traceLow    uint64 // the kernel's draw for a request's trace ID
-	completed   bool
-	noBody      bool     // set by the pairing for responses that cannot have one
-	upgrade     bool     // 101 Switching Protocols
-	h2c         bool     // an Upgrade header that offers (request) or picks (101) h2c
-	interimResp bool     // 1xx other than 101
-	unseen      bool     // a request that went by where nothing of it was captured
-	req         *message // for a response: the request it answers
+	minor        byte // HTTP/1.<minor>
+	host         string
+	userAgent    string
+	forwardedFor netip.AddrPort    // the original client, from Forwarded or X-Forwarded-For (forwardedClient)
+	parent       trace.SpanContext // from the traceparent header
+	contentLen   int64             // -1 when absent
+	chunked      bool
+	bodySize     int64
+	truncated    bool // the head was longer than what was captured
+	start, end   uint64
+	startEnter   uint64 // entry time of the first segment
+	traceLow     uint64 // the kernel's draw for a request's trace ID
+	completed    bool
+	noBody       bool     // set by the pairing for responses that cannot have one
+	upgrade      bool     // 101 Switching Protocols
+	h2c          bool     // an Upgrade header that offers (request) or picks (101) h2c
+	interimResp  bool     // 1xx other than 101
+	unseen       bool     // a request that went by where nothing of it was captured
+	req          *message // for a response: the request it answers
 }
 
 type streamState uint8
@@ -612,13 +613,17 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 		case equalFold(name, "upgrade"):
 			m.h2c = hasToken(value, "h2c")
 		case equalFold(name, "forwarded"):
-			forwarded = value
+			if forwarded == nil { // a list, whose first element is in the first line
+				forwarded = value
+			}
 		case equalFold(name, "x-forwarded-for"):
-			xff = value
+			if xff == nil {
+				xff = value
+			}
 		}
 	}
 	if m.request && (forwarded != nil || xff != nil) {
-		m.clientAddr = forwardedClient(forwarded, xff)
+		m.forwardedFor = forwardedClient(string(forwarded), string(xff))
 	}
 	if state != nil && m.parent.IsValid() {
 		m.parent = m.parent.WithTraceState(seen.traceState.of(state))

@@ -261,7 +261,7 @@ func httpRequest(req *message, route *lastRoute) *Request {
 		Method:          req.method,
 		ProtocolVersion: "1.1",
 		UserAgent:       req.userAgent,
-		ClientAddress:   req.clientAddr,
+		ForwardedFor:    req.forwardedFor,
 		RequestSize:     req.bodySize,
 		Parent:          req.parent,
 		TraceIDLow:      req.traceLow,

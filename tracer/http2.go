@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -267,7 +268,7 @@ func newHTTP2Upgraded(emit emitter, routes bool, clientDir bpf.Direction, req *m
 	c.onPreface(c.dirs[clientDir])
 	s := c.newStream(1)
 	s.req = h2Head{method: req.method, path: req.target, authority: req.host,
-		parent: req.parent, userAgent: req.userAgent, clientAddr: req.clientAddr, grpcStatus: -1}
+		parent: req.parent, userAgent: req.userAgent, forwardedFor: req.forwardedFor, grpcStatus: -1}
 	s.start = start
 	s.reqBytes = req.bodySize
 	s.reqEnded = true
@@ -700,7 +701,7 @@ func (d *h2Dir) endBlock(seg *segment) {
 // h2Head is what a header block says that matters here.
 type h2Head struct {
 	method, path, authority, contentType, userAgent string
-	clientAddr                                      string            // forwardedClient
+	forwardedFor                                    netip.AddrPort    // forwardedClient
 	parent                                          trace.SpanContext // from traceparent
 	status                                          int               // :status; 0 absent
 	grpcStatus                                      int               // -1 absent
@@ -746,9 +747,13 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 		case "user-agent":
 			h.userAgent = v
 		case "forwarded":
-			forwarded = v
+			if forwarded == "" { // a list, whose first element is in the first field
+				forwarded = v
+			}
 		case "x-forwarded-for":
-			xff = v
+			if xff == "" {
+				xff = v
+			}
 		case "grpc-status":
 			if n, err := strconv.Atoi(v); err == nil && n >= 0 && n < 1000 {
 				h.grpcStatus = n
@@ -762,8 +767,8 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 			h.parent = h.parent.WithTraceState(ts)
 		}
 	}
-	if forwarded != "" || xff != "" {
-		h.clientAddr = forwardedClient([]byte(forwarded), []byte(xff))
+	if (forwarded != "" || xff != "") && h.method != "" { // a request's
+		h.forwardedFor = forwardedClient(forwarded, xff)
 	}
 	return h
 }
@@ -918,7 +923,7 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 		ProtocolVersion: "2",
 		Method:          q.method,
 		UserAgent:       q.userAgent,
-		ClientAddress:   q.clientAddr,
+		ForwardedFor:    q.forwardedFor,
 		Parent:          q.parent,
 		Truncated:       !q.complete(),
 		RequestSize:     s.reqBytes,

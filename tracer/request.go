@@ -62,9 +62,12 @@ type Request struct {
 	StatusCode      int    // 0 when no response was seen
 	ProtocolVersion string // "1.0", "1.1"
 	UserAgent       string
-	ClientAddress   string // the original client behind proxies (Forwarded, X-Forwarded-For); "" when none said
-	RequestSize     int64  // body bytes
-	ResponseSize    int64  // body bytes
+	// ForwardedFor is a server's original client behind proxies, as their
+	// Forwarded or X-Forwarded-For names it, with port 0 when they gave
+	// none; invalid when they named no address.
+	ForwardedFor netip.AddrPort
+	RequestSize  int64 // body bytes
+	ResponseSize int64 // body bytes
 
 	// Parent is the remote span context from an incoming (server) or
 	// outgoing (client) traceparent header; invalid when absent.

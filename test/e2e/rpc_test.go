@@ -116,7 +116,7 @@ func TestGRPC(t *testing.T) {
 		if s.ParentSpanID.String() != parentID {
 			t.Errorf("parent %s, want %s", s.ParentSpanID, parentID)
 		}
-		expect(t, s, map[string]any{"server.port": int64(grpcPort)})
+		expect(t, s, map[string]any{"server.port": int64(grpcPort), "client.address": "127.0.0.1"})
 		expectResource(t, s, "grpcapp")
 		if d := s.End.Sub(s.Start); d <= 0 || d > 5*time.Second {
 			t.Errorf("duration %v", d)
