@@ -108,7 +108,7 @@ type otherKey struct {
 	dbSystem, dbOp, dbCollection, dbNamespace, dbQuery        string
 	errorCode                                                 string
 	role                                                      tracer.Role
-	grpcStatus, partition, port                               int
+	grpcStatus, partition, port, messages                     int
 	host                                                      string
 }
 
@@ -116,7 +116,7 @@ func otherKeyOf(r *tracer.Request, host string, port int) otherKey {
 	return otherKey{protocol: r.Protocol, rpcService: r.RPCService, rpcMethod: r.RPCMethod, msgOp: r.MessagingOperation,
 		msgDest: r.MessagingDestination, clientID: r.ClientID, dbSystem: r.DBSystem, dbOp: r.DBOperation, dbCollection: r.DBCollection,
 		dbNamespace: r.DBNamespace, dbQuery: r.DBQuery, errorCode: r.ErrorCode, role: r.Role, grpcStatus: r.GRPCStatus,
-		partition: r.Partition, port: port, host: host}
+		partition: r.Partition, port: port, host: host, messages: r.MessageCount}
 }
 
 // otherDesc is describeOther's description of the requests of a key, and
@@ -315,6 +315,10 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 		}
 		if r.ClientID != "" {
 			span = append(span, semconv.MessagingClientID(r.ClientID))
+		}
+		if r.MessageCount > 1 {
+			// A batch's size; the conventions want none on a single message's span.
+			span = append(span, semconv.MessagingBatchMessageCount(r.MessageCount))
 		}
 		if r.ErrorCode != "" {
 			failed, errType = true, r.ErrorCode

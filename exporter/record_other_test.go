@@ -209,15 +209,22 @@ func TestKafkaSpans(t *testing.T) {
 	e, rcv, _ := startOTLP(t, Config{})
 	send := otherReq(tracer.ProtoKafka, tracer.RoleClient)
 	send.MessagingOperation, send.MessagingDestination, send.Partition, send.ClientID = "send", "orders", 3, "shop-producer"
+	send.MessageCount = 3 // a batch
 	send.Remote = netip.MustParseAddrPort("10.0.0.7:9092")
 	e.Export(send)
+	one := otherReq(tracer.ProtoKafka, tracer.RoleClient)
+	one.MessagingOperation, one.MessagingDestination, one.MessageCount = "send", "events", 1
+	e.Export(one)
 	recv := otherReq(tracer.ProtoKafka, tracer.RoleClient)
 	recv.MessagingOperation, recv.MessagingDestination = "receive", "orders"
 	recv.Remote = netip.MustParseAddrPort("10.0.0.7:9092")
 	e.Export(recv)
 	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool {
-		return len(find(s, "send orders")) == 1 && len(find(s, "receive orders")) == 1
+		return len(find(s, "send orders")) == 1 && len(find(s, "receive orders")) == 1 && len(find(s, "send events")) == 1
 	})
+	if c, ok := find(spans, "send events")[0].Attributes["messaging.batch.message_count"]; ok {
+		t.Errorf("a single message's send has messaging.batch.message_count %v: the conventions want none", c)
+	}
 	s := find(spans, "send orders")[0]
 	if s.Kind != trace.SpanKindProducer {
 		t.Errorf("send kind %v", s.Kind)
@@ -229,6 +236,7 @@ func TestKafkaSpans(t *testing.T) {
 		"messaging.destination.name":         "orders",
 		"messaging.destination.partition.id": "3",
 		"messaging.client.id":                "shop-producer",
+		"messaging.batch.message_count":      int64(3),
 		"server.address":                     "10.0.0.7",
 		"server.port":                        int64(9092),
 		"network.peer.address":               "10.0.0.7",

@@ -132,6 +132,9 @@ func describe(r *Request) string {
 			fmt.Fprintf(&b, " partition=%d", r.Partition)
 		}
 		fmt.Fprintf(&b, " client=%s", r.ClientID)
+		if r.MessageCount > 0 {
+			fmt.Fprintf(&b, " messages=%d", r.MessageCount)
+		}
 	}
 	if r.ErrorCode != "" {
 		fmt.Fprintf(&b, " error=%s", r.ErrorCode)

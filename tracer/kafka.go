@@ -142,6 +142,7 @@ type kafkaRequest struct {
 	acksKnown    bool
 	topics       []kafkaTopic // Produce
 	ntopics      int
+	records      int  // Produce: the messages it sends, -1 when not all were captured
 	complete     bool // parsed to its end, which was the message's end
 }
 
@@ -186,12 +187,21 @@ func parseKafkaRequest(b []byte) (q kafkaRequest, ok bool) {
 			p := r.int32()
 			check(p >= 0)
 			t.partitions = appendBounded(t.partitions, p)
-			r.bytes(flex) // the records
+			n := r.length(flex, false)
+			records := r.take(max(n, 0))
+			if count, ok := kafkaRecordCount(records); ok && q.records >= 0 {
+				q.records += count
+			} else if n > 0 {
+				q.records = -1
+			}
 			if flex {
 				r.tags()
 			}
 		})
 		check(q.ntopics >= 0)
+		if r.short {
+			q.records = -1
+		}
 	case kafkaFetch:
 		if v <= 14 {
 			r.int32() // replica id
@@ -345,6 +355,7 @@ type kafkaPending struct {
 	start        uint64
 	topics       []kafkaTopic // from the request
 	ntopics      int          // topics the request named
+	records      int          // Produce: the messages sent, -1 when unknown
 	complete     bool         // the request was parsed to its end
 }
 
@@ -506,7 +517,7 @@ func (c *kafkaConn) onRequest(m *kafkaMessage) {
 		return
 	}
 	p := &kafkaPending{key: q.key, version: q.version, clientID: q.clientID, start: m.start,
-		topics: q.topics, ntopics: q.ntopics, complete: q.complete}
+		topics: q.topics, ntopics: q.ntopics, records: q.records, complete: q.complete}
 	if len(p.clientID) > kafkaMaxClientID {
 		p.clientID = strings.Clone(p.clientID[:kafkaMaxClientID])
 	}
@@ -740,6 +751,7 @@ func mergeErrors(req, resp []kafkaTopic, trimmed bool) []kafkaTopic {
 
 func (c *kafkaConn) emitProduce(p *kafkaPending, topics []kafkaTopic, n int, complete bool, end uint64) {
 	r := c.request(p, "send")
+	r.MessageCount = max(p.records, 0)
 	c.describe(r, topics, complete || n == 1, complete)
 	c.emit(r, c.role(), p.start, end)
 }
@@ -916,6 +928,27 @@ func (r *kafkaReader) str(flex bool) (string, bool) {
 		return "", false
 	}
 	return string(r.take(n)), !r.short
+}
+
+// kafkaRecordCount is how many records a record set holds: the sum of
+// its batches' record counts (message format v2, the only one since
+// Kafka 3.0 and what every client sends a broker that has it: a batch is
+// a 61-byte header, its length at byte 8 counting from byte 12, its magic
+// at 16, its record count at 57). ok is false for anything else, or a
+// set not all there.
+func kafkaRecordCount(b []byte) (n int, ok bool) {
+	for len(b) > 0 {
+		if len(b) < 61 || b[16] != 2 {
+			return 0, false
+		}
+		size, count := int(int32(binary.BigEndian.Uint32(b[8:]))), int(int32(binary.BigEndian.Uint32(b[57:])))
+		if size < 61-12 || size > len(b)-12 || count < 0 {
+			return 0, false
+		}
+		n += count
+		b = b[12+size:]
+	}
+	return n, true
 }
 
 // bytes skips (nullable) bytes and returns their length; -1 for null.

@@ -100,6 +100,7 @@ type Request struct {
 	MessagingDestination string // messaging.destination.name: the topic
 	Partition            int    // messaging.destination.partition.id; -1 when unknown
 	ClientID             string // messaging.client.id
+	MessageCount         int    // messaging.batch.message_count of a send: the records it carried, 0 when unknown
 
 	// ErrorCode and ErrorMessage are an error the server reported in the
 	// protocol (SQLSTATE "42P01", MySQL 1146, Redis "ERR", a Kafka error

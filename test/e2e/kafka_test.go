@@ -64,6 +64,9 @@ func TestKafka(t *testing.T) {
 		}
 		expectKafka(t, s, "send", "orders", "0", "kafkaapp", port)
 		expectResource(t, s, "kafkaapp")
+		if c, ok := s.Attributes["messaging.batch.message_count"]; ok {
+			t.Errorf("a send of one message has messaging.batch.message_count %v", c)
+		}
 		if d := s.End.Sub(s.Start); d <= 0 || d > 10*time.Second {
 			t.Errorf("duration %v", d)
 		}
@@ -71,13 +74,16 @@ func TestKafka(t *testing.T) {
 			t.Errorf("error status: %s", s.StatusMessage)
 		}
 		// produce2 wrote to two topics in one request: one span, no
-		// single destination.
+		// single destination, a batch of two messages.
 		multi := false
 		for _, s := range spans {
 			if s.Name == "send" && s.Attributes["messaging.client.id"] == "kafkaapp" {
 				multi = true
 				if _, ok := s.Attributes["messaging.destination.name"]; ok {
 					t.Errorf("a send to two topics has a destination: %v", s.Attributes)
+				}
+				if c := s.Attributes["messaging.batch.message_count"]; c != int64(2) {
+					t.Errorf("a send of two messages: messaging.batch.message_count %v", c)
 				}
 			}
 		}
