@@ -155,6 +155,34 @@ func TestRecheckReadsAgain(t *testing.T) {
 	}
 }
 
+// A selected process that exec's another program keeps its pid: the
+// kernel's new name for it (its comm) has the registry read it again at
+// once, not a minute later, so the server a wrapper script exec's is not
+// taken for the script. The same name is not read again.
+func TestExecReadsAgain(t *testing.T) {
+	root := fakeProc(t, 42, nil)
+	exe := filepath.Join(root, "42", "exe")
+	relink := func(target string) {
+		os.Remove(exe)
+		if err := os.Symlink(target, exe); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relink("/bin/bash")
+	r := NewRegistry(root, Selection{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if p := r.Lookup(42, "bash"); p == nil || p.Exe != "/bin/bash" {
+		t.Fatalf("before exec: %+v", p)
+	}
+	relink("/app/server")
+	if p := r.Lookup(42, "server"); p == nil || p.Exe != "/app/server" {
+		t.Fatalf("after exec: %+v, want /app/server", p)
+	}
+	relink("/app/other")
+	if p := r.Lookup(42, "server"); p == nil || p.Exe != "/app/server" {
+		t.Fatalf("same name: %+v, want the entry kept", p)
+	}
+}
+
 // Running: a process runs while its pid exists and names the same
 // executable, or one the agent may not read.
 func TestRunning(t *testing.T) {

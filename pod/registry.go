@@ -51,6 +51,7 @@ type entry struct {
 	proc     *Process
 	selected bool
 	checked  time.Time
+	comm     string // the kernel's name for the process when it was read
 }
 
 // NewRegistry returns a registry reading procRoot (normally "/proc").
@@ -65,8 +66,10 @@ func (r *Registry) Lookup(pid uint32, comm string) *Process {
 	defer r.mu.Unlock()
 	now := time.Now()
 	e := r.entries[pid]
-	if e != nil && e.selected && now.Sub(e.checked) > refreshAfter {
-		e = nil // read it again
+	if e != nil && (e.comm != comm || e.selected && now.Sub(e.checked) > refreshAfter) {
+		// Read it again: its name changed, which an exec does (a wrapper
+		// script that exec's the server keeps its pid), or it is time.
+		e = nil
 	}
 	if e != nil && (e.selected || now.Sub(e.checked) < recheckAfter) {
 		if e.selected {
@@ -85,7 +88,7 @@ func (r *Registry) Lookup(pid uint32, comm string) *Process {
 	// process may have exec'd the selected program, or exited and left its
 	// pid to another.
 	e.proc = ReadProcess(r.procRoot, int(pid), comm)
-	e.checked = now
+	e.checked, e.comm = now, comm
 	e.selected = r.selects(e.proc)
 	if e.selected {
 		r.logger.Debug("tracing neighbour", "pid", pid, "executable", e.proc.Exe, "name", e.proc.Name)
