@@ -1,6 +1,7 @@
 package pod
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -82,6 +83,39 @@ func TestSelection(t *testing.T) {
 				t.Errorf("process = %+v", p)
 			}
 		})
+	}
+}
+
+// A server's worker that holds only connections accepted on the port
+// (Node.js cluster: the primary listens) is selected by the port; a
+// process whose only socket has another local port is not.
+func TestSelectionByAcceptedConnection(t *testing.T) {
+	root := t.TempDir()
+	// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+	tcp := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+		"   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0\n" + // :8080 LISTEN
+		"   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1002 1 0\n" + // :8080 ESTABLISHED, accepted
+		"   2: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0\n" // its client's end, :54321
+	if err := os.MkdirAll(filepath.Join(root, "self", "net"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "self", "net", "tcp"), []byte(tcp), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for pid, inode := range map[int]int{10: 1001, 11: 1002, 12: 1003} {
+		fd := filepath.Join(root, strconv.Itoa(pid), "fd")
+		if err := os.MkdirAll(fd, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(fmt.Sprintf("socket:[%d]", inode), filepath.Join(fd, "3")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewRegistry(root, Selection{OpenPorts: Ports{{8080, 8080}}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for pid, want := range map[uint32]bool{10: true, 11: true, 12: false} {
+		if got := r.Lookup(pid, "node") != nil; got != want {
+			t.Errorf("pid %d selected %v, want %v", pid, got, want)
+		}
 	}
 }
 

@@ -17,7 +17,8 @@ import (
 // Selection says which neighbours to trace. Every criterion given must
 // match; with none, every neighbour is traced.
 type Selection struct {
-	// OpenPorts selects processes listening on one of these TCP ports.
+	// OpenPorts selects processes listening on one of these TCP ports, or
+	// serving a connection accepted on one (serverInodes).
 	OpenPorts Ports
 	// Executable selects processes whose executable path matches.
 	Executable *regexp.Regexp
@@ -126,7 +127,7 @@ func (r *Registry) selects(p *Process) bool {
 		}
 	}
 	if len(r.selection.OpenPorts) > 0 {
-		if !holdsSocket(r.procRoot, p.PID, listeningInodes(r.procRoot, r.selection.OpenPorts)) {
+		if !holdsSocket(r.procRoot, p.PID, serverInodes(r.procRoot, r.selection.OpenPorts)) {
 			return false
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime/debug"
+	"time"
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/pod"
@@ -30,10 +31,31 @@ type conn struct {
 	tries    int
 	ignored  bool
 	lastSeen uint64
+	asked    uint64 // when the process was last looked up (reselect)
 }
 
+// reselectAfter is how often a connection whose process was not
+// selected asks again: a process selected by its listening port
+// (PODTRACER_OPEN_PORTS) opens its database pool, its Kafka and Redis
+// clients, before it listens, and those connections live for hours.
+const reselectAfter = uint64(5 * time.Second)
+
 func newConn(t *Tracer, ev *bpf.Event, proc *pod.Process) *conn {
-	return &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote, ignored: proc == nil}
+	return &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote, ignored: proc == nil, asked: ev.ExitNS}
+}
+
+// reselect looks the connection's process up again, at most every
+// reselectAfter, while it is not selected; once it is, the connection is
+// followed from the event at hand (the parsers find their place in a
+// stream joined midway).
+func (c *conn) reselect(ev *bpf.Event) {
+	if c.proc != nil || ev.ExitNS-c.asked < reselectAfter {
+		return
+	}
+	c.asked = ev.ExitNS
+	if c.proc = c.t.procs.Lookup(ev.PID, ev.CommString()); c.proc != nil {
+		c.ignored = false
+	}
 }
 
 func (c *conn) feed(dir bpf.Direction, seg *segment) {

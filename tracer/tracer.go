@@ -153,6 +153,7 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		t.live.Add(1)
 	}
 	c.lastSeen = ev.ExitNS
+	c.reselect(ev)
 	switch ev.Type {
 	case bpf.EventHTTP:
 		// A server exchange whose request had this head: the kernel

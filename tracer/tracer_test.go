@@ -800,3 +800,34 @@ func TestRequestRelease(t *testing.T) {
 		t.Fatalf("requests %+v, want one the tracer made for recycling", got)
 	}
 }
+
+// selectLater selects no process until selected is set.
+type selectLater struct{ selected bool }
+
+func (s *selectLater) Lookup(pid uint32, comm string) *pod.Process {
+	if !s.selected {
+		return nil
+	}
+	return &pod.Process{PID: int(pid), Name: comm}
+}
+
+// A connection opened before its process was selected (by the port it
+// listens on, which it opens after its database pool) is followed once
+// the process is, within reselectAfter; before, nothing of it is.
+func TestConnectionReselected(t *testing.T) {
+	sel := &selectLater{}
+	h := newHarness(t, 4096)
+	h.tracer = New(Config{RouteHeuristic: true}, sel, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { h.got = append(h.got, r) })
+	exchange := func(path string) {
+		h.send(1, in, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n")
+		h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	}
+	exchange("/before")
+	sel.selected = true
+	exchange("/soon") // selected now, but the connection asks again only later
+	h.now += reselectAfter
+	exchange("/after")
+	if len(h.got) != 1 || h.got[0].Path != "/after" {
+		t.Errorf("requests %v, want only /after", describeAll(h.got))
+	}
+}
