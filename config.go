@@ -56,7 +56,7 @@ type config struct {
 	OTLPProtocol        string `env:"OTEL_EXPORTER_OTLP_PROTOCOL" envDefault:"grpc" desc:"grpc only (also OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and OTEL_EXPORTER_OTLP_METRICS_PROTOCOL): the agent exports OTLP over gRPC, and refuses http/protobuf rather than send it gRPC"`
 
 	OpenPorts      string        `env:"PODTRACER_OPEN_PORTS" desc:"trace only processes that listen on these TCP ports or serve connections accepted on them (Node.js cluster workers), e.g. 8080,9000-9100 (a range over the ephemeral ports, 32768-60999, takes clients too); the connections such a process opened before it listened (a database pool) are followed within 5 s of it; unset: every neighbour"`
-	ExecutableName string        `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path matches this regular expression"`
+	ExecutableName string        `env:"PODTRACER_EXECUTABLE_NAME" desc:"trace only processes whose executable path, the name of the link they were run by, or their argv[0] matches this regular expression (python3$ takes the python image's /usr/local/bin/python3.12)"`
 	TracePrinter   string        `env:"PODTRACER_TRACE_PRINTER" desc:"print spans to stdout: text, json or off; unset: text without a traces endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or _TRACES_ENDPOINT), else off"`
 	CaptureBytes   int           `env:"PODTRACER_CAPTURE_BYTES" envDefault:"1024" desc:"bytes of each read and write copied from the kernel (64-4096); longer heads are parsed from their prefix"`
 	RingBuffer     int           `env:"PODTRACER_RING_BUFFER_BYTES" envDefault:"1048576" desc:"kernel-to-agent ring buffer size in bytes (a power of two, 4096 to 1073741824); raise it if the log reports kernel events lost"`

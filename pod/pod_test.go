@@ -119,6 +119,22 @@ func TestSelectionByAcceptedConnection(t *testing.T) {
 	}
 }
 
+// PODTRACER_EXECUTABLE_NAME matches the name a program is known by, not
+// only the path its link resolves to: the python image's python3 is
+// /usr/local/bin/python3.12.
+func TestSelectionByRunName(t *testing.T) {
+	root := fakeProc(t, 42, map[string]string{"cmdline": "python3\x00app.py\x00"})
+	if err := os.Symlink("/usr/local/bin/python3.12", filepath.Join(root, "42", "exe")); err != nil {
+		t.Fatal(err)
+	}
+	for pattern, want := range map[string]bool{`python3$`: true, `^/usr/local/bin/python3\.12$`: true, `^ruby`: false} {
+		r := NewRegistry(root, Selection{Executable: regexp.MustCompile(pattern)}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if got := r.Lookup(42, "python3") != nil; got != want {
+			t.Errorf("%s: selected %v, want %v", pattern, got, want)
+		}
+	}
+}
+
 // A process gone before it could be read keeps its kernel name.
 func TestGoneProcess(t *testing.T) {
 	r := NewRegistry("/proc", Selection{}, slog.New(slog.NewTextHandler(io.Discard, nil)))

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -117,14 +118,8 @@ func (r *Registry) evictOldest() {
 }
 
 func (r *Registry) selects(p *Process) bool {
-	if r.selection.Executable != nil {
-		name := p.Exe
-		if name == "" {
-			name = p.Name
-		}
-		if !r.selection.Executable.MatchString(name) {
-			return false
-		}
+	if re := r.selection.Executable; re != nil && !slices.ContainsFunc(executableNames(p), re.MatchString) {
+		return false
 	}
 	if len(r.selection.OpenPorts) > 0 {
 		if !holdsSocket(r.procRoot, p.PID, serverInodes(r.procRoot, r.selection.OpenPorts)) {
@@ -132,6 +127,23 @@ func (r *Registry) selects(p *Process) bool {
 		}
 	}
 	return true
+}
+
+// executableNames are the names of p that PODTRACER_EXECUTABLE_NAME may
+// match: its executable's path (the kernel's name for it when that
+// cannot be read), the name of the link it was run by (RunAs: Debian's
+// redis-server, a link to redis-check-rdb), and its argv[0] as it gave
+// it ("python3", where the executable is /usr/local/bin/python3.12). A
+// pattern of the name users know the program by must not miss it.
+func executableNames(p *Process) []string {
+	names := []string{p.Exe, p.RunAs}
+	if p.Exe == "" {
+		names[0] = p.Name
+	}
+	if len(p.Cmdline) > 0 {
+		names = append(names, p.Cmdline[0])
+	}
+	return slices.DeleteFunc(names, func(n string) bool { return n == "" })
 }
 
 // readExe reads the executable of the process whose /proc folder is dir.
