@@ -103,7 +103,8 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			cfg.KernelSpans && cfg.parses(tracer.ProtoRedis) && tracer.RedisShapeSpans(cfg.QueryText, cfg.RedisKeys)),
 	}, logger)
 	if err != nil {
-		err = fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE; kernel 5.8+ with BTF): %w", err)
+		err = fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE, and a seccomp profile that allows bpf(): "+
+			"with the webhook, podtracer.io/privileged=true where the runtime has neither; kernel 5.8+ with BTF): %w", err)
 		if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
 			return err
 		}

@@ -1,8 +1,10 @@
 package pod
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -320,5 +322,18 @@ func TestRegistryAlive(t *testing.T) {
 	}
 	if r.Alive(1<<30 + 7) {
 		t.Error("a pid beyond the kernel's range is alive")
+	}
+}
+
+// A neighbour's /proc entry the agent may not read is said once, with the
+// capabilities that would let it; other errors (a process gone) are not.
+func TestDeniedWarnedOnce(t *testing.T) {
+	var log bytes.Buffer
+	r := NewRegistry(t.TempDir(), Selection{}, slog.New(slog.NewTextHandler(&log, nil)))
+	r.warnDenied(fs.ErrNotExist)
+	r.warnDenied(&fs.PathError{Op: "readlink", Path: "/proc/7/exe", Err: fs.ErrPermission})
+	r.warnDenied(fs.ErrPermission)
+	if n := strings.Count(log.String(), "level=WARN"); n != 1 || !strings.Contains(log.String(), "SYS_PTRACE and DAC_READ_SEARCH") {
+		t.Errorf("%d warnings:\n%s", n, log.String())
 	}
 }

@@ -112,12 +112,13 @@ func serverInodes(procRoot string, ports Ports) map[uint64]bool {
 	return inodes
 }
 
-// holdsSocket reports whether process pid has one of the socket inodes open.
-func holdsSocket(procRoot string, pid int, inodes map[uint64]bool) bool {
+// holdsSocket reports whether process pid has one of the socket inodes
+// open; the error is the one that kept it from looking.
+func holdsSocket(procRoot string, pid int, inodes map[uint64]bool) (bool, error) {
 	dir := fmt.Sprintf("%s/%d/fd", procRoot, pid)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return false
+		return false, err
 	}
 	for _, e := range entries {
 		target, err := os.Readlink(dir + "/" + e.Name())
@@ -126,9 +127,9 @@ func holdsSocket(procRoot string, pid int, inodes map[uint64]bool) bool {
 		}
 		if rest, ok := strings.CutPrefix(target, "socket:["); ok {
 			if inode, err := strconv.ParseUint(strings.TrimSuffix(rest, "]"), 10, 64); err == nil && inodes[inode] {
-				return true
+				return true, nil
 			}
 		}
 	}
-	return false
+	return false, nil
 }

@@ -2,8 +2,10 @@ package pod
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -47,6 +49,7 @@ type Registry struct {
 
 	mu      sync.Mutex
 	entries map[uint32]*entry
+	denied  bool // a neighbour's /proc entry was refused: logged once
 }
 
 type entry struct {
@@ -91,6 +94,10 @@ func (r *Registry) Lookup(pid uint32, comm string) *Process {
 	// pid to another.
 	e.proc = ReadProcess(r.procRoot, int(pid), comm)
 	e.checked, e.comm = now, comm
+	if e.proc.Exe == "" {
+		_, err := os.Readlink(fmt.Sprintf("%s/%d/exe", r.procRoot, pid))
+		r.warnDenied(err)
+	}
 	e.selected = r.selects(e.proc)
 	if e.selected {
 		r.logger.Debug("tracing neighbour", "pid", pid, "executable", e.proc.Exe, "name", e.proc.Name)
@@ -122,11 +129,25 @@ func (r *Registry) selects(p *Process) bool {
 		return false
 	}
 	if len(r.selection.OpenPorts) > 0 {
-		if !holdsSocket(r.procRoot, p.PID, serverInodes(r.procRoot, r.selection.OpenPorts)) {
+		held, err := holdsSocket(r.procRoot, p.PID, serverInodes(r.procRoot, r.selection.OpenPorts))
+		r.warnDenied(err)
+		if !held {
 			return false
 		}
 	}
 	return true
+}
+
+// warnDenied logs, once, that the agent may not read a neighbour's /proc
+// entry: what it then misses is silent otherwise.
+func (r *Registry) warnDenied(err error) {
+	if r.denied || !errors.Is(err, fs.ErrPermission) {
+		return
+	}
+	r.denied = true
+	r.logger.Warn("the agent may not read a neighbour's /proc entry (another user's process): its executable, hence service.name "+
+		"(the kernel's 15-byte name instead), PODTRACER_EXECUTABLE_NAME and PODTRACER_OPEN_PORTS miss it; "+
+		"give the sidecar the capabilities SYS_PTRACE and DAC_READ_SEARCH (the webhook's sidecar has them)", "error", err)
 }
 
 // executableNames are the names of p that PODTRACER_EXECUTABLE_NAME may
