@@ -147,6 +147,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		QueryText:      cfg.QueryText,
 		RedisKeys:      cfg.RedisKeys,
 		Heads:          heads,
+		Own:            exp.OwnConnection,
 	},
 		registry, capture.WallTime, batcher.Add)
 	// Requests reach the exporter once per poll of the ring buffer, not one

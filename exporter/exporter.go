@@ -32,6 +32,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -158,7 +159,8 @@ var (
 // for concurrent use.
 type Exporter struct {
 	cfg    Config
-	host   string // os.Hostname, for service.instance.id
+	own    *ownConns // the OTLP connections' local ends (OwnConnection)
+	host   string    // os.Hostname, for service.instance.id
 	logger *slog.Logger
 
 	// queue carries requests in batches (see Batcher), counted in queued
@@ -245,6 +247,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	}
 
 	var dests []destination
+	own := newOwnConns()
 	if cfg.TracesOTLP {
 		// The client reads OTEL_EXPORTER_OTLP_* itself; Start does not
 		// connect yet. Its requests are encoded by traceCodec.
@@ -253,7 +256,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		// traceCodec checks the same limit on the size it computes anyway.
 		codec := newTraceCodec()
 		client := otlptracegrpc.NewClient(
-			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec))),
+			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec)), grpc.WithStatsHandler(own)),
 			otlptracegrpc.WithMaxRequestSize(0))
 		if err := client.Start(ctx); err != nil {
 			return nil, fmt.Errorf("otlp trace client: %w", err)
@@ -269,7 +272,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	}
 	var metricExp sdkmetric.Exporter
 	if cfg.MetricsOTLP {
-		exp, err := otlpmetricgrpc.New(ctx)
+		exp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithDialOption(grpc.WithStatsHandler(own)))
 		if err != nil {
 			for _, d := range dests {
 				_ = d.exp.shutdown(ctx)
@@ -280,11 +283,19 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	}
 
 	e := newExporter(cfg, logger, envRes, smp, batch, dests, metricExp)
+	e.own = own
 	e.start()
 	logger.Info("exporter started",
 		"traces_otlp", cfg.TracesOTLP, "metrics_otlp", cfg.MetricsOTLP,
 		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", batch.queue)
 	return e, nil
+}
+
+// OwnConnection tells whether peer is the local end of one of the agent's
+// own OTLP connections (ownConns): the tracer does not follow a
+// neighbour's connection to it, a collector's in the pod.
+func (e *Exporter) OwnConnection(peer netip.AddrPort) bool {
+	return e.own != nil && e.own.has(peer)
 }
 
 // otlpSink is the OTLP span destination's name.

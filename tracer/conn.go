@@ -32,6 +32,7 @@ type conn struct {
 	ignored  bool
 	lastSeen uint64
 	asked    uint64 // when the process was last looked up (reselect)
+	own      bool   // its peer is the agent's own connection (Config.Own): never followed
 }
 
 // reselectAfter is how often a connection whose process was not
@@ -41,7 +42,8 @@ type conn struct {
 const reselectAfter = uint64(5 * time.Second)
 
 func newConn(t *Tracer, ev *bpf.Event, proc *pod.Process) *conn {
-	return &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote, ignored: proc == nil, asked: ev.ExitNS}
+	own := t.cfg.Own != nil && t.cfg.Own(ev.Remote)
+	return &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote, ignored: proc == nil || own, asked: ev.ExitNS, own: own}
 }
 
 // reselect looks the connection's process up again, at most every
@@ -49,7 +51,7 @@ func newConn(t *Tracer, ev *bpf.Event, proc *pod.Process) *conn {
 // followed from the event at hand (the parsers find their place in a
 // stream joined midway).
 func (c *conn) reselect(ev *bpf.Event) {
-	if c.proc != nil || ev.ExitNS-c.asked < reselectAfter {
+	if c.proc != nil || c.own || ev.ExitNS-c.asked < reselectAfter {
 		return
 	}
 	c.asked = ev.ExitNS

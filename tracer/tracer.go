@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,10 @@ type Config struct {
 	// Heads, when the kernel stands for requests whose heads the agent
 	// has (bpf.Fast.Spans), is where the tracer registers them.
 	Heads HeadRegistry
+	// Own, when set, tells the agent's own connections by their local
+	// end: a neighbour's connection whose peer is one (a collector in the
+	// pod, receiving the agent's exports) is not followed.
+	Own func(peer netip.AddrPort) bool
 
 	heads  *heads         // made by New from Heads
 	h2Lost *atomic.Uint64 // made by New: Stats.HTTP2Lost

@@ -831,3 +831,20 @@ func TestConnectionReselected(t *testing.T) {
 		t.Errorf("requests %v, want only /after", describeAll(h.got))
 	}
 }
+
+// A connection whose peer is one of the agent's own (a collector in the
+// pod, receiving the agent's exports) is never followed: each export
+// would otherwise make a span for the next to carry.
+func TestOwnConnectionNotFollowed(t *testing.T) {
+	h := newHarness(t, 4096)
+	h.tracer = New(Config{Own: func(peer netip.AddrPort) bool { return peer == clientAddr }}, allProcesses{},
+		func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { h.got = append(h.got, r) })
+	for range 2 {
+		h.send(1, in, "GET /export HTTP/1.1\r\nHost: a\r\n\r\n")
+		h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+		h.now += reselectAfter
+	}
+	if len(h.got) != 0 {
+		t.Errorf("requests %v on the agent's own connection", describeAll(h.got))
+	}
+}

@@ -12,7 +12,10 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net"
+	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -25,6 +28,7 @@ import (
 	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
 
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -118,7 +122,8 @@ type Receiver struct {
 	metrics     []MetricPoint
 	traceCalls  int
 	metricCalls int
-	changed     chan struct{} // closed and replaced whenever data arrives, to wake waiters
+	peers       map[netip.AddrPort]bool // the exporters' ends of their connections
+	changed     chan struct{}           // closed and replaced whenever data arrives, to wake waiters
 }
 
 // Start starts a receiver on 127.0.0.1 on a free port and stops it when the
@@ -277,6 +282,7 @@ type traceService struct {
 }
 
 func (s traceService) Export(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {
+	s.r.notePeer(ctx)
 	return s.r.exportTraces(ctx, req)
 }
 
@@ -286,7 +292,34 @@ type metricsService struct {
 }
 
 func (s metricsService) Export(ctx context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
+	s.r.notePeer(ctx)
 	return s.r.exportMetrics(ctx, req)
+}
+
+// notePeer keeps the address an export came from.
+func (r *Receiver) notePeer(ctx context.Context) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return
+	}
+	tcp, ok := p.Addr.(*net.TCPAddr)
+	if !ok {
+		return
+	}
+	r.mu.Lock()
+	if r.peers == nil {
+		r.peers = make(map[netip.AddrPort]bool)
+	}
+	r.peers[tcp.AddrPort()] = true
+	r.mu.Unlock()
+}
+
+// Peers are the addresses exports came from: the exporters' ends of their
+// connections.
+func (r *Receiver) Peers() []netip.AddrPort {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Collect(maps.Keys(r.peers))
 }
 
 func (r *Receiver) exportTraces(ctx context.Context, req *coltracepb.ExportTraceServiceRequest) (*coltracepb.ExportTraceServiceResponse, error) {

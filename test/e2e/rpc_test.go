@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -410,4 +411,70 @@ func grpcJSModules(t *testing.T) string {
 		t.Fatalf("npm install @grpc/grpc-js: %v\n%s", err, out)
 	}
 	return modules
+}
+
+// relayScript is a TCP relay, as a collector in the pod would stand
+// between the agent and the backend: it accepts on argv[1] and forwards
+// each connection to argv[2] on 127.0.0.1.
+const relayScript = `
+import socket, sys, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen()
+def pump(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+while True:
+    c, _ = srv.accept()
+    u = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+`
+
+// TestCollectorInPod: the agent exports to a collector in its own pod (the
+// OpenTelemetry Operator's sidecar mode), here a relay to the receiver. The
+// collector's side of the agent's export connections is not traced: each
+// export would make a server span for the next export to carry, for ever.
+// The pod's own traffic still is.
+func TestCollectorInPod(t *testing.T) {
+	privileged(t)
+	python := testenv.LookPath(t, "python3")
+	curl := testenv.LookPath(t, "curl")
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	relayPort, appPort := freePort(t), freePort(t)
+	rcvPort := netip.MustParseAddrPort(rcv.Endpoint()).Port()
+	start(t, pod.command(python, "-c", relayScript, fmt.Sprint(relayPort), fmt.Sprint(rcvPort)))
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", appPort)))
+	waitListening(t, relayPort)
+	waitListening(t, appPort)
+	agent := startAgent(t, pod, agentEnv(rcv, fmt.Sprintf("OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:%d", relayPort)))
+	for i := range 5 {
+		run(t, pod.command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/users/%d", appPort, i)))
+		time.Sleep(300 * time.Millisecond) // an export or two between requests
+	}
+	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool { return count(s, trace.SpanKindServer, "/users/4") > 0 })
+	time.Sleep(2 * time.Second) // exports go on meanwhile
+	spans = rcv.Spans()
+	if t.Failed() {
+		t.Logf("agent log:\n%s", agent.output())
+		return
+	}
+	for _, s := range spans {
+		if m, _ := s.Attributes["rpc.method"].(string); s.Kind == trace.SpanKindServer && strings.HasPrefix(m, "opentelemetry.proto.collector.") {
+			t.Fatalf("the collector's side of the agent's own export: %s %v", s.Name, s.Attributes)
+		}
+	}
 }
