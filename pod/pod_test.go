@@ -337,3 +337,24 @@ func TestDeniedWarnedOnce(t *testing.T) {
 		t.Errorf("%d warnings:\n%s", n, log.String())
 	}
 }
+
+// A full cache drops the entries of processes that have exited (read more
+// than a minute ago) all at once, not the oldest one per new process;
+// those of the living stay.
+func TestFullCacheDropsExited(t *testing.T) {
+	root := fakeProc(t, 42, nil)
+	r := NewRegistry(root, Selection{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r.Lookup(42, "app")
+	long := time.Now().Add(-2 * time.Minute)
+	r.entries[42].checked = long
+	for pid := uint32(1000); len(r.entries) < maxCached; pid++ {
+		r.entries[pid] = &entry{checked: long, comm: "gone"}
+	}
+	if err := os.Mkdir(filepath.Join(root, "43"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r.Lookup(43, "new")
+	if _, ok := r.entries[42]; !ok || len(r.entries) != 2 {
+		t.Errorf("%d entries after a lookup in a full cache (42 kept: %v), want 42 and 43", len(r.entries), ok)
+	}
+}

@@ -84,7 +84,7 @@ func (r *Registry) Lookup(pid uint32, comm string) *Process {
 	}
 	if e == nil {
 		if _, known := r.entries[pid]; !known && len(r.entries) >= maxCached {
-			r.evictOldest()
+			r.makeRoom(now)
 		}
 		e = &entry{}
 		r.entries[pid] = e
@@ -111,6 +111,23 @@ func (r *Registry) Forget(pid uint32) {
 	r.mu.Lock()
 	delete(r.entries, pid)
 	r.mu.Unlock()
+}
+
+// makeRoom drops, once the cache is full, the entries of the processes
+// that have exited (a pod's exec probes and scripts leave thousands), read
+// more than a minute ago: the last events of a process that just exited
+// may still be on their way, and keep their identity. If none, the
+// oldest entry goes. A scan of the cache, once per maxCached new
+// processes at most, rather than one per new process.
+func (r *Registry) makeRoom(now time.Time) {
+	for pid, e := range r.entries {
+		if now.Sub(e.checked) > time.Minute && !exists(r.procRoot, int(pid)) {
+			delete(r.entries, pid)
+		}
+	}
+	if len(r.entries) >= maxCached {
+		r.evictOldest()
+	}
 }
 
 func (r *Registry) evictOldest() {
