@@ -29,7 +29,7 @@ type ownConnKey struct{}
 // has tells whether peer is the local end of one of the agent's own
 // connections.
 func (o *ownConns) has(peer netip.AddrPort) bool {
-	peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+	peer = plainAddrPort(peer)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.local[peer] > 0
@@ -40,8 +40,7 @@ func (o *ownConns) TagConn(ctx context.Context, info *stats.ConnTagInfo) context
 	if !ok {
 		return ctx
 	}
-	local := tcp.AddrPort()
-	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	local := plainAddrPort(tcp.AddrPort())
 	o.mu.Lock()
 	o.local[local]++
 	o.mu.Unlock()
@@ -58,6 +57,12 @@ func (o *ownConns) HandleConn(ctx context.Context, s stats.ConnStats) {
 		delete(o.local, local)
 	}
 	o.mu.Unlock()
+}
+
+// plainAddrPort is ap as the kernel's events have it: IPv4 unmapped, no
+// IPv6 zone (Go's addresses of link-local ones carry one).
+func plainAddrPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
 }
 
 func (*ownConns) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }

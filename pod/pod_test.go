@@ -88,16 +88,15 @@ func TestSelection(t *testing.T) {
 	}
 }
 
-// A server's worker that holds only connections accepted on the port
-// (Node.js cluster: the primary listens) is selected by the port; a
-// process whose only socket has another local port is not.
-func TestSelectionByAcceptedConnection(t *testing.T) {
+// A server's worker that only serves connections accepted on the port
+// (Node.js cluster: the primary listens) is selected by a connection it
+// serves on it (LookupServing), and stays so; a process whose connection
+// has another local port, and does not listen, is not.
+func TestSelectionByServedPort(t *testing.T) {
 	root := t.TempDir()
 	// sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
 	tcp := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
-		"   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0\n" + // :8080 LISTEN
-		"   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 1002 1 0\n" + // :8080 ESTABLISHED, accepted
-		"   2: 0100007F:D431 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 1003 1 0\n" // its client's end, :54321
+		"   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1001 1 0\n" // :8080 LISTEN
 	if err := os.MkdirAll(filepath.Join(root, "self", "net"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -114,10 +113,21 @@ func TestSelectionByAcceptedConnection(t *testing.T) {
 		}
 	}
 	r := NewRegistry(root, Selection{OpenPorts: Ports{{8080, 8080}}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	for pid, want := range map[uint32]bool{10: true, 11: true, 12: false} {
-		if got := r.Lookup(pid, "node") != nil; got != want {
-			t.Errorf("pid %d selected %v, want %v", pid, got, want)
-		}
+	if r.Lookup(10, "node") == nil {
+		t.Error("the primary, listening, is not selected")
+	}
+	if r.LookupServing(11, "node", 54321) != nil { // a client connection of the worker first
+		t.Error("the worker is selected by a client connection")
+	}
+	if r.LookupServing(11, "node", 8080) == nil {
+		t.Error("the worker serving a connection on 8080 is not selected")
+	}
+	r.entries[11].checked = time.Now().Add(-refreshAfter - time.Second)
+	if r.LookupServing(11, "node", 54321) == nil {
+		t.Error("the worker is not selected any more once its entry is refreshed")
+	}
+	if r.LookupServing(12, "node", 54321) != nil {
+		t.Error("a client is selected")
 	}
 }
 
@@ -232,6 +242,13 @@ func TestExecReadsAgain(t *testing.T) {
 	relink("/app/other")
 	if p := r.Lookup(42, "server"); p == nil || p.Exe != "/app/server" {
 		t.Fatalf("same name: %+v, want the entry kept", p)
+	}
+	// An event without a name (a close's) says nothing of an exec.
+	if p := r.Lookup(42, ""); p == nil || p.Exe != "/app/server" {
+		t.Fatalf("no name: %+v, want the entry kept", p)
+	}
+	if p := r.Lookup(42, "server"); p == nil || p.Exe != "/app/server" {
+		t.Fatalf("the name again after none: %+v, want the entry kept", p)
 	}
 }
 
@@ -356,5 +373,19 @@ func TestFullCacheDropsExited(t *testing.T) {
 	r.Lookup(43, "new")
 	if _, ok := r.entries[42]; !ok || len(r.entries) != 2 {
 		t.Errorf("%d entries after a lookup in a full cache (42 kept: %v), want 42 and 43", len(r.entries), ok)
+	}
+	// Full of living processes read within the minute: the oldest eighth
+	// goes at once, the entry read last stays.
+	recent := time.Now().Add(-time.Second)
+	for pid := uint32(1000); len(r.entries) < maxCached; pid++ {
+		r.entries[pid] = &entry{checked: recent.Add(time.Duration(pid) * time.Millisecond), comm: "young"}
+	}
+	newest := uint32(1000 + maxCached - 3)
+	if err := os.Mkdir(filepath.Join(root, "44"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r.Lookup(44, "new")
+	if _, ok := r.entries[newest]; !ok || len(r.entries) != maxCached-maxCached/8+1 {
+		t.Errorf("%d entries after a lookup in a cache full of the living (the newest kept: %v), want %d", len(r.entries), ok, maxCached-maxCached/8+1)
 	}
 }

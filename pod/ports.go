@@ -74,13 +74,9 @@ func (p Ports) String() string {
 	return strings.Join(parts, ",")
 }
 
-// serverInodes returns the socket inodes of the TCP sockets whose local
-// port is one of ports, listening or connected (an accepted connection),
-// from the pod's network namespace (the agent shares it). Connected ones
-// count because a server's workers may hold only those: in Node.js's
-// cluster module (and PM2's) the primary process listens and hands the
-// accepted connections to its workers, which serve them.
-func serverInodes(procRoot string, ports Ports) map[uint64]bool {
+// listeningInodes returns the socket inodes of TCP sockets in LISTEN state
+// on one of ports, from the pod's network namespace (the agent shares it).
+func listeningInodes(procRoot string, ports Ports) map[uint64]bool {
 	inodes := make(map[uint64]bool)
 	for _, file := range []string{"net/tcp", "net/tcp6"} {
 		f, err := os.Open(procRoot + "/self/" + file)
@@ -92,7 +88,7 @@ func serverInodes(procRoot string, ports Ports) map[uint64]bool {
 		for sc.Scan() {
 			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
 			fields := bytes.Fields(sc.Bytes())
-			if len(fields) < 10 || string(fields[3]) != "0A" && string(fields[3]) != "01" { // TCP_LISTEN, TCP_ESTABLISHED
+			if len(fields) < 10 || string(fields[3]) != "0A" { // 0A: TCP_LISTEN
 				continue
 			}
 			_, portHex, ok := bytes.Cut(fields[1], []byte(":"))

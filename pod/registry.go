@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -21,7 +22,7 @@ import (
 // match; with none, every neighbour is traced.
 type Selection struct {
 	// OpenPorts selects processes listening on one of these TCP ports, or
-	// serving a connection accepted on one (serverInodes).
+	// serving a connection accepted on one (LookupServing).
 	OpenPorts Ports
 	// Executable selects processes whose executable path matches.
 	Executable *regexp.Regexp
@@ -50,6 +51,10 @@ type Registry struct {
 	mu      sync.Mutex
 	entries map[uint32]*entry
 	denied  bool // a neighbour's /proc entry was refused: logged once
+	// listening are the inodes of the sockets listening on a selected
+	// port, read at listeningAt (listens).
+	listening   map[uint64]bool
+	listeningAt time.Time
 }
 
 type entry struct {
@@ -57,6 +62,8 @@ type entry struct {
 	selected bool
 	checked  time.Time
 	comm     string // the kernel's name for the process when it was read
+	exeOK    bool   // its names match the executable selection (or there is none)
+	served   bool   // it served a connection on a selected port (LookupServing), as this program
 }
 
 // NewRegistry returns a registry reading procRoot (normally "/proc").
@@ -65,40 +72,58 @@ func NewRegistry(procRoot string, sel Selection, logger *slog.Logger) *Registry 
 }
 
 // Lookup returns the process pid, or nil when it is not selected. comm is
-// the kernel's name for it, used when /proc no longer has the process.
+// the kernel's name for it ("" when the event had none), used when /proc
+// no longer has the process.
 func (r *Registry) Lookup(pid uint32, comm string) *Process {
+	return r.LookupServing(pid, comm, 0)
+}
+
+// LookupServing is Lookup for a connection whose local port is local (0:
+// unknown). A process serving a connection on a port of the selection is
+// selected by it, whether it listens or not: in Node.js's cluster module
+// (and PM2's) the primary listens and its workers serve the connections
+// it accepts.
+func (r *Registry) LookupServing(pid uint32, comm string, local uint16) *Process {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
+	serves := local != 0 && r.selection.OpenPorts.Contains(local)
 	e := r.entries[pid]
-	if e != nil && (e.comm != comm || e.selected && now.Sub(e.checked) > refreshAfter) {
-		// Read it again: its name changed, which an exec does (a wrapper
-		// script that exec's the server keeps its pid), or it is time.
-		e = nil
-	}
-	if e != nil && (e.selected || now.Sub(e.checked) < recheckAfter) {
-		if e.selected {
-			return e.proc
-		}
-		return nil
-	}
-	if e == nil {
-		if _, known := r.entries[pid]; !known && len(r.entries) >= maxCached {
+	switch {
+	case e == nil:
+		if len(r.entries) >= maxCached {
 			r.makeRoom(now)
 		}
 		e = &entry{}
 		r.entries[pid] = e
+	case comm != "" && e.comm != comm:
+		// Its name changed, which an exec does (a wrapper script that
+		// exec's the server keeps its pid): another program, read again.
+		*e = entry{}
+	case e.selected && now.Sub(e.checked) <= refreshAfter:
+		return e.proc
+	case !e.selected && now.Sub(e.checked) < recheckAfter:
+		if !serves || !e.exeOK {
+			return nil
+		}
+		e.served, e.selected = true, true
+		return e.proc
 	}
 	// Read at every check, not only the first: since the last one, the
 	// process may have exec'd the selected program, or exited and left its
 	// pid to another.
 	e.proc = ReadProcess(r.procRoot, int(pid), comm)
-	e.checked, e.comm = now, comm
-	if e.proc.Exe == "" {
+	e.checked = now
+	if comm != "" {
+		e.comm = comm
+	}
+	if e.proc.Exe == "" && !r.denied {
 		_, err := os.Readlink(fmt.Sprintf("%s/%d/exe", r.procRoot, pid))
 		r.warnDenied(err)
 	}
-	e.selected = r.selects(e.proc)
+	e.exeOK = r.matchesExecutable(e.proc)
+	e.served = e.served || serves
+	e.selected = e.exeOK && (len(r.selection.OpenPorts) == 0 || e.served || r.listens(e.proc))
 	if e.selected {
 		r.logger.Debug("tracing neighbour", "pid", pid, "executable", e.proc.Exe, "name", e.proc.Name)
 		return e.proc
@@ -116,43 +141,44 @@ func (r *Registry) Forget(pid uint32) {
 // makeRoom drops, once the cache is full, the entries of the processes
 // that have exited (a pod's exec probes and scripts leave thousands), read
 // more than a minute ago: the last events of a process that just exited
-// may still be on their way, and keep their identity. If none, the
-// oldest entry goes. A scan of the cache, once per maxCached new
-// processes at most, rather than one per new process.
+// may still be on their way, and keep their identity. If that frees less
+// than an eighth of the cache, the oldest entries go until it does: a
+// scan of the cache once per maxCached/8 new processes at most, not one
+// per new process.
 func (r *Registry) makeRoom(now time.Time) {
 	for pid, e := range r.entries {
 		if now.Sub(e.checked) > time.Minute && !exists(r.procRoot, int(pid)) {
 			delete(r.entries, pid)
 		}
 	}
-	if len(r.entries) >= maxCached {
-		r.evictOldest()
+	if keep := maxCached - maxCached/8; len(r.entries) > keep {
+		pids := slices.SortedFunc(maps.Keys(r.entries), func(a, b uint32) int {
+			return r.entries[a].checked.Compare(r.entries[b].checked)
+		})
+		for _, pid := range pids[:len(pids)-keep] {
+			delete(r.entries, pid)
+		}
 	}
 }
 
-func (r *Registry) evictOldest() {
-	var oldest uint32
-	var when time.Time
-	for pid, e := range r.entries {
-		if when.IsZero() || e.checked.Before(when) {
-			oldest, when = pid, e.checked
-		}
-	}
-	delete(r.entries, oldest)
+// matchesExecutable tells whether p's names match the executable
+// selection, if there is one.
+func (r *Registry) matchesExecutable(p *Process) bool {
+	re := r.selection.Executable
+	return re == nil || slices.ContainsFunc(executableNames(p), re.MatchString)
 }
 
-func (r *Registry) selects(p *Process) bool {
-	if re := r.selection.Executable; re != nil && !slices.ContainsFunc(executableNames(p), re.MatchString) {
-		return false
+// listens tells whether p holds a socket listening on a selected port.
+// The pod's listening sockets are read at most once a second: the table
+// lists every socket of the pod's network namespace, which a busy proxy
+// has thousands of.
+func (r *Registry) listens(p *Process) bool {
+	if r.listening == nil || time.Since(r.listeningAt) > time.Second {
+		r.listening, r.listeningAt = listeningInodes(r.procRoot, r.selection.OpenPorts), time.Now()
 	}
-	if len(r.selection.OpenPorts) > 0 {
-		held, err := holdsSocket(r.procRoot, p.PID, serverInodes(r.procRoot, r.selection.OpenPorts))
-		r.warnDenied(err)
-		if !held {
-			return false
-		}
-	}
-	return true
+	held, err := holdsSocket(r.procRoot, p.PID, r.listening)
+	r.warnDenied(err)
+	return held
 }
 
 // warnDenied logs, once, that the agent may not read a neighbour's /proc

@@ -32,8 +32,15 @@ type conn struct {
 	ignored  bool
 	lastSeen uint64
 	asked    uint64 // when the process was last looked up (reselect)
+	born     uint64 // its first event's time
 	own      bool   // its peer is the agent's own connection (Config.Own): never followed
 }
+
+// ownGrace is how long a new connection's peer is asked again whether it
+// is the agent's own (Config.Own): gRPC tells the agent of its
+// connection's local end after it connects, and a collector in the pod
+// may write its SETTINGS before that.
+const ownGrace = uint64(time.Second)
 
 // reselectAfter is how often a connection whose process was not
 // selected asks again: a process selected by its listening port
@@ -42,8 +49,17 @@ type conn struct {
 const reselectAfter = uint64(5 * time.Second)
 
 func newConn(t *Tracer, ev *bpf.Event, proc *pod.Process) *conn {
-	own := t.cfg.Own != nil && t.cfg.Own(ev.Remote)
-	return &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote, ignored: proc == nil || own, asked: ev.ExitNS, own: own}
+	c := &conn{t: t, proc: proc, local: ev.Local, remote: ev.Remote, ignored: proc == nil, asked: ev.ExitNS, born: ev.ExitNS}
+	c.checkOwn(ev)
+	return c
+}
+
+// checkOwn asks, in the connection's first ownGrace, whether its peer is
+// one of the agent's own connections; once it is, it is not followed.
+func (c *conn) checkOwn(ev *bpf.Event) {
+	if !c.own && c.t.cfg.Own != nil && ev.ExitNS-c.born < ownGrace && c.t.cfg.Own(c.remote) {
+		c.own, c.ignored = true, true
+	}
 }
 
 // reselect looks the connection's process up again, at most every
@@ -55,7 +71,7 @@ func (c *conn) reselect(ev *bpf.Event) {
 		return
 	}
 	c.asked = ev.ExitNS
-	if c.proc = c.t.procs.Lookup(ev.PID, ev.CommString()); c.proc != nil {
+	if c.proc = c.t.lookup(ev); c.proc != nil {
 		c.ignored = false
 	}
 }

@@ -53,6 +53,22 @@ type Processes interface {
 	Lookup(pid uint32, comm string) *pod.Process
 }
 
+// servingProcesses is Processes that can select a process by the local
+// port of a connection it serves (pod.Registry with PODTRACER_OPEN_PORTS:
+// a worker that does not listen itself).
+type servingProcesses interface {
+	LookupServing(pid uint32, comm string, local uint16) *pod.Process
+}
+
+// lookup asks who the process of ev's connection is, and whether it is
+// selected.
+func (t *Tracer) lookup(ev *bpf.Event) *pod.Process {
+	if s, ok := t.procs.(servingProcesses); ok {
+		return s.LookupServing(ev.PID, ev.CommString(), ev.Local.Port())
+	}
+	return t.procs.Lookup(ev.PID, ev.CommString())
+}
+
 // livingProcesses is Processes that can tell whether a pid still runs:
 // the idle sweep then forgets at once the stateful connections of the
 // processes that exited (whose closes the syscall hooks do not see).
@@ -153,11 +169,12 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			t.untracked.Add(1)
 			return
 		}
-		c = newConn(t, ev, t.procs.Lookup(ev.PID, ev.CommString()))
+		c = newConn(t, ev, t.lookup(ev))
 		t.conns[key] = c
 		t.live.Add(1)
 	}
 	c.lastSeen = ev.ExitNS
+	c.checkOwn(ev)
 	c.reselect(ev)
 	switch ev.Type {
 	case bpf.EventHTTP:

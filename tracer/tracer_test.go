@@ -834,11 +834,16 @@ func TestConnectionReselected(t *testing.T) {
 
 // A connection whose peer is one of the agent's own (a collector in the
 // pod, receiving the agent's exports) is never followed: each export
-// would otherwise make a span for the next to carry.
+// would otherwise make a span for the next to carry. gRPC may tell the
+// agent of its end after the collector's first write (its SETTINGS): the
+// peer is asked again in the connection's first second.
 func TestOwnConnectionNotFollowed(t *testing.T) {
 	h := newHarness(t, 4096)
-	h.tracer = New(Config{Own: func(peer netip.AddrPort) bool { return peer == clientAddr }}, allProcesses{},
+	asked := 0
+	own := func(peer netip.AddrPort) bool { asked++; return peer == clientAddr && asked > 1 }
+	h.tracer = New(Config{Own: own}, allProcesses{},
 		func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { h.got = append(h.got, r) })
+	h.send(1, out, "HTTP/1.1 100 Continue\r\n\r\n") // the collector writes first, before the agent knows its end
 	for range 2 {
 		h.send(1, in, "GET /export HTTP/1.1\r\nHost: a\r\n\r\n")
 		h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -846,5 +851,29 @@ func TestOwnConnectionNotFollowed(t *testing.T) {
 	}
 	if len(h.got) != 0 {
 		t.Errorf("requests %v on the agent's own connection", describeAll(h.got))
+	}
+}
+
+// servingRecorder is a servingProcesses that keeps the local ports it was
+// asked with.
+type servingRecorder struct{ ports []uint16 }
+
+func (s *servingRecorder) Lookup(pid uint32, comm string) *pod.Process {
+	return s.LookupServing(pid, comm, 0)
+}
+func (s *servingRecorder) LookupServing(pid uint32, comm string, local uint16) *pod.Process {
+	s.ports = append(s.ports, local)
+	return &pod.Process{PID: int(pid), Name: comm}
+}
+
+// The tracer asks for a new connection's process with the connection's
+// local port, which selects a worker serving a selected port.
+func TestLookupServingPort(t *testing.T) {
+	rec := &servingRecorder{}
+	h := newHarness(t, 4096)
+	h.tracer = New(Config{}, rec, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { h.got = append(h.got, r) })
+	h.send(1, in, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+	if len(rec.ports) != 1 || rec.ports[0] != serverAddr.Port() {
+		t.Errorf("asked with ports %v, want [%d]", rec.ports, serverAddr.Port())
 	}
 }
