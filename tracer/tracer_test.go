@@ -817,7 +817,7 @@ func (s *selectLater) Lookup(pid uint32, comm string) *pod.Process {
 func TestConnectionReselected(t *testing.T) {
 	sel := &selectLater{}
 	h := newHarness(t, 4096)
-	h.tracer = New(Config{RouteHeuristic: true}, sel, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { h.got = append(h.got, r) })
+	h.tracer = New(Config{RouteHeuristic: true}, sel, h.tracer.wall, h.tracer.emit)
 	exchange := func(path string) {
 		h.send(1, in, "GET "+path+" HTTP/1.1\r\nHost: a\r\n\r\n")
 		h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
@@ -841,8 +841,7 @@ func TestOwnConnectionNotFollowed(t *testing.T) {
 	h := newHarness(t, 4096)
 	asked := 0
 	own := func(peer netip.AddrPort) bool { asked++; return peer == clientAddr && asked > 1 }
-	h.tracer = New(Config{Own: own}, allProcesses{},
-		func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { h.got = append(h.got, r) })
+	h.tracer = New(Config{Own: own}, allProcesses{}, h.tracer.wall, h.tracer.emit)
 	h.send(1, out, "HTTP/1.1 100 Continue\r\n\r\n") // the collector writes first, before the agent knows its end
 	for range 2 {
 		h.send(1, in, "GET /export HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -871,7 +870,7 @@ func (s *servingRecorder) LookupServing(pid uint32, comm string, local uint16) *
 func TestLookupServingPort(t *testing.T) {
 	rec := &servingRecorder{}
 	h := newHarness(t, 4096)
-	h.tracer = New(Config{}, rec, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) }, func(r *Request) { h.got = append(h.got, r) })
+	h.tracer = New(Config{}, rec, h.tracer.wall, h.tracer.emit)
 	h.send(1, in, "GET / HTTP/1.1\r\nHost: a\r\n\r\n")
 	if len(rec.ports) != 1 || rec.ports[0] != serverAddr.Port() {
 		t.Errorf("asked with ports %v, want [%d]", rec.ports, serverAddr.Port())
