@@ -49,7 +49,7 @@ type config struct {
 	MetricTimeout       string `env:"OTEL_METRIC_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a metric export may take"`
 	ExemplarFilter      string `env:"OTEL_METRICS_EXEMPLAR_FILTER" envDefault:"trace_based" desc:"which requests leave exemplars on the duration histograms: trace_based (those with a sampled span), always_on or always_off"`
 	BatchQueue          string `env:"OTEL_BSP_MAX_QUEUE_SIZE" envDefault:"2048" desc:"spans waiting for export per destination (at most 1048576); beyond it they are dropped and counted"`
-	BatchSize           string `env:"OTEL_BSP_MAX_EXPORT_BATCH_SIZE" envDefault:"512" desc:"spans per export at most"`
+	BatchSize           string `env:"OTEL_BSP_MAX_EXPORT_BATCH_SIZE" envDefault:"512" desc:"spans per export at most; an export request also stays under 4 MiB, what a gRPC server takes by default (the Collector's max_recv_msg_size_mib): a batch of larger spans (long URLs or queries) goes out in several"`
 	BatchDelay          string `env:"OTEL_BSP_SCHEDULE_DELAY" envDefault:"5000" desc:"milliseconds a span may wait for a fuller batch"`
 	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take (0: no limit)"`
 	KnownMethods        string `env:"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS" desc:"the HTTP methods spans and metrics name, comma-separated and case-sensitive, instead of the conventions' CONNECT, DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, QUERY, TRACE (a whole list, not additions: GET,POST,PROPFIND); other methods are _OTHER, with the method in http.request.method_original on spans. HTTP/1 requests are recognised by a method of 3 to 20 capital letters: others (M-SEARCH) are not traced, named or not"`

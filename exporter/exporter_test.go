@@ -1250,3 +1250,20 @@ func TestClientBehindProxy(t *testing.T) {
 		}
 	}
 }
+
+// Spans of long URLs make batches larger than the 4 MiB a gRPC server
+// (the receiver here, the Collector's) takes: every span still arrives,
+// in smaller requests.
+func TestLargeSpansUnderReceiveLimit(t *testing.T) {
+	e, rcv, _ := startOTLP(t, Config{})
+	long := "/" + strings.Repeat("a", 12<<10)
+	for range 600 {
+		r := serverReq()
+		r.Path, r.Route = long, "/long"
+		e.Export(r)
+	}
+	rcv.WaitSpans(t, 3*waitFor, func(s []otlptest.Span) bool { return len(s) >= 600 })
+	if s := e.Stats(); s.FailedSpans != 0 {
+		t.Errorf("%d spans failed", s.FailedSpans)
+	}
+}

@@ -61,7 +61,18 @@ type spanSink struct {
 	dropped  atomic.Uint64
 	exported atomic.Uint64
 	failed   atomic.Uint64
+
+	batchBytes int // the encoded size of the batch being filled (maxBatchBytes)
 }
+
+// maxBatchBytes bounds an export request's encoded spans, below the 4 MiB
+// that gRPC servers take by default, the OpenTelemetry Collector's OTLP
+// receiver included (max_recv_msg_size_mib): a batch of 512 spans of long
+// URLs or queries, or of 2048 shorter ones, would go over, and the
+// collector would refuse it whole, every time. A batch that would pass it
+// goes out early. The rest of a request (resources, headers) is a few
+// kilobytes per process.
+const maxBatchBytes = 4<<20 - 256<<10
 
 // newSpanSink starts a sink.
 func newSpanSink(name string, exp spanExporter, cfg batchConfig, rep *reporter) *spanSink {
@@ -163,7 +174,12 @@ func (k *spanSink) drain(batch []*spanRecord) []*spanRecord {
 func (k *spanSink) addAll(batch, recs []*spanRecord) ([]*spanRecord, bool) {
 	sent := false
 	for _, rec := range recs {
+		size := len(rec.wire) + 6 // its field's tag and length
+		if len(batch) > 0 && k.batchBytes+size > maxBatchBytes {
+			batch, sent = k.export(batch), true
+		}
 		batch = append(batch, rec)
+		k.batchBytes += size
 		if len(batch) == k.cfg.size {
 			batch, sent = k.export(batch), true
 		}
@@ -197,6 +213,7 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 	releaseAll(batch)
 	clear(batch)
 	k.inflight.Add(-int64(n))
+	k.batchBytes = 0
 	return batch[:0]
 }
 

@@ -303,6 +303,29 @@ func TestSinkBatchesBySize(t *testing.T) {
 	}
 }
 
+// A batch goes out before its encoded spans pass maxBatchBytes, below the
+// 4 MiB a collector takes by default: 40 spans of 300 KiB are four
+// requests, not one that the collector would refuse whole.
+func TestSinkBatchesByBytes(t *testing.T) {
+	rec := newBatchRecorder()
+	k := newSpanSink("test", rec, batchConfig{queue: 100, size: 512, delay: time.Hour, timeout: time.Minute}, newReporter(nil, time.Hour))
+	for i := range 40 {
+		r := newRecord(1)
+		r.name, r.wire = "span"+strconv.Itoa(i), make([]byte, 300<<10)
+		k.offer(r)
+	}
+	if err := k.shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	per := maxBatchBytes / (300<<10 + 6)
+	if got, want := rec.sizes(), []int{per, per, per, 40 - 3*per}; !reflect.DeepEqual(got, want) {
+		t.Errorf("batches %v, want %v", got, want)
+	}
+	if k.exported.Load() != 40 {
+		t.Errorf("exported %d", k.exported.Load())
+	}
+}
+
 // TestSinkHandfuls: spans held by the worker and offered together make the
 // same batches as spans offered one by one, and those beyond the queue size
 // are dropped, released and counted exactly.
