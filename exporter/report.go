@@ -5,6 +5,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // reporter logs drops and export failures at most once per reportInterval.
@@ -28,8 +31,11 @@ type reporter struct {
 	spanSink  string
 	metricErr error // last metric export error
 
-	// Values at the last report, owned by the ticker goroutine.
-	last Stats
+	// Values at the last report, owned by the ticker goroutine, and
+	// whether it said an export failed (so that the next says when they
+	// work again).
+	last                       Stats
+	spansFailed, metricsFailed bool
 }
 
 func newReporter(logger *slog.Logger, interval time.Duration) *reporter {
@@ -89,11 +95,48 @@ func (r *reporter) report(s Stats) {
 	if n := s.DroppedSpans - r.last.DroppedSpans; n > 0 {
 		r.logger.Warn("dropped spans: queue full", "dropped", n, "total", s.DroppedSpans)
 	}
-	if n := s.FailedSpans - r.last.FailedSpans; n > 0 {
-		r.logger.Warn("span export failed", "sink", sink, "spans", n, "total", s.FailedSpans, "error", spanErr)
+	switch {
+	case s.FailedSpans > r.last.FailedSpans:
+		r.logger.Warn("span export failed", "sink", sink, "spans", s.FailedSpans-r.last.FailedSpans, "total", s.FailedSpans,
+			"error", spanErr, "hint", exportHint(spanErr))
+		r.spansFailed = true
+	case r.spansFailed && !r.spansFailing.Load() && s.ExportedSpans > r.last.ExportedSpans:
+		r.logger.Info("span export works again", "exported", s.ExportedSpans-r.last.ExportedSpans)
+		r.spansFailed = false
 	}
-	if n := s.FailedMetricExports - r.last.FailedMetricExports; n > 0 {
-		r.logger.Warn("metric export failed", "exports", n, "total", s.FailedMetricExports, "error", metricErr)
+	switch {
+	case s.FailedMetricExports > r.last.FailedMetricExports:
+		r.logger.Warn("metric export failed", "exports", s.FailedMetricExports-r.last.FailedMetricExports, "total", s.FailedMetricExports,
+			"error", metricErr, "hint", exportHint(metricErr))
+		r.metricsFailed = true
+	case r.metricsFailed && !r.metricsFailing.Load():
+		r.logger.Info("metric export works again")
+		r.metricsFailed = false
 	}
 	r.last = s
+}
+
+// exportHint says what an OTLP export error usually means, and what to
+// change: the gRPC status alone ("Unimplemented") leaves a user guessing.
+func exportHint(err error) string {
+	if err == nil {
+		return ""
+	}
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return "the collector refused the agent's credentials: check OTEL_EXPORTER_OTLP_HEADERS (or its _TRACES_ and _METRICS_ forms)"
+	case codes.Unimplemented:
+		return "the endpoint does not take this signal over OTLP/gRPC (a collector without that pipeline, or OTLP/HTTP's port 4318): " +
+			"fix OTEL_EXPORTER_OTLP_ENDPOINT, or turn the signal off with OTEL_TRACES_EXPORTER=none or OTEL_METRICS_EXPORTER=none"
+	case codes.Unavailable:
+		return "the collector cannot be reached: check OTEL_EXPORTER_OTLP_ENDPOINT (and _INSECURE for TLS) and that it runs; " +
+			"meanwhile what does not fit the queues is dropped and counted"
+	case codes.DeadlineExceeded:
+		return "the collector answered later than OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default): it is overloaded, or far"
+	case codes.ResourceExhausted:
+		return "the collector is out of capacity, or refused a request as too large (raise its max_recv_msg_size_mib)"
+	case codes.InvalidArgument:
+		return "the collector refused the data as invalid: a bug, please report it with this line"
+	}
+	return ""
 }

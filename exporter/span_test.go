@@ -1,6 +1,7 @@
 package exporter
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"math/rand/v2"
 	"os"
@@ -24,6 +26,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	grpccodes "google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/podtracer/podtracer/internal/otlptest"
 	"github.com/podtracer/podtracer/pod"
@@ -534,5 +538,28 @@ func TestExemplarLinksSpan(t *testing.T) {
 	}
 	if spans.ids[0].TraceID() != parent.TraceID() {
 		t.Errorf("span trace %v, want the parent's", spans.ids[0].TraceID())
+	}
+}
+
+// A failed export's log line says what the error usually means and what
+// to change; once exports work again, a line says so, once.
+func TestReportHintAndRecovery(t *testing.T) {
+	var log bytes.Buffer
+	r := newReporter(slog.New(slog.NewTextHandler(&log, nil)), time.Hour)
+	r.spanError(otlpSink, fmt.Errorf("traces export: %w", status.Error(grpccodes.Unauthenticated, "bad token")))
+	r.report(Stats{FailedSpans: 512})
+	if !strings.Contains(log.String(), "OTEL_EXPORTER_OTLP_HEADERS") {
+		t.Errorf("no hint about the headers:\n%s", log.String())
+	}
+	r.spansExported()
+	r.report(Stats{FailedSpans: 512, ExportedSpans: 100})
+	r.report(Stats{FailedSpans: 512, ExportedSpans: 200})
+	if n := strings.Count(log.String(), "span export works again"); n != 1 {
+		t.Errorf("%d recovery lines, want 1:\n%s", n, log.String())
+	}
+	r.metricError(status.Error(grpccodes.Unimplemented, "unknown service opentelemetry.proto.collector.metrics.v1.MetricsService"))
+	r.report(Stats{FailedSpans: 512, ExportedSpans: 200, FailedMetricExports: 1})
+	if !strings.Contains(log.String(), "OTEL_METRICS_EXPORTER=none") {
+		t.Errorf("no hint for an endpoint without metrics:\n%s", log.String())
 	}
 }
