@@ -254,14 +254,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		// The client's own request-size check is off: it sized every
 		// request by reflection (proto.Size), a sixth of the agent's CPU.
 		// traceCodec checks the same limit on the size it computes anyway.
-		codec := newTraceCodec()
+		codec, partial := newTraceCodec(), &partialSuccess{}
 		client := otlptracegrpc.NewClient(
-			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec)), grpc.WithStatsHandler(own)),
+			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec)), grpc.WithStatsHandler(own),
+				grpc.WithUnaryInterceptor(partial.intercept)),
 			otlptracegrpc.WithMaxRequestSize(0))
 		if err := client.Start(ctx); err != nil {
 			return nil, fmt.Errorf("otlp trace client: %w", err)
 		}
-		dests = append(dests, destination{name: otlpSink, exp: &otlpSpans{client: client, codec: codec}})
+		dests = append(dests, destination{name: otlpSink, exp: &otlpSpans{client: client, codec: codec, partial: partial}})
 	}
 	if cfg.Printer != PrinterOff {
 		dests = append(dests, destination{

@@ -1267,3 +1267,25 @@ func TestLargeSpansUnderReceiveLimit(t *testing.T) {
 		t.Errorf("%d spans failed", s.FailedSpans)
 	}
 }
+
+// A collector that takes an export but rejects some spans (OTLP partial
+// success): those are counted failed, the others exported, and the
+// collector is not taken for failing.
+func TestPartialSuccess(t *testing.T) {
+	e, rcv, logs := startOTLP(t, Config{}, otlptest.WithRejectedSpans(3))
+	for range 10 {
+		e.Export(serverReq())
+	}
+	deadline := time.Now().Add(waitFor)
+	for e.Stats().ExportedSpans+e.Stats().FailedSpans < 10 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Three rejected per export, whatever the batches were.
+	s, stored := e.Stats(), uint64(len(rcv.Spans()))
+	if s.ExportedSpans != stored || s.FailedSpans != 10-stored || s.FailedSpans < 3 {
+		t.Errorf("exported %d, failed %d; the receiver stored %d of 10\n%s", s.ExportedSpans, s.FailedSpans, stored, logs.String())
+	}
+	if e.rep.spansFailing.Load() {
+		t.Error("a collector that answered is taken for failing")
+	}
+}

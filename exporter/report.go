@@ -55,6 +55,16 @@ func (r *reporter) spanError(sink string, err error) {
 	r.mu.Unlock()
 }
 
+// spansRejected notes an export the collector took but for some spans
+// (partial success): the reason goes in the log with their count, but
+// the collector works.
+func (r *reporter) spansRejected(sink string, err error) {
+	r.spansExported()
+	r.mu.Lock()
+	r.spanErr, r.spanSink = err, sink
+	r.mu.Unlock()
+}
+
 func (r *reporter) metricError(err error) {
 	r.metricsFailing.Store(true)
 	r.mu.Lock()

@@ -2,6 +2,7 @@ package exporter
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -201,10 +202,17 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 	err := k.exp.exportSpans(ctx, batch)
 	cancel()
 	n := len(batch)
-	if err != nil {
+	var rejected *rejectedSpans
+	switch {
+	case errors.As(err, &rejected):
+		// The collector answered: it works, and took all but these.
+		k.failed.Add(uint64(rejected.n))
+		k.exported.Add(uint64(n - rejected.n))
+		k.rep.spansRejected(k.name, err)
+	case err != nil:
 		k.failed.Add(uint64(n))
 		k.rep.spanError(k.name, err)
-	} else {
+	default:
 		k.exported.Add(uint64(n))
 		if k.name == otlpSink {
 			k.rep.spansExported()

@@ -87,9 +87,10 @@ type MetricPoint struct {
 type Option func(*behaviour)
 
 type behaviour struct {
-	delay time.Duration
-	hang  bool
-	err   error
+	delay    time.Duration
+	hang     bool
+	err      error
+	rejected int64 // of each span export's spans: partial success
 }
 
 // WithDelay makes every Export wait d before it answers (a slow collector).
@@ -105,6 +106,11 @@ func WithHang() Option { return func(b *behaviour) { b.hang = true } }
 // error (status.Error(codes.Unavailable, ...)) so the exporter's retry logic
 // sees what a real collector would send. Nothing is stored.
 func WithError(err error) Option { return func(b *behaviour) { b.err = err } }
+
+// WithRejectedSpans makes every span export answer with a partial success
+// that rejects n of its spans (OTLP's partial_success); the others, all
+// but the last n, are stored.
+func WithRejectedSpans(n int64) Option { return func(b *behaviour) { b.rejected = n } }
 
 // Healthy resets the receiver to answer at once and store everything.
 func Healthy() Option { return func(b *behaviour) { *b = behaviour{} } }
@@ -352,10 +358,15 @@ func (r *Receiver) exportTraces(ctx context.Context, req *coltracepb.ExportTrace
 		}
 	}
 	r.mu.Lock()
-	r.spans = append(r.spans, got...)
+	rejected := min(r.beh.rejected, int64(len(got)))
+	r.spans = append(r.spans, got[:len(got)-int(rejected)]...)
 	r.notify()
 	r.mu.Unlock()
-	return &coltracepb.ExportTraceServiceResponse{}, nil
+	resp := &coltracepb.ExportTraceServiceResponse{}
+	if rejected > 0 {
+		resp.PartialSuccess = &coltracepb.ExportTracePartialSuccess{RejectedSpans: rejected, ErrorMessage: "spans rejected by the test receiver"}
+	}
+	return resp, nil
 }
 
 func (r *Receiver) exportMetrics(ctx context.Context, req *colmetricpb.ExportMetricsServiceRequest) (*colmetricpb.ExportMetricsServiceResponse, error) {
