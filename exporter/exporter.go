@@ -46,6 +46,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
@@ -256,7 +257,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		// traceCodec checks the same limit on the size it computes anyway.
 		codec, partial := newTraceCodec(), &partialSuccess{}
 		client := otlptracegrpc.NewClient(
-			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec)), grpc.WithStatsHandler(own),
+			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec)), grpc.WithStatsHandler(own), grpc.WithConnectParams(reconnect),
 				grpc.WithUnaryInterceptor(partial.intercept)),
 			otlptracegrpc.WithMaxRequestSize(0))
 		if err := client.Start(ctx); err != nil {
@@ -273,7 +274,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	}
 	var metricExp sdkmetric.Exporter
 	if cfg.MetricsOTLP {
-		exp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithDialOption(grpc.WithStatsHandler(own)))
+		exp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithDialOption(grpc.WithStatsHandler(own), grpc.WithConnectParams(reconnect)))
 		if err != nil {
 			for _, d := range dests {
 				_ = d.exp.shutdown(ctx)
@@ -290,6 +291,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		"traces_otlp", cfg.TracesOTLP, "metrics_otlp", cfg.MetricsOTLP,
 		"printer", cfg.Printer, "queue", cfg.QueueSize, "span_queue", batch.queue)
 	return e, nil
+}
+
+// reconnect is how the OTLP connections try again a collector that went
+// away. gRPC's default waits up to 120 s between attempts: after a
+// collector's rollout of a few minutes, exports would resume up to two
+// minutes late, and a busy pod's spans would be dropped meanwhile.
+var reconnect = grpc.ConnectParams{
+	Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 10 * time.Second},
+	MinConnectTimeout: 20 * time.Second,
 }
 
 // OwnConnection tells whether peer is the local end of one of the agent's

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1287,5 +1288,54 @@ func TestPartialSuccess(t *testing.T) {
 	}
 	if e.rep.spansFailing.Load() {
 		t.Error("a collector that answered is taken for failing")
+	}
+}
+
+// While a collector is away, the OTLP connections try it again at least
+// every reconnect.Backoff.MaxDelay, not at gRPC's own waits, which grow
+// to 120 s. Its address here is taken by a listener that counts the
+// attempts and refuses each (they fail as against a collector that is
+// down), its waits scaled down to 1 s: from 6 to 12 s into the outage,
+// gRPC's own backoff would make one attempt per connection.
+func TestReconnectAfterOutage(t *testing.T) {
+	saved := reconnect
+	reconnect.Backoff.MaxDelay = time.Second
+	t.Cleanup(func() { reconnect = saved })
+	e, rcv, _ := startOTLP(t, Config{})
+	e.Export(serverReq())
+	rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) == 1 })
+	rcv.Down()
+	lis, err := net.Listen("tcp", rcv.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var late atomic.Int32 // attempts 6 s or more into the outage
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			if time.Since(start) >= 6*time.Second {
+				late.Add(1)
+			}
+			c.Close()
+		}
+	}()
+	for time.Since(start) < 12*time.Second {
+		e.Export(serverReq())
+		time.Sleep(200 * time.Millisecond)
+	}
+	lis.Close()
+	if n := late.Load(); n < 6 {
+		t.Errorf("%d connection attempts from 6 to 12 s into the outage, want one a second for each connection", n)
+	}
+	rcv.Up(t)
+	for back := time.Now(); len(rcv.Spans()) == 1; time.Sleep(100 * time.Millisecond) {
+		if time.Since(back) > 20*time.Second {
+			t.Fatal("no export reached the collector after its return")
+		}
+		e.Export(serverReq())
 	}
 }

@@ -142,16 +142,43 @@ func Start(t testing.TB, opts ...Option) *Receiver {
 	}
 	r := &Receiver{
 		lis:     lis,
-		srv:     grpc.NewServer(),
 		stop:    make(chan struct{}),
 		changed: make(chan struct{}),
 	}
 	r.Set(opts...)
-	coltracepb.RegisterTraceServiceServer(r.srv, traceService{r: r})
-	colmetricpb.RegisterMetricsServiceServer(r.srv, metricsService{r: r})
-	go func() { _ = r.srv.Serve(lis) }()
+	r.serve(lis)
 	t.Cleanup(r.Close)
 	return r
+}
+
+// serve starts a gRPC server on lis.
+func (r *Receiver) serve(lis net.Listener) {
+	srv := grpc.NewServer()
+	coltracepb.RegisterTraceServiceServer(srv, traceService{r: r})
+	colmetricpb.RegisterMetricsServiceServer(srv, metricsService{r: r})
+	r.mu.Lock()
+	r.srv = srv
+	r.mu.Unlock()
+	go func() { _ = srv.Serve(lis) }()
+}
+
+// Down stops serving, as a collector that went away does: its connections
+// close, and new ones are refused until Up.
+func (r *Receiver) Down() {
+	r.mu.Lock()
+	srv := r.srv
+	r.mu.Unlock()
+	srv.Stop()
+}
+
+// Up serves again, on the same address, after Down.
+func (r *Receiver) Up(t testing.TB) {
+	t.Helper()
+	lis, err := net.Listen("tcp", r.Endpoint())
+	if err != nil {
+		t.Fatalf("otlptest: listen again: %v", err)
+	}
+	r.serve(lis)
 }
 
 // Endpoint is the receiver's address as host:port.
@@ -177,7 +204,10 @@ func (r *Receiver) Set(opts ...Option) {
 func (r *Receiver) Close() {
 	r.closed.Do(func() {
 		close(r.stop)
-		r.srv.Stop()
+		r.mu.Lock()
+		srv := r.srv
+		r.mu.Unlock()
+		srv.Stop()
 	})
 }
 
