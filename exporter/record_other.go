@@ -108,7 +108,7 @@ type otherKey struct {
 	dbSystem, dbOp, dbCollection, dbNamespace, dbQuery        string
 	errorCode                                                 string
 	role                                                      tracer.Role
-	grpcStatus, partition, port, messages                     int
+	grpcStatus, partition, port                               int
 	host                                                      string
 }
 
@@ -116,7 +116,7 @@ func otherKeyOf(r *tracer.Request, host string, port int) otherKey {
 	return otherKey{protocol: r.Protocol, rpcService: r.RPCService, rpcMethod: r.RPCMethod, msgOp: r.MessagingOperation,
 		msgDest: r.MessagingDestination, clientID: r.ClientID, dbSystem: r.DBSystem, dbOp: r.DBOperation, dbCollection: r.DBCollection,
 		dbNamespace: r.DBNamespace, dbQuery: r.DBQuery, errorCode: r.ErrorCode, role: r.Role, grpcStatus: r.GRPCStatus,
-		partition: r.Partition, port: port, host: host, messages: r.MessageCount}
+		partition: r.Partition, port: port, host: host}
 }
 
 // otherDesc is describeOther's description of the requests of a key, and
@@ -190,6 +190,12 @@ func (s *process) recordOther(r *tracer.Request) {
 			}
 			a.str(semconv.NetworkPeerAddressKey, s.lastPeerStr)
 			a.int(semconv.NetworkPeerPortKey, int64(r.Remote.Port()))
+		}
+		if r.Protocol == tracer.ProtoKafka && r.MessageCount > 1 {
+			// A batch's size, per request (not in the description, which
+			// many sends share); the conventions want none on a single
+			// message's span.
+			a.int(semconv.MessagingBatchMessageCountKey, int64(r.MessageCount))
 		}
 		if r.Protocol == tracer.ProtoGRPC && r.Role == tracer.RoleServer {
 			// The caller: the one proxies name, else the peer (as for HTTP).
@@ -315,10 +321,6 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 		}
 		if r.ClientID != "" {
 			span = append(span, semconv.MessagingClientID(r.ClientID))
-		}
-		if r.MessageCount > 1 {
-			// A batch's size; the conventions want none on a single message's span.
-			span = append(span, semconv.MessagingBatchMessageCount(r.MessageCount))
 		}
 		if r.ErrorCode != "" {
 			failed, errType = true, r.ErrorCode
