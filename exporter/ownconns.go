@@ -16,7 +16,8 @@ import (
 // that the next export carries, for ever. The tracer leaves alone a
 // connection whose peer is one of them (Exporter.OwnConnection). It is a
 // gRPC stats handler of the exporters' connections: gRPC tells it of each
-// connection before its first byte goes out.
+// connection before the agent writes to it (the collector may write
+// first: the tracer asks again in a connection's first second).
 type ownConns struct {
 	mu    sync.Mutex
 	local map[netip.AddrPort]int // a count: a port may be reused before the old connection's end is told
