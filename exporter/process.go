@@ -267,7 +267,10 @@ func (e *Exporter) releaseLRU() {
 // background, so a slow collector cannot stall the worker. At most
 // cap(releaseSem) flushes run at once; beyond that the providers are shut
 // down without a final export, losing at most one interval of metric points
-// instead of letting goroutines pile up under process churn.
+// instead of flushes piling up under process churn. That shutdown is in the
+// background too: it waits for the reader's export in progress, which
+// waits for the metric exporter, shared by every process and busy for as
+// long as a slow collector takes.
 func (e *Exporter) release(k procKey, s *process) {
 	delete(e.procs, k)
 	e.nprocs.Store(int64(len(e.procs)))
@@ -280,9 +283,11 @@ func (e *Exporter) release(k procKey, s *process) {
 			_ = s.shutdown(ctx)
 		})
 	default:
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		_ = s.shutdown(ctx)
+		e.releasing.Go(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = s.shutdown(ctx)
+		})
 	}
 }
 

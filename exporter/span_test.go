@@ -563,3 +563,47 @@ func TestReportHintAndRecovery(t *testing.T) {
 		t.Errorf("no hint for an endpoint without metrics:\n%s", log.String())
 	}
 }
+
+// stuckMetrics is a metric exporter that, like otlpmetricgrpc's, lets one
+// export through at a time whatever the context says, and holds the first
+// until released: a collector that does not answer.
+type stuckMetrics struct {
+	discardMetrics
+	mu      sync.Mutex
+	release chan struct{}
+}
+
+func (s *stuckMetrics) Export(context.Context, *metricdata.ResourceMetrics) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	<-s.release
+	return nil
+}
+
+// Releasing processes never waits on the metric exporter, even when more
+// processes go than flushes may run at once and a collector holds their
+// readers' exports: the worker that releases them must go on.
+func TestReleaseNeverBlocks(t *testing.T) {
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "10")
+	stuck := &stuckMetrics{release: make(chan struct{})}
+	e := benchNew(t, nil, stuck)
+	t.Cleanup(func() { close(stuck.release) }) // before benchNew's shutdown, which runs after
+	for pid := range 8 {
+		r := serverReq()
+		r.Process = &pod.Process{PID: 100 + pid, Name: "worker", Exe: "/app/worker"}
+		e.handle(r)
+	}
+	time.Sleep(100 * time.Millisecond) // the readers' exports begin, and stick
+	done := make(chan struct{})
+	go func() {
+		for k, s := range e.procs {
+			e.release(k, s)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("releasing processes waited on a stuck metric export")
+	}
+}
