@@ -52,6 +52,8 @@ type config struct {
 	BatchSize           string `env:"OTEL_BSP_MAX_EXPORT_BATCH_SIZE" envDefault:"512" desc:"spans per export at most; an export request also stays under 4 MiB, what a gRPC server takes by default (the Collector's max_recv_msg_size_mib): a batch of larger spans (long URLs or queries) goes out in several"`
 	BatchDelay          string `env:"OTEL_BSP_SCHEDULE_DELAY" envDefault:"5000" desc:"milliseconds a span may wait for a fuller batch"`
 	BatchTimeout        string `env:"OTEL_BSP_EXPORT_TIMEOUT" envDefault:"30000" desc:"milliseconds a span export may take (0: no limit)"`
+	AttrValueLimit      string `env:"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT" desc:"the most characters a span attribute's string value keeps (a long URL, a query's text); unset: no limit"`
+	SpanAttrValueLimit  string `env:"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT" desc:"the same for span attributes, instead of OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT"`
 	KnownMethods        string `env:"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS" desc:"the HTTP methods spans and metrics name, comma-separated and case-sensitive, instead of the conventions' CONNECT, DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, QUERY, TRACE (a whole list, not additions: GET,POST,PROPFIND); other methods are _OTHER, with the method in http.request.method_original on spans. HTTP/1 requests are recognised by a method of 3 to 20 capital letters: others (M-SEARCH) are not traced, named or not"`
 	OTLPProtocol        string `env:"OTEL_EXPORTER_OTLP_PROTOCOL" envDefault:"grpc" desc:"grpc only (also OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and OTEL_EXPORTER_OTLP_METRICS_PROTOCOL): the agent exports OTLP over gRPC, and refuses http/protobuf rather than send it gRPC"`
 

@@ -174,6 +174,8 @@ func TestConfigMistakesFoundByReview(t *testing.T) {
 		{"PODTRACER_OPT_IN_ATTRIBUTES=client.port,network.transport", `unknown attribute "network.transport"; known: client.port, http.request.body.size, http.response.body.size, url.scheme, url.template, user_agent.original`},
 		{"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=GET;POST", `"GET;POST" is not an HTTP method`},
 		{"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=,", "names no method"},
+		{"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT=ten", "want a number of characters"},
+		{"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=-1", "want a number of characters"},
 	} {
 		_, err := loadConfig([]string{c.env})
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -97,6 +97,11 @@ type Config struct {
 	// name instead of the conventions' (ParseKnownMethods); others are
 	// _OTHER.
 	KnownMethods map[string]bool
+
+	// attrLimited says the span attributes' string values are cut to
+	// attrLimit characters (envSettings.attrLimit, set by New).
+	attrLimited bool
+	attrLimit   int
 	// CommandArgs puts process.command_args on each process's resource.
 	// Off by default: arguments often carry secrets, and the semantic
 	// conventions say not to collect them by default without sanitizing.
@@ -236,6 +241,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	}
 	std, stdErrs := settingsFromEnv(os.Getenv)
 	errs = append(errs, stdErrs...)
+	cfg.attrLimited, cfg.attrLimit = std.attrLimit >= 0, std.attrLimit
 	smp, batch := std.sampler, std.batch
 	// The environment's resource is the same for every process, so it is
 	// detected once; per process it is only merged.
@@ -648,6 +654,10 @@ func CheckEnv(getenv func(string) string) []error {
 type envSettings struct {
 	sampler sampler
 	batch   batchConfig
+	// attrLimit is the longest a span attribute's string value may be, in
+	// characters (OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT, else
+	// OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT); -1: no limit, the default.
+	attrLimit int
 }
 
 // MaxQueue bounds the queue sizes a setting may ask for: each queue's
@@ -697,6 +707,17 @@ func settingsFromEnv(getenv func(string) string) (envSettings, []error) {
 	keep(err)
 	s.batch.timeout, err = envTimeout(getenv, "OTEL_BSP_EXPORT_TIMEOUT", sdktrace.DefaultExportTimeout)
 	keep(err)
+	s.attrLimit = -1
+	for _, k := range []string{"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT"} { // the span's wins
+		if v := strings.TrimSpace(getenv(k)); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				keep(fmt.Errorf("%s=%q: want a number of characters, 0 or more", k, v))
+				continue
+			}
+			s.attrLimit = n
+		}
+	}
 	switch v := strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")); strings.ToLower(v) {
 	case "", "cumulative", "delta", "lowmemory":
 	default:

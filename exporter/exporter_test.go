@@ -1339,3 +1339,39 @@ func TestReconnectAfterOutage(t *testing.T) {
 		e.Export(serverReq())
 	}
 }
+
+// OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT (else OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT)
+// cuts span attributes' string values to that many characters, counting
+// a character of several bytes as one; metric points keep theirs.
+func TestAttributeValueLengthLimit(t *testing.T) {
+	for s, want := range map[string]string{"abc": "abc", "abcdefghij": "abcdefgh", "/café/crème": "/café/cr"} {
+		if got := truncateValue(s, 8); got != want {
+			t.Errorf("truncateValue(%q, 8) = %q, want %q", s, got, want)
+		}
+	}
+	if got := truncateValue("abcdefghij", -1); got != "abcdefghij" {
+		t.Errorf("no limit: %q", got)
+	}
+	t.Setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "100")
+	t.Setenv("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "8")
+	e, rcv, _ := startOTLP(t, Config{})
+	e.Export(serverReq())
+	db := otherReq(tracer.ProtoPostgreSQL, tracer.RoleClient)
+	db.DBOperation, db.DBCollection, db.DBQuery = "SELECT", "users", "SELECT * FROM users WHERE id = ?"
+	e.Export(db)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 2 })
+	if p := find(spans, "GET /users/{id}")[0].Attributes; p["url.path"] != "/users/4" || p["http.route"] != "/users/{" {
+		t.Errorf("HTTP span: %v", p)
+	}
+	if q := find(spans, "SELECT users")[0].Attributes["db.query.text"]; q != "SELECT *" {
+		t.Errorf("db.query.text %v", q)
+	}
+	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		for _, p := range ps {
+			if p.Name == "http.server.request.duration" && p.Attributes["http.route"] == "/users/{id}" {
+				return true
+			}
+		}
+		return false
+	})
+}

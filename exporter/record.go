@@ -392,12 +392,13 @@ func (k *httpStable) write(a spanAttrs, cfg *Config) {
 type spanAttrs struct {
 	rec       *spanRecord
 	kvs, wire bool
+	limit     int // cut string values to this many characters; -1: no limit
 }
 
 // spanAttrs starts writing rec's attributes; rec's other fields are set.
 // finish completes the encoded span.
 func (s *process) spanAttrs(rec *spanRecord) spanAttrs {
-	a := spanAttrs{rec: rec, kvs: s.keepAttrs, wire: s.encode}
+	a := spanAttrs{rec: rec, kvs: s.keepAttrs, wire: s.encode, limit: s.cfg.valueLimit()}
 	if a.wire {
 		rec.wire = appendSpanHead(rec.wire[:0], rec)
 		rec.attrsEncoded = true
@@ -406,6 +407,7 @@ func (s *process) spanAttrs(rec *spanRecord) spanAttrs {
 }
 
 func (a spanAttrs) str(key attribute.Key, v string) {
+	v = truncateValue(v, a.limit)
 	if a.kvs {
 		a.rec.attrs = append(a.rec.attrs, key.String(v))
 	}
@@ -427,6 +429,32 @@ func (a spanAttrs) int(key attribute.Key, v int64) {
 // (tracer.Request.ForwardedFor), "" when they named none.
 func (s *process) forwardedFor(r *tracer.Request) string {
 	return addrString(netip.AddrPortFrom(r.ForwardedFor.Addr(), 0), &s.lastForwarded, &s.lastForwardedStr)
+}
+
+// valueLimit is how many characters a span attribute's string value may
+// have (OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT); -1: no limit.
+func (c *Config) valueLimit() int {
+	if c == nil || !c.attrLimited {
+		return -1
+	}
+	return c.attrLimit
+}
+
+// truncateValue cuts v to limit characters (a negative limit: none), as
+// the specification's attribute limits want: counting each character as
+// one, whatever its bytes. A value within the limit costs no allocation.
+func truncateValue(v string, limit int) string {
+	if limit < 0 || len(v) <= limit {
+		return v
+	}
+	n := 0
+	for i := range v {
+		if n == limit {
+			return v[:i]
+		}
+		n++
+	}
+	return v
 }
 
 // sensitiveQueryKeys are the query parameters whose values the

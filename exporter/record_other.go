@@ -150,6 +150,13 @@ func (s *process) describe(r *tracer.Request, host string, port int) *otherDesc 
 	}
 	d := &otherDesc{key: key}
 	d.name, d.span, d.metric, d.failed, d.errType = describeOther(r, host, port)
+	if limit := s.cfg.valueLimit(); limit >= 0 {
+		for i, kv := range d.span {
+			if kv.Value.Type() == attribute.STRING {
+				d.span[i].Value = attribute.StringValue(truncateValue(kv.Value.AsString(), limit))
+			}
+		}
+	}
 	s.lastOther[s.nextOther] = d
 	s.nextOther = (s.nextOther + 1) % len(s.lastOther)
 	return d
