@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -538,6 +539,13 @@ func TestSampling(t *testing.T) {
 			t.Errorf("always_off exported %d spans", len(s))
 		}
 	})
+}
+
+// pointWith waits for a point of metric name whose attribute key is value.
+func pointWith(name, key string, value any) func([]otlptest.MetricPoint) bool {
+	return func(ps []otlptest.MetricPoint) bool {
+		return slices.ContainsFunc(ps, func(p otlptest.MetricPoint) bool { return p.Name == name && p.Attributes[key] == value })
+	}
 }
 
 func hasPoint(name, route string, count uint64) func([]otlptest.MetricPoint) bool {
@@ -1366,12 +1374,5 @@ func TestAttributeValueLengthLimit(t *testing.T) {
 	if q := find(spans, "SELECT users")[0].Attributes["db.query.text"]; q != "SELECT *" {
 		t.Errorf("db.query.text %v", q)
 	}
-	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
-		for _, p := range ps {
-			if p.Name == "http.server.request.duration" && p.Attributes["http.route"] == "/users/{id}" {
-				return true
-			}
-		}
-		return false
-	})
+	rcv.WaitMetric(t, waitFor, hasPoint("http.server.request.duration", "/users/{id}", 1))
 }

@@ -2,9 +2,11 @@ package exporter
 
 import (
 	"context"
+	"maps"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/stats"
 )
@@ -18,22 +20,39 @@ import (
 // gRPC stats handler of the exporters' connections: gRPC tells it of each
 // connection before the agent writes to it (the collector may write
 // first: the tracer asks again in a connection's first second).
+//
+// has is asked for every event of a connection's first second, in the
+// capture loop; the set changes only when the agent connects or
+// disconnects. So readers load a map that is never written again, and a
+// change writes a new one.
 type ownConns struct {
-	mu    sync.Mutex
-	local map[netip.AddrPort]int // a count: a port may be reused before the old connection's end is told
+	mu    sync.Mutex                             // serialises changes
+	local atomic.Pointer[map[netip.AddrPort]int] // a count: a port may be reused before the old connection's end is told
 }
 
-func newOwnConns() *ownConns { return &ownConns{local: make(map[netip.AddrPort]int)} }
+func newOwnConns() *ownConns {
+	o := &ownConns{}
+	o.local.Store(&map[netip.AddrPort]int{})
+	return o
+}
 
 type ownConnKey struct{}
 
 // has tells whether peer is the local end of one of the agent's own
 // connections.
 func (o *ownConns) has(peer netip.AddrPort) bool {
-	peer = plainAddrPort(peer)
+	return (*o.local.Load())[plainAddrPort(peer)] > 0
+}
+
+// change adds delta to local's count, in a new map.
+func (o *ownConns) change(local netip.AddrPort, delta int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.local[peer] > 0
+	m := maps.Clone(*o.local.Load())
+	if m[local] += delta; m[local] <= 0 {
+		delete(m, local)
+	}
+	o.local.Store(&m)
 }
 
 func (o *ownConns) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
@@ -42,9 +61,7 @@ func (o *ownConns) TagConn(ctx context.Context, info *stats.ConnTagInfo) context
 		return ctx
 	}
 	local := plainAddrPort(tcp.AddrPort())
-	o.mu.Lock()
-	o.local[local]++
-	o.mu.Unlock()
+	o.change(local, 1)
 	return context.WithValue(ctx, ownConnKey{}, local)
 }
 
@@ -53,11 +70,7 @@ func (o *ownConns) HandleConn(ctx context.Context, s stats.ConnStats) {
 	if _, end := s.(*stats.ConnEnd); !end || !ok {
 		return
 	}
-	o.mu.Lock()
-	if o.local[local]--; o.local[local] <= 0 {
-		delete(o.local, local)
-	}
-	o.mu.Unlock()
+	o.change(local, -1)
 }
 
 // plainAddrPort is ap as the kernel's events have it: IPv4 unmapped, no

@@ -97,14 +97,7 @@ func TestMariaDBSystem(t *testing.T) {
 	if s := find(spans, "mariadb"); len(s) != 1 || s[0].Attributes["db.system.name"] != "mariadb" {
 		t.Errorf("span without an operation: %v", s)
 	}
-	rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
-		for _, p := range m {
-			if p.Name == "db.client.operation.duration" && p.Attributes["db.system.name"] == "mariadb" {
-				return true
-			}
-		}
-		return false
-	})
+	rcv.WaitMetric(t, waitFor, pointWith("db.client.operation.duration", "db.system.name", "mariadb"))
 }
 
 func TestGRPCSpans(t *testing.T) {
@@ -164,14 +157,7 @@ func TestGRPCServerAddressIsAuthority(t *testing.T) {
 			t.Errorf("%s: %v, want server.address %v, server.port %v", name, s, w[0], w[1])
 		}
 	}
-	rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {
-		for _, p := range m {
-			if p.Name == "rpc.client.call.duration" && p.Attributes["server.address"] == "orders.shop.svc" {
-				return true
-			}
-		}
-		return false
-	})
+	rcv.WaitMetric(t, waitFor, pointWith("rpc.client.call.duration", "server.address", "orders.shop.svc"))
 }
 
 // gRPC calls to methods the server does not have (it answers
