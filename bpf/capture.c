@@ -102,6 +102,10 @@ enum event_type {
 	EVENT_HTTP_REQUEST = 4,
 	EVENT_REDIS = 5,         // a server's Redis command and its reply, measured for a span: no payload
 	EVENT_REDIS_REQUEST = 6, // stands for the bytes of a command of head_hash's shape
+	// A connection's bytes started a TLS handshake: its records are not
+	// sent up from now on, and the process's TLS library is where its
+	// plaintext comes from (the TLS section, below). No payload.
+	EVENT_TLS = 7,
 };
 
 // Event flags: what a server-side Redis connection's kernel drop (below)
@@ -113,6 +117,9 @@ enum event_flags {
 	// The reply of a command the kernel dropped may go on: its rest comes
 	// before this command's reply.
 	EVENT_LOST = 2,
+	// The payload is a TLS connection's plaintext, read from its TLS
+	// library's buffer, not from the socket.
+	EVENT_PLAINTEXT = 4,
 };
 
 enum direction {
@@ -220,7 +227,9 @@ enum stat_index {
 	STAT_SPAN = 6,     // HTTP requests picked for a span whose head the kernel stood for
 	STAT_REDIS_SPAN = 7, // Redis commands picked for a span whose shape the kernel stood for
 	STAT_H2_QUIET = 8,   // HTTP/2 segments of window updates and pings alone, not sent (h2_follow)
-	STAT_MAX = 9,
+	STAT_TLS_RECORDS = 9, // sends and receives of TLS records, not sent up (their plaintext is)
+	STAT_TLS_NO_SOCK = 10, // TLS plaintext lost: its SSL object's socket was not known
+	STAT_MAX = 11,
 };
 
 struct {
@@ -900,6 +909,9 @@ struct sock_state {
 	// alone goes up at least every H2_LIVE ticks (h2_follow).
 	__u16 h2_sent;
 	struct h2_dir h2d[2]; // and where each direction is in its frames
+	// The connection speaks TLS (tls_hello): its records are not sent
+	// up, its plaintext comes from the uprobes on its TLS library.
+	__u8 tls;
 };
 
 struct {
@@ -1623,6 +1635,29 @@ static __always_inline bool user_sock(struct sock *sk)
 	return so && so->file;
 }
 
+// sock_ends reads sk's two ends: the addresses (16 bytes each, IPv4 in
+// the first 4) and ports. It returns the family.
+static __always_inline __u16 sock_ends(struct sock *sk, __u8 *laddr, __u8 *raddr, __u16 *lport, __u16 *rport)
+{
+	__u16 family = sk->__sk_common.skc_family;
+	*lport = sk->__sk_common.skc_num;
+	*rport = __builtin_bswap16(sk->__sk_common.skc_dport);
+	if (family == AF_INET) {
+		__be32 l = sk->__sk_common.skc_rcv_saddr;
+		__be32 r = sk->__sk_common.skc_daddr;
+		__builtin_memset(laddr, 0, 16);
+		__builtin_memset(raddr, 0, 16);
+		__builtin_memcpy(laddr, &l, 4);
+		__builtin_memcpy(raddr, &r, 4);
+	} else {
+		// 16 bytes each: laddr is a pointer, which BPF_CORE_READ_INTO
+		// would size as one.
+		bpf_core_read(laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	return family;
+}
+
 // sock_fill fills e's process name and connection for sk. task is the
 // current task, whose process names the event, or 0 where the current
 // task is nobody in particular (softirq): the name is left empty.
@@ -1638,23 +1673,9 @@ static __always_inline void sock_fill(struct event *e, struct task_struct *task,
 	} else {
 		__builtin_memset(e->comm, 0, sizeof(e->comm));
 	}
-	__u16 family = sk->__sk_common.skc_family;
 	e->sock = (__u64)sk;
 	e->role = role;
-	e->family = family;
-	e->lport = sk->__sk_common.skc_num;
-	e->rport = __builtin_bswap16(sk->__sk_common.skc_dport);
-	if (family == AF_INET) {
-		__be32 l = sk->__sk_common.skc_rcv_saddr;
-		__be32 r = sk->__sk_common.skc_daddr;
-		__builtin_memset(e->laddr, 0, 16);
-		__builtin_memset(e->raddr, 0, 16);
-		__builtin_memcpy(e->laddr, &l, 4);
-		__builtin_memcpy(e->raddr, &r, 4);
-	} else {
-		BPF_CORE_READ_INTO(&e->laddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(&e->raddr, sk, __sk_common.skc_v6_daddr);
-	}
+	e->family = sock_ends(sk, e->laddr, e->raddr, &e->lport, &e->rport);
 }
 
 // accepted tells whether sk is a connection a listener accepted: a
@@ -2802,6 +2823,213 @@ static __always_inline bool syscall_sock(struct task_struct *task, struct pt_reg
 	return so && fd_file(regs->di) == so->file;
 }
 
+// TLS: the plaintext of OpenSSL's connections.
+//
+// A process that speaks TLS through OpenSSL (libssl) hands SSL_write its
+// plaintext and gets it back from SSL_read; its socket carries records no
+// one else can read. The agent puts uprobes on those functions in the
+// neighbours that map libssl (bpf/tls.go), for their pids alone, so that
+// no other process on the node takes the breakpoint. Which connection a
+// call is on comes from the send or receive it makes inside: the socket
+// hooks see it while the thread is in SSL_read or SSL_write (tls_calls)
+// and note its socket with the call; the call's return notes it for its
+// SSL object (tls_conns), so that a later call that touches no socket (a
+// read of bytes already decrypted) still knows its connection. A
+// connection whose bytes start a TLS handshake is marked in its socket
+// storage, and its records are not sent up: the uprobes' events carry its
+// plaintext instead (EVENT_PLAINTEXT).
+
+// tls_conn is a TLS connection as its events name it.
+struct tls_conn {
+	__u64 sock;
+	__u32 fd;
+	__u8 role;
+	__u8 pad;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+
+// tls_call is a thread's call of SSL_read or SSL_write, from its entry to
+// its return.
+struct tls_call {
+	__u64 ssl;   // the SSL object
+	__u64 buf;   // the plaintext's buffer
+	__u64 count; // SSL_read_ex, SSL_write_ex: where the byte count goes (size_t *); 0: the return value
+	__u8 dir;
+	__u8 active; // set at the entry, cleared at the return
+	__u8 nested; // conn is the socket a send or receive inside the call used
+	__u8 pad;
+	struct tls_conn conn;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); // pid_tgid
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+struct tls_key {
+	__u64 ssl;
+	__u32 tgid; // host tgid: the SSL object's address is the process's
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tls_key);
+	__type(value, struct tls_conn);
+} tls_conns SEC(".maps");
+
+// tls_hello tells whether e's bytes start a TLS handshake: a handshake
+// record (22, version 3.x) whose first message is a ClientHello or a
+// ServerHello of legacy version 3.x. Eight bytes of it: no plaintext
+// protocol followed here starts a send or a receive with them (an HTTP/2
+// frame or a Kafka message that long is beyond their limits).
+static __always_inline bool tls_hello(struct event *e)
+{
+	__u8 *p = e->payload;
+	return e->captured >= 11 && p[0] == 22 && p[1] == 3 && p[2] <= 4 && (p[5] == 1 || p[5] == 2) && p[9] == 3 &&
+	       p[6] == 0;
+}
+
+// tls_record tells whether e's bytes start a TLS record of a handshake or
+// of application data (22 or 23, version 3.x, at most 2^14 + 2048 bytes):
+// the first the kernel sees of a connection. A server's TLS library reads
+// a record's five-byte header alone, and a connection that began before
+// the agent is seen first mid-stream. Only there: five bytes are too few
+// to tell a record from the plaintext that any other send could start
+// with.
+static __always_inline bool tls_record(struct event *e)
+{
+	__u8 *p = e->payload;
+	if (e->captured < 5 || (p[0] != 22 && p[0] != 23) || p[1] != 3 || p[2] > 4)
+		return false;
+	__u32 n = (__u32)p[3] << 8 | p[4];
+	return n > 0 && n <= 18432;
+}
+
+// tls_nested notes sk for the thread's call of SSL_read or SSL_write, if
+// it is in one: the send or receive on sk is that call's.
+static __always_inline void tls_nested(struct sock *sk, __u8 role, __u32 fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	if (!call || !call->active)
+		return;
+	struct tls_conn *c = &call->conn;
+	call->nested = 1;
+	c->sock = (__u64)sk;
+	c->fd = fd;
+	c->role = role;
+	c->family = sock_ends(sk, c->laddr, c->raddr, &c->lport, &c->rport);
+}
+
+// tls_enter starts a thread's call of SSL_read or SSL_write.
+static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir)
+{
+	struct bpf_pidns_info ns;
+	if (!in_pod(&ns))
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	if (!call) {
+		struct tls_call fresh = {};
+		bpf_map_update_elem(&tls_calls, &id, &fresh, BPF_NOEXIST);
+		call = bpf_map_lookup_elem(&tls_calls, &id);
+		if (!call)
+			return 0;
+	}
+	call->ssl = ssl;
+	call->buf = buf;
+	call->count = count;
+	call->dir = dir;
+	call->nested = 0;
+	call->active = 1;
+	return 0;
+}
+
+// int SSL_write(SSL *ssl, const void *buf, int num)
+SEC("uprobe")
+int tls_write(struct pt_regs *ctx)
+{
+	return tls_enter(ctx->di, ctx->si, 0, DIR_EGRESS);
+}
+
+// int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)
+SEC("uprobe")
+int tls_write_ex(struct pt_regs *ctx)
+{
+	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_EGRESS);
+}
+
+// int SSL_read(SSL *ssl, void *buf, int num)
+SEC("uprobe")
+int tls_read(struct pt_regs *ctx)
+{
+	return tls_enter(ctx->di, ctx->si, 0, DIR_INGRESS);
+}
+
+// int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
+SEC("uprobe")
+int tls_read_ex(struct pt_regs *ctx)
+{
+	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_INGRESS);
+}
+
+// tls_return ends a call of any of the four: the bytes it moved go up as
+// its connection's, flagged EVENT_PLAINTEXT.
+SEC("uretprobe")
+int tls_return(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	if (!call || !call->active)
+		return 0;
+	call->active = 0;
+	long ret = ctx->ax;
+	if (ret <= 0)
+		return 0; // failed, or wants the socket again (WANT_READ, WANT_WRITE): nothing moved
+	__u64 n = ret;
+	if (call->count && bpf_probe_read_user(&n, sizeof(n), (void *)call->count))
+		return 0;
+	if (n == 0 || n > 0x7fffffff)
+		return 0;
+	struct bpf_pidns_info ns;
+	if (!in_pod(&ns))
+		return 0;
+	struct tls_key key = {.ssl = call->ssl, .tgid = id >> 32};
+	struct tls_conn *c = &call->conn;
+	if (call->nested)
+		bpf_map_update_elem(&tls_conns, &key, c, BPF_ANY);
+	else if (!(c = bpf_map_lookup_elem(&tls_conns, &key))) {
+		count(STAT_TLS_NO_SOCK);
+		return 0;
+	}
+	struct event *e = event_base(ns.tgid, ns.pid, EVENT_DATA);
+	if (!e)
+		return 0;
+	e->sock = c->sock;
+	e->fd = c->fd;
+	e->role = c->role;
+	e->family = c->family;
+	e->lport = c->lport;
+	e->rport = c->rport;
+	__builtin_memcpy(e->laddr, c->laddr, 16);
+	__builtin_memcpy(e->raddr, c->raddr, 16);
+	e->flags = EVENT_PLAINTEXT;
+	e->dir = call->dir;
+	e->len = n;
+	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
+	e->captured = copy_buf(e, (void *)call->buf, n);
+	submit_waking(e, first_of_process(ns.tgid));
+	return 0;
+}
+
 // on_sock_data reports ret bytes received or sent on sk by the current
 // task. The syscall that moved them, and its buffer, are in the registers
 // the task saved on entry.
@@ -2828,6 +3056,12 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		if (!st->tgid)
 			st->tgid = ns.tgid;
 		role = st->role;
+		if (st->tls) {
+			// A TLS record: its plaintext goes up from the library.
+			count(STAT_TLS_RECORDS);
+			tls_nested(sk, role, regs->di);
+			return 0;
+		}
 		if (fast_http && dir == DIR_EGRESS && (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF)) == (FAST_OWN | FAST_RESP)) {
 			// More of a skipped response: nothing to read.
 			fast_extend(st, bpf_ktime_get_boot_ns());
@@ -2859,6 +3093,20 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		// line split): all of it, as for any other send.
 		e->captured = copy_iov(regs->si, regs->dx, ret);
 		head_only = false;
+	}
+	if (st && (tls_hello(e) || (!st->announced && tls_record(e)))) {
+		// A TLS handshake: this connection's records stay here from
+		// now on. User space hears of it once, so that it puts the
+		// uprobes on the process's TLS library if it has not yet.
+		st->tls = 1;
+		count(STAT_TLS_RECORDS);
+		tls_nested(sk, role, regs->di);
+		e->type = EVENT_TLS;
+		e->captured = 0;
+		e->tail_len = 0;
+		sock_fill(e, task, sk, role);
+		submit_waking(e, true);
+		return 0;
 	}
 	int verdict = FAST_SEND;
 	if (fast_http && st) {

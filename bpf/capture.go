@@ -118,10 +118,13 @@ type Capture struct {
 	// h2Frames: the kernel adds the HTTP/2 frames past the prefix to
 	// events (Event.Pieces).
 	h2Frames bool
-	objects  []io.Closer // programs and maps, closed by Close
-	links    []link.Link
-	reader   *ringbuf.Reader // never blocks: its deadline is in the past
-	record   ringbuf.Record
+	// tls puts the uprobes on neighbours' TLS libraries (TraceTLS); nil
+	// with the syscall hooks, which do not follow TLS.
+	tls     *tlsTracer
+	objects []io.Closer // programs and maps, closed by Close
+	links   []link.Link
+	reader  *ringbuf.Reader // never blocks: its deadline is in the past
+	record  ringbuf.Record
 	// wake is the ring buffer's fd in Go's network poller: Read sleeps
 	// there between polls, as a parked goroutine. (The reader's own wait
 	// is a blocking epoll_wait, which keeps the runtime's sysmon thread
@@ -247,6 +250,17 @@ type socketObjects struct {
 	HTTPHist         *ebpf.Map     `ebpf:"http_hist"`
 	HistRoom         *ebpf.Map     `ebpf:"hist_room"`
 	HTTPHeads        *ebpf.Map     `ebpf:"http_heads"`
+	tlsPrograms
+}
+
+// tlsPrograms are the uprobes on a TLS library (TraceTLS), loaded with the
+// socket programs, whose maps they share.
+type tlsPrograms struct {
+	TLSWrite   *ebpf.Program `ebpf:"tls_write"`
+	TLSWriteEx *ebpf.Program `ebpf:"tls_write_ex"`
+	TLSRead    *ebpf.Program `ebpf:"tls_read"`
+	TLSReadEx  *ebpf.Program `ebpf:"tls_read_ex"`
+	TLSReturn  *ebpf.Program `ebpf:"tls_return"`
 }
 
 // syscallObjects are what the syscall-tracepoint capture loads.
@@ -264,7 +278,8 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	if err := loadObjects(spec, &objs, logger); err != nil {
 		return err
 	}
-	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads}
+	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
+		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSReturn}
 	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock} {
 		hooks = append(hooks, func() (link.Link, error) {
@@ -296,6 +311,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
 	c.programs = []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}
+	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}}
 	var bound uint64
 	if spec.Variables["sample_bound"] != nil {
 		spec.Variables["sample_bound"].Get(&bound)
@@ -593,6 +609,12 @@ type Stats struct {
 	// H2Quiet are HTTP/2 segments of window updates and pings alone that
 	// the kernel did not send: the agent does not read them (HTTP2Frames).
 	H2Quiet uint64
+	// TLSRecords are sends and receives of TLS records the kernel did not
+	// send (EventTLS): their plaintext comes from the TLS library.
+	// TLSNoSocket are TLS plaintexts lost because the kernel did not know
+	// their SSL object's connection (its first call made no send or
+	// receive).
+	TLSRecords, TLSNoSocket uint64
 	// RunsSkipped are runs of the programs the kernel skipped because the
 	// same program was already running on the CPU: inet_sock_set_state,
 	// in a task's connect or close, interrupted by a softirq's state
@@ -643,6 +665,12 @@ func (c *Capture) Stats() (Stats, error) {
 	if s.H2Quiet, err = sum(8); err != nil {
 		return s, err
 	}
+	if s.TLSRecords, err = sum(9); err != nil {
+		return s, err
+	}
+	if s.TLSNoSocket, err = sum(10); err != nil {
+		return s, err
+	}
 	for _, p := range c.programs {
 		if ps, err := p.Stats(); err == nil {
 			s.RunsSkipped += ps.RecursionMisses
@@ -661,6 +689,7 @@ func (c *Capture) Stop() error {
 		for _, l := range c.links {
 			errs = append(errs, l.Close())
 		}
+		errs = append(errs, c.tls.close())
 		c.stopErr = errors.Join(errs...)
 		c.stopping.Store(true)
 	})
@@ -745,6 +774,12 @@ const (
 	// shape, read at EnterNS: the kernel owned it for a span, but its
 	// reply comes as data.
 	EventRedisRequest EventType = 6
+	// EventTLS says that a connection's bytes started a TLS handshake (or
+	// a TLS record, first seen): the kernel sends none of its records
+	// from now on, and its plaintext comes from the process's TLS library
+	// once TraceTLS has put its uprobes there (FlagPlaintext). Sent once
+	// per connection; no payload.
+	EventTLS EventType = 7
 )
 
 // Direction of the bytes, seen from the observed process.
@@ -776,6 +811,9 @@ const (
 	// FlagLost: the reply of a command the kernel dropped may go on; its
 	// rest comes before the reply to this event's command.
 	FlagLost EventFlags = 2
+	// FlagPlaintext: the payload is a TLS connection's plaintext, read
+	// from its TLS library's buffer (TraceTLS), not from the socket.
+	FlagPlaintext EventFlags = 4
 )
 
 // Event is one syscall on a TCP connection of a neighbour process.
@@ -879,7 +917,7 @@ func (ev *Event) decode(b []byte) bool {
 	}
 	ev.Payload = b[payloadOffset : payloadOffset+captured]
 	ev.Pieces = b[payloadOffset+captured : payloadOffset+min(captured+extra, len(b)-payloadOffset)]
-	return ev.Type >= EventData && ev.Type <= EventRedisRequest
+	return ev.Type >= EventData && ev.Type <= EventTLS
 }
 
 func addr(family uint16, b []byte) netip.Addr {

@@ -184,6 +184,42 @@ type captureSockState struct {
 		Hdr  [9]uint8
 		Pad  uint8
 	}
+	Tls uint8
+	_   [7]byte
+}
+
+type captureTlsCall struct {
+	_      structs.HostLayout
+	Ssl    uint64
+	Buf    uint64
+	Count  uint64
+	Dir    uint8
+	Active uint8
+	Nested uint8
+	Pad    uint8
+	_      [4]byte
+	Conn   captureTlsConn
+}
+
+type captureTlsConn struct {
+	_      structs.HostLayout
+	Sock   uint64
+	Fd     uint32
+	Role   uint8
+	Pad    uint8
+	Family uint16
+	Lport  uint16
+	Rport  uint16
+	Laddr  [16]uint8
+	Raddr  [16]uint8
+	_      [4]byte
+}
+
+type captureTlsKey struct {
+	_    structs.HostLayout
+	Ssl  uint64
+	Tgid uint32
+	Pad  uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -204,12 +240,19 @@ const (
 	captureMapScratch           = "scratch"
 	captureMapSocks             = "socks"
 	captureMapStats             = "stats"
+	captureMapTlsCalls          = "tls_calls"
+	captureMapTlsConns          = "tls_conns"
 	captureProgInetSockSetState = "inet_sock_set_state"
 	captureProgSockRecvLength   = "sock_recv_length"
 	captureProgSockSendLength   = "sock_send_length"
 	captureProgSysEnter         = "sys_enter"
 	captureProgSysExit          = "sys_exit"
 	captureProgTcpDestroySock   = "tcp_destroy_sock"
+	captureProgTlsRead          = "tls_read"
+	captureProgTlsReadEx        = "tls_read_ex"
+	captureProgTlsReturn        = "tls_return"
+	captureProgTlsWrite         = "tls_write"
+	captureProgTlsWriteEx       = "tls_write_ex"
 	captureVarAgentTgid         = "agent_tgid"
 	captureVarCaptureBytes      = "capture_bytes"
 	captureVarFastHttp          = "fast_http"
@@ -274,6 +317,11 @@ type captureProgramSpecs struct {
 	SysEnter         *ebpf.ProgramSpec `ebpf:"sys_enter"`
 	SysExit          *ebpf.ProgramSpec `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.ProgramSpec `ebpf:"tcp_destroy_sock"`
+	TlsRead          *ebpf.ProgramSpec `ebpf:"tls_read"`
+	TlsReadEx        *ebpf.ProgramSpec `ebpf:"tls_read_ex"`
+	TlsReturn        *ebpf.ProgramSpec `ebpf:"tls_return"`
+	TlsWrite         *ebpf.ProgramSpec `ebpf:"tls_write"`
+	TlsWriteEx       *ebpf.ProgramSpec `ebpf:"tls_write_ex"`
 }
 
 // captureMapSpecs contains maps before they are loaded into the kernel.
@@ -294,6 +342,8 @@ type captureMapSpecs struct {
 	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 	Socks      *ebpf.MapSpec `ebpf:"socks"`
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	TlsCalls   *ebpf.MapSpec `ebpf:"tls_calls"`
+	TlsConns   *ebpf.MapSpec `ebpf:"tls_conns"`
 }
 
 // captureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -350,6 +400,8 @@ type captureMaps struct {
 	Scratch    *ebpf.Map `ebpf:"scratch"`
 	Socks      *ebpf.Map `ebpf:"socks"`
 	Stats      *ebpf.Map `ebpf:"stats"`
+	TlsCalls   *ebpf.Map `ebpf:"tls_calls"`
+	TlsConns   *ebpf.Map `ebpf:"tls_conns"`
 }
 
 func (m *captureMaps) Close() error {
@@ -368,6 +420,8 @@ func (m *captureMaps) Close() error {
 		m.Scratch,
 		m.Socks,
 		m.Stats,
+		m.TlsCalls,
+		m.TlsConns,
 	)
 }
 
@@ -401,6 +455,11 @@ type capturePrograms struct {
 	SysEnter         *ebpf.Program `ebpf:"sys_enter"`
 	SysExit          *ebpf.Program `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.Program `ebpf:"tcp_destroy_sock"`
+	TlsRead          *ebpf.Program `ebpf:"tls_read"`
+	TlsReadEx        *ebpf.Program `ebpf:"tls_read_ex"`
+	TlsReturn        *ebpf.Program `ebpf:"tls_return"`
+	TlsWrite         *ebpf.Program `ebpf:"tls_write"`
+	TlsWriteEx       *ebpf.Program `ebpf:"tls_write_ex"`
 }
 
 func (p *capturePrograms) Close() error {
@@ -411,6 +470,11 @@ func (p *capturePrograms) Close() error {
 		p.SysEnter,
 		p.SysExit,
 		p.TcpDestroySock,
+		p.TlsRead,
+		p.TlsReadEx,
+		p.TlsReturn,
+		p.TlsWrite,
+		p.TlsWriteEx,
 	)
 }
 

@@ -355,6 +355,17 @@ func TestSpanRules(t *testing.T) {
 			*r = *clientReq()
 			r.Method, r.Host, r.HostPort, r.StatusCode = "HEAD", "api.internal", 0, 200
 		}, "HEAD", codes.Unset, map[string]any{"url.full": "http://api.internal/orders", "server.address": "api.internal", "server.port": int64(80)}, nil},
+		// TLS: the scheme is https, and its default port is 443.
+		{"server over TLS", func(r *tracer.Request) { r.Route, r.TLS = "/tls", true },
+			"GET /tls", codes.Unset, map[string]any{"url.scheme": "https"}, nil},
+		{"client over TLS, default port", func(r *tracer.Request) {
+			*r = *clientReq()
+			r.Method, r.Host, r.HostPort, r.StatusCode, r.TLS = "OPTIONS", "api.internal", 443, 200, true
+		}, "OPTIONS", codes.Unset, map[string]any{"url.full": "https://api.internal/orders", "server.port": int64(443)}, nil},
+		{"client over TLS, port 80", func(r *tracer.Request) {
+			*r = *clientReq()
+			r.Method, r.Host, r.HostPort, r.StatusCode, r.TLS = "TRACE", "api.internal", 80, 200, true
+		}, "TRACE", codes.Unset, map[string]any{"url.full": "https://api.internal:80/orders"}, nil},
 	}
 	for _, tt := range tests {
 		r := serverReq()

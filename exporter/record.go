@@ -27,6 +27,7 @@ const maxSeries = 1024
 // Attributes that never change.
 var (
 	schemeHTTP       = semconv.URLSchemeKey.String("http")
+	schemeHTTPS      = semconv.URLSchemeKey.String("https")
 	protocolNameHTTP = semconv.NetworkProtocolNameKey.String("http")
 	methodOtherName  = semconv.HTTPRequestMethodOther.Value.AsString() // "_OTHER"
 )
@@ -262,7 +263,7 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 	cfg := s.cfg
 	a := s.spanAttrs(rec)
 	key := httpStable{role: r.Role, method: r.Method, path: r.Path, route: r.Route, status: r.StatusCode, host: host, port: port,
-		version: r.ProtocolVersion, userAgent: r.UserAgent}
+		version: r.ProtocolVersion, userAgent: r.UserAgent, tls: r.TLS}
 	if cfg.CaptureQuery {
 		key.query = redactQuery(r.Query)
 	}
@@ -324,6 +325,7 @@ type httpStable struct {
 	peer                string // the peer's address, "" when unknown
 	client              string // a server's client behind proxies (forwardedFor), "" when none said
 	version, userAgent  string
+	tls                 bool // url.scheme https
 }
 
 // write puts the attributes on a span. The conventions make a client
@@ -338,7 +340,7 @@ func (k *httpStable) write(a spanAttrs, cfg *Config) {
 		a.str(semconv.HTTPRequestMethodOriginalKey, k.method)
 	}
 	if !client || opt.ClientScheme {
-		a.str(semconv.URLSchemeKey, "http")
+		a.str(semconv.URLSchemeKey, scheme(k.tls))
 	}
 	if !client {
 		// A client's path and query are in its url.full: the conventions
@@ -374,7 +376,7 @@ func (k *httpStable) write(a spanAttrs, cfg *Config) {
 		a.str(semconv.ClientAddressKey, k.peer)
 	}
 	if client {
-		a.str(semconv.URLFullKey, fullURL(k.host, k.port, k.path, k.query, k.query != ""))
+		a.str(semconv.URLFullKey, fullURL(k.tls, k.host, k.port, k.path, k.query, k.query != ""))
 	}
 	if k.version != "" {
 		a.str(semconv.NetworkProtocolVersionKey, k.version)
@@ -488,12 +490,21 @@ func redactQuery(q string) string {
 	return strings.Join(params, "&")
 }
 
+// scheme is url.scheme: https on a TLS connection.
+func scheme(tls bool) string {
+	if tls {
+		return "https"
+	}
+	return "http"
+}
+
 // fullURL builds url.full for a client span. The port is left out when it
-// is http's default, as a browser would write the URL.
-func fullURL(host string, port int, path, query string, withQuery bool) string {
+// is the scheme's default, as a browser would write the URL.
+func fullURL(tls bool, host string, port int, path, query string, withQuery bool) string {
 	var b strings.Builder
-	b.Grow(len("http://[]:65535") + len(host) + len(path) + len(query) + 1)
-	b.WriteString("http://")
+	b.Grow(len("https://[]:65535") + len(host) + len(path) + len(query) + 1)
+	b.WriteString(scheme(tls))
+	b.WriteString("://")
 	if strings.IndexByte(host, ':') >= 0 {
 		b.WriteByte('[')
 		b.WriteString(host)
@@ -501,7 +512,11 @@ func fullURL(host string, port int, path, query string, withQuery bool) string {
 	} else {
 		b.WriteString(host)
 	}
-	if port != 80 && port != 0 {
+	defaultPort := 80
+	if tls {
+		defaultPort = 443
+	}
+	if port != defaultPort && port != 0 {
 		b.WriteByte(':')
 		b.WriteString(strconv.Itoa(port))
 	}
@@ -528,6 +543,7 @@ type seriesKey struct {
 	host    string // client metrics only
 	port    int    // client metrics only
 	errType string // error.type, "" when the request did not fail
+	tls     bool   // url.scheme https
 }
 
 // series is what is computed once per distinct seriesKey.
@@ -548,6 +564,7 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 		route:   r.Route,
 		version: r.ProtocolVersion,
 		errType: httpErrorType(r.Role, r.StatusCode, r.ErrorCode),
+		tls:     r.TLS,
 	}
 	if !s.cfg.knownMethod(k.method) {
 		k.method = methodOtherName
@@ -604,7 +621,11 @@ func metricAttrs(k seriesKey, opt *OptIn) attribute.Set {
 	a := make([]attribute.KeyValue, 0, 9)
 	a = append(a, semconv.HTTPRequestMethodKey.String(k.method), protocolNameHTTP)
 	if !k.client || opt.ClientScheme {
-		a = append(a, schemeHTTP)
+		if k.tls {
+			a = append(a, schemeHTTPS)
+		} else {
+			a = append(a, schemeHTTP)
+		}
 	}
 	if k.status != 0 {
 		a = append(a, semconv.HTTPResponseStatusCode(k.status))

@@ -34,6 +34,7 @@ type conn struct {
 	asked    uint64 // when the process was last looked up (reselect)
 	born     uint64 // its first event's time
 	own      bool   // its peer is the agent's own connection (Config.Own): never followed
+	tls      bool   // its bytes are a TLS connection's plaintext (bpf.FlagPlaintext)
 }
 
 // ownGrace is how long a new connection's peer is asked again whether it
@@ -129,6 +130,7 @@ func (c *conn) emit(r *Request, role Role, start, end uint64) {
 	r.Role = role
 	r.Process = c.proc
 	r.Local, r.Remote = c.local, c.remote
+	r.TLS = c.tls
 	r.Start = c.t.wall(start)
 	r.End = c.t.wall(max(start, end))
 	c.t.requests.Add(1)

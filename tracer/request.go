@@ -51,6 +51,9 @@ type Request struct {
 	// Network endpoints. For a server span the local end is the server; for a
 	// client span the remote end is.
 	Local, Remote netip.AddrPort
+	// TLS is true when the connection was TLS: what was said is its
+	// plaintext, read from the process's TLS library.
+	TLS bool
 
 	// HTTP fields.
 	Method          string // "GET"; "_OTHER" never: unknown methods are kept verbatim and mapped by the exporter

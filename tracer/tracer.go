@@ -155,6 +155,10 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			t.forget(key)
 		}
 		return
+	case bpf.EventTLS:
+		// A TLS handshake: the bytes that matter come as plaintext
+		// (bpf.FlagPlaintext), once the agent has the uprobes in.
+		return
 	case bpf.EventHTTP, bpf.EventHTTPRequest, bpf.EventRedis, bpf.EventRedisRequest:
 		if head = t.cfg.heads.lookup(ev.HeadHash, ev.ExitNS); head == nil {
 			return
@@ -205,6 +209,9 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			}
 		}
 	default:
+		if ev.Flags&bpf.FlagPlaintext != 0 {
+			c.tls = true
+		}
 		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, pieces: ev.Pieces, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,
 			headHash: ev.HeadHash}
 		c.feed(ev.Dir, &t.seg)

@@ -115,6 +115,27 @@ func TestKeepAliveServer(t *testing.T) {
 	}
 }
 
+// TestTLSPlaintext: a TLS connection's handshake (bpf.EventTLS) is no
+// request, and its plaintext (bpf.FlagPlaintext) is parsed as any
+// connection's bytes, its requests marked TLS; a plain one's are not.
+func TestTLSPlaintext(t *testing.T) {
+	h := newHarness(t, 512)
+	h.tracer.Handle(&bpf.Event{Type: bpf.EventTLS, ExitNS: h.now, Conn: 1, PID: 7, Local: serverAddr, Remote: clientAddr})
+	h.sendKernel(1, in, "GET /secure HTTP/1.1\r\nHost: shop\r\n\r\n", 0, bpf.FlagPlaintext)
+	h.sendKernel(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0, bpf.FlagPlaintext)
+	h.send(2, in, "GET /plain HTTP/1.1\r\nHost: shop\r\n\r\n")
+	h.send(2, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	if len(h.got) != 2 {
+		t.Fatalf("got %d requests, want 2", len(h.got))
+	}
+	if r := h.got[0]; r.Path != "/secure" || !r.TLS || r.StatusCode != 200 {
+		t.Errorf("TLS request = %+v", r)
+	}
+	if r := h.got[1]; r.Path != "/plain" || r.TLS {
+		t.Errorf("plain request = %+v", r)
+	}
+}
+
 func TestByteAtATime(t *testing.T) {
 	h := newHarness(t, 512)
 	req := "POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world"

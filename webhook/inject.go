@@ -41,11 +41,13 @@ const ContainerName = "podtracer"
 // are dropped. What the agent does with each:
 //   - BPF: load its eBPF programs and create their maps (ring buffer,
 //     per-connection state). Split out of SYS_ADMIN in Linux 5.8.
-//   - PERFMON: attach the raw tracepoints sys_enter and sys_exit, and let
-//     the programs read kernel memory (the socket behind each fd).
+//   - PERFMON: attach the raw tracepoints sys_enter and sys_exit and the
+//     uprobes on neighbours' TLS libraries, and let the programs read
+//     kernel memory (the socket behind each fd).
 //   - SYS_PTRACE: readlink /proc/PID/exe and /proc/PID/fd/N of neighbour
 //     processes that run as other users (the kernel's ptrace access check),
-//     to name them and to find which of them listen on PODTRACER_OPEN_PORTS.
+//     to name them and to find which of them listen on PODTRACER_OPEN_PORTS;
+//     and their /proc/PID/maps and /proc/PID/root, to find their TLS library.
 //   - DAC_READ_SEARCH: list /proc/PID/fd, a directory with mode 0500 owned
 //     by the neighbour's user, which root without it cannot open.
 //   - SYS_RESOURCE: lift RLIMIT_MEMLOCK for the maps on kernels before

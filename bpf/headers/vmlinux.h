@@ -61,6 +61,8 @@ struct pt_regs {
 	long unsigned int si;
 	long unsigned int dx;
 	long unsigned int r10;
+	long unsigned int cx;
+	long unsigned int ax;
 	long unsigned int r8;
 	long unsigned int orig_ax;
 } __attribute__((preserve_access_index));

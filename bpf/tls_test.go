@@ -1,0 +1,195 @@
+package bpf
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podtracer/podtracer/internal/testenv"
+)
+
+func TestIsSSLLibrary(t *testing.T) {
+	for name, want := range map[string]bool{
+		"libssl.so.3": true, "libssl.so.1.1": true, "libssl.so": true,
+		"libssl3.so": false, "libcrypto.so.3": false, "libssl.so3": false,
+	} {
+		if got := isSSLLibrary(name); got != want {
+			t.Errorf("isSSLLibrary(%q) = %v", name, got)
+		}
+	}
+}
+
+// selfSigned writes a key and a self-signed certificate for localhost into
+// a temporary directory, with the openssl command.
+func selfSigned(t *testing.T) (cert, key string) {
+	t.Helper()
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	out, err := exec.Command(testenv.LookPath(t, "openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+		"-subj", "/CN=localhost", "-keyout", key, "-out", cert).CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl: %v %s", err, out)
+	}
+	return cert, key
+}
+
+// tlsScript is a TLS server and client in one Python process (the
+// neighbour), on Python's ssl module: libssl's SSL_read_ex and
+// SSL_write_ex. It waits for a line on stdin (the uprobes are in), then
+// makes two connections: on each the client sends a request and the
+// server answers it, twice. argv: certificate, key.
+const tlsScript = `
+import socket, ssl, sys, threading
+cert, key = sys.argv[1], sys.argv[2]
+sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(cert, key)
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False; cctx.verify_mode = ssl.CERT_NONE
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
+print(l.getsockname()[1], flush=True)
+sys.stdin.readline()
+def serve():
+    for _ in range(2):
+        s, _ = l.accept()
+        t = sctx.wrap_socket(s, server_side=True)
+        for i in range(2):
+            req = t.recv(4096)
+            t.sendall(b"PONG-TLS " + req[9:])
+        t.close()
+th = threading.Thread(target=serve); th.start()
+for n in range(2):
+    c = cctx.wrap_socket(socket.create_connection(l.getsockname()), server_hostname="localhost")
+    for i in range(2):
+        c.sendall(b"PING-TLS conn%d-req%d" % (n, i))
+        assert c.recv(4096).startswith(b"PONG-TLS conn%d-req%d" % (n, i))
+    c.close()
+th.join()
+print("done", flush=True)
+`
+
+// TestTLSPlaintext: with the uprobes on a neighbour's libssl, its TLS
+// connections come up as their plaintext (FlagPlaintext), on the socket
+// each end uses, and none of their records does; each end's handshake is
+// one EventTLS.
+func TestTLSPlaintext(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		t.Skip("TLS is read with the socket hooks, Linux 6.3+")
+	}
+	cert, key := selfSigned(t)
+	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var events []Event
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			ev.Payload = slices.Clone(ev.Payload)
+			events = append(events, ev)
+		}
+	}()
+
+	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", tlsScript, cert, key)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() {
+		t.Fatal("the script printed no port")
+	}
+	port := strings.TrimSpace(lines.Text())
+	library, err := c.TraceTLS(cmd.Process.Pid)
+	if err != nil {
+		t.Fatalf("TraceTLS: %v", err)
+	}
+	if !strings.Contains(library, "libssl.so") {
+		t.Errorf("library %q", library)
+	}
+	if again, err := c.TraceTLS(cmd.Process.Pid); err != nil || again != library {
+		t.Errorf("TraceTLS again: %q %v", again, err)
+	}
+	if _, err := c.TraceTLS(os.Getpid()); !errors.Is(err, ErrNoTLSLibrary) {
+		t.Errorf("TraceTLS of a process without libssl: %v, want ErrNoTLSLibrary", err)
+	}
+	fmt.Fprintln(stdin)
+	if !lines.Scan() || lines.Text() != "done" {
+		t.Fatalf("script: %q", lines.Text())
+	}
+	cmd.Wait()
+	time.Sleep(500 * time.Millisecond)
+	stats, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.UntraceTLS(cmd.Process.Pid)
+	if len(c.TLSTraced()) != 0 {
+		t.Errorf("still traced: %v", c.TLSTraced())
+	}
+	c.Close()
+	<-done
+
+	hellos := map[uint64]bool{} // connections (sockets) whose handshake came up
+	plain := map[uint64][]string{}
+	var b strings.Builder
+	for _, ev := range events {
+		fmt.Fprintf(&b, "type=%d flags=%d dir=%d sock=%x %v-%v len=%d %q\n", ev.Type, ev.Flags, ev.Dir, ev.Conn, ev.Local, ev.Remote, ev.Len, ev.Payload)
+		switch {
+		case ev.Type == EventTLS:
+			if hellos[ev.Conn] {
+				t.Errorf("a second EventTLS for %x", ev.Conn)
+			}
+			hellos[ev.Conn] = true
+		case ev.Type == EventData && ev.Flags&FlagPlaintext != 0:
+			if !hellos[ev.Conn] {
+				t.Errorf("plaintext on %x before its EventTLS", ev.Conn)
+			}
+			if fmt.Sprint(ev.Local.Port()) != port && fmt.Sprint(ev.Remote.Port()) != port {
+				t.Errorf("plaintext between %v and %v, not on port %s", ev.Local, ev.Remote, port)
+			}
+			if int(ev.Len) != len(ev.Payload) {
+				t.Errorf("plaintext of %d bytes with %d captured", ev.Len, len(ev.Payload))
+			}
+			side := map[Direction]string{Ingress: "<", Egress: ">"}[ev.Dir]
+			plain[ev.Conn] = append(plain[ev.Conn], side+string(ev.Payload))
+		case ev.Type == EventData:
+			t.Errorf("bytes of a TLS connection came up: %q", ev.Payload)
+		}
+	}
+	if len(hellos) != 4 {
+		t.Errorf("%d connection ends with an EventTLS, want 4 (2 connections)", len(hellos))
+	}
+	want := map[string]bool{}
+	for n := range 2 {
+		client := fmt.Sprintf(">PING-TLS conn%d-req0 <PONG-TLS conn%d-req0 >PING-TLS conn%d-req1 <PONG-TLS conn%d-req1", n, n, n, n)
+		server := fmt.Sprintf("<PING-TLS conn%d-req0 >PONG-TLS conn%d-req0 <PING-TLS conn%d-req1 >PONG-TLS conn%d-req1", n, n, n, n)
+		want[client], want[server] = true, true
+	}
+	for conn, got := range plain {
+		if s := strings.Join(got, " "); !want[s] {
+			t.Errorf("connection %x: %s", conn, s)
+		} else {
+			delete(want, s)
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("missing plaintext streams %v; events:\n%s", want, b.String())
+	}
+	if stats.TLSRecords == 0 || stats.TLSNoSocket != 0 {
+		t.Errorf("stats %+v: want TLS records held back, no plaintext without its socket", stats)
+	}
+}

@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podtracer/podtracer/internal/otlptest"
+	"github.com/podtracer/podtracer/internal/testenv"
+)
+
+// tlsClient is a Python HTTPS client (libssl's SSL_write_ex and
+// SSL_read_ex) that waits for a file to exist (the agent has put its
+// uprobes in), then sends three requests on one keep-alive connection.
+// argv: the file, the port.
+const tlsClient = `
+import http.client, os, ssl, sys, time
+print("pid", os.getpid(), flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+c = http.client.HTTPSConnection("localhost", int(sys.argv[2]), context=ssl._create_unverified_context())
+for path in ("/hello.txt", "/hello.txt?x=1", "/missing"):
+    c.request("GET", path)
+    r = c.getresponse(); r.read()
+    print(path, r.status, flush=True)
+c.close()
+`
+
+// TestTLS: nginx serves HTTPS in the pod (libssl's SSL_read and
+// SSL_write), and a Python client (HTTP/1.1) and curl (HTTP/2) call it. The agent reads the
+// plaintext through its uprobes: server and client spans with url.scheme
+// https, as for plain HTTP; the TLS records themselves give nothing.
+func TestTLS(t *testing.T) {
+	privileged(t)
+	nginx := testenv.LookPath(t, "nginx")
+	python := testenv.LookPath(t, "python3")
+	curl := testenv.LookPath(t, "curl")
+	openssl := testenv.LookPath(t, "openssl")
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if out, err := exec.Command(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+		"-keyout", key, "-out", cert).CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v %s", err, out)
+	}
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "hello.txt"), []byte("hello over tls\n"), 0o644)
+	port := freePort(t)
+	conf := nginxConf(t, www, port)
+	b, _ := os.ReadFile(conf)
+	tlsConf := strings.Replace(string(b), fmt.Sprintf("listen 127.0.0.1:%d;", port),
+		fmt.Sprintf("listen 127.0.0.1:%d ssl http2;\n\t\tssl_certificate %s;\n\t\tssl_certificate_key %s;", port, cert, key), 1)
+	os.WriteFile(conf, []byte(tlsConf), 0o644)
+	start(t, pod.command(nginx, "-c", conf))
+	waitListening(t, port)
+
+	agent := startAgent(t, pod, agentEnv(rcv))
+	// nginx's master and worker map libssl: the first scan puts the
+	// uprobes on both.
+	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
+
+	ready := filepath.Join(t.TempDir(), "ready")
+	client := start(t, pod.command(python, "-c", tlsClient, ready, fmt.Sprint(port)))
+	client.waitOutput(t, "\n", 1, 10*time.Second)
+	var pid int // in the pod
+	fmt.Sscanf(client.output(), "pid %d", &pid)
+	agent.waitOutput(t, fmt.Sprintf(`msg="reading TLS plaintext" pid=%d `, pid), 1, 10*time.Second)
+	os.WriteFile(ready, nil, 0o644)
+	client.waitOutput(t, "/missing 404", 1, 10*time.Second)
+	// curl lives for one request: its handshake is what tells the agent
+	// of it, and its own span may come too late; nginx's does not. It
+	// speaks HTTP/2 (ALPN), the Python client HTTP/1.1.
+	run(t, pod.command(curl, "-sk", "--http2", "-o", "/dev/null", fmt.Sprintf("https://localhost:%d/from-curl", port)))
+
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/from-curl") != nil && find(s, trace.SpanKindServer, "/missing") != nil &&
+			find(s, trace.SpanKindClient, "/missing") != nil
+	})
+	for _, path := range []string{"/hello.txt", "/missing", "/from-curl"} {
+		status := map[string]int64{"/hello.txt": 200, "/missing": 404, "/from-curl": 404}[path]
+		s := mustFind(t, spans, trace.SpanKindServer, path)
+		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": status, "server.port": int64(port),
+			"network.peer.address": "127.0.0.1"})
+		expectResource(t, s, "nginx")
+	}
+	expect(t, mustFind(t, spans, trace.SpanKindServer, "/missing"), map[string]any{"network.protocol.version": "1.1"})
+	expect(t, mustFind(t, spans, trace.SpanKindServer, "/from-curl"), map[string]any{"network.protocol.version": "2"})
+	c := mustFind(t, spans, trace.SpanKindClient, "/missing")
+	expect(t, c, map[string]any{"url.full": fmt.Sprintf("https://localhost:%d/missing", port), "http.response.status_code": int64(404),
+		"server.address": "localhost", "server.port": int64(port)})
+	hello := 0
+	for _, s := range spans {
+		if s.Kind == trace.SpanKindServer && urlPath(s) == "/hello.txt" {
+			hello++
+		}
+	}
+	if hello != 2 {
+		t.Errorf("%d server spans of /hello.txt, want 2", hello)
+	}
+	for _, s := range rcv.Spans() {
+		if s.Attributes["url.scheme"] == "http" {
+			t.Errorf("a span of plain HTTP: %s %v", s.Name, s.Attributes)
+		}
+	}
+	rcv.WaitMetric(t, 10*time.Second, func(ps []otlptest.MetricPoint) bool {
+		for _, p := range ps {
+			if p.Name == "http.server.request.duration" && p.Attributes["url.scheme"] == "https" &&
+				p.Attributes["http.response.status_code"] == int64(200) && p.Count >= 2 {
+				return true
+			}
+		}
+		return false
+	})
+}

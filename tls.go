@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"syscall"
+	"time"
+
+	"github.com/podtracer/podtracer/bpf"
+	"github.com/podtracer/podtracer/pod"
+)
+
+// tlsScanInterval is how often the neighbours are looked at for a TLS
+// library to put the uprobes on: a new process, or one that loaded
+// libssl late (Python's ssl module is imported when first used).
+var tlsScanInterval = 2 * time.Second
+
+// tlsReader puts the kernel capture's uprobes on the TLS libraries of the
+// neighbours (bpf.Capture.TraceTLS): those of every process it finds at
+// each scan, and at once those of a process whose TLS handshake the
+// kernel reports (bpf.EventTLS), so that a short-lived client's first
+// requests are not missed for want of a scan. A process that maps no
+// libssl pays nothing; one that does pays the uprobes on its TLS reads and
+// writes only.
+type tlsReader struct {
+	capture interface {
+		TraceTLS(pid int) (string, error)
+		UntraceTLS(pid int)
+	}
+	procRoot  string
+	logger    *slog.Logger
+	handshake chan int // pids whose handshake the kernel saw
+
+	traced map[int]string // pid: its library
+	told   map[int]bool   // pids whose failure was logged
+}
+
+func newTLSReader(capture *bpf.Capture, procRoot string, logger *slog.Logger) *tlsReader {
+	return &tlsReader{capture: capture, procRoot: procRoot, logger: logger, handshake: make(chan int, 64),
+		traced: map[int]string{}, told: map[int]bool{}}
+}
+
+// sawHandshake tells the reader that process pid began a TLS connection.
+// It never blocks: the capture's loop calls it.
+func (r *tlsReader) sawHandshake(pid int) {
+	select {
+	case r.handshake <- pid:
+	default: // the next scan gets to it
+	}
+}
+
+// run scans the neighbours every tlsScanInterval, and tries a process
+// whose handshake the kernel saw at once, until ctx ends.
+func (r *tlsReader) run(ctx context.Context) {
+	tick := time.NewTicker(tlsScanInterval)
+	defer tick.Stop()
+	r.scan()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case pid := <-r.handshake:
+			r.try(pid, true)
+		case <-tick.C:
+			r.scan()
+		}
+	}
+}
+
+// scan tries every neighbour, and forgets the processes that exited.
+func (r *tlsReader) scan() {
+	pids, err := pod.Neighbours(r.procRoot)
+	if err != nil {
+		return // pod.Watch logs it
+	}
+	alive := make(map[int]bool, len(pids))
+	for _, pid := range pids {
+		alive[pid] = true
+		r.try(pid, false)
+	}
+	for pid := range r.traced {
+		if !alive[pid] {
+			r.capture.UntraceTLS(pid)
+			delete(r.traced, pid)
+		}
+	}
+	for pid := range r.told {
+		if !alive[pid] {
+			delete(r.told, pid)
+		}
+	}
+}
+
+// try puts the uprobes on process pid's TLS library, if it has one and
+// they are not there yet. handshake says that the process speaks TLS: one
+// without libssl is then worth a line in the log.
+func (r *tlsReader) try(pid int, handshake bool) {
+	library, err := r.capture.TraceTLS(pid)
+	switch {
+	case err == nil:
+		if r.traced[pid] != library {
+			r.traced[pid] = library
+			r.logger.Info("reading TLS plaintext", "pid", pid, "process", r.name(pid), "library", library)
+		}
+	case errors.Is(err, bpf.ErrNoTLSLibrary):
+		if handshake && !r.told[pid] {
+			r.told[pid] = true
+			r.logger.Info("a neighbour speaks TLS that the agent cannot read: its TLS connections give no spans",
+				"pid", pid, "process", r.name(pid), "reason", err)
+		}
+	case errors.Is(err, bpf.ErrClosed), errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ESRCH):
+		// The agent is stopping, or the process is gone.
+	default:
+		if !r.told[pid] {
+			r.told[pid] = true
+			r.logger.Warn("cannot read a neighbour's TLS plaintext", "pid", pid, "process", r.name(pid), "error", err)
+		}
+	}
+}
+
+func (r *tlsReader) name(pid int) string {
+	return pod.ReadProcess(r.procRoot, pid, "").Name
+}
