@@ -17,29 +17,39 @@ import (
 // libssl late (Python's ssl module is imported when first used).
 var tlsScanInterval = 2 * time.Second
 
+// tlsRetryAfter is how long a process whose libraries could not be
+// probed (none mapped, or the attach failed) waits before its next
+// handshake tries it again: Python imports its ssl module when first used.
+var tlsRetryAfter = 10 * time.Second
+
 // tlsReader puts the kernel capture's uprobes on the TLS libraries of the
-// neighbours (bpf.Capture.TraceTLS): those of every process it finds at
-// each scan, and at once those of a process whose TLS handshake the
-// kernel reports (bpf.EventTLS), so that a short-lived client's first
-// requests are not missed for want of a scan. A process that maps no
-// libssl pays nothing; one that does pays the uprobes on its TLS reads and
-// writes only.
+// selected neighbours (bpf.Capture.TraceTLS): those of every new process
+// it finds at each scan, and at once those of a process whose TLS
+// handshake the kernel reports (bpf.EventTLS), so that a short-lived
+// client's first requests are not missed for want of a scan. A process
+// that maps no libssl pays nothing; one that does pays the uprobes on its
+// TLS calls only.
 type tlsReader struct {
 	capture interface {
 		TraceTLS(pid int) (string, error)
 		UntraceTLS(pid int)
 	}
-	procRoot  string
+	procRoot string
+	// selected tells whether a process is to be traced
+	// (PODTRACER_EXECUTABLE_NAME, PODTRACER_OPEN_PORTS): the others get
+	// no uprobes.
+	selected  func(pid int) bool
 	logger    *slog.Logger
 	handshake chan int // pids whose handshake the kernel saw
 
-	traced map[int]string // pid: its library
-	told   map[int]bool   // pids whose failure was logged
+	traced map[int]string    // pid: its libraries
+	failed map[int]time.Time // pid: when it was last tried without success
+	told   map[int]bool      // pids whose failure was logged
 }
 
-func newTLSReader(capture *bpf.Capture, procRoot string, logger *slog.Logger) *tlsReader {
-	return &tlsReader{capture: capture, procRoot: procRoot, logger: logger, handshake: make(chan int, 64),
-		traced: map[int]string{}, told: map[int]bool{}}
+func newTLSReader(capture *bpf.Capture, procRoot string, selected func(pid int) bool, logger *slog.Logger) *tlsReader {
+	return &tlsReader{capture: capture, procRoot: procRoot, selected: selected, logger: logger, handshake: make(chan int, 64),
+		traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}}
 }
 
 // sawHandshake tells the reader that process pid began a TLS connection.
@@ -69,7 +79,9 @@ func (r *tlsReader) run(ctx context.Context) {
 	}
 }
 
-// scan tries every neighbour, and forgets the processes that exited.
+// scan tries every neighbour it has not tried yet, checks that those it
+// traces are still the processes it probed, and forgets the processes that
+// exited.
 func (r *tlsReader) scan() {
 	pids, err := pod.Neighbours(r.procRoot)
 	if err != nil {
@@ -78,7 +90,9 @@ func (r *tlsReader) scan() {
 	alive := make(map[int]bool, len(pids))
 	for _, pid := range pids {
 		alive[pid] = true
-		r.try(pid, false)
+		if _, tried := r.failed[pid]; !tried {
+			r.try(pid, false)
+		}
 	}
 	for pid := range r.traced {
 		if !alive[pid] {
@@ -86,20 +100,35 @@ func (r *tlsReader) scan() {
 			delete(r.traced, pid)
 		}
 	}
-	for pid := range r.told {
+	for pid := range r.failed {
 		if !alive[pid] {
+			delete(r.failed, pid)
 			delete(r.told, pid)
 		}
 	}
 }
 
 // try puts the uprobes on process pid's TLS library, if it has one and
-// they are not there yet. handshake says that the process speaks TLS: one
-// without libssl is then worth a line in the log.
+// they are not there yet (for a traced process, TraceTLS only checks that
+// it is still the same). handshake says that the process speaks TLS: one
+// without libssl is then worth a line in the log, and one tried before is
+// tried again, at most every tlsRetryAfter.
 func (r *tlsReader) try(pid int, handshake bool) {
+	if last, tried := r.failed[pid]; tried && (!handshake || time.Since(last) < tlsRetryAfter) {
+		return
+	}
+	if r.selected != nil && !r.selected(pid) {
+		r.failed[pid] = time.Now()
+		return
+	}
 	library, err := r.capture.TraceTLS(pid)
+	if err != nil {
+		r.failed[pid] = time.Now()
+		delete(r.traced, pid) // another program now, or gone: TraceTLS took its uprobes off
+	}
 	switch {
 	case err == nil:
+		delete(r.failed, pid)
 		if r.traced[pid] != library {
 			r.traced[pid] = library
 			r.logger.Info("reading TLS plaintext", "pid", pid, "process", r.name(pid), "library", library)

@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podtracer/podtracer/bpf"
 )
@@ -29,19 +31,20 @@ func (f *fakeTLSCapture) TraceTLS(pid int) (string, error) {
 
 func (f *fakeTLSCapture) UntraceTLS(pid int) { f.untraced = append(f.untraced, pid) }
 
-// TestTLSReader: a scan tries every neighbour and logs each library once;
-// a process without libssl is worth a line only when it speaks TLS, and
-// once; an exited process's uprobes are taken off; a handshake never
-// blocks the capture's loop.
+// TestTLSReader: a scan tries every selected neighbour once and logs each
+// library once; a process without libssl is tried again only when it
+// speaks TLS, at most every tlsRetryAfter, and is worth a line then, once;
+// an exited process's uprobes are taken off; a handshake never blocks the
+// capture's loop.
 func TestTLSReader(t *testing.T) {
 	root := t.TempDir()
-	for _, pid := range []int{10, 11, 12} {
+	for _, pid := range []int{10, 11, 12, 13} {
 		os.Mkdir(filepath.Join(root, fmt.Sprint(pid)), 0o755)
 	}
 	fake := &fakeTLSCapture{results: map[int]error{11: bpf.ErrNoTLSLibrary, 12: fmt.Errorf("uprobe: %w", os.ErrPermission)}}
 	var log bytes.Buffer
 	r := &tlsReader{capture: fake, procRoot: root, logger: slog.New(slog.NewTextHandler(&log, nil)), handshake: make(chan int, 1),
-		traced: map[int]string{}, told: map[int]bool{}}
+		selected: func(pid int) bool { return pid != 13 }, traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}}
 
 	r.scan()
 	r.scan()
@@ -54,10 +57,19 @@ func TestTLSReader(t *testing.T) {
 	if n := strings.Count(log.String(), "pid=12"); n != 1 {
 		t.Errorf("pid 12's failure logged %d times, want 1:\n%s", n, log.String())
 	}
-	r.try(11, true)
-	r.try(11, true)
+	if !slices.Equal(fake.traced, []int{10, 11, 12, 10}) {
+		t.Errorf("TraceTLS asked of %v, want [10 11 12 10] (13 is not selected; 11 and 12 failed, and wait for a handshake)", fake.traced)
+	}
+	r.try(11, true) // too soon
+	for range 2 {
+		r.failed[11] = time.Now().Add(-tlsRetryAfter)
+		r.try(11, true)
+	}
 	if n := strings.Count(log.String(), `cannot read: its TLS connections give no spans" pid=11`); n != 1 {
 		t.Errorf("pid 11's TLS without libssl logged %d times, want 1:\n%s", n, log.String())
+	}
+	if n := len(fake.traced); n != 6 {
+		t.Errorf("TraceTLS asked %d times, want 6 (pid 11 again, twice, after tlsRetryAfter each)", n)
 	}
 
 	os.Remove(filepath.Join(root, "10"))

@@ -228,7 +228,7 @@ enum stat_index {
 	STAT_REDIS_SPAN = 7, // Redis commands picked for a span whose shape the kernel stood for
 	STAT_H2_QUIET = 8,   // HTTP/2 segments of window updates and pings alone, not sent (h2_follow)
 	STAT_TLS_RECORDS = 9, // sends and receives of TLS records, not sent up (their plaintext is)
-	STAT_TLS_NO_SOCK = 10, // TLS plaintext lost: its SSL object's socket was not known
+	STAT_TLS_LOST = 10, // TLS plaintext lost: its SSL object's socket was not known, or the CPU's TLS event was in use
 	STAT_MAX = 11,
 };
 
@@ -912,6 +912,8 @@ struct sock_state {
 	// The connection speaks TLS (tls_hello): its records are not sent
 	// up, its plaintext comes from the uprobes on its TLS library.
 	__u8 tls;
+	// Data events of the connection so far, up to TLS_EARLY (tls_record).
+	__u8 early;
 };
 
 struct {
@@ -2858,12 +2860,23 @@ struct tls_call {
 	__u64 ssl;   // the SSL object
 	__u64 buf;   // the plaintext's buffer
 	__u64 count; // SSL_read_ex, SSL_write_ex: where the byte count goes (size_t *); 0: the return value
-	__u8 dir;
+	__u64 sp;    // the stack pointer at the entry: a call entered below it is inside this one
+	__u8 dir;    // DIR_INGRESS, DIR_EGRESS, or TLS_HANDSHAKE
 	__u8 active; // set at the entry, cleared at the return
 	__u8 nested; // conn is the socket a send or receive inside the call used
-	__u8 pad;
+	// Calls entered inside this one and not yet returned: TLS inside TLS
+	// (a client's HTTPS proxy), whose inner layer writes its records with
+	// the outer layer's SSL_write. The outermost call's bytes are the
+	// plaintext.
+	__u8 depth;
 	struct tls_conn conn;
 };
+
+// TLS_HANDSHAKE is a tls_call of SSL_do_handshake: nothing moves, but its
+// sends and receives tell its SSL object's socket before the first read,
+// which may find its request already decrypted (nginx reads ahead, and a
+// TLS 1.3 client sends its request with its handshake's end).
+#define TLS_HANDSHAKE 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -2897,17 +2910,25 @@ static __always_inline bool tls_hello(struct event *e)
 	       p[6] == 0;
 }
 
-// tls_record tells whether e's bytes start a TLS record of a handshake or
-// of application data (22 or 23, version 3.x, at most 2^14 + 2048 bytes):
-// the first the kernel sees of a connection. A server's TLS library reads
-// a record's five-byte header alone, and a connection that began before
-// the agent is seen first mid-stream. Only there: five bytes are too few
-// to tell a record from the plaintext that any other send could start
-// with.
-static __always_inline bool tls_record(struct event *e)
+// TLS_EARLY is how many of a connection's first data events may start
+// TLS with a handshake record's header alone (tls_record).
+#define TLS_EARLY 4
+
+// tls_record tells whether e's bytes start a TLS record (version 3.x, at
+// most 2^14 + 2048 bytes) that begins TLS on a connection of which the
+// kernel has seen early data events before: a handshake record among the
+// first TLS_EARLY (a server's TLS library reads a record's five-byte
+// header alone, and PostgreSQL's and MySQL's connections start TLS after
+// a plaintext request for it), or application data first (a connection
+// that began before the agent, seen mid-stream). Only there: five bytes
+// are too few to tell a record from the plaintext that any other send
+// could start with.
+static __always_inline bool tls_record(struct event *e, __u8 early)
 {
 	__u8 *p = e->payload;
-	if (e->captured < 5 || (p[0] != 22 && p[0] != 23) || p[1] != 3 || p[2] > 4)
+	if (e->captured < 5 || p[1] != 3 || p[2] > 4)
+		return false;
+	if (!(p[0] == 22 && early < TLS_EARLY) && !(p[0] == 23 && early == 0))
 		return false;
 	__u32 n = (__u32)p[3] << 8 | p[4];
 	return n > 0 && n <= 18432;
@@ -2929,8 +2950,21 @@ static __always_inline void tls_nested(struct sock *sk, __u8 role, __u32 fd)
 	c->family = sock_ends(sk, c->laddr, c->raddr, &c->lport, &c->rport);
 }
 
-// tls_enter starts a thread's call of SSL_read or SSL_write.
-static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir)
+// tls_in_call tells whether the current thread is inside a TLS library's
+// call (tls_calls): a send or receive there moves TLS records. It finds a
+// connection whose records the kernel could not tell (one older than the
+// agent, seen first in the middle of a record) once the uprobes are in;
+// asked of a connection's first TLS_EARLY data events only.
+static __always_inline bool tls_in_call(void)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	return call && call->active;
+}
+
+// tls_enter starts a thread's call of SSL_read, SSL_write or
+// SSL_do_handshake, entered with stack pointer sp.
+static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir, __u64 sp)
 {
 	struct bpf_pidns_info ns;
 	if (!in_pod(&ns))
@@ -2944,6 +2978,15 @@ static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir
 		if (!call)
 			return 0;
 	}
+	if (call->active && sp < call->sp) {
+		// Inside the call under way. (At or above its frame instead,
+		// that call has ended without its return seen: a longjmp.)
+		if (call->depth < 255)
+			call->depth++;
+		return 0;
+	}
+	call->sp = sp;
+	call->depth = 0;
 	call->ssl = ssl;
 	call->buf = buf;
 	call->count = count;
@@ -2957,32 +3000,40 @@ static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir
 SEC("uprobe")
 int tls_write(struct pt_regs *ctx)
 {
-	return tls_enter(ctx->di, ctx->si, 0, DIR_EGRESS);
+	return tls_enter(ctx->di, ctx->si, 0, DIR_EGRESS, ctx->sp);
 }
 
 // int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)
 SEC("uprobe")
 int tls_write_ex(struct pt_regs *ctx)
 {
-	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_EGRESS);
+	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_EGRESS, ctx->sp);
 }
 
 // int SSL_read(SSL *ssl, void *buf, int num)
 SEC("uprobe")
 int tls_read(struct pt_regs *ctx)
 {
-	return tls_enter(ctx->di, ctx->si, 0, DIR_INGRESS);
+	return tls_enter(ctx->di, ctx->si, 0, DIR_INGRESS, ctx->sp);
 }
 
 // int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
 SEC("uprobe")
 int tls_read_ex(struct pt_regs *ctx)
 {
-	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_INGRESS);
+	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_INGRESS, ctx->sp);
 }
 
-// tls_return ends a call of any of the four: the bytes it moved go up as
-// its connection's, flagged EVENT_PLAINTEXT.
+// int SSL_do_handshake(SSL *ssl), which SSL_accept and SSL_connect call
+SEC("uprobe")
+int tls_handshake(struct pt_regs *ctx)
+{
+	return tls_enter(ctx->di, 0, 0, TLS_HANDSHAKE, ctx->sp);
+}
+
+// tls_return ends a call of any of the five: the socket it sent or
+// received on is its SSL object's from now on, and the bytes a read or a
+// write moved go up as that connection's, flagged EVENT_PLAINTEXT.
 SEC("uretprobe")
 int tls_return(struct pt_regs *ctx)
 {
@@ -2990,10 +3041,20 @@ int tls_return(struct pt_regs *ctx)
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
 	if (!call || !call->active)
 		return 0;
+	if (call->depth) {
+		call->depth--; // a call inside it: its bytes are the outer layer's
+		return 0;
+	}
 	call->active = 0;
+	struct tls_key key = {.ssl = call->ssl, .tgid = id >> 32};
+	struct tls_conn *c = &call->conn;
+	// Also when the call failed or wants the socket again (WANT_READ,
+	// WANT_WRITE): its socket is known all the same.
+	if (call->nested)
+		bpf_map_update_elem(&tls_conns, &key, c, BPF_ANY);
 	long ret = ctx->ax;
-	if (ret <= 0)
-		return 0; // failed, or wants the socket again (WANT_READ, WANT_WRITE): nothing moved
+	if (call->dir == TLS_HANDSHAKE || ret <= 0)
+		return 0;
 	__u64 n = ret;
 	if (call->count && bpf_probe_read_user(&n, sizeof(n), (void *)call->count))
 		return 0;
@@ -3002,17 +3063,28 @@ int tls_return(struct pt_regs *ctx)
 	struct bpf_pidns_info ns;
 	if (!in_pod(&ns))
 		return 0;
-	struct tls_key key = {.ssl = call->ssl, .tgid = id >> 32};
-	struct tls_conn *c = &call->conn;
-	if (call->nested)
-		bpf_map_update_elem(&tls_conns, &key, c, BPF_ANY);
-	else if (!(c = bpf_map_lookup_elem(&tls_conns, &key))) {
-		count(STAT_TLS_NO_SOCK);
+	if (!call->nested && !(c = bpf_map_lookup_elem(&tls_conns, &key))) {
+		count(STAT_TLS_LOST);
 		return 0;
 	}
-	struct event *e = event_base(ns.tgid, ns.pid, EVENT_DATA);
-	if (!e)
+	// Built in the ring buffer, not in a per-CPU scratch event: a uprobe
+	// program runs with migration disabled only, and may be preempted by
+	// another task whose program would use the same scratch. The room
+	// reserved is the header and capture_bytes, a constant at load time.
+	__u32 room = capture_bytes;
+	if (room > MAX_CAPTURE)
+		room = MAX_CAPTURE;
+	struct event *e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + room, 0);
+	if (!e) {
+		count(STAT_LOST);
 		return 0;
+	}
+	__builtin_memset(e, 0, EVENT_HEADER_SIZE);
+	e->type = EVENT_DATA;
+	e->tgid = ns.tgid;
+	e->tid = ns.pid;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
 	e->sock = c->sock;
 	e->fd = c->fd;
 	e->role = c->role;
@@ -3025,8 +3097,17 @@ int tls_return(struct pt_regs *ctx)
 	e->dir = call->dir;
 	e->len = n;
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
-	e->captured = copy_buf(e, (void *)call->buf, n);
-	submit_waking(e, first_of_process(ns.tgid));
+	__u32 limit = n < room ? n : room;
+	if (limit > 0 && bpf_probe_read_user(e->payload, limit, (void *)call->buf))
+		limit = 0; // no bytes rather than the ring's old ones
+	e->captured = limit;
+	if (n > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(call->buf + n - TAIL_BYTES)) == 0)
+		e->tail_len = TAIL_BYTES;
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	if (first_of_process(ns.tgid) || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
+	count(STAT_EVENTS);
 	return 0;
 }
 
@@ -3094,7 +3175,10 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		e->captured = copy_iov(regs->si, regs->dx, ret);
 		head_only = false;
 	}
-	if (st && (tls_hello(e) || (!st->announced && tls_record(e)))) {
+	__u8 early = TLS_EARLY;
+	if (st && (early = st->early) < TLS_EARLY)
+		st->early = early + 1;
+	if (st && (tls_hello(e) || tls_record(e, early) || (early < TLS_EARLY && tls_in_call()))) {
 		// A TLS handshake: this connection's records stay here from
 		// now on. User space hears of it once, so that it puts the
 		// uprobes on the process's TLS library if it has not yet.
@@ -3105,7 +3189,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		e->captured = 0;
 		e->tail_len = 0;
 		sock_fill(e, task, sk, role);
-		submit_waking(e, true);
+		submit_waking(e, first_of_process(ns.tgid));
 		return 0;
 	}
 	int verdict = FAST_SEND;

@@ -256,11 +256,12 @@ type socketObjects struct {
 // tlsPrograms are the uprobes on a TLS library (TraceTLS), loaded with the
 // socket programs, whose maps they share.
 type tlsPrograms struct {
-	TLSWrite   *ebpf.Program `ebpf:"tls_write"`
-	TLSWriteEx *ebpf.Program `ebpf:"tls_write_ex"`
-	TLSRead    *ebpf.Program `ebpf:"tls_read"`
-	TLSReadEx  *ebpf.Program `ebpf:"tls_read_ex"`
-	TLSReturn  *ebpf.Program `ebpf:"tls_return"`
+	TLSWrite     *ebpf.Program `ebpf:"tls_write"`
+	TLSWriteEx   *ebpf.Program `ebpf:"tls_write_ex"`
+	TLSRead      *ebpf.Program `ebpf:"tls_read"`
+	TLSReadEx    *ebpf.Program `ebpf:"tls_read_ex"`
+	TLSHandshake *ebpf.Program `ebpf:"tls_handshake"`
+	TLSReturn    *ebpf.Program `ebpf:"tls_return"`
 }
 
 // syscallObjects are what the syscall-tracepoint capture loads.
@@ -279,7 +280,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
-		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSReturn}
+		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSReturn}
 	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock} {
 		hooks = append(hooks, func() (link.Link, error) {
@@ -611,10 +612,11 @@ type Stats struct {
 	H2Quiet uint64
 	// TLSRecords are sends and receives of TLS records the kernel did not
 	// send (EventTLS): their plaintext comes from the TLS library.
-	// TLSNoSocket are TLS plaintexts lost because the kernel did not know
-	// their SSL object's connection (its first call made no send or
-	// receive).
-	TLSRecords, TLSNoSocket uint64
+	// TLSLost are TLS plaintexts lost: the kernel did not know their SSL
+	// object's connection (it began before the uprobes were in, or its
+	// library encrypts into memory, not onto the socket), or a task
+	// preempted half-way through another's held the CPU's TLS event.
+	TLSRecords, TLSLost uint64
 	// RunsSkipped are runs of the programs the kernel skipped because the
 	// same program was already running on the CPU: inet_sock_set_state,
 	// in a task's connect or close, interrupted by a softirq's state
@@ -668,7 +670,7 @@ func (c *Capture) Stats() (Stats, error) {
 	if s.TLSRecords, err = sum(9); err != nil {
 		return s, err
 	}
-	if s.TLSNoSocket, err = sum(10); err != nil {
+	if s.TLSLost, err = sum(10); err != nil {
 		return s, err
 	}
 	for _, p := range c.programs {

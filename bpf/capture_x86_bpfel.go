@@ -184,8 +184,9 @@ type captureSockState struct {
 		Hdr  [9]uint8
 		Pad  uint8
 	}
-	Tls uint8
-	_   [7]byte
+	Tls   uint8
+	Early uint8
+	_     [6]byte
 }
 
 type captureTlsCall struct {
@@ -193,10 +194,11 @@ type captureTlsCall struct {
 	Ssl    uint64
 	Buf    uint64
 	Count  uint64
+	Sp     uint64
 	Dir    uint8
 	Active uint8
 	Nested uint8
-	Pad    uint8
+	Depth  uint8
 	_      [4]byte
 	Conn   captureTlsConn
 }
@@ -248,6 +250,7 @@ const (
 	captureProgSysEnter         = "sys_enter"
 	captureProgSysExit          = "sys_exit"
 	captureProgTcpDestroySock   = "tcp_destroy_sock"
+	captureProgTlsHandshake     = "tls_handshake"
 	captureProgTlsRead          = "tls_read"
 	captureProgTlsReadEx        = "tls_read_ex"
 	captureProgTlsReturn        = "tls_return"
@@ -317,6 +320,7 @@ type captureProgramSpecs struct {
 	SysEnter         *ebpf.ProgramSpec `ebpf:"sys_enter"`
 	SysExit          *ebpf.ProgramSpec `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.ProgramSpec `ebpf:"tcp_destroy_sock"`
+	TlsHandshake     *ebpf.ProgramSpec `ebpf:"tls_handshake"`
 	TlsRead          *ebpf.ProgramSpec `ebpf:"tls_read"`
 	TlsReadEx        *ebpf.ProgramSpec `ebpf:"tls_read_ex"`
 	TlsReturn        *ebpf.ProgramSpec `ebpf:"tls_return"`
@@ -455,6 +459,7 @@ type capturePrograms struct {
 	SysEnter         *ebpf.Program `ebpf:"sys_enter"`
 	SysExit          *ebpf.Program `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.Program `ebpf:"tcp_destroy_sock"`
+	TlsHandshake     *ebpf.Program `ebpf:"tls_handshake"`
 	TlsRead          *ebpf.Program `ebpf:"tls_read"`
 	TlsReadEx        *ebpf.Program `ebpf:"tls_read_ex"`
 	TlsReturn        *ebpf.Program `ebpf:"tls_return"`
@@ -470,6 +475,7 @@ func (p *capturePrograms) Close() error {
 		p.SysEnter,
 		p.SysExit,
 		p.TcpDestroySock,
+		p.TlsHandshake,
 		p.TlsRead,
 		p.TlsReadEx,
 		p.TlsReturn,

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,18 +35,22 @@ type tlsTracer struct {
 
 // tlsProcess is a process whose TLS library has the uprobes.
 type tlsProcess struct {
-	library string // the library's path, in the process's mount namespace
-	start   string // the process's start time: a pid reused is another process
-	links   []link.Link
+	library string // the libraries' paths, in the process's mount namespace, comma-separated
+	// start is the process's start time and executable: a pid reused is
+	// another process, and one that exec'd another program maps other
+	// libraries.
+	start string
+	links []link.Link
 }
 
-// TraceTLS puts uprobes on the TLS library (OpenSSL's libssl) that process
-// pid maps, for that process alone: the plaintext of its TLS connections
-// then comes up as their events (FlagPlaintext). It returns the library's
-// path, and nothing new for a process it traces already; ErrNoTLSLibrary
-// when the process maps none. A connection's plaintext comes from the
-// first call of SSL_read or SSL_write that sends or receives on its socket
-// after the uprobes are in.
+// TraceTLS puts uprobes on the TLS libraries (OpenSSL's libssl, and the
+// copies of it that Python wheels bundle) that process pid maps, for that
+// process alone: the plaintext of its TLS connections then comes up as
+// their events (FlagPlaintext). It returns the libraries' paths, and does
+// nothing new for a process it traces already; ErrNoTLSLibrary when the
+// process maps none. A connection's plaintext comes from the first call of
+// SSL_do_handshake, SSL_read or SSL_write that sends or receives on its
+// socket after the uprobes are in.
 func (c *Capture) TraceTLS(pid int) (string, error) {
 	t := c.tls
 	if t == nil {
@@ -67,47 +72,57 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 		p.close()
 		delete(t.procs, pid)
 	}
-	library, err := sslLibrary(pid)
+	libraries, err := sslLibraries(pid)
 	if err != nil {
 		return "", err
 	}
+	p := &tlsProcess{library: strings.Join(libraries, ","), start: start}
+	for _, library := range libraries {
+		if err := p.attach(pid, library, t.progs); err != nil {
+			p.close()
+			return "", err
+		}
+	}
+	t.procs[pid] = p
+	return p.library, nil
+}
+
+// attach puts the uprobes on one library that process pid maps.
+func (p *tlsProcess) attach(pid int, library string, progs tlsPrograms) error {
 	exe, err := link.OpenExecutable(fmt.Sprintf("/proc/%d/root%s", pid, library))
 	if err != nil {
-		return "", fmt.Errorf("open %s: %w", library, err)
+		return fmt.Errorf("open %s: %w", library, err)
 	}
-	p := &tlsProcess{library: library, start: start}
 	probes := []struct {
 		symbol   string
 		entry    *ebpf.Program
 		required bool
 	}{
-		{"SSL_write", t.progs.TLSWrite, true},
-		{"SSL_read", t.progs.TLSRead, true},
-		{"SSL_write_ex", t.progs.TLSWriteEx, false},
-		{"SSL_read_ex", t.progs.TLSReadEx, false},
+		{"SSL_write", progs.TLSWrite, true},
+		{"SSL_read", progs.TLSRead, true},
+		{"SSL_do_handshake", progs.TLSHandshake, true},
+		{"SSL_write_ex", progs.TLSWriteEx, false},
+		{"SSL_read_ex", progs.TLSReadEx, false},
 	}
 	opts := &link.UprobeOptions{PID: pid}
 	for _, probe := range probes {
 		// The return first: an entry without its return would leave the
 		// thread's call open.
-		ret, err := exe.Uretprobe(probe.symbol, t.progs.TLSReturn, opts)
+		ret, err := exe.Uretprobe(probe.symbol, progs.TLSReturn, opts)
 		if err != nil {
 			if !probe.required && errors.Is(err, link.ErrNoSymbol) {
 				continue
 			}
-			p.close()
-			return "", fmt.Errorf("uretprobe %s in %s: %w", probe.symbol, library, err)
+			return fmt.Errorf("uretprobe %s in %s: %w", probe.symbol, library, err)
 		}
 		p.links = append(p.links, ret)
 		entry, err := exe.Uprobe(probe.symbol, probe.entry, opts)
 		if err != nil {
-			p.close()
-			return "", fmt.Errorf("uprobe %s in %s: %w", probe.symbol, library, err)
+			return fmt.Errorf("uprobe %s in %s: %w", probe.symbol, library, err)
 		}
 		p.links = append(p.links, entry)
 	}
-	t.procs[pid] = p
-	return library, nil
+	return nil
 }
 
 // UntraceTLS takes the uprobes off process pid's TLS library, if it had
@@ -163,41 +178,56 @@ func (p *tlsProcess) close() error {
 	return errors.Join(errs...)
 }
 
-// sslLibrary finds the libssl that process pid maps, as a path in its
-// mount namespace.
-func sslLibrary(pid int) (string, error) {
+// sslLibraries finds the libssl copies that process pid maps, as paths in
+// its mount namespace.
+func sslLibraries(pid int) ([]string, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	defer f.Close()
+	var libraries []string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
-		// address perms offset dev inode path
+		// address perms offset dev inode path. A deleted file (the
+		// package upgraded under the process) has " (deleted)" after its
+		// path, which names another file now: not probed.
 		fields := strings.Fields(sc.Text())
 		if len(fields) != 6 || !strings.Contains(fields[1], "x") {
 			continue
 		}
-		if file := fields[5]; isSSLLibrary(path.Base(file)) {
-			return file, nil
+		if file := fields[5]; isSSLLibrary(path.Base(file)) && !slices.Contains(libraries, file) {
+			libraries = append(libraries, file)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return "", err
+		return nil, err
 	}
-	return "", ErrNoTLSLibrary
+	if len(libraries) == 0 {
+		return nil, ErrNoTLSLibrary
+	}
+	return libraries, nil
 }
 
-// isSSLLibrary tells whether a file's name is OpenSSL's libssl
-// (libssl.so.3, libssl.so.1.1; not libssl3.so, NSS's).
+// isSSLLibrary tells whether a file's name is OpenSSL's libssl:
+// libssl.so.3, libssl.so.1.1, or a copy a Python wheel bundles
+// (libssl-1b2c3d4e.so.3); not NSS's libssl3.so.
 func isSSLLibrary(name string) bool {
-	return name == "libssl.so" || strings.HasPrefix(name, "libssl.so.")
+	base, _, ok := strings.Cut(name, ".so")
+	return ok && (base == "libssl" || strings.HasPrefix(base, "libssl-")) && (strings.HasPrefix(name[len(base):], ".so.") || name[len(base):] == ".so")
 }
 
-// processStart returns the start time of process pid (stat's field 22): a
-// pid reused by another process has another.
+// processStart returns the start time of process pid (stat's field 22),
+// with its executable: a pid reused by another process has another start,
+// and an exec another executable, most often.
 func processStart(pid int) (string, error) {
+	exe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	start, err := startTime(pid)
+	return start + " " + exe, err
+}
+
+func startTime(pid int) (string, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return "", err

@@ -358,9 +358,9 @@ func TestSpanRules(t *testing.T) {
 		// TLS: the scheme is https, and its default port is 443.
 		{"server over TLS", func(r *tracer.Request) { r.Route, r.TLS = "/tls", true },
 			"GET /tls", codes.Unset, map[string]any{"url.scheme": "https"}, nil},
-		{"client over TLS, default port", func(r *tracer.Request) {
+		{"client over TLS, no port: 443", func(r *tracer.Request) {
 			*r = *clientReq()
-			r.Method, r.Host, r.HostPort, r.StatusCode, r.TLS = "OPTIONS", "api.internal", 443, 200, true
+			r.Method, r.Host, r.HostPort, r.StatusCode, r.TLS = "OPTIONS", "api.internal", 0, 200, true
 		}, "OPTIONS", codes.Unset, map[string]any{"url.full": "https://api.internal/orders", "server.port": int64(443)}, nil},
 		{"client over TLS, port 80", func(r *tracer.Request) {
 			*r = *clientReq()

@@ -152,15 +152,15 @@ type routeKey struct {
 }
 
 // serverEndpoint is server.address and server.port: the Host header as the
-// client wrote it when present (a missing port means http's 80), else the
-// server end of the connection.
+// client wrote it when present (a missing port means the scheme's, 80 or
+// 443), else the server end of the connection.
 func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 	if r.Host != "" {
 		host := strings.TrimSuffix(strings.TrimPrefix(r.Host, "["), "]")
 		if r.HostPort != 0 {
 			return host, r.HostPort
 		}
-		return host, 80
+		return host, defaultPort(r.TLS)
 	}
 	if r.Role == tracer.RoleClient {
 		return addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr), int(r.Remote.Port())
@@ -498,6 +498,14 @@ func scheme(tls bool) string {
 	return "http"
 }
 
+// defaultPort is the port a URL of the scheme leaves out.
+func defaultPort(tls bool) int {
+	if tls {
+		return 443
+	}
+	return 80
+}
+
 // fullURL builds url.full for a client span. The port is left out when it
 // is the scheme's default, as a browser would write the URL.
 func fullURL(tls bool, host string, port int, path, query string, withQuery bool) string {
@@ -512,11 +520,7 @@ func fullURL(tls bool, host string, port int, path, query string, withQuery bool
 	} else {
 		b.WriteString(host)
 	}
-	defaultPort := 80
-	if tls {
-		defaultPort = 443
-	}
-	if port != defaultPort && port != 0 {
+	if port != defaultPort(tls) && port != 0 {
 		b.WriteByte(':')
 		b.WriteString(strconv.Itoa(port))
 	}

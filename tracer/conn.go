@@ -106,6 +106,20 @@ func (c *conn) feed(dir bpf.Direction, seg *segment) {
 	}
 }
 
+// startTLS takes the connection's bytes as its TLS plaintext from now on
+// (bpf.FlagPlaintext): its parser goes on if the protocol asked for TLS
+// itself (tlsStarter), else the plaintext is detected afresh (what the
+// parser saw, PostgreSQL's SSLRequest or nothing, is not the protocol's
+// stream any more).
+func (c *conn) startTLS() {
+	c.tls = true
+	if s, ok := c.parser.(tlsStarter); ok && s.startTLS() {
+		return
+	}
+	c.parser, c.tries = nil, 0
+	c.ignored = c.proc == nil || c.own
+}
+
 func (c *conn) close(ts uint64) {
 	if c.parser != nil && !c.ignored {
 		defer c.recoverParser()

@@ -100,7 +100,11 @@ type myConn struct {
 	caps   uint32 // capabilities both ends have, when the handshake was seen
 	system string // Request.DBSystem: "mariadb" when the greeting says so
 	done   bool
-	db     string
+	// tlsNext: the client asked for TLS (an SSL request); afterTLS: its
+	// plaintext comes now, where the handshake response follows with
+	// sequence id 2.
+	tlsNext, afterTLS bool
+	db                string
 
 	stmts    dbStmtCache[uint32] // by statement id
 	sqlStmts dbStmtCache[string] // SQL-level PREPARE name FROM '...'
@@ -260,6 +264,19 @@ func (c *myConn) feed(dir bpf.Direction, seg *segment) {
 	}
 }
 
+// startTLS goes on with the TLS plaintext after the client's SSL request:
+// its handshake response comes next.
+func (c *myConn) startTLS() bool {
+	if !c.tlsNext {
+		return false
+	}
+	c.tlsNext, c.afterTLS, c.done = false, true, false
+	c.cli.reset()
+	c.srv.reset()
+	c.cliCont, c.srvCont = false, false
+	return true
+}
+
 func (c *myConn) closed(uint64) {
 	c.pending = nil
 	c.done = true
@@ -357,7 +374,7 @@ func (c *myConn) onClient(hdr, body []byte, cut bool) bool {
 	c.cliCont = n == myMaxPacket
 	switch c.phase {
 	case myHandshake:
-		if hdr[3] == 1 {
+		if hdr[3] == 1 || c.afterTLS && hdr[3] == 2 {
 			return c.handshakeResponse(body)
 		}
 	case myCommand:
@@ -376,7 +393,7 @@ func (c *myConn) handshakeResponse(b []byte) bool {
 	}
 	caps := binary.LittleEndian.Uint32(b)
 	if caps&myCapSSL != 0 && len(b) == 32 {
-		c.done = true
+		c.done, c.tlsNext = true, true // the records are not read: their plaintext, if it comes, is (startTLS)
 		return false
 	}
 	c.caps &= caps

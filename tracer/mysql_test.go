@@ -1,6 +1,8 @@
 package tracer
 
 import (
+	"github.com/podtracer/podtracer/bpf"
+
 	"strings"
 	"testing"
 	"time"
@@ -170,6 +172,26 @@ func TestMySQLTLSAndCompression(t *testing.T) {
 		if len(h.got) != 0 {
 			t.Errorf("%s: parsed what follows: %+v", name, h.got[0])
 		}
+	}
+}
+
+// TestMySQLTLSPlaintext: after the client's SSL request, the TLS
+// plaintext (bpf.FlagPlaintext) goes on where it left off: the handshake
+// response (sequence id 2) names the database, and the queries are spans
+// marked TLS.
+func TestMySQLTLSPlaintext(t *testing.T) {
+	greeting := loadDBCapture(t, "mysql-gosql.bin")[0].data
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, in, greeting)
+	h.send(1, out, myPkt(1, "\x8c\xaa\x3a\x01\x00\x00\x00\x01\x2d"+strings.Repeat("\x00", 23)))
+	plain := func(dir bpf.Direction, data string) { h.sendKernel(1, dir, data, 0, bpf.FlagPlaintext) }
+	plain(out, myPkt(2, "\x8c\xaa\x3a\x01\x00\x00\x00\x01\x2d"+strings.Repeat("\x00", 23)+"app\x00\x00shop\x00"))
+	plain(in, myPkt(3, myOKPacket))
+	plain(out, myPkt(0, "\x03SELECT * FROM users WHERE id = 7"))
+	plain(in, myPkt(1, myOKPacket))
+	dbDiff(t, "requests", dbSummaries(h.got), []string{"mariadb SELECT users @shop | SELECT * FROM users WHERE id = ?"})
+	if len(h.got) == 1 && !h.got[0].TLS {
+		t.Error("not marked TLS")
 	}
 }
 

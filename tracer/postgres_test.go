@@ -371,6 +371,24 @@ func TestPostgresTLS(t *testing.T) {
 	}
 }
 
+// TestPostgresTLSPlaintext: after the SSLRequest, the TLS plaintext
+// (bpf.FlagPlaintext) is parsed from its startup message on: the session's
+// database is known, its queries are spans marked TLS.
+func TestPostgresTLSPlaintext(t *testing.T) {
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, out, "\x00\x00\x00\x08\x04\xd2\x16\x2f")
+	h.send(1, in, "S")
+	plain := func(dir bpf.Direction, data string) { h.sendKernel(1, dir, data, 0, bpf.FlagPlaintext) }
+	plain(out, pgStartup("user", "app", "database", "shop"))
+	plain(in, pgMsg('R', "\x00\x00\x00\x00")+pgReady)
+	plain(out, pgMsg('Q', "SELECT * FROM users WHERE id = 7\x00"))
+	plain(in, pgMsg('C', "SELECT 1\x00")+pgReady)
+	dbDiff(t, "requests", dbSummaries(h.got), []string{"postgresql SELECT users @shop | SELECT * FROM users WHERE id = ?"})
+	if len(h.got) == 1 && !h.got[0].TLS {
+		t.Error("not marked TLS")
+	}
+}
+
 // A connection older than the agent: the first bytes seen are a query,
 // and statements prepared before are named by their command tags.
 func TestPostgresMidStream(t *testing.T) {

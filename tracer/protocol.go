@@ -94,6 +94,15 @@ type successor interface {
 	successor() protocolParser
 }
 
+// A tlsStarter is a parser of a protocol that asks for TLS inside itself
+// (MySQL's SSL request): when the connection's plaintext starts coming
+// (bpf.FlagPlaintext), startTLS tells whether it goes on from where the
+// request left it. Any other parser gives way to detection, as on a new
+// connection.
+type tlsStarter interface {
+	startTLS() bool
+}
+
 func init() {
 	registerProtocol(ProtoHTTP, 10, func(cfg Config) detector {
 		return detectHTTP1(cfg.RouteHeuristic, cfg.enabled("http2"), cfg.heads, cfg.h2Lost)

@@ -209,8 +209,8 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			}
 		}
 	default:
-		if ev.Flags&bpf.FlagPlaintext != 0 {
-			c.tls = true
+		if ev.Flags&bpf.FlagPlaintext != 0 && !c.tls {
+			c.startTLS()
 		}
 		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, pieces: ev.Pieces, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,
 			headHash: ev.HeadHash}

@@ -63,6 +63,7 @@ struct pt_regs {
 	long unsigned int r10;
 	long unsigned int cx;
 	long unsigned int ax;
+	long unsigned int sp;
 	long unsigned int r8;
 	long unsigned int orig_ax;
 } __attribute__((preserve_access_index));

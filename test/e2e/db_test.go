@@ -180,12 +180,12 @@ func postgresBin(t *testing.T, name string) string {
 
 // TestPostgreSQL: a PostgreSQL server in the pod; pgx (dbclient) and psql
 // clients in the pod, one psql session opened before the agent started.
-func TestPostgreSQL(t *testing.T) {
-	privileged(t)
-	psql := testenv.LookPath(t, "psql")
+// postgresCluster makes a PostgreSQL cluster (user postgres, password
+// "secret") and returns the command that serves it on port, with settings
+// (-c name=value) added, as the postgres user.
+func postgresCluster(t *testing.T, port int, settings ...string) []string {
 	runuser := testenv.LookPath(t, "runuser")
 	initdb, postgres := postgresBin(t, "initdb"), postgresBin(t, "postgres")
-	client := dbclient(t)
 	pgUser, err := user.Lookup("postgres")
 	if err != nil {
 		testenv.Skip(t, "no postgres user (.ci/run installs postgresql)")
@@ -199,12 +199,23 @@ func TestPostgreSQL(t *testing.T) {
 	pwfile := filepath.Join(sock, "pw")
 	os.WriteFile(pwfile, []byte("secret\n"), 0o644)
 	run(t, exec.Command(runuser, "-u", "postgres", "--", initdb, "-D", data, "-U", "postgres", "-A", "scram-sha-256", "--pwfile", pwfile))
+	args := []string{runuser, "-u", "postgres", "--", postgres, "-D", data, "-p", fmt.Sprint(port),
+		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + sock}
+	for _, s := range settings {
+		args = append(args, "-c", s)
+	}
+	return args
+}
 
+func TestPostgreSQL(t *testing.T) {
+	privileged(t)
+	psql := testenv.LookPath(t, "psql")
+	client := dbclient(t)
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
 	port := freePort(t)
-	start(t, pod.command(runuser, "-u", "postgres", "--", postgres, "-D", data, "-p", fmt.Sprint(port),
-		"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="+sock))
+	server := postgresCluster(t, port)
+	start(t, pod.command(server[0], server[1:]...))
 	waitListening(t, port)
 	psqlCmd := func(args ...string) *exec.Cmd {
 		cmd := pod.command(psql, append([]string{"-h", "127.0.0.1", "-p", fmt.Sprint(port), "-U", "postgres", "-v", "ON_ERROR_STOP=0"}, args...)...)

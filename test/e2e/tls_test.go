@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,12 +47,7 @@ func TestTLS(t *testing.T) {
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
 
-	dir := t.TempDir()
-	cert, key := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if out, err := exec.Command(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-		"-keyout", key, "-out", cert).CombinedOutput(); err != nil {
-		t.Fatalf("openssl: %v %s", err, out)
-	}
+	cert, key := selfSigned(t, openssl)
 	www := t.TempDir()
 	os.WriteFile(filepath.Join(www, "hello.txt"), []byte("hello over tls\n"), 0o644)
 	port := freePort(t)
@@ -119,4 +116,67 @@ func TestTLS(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// selfSigned writes a key and a self-signed certificate for localhost.
+func selfSigned(t *testing.T, openssl string) (cert, key string) {
+	t.Helper()
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if out, err := exec.Command(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+		"-keyout", key, "-out", cert).CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v %s", err, out)
+	}
+	return cert, key
+}
+
+// TestPostgreSQLTLS: PostgreSQL asks for TLS inside its protocol (an
+// SSLRequest, then the handshake): a psql session with sslmode=require and
+// its server, both libpq's and the server's libssl, give their spans from
+// the plaintext.
+func TestPostgreSQLTLS(t *testing.T) {
+	privileged(t)
+	psql := testenv.LookPath(t, "psql")
+	openssl := testenv.LookPath(t, "openssl")
+	cert, key := selfSigned(t, openssl)
+	pgUser, err := user.Lookup("postgres")
+	if err != nil {
+		testenv.Skip(t, "no postgres user (.ci/run installs postgresql)")
+	}
+	uid, _ := strconv.Atoi(pgUser.Uid)
+	gid, _ := strconv.Atoi(pgUser.Gid)
+	chmodTempParents(t, filepath.Dir(cert), uid, gid)
+	for _, f := range []string{cert, key} {
+		os.Chown(f, uid, gid)
+		os.Chmod(f, 0o600)
+	}
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	server := postgresCluster(t, port, "ssl=on", "ssl_cert_file="+cert, "ssl_key_file="+key)
+	start(t, pod.command(server[0], server[1:]...))
+	waitListening(t, port)
+	agent := startAgent(t, pod, agentEnv(rcv))
+
+	cmd := pod.command(psql, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require", port))
+	cmd.Env = append(os.Environ(), "PGPASSWORD=secret")
+	session := start(t, cmd)
+	fmt.Fprintln(session.stdin, "SELECT 'ready' AS up;")
+	session.waitOutput(t, "ready", 1, 10*time.Second)
+	// psql's libssl and its server's (a process forked for the session)
+	// have the uprobes within a scan: the handshake told the agent of both.
+	agent.waitOutput(t, `msg="reading TLS plaintext" pid=`, 1, 10*time.Second)
+	agent.waitOutput(t, "process=psql", 1, 10*time.Second)
+	time.Sleep(3 * time.Second)
+	fmt.Fprintln(session.stdin, "SELECT count(*) AS over_tls FROM pg_class WHERE relname = 'pg_type';")
+	session.waitOutput(t, "over_tls", 1, 10*time.Second)
+
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return dbSpan(s, trace.SpanKindClient, "psql", "SELECT pg_class") != nil && dbSpan(s, trace.SpanKindServer, "postgres", "SELECT pg_class") != nil
+	})
+	for _, kind := range []trace.SpanKind{trace.SpanKindClient, trace.SpanKindServer} {
+		service := map[trace.SpanKind]string{trace.SpanKindClient: "psql", trace.SpanKindServer: "postgres"}[kind]
+		s := mustDBSpan(t, spans, kind, service, "SELECT pg_class")
+		expectDB(t, s, "postgresql", port, map[string]any{"db.query.text": "SELECT count(*) AS over_tls FROM pg_class WHERE relname = ?;"})
+	}
 }
