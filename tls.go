@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -67,6 +68,11 @@ func (r *tlsReader) run(ctx context.Context) {
 	tick := time.NewTicker(tlsScanInterval)
 	defer tick.Stop()
 	r.scan()
+	// The first uprobes loaded their programs (the kernel's BTF for their
+	// relocations) and read the libraries' symbols: a few MB of garbage,
+	// given back now rather than when the scavenger gets to it, as after
+	// the capture's load.
+	debug.FreeOSMemory()
 	for {
 		select {
 		case <-ctx.Done():

@@ -250,6 +250,9 @@ type socketObjects struct {
 	HTTPHist         *ebpf.Map     `ebpf:"http_hist"`
 	HistRoom         *ebpf.Map     `ebpf:"hist_room"`
 	HTTPHeads        *ebpf.Map     `ebpf:"http_heads"`
+	TLSCalls         *ebpf.Map     `ebpf:"tls_calls"`
+	TLSConns         *ebpf.Map     `ebpf:"tls_conns"`
+	Announced        *ebpf.Map     `ebpf:"announced"`
 	tlsPrograms
 }
 
@@ -312,7 +315,8 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
 	c.programs = []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}
-	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}}
+	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}, logger: logger,
+		loadMulti: func() (*tlsMulti, error) { return loadTLSMulti(spec, objs) }}
 	var bound uint64
 	if spec.Variables["sample_bound"] != nil {
 		spec.Variables["sample_bound"].Get(&bound)
@@ -614,8 +618,7 @@ type Stats struct {
 	// send (EventTLS): their plaintext comes from the TLS library.
 	// TLSLost are TLS plaintexts lost: the kernel did not know their SSL
 	// object's connection (it began before the uprobes were in, or its
-	// library encrypts into memory, not onto the socket), or a task
-	// preempted half-way through another's held the CPU's TLS event.
+	// library encrypts into memory, not onto the socket).
 	TLSRecords, TLSLost uint64
 	// RunsSkipped are runs of the programs the kernel skipped because the
 	// same program was already running on the CPU: inet_sock_set_state,

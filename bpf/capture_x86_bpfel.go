@@ -250,10 +250,12 @@ const (
 	captureProgSysEnter         = "sys_enter"
 	captureProgSysExit          = "sys_exit"
 	captureProgTcpDestroySock   = "tcp_destroy_sock"
+	captureProgTlsEnterMulti    = "tls_enter_multi"
 	captureProgTlsHandshake     = "tls_handshake"
 	captureProgTlsRead          = "tls_read"
 	captureProgTlsReadEx        = "tls_read_ex"
 	captureProgTlsReturn        = "tls_return"
+	captureProgTlsReturnMulti   = "tls_return_multi"
 	captureProgTlsWrite         = "tls_write"
 	captureProgTlsWriteEx       = "tls_write_ex"
 	captureVarAgentTgid         = "agent_tgid"
@@ -320,10 +322,12 @@ type captureProgramSpecs struct {
 	SysEnter         *ebpf.ProgramSpec `ebpf:"sys_enter"`
 	SysExit          *ebpf.ProgramSpec `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.ProgramSpec `ebpf:"tcp_destroy_sock"`
+	TlsEnterMulti    *ebpf.ProgramSpec `ebpf:"tls_enter_multi"`
 	TlsHandshake     *ebpf.ProgramSpec `ebpf:"tls_handshake"`
 	TlsRead          *ebpf.ProgramSpec `ebpf:"tls_read"`
 	TlsReadEx        *ebpf.ProgramSpec `ebpf:"tls_read_ex"`
 	TlsReturn        *ebpf.ProgramSpec `ebpf:"tls_return"`
+	TlsReturnMulti   *ebpf.ProgramSpec `ebpf:"tls_return_multi"`
 	TlsWrite         *ebpf.ProgramSpec `ebpf:"tls_write"`
 	TlsWriteEx       *ebpf.ProgramSpec `ebpf:"tls_write_ex"`
 }
@@ -459,10 +463,12 @@ type capturePrograms struct {
 	SysEnter         *ebpf.Program `ebpf:"sys_enter"`
 	SysExit          *ebpf.Program `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.Program `ebpf:"tcp_destroy_sock"`
+	TlsEnterMulti    *ebpf.Program `ebpf:"tls_enter_multi"`
 	TlsHandshake     *ebpf.Program `ebpf:"tls_handshake"`
 	TlsRead          *ebpf.Program `ebpf:"tls_read"`
 	TlsReadEx        *ebpf.Program `ebpf:"tls_read_ex"`
 	TlsReturn        *ebpf.Program `ebpf:"tls_return"`
+	TlsReturnMulti   *ebpf.Program `ebpf:"tls_return_multi"`
 	TlsWrite         *ebpf.Program `ebpf:"tls_write"`
 	TlsWriteEx       *ebpf.Program `ebpf:"tls_write_ex"`
 }
@@ -475,10 +481,12 @@ func (p *capturePrograms) Close() error {
 		p.SysEnter,
 		p.SysExit,
 		p.TcpDestroySock,
+		p.TlsEnterMulti,
 		p.TlsHandshake,
 		p.TlsRead,
 		p.TlsReadEx,
 		p.TlsReturn,
+		p.TlsReturnMulti,
 		p.TlsWrite,
 		p.TlsWriteEx,
 	)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 )
 
@@ -27,6 +29,17 @@ var ErrNoTLSHooks = errors.New("TLS is read with the socket hooks only (Linux 6.
 // tlsTracer holds the uprobes put on the neighbours' TLS libraries.
 type tlsTracer struct {
 	progs tlsPrograms
+	// multi, when the kernel has uprobe_multi links (Linux 6.6+), are the
+	// programs attached with them instead of progs: one link for the
+	// entries and one for the returns, per library and process, where
+	// progs need a perf event per uprobe, scheduled in and out at each of
+	// the process's context switches.
+	multi *tlsMulti
+	// loadMulti loads them, at the first TraceTLS: not at all for an
+	// agent that reads no TLS, and after the garbage of loading the socket
+	// programs is gone (a few MB of peak memory).
+	loadMulti func() (*tlsMulti, error)
+	logger    *slog.Logger
 
 	mu    sync.Mutex
 	procs map[int]*tlsProcess
@@ -72,13 +85,25 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 		p.close()
 		delete(t.procs, pid)
 	}
+	if t.loadMulti != nil {
+		var err error
+		if t.multi, err = t.loadMulti(); err != nil {
+			t.logger.Info("TLS uprobes as perf events, which cost each probed process's context switches a little (uprobe_multi links need Linux 6.6+)",
+				"reason", err)
+		}
+		t.loadMulti = nil
+	}
 	libraries, err := sslLibraries(pid)
 	if err != nil {
 		return "", err
 	}
 	p := &tlsProcess{library: strings.Join(libraries, ","), start: start}
 	for _, library := range libraries {
-		if err := p.attach(pid, library, t.progs); err != nil {
+		attach := p.attach
+		if t.multi != nil {
+			attach = func(pid int, library string, _ tlsPrograms) error { return p.attachMulti(pid, library, t.multi) }
+		}
+		if err := attach(pid, library, t.progs); err != nil {
 			p.close()
 			return "", err
 		}
@@ -87,7 +112,8 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 	return p.library, nil
 }
 
-// attach puts the uprobes on one library that process pid maps.
+// attach puts the uprobes on one library that process pid maps, a perf
+// event each.
 func (p *tlsProcess) attach(pid int, library string, progs tlsPrograms) error {
 	exe, err := link.OpenExecutable(fmt.Sprintf("/proc/%d/root%s", pid, library))
 	if err != nil {
@@ -122,6 +148,61 @@ func (p *tlsProcess) attach(pid int, library string, progs tlsPrograms) error {
 		}
 		p.links = append(p.links, entry)
 	}
+	return nil
+}
+
+// tlsMulti are the programs attached with uprobe_multi links.
+type tlsMulti struct {
+	Enter  *ebpf.Program `ebpf:"tls_enter_multi"`
+	Return *ebpf.Program `ebpf:"tls_return_multi"`
+}
+
+// loadTLSMulti loads the uprobe_multi programs, sharing the maps of the
+// socket programs objs; an error on kernels before 6.6.
+func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, error) {
+	if err := features.HaveBPFLinkUprobeMulti(); err != nil {
+		return nil, err
+	}
+	var multi tlsMulti
+	err := spec.Copy().LoadAndAssign(&multi, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		"events": objs.Events, "stats": objs.Stats, "tls_calls": objs.TLSCalls, "tls_conns": objs.TLSConns, "announced": objs.Announced,
+	}})
+	if err != nil {
+		return nil, err
+	}
+	return &multi, nil
+}
+
+// tlsSymbols are the functions probed, in the order of the entry
+// program's cookies (enum tls_function); the first three are in every
+// libssl, the _ex forms in OpenSSL 1.1.1 and later.
+var tlsSymbols = []string{"SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake"}
+
+// attachMulti puts the uprobes on one library that process pid maps, with
+// a uprobe_multi link for the returns and one for the entries.
+func (p *tlsProcess) attachMulti(pid int, library string, multi *tlsMulti) error {
+	exe, err := link.OpenExecutable(fmt.Sprintf("/proc/%d/root%s", pid, library))
+	if err != nil {
+		return fmt.Errorf("open %s: %w", library, err)
+	}
+	symbols, cookies := tlsSymbols, []uint64{0, 1, 2, 3, 4}
+	// The returns first: an entry without its return would leave the
+	// thread's call open.
+	ret, err := exe.UretprobeMulti(symbols, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid)})
+	if errors.Is(err, link.ErrNoSymbol) {
+		// A library older than OpenSSL 1.1.1: no _ex forms.
+		symbols, cookies = []string{"SSL_write", "SSL_read", "SSL_do_handshake"}, []uint64{0, 2, 4}
+		ret, err = exe.UretprobeMulti(symbols, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid)})
+	}
+	if err != nil {
+		return fmt.Errorf("uretprobes in %s: %w", library, err)
+	}
+	p.links = append(p.links, ret)
+	entry, err := exe.UprobeMulti(symbols, multi.Enter, &link.UprobeMultiOptions{PID: uint32(pid), Cookies: cookies})
+	if err != nil {
+		return fmt.Errorf("uprobes in %s: %w", library, err)
+	}
+	p.links = append(p.links, entry)
 	return nil
 }
 
@@ -164,6 +245,10 @@ func (t *tlsTracer) close() error {
 	for pid, p := range t.procs {
 		errs = append(errs, p.close())
 		delete(t.procs, pid)
+	}
+	if t.multi != nil {
+		errs = append(errs, t.multi.Enter.Close(), t.multi.Return.Close())
+		t.multi = nil
 	}
 	t.done = true
 	return errors.Join(errs...)

@@ -86,12 +86,27 @@ func TestTLSPlaintext(t *testing.T) {
 	if !kernelAtLeast(t, 6, 3) {
 		t.Skip("TLS is read with the socket hooks, Linux 6.3+")
 	}
+	// uprobe_multi links where the kernel has them (6.6+), else a perf
+	// event per uprobe; both, where it has them.
+	t.Run("uprobe_multi", func(t *testing.T) {
+		if !kernelAtLeast(t, 6, 6) {
+			t.Skip("uprobe_multi links need Linux 6.6+")
+		}
+		testTLSPlaintext(t, true)
+	})
+	t.Run("perf_events", func(t *testing.T) { testTLSPlaintext(t, false) })
+}
+
+func testTLSPlaintext(t *testing.T, multi bool) {
 	cert, key := selfSigned(t)
 	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if !multi {
+		c.tls.loadMulti = nil // perf events
+	}
 	var events []Event
 	var script atomic.Int64 // the script's pid, once it runs: the host's other processes are seen too
 	done := make(chan struct{})
@@ -123,6 +138,9 @@ func TestTLSPlaintext(t *testing.T) {
 	library, err := c.TraceTLS(cmd.Process.Pid)
 	if err != nil {
 		t.Fatalf("TraceTLS: %v", err)
+	}
+	if (c.tls.multi != nil) != multi {
+		t.Fatalf("uprobe_multi programs: %v, want %v", c.tls.multi != nil, multi)
 	}
 	if !strings.Contains(library, "libssl.so") {
 		t.Errorf("library %q", library)

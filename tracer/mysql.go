@@ -377,6 +377,13 @@ func (c *myConn) onClient(hdr, body []byte, cut bool) bool {
 		if hdr[3] == 1 || c.afterTLS && hdr[3] == 2 {
 			return c.handshakeResponse(body)
 		}
+		if c.afterTLS && hdr[3] == 0 && len(body) > 0 {
+			// The plaintext began after the authentication (the
+			// uprobes came in late): joined at this command, as a
+			// connection older than the agent is.
+			c.phase = myCommand
+			c.command(body[0], body[1:])
+		}
 	case myCommand:
 		if hdr[3] == 0 && len(body) > 0 {
 			c.command(body[0], body[1:])

@@ -195,6 +195,19 @@ func TestMySQLTLSPlaintext(t *testing.T) {
 	}
 }
 
+// TestMySQLTLSPlaintextLate: the plaintext begins after the handshake
+// (the uprobes came in late): the connection is joined at its first
+// command, without its database.
+func TestMySQLTLSPlaintextLate(t *testing.T) {
+	greeting := loadDBCapture(t, "mysql-gosql.bin")[0].data
+	h := newDBHarness(t, 4096, Config{})
+	h.send(1, in, greeting)
+	h.send(1, out, myPkt(1, "\x8c\xaa\x3a\x01\x00\x00\x00\x01\x2d"+strings.Repeat("\x00", 23)))
+	h.sendKernel(1, out, myPkt(0, "\x03SELECT * FROM users WHERE id = 7"), 0, bpf.FlagPlaintext)
+	h.sendKernel(1, in, myPkt(1, myOKPacket), 0, bpf.FlagPlaintext)
+	dbDiff(t, "requests", dbSummaries(h.got), []string{"mariadb SELECT users | SELECT * FROM users WHERE id = ?"})
+}
+
 func TestMySQLBounded(t *testing.T) {
 	h := newDBHarness(t, 4096, Config{})
 	h.send(1, out, myPkt(0, "\x03SELECT 1"))

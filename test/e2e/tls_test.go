@@ -180,3 +180,50 @@ func TestPostgreSQLTLS(t *testing.T) {
 		expectDB(t, s, "postgresql", port, map[string]any{"db.query.text": "SELECT count(*) AS over_tls FROM pg_class WHERE relname = ?;"})
 	}
 }
+
+// TestMariaDBTLS: MySQL's protocol asks for TLS inside itself (an SSL
+// request after the server's greeting): the mariadb client with --ssl and
+// its server, both on libssl, give their spans from the plaintext. The
+// client's first statement sleeps, so that the uprobes its handshake asked
+// for are in before the second.
+func TestMariaDBTLS(t *testing.T) {
+	privileged(t)
+	mariadbd := testenv.LookPath(t, "mariadbd")
+	installDB := testenv.LookPath(t, "mariadb-install-db")
+	mariadb := testenv.LookPath(t, "mariadb")
+	cert, key := selfSigned(t, testenv.LookPath(t, "openssl"))
+
+	data := t.TempDir()
+	run(t, exec.Command(installDB, "--no-defaults", "--datadir="+data, "--user=root", "--auth-root-authentication-method=normal"))
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	sock := filepath.Join(data, "mysqld.sock")
+	start(t, pod.command(mariadbd, "--no-defaults", "--datadir="+data, "--user=root", fmt.Sprintf("--port=%d", port),
+		"--bind-address=127.0.0.1", "--socket="+sock, "--skip-log-bin", "--pid-file="+filepath.Join(data, "mysqld.pid"),
+		"--ssl-cert="+cert, "--ssl-key="+key))
+	waitListening(t, port)
+	run(t, exec.Command(mariadb, "--no-defaults", "-S", sock, "-u", "root", "-e",
+		"CREATE DATABASE shop; CREATE USER 'app'@'localhost' IDENTIFIED BY 'secret'; GRANT ALL ON *.* TO 'app'@'localhost';"))
+	agent := startAgent(t, pod, agentEnv(rcv))
+	agent.waitOutput(t, "process=mariadbd", 1, 10*time.Second)
+
+	out := run(t, pod.command(mariadb, "--no-defaults", "-h", "127.0.0.1", "-P", fmt.Sprint(port), "-u", "app", "-psecret", "--ssl", "shop", "-e",
+		"SELECT SLEEP(3); SHOW STATUS LIKE 'Ssl_version'; SELECT 'over tls' AS tls_query FROM DUAL WHERE 1 = 1"))
+	if !strings.Contains(out, "TLSv1") || !strings.Contains(out, "over tls") {
+		t.Fatalf("the client did not use TLS, or failed: %s", out)
+	}
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return dbSpan(s, trace.SpanKindClient, "mariadb", "SELECT DUAL") != nil && dbSpan(s, trace.SpanKindServer, "mariadbd", "SELECT DUAL") != nil
+	})
+	for _, kind := range []trace.SpanKind{trace.SpanKindClient, trace.SpanKindServer} {
+		service := map[trace.SpanKind]string{trace.SpanKindClient: "mariadb", trace.SpanKindServer: "mariadbd"}[kind]
+		s := mustDBSpan(t, spans, kind, service, "SELECT DUAL", withQuery("SELECT ? AS tls_query FROM DUAL WHERE ? = ?"))
+		expectDB(t, s, "mariadb", port, nil)
+	}
+	// The server was probed before the client came: its side read the
+	// client's handshake response (sequence id 2, after the SSL request)
+	// as plaintext, and knows the session's database.
+	s := mustDBSpan(t, spans, trace.SpanKindServer, "mariadbd", "SELECT DUAL")
+	expectDB(t, s, "mariadb", port, map[string]any{"db.namespace": "shop"})
+}
