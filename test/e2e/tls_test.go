@@ -15,6 +15,7 @@ import (
 
 	"github.com/podtracer/podtracer/internal/otlptest"
 	"github.com/podtracer/podtracer/internal/testenv"
+	"github.com/podtracer/podtracer/webhook"
 )
 
 // tlsClient is a Python HTTPS client (libssl's SSL_write_ex and
@@ -226,4 +227,51 @@ func TestMariaDBTLS(t *testing.T) {
 	// as plaintext, and knows the session's database.
 	s := mustDBSpan(t, spans, trace.SpanKindServer, "mariadbd", "SELECT DUAL")
 	expectDB(t, s, "mariadb", port, map[string]any{"db.namespace": "shop"})
+}
+
+// TestLeastCapabilities: the agent with only the capabilities the webhook
+// gives its sidecar (webhook.Capabilities; root, every other one dropped)
+// loads its programs, probes a neighbour's libssl, and traces plain and
+// TLS requests alike.
+func TestLeastCapabilities(t *testing.T) {
+	privileged(t)
+	nginx := testenv.LookPath(t, "nginx")
+	curl := testenv.LookPath(t, "curl")
+	setpriv := testenv.LookPath(t, "setpriv")
+	cert, key := selfSigned(t, testenv.LookPath(t, "openssl"))
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+
+	www := t.TempDir()
+	os.WriteFile(filepath.Join(www, "index.html"), []byte("hello\n"), 0o644)
+	plain, tls := freePort(t), freePort(t)
+	conf := nginxConf(t, www, plain)
+	b, _ := os.ReadFile(conf)
+	both := strings.Replace(string(b), fmt.Sprintf("listen 127.0.0.1:%d;", plain),
+		fmt.Sprintf("listen 127.0.0.1:%d;\n\t\tlisten 127.0.0.1:%d ssl;\n\t\tssl_certificate %s;\n\t\tssl_certificate_key %s;", plain, tls, cert, key), 1)
+	os.WriteFile(conf, []byte(both), 0o644)
+	start(t, pod.command(nginx, "-c", conf))
+	waitListening(t, tls)
+
+	caps := "-all"
+	for _, c := range webhook.Capabilities {
+		caps += ",+" + strings.ToLower(string(c))
+	}
+	agentBin, _ := binaries(t)
+	cmd := pod.command(setpriv, "--bounding-set="+caps, agentBin)
+	cmd.Env = agentEnv(rcv)
+	agent := start(t, cmd)
+	agent.waitOutput(t, "podtracer agent running", 1, 20*time.Second)
+	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
+
+	run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/plain", plain)))
+	run(t, pod.command(curl, "-sk", "-o", "/dev/null", fmt.Sprintf("https://127.0.0.1:%d/secure", tls)))
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/plain") != nil && find(s, trace.SpanKindServer, "/secure") != nil
+	})
+	expect(t, mustFind(t, spans, trace.SpanKindServer, "/plain"), map[string]any{"url.scheme": "http"})
+	expect(t, mustFind(t, spans, trace.SpanKindServer, "/secure"), map[string]any{"url.scheme": "https"})
+	if out := agent.output(); strings.Contains(out, "level=WARN") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("warnings with the sidecar's capabilities:\n%s", out)
+	}
 }
