@@ -52,11 +52,7 @@ func TestTLS(t *testing.T) {
 	www := t.TempDir()
 	os.WriteFile(filepath.Join(www, "hello.txt"), []byte("hello over tls\n"), 0o644)
 	port := freePort(t)
-	conf := nginxConf(t, www, port)
-	b, _ := os.ReadFile(conf)
-	tlsConf := strings.Replace(string(b), fmt.Sprintf("listen 127.0.0.1:%d;", port),
-		fmt.Sprintf("listen 127.0.0.1:%d ssl http2;\n\t\tssl_certificate %s;\n\t\tssl_certificate_key %s;", port, cert, key), 1)
-	os.WriteFile(conf, []byte(tlsConf), 0o644)
+	conf := nginxTLSConf(t, www, port, cert, key, fmt.Sprintf("listen 127.0.0.1:%d ssl http2;", port))
 	start(t, pod.command(nginx, "-c", conf))
 	waitListening(t, port)
 
@@ -117,6 +113,19 @@ func TestTLS(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// nginxTLSConf is nginxConf for port with listen (its directives) in
+// place of its listen directive, and the certificate and key.
+func nginxTLSConf(t *testing.T, www string, port int, cert, key, listen string) string {
+	conf := nginxConf(t, www, port)
+	b, _ := os.ReadFile(conf)
+	b = []byte(strings.Replace(string(b), fmt.Sprintf("listen 127.0.0.1:%d;", port),
+		fmt.Sprintf("%s\n\t\tssl_certificate %s;\n\t\tssl_certificate_key %s;", listen, cert, key), 1))
+	if err := os.WriteFile(conf, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return conf
 }
 
 // selfSigned writes a key and a self-signed certificate for localhost.
@@ -245,11 +254,7 @@ func TestLeastCapabilities(t *testing.T) {
 	www := t.TempDir()
 	os.WriteFile(filepath.Join(www, "index.html"), []byte("hello\n"), 0o644)
 	plain, tls := freePort(t), freePort(t)
-	conf := nginxConf(t, www, plain)
-	b, _ := os.ReadFile(conf)
-	both := strings.Replace(string(b), fmt.Sprintf("listen 127.0.0.1:%d;", plain),
-		fmt.Sprintf("listen 127.0.0.1:%d;\n\t\tlisten 127.0.0.1:%d ssl;\n\t\tssl_certificate %s;\n\t\tssl_certificate_key %s;", plain, tls, cert, key), 1)
-	os.WriteFile(conf, []byte(both), 0o644)
+	conf := nginxTLSConf(t, www, plain, cert, key, fmt.Sprintf("listen 127.0.0.1:%d; listen 127.0.0.1:%d ssl;", plain, tls))
 	start(t, pod.command(nginx, "-c", conf))
 	waitListening(t, tls)
 
