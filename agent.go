@@ -99,6 +99,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		CaptureBytes:    cfg.CaptureBytes,
 		RingBufferBytes: cfg.RingBuffer,
 		MaxConnections:  cfg.MaxConnections,
+		TLS:             cfg.TLS,
 		Fast: exp.Fast(cfg.KernelMetrics, cfg.parses(tracer.ProtoRedis), cfg.KernelSpans && cfg.parses(tracer.ProtoHTTP),
 			cfg.KernelSpans && cfg.parses(tracer.ProtoRedis) && tracer.RedisShapeSpans(cfg.QueryText, cfg.RedisKeys)),
 	}, logger)

@@ -19,8 +19,10 @@ import (
 var tlsScanInterval = 2 * time.Second
 
 // tlsRetryAfter is how long a process whose libraries could not be
-// probed (none mapped, or the attach failed) waits before its next
-// handshake tries it again: Python imports its ssl module when first used.
+// probed (none mapped, not selected yet, or the attach failed) waits
+// before it is tried again: Python imports its ssl module when first
+// used, and a process selected by its port may listen after its first
+// TLS connections.
 var tlsRetryAfter = 10 * time.Second
 
 // tlsReader puts the kernel capture's uprobes on the TLS libraries of the
@@ -85,9 +87,9 @@ func (r *tlsReader) run(ctx context.Context) {
 	}
 }
 
-// scan tries every neighbour it has not tried yet, checks that those it
-// traces are still the processes it probed, and forgets the processes that
-// exited.
+// scan tries every neighbour (those tried without success at most every
+// tlsRetryAfter), which also checks that those it traces are still the
+// processes it probed, and forgets the processes that exited.
 func (r *tlsReader) scan() {
 	pids, err := pod.Neighbours(r.procRoot)
 	if err != nil {
@@ -96,9 +98,7 @@ func (r *tlsReader) scan() {
 	alive := make(map[int]bool, len(pids))
 	for _, pid := range pids {
 		alive[pid] = true
-		if _, tried := r.failed[pid]; !tried {
-			r.try(pid, false)
-		}
+		r.try(pid, false)
 	}
 	for pid := range r.traced {
 		if !alive[pid] {
@@ -114,13 +114,14 @@ func (r *tlsReader) scan() {
 	}
 }
 
-// try puts the uprobes on process pid's TLS library, if it has one and
-// they are not there yet (for a traced process, TraceTLS only checks that
-// it is still the same). handshake says that the process speaks TLS: one
-// without libssl is then worth a line in the log, and one tried before is
-// tried again, at most every tlsRetryAfter.
+// try puts the uprobes on process pid's TLS libraries, if it has some and
+// they are not there yet (for a traced process, TraceTLS checks that it is
+// still the same, and probes a library it loaded since). A process tried
+// without success is tried again at most every tlsRetryAfter. handshake
+// says that the process speaks TLS: one without libssl is then worth a
+// line in the log.
 func (r *tlsReader) try(pid int, handshake bool) {
-	if last, tried := r.failed[pid]; tried && (!handshake || time.Since(last) < tlsRetryAfter) {
+	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter {
 		return
 	}
 	if r.selected != nil && !r.selected(pid) {
@@ -130,7 +131,7 @@ func (r *tlsReader) try(pid int, handshake bool) {
 	library, err := r.capture.TraceTLS(pid)
 	if err != nil {
 		r.failed[pid] = time.Now()
-		delete(r.traced, pid) // another program now, or gone: TraceTLS took its uprobes off
+		delete(r.traced, pid) // gone, or another program without libssl now: TraceTLS took its uprobes off
 	}
 	switch {
 	case err == nil:

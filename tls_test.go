@@ -58,7 +58,7 @@ func TestTLSReader(t *testing.T) {
 		t.Errorf("pid 12's failure logged %d times, want 1:\n%s", n, log.String())
 	}
 	if !slices.Equal(fake.traced, []int{10, 11, 12, 10}) {
-		t.Errorf("TraceTLS asked of %v, want [10 11 12 10] (13 is not selected; 11 and 12 failed, and wait for a handshake)", fake.traced)
+		t.Errorf("TraceTLS asked of %v, want [10 11 12 10] (13 is not selected; 11 and 12 failed, and wait tlsRetryAfter)", fake.traced)
 	}
 	r.try(11, true) // too soon
 	for range 2 {
@@ -70,6 +70,14 @@ func TestTLSReader(t *testing.T) {
 	}
 	if n := len(fake.traced); n != 6 {
 		t.Errorf("TraceTLS asked %d times, want 6 (pid 11 again, twice, after tlsRetryAfter each)", n)
+	}
+	// A scan tries again those that failed, after tlsRetryAfter: 12 and
+	// 13 (now selected), and 11; 10 as always.
+	r.failed[11], r.failed[12], r.failed[13] = time.Now().Add(-tlsRetryAfter), time.Now().Add(-tlsRetryAfter), time.Now().Add(-tlsRetryAfter)
+	r.selected = nil
+	r.scan()
+	if got := fake.traced[6:]; !slices.Equal(got, []int{10, 11, 12, 13}) {
+		t.Errorf("the scan after tlsRetryAfter asked of %v, want [10 11 12 13]", got)
 	}
 
 	os.Remove(filepath.Join(root, "10"))

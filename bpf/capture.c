@@ -2860,7 +2860,8 @@ struct tls_call {
 	__u64 ssl;   // the SSL object
 	__u64 buf;   // the plaintext's buffer
 	__u64 count; // SSL_read_ex, SSL_write_ex: where the byte count goes (size_t *); 0: the return value
-	__u64 sp;    // the stack pointer at the entry: a call entered below it is inside this one
+	__u64 sp;    // the stack pointer at the entry: a call or a syscall made below it is inside this one
+	__u64 start; // the thread's start time: a tid reused by another thread is not this one
 	__u8 dir;    // DIR_INGRESS, DIR_EGRESS, or TLS_HANDSHAKE
 	__u8 active; // set at the entry, cleared at the return
 	__u8 nested; // conn is the socket a send or receive inside the call used
@@ -2930,18 +2931,37 @@ static __always_inline bool tls_record(struct event *e, __u8 early)
 		return false;
 	if (!(p[0] == 22 && early < TLS_EARLY) && !(p[0] == 23 && early == 0))
 		return false;
+	// After the first event, a handshake record's header read alone (a
+	// server's library reads five bytes first), or a hello.
+	if (early > 0 && e->len != 5 && !(e->captured > 5 && (p[5] == 1 || p[5] == 2)))
+		return false;
 	__u32 n = (__u32)p[3] << 8 | p[4];
 	return n > 0 && n <= 18432;
 }
 
-// tls_nested notes sk for the thread's probed call, if it is in one: the
-// send or receive on sk is that call's.
-static __always_inline void tls_nested(struct sock *sk, __u8 role, __u32 fd)
+// tls_call_of returns the probed call the current thread's syscall (made
+// with user stack pointer sp) is inside, if any: one entered by this very
+// thread, further up its stack. A call whose return was never seen (the
+// thread cancelled in SSL_read, a longjmp) does not hold the thread's
+// later syscalls, made from above its frame, nor a new thread's that got
+// the same tid.
+static __always_inline struct tls_call *tls_call_of(struct task_struct *task, __u64 sp)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
-	if (!call || !call->active)
+	if (!call || !call->active || sp >= call->sp || call->start != task->start_time)
+		return 0;
+	return call;
+}
+
+// tls_nested notes sk for the thread's probed call, if the syscall is
+// inside one: the send or receive on sk is that call's.
+static __always_inline void tls_nested(struct task_struct *task, struct pt_regs *regs, struct sock *sk, __u8 role)
+{
+	struct tls_call *call = tls_call_of(task, regs->sp);
+	if (!call)
 		return;
+	__u32 fd = regs->di;
 	struct tls_conn *c = &call->conn;
 	call->nested = 1;
 	c->sock = (__u64)sk;
@@ -2950,16 +2970,14 @@ static __always_inline void tls_nested(struct sock *sk, __u8 role, __u32 fd)
 	c->family = sock_ends(sk, c->laddr, c->raddr, &c->lport, &c->rport);
 }
 
-// tls_in_call tells whether the current thread is inside a TLS library's
-// call (tls_calls): a send or receive there moves TLS records. It finds a
-// connection whose records the kernel could not tell (one older than the
-// agent, seen first in the middle of a record) once the uprobes are in;
-// asked of a connection's first TLS_EARLY data events only.
-static __always_inline bool tls_in_call(void)
+// tls_in_call tells whether the current thread's syscall is inside a TLS
+// library's call (tls_call_of): a send or receive there moves TLS records.
+// It finds a connection whose records the kernel could not tell (one older
+// than the agent, seen first in the middle of a record) once the uprobes
+// are in; asked of a connection's first TLS_EARLY data events only.
+static __always_inline bool tls_in_call(struct task_struct *task, struct pt_regs *regs)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
-	return call && call->active;
+	return tls_call_of(task, regs->sp) != 0;
 }
 
 // tls_enter starts a thread's call of SSL_read, SSL_write or
@@ -2978,14 +2996,17 @@ static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir
 		if (!call)
 			return 0;
 	}
-	if (call->active && sp < call->sp) {
+	__u64 started = BPF_CORE_READ((struct task_struct *)bpf_get_current_task(), start_time);
+	if (call->active && sp < call->sp && call->start == started) {
 		// Inside the call under way. (At or above its frame instead,
-		// that call has ended without its return seen: a longjmp.)
+		// that call has ended without its return seen: a longjmp; or
+		// the thread that made it is gone.)
 		if (call->depth < 255)
 			call->depth++;
 		return 0;
 	}
 	call->sp = sp;
+	call->start = started;
 	call->depth = 0;
 	call->ssl = ssl;
 	call->buf = buf;
@@ -3116,7 +3137,7 @@ int tls_return(struct pt_regs *ctx)
 	return tls_returned(ctx);
 }
 
-// The same as one uprobe_multi link of each per library (Linux 6.6+),
+// The same as one uprobe_multi link of each per library (Linux 6.10+),
 // which the agent prefers: a perf event per uprobe and process, as the
 // programs above are attached, is the process's, and the kernel schedules
 // it in and out at each of its context switches (measured: nginx over
@@ -3183,7 +3204,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		if (st->tls) {
 			// A TLS record: its plaintext goes up from the library.
 			count(STAT_TLS_RECORDS);
-			tls_nested(sk, role, regs->di);
+			tls_nested(task, regs, sk, role);
 			return 0;
 		}
 		if (fast_http && dir == DIR_EGRESS && (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF)) == (FAST_OWN | FAST_RESP)) {
@@ -3221,13 +3242,13 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 	__u8 early = TLS_EARLY;
 	if (st && (early = st->early) < TLS_EARLY)
 		st->early = early + 1;
-	if (st && (tls_hello(e) || tls_record(e, early) || (early < TLS_EARLY && tls_in_call()))) {
+	if (st && (tls_hello(e) || tls_record(e, early) || (early < TLS_EARLY && tls_in_call(task, regs)))) {
 		// A TLS handshake: this connection's records stay here from
 		// now on. User space hears of it once, so that it puts the
 		// uprobes on the process's TLS library if it has not yet.
 		st->tls = 1;
 		count(STAT_TLS_RECORDS);
-		tls_nested(sk, role, regs->di);
+		tls_nested(task, regs, sk, role);
 		e->type = EVENT_TLS;
 		e->captured = 0;
 		e->tail_len = 0;

@@ -81,6 +81,10 @@ type Config struct {
 	RingBufferBytes int
 	// MaxConnections bounds the kernel's per-fd connection cache.
 	MaxConnections int
+	// TLS lets TraceTLS put uprobes on the neighbours' TLS libraries (the
+	// socket hooks only). Either way the kernel holds back the records of
+	// the connections it sees start TLS.
+	TLS bool
 	// Fast, with the socket hooks, lets the kernel measure the HTTP/1
 	// requests that need no span itself, and drop the server-side Redis
 	// commands that need none (see fast.go).
@@ -220,6 +224,9 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if !cfg.TLS {
+		c.tls = nil // and the spec its programs would be loaded from
+	}
 	logger.Info("attached kernel capture", "hooks", c.hookNames(), "pid_namespace", ns.Ino, "capture_bytes", cfg.CaptureBytes,
 		"ring_buffer_bytes", c.events.MaxEntries(), "http2_frames", c.h2Frames)
 
@@ -283,6 +290,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
+		objs.TLSCalls, objs.TLSConns, objs.Announced,
 		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSReturn}
 	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock} {

@@ -195,6 +195,7 @@ type captureTlsCall struct {
 	Buf    uint64
 	Count  uint64
 	Sp     uint64
+	Start  uint64
 	Dir    uint8
 	Active uint8
 	Nested uint8

@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNoTLSLibrary is TraceTLS's answer for a process that maps no TLS
@@ -23,13 +24,13 @@ import (
 var ErrNoTLSLibrary = errors.New("no libssl mapped (a Go program's crypto/tls, a statically linked TLS library and Node.js's memory buffers are not read)")
 
 // ErrNoTLSHooks is TraceTLS's answer with the syscall hooks, which do not
-// follow TLS.
-var ErrNoTLSHooks = errors.New("TLS is read with the socket hooks only (Linux 6.3+)")
+// follow TLS, or without Config.TLS.
+var ErrNoTLSHooks = errors.New("TLS is read with the socket hooks only (Linux 6.3+), when Config.TLS is on")
 
 // tlsTracer holds the uprobes put on the neighbours' TLS libraries.
 type tlsTracer struct {
 	progs tlsPrograms
-	// multi, when the kernel has uprobe_multi links (Linux 6.6+), are the
+	// multi, when the kernel has uprobe_multi links with a working pid filter (Linux 6.10+), are the
 	// programs attached with them instead of progs: one link for the
 	// entries and one for the returns, per library and process, where
 	// progs need a perf event per uprobe, scheduled in and out at each of
@@ -48,7 +49,8 @@ type tlsTracer struct {
 
 // tlsProcess is a process whose TLS library has the uprobes.
 type tlsProcess struct {
-	library string // the libraries' paths, in the process's mount namespace, comma-separated
+	libraries []string // the libraries' paths, in the process's mount namespace
+	library   string   // and comma-separated
 	// start is the process's start time and executable: a pid reused is
 	// another process, and one that exec'd another program maps other
 	// libraries.
@@ -69,45 +71,68 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 	if t == nil {
 		return "", ErrNoTLSHooks
 	}
-	start, err := processStart(pid)
-	if err != nil {
-		return "", err
-	}
+	start, startErr := processStart(pid)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.done {
 		return "", ErrClosed
 	}
-	if p := t.procs[pid]; p != nil {
-		if p.start == start {
-			return p.library, nil
-		}
+	p := t.procs[pid]
+	if p != nil && (startErr != nil || p.start != start) {
+		// Gone, or another process under the pid now.
 		p.close()
 		delete(t.procs, pid)
+		p = nil
+	}
+	if startErr != nil {
+		return "", startErr
+	}
+	libraries, err := sslLibraries(pid)
+	if err != nil {
+		if p != nil {
+			return p.library, nil // its libraries were probed; maps could not be read again now
+		}
+		return "", err
+	}
+	if p == nil {
+		p = &tlsProcess{start: start}
+	}
+	// Those not probed yet: all of a new process's; a library a traced
+	// process loaded since (Python imports a wheel's copy when first used).
+	var fresh []string
+	for _, library := range libraries {
+		if !slices.Contains(p.libraries, library) {
+			fresh = append(fresh, library)
+		}
+	}
+	if len(fresh) == 0 {
+		return p.library, nil
 	}
 	if t.loadMulti != nil {
 		var err error
 		if t.multi, err = t.loadMulti(); err != nil {
-			t.logger.Info("TLS uprobes as perf events, which cost each probed process's context switches a little (uprobe_multi links need Linux 6.6+)",
+			t.logger.Info("TLS uprobes as perf events, which cost each probed process's context switches a little (uprobe_multi links with a per-process filter need Linux 6.10+)",
 				"reason", err)
 		}
 		t.loadMulti = nil
 	}
-	libraries, err := sslLibraries(pid)
-	if err != nil {
-		return "", err
-	}
-	p := &tlsProcess{library: strings.Join(libraries, ","), start: start}
-	for _, library := range libraries {
+	for _, library := range fresh {
 		attach := p.attach
 		if t.multi != nil {
 			attach = func(pid int, library string, _ tlsPrograms) error { return p.attachMulti(pid, library, t.multi) }
 		}
 		if err := attach(pid, library, t.progs); err != nil {
-			p.close()
-			return "", err
+			if len(p.libraries) == 0 {
+				p.close()
+				return "", err
+			}
+			// The libraries probed before still are.
+			t.logger.Warn("cannot probe a TLS library a neighbour loaded", "pid", pid, "error", err)
+			return p.library, nil
 		}
+		p.libraries = append(p.libraries, library)
 	}
+	p.library = strings.Join(p.libraries, ",")
 	t.procs[pid] = p
 	return p.library, nil
 }
@@ -158,8 +183,14 @@ type tlsMulti struct {
 }
 
 // loadTLSMulti loads the uprobe_multi programs, sharing the maps of the
-// socket programs objs; an error on kernels before 6.6.
+// socket programs objs; an error on kernels before 6.10. Linux 6.6 brought
+// uprobe_multi links, but until 6.10 (46ba0e49b642, "bpf: fix multi-uprobe
+// PID filtering logic") their pid filter took the process's main thread
+// alone: a threaded server's other threads would go unread.
 func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, error) {
+	if !releaseAtLeast(6, 10) {
+		return nil, errors.New("kernel before 6.10")
+	}
 	if err := features.HaveBPFLinkUprobeMulti(); err != nil {
 		return nil, err
 	}
@@ -254,10 +285,12 @@ func (t *tlsTracer) close() error {
 	return errors.Join(errs...)
 }
 
+// close takes the uprobes off, the last attached first: an entry's before
+// its return's, so that no call is entered without its return to end it.
 func (p *tlsProcess) close() error {
 	var errs []error
-	for _, l := range p.links {
-		errs = append(errs, l.Close())
+	for i := len(p.links) - 1; i >= 0; i-- {
+		errs = append(errs, p.links[i].Close())
 	}
 	p.links = nil
 	return errors.Join(errs...)
@@ -293,6 +326,18 @@ func sslLibraries(pid int) ([]string, error) {
 		return nil, ErrNoTLSLibrary
 	}
 	return libraries, nil
+}
+
+// releaseAtLeast tells whether the running kernel's release is at least
+// major.minor.
+func releaseAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var maj, min int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &maj, &min)
+	return maj > major || maj == major && min >= minor
 }
 
 // isSSLLibrary tells whether a file's name is OpenSSL's libssl:

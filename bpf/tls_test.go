@@ -86,11 +86,11 @@ func TestTLSPlaintext(t *testing.T) {
 	if !kernelAtLeast(t, 6, 3) {
 		t.Skip("TLS is read with the socket hooks, Linux 6.3+")
 	}
-	// uprobe_multi links where the kernel has them (6.6+), else a perf
+	// uprobe_multi links where the kernel has them (6.10+), else a perf
 	// event per uprobe; both, where it has them.
 	t.Run("uprobe_multi", func(t *testing.T) {
-		if !kernelAtLeast(t, 6, 6) {
-			t.Skip("uprobe_multi links need Linux 6.6+")
+		if !kernelAtLeast(t, 6, 10) {
+			t.Skip("uprobe_multi links with a per-process filter need Linux 6.10+")
 		}
 		testTLSPlaintext(t, true)
 	})
@@ -99,7 +99,7 @@ func TestTLSPlaintext(t *testing.T) {
 
 func testTLSPlaintext(t *testing.T, multi bool) {
 	cert, key := selfSigned(t)
-	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket, TLS: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -380,7 +380,12 @@ func (c *myConn) onClient(hdr, body []byte, cut bool) bool {
 		if c.afterTLS && hdr[3] == 0 && len(body) > 0 {
 			// The plaintext began after the authentication (the
 			// uprobes came in late): joined at this command, as a
-			// connection older than the agent is.
+			// connection older than the agent is, unless the SSL
+			// request asked for compressed packets.
+			if c.caps&(myCapCompress|myCapZstd) != 0 {
+				c.done = true
+				return false
+			}
 			c.phase = myCommand
 			c.command(body[0], body[1:])
 		}
@@ -400,6 +405,9 @@ func (c *myConn) handshakeResponse(b []byte) bool {
 	}
 	caps := binary.LittleEndian.Uint32(b)
 	if caps&myCapSSL != 0 && len(b) == 32 {
+		// The capabilities are those of the handshake response that
+		// follows in TLS, should its plaintext come too late to be read.
+		c.caps &= caps
 		c.done, c.tlsNext = true, true // the records are not read: their plaintext, if it comes, is (startTLS)
 		return false
 	}

@@ -206,6 +206,17 @@ func TestMySQLTLSPlaintextLate(t *testing.T) {
 	h.sendKernel(1, out, myPkt(0, "\x03SELECT * FROM users WHERE id = 7"), 0, bpf.FlagPlaintext)
 	h.sendKernel(1, in, myPkt(1, myOKPacket), 0, bpf.FlagPlaintext)
 	dbDiff(t, "requests", dbSummaries(h.got), []string{"mariadb SELECT users | SELECT * FROM users WHERE id = ?"})
+
+	// An SSL request that asked for compressed packets: what follows the
+	// authentication is not read.
+	h = newDBHarness(t, 4096, Config{})
+	h.send(1, in, greeting)
+	h.send(1, out, myPkt(1, "\xac\xaa\x3a\x01\x00\x00\x00\x01\x2d"+strings.Repeat("\x00", 23)))
+	h.sendKernel(1, out, myPkt(0, "\x03SELECT * FROM users WHERE id = 7"), 0, bpf.FlagPlaintext)
+	h.sendKernel(1, in, myPkt(1, myOKPacket), 0, bpf.FlagPlaintext)
+	if len(h.got) != 0 {
+		t.Errorf("compressed: parsed %+v", h.got[0])
+	}
 }
 
 func TestMySQLBounded(t *testing.T) {

@@ -158,6 +158,7 @@ struct task_struct {
 	struct task_struct *group_leader;
 	struct pid *thread_pid;
 	char comm[16];
+	__u64 start_time; /* CLOCK_MONOTONIC ns when the thread started */
 } __attribute__((preserve_access_index));
 
 /* UAPI, stable across kernels: read from user memory, no CO-RE needed. */
