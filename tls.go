@@ -121,6 +121,9 @@ func (r *tlsReader) scan() {
 // says that the process speaks TLS: one without libssl is then worth a
 // line in the log.
 func (r *tlsReader) try(pid int, handshake bool) {
+	if _, traced := r.traced[pid]; traced && handshake {
+		return // one handshake per connection: the scans check traced processes
+	}
 	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter {
 		return
 	}

@@ -89,6 +89,14 @@ func TestTLSReader(t *testing.T) {
 		t.Error("pid 10 still traced")
 	}
 
+	// A handshake of a traced process asks nothing: a busy TLS server
+	// makes one per connection.
+	asked := len(fake.traced)
+	r.try(13, true)
+	if len(fake.traced) != asked {
+		t.Errorf("TraceTLS asked again of a traced process at its handshake")
+	}
+
 	for pid := range 3 {
 		r.sawHandshake(pid) // the channel holds one: the others must not block
 	}
