@@ -47,11 +47,19 @@ func selfSigned(t *testing.T) (cert, key string) {
 // neighbour), on Python's ssl module: libssl's SSL_read_ex and
 // SSL_write_ex. It waits for a line on stdin (the uprobes are in), then
 // makes two connections: on each the client sends a request and the
-// server answers it, twice (the second request read in two calls). argv: certificate, key.
+// server answers it, twice (the second request read in two calls). The
+// server reads ahead, as nginx does, and ends its handshake late: its
+// last read of the handshake takes the first request too, and its first
+// SSL_read makes no receive. argv: certificate, key.
 const tlsScript = `
-import socket, ssl, sys, threading
+import ctypes, socket, ssl, sys, threading, time
 cert, key = sys.argv[1], sys.argv[2]
 sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); sctx.load_cert_chain(cert, key)
+# SSL_CTX_set_read_ahead(ctx, 1), a macro of SSL_CTX_ctrl (SSL_CTRL_SET_READ_AHEAD,
+# 41) on the SSL_CTX that CPython's context object holds after its header.
+libssl = ctypes.CDLL("libssl.so.3")
+libssl.SSL_CTX_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+libssl.SSL_CTX_ctrl(ctypes.c_void_p.from_address(id(sctx) + 16).value, 41, 1, None)
 cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); cctx.check_hostname = False; cctx.verify_mode = ssl.CERT_NONE
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(4)
 print(l.getsockname()[1], flush=True)
@@ -59,7 +67,15 @@ sys.stdin.readline()
 def serve():
     for _ in range(2):
         s, _ = l.accept()
-        t = sctx.wrap_socket(s, server_side=True)
+        s.setblocking(False)
+        t = sctx.wrap_socket(s, server_side=True, do_handshake_on_connect=False)
+        while True:
+            try:
+                t.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                time.sleep(0.2)
+        t.setblocking(True)
         for i in range(2):
             # The second request in two reads: the second finds its
             # bytes decrypted already, and makes no receive of its own.
