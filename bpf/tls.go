@@ -51,6 +51,7 @@ type tlsTracer struct {
 type tlsProcess struct {
 	libraries []string // the libraries' paths, in the process's mount namespace
 	library   string   // and comma-separated
+	refused   []string // libraries it loaded later whose uprobes failed: not tried again
 	// start is the process's start time and executable: a pid reused is
 	// another process, and one that exec'd another program maps other
 	// libraries.
@@ -61,9 +62,10 @@ type tlsProcess struct {
 // TraceTLS puts uprobes on the TLS libraries (OpenSSL's libssl, and the
 // copies of it that Python wheels bundle) that process pid maps, for that
 // process alone: the plaintext of its TLS connections then comes up as
-// their events (FlagPlaintext). It returns the libraries' paths, and does
-// nothing new for a process it traces already; ErrNoTLSLibrary when the
-// process maps none. A connection's plaintext comes from the first call of
+// their events (FlagPlaintext). It returns the libraries' paths; for a
+// process it traces already, it probes only the libraries mapped since,
+// and takes the uprobes off one that exited or exec'd. ErrNoTLSLibrary
+// when the process maps none. A connection's plaintext comes from the first call of
 // SSL_do_handshake, SSL_read or SSL_write that sends or receives on its
 // socket after the uprobes are in.
 func (c *Capture) TraceTLS(pid int) (string, error) {
@@ -101,7 +103,7 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 	// process loaded since (Python imports a wheel's copy when first used).
 	var fresh []string
 	for _, library := range libraries {
-		if !slices.Contains(p.libraries, library) {
+		if !slices.Contains(p.libraries, library) && !slices.Contains(p.refused, library) {
 			fresh = append(fresh, library)
 		}
 	}
@@ -126,7 +128,9 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 				p.close()
 				return "", err
 			}
-			// The libraries probed before still are.
+			// The libraries probed before still are; this one is
+			// not tried again.
+			p.refused = append(p.refused, library)
 			t.logger.Warn("cannot probe a TLS library a neighbour loaded", "pid", pid, "error", err)
 			return p.library, nil
 		}
