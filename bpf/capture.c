@@ -3017,40 +3017,45 @@ static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir
 	return 0;
 }
 
-// int SSL_write(SSL *ssl, const void *buf, int num)
-SEC("uprobe")
-int tls_write(struct pt_regs *ctx)
+// tls_function names the probed functions: the entry program of the
+// uprobe_multi links (below) gets it as its cookie.
+enum tls_function {
+	TLS_SSL_WRITE = 0,        // int SSL_write(SSL *ssl, const void *buf, int num)
+	TLS_SSL_WRITE_EX = 1,     // int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)
+	TLS_SSL_READ = 2,         // int SSL_read(SSL *ssl, void *buf, int num)
+	TLS_SSL_READ_EX = 3,      // int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
+	TLS_SSL_DO_HANDSHAKE = 4, // int SSL_do_handshake(SSL *ssl), which SSL_accept and SSL_connect call
+};
+
+// tls_entry starts a call of fn, from the registers of its entry.
+static __always_inline int tls_entry(struct pt_regs *ctx, __u64 fn)
 {
-	return tls_enter(ctx->di, ctx->si, 0, DIR_EGRESS, ctx->sp);
+	switch (fn) {
+	case TLS_SSL_WRITE:
+		return tls_enter(ctx->di, ctx->si, 0, DIR_EGRESS, ctx->sp);
+	case TLS_SSL_WRITE_EX:
+		return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_EGRESS, ctx->sp);
+	case TLS_SSL_READ:
+		return tls_enter(ctx->di, ctx->si, 0, DIR_INGRESS, ctx->sp);
+	case TLS_SSL_READ_EX:
+		return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_INGRESS, ctx->sp);
+	case TLS_SSL_DO_HANDSHAKE:
+		return tls_enter(ctx->di, 0, 0, TLS_HANDSHAKE, ctx->sp);
+	}
+	return 0;
 }
 
-// int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)
+// One program per function where each uprobe is a perf event.
 SEC("uprobe")
-int tls_write_ex(struct pt_regs *ctx)
-{
-	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_EGRESS, ctx->sp);
-}
-
-// int SSL_read(SSL *ssl, void *buf, int num)
+int tls_write(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_WRITE); }
 SEC("uprobe")
-int tls_read(struct pt_regs *ctx)
-{
-	return tls_enter(ctx->di, ctx->si, 0, DIR_INGRESS, ctx->sp);
-}
-
-// int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
+int tls_write_ex(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_WRITE_EX); }
 SEC("uprobe")
-int tls_read_ex(struct pt_regs *ctx)
-{
-	return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_INGRESS, ctx->sp);
-}
-
-// int SSL_do_handshake(SSL *ssl), which SSL_accept and SSL_connect call
+int tls_read(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_READ); }
 SEC("uprobe")
-int tls_handshake(struct pt_regs *ctx)
-{
-	return tls_enter(ctx->di, 0, 0, TLS_HANDSHAKE, ctx->sp);
-}
+int tls_read_ex(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_READ_EX); }
+SEC("uprobe")
+int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSHAKE); }
 
 // tls_returned ends a call of any of the five: the socket it sent or
 // received on is its SSL object's from now on, and the bytes a read or a
@@ -3143,30 +3148,10 @@ int tls_return(struct pt_regs *ctx)
 // it in and out at each of its context switches (measured: nginx over
 // plain HTTP took 0.8 µs more per request, though it never calls libssl).
 // The entry's cookie says which function it is.
-enum tls_function {
-	TLS_SSL_WRITE = 0,
-	TLS_SSL_WRITE_EX = 1,
-	TLS_SSL_READ = 2,
-	TLS_SSL_READ_EX = 3,
-	TLS_SSL_DO_HANDSHAKE = 4,
-};
-
 SEC("uprobe.multi")
 int tls_enter_multi(struct pt_regs *ctx)
 {
-	switch (bpf_get_attach_cookie(ctx)) {
-	case TLS_SSL_WRITE:
-		return tls_enter(ctx->di, ctx->si, 0, DIR_EGRESS, ctx->sp);
-	case TLS_SSL_WRITE_EX:
-		return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_EGRESS, ctx->sp);
-	case TLS_SSL_READ:
-		return tls_enter(ctx->di, ctx->si, 0, DIR_INGRESS, ctx->sp);
-	case TLS_SSL_READ_EX:
-		return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_INGRESS, ctx->sp);
-	case TLS_SSL_DO_HANDSHAKE:
-		return tls_enter(ctx->di, 0, 0, TLS_HANDSHAKE, ctx->sp);
-	}
-	return 0;
+	return tls_entry(ctx, bpf_get_attach_cookie(ctx));
 }
 
 SEC("uretprobe.multi")
