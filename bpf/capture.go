@@ -123,7 +123,8 @@ type Capture struct {
 	// events (Event.Pieces).
 	h2Frames bool
 	// tls puts the uprobes on neighbours' TLS libraries (TraceTLS); nil
-	// with the syscall hooks, which do not follow TLS.
+	// with the syscall hooks, which do not follow TLS, and without
+	// Config.TLS.
 	tls     *tlsTracer
 	objects []io.Closer // programs and maps, closed by Close
 	links   []link.Link
