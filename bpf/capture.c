@@ -2854,6 +2854,19 @@ struct tls_conn {
 	__u8 raddr[16];
 };
 
+// tls_conn_same tells whether a, if any, is b.
+static __always_inline bool tls_conn_same(struct tls_conn *a, struct tls_conn *b)
+{
+	if (!a)
+		return false;
+	__u64 *x = (__u64 *)a, *y = (__u64 *)b;
+#pragma unroll
+	for (int i = 0; i < sizeof(struct tls_conn) / 8; i++)
+		if (x[i] != y[i])
+			return false;
+	return true;
+}
+
 // tls_call is a thread's call of SSL_read, SSL_write (or their _ex forms)
 // or SSL_do_handshake, from its entry to its return.
 struct tls_call {
@@ -2885,6 +2898,12 @@ struct {
 	__type(key, __u64); // pid_tgid
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
+
+// tls_probed is set by the agent once it has put uprobes on a TLS library
+// (TraceTLS). Until then no thread is in a probed call, and the socket
+// programs do not look for one: a pod without a libssl user pays no
+// lookup for its connections' first events.
+volatile __u32 tls_probed = 0;
 
 struct tls_key {
 	__u64 ssl;
@@ -2947,6 +2966,8 @@ static __always_inline bool tls_record(struct event *e, __u8 early)
 // the same tid.
 static __always_inline struct tls_call *tls_call_of(struct task_struct *task, __u64 sp)
 {
+	if (!tls_probed)
+		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
 	if (!call || !call->active || sp >= call->sp || call->start != task->start_time)
@@ -2959,8 +2980,8 @@ static __always_inline struct tls_call *tls_call_of(struct task_struct *task, __
 static __always_inline void tls_nested(struct task_struct *task, struct pt_regs *regs, struct sock *sk, __u8 role)
 {
 	struct tls_call *call = tls_call_of(task, regs->sp);
-	if (!call)
-		return;
+	if (!call || (call->nested && call->conn.sock == (__u64)sk))
+		return; // not in a call, or noted at the call's last send or receive
 	__u32 fd = regs->di;
 	struct tls_conn *c = &call->conn;
 	call->nested = 1;
@@ -3074,8 +3095,10 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 	struct tls_key key = {.ssl = call->ssl, .tgid = id >> 32};
 	struct tls_conn *c = &call->conn;
 	// Also when the call failed or wants the socket again (WANT_READ,
-	// WANT_WRITE): its socket is known all the same.
-	if (call->nested)
+	// WANT_WRITE): its socket is known all the same. Written only when
+	// it changed (an LRU update replaces the entry's node), all of it:
+	// a new connection may get the last one's socket memory and fd.
+	if (call->nested && !tls_conn_same(bpf_map_lookup_elem(&tls_conns, &key), c))
 		bpf_map_update_elem(&tls_conns, &key, c, BPF_ANY);
 	long ret = ctx->ax;
 	if (call->dir == TLS_HANDSHAKE || ret <= 0)

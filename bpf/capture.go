@@ -248,19 +248,20 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 // and the maps the loader reads. The maps only its programs use (socket
 // storage, scratch) come along and are closed with the programs.
 type socketObjects struct {
-	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
-	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
-	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
-	TCPDestroySock   *ebpf.Program `ebpf:"tcp_destroy_sock"`
-	Events           *ebpf.Map     `ebpf:"events"`
-	Stats            *ebpf.Map     `ebpf:"stats"`
-	HTTPRoutes       *ebpf.Map     `ebpf:"http_routes"`
-	HTTPHist         *ebpf.Map     `ebpf:"http_hist"`
-	HistRoom         *ebpf.Map     `ebpf:"hist_room"`
-	HTTPHeads        *ebpf.Map     `ebpf:"http_heads"`
-	TLSCalls         *ebpf.Map     `ebpf:"tls_calls"`
-	TLSConns         *ebpf.Map     `ebpf:"tls_conns"`
-	Announced        *ebpf.Map     `ebpf:"announced"`
+	SockRecvLength   *ebpf.Program  `ebpf:"sock_recv_length"`
+	SockSendLength   *ebpf.Program  `ebpf:"sock_send_length"`
+	InetSockSetState *ebpf.Program  `ebpf:"inet_sock_set_state"`
+	TCPDestroySock   *ebpf.Program  `ebpf:"tcp_destroy_sock"`
+	Events           *ebpf.Map      `ebpf:"events"`
+	Stats            *ebpf.Map      `ebpf:"stats"`
+	HTTPRoutes       *ebpf.Map      `ebpf:"http_routes"`
+	HTTPHist         *ebpf.Map      `ebpf:"http_hist"`
+	HistRoom         *ebpf.Map      `ebpf:"hist_room"`
+	HTTPHeads        *ebpf.Map      `ebpf:"http_heads"`
+	TLSCalls         *ebpf.Map      `ebpf:"tls_calls"`
+	TLSConns         *ebpf.Map      `ebpf:"tls_conns"`
+	Announced        *ebpf.Map      `ebpf:"announced"`
+	TLSProbed        *ebpf.Variable `ebpf:"tls_probed"`
 	tlsPrograms
 }
 
@@ -324,7 +325,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
 	c.programs = []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}
-	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}, logger: logger,
+	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}, logger: logger, probed: objs.TLSProbed,
 		loadMulti: func() (*tlsMulti, error) { return loadTLSMulti(spec, objs) }}
 	var bound uint64
 	if spec.Variables["sample_bound"] != nil {

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 
 	"github.com/podtracer/podtracer/internal/testenv"
 )
@@ -138,13 +137,7 @@ func TestAutoHooks(t *testing.T) {
 }
 
 func kernelAtLeast(t *testing.T, major, minor int) bool {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		t.Fatal(err)
-	}
-	var ma, mi int
-	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi)
-	return ma > major || ma == major && mi >= minor
+	return releaseAtLeast(major, minor)
 }
 
 // hookSets returns the hook sets this kernel can run: both on 6.3+.

@@ -272,6 +272,7 @@ const (
 	captureVarRedisDrop         = "redis_drop"
 	captureVarRedisSpans        = "redis_spans"
 	captureVarSampleBound       = "sample_bound"
+	captureVarTlsProbed         = "tls_probed"
 	captureVarWakeupBytes       = "wakeup_bytes"
 )
 
@@ -372,6 +373,7 @@ type captureVariableSpecs struct {
 	RedisDrop    *ebpf.VariableSpec `ebpf:"redis_drop"`
 	RedisSpans   *ebpf.VariableSpec `ebpf:"redis_spans"`
 	SampleBound  *ebpf.VariableSpec `ebpf:"sample_bound"`
+	TlsProbed    *ebpf.VariableSpec `ebpf:"tls_probed"`
 	WakeupBytes  *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -451,6 +453,7 @@ type captureVariables struct {
 	RedisDrop    *ebpf.Variable `ebpf:"redis_drop"`
 	RedisSpans   *ebpf.Variable `ebpf:"redis_spans"`
 	SampleBound  *ebpf.Variable `ebpf:"sample_bound"`
+	TlsProbed    *ebpf.Variable `ebpf:"tls_probed"`
 	WakeupBytes  *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

@@ -41,6 +41,9 @@ type tlsTracer struct {
 	// programs is gone (a few MB of peak memory).
 	loadMulti func() (*tlsMulti, error)
 	logger    *slog.Logger
+	// probed is the programs' tls_probed, set at the first uprobes: the
+	// socket programs look for a thread's probed call from then on.
+	probed *ebpf.Variable
 
 	mu    sync.Mutex
 	procs map[int]*tlsProcess
@@ -138,6 +141,9 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 	}
 	p.library = strings.Join(p.libraries, ",")
 	t.procs[pid] = p
+	if err := t.probed.Set(uint32(1)); err != nil {
+		t.logger.Warn("set tls_probed: connections older than the agent are not recognised as TLS", "error", err)
+	}
 	return p.library, nil
 }
 
