@@ -34,7 +34,7 @@ var tlsRetryAfter = 10 * time.Second
 // TLS calls only.
 type tlsReader struct {
 	capture interface {
-		TraceTLS(pid int) (string, error)
+		TraceTLS(pid int, spoke bool) (string, error)
 		UntraceTLS(pid int)
 	}
 	procRoot string
@@ -48,11 +48,14 @@ type tlsReader struct {
 	traced map[int]string    // pid: its libraries
 	failed map[int]time.Time // pid: when it was last tried without success
 	told   map[int]bool      // pids whose failure was logged
+	// unspoken are the Go programs whose uprobes wait for their first
+	// TLS connection (bpf.ErrTLSNotSpoken): a handshake tries them at once.
+	unspoken map[int]bool
 }
 
 func newTLSReader(capture *bpf.Capture, procRoot string, selected func(pid int) bool, logger *slog.Logger) *tlsReader {
 	return &tlsReader{capture: capture, procRoot: procRoot, selected: selected, logger: logger, handshake: make(chan int, 64),
-		traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}}
+		traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
 }
 
 // sawHandshake tells the reader that process pid began a TLS connection.
@@ -110,6 +113,7 @@ func (r *tlsReader) scan() {
 		if !alive[pid] {
 			delete(r.failed, pid)
 			delete(r.told, pid)
+			delete(r.unspoken, pid)
 		}
 	}
 }
@@ -124,18 +128,19 @@ func (r *tlsReader) try(pid int, handshake bool) {
 	if _, traced := r.traced[pid]; traced && handshake {
 		return // one handshake per connection: the scans check traced processes
 	}
-	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter {
+	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter && !(handshake && r.unspoken[pid]) {
 		return
 	}
 	if r.selected != nil && !r.selected(pid) {
 		r.failed[pid] = time.Now()
 		return
 	}
-	library, err := r.capture.TraceTLS(pid)
+	library, err := r.capture.TraceTLS(pid, handshake)
 	if err != nil {
 		r.failed[pid] = time.Now()
 		delete(r.traced, pid) // gone, or another program without libssl now: TraceTLS took its uprobes off
 	}
+	r.unspoken[pid] = errors.Is(err, bpf.ErrTLSNotSpoken)
 	switch {
 	case err == nil:
 		delete(r.failed, pid)
@@ -149,6 +154,8 @@ func (r *tlsReader) try(pid int, handshake bool) {
 			r.logger.Info("a neighbour speaks TLS that the agent cannot read: its TLS connections give no spans",
 				"pid", pid, "process", r.name(pid), "reason", err)
 		}
+	case errors.Is(err, bpf.ErrTLSNotSpoken):
+		// Its first handshake tries it again.
 	case errors.Is(err, bpf.ErrClosed), errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ESRCH):
 		// The agent is stopping, or the process is gone.
 	default:

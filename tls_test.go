@@ -21,9 +21,9 @@ type fakeTLSCapture struct {
 	untraced []int
 }
 
-func (f *fakeTLSCapture) TraceTLS(pid int) (string, error) {
+func (f *fakeTLSCapture) TraceTLS(pid int, spoke bool) (string, error) {
 	f.traced = append(f.traced, pid)
-	if err := f.results[pid]; err != nil {
+	if err := f.results[pid]; err != nil && !(spoke && err == bpf.ErrTLSNotSpoken) {
 		return "", err
 	}
 	return "/usr/lib/libssl.so.3", nil
@@ -44,7 +44,7 @@ func TestTLSReader(t *testing.T) {
 	fake := &fakeTLSCapture{results: map[int]error{11: bpf.ErrNoTLSLibrary, 12: fmt.Errorf("uprobe: %w", os.ErrPermission)}}
 	var log bytes.Buffer
 	r := &tlsReader{capture: fake, procRoot: root, logger: slog.New(slog.NewTextHandler(&log, nil)), handshake: make(chan int, 1),
-		selected: func(pid int) bool { return pid != 13 }, traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}}
+		selected: func(pid int) bool { return pid != 13 }, traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
 
 	r.scan()
 	r.scan()
@@ -99,5 +99,29 @@ func TestTLSReader(t *testing.T) {
 
 	for pid := range 3 {
 		r.sawHandshake(pid) // the channel holds one: the others must not block
+	}
+}
+
+// TestTLSReaderGoAtHandshake: a Go program whose uprobes wait for its
+// first TLS connection (bpf.ErrTLSNotSpoken) is neither logged nor held
+// back by tlsRetryAfter: its first handshake probes it at once.
+func TestTLSReaderGoAtHandshake(t *testing.T) {
+	root := t.TempDir()
+	os.Mkdir(filepath.Join(root, "20"), 0o755)
+	fake := &fakeTLSCapture{results: map[int]error{20: bpf.ErrTLSNotSpoken}}
+	var log bytes.Buffer
+	r := &tlsReader{capture: fake, procRoot: root, logger: slog.New(slog.NewTextHandler(&log, nil)), handshake: make(chan int, 1),
+		traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
+	r.scan()
+	r.scan() // within tlsRetryAfter: not asked
+	if log.Len() != 0 || len(r.traced) != 0 || len(fake.traced) != 1 {
+		t.Fatalf("after two scans: traced %v, asked %v, log:\n%s", r.traced, fake.traced, log.String())
+	}
+	r.try(20, true)
+	if _, ok := r.traced[20]; !ok || len(fake.traced) != 2 {
+		t.Fatalf("after its handshake: traced %v, asked %v", r.traced, fake.traced)
+	}
+	if !strings.Contains(log.String(), `msg="reading TLS plaintext" pid=20`) {
+		t.Errorf("log:\n%s", log.String())
 	}
 }

@@ -228,7 +228,7 @@ enum stat_index {
 	STAT_REDIS_SPAN = 7, // Redis commands picked for a span whose shape the kernel stood for
 	STAT_H2_QUIET = 8,   // HTTP/2 segments of window updates and pings alone, not sent (h2_follow)
 	STAT_TLS_RECORDS = 9, // sends and receives of TLS records, not sent up (their plaintext is)
-	STAT_TLS_LOST = 10, // TLS plaintext lost: its SSL object's socket was not known
+	STAT_TLS_LOST = 10, // TLS plaintext lost: its connection was not known, or its read began before the uprobes
 	STAT_MAX = 11,
 };
 
@@ -3078,6 +3078,58 @@ int tls_read_ex(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_READ_EX); }
 SEC("uprobe")
 int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSHAKE); }
 
+// tls_emit sends up n bytes of plaintext at buf, moved in direction dir
+// on connection c by the current thread, flagged EVENT_PLAINTEXT and
+// flags.
+static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u64 n, __u8 flags)
+{
+	struct bpf_pidns_info ns;
+	if (!in_pod(&ns))
+		return 0;
+	// Built in the ring buffer, not in a per-CPU scratch event: a uprobe
+	// program runs with migration disabled only, and may be preempted by
+	// another task whose program would use the same scratch. The room
+	// reserved is the header and capture_bytes, a constant at load time.
+	__u32 room = capture_bytes;
+	if (room > MAX_CAPTURE)
+		room = MAX_CAPTURE;
+	struct event *e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + room, 0);
+	if (!e) {
+		count(STAT_LOST);
+		return 0;
+	}
+	__builtin_memset(e, 0, EVENT_HEADER_SIZE);
+	e->type = EVENT_DATA;
+	e->tgid = ns.tgid;
+	e->tid = ns.pid;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
+	e->sock = c->sock;
+	e->fd = c->fd;
+	e->role = c->role;
+	e->family = c->family;
+	e->lport = c->lport;
+	e->rport = c->rport;
+	__builtin_memcpy(e->laddr, c->laddr, 16);
+	__builtin_memcpy(e->raddr, c->raddr, 16);
+	e->flags = EVENT_PLAINTEXT | flags;
+	e->dir = dir;
+	e->len = n;
+	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
+	__u32 limit = n < room ? n : room;
+	if (limit > 0 && bpf_probe_read_user(e->payload, limit, (void *)buf))
+		limit = 0; // no bytes rather than the ring's old ones
+	e->captured = limit;
+	if (n > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(buf + n - TAIL_BYTES)) == 0)
+		e->tail_len = TAIL_BYTES;
+	__u64 wake = BPF_RB_NO_WAKEUP;
+	if (first_of_process(ns.tgid) || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+		wake = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, wake);
+	count(STAT_EVENTS);
+	return 0;
+}
+
 // tls_returned ends a call of any of the five: the socket it sent or
 // received on is its SSL object's from now on, and the bytes a read or a
 // write moved go up as that connection's, flagged EVENT_PLAINTEXT.
@@ -3108,55 +3160,11 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 		return 0;
 	if (n == 0 || n > 0x7fffffff)
 		return 0;
-	struct bpf_pidns_info ns;
-	if (!in_pod(&ns))
-		return 0;
 	if (!call->nested && !(c = bpf_map_lookup_elem(&tls_conns, &key))) {
 		count(STAT_TLS_LOST);
 		return 0;
 	}
-	// Built in the ring buffer, not in a per-CPU scratch event: a uprobe
-	// program runs with migration disabled only, and may be preempted by
-	// another task whose program would use the same scratch. The room
-	// reserved is the header and capture_bytes, a constant at load time.
-	__u32 room = capture_bytes;
-	if (room > MAX_CAPTURE)
-		room = MAX_CAPTURE;
-	struct event *e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + room, 0);
-	if (!e) {
-		count(STAT_LOST);
-		return 0;
-	}
-	__builtin_memset(e, 0, EVENT_HEADER_SIZE);
-	e->type = EVENT_DATA;
-	e->tgid = ns.tgid;
-	e->tid = ns.pid;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
-	e->sock = c->sock;
-	e->fd = c->fd;
-	e->role = c->role;
-	e->family = c->family;
-	e->lport = c->lport;
-	e->rport = c->rport;
-	__builtin_memcpy(e->laddr, c->laddr, 16);
-	__builtin_memcpy(e->raddr, c->raddr, 16);
-	e->flags = EVENT_PLAINTEXT;
-	e->dir = call->dir;
-	e->len = n;
-	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
-	__u32 limit = n < room ? n : room;
-	if (limit > 0 && bpf_probe_read_user(e->payload, limit, (void *)call->buf))
-		limit = 0; // no bytes rather than the ring's old ones
-	e->captured = limit;
-	if (n > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(call->buf + n - TAIL_BYTES)) == 0)
-		e->tail_len = TAIL_BYTES;
-	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (first_of_process(ns.tgid) || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
-	count(STAT_EVENTS);
-	return 0;
+	return tls_emit(c, call->dir, call->buf, n, 0);
 }
 
 SEC("uretprobe")
@@ -3181,6 +3189,158 @@ SEC("uretprobe.multi")
 int tls_return_multi(struct pt_regs *ctx)
 {
 	return tls_returned(ctx);
+}
+
+// Go's crypto/tls: the plaintext of a Go program's TLS connections.
+//
+// A Go program links its own TLS (crypto/tls), no libssl. The agent puts
+// uprobes on (*tls.Conn).Write's entry, (*tls.Conn).Read's entry and
+// each of Read's return instructions (bpf/gotls.go): a uretprobe would
+// put its trampoline's address on a goroutine's stack, which Go's runtime
+// copies and unwinds, and a Go program fails on it. Arguments and results
+// are in registers (Go's internal ABI, Go 1.17 and later, amd64): the
+// receiver in ax, the slice's pointer and length in bx and cx, the byte
+// count returned in ax; r14 holds the goroutine (its g). A goroutine can
+// park in a call and go on on another thread, so a Read's entry and its
+// return are paired by goroutine, not by thread; and its connection is
+// read from the tls.Conn itself (not from a send or receive inside the
+// call, which a goroutine's other thread may not make).
+
+// The tls.Conn's connection: its conn field (a net.Conn, first in the
+// struct) holds a *net.TCPConn as its data word; a TCPConn's first word
+// is its *netFD, whose poll.FD starts with a 16-byte fdMutex, then Sysfd.
+// The same from Go 1.9 to 1.26.
+#define GO_TLS_CONN_DATA 8
+#define GO_NETFD_SYSFD 16
+
+struct go_tls_key {
+	__u64 g;    // the goroutine (its runtime.g's address)
+	__u32 tgid; // host tgid
+	__u32 pad;
+};
+
+// go_tls_read is a goroutine's call of (*tls.Conn).Read, from its entry to
+// its return; or, missed set, the goroutine's read whose return came
+// without its entry: it was entered before the uprobes were in (a
+// keep-alive connection's goroutine waits in Read), and its bytes are
+// lost.
+struct go_tls_read {
+	__u64 buf;
+	__u8 missed;
+	__u8 pad[7];
+	struct tls_conn conn;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct go_tls_key);
+	__type(value, struct go_tls_read);
+} go_tls_reads SEC(".maps");
+
+// go_tls_conn fills c with the socket under the tls.Conn at conn: the
+// file its Sysfd names in the current process, if that is a TCP socket. A
+// tls.Conn over something else (a tls.Conn, TLS inside TLS; a user's
+// wrapper) finds no socket there, or none of TCP, and is not read.
+static __always_inline bool go_tls_conn(__u64 conn, struct tls_conn *c)
+{
+	__u64 tcp = 0, netfd = 0;
+	__s64 fd = -1;
+	if (bpf_probe_read_user(&tcp, sizeof(tcp), (void *)(conn + GO_TLS_CONN_DATA)) || !tcp ||
+	    bpf_probe_read_user(&netfd, sizeof(netfd), (void *)tcp) || !netfd ||
+	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + GO_NETFD_SYSFD)) || fd < 0 || fd > 0x7fffffff)
+		return false;
+	struct conn r = {};
+	resolve(&r, fd_file(fd));
+	if (!r.sock)
+		return false;
+	c->sock = r.sock;
+	c->fd = fd;
+	c->role = ROLE_UNKNOWN; // the tracer tells it from who speaks first
+	c->family = r.family;
+	c->lport = r.lport;
+	c->rport = r.rport;
+	__builtin_memcpy(c->laddr, r.laddr, 16);
+	__builtin_memcpy(c->raddr, r.raddr, 16);
+	return true;
+}
+
+// go_tls_function names the probed places: the uprobe_multi link's
+// program gets it as its cookie.
+enum go_tls_function {
+	GO_TLS_WRITE = 0,       // (*tls.Conn).Write(b []byte) (int, error), at its entry
+	GO_TLS_READ = 1,        // (*tls.Conn).Read(b []byte) (int, error), at its entry
+	GO_TLS_READ_RETURN = 2, // and at one of its return instructions
+};
+
+static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
+{
+	struct go_tls_key key = {.g = ctx->r14, .tgid = bpf_get_current_pid_tgid() >> 32};
+	struct go_tls_read *read;
+	struct tls_conn c;
+	long n;
+	switch (fn) {
+	case GO_TLS_WRITE:
+		// Its bytes are known at the entry: one trap, not two.
+		n = ctx->cx;
+		if (n <= 0 || n > 0x7fffffff)
+			return 0;
+		if (!go_tls_conn(ctx->ax, &c)) {
+			count(STAT_TLS_LOST);
+			return 0;
+		}
+		return tls_emit(&c, DIR_EGRESS, ctx->bx, n, 0);
+	case GO_TLS_READ: {
+		struct go_tls_read fresh = {.buf = ctx->bx};
+		if (!go_tls_conn(ctx->ax, &fresh.conn)) {
+			count(STAT_TLS_LOST);
+			return 0;
+		}
+		// The goroutine's last read was missed: its connection, most
+		// likely this one (a goroutine per connection reads it), is
+		// told that bytes it received are lost (EVENT_LOST, no bytes),
+		// so that its parser does not pair what comes next with the
+		// requests those bytes answered.
+		read = bpf_map_lookup_elem(&go_tls_reads, &key);
+		if (read && read->missed)
+			tls_emit(&fresh.conn, DIR_INGRESS, 0, 0, EVENT_LOST);
+		// Also at a second entry of the same call: Go grows a
+		// goroutine's stack at a function's start and starts it again.
+		bpf_map_update_elem(&go_tls_reads, &key, &fresh, BPF_ANY);
+		return 0;
+	}
+	case GO_TLS_READ_RETURN:
+		read = bpf_map_lookup_elem(&go_tls_reads, &key);
+		n = ctx->ax;
+		if (!read || read->missed) {
+			if (!read && n > 0) {
+				count(STAT_TLS_LOST);
+				struct go_tls_read missed = {.missed = 1};
+				bpf_map_update_elem(&go_tls_reads, &key, &missed, BPF_ANY);
+			}
+			return 0;
+		}
+		if (n > 0 && n <= 0x7fffffff)
+			tls_emit(&read->conn, DIR_INGRESS, read->buf, n, 0);
+		bpf_map_delete_elem(&go_tls_reads, &key);
+		return 0;
+	}
+	return 0;
+}
+
+// One program per place where each uprobe is a perf event.
+SEC("uprobe")
+int go_tls_write(struct pt_regs *ctx) { return go_tls(ctx, GO_TLS_WRITE); }
+SEC("uprobe")
+int go_tls_read(struct pt_regs *ctx) { return go_tls(ctx, GO_TLS_READ); }
+SEC("uprobe")
+int go_tls_read_return(struct pt_regs *ctx) { return go_tls(ctx, GO_TLS_READ_RETURN); }
+
+// All of them in one uprobe_multi link per program (Linux 6.10+).
+SEC("uprobe.multi")
+int go_tls_multi(struct pt_regs *ctx)
+{
+	return go_tls(ctx, bpf_get_attach_cookie(ctx));
 }
 
 // on_sock_data reports ret bytes received or sent on sk by the current

@@ -260,6 +260,7 @@ type socketObjects struct {
 	HTTPHeads        *ebpf.Map      `ebpf:"http_heads"`
 	TLSCalls         *ebpf.Map      `ebpf:"tls_calls"`
 	TLSConns         *ebpf.Map      `ebpf:"tls_conns"`
+	GoTLSReads       *ebpf.Map      `ebpf:"go_tls_reads"`
 	Announced        *ebpf.Map      `ebpf:"announced"`
 	TLSProbed        *ebpf.Variable `ebpf:"tls_probed"`
 	tlsPrograms
@@ -274,6 +275,10 @@ type tlsPrograms struct {
 	TLSReadEx    *ebpf.Program `ebpf:"tls_read_ex"`
 	TLSHandshake *ebpf.Program `ebpf:"tls_handshake"`
 	TLSReturn    *ebpf.Program `ebpf:"tls_return"`
+	// Go's crypto/tls, in the order of enum go_tls_function.
+	GoTLSWrite      *ebpf.Program `ebpf:"go_tls_write"`
+	GoTLSRead       *ebpf.Program `ebpf:"go_tls_read"`
+	GoTLSReadReturn *ebpf.Program `ebpf:"go_tls_read_return"`
 }
 
 // syscallObjects are what the syscall-tracepoint capture loads.
@@ -292,8 +297,9 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
-		objs.TLSCalls, objs.TLSConns, objs.Announced,
-		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSReturn}
+		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.Announced,
+		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSReturn,
+		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn}
 	var hooks []func() (link.Link, error)
 	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock} {
 		hooks = append(hooks, func() (link.Link, error) {
@@ -824,7 +830,10 @@ const (
 	// reply on the connection is its.
 	FlagGap EventFlags = 1
 	// FlagLost: the reply of a command the kernel dropped may go on; its
-	// rest comes before the reply to this event's command.
+	// rest comes before the reply to this event's command. With
+	// FlagPlaintext, and no bytes: plaintext that the uprobes could not
+	// read was received on the connection before (a Go program's read
+	// entered before they were in).
 	FlagLost EventFlags = 2
 	// FlagPlaintext: the payload is a TLS connection's plaintext, read
 	// from its TLS library's buffer (TraceTLS), not from the socket.

@@ -77,6 +77,21 @@ type captureEvent struct {
 	Payload  [12288]uint8
 }
 
+type captureGoTlsKey struct {
+	_    structs.HostLayout
+	G    uint64
+	Tgid uint32
+	Pad  uint32
+}
+
+type captureGoTlsRead struct {
+	_      structs.HostLayout
+	Buf    uint64
+	Missed uint8
+	Pad    [7]uint8
+	Conn   captureTlsConn
+}
+
 type captureH2Walk struct {
 	_        structs.HostLayout
 	Buf      uint64
@@ -233,6 +248,7 @@ const (
 	captureMapCalls             = "calls"
 	captureMapConns             = "conns"
 	captureMapEvents            = "events"
+	captureMapGoTlsReads        = "go_tls_reads"
 	captureMapH2Walks           = "h2_walks"
 	captureMapHistRoom          = "hist_room"
 	captureMapHttpHeads         = "http_heads"
@@ -245,6 +261,10 @@ const (
 	captureMapStats             = "stats"
 	captureMapTlsCalls          = "tls_calls"
 	captureMapTlsConns          = "tls_conns"
+	captureProgGoTlsMulti       = "go_tls_multi"
+	captureProgGoTlsRead        = "go_tls_read"
+	captureProgGoTlsReadReturn  = "go_tls_read_return"
+	captureProgGoTlsWrite       = "go_tls_write"
 	captureProgInetSockSetState = "inet_sock_set_state"
 	captureProgSockRecvLength   = "sock_recv_length"
 	captureProgSockSendLength   = "sock_send_length"
@@ -318,6 +338,10 @@ type captureSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureProgramSpecs struct {
+	GoTlsMulti       *ebpf.ProgramSpec `ebpf:"go_tls_multi"`
+	GoTlsRead        *ebpf.ProgramSpec `ebpf:"go_tls_read"`
+	GoTlsReadReturn  *ebpf.ProgramSpec `ebpf:"go_tls_read_return"`
+	GoTlsWrite       *ebpf.ProgramSpec `ebpf:"go_tls_write"`
 	InetSockSetState *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
 	SockRecvLength   *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
 	SockSendLength   *ebpf.ProgramSpec `ebpf:"sock_send_length"`
@@ -342,6 +366,7 @@ type captureMapSpecs struct {
 	Calls      *ebpf.MapSpec `ebpf:"calls"`
 	Conns      *ebpf.MapSpec `ebpf:"conns"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
+	GoTlsReads *ebpf.MapSpec `ebpf:"go_tls_reads"`
 	H2Walks    *ebpf.MapSpec `ebpf:"h2_walks"`
 	HistRoom   *ebpf.MapSpec `ebpf:"hist_room"`
 	HttpHeads  *ebpf.MapSpec `ebpf:"http_heads"`
@@ -401,6 +426,7 @@ type captureMaps struct {
 	Calls      *ebpf.Map `ebpf:"calls"`
 	Conns      *ebpf.Map `ebpf:"conns"`
 	Events     *ebpf.Map `ebpf:"events"`
+	GoTlsReads *ebpf.Map `ebpf:"go_tls_reads"`
 	H2Walks    *ebpf.Map `ebpf:"h2_walks"`
 	HistRoom   *ebpf.Map `ebpf:"hist_room"`
 	HttpHeads  *ebpf.Map `ebpf:"http_heads"`
@@ -421,6 +447,7 @@ func (m *captureMaps) Close() error {
 		m.Calls,
 		m.Conns,
 		m.Events,
+		m.GoTlsReads,
 		m.H2Walks,
 		m.HistRoom,
 		m.HttpHeads,
@@ -461,6 +488,10 @@ type captureVariables struct {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type capturePrograms struct {
+	GoTlsMulti       *ebpf.Program `ebpf:"go_tls_multi"`
+	GoTlsRead        *ebpf.Program `ebpf:"go_tls_read"`
+	GoTlsReadReturn  *ebpf.Program `ebpf:"go_tls_read_return"`
+	GoTlsWrite       *ebpf.Program `ebpf:"go_tls_write"`
 	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
 	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
 	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
@@ -479,6 +510,10 @@ type capturePrograms struct {
 
 func (p *capturePrograms) Close() error {
 	return _CaptureClose(
+		p.GoTlsMulti,
+		p.GoTlsRead,
+		p.GoTlsReadReturn,
+		p.GoTlsWrite,
 		p.InetSockSetState,
 		p.SockRecvLength,
 		p.SockSendLength,

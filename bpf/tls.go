@@ -21,7 +21,12 @@ import (
 
 // ErrNoTLSLibrary is TraceTLS's answer for a process that maps no TLS
 // library the agent reads: its TLS connections stay unread.
-var ErrNoTLSLibrary = errors.New("no libssl mapped (a Go program's crypto/tls, a statically linked TLS library and Node.js's memory buffers are not read)")
+var ErrNoTLSLibrary = errors.New("no libssl mapped and no Go crypto/tls (a statically linked TLS library, Java's and Node.js's are not read)")
+
+// ErrTLSNotSpoken is TraceTLS's answer for a Go program not seen to
+// start a TLS connection yet, on a kernel where its uprobes would cost it
+// something anyway: asked again with spoke, it probes it.
+var ErrTLSNotSpoken = errors.New("a Go program's crypto/tls is probed at its first TLS connection on kernels before 6.10")
 
 // ErrNoTLSHooks is TraceTLS's answer with the syscall hooks, which do not
 // follow TLS, or without Config.TLS.
@@ -62,16 +67,21 @@ type tlsProcess struct {
 	links []link.Link
 }
 
-// TraceTLS puts uprobes on the TLS libraries (OpenSSL's libssl, and the
-// copies of it that Python wheels bundle) that process pid maps, for that
-// process alone: the plaintext of its TLS connections then comes up as
-// their events (FlagPlaintext). It returns the libraries' paths; for a
-// process it traces already, it probes only the libraries mapped since,
-// and takes the uprobes off one that exited or exec'd. ErrNoTLSLibrary
-// when the process maps none. A connection's plaintext comes from the first call of
-// SSL_do_handshake, SSL_read or SSL_write that sends or receives on its
-// socket after the uprobes are in.
-func (c *Capture) TraceTLS(pid int) (string, error) {
+// TraceTLS puts uprobes on the TLS libraries that process pid uses
+// (OpenSSL's libssl, the copies of it that Python wheels bundle, a Go
+// program's crypto/tls), for that process alone: the plaintext of its TLS
+// connections then comes up as their events (FlagPlaintext). It returns
+// the libraries' paths; for a process it traces already, it probes only
+// the libraries mapped since, and takes the uprobes off one that exited or
+// exec'd. ErrNoTLSLibrary when the process uses none. A libssl
+// connection's plaintext comes from the first call of SSL_do_handshake,
+// SSL_read or SSL_write that sends or receives on its socket after the
+// uprobes are in; a Go connection's from its first Read or Write.
+//
+// spoke says that the process was seen to start a TLS connection: on
+// kernels without uprobe_multi links (before 6.10), a Go program's
+// crypto/tls is probed only then (ErrTLSNotSpoken before).
+func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 	t := c.tls
 	if t == nil {
 		return "", ErrNoTLSHooks
@@ -92,7 +102,7 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 	if startErr != nil {
 		return "", startErr
 	}
-	libraries, err := sslLibraries(pid)
+	libraries, err := tlsLibraries(pid)
 	if err != nil {
 		if p != nil {
 			return p.library, nil // its libraries were probed; maps could not be read again now
@@ -104,9 +114,9 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 	}
 	// Those not probed yet: all of a new process's; a library a traced
 	// process loaded since (Python imports a wheel's copy when first used).
-	var fresh []string
+	var fresh []tlsLibrary
 	for _, library := range libraries {
-		if !slices.Contains(p.libraries, library) && !slices.Contains(p.refused, library) {
+		if !slices.Contains(p.libraries, library.name) && !slices.Contains(p.refused, library.name) {
 			fresh = append(fresh, library)
 		}
 	}
@@ -121,28 +131,51 @@ func (c *Capture) TraceTLS(pid int) (string, error) {
 		}
 		t.loadMulti = nil
 	}
-	for _, library := range fresh {
-		attach := p.attach
-		if t.multi != nil {
-			attach = func(pid int, library string, _ tlsPrograms) error { return p.attachMulti(pid, library, t.multi) }
+	if t.multi == nil && !spoke {
+		// A Go program links crypto/tls whenever it links net/http, TLS
+		// or not; perf-event uprobes cost a process's context switches,
+		// so they wait for its first TLS connection.
+		fresh = slices.DeleteFunc(fresh, func(l tlsLibrary) bool { return l.goTLS != nil })
+		if len(fresh) == 0 {
+			if len(p.libraries) == 0 {
+				return "", ErrTLSNotSpoken
+			}
+			return p.library, nil
 		}
-		if err := attach(pid, library, t.progs); err != nil {
+	}
+	ssl := false
+	for _, library := range fresh {
+		var err error
+		switch {
+		case library.goTLS != nil:
+			err = p.attachGo(pid, library.goTLS, t.progs, t.multi)
+		case t.multi != nil:
+			err = p.attachMulti(pid, library.name, t.multi)
+		default:
+			err = p.attach(pid, library.name, t.progs)
+		}
+		if err != nil {
 			if len(p.libraries) == 0 {
 				p.close()
 				return "", err
 			}
 			// The libraries probed before still are; this one is
 			// not tried again.
-			p.refused = append(p.refused, library)
+			p.refused = append(p.refused, library.name)
 			t.logger.Warn("cannot probe a TLS library a neighbour loaded", "pid", pid, "error", err)
 			return p.library, nil
 		}
-		p.libraries = append(p.libraries, library)
+		p.libraries = append(p.libraries, library.name)
+		ssl = ssl || library.goTLS == nil
 	}
 	p.library = strings.Join(p.libraries, ",")
 	t.procs[pid] = p
-	if err := t.probed.Set(uint32(1)); err != nil {
-		t.logger.Warn("set tls_probed: connections older than the agent are not recognised as TLS", "error", err)
+	// Only libssl's calls are followed by thread (tls_calls); Go's
+	// programs find their connection in the tls.Conn.
+	if ssl {
+		if err := t.probed.Set(uint32(1)); err != nil {
+			t.logger.Warn("set tls_probed: connections older than the agent are not recognised as TLS", "error", err)
+		}
 	}
 	return p.library, nil
 }
@@ -190,6 +223,7 @@ func (p *tlsProcess) attach(pid int, library string, progs tlsPrograms) error {
 type tlsMulti struct {
 	Enter  *ebpf.Program `ebpf:"tls_enter_multi"`
 	Return *ebpf.Program `ebpf:"tls_return_multi"`
+	GoTLS  *ebpf.Program `ebpf:"go_tls_multi"`
 }
 
 // loadTLSMulti loads the uprobe_multi programs, sharing the maps of the
@@ -207,6 +241,7 @@ func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, err
 	var multi tlsMulti
 	err := spec.Copy().LoadAndAssign(&multi, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		"events": objs.Events, "stats": objs.Stats, "tls_calls": objs.TLSCalls, "tls_conns": objs.TLSConns, "announced": objs.Announced,
+		"go_tls_reads": objs.GoTLSReads,
 	}})
 	if err != nil {
 		return nil, err
@@ -288,7 +323,7 @@ func (t *tlsTracer) close() error {
 		delete(t.procs, pid)
 	}
 	if t.multi != nil {
-		errs = append(errs, t.multi.Enter.Close(), t.multi.Return.Close())
+		errs = append(errs, t.multi.Enter.Close(), t.multi.Return.Close(), t.multi.GoTLS.Close())
 		t.multi = nil
 	}
 	t.done = true
@@ -304,6 +339,39 @@ func (p *tlsProcess) close() error {
 	}
 	p.links = nil
 	return errors.Join(errs...)
+}
+
+// tlsLibrary is a TLS library a process uses: a libssl it maps, or a Go
+// program's own crypto/tls.
+type tlsLibrary struct {
+	name  string       // the path in the process's mount namespace; a Go executable's with " (Go crypto/tls)"
+	goTLS *goTLSPlaces // a Go program's places to probe
+}
+
+// tlsLibraries finds the TLS libraries process pid uses: its executable's
+// crypto/tls, if it is a Go program, and the libssl copies it maps.
+func tlsLibraries(pid int) ([]tlsLibrary, error) {
+	var libraries []tlsLibrary
+	exe := fmt.Sprintf("/proc/%d/exe", pid)
+	places, goErr := goTLSOf(exe)
+	if goErr == nil {
+		name, _ := os.Readlink(exe)
+		libraries = append(libraries, tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places})
+	}
+	ssl, err := sslLibraries(pid)
+	if err != nil && !errors.Is(err, ErrNoTLSLibrary) {
+		return nil, err
+	}
+	for _, name := range ssl {
+		libraries = append(libraries, tlsLibrary{name: name})
+	}
+	if len(libraries) == 0 {
+		if goErr != nil && !errors.Is(goErr, errNoGoTLS) && !errors.Is(goErr, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %w", ErrNoTLSLibrary, goErr)
+		}
+		return nil, err
+	}
+	return libraries, nil
 }
 
 // sslLibraries finds the libssl copies that process pid maps, as paths in

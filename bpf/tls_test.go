@@ -115,6 +115,52 @@ func TestTLSPlaintext(t *testing.T) {
 
 func testTLSPlaintext(t *testing.T, multi bool) {
 	cert, key := selfSigned(t)
+	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", tlsScript, cert, key)
+	got, stats := runTLSNeighbour(t, cmd, multi, "libssl.so")
+	checkTLSPlaintext(t, got, stats, "TLS")
+}
+
+// TestGoTLSPlaintext: with the uprobes on a Go neighbour's crypto/tls, its
+// TLS connections come up as their plaintext, as libssl's do; also from a
+// stripped position-independent executable, whose function table is all
+// there is to find them by.
+func TestGoTLSPlaintext(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		t.Skip("TLS is read with the socket hooks, Linux 6.3+")
+	}
+	for _, build := range []struct {
+		name  string
+		flags []string
+		multi bool
+	}{
+		{"uprobe_multi", nil, true},
+		{"perf_events_stripped_pie", []string{"-buildmode=pie", "-ldflags=-s -w"}, false},
+	} {
+		t.Run(build.name, func(t *testing.T) {
+			if build.multi && !kernelAtLeast(t, 6, 10) {
+				t.Skip("uprobe_multi links with a per-process filter need Linux 6.10+")
+			}
+			exe := filepath.Join(t.TempDir(), "gotls")
+			args := append(append([]string{"build", "-o", exe}, build.flags...), "./testdata/gotls")
+			if out, err := exec.Command(testenv.LookPath(t, "go"), args...).CombinedOutput(); err != nil {
+				t.Fatalf("go build: %v\n%s", err, out)
+			}
+			got, stats := runTLSNeighbour(t, exec.Command(exe), build.multi, "(Go crypto/tls)")
+			checkTLSPlaintext(t, got, stats, "GO")
+		})
+	}
+}
+
+// runTLSNeighbour runs cmd, a neighbour that prints its TLS server's port,
+// waits for a line on stdin, talks TLS with itself and prints "done", with
+// the uprobes on its TLS library (named with library): with uprobe_multi
+// links (multi) or perf events. It returns the plaintext that came up, as
+// the words each connection end moved in order ("<" received, ">" sent),
+// by the end's addresses, and the capture's counters; and checks that
+// no record of those connections came up, and one EventTLS for each end.
+func runTLSNeighbour(t *testing.T, cmd *exec.Cmd, multi bool, library string) (map[string]string, Stats) {
+	t.Helper()
 	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket, TLS: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -124,20 +170,19 @@ func testTLSPlaintext(t *testing.T, multi bool) {
 		c.tls.loadMulti = nil // perf events
 	}
 	var events []Event
-	var script atomic.Int64 // the script's pid, once it runs: the host's other processes are seen too
+	var neighbour atomic.Int64 // its pid, once it runs: the host's other processes are seen too
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		var ev Event
 		for c.Read(&ev) == nil {
-			if int64(ev.PID) == script.Load() {
+			if int64(ev.PID) == neighbour.Load() {
 				ev.Payload = slices.Clone(ev.Payload)
 				events = append(events, ev)
 			}
 		}
 	}()
 
-	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", tlsScript, cert, key)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -145,31 +190,42 @@ func testTLSPlaintext(t *testing.T, multi bool) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	script.Store(int64(cmd.Process.Pid))
+	neighbour.Store(int64(cmd.Process.Pid))
 	lines := bufio.NewScanner(stdout)
 	if !lines.Scan() {
-		t.Fatal("the script printed no port")
+		t.Fatal("the neighbour printed no port")
 	}
 	port := strings.TrimSpace(lines.Text())
-	library, err := c.TraceTLS(cmd.Process.Pid)
+	if !multi && strings.Contains(library, "Go") {
+		if _, err := c.TraceTLS(cmd.Process.Pid, false); !errors.Is(err, ErrTLSNotSpoken) {
+			t.Errorf("TraceTLS of a Go program not seen speaking TLS, with perf events: %v, want ErrTLSNotSpoken", err)
+		}
+	}
+	traced, err := c.TraceTLS(cmd.Process.Pid, true)
 	if err != nil {
 		t.Fatalf("TraceTLS: %v", err)
 	}
 	if (c.tls.multi != nil) != multi {
 		t.Fatalf("uprobe_multi programs: %v, want %v", c.tls.multi != nil, multi)
 	}
-	if !strings.Contains(library, "libssl.so") {
-		t.Errorf("library %q", library)
+	if !strings.Contains(traced, library) {
+		t.Errorf("library %q, want %q", traced, library)
 	}
-	if again, err := c.TraceTLS(cmd.Process.Pid); err != nil || again != library {
+	if again, err := c.TraceTLS(cmd.Process.Pid, true); err != nil || again != traced {
 		t.Errorf("TraceTLS again: %q %v", again, err)
 	}
-	if _, err := c.TraceTLS(os.Getpid()); !errors.Is(err, ErrNoTLSLibrary) {
-		t.Errorf("TraceTLS of a process without libssl: %v, want ErrNoTLSLibrary", err)
+	sleep := exec.Command("sleep", "10")
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
 	}
+	if _, err := c.TraceTLS(sleep.Process.Pid, true); !errors.Is(err, ErrNoTLSLibrary) {
+		t.Errorf("TraceTLS of a process without libssl or Go: %v, want ErrNoTLSLibrary", err)
+	}
+	sleep.Process.Kill()
+	sleep.Wait()
 	fmt.Fprintln(stdin)
 	if !lines.Scan() || lines.Text() != "done" {
-		t.Fatalf("script: %q", lines.Text())
+		t.Fatalf("neighbour: %q", lines.Text())
 	}
 	cmd.Wait()
 	time.Sleep(500 * time.Millisecond)
@@ -223,23 +279,41 @@ func testTLSPlaintext(t *testing.T, multi bool) {
 	if len(hellos) != 4 {
 		t.Errorf("%d connection ends with an EventTLS, want 4 (2 connections)", len(hellos))
 	}
+	streams := map[string]string{}
+	for end, words := range plain {
+		streams[end] = strings.Join(words, " ")
+	}
+	if t.Failed() {
+		t.Logf("events:\n%s", b.String())
+	}
+	return streams, stats
+}
+
+// checkTLSPlaintext checks the connection ends' plaintext streams of the
+// neighbours of runTLSNeighbour, whose messages say tag: each end's, once;
+// and that the kernel held records back and lost no plaintext.
+func checkTLSPlaintext(t *testing.T, got map[string]string, stats Stats, tag string) {
+	t.Helper()
 	want := map[string]bool{}
 	for n := range 2 {
-		client := fmt.Sprintf(">PING-TLS conn%d-req0 <PONG-TLS conn%d-req0 >PING-TLS conn%d-req1 <PONG-TLS conn%d-req1", n, n, n, n)
-		server := fmt.Sprintf("<PING-TLS conn%d-req0 >PONG-TLS conn%d-req0 <PING-TLS  <conn%d-req1 >PONG-TLS conn%d-req1", n, n, n, n)
-		want[client], want[server] = true, true
+		req := func(i int) string { return fmt.Sprintf("PING-%s conn%d-req%d", tag, n, i) }
+		resp := func(i int) string { return fmt.Sprintf("PONG-%s conn%d-req%d", tag, n, i) }
+		want[fmt.Sprintf(">%s <%s >%s <%s", req(0), resp(0), req(1), resp(1))] = true
+		// The server reads the second request's first 9 bytes, then
+		// the rest.
+		want[fmt.Sprintf("<%s >%s <%s <%s >%s", req(0), resp(0), req(1)[:9], req(1)[9:], resp(1))] = true
 	}
-	for conn, got := range plain {
-		if s := strings.Join(got, " "); !want[s] {
-			t.Errorf("connection %s: %s", conn, s)
+	for end, s := range got {
+		if !want[s] {
+			t.Errorf("connection %s: %s", end, s)
 		} else {
 			delete(want, s)
 		}
 	}
 	if len(want) != 0 {
-		t.Errorf("missing plaintext streams %v; events:\n%s", want, b.String())
+		t.Errorf("missing plaintext streams %v", want)
 	}
 	if stats.TLSRecords == 0 || stats.TLSLost != 0 {
-		t.Errorf("stats %+v: want TLS records held back, no plaintext without its socket", stats)
+		t.Errorf("stats %+v: want TLS records held back, no plaintext lost", stats)
 	}
 }

@@ -120,6 +120,13 @@ func (c *conn) startTLS() {
 	c.ignored = c.proc == nil || c.own
 }
 
+// lostPlaintext forgets the connection's parser: bytes it did not see
+// came before (bpf.FlagLost with bpf.FlagPlaintext). The next bytes are
+// detected afresh; the requests waiting for their responses get no span.
+func (c *conn) lostPlaintext() {
+	c.parser, c.tries = nil, 0
+}
+
 func (c *conn) close(ts uint64) {
 	if c.parser != nil && !c.ignored {
 		defer c.recoverParser()

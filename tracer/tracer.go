@@ -212,6 +212,14 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		if ev.Flags&bpf.FlagPlaintext != 0 && !c.tls {
 			c.startTLS()
 		}
+		if ev.Flags&(bpf.FlagPlaintext|bpf.FlagLost) == bpf.FlagPlaintext|bpf.FlagLost {
+			// Plaintext the uprobes could not read was received
+			// before: what the parser waits for may have been in it.
+			// It starts afresh, so that no request is paired with
+			// another's response.
+			c.lostPlaintext()
+			break
+		}
 		t.seg = segment{data: ev.Payload, total: int(ev.Len), tail: ev.Tail, pieces: ev.Pieces, enter: ev.EnterNS, exit: ev.ExitNS, traceLow: ev.TraceLow, flags: ev.Flags,
 			headHash: ev.HeadHash}
 		c.feed(ev.Dir, &t.seg)

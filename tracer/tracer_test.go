@@ -3,6 +3,7 @@ package tracer
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,30 @@ func TestTLSPlaintext(t *testing.T) {
 	}
 	if r := h.got[1]; r.Path != "/plain" || r.TLS {
 		t.Errorf("plain request = %+v", r)
+	}
+}
+
+// TestTLSPlaintextLost: plaintext the uprobes could not read (bpf.FlagLost
+// with bpf.FlagPlaintext, no bytes) starts the connection's parser
+// afresh: a client whose response to /a was not read does not pair the
+// response to /b with /a.
+func TestTLSPlaintextLost(t *testing.T) {
+	h := newHarness(t, 512)
+	plain := func(dir bpf.Direction, data string, flags bpf.EventFlags) {
+		h.sendKernel(1, dir, data, 0, bpf.FlagPlaintext|flags)
+	}
+	plain(out, "GET /a HTTP/1.1\r\nHost: shop\r\n\r\n", 0)
+	plain(in, "", bpf.FlagLost) // /a's response, read by a call the uprobes missed
+	plain(out, "GET /b HTTP/1.1\r\nHost: shop\r\n\r\n", 0)
+	plain(in, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", 0)
+	plain(out, "GET /c HTTP/1.1\r\nHost: shop\r\n\r\n", 0)
+	plain(in, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0)
+	var got []string
+	for _, r := range h.got {
+		got = append(got, fmt.Sprintf("%s %d", r.Path, r.StatusCode))
+	}
+	if want := []string{"/b 404", "/c 200"}; !slices.Equal(got, want) {
+		t.Errorf("requests %q, want %q", got, want)
 	}
 }
 

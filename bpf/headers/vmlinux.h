@@ -65,6 +65,8 @@ struct pt_regs {
 	long unsigned int ax;
 	long unsigned int sp;
 	long unsigned int r8;
+	long unsigned int r14;
+	long unsigned int bx;
 	long unsigned int orig_ax;
 } __attribute__((preserve_access_index));
 #else

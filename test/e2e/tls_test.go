@@ -280,3 +280,66 @@ func TestLeastCapabilities(t *testing.T) {
 		t.Errorf("warnings with the sidecar's capabilities:\n%s", out)
 	}
 }
+
+// TestGoTLS: a Go HTTPS server and Go clients in the pod (crypto/tls, no
+// libssl): the agent probes the programs' own TLS, and their plaintext
+// gives server and client spans with url.scheme https, over HTTP/1.1 on
+// a connection made before the agent started, and over HTTP/2.
+func TestGoTLS(t *testing.T) {
+	privileged(t)
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port), "-tls"))
+	waitListening(t, port)
+	base := fmt.Sprintf("https://localhost:%d", port)
+	h1 := start(t, pod.command(httpapp, "-client", base))
+	fmt.Fprintln(h1.stdin, "GET /users/0")
+	h1.waitOutput(t, "200 ", 1, 10*time.Second)
+
+	agent := startAgent(t, pod, agentEnv(rcv))
+	agent.waitOutput(t, `(Go crypto/tls)"`, 2, 10*time.Second)
+	h2 := start(t, pod.command(httpapp, "-client", base, "-http2"))
+	agent.waitOutput(t, `(Go crypto/tls)"`, 3, 10*time.Second)
+
+	// On the connection made before the agent: its records were seen
+	// first in mid-stream. The two ends' reads under way when the uprobes
+	// came in (the server's of the next request, the client's of the
+	// next response) are not read: /users/9 may give no span, and must
+	// not shift the client's responses onto the wrong requests.
+	for _, line := range []string{"GET /users/9", "GET /users/1 " + traceparent, "POST /orders", "GET /fail"} {
+		fmt.Fprintln(h1.stdin, line)
+	}
+	h1.waitOutput(t, "\n", 5, 10*time.Second)
+	fmt.Fprintln(h2.stdin, "GET /users/2")
+	h2.waitOutput(t, "200 7 HTTP/2.0", 1, 10*time.Second)
+
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/fail") != nil && find(s, trace.SpanKindServer, "/users/2") != nil &&
+			find(s, trace.SpanKindClient, "/fail") != nil && find(s, trace.SpanKindClient, "/users/2") != nil
+	})
+	for path, status := range map[string]int64{"/users/1": 200, "/orders": 201, "/fail": 500, "/users/2": 200} {
+		s := mustFind(t, spans, trace.SpanKindServer, path)
+		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": status, "server.port": int64(port)})
+		expectResource(t, s, "httpapp")
+		c := mustFind(t, spans, trace.SpanKindClient, path)
+		expect(t, c, map[string]any{"url.full": base + path, "http.response.status_code": status, "server.port": int64(port)})
+	}
+	// The caller's trace context, read from the plaintext.
+	if s := mustFind(t, spans, trace.SpanKindServer, "/users/1"); s.TraceID.String() != traceID {
+		t.Errorf("server span of /users/1 in trace %s, want the traceparent's", s.TraceID)
+	}
+	expect(t, mustFind(t, spans, trace.SpanKindServer, "/users/1"), map[string]any{"network.protocol.version": "1.1"})
+	expect(t, mustFind(t, spans, trace.SpanKindServer, "/users/2"), map[string]any{"network.protocol.version": "2"})
+	expect(t, mustFind(t, spans, trace.SpanKindClient, "/users/2"), map[string]any{"network.protocol.version": "2"})
+	for _, s := range rcv.Spans() {
+		if s.Attributes["url.scheme"] == "http" {
+			t.Errorf("a span of plain HTTP: %s %v", s.Name, s.Attributes)
+		}
+		if path := urlPath(s); strings.HasPrefix(path, "/users/") && s.Attributes["http.response.status_code"] != int64(200) {
+			t.Errorf("a span of %s with another request's response: %v", path, s.Attributes)
+		}
+	}
+}

@@ -1,0 +1,93 @@
+// Command gotls is a TLS server and client in one Go process, on
+// crypto/tls: the neighbour of the Go TLS kernel test. It prints its port,
+// waits for a line on stdin (the uprobes are in), then makes two
+// connections: on each the client sends a request and the server answers
+// it, twice; the server reads the second request in two calls, the second
+// of which finds its bytes decrypted already and makes no receive. Then
+// it prints "done".
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+func main() {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(l.Addr().(*net.TCPAddr).Port)
+	bufio.NewReader(os.Stdin).ReadString('\n')
+
+	served := make(chan error)
+	go func() {
+		for range 2 {
+			c, err := l.Accept()
+			if err != nil {
+				served <- err
+				return
+			}
+			for i := range 2 {
+				// One record, one read; then one read of 9 bytes and
+				// one of the rest, which finds it decrypted already.
+				req := make([]byte, 64)
+				size := len(req)
+				if i == 1 {
+					size = 9
+				}
+				n, err := c.Read(req[:size])
+				if i == 1 && err == nil {
+					var m int
+					m, err = c.Read(req[n:])
+					n += m
+				}
+				if err != nil {
+					served <- err
+					return
+				}
+				c.Write([]byte("PONG-GO " + string(req[8:n])))
+			}
+			c.Close()
+		}
+		served <- nil
+	}()
+	for n := range 2 {
+		c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			panic(err)
+		}
+		for i := range 2 {
+			req := fmt.Sprintf("PING-GO conn%d-req%d", n, i)
+			c.Write([]byte(req))
+			resp := make([]byte, 64)
+			m, err := io.ReadAtLeast(c, resp, len(req))
+			if err != nil || !strings.HasPrefix(string(resp[:m]), "PONG-GO "+req[8:]) {
+				panic(fmt.Sprintf("response %q %v", resp[:m], err))
+			}
+		}
+		c.Close()
+	}
+	if err := <-served; err != nil {
+		panic(err)
+	}
+	fmt.Println("done")
+}
