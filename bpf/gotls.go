@@ -1,12 +1,14 @@
 package bpf
 
 import (
+	"bytes"
 	"debug/buildinfo"
 	"debug/elf"
-	"debug/gosym"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"go/version"
+	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -95,7 +97,9 @@ func goTLSOf(path string) (*goTLSPlaces, error) {
 }
 
 // inspectGoTLS reads a Go executable's function table for crypto/tls's
-// Read and Write.
+// Read and Write. It reads the file a window at a time, never whole: a
+// large Go program's table is tens of MB once decoded, more than the
+// agent's whole budget.
 func inspectGoTLS(path string) (*goTLSPlaces, error) {
 	f, err := elf.Open(path)
 	if err != nil {
@@ -106,49 +110,301 @@ func inspectGoTLS(path string) (*goTLSPlaces, error) {
 	if pcln == nil {
 		pcln = f.Section(".data.rel.ro.gopclntab") // a PIE's
 	}
-	text := f.Section(".text")
-	if pcln == nil || text == nil {
+	if pcln == nil || pcln.Type == elf.SHT_NOBITS {
 		return nil, errNoGoTLS
 	}
 	info, err := buildinfo.ReadFile(path)
 	if err != nil {
 		return nil, errNoGoTLS
 	}
-	// Arguments in registers: Go 1.17 and later, on amd64.
-	if f.Machine != elf.EM_X86_64 || !version.IsValid(info.GoVersion) || version.Compare(info.GoVersion, "go1.17") < 0 {
-		return nil, fmt.Errorf("Go crypto/tls is read in amd64 programs of Go 1.17 and later, not %s %s", info.GoVersion, f.Machine)
+	// Arguments in registers from Go 1.17 on amd64; this function
+	// table's layout from Go 1.18.
+	if f.Machine != elf.EM_X86_64 || !version.IsValid(info.GoVersion) || version.Compare(info.GoVersion, "go1.18") < 0 {
+		return nil, fmt.Errorf("Go crypto/tls is read in amd64 programs of Go 1.18 and later, not %s %s", info.GoVersion, f.Machine)
 	}
-	data, err := pcln.Data()
+	table, err := readFuncTable(pcln)
 	if err != nil {
-		return nil, fmt.Errorf("read .gopclntab: %w", err)
+		return nil, err
 	}
-	table, err := gosym.NewTable(nil, gosym.NewLineTable(data, text.Addr))
+	funcs, err := table.lookup(goTLSRead, goTLSWrite)
 	if err != nil {
-		return nil, fmt.Errorf("read .gopclntab: %w", err)
+		return nil, err
 	}
-	read, write := table.LookupFunc(goTLSRead), table.LookupFunc(goTLSWrite)
-	if read == nil || write == nil {
+	if funcs == nil {
 		return nil, errNoGoTLS
 	}
-	places := &goTLSPlaces{}
-	if places.write, err = fileOffset(f, write.Entry); err != nil {
-		return nil, err
-	}
-	if places.read, err = fileOffset(f, read.Entry); err != nil {
-		return nil, err
-	}
-	code := make([]byte, read.End-read.Entry)
-	if _, err := text.ReadAt(code, int64(read.Entry-text.Addr)); err != nil {
-		return nil, fmt.Errorf("read %s: %w", goTLSRead, err)
-	}
-	returns, err := returnOffsets(code)
+	// Function addresses are offsets from the start of the Go code,
+	// which is the .text section's only when the Go linker laid it out
+	// (not with cgo's external linking): the runtime's module data says.
+	text, err := moduleText(f, pcln.Addr, pcln.Addr+table.funcnames)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", goTLSRead, err)
+		return nil, err
 	}
-	for _, r := range returns {
-		places.readReturns = append(places.readReturns, places.read+r)
+	places := &goTLSPlaces{}
+	for i, fn := range funcs {
+		entry, end := text+uint64(fn[0]), text+uint64(fn[1])
+		code, err := readCode(f, entry, end)
+		if err != nil {
+			return nil, err
+		}
+		// The uprobes must go at the start of instructions of the right
+		// function: a Go function starts with its stack check against
+		// the goroutine's bound (R14 is its g); anything else means the
+		// addresses are not what they seem, and nothing is probed.
+		if !goPrologue(code) {
+			return nil, fmt.Errorf("%s at %#x does not start as a Go function: not probed", []string{goTLSRead, goTLSWrite}[i], entry)
+		}
+		offset, err := fileOffset(f, entry)
+		if err != nil {
+			return nil, err
+		}
+		if i == 1 {
+			places.write = offset
+			continue
+		}
+		places.read = offset
+		returns, err := returnOffsets(code)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", goTLSRead, err)
+		}
+		for _, r := range returns {
+			places.readReturns = append(places.readReturns, offset+r)
+		}
 	}
 	return places, nil
+}
+
+// funcTable is a Go 1.18+ function table (.gopclntab, the runtime's
+// pcHeader and what follows it).
+type funcTable struct {
+	r         io.ReaderAt
+	nfunc     uint64
+	funcnames uint64 // where the function names start, from the table's start
+	names     uint64 // and end (the compilation units' table follows)
+	funcs     uint64 // where the function entries (functab) and their data start
+}
+
+func readFuncTable(pcln *elf.Section) (*funcTable, error) {
+	var h [8 + 8*8]byte
+	if _, err := pcln.ReadAt(h[:], 0); err != nil {
+		return nil, fmt.Errorf("read .gopclntab: %w", err)
+	}
+	magic := binary.LittleEndian.Uint32(h[:])
+	if magic != 0xfffffff0 && magic != 0xfffffff1 || h[7] != 8 {
+		return nil, fmt.Errorf(".gopclntab of an unknown layout (magic %#x, pointer size %d)", magic, h[7])
+	}
+	word := func(i int) uint64 { return binary.LittleEndian.Uint64(h[8+8*i:]) }
+	return &funcTable{r: pcln, nfunc: word(0), funcnames: word(3), names: word(4), funcs: word(7)}, nil
+}
+
+// lookup returns the entry and end of each named function, as offsets
+// from the start of the Go code; nil when one is not in the table.
+func (t *funcTable) lookup(names ...string) ([][2]uint32, error) {
+	nameOffsets := map[uint32]int{} // where each name is, in the names
+	for i, name := range names {
+		at, err := findName(io.NewSectionReader(t.r, int64(t.funcnames), int64(t.names-t.funcnames)), int64(t.names-t.funcnames), name)
+		if err != nil {
+			return nil, fmt.Errorf("read .gopclntab: %w", err)
+		}
+		if at < 0 {
+			return nil, nil
+		}
+		nameOffsets[uint32(at)] = i
+	}
+	// functab: nfunc pairs of (entry, offset of the function's data),
+	// then the end of the last function; a function's data starts with
+	// its entry and the offset of its name.
+	found := make([][2]uint32, len(names))
+	left := len(names)
+	tab, data := newWindow(t.r), newWindow(t.r)
+	for i := uint64(0); i < t.nfunc && left > 0; i++ {
+		funcoff, err := tab.uint32(int64(t.funcs + 8*i + 4))
+		if err != nil {
+			return nil, fmt.Errorf("read .gopclntab: %w", err)
+		}
+		nameOff, err := data.uint32(int64(t.funcs + uint64(funcoff) + 4))
+		if err != nil {
+			return nil, fmt.Errorf("read .gopclntab: %w", err)
+		}
+		j, ok := nameOffsets[nameOff]
+		if !ok {
+			continue
+		}
+		entry, err1 := tab.uint32(int64(t.funcs + 8*i))
+		end, err2 := tab.uint32(int64(t.funcs + 8*(i+1)))
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("read .gopclntab: %w", err)
+		}
+		if end <= entry {
+			return nil, fmt.Errorf("%s: no code (%#x-%#x)", names[j], entry, end)
+		}
+		found[j] = [2]uint32{entry, end}
+		delete(nameOffsets, nameOff)
+		left--
+	}
+	if left > 0 {
+		return nil, nil
+	}
+	return found, nil
+}
+
+// findName returns where name starts in r, size bytes of NUL-terminated
+// names; -1 when it is not there.
+func findName(r io.ReaderAt, size int64, name string) (int64, error) {
+	want := []byte("\x00" + name + "\x00")
+	buf := make([]byte, 64<<10)
+	// Read from one byte before the start, a NUL there, so that the first
+	// name matches too; windows overlap by a match less a byte.
+	for at := int64(-1); at < size; at += int64(len(buf) - len(want) + 1) {
+		var n int
+		var err error
+		if at < 0 {
+			buf[0] = 0
+			n, err = r.ReadAt(buf[1:], 0)
+			n++
+		} else {
+			n, err = r.ReadAt(buf, at)
+		}
+		if err != nil && err != io.EOF {
+			return 0, err
+		}
+		if i := bytes.Index(buf[:n], want); i >= 0 {
+			return at + int64(i) + 1, nil
+		}
+		if at+int64(n) >= size {
+			break
+		}
+	}
+	return -1, nil
+}
+
+// window reads a file's little-endian words a chunk at a time, for reads
+// that go forward.
+type window struct {
+	r     io.ReaderAt
+	buf   []byte
+	start int64
+	n     int
+}
+
+func newWindow(r io.ReaderAt) *window { return &window{r: r, buf: make([]byte, 32<<10), start: -1} }
+
+func (w *window) uint32(off int64) (uint32, error) {
+	if w.start < 0 || off < w.start || off+4 > w.start+int64(w.n) {
+		n, err := w.r.ReadAt(w.buf, off)
+		if n < 4 {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		w.start, w.n = off, n
+	}
+	return binary.LittleEndian.Uint32(w.buf[off-w.start:]), nil
+}
+
+// moduleText finds where the Go code starts (the runtime's
+// firstmoduledata.text) from the module data, which starts with the
+// address of the function table (pclntab) and then that of its names
+// (funcnames). In a position-dependent executable the addresses are in
+// the file; in a PIE they are the addends of its relocations.
+func moduleText(f *elf.File, pclntab, funcnames uint64) (uint64, error) {
+	// Offsets in the module data (runtime.moduledata, Go 1.18 to 1.26):
+	// pcHeader, funcnametab's pointer, ..., text after the six slices,
+	// findfunctab, minpc and maxpc.
+	const funcnamesAt, textAt = 8, 8 + 6*24 + 3*8
+	for _, name := range []string{".go.module", ".noptrdata", ".data.rel.ro", ".data"} { // .go.module from Go 1.26
+		sect := f.Section(name)
+		if sect == nil || sect.Type == elf.SHT_NOBITS {
+			continue
+		}
+		w := newWindow(sect)
+		for off := int64(0); off+textAt+8 <= int64(sect.Size); off += 8 {
+			lo, err := w.uint32(off)
+			if err != nil {
+				break
+			}
+			if lo != uint32(pclntab) {
+				continue
+			}
+			var md [textAt + 8]byte
+			if _, err := sect.ReadAt(md[:], off); err != nil {
+				break
+			}
+			if binary.LittleEndian.Uint64(md[:]) == pclntab && binary.LittleEndian.Uint64(md[funcnamesAt:]) == funcnames {
+				return binary.LittleEndian.Uint64(md[textAt:]), nil
+			}
+		}
+	}
+	if rela := f.Section(".rela.dyn"); rela != nil {
+		// Relative relocations: the module data's first word's addend
+		// is pclntab's address; then its words' addends are read.
+		md, _, ok := relocated(rela, func(_, addend uint64) bool { return addend == pclntab })
+		if ok {
+			_, names, _ := relocated(rela, func(at, _ uint64) bool { return at == md+funcnamesAt })
+			_, text, ok := relocated(rela, func(at, _ uint64) bool { return at == md+textAt })
+			if ok && names == funcnames {
+				return text, nil
+			}
+		}
+	}
+	return 0, errors.New("the Go runtime's module data was not found: the code's addresses are unknown, nothing is probed")
+}
+
+// relocated returns the first relative relocation (R_X86_64_RELATIVE) in
+// rela for which match holds: the address it writes, and its addend.
+func relocated(rela *elf.Section, match func(at, addend uint64) bool) (at, addend uint64, ok bool) {
+	const relative = 8
+	buf := make([]byte, 24*1024)
+	for off := int64(0); off < int64(rela.Size); off += int64(len(buf)) {
+		n, _ := rela.ReadAt(buf, off)
+		for e := buf[:n-n%24]; len(e) > 0; e = e[24:] {
+			at, info, addend := binary.LittleEndian.Uint64(e), binary.LittleEndian.Uint64(e[8:]), binary.LittleEndian.Uint64(e[16:])
+			if uint32(info) == relative && match(at, addend) {
+				return at, addend, true
+			}
+		}
+		if n < len(buf) {
+			break
+		}
+	}
+	return 0, 0, false
+}
+
+// readCode reads the code from entry to end.
+func readCode(f *elf.File, entry, end uint64) ([]byte, error) {
+	for _, sect := range f.Sections {
+		if sect.Flags&elf.SHF_EXECINSTR != 0 && entry >= sect.Addr && end <= sect.Addr+sect.Size {
+			code := make([]byte, end-entry)
+			if _, err := sect.ReadAt(code, int64(entry-sect.Addr)); err != nil {
+				return nil, err
+			}
+			return code, nil
+		}
+	}
+	return nil, fmt.Errorf("code at %#x-%#x in no section", entry, end)
+}
+
+// goPrologue tells whether code starts with a Go function's stack check
+// (Go 1.17+ on amd64): a compare of the stack pointer, or of a register
+// it was moved or lowered into, with the goroutine's stack bound, 16
+// bytes into its g (R14), within the first three instructions.
+func goPrologue(code []byte) bool {
+	for at, i := 0, 0; i < 3 && at < len(code); i++ {
+		inst, err := x86asm.Decode(code[at:], 64)
+		if err != nil {
+			return false
+		}
+		if inst.Op == x86asm.CMP {
+			for _, arg := range inst.Args {
+				if m, ok := arg.(x86asm.Mem); ok && m.Base == x86asm.R14 && m.Disp == 16 {
+					return true
+				}
+			}
+		}
+		at += inst.Len
+	}
+	return false
 }
 
 // returnOffsets disassembles a function's code and returns the offsets of

@@ -121,29 +121,45 @@ func testTLSPlaintext(t *testing.T, multi bool) {
 }
 
 // TestGoTLSPlaintext: with the uprobes on a Go neighbour's crypto/tls, its
-// TLS connections come up as their plaintext, as libssl's do; also from a
-// stripped position-independent executable, whose function table is all
-// there is to find them by.
+// TLS connections come up as their plaintext, as libssl's do; also from
+// stripped executables, position-independent or linked by the C linker,
+// whose function table is all there is to find them by, and from older Go
+// versions.
 func TestGoTLSPlaintext(t *testing.T) {
 	testenv.Privileged(t)
 	if !kernelAtLeast(t, 6, 3) {
 		t.Skip("TLS is read with the socket hooks, Linux 6.3+")
 	}
+	source, err := os.ReadFile("testdata/gotls/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, build := range []struct {
-		name  string
-		flags []string
-		multi bool
+		name      string
+		toolchain string // GOTOOLCHAIN: older Go versions, fetched by the go command
+		flags     []string
+		multi     bool
 	}{
-		{"uprobe_multi", nil, true},
-		{"perf_events_stripped_pie", []string{"-buildmode=pie", "-ldflags=-s -w"}, false},
+		{"uprobe_multi", "local", nil, true},
+		{"perf_events_stripped_pie", "local", []string{"-buildmode=pie", "-ldflags=-s -w"}, false},
+		// The function table's and the module data's layouts of older
+		// versions; cgo's external linking, where the Go code does not
+		// start the text section.
+		{"go1.18", "go1.18.10", nil, true},
+		{"go1.21_stripped_pie", "go1.21.13", []string{"-buildmode=pie", "-ldflags=-s -w"}, true},
+		{"external_linking_stripped", "local", []string{"-ldflags=-linkmode=external -s -w"}, true},
 	} {
 		t.Run(build.name, func(t *testing.T) {
 			if build.multi && !kernelAtLeast(t, 6, 10) {
 				t.Skip("uprobe_multi links with a per-process filter need Linux 6.10+")
 			}
-			exe := filepath.Join(t.TempDir(), "gotls")
-			args := append(append([]string{"build", "-o", exe}, build.flags...), "./testdata/gotls")
-			if out, err := exec.Command(testenv.LookPath(t, "go"), args...).CombinedOutput(); err != nil {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "main.go"), source, 0o644)
+			os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module gotls\n\ngo 1.18\n"), 0o644)
+			exe := filepath.Join(dir, "gotls")
+			cmd := exec.Command(testenv.LookPath(t, "go"), append(append([]string{"build", "-o", exe}, build.flags...), ".")...)
+			cmd.Dir, cmd.Env = dir, append(os.Environ(), "GOTOOLCHAIN="+build.toolchain, "GOFLAGS=", "CGO_ENABLED=1")
+			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("go build: %v\n%s", err, out)
 			}
 			got, stats := runTLSNeighbour(t, exec.Command(exe), build.multi, "(Go crypto/tls)")
