@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -981,5 +982,99 @@ func TestHTTP2GRPCWebIsHTTP(t *testing.T) {
 		if r := h.got[0]; r.Protocol != wantProto || r.ErrorMessage != "" {
 			t.Errorf("%s: protocol %s, error %q; want %s and none", ct, r.Protocol, r.ErrorMessage, wantProto)
 		}
+	}
+}
+
+// TestEventsAfterClose: the kernel reports a connection's close when its
+// socket's state changes, and a send when the syscall is done with the
+// socket. On loopback a server's GOAWAY, written to a client that has
+// closed, comes back as a reset inside the send: the close event comes
+// first (the socket unhashed, its local port 0), the send's after it. That
+// send must not take the connection up again: nothing would close it, and
+// the socket's identity (its kernel address) goes to the next socket, here
+// the server's side of the next client, which the stale parser would
+// swallow (seen in the end-to-end tests: nghttp -u and curl --http2 after
+// an nghttp -u whose server's GOAWAY came after the close; a stale parser
+// that had also seen a receive swallows a prior-knowledge client too).
+func TestEventsAfterClose(t *testing.T) {
+	goAway := h2frame(h2GoAway, 0, 0, []byte{0, 0, 0, 0, 0, 0, 0, 0})
+	upgrade := func(h *harness, ev func(bpf.Direction, string) bpf.Event) {
+		srv := newH2Peer()
+		for _, x := range []struct {
+			dir  bpf.Direction
+			data string
+		}{
+			{in, "GET /users/12 "}, // net/http's first read: 14 bytes, the preface's length
+			{in, "HTTP/1.1\r\nHost: shop:8080\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"},
+			{out, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"},
+			{in, h2Preface + h2Settings0},
+			{out, h2Settings0 + h2frame(h2Headers, h2FlagEndHeaders, 1, srv.block(":status", "200"))},
+			{out, h2frame(h2Data, h2FlagEndStream, 1, []byte("user 12\n"))},
+		} {
+			e := ev(x.dir, x.data)
+			h.tracer.Handle(&e)
+		}
+	}
+	prior := func(h *harness, ev func(bpf.Direction, string) bpf.Event) {
+		cli, srv := newH2Peer(), newH2Peer()
+		// net/http reads the preface in two, then the frames one by one.
+		reads := []string{"PRI * HTTP/2.0", "\r\n\r\nSM\r\n\r\n", h2Settings0}
+		for _, id := range []uint32{1, 3} {
+			f := h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, id, cli.block(":method", "GET", ":scheme", "http", ":path", "/users/9", ":authority", "shop:8080"))
+			reads = append(reads, f[:9], f[9:])
+		}
+		for _, r := range reads {
+			e := ev(in, r)
+			h.tracer.Handle(&e)
+		}
+		for _, id := range []uint32{1, 3} {
+			e := ev(out, h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, id, srv.block(":status", "200")))
+			h.tracer.Handle(&e)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		late []bpf.Direction // the old connection's events after its close
+		next func(*harness, func(bpf.Direction, string) bpf.Event)
+		want int
+	}{
+		{"upgrade after a late GOAWAY", []bpf.Direction{out}, upgrade, 1},
+		{"prior knowledge after a late GOAWAY", []bpf.Direction{out}, prior, 2},
+		{"upgrade after late sends and receives", []bpf.Direction{out, in}, upgrade, 1},
+		{"prior knowledge after late sends and receives", []bpf.Direction{out, in}, prior, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, 4096)
+			local := netip.MustParseAddrPort("127.0.0.1:8080")
+			unhashed := netip.AddrPortFrom(local.Addr(), 0)
+			old, next := netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.1:40006")
+			ends := func(l, r netip.AddrPort) func(bpf.Direction, string) bpf.Event {
+				return func(dir bpf.Direction, data string) bpf.Event {
+					ev := h.dataEvent(1, dir, data)
+					ev.Local, ev.Remote = l, r
+					return ev
+				}
+			}
+			// A client's connection, ended by the client's GOAWAY and close.
+			prior(h, ends(local, old))
+			e := ends(local, old)(in, goAway)
+			h.tracer.Handle(&e)
+			h.now += 1000
+			h.tracer.Handle(&bpf.Event{Type: bpf.EventClose, ExitNS: h.now, Conn: 1, PID: 7, Local: unhashed, Remote: old})
+			for _, dir := range tc.late {
+				e := ends(unhashed, old)(dir, goAway)
+				h.tracer.Handle(&e)
+			}
+			before := len(h.got)
+			h.now += uint64(40 * time.Millisecond)
+			// The next client's connection, on a socket at the same address.
+			tc.next(h, ends(local, next))
+			if got := len(h.got) - before; got != tc.want {
+				t.Errorf("%d spans of the next connection, want %d: %q", got, tc.want, describeAll(h.got[before:]))
+			}
+			if n := h.tracer.Stats().Connections; n != 1 {
+				t.Errorf("%d connections followed, want 1 (the next one)", n)
+			}
+		})
 	}
 }

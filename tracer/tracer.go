@@ -113,6 +113,10 @@ type Tracer struct {
 
 	conns     map[connKey]*conn
 	lastSweep uint64
+	// closed remembers, for lateAfterClose, the connections whose close
+	// came: an event of one that comes after it must not take it up
+	// again (see late).
+	closed    map[connKey]closedConn
 	detectors []detector
 	// seg is the segment being fed. Parsers use a segment only during the
 	// call that feeds it (its bytes are the event's, reused by the next
@@ -138,7 +142,7 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 	}
 	cfg.heads = newHeads(cfg.Heads, cfg.RouteHeuristic)
 	cfg.h2Lost = new(atomic.Uint64)
-	t := &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn)}
+	t := &Tracer{cfg: cfg, procs: procs, wall: wall, emit: emit, conns: make(map[connKey]*conn), closed: make(map[connKey]closedConn)}
 	t.detectors = detectors(cfg)
 	return t
 }
@@ -154,6 +158,7 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 			c.close(ev.ExitNS)
 			t.forget(key)
 		}
+		t.bury(key, ev)
 		return
 	case bpf.EventTLS:
 		// A TLS handshake: the bytes that matter come as plaintext
@@ -169,6 +174,9 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		}
 	}
 	if c == nil {
+		if t.late(key, ev) {
+			return
+		}
 		if len(t.conns) >= t.cfg.MaxConnections {
 			t.untracked.Add(1)
 			return
@@ -234,11 +242,67 @@ func (t *Tracer) forget(key connKey) {
 	t.live.Add(-1)
 }
 
+// closedConn is a connection whose close came: its ends as the close
+// event had them, and when.
+type closedConn struct {
+	local, remote netip.AddrPort
+	at            uint64
+}
+
+// lateAfterClose is how long after its close event a connection's own
+// events may still come. The kernel reports the close when the socket's
+// state changes, and a send or receive when its syscall is done with the
+// socket: a send that a reset ends on its way (on loopback the peer's
+// reset comes back inside the send: a server's GOAWAY written to a client
+// that closed) reaches user space after the close. Taken for a new
+// connection, such an event would leave a parser under the socket's
+// identity (connKey) with no close to come, and the kernel gives that
+// identity to the next socket it allocates there: a new connection would
+// be fed to a parser in the middle of another's stream (an HTTP/2 one
+// takes "PRI * HTTP/2.0" or "GET /" for a frame header of megabytes).
+const lateAfterClose = uint64(time.Second)
+
+// bury remembers the connection that ev closes, for late.
+func (t *Tracer) bury(key connKey, ev *bpf.Event) {
+	if len(t.closed) >= t.cfg.MaxConnections {
+		t.sweepClosed(ev.ExitNS)
+		if len(t.closed) >= t.cfg.MaxConnections {
+			return
+		}
+	}
+	t.closed[key] = closedConn{local: ev.Local, remote: ev.Remote, at: ev.ExitNS}
+}
+
+// late tells whether ev, of no connection followed, belongs to the
+// connection closed last under key: the same ends, soon after its close.
+// Anything else is a new connection that the socket's identity went to.
+func (t *Tracer) late(key connKey, ev *bpf.Event) bool {
+	cc, ok := t.closed[key]
+	if !ok {
+		return false
+	}
+	if ev.Local == cc.local && ev.Remote == cc.remote && (ev.ExitNS <= cc.at || ev.ExitNS-cc.at < lateAfterClose) {
+		return true
+	}
+	delete(t.closed, key)
+	return false
+}
+
+// sweepClosed forgets the closes older than lateAfterClose.
+func (t *Tracer) sweepClosed(now uint64) {
+	for key, cc := range t.closed {
+		if now > cc.at && now-cc.at >= lateAfterClose {
+			delete(t.closed, key)
+		}
+	}
+}
+
 // sweep forgets connections idle for longer than IdleTimeout (stateful
 // parsers' for longer).
 func (t *Tracer) sweep(now uint64) {
 	t.lastSweep = now
 	t.cfg.heads.sweep(now)
+	t.sweepClosed(now)
 	idle := uint64(t.cfg.IdleTimeout)
 	living, _ := t.procs.(livingProcesses)
 	alive := map[uint32]bool{} // per sweep: a process's connections ask once

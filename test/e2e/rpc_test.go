@@ -98,8 +98,13 @@ func TestGRPC(t *testing.T) {
 			findRPC(s, trace.SpanKindClient, "Chat") != nil &&
 			findRPC(s, trace.SpanKindClient, "List", withService("node")) != nil &&
 			findRPC(s, trace.SpanKindServer, "List", withGRPCStatus(1)) != nil &&
-			find(s, trace.SpanKindClient, "/fail") != nil &&
+			find(s, trace.SpanKindClient, "/fail") != nil && find(s, trace.SpanKindServer, "/fail") != nil &&
+			find(s, trace.SpanKindClient, "/users/7") != nil && find(s, trace.SpanKindServer, "/users/7") != nil &&
 			count(s, trace.SpanKindServer, "/users/9") >= 10 &&
+			// Every upgraded request: nghttp -u's /users/12, stream 1, is
+			// often answered after /users/13 (stream 13).
+			find(s, trace.SpanKindClient, "/users/11") != nil && find(s, trace.SpanKindServer, "/users/11") != nil &&
+			find(s, trace.SpanKindClient, "/users/12") != nil && find(s, trace.SpanKindServer, "/users/12") != nil &&
 			find(s, trace.SpanKindClient, "/users/13") != nil && find(s, trace.SpanKindServer, "/users/13") != nil &&
 			countRPC(s, trace.SpanKindServer, "Say", withPort(bigPort)) >= bigCalls && countRPC(s, trace.SpanKindClient, "Say", withPort(bigPort)) >= bigCalls
 	})
