@@ -30,8 +30,8 @@ var tlsRetryAfter = 10 * time.Second
 // it finds at each scan, and at once those of a process whose TLS
 // handshake the kernel reports (bpf.EventTLS), so that a short-lived
 // client's first requests are not missed for want of a scan. A process
-// that maps no libssl pays nothing; one that does pays the uprobes on its
-// TLS calls only.
+// with no TLS library it reads (libssl, Go's crypto/tls) pays nothing; one
+// with one pays the uprobes on its TLS calls only.
 type tlsReader struct {
 	capture interface {
 		TraceTLS(pid int, spoke bool) (string, error)
@@ -122,8 +122,9 @@ func (r *tlsReader) scan() {
 // they are not there yet (for a traced process, TraceTLS checks that it is
 // still the same, and probes a library it loaded since). A process tried
 // without success is tried again at most every tlsRetryAfter. handshake
-// says that the process speaks TLS: one without libssl is then worth a
-// line in the log.
+// says that the process speaks TLS: one without a TLS library it reads is
+// then worth a line in the log, and a Go program whose uprobes wait for
+// its first TLS connection (bpf.ErrTLSNotSpoken) gets them.
 func (r *tlsReader) try(pid int, handshake bool) {
 	if _, traced := r.traced[pid]; traced && handshake {
 		return // one handshake per connection: the scans check traced processes

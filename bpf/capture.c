@@ -3293,7 +3293,10 @@ static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 	case GO_TLS_READ: {
 		struct go_tls_read fresh = {.buf = ctx->bx};
 		if (!go_tls_conn(ctx->ax, &fresh.conn)) {
+			// Noted all the same (no socket in it), so that its
+			// return is not taken for a missed read's.
 			count(STAT_TLS_LOST);
+			bpf_map_update_elem(&go_tls_reads, &key, &fresh, BPF_ANY);
 			return 0;
 		}
 		// The goroutine's last read was missed: its connection, most
@@ -3320,7 +3323,7 @@ static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 			}
 			return 0;
 		}
-		if (n > 0 && n <= 0x7fffffff)
+		if (read->conn.sock && n > 0 && n <= 0x7fffffff)
 			tls_emit(&read->conn, DIR_INGRESS, read->buf, n, 0);
 		bpf_map_delete_elem(&go_tls_reads, &key);
 		return 0;
