@@ -343,3 +343,43 @@ func TestGoTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestGRPCTLS: grpc-go over TLS at both ends (crypto/tls under grpc-go's
+// transport credentials): unary and streaming calls give server and
+// client spans with their methods and statuses, and the caller's trace
+// context, read from the plaintext's HTTP/2.
+func TestGRPCTLS(t *testing.T) {
+	privileged(t)
+	grpcapp := fixture(t, "grpcapp")
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+
+	port := freePort(t)
+	server := start(t, pod.command(grpcapp, "-grpc", fmt.Sprintf("127.0.0.1:%d", port), "-tls"))
+	server.waitOutput(t, "serving", 1, 10*time.Second)
+	agent := startAgent(t, pod, agentEnv(rcv))
+	agent.waitOutput(t, `(Go crypto/tls)"`, 1, 10*time.Second)
+	client := start(t, pod.command(grpcapp, "-client", fmt.Sprintf("localhost:%d", port), "-tls"))
+	agent.waitOutput(t, `(Go crypto/tls)"`, 2, 10*time.Second)
+	for _, line := range []string{"say alice " + traceparent, "fail bob", "list 3", "say carol"} {
+		fmt.Fprintln(client.stdin, line)
+	}
+	client.waitOutput(t, "\n", 4, 10*time.Second)
+
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return countRPC(s, trace.SpanKindServer, "Say") >= 2 && countRPC(s, trace.SpanKindClient, "Say") >= 2 &&
+			findRPC(s, trace.SpanKindServer, "Fail") != nil && findRPC(s, trace.SpanKindClient, "Fail") != nil &&
+			findRPC(s, trace.SpanKindServer, "List") != nil && findRPC(s, trace.SpanKindClient, "List") != nil
+	})
+	for _, kind := range []trace.SpanKind{trace.SpanKindServer, trace.SpanKindClient} {
+		expectRPC(t, mustFindRPC(t, spans, kind, "Say", withTrace(traceID)), "Say", 0)
+		expectRPC(t, mustFindRPC(t, spans, kind, "Fail"), "Fail", 5)
+		expectRPC(t, mustFindRPC(t, spans, kind, "List"), "List", 0)
+	}
+	s := mustFindRPC(t, spans, trace.SpanKindServer, "Say", withTrace(traceID))
+	if s.ParentSpanID.String() != parentID {
+		t.Errorf("server span's parent %s, want %s", s.ParentSpanID, parentID)
+	}
+	expect(t, s, map[string]any{"server.port": int64(port)})
+	expectResource(t, s, "grpcapp")
+}
