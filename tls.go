@@ -107,6 +107,7 @@ func (r *tlsReader) scan() {
 		if !alive[pid] {
 			r.capture.UntraceTLS(pid)
 			delete(r.traced, pid)
+			delete(r.unspoken, pid)
 		}
 	}
 	for pid := range r.failed {
@@ -141,7 +142,11 @@ func (r *tlsReader) try(pid int, handshake bool) {
 		r.failed[pid] = time.Now()
 		delete(r.traced, pid) // gone, or another program without libssl now: TraceTLS took its uprobes off
 	}
-	r.unspoken[pid] = errors.Is(err, bpf.ErrTLSNotSpoken)
+	if errors.Is(err, bpf.ErrTLSNotSpoken) {
+		r.unspoken[pid] = true
+	} else {
+		delete(r.unspoken, pid)
+	}
 	switch {
 	case err == nil:
 		delete(r.failed, pid)

@@ -3194,7 +3194,8 @@ int tls_return_multi(struct pt_regs *ctx)
 // Go's crypto/tls: the plaintext of a Go program's TLS connections.
 //
 // A Go program links its own TLS (crypto/tls), no libssl. The agent puts
-// uprobes on (*tls.Conn).Write's entry, (*tls.Conn).Read's entry and
+// uprobes on (*tls.Conn).Write's and (*tls.Conn).Read's entries (past
+// their stack checks, which start them again when the stack grows) and
 // each of Read's return instructions (bpf/gotls.go): a uretprobe would
 // put its trampoline's address on a goroutine's stack, which Go's runtime
 // copies and unwinds, and a Go program fails on it. Arguments and results
@@ -3289,6 +3290,15 @@ static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 			count(STAT_TLS_LOST);
 			return 0;
 		}
+		// After a missed read (below), the goroutine's next write comes
+		// first in a server that answers what it read: the marker goes
+		// before the answer, not after the next request's first bytes,
+		// which net/http reads on another goroutine.
+		read = bpf_map_lookup_elem(&go_tls_reads, &key);
+		if (read && read->missed) {
+			tls_emit(&c, DIR_INGRESS, 0, 0, EVENT_LOST);
+			bpf_map_delete_elem(&go_tls_reads, &key);
+		}
 		return tls_emit(&c, DIR_EGRESS, ctx->bx, n, 0);
 	case GO_TLS_READ: {
 		struct go_tls_read fresh = {.buf = ctx->bx};
@@ -3302,13 +3312,12 @@ static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 		// The goroutine's last read was missed: its connection, most
 		// likely this one (a goroutine per connection reads it), is
 		// told that bytes it received are lost (EVENT_LOST, no bytes),
-		// so that its parser does not pair what comes next with the
-		// requests those bytes answered.
+		// at the goroutine's next read or write, so that its parser
+		// does not pair what comes next with the requests those bytes
+		// answered.
 		read = bpf_map_lookup_elem(&go_tls_reads, &key);
 		if (read && read->missed)
 			tls_emit(&fresh.conn, DIR_INGRESS, 0, 0, EVENT_LOST);
-		// Also at a second entry of the same call: Go grows a
-		// goroutine's stack at a function's start and starts it again.
 		bpf_map_update_elem(&go_tls_reads, &key, &fresh, BPF_ANY);
 		return 0;
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/podtracer/podtracer/internal/kernel"
 	"github.com/podtracer/podtracer/internal/testenv"
 )
 
@@ -137,7 +138,7 @@ func TestAutoHooks(t *testing.T) {
 }
 
 func kernelAtLeast(t *testing.T, major, minor int) bool {
-	return releaseAtLeast(major, minor)
+	return kernel.AtLeast(major, minor)
 }
 
 // hookSets returns the hook sets this kernel can run: both on 6.3+.

@@ -10,6 +10,7 @@ import (
 	"go/version"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -33,21 +34,24 @@ const (
 var errNoGoTLS = errors.New("no Go crypto/tls")
 
 // goTLSPlaces are where the uprobes go in a Go executable, as offsets in
-// its file.
+// its file: Write's and Read's first instruction past their stack check
+// (at the function's very start a uprobe would fire twice for one call
+// whenever Go grows the goroutine's stack or preempts it there: morestack
+// starts the function again), and Read's return instructions.
 type goTLSPlaces struct {
-	write, read uint64
-	readReturns []uint64
+	write, read           uint64
+	writeEntry, readEntry uint64 // the functions' starts
+	readReturns           []uint64
 }
 
-// goTLSCookies says, for each place of places (in the order of
-// goTLSPlaces.all), what it is to the program (enum go_tls_function).
+// all returns the places with what each is to the program (enum
+// go_tls_function, its cookie): the returns first, so that no read is
+// entered with the uprobes before its return has one.
 func (p *goTLSPlaces) all() (offsets, cookies []uint64) {
-	offsets = append([]uint64{p.write, p.read}, p.readReturns...)
-	cookies = []uint64{0, 1}
-	for range p.readReturns {
-		cookies = append(cookies, 2)
+	for _, r := range p.readReturns {
+		offsets, cookies = append(offsets, r), append(cookies, 2)
 	}
-	return offsets, cookies
+	return append(offsets, p.write, p.read), append(cookies, 0, 1)
 }
 
 // goTLSCache remembers what an executable's inspection found, by file: a
@@ -67,11 +71,16 @@ type goTLSFound struct {
 	err    error
 }
 
-// goTLSOf returns the places to probe in the executable at path (a
-// /proc/PID/exe), errNoGoTLS if it is not a Go program with crypto/tls, or
-// why such a program cannot be probed.
-func goTLSOf(path string) (*goTLSPlaces, error) {
-	fi, err := os.Stat(path)
+// errGoTLSUnsupported wraps what inspecting an executable's content
+// concluded: remembered for the file, as errNoGoTLS is.
+type errGoTLSUnsupported struct{ error }
+
+// goTLSOf returns the places to probe in exe, a process's executable
+// opened once (what is inspected is what gets the uprobes, whatever the
+// process does meanwhile), errNoGoTLS if it is not a Go program with
+// crypto/tls, or why such a program cannot be probed.
+func goTLSOf(exe *os.File) (*goTLSPlaces, error) {
+	fi, err := exe.Stat()
 	if err != nil {
 		return nil, err
 	}
@@ -82,12 +91,13 @@ func goTLSOf(path string) (*goTLSPlaces, error) {
 	key := goFileKey{dev: st.Dev, ino: st.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
 	goTLSCache.Lock()
 	defer goTLSCache.Unlock()
-	if found, ok := goTLSCache.m[key]; ok {
+	if found, ok := goTLSCache.m[key]; ok && (found.places == nil || found.places.stillIn(exe)) {
 		return found.places, found.err
 	}
-	places, err := inspectGoTLS(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, err // gone: nothing learnt of the file
+	places, err := inspectGoTLS(exe)
+	var unsupported errGoTLSUnsupported
+	if err != nil && !errors.Is(err, errNoGoTLS) && !errors.As(err, &unsupported) {
+		return nil, err // the file could not be read: nothing learnt of it
 	}
 	if goTLSCache.m == nil || len(goTLSCache.m) >= 256 {
 		goTLSCache.m = map[goFileKey]goTLSFound{}
@@ -96,16 +106,31 @@ func goTLSOf(path string) (*goTLSPlaces, error) {
 	return places, err
 }
 
+// stillIn tells whether exe's functions still start where p says, with
+// the stack checks p found: a file with the same inode, size and time
+// may be another build.
+func (p *goTLSPlaces) stillIn(exe io.ReaderAt) bool {
+	for _, f := range [][2]uint64{{p.writeEntry, p.write}, {p.readEntry, p.read}} {
+		code := make([]byte, 32)
+		if _, err := exe.ReadAt(code, int64(f[0])); err != nil {
+			return false
+		}
+		if at, ok := goPrologue(code); !ok || f[0]+uint64(at) != f[1] {
+			return false
+		}
+	}
+	return true
+}
+
 // inspectGoTLS reads a Go executable's function table for crypto/tls's
 // Read and Write. It reads the file a window at a time, never whole: a
 // large Go program's table is tens of MB once decoded, more than the
 // agent's whole budget.
-func inspectGoTLS(path string) (*goTLSPlaces, error) {
-	f, err := elf.Open(path)
+func inspectGoTLS(exe *os.File) (*goTLSPlaces, error) {
+	f, err := elf.NewFile(exe)
 	if err != nil {
-		return nil, errNoGoTLS // not ELF, or unreadable: not a Go program to probe
+		return nil, errNoGoTLS // not ELF: not a Go program to probe
 	}
-	defer f.Close()
 	pcln := f.Section(".gopclntab")
 	if pcln == nil {
 		pcln = f.Section(".data.rel.ro.gopclntab") // a PIE's
@@ -113,14 +138,16 @@ func inspectGoTLS(path string) (*goTLSPlaces, error) {
 	if pcln == nil || pcln.Type == elf.SHT_NOBITS {
 		return nil, errNoGoTLS
 	}
-	info, err := buildinfo.ReadFile(path)
+	info, err := buildinfo.Read(exe)
 	if err != nil {
 		return nil, errNoGoTLS
 	}
 	// Arguments in registers from Go 1.17 on amd64; this function
-	// table's layout from Go 1.18.
-	if f.Machine != elf.EM_X86_64 || !version.IsValid(info.GoVersion) || version.Compare(info.GoVersion, "go1.18") < 0 {
-		return nil, fmt.Errorf("Go crypto/tls is read in amd64 programs of Go 1.18 and later, not %s %s", info.GoVersion, f.Machine)
+	// table's layout from Go 1.18. The version may say more after a
+	// space ("go1.22.5 X:boringcrypto").
+	goVersion, _, _ := strings.Cut(info.GoVersion, " ")
+	if f.Machine != elf.EM_X86_64 || !version.IsValid(goVersion) || version.Compare(goVersion, "go1.18") < 0 {
+		return nil, errGoTLSUnsupported{fmt.Errorf("Go crypto/tls is read in amd64 programs of Go 1.18 and later, not %s %s", info.GoVersion, f.Machine)}
 	}
 	table, err := readFuncTable(pcln)
 	if err != nil {
@@ -151,21 +178,22 @@ func inspectGoTLS(path string) (*goTLSPlaces, error) {
 		// function: a Go function starts with its stack check against
 		// the goroutine's bound (R14 is its g); anything else means the
 		// addresses are not what they seem, and nothing is probed.
-		if !goPrologue(code) {
-			return nil, fmt.Errorf("%s at %#x does not start as a Go function: not probed", []string{goTLSRead, goTLSWrite}[i], entry)
+		body, ok := goPrologue(code)
+		if !ok {
+			return nil, errGoTLSUnsupported{fmt.Errorf("%s at %#x does not start as a Go function: not probed", []string{goTLSRead, goTLSWrite}[i], entry)}
 		}
 		offset, err := fileOffset(f, entry)
 		if err != nil {
 			return nil, err
 		}
 		if i == 1 {
-			places.write = offset
+			places.writeEntry, places.write = offset, offset+uint64(body)
 			continue
 		}
-		places.read = offset
+		places.readEntry, places.read = offset, offset+uint64(body)
 		returns, err := returnOffsets(code)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", goTLSRead, err)
+			return nil, errGoTLSUnsupported{fmt.Errorf("%s: %w", goTLSRead, err)}
 		}
 		for _, r := range returns {
 			places.readReturns = append(places.readReturns, offset+r)
@@ -385,26 +413,35 @@ func readCode(f *elf.File, entry, end uint64) ([]byte, error) {
 	return nil, fmt.Errorf("code at %#x-%#x in no section", entry, end)
 }
 
-// goPrologue tells whether code starts with a Go function's stack check
-// (Go 1.17+ on amd64): a compare of the stack pointer, or of a register
-// it was moved or lowered into, with the goroutine's stack bound, 16
-// bytes into its g (R14), within the first three instructions.
-func goPrologue(code []byte) bool {
-	for at, i := 0, 0; i < 3 && at < len(code); i++ {
+// goPrologue finds a Go function's stack check at the start of code (Go
+// 1.17+ on amd64): a compare of the stack pointer, or of a register it
+// was moved or lowered into, with the goroutine's stack bound, 16 bytes
+// into its g (R14), among the first three instructions, then the
+// conditional jump to the stack's growth. It returns where the code after
+// that jump starts, which a call runs once.
+func goPrologue(code []byte) (int, bool) {
+	checked := false
+	for at, i := 0, 0; i < 4 && at < len(code); i++ {
 		inst, err := x86asm.Decode(code[at:], 64)
 		if err != nil {
-			return false
+			return 0, false
+		}
+		at += inst.Len
+		if checked {
+			if inst.Op != x86asm.JBE && inst.Op != x86asm.JB {
+				return 0, false
+			}
+			return at, true
 		}
 		if inst.Op == x86asm.CMP {
 			for _, arg := range inst.Args {
 				if m, ok := arg.(x86asm.Mem); ok && m.Base == x86asm.R14 && m.Disp == 16 {
-					return true
+					checked = true
 				}
 			}
 		}
-		at += inst.Len
 	}
-	return false
+	return 0, false
 }
 
 // returnOffsets disassembles a function's code and returns the offsets of
@@ -445,26 +482,28 @@ func (p tlsPrograms) goTLS() []*ebpf.Program {
 	return []*ebpf.Program{p.GoTLSWrite, p.GoTLSRead, p.GoTLSReadReturn}
 }
 
-// attachGo puts the uprobes on the Go program pid runs, a perf event each;
-// with multi, one uprobe_multi link for all of them.
-func (p *tlsProcess) attachGo(pid int, places *goTLSPlaces, progs tlsPrograms, multi *tlsMulti) error {
-	exe, err := link.OpenExecutable(fmt.Sprintf("/proc/%d/exe", pid))
+// attachGo puts the uprobes on the Go program pid runs, exe (the file
+// inspected, open), a perf event each; with multi, one uprobe_multi link
+// for all of them.
+func (p *tlsProcess) attachGo(pid int, exe *os.File, places *goTLSPlaces, progs tlsPrograms, multi *tlsMulti) error {
+	// By the agent's descriptor of the very file: the uprobes go on its
+	// inode, and the pid filter finds nothing there if the process
+	// exec'd another program since.
+	ex, err := link.OpenExecutable(fmt.Sprintf("/proc/self/fd/%d", exe.Fd()))
 	if err != nil {
 		return err
 	}
 	offsets, cookies := places.all()
 	if multi != nil {
-		l, err := exe.UprobeMulti(nil, multi.GoTLS, &link.UprobeMultiOptions{Addresses: offsets, Cookies: cookies, PID: uint32(pid)})
+		l, err := ex.UprobeMulti(nil, multi.GoTLS, &link.UprobeMultiOptions{Addresses: offsets, Cookies: cookies, PID: uint32(pid)})
 		if err != nil {
 			return fmt.Errorf("uprobes on Go crypto/tls: %w", err)
 		}
 		p.links = append(p.links, l)
 		return nil
 	}
-	// The returns first: a read entered without its return in would
-	// leave its goroutine's entry until the LRU takes it.
-	for i := len(offsets) - 1; i >= 0; i-- {
-		l, err := exe.Uprobe("", progs.goTLS()[cookies[i]], &link.UprobeOptions{Address: offsets[i], PID: pid})
+	for i := range offsets {
+		l, err := ex.Uprobe("", progs.goTLS()[cookies[i]], &link.UprobeOptions{Address: offsets[i], PID: pid})
 		if err != nil {
 			return fmt.Errorf("uprobe on Go crypto/tls at %#x: %w", offsets[i], err)
 		}

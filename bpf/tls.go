@@ -16,7 +16,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
+
+	"github.com/podtracer/podtracer/internal/kernel"
 )
 
 // ErrNoTLSLibrary is TraceTLS's answer for a process that maps no TLS
@@ -103,6 +104,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		return "", startErr
 	}
 	libraries, err := tlsLibraries(pid)
+	defer closeExecutables(libraries)
 	if err != nil {
 		if p != nil {
 			return p.library, nil // its libraries were probed; maps could not be read again now
@@ -148,7 +150,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		var err error
 		switch {
 		case library.goTLS != nil:
-			err = p.attachGo(pid, library.goTLS, t.progs, t.multi)
+			err = p.attachGo(pid, library.exe, library.goTLS, t.progs, t.multi)
 		case t.multi != nil:
 			err = p.attachMulti(pid, library.name, t.multi)
 		default:
@@ -232,7 +234,7 @@ type tlsMulti struct {
 // PID filtering logic") their pid filter took the process's main thread
 // alone: a threaded server's other threads would go unread.
 func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, error) {
-	if !releaseAtLeast(6, 10) {
+	if !kernel.AtLeast(6, 10) {
 		return nil, errors.New("kernel before 6.10")
 	}
 	if err := features.HaveBPFLinkUprobeMulti(); err != nil {
@@ -346,20 +348,36 @@ func (p *tlsProcess) close() error {
 type tlsLibrary struct {
 	name  string       // the path in the process's mount namespace; a Go executable's with " (Go crypto/tls)"
 	goTLS *goTLSPlaces // a Go program's places to probe
+	exe   *os.File     // and its executable, open
+}
+
+// closeExecutables closes the Go executables tlsLibraries opened.
+func closeExecutables(libraries []tlsLibrary) {
+	for _, l := range libraries {
+		if l.exe != nil {
+			l.exe.Close()
+		}
+	}
 }
 
 // tlsLibraries finds the TLS libraries process pid uses: its executable's
 // crypto/tls, if it is a Go program, and the libssl copies it maps.
 func tlsLibraries(pid int) ([]tlsLibrary, error) {
 	var libraries []tlsLibrary
-	exe := fmt.Sprintf("/proc/%d/exe", pid)
-	places, goErr := goTLSOf(exe)
+	path := fmt.Sprintf("/proc/%d/exe", pid)
+	exe, goErr := os.Open(path)
 	if goErr == nil {
-		name, _ := os.Readlink(exe)
-		libraries = append(libraries, tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places})
+		var places *goTLSPlaces
+		if places, goErr = goTLSOf(exe); goErr == nil {
+			name, _ := os.Readlink(path)
+			libraries = append(libraries, tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places, exe: exe})
+		} else {
+			exe.Close()
+		}
 	}
 	ssl, err := sslLibraries(pid)
 	if err != nil && !errors.Is(err, ErrNoTLSLibrary) {
+		closeExecutables(libraries)
 		return nil, err
 	}
 	for _, name := range ssl {
@@ -404,18 +422,6 @@ func sslLibraries(pid int) ([]string, error) {
 		return nil, ErrNoTLSLibrary
 	}
 	return libraries, nil
-}
-
-// releaseAtLeast tells whether the running kernel's release is at least
-// major.minor.
-func releaseAtLeast(major, minor int) bool {
-	var u unix.Utsname
-	if unix.Uname(&u) != nil {
-		return false
-	}
-	var maj, min int
-	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &maj, &min)
-	return maj > major || maj == major && min >= minor
 }
 
 // isSSLLibrary tells whether a file's name is OpenSSL's libssl:

@@ -1078,3 +1078,20 @@ func TestEventsAfterClose(t *testing.T) {
 		})
 	}
 }
+
+// TestTLSRecordsAfterPlaintext: once a connection's plaintext comes, its
+// records that the kernel did not hold back (a connection older than the
+// agent, first seen in the middle of a record) are not parsed with it:
+// read as HTTP/2, a record's header is a frame of megabytes.
+func TestTLSRecordsAfterPlaintext(t *testing.T) {
+	h := newHarness(t, 4096)
+	cli, srv := newH2Peer(), newH2Peer()
+	plain := func(dir bpf.Direction, data string) { h.sendKernel(1, dir, data, 0, bpf.FlagPlaintext) }
+	plain(in, h2Preface+h2Settings0+h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1,
+		cli.block(":method", "GET", ":scheme", "https", ":path", "/a", ":authority", "shop")))
+	h.send(1, out, "\x17\x03\x03\x00\x40"+strings.Repeat("\xaa", 64)) // a record, not held back
+	plain(out, h2Settings0+h2frame(h2Headers, h2FlagEndHeaders|h2FlagEndStream, 1, srv.block(":status", "204")))
+	if len(h.got) != 1 || h.got[0].Path != "/a" || h.got[0].StatusCode != 204 {
+		t.Errorf("requests %q, want /a 204", describeAll(h.got))
+	}
+}

@@ -157,8 +157,8 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		if c != nil {
 			c.close(ev.ExitNS)
 			t.forget(key)
+			t.bury(key, ev)
 		}
-		t.bury(key, ev)
 		return
 	case bpf.EventTLS:
 		// A TLS handshake: the bytes that matter come as plaintext
@@ -220,6 +220,12 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		if ev.Flags&bpf.FlagPlaintext != 0 && !c.tls {
 			c.startTLS()
 		}
+		if c.tls && ev.Flags&bpf.FlagPlaintext == 0 {
+			// A TLS connection's records that the kernel did not
+			// hold back (one older than the agent, first seen in
+			// the middle of a record): its plaintext comes apart.
+			break
+		}
 		if ev.Flags&(bpf.FlagPlaintext|bpf.FlagLost) == bpf.FlagPlaintext|bpf.FlagLost {
 			// Plaintext the uprobes could not read was received
 			// before: what the parser waits for may have been in it.
@@ -262,12 +268,16 @@ type closedConn struct {
 // takes "PRI * HTTP/2.0" or "GET /" for a frame header of megabytes).
 const lateAfterClose = uint64(time.Second)
 
+// maxClosed bounds the closes remembered for late: a second's worth on a
+// busy server, a few hundred KB.
+const maxClosed = 4096
+
 // bury remembers the connection that ev closes, for late.
 func (t *Tracer) bury(key connKey, ev *bpf.Event) {
-	if len(t.closed) >= t.cfg.MaxConnections {
+	if len(t.closed) >= maxClosed {
 		t.sweepClosed(ev.ExitNS)
-		if len(t.closed) >= t.cfg.MaxConnections {
-			return
+		if len(t.closed) >= maxClosed {
+			return // more closes a second than that: the rest go unguarded
 		}
 	}
 	t.closed[key] = closedConn{local: ev.Local, remote: ev.Remote, at: ev.ExitNS}

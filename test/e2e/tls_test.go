@@ -13,6 +13,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/podtracer/podtracer/internal/kernel"
 	"github.com/podtracer/podtracer/internal/otlptest"
 	"github.com/podtracer/podtracer/internal/testenv"
 	"github.com/podtracer/podtracer/webhook"
@@ -287,6 +288,7 @@ func TestLeastCapabilities(t *testing.T) {
 // a connection made before the agent started, and over HTTP/2.
 func TestGoTLS(t *testing.T) {
 	privileged(t)
+	skipBefore610(t)
 	_, httpapp := binaries(t)
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
@@ -350,6 +352,7 @@ func TestGoTLS(t *testing.T) {
 // context, read from the plaintext's HTTP/2.
 func TestGRPCTLS(t *testing.T) {
 	privileged(t)
+	skipBefore610(t)
 	grpcapp := fixture(t, "grpcapp")
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
@@ -382,4 +385,13 @@ func TestGRPCTLS(t *testing.T) {
 	}
 	expect(t, s, map[string]any{"server.port": int64(port)})
 	expectResource(t, s, "grpcapp")
+}
+
+// skipBefore610 skips a test that expects a Go program probed before its
+// first TLS connection: on kernels without uprobe_multi links (before
+// 6.10) its uprobes wait for its first handshake.
+func skipBefore610(t *testing.T) {
+	if !kernel.AtLeast(6, 10) {
+		t.Skip("a Go program is probed before its first TLS connection on Linux 6.10+ only")
+	}
 }

@@ -1,0 +1,44 @@
+package bpf
+
+import "testing"
+
+// TestGoPrologue: the uprobes go past a Go function's stack check, and
+// on nothing that does not start with one.
+func TestGoPrologue(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		code string
+		at   int
+		ok   bool
+	}{
+		// cmp rsp, [r14+0x10]; jbe +0x40; push rbp
+		{"small frame", "\x49\x3b\x66\x10\x76\x40\x55", 6, true},
+		// lea r12, [rsp-0x88]; cmp r12, [r14+0x10]; jbe rel32; push rbp
+		{"large frame", "\x4c\x8d\xa4\x24\x78\xff\xff\xff\x4d\x3b\x66\x10\x0f\x86\x00\x01\x00\x00\x55", 18, true},
+		// push rbp; mov rbp, rsp: C, not Go
+		{"C function", "\x55\x48\x89\xe5\x48\x83\xec\x10", 0, false},
+		// cmp rsp, [r14+0x10]; push rbp: no jump after the check
+		{"no jump", "\x49\x3b\x66\x10\x55\x48\x89\xe5", 0, false},
+		// mid-instruction: the tail of a cmp
+		{"mid-instruction", "\x66\x10\x76\x40\x55", 0, false},
+	} {
+		at, ok := goPrologue([]byte(tc.code))
+		if at != tc.at || ok != tc.ok {
+			t.Errorf("%s: goPrologue = %d, %v; want %d, %v", tc.name, at, ok, tc.at, tc.ok)
+		}
+	}
+}
+
+// TestReturnOffsets: every return instruction, and no 0xc3 byte inside
+// another instruction.
+func TestReturnOffsets(t *testing.T) {
+	// mov eax, 0xc3; ret; add rsp, 8; ret
+	code := []byte("\xb8\xc3\x00\x00\x00\xc3\x48\x83\xc4\x08\xc3")
+	got, err := returnOffsets(code)
+	if err != nil || len(got) != 2 || got[0] != 5 || got[1] != 10 {
+		t.Errorf("returnOffsets = %v, %v; want [5 10]", got, err)
+	}
+	if _, err := returnOffsets([]byte("\x55\x48\x89\xe5")); err == nil {
+		t.Error("no return instruction: no error")
+	}
+}
