@@ -127,7 +127,7 @@ func (r *tlsReader) scan() {
 // then worth a line in the log, and a Go program whose uprobes wait for
 // its first TLS connection (bpf.ErrTLSNotSpoken) gets them.
 func (r *tlsReader) try(pid int, handshake bool) {
-	if _, traced := r.traced[pid]; traced && handshake {
+	if _, traced := r.traced[pid]; traced && handshake && !r.unspoken[pid] {
 		return // one handshake per connection: the scans check traced processes
 	}
 	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter && !(handshake && r.unspoken[pid]) {
@@ -138,14 +138,19 @@ func (r *tlsReader) try(pid int, handshake bool) {
 		return
 	}
 	library, err := r.capture.TraceTLS(pid, handshake)
+	if errors.Is(err, bpf.ErrTLSNotSpoken) {
+		// A Go program's crypto/tls waits for its first handshake; its
+		// libssl, if it maps one, is probed already.
+		r.unspoken[pid] = true
+		if library != "" {
+			err = nil
+		}
+	} else {
+		delete(r.unspoken, pid)
+	}
 	if err != nil {
 		r.failed[pid] = time.Now()
 		delete(r.traced, pid) // gone, or another program without libssl now: TraceTLS took its uprobes off
-	}
-	if errors.Is(err, bpf.ErrTLSNotSpoken) {
-		r.unspoken[pid] = true
-	} else {
-		delete(r.unspoken, pid)
 	}
 	switch {
 	case err == nil:

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -23,11 +24,19 @@ type fakeTLSCapture struct {
 
 func (f *fakeTLSCapture) TraceTLS(pid int, spoke bool) (string, error) {
 	f.traced = append(f.traced, pid)
-	if err := f.results[pid]; err != nil && !(spoke && err == bpf.ErrTLSNotSpoken) {
+	switch err := f.results[pid]; {
+	case err == errGoAndSSL && spoke:
+		return "/usr/lib/libssl.so.3,/app (Go crypto/tls)", nil
+	case err == errGoAndSSL:
+		return "/usr/lib/libssl.so.3", bpf.ErrTLSNotSpoken
+	case err != nil && !(spoke && err == bpf.ErrTLSNotSpoken):
 		return "", err
 	}
 	return "/usr/lib/libssl.so.3", nil
 }
+
+// errGoAndSSL makes fakeTLSCapture a Go program that maps libssl too.
+var errGoAndSSL = errors.New("Go and libssl")
 
 func (f *fakeTLSCapture) UntraceTLS(pid int) { f.untraced = append(f.untraced, pid) }
 
@@ -123,5 +132,22 @@ func TestTLSReaderGoAtHandshake(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), `msg="reading TLS plaintext" pid=20`) {
 		t.Errorf("log:\n%s", log.String())
+	}
+
+	// A Go program that maps libssl too: traced for its libssl at the
+	// scan, and its handshake still probes its Go.
+	os.Mkdir(filepath.Join(root, "21"), 0o755)
+	fake.results[21] = errGoAndSSL
+	r.scan()
+	if lib := r.traced[21]; lib != "/usr/lib/libssl.so.3" {
+		t.Fatalf("after the scan: pid 21 traced for %q", lib)
+	}
+	r.try(21, true)
+	if lib := r.traced[21]; !strings.Contains(lib, "Go crypto/tls") {
+		t.Errorf("after its handshake: pid 21 traced for %q", lib)
+	}
+	r.try(21, true)
+	if n := slices.Index(fake.traced, 21); n < 0 || len(fake.traced)-n != 2 {
+		t.Errorf("TraceTLS asked of %v: pid 21 twice, its second handshake asking nothing", fake.traced)
 	}
 }

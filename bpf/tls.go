@@ -81,7 +81,8 @@ type tlsProcess struct {
 //
 // spoke says that the process was seen to start a TLS connection: on
 // kernels without uprobe_multi links (before 6.10), a Go program's
-// crypto/tls is probed only then (ErrTLSNotSpoken before).
+// crypto/tls is probed only then (before, ErrTLSNotSpoken, with the
+// libraries probed, if any: its libssl's).
 func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 	t := c.tls
 	if t == nil {
@@ -133,16 +134,15 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		}
 		t.loadMulti = nil
 	}
-	if t.multi == nil && !spoke {
+	var pending error
+	if t.multi == nil && !spoke && slices.ContainsFunc(fresh, func(l tlsLibrary) bool { return l.goTLS != nil }) {
 		// A Go program links crypto/tls whenever it links net/http, TLS
 		// or not; perf-event uprobes cost a process's context switches,
 		// so they wait for its first TLS connection.
 		fresh = slices.DeleteFunc(fresh, func(l tlsLibrary) bool { return l.goTLS != nil })
+		pending = ErrTLSNotSpoken
 		if len(fresh) == 0 {
-			if len(p.libraries) == 0 {
-				return "", ErrTLSNotSpoken
-			}
-			return p.library, nil
+			return p.library, pending
 		}
 	}
 	ssl := false
@@ -179,7 +179,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 			t.logger.Warn("set tls_probed: connections older than the agent are not recognised as TLS", "error", err)
 		}
 	}
-	return p.library, nil
+	return p.library, pending
 }
 
 // attach puts the uprobes on one library that process pid maps, a perf
