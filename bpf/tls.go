@@ -165,7 +165,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 			// not tried again.
 			p.refused = append(p.refused, library.name)
 			t.logger.Warn("cannot probe a TLS library a neighbour loaded", "pid", pid, "error", err)
-			return p.library, nil
+			continue
 		}
 		p.libraries = append(p.libraries, library.name)
 		ssl = ssl || library.goTLS == nil
