@@ -3089,11 +3089,22 @@ static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u
 	// Built in the ring buffer, not in a per-CPU scratch event: a uprobe
 	// program runs with migration disabled only, and may be preempted by
 	// another task whose program would use the same scratch. The room
-	// reserved is the header and capture_bytes, a constant at load time.
+	// reserved is the header and capture_bytes, a constant at load time;
+	// or MAX_CAPTURE, another, for a call that moved more: a TLS call's
+	// plaintext has no frame walk past its prefix (h2_follow needs the
+	// socket's storage), and a TLS library writes what a socket write
+	// would send in several (an HTTP/2 server's frames, Go's up to 4 KB
+	// at a time).
 	__u32 room = capture_bytes;
-	if (room > MAX_CAPTURE)
+	struct event *e;
+	if (n > room) {
 		room = MAX_CAPTURE;
-	struct event *e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + room, 0);
+		e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + MAX_CAPTURE, 0);
+	} else {
+		if (room > MAX_CAPTURE)
+			room = MAX_CAPTURE;
+		e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + room, 0);
+	}
 	if (!e) {
 		count(STAT_LOST);
 		return 0;

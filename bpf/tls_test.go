@@ -80,7 +80,7 @@ def serve():
             # The second request in two reads: the second finds its
             # bytes decrypted already, and makes no receive of its own.
             req = t.recv(4096) if i == 0 else t.recv(9) + t.recv(4096)
-            t.sendall(b"PONG-TLS " + req[9:])
+            t.sendall(b"PONG-TLS " + req[9:] + b" z" * 150 * i)
         t.close()
 th = threading.Thread(target=serve); th.start()
 for n in range(2):
@@ -313,7 +313,8 @@ func checkTLSPlaintext(t *testing.T, got map[string]string, stats Stats, tag str
 	want := map[string]bool{}
 	for n := range 2 {
 		req := func(i int) string { return fmt.Sprintf("PING-%s conn%d-req%d", tag, n, i) }
-		resp := func(i int) string { return fmt.Sprintf("PONG-%s conn%d-req%d", tag, n, i) }
+		// The second answer is longer than the capture's 256 bytes.
+		resp := func(i int) string { return fmt.Sprintf("PONG-%s conn%d-req%d", tag, n, i) + strings.Repeat(" z", 150*i) }
 		want[fmt.Sprintf(">%s <%s >%s <%s", req(0), resp(0), req(1), resp(1))] = true
 		// The server reads the second request's first 9 bytes, then
 		// the rest.
