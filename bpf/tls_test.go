@@ -314,7 +314,9 @@ func checkTLSPlaintext(t *testing.T, got map[string]string, stats Stats, tag str
 	for n := range 2 {
 		req := func(i int) string { return fmt.Sprintf("PING-%s conn%d-req%d", tag, n, i) }
 		// The second answer is longer than the capture's 256 bytes.
-		resp := func(i int) string { return fmt.Sprintf("PONG-%s conn%d-req%d", tag, n, i) + strings.Repeat(" z", 150*i) }
+		resp := func(i int) string {
+			return fmt.Sprintf("PONG-%s conn%d-req%d", tag, n, i) + strings.Repeat(" z", 150*i)
+		}
 		want[fmt.Sprintf(">%s <%s >%s <%s", req(0), resp(0), req(1), resp(1))] = true
 		// The server reads the second request's first 9 bytes, then
 		// the rest.
