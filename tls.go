@@ -166,7 +166,12 @@ func (r *tlsReader) try(pid int, handshake bool) {
 				"pid", pid, "process", r.name(pid), "reason", err)
 		}
 	case errors.Is(err, bpf.ErrTLSNotSpoken):
-		// Its first handshake tries it again.
+		// Its first handshake tries it again. Its libssl failed if
+		// the error says more.
+		if err != bpf.ErrTLSNotSpoken && !r.told[pid] {
+			r.told[pid] = true
+			r.logger.Warn("cannot read a neighbour's TLS plaintext", "pid", pid, "process", r.name(pid), "error", err)
+		}
 	case errors.Is(err, bpf.ErrClosed), errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ESRCH):
 		// The agent is stopping, or the process is gone.
 	default:

@@ -3235,7 +3235,7 @@ struct go_tls_key {
 // its return; or, missed set, the goroutine's read whose return came
 // without its entry: it was entered before the uprobes were in (a
 // keep-alive connection's goroutine waits in Read), and its bytes are
-// lost.
+// lost (conn.sock: the connection told so already, if any).
 struct go_tls_read {
 	__u64 buf;
 	__u8 missed;
@@ -3304,11 +3304,14 @@ static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 		// After a missed read (below), the goroutine's next write comes
 		// first in a server that answers what it read: the marker goes
 		// before the answer, not after the next request's first bytes,
-		// which net/http reads on another goroutine.
+		// which net/http reads on another goroutine. The entry stays,
+		// with the socket marked: a goroutine that copies one
+		// connection to another (a proxy) marks the one it reads too,
+		// at its next read.
 		read = bpf_map_lookup_elem(&go_tls_reads, &key);
-		if (read && read->missed) {
+		if (read && read->missed && read->conn.sock != c.sock) {
 			tls_emit(&c, DIR_INGRESS, 0, 0, EVENT_LOST);
-			bpf_map_delete_elem(&go_tls_reads, &key);
+			read->conn.sock = c.sock;
 		}
 		return tls_emit(&c, DIR_EGRESS, ctx->bx, n, 0);
 	case GO_TLS_READ: {
@@ -3327,7 +3330,7 @@ static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 		// does not pair what comes next with the requests those bytes
 		// answered.
 		read = bpf_map_lookup_elem(&go_tls_reads, &key);
-		if (read && read->missed)
+		if (read && read->missed && read->conn.sock != fresh.conn.sock)
 			tls_emit(&fresh.conn, DIR_INGRESS, 0, 0, EVENT_LOST);
 		bpf_map_update_elem(&go_tls_reads, &key, &fresh, BPF_ANY);
 		return 0;

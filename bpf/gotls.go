@@ -61,9 +61,11 @@ var goTLSCache struct {
 	m map[goFileKey]goTLSFound
 }
 
+// goFileKey names a file's content as well as its metadata can: ctime
+// changes with any write and cannot be set back.
 type goFileKey struct {
-	dev, ino    uint64
-	size, mtime int64
+	dev, ino           uint64
+	size, mtime, ctime int64
 }
 
 type goTLSFound struct {
@@ -88,7 +90,7 @@ func goTLSOf(exe *os.File) (*goTLSPlaces, error) {
 	if !ok {
 		return nil, errNoGoTLS
 	}
-	key := goFileKey{dev: st.Dev, ino: st.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	key := goFileKey{dev: st.Dev, ino: st.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano(), ctime: st.Ctim.Nano()}
 	goTLSCache.Lock()
 	defer goTLSCache.Unlock()
 	if found, ok := goTLSCache.m[key]; ok && (found.places == nil || found.places.stillIn(exe)) {
@@ -107,15 +109,21 @@ func goTLSOf(exe *os.File) (*goTLSPlaces, error) {
 }
 
 // stillIn tells whether exe's functions still start where p says, with
-// the stack checks p found: a file with the same inode, size and time
-// may be another build.
+// the stack checks p found, and return where it says: a file of the same
+// inode, size and times is another build only by a rare chance, and the
+// uprobes must never land inside an instruction.
 func (p *goTLSPlaces) stillIn(exe io.ReaderAt) bool {
+	code := make([]byte, 32)
 	for _, f := range [][2]uint64{{p.writeEntry, p.write}, {p.readEntry, p.read}} {
-		code := make([]byte, 32)
 		if _, err := exe.ReadAt(code, int64(f[0])); err != nil {
 			return false
 		}
 		if at, ok := goPrologue(code); !ok || f[0]+uint64(at) != f[1] {
+			return false
+		}
+	}
+	for _, r := range p.readReturns {
+		if _, err := exe.ReadAt(code[:1], int64(r)); err != nil || code[0] != 0xc3 {
 			return false
 		}
 	}
@@ -219,7 +227,7 @@ func readFuncTable(pcln *elf.Section) (*funcTable, error) {
 	}
 	magic := binary.LittleEndian.Uint32(h[:])
 	if magic != 0xfffffff0 && magic != 0xfffffff1 || h[7] != 8 {
-		return nil, fmt.Errorf(".gopclntab of an unknown layout (magic %#x, pointer size %d)", magic, h[7])
+		return nil, errGoTLSUnsupported{fmt.Errorf(".gopclntab of an unknown layout (magic %#x, pointer size %d)", magic, h[7])}
 	}
 	word := func(i int) uint64 { return binary.LittleEndian.Uint64(h[8+8*i:]) }
 	return &funcTable{r: pcln, nfunc: word(0), funcnames: word(3), names: word(4), funcs: word(7)}, nil
@@ -264,7 +272,7 @@ func (t *funcTable) lookup(names ...string) ([][2]uint32, error) {
 			return nil, fmt.Errorf("read .gopclntab: %w", err)
 		}
 		if end <= entry {
-			return nil, fmt.Errorf("%s: no code (%#x-%#x)", names[j], entry, end)
+			return nil, errGoTLSUnsupported{fmt.Errorf("%s: no code (%#x-%#x)", names[j], entry, end)}
 		}
 		found[j] = [2]uint32{entry, end}
 		delete(nameOffsets, nameOff)
@@ -376,7 +384,7 @@ func moduleText(f *elf.File, pclntab, funcnames uint64) (uint64, error) {
 			}
 		}
 	}
-	return 0, errors.New("the Go runtime's module data was not found: the code's addresses are unknown, nothing is probed")
+	return 0, errGoTLSUnsupported{errors.New("the Go runtime's module data was not found: the code's addresses are unknown, nothing is probed")}
 }
 
 // relocated returns the first relative relocation (R_X86_64_RELATIVE) in

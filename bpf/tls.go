@@ -3,6 +3,7 @@ package bpf
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -146,6 +147,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		}
 	}
 	ssl := false
+	var failed error
 	for _, library := range fresh {
 		var err error
 		switch {
@@ -157,18 +159,24 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 			err = p.attach(pid, library.name, t.progs)
 		}
 		if err != nil {
-			if len(p.libraries) == 0 {
-				p.close()
-				return "", err
-			}
-			// The libraries probed before still are; this one is
-			// not tried again.
+			// Not tried again for this process; the others are.
 			p.refused = append(p.refused, library.name)
-			t.logger.Warn("cannot probe a TLS library a neighbour loaded", "pid", pid, "error", err)
+			failed = cmp.Or(failed, err)
 			continue
 		}
 		p.libraries = append(p.libraries, library.name)
 		ssl = ssl || library.goTLS == nil
+	}
+	if len(p.libraries) == 0 {
+		p.close()
+		if pending != nil {
+			// Its Go still waits for its first handshake.
+			return "", fmt.Errorf("%w; %w", pending, failed)
+		}
+		return "", failed
+	}
+	if failed != nil {
+		t.logger.Warn("cannot probe a TLS library of a neighbour", "pid", pid, "error", failed)
 	}
 	p.library = strings.Join(p.libraries, ",")
 	t.procs[pid] = p

@@ -116,8 +116,10 @@ type Tracer struct {
 	// closed remembers, for lateAfterClose, the connections whose close
 	// came: an event of one that comes after it must not take it up
 	// again (see late).
-	closed    map[connKey]closedConn
-	detectors []detector
+	closed map[connKey]closedConn
+	// closedSwept is when bury last swept closed.
+	closedSwept uint64
+	detectors   []detector
 	// seg is the segment being fed. Parsers use a segment only during the
 	// call that feeds it (its bytes are the event's, reused by the next
 	// one), so one serves every event without an allocation.
@@ -151,14 +153,21 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 func (t *Tracer) Handle(ev *bpf.Event) {
 	key := connKey{pid: ev.PID, sock: ev.Conn}
 	c := t.conns[key]
+	if c != nil && ev.Type == bpf.EventData && ev.Local.Port() != 0 && c.local.Port() != 0 && (ev.Local != c.local || ev.Remote != c.remote) {
+		// Another connection on the socket memory of one whose close
+		// was lost: that one is over.
+		c.close(ev.ExitNS)
+		t.forget(key)
+		c = nil
+	}
 	var head *requestHead
 	switch ev.Type {
 	case bpf.EventClose:
 		if c != nil {
 			c.close(ev.ExitNS)
 			t.forget(key)
-			t.bury(key, ev)
 		}
+		t.bury(key, ev)
 		return
 	case bpf.EventTLS:
 		// A TLS handshake: the bytes that matter come as plaintext
@@ -275,7 +284,12 @@ const maxClosed = 4096
 // bury remembers the connection that ev closes, for late.
 func (t *Tracer) bury(key connKey, ev *bpf.Event) {
 	if len(t.closed) >= maxClosed {
-		t.sweepClosed(ev.ExitNS)
+		// At most one sweep per lateAfterClose/10: above maxClosed
+		// closes a second, each would walk the map and find little.
+		if ev.ExitNS > t.closedSwept && ev.ExitNS-t.closedSwept >= lateAfterClose/10 {
+			t.sweepClosed(ev.ExitNS)
+			t.closedSwept = ev.ExitNS
+		}
 		if len(t.closed) >= maxClosed {
 			return // more closes a second than that: the rest go unguarded
 		}

@@ -161,6 +161,26 @@ func TestTLSPlaintextLost(t *testing.T) {
 	}
 }
 
+// TestCloseLost: a connection whose close never came is over when another
+// one's events come on its socket memory (other ends): the new one is
+// parsed afresh, not as the old one's (here TLS) stream.
+func TestCloseLost(t *testing.T) {
+	h := newHarness(t, 512)
+	h.sendKernel(1, in, "GET /tls HTTP/1.1\r\nHost: shop\r\n\r\n", 0, bpf.FlagPlaintext)
+	h.sendKernel(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 0, bpf.FlagPlaintext)
+	for _, x := range []struct {
+		dir  bpf.Direction
+		data string
+	}{{in, "GET /plain HTTP/1.1\r\nHost: shop\r\n\r\n"}, {out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"}} {
+		ev := h.dataEvent(1, x.dir, x.data)
+		ev.Remote = netip.MustParseAddrPort("10.0.0.3:41000")
+		h.tracer.Handle(&ev)
+	}
+	if len(h.got) != 2 || h.got[1].Path != "/plain" || h.got[1].StatusCode != 404 || h.got[1].TLS {
+		t.Errorf("requests %q, want /tls, then /plain 404 without TLS", describeAll(h.got))
+	}
+}
+
 func TestByteAtATime(t *testing.T) {
 	h := newHarness(t, 512)
 	req := "POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world"
