@@ -241,8 +241,8 @@ func TestMariaDBTLS(t *testing.T) {
 
 // TestLeastCapabilities: the agent with only the capabilities the webhook
 // gives its sidecar (webhook.Capabilities; root, every other one dropped)
-// loads its programs, probes a neighbour's libssl, and traces plain and
-// TLS requests alike.
+// loads its programs, probes a neighbour's libssl and a Go neighbour's
+// crypto/tls, and traces plain and TLS requests alike.
 func TestLeastCapabilities(t *testing.T) {
 	privileged(t)
 	nginx := testenv.LookPath(t, "nginx")
@@ -258,6 +258,10 @@ func TestLeastCapabilities(t *testing.T) {
 	conf := nginxTLSConf(t, www, plain, cert, key, fmt.Sprintf("listen 127.0.0.1:%d; listen 127.0.0.1:%d ssl;", plain, tls))
 	start(t, pod.command(nginx, "-c", conf))
 	waitListening(t, tls)
+	_, httpapp := binaries(t)
+	goPort := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", goPort), "-tls"))
+	waitListening(t, goPort)
 
 	caps := "-all"
 	for _, c := range webhook.Capabilities {
@@ -269,12 +273,22 @@ func TestLeastCapabilities(t *testing.T) {
 	agent := start(t, cmd)
 	agent.waitOutput(t, "podtracer agent running", 1, 20*time.Second)
 	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
+	// The Go server: probed at the first scan with uprobe_multi links,
+	// at its first handshake before Linux 6.10.
+	goReady := `(Go crypto/tls)"`
+	if !kernel.AtLeast(6, 10) {
+		run(t, pod.command(curl, "-sk", "-o", "/dev/null", fmt.Sprintf("https://127.0.0.1:%d/users/0", goPort)))
+	}
+	agent.waitOutput(t, goReady, 1, 10*time.Second)
 
 	run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/plain", plain)))
 	run(t, pod.command(curl, "-sk", "-o", "/dev/null", fmt.Sprintf("https://127.0.0.1:%d/secure", tls)))
+	run(t, pod.command(curl, "-sk", "-o", "/dev/null", fmt.Sprintf("https://127.0.0.1:%d/users/1", goPort)))
 	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
-		return find(s, trace.SpanKindServer, "/plain") != nil && find(s, trace.SpanKindServer, "/secure") != nil
+		return find(s, trace.SpanKindServer, "/plain") != nil && find(s, trace.SpanKindServer, "/secure") != nil &&
+			find(s, trace.SpanKindServer, "/users/1") != nil
 	})
+	expect(t, mustFind(t, spans, trace.SpanKindServer, "/users/1"), map[string]any{"url.scheme": "https"})
 	expect(t, mustFind(t, spans, trace.SpanKindServer, "/plain"), map[string]any{"url.scheme": "http"})
 	expect(t, mustFind(t, spans, trace.SpanKindServer, "/secure"), map[string]any{"url.scheme": "https"})
 	if out := agent.output(); strings.Contains(out, "level=WARN") || strings.Contains(out, "level=ERROR") {
