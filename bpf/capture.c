@@ -3078,66 +3078,85 @@ int tls_read_ex(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_READ_EX); }
 SEC("uprobe")
 int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSHAKE); }
 
+// TLS_CHUNKS bounds the events a TLS call's plaintext goes up in, of
+// MAX_CAPTURE bytes each: 32 KB, two full TLS records, or a grpc-go
+// write buffer.
+#define TLS_CHUNKS 8
+
 // tls_emit sends up n bytes of plaintext at buf, moved in direction dir
 // on connection c by the current thread, flagged EVENT_PLAINTEXT and
-// flags.
+// flags. Beyond capture_bytes, it goes up whole, MAX_CAPTURE bytes an
+// event, as far as TLS_CHUNKS events go (past them, the last one counts
+// the rest): a TLS call's plaintext has no walk of HTTP/2 frames past
+// its prefix (h2_follow keeps its place in the socket's storage, out of
+// a uprobe's reach), and a TLS library writes and reads at once what
+// several socket calls would move (grpc-go's batched frames, a whole
+// record): with the bytes whole the parsers follow the frames.
 static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u64 n, __u8 flags)
 {
 	struct bpf_pidns_info ns;
 	if (!in_pod(&ns))
 		return 0;
-	// Built in the ring buffer, not in a per-CPU scratch event: a uprobe
-	// program runs with migration disabled only, and may be preempted by
-	// another task whose program would use the same scratch. The room
-	// reserved is the header and capture_bytes, a constant at load time;
-	// or MAX_CAPTURE, another, for a call that moved more: a TLS call's
-	// plaintext has no frame walk past its prefix (h2_follow needs the
-	// socket's storage), and a TLS library writes what a socket write
-	// would send in several (an HTTP/2 server's frames, Go's up to 4 KB
-	// at a time).
-	__u32 room = capture_bytes;
-	struct event *e;
-	if (n > room) {
-		room = MAX_CAPTURE;
-		e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + MAX_CAPTURE, 0);
-	} else {
-		if (room > MAX_CAPTURE)
-			room = MAX_CAPTURE;
-		e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + room, 0);
-	}
-	if (!e) {
-		count(STAT_LOST);
-		return 0;
-	}
-	__builtin_memset(e, 0, EVENT_HEADER_SIZE);
-	e->type = EVENT_DATA;
-	e->tgid = ns.tgid;
-	e->tid = ns.pid;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
-	e->sock = c->sock;
-	e->fd = c->fd;
-	e->role = c->role;
-	e->family = c->family;
-	e->lport = c->lport;
-	e->rport = c->rport;
-	__builtin_memcpy(e->laddr, c->laddr, 16);
-	__builtin_memcpy(e->raddr, c->raddr, 16);
-	e->flags = EVENT_PLAINTEXT | flags;
-	e->dir = dir;
-	e->len = n;
-	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
-	__u32 limit = n < room ? n : room;
-	if (limit > 0 && bpf_probe_read_user(e->payload, limit, (void *)buf))
-		limit = 0; // no bytes rather than the ring's old ones
-	e->captured = limit;
-	if (n > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(buf + n - TAIL_BYTES)) == 0)
-		e->tail_len = TAIL_BYTES;
-	__u64 wake = BPF_RB_NO_WAKEUP;
-	if (first_of_process(ns.tgid) || bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
-		wake = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(e, wake);
-	count(STAT_EVENTS);
+	__u64 now = bpf_ktime_get_boot_ns();
+	bool wake = first_of_process(ns.tgid);
+	__u64 off = 0;
+	for (int i = 0; i < TLS_CHUNKS; i++) {
+		// Built in the ring buffer, not in a per-CPU scratch event: a
+		// uprobe program runs with migration disabled only, and may be
+		// preempted by another task whose program would use the same
+		// scratch. The room reserved is a constant at load time: the
+		// header and capture_bytes, or MAX_CAPTURE for a call that
+		// moved more.
+		__u64 left = n - off;
+		__u32 room = capture_bytes;
+		struct event *e;
+		if (left > room) {
+			room = MAX_CAPTURE;
+			e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + MAX_CAPTURE, 0);
+		} else {
+			if (room > MAX_CAPTURE)
+				room = MAX_CAPTURE;
+			e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + room, 0);
+		}
+		if (!e) {
+			count(STAT_LOST);
+			return 0;
+		}
+		__builtin_memset(e, 0, EVENT_HEADER_SIZE);
+		e->type = EVENT_DATA;
+		e->tgid = ns.tgid;
+		e->tid = ns.pid;
+		BPF_CORE_READ_INTO(&e->comm, task, group_leader, comm);
+		e->sock = c->sock;
+		e->fd = c->fd;
+		e->role = c->role;
+		e->family = c->family;
+		e->lport = c->lport;
+		e->rport = c->rport;
+		__builtin_memcpy(e->laddr, c->laddr, 16);
+		__builtin_memcpy(e->raddr, c->raddr, 16);
+		// A lost event can only come first, with the plaintext's flags.
+		e->flags = EVENT_PLAINTEXT | flags;
+		e->dir = dir;
+		e->ts_enter = e->ts_exit = now;
+		bool last = left <= room || i == TLS_CHUNKS - 1;
+		__u64 len = last ? left : room;
+		e->len = len;
+		__u32 limit = len < room ? len : room;
+		if (limit > 0 && bpf_probe_read_user(e->payload, limit, (void *)(buf + off)))
+			limit = 0; // no bytes rather than the ring's old ones
+		e->captured = limit;
+		if (len > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(buf + n - TAIL_BYTES)) == 0)
+			e->tail_len = TAIL_BYTES;
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
+			wake = true;
+		bpf_ringbuf_submit(e, last && wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+		count(STAT_EVENTS);
+		if (last)
+			break;
+		off += len;
+	}
 	return 0;
 }
 
