@@ -3078,20 +3078,30 @@ int tls_read_ex(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_READ_EX); }
 SEC("uprobe")
 int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSHAKE); }
 
-// TLS_CHUNKS bounds the events a TLS call's plaintext goes up in, of
-// MAX_CAPTURE bytes each: 32 KB, two full TLS records, or a grpc-go
-// write buffer.
+// TLS_CHUNKS bounds the events an HTTP/2 connection's TLS call goes up
+// in, of MAX_CAPTURE bytes each: 32 KB, two full TLS records, or a
+// grpc-go write buffer.
 #define TLS_CHUNKS 8
+
+// tls_h2 holds the TLS connections whose plaintext began with HTTP/2's
+// client preface (by their socket): their calls' plaintext goes up whole.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u8);
+} tls_h2 SEC(".maps");
 
 // tls_emit sends up n bytes of plaintext at buf, moved in direction dir
 // on connection c by the current thread, flagged EVENT_PLAINTEXT and
-// flags. Beyond capture_bytes, it goes up whole, MAX_CAPTURE bytes an
-// event, as far as TLS_CHUNKS events go (past them, the last one counts
-// the rest): a TLS call's plaintext has no walk of HTTP/2 frames past
-// its prefix (h2_follow keeps its place in the socket's storage, out of
-// a uprobe's reach), and a TLS library writes and reads at once what
-// several socket calls would move (grpc-go's batched frames, a whole
-// record): with the bytes whole the parsers follow the frames.
+// flags. On an HTTP/2 connection it goes up whole past capture_bytes,
+// MAX_CAPTURE bytes an event, as far as TLS_CHUNKS events go (past them,
+// the last one counts the rest): a TLS call's plaintext has no walk of
+// frames past its prefix (h2_follow keeps its place in the socket's
+// storage, out of a uprobe's reach), and a TLS library writes and reads
+// at once what several socket calls would move (grpc-go's batched
+// frames, a whole record): with the bytes whole the parser follows the
+// frames. Other protocols' long calls are bodies, whose prefix is enough.
 static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u64 n, __u8 flags)
 {
 	struct bpf_pidns_info ns;
@@ -3100,6 +3110,7 @@ static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	__u64 now = bpf_ktime_get_boot_ns();
 	bool wake = first_of_process(ns.tgid);
+	bool whole = n > capture_bytes && bpf_map_lookup_elem(&tls_h2, &c->sock);
 	__u64 off = 0;
 	for (int i = 0; i < TLS_CHUNKS; i++) {
 		// Built in the ring buffer, not in a per-CPU scratch event: a
@@ -3111,7 +3122,7 @@ static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u
 		__u64 left = n - off;
 		__u32 room = capture_bytes;
 		struct event *e;
-		if (left > room) {
+		if (left > room && (whole || i == 0)) {
 			room = MAX_CAPTURE;
 			e = bpf_ringbuf_reserve(&events, EVENT_HEADER_SIZE + MAX_CAPTURE, 0);
 		} else {
@@ -3140,13 +3151,17 @@ static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u
 		e->flags = EVENT_PLAINTEXT | flags;
 		e->dir = dir;
 		e->ts_enter = e->ts_exit = now;
-		bool last = left <= room || i == TLS_CHUNKS - 1;
+		bool last = !whole || left <= room || i == TLS_CHUNKS - 1;
 		__u64 len = last ? left : room;
 		e->len = len;
 		__u32 limit = len < room ? len : room;
 		if (limit > 0 && bpf_probe_read_user(e->payload, limit, (void *)(buf + off)))
 			limit = 0; // no bytes rather than the ring's old ones
 		e->captured = limit;
+		if (i == 0 && !whole && limit >= H2_PREFACE && h2_preface(e)) {
+			__u8 on = 1;
+			bpf_map_update_elem(&tls_h2, &c->sock, &on, BPF_ANY);
+		}
 		if (len > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(buf + n - TAIL_BYTES)) == 0)
 			e->tail_len = TAIL_BYTES;
 		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)

@@ -261,6 +261,7 @@ type socketObjects struct {
 	TLSCalls         *ebpf.Map      `ebpf:"tls_calls"`
 	TLSConns         *ebpf.Map      `ebpf:"tls_conns"`
 	GoTLSReads       *ebpf.Map      `ebpf:"go_tls_reads"`
+	TLSH2            *ebpf.Map      `ebpf:"tls_h2"`
 	Announced        *ebpf.Map      `ebpf:"announced"`
 	TLSProbed        *ebpf.Variable `ebpf:"tls_probed"`
 	tlsPrograms
@@ -297,7 +298,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
-		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.Announced,
+		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.TLSH2, objs.Announced,
 		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSReturn,
 		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn}
 	var hooks []func() (link.Link, error)

@@ -261,6 +261,7 @@ const (
 	captureMapStats             = "stats"
 	captureMapTlsCalls          = "tls_calls"
 	captureMapTlsConns          = "tls_conns"
+	captureMapTlsH2             = "tls_h2"
 	captureProgGoTlsMulti       = "go_tls_multi"
 	captureProgGoTlsRead        = "go_tls_read"
 	captureProgGoTlsReadReturn  = "go_tls_read_return"
@@ -379,6 +380,7 @@ type captureMapSpecs struct {
 	Stats      *ebpf.MapSpec `ebpf:"stats"`
 	TlsCalls   *ebpf.MapSpec `ebpf:"tls_calls"`
 	TlsConns   *ebpf.MapSpec `ebpf:"tls_conns"`
+	TlsH2      *ebpf.MapSpec `ebpf:"tls_h2"`
 }
 
 // captureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -439,6 +441,7 @@ type captureMaps struct {
 	Stats      *ebpf.Map `ebpf:"stats"`
 	TlsCalls   *ebpf.Map `ebpf:"tls_calls"`
 	TlsConns   *ebpf.Map `ebpf:"tls_conns"`
+	TlsH2      *ebpf.Map `ebpf:"tls_h2"`
 }
 
 func (m *captureMaps) Close() error {
@@ -460,6 +463,7 @@ func (m *captureMaps) Close() error {
 		m.Stats,
 		m.TlsCalls,
 		m.TlsConns,
+		m.TlsH2,
 	)
 }
 

@@ -251,7 +251,7 @@ func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, err
 	var multi tlsMulti
 	err := spec.Copy().LoadAndAssign(&multi, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
 		"events": objs.Events, "stats": objs.Stats, "tls_calls": objs.TLSCalls, "tls_conns": objs.TLSConns, "announced": objs.Announced,
-		"go_tls_reads": objs.GoTLSReads,
+		"go_tls_reads": objs.GoTLSReads, "tls_h2": objs.TLSH2,
 	}})
 	if err != nil {
 		return nil, err
