@@ -3083,14 +3083,25 @@ int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSH
 // grpc-go write buffer.
 #define TLS_CHUNKS 8
 
-// tls_h2 holds the TLS connections whose plaintext began with HTTP/2's
-// client preface (by their socket): their calls' plaintext goes up whole.
+// tls_h2 holds the TLS connections whose plaintext is HTTP/2 (by their
+// socket): their calls' plaintext goes up whole. A connection's handshake
+// takes its socket out (one before it may have had that memory).
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, __u8);
 } tls_h2 SEC(".maps");
+
+// tls_h2_frame tells whether e's plaintext starts with an HTTP/2 frame
+// of a defined type that it holds whole, as h2_plausible's first (which
+// reads past a ring record's room).
+static __always_inline bool tls_h2_frame(struct event *e)
+{
+	__u8 *h = e->payload;
+	__u32 len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+	return len <= H2_RESYNC_FRAME && h[3] <= 0x9 && !(h[5] & 0x80) && 9 + len <= e->len && h2_valid(h);
+}
 
 // tls_emit sends up n bytes of plaintext at buf, moved in direction dir
 // on connection c by the current thread, flagged EVENT_PLAINTEXT and
@@ -3111,6 +3122,16 @@ static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u
 	__u64 now = bpf_ktime_get_boot_ns();
 	bool wake = first_of_process(ns.tgid);
 	bool whole = n > capture_bytes && bpf_map_lookup_elem(&tls_h2, &c->sock);
+	if (whole) {
+		// Whole only if the ring has room for all of it now: a chunk
+		// lost half-way would cut the call short unseen, where its
+		// prefix alone leaves the parser a gap it knows of.
+		__u64 chunks = n / MAX_CAPTURE + 1;
+		if (chunks > TLS_CHUNKS)
+			chunks = TLS_CHUNKS;
+		__u64 room = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) - bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+		whole = room > chunks * (EVENT_HEADER_SIZE + MAX_CAPTURE + 8);
+	}
 	__u64 off = 0;
 	for (int i = 0; i < TLS_CHUNKS; i++) {
 		// Built in the ring buffer, not in a per-CPU scratch event: a
@@ -3158,11 +3179,14 @@ static __always_inline int tls_emit(struct tls_conn *c, __u8 dir, __u64 buf, __u
 		if (limit > 0 && bpf_probe_read_user(e->payload, limit, (void *)(buf + off)))
 			limit = 0; // no bytes rather than the ring's old ones
 		e->captured = limit;
-		if (i == 0 && !whole && limit >= H2_PREFACE && h2_preface(e)) {
+		// HTTP/2: its preface, or frames (a connection whose preface
+		// went before the uprobes came in: a client's connection made at
+		// its start, a Go program probed at its first handshake).
+		if (i == 0 && !whole && limit >= 9 && ((limit >= H2_PREFACE && h2_preface(e)) || tls_h2_frame(e))) {
 			__u8 on = 1;
 			bpf_map_update_elem(&tls_h2, &c->sock, &on, BPF_ANY);
 		}
-		if (len > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(buf + n - TAIL_BYTES)) == 0)
+		if (len > limit && bpf_probe_read_user(e->tail, TAIL_BYTES, (void *)(buf + off + len - TAIL_BYTES)) == 0)
 			e->tail_len = TAIL_BYTES;
 		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) > wakeup_bytes)
 			wake = true;
@@ -3475,6 +3499,8 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		// now on. User space hears of it once, so that it puts the
 		// uprobes on the process's TLS library if it has not yet.
 		st->tls = 1;
+		__u64 key = (__u64)sk;
+		bpf_map_delete_elem(&tls_h2, &key);
 		count(STAT_TLS_RECORDS);
 		tls_nested(task, regs, sk, role);
 		e->type = EVENT_TLS;

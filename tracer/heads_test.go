@@ -209,7 +209,8 @@ func TestKernelHeads(t *testing.T) {
 
 	// A head whose hash is not the kernel's is not registered.
 	h.now += 1000
-	bad := bpf.Event{Type: bpf.EventData, Dir: in, ExitNS: h.now, Conn: 3, PID: 7, Len: 18, HeadHash: 99, Payload: []byte("GET /c HTTP/1.1\r\n\r\n")}
+	bad := bpf.Event{Type: bpf.EventData, Dir: in, ExitNS: h.now, Conn: 3, PID: 7, Len: 18, HeadHash: 99, Payload: []byte("GET /c HTTP/1.1\r\n\r\n"),
+		Local: serverAddr, Remote: clientAddr}
 	h.tracer.Handle(&bad)
 	h.tracer.Handle(&bad)
 	if s := h.tracer.Stats(); s.HeadMismatches != 2 || kernel.added != 1 {

@@ -153,10 +153,10 @@ func New(cfg Config, procs Processes, wall func(uint64) time.Time, emit func(*Re
 func (t *Tracer) Handle(ev *bpf.Event) {
 	key := connKey{pid: ev.PID, sock: ev.Conn}
 	c := t.conns[key]
-	if c != nil && ev.Type == bpf.EventData && ev.Local.Port() != 0 && c.local.Port() != 0 && (ev.Local != c.local || ev.Remote != c.remote) {
+	if c != nil && ev.Type != bpf.EventClose && ev.Local.Port() != 0 && (ev.Local != c.local || ev.Remote != c.remote) {
 		// Another connection on the socket memory of one whose close
 		// was lost: that one is over.
-		c.close(ev.ExitNS)
+		c.close(c.lastSeen)
 		t.forget(key)
 		c = nil
 	}
@@ -183,7 +183,9 @@ func (t *Tracer) Handle(ev *bpf.Event) {
 		}
 	}
 	if c == nil {
-		if t.late(key, ev) {
+		if t.late(key, ev) || ev.Local.Port() == 0 {
+			// A closed connection's: the kernel unhashes a socket
+			// (its local port 0) when it closes.
 			return
 		}
 		if len(t.conns) >= t.cfg.MaxConnections {
