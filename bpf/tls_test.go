@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -334,5 +335,107 @@ func checkTLSPlaintext(t *testing.T, got map[string]string, stats Stats, tag str
 	}
 	if stats.TLSRecords == 0 || stats.TLSLost != 0 {
 		t.Errorf("stats %+v: want TLS records held back, no plaintext lost", stats)
+	}
+}
+
+// TestTLSWholeHTTP2: a TLS call longer than the capture goes up whole on
+// an HTTP/2 connection (its plaintext began with the client preface), in
+// events of MaxCaptureBytes, as far as 8 of them, the last counting the
+// rest; on another connection, one event of MaxCaptureBytes counts it
+// all. The neighbour's clients write 40000 bytes in one call each.
+func TestTLSWholeHTTP2(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		t.Skip("TLS is read with the socket hooks, Linux 6.3+")
+	}
+	exe := filepath.Join(t.TempDir(), "gotls")
+	if out, err := exec.Command(testenv.LookPath(t, "go"), "build", "-o", exe, "./testdata/gotls").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket, TLS: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var events []Event
+	var neighbour atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			if int64(ev.PID) == neighbour.Load() && ev.Type == EventData && ev.Flags&FlagPlaintext != 0 && ev.Dir == Egress {
+				ev.Payload = slices.Clone(ev.Payload)
+				events = append(events, ev)
+			}
+		}
+	}()
+	cmd := exec.Command(exe, "big")
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	neighbour.Store(int64(cmd.Process.Pid))
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() {
+		t.Fatal("the neighbour printed no port")
+	}
+	port := strings.TrimSpace(lines.Text())
+	if _, err := c.TraceTLS(cmd.Process.Pid, true); err != nil {
+		t.Fatalf("TraceTLS: %v", err)
+	}
+	fmt.Fprintln(stdin)
+	if !lines.Scan() || lines.Text() != "done" {
+		t.Fatalf("neighbour: %q", lines.Text())
+	}
+	cmd.Wait()
+	time.Sleep(500 * time.Millisecond)
+	c.Close()
+	<-done
+
+	data := make([]byte, 40000)
+	for i := range data {
+		data[i] = byte(i % 251)
+	}
+	// The clients' sends, by connection end, in order.
+	sent := map[string][]Event{}
+	var ends []string
+	for _, ev := range events {
+		if fmt.Sprint(ev.Remote.Port()) != port {
+			continue // the server's
+		}
+		end := fmt.Sprint(ev.Local, ev.Remote)
+		if sent[end] == nil {
+			ends = append(ends, end)
+		}
+		sent[end] = append(sent[end], ev)
+	}
+	if len(ends) != 2 {
+		t.Fatalf("client sends on %d connections, want 2", len(ends))
+	}
+	var lens []string
+	for _, ev := range sent[ends[0]] {
+		lens = append(lens, fmt.Sprintf("%d/%d", ev.Len, len(ev.Payload)))
+	}
+	want := []string{"24/24"}
+	for range 7 {
+		want = append(want, "4096/4096")
+	}
+	want = append(want, "11328/4096")
+	if got := strings.Join(lens, " "); got != strings.Join(want, " ") {
+		t.Errorf("HTTP/2 connection: sends (len/captured) %s, want %s", got, strings.Join(want, " "))
+	}
+	var whole []byte
+	for _, ev := range sent[ends[0]][1:] {
+		whole = append(whole, ev.Payload...)
+	}
+	if !bytes.Equal(whole, data[:len(whole)]) {
+		t.Error("HTTP/2 connection: the chunks are not the call's bytes in order")
+	}
+	if s := sent[ends[1]]; len(s) != 1 || s[0].Len != 40000 || !bytes.Equal(s[0].Payload, data[:MaxCaptureBytes]) {
+		t.Errorf("other connection: %d sends, want one of 40000 bytes with its first %d", len(s), MaxCaptureBytes)
 	}
 }

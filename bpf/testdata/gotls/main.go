@@ -38,6 +38,11 @@ func main() {
 	}
 	fmt.Println(l.Addr().(*net.TCPAddr).Port)
 	bufio.NewReader(os.Stdin).ReadString('\n')
+	if len(os.Args) > 1 && os.Args[1] == "big" {
+		bigWrites(l)
+		fmt.Println("done")
+		return
+	}
 
 	served := make(chan error)
 	go func() {
@@ -94,4 +99,45 @@ func main() {
 		panic(err)
 	}
 	fmt.Println("done")
+}
+
+// bigWrites makes two connections whose clients each write 40000 bytes in one
+// call (byte i is i%251), the first after HTTP/2's client preface, the
+// second without; the server reads all.
+func bigWrites(l net.Listener) {
+	served := make(chan error)
+	go func() {
+		for k := 0; k < 2; k++ {
+			c, err := l.Accept()
+			if err != nil {
+				served <- err
+				return
+			}
+			_, err = io.Copy(io.Discard, c)
+			c.Close()
+			if err != nil {
+				served <- err
+				return
+			}
+		}
+		served <- nil
+	}()
+	data := make([]byte, 40000)
+	for i := range data {
+		data[i] = byte(i % 251)
+	}
+	for n := 0; n < 2; n++ {
+		c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			panic(err)
+		}
+		if n == 0 {
+			c.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"))
+		}
+		c.Write(data)
+		c.Close()
+	}
+	if err := <-served; err != nil {
+		panic(err)
+	}
 }
