@@ -62,6 +62,10 @@ type tlsProcess struct {
 	libraries []string // the libraries' paths, in the process's mount namespace
 	library   string   // and comma-separated
 	refused   []string // libraries it loaded later whose uprobes failed: not tried again
+	// goDone: its executable's crypto/tls has the uprobes, or refused
+	// them; the scans do not inspect it again (an exec makes it another
+	// process, by start).
+	goDone bool
 	// start is the process's start time and executable: a pid reused is
 	// another process, and one that exec'd another program maps other
 	// libraries.
@@ -105,7 +109,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 	if startErr != nil {
 		return "", startErr
 	}
-	libraries, err := tlsLibraries(pid)
+	libraries, err := tlsLibraries(pid, p == nil || !p.goDone)
 	defer closeExecutables(libraries)
 	if err != nil {
 		if p != nil {
@@ -158,6 +162,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		default:
 			err = p.attach(pid, library.name, t.progs)
 		}
+		p.goDone = p.goDone || library.goTLS != nil
 		if err != nil {
 			// Not tried again for this process; the others are.
 			p.refused = append(p.refused, library.name)
@@ -369,18 +374,15 @@ func closeExecutables(libraries []tlsLibrary) {
 }
 
 // tlsLibraries finds the TLS libraries process pid uses: its executable's
-// crypto/tls, if it is a Go program, and the libssl copies it maps.
-func tlsLibraries(pid int) ([]tlsLibrary, error) {
+// crypto/tls, if it is a Go program (and withGo), and the libssl copies it
+// maps.
+func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 	var libraries []tlsLibrary
-	path := fmt.Sprintf("/proc/%d/exe", pid)
-	exe, goErr := os.Open(path)
-	if goErr == nil {
-		var places *goTLSPlaces
-		if places, goErr = goTLSOf(exe); goErr == nil {
-			name, _ := os.Readlink(path)
-			libraries = append(libraries, tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places, exe: exe})
-		} else {
-			exe.Close()
+	var goErr error
+	if withGo {
+		var library tlsLibrary
+		if library, goErr = goLibrary(pid); goErr == nil {
+			libraries = append(libraries, library)
 		}
 	}
 	ssl, err := sslLibraries(pid)
@@ -398,6 +400,23 @@ func tlsLibraries(pid int) ([]tlsLibrary, error) {
 		return nil, err
 	}
 	return libraries, nil
+}
+
+// goLibrary returns the crypto/tls of process pid's executable, opened,
+// if it is a Go program that links it.
+func goLibrary(pid int) (tlsLibrary, error) {
+	path := fmt.Sprintf("/proc/%d/exe", pid)
+	exe, err := os.Open(path)
+	if err != nil {
+		return tlsLibrary{}, err
+	}
+	places, err := goTLSOf(exe)
+	if err != nil {
+		exe.Close()
+		return tlsLibrary{}, err
+	}
+	name, _ := os.Readlink(path)
+	return tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places, exe: exe}, nil
 }
 
 // sslLibraries finds the libssl copies that process pid maps, as paths in

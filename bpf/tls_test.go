@@ -169,14 +169,13 @@ func TestGoTLSPlaintext(t *testing.T) {
 	}
 }
 
-// runTLSNeighbour runs cmd, a neighbour that prints its TLS server's port,
-// waits for a line on stdin, talks TLS with itself and prints "done", with
-// the uprobes on its TLS library (named with library): with uprobe_multi
-// links (multi) or perf events. It returns the plaintext that came up, as
-// the words each connection end moved in order ("<" received, ">" sent),
-// by the end's addresses, and the capture's counters; and checks that
-// no record of those connections came up, and one EventTLS for each end.
-func runTLSNeighbour(t *testing.T, cmd *exec.Cmd, multi bool, library string) (map[string]string, Stats) {
+// traceNeighbour runs cmd, a neighbour that prints its TLS server's port,
+// waits for a line on stdin, talks TLS with itself and prints "done",
+// under a capture that trace (given the capture and the neighbour's pid)
+// puts the uprobes on before the line: with uprobe_multi links (multi) or
+// perf events. It returns the neighbour's events, its port and the
+// capture's counters, and checks that UntraceTLS takes the uprobes off.
+func traceNeighbour(t *testing.T, cmd *exec.Cmd, multi bool, trace func(c *Capture, pid int)) ([]Event, string, Stats) {
 	t.Helper()
 	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket, TLS: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -213,33 +212,7 @@ func runTLSNeighbour(t *testing.T, cmd *exec.Cmd, multi bool, library string) (m
 		t.Fatal("the neighbour printed no port")
 	}
 	port := strings.TrimSpace(lines.Text())
-	if !multi && strings.Contains(library, "Go") {
-		if _, err := c.TraceTLS(cmd.Process.Pid, false); !errors.Is(err, ErrTLSNotSpoken) {
-			t.Errorf("TraceTLS of a Go program not seen speaking TLS, with perf events: %v, want ErrTLSNotSpoken", err)
-		}
-	}
-	traced, err := c.TraceTLS(cmd.Process.Pid, true)
-	if err != nil {
-		t.Fatalf("TraceTLS: %v", err)
-	}
-	if (c.tls.multi != nil) != multi {
-		t.Fatalf("uprobe_multi programs: %v, want %v", c.tls.multi != nil, multi)
-	}
-	if !strings.Contains(traced, library) {
-		t.Errorf("library %q, want %q", traced, library)
-	}
-	if again, err := c.TraceTLS(cmd.Process.Pid, true); err != nil || again != traced {
-		t.Errorf("TraceTLS again: %q %v", again, err)
-	}
-	sleep := exec.Command("sleep", "10")
-	if err := sleep.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.TraceTLS(sleep.Process.Pid, true); !errors.Is(err, ErrNoTLSLibrary) {
-		t.Errorf("TraceTLS of a process without libssl or Go: %v, want ErrNoTLSLibrary", err)
-	}
-	sleep.Process.Kill()
-	sleep.Wait()
+	trace(c, cmd.Process.Pid)
 	fmt.Fprintln(stdin)
 	if !lines.Scan() || lines.Text() != "done" {
 		t.Fatalf("neighbour: %q", lines.Text())
@@ -256,6 +229,47 @@ func runTLSNeighbour(t *testing.T, cmd *exec.Cmd, multi bool, library string) (m
 	}
 	c.Close()
 	<-done
+	return events, port, stats
+}
+
+// runTLSNeighbour runs cmd, a neighbour that prints its TLS server's port,
+// waits for a line on stdin, talks TLS with itself and prints "done", with
+// the uprobes on its TLS library (named with library): with uprobe_multi
+// links (multi) or perf events. It returns the plaintext that came up, as
+// the words each connection end moved in order ("<" received, ">" sent),
+// by the end's addresses, and the capture's counters; and checks that
+// no record of those connections came up, and one EventTLS for each end.
+func runTLSNeighbour(t *testing.T, cmd *exec.Cmd, multi bool, library string) (map[string]string, Stats) {
+	t.Helper()
+	events, port, stats := traceNeighbour(t, cmd, multi, func(c *Capture, pid int) {
+		if !multi && strings.Contains(library, "Go") {
+			if _, err := c.TraceTLS(pid, false); !errors.Is(err, ErrTLSNotSpoken) {
+				t.Errorf("TraceTLS of a Go program not seen speaking TLS, with perf events: %v, want ErrTLSNotSpoken", err)
+			}
+		}
+		traced, err := c.TraceTLS(pid, true)
+		if err != nil {
+			t.Fatalf("TraceTLS: %v", err)
+		}
+		if (c.tls.multi != nil) != multi {
+			t.Fatalf("uprobe_multi programs: %v, want %v", c.tls.multi != nil, multi)
+		}
+		if !strings.Contains(traced, library) {
+			t.Errorf("library %q, want %q", traced, library)
+		}
+		if again, err := c.TraceTLS(pid, true); err != nil || again != traced {
+			t.Errorf("TraceTLS again: %q %v", again, err)
+		}
+		sleep := exec.Command("sleep", "10")
+		if err := sleep.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.TraceTLS(sleep.Process.Pid, true); !errors.Is(err, ErrNoTLSLibrary) {
+			t.Errorf("TraceTLS of a process without libssl or Go: %v, want ErrNoTLSLibrary", err)
+		}
+		sleep.Process.Kill()
+		sleep.Wait()
+	})
 
 	// Connection ends by their addresses: a socket's memory is reused by
 	// the next connection's.
@@ -352,49 +366,17 @@ func TestTLSWholeHTTP2(t *testing.T) {
 	if out, err := exec.Command(testenv.LookPath(t, "go"), "build", "-o", exe, "./testdata/gotls").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	c, err := Load(Config{CaptureBytes: 256, Hooks: HooksSocket, TLS: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var events []Event
-	var neighbour atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var ev Event
-		for c.Read(&ev) == nil {
-			if int64(ev.PID) == neighbour.Load() && ev.Type == EventData && ev.Flags&FlagPlaintext != 0 && ev.Dir == Egress {
-				ev.Payload = slices.Clone(ev.Payload)
-				events = append(events, ev)
-			}
+	all, port, _ := traceNeighbour(t, exec.Command(exe, "big"), kernelAtLeast(t, 6, 10), func(c *Capture, pid int) {
+		if _, err := c.TraceTLS(pid, true); err != nil {
+			t.Fatalf("TraceTLS: %v", err)
 		}
-	}()
-	cmd := exec.Command(exe, "big")
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	})
+	var events []Event // the plaintext sent
+	for _, ev := range all {
+		if ev.Type == EventData && ev.Flags&FlagPlaintext != 0 && ev.Dir == Egress {
+			events = append(events, ev)
+		}
 	}
-	defer cmd.Process.Kill()
-	neighbour.Store(int64(cmd.Process.Pid))
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() {
-		t.Fatal("the neighbour printed no port")
-	}
-	port := strings.TrimSpace(lines.Text())
-	if _, err := c.TraceTLS(cmd.Process.Pid, true); err != nil {
-		t.Fatalf("TraceTLS: %v", err)
-	}
-	fmt.Fprintln(stdin)
-	if !lines.Scan() || lines.Text() != "done" {
-		t.Fatalf("neighbour: %q", lines.Text())
-	}
-	cmd.Wait()
-	time.Sleep(500 * time.Millisecond)
-	c.Close()
-	<-done
 
 	data := make([]byte, 40000)
 	for i := range data {

@@ -44,40 +44,30 @@ func main() {
 		return
 	}
 
-	served := make(chan error)
-	go func() {
-		for k := 0; k < 2; k++ {
-			c, err := l.Accept()
+	served := serveTwo(l, func(c net.Conn) error {
+		for i := 0; i < 2; i++ {
+			// One record, one read; then one read of 9 bytes and
+			// one of the rest, which finds it decrypted already.
+			req := make([]byte, 64)
+			size := len(req)
+			if i == 1 {
+				size = 9
+			}
+			n, err := c.Read(req[:size])
+			if i == 1 && err == nil {
+				var m int
+				m, err = c.Read(req[n:])
+				n += m
+			}
 			if err != nil {
-				served <- err
-				return
+				return err
 			}
-			for i := 0; i < 2; i++ {
-				// One record, one read; then one read of 9 bytes and
-				// one of the rest, which finds it decrypted already.
-				req := make([]byte, 64)
-				size := len(req)
-				if i == 1 {
-					size = 9
-				}
-				n, err := c.Read(req[:size])
-				if i == 1 && err == nil {
-					var m int
-					m, err = c.Read(req[n:])
-					n += m
-				}
-				if err != nil {
-					served <- err
-					return
-				}
-				// The second answer is longer than the capture's
-				// 256 bytes: a TLS call's plaintext comes whole.
-				c.Write([]byte("PONG-GO " + string(req[8:n]) + strings.Repeat(" z", 150*i)))
-			}
-			c.Close()
+			// The second answer is longer than the capture's
+			// 256 bytes: a TLS call's plaintext comes whole.
+			c.Write([]byte("PONG-GO " + string(req[8:n]) + strings.Repeat(" z", 150*i)))
 		}
-		served <- nil
-	}()
+		return nil
+	})
 	for n := 0; n < 2; n++ {
 		c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true})
 		if err != nil {
@@ -105,23 +95,10 @@ func main() {
 // call (byte i is i%251), the first after HTTP/2's client preface, the
 // second without; the server reads all.
 func bigWrites(l net.Listener) {
-	served := make(chan error)
-	go func() {
-		for k := 0; k < 2; k++ {
-			c, err := l.Accept()
-			if err != nil {
-				served <- err
-				return
-			}
-			_, err = io.Copy(io.Discard, c)
-			c.Close()
-			if err != nil {
-				served <- err
-				return
-			}
-		}
-		served <- nil
-	}()
+	served := serveTwo(l, func(c net.Conn) error {
+		_, err := io.Copy(io.Discard, c)
+		return err
+	})
 	data := make([]byte, 40000)
 	for i := range data {
 		data[i] = byte(i % 251)
@@ -140,4 +117,27 @@ func bigWrites(l net.Listener) {
 	if err := <-served; err != nil {
 		panic(err)
 	}
+}
+
+// serveTwo accepts two connections on l, one after the other, and serves
+// each with serve; the channel says how it went.
+func serveTwo(l net.Listener, serve func(net.Conn) error) <-chan error {
+	served := make(chan error)
+	go func() {
+		for k := 0; k < 2; k++ {
+			c, err := l.Accept()
+			if err != nil {
+				served <- err
+				return
+			}
+			err = serve(c)
+			c.Close()
+			if err != nil {
+				served <- err
+				return
+			}
+		}
+		served <- nil
+	}()
+	return served
 }
