@@ -103,6 +103,37 @@ func (f *fastEvents) take(pid int) []Event {
 	return ev
 }
 
+// takeAfter is take once n events of process pid have come, or after 5 s:
+// for what comes when the kernel gets to it, such as a close that waits
+// for the peer's delayed ACK of the FIN (40 ms or more).
+func (f *fastEvents) takeAfter(pid, n int) []Event {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(maxPoll) {
+		f.mu.Lock()
+		got := 0
+		for _, e := range f.events {
+			if int(e.PID) == pid {
+				got++
+			}
+		}
+		f.mu.Unlock()
+		if got >= n {
+			break
+		}
+	}
+	return f.take(pid)
+}
+
+// lossNote says what the kernel lost, for a test's failure: events lost
+// to a full ring (the test's capture sees every process of the machine)
+// and program runs skipped (a close missed).
+func lossNote(c *Capture) string {
+	s, err := c.Stats()
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("(kernel: %d events lost, %d runs skipped)", s.Lost, s.RunsSkipped)
+}
+
 // expectLines checks the first lines of the events of process pid that
 // user space got since the last take: which requests and responses.
 func (f *fastEvents) expectLines(t *testing.T, pid int, want ...string) {

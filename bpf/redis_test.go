@@ -605,8 +605,11 @@ func TestKernelRedisSpansEnds(t *testing.T) {
 	if _, err := rc2.r.ReadByte(); err != io.EOF {
 		t.Fatalf("read after close: %v, want EOF", err)
 	}
-	time.Sleep(50 * time.Millisecond)
-	if got := types(); len(got) != 2 || got[0] != EventRedisRequest || got[1] != EventClose {
-		t.Errorf("close: events %v, want the stand-in, then the close", got)
+	var got []EventType
+	for _, ev := range events.takeAfter(pid, 2) {
+		got = append(got, ev.Type)
+	}
+	if len(got) != 2 || got[0] != EventRedisRequest || got[1] != EventClose {
+		t.Errorf("close: events %v, want the stand-in, then the close %s", got, lossNote(c))
 	}
 }

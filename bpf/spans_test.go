@@ -246,13 +246,12 @@ func TestKernelSpans(t *testing.T) {
 	if _, err := r.ReadByte(); err != io.EOF {
 		t.Fatalf("read after /close: %v, want EOF", err)
 	}
-	time.Sleep(50 * time.Millisecond)
 	var got []EventType
-	for _, ev := range events.take(pid) {
+	for _, ev := range events.takeAfter(pid, 2) {
 		got = append(got, ev.Type)
 	}
 	if len(got) != 2 || got[0] != EventHTTPRequest || got[1] != EventClose {
-		t.Errorf("events %v, want the stand-in, then the close", got)
+		t.Errorf("events %v, want the stand-in, then the close %s", got, lossNote(c))
 	}
 
 	stats, err := c.Stats()
@@ -472,9 +471,9 @@ func TestKernelSpansTraceparent(t *testing.T) {
 	if _, err := r.ReadByte(); err != io.EOF {
 		t.Fatalf("read after /close: %v, want EOF", err)
 	}
-	evs = events.take(pid)
+	evs = events.takeAfter(pid, 2)
 	if len(evs) != 2 || evs[0].Type != EventHTTPRequest || string(evs[0].Payload) != v || evs[1].Type != EventClose {
-		t.Errorf("events %+v, want the stand-in with %q, then the close", evs, v)
+		t.Errorf("events %+v, want the stand-in with %q, then the close %s", evs, v, lossNote(c))
 	}
 }
 
