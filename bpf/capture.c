@@ -3596,8 +3596,8 @@ static __always_inline void send_close(struct sock *sk, struct sock_state *st, _
 // late_close sends the close of a connection that ended with bytes still
 // to read (inet_sock_set_state), if it was held back: when a read of it
 // finds nothing (they have all been read, and their events went up
-// before), or when its socket goes (tcp_destroy_sock), in the scratch
-// event of slot.
+// before), in the scratch event of slot; tcp_destroy_sock sends it when
+// the socket goes.
 static __always_inline void late_close(struct sock *sk, __u32 slot)
 {
 	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
@@ -3637,11 +3637,20 @@ int sock_send_length(__u64 *ctx)
 }
 
 // tcp_destroy_sock sends the close held back for a connection whose
-// process closed its socket without a read that found nothing left.
+// process closed its socket without a read that found nothing left, and
+// the close that inet_sock_set_state missed: the kernel skips a program's
+// run on a CPU where the same program is running (a softirq's state
+// change inside a task's connect or close). A socket goes once, after its
+// end, so no close goes up twice.
 SEC("tp_btf/tcp_destroy_sock")
 int tcp_destroy_sock(__u64 *ctx)
 {
-	late_close((struct sock *)ctx[0], SCRATCH_DESTROY);
+	struct sock *sk = (struct sock *)ctx[0];
+	struct sock_state *st = bpf_sk_storage_get(&socks, sk, 0, 0);
+	if (!st || st->closed || !st->tgid)
+		return 0;
+	st->close_late = 0;
+	send_close(sk, st, SCRATCH_DESTROY);
 	return 0;
 }
 

@@ -640,8 +640,9 @@ type Stats struct {
 	// RunsSkipped are runs of the programs the kernel skipped because the
 	// same program was already running on the CPU: inet_sock_set_state,
 	// in a task's connect or close, interrupted by a softirq's state
-	// change of another connection, whose mark or close event is then
-	// missing (Linux 5.12 and later count them; 0 before).
+	// change of another connection, whose mark at its connect is then
+	// missing, or whose close waits until its socket is freed
+	// (tcp_destroy_sock); Linux 5.12 and later count them, 0 before.
 	RunsSkipped uint64
 }
 

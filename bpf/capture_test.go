@@ -828,6 +828,98 @@ func TestLateClose(t *testing.T) {
 	}
 }
 
+// destroyScript: a connection the server closes first and one the client
+// closes first, after a request and its reply each.
+const destroyScript = `
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen()
+port = srv.getsockname()[1]
+for first in ("SERVER", "CLIENT"):
+    c = socket.create_connection(("127.0.0.1", port)); a, _ = srv.accept()
+    c.sendall(b"REQ-" + first.encode()); a.recv(64); a.sendall(b"RESP"); c.recv(4)
+    ends = [a, c] if first == "SERVER" else [c, a]
+    ends[0].close(); ends[1].recv(1); ends[1].close()
+print("done")
+`
+
+// TestCloseAtDestroy: a connection's close reaches user space even when
+// inet_sock_set_state did not run for its end (the kernel skips a
+// program's run on a CPU where it is already running): its socket's
+// destruction sends it. The test detaches inet_sock_set_state to be sure
+// it does not run.
+func TestCloseAtDestroy(t *testing.T) {
+	testenv.Privileged(t)
+	if !slices.Contains(hookSets(t), HooksSocket) {
+		testenv.Skip(t, "the socket hooks need Linux 6.3+")
+	}
+	c, err := Load(Config{CaptureBytes: 64, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	detach(t, c, "inet_sock_set_state")
+	conns := map[uint64]string{} // the script's connections, by end
+	var closed []string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var ev Event
+		for c.Read(&ev) == nil {
+			switch p := string(ev.Payload); {
+			case ev.Type == EventData && strings.HasPrefix(p, "REQ-"):
+				end := "client"
+				if ev.Dir == Ingress {
+					end = "server"
+				}
+				conns[ev.Conn] = p[4:] + " first, " + end
+			case ev.Type == EventClose && conns[ev.Conn] != "":
+				closed = append(closed, conns[ev.Conn])
+			}
+		}
+	}()
+	cmd := exec.Command(testenv.LookPath(t, "python3"), "-c", destroyScript)
+	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "done" {
+		t.Fatalf("script: %v %s", err, out)
+	}
+	time.Sleep(500 * time.Millisecond)
+	c.Close()
+	<-done
+	slices.Sort(closed)
+	want := []string{"CLIENT first, client", "CLIENT first, server", "SERVER first, client", "SERVER first, server"}
+	if !slices.Equal(closed, want) {
+		t.Errorf("closes of %q, want %q", closed, want)
+	}
+}
+
+// detach takes the program whose name begins with name off its hook.
+func detach(t *testing.T, c *Capture, name string) {
+	t.Helper()
+	for i, l := range c.links {
+		info, err := l.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		prog, err := ebpf.NewProgramFromID(info.Program)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pinfo, err := prog.Info()
+		prog.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The kernel keeps 15 bytes of a program's name.
+		if strings.HasPrefix(name, pinfo.Name) && len(pinfo.Name) >= min(len(name), 15) {
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			c.links = slices.Delete(c.links, i, i+1)
+			return
+		}
+	}
+	t.Fatalf("no program %s attached", name)
+}
+
 // TestNewProcessWakes: a process's first event wakes the reader at once,
 // rather than at its next poll, so that the agent reads the /proc entry of
 // a short-lived one (a curl, a probe's script) before it exits. (That its
