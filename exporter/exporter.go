@@ -47,6 +47,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
@@ -264,7 +265,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 		codec, partial := newTraceCodec(), &partialSuccess{}
 		client := otlptracegrpc.NewClient(
 			otlptracegrpc.WithDialOption(grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec)), grpc.WithStatsHandler(own), grpc.WithConnectParams(reconnect),
-				grpc.WithUnaryInterceptor(partial.intercept)),
+				grpc.WithKeepaliveParams(deadPeer), grpc.WithUnaryInterceptor(partial.intercept)),
 			otlptracegrpc.WithMaxRequestSize(0))
 		if err := client.Start(ctx); err != nil {
 			return nil, fmt.Errorf("otlp trace client: %w", err)
@@ -280,7 +281,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*Exporter, error
 	}
 	var metricExp sdkmetric.Exporter
 	if cfg.MetricsOTLP {
-		exp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithDialOption(grpc.WithStatsHandler(own), grpc.WithConnectParams(reconnect)))
+		exp, err := otlpmetricgrpc.New(ctx, otlpmetricgrpc.WithDialOption(grpc.WithStatsHandler(own), grpc.WithConnectParams(reconnect), grpc.WithKeepaliveParams(deadPeer)))
 		if err != nil {
 			for _, d := range dests {
 				_ = d.exp.shutdown(ctx)
@@ -307,6 +308,23 @@ var reconnect = grpc.ConnectParams{
 	Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 10 * time.Second},
 	MinConnectTimeout: 20 * time.Second,
 }
+
+// deadPeer bounds how long an OTLP connection's sent bytes may go
+// unacknowledged before the kernel drops the connection: gRPC sets its
+// Timeout as the socket's TCP_USER_TIMEOUT. A collector whose node died,
+// or a connection still pinned to a collector pod that is gone, answers
+// nothing, not even a reset: without the bound, TCP retransmits for about
+// 15 minutes before gRPC learns that the connection is dead, and every
+// export of those minutes times out and drops its spans. With it, the
+// export under way fails at the bound (under the exports' 30 s deadline)
+// and gRPC connects again (to the Service's live pods). An idle
+// connection finds out at its next export (gRPC's TCP keepalive has the
+// system's 2 hours). Pings (Time) would come only after 5 minutes without
+// a byte from the collector during an export, never in practice: a
+// collector's gRPC server refuses by default pings more often than that.
+// A custom dialer, the other way to set the option, would turn off
+// gRPC's HTTPS_PROXY support.
+var deadPeer = keepalive.ClientParameters{Time: 5 * time.Minute, Timeout: 20 * time.Second}
 
 // OwnConnection tells whether peer is the local end of one of the agent's
 // own OTLP connections (ownConns): the tracer does not follow a

@@ -140,6 +140,12 @@ func Start(t testing.TB, opts ...Option) *Receiver {
 	if err != nil {
 		t.Fatalf("otlptest: listen: %v", err)
 	}
+	return StartOn(t, lis, opts...)
+}
+
+// StartOn starts a receiver on lis (another network namespace's, say),
+// and stops it when the test ends.
+func StartOn(t testing.TB, lis net.Listener, opts ...Option) *Receiver {
 	r := &Receiver{
 		lis:     lis,
 		stop:    make(chan struct{}),
