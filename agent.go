@@ -49,7 +49,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	}
 	cfg, err := loadConfig(os.Environ())
 	if err != nil {
-		return err
+		return notTracing(ctx, logger, err)
 	}
 	agentMaxProcs(os.Getenv("GOMAXPROCS"))
 	agentGC(os.Getenv("GOGC"))
@@ -87,7 +87,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		Metadata:     cfg.Metadata,
 	}, logger)
 	if err != nil {
-		return fmt.Errorf("start exporter: %w", err)
+		return notTracing(ctx, logger, fmt.Errorf("start exporter: %w", err))
 	}
 	// Once: the loop below shuts the exporter down before its final
 	// stats; on the other ways out, this defer does.
@@ -104,17 +104,8 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			cfg.KernelSpans && cfg.parses(tracer.ProtoRedis) && tracer.RedisShapeSpans(cfg.QueryText, cfg.RedisKeys)),
 	}, logger)
 	if err != nil {
-		err = fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE, and a seccomp profile that allows bpf(): "+
-			"with the webhook, podtracer.io/privileged=true where the runtime has neither; kernel 5.8+ with BTF): %w", err)
-		if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
-			return err
-		}
-		// In a pod, a sidecar that exits crash-loops, and keeps its pod
-		// from being ready: the neighbours would stop serving for want of
-		// telemetry. The agent says why, and waits for the pod to end.
-		logger.Error("nothing is traced: the agent waits for SIGTERM", "error", err)
-		<-ctx.Done()
-		return nil
+		return notTracing(ctx, logger, fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE, and a seccomp profile that allows bpf(): "+
+			"with the webhook, podtracer.io/privileged=true where the runtime has neither; kernel 5.8+ with BTF): %w", err))
 	}
 	defer capture.Close()
 	// Loading parsed the kernel's BTF (several MB, garbage now): give the
@@ -179,6 +170,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	if len(protocols) == 0 {
 		protocols = tracer.Protocols()
 	}
+	announceStarted(ctx, logger, cfg.Metadata.PodUID, "tracing")
 	logger.Info("podtracer agent running", "pid", os.Getpid(), "protocols", strings.Join(protocols, ","), "selection_ports", cfg.ports.String(),
 		"selection_executable", cfg.ExecutableName, "traces_otlp", cfg.tracesOTLP(), "metrics_otlp", cfg.metricsOTLP())
 	var ev bpf.Event
@@ -209,6 +201,28 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		}
 		tr.Handle(&ev)
 	}
+}
+
+// notTracing is the agent's way out when it cannot start: err, outside
+// Kubernetes. In a pod, a sidecar that exits crash-loops, which keeps its
+// pod from being ready, and a native sidecar's keeps the application from
+// starting at all: the neighbours would stop serving for want of
+// telemetry. There the agent says why, lets `podtracer wait` go on, and
+// waits for the pod to end.
+func notTracing(ctx context.Context, logger *slog.Logger, err error) error {
+	if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+		return err
+	}
+	logger.Error("nothing is traced: the agent waits for SIGTERM", "error", err)
+	var lines []string // the answer is one line
+	for l := range strings.Lines(err.Error()) {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	announceStarted(ctx, logger, os.Getenv("POD_UID"), "not tracing: "+strings.Join(lines, " "))
+	<-ctx.Done()
+	return nil
 }
 
 // drainQuiet is how long the kernel may see nothing of the neighbours

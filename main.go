@@ -31,6 +31,8 @@ func main() {
 	switch {
 	case len(os.Args) > 1 && os.Args[1] == "webhook":
 		err = webhook.Main(ctx, logger, os.Args[2:])
+	case len(os.Args) > 1 && os.Args[1] == "wait":
+		err = waitStarted(os.Args[2:], os.Stdout)
 	default:
 		err = runAgent(ctx, logger, os.Args[1:])
 	}

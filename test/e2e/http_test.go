@@ -760,3 +760,41 @@ func TestKernelSpansUnderLoad(t *testing.T) {
 		t.Errorf("the kernel's records stood for %d of %d requests: the fast path was not what this measured", records, ok)
 	}
 }
+
+// TestWaitStarted: an application started behind `podtracer wait` (the
+// sidecar's postStart hook, which holds the pod's next containers) makes
+// its first request only once the agent traces: a request made at once
+// gets its spans, though the application was started before the agent.
+// And wait ends even when no agent ever starts.
+func TestWaitStarted(t *testing.T) {
+	privileged(t)
+	curl := testenv.LookPath(t, "curl")
+	agentBin, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	uid := fmt.Sprintf("e2e-wait-%d", os.Getpid())
+	port := freePort(t)
+	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
+	waitListening(t, port)
+
+	// The application: wait, then one request, on a new connection.
+	app := pod.command("sh", "-c", fmt.Sprintf(`"$0" wait -timeout 60s && exec "$1" -sS -o /dev/null http://127.0.0.1:%d/users/first`, port), agentBin, curl)
+	app.Env = append(os.Environ(), "POD_UID="+uid)
+	application := start(t, app)
+	time.Sleep(time.Second)
+	if strings.Contains(application.output(), "started") {
+		t.Fatalf("podtracer wait returned before the agent started: %s", application.output())
+	}
+	startAgent(t, pod, agentEnv(rcv, "POD_UID="+uid))
+	application.waitOutput(t, "the agent has started: tracing", 1, 20*time.Second)
+	rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/users/first") != nil && find(s, trace.SpanKindClient, "/users/first") != nil
+	})
+
+	// No agent in this pod (another UID): wait gives up at its timeout.
+	other := pod.command(agentBin, "wait", "-timeout", "500ms")
+	other.Env = append(os.Environ(), "POD_UID="+uid+"-none")
+	if out := run(t, other); !strings.Contains(out, "has not started after 500ms") {
+		t.Errorf("podtracer wait without an agent said %q", out)
+	}
+}
