@@ -77,7 +77,7 @@ type config struct {
 	RedisKeys      bool          `env:"PODTRACER_REDIS_KEYS" envDefault:"false" desc:"keep the key of Redis commands in db.query.text (off: keys may hold user data)"`
 	LogLevel       string        `env:"PODTRACER_LOG_LEVEL" envDefault:"info" desc:"debug, info, warn or error"`
 	LogFormat      string        `env:"PODTRACER_LOG_FORMAT" envDefault:"text" desc:"text or json"`
-	ShutdownWait   time.Duration `env:"PODTRACER_SHUTDOWN_WAIT" envDefault:"15s" desc:"after SIGTERM, how long at most the agent goes on tracing while its neighbours drain (Kubernetes stops every container of a pod at once): it stops as soon as the kernel has seen nothing of them for a second, then flushes (up to 10 s); 0: stop at once"`
+	ShutdownWait   time.Duration `env:"PODTRACER_SHUTDOWN_WAIT" envDefault:"15s" desc:"after SIGTERM, how long at most the agent goes on tracing while its neighbours drain (Kubernetes stops an ordinary sidecar with the other containers, a native one after them): it stops as soon as the kernel has seen nothing of them for a second, then flushes (up to 10 s); 0: stop at once"`
 
 	Metadata pod.Metadata `desc:"downward API"`
 

@@ -188,10 +188,12 @@ func appDeployment(name string, annotations map[string]string) *appsv1.Deploymen
 	}
 }
 
+// sidecarOf is d's podtracer container: a native sidecar, among the init
+// containers.
 func sidecarOf(d *appsv1.Deployment) *corev1.Container {
-	for i, c := range d.Spec.Template.Spec.Containers {
+	for i, c := range d.Spec.Template.Spec.InitContainers {
 		if c.Name == ContainerName {
-			return &d.Spec.Template.Spec.Containers[i]
+			return &d.Spec.Template.Spec.InitContainers[i]
 		}
 	}
 	return nil

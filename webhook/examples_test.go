@@ -31,7 +31,10 @@ func TestSidecarExampleMatchesInjection(t *testing.T) {
 	}
 
 	app := example.DeepCopy()
-	app.Spec.Template.Spec.Containers = slices.DeleteFunc(app.Spec.Template.Spec.Containers, func(c corev1.Container) bool { return c.Name == ContainerName })
+	app.Spec.Template.Spec.InitContainers = slices.DeleteFunc(app.Spec.Template.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == ContainerName })
+	if len(app.Spec.Template.Spec.InitContainers) == 0 {
+		app.Spec.Template.Spec.InitContainers = nil
+	}
 	app.Spec.Template.Spec.ShareProcessNamespace = nil
 	app.Annotations = map[string]string{AnnotationInject: "true"}
 	s := goldenSidecar()
@@ -50,6 +53,9 @@ func TestSidecarExampleMatchesInjection(t *testing.T) {
 	}
 	if !equality.Semantic.DeepEqual(manual.Resources, injected.Resources) {
 		t.Errorf("resources differ:\n%s", diff(yamlOf(t, injected.Resources), yamlOf(t, manual.Resources)))
+	}
+	if !equality.Semantic.DeepEqual(manual.RestartPolicy, injected.RestartPolicy) || !equality.Semantic.DeepEqual(manual.Lifecycle, injected.Lifecycle) {
+		t.Errorf("restartPolicy and lifecycle differ: a native sidecar whose postStart hook is podtracer wait\n%s", diff(yamlOf(t, injected.Lifecycle), yamlOf(t, manual.Lifecycle)))
 	}
 	if manual.TerminationMessagePolicy != injected.TerminationMessagePolicy {
 		t.Errorf("terminationMessagePolicy %q, injected %q", manual.TerminationMessagePolicy, injected.TerminationMessagePolicy)

@@ -168,13 +168,15 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 		spec.ShareProcessNamespace = new(true)
 		st.ShareProcessNamespace = true
 	}
-	if at >= 0 {
-		// Where it was: moving it would change the template (and roll
-		// the pods) for nothing.
-		spec.Containers = slices.Insert(spec.Containers, at, container)
-	} else {
-		spec.Containers = append(spec.Containers, container)
-	}
+	// A native sidecar (an init container that keeps running), first of
+	// them: it starts before the pod's other init containers and its
+	// containers, and its postStart hook holds their start until the
+	// agent traces (at most 10 s), so that their first connections are
+	// followed from their first bytes; it stops after them, so that it
+	// sees their drain; and it does not keep a pod whose containers have
+	// all ended from completing. Where it was, if it was among them:
+	// moving it would change the template (and roll the pods) for nothing.
+	spec.InitContainers = slices.Insert(spec.InitContainers, max(at, 0), container)
 	raw, _ := json.Marshal(st) // cannot fail: plain struct
 	if out.Spec.Template.Annotations == nil {
 		out.Spec.Template.Annotations = map[string]string{}
@@ -219,8 +221,8 @@ func parseBoolAnnotation(a map[string]string, key string) (value, set bool, err 
 
 // strip removes what an earlier injection added, as recorded by
 // AnnotationStatus, and reports whether there was one, and where in the
-// containers the sidecar was (-1: not there; otherwise at most the
-// number of containers left), what it was then, and the status it had
+// init containers the sidecar was (-1: not there; otherwise at most the
+// number of init containers left), what it was then, and the status it had
 // recorded (nil: none). Without the status
 // annotation nothing is touched: a container named podtracer is then the
 // user's own.
@@ -242,14 +244,21 @@ func strip(d *appsv1.Deployment) (int, *corev1.Container, *status, []string) {
 		st.Container = ContainerName
 	}
 	spec := &d.Spec.Template.Spec
-	at := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == st.Container })
+	named := func(c corev1.Container) bool { return c.Name == st.Container }
+	at := slices.IndexFunc(spec.InitContainers, named)
 	var old *corev1.Container
 	if at >= 0 {
-		old = spec.Containers[at].DeepCopy()
+		old = spec.InitContainers[at].DeepCopy()
+	} else if i := slices.IndexFunc(spec.Containers, named); i >= 0 {
+		// Among the containers, where webhooks before native sidecars
+		// put it: it moves to the init containers.
+		old = spec.Containers[i].DeepCopy()
 	}
-	spec.Containers = slices.DeleteFunc(spec.Containers, func(c corev1.Container) bool {
-		return c.Name == st.Container
-	})
+	spec.InitContainers = slices.DeleteFunc(spec.InitContainers, named)
+	if len(spec.InitContainers) == 0 {
+		spec.InitContainers = nil
+	}
+	spec.Containers = slices.DeleteFunc(spec.Containers, named)
 	if st.ShareProcessNamespace && spec.ShareProcessNamespace != nil && *spec.ShareProcessNamespace {
 		spec.ShareProcessNamespace = nil
 	}
@@ -427,11 +436,18 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 	}
 
 	c = corev1.Container{
-		Name:                     ContainerName,
-		Image:                    s.Image,
-		ImagePullPolicy:          pullPolicy(s),
-		Env:                      env,
-		Resources:                resources,
+		Name:            ContainerName,
+		Image:           s.Image,
+		ImagePullPolicy: pullPolicy(s),
+		Env:             env,
+		Resources:       resources,
+		// A native sidecar (Kubernetes 1.29+), among the init containers.
+		RestartPolicy: new(corev1.ContainerRestartPolicyAlways),
+		// The kubelet starts the pod's next container when this returns:
+		// once the agent traces, or after 10 s, never failing.
+		Lifecycle: &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
+			Exec: &corev1.ExecAction{Command: []string{"/podtracer", "wait"}},
+		}},
 		SecurityContext:          securityContext(privileged),
 		TerminationMessagePath:   corev1.TerminationMessagePathDefault,
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,

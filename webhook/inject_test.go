@@ -189,8 +189,7 @@ func TestMutateFollowsConfiguration(t *testing.T) {
 	if third.Action != ActionInjected {
 		t.Fatalf("action = %s, want injected", third.Action)
 	}
-	c := third.Deployment.Spec.Template.Spec.Containers
-	if got := envValue(c[len(c)-1], "PODTRACER_OPEN_PORTS"); got != "8080" {
+	if got := envValue(*sidecarOf(third.Deployment), "PODTRACER_OPEN_PORTS"); got != "8080" {
 		t.Errorf("PODTRACER_OPEN_PORTS = %q, want 8080", got)
 	}
 }
@@ -398,8 +397,8 @@ func TestMutateStatusNamesOtherContainer(t *testing.T) {
 	for _, c := range res.Deployment.Spec.Template.Spec.Containers {
 		names = append(names, c.Name)
 	}
-	if len(names) != 1 || names[0] != app {
-		t.Errorf("containers %v after removal, want only %q", names, app)
+	if len(names) != 1 || names[0] != app || len(res.Deployment.Spec.Template.Spec.InitContainers) > 0 {
+		t.Errorf("containers %v, init containers %v after removal, want only %q", names, res.Deployment.Spec.Template.Spec.InitContainers, app)
 	}
 }
 
@@ -493,8 +492,8 @@ func TestMutateKeepsUsersAdditions(t *testing.T) {
 	in := readDeployment(t, "testdata/inject/basic/in.yaml")
 	injected := Mutate(in, goldenSidecar()).Deployment
 	spec := &injected.Spec.Template.Spec
-	i := slices.IndexFunc(spec.Containers, func(c corev1.Container) bool { return c.Name == ContainerName })
-	c := &spec.Containers[i]
+	i := slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool { return c.Name == ContainerName })
+	c := &spec.InitContainers[i]
 	headers := corev1.EnvVar{Name: "OTEL_EXPORTER_OTLP_HEADERS", ValueFrom: &corev1.EnvVarSource{
 		SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "vendor"}, Key: "headers"}}}
 	c.Env = append(c.Env, headers, corev1.EnvVar{Name: "PODTRACER_LOG_LEVEL", Value: "debug"})
@@ -503,7 +502,7 @@ func TestMutateKeepsUsersAdditions(t *testing.T) {
 	c.Resources.Limits[corev1.ResourceCPU] = resource.MustParse("2")
 
 	res := Mutate(injected, goldenSidecar())
-	got := res.Deployment.Spec.Template.Spec.Containers[i]
+	got := res.Deployment.Spec.Template.Spec.InitContainers[i]
 	if !slices.ContainsFunc(got.Env, func(e corev1.EnvVar) bool { return equality.Semantic.DeepEqual(e, headers) }) {
 		t.Errorf("the user's %s was dropped: %v", headers.Name, got.Env)
 	}
@@ -539,8 +538,8 @@ func TestMutateKeepsUsersAdditions(t *testing.T) {
 		t.Errorf("annotations and settings changed: action %s warnings %q, want injected without any", changed.Action, changed.Warnings)
 	}
 	removed := Mutate(withoutInject(res.Deployment), goldenSidecar())
-	if removed.Action != ActionRemoved || len(removed.Deployment.Spec.Template.Spec.Containers) != 1 {
-		t.Errorf("removal: action %s, %d containers", removed.Action, len(removed.Deployment.Spec.Template.Spec.Containers))
+	if spec := removed.Deployment.Spec.Template.Spec; removed.Action != ActionRemoved || len(spec.Containers) != 1 || len(spec.InitContainers) > 0 {
+		t.Errorf("removal: action %s, %d containers, %d init containers", removed.Action, len(spec.Containers), len(spec.InitContainers))
 	}
 }
 

@@ -274,17 +274,14 @@ func (s *Server) admit(req *admissionv1.AdmissionRequest) (*admissionv1.Admissio
 	if err != nil {
 		return nil, fmt.Errorf("encode mutated deployment: %w", err)
 	}
-	// A sidecar taken out from among the containers is one remove, and the
-	// rest is diffed with the lists aligned: a diff of the two lists would
-	// rewrite each container after it, field by field, into its place,
-	// and fields these types do not know would stay behind on the wrong
-	// container.
-	var ops []jsonpatch.Operation
+	// A sidecar taken out of a list of containers is one remove, one put
+	// in is one add, and the rest is diffed with the lists aligned: a diff
+	// of the two lists would rewrite each container after it, field by
+	// field, into its place, and fields these types do not know would
+	// stay behind on the wrong container.
+	ops, aligned := alignSidecar(&d, res.Deployment)
 	base := before
-	if i := removedSidecar(&d, res.Deployment); i >= 0 {
-		ops = append(ops, jsonpatch.NewOperation("remove", fmt.Sprintf("/spec/template/spec/containers/%d", i), nil))
-		aligned := d.DeepCopy()
-		aligned.Spec.Template.Spec.Containers = slices.Delete(aligned.Spec.Template.Spec.Containers, i, i+1)
+	if len(ops) > 0 {
 		if base, err = json.Marshal(aligned); err != nil {
 			return nil, fmt.Errorf("encode deployment: %w", err)
 		}
@@ -369,15 +366,43 @@ func pointerValue(doc any, pointer string) (any, error) {
 	return doc, nil
 }
 
-// removedSidecar is the index of the sidecar among before's containers
-// when after no longer has it, else -1.
-func removedSidecar(before, after *appsv1.Deployment) int {
+// alignSidecar returns the operations that take the sidecar out of
+// before's lists of containers that after has it in no longer, and put it
+// into those after has it in newly (the init containers, where it moves
+// from the containers of older webhooks), and before with them applied.
+// Values are left to exactValues.
+func alignSidecar(before, after *appsv1.Deployment) ([]jsonpatch.Operation, *appsv1.Deployment) {
 	named := func(c corev1.Container) bool { return c.Name == ContainerName }
-	i := slices.IndexFunc(before.Spec.Template.Spec.Containers, named)
-	if i < 0 || slices.ContainsFunc(after.Spec.Template.Spec.Containers, named) {
-		return -1
+	aligned := before.DeepCopy()
+	var ops []jsonpatch.Operation
+	lists := []struct {
+		path      string
+		was, will *[]corev1.Container
+	}{
+		{"/spec/template/spec/containers", &aligned.Spec.Template.Spec.Containers, &after.Spec.Template.Spec.Containers},
+		{"/spec/template/spec/initContainers", &aligned.Spec.Template.Spec.InitContainers, &after.Spec.Template.Spec.InitContainers},
 	}
-	return i
+	for _, l := range lists {
+		if i := slices.IndexFunc(*l.was, named); i >= 0 && !slices.ContainsFunc(*l.will, named) {
+			ops = append(ops, jsonpatch.NewOperation("remove", fmt.Sprintf("%s/%d", l.path, i), nil))
+			*l.was = slices.Delete(*l.was, i, i+1)
+		}
+	}
+	for _, l := range lists {
+		i := slices.IndexFunc(*l.will, named)
+		if i < 0 || slices.ContainsFunc(*l.was, named) {
+			continue
+		}
+		if len(*l.was) == 0 {
+			// No list to add to (an empty one is left out of the JSON):
+			// the whole list, the sidecar alone.
+			ops = append(ops, jsonpatch.NewOperation("add", l.path, nil))
+		} else {
+			ops = append(ops, jsonpatch.NewOperation("add", fmt.Sprintf("%s/%d", l.path, i), nil))
+		}
+		*l.was = slices.Insert(*l.was, i, (*l.will)[i])
+	}
+	return ops, aligned
 }
 
 // checkPatch makes sure that patch turns before into after exactly, as the

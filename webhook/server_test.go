@@ -302,53 +302,85 @@ func TestMutateEndpointPatchIsExact(t *testing.T) {
 	}
 }
 
-// TestMutateEndpointKeepsOtherContainers: a sidecar changed or taken out
-// from among the containers leaves the others where they are, with the
-// fields the webhook's API types do not know (a newer cluster's) on the
-// container they belong to.
+// TestMutateEndpointKeepsOtherContainers: a sidecar put in, changed,
+// taken out, or moved from among the containers (where webhooks before
+// native sidecars put it) to the init containers leaves the others where
+// they are, with the fields the webhook's API types do not know (a newer
+// cluster's) on the container they belong to.
 func TestMutateEndpointKeepsOtherContainers(t *testing.T) {
 	h := newHandlerServer(t).Handler()
-	d := readDeployment(t, "testdata/inject/basic/out.yaml")
-	d.Spec.Template.Spec.Containers = append(d.Spec.Template.Spec.Containers, corev1.Container{Name: "cache", Image: "redis:7"})
-	object, err := json.Marshal(d)
-	if err != nil {
-		t.Fatal(err)
+	// future marks a container with a field these types do not know.
+	future := func(d *appsv1.Deployment) []byte {
+		object, err := json.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		json.Unmarshal(object, &m)
+		spec := m["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+		for _, list := range []string{"containers", "initContainers"} {
+			l, _ := spec[list].([]any)
+			for _, c := range l {
+				c := c.(map[string]any)
+				if name := c["name"].(string); name != ContainerName && name != "shop" {
+					c["futureContainerField"] = name + "'s"
+				}
+			}
+		}
+		object, _ = json.Marshal(m)
+		return object
 	}
-	var m map[string]any
-	json.Unmarshal(object, &m)
-	containers := m["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)["containers"].([]any)
-	containers[len(containers)-1].(map[string]any)["futureContainerField"] = "cache's"
-	object, _ = json.Marshal(m)
+	migrate := corev1.Container{Name: "migrate", Image: "shop:1", Args: []string{"migrate"}}
+	fresh := readDeployment(t, "testdata/inject/basic/in.yaml")
+	fresh.Spec.Template.Spec.InitContainers = []corev1.Container{migrate}
+	injected := readDeployment(t, "testdata/inject/basic/out.yaml")
+	injected.Spec.Template.Spec.InitContainers = append(injected.Spec.Template.Spec.InitContainers, migrate)
+	// As a webhook before native sidecars left it: among the containers,
+	// another one after it.
+	older := readDeployment(t, "testdata/inject/basic/out.yaml")
+	spec := &older.Spec.Template.Spec
+	spec.Containers = append(spec.Containers, *sidecarOf(older), corev1.Container{Name: "cache", Image: "redis:7"})
+	spec.InitContainers = nil
 
 	for name, tc := range map[string]struct {
-		from, to string
-		want     []string // the containers' names after
+		object         []byte
+		from, to       string
+		want, wantInit []string // the containers' names after
 	}{
-		"changed": {`"podtracer.io/inject":"true"`, `"podtracer.io/inject":"true","podtracer.io/log-level":"debug"`, []string{"shop", "podtracer", "cache"}},
-		"removed": {`"podtracer.io/inject":"true"`, `"podtracer.io/inject":"false"`, []string{"shop", "cache"}},
+		"added":   {future(fresh), "", "", []string{"shop"}, []string{"podtracer", "migrate"}},
+		"changed": {future(injected), `"podtracer.io/inject":"true"`, `"podtracer.io/inject":"true","podtracer.io/log-level":"debug"`, []string{"shop"}, []string{"podtracer", "migrate"}},
+		"removed": {future(injected), `"podtracer.io/inject":"true"`, `"podtracer.io/inject":"false"`, []string{"shop"}, []string{"migrate"}},
+		"moved":   {future(older), `"podtracer.io/inject":"true"`, `"podtracer.io/inject":"true","podtracer.io/log-level":"debug"`, []string{"shop", "cache"}, []string{"podtracer"}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			obj := bytes.Replace(object, []byte(tc.from), []byte(tc.to), 1)
+			obj := bytes.Replace(tc.object, []byte(tc.from), []byte(tc.to), 1)
 			patched := patchedUpdate(t, h, obj)
 			var got struct {
 				Spec struct {
 					Template struct {
 						Spec struct {
-							Containers []map[string]any `json:"containers"`
+							Containers     []map[string]any `json:"containers"`
+							InitContainers []map[string]any `json:"initContainers"`
 						} `json:"spec"`
 					} `json:"template"`
 				} `json:"spec"`
 			}
 			json.Unmarshal(patched, &got)
-			var names []string
-			for _, c := range got.Spec.Template.Spec.Containers {
-				names = append(names, c["name"].(string))
-				if future, ok := c["futureContainerField"]; ok != (c["name"] == "cache") || (ok && future != "cache's") {
-					t.Errorf("container %s has futureContainerField %v", c["name"], future)
+			names := func(list []map[string]any) string {
+				var names []string
+				for _, c := range list {
+					name := c["name"].(string)
+					names = append(names, name)
+					f, ok := c["futureContainerField"]
+					if want := name != ContainerName && name != "shop"; ok != want || ok && f != name+"'s" {
+						t.Errorf("container %s has futureContainerField %v", name, f)
+					}
 				}
+				return strings.Join(names, ",")
 			}
-			if strings.Join(names, ",") != strings.Join(tc.want, ",") {
-				t.Errorf("containers %v, want %v", names, tc.want)
+			spec := got.Spec.Template.Spec
+			if names(spec.Containers) != strings.Join(tc.want, ",") || names(spec.InitContainers) != strings.Join(tc.wantInit, ",") {
+				t.Errorf("containers %s, init containers %s; want %v, %v", names(spec.Containers), names(spec.InitContainers), tc.want, tc.wantInit)
 			}
 		})
 	}
