@@ -49,7 +49,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	}
 	cfg, err := loadConfig(os.Environ())
 	if err != nil {
-		return notTracing(ctx, logger, err)
+		return notTracing(ctx, logger, "its configuration was refused", err)
 	}
 	agentMaxProcs(os.Getenv("GOMAXPROCS"))
 	agentGC(os.Getenv("GOGC"))
@@ -87,7 +87,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		Metadata:     cfg.Metadata,
 	}, logger)
 	if err != nil {
-		return notTracing(ctx, logger, fmt.Errorf("start exporter: %w", err))
+		return notTracing(ctx, logger, "its exporter did not start", fmt.Errorf("start exporter: %w", err))
 	}
 	// Once: the loop below shuts the exporter down before its final
 	// stats; on the other ways out, this defer does.
@@ -104,7 +104,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			cfg.KernelSpans && cfg.parses(tracer.ProtoRedis) && tracer.RedisShapeSpans(cfg.QueryText, cfg.RedisKeys)),
 	}, logger)
 	if err != nil {
-		return notTracing(ctx, logger, fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE, and a seccomp profile that allows bpf(): "+
+		return notTracing(ctx, logger, "its kernel programs did not load", fmt.Errorf("load kernel capture (needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE, and a seccomp profile that allows bpf(): "+
 			"with the webhook, podtracer.io/privileged=true where the runtime has neither; kernel 5.8+ with BTF): %w", err))
 	}
 	defer capture.Close()
@@ -203,26 +203,37 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	}
 }
 
-// notTracing is the agent's way out when it cannot start: err, outside
-// Kubernetes. In a pod, a sidecar that exits crash-loops, which keeps its
-// pod from being ready, and a native sidecar's keeps the application from
+// notTracing is the agent's way out when it cannot start: err, outside a
+// pod. In a pod, a sidecar that exits crash-loops, which keeps its pod
+// from being ready, and a native sidecar's keeps the application from
 // starting at all: the neighbours would stop serving for want of
-// telemetry. There the agent says why, lets `podtracer wait` go on, and
-// waits for the pod to end.
-func notTracing(ctx context.Context, logger *slog.Logger, err error) error {
-	if os.Getenv("KUBERNETES_SERVICE_HOST") == "" {
+// telemetry. There the agent says why in its log (again every
+// notTracingRepeat, so that a look at it finds the reason), tells
+// `podtracer wait` that it does not trace (what, not why: the reason
+// may quote a secret variable's value, and the socket is open to the
+// whole pod), and waits for the pod to end.
+func notTracing(ctx context.Context, logger *slog.Logger, what string, err error) error {
+	if !inPod() {
 		return err
 	}
-	logger.Error("nothing is traced: the agent waits for SIGTERM", "error", err)
-	var lines []string // the answer is one line
-	for l := range strings.Lines(err.Error()) {
-		if l = strings.TrimSpace(l); l != "" {
-			lines = append(lines, l)
+	announceStarted(ctx, logger, os.Getenv("POD_UID"), "not tracing: "+what+" (the podtracer container's log says why)")
+	for {
+		logger.Error("nothing is traced: the agent waits for SIGTERM", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(notTracingRepeat):
 		}
 	}
-	announceStarted(ctx, logger, os.Getenv("POD_UID"), "not tracing: "+strings.Join(lines, " "))
-	<-ctx.Done()
-	return nil
+}
+
+var notTracingRepeat = 5 * time.Minute
+
+// inPod tells whether the agent runs as a pod's sidecar: in Kubernetes,
+// with the downward API's pod variables (which every shipped manifest
+// sets), not merely a program started by hand in some pod.
+func inPod() bool {
+	return os.Getenv("KUBERNETES_SERVICE_HOST") != "" && (os.Getenv("POD_UID") != "" || os.Getenv("POD_NAME") != "")
 }
 
 // drainQuiet is how long the kernel may see nothing of the neighbours

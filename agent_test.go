@@ -31,7 +31,7 @@ func TestAgentCaptureNotLoaded(t *testing.T) {
 	}
 
 	t.Setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-	logs := waitsInPod(t, "operation not permitted")
+	logs := waitsInPod(t, "kernel programs did not load")
 	if !strings.Contains(logs, "nothing is traced") || !strings.Contains(logs, "operation not permitted") {
 		t.Errorf("the log does not say why:\n%s", logs)
 	}
@@ -41,12 +41,23 @@ func TestAgentCaptureNotLoaded(t *testing.T) {
 // with every mistake; in a pod it logs them and waits, as above.
 func TestAgentConfigRefused(t *testing.T) {
 	t.Setenv("PODTRACER_CAPTURE_BYTES", "lots")
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t%zz") // refused too, and secret
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	if err := runAgent(context.Background(), slog.New(slog.DiscardHandler), nil); err == nil || !strings.Contains(err.Error(), "PODTRACER_CAPTURE_BYTES") {
 		t.Errorf("outside Kubernetes: %v, want the configuration's error", err)
 	}
+	// In some pod, but not as its sidecar (no downward-API variables):
+	// a program run by hand, which exits too.
 	t.Setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-	waitsInPod(t, "PODTRACER_CAPTURE_BYTES")
+	t.Setenv("POD_UID", "")
+	t.Setenv("POD_NAME", "")
+	if err := runAgent(context.Background(), slog.New(slog.DiscardHandler), nil); err == nil {
+		t.Error("run by hand in a pod: no error")
+	}
+	logs := waitsInPod(t, "configuration was refused")
+	if !strings.Contains(logs, "PODTRACER_CAPTURE_BYTES") {
+		t.Errorf("the log does not say why:\n%s", logs)
+	}
 }
 
 // waitsInPod runs the agent as in a pod, where it cannot start: it must
@@ -63,11 +74,14 @@ func waitsInPod(t *testing.T, want string) string {
 	logOutput = &logs
 	go func() { done <- runAgent(ctx, slog.New(slog.NewTextHandler(&logs, nil)), nil) }()
 	var out strings.Builder
-	if err := waitStarted([]string{"-timeout", "10s"}, &out); err != nil {
+	if err := waitStarted(context.Background(), []string{"-timeout", "10s"}, &out); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "not tracing") || !strings.Contains(out.String(), want) {
-		t.Errorf("podtracer wait said %q, want that the agent is not tracing, and why (%s)", out.String(), want)
+		t.Errorf("podtracer wait said %q, want that the agent is not tracing, and what failed (%s)", out.String(), want)
+	}
+	if strings.Contains(out.String(), "s3cr3t") {
+		t.Errorf("podtracer wait said %q: a secret, to anyone in the pod", out.String())
 	}
 	select {
 	case err := <-done:
@@ -87,21 +101,71 @@ func waitsInPod(t *testing.T, want string) string {
 }
 
 // podtracer wait returns, without an error, when no agent has started by
-// its timeout: the application starts anyway.
+// its timeout, at SIGTERM, and whatever its arguments: the application
+// starts anyway.
 func TestWaitNoAgent(t *testing.T) {
 	t.Setenv("POD_UID", fmt.Sprintf("test-%s-%d", t.Name(), os.Getpid()))
 	var out strings.Builder
 	start := time.Now()
-	if err := waitStarted([]string{"-timeout", "300ms"}, &out); err != nil {
+	if err := waitStarted(context.Background(), []string{"-timeout", "300ms"}, &out); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took < 300*time.Millisecond || took > 5*time.Second {
 		t.Errorf("waited %v, want the timeout's 300ms", took)
 	}
-	if !strings.Contains(out.String(), "has not started after 300ms") {
+	if !strings.Contains(out.String(), "no answer from the agent after 300ms") {
 		t.Errorf("podtracer wait said %q", out.String())
 	}
-	if err := waitStarted([]string{"-timeout", "soon"}, io.Discard); err == nil {
-		t.Error("a timeout that is no duration was taken")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start = time.Now()
+	for _, args := range [][]string{{"-timeout", "soon"}, {"-h"}, {"extra", "-timeout=3"}} {
+		out.Reset()
+		if err := waitStarted(ctx, args, &out); err != nil {
+			t.Errorf("podtracer wait %q: %v", args, err)
+		}
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("podtracer wait went on %v after SIGTERM", took)
+	}
+
+	t.Setenv("POD_UID", "")
+	start = time.Now()
+	out.Reset()
+	waitStarted(context.Background(), nil, &out)
+	if !strings.Contains(out.String(), "no POD_UID") || time.Since(start) > time.Second {
+		t.Errorf("without POD_UID, podtracer wait said %q after %v", out.String(), time.Since(start))
+	}
+}
+
+// podtracer wait gets the agent's answer, as the agent gives it once it
+// traces, and only from the agent of its own pod.
+func TestWaitAnswer(t *testing.T) {
+	uid := fmt.Sprintf("test-%s-%d", t.Name(), os.Getpid())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	announceStarted(ctx, slog.New(slog.DiscardHandler), uid, "tracing")
+	t.Setenv("POD_UID", uid)
+	var out strings.Builder
+	start := time.Now()
+	waitStarted(context.Background(), nil, &out)
+	if got := out.String(); got != "podtracer wait: the agent answered: tracing\n" || time.Since(start) > 5*time.Second {
+		t.Errorf("podtracer wait said %q after %v", got, time.Since(start))
+	}
+	t.Setenv("POD_UID", uid+"-other")
+	out.Reset()
+	waitStarted(context.Background(), []string{"-timeout", "100ms"}, &out)
+	if strings.Contains(out.String(), "answered") {
+		t.Errorf("another pod's agent answered: %q", out.String())
+	}
+	// Once the agent stops, nobody answers.
+	cancel()
+	time.Sleep(50 * time.Millisecond)
+	t.Setenv("POD_UID", uid)
+	out.Reset()
+	waitStarted(context.Background(), []string{"-timeout", "100ms"}, &out)
+	if strings.Contains(out.String(), "answered") {
+		t.Errorf("a stopped agent answered: %q", out.String())
 	}
 }

@@ -32,7 +32,7 @@ func main() {
 	case len(os.Args) > 1 && os.Args[1] == "webhook":
 		err = webhook.Main(ctx, logger, os.Args[2:])
 	case len(os.Args) > 1 && os.Args[1] == "wait":
-		err = waitStarted(os.Args[2:], os.Stdout)
+		err = waitStarted(ctx, os.Args[2:], os.Stdout)
 	default:
 		err = runAgent(ctx, logger, os.Args[1:])
 	}

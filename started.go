@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -59,43 +58,61 @@ func announceStarted(ctx context.Context, logger *slog.Logger, uid, how string) 
 }
 
 // waitStarted is `podtracer wait`: it returns when the pod's agent has
-// started, or when the timeout is over, and always without an error, so
-// that a hook that runs it never holds the application back longer, nor
-// fails its container.
-func waitStarted(args []string, out io.Writer) error {
+// answered, when the timeout is over, or at SIGTERM (ctx), and never with
+// an error, whatever its arguments: a postStart hook that failed would
+// have the kubelet restart the sidecar and hold the application back.
+func waitStarted(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("podtracer wait", flag.ContinueOnError)
-	fs.SetOutput(out)
-	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait at most")
+	fs.SetOutput(io.Discard)
+	timeout := fs.Duration("timeout", defaultWait, "how long to wait at most")
 	if err := fs.Parse(args); err != nil {
-		return err
+		*timeout = defaultWait
+		fmt.Fprintf(out, "podtracer wait: %v: waiting %v at most\n", err, defaultWait)
 	}
-	addr := startedAddress(os.Getenv("POD_UID"))
-	deadline := time.Now().Add(*timeout)
+	uid := os.Getenv("POD_UID")
+	if uid == "" {
+		// The agent announces itself only by its pod's UID: the
+		// downward API's metadata.uid, which every shipped manifest sets.
+		fmt.Fprintln(out, "podtracer wait: no POD_UID: not waiting")
+		return nil
+	}
+	addr := startedAddress(uid)
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
 	for {
-		how, err := askStarted(addr)
+		how, err := askStarted(ctx, addr)
 		if err == nil {
-			fmt.Fprintln(out, "podtracer: the agent has started:", how)
+			fmt.Fprintln(out, "podtracer wait: the agent answered:", how)
 			return nil
 		}
-		if !time.Now().Before(deadline) {
-			fmt.Fprintf(out, "podtracer: the agent has not started after %v: going on without it\n", *timeout)
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(out, "podtracer wait: no answer from the agent after %v: going on without it\n", *timeout)
 			return nil
+		case <-time.After(50 * time.Millisecond):
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// askStarted reads the started socket's answer.
-func askStarted(addr string) (string, error) {
-	c, err := net.DialTimeout("unix", addr, time.Second)
+// defaultWait is how long podtracer wait waits at most by default: the
+// agent starts in about a second.
+const defaultWait = 10 * time.Second
+
+// askStarted reads the started socket's answer, by ctx's deadline.
+func askStarted(ctx context.Context, addr string) (string, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", err
+	if deadline, ok := ctx.Deadline(); ok {
+		c.SetReadDeadline(deadline)
 	}
-	return strings.TrimSpace(line), nil
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if line = strings.TrimSpace(line); line == "" {
+		// Closed unanswered (the agent stopping), or not the agent's.
+		return "", fmt.Errorf("no answer: %v", err)
+	}
+	return line, nil
 }

@@ -782,11 +782,11 @@ func TestWaitStarted(t *testing.T) {
 	app.Env = append(os.Environ(), "POD_UID="+uid)
 	application := start(t, app)
 	time.Sleep(time.Second)
-	if strings.Contains(application.output(), "started") {
+	if strings.Contains(application.output(), "answered") {
 		t.Fatalf("podtracer wait returned before the agent started: %s", application.output())
 	}
 	startAgent(t, pod, agentEnv(rcv, "POD_UID="+uid))
-	application.waitOutput(t, "the agent has started: tracing", 1, 20*time.Second)
+	application.waitOutput(t, "the agent answered: tracing", 1, 20*time.Second)
 	rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
 		return find(s, trace.SpanKindServer, "/users/first") != nil && find(s, trace.SpanKindClient, "/users/first") != nil
 	})
@@ -794,7 +794,7 @@ func TestWaitStarted(t *testing.T) {
 	// No agent in this pod (another UID): wait gives up at its timeout.
 	other := pod.command(agentBin, "wait", "-timeout", "500ms")
 	other.Env = append(os.Environ(), "POD_UID="+uid+"-none")
-	if out := run(t, other); !strings.Contains(out, "has not started after 500ms") {
+	if out := run(t, other); !strings.Contains(out, "no answer from the agent after 500ms") {
 		t.Errorf("podtracer wait without an agent said %q", out)
 	}
 }
