@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -236,19 +238,47 @@ func inPod() bool {
 	return os.Getenv("KUBERNETES_SERVICE_HOST") != "" && (os.Getenv("POD_UID") != "" || os.Getenv("POD_NAME") != "")
 }
 
+// alone tells whether no neighbour is left that could still talk: none
+// but the pod's init (the pause process, which serves nothing) and
+// zombies (an init that is not pause may not reap them).
+func alone() bool {
+	pids, err := pod.Neighbours(procRoot)
+	if err != nil {
+		return false
+	}
+	return !slices.ContainsFunc(pids, func(pid int) bool {
+		if pid == 1 {
+			return false
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("%s/%d/stat", procRoot, pid))
+		// The state follows the command name, which may hold spaces
+		// and parentheses: after the last ") ".
+		i := bytes.LastIndex(stat, []byte(") "))
+		return err == nil && i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z'
+	})
+}
+
 // drainQuiet is how long the kernel may see nothing of the neighbours
 // before the agent, asked to stop, takes them as done.
 var drainQuiet = time.Second
 
 // drainNeighbours keeps the capture running after SIGTERM while the
-// neighbours still talk, for at most wait: Kubernetes sends SIGTERM to
-// every container of a pod at once, and a server goes on answering while
-// it drains (a preStop sleep while the endpoints change, the requests in
-// flight), which is what its users see of a rollout. It returns when the
-// kernel has seen nothing of them (no event, no request it measured) for
-// drainQuiet, or when wait is over.
+// neighbours still talk, for at most wait: Kubernetes sends SIGTERM to an
+// ordinary sidecar at the same time as to the pod's other containers, and
+// a server goes on answering while it drains (a preStop sleep while the
+// endpoints change, the requests in flight), which is what its users see
+// of a rollout. It returns when the kernel has seen nothing of them (no
+// event, no request it measured) for drainQuiet, when wait is over, or at
+// once when no neighbour is left (a native sidecar's SIGTERM).
 func drainNeighbours(capture *bpf.Capture, wait time.Duration, logger *slog.Logger) {
 	if wait <= 0 {
+		return
+	}
+	if alone() {
+		// A native sidecar's SIGTERM comes when the pod's containers
+		// have ended, with what is left of its grace period for the
+		// flush.
+		logger.Info("stopping: no neighbour left to drain")
 		return
 	}
 	activity := func() uint64 {

@@ -37,7 +37,7 @@ type Config struct {
 	CPURequest    resource.Quantity `env:"PODTRACER_WEBHOOK_CPU_REQUEST" envDefault:"50m" help:"sidecar CPU request (0: none)"`
 	MemoryRequest resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_REQUEST" envDefault:"64Mi" help:"sidecar memory request (0: none)"`
 	CPULimit      resource.Quantity `env:"PODTRACER_WEBHOOK_CPU_LIMIT" envDefault:"500m" help:"sidecar CPU limit (0: none)"`
-	MemoryLimit   resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_LIMIT" envDefault:"256Mi" help:"sidecar memory limit (0: none)"`
+	MemoryLimit   resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_LIMIT" envDefault:"256Mi" help:"sidecar memory limit (0: none; else at least 64Mi)"`
 }
 
 var envOptions = env.Options{FuncMap: map[reflect.Type]env.ParserFunc{
@@ -154,6 +154,9 @@ func (c Config) validate() []error {
 		if _, err := checkQuantity(q.v.String(), q.resource); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", q.name, err))
 		}
+	}
+	if !c.MemoryLimit.IsZero() && c.MemoryLimit.Cmp(minMemoryLimit) < 0 {
+		errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_MEMORY_LIMIT: %s is below %s: %s", c.MemoryLimit.String(), minMemoryLimit.String(), minMemoryWhy))
 	}
 	for _, p := range []struct {
 		name     string

@@ -73,7 +73,7 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 		"PODTRACER_WEBHOOK_OTLP_INSECURE=maybe",
 		"PODTRACER_WEBHOOK_CPU_REQUEST=lots",
 		"PODTRACER_WEBHOOK_MEMORY_REQUEST=512Mi",
-		"PODTRACER_WEBHOOK_MEMORY_LIMIT=256Mi",
+		"PODTRACER_WEBHOOK_MEMORY_LIMIT=48Mi",
 		"PODTRACER_WEBHOOK_CPU_LIMIT=500u",
 	})
 	if err == nil {
@@ -83,7 +83,7 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 	for _, want := range []string{
 		"PODTRACER_WEBHOOK_TLS_CERT", "PODTRACER_WEBHOOK_TLS_KEY", "PODTRACER_WEBHOOK_IMAGE\"",
 		"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL", "Sometimes", "collector:4317", "maybe",
-		"lots", "memory request 512Mi is above its limit 256Mi", "PODTRACER_WEBHOOK_CPU_LIMIT: \"500u\" is finer than Kubernetes keeps",
+		"lots", "memory request 512Mi is above its limit 48Mi", "PODTRACER_WEBHOOK_MEMORY_LIMIT: 48Mi is below 64Mi", "PODTRACER_WEBHOOK_CPU_LIMIT: \"500u\" is finer than Kubernetes keeps",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)

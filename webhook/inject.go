@@ -132,6 +132,17 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 		}
 		return Result{Deployment: out, Action: ActionRemoved, Warnings: warnings}
 	}
+	if !stripped {
+		if i := orphanIndex(&out.Spec.Template.Spec); i >= 0 {
+			spec := &out.Spec.Template.Spec
+			at, old = i, spec.InitContainers[i].DeepCopy()
+			spec.InitContainers = slices.Delete(spec.InitContainers, i, i+1)
+			if len(spec.InitContainers) == 0 {
+				spec.InitContainers = nil
+			}
+			warnings = append(warnings, fmt.Sprintf("the %s init container has the webhook's postStart hook but no %s annotation (an older webhook took it off): it is taken as the webhook's", ContainerName, AnnotationStatus))
+		}
+	}
 	if reasons := cannotInject(&out.Spec.Template.Spec); len(reasons) > 0 {
 		for i, r := range reasons {
 			reasons[i] = "not injected: " + r
@@ -267,6 +278,30 @@ func strip(d *appsv1.Deployment) (int, *corev1.Container, *status, []string) {
 		d.Spec.Template.Annotations = nil
 	}
 	return at, old, &st, warnings
+}
+
+// orphanIndex is the index among the init containers of a sidecar that
+// this webhook injected and an older one stripped of its status (a
+// rollback, or both serving during an upgrade: the older one looked for it
+// among the containers only), else -1: a native sidecar named podtracer
+// whose postStart hook is the webhook's. A Deployment asking for the
+// sidecar gets it adopted, rather than skipped for its name for ever. (A
+// sidecar pasted by hand from the example looks the same, and is adopted
+// too when the Deployment asks for injection.)
+func orphanIndex(spec *corev1.PodSpec) int {
+	return slices.IndexFunc(spec.InitContainers, func(c corev1.Container) bool {
+		return c.Name == ContainerName && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways &&
+			equality.Semantic.DeepEqual(c.Lifecycle, waitHook())
+	})
+}
+
+// waitHook is the sidecar's postStart hook: `podtracer wait`, which
+// returns once the agent traces, or after 10 s, never failing. The kubelet
+// starts the pod's next container when it returns.
+func waitHook() *corev1.Lifecycle {
+	return &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
+		Exec: &corev1.ExecAction{Command: []string{"/podtracer", "wait"}},
+	}}
 }
 
 // cannotInject says why the agent could not work in a pod with this spec.
@@ -405,6 +440,9 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 			problems = append(problems, fmt.Sprintf("the sidecar's %s request %s is above its limit %s (podtracer.io/%s-request and -limit, or the webhook's)", res, req.String(), lim.String(), res))
 		}
 	}
+	if lim, ok := resources.Limits[corev1.ResourceMemory]; ok && lim.Cmp(minMemoryLimit) < 0 && !podLevelResources(&d.Spec.Template.Spec) {
+		problems = append(problems, fmt.Sprintf("the sidecar's memory limit %s is below %s (podtracer.io/memory-limit, or the webhook's): %s", lim.String(), minMemoryLimit.String(), minMemoryWhy))
+	}
 	if values["PODTRACER_SHUTDOWN_WAIT"] == "" {
 		values["PODTRACER_SHUTDOWN_WAIT"] = shutdownWait(d.Spec.Template.Spec.TerminationGracePeriodSeconds)
 	}
@@ -442,18 +480,20 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		Env:             env,
 		Resources:       resources,
 		// A native sidecar (Kubernetes 1.29+), among the init containers.
-		RestartPolicy: new(corev1.ContainerRestartPolicyAlways),
-		// The kubelet starts the pod's next container when this returns:
-		// once the agent traces, or after 10 s, never failing.
-		Lifecycle: &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
-			Exec: &corev1.ExecAction{Command: []string{"/podtracer", "wait"}},
-		}},
+		RestartPolicy:            new(corev1.ContainerRestartPolicyAlways),
+		Lifecycle:                waitHook(),
 		SecurityContext:          securityContext(privileged),
 		TerminationMessagePath:   corev1.TerminationMessagePathDefault,
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
 	return c, problems, ignored
 }
+
+// minMemoryLimit is the least memory limit the sidecar gets, and
+// minMemoryWhy why.
+var minMemoryLimit = resource.MustParse("64Mi")
+
+const minMemoryWhy = "the agent peaks at about 35 MB while it loads, and a native sidecar killed before its postStart hook returns is restarted while the application waits"
 
 // resourceAnnotation sets one of the sidecar's requests or limits, over
 // the webhook's PODTRACER_WEBHOOK_*_REQUEST and _LIMIT.

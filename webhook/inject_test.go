@@ -136,7 +136,7 @@ func TestMutateGolden(t *testing.T) {
 			if _, injected := out.Spec.Template.Annotations[AnnotationStatus]; !injected {
 				return
 			}
-			if _, preInjected := in.Spec.Template.Annotations[AnnotationStatus]; preInjected {
+			if _, preInjected := in.Spec.Template.Annotations[AnnotationStatus]; preInjected || sidecarOf(in) != nil {
 				return // the input was injected already: no pristine original
 			}
 			for name, mark := range map[string]func(*appsv1.Deployment) *appsv1.Deployment{
@@ -554,6 +554,7 @@ func TestMutateBadResources(t *testing.T) {
 		{"podtracer.io/cpu-request": "1"}, // above the webhook's 500m limit
 		{"podtracer.io/memory-request": "1Gi", "podtracer.io/memory-limit": "512Mi"},
 		{"podtracer.io/memory-limit": "10E"},
+		{"podtracer.io/memory-limit": "32Mi", "podtracer.io/memory-request": "32Mi"}, // below what the agent needs to load
 	} {
 		in := readDeployment(t, "testdata/inject/basic/in.yaml")
 		maps.Copy(in.Annotations, a)

@@ -694,6 +694,9 @@ func TestShutdownDrain(t *testing.T) {
 			if d := time.Since(stopped); d > 8*time.Second {
 				t.Errorf("the agent took %v to end after its neighbours went quiet", d)
 			}
+			if strings.Contains(agent.output(), "no neighbour left") {
+				t.Error("the agent took its neighbours for gone")
+			}
 			traced := 0
 			for _, s := range rcv.Spans() {
 				if s.Kind == trace.SpanKindServer && strings.HasPrefix(fmt.Sprint(s.Attributes["url.path"]), "/during/") {
@@ -707,6 +710,41 @@ func TestShutdownDrain(t *testing.T) {
 				t.Errorf("%d requests after SIGTERM have spans with the drain off: the test cannot tell", traced)
 			}
 		})
+	}
+}
+
+// goServerPod is a pod with the Go fixture's server listening on port,
+// and a receiver; curl is the client.
+func goServerPod(t *testing.T) (curl string, rcv *otlptest.Receiver, pod *testPod, port int, server *process) {
+	t.Helper()
+	privileged(t)
+	curl = testenv.LookPath(t, "curl")
+	_, httpapp := binaries(t)
+	rcv = otlptest.Start(t)
+	pod = newPod(t)
+	port = freePort(t)
+	server = start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
+	waitListening(t, port)
+	return curl, rcv, pod, port, server
+}
+
+// TestShutdownAlone: a native sidecar gets SIGTERM once the pod's
+// containers have ended, with what is left of the grace period: with no
+// neighbour left but the pod's init, the agent does not wait for them to
+// be quiet, and its spans are flushed.
+func TestShutdownAlone(t *testing.T) {
+	curl, rcv, pod, port, server := goServerPod(t)
+	agent := startAgent(t, pod, agentEnv(rcv, "OTEL_BSP_SCHEDULE_DELAY=60000"))
+	run(t, pod.command(curl, "-s", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/users/last", port)))
+	syscall.Kill(-server.cmd.Process.Pid, syscall.SIGKILL)
+	server.cmd.Wait()
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 20*time.Second)
+	if !strings.Contains(agent.output(), "no neighbour left to drain") {
+		t.Errorf("the agent waited for neighbours that were gone:\n%s", agent.output())
+	}
+	if find(rcv.Spans(), trace.SpanKindServer, "/users/last") == nil {
+		t.Error("the last request's span was not flushed")
 	}
 }
 
@@ -767,15 +805,9 @@ func TestKernelSpansUnderLoad(t *testing.T) {
 // gets its spans, though the application was started before the agent.
 // And wait ends even when no agent ever starts.
 func TestWaitStarted(t *testing.T) {
-	privileged(t)
-	curl := testenv.LookPath(t, "curl")
-	agentBin, httpapp := binaries(t)
-	rcv := otlptest.Start(t)
-	pod := newPod(t)
+	curl, rcv, pod, port, _ := goServerPod(t)
+	agentBin, _ := binaries(t)
 	uid := fmt.Sprintf("e2e-wait-%d", os.Getpid())
-	port := freePort(t)
-	start(t, pod.command(httpapp, "-server", fmt.Sprintf("127.0.0.1:%d", port)))
-	waitListening(t, port)
 
 	// The application: wait, then one request, on a new connection.
 	app := pod.command("sh", "-c", fmt.Sprintf(`"$0" wait -timeout 60s && exec "$1" -sS -o /dev/null http://127.0.0.1:%d/users/first`, port), agentBin, curl)
