@@ -32,9 +32,14 @@ func startedAddress(uid string) string {
 }
 
 // announceStarted answers every connection to the started socket with
-// how the agent started ("tracing", or "not tracing: why"), until ctx
-// ends. The agent goes on without it if the socket cannot be made.
+// how the agent started ("tracing", or "not tracing: what failed"),
+// until ctx ends. Without its pod's UID (outside Kubernetes) there is
+// nobody to tell, and the agents of one host would share a name. The
+// agent goes on without it if the socket cannot be made.
 func announceStarted(ctx context.Context, logger *slog.Logger, uid, how string) {
+	if uid == "" {
+		return
+	}
 	lis, err := net.Listen("unix", startedAddress(uid))
 	if err != nil {
 		logger.Warn("podtracer wait will not learn that the agent started", "error", err)

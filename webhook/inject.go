@@ -140,7 +140,7 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 			if len(spec.InitContainers) == 0 {
 				spec.InitContainers = nil
 			}
-			warnings = append(warnings, fmt.Sprintf("the %s init container has the webhook's postStart hook but no %s annotation (an older webhook took it off): it is taken as the webhook's", ContainerName, AnnotationStatus))
+			warnings = append(warnings, fmt.Sprintf("the %s init container has the webhook's postStart hook but no %s annotation (an older webhook took it off, or it was pasted from the example): it is taken as the webhook's", ContainerName, AnnotationStatus))
 		}
 	}
 	if reasons := cannotInject(&out.Spec.Template.Spec); len(reasons) > 0 {
