@@ -241,7 +241,7 @@ func inPod() bool {
 // alone tells whether no neighbour is left that could still talk: none
 // but the pod's init (the pause process, which serves nothing) and
 // zombies (an init that is not pause may not reap them).
-func alone() bool {
+func alone(procRoot string) bool {
 	pids, err := pod.Neighbours(procRoot)
 	if err != nil {
 		return false
@@ -274,7 +274,7 @@ func drainNeighbours(capture *bpf.Capture, wait time.Duration, logger *slog.Logg
 	if wait <= 0 {
 		return
 	}
-	if alone() {
+	if alone(procRoot) {
 		// A native sidecar's SIGTERM comes when the pod's containers
 		// have ended, with what is left of its grace period for the
 		// flush.

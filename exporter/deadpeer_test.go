@@ -68,18 +68,37 @@ func TestDeadCollector(t *testing.T) {
 func linkedNetns(t *testing.T) (ns, link, addr string) {
 	t.Helper()
 	testenv.LookPath(t, "ip")
-	id := os.Getpid() % 10000
-	ns, host, link := fmt.Sprintf("ptdead%d", id), fmt.Sprintf("ptdh%d", id), fmt.Sprintf("ptdn%d", id)
+	// What a killed run left (its cleanups never ran) would take the
+	// route: it goes first. A run beside it has another pid, names and
+	// subnet.
+	out, _ := exec.Command("ip", "-o", "link", "show").Output()
+	for _, f := range strings.Fields(string(out)) {
+		if name, _, _ := strings.Cut(strings.TrimSuffix(f, ":"), "@"); strings.HasPrefix(name, "ptdh") {
+			exec.Command("ip", "link", "del", name).Run()
+		}
+	}
+	out, _ = exec.Command("ip", "netns", "list").Output()
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "ptdead") {
+			exec.Command("ip", "netns", "del", f).Run()
+		}
+	}
+	id := os.Getpid()
+	ns, host, link := fmt.Sprintf("ptdead%d", id%10000), fmt.Sprintf("ptdh%d", id%10000), fmt.Sprintf("ptdn%d", id%10000)
+	subnet := fmt.Sprintf("10.%d.%d", 200+id%50, id/50%256)
 	ip(t, "netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	ip(t, "link", "add", host, "type", "veth", "peer", "name", link, "netns", ns)
 	t.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })
-	ip(t, "addr", "add", "10.254.93.1/30", "dev", host)
+	ip(t, "addr", "add", subnet+".1/30", "dev", host)
 	ip(t, "link", "set", host, "up")
-	ip(t, "-n", ns, "addr", "add", "10.254.93.2/30", "dev", link)
+	ip(t, "-n", ns, "addr", "add", subnet+".2/30", "dev", link)
 	ip(t, "-n", ns, "link", "set", link, "up")
 	ip(t, "-n", ns, "link", "set", "lo", "up")
-	return ns, link, "10.254.93.2"
+	if route, err := exec.Command("ip", "route", "get", subnet+".2").Output(); err != nil || !strings.Contains(string(route), "dev "+host) {
+		t.Fatalf("the route to %s.2 is not through %s: %s %v", subnet, host, route, err)
+	}
+	return ns, link, subnet + ".2"
 }
 
 func ip(t *testing.T, args ...string) {

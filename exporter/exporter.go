@@ -315,15 +315,16 @@ var reconnect = grpc.ConnectParams{
 // or a connection still pinned to a collector pod that is gone, answers
 // nothing, not even a reset: without the bound, TCP retransmits for about
 // 15 minutes before gRPC learns that the connection is dead, and every
-// export of those minutes times out and drops its spans. With it, the
-// export under way fails at the bound (under the exports' 30 s deadline)
-// and gRPC connects again (to the Service's live pods). An idle
-// connection finds out at its next export (gRPC's TCP keepalive has the
-// system's 2 hours). Pings (Time) would come only after 5 minutes without
-// a byte from the collector during an export, never in practice: a
-// collector's gRPC server refuses by default pings more often than that.
-// A custom dialer, the other way to set the option, would turn off
-// gRPC's HTTPS_PROXY support.
+// export of those minutes times out (OTEL_EXPORTER_OTLP_TIMEOUT, 10 s)
+// and drops its spans. With it, the connection is dropped 20 s into the
+// first such export, and gRPC connects again (to the Service's live
+// pods). An idle connection finds out at its next export (gRPC's TCP
+// keepalive has the system's 2 hours). It bounds the first hop only: a
+// proxy (HTTPS_PROXY, a mesh's sidecar) acknowledges for a dead
+// collector. A ping (Time) comes only when an export follows 5 minutes
+// without a byte from the collector: what a collector's gRPC server
+// allows by default (its MinTime). A custom dialer, the other way to set
+// the option, would turn off gRPC's HTTPS_PROXY support.
 var deadPeer = keepalive.ClientParameters{Time: 5 * time.Minute, Timeout: 20 * time.Second}
 
 // OwnConnection tells whether peer is the local end of one of the agent's

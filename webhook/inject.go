@@ -126,22 +126,25 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 	out := d.DeepCopy()
 	at, old, earlier, warnings := strip(out)
 	stripped := earlier != nil
-	if !want {
-		if !stripped {
-			return unchanged(d, ActionNone)
-		}
-		return Result{Deployment: out, Action: ActionRemoved, Warnings: warnings}
-	}
 	if !stripped {
+		// One that an older webhook stripped of its status (a rollback,
+		// or both serving during an upgrade) is the webhook's to update
+		// or take out, as asked.
 		if i := orphanIndex(&out.Spec.Template.Spec); i >= 0 {
 			spec := &out.Spec.Template.Spec
-			at, old = i, spec.InitContainers[i].DeepCopy()
+			at, old, stripped = i, spec.InitContainers[i].DeepCopy(), true
 			spec.InitContainers = slices.Delete(spec.InitContainers, i, i+1)
 			if len(spec.InitContainers) == 0 {
 				spec.InitContainers = nil
 			}
 			warnings = append(warnings, fmt.Sprintf("the %s init container has the webhook's postStart hook but no %s annotation (an older webhook took it off, or it was pasted from the example): it is taken as the webhook's", ContainerName, AnnotationStatus))
 		}
+	}
+	if !want {
+		if !stripped {
+			return unchanged(d, ActionNone)
+		}
+		return Result{Deployment: out, Action: ActionRemoved, Warnings: warnings}
 	}
 	if reasons := cannotInject(&out.Spec.Template.Spec); len(reasons) > 0 {
 		for i, r := range reasons {
@@ -444,7 +447,11 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		problems = append(problems, fmt.Sprintf("the sidecar's memory limit %s is below %s (podtracer.io/memory-limit, or the webhook's): %s", lim.String(), minMemoryLimit.String(), minMemoryWhy))
 	}
 	if values["PODTRACER_SHUTDOWN_WAIT"] == "" {
-		values["PODTRACER_SHUTDOWN_WAIT"] = shutdownWait(d.Spec.Template.Spec.TerminationGracePeriodSeconds)
+		// A native sidecar's SIGTERM comes once the pod's containers
+		// have ended: nothing is left to drain, and what is left of the
+		// grace period goes to the flush. (Another native sidecar
+		// declared before this one, a mesh's proxy, still talks then.)
+		values["PODTRACER_SHUTDOWN_WAIT"] = "0s"
 	}
 	_, ownEndpoint := annotations["podtracer.io/otlp-endpoint"]
 	if _, ownInsecure := annotations["podtracer.io/otlp-insecure"]; ownEndpoint && !ownInsecure && values["OTEL_EXPORTER_OTLP_INSECURE"] == "true" {
@@ -659,22 +666,6 @@ func fieldEnv(name, path string) corev1.EnvVar {
 	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{
 		FieldRef: &corev1.ObjectFieldSelector{APIVersion: "v1", FieldPath: path},
 	}}
-}
-
-// shutdownWait is the sidecar's PODTRACER_SHUTDOWN_WAIT for a pod with this
-// grace period (nil: Kubernetes' 30 s), "" for the agent's default (15 s):
-// the drain after SIGTERM, then up to 10 s of flush, and 2 s to spare must
-// fit in it, or the kubelet kills the sidecar with its last spans.
-func shutdownWait(grace *int64) string {
-	g := int64(30)
-	if grace != nil {
-		g = *grace
-	}
-	wait := min(15, max(g-12, 0))
-	if wait == 15 {
-		return ""
-	}
-	return strconv.FormatInt(wait, 10) + "s"
 }
 
 // deploymentName is the service name podtracer reports by default. A

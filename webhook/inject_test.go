@@ -457,29 +457,17 @@ func TestMutateInsecureGoesWithItsEndpoint(t *testing.T) {
 	}
 }
 
-// TestMutateShutdownWaitFitsGrace: the sidecar's drain after SIGTERM and
-// its flush fit in the pod's grace period, or the kubelet kills it with
-// its last spans; an annotation wins.
-func TestMutateShutdownWaitFitsGrace(t *testing.T) {
-	for _, c := range []struct {
-		grace      *int64
-		annotation string
-		want       string
-	}{
-		{nil, "", ""}, // 30 s: the agent's default
-		{new(int64(30)), "", ""},
-		{new(int64(60)), "", ""},
-		{new(int64(20)), "", "8s"},
-		{new(int64(5)), "", "0s"},
-		{new(int64(20)), "3s", "3s"},
-	} {
+// TestMutateShutdownWait: the native sidecar gets SIGTERM once the pod's
+// containers have ended, so it does not wait for them to drain; an
+// annotation wins.
+func TestMutateShutdownWait(t *testing.T) {
+	for annotation, want := range map[string]string{"": "0s", "3s": "3s"} {
 		d := readDeployment(t, "testdata/inject/basic/in.yaml")
-		d.Spec.Template.Spec.TerminationGracePeriodSeconds = c.grace
-		if c.annotation != "" {
-			d.Annotations["podtracer.io/shutdown-wait"] = c.annotation
+		if annotation != "" {
+			d.Annotations["podtracer.io/shutdown-wait"] = annotation
 		}
-		if got := envValue(*sidecarOf(Mutate(d, goldenSidecar()).Deployment), "PODTRACER_SHUTDOWN_WAIT"); got != c.want {
-			t.Errorf("grace %v, annotation %q: PODTRACER_SHUTDOWN_WAIT=%q, want %q", c.grace, c.annotation, got, c.want)
+		if got := envValue(*sidecarOf(Mutate(d, goldenSidecar()).Deployment), "PODTRACER_SHUTDOWN_WAIT"); got != want {
+			t.Errorf("annotation %q: PODTRACER_SHUTDOWN_WAIT=%q, want %q", annotation, got, want)
 		}
 	}
 }

@@ -39,7 +39,7 @@ var Settings = []Setting{
 	{"podtracer.io/executable-name", "PODTRACER_EXECUTABLE_NAME", "trace only processes whose executable matches this regular expression", checkRegexp, nil},
 	{"podtracer.io/trace-printer", "PODTRACER_TRACE_PRINTER", "print spans to the sidecar's stdout: text, json or off", oneOf("text", "json", "off"), nil},
 	{"podtracer.io/log-level", "PODTRACER_LOG_LEVEL", "debug, info, warn or error", oneOf("debug", "info", "warn", "error"), nil},
-	{"podtracer.io/shutdown-wait", "PODTRACER_SHUTDOWN_WAIT", "after SIGTERM, how long at most the sidecar goes on tracing the draining pod, e.g. 10s (default: fitted to the pod's grace period)", checkDuration, nil},
+	{"podtracer.io/shutdown-wait", "PODTRACER_SHUTDOWN_WAIT", "after SIGTERM, how long at most the sidecar goes on tracing the draining pod, e.g. 10s (default: 0s, since a native sidecar's SIGTERM comes once the pod's containers have ended)", checkDuration, nil},
 	{"podtracer.io/protocols", "PODTRACER_PROTOCOLS", "the protocols to parse, comma-separated, the others off: " + strings.Join(protocols, ", ") + " (default: all)", checkProtocols, cleanProtocols},
 	{"podtracer.io/query-text", "PODTRACER_QUERY_TEXT", "db.query.text: sanitized, full or off (all but full also take the quoted values out of database error messages)", oneOf("sanitized", "full", "off"), nil},
 	{"podtracer.io/opt-in-attributes", "PODTRACER_OPT_IN_ATTRIBUTES", "attributes the semantic conventions make opt-in, comma-separated: " + strings.Join(optInAttributes, ", "), checkOptIn, removeSpaces},
