@@ -162,6 +162,18 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		logger.Info("TLS connections are not read: that needs the socket hooks (Linux 6.3+)")
 	}
 	go reportStats(ctx, logger, capture, tr, exp)
+	err = exp.ReportSelf(func() exporter.SelfCounts {
+		ks, _ := capture.Stats()
+		ts := tr.Stats()
+		return exporter.SelfCounts{
+			KernelEventsLost: ks.Lost, KernelRunsSkipped: ks.RunsSkipped, KernelRequestsLost: ks.FastLost,
+			CallsUntracked: ks.CallsUntracked, TLSPlaintextLost: ks.TLSLost,
+			ConnectionsUntracked: ts.ConnsUntracked, ParserFailures: ts.ParserFailures, HTTP2Lost: ts.HTTP2Lost,
+		}
+	})
+	if err != nil {
+		logger.Warn("the agent's own metrics are off", "error", err)
+	}
 	go func() {
 		<-ctx.Done()
 		drainNeighbours(capture, cfg.ShutdownWait, logger)

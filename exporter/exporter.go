@@ -184,10 +184,11 @@ type Exporter struct {
 	shutdownErr  error
 
 	// Set up once in New, read-only afterwards.
-	envRes  *resource.Resource // OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, telemetry.sdk.*
-	sampler sampler            // OTEL_TRACES_SAMPLER
-	sinks   []*spanSink        // span destinations; empty when traces go nowhere
-	metrics *metricSink        // nil when metrics go nowhere
+	envRes  *resource.Resource                      // OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME, telemetry.sdk.*
+	sampler sampler                                 // OTEL_TRACES_SAMPLER
+	sinks   []*spanSink                             // span destinations; empty when traces go nowhere
+	metrics *metricSink                             // nil when metrics go nowhere
+	self    atomic.Pointer[sdkmetric.MeterProvider] // the agent's own metrics (ReportSelf)
 	// histOpts are the settings of every process's histograms.
 	histOpts *histogramOptions
 	// kernel is the kernel's share of the HTTP metrics, once set
@@ -557,6 +558,13 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 	wg.Wait()
 	e.nprocs.Store(0)
 	waitCtx(ctx, &e.releasing)
+	// The agent's own metrics last: their final counts include the last
+	// spans' exports.
+	if self := e.self.Load(); self != nil {
+		if err := self.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("the agent's own metrics: %w", err))
+		}
+	}
 
 	if e.metrics != nil {
 		if err := e.metrics.Exporter.Shutdown(ctx); err != nil {

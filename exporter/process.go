@@ -184,16 +184,7 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 		attrs = append(attrs, semconv.ServiceInstanceID(instanceID(md, e.host, p)))
 	}
 	validAttrs(attrs) // file names and arguments are bytes
-	for _, kv := range []attribute.KeyValue{
-		semconv.K8SPodName(md.PodName),
-		semconv.K8SNamespaceName(md.Namespace),
-		semconv.K8SNodeName(md.NodeName),
-		semconv.K8SPodUID(md.PodUID),
-	} {
-		if kv.Value.AsString() != "" {
-			attrs = append(attrs, kv)
-		}
-	}
+	attrs = append(attrs, k8sAttributes(md)...)
 	res, err := resource.Merge(resource.NewWithAttributes(semconv.SchemaURL, attrs...), e.envRes)
 	if err != nil {
 		// Only a schema URL conflict can fail here; the merged attributes
@@ -204,6 +195,23 @@ func (e *Exporter) processResource(p *pod.Process) *resource.Resource {
 		res, _ = resource.Merge(res, resource.NewSchemaless(semconv.ServiceName(e.cfg.ServiceName)))
 	}
 	return res
+}
+
+// k8sAttributes are the pod's k8s.* resource attributes that the
+// downward API gave.
+func k8sAttributes(md pod.Metadata) []attribute.KeyValue {
+	var attrs []attribute.KeyValue
+	for _, kv := range []attribute.KeyValue{
+		semconv.K8SPodName(md.PodName),
+		semconv.K8SNamespaceName(md.Namespace),
+		semconv.K8SNodeName(md.NodeName),
+		semconv.K8SPodUID(md.PodUID),
+	} {
+		if kv.Value.AsString() != "" {
+			attrs = append(attrs, kv)
+		}
+	}
+	return attrs
 }
 
 // instanceNamespace is the UUID namespace the semantic conventions give

@@ -746,6 +746,20 @@ func TestShutdownAlone(t *testing.T) {
 	if find(rcv.Spans(), trace.SpanKindServer, "/users/last") == nil {
 		t.Error("the last request's span was not flushed")
 	}
+	// The agent's own metrics, flushed at the end too, under its own
+	// resource: the span it exported, and nothing lost in the kernel.
+	got := map[string]float64{}
+	for _, p := range rcv.Metrics() {
+		if p.Resource["service.name"] == "podtracer" && p.Attributes["error.type"] == nil {
+			got[p.Name] = p.Value
+		}
+	}
+	if got["otel.sdk.exporter.span.exported"] < 1 || got["podtracer.kernel.events.lost"] != 0 {
+		t.Errorf("the agent's own metrics: %v", got)
+	}
+	if _, ok := got["podtracer.kernel.events.lost"]; !ok {
+		t.Errorf("the agent's own metrics: no podtracer.kernel.events.lost in %v", got)
+	}
 }
 
 // TestKernelSpansUnderLoad: 32 keep-alive connections to a Go server in the
