@@ -162,14 +162,19 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		logger.Info("TLS connections are not read: that needs the socket hooks (Linux 6.3+)")
 	}
 	go reportStats(ctx, logger, capture, tr, exp)
+	var last exporter.SelfCounts
 	err = exp.ReportSelf(func() exporter.SelfCounts {
-		ks, _ := capture.Stats()
+		ks, _ := capture.Stats() // what it could read: the rest stays as it was
 		ts := tr.Stats()
-		return exporter.SelfCounts{
-			KernelEventsLost: ks.Lost, KernelRunsSkipped: ks.RunsSkipped, KernelRequestsLost: ks.FastLost,
-			CallsUntracked: ks.CallsUntracked, TLSPlaintextLost: ks.TLSLost,
-			ConnectionsUntracked: ts.ConnsUntracked, ParserFailures: ts.ParserFailures, HTTP2Lost: ts.HTTP2Lost,
+		// Counters only grow: one that could not be read (a program's
+		// run counts, a map) is not a reset.
+		last = exporter.SelfCounts{
+			KernelEventsLost: max(last.KernelEventsLost, ks.Lost), KernelRunsSkipped: max(last.KernelRunsSkipped, ks.RunsSkipped),
+			KernelRequestsLost: max(last.KernelRequestsLost, ks.FastLost), CallsUntracked: max(last.CallsUntracked, ks.CallsUntracked),
+			TLSPlaintextLost: max(last.TLSPlaintextLost, ks.TLSLost), ConnectionsUntracked: ts.ConnsUntracked,
+			ParserFailures: ts.ParserFailures, HTTP2Lost: ts.HTTP2Lost,
 		}
+		return last
 	})
 	if err != nil {
 		logger.Warn("the agent's own metrics are off", "error", err)

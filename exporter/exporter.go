@@ -523,6 +523,7 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 	select {
 	case <-e.done:
 	case <-ctx.Done():
+		_ = e.shutdownSelf(ctx) // its reader would go on reading the agent's counters
 		return fmt.Errorf("exporter shutdown: %w", ctx.Err())
 	}
 
@@ -539,6 +540,11 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 	// otherwise use up the deadline the spans need.
 	wg.Go(func() {
 		serrs := e.shutdownSinks(ctx)
+		// The agent's own metrics after the spans: their final counts
+		// include the last spans' exports.
+		if err := e.shutdownSelf(ctx); err != nil {
+			serrs = append(serrs, err)
+		}
 		mu.Lock()
 		errs = append(errs, serrs...)
 		mu.Unlock()
@@ -558,13 +564,6 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 	wg.Wait()
 	e.nprocs.Store(0)
 	waitCtx(ctx, &e.releasing)
-	// The agent's own metrics last: their final counts include the last
-	// spans' exports.
-	if self := e.self.Load(); self != nil {
-		if err := self.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("the agent's own metrics: %w", err))
-		}
-	}
 
 	if e.metrics != nil {
 		if err := e.metrics.Exporter.Shutdown(ctx); err != nil {
@@ -577,6 +576,16 @@ func (e *Exporter) shutdown(ctx context.Context) error {
 		return fmt.Errorf("exporter shutdown: %w", err)
 	}
 	return errors.Join(errs...)
+}
+
+// shutdownSelf flushes and ends the agent's own metrics, if reported.
+func (e *Exporter) shutdownSelf(ctx context.Context) error {
+	if self := e.self.Load(); self != nil {
+		if err := self.Shutdown(ctx); err != nil {
+			return fmt.Errorf("the agent's own metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 func (e *Exporter) shutdownSinks(ctx context.Context) []error {

@@ -227,15 +227,19 @@ var instanceNamespace = uuid.MustParse("4d63009a-8d0f-11ee-aad7-4c796ed8e320")
 // its namespace and name, or the host's name outside Kubernetes) and the
 // process (its pid and executable), the same for the process's life.
 func instanceID(md pod.Metadata, host string, p *pod.Process) string {
-	where := md.PodUID
+	return uuid.NewSHA1(instanceNamespace, []byte(podKey(md, host)+"/"+strconv.Itoa(p.PID)+"/"+p.Exe)).String()
+}
+
+// podKey names the pod for a service.instance.id: its uid, or its
+// namespace and name, or the host's name outside Kubernetes.
+func podKey(md pod.Metadata, host string) string {
 	switch {
-	case where != "":
+	case md.PodUID != "":
+		return md.PodUID
 	case md.PodName != "":
-		where = md.Namespace + "/" + md.PodName
-	default:
-		where = host
+		return md.Namespace + "/" + md.PodName
 	}
-	return uuid.NewSHA1(instanceNamespace, []byte(where+"/"+strconv.Itoa(p.PID)+"/"+p.Exe)).String()
+	return host
 }
 
 // releaseIdle releases processes idle for idleTimeout, and those that

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 
+	"github.com/google/uuid"
+
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -60,6 +62,12 @@ func (e *Exporter) ReportSelf(counts func() SelfCounts) error {
 		sdkmetric.WithResource(e.selfResource()),
 		sdkmetric.WithReader(sdkmetric.NewPeriodicReader(e.metrics)),
 	)
+	started := false
+	defer func() {
+		if !started {
+			_ = mp.Shutdown(context.Background()) // its reader's goroutine
+		}
+	}()
 	m := mp.Meter(scopeName, metric.WithInstrumentationVersion(scopeVersion))
 	exported, err := otelconv.NewSDKExporterSpanExportedObservable(m)
 	if err != nil {
@@ -89,10 +97,12 @@ func (e *Exporter) ReportSelf(counts func() SelfCounts) error {
 	}
 
 	// One set of attributes per span destination and outcome, made once.
-	type sinkSets struct{ ok, failed, processed, dropped attribute.Set }
+	// Each destination batches as the SDK's batching span processor
+	// does, and is named so for dashboards made for the SDK's metrics.
+	type sinkSets struct{ ok, rejected, failed, processed, dropped attribute.Set }
 	sets := make([]sinkSets, len(e.sinks))
 	for i, k := range e.sinks {
-		typ := otelconv.ComponentTypeAttr("podtracer_span_printer")
+		typ := otelconv.ComponentTypeAttr(scopeName + "/exporter.printer")
 		if _, otlp := k.exp.(*otlpSpans); otlp {
 			typ = otelconv.ComponentTypeOtlpGRPCSpanExporter
 		}
@@ -101,18 +111,30 @@ func (e *Exporter) ReportSelf(counts func() SelfCounts) error {
 			processed.AttrComponentName(string(otelconv.ComponentTypeBatchingSpanProcessor) + "/" + k.name)}
 		sets[i] = sinkSets{
 			ok:        attribute.NewSet(exp...),
+			rejected:  attribute.NewSet(append(exp, exported.AttrErrorType("rejected"))...),
 			failed:    attribute.NewSet(append(exp, semconv.ErrorTypeOther)...),
 			processed: attribute.NewSet(proc...),
 			dropped:   attribute.NewSet(append(proc, processed.AttrErrorType("queue_full"))...),
 		}
 	}
+	// The series of an error only once it happened, as the conventions
+	// have error.type.
+	observeSome := func(o metric.Observer, inst metric.Int64Observable, n uint64, set attribute.Set) {
+		if n > 0 {
+			o.ObserveInt64(inst, int64(n), metric.WithAttributeSet(set))
+		}
+	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for i, k := range e.sinks {
-			ok, failed, dropped := int64(k.exported.Load()), int64(k.failed.Load()), int64(k.dropped.Load())
-			o.ObserveInt64(exported.Inst(), ok, metric.WithAttributeSet(sets[i].ok))
-			o.ObserveInt64(exported.Inst(), failed, metric.WithAttributeSet(sets[i].failed))
-			o.ObserveInt64(processed.Inst(), ok+failed, metric.WithAttributeSet(sets[i].processed))
-			o.ObserveInt64(processed.Inst(), dropped, metric.WithAttributeSet(sets[i].dropped))
+			// Counted when an export is under way: processed when it
+			// starts, exported when it ends (a span in between is the
+			// first, not yet the second).
+			rejected := k.rejected.Load()
+			o.ObserveInt64(exported.Inst(), int64(k.exported.Load()), metric.WithAttributeSet(sets[i].ok))
+			observeSome(o, exported.Inst(), rejected, sets[i].rejected)
+			observeSome(o, exported.Inst(), k.failed.Load()-rejected, sets[i].failed)
+			o.ObserveInt64(processed.Inst(), int64(k.submitted.Load()), metric.WithAttributeSet(sets[i].processed))
+			observeSome(o, processed.Inst(), k.dropped.Load(), sets[i].dropped)
 		}
 		o.ObserveInt64(requestsDropped, int64(e.droppedRequests.Load()))
 		o.ObserveInt64(metricExportsFailed, int64(e.metrics.failed.Load()))
@@ -126,23 +148,42 @@ func (e *Exporter) ReportSelf(counts func() SelfCounts) error {
 		return err
 	}
 	if !e.self.CompareAndSwap(nil, mp) {
-		_ = mp.Shutdown(context.Background())
 		return errors.New("the agent's own metrics are reported already")
 	}
+	started = true
 	return nil
 }
 
-// selfResource is the agent's own resource: its name and version, the
-// pod's k8s.* attributes, and OTEL_RESOURCE_ATTRIBUTES; not
-// OTEL_SERVICE_NAME, which names the neighbours.
+// selfResource is the agent's own resource: its name, version and
+// instance, the pod's k8s.* attributes, and OTEL_RESOURCE_ATTRIBUTES over
+// them (as on the neighbours'); not OTEL_SERVICE_NAME, nor a
+// service.version from the environment, which are the neighbours'.
 func (e *Exporter) selfResource() *resource.Resource {
-	attrs := append(k8sAttributes(e.cfg.Metadata), semconv.ServiceName("podtracer"))
-	if scopeVersion != "" {
-		attrs = append(attrs, semconv.ServiceVersion(scopeVersion))
-	}
-	res, err := resource.Merge(e.envRes, resource.NewWithAttributes(semconv.SchemaURL, attrs...))
+	res, err := resource.Merge(resource.NewWithAttributes(semconv.SchemaURL, k8sAttributes(e.cfg.Metadata)...), e.envRes)
 	if err != nil {
 		e.logger.Debug("merge resource", "error", err)
 	}
-	return res
+	attrs := []attribute.KeyValue{
+		semconv.ServiceName("podtracer"),
+		// Every sidecar's series apart, in Prometheus too (its instance
+		// label): a UUID v5 of the pod, as the neighbours' are of theirs.
+		semconv.ServiceInstanceID(uuid.NewSHA1(instanceNamespace, []byte(podKey(e.cfg.Metadata, e.host)+"/podtracer")).String()),
+	}
+	for it := res.Iter(); it.Next(); {
+		kv := it.Attribute()
+		switch kv.Key {
+		case semconv.ServiceNameKey, semconv.ServiceInstanceIDKey, semconv.ServiceVersionKey:
+		default:
+			attrs = append(attrs, kv)
+		}
+	}
+	// Always a version: the SDK merges the environment's resource in
+	// again, and a service.version of OTEL_RESOURCE_ATTRIBUTES (the
+	// neighbours') would fill the gap of a development build.
+	version := scopeVersion
+	if version == "" {
+		version = "devel"
+	}
+	attrs = append(attrs, semconv.ServiceVersion(version))
+	return resource.NewWithAttributes(res.SchemaURL(), attrs...)
 }

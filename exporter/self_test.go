@@ -15,8 +15,8 @@ import (
 func TestSelfMetrics(t *testing.T) {
 	rcv := otlptest.Start(t)
 	otlpEnv(t, rcv.URL())
-	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.deployment.name=shop")
-	t.Setenv("OTEL_SERVICE_NAME", "shop") // the neighbours' name, not the agent's
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.deployment.name=shop,service.version=4.2") // the neighbours' version
+	t.Setenv("OTEL_SERVICE_NAME", "shop")                                                // the neighbours' name, not the agent's
 	logger, _ := testLogger(t)
 	e, err := New(context.Background(), Config{TracesOTLP: true, MetricsOTLP: true, Metadata: meta}, logger)
 	if err != nil {
@@ -64,6 +64,9 @@ func TestSelfMetrics(t *testing.T) {
 			t.Errorf("resource %s = %v, want %v", k, got, want)
 		}
 	}
+	if p.Resource["service.instance.id"] == nil || p.Resource["service.version"] == "4.2" {
+		t.Errorf("resource %v: want a service.instance.id of its own, and not the neighbours' version", p.Resource)
+	}
 	if p := point(ps, "podtracer.parser.failures", nil); p == nil || p.Value != 2 {
 		t.Errorf("podtracer.parser.failures: %+v", p)
 	}
@@ -72,6 +75,21 @@ func TestSelfMetrics(t *testing.T) {
 			t.Errorf("no %s", name)
 		}
 	}
+	if p := point(ps, "otel.sdk.exporter.span.exported", map[string]any{"error.type": "rejected",
+		"otel.component.type": "otlp_grpc_span_exporter", "otel.component.name": "otlp_grpc_span_exporter/otlp"}); p != nil {
+		t.Errorf("a rejected series before any span was rejected: %+v", p)
+	}
+	// A span the collector rejects (OTLP partial success) is one that
+	// failed, as rejected.
+	rcv.Set(otlptest.WithRejectedSpans(1))
+	e.Export(serverReq())
+	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		p := point(ps, "otel.sdk.exporter.span.exported", map[string]any{"error.type": "rejected",
+			"otel.component.type": "otlp_grpc_span_exporter", "otel.component.name": "otlp_grpc_span_exporter/otlp"})
+		q := point(ps, "otel.sdk.processor.span.processed", map[string]any{
+			"otel.component.type": "batching_span_processor", "otel.component.name": "batching_span_processor/otlp"})
+		return p != nil && p.Value == 1 && q != nil && q.Value == 2
+	})
 	// A later count is what the next collection reports.
 	lost.Store(9)
 	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {

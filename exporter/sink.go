@@ -58,10 +58,12 @@ type spanSink struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	inflight atomic.Int64
-	dropped  atomic.Uint64
-	exported atomic.Uint64
-	failed   atomic.Uint64
+	inflight  atomic.Int64
+	dropped   atomic.Uint64
+	submitted atomic.Uint64 // handed to the exporter, whatever came of it
+	exported  atomic.Uint64
+	failed    atomic.Uint64 // of which rejected, by a collector that answered
+	rejected  atomic.Uint64
 
 	batchBytes int // the encoded size of the batch being filled (maxBatchBytes)
 }
@@ -199,14 +201,16 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 	if k.cfg.timeout > 0 { // 0: no limit, as the specification says
 		ctx, cancel = context.WithTimeout(k.ctx, k.cfg.timeout)
 	}
+	n := len(batch)
+	k.submitted.Add(uint64(n))
 	err := k.exp.exportSpans(ctx, batch)
 	cancel()
-	n := len(batch)
 	var rejected *rejectedSpans
 	switch {
 	case errors.As(err, &rejected):
 		// The collector answered: it works, and took all but these.
 		k.failed.Add(uint64(rejected.n))
+		k.rejected.Add(uint64(rejected.n))
 		k.exported.Add(uint64(n - rejected.n))
 		k.rep.spansRejected(k.name, err)
 	case err != nil:
