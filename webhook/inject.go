@@ -635,6 +635,13 @@ func keepUsers(c *corev1.Container, old *corev1.Container, recorded string) []st
 	}
 	c.EnvFrom = old.EnvFrom
 	c.VolumeMounts = old.VolumeMounts
+	// The hook and the restart policy make it a native sidecar that
+	// holds the application until the agent traces: written again. (One
+	// of an older webhook, among the containers, had neither: no edit.)
+	if old.Lifecycle != nil && !equality.Semantic.DeepEqual(old.Lifecycle, c.Lifecycle) ||
+		old.RestartPolicy != nil && !equality.Semantic.DeepEqual(old.RestartPolicy, c.RestartPolicy) {
+		warnings = append(warnings, fmt.Sprintf("the %s container's lifecycle and restartPolicy are the webhook's: the edit is undone", ContainerName))
+	}
 	if edited && !equality.Semantic.DeepEqual(c.Resources, old.Resources) {
 		warnings = append(warnings, fmt.Sprintf("the %s container's resources are the webhook's: the edit is undone; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit", ContainerName))
 	}

@@ -488,6 +488,7 @@ func TestMutateKeepsUsersAdditions(t *testing.T) {
 	c.EnvFrom = []corev1.EnvFromSource{{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "tuning"}}}}
 	c.VolumeMounts = []corev1.VolumeMount{{Name: "ca", MountPath: "/etc/ca", ReadOnly: true}}
 	c.Resources.Limits[corev1.ResourceCPU] = resource.MustParse("2")
+	c.Lifecycle.PostStart.Exec.Command = []string{"/podtracer", "wait", "-timeout", "60s"}
 
 	res := Mutate(injected, goldenSidecar())
 	got := res.Deployment.Spec.Template.Spec.InitContainers[i]
@@ -500,11 +501,15 @@ func TestMutateKeepsUsersAdditions(t *testing.T) {
 	if len(got.EnvFrom) != 1 || len(got.VolumeMounts) != 1 {
 		t.Errorf("envFrom %v, volumeMounts %v: want the user's", got.EnvFrom, got.VolumeMounts)
 	}
+	if !equality.Semantic.DeepEqual(got.Lifecycle, waitHook()) {
+		t.Errorf("lifecycle %+v, want the webhook's hook back", got.Lifecycle)
+	}
 	if lim := got.Resources.Limits[corev1.ResourceCPU]; lim.String() != "500m" {
 		t.Errorf("CPU limit %s, want the webhook's 500m", lim.String())
 	}
 	want := []string{
 		"the podtracer container's PODTRACER_LOG_LEVEL is the webhook's: the edit is undone; set it with annotation podtracer.io/log-level",
+		"the podtracer container's lifecycle and restartPolicy are the webhook's: the edit is undone",
 		"the podtracer container's resources are the webhook's: the edit is undone; set them with annotations podtracer.io/cpu-request, cpu-limit, memory-request and memory-limit",
 	}
 	if !slices.Equal(res.Warnings, want) {
