@@ -62,8 +62,8 @@ type spanSink struct {
 	dropped   atomic.Uint64
 	submitted atomic.Uint64 // handed to the exporter, whatever came of it
 	exported  atomic.Uint64
-	failed    atomic.Uint64 // of which rejected, by a collector that answered
-	rejected  atomic.Uint64
+	failed    atomic.Uint64 // the rejected ones included
+	rejected  atomic.Uint64 // refused by a collector that answered (partial success)
 
 	batchBytes int // the encoded size of the batch being filled (maxBatchBytes)
 }
