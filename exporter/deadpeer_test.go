@@ -9,7 +9,9 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -69,36 +71,51 @@ func linkedNetns(t *testing.T) (ns, link, addr string) {
 	t.Helper()
 	testenv.LookPath(t, "ip")
 	// What a killed run left (its cleanups never ran) would take the
-	// route: it goes first. A run beside it has another pid, names and
-	// subnet.
+	// route: it goes first, but not what a run beside it has made. The
+	// names carry the pid of the run that made them.
 	out, _ := exec.Command("ip", "-o", "link", "show").Output()
 	for _, f := range strings.Fields(string(out)) {
-		if name, _, _ := strings.Cut(strings.TrimSuffix(f, ":"), "@"); strings.HasPrefix(name, "ptdh") {
+		if name, _, _ := strings.Cut(strings.TrimSuffix(f, ":"), "@"); leftover(name, "ptdh") {
 			exec.Command("ip", "link", "del", name).Run()
 		}
 	}
 	out, _ = exec.Command("ip", "netns", "list").Output()
 	for _, f := range strings.Fields(string(out)) {
-		if strings.HasPrefix(f, "ptdead") {
+		if leftover(f, "ptdead") {
 			exec.Command("ip", "netns", "del", f).Run()
 		}
 	}
 	id := os.Getpid()
-	ns, host, link := fmt.Sprintf("ptdead%d", id%10000), fmt.Sprintf("ptdh%d", id%10000), fmt.Sprintf("ptdn%d", id%10000)
-	subnet := fmt.Sprintf("10.%d.%d", 200+id%50, id/50%256)
+	ns, host, link := fmt.Sprintf("ptdead%d", id), fmt.Sprintf("ptdh%d", id), fmt.Sprintf("ptdn%d", id)
+	// A /30 of 198.18.0.0/15, the range set aside for tests of networks
+	// (RFC 2544), by pid.
+	base := id % (1 << 15) * 4
+	subnet := fmt.Sprintf("198.%d.%d.%d", 18+base>>16, base>>8&255, base&255)
+	addr = fmt.Sprintf("198.%d.%d.%d", 18+base>>16, base>>8&255, base&255+2)
+	hostAddr := fmt.Sprintf("198.%d.%d.%d", 18+base>>16, base>>8&255, base&255+1)
 	ip(t, "netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	ip(t, "link", "add", host, "type", "veth", "peer", "name", link, "netns", ns)
 	t.Cleanup(func() { exec.Command("ip", "link", "del", host).Run() })
-	ip(t, "addr", "add", subnet+".1/30", "dev", host)
+	ip(t, "addr", "add", hostAddr+"/30", "dev", host)
 	ip(t, "link", "set", host, "up")
-	ip(t, "-n", ns, "addr", "add", subnet+".2/30", "dev", link)
+	ip(t, "-n", ns, "addr", "add", addr+"/30", "dev", link)
 	ip(t, "-n", ns, "link", "set", link, "up")
 	ip(t, "-n", ns, "link", "set", "lo", "up")
-	if route, err := exec.Command("ip", "route", "get", subnet+".2").Output(); err != nil || !strings.Contains(string(route), "dev "+host) {
-		t.Fatalf("the route to %s.2 is not through %s: %s %v", subnet, host, route, err)
+	if route, err := exec.Command("ip", "route", "get", addr).Output(); err != nil || !slices.Contains(strings.Fields(string(route)), host) {
+		t.Fatalf("the route to %s (%s) is not through %s: %s %v", addr, subnet, host, route, err)
 	}
-	return ns, link, subnet + ".2"
+	return ns, link, addr
+}
+
+// leftover tells whether name is one of prefix's, made by a run whose
+// process is gone.
+func leftover(name, prefix string) bool {
+	pid, err := strconv.Atoi(strings.TrimPrefix(name, prefix))
+	if !strings.HasPrefix(name, prefix) || err != nil || pid <= 0 {
+		return false
+	}
+	return syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 func ip(t *testing.T, args ...string) {

@@ -65,7 +65,11 @@ func (e *Exporter) ReportSelf(counts func() SelfCounts) error {
 	started := false
 	defer func() {
 		if !started {
-			_ = mp.Shutdown(context.Background()) // its reader's goroutine
+			// Its reader's goroutine, without a last collection and
+			// export (a cancelled context): nothing of it goes out.
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel()
+			_ = mp.Shutdown(ctx)
 		}
 	}()
 	m := mp.Meter(scopeName, metric.WithInstrumentationVersion(scopeVersion))
@@ -117,24 +121,22 @@ func (e *Exporter) ReportSelf(counts func() SelfCounts) error {
 			dropped:   attribute.NewSet(append(proc, processed.AttrErrorType("queue_full"))...),
 		}
 	}
-	// The series of an error only once it happened, as the conventions
-	// have error.type.
-	observeSome := func(o metric.Observer, inst metric.Int64Observable, n uint64, set attribute.Set) {
-		if n > 0 {
-			o.ObserveInt64(inst, int64(n), metric.WithAttributeSet(set))
-		}
+	// Every series from the start, errors' at 0: a first burst of them
+	// is then an increase, for backends that compute rates.
+	observe := func(o metric.Observer, inst metric.Int64Observable, n uint64, set attribute.Set) {
+		o.ObserveInt64(inst, int64(n), metric.WithAttributeSet(set))
 	}
 	_, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		for i, k := range e.sinks {
 			// Counted when an export is under way: processed when it
 			// starts, exported when it ends (a span in between is the
-			// first, not yet the second).
-			rejected := k.rejected.Load()
-			o.ObserveInt64(exported.Inst(), int64(k.exported.Load()), metric.WithAttributeSet(sets[i].ok))
-			observeSome(o, exported.Inst(), rejected, sets[i].rejected)
-			observeSome(o, exported.Inst(), k.failed.Load()-rejected, sets[i].failed)
-			o.ObserveInt64(processed.Inst(), int64(k.submitted.Load()), metric.WithAttributeSet(sets[i].processed))
-			observeSome(o, processed.Inst(), k.dropped.Load(), sets[i].dropped)
+			// first, not yet the second). Each from a counter of its
+			// own, which only grows.
+			observe(o, exported.Inst(), k.exported.Load(), sets[i].ok)
+			observe(o, exported.Inst(), k.rejected.Load(), sets[i].rejected)
+			observe(o, exported.Inst(), k.unsent.Load(), sets[i].failed)
+			observe(o, processed.Inst(), k.submitted.Load(), sets[i].processed)
+			observe(o, processed.Inst(), k.dropped.Load(), sets[i].dropped)
 		}
 		o.ObserveInt64(requestsDropped, int64(e.droppedRequests.Load()))
 		o.ObserveInt64(metricExportsFailed, int64(e.metrics.failed.Load()))

@@ -62,8 +62,9 @@ type spanSink struct {
 	dropped   atomic.Uint64
 	submitted atomic.Uint64 // handed to the exporter, whatever came of it
 	exported  atomic.Uint64
-	failed    atomic.Uint64 // the rejected ones included
+	failed    atomic.Uint64 // rejected + unsent
 	rejected  atomic.Uint64 // refused by a collector that answered (partial success)
+	unsent    atomic.Uint64 // in exports that failed
 
 	batchBytes int // the encoded size of the batch being filled (maxBatchBytes)
 }
@@ -215,6 +216,7 @@ func (k *spanSink) export(batch []*spanRecord) []*spanRecord {
 		k.rep.spansRejected(k.name, err)
 	case err != nil:
 		k.failed.Add(uint64(n))
+		k.unsent.Add(uint64(n))
 		k.rep.spanError(k.name, err)
 	default:
 		k.exported.Add(uint64(n))

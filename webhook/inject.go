@@ -137,7 +137,11 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 			if len(spec.InitContainers) == 0 {
 				spec.InitContainers = nil
 			}
-			warnings = append(warnings, fmt.Sprintf("the %s init container has the webhook's postStart hook but no %s annotation (an older webhook took it off, or it was pasted from the example): it is taken as the webhook's", ContainerName, AnnotationStatus))
+			what := "it is taken as the webhook's"
+			if !want {
+				what = "it is taken out, as the annotation says"
+			}
+			warnings = append(warnings, fmt.Sprintf("the %s init container has the webhook's postStart hook but no %s annotation (an older webhook took it off, or it was pasted from the example): %s", ContainerName, AnnotationStatus, what))
 		}
 	}
 	if !want {
@@ -177,7 +181,7 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 	if earlier != nil {
 		recorded = earlier.Managed
 	}
-	warnings = append(warnings, keepUsers(&container, old, recorded)...)
+	warnings = append(warnings, keepUsers(&container, old, at >= 0, recorded)...)
 	if spec.ShareProcessNamespace == nil {
 		spec.ShareProcessNamespace = new(true)
 		st.ShareProcessNamespace = true
@@ -602,7 +606,8 @@ func managedHash(c *corev1.Container) string {
 }
 
 // keepUsers carries over to the new sidecar c what a user added to the
-// one injected before (old, nil if none): variables the webhook does not
+// one injected before (old, nil if none; native if it was among the init
+// containers, with a hook and restart policy of the webhook's): variables the webhook does not
 // write (OTEL_EXPORTER_OTLP_HEADERS from a Secret, say, with `kubectl set
 // env`), envFrom and volume mounts (a private CA for
 // OTEL_EXPORTER_OTLP_CERTIFICATE). What the webhook writes it writes
@@ -611,7 +616,7 @@ func managedHash(c *corev1.Container) string {
 // edited it, and the warnings say that the edit is undone and which
 // annotation sets it. A change of annotations or of the webhook's own
 // settings is no edit, and gets none.
-func keepUsers(c *corev1.Container, old *corev1.Container, recorded string) []string {
+func keepUsers(c *corev1.Container, old *corev1.Container, native bool, recorded string) []string {
 	if old == nil {
 		return nil
 	}
@@ -638,8 +643,7 @@ func keepUsers(c *corev1.Container, old *corev1.Container, recorded string) []st
 	// The hook and the restart policy make it a native sidecar that
 	// holds the application until the agent traces: written again. (One
 	// of an older webhook, among the containers, had neither: no edit.)
-	if old.Lifecycle != nil && !equality.Semantic.DeepEqual(old.Lifecycle, c.Lifecycle) ||
-		old.RestartPolicy != nil && !equality.Semantic.DeepEqual(old.RestartPolicy, c.RestartPolicy) {
+	if native && (!equality.Semantic.DeepEqual(old.Lifecycle, c.Lifecycle) || !equality.Semantic.DeepEqual(old.RestartPolicy, c.RestartPolicy)) {
 		warnings = append(warnings, fmt.Sprintf("the %s container's lifecycle and restartPolicy are the webhook's: the edit is undone", ContainerName))
 	}
 	if edited && !equality.Semantic.DeepEqual(c.Resources, old.Resources) {
