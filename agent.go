@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -255,26 +253,6 @@ func inPod() bool {
 	return os.Getenv("KUBERNETES_SERVICE_HOST") != "" && (os.Getenv("POD_UID") != "" || os.Getenv("POD_NAME") != "")
 }
 
-// alone tells whether no neighbour is left that could still talk: none
-// but the pod's init (the pause process, which serves nothing) and
-// zombies (an init that is not pause may not reap them).
-func alone(procRoot string) bool {
-	pids, err := pod.Neighbours(procRoot)
-	if err != nil {
-		return false
-	}
-	return !slices.ContainsFunc(pids, func(pid int) bool {
-		if pid == 1 {
-			return false
-		}
-		stat, err := os.ReadFile(fmt.Sprintf("%s/%d/stat", procRoot, pid))
-		// The state follows the command name, which may hold spaces
-		// and parentheses: after the last ") ".
-		i := bytes.LastIndex(stat, []byte(") "))
-		return err == nil && i >= 0 && i+2 < len(stat) && stat[i+2] != 'Z'
-	})
-}
-
 // drainQuiet is how long the kernel may see nothing of the neighbours
 // before the agent, asked to stop, takes them as done.
 var drainQuiet = time.Second
@@ -291,7 +269,7 @@ func drainNeighbours(capture *bpf.Capture, wait time.Duration, logger *slog.Logg
 	if wait <= 0 {
 		return
 	}
-	if alone(procRoot) {
+	if pod.Alone(procRoot) {
 		// A native sidecar's SIGTERM comes when the pod's containers
 		// have ended, with what is left of its grace period for the
 		// flush.

@@ -90,9 +90,9 @@ func linkedNetns(t *testing.T) (ns, link, addr string) {
 	// A /30 of 198.18.0.0/15, the range set aside for tests of networks
 	// (RFC 2544), by pid.
 	base := id % (1 << 15) * 4
-	subnet := fmt.Sprintf("198.%d.%d.%d", 18+base>>16, base>>8&255, base&255)
-	addr = fmt.Sprintf("198.%d.%d.%d", 18+base>>16, base>>8&255, base&255+2)
-	hostAddr := fmt.Sprintf("198.%d.%d.%d", 18+base>>16, base>>8&255, base&255+1)
+	at := func(i int) string { return fmt.Sprintf("198.%d.%d.%d", 18+base>>16, base>>8&255, base&255+i) }
+	subnet, hostAddr := at(0)+"/30", at(1)
+	addr = at(2)
 	ip(t, "netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 	ip(t, "link", "add", host, "type", "veth", "peer", "name", link, "netns", ns)

@@ -257,18 +257,15 @@ func ReadProcess(procRoot string, pid int, comm string) *Process {
 		}
 	}
 	if b, err := os.ReadFile(dir + "/stat"); err == nil {
-		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-		if i := bytes.LastIndexByte(b, ')'); i >= 0 {
-			if f := bytes.Fields(b[i+1:]); len(f) > 1 {
+		if statComm, f, ok := statFields(b); ok {
+			if len(f) > 1 {
 				p.PPID, _ = strconv.Atoi(string(f[1]))
 			}
-			if j := bytes.IndexByte(b, '('); j >= 0 && j < i {
-				if comm == "" {
-					comm = string(b[j+1 : i])
-				}
-				if p.Name == "" {
-					p.Name = string(b[j+1 : i])
-				}
+			if comm == "" {
+				comm = statComm
+			}
+			if p.Name == "" {
+				p.Name = statComm
 			}
 		}
 	}
@@ -277,6 +274,18 @@ func ReadProcess(procRoot string, pid int, comm string) *Process {
 		p.ContainerID = containerID(string(b))
 	}
 	return p
+}
+
+// statFields splits a /proc/PID/stat line, "pid (comm) state ppid ...":
+// the command, which may hold spaces and parentheses, and the fields
+// after it, the state first.
+func statFields(b []byte) (comm string, fields [][]byte, ok bool) {
+	i := bytes.LastIndexByte(b, ')')
+	j := bytes.IndexByte(b, '(')
+	if i < 0 || j < 0 || j > i {
+		return "", nil, false
+	}
+	return string(b[j+1 : i]), bytes.Fields(b[i+1:]), true
 }
 
 // runAs is the name p was run by when that is a link to its executable

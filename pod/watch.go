@@ -2,6 +2,7 @@ package pod
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
@@ -25,6 +26,28 @@ func Neighbours(procRoot string) ([]int, error) {
 		pids = append(pids, pid)
 	}
 	return pids, nil
+}
+
+// Alone tells whether no neighbour is left that could still talk: none
+// but the PID namespace's init (a pod's pause process, which serves
+// nothing) and zombies (an init that is not pause may not reap them). A
+// process gone between the listing and its stat is gone; a /proc that
+// cannot be read is not alone.
+func Alone(procRoot string) bool {
+	pids, err := Neighbours(procRoot)
+	if err != nil {
+		return false
+	}
+	for _, pid := range pids {
+		if pid == 1 {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("%s/%d/stat", procRoot, pid))
+		if _, f, ok := statFields(b); err == nil && ok && len(f) > 0 && string(f[0]) != "Z" {
+			return false
+		}
+	}
+	return true
 }
 
 // initPIDNamespace is the inode of the kernel's first PID namespace, the
