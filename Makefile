@@ -9,8 +9,15 @@ all: build
 # make build VERSION=v1.2.0 sets another.
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null)
 
+# The agent and the webhook, built as in the image (Dockerfile): static (a
+# dynamically linked agent maps libc, 1.5 MB more of its memory), and the
+# agent without grpc-go's request tracing (golang.org/x/net/trace), whose
+# html/template keeps every exported method of every linked type in the
+# executable: 5 MB of file, 3.5 MB of the agent's resident memory.
+AGENT_TAGS := grpcnotrace
 build:
-	$(GO) build -ldflags "-X github.com/podtracer/podtracer/exporter.version=$(VERSION)" -o podtracer .
+	CGO_ENABLED=0 $(GO) build -tags $(AGENT_TAGS) -ldflags "-X github.com/podtracer/podtracer/exporter.version=$(VERSION)" -o podtracer .
+	CGO_ENABLED=0 $(GO) build -o podtracer-webhook ./cmd/podtracer-webhook
 
 # A sample app and curl in a pod-like PID namespace, the agent printing spans.
 demo:

@@ -443,7 +443,8 @@ func usage(w io.Writer) {
 
 Usage:
   podtracer            run the agent (needs root or CAP_BPF+CAP_PERFMON, and shareProcessNamespace)
-  podtracer webhook    run the mutating admission webhook (see PODTRACER_WEBHOOK_* in the README)
+  podtracer webhook    run the mutating admission webhook: the podtracer-webhook binary beside this one
+                       (see PODTRACER_WEBHOOK_* in the README)
   podtracer wait       return once the pod's agent has started (-timeout 10s at most; never fails):
                        the sidecar's postStart hook, which holds the application's start until then
   podtracer -h         this help

@@ -1,36 +1,28 @@
 // Command podtracer is a sidecar that turns what its pod's neighbour
-// processes say on the wire into OpenTelemetry spans and metrics. Run with
-// the argument "webhook" it is instead the mutating admission webhook that
-// injects the sidecar.
+// processes say on the wire into OpenTelemetry spans and metrics. `podtracer
+// wait` is its postStart hook; `podtracer webhook` runs the mutating
+// admission webhook, the podtracer-webhook binary beside it.
 package main
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"os"
-	"os/signal"
+	"path/filepath"
 	"syscall"
 
-	"github.com/podtracer/podtracer/webhook"
+	"github.com/podtracer/podtracer/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	go func() {
-		// The first signal asks for a drain and a flush (bounded:
-		// PODTRACER_SHUTDOWN_WAIT, then 10 s); a second one
-		// ends the process at once, as if nothing caught it.
-		<-ctx.Done()
-		stop()
-	}()
-	logger := loggerFromEnv()
+	// The first signal asks for a drain and a flush (bounded:
+	// PODTRACER_SHUTDOWN_WAIT, then 10 s); a second one ends the process.
+	ctx := cli.Context()
+	logger := cli.Logger()
 
 	var err error
 	switch {
 	case len(os.Args) > 1 && os.Args[1] == "webhook":
-		err = webhook.Main(ctx, logger, os.Args[2:])
+		err = execWebhook(os.Args[2:])
 	case len(os.Args) > 1 && os.Args[1] == "wait":
 		err = waitStarted(ctx, os.Args[2:], os.Stdout)
 	default:
@@ -42,17 +34,18 @@ func main() {
 	}
 }
 
-// loggerFromEnv honours PODTRACER_LOG_LEVEL and PODTRACER_LOG_FORMAT in
-// both modes; the agent checks them strictly with the rest of its
-// configuration, here a bad value falls back to the default.
-func loggerFromEnv() *slog.Logger {
-	var level slog.Level
-	if v := os.Getenv("PODTRACER_LOG_LEVEL"); v != "" {
-		_ = level.UnmarshalText([]byte(v))
+// execWebhook runs the webhook binary that sits beside this one in the
+// image, for manifests written when the webhook was `podtracer webhook`.
+// The agent does not link the webhook: its Kubernetes API packages would
+// be in every traced pod's memory.
+func execWebhook(args []string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
 	}
-	opts := &slog.HandlerOptions{Level: level}
-	if os.Getenv("PODTRACER_LOG_FORMAT") == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	bin := filepath.Join(filepath.Dir(self), "podtracer-webhook")
+	if err := syscall.Exec(bin, append([]string{bin}, args...), os.Environ()); err != nil {
+		return fmt.Errorf("webhook: run %s: %w (the webhook is the podtracer-webhook binary, beside podtracer in the image)", bin, err)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return nil // not reached: Exec returns only on failure
 }

@@ -226,7 +226,7 @@ func listErrors(errs []error) string {
 
 // PrintUsage writes the environment variables the webhook reads.
 func PrintUsage(w io.Writer) error {
-	fmt.Fprint(w, `Usage: podtracer webhook
+	fmt.Fprint(w, `Usage: podtracer-webhook
 
 The mutating admission webhook that injects the podtracer sidecar into
 Deployments annotated podtracer.io/inject=true. It is configured by these

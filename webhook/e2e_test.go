@@ -307,7 +307,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
-	// Run the webhook as `podtracer webhook` does, configured by env.
+	// Run the webhook as podtracer-webhook does, configured by env.
 	certDir := t.TempDir()
 	cert := newTestCert(t, "127.0.0.1")
 	certFile, keyFile := cert.write(t, certDir)

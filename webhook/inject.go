@@ -504,7 +504,7 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 // minMemoryWhy why.
 var minMemoryLimit = resource.MustParse("64Mi")
 
-const minMemoryWhy = "the agent peaks at about 35 MB while it loads, and a native sidecar killed before its postStart hook returns is restarted while the application waits"
+const minMemoryWhy = "the agent peaks at about 26 MB while it loads, and a native sidecar killed before its postStart hook returns is restarted while the application waits"
 
 // resourceAnnotation sets one of the sidecar's requests or limits, over
 // the webhook's PODTRACER_WEBHOOK_*_REQUEST and _LIMIT.

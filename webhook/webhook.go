@@ -21,7 +21,7 @@ func Main(ctx context.Context, logger *slog.Logger, args []string) error {
 		case "-h", "-help", "--help", "help":
 			return PrintUsage(os.Stdout)
 		}
-		return fmt.Errorf("webhook: unexpected argument %q: configure it with PODTRACER_WEBHOOK_* environment variables (podtracer webhook -h)", args[0])
+		return fmt.Errorf("webhook: unexpected argument %q: configure it with PODTRACER_WEBHOOK_* environment variables (podtracer-webhook -h)", args[0])
 	}
 	// First: a misspelt variable may be why the configuration is refused.
 	for _, w := range UnknownVariables(os.Environ()) {

@@ -25,7 +25,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "demo: building podtracer and the sample app"
-go build -o "$bin/podtracer" .
+CGO_ENABLED=0 go build -tags grpcnotrace -o "$bin/podtracer" . # as the image's (Dockerfile)
 go build -o "$bin/shop" ./test/fixtures/httpapp
 
 # The pod: a PID namespace held open by a sleeping init process.

@@ -208,7 +208,10 @@ func binaries(t *testing.T) (agent, httpapp string) {
 			return
 		}
 		for pkg, name := range map[string]string{"../..": "podtracer", "../fixtures/httpapp": "httpapp"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
+			// As the image's agent is built (Dockerfile).
+			cmd := exec.Command("go", "build", "-tags", "grpcnotrace", "-o", filepath.Join(binDir, name), pkg)
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			out, err := cmd.CombinedOutput()
 			if err != nil {
 				buildErr = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
 				return
