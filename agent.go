@@ -153,7 +153,7 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	go pod.Watch(ctx, procRoot, 10*time.Second, logger)
 	var tlsr *tlsReader
 	if cfg.TLS && capture.Hooks() == bpf.HooksSocket {
-		selected := func(pid int) bool { return registry.Lookup(uint32(pid), "") != nil }
+		selected := func(pid int, name string) bool { return registry.Lookup(uint32(pid), name) != nil }
 		tlsr = newTLSReader(capture, procRoot, selected, logger)
 		go tlsr.run(ctx)
 	} else if cfg.TLS {
@@ -213,7 +213,13 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 			shutdown()
 			return err
 		}
-		if ev.Type == bpf.EventTLS && tlsr != nil {
+		switch {
+		case ev.Type == bpf.EventExec:
+			if tlsr != nil {
+				tlsr.sawExec(int(ev.PID), ev.CommString())
+			}
+			continue // no connection's
+		case ev.Type == bpf.EventTLS && tlsr != nil:
 			tlsr.sawHandshake(int(ev.PID))
 		}
 		tr.Handle(&ev)

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime/debug"
+	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -25,13 +29,30 @@ var tlsScanInterval = 2 * time.Second
 // TLS connections.
 var tlsRetryAfter = 10 * time.Second
 
+// tlsStartedTries are when a program a neighbour started (bpf.EventExec)
+// is tried again, from its start, while it maps no TLS library: the
+// dynamic loader maps libssl a moment after the exec, and Python its ssl
+// module's when the module is first imported, usually at start. A try at
+// the exec itself gets a Go program's crypto/tls, which is in the
+// executable.
+var tlsStartedTries = []time.Duration{20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
+	400 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond, 3 * time.Second}
+
+// maxStarted bounds the programs whose tries after their start are
+// pending: a pod that starts more at once has the others found by the
+// scans.
+const maxStarted = 256
+
 // tlsReader puts the kernel capture's uprobes on the TLS libraries of the
-// selected neighbours (bpf.Capture.TraceTLS): those of every new process
-// it finds at each scan, and at once those of a process whose TLS
-// handshake the kernel reports (bpf.EventTLS), so that a short-lived
-// client's first requests are not missed for want of a scan. A process
-// with no TLS library it reads (libssl, Go's crypto/tls) pays nothing; one
-// with one pays the uprobes on its TLS calls only.
+// selected neighbours (bpf.Capture.TraceTLS): at once those of a program a
+// neighbour starts (bpf.EventExec), again a few times in its first
+// seconds, so that its first connections are read (a native sidecar
+// starts before the application: every program of the pod's is such a
+// one); those of every new process it finds at each scan; and at once
+// those of a process whose TLS handshake the kernel reports
+// (bpf.EventTLS), which loaded libssl late. A process with no TLS library
+// it reads (libssl, Go's crypto/tls) pays nothing; one with one pays the
+// uprobes on its TLS calls only.
 type tlsReader struct {
 	capture interface {
 		TraceTLS(pid int, spoke bool) (string, error)
@@ -40,10 +61,20 @@ type tlsReader struct {
 	procRoot string
 	// selected tells whether a process is to be traced
 	// (PODTRACER_EXECUTABLE_NAME, PODTRACER_OPEN_PORTS): the others get
-	// no uprobes.
-	selected  func(pid int) bool
+	// no uprobes. name is its program's kernel name, when known ("": the
+	// name last seen).
+	selected  func(pid int, name string) bool
 	logger    *slog.Logger
-	handshake chan int // pids whose handshake the kernel saw
+	handshake chan int          // pids whose handshake the kernel saw
+	execs     chan startedEvent // programs the neighbours started
+
+	// started are the programs whose tries after their start
+	// (tlsStartedTries) are pending.
+	started []startedProgram
+	// self is the agent's own executable, which `podtracer wait`, the
+	// sidecar's hook, runs in the pod: it speaks no TLS, and its
+	// function table is the largest a probe would read.
+	self os.FileInfo
 
 	traced map[int]string    // pid: its libraries
 	failed map[int]time.Time // pid: when it was last tried without success
@@ -53,9 +84,24 @@ type tlsReader struct {
 	unspoken map[int]bool
 }
 
-func newTLSReader(capture *bpf.Capture, procRoot string, selected func(pid int) bool, logger *slog.Logger) *tlsReader {
-	return &tlsReader{capture: capture, procRoot: procRoot, selected: selected, logger: logger, handshake: make(chan int, 64),
-		traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
+type startedEvent struct {
+	pid  int
+	name string
+	at   time.Time
+}
+
+type startedProgram struct {
+	startedEvent
+	tries int // of tlsStartedTries, done
+}
+
+func newTLSReader(capture *bpf.Capture, procRoot string, selected func(pid int, name string) bool, logger *slog.Logger) *tlsReader {
+	r := &tlsReader{capture: capture, procRoot: procRoot, selected: selected, logger: logger, handshake: make(chan int, 64),
+		execs: make(chan startedEvent, 64), traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
+	if exe, err := os.Executable(); err == nil {
+		r.self, _ = os.Stat(exe)
+	}
+	return r
 }
 
 // sawHandshake tells the reader that process pid began a TLS connection.
@@ -67,11 +113,23 @@ func (r *tlsReader) sawHandshake(pid int) {
 	}
 }
 
-// run scans the neighbours every tlsScanInterval, and tries a process
-// whose handshake the kernel saw at once, until ctx ends.
+// sawExec tells the reader that process pid started the program name. It
+// never blocks: the capture's loop calls it.
+func (r *tlsReader) sawExec(pid int, name string) {
+	select {
+	case r.execs <- startedEvent{pid: pid, name: name, at: time.Now()}:
+	default: // the next scan gets to it
+	}
+}
+
+// run scans the neighbours every tlsScanInterval, and tries a program a
+// neighbour started, and a process whose handshake the kernel saw, at
+// once, until ctx ends.
 func (r *tlsReader) run(ctx context.Context) {
 	tick := time.NewTicker(tlsScanInterval)
 	defer tick.Stop()
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
 	r.scan()
 	// The first uprobes loaded their programs (the kernel's BTF for their
 	// relocations) and read the libraries' symbols: a few MB of garbage,
@@ -84,10 +142,56 @@ func (r *tlsReader) run(ctx context.Context) {
 			return
 		case pid := <-r.handshake:
 			r.try(pid, true)
+		case ev := <-r.execs:
+			r.tryStarted(ev)
+			retry.Reset(r.nextStartedTry(time.Now()))
+		case now := <-retry.C:
+			r.retryStarted(now)
+			retry.Reset(r.nextStartedTry(now))
 		case <-tick.C:
 			r.scan()
 		}
 	}
+}
+
+// tryStarted tries a program a neighbour has just started: what was known
+// of the process's last program (a failure, a log line) is not its, and
+// until it is traced it is tried again at tlsStartedTries.
+func (r *tlsReader) tryStarted(ev startedEvent) {
+	r.started = slices.DeleteFunc(r.started, func(p startedProgram) bool { return p.pid == ev.pid })
+	delete(r.failed, ev.pid)
+	delete(r.told, ev.pid)
+	delete(r.unspoken, ev.pid)
+	if r.tryNamed(ev.pid, false, ev.name) && len(r.started) < maxStarted {
+		r.started = append(r.started, startedProgram{startedEvent: ev})
+	}
+}
+
+// retryStarted tries the started programs whose next try is due, and
+// forgets those traced, gone, or tried for the last time.
+func (r *tlsReader) retryStarted(now time.Time) {
+	kept := r.started[:0]
+	for _, p := range r.started {
+		if now.Sub(p.at) >= tlsStartedTries[p.tries] {
+			p.tries++
+			delete(r.failed, p.pid) // not held back by tlsRetryAfter: these tries are few
+			if !r.tryNamed(p.pid, false, p.name) || p.tries == len(tlsStartedTries) {
+				continue
+			}
+		}
+		kept = append(kept, p)
+	}
+	r.started = kept
+}
+
+// nextStartedTry is how long from now the next try of a started program
+// is due (an hour when none is pending).
+func (r *tlsReader) nextStartedTry(now time.Time) time.Duration {
+	next := time.Hour
+	for _, p := range r.started {
+		next = min(next, max(0, p.at.Add(tlsStartedTries[p.tries]).Sub(now)))
+	}
+	return next
 }
 
 // scan tries every neighbour (those tried without success at most every
@@ -127,15 +231,22 @@ func (r *tlsReader) scan() {
 // then worth a line in the log, and a Go program whose uprobes wait for
 // its first TLS connection (bpf.ErrTLSNotSpoken) gets them.
 func (r *tlsReader) try(pid int, handshake bool) {
+	r.tryNamed(pid, handshake, "")
+}
+
+// tryNamed is try for a process whose program's kernel name is name (""
+// when not known). It tells whether the process maps no TLS library yet
+// (bpf.ErrNoTLSLibrary), which a later try may find.
+func (r *tlsReader) tryNamed(pid int, handshake bool, name string) (none bool) {
 	if _, traced := r.traced[pid]; traced && handshake && !r.unspoken[pid] {
-		return // one handshake per connection: the scans check traced processes
+		return false // one handshake per connection: the scans check traced processes
 	}
 	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter && !(handshake && r.unspoken[pid]) {
-		return
+		return false
 	}
-	if r.selected != nil && !r.selected(pid) {
+	if r.selected != nil && !r.selected(pid, name) || r.isSelf(pid) {
 		r.failed[pid] = time.Now()
-		return
+		return false
 	}
 	library, err := r.capture.TraceTLS(pid, handshake)
 	if errors.Is(err, bpf.ErrTLSNotSpoken) {
@@ -165,6 +276,7 @@ func (r *tlsReader) try(pid int, handshake bool) {
 			r.logger.Info("a neighbour speaks TLS that the agent cannot read: its TLS connections give no spans",
 				"pid", pid, "process", r.name(pid), "reason", err)
 		}
+		return true
 	case errors.Is(err, bpf.ErrTLSNotSpoken):
 		// Its first handshake tries it again. Its libssl failed if
 		// the error says more.
@@ -180,6 +292,16 @@ func (r *tlsReader) try(pid int, handshake bool) {
 			r.logger.Warn("cannot read a neighbour's TLS plaintext", "pid", pid, "process", r.name(pid), "error", err)
 		}
 	}
+	return false
+}
+
+// isSelf tells whether process pid runs the agent's executable.
+func (r *tlsReader) isSelf(pid int) bool {
+	if r.self == nil {
+		return false
+	}
+	exe, err := os.Stat(filepath.Join(r.procRoot, strconv.Itoa(pid), "exe"))
+	return err == nil && os.SameFile(exe, r.self)
 }
 
 func (r *tlsReader) name(pid int) string {

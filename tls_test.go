@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -53,7 +54,7 @@ func TestTLSReader(t *testing.T) {
 	fake := &fakeTLSCapture{results: map[int]error{11: bpf.ErrNoTLSLibrary, 12: fmt.Errorf("uprobe: %w", os.ErrPermission)}}
 	var log bytes.Buffer
 	r := &tlsReader{capture: fake, procRoot: root, logger: slog.New(slog.NewTextHandler(&log, nil)), handshake: make(chan int, 1),
-		selected: func(pid int) bool { return pid != 13 }, traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
+		selected: func(pid int, _ string) bool { return pid != 13 }, traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
 
 	r.scan()
 	r.scan()
@@ -150,4 +151,89 @@ func TestTLSReaderGoAtHandshake(t *testing.T) {
 	if n := slices.Index(fake.traced, 21); n < 0 || len(fake.traced)-n != 2 {
 		t.Errorf("TraceTLS asked of %v: pid 21 twice, its second handshake asking nothing", fake.traced)
 	}
+}
+
+// TestTLSReaderStarted: a program a neighbour starts is tried at once,
+// whatever its pid's last program left (a failure within tlsRetryAfter),
+// with its name for the selection; while it maps no TLS library it is
+// tried again at tlsStartedTries, and no more once traced, gone, or tried
+// for the last time; the agent's own executable is not probed. sawExec
+// never blocks the capture's loop.
+func TestTLSReaderStarted(t *testing.T) {
+	root := t.TempDir()
+	fake := &fakeTLSCapture{results: map[int]error{30: bpf.ErrNoTLSLibrary, 31: bpf.ErrNoTLSLibrary, 32: bpf.ErrNoTLSLibrary}}
+	var names []string
+	r := newTLSReaderForTest(fake, root)
+	r.selected = func(pid int, name string) bool { names = append(names, name); return true }
+	asked := func(pid int) int {
+		n := 0
+		for _, p := range fake.traced {
+			if p == pid {
+				n++
+			}
+		}
+		return n
+	}
+
+	t0 := time.Now()
+	r.failed[30] = t0 // its last program, a moment ago
+	r.tryStarted(startedEvent{pid: 30, name: "python3", at: t0})
+	r.tryStarted(startedEvent{pid: 31, name: "sh", at: t0})
+	r.tryStarted(startedEvent{pid: 32, name: "curl", at: t0})
+	if asked(30) != 1 || asked(31) != 1 || !slices.Equal(names, []string{"python3", "sh", "curl"}) {
+		t.Fatalf("at their start: asked %v, names %v", fake.traced, names)
+	}
+	if d := r.nextStartedTry(t0); d != tlsStartedTries[0] {
+		t.Errorf("next try in %v, want %v", d, tlsStartedTries[0])
+	}
+	r.retryStarted(t0.Add(tlsStartedTries[0] / 2))
+	if asked(30) != 1 {
+		t.Errorf("tried again before its time: %v", fake.traced)
+	}
+	r.retryStarted(t0.Add(tlsStartedTries[0]))
+	if asked(30) != 2 || asked(31) != 2 {
+		t.Errorf("not tried again at %v: %v", tlsStartedTries[0], fake.traced)
+	}
+	// The loader has mapped libssl into 30; 32 has exited.
+	delete(fake.results, 30)
+	fake.results[32] = fmt.Errorf("read maps: %w", os.ErrNotExist)
+	r.retryStarted(t0.Add(tlsStartedTries[1]))
+	if _, ok := r.traced[30]; !ok || asked(30) != 3 || asked(32) != 3 {
+		t.Fatalf("at %v: traced %v, asked %v", tlsStartedTries[1], r.traced, fake.traced)
+	}
+	for _, at := range tlsStartedTries[2:] {
+		r.retryStarted(t0.Add(at))
+	}
+	r.retryStarted(t0.Add(time.Minute))
+	if asked(30) != 3 || asked(32) != 3 || asked(31) != 1+len(tlsStartedTries) {
+		t.Errorf("asked %v: 30 traced, 32 gone, 31 tried %d times in all", fake.traced, 1+len(tlsStartedTries))
+	}
+	if len(r.started) != 0 || r.nextStartedTry(t0) != time.Hour {
+		t.Errorf("tries still pending: %v", r.started)
+	}
+
+	// The agent's own executable (podtracer wait, the sidecar's hook) is
+	// not probed.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(root, "40"), 0o755)
+	if err := os.Symlink(self, filepath.Join(root, "40", "exe")); err != nil {
+		t.Fatal(err)
+	}
+	r.tryStarted(startedEvent{pid: 40, name: "podtracer", at: t0})
+	if asked(40) != 0 {
+		t.Errorf("the agent's own executable probed")
+	}
+
+	for pid := range 2 * cap(r.execs) {
+		r.sawExec(pid, "sh") // the channel holds 64: the others must not block
+	}
+}
+
+func newTLSReaderForTest(capture *fakeTLSCapture, root string) *tlsReader {
+	r := newTLSReader(nil, root, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r.capture = capture
+	return r
 }

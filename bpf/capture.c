@@ -106,6 +106,9 @@ enum event_type {
 	// sent up from now on, and the process's TLS library is where its
 	// plaintext comes from (the TLS section, below). No payload.
 	EVENT_TLS = 7,
+	// A neighbour started a program (execve): no connection, no payload;
+	// the name is the new program's.
+	EVENT_EXEC = 8,
 };
 
 // Event flags: what a server-side Redis connection's kernel drop (below)
@@ -3651,6 +3654,35 @@ int tcp_destroy_sock(__u64 *ctx)
 		return 0;
 	st->close_late = 0;
 	send_close(sk, st, SCRATCH_DESTROY);
+	return 0;
+}
+
+// sched_process_exec tells the agent at once that a neighbour started a
+// program, so that it can put the uprobes on the program's TLS before its
+// first connection rather than after (a Go program's crypto/tls is in its
+// executable; libssl is mapped by the dynamic loader a moment later). A
+// native sidecar starts before the application, so every program of the
+// pod's starts after the agent. It wakes the reader: an exec costs far
+// more than the wake-up.
+SEC("tp_btf/sched_process_exec")
+int sched_process_exec(__u64 *ctx)
+{
+	struct task_struct *task = (struct task_struct *)ctx[0];
+	struct bpf_pidns_info ns;
+	if (!in_pod_btf(task, &ns))
+		return 0;
+	struct event *e = event_base(ns.tgid, ns.pid, EVENT_EXEC);
+	if (!e)
+		return 0;
+	e->sock = 0;
+	e->dir = 0;
+	e->role = ROLE_UNKNOWN;
+	e->family = 0;
+	e->lport = e->rport = 0;
+	__builtin_memset(e->laddr, 0, 16);
+	__builtin_memset(e->raddr, 0, 16);
+	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
+	submit_waking(e, true);
 	return 0;
 }
 

@@ -252,6 +252,7 @@ type socketObjects struct {
 	SockSendLength   *ebpf.Program  `ebpf:"sock_send_length"`
 	InetSockSetState *ebpf.Program  `ebpf:"inet_sock_set_state"`
 	TCPDestroySock   *ebpf.Program  `ebpf:"tcp_destroy_sock"`
+	SchedProcessExec *ebpf.Program  `ebpf:"sched_process_exec"`
 	Events           *ebpf.Map      `ebpf:"events"`
 	Stats            *ebpf.Map      `ebpf:"stats"`
 	HTTPRoutes       *ebpf.Map      `ebpf:"http_routes"`
@@ -297,12 +298,13 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	if err := loadObjects(spec, &objs, logger); err != nil {
 		return err
 	}
-	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
+	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.SchedProcessExec, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
 		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.TLSH2, objs.Announced,
 		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSReturn,
 		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn}
 	var hooks []func() (link.Link, error)
-	for _, p := range []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock} {
+	programs := []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.SchedProcessExec}
+	for _, p := range programs {
 		hooks = append(hooks, func() (link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: p})
 			if err != nil {
@@ -331,7 +333,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
-	c.programs = []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}
+	c.programs = programs
 	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}, logger: logger, probed: objs.TLSProbed,
 		loadMulti: func() (*tlsMulti, error) { return loadTLSMulti(spec, objs) }}
 	var bound uint64
@@ -803,6 +805,10 @@ const (
 	// once TraceTLS has put its uprobes there (FlagPlaintext). Sent once
 	// per connection; no payload.
 	EventTLS EventType = 7
+	// EventExec says that process PID started a program (Comm is its
+	// name): no connection, no payload. Sent with the socket hooks, at
+	// once, so that the program's TLS can be probed before it connects.
+	EventExec EventType = 8
 )
 
 // Direction of the bytes, seen from the observed process.
@@ -943,7 +949,7 @@ func (ev *Event) decode(b []byte) bool {
 	}
 	ev.Payload = b[payloadOffset : payloadOffset+captured]
 	ev.Pieces = b[payloadOffset+captured : payloadOffset+min(captured+extra, len(b)-payloadOffset)]
-	return ev.Type >= EventData && ev.Type <= EventTLS
+	return ev.Type >= EventData && ev.Type <= EventExec
 }
 
 func addr(family uint16, b []byte) netip.Addr {

@@ -1002,3 +1002,60 @@ while True:
 		t.Fatal("the first event of a new process did not wake the reader")
 	}
 }
+
+// TestExecWakes: a program a neighbour starts is told at once (the reader
+// woken, though no poll is due), with its pid and name; one started in
+// another PID namespace (another pod) is not.
+func TestExecWakes(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		t.Skip("the exec event comes with the socket hooks (Linux 6.3+)")
+	}
+	unshare := testenv.LookPath(t, "unshare")
+	truePath := testenv.LookPath(t, "true")
+	testPoll := maxPoll
+	maxPoll = time.Minute // no poll comes during the test
+	defer func() { maxPoll = testPoll }()
+	c, err := Load(Config{CaptureBytes: 64, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	execs := make(chan Event, 64)
+	go func() {
+		var ev Event
+		for c.Read(&ev) == nil {
+			if ev.Type == EventExec {
+				execs <- ev
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // the reader waits for its next poll now
+
+	other := exec.Command(unshare, "--pid", "--fork", truePath) // its true is another pod's
+	if out, err := other.CombinedOutput(); err != nil {
+		t.Fatalf("unshare: %v %s", err, out)
+	}
+	cmd := exec.Command(truePath)
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case ev := <-execs:
+			if ev.CommString() != "true" {
+				continue // unshare itself, in this namespace
+			}
+			if int(ev.PID) != cmd.Process.Pid {
+				t.Fatalf("an exec of true by pid %d, want only %d's: the other namespace's was reported", ev.PID, cmd.Process.Pid)
+			}
+			if ev.Conn != 0 || ev.Local.IsValid() && ev.Local.Port() != 0 || len(ev.Payload) != 0 {
+				t.Errorf("the exec event has a connection or a payload: %+v", ev)
+			}
+			return
+		case <-deadline:
+			t.Fatal("the exec of true did not wake the reader")
+		}
+	}
+}

@@ -267,6 +267,7 @@ const (
 	captureProgGoTlsReadReturn  = "go_tls_read_return"
 	captureProgGoTlsWrite       = "go_tls_write"
 	captureProgInetSockSetState = "inet_sock_set_state"
+	captureProgSchedProcessExec = "sched_process_exec"
 	captureProgSockRecvLength   = "sock_recv_length"
 	captureProgSockSendLength   = "sock_send_length"
 	captureProgSysEnter         = "sys_enter"
@@ -344,6 +345,7 @@ type captureProgramSpecs struct {
 	GoTlsReadReturn  *ebpf.ProgramSpec `ebpf:"go_tls_read_return"`
 	GoTlsWrite       *ebpf.ProgramSpec `ebpf:"go_tls_write"`
 	InetSockSetState *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
+	SchedProcessExec *ebpf.ProgramSpec `ebpf:"sched_process_exec"`
 	SockRecvLength   *ebpf.ProgramSpec `ebpf:"sock_recv_length"`
 	SockSendLength   *ebpf.ProgramSpec `ebpf:"sock_send_length"`
 	SysEnter         *ebpf.ProgramSpec `ebpf:"sys_enter"`
@@ -497,6 +499,7 @@ type capturePrograms struct {
 	GoTlsReadReturn  *ebpf.Program `ebpf:"go_tls_read_return"`
 	GoTlsWrite       *ebpf.Program `ebpf:"go_tls_write"`
 	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
+	SchedProcessExec *ebpf.Program `ebpf:"sched_process_exec"`
 	SockRecvLength   *ebpf.Program `ebpf:"sock_recv_length"`
 	SockSendLength   *ebpf.Program `ebpf:"sock_send_length"`
 	SysEnter         *ebpf.Program `ebpf:"sys_enter"`
@@ -519,6 +522,7 @@ func (p *capturePrograms) Close() error {
 		p.GoTlsReadReturn,
 		p.GoTlsWrite,
 		p.InetSockSetState,
+		p.SchedProcessExec,
 		p.SockRecvLength,
 		p.SockSendLength,
 		p.SysEnter,

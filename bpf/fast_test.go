@@ -72,8 +72,8 @@ func readEventsOf(c *Capture, closes bool) *fastEvents {
 		defer close(f.done)
 		var ev Event
 		for c.Read(&ev) == nil {
-			if ev.Type == EventClose && !closes {
-				continue
+			if ev.Type == EventClose && !closes || ev.Type == EventExec {
+				continue // programs started: no connection's
 			}
 			e := ev
 			e.Payload = append([]byte(nil), ev.Payload...)

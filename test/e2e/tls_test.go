@@ -116,6 +116,77 @@ func TestTLS(t *testing.T) {
 	})
 }
 
+// tlsClientAtStart is a Python HTTPS client that makes its one request
+// at start, as an application's first connection is made (a database
+// pool, a client of another service): its ssl module imported, then a
+// second of other start-up work. argv: the port, the path.
+const tlsClientAtStart = `
+import http.client, os, ssl, sys, time
+time.sleep(1)
+c = http.client.HTTPSConnection("localhost", int(sys.argv[1]), context=ssl._create_unverified_context())
+c.request("GET", sys.argv[2])
+r = c.getresponse(); r.read()
+print(sys.argv[2], r.status, flush=True)
+`
+
+// TestTLSAtStart: programs started after the agent (with a native sidecar,
+// every program of the pod's) are probed as they start, so that their
+// first TLS connections are read: a Python client (libssl, which the
+// dynamic loader maps a moment after the exec) and a Go client (its own
+// crypto/tls), each making its first request a moment after its start.
+// Without the exec's event they were found at the next scan (every 2 s)
+// or at their first handshake, which is too late for the connection it
+// begins.
+func TestTLSAtStart(t *testing.T) {
+	privileged(t)
+	skipBefore610(t)
+	nginx := testenv.LookPath(t, "nginx")
+	python := testenv.LookPath(t, "python3")
+	openssl := testenv.LookPath(t, "openssl")
+	_, httpapp := binaries(t)
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+
+	cert, key := selfSigned(t, openssl)
+	www := t.TempDir()
+	port := freePort(t)
+	conf := nginxTLSConf(t, www, port, cert, key, fmt.Sprintf("listen 127.0.0.1:%d ssl;", port))
+	start(t, pod.command(nginx, "-c", conf))
+	waitListening(t, port)
+	agent := startAgent(t, pod, agentEnv(rcv))
+	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
+
+	// Three rounds: a scan may find one in time by chance, not all.
+	for round := range 3 {
+		py := fmt.Sprintf("/python-first-%d", round)
+		client := start(t, pod.command(python, "-c", tlsClientAtStart, fmt.Sprint(port), py))
+		goClient := start(t, pod.command(httpapp, "-client", fmt.Sprintf("https://localhost:%d", port)))
+		time.Sleep(300 * time.Millisecond)
+		fmt.Fprintf(goClient.stdin, "GET /go-first-%d\n", round)
+		client.waitOutput(t, py+" 404", 1, 10*time.Second)
+		goClient.waitOutput(t, "404", 1, 10*time.Second)
+	}
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		for round := range 3 {
+			if find(s, trace.SpanKindClient, fmt.Sprintf("/python-first-%d", round)) == nil ||
+				find(s, trace.SpanKindClient, fmt.Sprintf("/go-first-%d", round)) == nil {
+				return false
+			}
+		}
+		return true
+	})
+	for round := range 3 {
+		for path, process := range map[string]string{fmt.Sprintf("/python-first-%d", round): "python3", fmt.Sprintf("/go-first-%d", round): "httpapp"} {
+			c := mustFind(t, spans, trace.SpanKindClient, path)
+			expect(t, c, map[string]any{"url.full": fmt.Sprintf("https://localhost:%d%s", port, path), "http.response.status_code": int64(404)})
+			if got := c.Resource["service.name"]; got != process {
+				t.Errorf("the client span of %s is %v's, want %s's", path, got, process)
+			}
+			mustFind(t, spans, trace.SpanKindServer, path)
+		}
+	}
+}
+
 // nginxTLSConf is nginxConf for port with listen (its directives) in
 // place of its listen directive, and the certificate and key.
 func nginxTLSConf(t *testing.T, www string, port int, cert, key, listen string) string {
