@@ -153,7 +153,12 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	go pod.Watch(ctx, procRoot, 10*time.Second, logger)
 	var tlsr *tlsReader
 	if cfg.TLS && capture.Hooks() == bpf.HooksSocket {
-		selected := func(pid int, name string) bool { return registry.Lookup(uint32(pid), name) != nil }
+		selected := func(pid int, name string, fresh bool) bool {
+			if fresh {
+				return registry.Recheck(uint32(pid), name) != nil
+			}
+			return registry.Lookup(uint32(pid), name) != nil
+		}
 		tlsr = newTLSReader(capture, procRoot, selected, logger)
 		go tlsr.run(ctx)
 	} else if cfg.TLS {
@@ -215,6 +220,10 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 		}
 		switch {
 		case ev.Type == bpf.EventExec:
+			// Another program: nothing known of the process holds (a
+			// wrapper script that exec's the program under its own
+			// name would otherwise keep the interpreter's).
+			registry.Forget(ev.PID)
 			if tlsr != nil {
 				tlsr.sawExec(int(ev.PID), ev.CommString())
 			}

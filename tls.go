@@ -62,8 +62,10 @@ type tlsReader struct {
 	// selected tells whether a process is to be traced
 	// (PODTRACER_EXECUTABLE_NAME, PODTRACER_OPEN_PORTS): the others get
 	// no uprobes. name is its program's kernel name, when known ("": the
-	// name last seen).
-	selected  func(pid int, name string) bool
+	// name last seen); fresh asks for the process to be read again, not
+	// taken from what is known of it (a program that has just started
+	// may listen on a port of the selection any moment).
+	selected  func(pid int, name string, fresh bool) bool
 	logger    *slog.Logger
 	handshake chan int          // pids whose handshake the kernel saw
 	execs     chan startedEvent // programs the neighbours started
@@ -95,7 +97,7 @@ type startedProgram struct {
 	tries int // of tlsStartedTries, done
 }
 
-func newTLSReader(capture *bpf.Capture, procRoot string, selected func(pid int, name string) bool, logger *slog.Logger) *tlsReader {
+func newTLSReader(capture *bpf.Capture, procRoot string, selected func(pid int, name string, fresh bool) bool, logger *slog.Logger) *tlsReader {
 	r := &tlsReader{capture: capture, procRoot: procRoot, selected: selected, logger: logger, handshake: make(chan int, 64),
 		execs: make(chan startedEvent, 64), traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
 	if exe, err := os.Executable(); err == nil {
@@ -145,7 +147,10 @@ func (r *tlsReader) run(ctx context.Context) {
 		case ev := <-r.execs:
 			r.tryStarted(ev)
 			retry.Reset(r.nextStartedTry(time.Now()))
-		case now := <-retry.C:
+		case <-retry.C:
+			// Now, not the timer's time: a try may have kept this
+			// goroutine busy past it.
+			now := time.Now()
 			r.retryStarted(now)
 			retry.Reset(r.nextStartedTry(now))
 		case <-tick.C:
@@ -156,28 +161,35 @@ func (r *tlsReader) run(ctx context.Context) {
 
 // tryStarted tries a program a neighbour has just started: what was known
 // of the process's last program (a failure, a log line) is not its, and
-// until it is traced it is tried again at tlsStartedTries.
+// until it is traced it is tried again at tlsStartedTries. Meanwhile it is
+// not held back by tlsRetryAfter: a handshake, or a scan, tries it at once.
 func (r *tlsReader) tryStarted(ev startedEvent) {
 	r.started = slices.DeleteFunc(r.started, func(p startedProgram) bool { return p.pid == ev.pid })
 	delete(r.failed, ev.pid)
 	delete(r.told, ev.pid)
 	delete(r.unspoken, ev.pid)
-	if r.tryNamed(ev.pid, false, ev.name) && len(r.started) < maxStarted {
+	if !r.tryNamed(ev.pid, false, ev.name, true) {
+		return
+	}
+	delete(r.failed, ev.pid)
+	if len(r.started) < maxStarted {
 		r.started = append(r.started, startedProgram{startedEvent: ev})
 	}
 }
 
 // retryStarted tries the started programs whose next try is due, and
-// forgets those traced, gone, or tried for the last time.
+// forgets those traced, gone, or tried for the last time (held back by
+// tlsRetryAfter from then on, as any process that failed).
 func (r *tlsReader) retryStarted(now time.Time) {
 	kept := r.started[:0]
 	for _, p := range r.started {
 		if now.Sub(p.at) >= tlsStartedTries[p.tries] {
 			p.tries++
-			delete(r.failed, p.pid) // not held back by tlsRetryAfter: these tries are few
-			if !r.tryNamed(p.pid, false, p.name) || p.tries == len(tlsStartedTries) {
+			delete(r.failed, p.pid) // a handshake's try meanwhile
+			if !r.tryNamed(p.pid, false, "", true) || p.tries == len(tlsStartedTries) {
 				continue
 			}
+			delete(r.failed, p.pid)
 		}
 		kept = append(kept, p)
 	}
@@ -231,22 +243,29 @@ func (r *tlsReader) scan() {
 // then worth a line in the log, and a Go program whose uprobes wait for
 // its first TLS connection (bpf.ErrTLSNotSpoken) gets them.
 func (r *tlsReader) try(pid int, handshake bool) {
-	r.tryNamed(pid, handshake, "")
+	r.tryNamed(pid, handshake, "", false)
 }
 
 // tryNamed is try for a process whose program's kernel name is name (""
-// when not known). It tells whether the process maps no TLS library yet
-// (bpf.ErrNoTLSLibrary), which a later try may find.
-func (r *tlsReader) tryNamed(pid int, handshake bool, name string) (none bool) {
+// when not known), read again for the selection when fresh (a program
+// just started). It tells whether a later try may find what this one did
+// not: no TLS library mapped yet (bpf.ErrNoTLSLibrary), or, fresh, not
+// selected yet (it may listen on a port of the selection soon).
+func (r *tlsReader) tryNamed(pid int, handshake bool, name string, fresh bool) (later bool) {
 	if _, traced := r.traced[pid]; traced && handshake && !r.unspoken[pid] {
 		return false // one handshake per connection: the scans check traced processes
 	}
 	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter && !(handshake && r.unspoken[pid]) {
 		return false
 	}
-	if r.selected != nil && !r.selected(pid, name) || r.isSelf(pid) {
+	if r.isSelf(pid) {
 		r.failed[pid] = time.Now()
 		return false
+	}
+	if r.selected != nil && !r.selected(pid, name, fresh) {
+		r.failed[pid] = time.Now()
+		_, err := os.Stat(filepath.Join(r.procRoot, strconv.Itoa(pid)))
+		return fresh && err == nil
 	}
 	library, err := r.capture.TraceTLS(pid, handshake)
 	if errors.Is(err, bpf.ErrTLSNotSpoken) {

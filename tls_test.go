@@ -54,7 +54,7 @@ func TestTLSReader(t *testing.T) {
 	fake := &fakeTLSCapture{results: map[int]error{11: bpf.ErrNoTLSLibrary, 12: fmt.Errorf("uprobe: %w", os.ErrPermission)}}
 	var log bytes.Buffer
 	r := &tlsReader{capture: fake, procRoot: root, logger: slog.New(slog.NewTextHandler(&log, nil)), handshake: make(chan int, 1),
-		selected: func(pid int, _ string) bool { return pid != 13 }, traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
+		selected: func(pid int, _ string, _ bool) bool { return pid != 13 }, traced: map[int]string{}, failed: map[int]time.Time{}, told: map[int]bool{}, unspoken: map[int]bool{}}
 
 	r.scan()
 	r.scan()
@@ -164,7 +164,12 @@ func TestTLSReaderStarted(t *testing.T) {
 	fake := &fakeTLSCapture{results: map[int]error{30: bpf.ErrNoTLSLibrary, 31: bpf.ErrNoTLSLibrary, 32: bpf.ErrNoTLSLibrary}}
 	var names []string
 	r := newTLSReaderForTest(fake, root)
-	r.selected = func(pid int, name string) bool { names = append(names, name); return true }
+	r.selected = func(pid int, name string, fresh bool) bool {
+		if fresh {
+			names = append(names, name)
+		}
+		return true
+	}
 	asked := func(pid int) int {
 		n := 0
 		for _, p := range fake.traced {
@@ -181,7 +186,7 @@ func TestTLSReaderStarted(t *testing.T) {
 	r.tryStarted(startedEvent{pid: 31, name: "sh", at: t0})
 	r.tryStarted(startedEvent{pid: 32, name: "curl", at: t0})
 	if asked(30) != 1 || asked(31) != 1 || !slices.Equal(names, []string{"python3", "sh", "curl"}) {
-		t.Fatalf("at their start: asked %v, names %v", fake.traced, names)
+		t.Fatalf("at their start: asked %v, read again with the names %v", fake.traced, names)
 	}
 	if d := r.nextStartedTry(t0); d != tlsStartedTries[0] {
 		t.Errorf("next try in %v, want %v", d, tlsStartedTries[0])
@@ -194,6 +199,12 @@ func TestTLSReaderStarted(t *testing.T) {
 	if asked(30) != 2 || asked(31) != 2 {
 		t.Errorf("not tried again at %v: %v", tlsStartedTries[0], fake.traced)
 	}
+	// Between two tries, a handshake tries it at once, as a scan does:
+	// the failures of its first moments do not hold it back.
+	r.try(31, true)
+	if asked(31) != 3 {
+		t.Errorf("a started program's handshake asked nothing: %v", fake.traced)
+	}
 	// The loader has mapped libssl into 30; 32 has exited.
 	delete(fake.results, 30)
 	fake.results[32] = fmt.Errorf("read maps: %w", os.ErrNotExist)
@@ -205,11 +216,26 @@ func TestTLSReaderStarted(t *testing.T) {
 		r.retryStarted(t0.Add(at))
 	}
 	r.retryStarted(t0.Add(time.Minute))
-	if asked(30) != 3 || asked(32) != 3 || asked(31) != 1+len(tlsStartedTries) {
-		t.Errorf("asked %v: 30 traced, 32 gone, 31 tried %d times in all", fake.traced, 1+len(tlsStartedTries))
+	if asked(30) != 3 || asked(32) != 3 || asked(31) != 2+len(tlsStartedTries) {
+		t.Errorf("asked %v: 30 traced, 32 gone, 31 tried %d times in all", fake.traced, 2+len(tlsStartedTries))
+	}
+	if _, held := r.failed[31]; !held {
+		t.Error("tried for the last time, 31 is not held back by tlsRetryAfter")
 	}
 	if len(r.started) != 0 || r.nextStartedTry(t0) != time.Hour {
 		t.Errorf("tries still pending: %v", r.started)
+	}
+
+	// A server selected by its port is not selected at its start, before
+	// it listens: it is tried again, and probed once it is selected.
+	os.Mkdir(filepath.Join(root, "33"), 0o755)
+	listening := false
+	r.selected = func(pid int, _ string, _ bool) bool { return pid != 33 || listening }
+	r.tryStarted(startedEvent{pid: 33, name: "server", at: t0})
+	listening = true
+	r.retryStarted(t0.Add(tlsStartedTries[0]))
+	if _, ok := r.traced[33]; !ok || asked(33) != 1 {
+		t.Errorf("a server selected after its start: traced %v, asked %v", r.traced, fake.traced)
 	}
 
 	// The agent's own executable (podtracer wait, the sidecar's hook) is

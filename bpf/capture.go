@@ -102,7 +102,10 @@ type Capture struct {
 	// calls it.
 	Drained func()
 
-	hooks  string // the hook set attached: HooksSocket or HooksSyscall
+	hooks string // the hook set attached: HooksSocket or HooksSyscall
+	// execs: the socket hooks tell of the programs the neighbours start
+	// (EventExec), for TraceTLS, which only Config.TLS wants.
+	execs  bool
 	events *ebpf.Map
 	stats  *ebpf.Map
 	// programs are the attached programs, whose runs the kernel skipped
@@ -202,7 +205,7 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		}
 	}
 
-	c := &Capture{stopSync: make(chan struct{}), histograms: cfg.Fast.HTTP}
+	c := &Capture{stopSync: make(chan struct{}), histograms: cfg.Fast.HTTP, execs: cfg.TLS}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -303,7 +306,10 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSReturn,
 		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn}
 	var hooks []func() (link.Link, error)
-	programs := []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.SchedProcessExec}
+	programs := []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}
+	if c.execs {
+		programs = append(programs, objs.SchedProcessExec)
+	}
 	for _, p := range programs {
 		hooks = append(hooks, func() (link.Link, error) {
 			l, err := link.AttachTracing(link.TracingOptions{Program: p})
@@ -489,6 +495,9 @@ func (c *Capture) Hooks() string { return c.hooks }
 func (c *Capture) HTTP2Frames() bool { return c.h2Frames }
 
 func (c *Capture) hookNames() string {
+	if c.hooks == HooksSocket && c.execs {
+		return "tp_btf/sock_recv_length,tp_btf/sock_send_length,tp_btf/inet_sock_set_state,tp_btf/tcp_destroy_sock,tp_btf/sched_process_exec"
+	}
 	if c.hooks == HooksSocket {
 		return "tp_btf/sock_recv_length,tp_btf/sock_send_length,tp_btf/inet_sock_set_state,tp_btf/tcp_destroy_sock"
 	}
@@ -806,8 +815,9 @@ const (
 	// per connection; no payload.
 	EventTLS EventType = 7
 	// EventExec says that process PID started a program (Comm is its
-	// name): no connection, no payload. Sent with the socket hooks, at
-	// once, so that the program's TLS can be probed before it connects.
+	// name): no connection, no payload. Sent with the socket hooks and
+	// Config.TLS, at once, so that the program's TLS can be probed before
+	// it connects.
 	EventExec EventType = 8
 )
 

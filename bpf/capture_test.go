@@ -1003,20 +1003,26 @@ while True:
 	}
 }
 
-// TestExecWakes: a program a neighbour starts is told at once (the reader
-// woken, though no poll is due), with its pid and name; one started in
-// another PID namespace (another pod) is not.
+// TestExecWakes: with TLS on, a program a neighbour starts is told at once
+// (the reader woken, though no poll is due), with its pid and name; one
+// started in another PID namespace (another pod) is not.
 func TestExecWakes(t *testing.T) {
 	testenv.Privileged(t)
 	if !kernelAtLeast(t, 6, 3) {
 		t.Skip("the exec event comes with the socket hooks (Linux 6.3+)")
 	}
 	unshare := testenv.LookPath(t, "unshare")
-	truePath := testenv.LookPath(t, "true")
+	// A copy of true under a name of its own: other tests of the machine
+	// run programs beside this one, in the same PID namespace.
+	name := fmt.Sprintf("ptexec%d", os.Getpid()%100000000)
+	truePath := filepath.Join(t.TempDir(), name)
+	if b, err := os.ReadFile(testenv.LookPath(t, "true")); err != nil || os.WriteFile(truePath, b, 0o755) != nil {
+		t.Fatalf("copy true: %v", err)
+	}
 	testPoll := maxPoll
 	maxPoll = time.Minute // no poll comes during the test
 	defer func() { maxPoll = testPoll }()
-	c, err := Load(Config{CaptureBytes: 64, Hooks: HooksSocket}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c, err := Load(Config{CaptureBytes: 64, Hooks: HooksSocket, TLS: true}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1032,7 +1038,7 @@ func TestExecWakes(t *testing.T) {
 	}()
 	time.Sleep(100 * time.Millisecond) // the reader waits for its next poll now
 
-	other := exec.Command(unshare, "--pid", "--fork", truePath) // its true is another pod's
+	other := exec.Command(unshare, "--pid", "--fork", truePath) // its copy is another pod's
 	if out, err := other.CombinedOutput(); err != nil {
 		t.Fatalf("unshare: %v %s", err, out)
 	}
@@ -1044,18 +1050,18 @@ func TestExecWakes(t *testing.T) {
 	for {
 		select {
 		case ev := <-execs:
-			if ev.CommString() != "true" {
+			if ev.CommString() != name {
 				continue // unshare itself, in this namespace
 			}
 			if int(ev.PID) != cmd.Process.Pid {
-				t.Fatalf("an exec of true by pid %d, want only %d's: the other namespace's was reported", ev.PID, cmd.Process.Pid)
+				t.Fatalf("an exec of %s by pid %d, want only %d's: the other namespace's was reported", name, ev.PID, cmd.Process.Pid)
 			}
 			if ev.Conn != 0 || ev.Local.IsValid() && ev.Local.Port() != 0 || len(ev.Payload) != 0 {
 				t.Errorf("the exec event has a connection or a payload: %+v", ev)
 			}
 			return
 		case <-deadline:
-			t.Fatal("the exec of true did not wake the reader")
+			t.Fatalf("the exec of %s did not wake the reader", name)
 		}
 	}
 }

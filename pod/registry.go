@@ -131,7 +131,20 @@ func (r *Registry) LookupServing(pid uint32, comm string, local uint16) *Process
 	return nil
 }
 
-// Forget drops what is known of pid, for instance after it exited.
+// Recheck is Lookup read again from /proc, whatever the cache says: for a
+// program that has just started, which may listen on a port of the
+// selection from one moment to the next.
+func (r *Registry) Recheck(pid uint32, comm string) *Process {
+	r.mu.Lock()
+	if e := r.entries[pid]; e != nil {
+		e.checked = time.Time{}
+	}
+	r.mu.Unlock()
+	return r.Lookup(pid, comm)
+}
+
+// Forget drops what is known of pid, for instance after it exited, or
+// exec'd another program.
 func (r *Registry) Forget(pid uint32) {
 	r.mu.Lock()
 	delete(r.entries, pid)

@@ -844,3 +844,32 @@ func TestWaitStarted(t *testing.T) {
 		t.Errorf("podtracer wait without an agent said %q", out)
 	}
 }
+
+// TestExecSameName: a wrapper script that exec's its program under the
+// same name (Debian's psql is a Perl script that exec's the real psql) is
+// that program once it runs. The agent reads a process when it starts a
+// program (to probe its TLS), so it read the script's interpreter first;
+// at the next exec it reads the process again (and forgets what it knew),
+// rather than keeping the interpreter for a name that did not change (as
+// a7e22d5 did: TestPostgreSQL's psql spans came out as perl's).
+func TestExecSameName(t *testing.T) {
+	curl, rcv, pod, port, _ := goServerPod(t)
+	startAgent(t, pod, agentEnv(rcv))
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "real"), 0o755)
+	program := filepath.Join(dir, "real", "fetch")
+	b, err := os.ReadFile(curl)
+	if err != nil || os.WriteFile(program, b, 0o755) != nil {
+		t.Fatalf("copy curl: %v", err)
+	}
+	wrapper := filepath.Join(dir, "fetch")
+	os.WriteFile(wrapper, []byte("#!/bin/sh\nsleep 0.5\nexec "+program+` "$@"`+"\n"), 0o755)
+	run(t, pod.command(wrapper, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/users/wrapped", port)))
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindClient, "/users/wrapped") != nil
+	})
+	c := mustFind(t, spans, trace.SpanKindClient, "/users/wrapped")
+	if got := c.Resource["process.executable.path"]; got != program {
+		t.Errorf("the client span's process.executable.path = %v, want %s (the program the script exec'd)", got, program)
+	}
+}

@@ -161,7 +161,7 @@ func TestTLSAtStart(t *testing.T) {
 		py := fmt.Sprintf("/python-first-%d", round)
 		client := start(t, pod.command(python, "-c", tlsClientAtStart, fmt.Sprint(port), py))
 		goClient := start(t, pod.command(httpapp, "-client", fmt.Sprintf("https://localhost:%d", port)))
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(time.Second) // its start-up work, as the Python client's
 		fmt.Fprintf(goClient.stdin, "GET /go-first-%d\n", round)
 		client.waitOutput(t, py+" 404", 1, 10*time.Second)
 		goClient.waitOutput(t, "404", 1, 10*time.Second)
