@@ -153,12 +153,14 @@ func TestTLSReaderGoAtHandshake(t *testing.T) {
 	}
 }
 
-// TestTLSReaderStarted: a program a neighbour starts is tried at once,
+// TestTLSReaderStarted: a program a neighbour starts is tried from a
+// moment after its start (most of a script's programs are gone by then),
 // whatever its pid's last program left (a failure within tlsRetryAfter),
-// with its name for the selection; while it maps no TLS library it is
-// tried again at tlsStartedTries, and no more once traced, gone, or tried
-// for the last time; the agent's own executable is not probed. sawExec
-// never blocks the capture's loop.
+// read again for the selection, with its name; while it maps no TLS
+// library it is tried again at tlsStartedTries, and a handshake
+// meanwhile tries it at once; no more once traced, gone, or tried for the
+// last time; a server selected by its port once it listens; never the
+// agent's own executable. sawExec never blocks the capture's loop.
 func TestTLSReaderStarted(t *testing.T) {
 	root := t.TempDir()
 	fake := &fakeTLSCapture{results: map[int]error{30: bpf.ErrNoTLSLibrary, 31: bpf.ErrNoTLSLibrary, 32: bpf.ErrNoTLSLibrary}}
@@ -182,22 +184,23 @@ func TestTLSReaderStarted(t *testing.T) {
 
 	t0 := time.Now()
 	r.failed[30] = t0 // its last program, a moment ago
-	r.tryStarted(startedEvent{pid: 30, name: "python3", at: t0})
-	r.tryStarted(startedEvent{pid: 31, name: "sh", at: t0})
-	r.tryStarted(startedEvent{pid: 32, name: "curl", at: t0})
-	if asked(30) != 1 || asked(31) != 1 || !slices.Equal(names, []string{"python3", "sh", "curl"}) {
-		t.Fatalf("at their start: asked %v, read again with the names %v", fake.traced, names)
-	}
+	r.startedProgram(startedEvent{pid: 30, name: "python3", at: t0})
+	r.startedProgram(startedEvent{pid: 31, name: "sh", at: t0})
+	r.startedProgram(startedEvent{pid: 32, name: "curl", at: t0})
 	if d := r.nextStartedTry(t0); d != tlsStartedTries[0] {
-		t.Errorf("next try in %v, want %v", d, tlsStartedTries[0])
+		t.Errorf("first try in %v, want %v", d, tlsStartedTries[0])
 	}
 	r.retryStarted(t0.Add(tlsStartedTries[0] / 2))
-	if asked(30) != 1 {
-		t.Errorf("tried again before its time: %v", fake.traced)
+	if len(fake.traced) != 0 {
+		t.Errorf("tried before its time: %v", fake.traced)
 	}
 	r.retryStarted(t0.Add(tlsStartedTries[0]))
+	if asked(30) != 1 || asked(31) != 1 || !slices.Equal(names, []string{"python3", "sh", "curl"}) {
+		t.Fatalf("at the first try: asked %v, read again with the names %v", fake.traced, names)
+	}
+	r.retryStarted(t0.Add(tlsStartedTries[1]))
 	if asked(30) != 2 || asked(31) != 2 {
-		t.Errorf("not tried again at %v: %v", tlsStartedTries[0], fake.traced)
+		t.Errorf("not tried again at %v: %v", tlsStartedTries[1], fake.traced)
 	}
 	// Between two tries, a handshake tries it at once, as a scan does:
 	// the failures of its first moments do not hold it back.
@@ -208,16 +211,16 @@ func TestTLSReaderStarted(t *testing.T) {
 	// The loader has mapped libssl into 30; 32 has exited.
 	delete(fake.results, 30)
 	fake.results[32] = fmt.Errorf("read maps: %w", os.ErrNotExist)
-	r.retryStarted(t0.Add(tlsStartedTries[1]))
+	r.retryStarted(t0.Add(tlsStartedTries[2]))
 	if _, ok := r.traced[30]; !ok || asked(30) != 3 || asked(32) != 3 {
-		t.Fatalf("at %v: traced %v, asked %v", tlsStartedTries[1], r.traced, fake.traced)
+		t.Fatalf("at %v: traced %v, asked %v", tlsStartedTries[2], r.traced, fake.traced)
 	}
-	for _, at := range tlsStartedTries[2:] {
+	for _, at := range tlsStartedTries[3:] {
 		r.retryStarted(t0.Add(at))
 	}
 	r.retryStarted(t0.Add(time.Minute))
-	if asked(30) != 3 || asked(32) != 3 || asked(31) != 2+len(tlsStartedTries) {
-		t.Errorf("asked %v: 30 traced, 32 gone, 31 tried %d times in all", fake.traced, 2+len(tlsStartedTries))
+	if asked(30) != 3 || asked(32) != 3 || asked(31) != 1+len(tlsStartedTries) {
+		t.Errorf("asked %v: 30 traced, 32 gone, 31 tried %d times in all", fake.traced, 1+len(tlsStartedTries))
 	}
 	if _, held := r.failed[31]; !held {
 		t.Error("tried for the last time, 31 is not held back by tlsRetryAfter")
@@ -226,14 +229,15 @@ func TestTLSReaderStarted(t *testing.T) {
 		t.Errorf("tries still pending: %v", r.started)
 	}
 
-	// A server selected by its port is not selected at its start, before
-	// it listens: it is tried again, and probed once it is selected.
+	// A server selected by its port is not selected at first, before it
+	// listens: it is tried again, and probed once it is selected.
 	os.Mkdir(filepath.Join(root, "33"), 0o755)
 	listening := false
 	r.selected = func(pid int, _ string, _ bool) bool { return pid != 33 || listening }
-	r.tryStarted(startedEvent{pid: 33, name: "server", at: t0})
-	listening = true
+	r.startedProgram(startedEvent{pid: 33, name: "server", at: t0})
 	r.retryStarted(t0.Add(tlsStartedTries[0]))
+	listening = true
+	r.retryStarted(t0.Add(tlsStartedTries[1]))
 	if _, ok := r.traced[33]; !ok || asked(33) != 1 {
 		t.Errorf("a server selected after its start: traced %v, asked %v", r.traced, fake.traced)
 	}
@@ -248,7 +252,8 @@ func TestTLSReaderStarted(t *testing.T) {
 	if err := os.Symlink(self, filepath.Join(root, "40", "exe")); err != nil {
 		t.Fatal(err)
 	}
-	r.tryStarted(startedEvent{pid: 40, name: "podtracer", at: t0})
+	r.startedProgram(startedEvent{pid: 40, name: "podtracer", at: t0})
+	r.retryStarted(t0.Add(tlsStartedTries[0]))
 	if asked(40) != 0 {
 		t.Errorf("the agent's own executable probed")
 	}
