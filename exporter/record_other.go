@@ -105,7 +105,8 @@ func (s *process) otherInstruments() *otherInstruments {
 // otherKey is what describeOther reads of a request.
 type otherKey struct {
 	protocol, rpcService, rpcMethod, msgOp, msgDest, clientID string
-	dbSystem, dbOp, dbCollection, dbNamespace, dbQuery        string
+	dbSystem, dbOp, dbCollection, dbSummary, dbNamespace      string
+	dbQuery                                                   string
 	errorCode                                                 string
 	role                                                      tracer.Role
 	grpcStatus, partition, port                               int
@@ -115,7 +116,7 @@ type otherKey struct {
 func otherKeyOf(r *tracer.Request, host string, port int) otherKey {
 	return otherKey{protocol: r.Protocol, rpcService: r.RPCService, rpcMethod: r.RPCMethod, msgOp: r.MessagingOperation,
 		msgDest: r.MessagingDestination, clientID: r.ClientID, dbSystem: r.DBSystem, dbOp: r.DBOperation, dbCollection: r.DBCollection,
-		dbNamespace: r.DBNamespace, dbQuery: r.DBQuery, errorCode: r.ErrorCode, role: r.Role, grpcStatus: r.GRPCStatus,
+		dbSummary: r.DBSummary, dbNamespace: r.DBNamespace, dbQuery: r.DBQuery, errorCode: r.ErrorCode, role: r.Role, grpcStatus: r.GRPCStatus,
 		partition: r.Partition, port: port, host: host}
 }
 
@@ -338,6 +339,10 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 			system = r.DBSystem // MariaDB, in MySQL's protocol
 		}
 		switch {
+		case r.DBSummary != "":
+			// The conventions' name when there is a summary: it names
+			// every table of a join or a subquery.
+			name = r.DBSummary
 		case r.DBOperation != "" && r.DBCollection != "":
 			name = r.DBOperation + " " + r.DBCollection
 		case r.DBOperation != "":
@@ -361,6 +366,9 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 		}
 		metric = append(metric, base...)
 		span = append(span, base...)
+		if r.DBSummary != "" {
+			span = append(span, semconv.DBQuerySummary(r.DBSummary))
+		}
 		if r.DBQuery != "" {
 			span = append(span, semconv.DBQueryText(r.DBQuery))
 		}

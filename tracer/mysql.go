@@ -570,7 +570,7 @@ func (c *myConn) describe(text []byte) sqlStatement {
 			}
 		case "EXECUTE":
 			if s, ok := c.sqlStmts.get(strings.ToLower(name)); ok {
-				stmt.op, stmt.table = s.op, s.table
+				stmt.op, stmt.table, stmt.summary = s.op, s.table, s.summary
 			}
 		default: // DEALLOCATE PREPARE name, DROP PREPARE name
 			if strings.EqualFold(name, "PREPARE") && len(words) > 2 {
@@ -842,7 +842,7 @@ func (c *myConn) finish(p *myCmd, code, msg string, end uint64) {
 	}
 	r := newDBRequest(ProtoMySQL)
 	r.DBSystem = c.system
-	r.DBOperation, r.DBCollection, r.DBQuery = p.stmt.op, p.stmt.table, p.stmt.text
+	r.DBOperation, r.DBCollection, r.DBSummary, r.DBQuery = p.stmt.op, p.stmt.table, p.stmt.summary, p.stmt.text
 	r.DBNamespace = c.db
 	r.ErrorCode, r.ErrorMessage = code, dbErrorText(msg, c.mode)
 	if c.role == RoleClient {

@@ -539,7 +539,7 @@ func (c *pgConn) simpleQuery(text []byte, enter, exit uint64) {
 		}
 	case "EXECUTE":
 		if s, ok := c.stmts.get(word(1)); ok {
-			stmt.op, stmt.table = s.op, s.table
+			stmt.op, stmt.table, stmt.summary = s.op, s.table, s.summary
 		}
 	case "DEALLOCATE":
 		name := word(1)
@@ -701,7 +701,7 @@ func (c *pgConn) ready(end uint64, afterLoss bool) {
 func (c *pgConn) report(b *pgBatch, it pgItem, tag, code, msg string, end uint64) {
 	b.reported = true
 	r := newDBRequest(ProtoPostgreSQL)
-	r.DBOperation, r.DBCollection, r.DBQuery = it.stmt.op, it.stmt.table, it.stmt.text
+	r.DBOperation, r.DBCollection, r.DBSummary, r.DBQuery = it.stmt.op, it.stmt.table, it.stmt.summary, it.stmt.text
 	if r.DBOperation == "" {
 		// A statement prepared before the agent looked, or not captured:
 		// the command tag names the operation ("SELECT 3", "INSERT 0 1").

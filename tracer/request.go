@@ -87,8 +87,11 @@ type Request struct {
 	// Database client calls (PostgreSQL, MySQL, Redis).
 	DBOperation  string // db.operation.name: "SELECT", "GET", "EXECUTE"
 	DBCollection string // db.collection.name: the table, "" when unknown
-	DBNamespace  string // db.namespace: the database, "" when unknown
-	DBQuery      string // db.query.text, literals replaced by "?" unless the user enabled full text
+	// DBSummary is db.query.summary, the SQL statement's operations and
+	// targets ("SELECT orders customers"); "" when unknown.
+	DBSummary   string
+	DBNamespace string // db.namespace: the database, "" when unknown
+	DBQuery     string // db.query.text, literals replaced by "?" unless the user enabled full text
 	// DBSystem is db.system.name where it is not Protocol: "mariadb" for
 	// a MySQL-protocol server whose greeting says it is MariaDB.
 	DBSystem string

@@ -29,9 +29,10 @@ const dbMaxQueryText = 4096
 // sqlStatement is what a span says about one SQL statement; computed once
 // per statement text (prepared statements are described when prepared).
 type sqlStatement struct {
-	op    string // db.operation.name: "SELECT"
-	table string // db.collection.name: "users", "" when not obvious
-	text  string // db.query.text as configured: sanitised, full or ""
+	op      string // db.operation.name: "SELECT"
+	table   string // db.collection.name: "users", "" when not obvious
+	summary string // db.query.summary: "SELECT orders customers"
+	text    string // db.query.text as configured: sanitised, full or ""
 }
 
 // describeSQL describes query for the spans, with db.query.text as mode
@@ -39,7 +40,7 @@ type sqlStatement struct {
 func describeSQL(query string, d sqlDialect, mode string) sqlStatement {
 	query = dbText(query, dbMaxQueryText)
 	op, table := sqlOperation(query, d)
-	s := sqlStatement{op: op, table: table}
+	s := sqlStatement{op: op, table: table, summary: sqlSummary(query, d)}
 	switch mode {
 	case QueryOff:
 	case QueryFull:
@@ -612,7 +613,11 @@ type sqlWord struct {
 
 // sqlWords returns up to n tokens of q that are not space, with quoted
 // identifiers unquoted.
-func sqlWords(q string, d sqlDialect, n int) []sqlWord {
+func sqlWords(q string, d sqlDialect, n int) []sqlWord { return sqlWordsOf(q, d, n, false) }
+
+// sqlWordsOf is sqlWords, with quoted identifiers as the text has them
+// when quoted.
+func sqlWordsOf(q string, d sqlDialect, n int, quoted bool) []sqlWord {
 	l := sqlLexer{s: q, d: d}
 	var words []sqlWord
 	depth := 0
@@ -626,7 +631,9 @@ func sqlWords(q string, d sqlDialect, n int) []sqlWord {
 		case sqlTokSpace:
 			continue
 		case sqlTokQuotedID:
-			text = strings.Trim(text, "\"`")
+			if !quoted {
+				text = strings.Trim(text, "\"`")
+			}
 		case sqlTokPunct:
 			if text == "(" {
 				depth++

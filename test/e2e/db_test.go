@@ -258,7 +258,11 @@ func TestPostgreSQL(t *testing.T) {
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT users", withQuery("SELECT id, name FROM users WHERE name = ? AND id IN (?)"))
 		expectDB(t, s, "postgresql", port, nil)
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "INSERT users", withQuery("INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name"))
-		expectDB(t, s, "postgresql", port, map[string]any{"db.operation.name": "INSERT", "db.collection.name": "users"})
+		expectDB(t, s, "postgresql", port, map[string]any{"db.operation.name": "INSERT", "db.collection.name": "users", "db.query.summary": "INSERT users"})
+		// A join: named by its summary (db.query.summary), both tables;
+		// no one collection.
+		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT users users", withQuery("SELECT u.name FROM users u JOIN users v ON v.id = u.id WHERE u.id = $1"))
+		expectDB(t, s, "postgresql", port, map[string]any{"db.operation.name": "SELECT", "db.collection.name": nil, "db.query.summary": "SELECT users users"})
 		// The missing table fails at Parse, before any Execute.
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT missing_table")
 		expectDB(t, s, "postgresql", port, map[string]any{"db.response.status_code": "42P01", "db.query.text": "SELECT * FROM missing_table WHERE id = $1"})
@@ -270,7 +274,7 @@ func TestPostgreSQL(t *testing.T) {
 			mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", name)
 		}
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT", withQuery("SELECT g, repeat(?, ?) FROM generate_series(?, ?) AS g"))
-		expectDB(t, s, "postgresql", port, map[string]any{"db.collection.name": nil})
+		expectDB(t, s, "postgresql", port, map[string]any{"db.collection.name": nil, "db.query.summary": "SELECT"})
 		s = mustDBSpan(t, spans, trace.SpanKindClient, "dbclient", "SELECT", withQuery("SELECT ?/?"))
 		expectDB(t, s, "postgresql", port, map[string]any{"db.response.status_code": "22012"})
 	})

@@ -1,0 +1,56 @@
+package tracer
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestSQLSummary: db.query.summary as the database conventions generate
+// it (their examples first), and the words that look like an operation or
+// a FROM but are not one.
+func TestSQLSummary(t *testing.T) {
+	for _, c := range []struct {
+		d     sqlDialect
+		query string
+		want  string
+	}{
+		// The conventions' examples.
+		{dialectPostgres, "SELECT *\nFROM   wuser_table\nWHERE  username = ?", "SELECT wuser_table"},
+		{dialectPostgres, "INSERT INTO shipping_details\n  (order_id,\n  address)\nSELECT order_id,\n  address\nFROM   orders\nWHERE  order_id = ?", "INSERT shipping_details SELECT orders"},
+		{dialectPostgres, "SELECT *\nFROM   songs,\n       artists\nWHERE  songs.artist_id == artists.id", "SELECT songs artists"},
+		{dialectPostgres, "SELECT order_date\nFROM   (SELECT *\n        FROM   orders o\n               JOIN customers c\n                 ON o.customer_id = c.customer_id)", "SELECT SELECT orders customers"},
+		{dialectPostgres, `SELECT * FROM "song list", public.artists`, `SELECT "song list" public.artists`},
+		// As the text has them; operations as db.operation.name.
+		{dialectMySQL, "select id from `Users` u left outer join shop.orders as o on o.uid = u.id", "SELECT `Users` shop.orders"},
+		{dialectPostgres, "DELETE FROM users WHERE id = $1", "DELETE users"},
+		{dialectPostgres, "UPDATE ONLY users SET name = $1 FROM teams WHERE teams.id = users.team", "UPDATE users teams"},
+		{dialectPostgres, "CREATE TABLE IF NOT EXISTS users (id int PRIMARY KEY, name text NOT NULL)", "CREATE users"},
+		{dialectPostgres, "TRUNCATE TABLE audit", "TRUNCATE audit"},
+		{dialectPostgres, "MERGE INTO stock s USING deliveries d ON s.id = d.id WHEN MATCHED THEN UPDATE SET n = s.n + d.n WHEN NOT MATCHED THEN INSERT VALUES (d.id, d.n)", "MERGE stock deliveries"},
+		{dialectPostgres, "WITH recent AS (SELECT * FROM orders WHERE at > now() - interval '1 day') SELECT count(*) FROM recent", "SELECT orders SELECT recent"},
+		{dialectPostgres, "SELECT a FROM t1 UNION ALL SELECT b FROM t2", "SELECT t1 SELECT t2"},
+		{dialectPostgres, "BEGIN", "BEGIN"},
+		// Not operations: a lock, an upsert's update.
+		{dialectPostgres, "SELECT * FROM jobs WHERE state = 'new' FOR UPDATE SKIP LOCKED", "SELECT jobs"},
+		{dialectPostgres, "INSERT INTO users (id, name) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name", "INSERT users"},
+		{dialectMySQL, "INSERT INTO hits (page, n) VALUES (?, 1) ON DUPLICATE KEY UPDATE n = n + 1", "INSERT hits"},
+		// Not tables: a FROM inside a function, a function's rows.
+		{dialectPostgres, "SELECT EXTRACT(YEAR FROM born), TRIM(BOTH ' ' FROM name) FROM people", "SELECT people"},
+		{dialectPostgres, "SELECT g, repeat(?, ?) FROM generate_series(?, ?) AS g", "SELECT"},
+		// No value of the query's, not even a literal where a table would be.
+		{dialectMySQL, "SELECT * FROM 'secret'", "SELECT"},
+		// The first statement only.
+		{dialectPostgres, "SELECT 1; DROP TABLE users", "SELECT"},
+	} {
+		if got := sqlSummary(c.query, c.d); got != c.want {
+			t.Errorf("sqlSummary(%q) = %q, want %q", c.query, got, c.want)
+		}
+	}
+
+	// At most 255 bytes, cut between two parts.
+	q := "SELECT * FROM " + strings.Repeat("a_rather_long_table_name, ", 40) + "last"
+	got := sqlSummary(q, dialectPostgres)
+	if len(got) > dbMaxSummary || !strings.HasSuffix(got, " a_rather_long_table_name") || len(got) < dbMaxSummary-len(" a_rather_long_table_name") {
+		t.Errorf("a long summary: %d bytes, %q", len(got), got)
+	}
+}
