@@ -43,14 +43,13 @@ var tlsStartedTries = []time.Duration{5 * time.Millisecond, 20 * time.Millisecon
 	200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond, 3 * time.Second}
 
 // maxStarted bounds the programs whose tries after their start are
-// pending: a pod that starts more at once has the others found by the
-// scans.
+// pending: past it, the oldest is left to the scans.
 const maxStarted = 256
 
 // tlsReader puts the kernel capture's uprobes on the TLS libraries of the
-// selected neighbours (bpf.Capture.TraceTLS): at once those of a program a
-// neighbour starts (bpf.EventExec), again a few times in its first
-// seconds, so that its first connections are read (a native sidecar
+// selected neighbours (bpf.Capture.TraceTLS): those of a program a
+// neighbour starts (bpf.EventExec), from 5 ms after its start and a few
+// times in its first seconds, so that its first connections are read (a native sidecar
 // starts before the application: every program of the pod's is such a
 // one); those of every new process it finds at each scan; and at once
 // those of a process whose TLS handshake the kernel reports
@@ -128,9 +127,9 @@ func (r *tlsReader) sawExec(pid int, name string) {
 	}
 }
 
-// run scans the neighbours every tlsScanInterval, and tries a program a
-// neighbour started, and a process whose handshake the kernel saw, at
-// once, until ctx ends.
+// run scans the neighbours every tlsScanInterval, tries a program a
+// neighbour started at tlsStartedTries, and a process whose handshake the
+// kernel saw at once, until ctx ends.
 func (r *tlsReader) run(ctx context.Context) {
 	tick := time.NewTicker(tlsScanInterval)
 	defer tick.Stop()
@@ -172,9 +171,12 @@ func (r *tlsReader) startedProgram(ev startedEvent) {
 	delete(r.failed, ev.pid)
 	delete(r.told, ev.pid)
 	delete(r.unspoken, ev.pid)
-	if len(r.started) < maxStarted {
-		r.started = append(r.started, startedProgram{startedEvent: ev})
+	if len(r.started) == maxStarted {
+		// The oldest has had most of its tries; a new program's first
+		// ones matter more.
+		r.started = r.started[1:]
 	}
+	r.started = append(r.started, startedProgram{startedEvent: ev})
 }
 
 // retryStarted tries the started programs whose next try is due, and

@@ -258,6 +258,14 @@ func TestTLSReaderStarted(t *testing.T) {
 		t.Errorf("the agent's own executable probed")
 	}
 
+	// Past maxStarted pending, the oldest is left to the scans.
+	for pid := range maxStarted + 1 {
+		r.startedProgram(startedEvent{pid: 1000 + pid, at: t0})
+	}
+	if len(r.started) != maxStarted || r.started[len(r.started)-1].pid != 1000+maxStarted || r.started[0].pid != 1001 {
+		t.Errorf("%d pending, from %d to %d", len(r.started), r.started[0].pid, r.started[len(r.started)-1].pid)
+	}
+
 	for pid := range 2 * cap(r.execs) {
 		r.sawExec(pid, "sh") // the channel holds 64: the others must not block
 	}

@@ -91,6 +91,7 @@ const (
 // myConn follows one MySQL connection.
 type myConn struct {
 	mode   string
+	last   lastSQL
 	emit   emitter
 	role   Role
 	cliDir bpf.Direction // the direction client packets travel
@@ -552,7 +553,7 @@ func (c *myConn) command(com byte, arg []byte) {
 // describe describes COM_QUERY text, following USE and SQL-level
 // PREPARE, EXECUTE and DEALLOCATE.
 func (c *myConn) describe(text []byte) sqlStatement {
-	stmt := describeSQL(string(text), dialectMySQL, c.mode)
+	stmt := c.last.describe(text, dialectMySQL, c.mode)
 	switch stmt.op {
 	case "PREPARE", "EXECUTE", "DEALLOCATE", "DROP":
 		words := sqlWords(dbText(text, 512), dialectMySQL, 4)

@@ -51,6 +51,7 @@ const (
 // pgConn follows one PostgreSQL connection.
 type pgConn struct {
 	mode  string // Config.QueryText
+	last  lastSQL
 	emit  emitter
 	role  Role
 	feDir bpf.Direction // the direction frontend messages travel
@@ -420,7 +421,7 @@ func (c *pgConn) onFrontend(hdr, body []byte, cut bool) bool {
 		var stmt sqlStatement
 		if name, rest, ok := bytes.Cut(body, []byte{0}); ok {
 			query, _, _ := bytes.Cut(rest, []byte{0})
-			stmt = describeSQL(string(query), dialectPostgres, c.mode)
+			stmt = c.last.describe(query, dialectPostgres, c.mode)
 			c.stmts.put(string(name), stmt)
 		}
 		b := c.openBatch(enter, exit, false)
@@ -521,7 +522,7 @@ func (c *pgConn) onStartup(body []byte) bool {
 // simpleQuery queues a simple query, and follows SQL-level PREPARE,
 // EXECUTE and DEALLOCATE, whose statements share the protocol's namespace.
 func (c *pgConn) simpleQuery(text []byte, enter, exit uint64) {
-	stmt := describeSQL(string(text), dialectPostgres, c.mode)
+	stmt := c.last.describe(text, dialectPostgres, c.mode)
 	words := sqlWords(dbText(text, 512), dialectPostgres, 8)
 	word := func(i int) string {
 		if i < len(words) && (words[i].kind == sqlTokWord || words[i].kind == sqlTokQuotedID) {

@@ -51,6 +51,23 @@ func describeSQL(query string, d sqlDialect, mode string) sqlStatement {
 	return s
 }
 
+// lastSQL remembers the statement text a connection described last: an
+// application repeats its statements (with parameters, or with the values
+// an ORM writes in the same), and describing one, its summary and its
+// sanitised text, costs a few microseconds.
+type lastSQL struct {
+	text string
+	stmt sqlStatement
+}
+
+func (l *lastSQL) describe(text []byte, d sqlDialect, mode string) sqlStatement {
+	if len(text) == 0 || string(text) != l.text {
+		l.text = string(text)
+		l.stmt = describeSQL(l.text, d, mode)
+	}
+	return l.stmt
+}
+
 // dbErrorText is a server's error message as the span's status
 // description. Messages quote the values that failed ("Duplicate entry
 // 'alice@example.com' for key 'users.email'", `invalid input syntax for
@@ -369,8 +386,24 @@ func sqlWordByte(c byte) bool {
 // the wrong way, 'C:\' AND x='secret' leaves secret bare. When the two
 // readings part, everything from where they part is one "?".
 func sanitizeSQL(q string, d sqlDialect) string {
+	known, otherEscapes := sqlSureText(q, d)
+	if len(known) == len(q) {
+		return sanitizeSQLTokens(q, d, otherEscapes)
+	}
+	prefix := sanitizeSQLTokens(known, d, false)
+	if prefix == "" {
+		return "?"
+	}
+	return prefix + " ?"
+}
+
+// sqlSureText is how much of q reads the same whatever the server's
+// setting for backslashes in strings (see sanitizeSQL), and the setting
+// to read it with: all of q when it has no backslash, when both readings
+// agree, or when only one of them parses; else the text before they part.
+func sqlSureText(q string, d sqlDialect) (known string, otherEscapes bool) {
 	if strings.IndexByte(q, '\\') < 0 {
-		return sanitizeSQLTokens(q, d, false)
+		return q, false
 	}
 	a, b := sqlLexer{s: q, d: d}, sqlLexer{s: q, d: d, otherEscapes: true}
 	parted := -1
@@ -386,19 +419,15 @@ func sanitizeSQL(q string, d sqlDialect) string {
 	}
 	switch {
 	case parted < 0:
-		return sanitizeSQLTokens(q, d, false)
+		return q, false
 	case !a.unterminated && b.unterminated:
 		// Read the other way the text would not parse: the server reads
 		// it the usual way.
-		return sanitizeSQLTokens(q, d, false)
+		return q, false
 	case a.unterminated && !b.unterminated:
-		return sanitizeSQLTokens(q, d, true)
+		return q, true
 	}
-	prefix := sanitizeSQLTokens(q[:parted], d, false)
-	if prefix == "" {
-		return "?"
-	}
-	return prefix + " ?"
+	return q[:parted], false
 }
 
 // sanitizeSQLTokens is sanitizeSQL for a text read one way (otherEscapes:
@@ -613,13 +642,13 @@ type sqlWord struct {
 
 // sqlWords returns up to n tokens of q that are not space, with quoted
 // identifiers unquoted.
-func sqlWords(q string, d sqlDialect, n int) []sqlWord { return sqlWordsOf(q, d, n, false) }
+func sqlWords(q string, d sqlDialect, n int) []sqlWord { return sqlWordsOf(q, d, false, n, false) }
 
-// sqlWordsOf is sqlWords, with quoted identifiers as the text has them
-// when quoted.
-func sqlWordsOf(q string, d sqlDialect, n int, quoted bool) []sqlWord {
-	l := sqlLexer{s: q, d: d}
-	var words []sqlWord
+// sqlWordsOf is sqlWords, the text read with otherEscapes (see sqlLexer),
+// with quoted identifiers as the text has them when quoted.
+func sqlWordsOf(q string, d sqlDialect, otherEscapes bool, n int, quoted bool) []sqlWord {
+	l := sqlLexer{s: q, d: d, otherEscapes: otherEscapes}
+	words := make([]sqlWord, 0, min(n, len(q)/4+4)) // about a token in four bytes
 	depth := 0
 	for len(words) < n {
 		t, ok := l.next()

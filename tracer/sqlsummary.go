@@ -11,10 +11,14 @@ const dbMaxSummary = 255
 // targets, in the order the text has them ("SELECT orders customers",
 // "INSERT shipping_details SELECT orders"). An operation is upper-cased
 // as db.operation.name is; a target is written as the text has it, quotes
-// and schema included. Only the first statement of a text is read.
-// Literals are never part of it, so it holds no value of the query's.
+// and schema included. Only the first statement of a text is read, and of
+// it only what reads the same whatever the server's setting for
+// backslashes in strings (sqlSureText): read the wrong way, the inside of
+// a string would pass for SQL. Literals are never part of it, so it holds
+// no value of the query's.
 func sqlSummary(q string, d sqlDialect) string {
-	words := sqlWordsOf(q, d, 256, true)
+	q, otherEscapes := sqlSureText(q, d)
+	words := sqlWordsOf(q, d, otherEscapes, 256, true)
 	var parts []string
 	size, full := 0, false
 	add := func(s string) {
@@ -25,12 +29,15 @@ func sqlSummary(q string, d sqlDialect) string {
 	}
 	// opDepth holds, innermost last, the parenthesis depths at which an
 	// operation began: a FROM belongs to the query at its own depth, not
-	// to EXTRACT(YEAR FROM d) or TRIM(x FROM s) inside one.
+	// to EXTRACT(YEAR FROM d) or TRIM(x FROM s) inside one; dml says
+	// whether that operation reads tables from FROM and USING (not
+	// FETCH 10 FROM a_cursor, REVOKE ... FROM a_role, COPY t FROM STDIN).
 	var opDepth []int
+	var dml []bool
 	for i := 0; i < len(words) && !full; i++ {
 		w := words[i]
 		for len(opDepth) > 0 && opDepth[len(opDepth)-1] > w.depth {
-			opDepth = opDepth[:len(opDepth)-1]
+			opDepth, dml = opDepth[:len(opDepth)-1], dml[:len(dml)-1]
 		}
 		if w.kind == sqlTokPunct && w.text == ";" {
 			break
@@ -38,11 +45,15 @@ func sqlSummary(q string, d sqlDialect) string {
 		if w.kind != sqlTokWord {
 			continue
 		}
-		u := strings.ToUpper(w.text)
-		var prev sqlWord
+		u := sqlSummaryKeyword(w.text)
+		var prev, next sqlWord
 		if i > 0 {
 			prev = words[i-1]
 		}
+		if i+1 < len(words) {
+			next = words[i+1]
+		}
+		call := next.kind == sqlTokPunct && next.text == "(" // REPLACE(s, a, b), MySQL's INSERT(s, ...)
 		// An operation: SELECT wherever it stands; the others where a
 		// statement begins (first, after "(" or after a CTE's ")"), so
 		// that ON CONFLICT DO UPDATE, FOR UPDATE and ON DUPLICATE KEY
@@ -53,16 +64,22 @@ func sqlSummary(q string, d sqlDialect) string {
 		case "SELECT":
 			op = u
 		case "INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE":
-			if i == 0 || prev.kind == sqlTokPunct && (prev.text == "(" || prev.text == ")") {
+			if i == 0 || !call && prev.kind == sqlTokPunct && (prev.text == "(" || prev.text == ")") {
 				op = u
 			}
+		case "WITH":
 		default:
-			if i == 0 && u != "WITH" && len(u) <= 32 {
-				op = u
+			if i == 0 && len(w.text) <= 32 {
+				op = strings.ToUpper(w.text) // CREATE, CALL, BEGIN: once a statement
 			}
+		}
+		if op == "GRANT" || op == "REVOKE" {
+			add(op) // its SELECT, INSERT are privileges; its FROM, a role
+			break
 		}
 		if op != "" {
 			opDepth = append(opDepth, w.depth)
+			dml = append(dml, op == "SELECT" || op == "DELETE" || op == "UPDATE" || op == "MERGE")
 			add(op)
 		}
 		// Where targets follow.
@@ -71,8 +88,11 @@ func sqlSummary(q string, d sqlDialect) string {
 		case len(opDepth) == 0 || opDepth[len(opDepth)-1] != w.depth:
 			// Not at an operation's own depth.
 		case u == "FROM" || u == "USING":
+			if !dml[len(dml)-1] {
+				break
+			}
 			targets, i = sqlTargetList(words, i+1, true, true, "ONLY", "LATERAL")
-		case sqlJoinKeyword(u) && u != "LATERAL":
+		case u == "JOIN":
 			for i+1 < len(words) && words[i+1].kind == sqlTokWord && sqlJoinKeyword(words[i+1].text) {
 				i++ // LEFT OUTER JOIN, NATURAL JOIN
 			}
@@ -96,6 +116,51 @@ func sqlSummary(q string, d sqlDialect) string {
 	return strings.Join(parts, " ")
 }
 
+// sqlSummaryKeyword is w upper-cased if it is a word sqlSummary acts on,
+// else w: without an allocation for the identifiers, most of a statement.
+func sqlSummaryKeyword(w string) string {
+	if len(w) < 4 || len(w) > len("STRAIGHT_JOIN") {
+		return w
+	}
+	var b [len("STRAIGHT_JOIN")]byte
+	for i := 0; i < len(w); i++ {
+		c := w[i]
+		if 'a' <= c && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		b[i] = c
+	}
+	switch string(b[:len(w)]) {
+	case "SELECT":
+		return "SELECT"
+	case "INSERT":
+		return "INSERT"
+	case "UPDATE":
+		return "UPDATE"
+	case "DELETE":
+		return "DELETE"
+	case "MERGE":
+		return "MERGE"
+	case "REPLACE":
+		return "REPLACE"
+	case "WITH":
+		return "WITH"
+	case "FROM":
+		return "FROM"
+	case "USING":
+		return "USING"
+	case "INTO":
+		return "INTO"
+	case "TABLE":
+		return "TABLE"
+	case "OUTER":
+		return "OUTER"
+	case "JOIN", "INNER", "LEFT", "RIGHT", "FULL", "CROSS", "NATURAL", "STRAIGHT_JOIN":
+		return "JOIN" // sqlJoinKeyword's, but LATERAL
+	}
+	return w
+}
+
 // sqlTargetList reads the table names at words[i:] (one, or a comma list
 // when list), each with its alias, after the optional words skip; it
 // returns them and the index of the last word it took. A subquery in a
@@ -109,12 +174,16 @@ func sqlTargetList(words []sqlWord, i int, list, fn bool, skip ...string) ([]str
 	var targets []string
 	for {
 		start := i
-		var name strings.Builder
+		name := ""
 		for i < len(words) && (words[i].kind == sqlTokQuotedID || words[i].kind == sqlTokWord && !sqlClauseKeyword(words[i].text)) {
-			name.WriteString(words[i].text)
+			if name == "" {
+				name = words[i].text
+			} else {
+				name += words[i].text
+			}
 			i++
 			if i < len(words) && words[i].kind == sqlTokPunct && words[i].text == "." {
-				name.WriteByte('.')
+				name += "."
 				i++
 				continue
 			}
@@ -125,7 +194,7 @@ func sqlTargetList(words []sqlWord, i int, list, fn bool, skip ...string) ([]str
 			// (FROM generate_series(1, 3)).
 			return targets, start - 1
 		}
-		targets = append(targets, dbText(name.String(), 128))
+		targets = append(targets, dbText(name, 256))
 		// Its alias.
 		if i < len(words) && words[i].kind == sqlTokWord && strings.EqualFold(words[i].text, "AS") {
 			i++
