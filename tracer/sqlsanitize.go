@@ -237,7 +237,12 @@ func (l *sqlLexer) next() (sqlToken, bool) {
 		for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\f') {
 			i++
 		}
-	case c == '-' && i+1 < len(s) && s[i+1] == '-', c == '#' && l.d == dialectMySQL:
+	case c == '-' && i+1 < len(s) && s[i+1] == '-' && (l.d != dialectMySQL || i+2 >= len(s) || s[i+2] <= ' '),
+		c == '#' && l.d == dialectMySQL:
+		// MySQL's "--" comment needs a space or a control character
+		// after it: 1--1 is one minus minus one, and reading the rest of
+		// its line as a comment would take a string's inside, further
+		// on, for SQL.
 		t.kind = sqlTokSpace
 		for i < len(s) && s[i] != '\n' {
 			i++

@@ -19,6 +19,9 @@ func TestSanitizeSQL(t *testing.T) {
 		{dialectPostgres, "SELECT $$a 'quoted' body$$, $fn$ x $fn$, 1.5e-3, .5, -7 FROM t", "SELECT ?, ?, ?, ?, ? FROM t"},
 		{dialectPostgres, "SELECT a - 5, a-5, (-5), x = -5 FROM t", "SELECT a - ?, a-?, (?), x = ? FROM t"},
 		{dialectPostgres, "SELECT 1 -- secret 'x'\n  ,  2 /* c 'y' */ FROM\n\tt", "SELECT ? , ? FROM t"},
+		// MySQL's -- comment needs a space after it: 1--1 is arithmetic.
+		{dialectMySQL, "UPDATE t SET a = 1--1, b = 'x\nfrom alice', c = 'y' WHERE id = 2", "UPDATE t SET a = ?--?, b = ?, c = ? WHERE id = ?"},
+		{dialectMySQL, "SELECT 1 -- secret 'x'\n, 2 --\tand 'y'\nFROM t", "SELECT ? , ? FROM t"},
 		// PostgreSQL's block comments nest: ended at the first */, the
 		// quote after it made the password look like text between literals.
 		{dialectPostgres, "SELECT 1 /* a /* b */ don't */ FROM t WHERE pw = 'hunter2'", "SELECT ? FROM t WHERE pw = ?"},
