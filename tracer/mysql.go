@@ -388,11 +388,11 @@ func (c *myConn) onClient(hdr, body []byte, cut bool) bool {
 				return false
 			}
 			c.phase = myCommand
-			c.command(body[0], body[1:])
+			c.command(body[0], body[1:], cut)
 		}
 	case myCommand:
 		if hdr[3] == 0 && len(body) > 0 {
-			c.command(body[0], body[1:])
+			c.command(body[0], body[1:], cut)
 		}
 	}
 	return true
@@ -475,8 +475,9 @@ func afterAuth(b []byte, caps uint32) ([]byte, bool) {
 	return rest, ok
 }
 
-// command queues a command for its response.
-func (c *myConn) command(com byte, arg []byte) {
+// command queues a command for its response; cut says that the capture
+// cut arg short.
+func (c *myConn) command(com byte, arg []byte, cut bool) {
 	if c.srv.lost && len(c.pending) > 0 {
 		// The client moved on, so the server has answered all it was
 		// asked, in bytes we could not follow.
@@ -501,14 +502,14 @@ func (c *myConn) command(com byte, arg []byte) {
 				text = nil
 			}
 		}
-		p.stmt, p.known, p.span, p.state = c.describe(text), len(text) > 0, true, myFirst
+		p.stmt, p.known, p.span, p.state = c.describe(text, cut), len(text) > 0, true, myFirst
 		if p.stmt.op == "USE" {
 			if w := sqlWords(dbText(text, 512), dialectMySQL, 2); len(w) == 2 {
 				p.useDB = dbText(w[1].text, 256)
 			}
 		}
 	case myComStmtPrepare:
-		p.stmt, p.known, p.state = describeSQL(string(arg), dialectMySQL, c.mode), true, myFirst
+		p.stmt, p.known, p.state = describeSQL(string(arg), dialectMySQL, c.mode, cut), true, myFirst
 		c.lastPrep = p.stmt
 	case myComStmtExecute:
 		p.span, p.state = true, myFirst
@@ -552,8 +553,8 @@ func (c *myConn) command(com byte, arg []byte) {
 
 // describe describes COM_QUERY text, following USE and SQL-level
 // PREPARE, EXECUTE and DEALLOCATE.
-func (c *myConn) describe(text []byte) sqlStatement {
-	stmt := c.last.describe(text, dialectMySQL, c.mode)
+func (c *myConn) describe(text []byte, cut bool) sqlStatement {
+	stmt := c.last.describe(text, dialectMySQL, c.mode, cut)
 	switch stmt.op {
 	case "PREPARE", "EXECUTE", "DEALLOCATE", "DROP":
 		words := sqlWords(dbText(text, 512), dialectMySQL, 4)
@@ -566,7 +567,7 @@ func (c *myConn) describe(text []byte) sqlStatement {
 			// PREPARE name FROM 'statement'
 			if len(words) == 4 && strings.EqualFold(words[2].text, "FROM") && words[3].kind == sqlTokLiteral {
 				if q, err := strconv.Unquote(`"` + strings.ReplaceAll(strings.Trim(words[3].text, `'"`), `"`, `\"`) + `"`); err == nil {
-					c.sqlStmts.put(strings.ToLower(name), describeSQL(q, dialectMySQL, c.mode))
+					c.sqlStmts.put(strings.ToLower(name), describeSQL(q, dialectMySQL, c.mode, false))
 				}
 			}
 		case "EXECUTE":

@@ -416,12 +416,12 @@ func (c *pgConn) onFrontend(hdr, body []byte, cut bool) bool {
 	enter, exit := c.fe.startEnter, c.fe.startExit
 	switch hdr[0] {
 	case 'Q':
-		c.simpleQuery(dbCString(body), enter, exit)
+		c.simpleQuery(dbCString(body), cut && bytes.IndexByte(body, 0) < 0, enter, exit)
 	case 'P':
 		var stmt sqlStatement
 		if name, rest, ok := bytes.Cut(body, []byte{0}); ok {
-			query, _, _ := bytes.Cut(rest, []byte{0})
-			stmt = c.last.describe(query, dialectPostgres, c.mode)
+			query, _, ended := bytes.Cut(rest, []byte{0})
+			stmt = c.last.describe(query, dialectPostgres, c.mode, cut && !ended)
 			c.stmts.put(string(name), stmt)
 		}
 		b := c.openBatch(enter, exit, false)
@@ -521,8 +521,8 @@ func (c *pgConn) onStartup(body []byte) bool {
 
 // simpleQuery queues a simple query, and follows SQL-level PREPARE,
 // EXECUTE and DEALLOCATE, whose statements share the protocol's namespace.
-func (c *pgConn) simpleQuery(text []byte, enter, exit uint64) {
-	stmt := c.last.describe(text, dialectPostgres, c.mode)
+func (c *pgConn) simpleQuery(text []byte, cut bool, enter, exit uint64) {
+	stmt := c.last.describe(text, dialectPostgres, c.mode, cut)
 	words := sqlWords(dbText(text, 512), dialectPostgres, 8)
 	word := func(i int) string {
 		if i < len(words) && (words[i].kind == sqlTokWord || words[i].kind == sqlTokQuotedID) {
@@ -535,7 +535,7 @@ func (c *pgConn) simpleQuery(text []byte, enter, exit uint64) {
 		// PREPARE name [(types)] AS statement
 		if name := word(1); name != "" {
 			if i := dbIndexFold(string(text), " AS "); i >= 0 {
-				c.stmts.put(name, describeSQL(string(text[i+4:]), dialectPostgres, c.mode))
+				c.stmts.put(name, describeSQL(string(text[i+4:]), dialectPostgres, c.mode, cut))
 			}
 		}
 	case "EXECUTE":

@@ -36,11 +36,21 @@ type sqlStatement struct {
 }
 
 // describeSQL describes query for the spans, with db.query.text as mode
-// (Config.QueryText) says.
-func describeSQL(query string, d sqlDialect, mode string) sqlStatement {
+// (Config.QueryText) says. cut says that the capture cut the text short:
+// its operation, table and summary are then read up to its last space
+// only, since its last word may be the start of a longer one (FROM us,
+// for FROM users_archive).
+func describeSQL(query string, d sqlDialect, mode string, cut bool) sqlStatement {
+	if len(query) > dbMaxQueryText {
+		cut = true
+	}
 	query = dbText(query, dbMaxQueryText)
-	op, table := sqlOperation(query, d)
-	s := sqlStatement{op: op, table: table, summary: sqlSummary(query, d)}
+	whole := query
+	if cut {
+		whole = whole[:max(0, strings.LastIndexAny(whole, " \t\r\n"))]
+	}
+	op, table := sqlOperation(whole, d)
+	s := sqlStatement{op: op, table: table, summary: sqlSummary(whole, d)}
 	switch mode {
 	case QueryOff:
 	case QueryFull:
@@ -57,13 +67,14 @@ func describeSQL(query string, d sqlDialect, mode string) sqlStatement {
 // sanitised text, costs a few microseconds.
 type lastSQL struct {
 	text string
+	cut  bool
 	stmt sqlStatement
 }
 
-func (l *lastSQL) describe(text []byte, d sqlDialect, mode string) sqlStatement {
-	if len(text) == 0 || string(text) != l.text {
-		l.text = string(text)
-		l.stmt = describeSQL(l.text, d, mode)
+func (l *lastSQL) describe(text []byte, d sqlDialect, mode string, cut bool) sqlStatement {
+	if len(text) == 0 || cut != l.cut || string(text) != l.text {
+		l.text, l.cut = string(text), cut
+		l.stmt = describeSQL(l.text, d, mode, cut)
 	}
 	return l.stmt
 }

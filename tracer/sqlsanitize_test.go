@@ -83,17 +83,28 @@ func TestSQLOperation(t *testing.T) {
 
 func TestDescribeSQLModes(t *testing.T) {
 	q := "SELECT * FROM users WHERE token = 'secret'"
-	if s := describeSQL(q, dialectPostgres, ""); s.text != "SELECT * FROM users WHERE token = ?" || s.op != "SELECT" || s.table != "users" {
+	if s := describeSQL(q, dialectPostgres, "", false); s.text != "SELECT * FROM users WHERE token = ?" || s.op != "SELECT" || s.table != "users" {
 		t.Errorf("default: %+v", s)
 	}
-	if s := describeSQL(q, dialectPostgres, QueryFull); s.text != q {
+	if s := describeSQL(q, dialectPostgres, QueryFull, false); s.text != q {
 		t.Errorf("full: %+v", s)
 	}
-	if s := describeSQL(q, dialectPostgres, QueryOff); s.text != "" || s.op != "SELECT" {
+	if s := describeSQL(q, dialectPostgres, QueryOff, false); s.text != "" || s.op != "SELECT" {
 		t.Errorf("off: %+v", s)
 	}
+	// A text the capture cut short: its last word may be the start of a
+	// longer one, and is not taken for a table.
+	if s := describeSQL("SELECT * FROM users_archive WHERE id = 1 AND name IN (SELECT n FROM us", dialectPostgres, "", true); s.table != "users_archive" || s.summary != "SELECT users_archive SELECT" {
+		t.Errorf("cut: table %q, summary %q", s.table, s.summary)
+	}
+	if s := describeSQL("SELECT * FROM us", dialectPostgres, "", true); s.table != "" || s.summary != "SELECT" {
+		t.Errorf("cut in its table's name: table %q, summary %q", s.table, s.summary)
+	}
+	if s := describeSQL("SELECT * FROM us", dialectPostgres, "", false); s.table != "us" || s.summary != "SELECT us" {
+		t.Errorf("whole: table %q, summary %q", s.table, s.summary)
+	}
 	bad := "SELECT '\xff\xfe' FROM t\x00"
-	if s := describeSQL(bad, dialectPostgres, QueryFull); !utf8.ValidString(s.text) || strings.Contains(s.text, "\x00") {
+	if s := describeSQL(bad, dialectPostgres, QueryFull, false); !utf8.ValidString(s.text) || strings.Contains(s.text, "\x00") {
 		t.Errorf("full text not clean UTF-8: %q", s.text)
 	}
 }
@@ -117,7 +128,7 @@ func FuzzSanitizeSQL(f *testing.F) {
 	f.Add("WITH a AS (SELECT 1) SELECT * FROM a JOIN b")
 	f.Fuzz(func(t *testing.T, q string) {
 		for _, d := range []sqlDialect{dialectPostgres, dialectMySQL} {
-			s := describeSQL(q, d, QuerySanitized)
+			s := describeSQL(q, d, QuerySanitized, false)
 			if !utf8.ValidString(s.text) || !utf8.ValidString(s.table) || len(s.text) > 2*dbMaxQueryText {
 				t.Fatalf("bad description %+v", s)
 			}

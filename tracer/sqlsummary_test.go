@@ -77,6 +77,6 @@ func BenchmarkDescribeSQL(b *testing.B) {
 	q := "select u.id, u.name, o.total from users u join orders o on o.user_id = u.id where u.id = $1 and o.state = 'open' order by o.created_at desc limit 10"
 	b.ReportAllocs()
 	for b.Loop() {
-		describeSQL(q, dialectPostgres, QuerySanitized)
+		describeSQL(q, dialectPostgres, QuerySanitized, false)
 	}
 }
