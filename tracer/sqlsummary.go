@@ -18,7 +18,7 @@ const dbMaxSummary = 255
 // no value of the query's.
 func sqlSummary(q string, d sqlDialect) string {
 	q, otherEscapes := sqlSureText(q, d)
-	words := sqlWordsOf(q, d, otherEscapes, 256, true)
+	words := sqlWordsOf(q, d, otherEscapes, 2048, true) // all of a text of dbMaxQueryText, but for the rarest
 	var parts []string
 	size, full := 0, false
 	add := func(s string) {

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -61,6 +62,15 @@ func TestSQLSummary(t *testing.T) {
 		if got := sqlSummary(c.query, c.d); got != c.want {
 			t.Errorf("sqlSummary(%q) = %q, want %q", c.query, got, c.want)
 		}
+	}
+
+	// An ORM's SELECT of many columns: its FROM far in.
+	cols := make([]string, 120)
+	for i := range cols {
+		cols[i] = fmt.Sprintf("t.column_%d", i)
+	}
+	if got := sqlSummary("SELECT "+strings.Join(cols, ", ")+" FROM t WHERE t.id = $1", dialectPostgres); got != "SELECT t" {
+		t.Errorf("a SELECT of 120 columns: %q", got)
 	}
 
 	// At most 255 bytes, cut between two parts.
