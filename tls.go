@@ -264,7 +264,9 @@ func (r *tlsReader) tryNamed(pid int, handshake bool, name string, fresh bool) (
 	if last, tried := r.failed[pid]; tried && time.Since(last) < tlsRetryAfter && !(handshake && r.unspoken[pid]) {
 		return false
 	}
-	if r.isSelf(pid) {
+	if _, traced := r.traced[pid]; !traced && r.isSelf(pid) {
+		// Looked at until traced: a traced process is not the agent's
+		// executable, and the scans try every traced one again.
 		r.failed[pid] = time.Now()
 		return false
 	}

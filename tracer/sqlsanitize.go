@@ -49,8 +49,10 @@ func describeSQL(query string, d sqlDialect, mode string, cut bool) sqlStatement
 	if cut {
 		whole = whole[:max(0, strings.LastIndexAny(whole, " \t\r\n"))]
 	}
-	op, table := sqlOperation(whole, d)
-	s := sqlStatement{op: op, table: table, summary: sqlSummary(whole, d)}
+	// One reading of the words for the operation and the summary.
+	words := sqlWordsOf(whole, d, false, sqlSummaryWords, true)
+	op, table := sqlOperationOf(words[:min(len(words), sqlOperationWords)])
+	s := sqlStatement{op: op, table: table, summary: sqlSummaryOf(sqlSureWords(whole, d, words))}
 	switch mode {
 	case QueryOff:
 	case QueryFull:
@@ -597,10 +599,18 @@ func sqlLastWord(s string) string {
 	return s[i:]
 }
 
+// sqlOperationWords is how far into a statement sqlOperation looks.
+const sqlOperationWords = 64
+
 // sqlOperation returns the statement's operation, upper-cased, and its main
 // table when the statement is simple (one table, no join).
 func sqlOperation(q string, d sqlDialect) (op, table string) {
-	words := sqlWords(q, d, 64)
+	return sqlOperationOf(sqlWordsOf(q, d, false, sqlOperationWords, true))
+}
+
+// sqlOperationOf is sqlOperation of a statement's first words, quoted
+// identifiers as the text has them (sqlWordsOf).
+func sqlOperationOf(words []sqlWord) (op, table string) {
 	if len(words) == 0 || words[0].kind != sqlTokWord {
 		return "", ""
 	}
@@ -750,7 +760,11 @@ func sqlQualifiedName(words []sqlWord) (string, int) {
 		if w.kind != sqlTokWord && w.kind != sqlTokQuotedID || w.kind == sqlTokWord && sqlClauseKeyword(w.text) {
 			break
 		}
-		parts = append(parts, w.text)
+		if w.kind == sqlTokQuotedID {
+			parts = append(parts, strings.Trim(w.text, "\"`"))
+		} else {
+			parts = append(parts, w.text)
+		}
 		n++
 		if n < len(words) && words[n].kind == sqlTokPunct && words[n].text == "." {
 			n++

@@ -17,8 +17,26 @@ const dbMaxSummary = 255
 // a string would pass for SQL. Literals are never part of it, so it holds
 // no value of the query's.
 func sqlSummary(q string, d sqlDialect) string {
-	q, otherEscapes := sqlSureText(q, d)
-	words := sqlWordsOf(q, d, otherEscapes, 2048, true) // all of a text of dbMaxQueryText, but for the rarest
+	return sqlSummaryOf(sqlSureWords(q, d, sqlWordsOf(q, d, false, sqlSummaryWords, true)))
+}
+
+// sqlSummaryWords is how far into a statement sqlSummary looks: all of a
+// text of dbMaxQueryText, but for the rarest.
+const sqlSummaryWords = 2048
+
+// sqlSureWords is words, q's read the usual way (sqlWordsOf), cut to what
+// reads the same whatever the server's setting for backslashes
+// (sqlSureText): read again only when a backslash changes them.
+func sqlSureWords(q string, d sqlDialect, words []sqlWord) []sqlWord {
+	known, otherEscapes := sqlSureText(q, d)
+	if len(known) == len(q) && !otherEscapes {
+		return words
+	}
+	return sqlWordsOf(known, d, otherEscapes, sqlSummaryWords, true)
+}
+
+// sqlSummaryOf is sqlSummary of a statement's words (sqlSureWords).
+func sqlSummaryOf(words []sqlWord) string {
 	var parts []string
 	size, full := 0, false
 	add := func(s string) {
