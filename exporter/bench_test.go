@@ -156,7 +156,7 @@ func BenchmarkFullPath(b *testing.B) {
 		b.Run(bc.name, func(b *testing.B) {
 			b.Setenv("OTEL_TRACES_SAMPLER", "")
 			mc := &marshalClient{codec: newTraceCodec()}
-			e := benchNew(b, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec}}}, discardMetrics{})
+			e := benchNew(b, []destination{{name: "otlp", exp: &otlpSpans{client: mc, codec: mc.codec, partial: &partialSuccess{}}}}, discardMetrics{})
 			reqs := make([]*tracer.Request, len(bc.procs))
 			for i, p := range bc.procs {
 				reqs[i] = bc.req()
