@@ -895,9 +895,13 @@ struct sock_state {
 	__u64 req_ns; // when the skipped request arrived
 	__u64 dur_ns; // the duration it is counted with, so far
 	struct hist_key key; // and its series
-	__u8 held;      // FAST_BYTE: a request's first byte, read alone
+	__u8 held;      // a request's first byte, read alone (holding)
 	__u8 redis;     // REDIS_* flags: the Redis drop on this connection
-	__u64 held_ns;  // and when
+	// held is held (hold_byte): a flag of its own, not one of fast's, for
+	// the receive that holds it and the response's send run at once on
+	// two CPUs (holding_byte), and each writes the field it owns whole.
+	__u8 holding;
+	__u64 held_ns;  // and when held came
 	__u64 trace_low; // FAST_SPAN: the owned request's trace ID draw
 	__u64 head;      // and its head's hash
 	__u8 has_parent; // and it had a traceparent, whose value is parent
@@ -984,11 +988,11 @@ volatile const __u64 hist_bounds_ns[HIST_BUCKETS - 1] = {};
 #define FAST_HANDOFF 4 // a request went to user space meanwhile: the next response is its
 #define FAST_OFF 8     // no fast path on this connection any more
 #define FAST_PENDING 16 // a request went to user space, and no response has started since
-// A request's first byte came alone (Go's server reads one byte in the
-// background while a handler runs, and gets the next request's first
+// A request's first byte can come alone (Go's server reads one byte in
+// the background while a handler runs, and gets the next request's first
 // byte when it comes before that read is cancelled): it is held, not
-// sent, until the rest shows whether the exchange is the kernel's.
-#define FAST_BYTE 32
+// sent, until the rest shows whether the exchange is the kernel's
+// (sock_state.holding, hold_byte).
 #define FAST_SPAN 64 // the owned exchange is a span's, for an EVENT_HTTP record
 
 // What fast_skip tells its caller to do with the event.
@@ -1344,7 +1348,7 @@ static __always_inline void scan_head(struct head_scan *s)
 // kernel takes is the agent's choice: it registers a path with its method
 // (route_key), and the name is computed, not matched against a list, so
 // that the verifier follows one path for every method. held is the
-// request's first byte when it came alone and is held (FAST_BYTE), else
+// request's first byte when it came alone and is held (holding), else
 // 0: the method is read as if it were in front of the payload.
 static __always_inline __u64 fast_method(struct event *e, __u8 held, __u32 *start)
 {
@@ -1693,6 +1697,35 @@ static __always_inline bool accepted(struct sock *sk)
 	return sk->sk_max_ack_backlog != 0;
 }
 
+// hold_byte keeps e, one byte read alone, as the next request's first.
+// Go's server reads it on a goroutine of its own, which on another CPU
+// can run while the current response's send is still in its program
+// (its tracepoint runs after the bytes reached the client, which may
+// have sent the next request already). That send rewrites fast whole,
+// so the holding is a field that only a receive sets, and no send can
+// undo it: as one of fast's flags it was lost about once in 40 000
+// keep-alive requests at 20k/s, and with it the request (its rest went
+// up alone, "ET / HTTP/1.1"). held and held_ns are written before the
+// flag, which the sends read first.
+static __always_inline void hold_byte(struct sock_state *st, struct event *e)
+{
+	st->held = e->payload[0];
+	st->held_ns = e->ts_exit;
+	asm volatile("" ::: "memory");
+	*(volatile __u8 *)&st->holding = 1;
+}
+
+static __always_inline bool holding_byte(struct sock_state *st)
+{
+	return *(volatile __u8 *)&st->holding;
+}
+
+// drop_byte ends the holding: the byte is sent, or decided with its rest.
+static __always_inline void drop_byte(struct sock_state *st)
+{
+	*(volatile __u8 *)&st->holding = 0;
+}
+
 // lone_method_byte tells whether e is one byte read alone that starts GET,
 // HEAD, POST, PUT, PATCH or DELETE: other methods' first bytes, read
 // alone, go up as before.
@@ -1707,16 +1740,17 @@ static __always_inline bool lone_method_byte(struct event *e)
 static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, struct event *e, __u8 dir)
 {
 	__u8 f = st->fast;
+	bool held = holding_byte(st);
 	// A byte held waits for the next receive, the rest of its request:
 	// through the response of an exchange the kernel owns (see below),
 	// and through the sends of a response user space has, whose last one
 	// the client's next request can beat on loopback as well. Sent before
 	// such a send, the byte would put the rest of its request after a
 	// response, where it looks like a request of its own ("OST /").
-	if ((f & FAST_BYTE) && dir == DIR_INGRESS) {
+	if (held && dir == DIR_INGRESS) {
 		// The rest of the request whose first byte is held, or anything
 		// else: either way the byte is decided now.
-		st->fast = f = f & ~FAST_BYTE;
+		drop_byte(st);
 		if ((f & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
 			// More of the next request before the response of the one
 			// owned for a span: pipelined, as below. The owned request
@@ -1744,9 +1778,7 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 			// gone by (HTTP/1 answers in order: right for a pipelining
 			// client too).
 			if (!(f & (FAST_RESP | FAST_HANDOFF)) && lone_method_byte(e)) {
-				st->held = e->payload[0];
-				st->held_ns = e->ts_exit;
-				st->fast = f | FAST_BYTE;
+				hold_byte(st, e);
 				return FAST_SKIP;
 			}
 			if (f & FAST_SPAN) {
@@ -1777,9 +1809,7 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		if ((f & FAST_OFF) || !accepted(sk))
 			return FAST_SEND;
 		if (lone_method_byte(e)) {
-			st->held = e->payload[0];
-			st->held_ns = e->ts_exit;
-			st->fast = f | FAST_BYTE;
+			hold_byte(st, e);
 			return FAST_SKIP;
 		}
 		if (fast_request(e, st, 0, e->ts_exit))
@@ -1806,11 +1836,12 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 		// follow, and the rest of the byte's request, read after it,
 		// must not be taken for a request of its own.
 		if (whole_response(e)) {
-			st->fast = f & (FAST_OFF | FAST_BYTE);
+			st->fast = f & FAST_OFF;
 			return FAST_SEND_SPAN;
 		}
-		if (f & FAST_BYTE) {
+		if (holding_byte(st)) {
 			st->fast = FAST_OFF;
+			drop_byte(st); // sent now
 			return FAST_SEND_REQUEST_HELD;
 		}
 		st->fast = f & FAST_OFF;
@@ -1823,7 +1854,7 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 			// owned exchange's response cannot be told. The exchange is
 			// given up, and the fast path on this connection with it. A
 			// byte held stays held: the rest of its request sends it.
-			st->fast = FAST_OFF | (f & FAST_BYTE);
+			st->fast = FAST_OFF;
 			return FAST_SEND;
 		}
 		if (!status) {
@@ -1848,7 +1879,7 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 	// FAST_HANDOFF: the response of the request user space has starts
 	// with its status line, or may be a send counted, not read.
 	if (status || !e->captured) {
-		st->fast = FAST_OFF | (f & FAST_BYTE);
+		st->fast = FAST_OFF;
 		return FAST_SEND;
 	}
 	fast_extend(st, e->ts_exit);
@@ -2689,7 +2720,7 @@ static __always_inline int h2_follow(struct sock_state *st, struct event *e, __u
 		// would hold a first byte, which the walk would then not see. A
 		// byte held already (a tunnel whose accepted side sends the
 		// preface) stays held: the next receive sends it first.
-		st->fast = FAST_OFF | (st->fast & FAST_BYTE);
+		st->fast = FAST_OFF;
 		st->redis = REDIS_OFF;
 		start = H2_PREFACE;
 	}
@@ -3484,7 +3515,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 	// and the body in two vectors: the body's probe read waits until the
 	// response turns out to go up after all.
 	bool head_only = fast_http && st && nr == NR_WRITEV && dir == DIR_EGRESS && regs->dx == 2 &&
-			 (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF | FAST_BYTE)) == FAST_OWN;
+			 (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF)) == FAST_OWN && !holding_byte(st);
 	e->dir = dir;
 	if (!copy_payload(e, nr, regs->si, head_only ? 1 : regs->dx, ret))
 		return 0;
@@ -3575,7 +3606,7 @@ static __always_inline void send_close(struct sock *sk, struct sock_state *st, _
 		return;
 	sock_fill(e, 0, sk, st->role);
 	e->ts_enter = e->ts_exit = bpf_ktime_get_boot_ns();
-	__u8 held = st->fast & FAST_BYTE;
+	bool held = holding_byte(st);
 	if (fast_http && (st->fast & (FAST_OWN | FAST_SPAN)) == (FAST_OWN | FAST_SPAN)) {
 		// A request owned for a span and closed before its response.
 		st->fast = FAST_OFF;
@@ -3585,7 +3616,7 @@ static __always_inline void send_close(struct sock *sk, struct sock_state *st, _
 		// A first byte held for a request that never came (after the
 		// owned one's, which came first): user space gets it before
 		// the close, as it came.
-		st->fast &= ~FAST_BYTE;
+		drop_byte(st);
 		submit_first(e, st, EVENT_DATA);
 	}
 	if (fast_redis && (st->redis & REDIS_SPAN)) {

@@ -179,7 +179,8 @@ type captureSockState struct {
 	Key       captureHistKey
 	Held      uint8
 	Redis     uint8
-	_         [6]byte
+	Holding   uint8
+	_         [5]byte
 	HeldNs    uint64
 	TraceLow  uint64
 	Head      uint64
