@@ -457,9 +457,16 @@ func held(t *table, w string, ph phase, v string) string {
 	return ""
 }
 
+// ratio shows a of b, and how many fewer when a is short of b by a
+// hundredth or less: there the percentage rounds to 100.00%, and a
+// handful of requests lost among 240 000 went unseen that way.
 func ratio(a, b uint64) string {
 	if b == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%d / %d (%.2f%%)", a, b, 100*float64(a)/float64(b))
+	s := fmt.Sprintf("%d / %d (%.2f%%", a, b, 100*float64(a)/float64(b))
+	if a < b && b-a <= b/100 {
+		s += fmt.Sprintf(", %d fewer", b-a)
+	}
+	return s + ")"
 }

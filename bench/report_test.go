@@ -43,3 +43,21 @@ func TestReportBaseline(t *testing.T) {
 		t.Errorf("no A/B table titled with the baseline:\n%s", out.String())
 	}
 }
+
+// TestRatio: a shortfall the percentage rounds away is shown as a count.
+func TestRatio(t *testing.T) {
+	for _, tc := range []struct {
+		a, b uint64
+		want string
+	}{
+		{240000, 240000, "240000 / 240000 (100.00%)"},
+		{239999, 240000, "239999 / 240000 (100.00%, 1 fewer)"},
+		{23864, 240000, "23864 / 240000 (9.94%)"},     // sampled: a tenth is the point
+		{240004, 240000, "240004 / 240000 (100.00%)"}, // wrk's requests in flight at its end
+		{0, 0, "-"},
+	} {
+		if got := ratio(tc.a, tc.b); got != tc.want {
+			t.Errorf("ratio(%d, %d) = %q, want %q", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
