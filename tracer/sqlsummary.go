@@ -111,27 +111,61 @@ func sqlSummaryOf(words []sqlWord) string {
 			}
 			targets, i = sqlTargetList(words, i+1, true, true, "ONLY", "LATERAL")
 		case u == "JOIN":
-			for i+1 < len(words) && words[i+1].kind == sqlTokWord && sqlJoinKeyword(words[i+1].text) {
-				i++ // LEFT OUTER JOIN, NATURAL JOIN
+			j := i
+			for j+1 < len(words) && words[j+1].kind == sqlTokWord && sqlJoinKeyword(words[j+1].text) {
+				j++ // LEFT OUTER JOIN, NATURAL JOIN
 			}
-			if i+1 < len(words) && words[i+1].kind == sqlTokWord && strings.EqualFold(words[i+1].text, "OUTER") {
-				i++
+			if j+1 < len(words) && words[j+1].kind == sqlTokWord && strings.EqualFold(words[j+1].text, "OUTER") {
+				j++
 			}
-			if i+1 < len(words) && words[i+1].kind == sqlTokWord && strings.EqualFold(words[i+1].text, "JOIN") {
-				i++
+			if j+1 < len(words) && words[j+1].kind == sqlTokWord && strings.EqualFold(words[j+1].text, "JOIN") {
+				j++
 			}
-			targets, i = sqlTargetList(words, i+1, false, true, "LATERAL")
-		case u == "INTO" || op == "UPDATE" || op == "TRUNCATE" || op == "COPY":
-			targets, i = sqlTargetList(words, i+1, false, false, "ONLY", "LOW_PRIORITY", "IGNORE", "TABLE")
-		case u == "TABLE" && i == 1:
-			// CREATE TABLE, DROP TABLE, ALTER TABLE.
-			targets, i = sqlTargetList(words, i+1, false, false, "IF", "NOT", "EXISTS", "ONLY")
+			// LEFT, FULL and the others join only before JOIN: not a
+			// column named full (not reserved in MySQL), nor left(s, 3).
+			if !strings.EqualFold(words[j].text, "JOIN") && !strings.EqualFold(words[j].text, "STRAIGHT_JOIN") {
+				break
+			}
+			targets, i = sqlTargetList(words, j+1, false, true, "LATERAL")
+		case u == "INTO" && i+1 < len(words) && sqlContainsFold([]string{"OUTFILE", "DUMPFILE"}, words[i+1].text):
+			// SELECT ... INTO OUTFILE 'file': a file, not a table.
+		case u == "INTO" || op == "COPY" || op == "INSERT" || op == "REPLACE":
+			// INTO's table; MySQL's INSERT and REPLACE may leave INTO
+			// out (a word INTO after them is a clause keyword: no name
+			// here, and INTO's own turn reads it).
+			targets, i = sqlTargetList(words, i+1, false, false, "ONLY", "LOW_PRIORITY", "HIGH_PRIORITY", "DELAYED", "IGNORE", "TABLE")
+		case op == "UPDATE" || op == "TRUNCATE":
+			// MySQL updates several tables at once; TRUNCATE takes a list.
+			targets, i = sqlTargetList(words, i+1, true, false, "ONLY", "LOW_PRIORITY", "IGNORE", "TABLE")
+		case u == "TABLE" && sqlDDLTable(words, i):
+			// CREATE TABLE, DROP TABLE, ALTER TABLE, with CREATE's
+			// modifiers between (TEMP, UNLOGGED, OR REPLACE); DROP takes
+			// a list.
+			targets, i = sqlTargetList(words, i+1, true, false, "IF", "NOT", "EXISTS", "ONLY")
 		}
 		for _, t := range targets {
 			add(t)
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// sqlDDLTable tells whether the TABLE at words[i] is the one of a
+// statement that creates, drops or alters a table: the statement's second
+// word, or its third or fourth after CREATE's modifiers.
+func sqlDDLTable(words []sqlWord, i int) bool {
+	if i == 1 {
+		return true
+	}
+	if i > 3 || !strings.EqualFold(words[0].text, "CREATE") {
+		return false
+	}
+	for _, w := range words[1:i] {
+		if w.kind != sqlTokWord || !sqlContainsFold([]string{"TEMP", "TEMPORARY", "UNLOGGED", "GLOBAL", "LOCAL", "OR", "REPLACE"}, w.text) {
+			return false
+		}
+	}
+	return true
 }
 
 // sqlSummaryKeyword is w upper-cased if it is a word sqlSummary acts on,

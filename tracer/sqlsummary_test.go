@@ -58,6 +58,24 @@ func TestSQLSummary(t *testing.T) {
 		// Functions named like operations.
 		{dialectPostgres, "SELECT lower(replace(name, 'a', 'b')) FROM t", "SELECT t"},
 		{dialectMySQL, "SELECT CONCAT(INSERT(a, 1, 2, 'x')) FROM t", "SELECT t"},
+		// LEFT, FULL and the others start a join only before JOIN: not
+		// a column (MySQL's full is not reserved) or a function.
+		{dialectMySQL, "SELECT id, full FROM accounts ORDER BY full DESC", "SELECT accounts"},
+		{dialectPostgres, "SELECT left(name, 3), right(name, 2) FROM people p ORDER BY left(name, 3) DESC", "SELECT people"},
+		{dialectPostgres, "SELECT * FROM a NATURAL FULL OUTER JOIN b CROSS JOIN c", "SELECT a b c"},
+		{dialectMySQL, "SELECT * FROM a STRAIGHT_JOIN b ON a.id = b.id", "SELECT a b"},
+		// MySQL's INSERT and REPLACE without INTO; a table's modifiers.
+		{dialectMySQL, "INSERT hits (page) VALUES (?)", "INSERT hits"},
+		{dialectMySQL, "INSERT IGNORE INTO hits (page) VALUES (?)", "INSERT hits"},
+		{dialectMySQL, "REPLACE LOW_PRIORITY hits VALUES (?)", "REPLACE hits"},
+		{dialectPostgres, "CREATE TEMP TABLE scratch (id int)", "CREATE scratch"},
+		{dialectPostgres, "CREATE UNLOGGED TABLE IF NOT EXISTS cache (k text)", "CREATE cache"},
+		{dialectMySQL, "CREATE OR REPLACE TABLE t2 AS SELECT * FROM t1", "CREATE t2 SELECT t1"},
+		{dialectPostgres, "DROP TABLE IF EXISTS a, b", "DROP a b"},
+		{dialectPostgres, "TRUNCATE a, b RESTART IDENTITY", "TRUNCATE a b"},
+		{dialectMySQL, "UPDATE t1, t2 SET t1.n = t2.n WHERE t1.id = t2.id", "UPDATE t1 t2"},
+		// A file is not a table.
+		{dialectMySQL, "SELECT * INTO OUTFILE '/tmp/t.csv' FROM t", "SELECT t"},
 	} {
 		if got := sqlSummary(c.query, c.d); got != c.want {
 			t.Errorf("sqlSummary(%q) = %q, want %q", c.query, got, c.want)
