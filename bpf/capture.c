@@ -1777,7 +1777,13 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 			// were delivered. Held, as below, until the response has
 			// gone by (HTTP/1 answers in order: right for a pipelining
 			// client too).
-			if (!(f & (FAST_RESP | FAST_HANDOFF)) && lone_method_byte(e)) {
+			// Any byte, not only a method's first that the fast
+			// path takes: OPTIONS's "O", taken for pipelining
+			// here, would make this receive rewrite fast while the
+			// response's send may be rewriting it on the other CPU
+			// (hold_byte); held, its request is decided with its
+			// rest, after that send.
+			if (!(f & (FAST_RESP | FAST_HANDOFF)) && e->len == 1 && e->captured == 1) {
 				hold_byte(st, e);
 				return FAST_SKIP;
 			}

@@ -848,6 +848,21 @@ func TestKernelSpansEveryRequest(t *testing.T) {
 
 			syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM) // it flushes every span and metric
 			agent.waitOutput(t, "final stats", 1, 30*time.Second)
+			stats := finalStats(agent.output())
+			// What this measures is the kernel's part: it must have
+			// stood for most requests, and lost none for want of room.
+			kernel := stats["kernel_records"]
+			if tc.sampled {
+				kernel = stats["kernel_requests"]
+			}
+			if kernel < sent/2 {
+				t.Errorf("the kernel stood for %d of %d requests: the fast path was not what this measured (%v)", kernel, sent, stats)
+			}
+			for _, k := range []string{"kernel_lost", "kernel_requests_lost", "requests_dropped", "spans_dropped", "spans_failed"} {
+				if stats[k] != 0 {
+					t.Errorf("%s=%d: a loss counted, not the one this test looks for", k, stats[k])
+				}
+			}
 			spans := 0
 			for _, s := range rcv.Spans() {
 				if s.Kind == trace.SpanKindServer {
@@ -866,7 +881,7 @@ func TestKernelSpansEveryRequest(t *testing.T) {
 			for _, n := range last {
 				counted += n
 			}
-			t.Logf("%d requests answered, %d counted in the duration histogram, %d server spans", sent, counted, spans)
+			t.Logf("%d requests answered, %d counted in the duration histogram, %d server spans; the kernel stood for %d", sent, counted, spans, kernel)
 			if counted != uint64(sent) {
 				t.Errorf("%d requests answered, %d counted: %d lost", sent, counted, sent-int(counted))
 			}
@@ -878,6 +893,24 @@ func TestKernelSpansEveryRequest(t *testing.T) {
 			}
 		})
 	}
+}
+
+// finalStats reads the counters of the agent's "final stats" log line.
+func finalStats(log string) map[string]int {
+	stats := map[string]int{}
+	i := strings.LastIndex(log, "final stats")
+	if i < 0 {
+		return stats
+	}
+	line, _, _ := strings.Cut(log[i:], "\n")
+	for _, f := range strings.Fields(line) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			if n, err := strconv.Atoi(v); err == nil {
+				stats[k] = n
+			}
+		}
+	}
+	return stats
 }
 
 // keepAliveLoad sends raw, an HTTP/1.1 request, on conns keep-alive
