@@ -1774,16 +1774,16 @@ static __always_inline int fast_skip(struct sock *sk, struct sock_state *st, str
 			// next request's first byte as soon as the client sends it.
 			// On loopback that can be before this exchange's response
 			// send is seen here, its tracepoint running after the bytes
-			// were delivered. Held, as below, until the response has
-			// gone by (HTTP/1 answers in order: right for a pipelining
-			// client too).
-			// Any byte, not only a method's first that the fast
-			// path takes: OPTIONS's "O", taken for pipelining
-			// here, would make this receive rewrite fast while the
-			// response's send may be rewriting it on the other CPU
-			// (hold_byte); held, its request is decided with its
-			// rest, after that send.
-			if (!(f & (FAST_RESP | FAST_HANDOFF)) && e->len == 1 && e->captured == 1) {
+			// were delivered, or before the last of its sends is.
+			// Held, as below, until the response has gone by (HTTP/1
+			// answers in order: right for a pipelining client too),
+			// and fast left as it is: a response's send may be
+			// rewriting it on the other CPU (hold_byte), and a last
+			// send of the skipped response, seen after the byte, is
+			// still its own. Any byte, not only a method's first that
+			// the fast path takes: OPTIONS's "O" too, whose request is
+			// decided with its rest.
+			if (!(f & FAST_HANDOFF) && e->len == 1 && e->captured == 1) {
 				hold_byte(st, e);
 				return FAST_SKIP;
 			}
