@@ -340,6 +340,22 @@ func TestSpanRules(t *testing.T) {
 			"GET /e", codes.Unset, nil, []string{"url.query"}},
 		{"host without port means 80", func(r *tracer.Request) { r.Route = "/f"; r.HostPort = 0 },
 			"GET /f", codes.Unset, map[string]any{"server.address": "shop.example", "server.port": int64(80)}, nil},
+		// Behind proxies: the host the client addressed, as they say,
+		// and the port of the scheme it used.
+		{"behind an ingress", func(r *tracer.Request) {
+			r.Route, r.OriginalHost, r.OriginalScheme = "/ingress", "shop.example.com", "https"
+		}, "GET /ingress", codes.Unset, map[string]any{"server.address": "shop.example.com", "server.port": int64(443)}, nil},
+		{"behind a proxy that names a port", func(r *tracer.Request) {
+			r.Route, r.OriginalHost, r.OriginalPort = "/proxy-port", "shop.example.com", 8443
+		}, "GET /proxy-port", codes.Unset, map[string]any{"server.address": "shop.example.com", "server.port": int64(8443)}, nil},
+		{"a proxy's scheme with the Host header", func(r *tracer.Request) {
+			r.Route, r.HostPort, r.OriginalScheme = "/proxy-scheme", 0, "https"
+		}, "GET /proxy-scheme", codes.Unset, map[string]any{"server.address": "shop.example", "server.port": int64(443)}, nil},
+		{"a client's X-Forwarded-Host is not its server", func(r *tracer.Request) {
+			*r = *clientReq()
+			r.Method, r.Host, r.HostPort, r.StatusCode = "PATCH", "api.internal", 0, 200
+			r.OriginalHost, r.OriginalScheme = "shop.example.com", "https"
+		}, "PATCH", codes.Unset, map[string]any{"server.address": "api.internal", "server.port": int64(80)}, nil},
 		{"no host header uses the local address", func(r *tracer.Request) { r.Route = "/g"; r.Host, r.HostPort = "", 0 },
 			"GET /g", codes.Unset, map[string]any{"server.address": "10.0.0.2", "server.port": int64(8080)}, nil},
 		{"ipv4-mapped peer", func(r *tracer.Request) {

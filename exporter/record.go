@@ -151,16 +151,31 @@ type routeKey struct {
 	route  string
 }
 
-// serverEndpoint is server.address and server.port: the Host header as the
-// client wrote it when present (a missing port means the scheme's, 80 or
-// 443), else the server end of the connection.
+// serverEndpoint is server.address and server.port: for a server behind
+// proxies, the host the client addressed as they say (X-Forwarded-Host,
+// Forwarded's host), which the conventions put first; else the Host
+// header as the client wrote it when present; else the server end of the
+// connection. A missing port means the scheme's, 80 or 443: the one the
+// client used, as the proxies say (X-Forwarded-Proto: a TLS-terminating
+// ingress's https), else the connection's.
 func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
+	server := r.Role != tracer.RoleClient
+	https := r.TLS
+	if server && r.OriginalScheme != "" {
+		https = r.OriginalScheme == "https"
+	}
+	if server && r.OriginalHost != "" {
+		if r.OriginalPort != 0 {
+			return r.OriginalHost, r.OriginalPort
+		}
+		return r.OriginalHost, defaultPort(https)
+	}
 	if r.Host != "" {
 		host := strings.TrimSuffix(strings.TrimPrefix(r.Host, "["), "]")
 		if r.HostPort != 0 {
 			return host, r.HostPort
 		}
-		return host, defaultPort(r.TLS)
+		return host, defaultPort(https)
 	}
 	if r.Role == tracer.RoleClient {
 		return addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr), int(r.Remote.Port())

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"bytes"
 	"net/netip"
 	"strings"
 )
@@ -19,21 +20,80 @@ import (
 // Anyone who reaches the server directly can send these headers: they
 // are as trustworthy as the proxies in front of it.
 func forwardedClient(forwarded, xff string) netip.AddrPort {
-	if value, ok := forwardedFor(forwarded); ok {
+	if value, ok := forwardedParam(forwarded, "for"); ok {
 		return parseHostAddr(value)
 	}
-	first, _, _ := strings.Cut(xff, ",")
-	return parseHostAddr(strings.TrimSpace(first))
+	return parseHostAddr(firstElement(xff))
 }
 
-// forwardedFor is the "for" parameter of a Forwarded header's first
+// forwardedOrigin is what the proxies in front of a server say the
+// client asked for: the host and port it addressed (the port 0 when they
+// gave none), from the first Forwarded element's "host", else the first
+// X-Forwarded-Host; and its scheme, "http" or "https", from that
+// element's "proto", else the first X-Forwarded-Proto. The conventions
+// want them for server.address and server.port ("the original host
+// which may be passed by the reverse proxy"). Forwarded, the standard,
+// wins each. A host that is no host name or IP address is not taken, nor
+// another scheme: the values become span attributes. As trustworthy as
+// the proxies, like forwardedClient's.
+func forwardedOrigin(forwarded, xfh, xfp string) (host string, port int, scheme string) {
+	hp, ok := forwardedParam(forwarded, "host")
+	if !ok {
+		hp = firstElement(xfh)
+	}
+	if hp != "" {
+		h, p := splitHostPort(hp)
+		// A port that is there must be one (not "shop:x"), 1-65535.
+		if validHost(h) && (p != 0 || hp == h || hp == "["+h+"]") {
+			host, port = h, p
+		}
+	}
+	proto, ok := forwardedParam(forwarded, "proto")
+	if !ok {
+		proto = firstElement(xfp)
+	}
+	switch {
+	case strings.EqualFold(proto, "https"):
+		scheme = "https"
+	case strings.EqualFold(proto, "http"):
+		scheme = "http"
+	}
+	return host, port, scheme
+}
+
+// firstElement is the first of a comma-separated header value's elements:
+// the first proxy's.
+func firstElement(v string) string {
+	first, _, _ := strings.Cut(v, ",")
+	return strings.TrimSpace(first)
+}
+
+// validHost tells whether h is a host name (letters, digits, '-', '_'
+// and dots) or an IP address, of at most 253 bytes.
+func validHost(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// forwardedParam is the parameter key of a Forwarded header's first
 // element, unquoted: for=192.0.2.60;proto=http, or
 // for="[2001:db8::17]:4711". ok is false when there is none.
-func forwardedFor(v string) (value string, ok bool) {
+func forwardedParam(v, key string) (value string, ok bool) {
 	first, _, _ := strings.Cut(v, ",")
 	for param := range strings.SplitSeq(first, ";") {
-		key, value, ok := strings.Cut(param, "=")
-		if !ok || !strings.EqualFold(strings.TrimSpace(key), "for") {
+		k, value, ok := strings.Cut(param, "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), key) {
 			continue
 		}
 		value = strings.TrimSpace(value)
@@ -60,4 +120,32 @@ func parseHostAddr(s string) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// origin is forwardedOrigin's answer.
+type origin struct {
+	host   string
+	port   int
+	scheme string
+}
+
+// lastOrigin is the origin of the last head of a connection that had
+// proxies' headers: behind an ingress, every request of a connection
+// repeats them, and they are read, and the host's string made, once.
+type lastOrigin struct {
+	set                 bool
+	forwarded, xfh, xfp []byte
+	o                   origin
+}
+
+func (l *lastOrigin) of(forwarded, xfh, xfp []byte) origin {
+	if l.set && bytes.Equal(forwarded, l.forwarded) && bytes.Equal(xfh, l.xfh) && bytes.Equal(xfp, l.xfp) {
+		return l.o
+	}
+	host, port, scheme := forwardedOrigin(string(forwarded), string(xfh), string(xfp))
+	l.set, l.o = true, origin{host: host, port: port, scheme: scheme}
+	l.forwarded = append(l.forwarded[:0], forwarded...)
+	l.xfh = append(l.xfh[:0], xfh...)
+	l.xfp = append(l.xfp[:0], xfp...)
+	return l.o
 }

@@ -47,6 +47,7 @@ type message struct {
 	host         string
 	userAgent    string
 	forwardedFor netip.AddrPort    // the original client, from Forwarded or X-Forwarded-For (forwardedClient)
+	origin       origin            // the host and scheme the client asked for, as proxies say (forwardedOrigin)
 	parent       trace.SpanContext // from the traceparent header
 	contentLen   int64             // -1 when absent
 	chunked      bool
@@ -582,8 +583,8 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 		}
 		m.target = seen.target.of(target)
 	}
-	var state []byte          // the tracestate header's value
-	var forwarded, xff []byte // the proxies' headers naming the client
+	var state []byte                    // the tracestate header's value
+	var forwarded, xff, xfh, xfp []byte // the proxies' headers naming the client and what it asked for
 	for len(rest) > 0 {
 		line, rest, _ = bytes.Cut(rest, []byte("\n"))
 		line = bytes.TrimRight(line, "\r")
@@ -620,10 +621,21 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 			if xff == nil {
 				xff = value
 			}
+		case equalFold(name, "x-forwarded-host"):
+			if xfh == nil {
+				xfh = value
+			}
+		case equalFold(name, "x-forwarded-proto"):
+			if xfp == nil {
+				xfp = value
+			}
 		}
 	}
 	if m.request && (forwarded != nil || xff != nil) {
 		m.forwardedFor = forwardedClient(string(forwarded), string(xff))
+	}
+	if m.request && (forwarded != nil || xfh != nil || xfp != nil) {
+		m.origin = seen.origin.of(forwarded, xfh, xfp)
 	}
 	if state != nil && m.parent.IsValid() {
 		m.parent = m.parent.WithTraceState(seen.traceState.of(state))
@@ -638,6 +650,7 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 type seenStrings struct {
 	method, target, host, userAgent lastString
 	traceState                      lastTraceState
+	origin                          lastOrigin
 }
 
 // lastString is the last string made from some bytes.

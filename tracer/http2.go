@@ -268,7 +268,7 @@ func newHTTP2Upgraded(emit emitter, routes bool, clientDir bpf.Direction, req *m
 	c.onPreface(c.dirs[clientDir])
 	s := c.newStream(1)
 	s.req = h2Head{method: req.method, path: req.target, authority: req.host,
-		parent: req.parent, userAgent: req.userAgent, forwardedFor: req.forwardedFor, grpcStatus: -1}
+		parent: req.parent, userAgent: req.userAgent, forwardedFor: req.forwardedFor, origin: req.origin, grpcStatus: -1}
 	s.start = start
 	s.reqBytes = req.bodySize
 	s.reqEnded = true
@@ -702,6 +702,7 @@ func (d *h2Dir) endBlock(seg *segment) {
 type h2Head struct {
 	method, path, authority, contentType, userAgent string
 	forwardedFor                                    netip.AddrPort    // forwardedClient
+	origin                                          origin            // forwardedOrigin
 	parent                                          trace.SpanContext // from traceparent
 	status                                          int               // :status; 0 absent
 	grpcStatus                                      int               // -1 absent
@@ -713,7 +714,7 @@ type h2Head struct {
 func readH2Headers(fields []hfield, cut bool) h2Head {
 	h := h2Head{grpcStatus: -1, cut: cut}
 	state := ""
-	var forwarded, xff string
+	var forwarded, xff, xfh, xfp string
 	for _, f := range fields {
 		if f.unknown {
 			h.unknown = true
@@ -754,6 +755,14 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 			if xff == "" {
 				xff = v
 			}
+		case "x-forwarded-host":
+			if xfh == "" {
+				xfh = v
+			}
+		case "x-forwarded-proto":
+			if xfp == "" {
+				xfp = v
+			}
 		case "grpc-status":
 			if n, err := strconv.Atoi(v); err == nil && n >= 0 && n < 1000 {
 				h.grpcStatus = n
@@ -769,6 +778,10 @@ func readH2Headers(fields []hfield, cut bool) h2Head {
 	}
 	if (forwarded != "" || xff != "") && h.method != "" { // a request's
 		h.forwardedFor = forwardedClient(forwarded, xff)
+	}
+	if (forwarded != "" || xfh != "" || xfp != "") && h.method != "" {
+		host, port, scheme := forwardedOrigin(forwarded, xfh, xfp)
+		h.origin = origin{host: host, port: port, scheme: scheme}
 	}
 	return h
 }
@@ -924,6 +937,9 @@ func (c *http2Conn) finish(id uint32, s *h2Stream, end uint64, rstCode uint32, r
 		Method:          q.method,
 		UserAgent:       q.userAgent,
 		ForwardedFor:    q.forwardedFor,
+		OriginalHost:    q.origin.host,
+		OriginalPort:    q.origin.port,
+		OriginalScheme:  q.origin.scheme,
 		Parent:          q.parent,
 		Truncated:       !q.complete(),
 		RequestSize:     s.reqBytes,

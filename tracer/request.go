@@ -69,8 +69,16 @@ type Request struct {
 	// Forwarded or X-Forwarded-For names it, with port 0 when they gave
 	// none; invalid when they named no address.
 	ForwardedFor netip.AddrPort
-	RequestSize  int64 // body bytes
-	ResponseSize int64 // body bytes
+	// OriginalHost and OriginalPort are the host and port a server's
+	// client addressed in front of proxies, as they say (Forwarded's host,
+	// X-Forwarded-Host), the port 0 when they gave none; "" when none
+	// said. OriginalScheme is "http" or "https" as they say (Forwarded's
+	// proto, X-Forwarded-Proto), "" when none did.
+	OriginalHost   string
+	OriginalPort   int
+	OriginalScheme string
+	RequestSize    int64 // body bytes
+	ResponseSize   int64 // body bytes
 
 	// Parent is the remote span context from an incoming (server) or
 	// outgoing (client) traceparent header; invalid when absent.

@@ -107,8 +107,10 @@ func TestHTTP1(t *testing.T) {
 	goClient.waitOutput(t, "\n", 6, 10*time.Second)
 	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-H", "traceparent: "+traceparent, fmt.Sprintf("http://127.0.0.1:%d/index.html?token=secret", pyPort)))
 	run(t, pod.command(curl, "-sS", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/node/42", nodePort)))
-	// As from behind an ingress: the client the proxies name.
-	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-H", "X-Forwarded-For: 203.0.113.7, 10.0.0.1", fmt.Sprintf("http://127.0.0.1:%d/node/proxied", nodePort)))
+	// As from behind an ingress that ends TLS: the client the proxies
+	// name, and the host and scheme it used.
+	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-H", "X-Forwarded-For: 203.0.113.7, 10.0.0.1",
+		"-H", "X-Forwarded-Host: shop.example.com", "-H", "X-Forwarded-Proto: https", fmt.Sprintf("http://127.0.0.1:%d/node/proxied", nodePort)))
 	// Keep-alive: two requests on one connection.
 	run(t, pod.command(curl, "-sS", "-o", "/dev/null", "-o", "/dev/null",
 		fmt.Sprintf("http://127.0.0.1:%d/index.html", nginxPort), fmt.Sprintf("http://127.0.0.1:%d/missing", nginxPort)))
@@ -217,7 +219,8 @@ func TestHTTP1(t *testing.T) {
 		expect(t, s, map[string]any{"http.response.status_code": int64(200), "server.port": int64(nodePort), "client.address": "127.0.0.1"})
 		expectResource(t, s, "node")
 		proxied := mustFind(t, spans, trace.SpanKindServer, "/node/proxied")
-		expect(t, proxied, map[string]any{"client.address": "203.0.113.7", "network.peer.address": "127.0.0.1"})
+		expect(t, proxied, map[string]any{"client.address": "203.0.113.7", "network.peer.address": "127.0.0.1",
+			"server.address": "shop.example.com", "server.port": int64(443)})
 		c := mustFind(t, spans, trace.SpanKindClient, "/node/42")
 		expectResource(t, c, "curl")
 		expect(t, c, map[string]any{"url.full": fmt.Sprintf("http://127.0.0.1:%d/node/42", nodePort), "server.port": int64(nodePort)})
