@@ -348,9 +348,11 @@ func TestSpanRules(t *testing.T) {
 		{"behind a proxy that names a port", func(r *tracer.Request) {
 			r.Route, r.OriginalHost, r.OriginalPort = "/proxy-port", "shop.example.com", 8443
 		}, "GET /proxy-port", codes.Unset, map[string]any{"server.address": "shop.example.com", "server.port": int64(8443)}, nil},
-		{"a proxy's scheme with the Host header", func(r *tracer.Request) {
+		// A proxy that names no host may have written its own in Host
+		// (nginx's $proxy_host): its scheme is the connection's.
+		{"a proxy's scheme without its host", func(r *tracer.Request) {
 			r.Route, r.HostPort, r.OriginalScheme = "/proxy-scheme", 0, "https"
-		}, "GET /proxy-scheme", codes.Unset, map[string]any{"server.address": "shop.example", "server.port": int64(443)}, nil},
+		}, "GET /proxy-scheme", codes.Unset, map[string]any{"server.address": "shop.example", "server.port": int64(80)}, nil},
 		{"a client's X-Forwarded-Host is not its server", func(r *tracer.Request) {
 			*r = *clientReq()
 			r.Method, r.Host, r.HostPort, r.StatusCode = "PATCH", "api.internal", 0, 200

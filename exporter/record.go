@@ -153,20 +153,20 @@ type routeKey struct {
 
 // serverEndpoint is server.address and server.port: for a server behind
 // proxies, the host the client addressed as they say (X-Forwarded-Host,
-// Forwarded's host), which the conventions put first; else the Host
-// header as the client wrote it when present; else the server end of the
-// connection. A missing port means the scheme's, 80 or 443: the one the
-// client used, as the proxies say (X-Forwarded-Proto: a TLS-terminating
-// ingress's https), else the connection's.
+// Forwarded's host), which the conventions put first, without a port the
+// one of the scheme the client used, as they say (X-Forwarded-Proto: a
+// TLS-terminating ingress's https); else the Host header as the client
+// wrote it when present (a missing port means the connection's scheme's:
+// a proxy that names no host may have written its own, its backend's);
+// else the server end of the connection.
 func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
-	server := r.Role != tracer.RoleClient
-	https := r.TLS
-	if server && r.OriginalScheme != "" {
-		https = r.OriginalScheme == "https"
-	}
-	if server && r.OriginalHost != "" {
+	if r.Role != tracer.RoleClient && r.OriginalHost != "" {
 		if r.OriginalPort != 0 {
 			return r.OriginalHost, r.OriginalPort
+		}
+		https := r.TLS
+		if r.OriginalScheme != "" {
+			https = r.OriginalScheme == "https"
 		}
 		return r.OriginalHost, defaultPort(https)
 	}
@@ -175,7 +175,7 @@ func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 		if r.HostPort != 0 {
 			return host, r.HostPort
 		}
-		return host, defaultPort(https)
+		return host, defaultPort(r.TLS)
 	}
 	if r.Role == tracer.RoleClient {
 		return addrString(r.Remote, &s.lastRemote, &s.lastRemoteStr), int(r.Remote.Port())

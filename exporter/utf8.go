@@ -25,7 +25,7 @@ func validString(s string) string {
 // UTF-8.
 func validRequest(r *tracer.Request) {
 	for _, s := range [...]*string{
-		&r.Method, &r.Path, &r.Query, &r.Route, &r.Host, &r.ProtocolVersion, &r.UserAgent,
+		&r.Method, &r.Path, &r.Query, &r.Route, &r.Host, &r.OriginalHost, &r.ProtocolVersion, &r.UserAgent,
 		&r.DBOperation, &r.DBCollection, &r.DBSummary, &r.DBNamespace, &r.DBQuery,
 		&r.RPCService, &r.RPCMethod,
 		&r.MessagingOperation, &r.MessagingDestination, &r.ClientID,

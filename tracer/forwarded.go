@@ -43,9 +43,11 @@ func forwardedOrigin(forwarded, xfh, xfp string) (host string, port int, scheme 
 	}
 	if hp != "" {
 		h, p := splitHostPort(hp)
-		// A port that is there must be one (not "shop:x"), 1-65535.
-		if validHost(h) && (p != 0 || hp == h || hp == "["+h+"]") {
-			host, port = h, p
+		// A port that is there must be one (not "shop:x"), 1-65535;
+		// brackets hold an IPv6 address only.
+		bracketed := strings.HasPrefix(hp, "[")
+		if valid, ok := validHost(h, bracketed); ok && (p != 0 || hp == h || bracketed && hp == "["+h+"]") {
+			host, port = valid, p
 		}
 	}
 	proto, ok := forwardedParam(forwarded, "proto")
@@ -69,21 +71,33 @@ func firstElement(v string) string {
 }
 
 // validHost tells whether h is a host name (letters, digits, '-', '_'
-// and dots) or an IP address, of at most 253 bytes.
-func validHost(h string) bool {
+// and dots), or an IP address without a zone (whose text could be
+// anything), of at most 253 bytes; an IPv6 one only when bracketed says
+// it was in brackets. It returns h, an IPv4-mapped address as IPv4 (as
+// client.address has it).
+func validHost(h string, bracketed bool) (string, bool) {
 	if h == "" || len(h) > 253 {
-		return false
+		return "", false
 	}
-	if _, err := netip.ParseAddr(h); err == nil {
-		return true
+	if a, err := netip.ParseAddr(h); err == nil {
+		if a.Zone() != "" || bracketed && !a.Is6() {
+			return "", false
+		}
+		if a.Is4In6() {
+			return a.Unmap().String(), true
+		}
+		return h, true
+	}
+	if bracketed {
+		return "", false
 	}
 	for i := 0; i < len(h); i++ {
 		c := h[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return false
+			return "", false
 		}
 	}
-	return true
+	return h, true
 }
 
 // forwardedParam is the parameter key of a Forwarded header's first

@@ -88,6 +88,12 @@ func TestForwardedOrigin(t *testing.T) {
 		{"", "shop.example.com:x", "ftp", "", 0, ""},
 		{"", "shop.example.com:99999", "", "", 0, ""},
 		{"", "<script>", "", "", 0, ""},
+		{"", "fe80::1%<script>", "", "", 0, ""}, // a zone's text is anything
+		{"", "[fe80::1%eth0]:443", "", "", 0, ""},
+		{"", "[shop.example.com]", "", "", 0, ""}, // brackets hold IPv6 only
+		{"", "[10.0.0.1]:80", "", "", 0, ""},
+		{"", "::ffff:10.0.0.1", "", "10.0.0.1", 0, ""},
+		{"", "[::ffff:10.0.0.1]:8080", "", "10.0.0.1", 8080, ""},
 		{"", "a b", "", "", 0, ""},
 		{"", "[2001:db8::17]x", "", "", 0, ""},
 		{"", strings.Repeat("a", 254), "", "", 0, ""},
@@ -121,6 +127,16 @@ func TestOriginRequests(t *testing.T) {
 	}
 	if r := h.got[2]; r.OriginalHost != "" || r.OriginalScheme != "" {
 		t.Errorf("HTTP/1 request without proxies' headers: %q %q", r.OriginalHost, r.OriginalScheme)
+	}
+
+	// A head longer than the capture: its last line may be cut, and an
+	// address cut short is another one. Not read from it.
+	const head = "GET /c HTTP/1.1\r\nHost: shop-svc:8080\r\nX-Forwarded-Host: shop.example.com:8443\r\n"
+	short := newHarness(t, len(head)-5) // "...:84"
+	short.send(1, in, head+"\r\n")
+	short.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+	if len(short.got) != 1 || short.got[0].OriginalHost != "" || short.got[0].OriginalPort != 0 || short.got[0].Host != "shop-svc" {
+		t.Errorf("a cut head: %d requests, %+v", len(short.got), short.got[0])
 	}
 
 	cli, srv := newH2Peer(), newH2Peer()

@@ -586,7 +586,8 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 	var state []byte                    // the tracestate header's value
 	var forwarded, xff, xfh, xfp []byte // the proxies' headers naming the client and what it asked for
 	for len(rest) > 0 {
-		line, rest, _ = bytes.Cut(rest, []byte("\n"))
+		var whole bool
+		line, rest, whole = bytes.Cut(rest, []byte("\n"))
 		line = bytes.TrimRight(line, "\r")
 		if len(line) == 0 {
 			break
@@ -596,7 +597,12 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 			continue
 		}
 		value = bytes.TrimSpace(value)
+		// The last line of a head the capture cut short may be cut too:
+		// an address in it would be another one ("shop.ex", a port of
+		// ":84"), so the headers that name hosts are not read from it.
+		cut := !whole && m.truncated
 		switch {
+		case cut && (equalFold(name, "host") || equalFold(name, "forwarded") || len(name) > 12 && equalFold(name[:12], "x-forwarded-")):
 		case equalFold(name, "host"):
 			m.host = seen.host.of(value)
 		case equalFold(name, "content-length"):

@@ -123,11 +123,15 @@ func sqlSummaryOf(words []sqlWord) string {
 			}
 			// LEFT, FULL and the others join only before JOIN: not a
 			// column named full (not reserved in MySQL), nor left(s, 3).
-			if !strings.EqualFold(words[j].text, "JOIN") && !strings.EqualFold(words[j].text, "STRAIGHT_JOIN") {
+			// MySQL's STRAIGHT_JOIN joins too, but right after SELECT
+			// (or its DISTINCT) it is a modifier of the query.
+			straight := strings.EqualFold(words[j].text, "STRAIGHT_JOIN")
+			if !strings.EqualFold(words[j].text, "JOIN") && !straight ||
+				straight && i > 0 && prev.kind == sqlTokWord && sqlContainsFold([]string{"SELECT", "DISTINCT", "DISTINCTROW", "ALL", "HIGH_PRIORITY"}, prev.text) {
 				break
 			}
 			targets, i = sqlTargetList(words, j+1, false, true, "LATERAL")
-		case u == "INTO" && i+1 < len(words) && sqlContainsFold([]string{"OUTFILE", "DUMPFILE"}, words[i+1].text):
+		case u == "INTO" && i+2 < len(words) && sqlContainsFold([]string{"OUTFILE", "DUMPFILE"}, words[i+1].text) && words[i+2].kind == sqlTokLiteral:
 			// SELECT ... INTO OUTFILE 'file': a file, not a table.
 		case u == "INTO" || op == "COPY" || op == "INSERT" || op == "REPLACE":
 			// INTO's table; MySQL's INSERT and REPLACE may leave INTO
@@ -152,12 +156,13 @@ func sqlSummaryOf(words []sqlWord) string {
 
 // sqlDDLTable tells whether the TABLE at words[i] is the one of a
 // statement that creates, drops or alters a table: the statement's second
-// word, or its third or fourth after CREATE's modifiers.
+// word, or up to its fifth after CREATE's or DROP's modifiers (MariaDB's
+// CREATE OR REPLACE TEMPORARY TABLE, MySQL's DROP TEMPORARY TABLE).
 func sqlDDLTable(words []sqlWord, i int) bool {
 	if i == 1 {
 		return true
 	}
-	if i > 3 || !strings.EqualFold(words[0].text, "CREATE") {
+	if i > 4 || !strings.EqualFold(words[0].text, "CREATE") && !strings.EqualFold(words[0].text, "DROP") {
 		return false
 	}
 	for _, w := range words[1:i] {

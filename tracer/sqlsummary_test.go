@@ -64,6 +64,8 @@ func TestSQLSummary(t *testing.T) {
 		{dialectPostgres, "SELECT left(name, 3), right(name, 2) FROM people p ORDER BY left(name, 3) DESC", "SELECT people"},
 		{dialectPostgres, "SELECT * FROM a NATURAL FULL OUTER JOIN b CROSS JOIN c", "SELECT a b c"},
 		{dialectMySQL, "SELECT * FROM a STRAIGHT_JOIN b ON a.id = b.id", "SELECT a b"},
+		{dialectMySQL, "SELECT STRAIGHT_JOIN name, email FROM users", "SELECT users"}, // a modifier
+		{dialectMySQL, "SELECT DISTINCT STRAIGHT_JOIN name FROM users u JOIN orders o ON o.uid = u.id", "SELECT users orders"},
 		// MySQL's INSERT and REPLACE without INTO; a table's modifiers.
 		{dialectMySQL, "INSERT hits (page) VALUES (?)", "INSERT hits"},
 		{dialectMySQL, "INSERT IGNORE INTO hits (page) VALUES (?)", "INSERT hits"},
@@ -71,11 +73,14 @@ func TestSQLSummary(t *testing.T) {
 		{dialectPostgres, "CREATE TEMP TABLE scratch (id int)", "CREATE scratch"},
 		{dialectPostgres, "CREATE UNLOGGED TABLE IF NOT EXISTS cache (k text)", "CREATE cache"},
 		{dialectMySQL, "CREATE OR REPLACE TABLE t2 AS SELECT * FROM t1", "CREATE t2 SELECT t1"},
+		{dialectMySQL, "CREATE OR REPLACE TEMPORARY TABLE t2 AS SELECT * FROM t1", "CREATE t2 SELECT t1"},
+		{dialectMySQL, "DROP TEMPORARY TABLE IF EXISTS t", "DROP t"},
 		{dialectPostgres, "DROP TABLE IF EXISTS a, b", "DROP a b"},
 		{dialectPostgres, "TRUNCATE a, b RESTART IDENTITY", "TRUNCATE a b"},
 		{dialectMySQL, "UPDATE t1, t2 SET t1.n = t2.n WHERE t1.id = t2.id", "UPDATE t1 t2"},
 		// A file is not a table.
 		{dialectMySQL, "SELECT * INTO OUTFILE '/tmp/t.csv' FROM t", "SELECT t"},
+		{dialectMySQL, "INSERT INTO outfile VALUES (1)", "INSERT outfile"}, // a table named so
 	} {
 		if got := sqlSummary(c.query, c.d); got != c.want {
 			t.Errorf("sqlSummary(%q) = %q, want %q", c.query, got, c.want)
