@@ -189,6 +189,9 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	if cfg.Fast.MaxSeries > 0 {
 		spec.Maps["http_hist"].MaxEntries = uint32(cfg.Fast.MaxSeries)
 	}
+	if !cfg.TLS {
+		shrinkTLSMaps(spec)
+	}
 	settings := map[string]any{
 		"pidns_dev":     uint64(ns.Dev),
 		"pidns_ino":     ns.Ino,

@@ -21,6 +21,19 @@ import (
 	"github.com/podtracer/podtracer/internal/kernel"
 )
 
+// tlsMaps are the maps that only TLS reading fills. The socket programs
+// refer to them, so they exist with TLS off too, but then nothing is
+// ever put in them (tls_probed stays 0).
+var tlsMaps = []string{"tls_conns", "tls_calls", "go_tls_reads", "tls_h2"}
+
+// shrinkTLSMaps gives the TLS maps one entry each: with TLS off they
+// would hold 15.6 MB of kernel memory, charged to the pod, for nothing.
+func shrinkTLSMaps(spec *ebpf.CollectionSpec) {
+	for _, name := range tlsMaps {
+		spec.Maps[name].MaxEntries = 1
+	}
+}
+
 // ErrNoTLSLibrary is TraceTLS's answer for a process that maps no TLS
 // library the agent reads: its TLS connections stay unread.
 var ErrNoTLSLibrary = errors.New("no libssl mapped and no Go crypto/tls (a statically linked TLS library, Java's and Node.js's are not read)")

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/podtracer/podtracer/internal/testenv"
 )
 
@@ -419,5 +421,55 @@ func TestTLSWholeHTTP2(t *testing.T) {
 	}
 	if s := sent[ends[1]]; len(s) != 1 || s[0].Len != 40000 || !bytes.Equal(s[0].Payload, data[:MaxCaptureBytes]) {
 		t.Errorf("other connection: %d sends, want one of 40000 bytes with its first %d", len(s), MaxCaptureBytes)
+	}
+}
+
+// TestTLSMapsOff: with TLS off the TLS maps, which the socket programs
+// refer to but nothing fills, hold one entry each instead of 15.6 MB of
+// the pod's kernel memory; with it on, their full size.
+func TestTLSMapsOff(t *testing.T) {
+	testenv.Privileged(t)
+	if !kernelAtLeast(t, 6, 3) {
+		testenv.Skip(t, "the socket programs need the socket tracepoints (Linux 6.3+)")
+	}
+	for _, tls := range []bool{false, true} {
+		c, err := Load(Config{CaptureBytes: 512, Hooks: HooksSocket, TLS: tls}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		progs := c.programs
+		if c.tls != nil {
+			p := c.tls.progs
+			progs = append(progs, p.TLSWrite, p.TLSReturn, p.GoTLSRead)
+		}
+		sizes := map[string]uint32{}
+		for _, p := range progs {
+			info, err := p.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids, _ := info.MapIDs()
+			for _, id := range ids {
+				m, err := ebpf.NewMapFromID(id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if mi, err := m.Info(); err == nil && slices.Contains(tlsMaps, mi.Name) {
+					sizes[mi.Name] = mi.MaxEntries
+				}
+				m.Close()
+			}
+		}
+		c.Close()
+		// With TLS off only the socket programs are loaded, which refer
+		// to two of them.
+		if tls && len(sizes) != len(tlsMaps) || !tls && len(sizes) < 2 {
+			t.Fatalf("TLS %v: the programs' TLS maps %v, want %v", tls, sizes, tlsMaps)
+		}
+		for name, n := range sizes {
+			if tls && n < 16384 || !tls && n != 1 {
+				t.Errorf("TLS %v: %s has %d entries", tls, name, n)
+			}
+		}
 	}
 }
