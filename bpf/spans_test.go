@@ -577,17 +577,7 @@ func TestKernelSpansEarlyBytePipelined(t *testing.T) {
 // OPTIONS, a CORS preflight's method, which the fast path does not take),
 // answers the first, then reads the rest of the second, answers it and
 // closes.
-const earlyByteOptionsServer = pythonListener + `
-import socket
-while True:
-    c, _ = s.accept()
-    c.recv(28, socket.MSG_WAITALL)
-    c.recv(1)
-    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    if c.recv(31, socket.MSG_WAITALL):
-        c.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
-    c.close()
-`
+var earlyByteOptionsServer = earlyByteAnswerServer("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 31, "HTTP/1.1 204 No Content\r\n\r\n")
 
 // TestKernelSpansEarlyByteOptions: a lone first byte of any method, read
 // before the owned request's response is seen, is held. Taken for
@@ -622,17 +612,37 @@ func TestKernelSpansEarlyByteOptions(t *testing.T) {
 // earlyByteChunkedServer reads a request and the next one's first byte,
 // answers the first with a chunked response (not whole to the kernel),
 // then reads the rest of the second, answers it and closes.
-const earlyByteChunkedServer = pythonListener + `
+var earlyByteChunkedServer = earlyByteAnswerServer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 27,
+	"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+// earlyByteAnswerServer is a server that reads a 28-byte request and the
+// next request's first byte, answers the first with first, then reads the
+// rest bytes of the second, answers it with second (if they came) and
+// closes.
+func earlyByteAnswerServer(first string, rest int, second string) string {
+	return pythonListener + fmt.Sprintf(`
 import socket
 while True:
     c, _ = s.accept()
     c.recv(28, socket.MSG_WAITALL)
     c.recv(1)
-    c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
-    if c.recv(27, socket.MSG_WAITALL):
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.sendall(%s)
+    if c.recv(%d, socket.MSG_WAITALL):
+        c.sendall(%s)
     c.close()
-`
+`, pythonBytes(first), rest, pythonBytes(second))
+}
+
+// pythonBytes is s as a Python bytes literal.
+func pythonBytes(s string) string {
+	var b strings.Builder
+	b.WriteString(`b"`)
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, `\x%02x`, s[i])
+	}
+	b.WriteString(`"`)
+	return b.String()
+}
 
 // TestKernelSpansEarlyByteChunked: when the response of the request owned
 // for a span is not whole (more of it may follow in other sends), the byte
