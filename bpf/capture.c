@@ -897,9 +897,10 @@ struct sock_state {
 	struct hist_key key; // and its series
 	__u8 held;      // a request's first byte, read alone (holding)
 	__u8 redis;     // REDIS_* flags: the Redis drop on this connection
-	// held is held (hold_byte): a flag of its own, not one of fast's, for
-	// the receive that holds it and the response's send run at once on
-	// two CPUs (holding_byte), and each writes the field it owns whole.
+	// holding says that held is held (hold_byte): a field of its own, not
+	// one of fast's flags, for the receive that holds a byte and the
+	// response's send can run at once on two CPUs, and each writes the
+	// field it owns whole.
 	__u8 holding;
 	__u64 held_ns;  // and when held came
 	__u64 trace_low; // FAST_SPAN: the owned request's trace ID draw
