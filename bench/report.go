@@ -375,6 +375,7 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 	}
 	p("\nLoss columns are totals over the rounds; kernel lost includes syscalls not followed because the in-flight map was full.\n")
 	reportBaseline(p, t, o, phases, m.Baseline)
+	reportTargets(p, t, o, phases)
 
 	if slices.ContainsFunc(phases, func(ph phase) bool { return t.has(workloadGo, ph.name, variantOTelHTTP) }) {
 		p("\n### otelhttp: spans delivered\n\n| load | server spans received / requests |\n|---|---|\n")

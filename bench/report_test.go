@@ -61,3 +61,37 @@ func TestRatio(t *testing.T) {
 		}
 	}
 }
+
+// TestReportTargets: the run against issue 5's targets, each from the
+// medians of the same figures as the tables, and whether they meet them.
+func TestReportTargets(t *testing.T) {
+	o := options{rounds: 1, duration: 3 * time.Second, warmup: time.Second, conns: 32, rates: []float64{20000},
+		workloads: []string{workloadGo}, saturate: true, variants: []string{variantBare, variantPodtracer, variantOTelHTTP}}
+	res := func(variant, phase string, rate, serverUS, agentUS float64, hwmMB uint64, spans uint64) *result {
+		served := uint64(rate * 3)
+		return &result{Workload: workloadGo, Variant: variant, Phase: phase, Rate: rate, Served: served, Warmup: 0,
+			ServerCPU: time.Duration(serverUS * float64(served) * float64(time.Microsecond)),
+			AgentCPU:  time.Duration(agentUS * float64(served) * float64(time.Microsecond)),
+			HWM:       hwmMB << 10, Received: receiverCounts{ServerSpans: spans}, AgentStats: map[string]uint64{}}
+	}
+	results := []*result{
+		res(variantBare, "saturation", 1000, 10, 0, 0, 0),
+		res(variantPodtracer, "saturation", 960, 11, 1, 41, 2880),
+		res(variantOTelHTTP, "saturation", 400, 30, 0, 0, 1200),
+		res(variantBare, "20000/s", 20000, 30, 0, 0, 0),
+		res(variantPodtracer, "20000/s", 20000, 31, 1.5, 30, 59999), // one span short
+	}
+	var out bytes.Buffer
+	report(&out, machine{}, o, o.phases(), results)
+	for _, want := range []string{
+		"| throughput at saturation ≥ 0.95 of bare | go net/http | podtracer | 0.96 | yes |",
+		"| added CPU at 20000/s ≤ 3 µs | go net/http | podtracer | +2.5 | yes |",
+		"| peak memory ≤ 40 MB | go net/http | podtracer | 41.0 MB | no |",
+		"| zero loss at 20000/s | go net/http | podtracer | 0 lost, spans 59999 / 60000 (100.00%, 1 fewer) | no |",
+		"| better than otelhttp (ratio, added CPU at saturation) | go net/http | podtracer | 0.96 against 0.40; +2.0 against +20.0 µs | yes |",
+	} {
+		if !strings.Contains(out.String(), want+"\n") {
+			t.Errorf("no row %q in:\n%s", want, out.String())
+		}
+	}
+}
