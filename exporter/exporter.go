@@ -496,9 +496,17 @@ func (e *Exporter) Stats() Stats {
 // spans, if they go there, and of metrics, if they do. A final flush then
 // has little to gain from a long wait. A collector that takes one and
 // refuses the other is not failing.
+//
+// A signal not exported yet says nothing either way: the other one
+// decides. Metrics go out once a minute, so a pod that ends in its first
+// minute with its collector down had not seen a metric export fail, and
+// its flush waited the full ten seconds (one export per process, each
+// until OTEL_EXPORTER_OTLP_TIMEOUT, in turn).
 func (e *Exporter) Failing() bool {
-	spans, metrics := e.cfg.TracesOTLP, e.metrics != nil
-	return (spans || metrics) && (!spans || e.rep.spansFailing.Load()) && (!metrics || e.rep.metricsFailing.Load())
+	r := e.rep
+	spans := e.cfg.TracesOTLP && r.spansTried.Load()
+	metrics := e.metrics != nil && r.metricsTried.Load()
+	return (spans || metrics) && (!spans || r.spansFailing.Load()) && (!metrics || r.metricsFailing.Load())
 }
 
 // Shutdown turns the requests still queued into spans, flushes all spans and

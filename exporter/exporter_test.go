@@ -855,6 +855,34 @@ func TestExportFailuresCounted(t *testing.T) {
 	}
 }
 
+// TestFailingBeforeMetrics: a collector that refused the spans is failing
+// though no metric export was tried yet (they go out once a minute): a
+// pod that ends in its first minute with its collector down must not
+// hold its flush ten seconds for the metrics (TestCollectorDown).
+func TestFailingBeforeMetrics(t *testing.T) {
+	rcv := otlptest.Start(t, otlptest.WithError(status.Error(grpccodes.PermissionDenied, "go away")))
+	otlpEnv(t, rcv.URL())
+	t.Setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+	logger, _ := testLogger(t)
+	e, err := New(context.Background(), Config{TracesOTLP: true, MetricsOTLP: true, Metadata: meta}, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdown(t, e) })
+	if e.Failing() {
+		t.Fatal("Failing() = true before any export")
+	}
+	e.Export(serverReq())
+	for deadline := time.Now().Add(waitFor); !e.Failing(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Failing() = false after the spans' export failed, no metric export tried (stats %+v)", e.Stats())
+		}
+	}
+	if s := e.Stats(); s.FailedMetricExports != 0 {
+		t.Errorf("%d metric exports failed: the test meant none tried", s.FailedMetricExports)
+	}
+}
+
 func TestIdleProcessesReleased(t *testing.T) {
 	defer func(i, s time.Duration, m int) { idleTimeout, sweepInterval, maxProcesses = i, s, m }(idleTimeout, sweepInterval, maxProcesses)
 	idleTimeout, sweepInterval, maxProcesses = 100*time.Millisecond, 20*time.Millisecond, 2

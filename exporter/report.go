@@ -23,8 +23,9 @@ type reporter struct {
 	once     sync.Once
 
 	// spansFailing, metricsFailing: the last OTLP export of spans, of
-	// metrics, failed.
+	// metrics, failed. spansTried, metricsTried: one was tried at all.
 	spansFailing, metricsFailing atomic.Bool
+	spansTried, metricsTried     atomic.Bool
 
 	mu        sync.Mutex
 	spanErr   error // last span export error, with the sink's name
@@ -43,11 +44,19 @@ func newReporter(logger *slog.Logger, interval time.Duration) *reporter {
 }
 
 // spansExported and metricsExported note an OTLP export that succeeded.
-func (r *reporter) spansExported()   { r.spansFailing.Store(false) }
-func (r *reporter) metricsExported() { r.metricsFailing.Store(false) }
+func (r *reporter) spansExported() {
+	r.spansTried.Store(true)
+	r.spansFailing.Store(false)
+}
+
+func (r *reporter) metricsExported() {
+	r.metricsTried.Store(true)
+	r.metricsFailing.Store(false)
+}
 
 func (r *reporter) spanError(sink string, err error) {
 	if sink == otlpSink {
+		r.spansTried.Store(true)
 		r.spansFailing.Store(true)
 	}
 	r.mu.Lock()
@@ -66,6 +75,7 @@ func (r *reporter) spansRejected(sink string, err error) {
 }
 
 func (r *reporter) metricError(err error) {
+	r.metricsTried.Store(true)
 	r.metricsFailing.Store(true)
 	r.mu.Lock()
 	r.metricErr = err
