@@ -925,23 +925,6 @@ func TestFastPathEarlyByteCounted(t *testing.T) {
 	expectEvents(t, events.take(pid), `40 ""`, `1 "G"`, `27 "ET /a HTTP/1.1\r\nHost: x\r\n\r\n"`, `27 "HTTP/1.1 204 No Content\r\n\r\n"`)
 }
 
-// earlyByteMidResponseServer answers a request in two sends, and reads
-// the next request's first byte between them (its client pipelines, or,
-// on loopback, Go's background read beats the last send's tracepoint),
-// then the rest of that request, and answers it.
-const earlyByteMidResponseServer = pythonListener + `
-import socket
-while True:
-    c, _ = s.accept()
-    c.recv(28, socket.MSG_WAITALL)
-    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
-    c.recv(1)
-    c.sendall(b"ok")
-    if c.recv(27, socket.MSG_WAITALL):
-        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nokok")
-    c.close()
-`
-
 // TestFastPathEarlyByteMidResponse: a first byte read alone between two
 // sends of a response the kernel measures is held, and the second send is
 // still that response's: nothing reaches user space, and both requests
@@ -949,18 +932,22 @@ while True:
 // last bytes went up as a response of their own.)
 func TestFastPathEarlyByteMidResponse(t *testing.T) {
 	c := loadFast(t, Fast{})
-	events, pid, conn, r := earlyByteConn(t, c, earlyByteMidResponseServer)
-	const head = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok"
+	events, pid, conn, r := earlyByteConn(t, c, earlyByteSplitServer)
+	const post = "POST /b HTTP/1.1\r\nHost: x\r\n\r\n"
+	if _, err := c.AddRoute(uint32(pid), "POST", "/b", 2); err != nil {
+		t.Fatal(err)
+	}
+	const head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
 	buf := make([]byte, len(head))
 	if _, err := io.ReadFull(r, buf); err != nil || string(buf) != head {
 		t.Fatalf("first send: %q, %v", buf, err)
 	}
-	io.WriteString(conn, earlyByteGet[:1])
+	io.WriteString(conn, post[:1])
 	time.Sleep(50 * time.Millisecond) // read alone, between the two sends
 	if _, err := io.ReadFull(r, buf[:2]); err != nil || string(buf[:2]) != "ok" {
 		t.Fatalf("second send: %q, %v", buf[:2], err)
 	}
-	exchange(t, conn, r, earlyByteGet[1:], 1)
+	io.WriteString(conn, post[1:])
 	events.expectLines(t, pid)
 	if stats, _ := c.Stats(); stats.FastRequests != 2 {
 		t.Errorf("%d requests measured in the kernel, want 2", stats.FastRequests)

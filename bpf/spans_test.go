@@ -666,7 +666,8 @@ func TestKernelSpansEarlyByteChunked(t *testing.T) {
 // earlyByteSplitServer answers a request in two sends, and reads the next
 // request's first byte (a POST's) between them, as a Go server can on
 // loopback when the client's next request beats the last send's
-// tracepoint; then it reads the rest and closes.
+// tracepoint (or its client pipelines); then it reads the rest and
+// closes.
 const earlyByteSplitServer = pythonListener + `
 import socket
 while True:

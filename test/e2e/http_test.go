@@ -813,10 +813,7 @@ func TestKernelSpansUnderLoad(t *testing.T) {
 	n, mismatched := statusSpans(spans)
 	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
 	agent.waitOutput(t, "final stats", 1, 20*time.Second)
-	var records int
-	if i := strings.Index(agent.output(), "kernel_records="); i >= 0 {
-		fmt.Sscanf(agent.output()[i:], "kernel_records=%d", &records)
-	}
+	records := finalStats(agent.output())["kernel_records"]
 	t.Logf("%d requests, %d server spans, %d of them from the kernel's records", ok, n, records)
 	if mismatched > 0 {
 		t.Errorf("%d of %d server spans carry another request's status", mismatched, n)

@@ -42,20 +42,14 @@ c.close()
 // https, as for plain HTTP; the TLS records themselves give nothing.
 func TestTLS(t *testing.T) {
 	privileged(t)
-	nginx := testenv.LookPath(t, "nginx")
 	python := testenv.LookPath(t, "python3")
 	curl := testenv.LookPath(t, "curl")
-	openssl := testenv.LookPath(t, "openssl")
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
 
-	cert, key := selfSigned(t, openssl)
 	www := t.TempDir()
 	os.WriteFile(filepath.Join(www, "hello.txt"), []byte("hello over tls\n"), 0o644)
-	port := freePort(t)
-	conf := nginxTLSConf(t, www, port, cert, key, fmt.Sprintf("listen 127.0.0.1:%d ssl http2;", port))
-	start(t, pod.command(nginx, "-c", conf))
-	waitListening(t, port)
+	port := startNginxTLS(t, pod, www, "ssl http2")
 
 	agent := startAgent(t, pod, agentEnv(rcv))
 	// nginx's master and worker map libssl: the first scan puts the
@@ -140,19 +134,12 @@ print(sys.argv[2], r.status, flush=True)
 func TestTLSAtStart(t *testing.T) {
 	privileged(t)
 	skipBefore610(t)
-	nginx := testenv.LookPath(t, "nginx")
 	python := testenv.LookPath(t, "python3")
-	openssl := testenv.LookPath(t, "openssl")
 	_, httpapp := binaries(t)
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
 
-	cert, key := selfSigned(t, openssl)
-	www := t.TempDir()
-	port := freePort(t)
-	conf := nginxTLSConf(t, www, port, cert, key, fmt.Sprintf("listen 127.0.0.1:%d ssl;", port))
-	start(t, pod.command(nginx, "-c", conf))
-	waitListening(t, port)
+	port := startNginxTLS(t, pod, t.TempDir(), "ssl")
 	agent := startAgent(t, pod, agentEnv(rcv))
 	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
 
@@ -185,6 +172,20 @@ func TestTLSAtStart(t *testing.T) {
 			mustFind(t, spans, trace.SpanKindServer, path)
 		}
 	}
+}
+
+// startNginxTLS starts nginx in pod, serving www over TLS (listen's
+// parameters: "ssl", "ssl http2") with a self-signed certificate, and
+// returns its port once it listens.
+func startNginxTLS(t *testing.T, pod *testPod, www, listen string) int {
+	t.Helper()
+	nginx := testenv.LookPath(t, "nginx")
+	cert, key := selfSigned(t, testenv.LookPath(t, "openssl"))
+	port := freePort(t)
+	conf := nginxTLSConf(t, www, port, cert, key, fmt.Sprintf("listen 127.0.0.1:%d %s;", port, listen))
+	start(t, pod.command(nginx, "-c", conf))
+	waitListening(t, port)
+	return port
 }
 
 // nginxTLSConf is nginxConf for port with listen (its directives) in
