@@ -40,7 +40,7 @@ func (h *harness) profile(ctx context.Context) error {
 		return err
 	}
 	for _, w := range h.o.workloads {
-		for _, v := range []string{variantBare, variantPodtracer} {
+		for _, v := range []string{variantBare, variantFloor, variantSampled, variantPodtracer} {
 			if !slices.Contains(h.o.variants, v) {
 				continue
 			}
@@ -219,10 +219,10 @@ func sysctl(path, value string) (func(), error) {
 }
 
 // captureProgram tells whether a BPF program name is one of the
-// capture's, of either hook set (the kernel cuts names to 15 bytes;
+// capture's, of either hook set, or the floor's (the kernel cuts names to 15 bytes;
 // bpftool may print the full one from BTF).
 func captureProgram(name string) bool {
-	for _, p := range []string{"sys_enter", "sys_exit", "sock_recv_lengt", "sock_send_lengt", "inet_sock_set_s"} {
+	for _, p := range []string{"sys_enter", "sys_exit", "sock_recv_lengt", "sock_send_lengt", "inet_sock_set_s", "floor_recv", "floor_send"} {
 		if strings.HasPrefix(name, p) {
 			return true
 		}
