@@ -2887,7 +2887,7 @@ struct tls_conn {
 	__u64 sock;
 	__u32 fd;
 	__u8 role;
-	__u8 pad;
+	__u8 fed; // known from a receive before a call (tls_sock_io), not from one inside it
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -2924,8 +2924,18 @@ struct tls_call {
 	// the outer layer's SSL_write. The outermost call's bytes are the
 	// plaintext.
 	__u8 depth;
+	// A library that decrypts from memory (Node.js's TLS, Python's
+	// SSLObject) receives the records itself, then calls SSL_read: no
+	// socket call is inside its calls. fed is TLS_FED_ONE when the thread
+	// received TLS records on one connection (fed_conn) outside any call
+	// since its last call returned, TLS_FED_MANY on more than one.
+	__u8 fed;
 	struct tls_conn conn;
+	struct tls_conn fed_conn;
 };
+
+#define TLS_FED_ONE 1
+#define TLS_FED_MANY 2
 
 // TLS_HANDSHAKE is a tls_call of SSL_do_handshake: nothing moves, but its
 // sends and receives tell its SSL object's socket before the first read,
@@ -3016,18 +3026,38 @@ static __always_inline struct tls_call *tls_call_of(struct task_struct *task, __
 	return call;
 }
 
-// tls_nested notes sk for the thread's probed call, if the syscall is
-// inside one: the send or receive on sk is that call's.
-static __always_inline void tls_nested(struct task_struct *task, struct pt_regs *regs, struct sock *sk, __u8 role)
+// tls_sock_io notes sk, on which the current thread sends or receives
+// TLS records: for the probed call the syscall is inside, if any (a
+// library that reads and writes the socket itself: nginx's libssl); else,
+// for a receive, for the thread's next call (fed, above).
+static __always_inline void tls_sock_io(struct task_struct *task, struct pt_regs *regs, struct sock *sk, __u8 role, __u8 dir)
 {
-	struct tls_call *call = tls_call_of(task, regs->sp);
-	if (!call || (call->nested && call->conn.sock == (__u64)sk))
-		return; // not in a call, or noted at the call's last send or receive
-	__u32 fd = regs->di;
-	struct tls_conn *c = &call->conn;
-	call->nested = 1;
+	if (!tls_probed)
+		return;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	if (!call || call->start != task->start_time)
+		return; // a thread that made no call yet
+	struct tls_conn *c;
+	if (call->active && regs->sp < call->sp) {
+		if (call->nested && call->conn.sock == (__u64)sk)
+			return; // noted at the call's last send or receive
+		call->nested = 1;
+		c = &call->conn;
+	} else {
+		if (dir != DIR_INGRESS || call->fed == TLS_FED_MANY)
+			return;
+		if (call->fed) {
+			if (call->fed_conn.sock != (__u64)sk)
+				call->fed = TLS_FED_MANY; // which one the next call reads is not known
+			return;
+		}
+		call->fed = TLS_FED_ONE;
+		c = &call->fed_conn;
+		c->fed = 1;
+	}
 	c->sock = (__u64)sk;
-	c->fd = fd;
+	c->fd = regs->di;
 	c->role = role;
 	c->family = sock_ends(sk, c->laddr, c->raddr, &c->lport, &c->rport);
 }
@@ -3067,6 +3097,8 @@ static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir
 			call->depth++;
 		return 0;
 	}
+	if (call->start != started)
+		call->fed = 0; // another thread's, which had the same tid
 	call->sp = sp;
 	call->start = started;
 	call->depth = 0;
@@ -3254,13 +3286,27 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 		return 0;
 	}
 	call->active = 0;
+	__u8 fed = call->fed;
+	call->fed = 0;
 	struct tls_key key = {.ssl = call->ssl, .tgid = id >> 32};
-	struct tls_conn *c = &call->conn;
+	struct tls_conn *known = bpf_map_lookup_elem(&tls_conns, &key);
+	struct tls_conn *c = 0;
+	if (call->nested)
+		c = &call->conn;
+	else if (fed == TLS_FED_ONE && (!known || (known->fed && call->dir != DIR_EGRESS)))
+		// The thread's first call since it received records on one
+		// connection alone, outside any call: a library that decrypts
+		// from memory goes on with what it was just fed (Node.js writes
+		// what waited for the handshake, then reads). Not over a
+		// connection known from a socket call inside a call, which is
+		// sure; over one known so, by a read, since the SSL object's
+		// memory may now be a new connection's.
+		c = &call->fed_conn;
 	// Also when the call failed or wants the socket again (WANT_READ,
 	// WANT_WRITE): its socket is known all the same. Written only when
 	// it changed (an LRU update replaces the entry's node), all of it:
 	// a new connection may get the last one's socket memory and fd.
-	if (call->nested && !tls_conn_same(bpf_map_lookup_elem(&tls_conns, &key), c))
+	if (c && !tls_conn_same(known, c))
 		bpf_map_update_elem(&tls_conns, &key, c, BPF_ANY);
 	long ret = ctx->ax;
 	if (call->dir == TLS_HANDSHAKE || ret <= 0)
@@ -3270,7 +3316,7 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 		return 0;
 	if (n == 0 || n > 0x7fffffff)
 		return 0;
-	if (!call->nested && !(c = bpf_map_lookup_elem(&tls_conns, &key))) {
+	if (!c && !(c = bpf_map_lookup_elem(&tls_conns, &key))) {
 		count(STAT_TLS_LOST);
 		return 0;
 	}
@@ -3497,7 +3543,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		if (st->tls) {
 			// A TLS record: its plaintext goes up from the library.
 			count(STAT_TLS_RECORDS);
-			tls_nested(task, regs, sk, role);
+			tls_sock_io(task, regs, sk, role, dir);
 			return 0;
 		}
 		if (fast_http && dir == DIR_EGRESS && (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF)) == (FAST_OWN | FAST_RESP)) {
@@ -3543,7 +3589,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		__u64 key = (__u64)sk;
 		bpf_map_delete_elem(&tls_h2, &key);
 		count(STAT_TLS_RECORDS);
-		tls_nested(task, regs, sk, role);
+		tls_sock_io(task, regs, sk, role, dir);
 		e->type = EVENT_TLS;
 		e->captured = 0;
 		e->tail_len = 0;

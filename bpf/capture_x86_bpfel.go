@@ -206,18 +206,20 @@ type captureSockState struct {
 }
 
 type captureTlsCall struct {
-	_      structs.HostLayout
-	Ssl    uint64
-	Buf    uint64
-	Count  uint64
-	Sp     uint64
-	Start  uint64
-	Dir    uint8
-	Active uint8
-	Nested uint8
-	Depth  uint8
-	_      [4]byte
-	Conn   captureTlsConn
+	_       structs.HostLayout
+	Ssl     uint64
+	Buf     uint64
+	Count   uint64
+	Sp      uint64
+	Start   uint64
+	Dir     uint8
+	Active  uint8
+	Nested  uint8
+	Depth   uint8
+	Fed     uint8
+	_       [3]byte
+	Conn    captureTlsConn
+	FedConn captureTlsConn
 }
 
 type captureTlsConn struct {
@@ -225,7 +227,7 @@ type captureTlsConn struct {
 	Sock   uint64
 	Fd     uint32
 	Role   uint8
-	Pad    uint8
+	Fed    uint8
 	Family uint16
 	Lport  uint16
 	Rport  uint16

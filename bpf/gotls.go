@@ -58,14 +58,27 @@ func (p *goTLSPlaces) all() (offsets, cookies []uint64) {
 // Deployment's replicas and a rescan of the same process read it once.
 var goTLSCache struct {
 	sync.Mutex
-	m map[goFileKey]goTLSFound
+	m map[fileKey]goTLSFound
 }
 
-// goFileKey names a file's content as well as its metadata can: ctime
+// fileKey names a file's content as well as its metadata can: ctime
 // changes with any write and cannot be set back.
-type goFileKey struct {
+type fileKey struct {
 	dev, ino           uint64
 	size, mtime, ctime int64
+}
+
+// keyOf names the content of the open file f.
+func keyOf(f *os.File) (fileKey, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return fileKey{}, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileKey{}, fmt.Errorf("%s: no inode", f.Name())
+	}
+	return fileKey{dev: st.Dev, ino: st.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano(), ctime: st.Ctim.Nano()}, nil
 }
 
 type goTLSFound struct {
@@ -82,15 +95,10 @@ type errGoTLSUnsupported struct{ error }
 // process does meanwhile), errNoGoTLS if it is not a Go program with
 // crypto/tls, or why such a program cannot be probed.
 func goTLSOf(exe *os.File) (*goTLSPlaces, error) {
-	fi, err := exe.Stat()
+	key, err := keyOf(exe)
 	if err != nil {
 		return nil, err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil, errNoGoTLS
-	}
-	key := goFileKey{dev: st.Dev, ino: st.Ino, size: fi.Size(), mtime: fi.ModTime().UnixNano(), ctime: st.Ctim.Nano()}
 	goTLSCache.Lock()
 	defer goTLSCache.Unlock()
 	if found, ok := goTLSCache.m[key]; ok && (found.places == nil || found.places.stillIn(exe)) {
@@ -102,7 +110,7 @@ func goTLSOf(exe *os.File) (*goTLSPlaces, error) {
 		return nil, err // the file could not be read: nothing learnt of it
 	}
 	if goTLSCache.m == nil || len(goTLSCache.m) >= 256 {
-		goTLSCache.m = map[goFileKey]goTLSFound{}
+		goTLSCache.m = map[fileKey]goTLSFound{}
 	}
 	goTLSCache.m[key] = goTLSFound{places, err}
 	return places, err

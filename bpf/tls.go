@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,7 +37,7 @@ func shrinkTLSMaps(spec *ebpf.CollectionSpec) {
 
 // ErrNoTLSLibrary is TraceTLS's answer for a process that maps no TLS
 // library the agent reads: its TLS connections stay unread.
-var ErrNoTLSLibrary = errors.New("no libssl mapped and no Go crypto/tls (a statically linked TLS library, Java's and Node.js's are not read)")
+var ErrNoTLSLibrary = errors.New("no libssl mapped, no OpenSSL exported by the executable, and no Go crypto/tls (a statically linked TLS library that exports nothing, and Java's, are not read)")
 
 // ErrTLSNotSpoken is TraceTLS's answer for a Go program not seen to
 // start a TLS connection yet, on a kernel where its uprobes would cost it
@@ -171,9 +172,9 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		case library.goTLS != nil:
 			err = p.attachGo(pid, library.exe, library.goTLS, t.progs, t.multi)
 		case t.multi != nil:
-			err = p.attachMulti(pid, library.name, t.multi)
+			err = p.attachMulti(pid, library, t.multi)
 		default:
-			err = p.attach(pid, library.name, t.progs)
+			err = p.attach(pid, library, t.progs)
 		}
 		p.goDone = p.goDone || library.goTLS != nil
 		if err != nil {
@@ -210,10 +211,10 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 
 // attach puts the uprobes on one library that process pid maps, a perf
 // event each.
-func (p *tlsProcess) attach(pid int, library string, progs tlsPrograms) error {
-	exe, err := link.OpenExecutable(fmt.Sprintf("/proc/%d/root%s", pid, library))
+func (p *tlsProcess) attach(pid int, library tlsLibrary, progs tlsPrograms) error {
+	exe, err := openLibrary(pid, library)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", library, err)
+		return err
 	}
 	probes := []struct {
 		symbol   string
@@ -226,8 +227,13 @@ func (p *tlsProcess) attach(pid int, library string, progs tlsPrograms) error {
 		{"SSL_write_ex", progs.TLSWriteEx, false},
 		{"SSL_read_ex", progs.TLSReadEx, false},
 	}
-	opts := &link.UprobeOptions{PID: pid}
 	for _, probe := range probes {
+		opts := &link.UprobeOptions{PID: pid}
+		if library.linked != nil {
+			if opts.Address = library.linked[probe.symbol]; opts.Address == 0 {
+				continue // not exported: an _ex form (the others are required by linkedSSL)
+			}
+		}
 		// The return first: an entry without its return would leave the
 		// thread's call open.
 		ret, err := exe.Uretprobe(probe.symbol, progs.TLSReturn, opts)
@@ -235,12 +241,12 @@ func (p *tlsProcess) attach(pid int, library string, progs tlsPrograms) error {
 			if !probe.required && errors.Is(err, link.ErrNoSymbol) {
 				continue
 			}
-			return fmt.Errorf("uretprobe %s in %s: %w", probe.symbol, library, err)
+			return fmt.Errorf("uretprobe %s in %s: %w", probe.symbol, library.name, err)
 		}
 		p.links = append(p.links, ret)
 		entry, err := exe.Uprobe(probe.symbol, probe.entry, opts)
 		if err != nil {
-			return fmt.Errorf("uprobe %s in %s: %w", probe.symbol, library, err)
+			return fmt.Errorf("uprobe %s in %s: %w", probe.symbol, library.name, err)
 		}
 		p.links = append(p.links, entry)
 	}
@@ -282,29 +288,56 @@ func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, err
 // libssl, the _ex forms in OpenSSL 1.1.1 and later.
 var tlsSymbols = []string{"SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake"}
 
-// attachMulti puts the uprobes on one library that process pid maps, with
-// a uprobe_multi link for the returns and one for the entries.
-func (p *tlsProcess) attachMulti(pid int, library string, multi *tlsMulti) error {
-	exe, err := link.OpenExecutable(fmt.Sprintf("/proc/%d/root%s", pid, library))
+// openLibrary opens library, one that process pid maps or its executable,
+// for its uprobes.
+func openLibrary(pid int, library tlsLibrary) (*link.Executable, error) {
+	path := fmt.Sprintf("/proc/%d/root%s", pid, library.name)
+	if library.exe != nil {
+		// By the agent's descriptor of the very file inspected (as
+		// attachGo does).
+		path = fmt.Sprintf("/proc/self/fd/%d", library.exe.Fd())
+	}
+	exe, err := link.OpenExecutable(path)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", library, err)
+		return nil, fmt.Errorf("open %s: %w", library.name, err)
+	}
+	return exe, nil
+}
+
+// attachMulti puts the uprobes on one library that process pid maps, or
+// the OpenSSL its executable links in, with a uprobe_multi link for the
+// returns and one for the entries.
+func (p *tlsProcess) attachMulti(pid int, library tlsLibrary, multi *tlsMulti) error {
+	exe, err := openLibrary(pid, library)
+	if err != nil {
+		return err
 	}
 	symbols, cookies := tlsSymbols, []uint64{0, 1, 2, 3, 4}
+	var addresses []uint64
+	if library.linked != nil {
+		// Placed by their offsets: no symbol table is read.
+		symbols, cookies = nil, nil
+		for i, name := range tlsSymbols {
+			if off := library.linked[name]; off != 0 {
+				addresses, cookies = append(addresses, off), append(cookies, uint64(i))
+			}
+		}
+	}
 	// The returns first: an entry without its return would leave the
 	// thread's call open.
-	ret, err := exe.UretprobeMulti(symbols, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid)})
+	ret, err := exe.UretprobeMulti(symbols, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid), Addresses: addresses})
 	if errors.Is(err, link.ErrNoSymbol) {
 		// A library older than OpenSSL 1.1.1: no _ex forms.
 		symbols, cookies = []string{"SSL_write", "SSL_read", "SSL_do_handshake"}, []uint64{0, 2, 4}
 		ret, err = exe.UretprobeMulti(symbols, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid)})
 	}
 	if err != nil {
-		return fmt.Errorf("uretprobes in %s: %w", library, err)
+		return fmt.Errorf("uretprobes in %s: %w", library.name, err)
 	}
 	p.links = append(p.links, ret)
-	entry, err := exe.UprobeMulti(symbols, multi.Enter, &link.UprobeMultiOptions{PID: uint32(pid), Cookies: cookies})
+	entry, err := exe.UprobeMulti(symbols, multi.Enter, &link.UprobeMultiOptions{PID: uint32(pid), Addresses: addresses, Cookies: cookies})
 	if err != nil {
-		return fmt.Errorf("uprobes in %s: %w", library, err)
+		return fmt.Errorf("uprobes in %s: %w", library.name, err)
 	}
 	p.links = append(p.links, entry)
 	return nil
@@ -372,9 +405,10 @@ func (p *tlsProcess) close() error {
 // tlsLibrary is a TLS library a process uses: a libssl it maps, or a Go
 // program's own crypto/tls.
 type tlsLibrary struct {
-	name  string       // the path in the process's mount namespace; a Go executable's with " (Go crypto/tls)"
-	goTLS *goTLSPlaces // a Go program's places to probe
-	exe   *os.File     // and its executable, open
+	name   string            // the path in the process's mount namespace; an executable's with " (Go crypto/tls)" or " (OpenSSL linked in)"
+	goTLS  *goTLSPlaces      // a Go program's places to probe
+	linked map[string]uint64 // or the file offsets of the OpenSSL functions an executable links in (tlsSymbols)
+	exe    *os.File          // and its executable, open (either way)
 }
 
 // closeExecutables closes the Go executables tlsLibraries opened.
@@ -387,8 +421,8 @@ func closeExecutables(libraries []tlsLibrary) {
 }
 
 // tlsLibraries finds the TLS libraries process pid uses: its executable's
-// crypto/tls, if it is a Go program (and withGo), and the libssl copies it
-// maps.
+// crypto/tls, if it is a Go program (and withGo), or the OpenSSL it links
+// in and exports (Node.js's), and the libssl copies it maps.
 func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 	var libraries []tlsLibrary
 	var goErr error
@@ -396,6 +430,15 @@ func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 		var library tlsLibrary
 		if library, goErr = goLibrary(pid); goErr == nil {
 			libraries = append(libraries, library)
+		}
+	}
+	if goErr != nil || !withGo {
+		library, err := linkedLibrary(pid)
+		if err == nil {
+			libraries = append(libraries, library)
+		} else if !errors.Is(err, errNoLinkedSSL) && !errors.Is(err, os.ErrNotExist) {
+			closeExecutables(libraries)
+			return nil, err
 		}
 	}
 	ssl, err := sslLibraries(pid)
@@ -430,6 +473,69 @@ func goLibrary(pid int) (tlsLibrary, error) {
 	}
 	name, _ := os.Readlink(path)
 	return tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places, exe: exe}, nil
+}
+
+// errNoLinkedSSL is an executable that exports no OpenSSL of its own.
+var errNoLinkedSSL = errors.New("no OpenSSL linked in")
+
+// linkedSSLCache remembers, by file, what executables export (nil:
+// nothing of OpenSSL's): every process is asked at its start.
+var linkedSSLCache struct {
+	sync.Mutex
+	m map[fileKey]map[string]uint64
+}
+
+// linkedLibrary returns the OpenSSL that process pid's executable links in
+// and exports, opened: Node.js's (its native addons call it). A statically
+// linked OpenSSL that exports nothing cannot be found, and is not read.
+func linkedLibrary(pid int) (tlsLibrary, error) {
+	path := fmt.Sprintf("/proc/%d/exe", pid)
+	exe, err := os.Open(path)
+	if err != nil {
+		return tlsLibrary{}, err
+	}
+	linked, err := linkedSSL(exe)
+	if err != nil {
+		exe.Close()
+		return tlsLibrary{}, err
+	}
+	name, _ := os.Readlink(path)
+	return tlsLibrary{name: name + " (OpenSSL linked in)", linked: linked, exe: exe}, nil
+}
+
+// linkedSSL returns the file offsets of the functions of tlsSymbols that
+// exe exports, errNoLinkedSSL if it lacks those every libssl has.
+func linkedSSL(exe *os.File) (map[string]uint64, error) {
+	key, err := keyOf(exe)
+	if err != nil {
+		return nil, err
+	}
+	linkedSSLCache.Lock()
+	defer linkedSSLCache.Unlock()
+	linked, ok := linkedSSLCache.m[key]
+	if !ok {
+		f, err := elf.NewFile(exe)
+		if err == nil {
+			linked, err = exportedFunctions(f, tlsSymbols)
+		}
+		if err != nil && !errors.Is(err, errNoGNUHash) {
+			var format *elf.FormatError
+			if !errors.As(err, &format) {
+				return nil, err // the file could not be read: nothing learnt of it
+			}
+		}
+		if linked["SSL_read"] == 0 || linked["SSL_write"] == 0 || linked["SSL_do_handshake"] == 0 {
+			linked = nil
+		}
+		if linkedSSLCache.m == nil || len(linkedSSLCache.m) >= 256 {
+			linkedSSLCache.m = map[fileKey]map[string]uint64{}
+		}
+		linkedSSLCache.m[key] = linked
+	}
+	if linked == nil {
+		return nil, errNoLinkedSSL
+	}
+	return linked, nil
 }
 
 // sslLibraries finds the libssl copies that process pid maps, as paths in

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -487,5 +488,181 @@ func TestGRPCTLS(t *testing.T) {
 func skipBefore610(t *testing.T) {
 	if !kernel.AtLeast(6, 10) {
 		t.Skip("a Go program is probed before its first TLS connection on Linux 6.10+ only")
+	}
+}
+
+// nodeTLSServer is a Node.js HTTPS server (its OpenSSL linked into the
+// node executable, decrypting from memory: the socket read, then
+// SSL_read). argv: the port, the certificate, the key.
+const nodeTLSServer = `
+const fs = require("fs"), https = require("https");
+const [port, cert, key] = process.argv.slice(1);
+https.createServer({cert: fs.readFileSync(cert), key: fs.readFileSync(key)}, (req, res) => {
+  req.resume();
+  req.on("end", () => { res.writeHead(200, {"content-type": "text/plain"}); res.end("node " + req.url + "\n"); });
+}).listen(Number(port), "127.0.0.1", () => console.log("listening"));
+`
+
+// asyncioTLSServer is a Python asyncio server of HTTP/1.1 over TLS
+// (asyncio's SSLObject: libssl decrypting from memory), keep-alive, a 200
+// for every request. argv: the port, the certificate, the key.
+const asyncioTLSServer = `
+import asyncio, ssl, sys
+async def serve(reader, writer):
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ")[1]
+        body = b"asyncio " + path + b"\n"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]), ssl=ctx)
+    print("listening", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+`
+
+// tlsClientInterleaved is a Python HTTPS client (libssl on the socket)
+// with two keep-alive connections whose requests alternate, so that the
+// server reads one connection's, then the other's. It prints each
+// connection's local port. argv: the file to wait for, the port, the
+// path prefix.
+const tlsClientInterleaved = `
+import http.client, os, ssl, sys, time
+print("pid", os.getpid(), flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+conns = {}
+for name in ("a", "b"):
+    c = http.client.HTTPSConnection("localhost", int(sys.argv[2]), context=ssl._create_unverified_context())
+    c.connect()
+    print("port", name, c.sock.getsockname()[1], flush=True)
+    conns[name] = c
+for i in (1, 2, 3):
+    for name, c in conns.items():
+        path = "%s-%s-%d" % (sys.argv[3], name, i)
+        c.request("GET", path)
+        r = c.getresponse(); r.read()
+        print(path, r.status, flush=True)
+`
+
+// nodeTLSClient is a Node.js HTTPS client: four requests at once over a
+// keep-alive agent of two sockets, then four more. argv: the file to wait
+// for, the port, the path prefix.
+const nodeTLSClient = `
+const fs = require("fs"), https = require("https");
+const [ready, port, prefix] = process.argv.slice(1);
+console.log("pid", process.pid);
+const agent = new https.Agent({keepAlive: true, maxSockets: 2, rejectUnauthorized: false});
+const get = (path) => new Promise((resolve, reject) => {
+  https.get({host: "127.0.0.1", port: Number(port), path, agent}, (res) => {
+    res.resume();
+    res.on("end", () => { console.log(path, res.statusCode); resolve(); });
+  }).on("error", reject);
+});
+(async () => {
+  while (!fs.existsSync(ready)) await new Promise((r) => setTimeout(r, 50));
+  for (const round of [1, 2]) {
+    await Promise.all([1, 2, 3, 4].map((i) => get(prefix + "-" + round + "-" + i)));
+  }
+  agent.destroy();
+})();
+`
+
+// TestTLSMemoryBIO: TLS libraries that decrypt from memory rather than
+// on the socket: a Node.js HTTPS server and client (OpenSSL linked into
+// node) and a Python asyncio server (libssl through SSLObject). The
+// socket calls come before SSL_read, not inside it, so the agent pairs
+// the SSL object with the connection the thread received records on just
+// before. Two connections whose requests alternate must each keep their
+// own spans (their peers' ports).
+func TestTLSMemoryBIO(t *testing.T) {
+	privileged(t)
+	python := testenv.LookPath(t, "python3")
+	node := testenv.LookPath(t, "node")
+	cert, key := selfSigned(t, testenv.LookPath(t, "openssl"))
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+
+	nodePort, pyPort := freePort(t), freePort(t)
+	start(t, pod.command(node, "-e", nodeTLSServer, "--", fmt.Sprint(nodePort), cert, key)).waitOutput(t, "listening", 1, 10*time.Second)
+	start(t, pod.command(python, "-c", asyncioTLSServer, fmt.Sprint(pyPort), cert, key)).waitOutput(t, "listening", 1, 10*time.Second)
+	agent := startAgent(t, pod, agentEnv(rcv))
+	agent.waitOutput(t, `(OpenSSL linked in)`, 1, 10*time.Second)
+	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
+
+	// The clients wait until the agent has probed them.
+	ready := filepath.Join(t.TempDir(), "ready")
+	pyClient := start(t, pod.command(python, "-c", tlsClientInterleaved, ready, fmt.Sprint(nodePort), "/node"))
+	nodeClient := start(t, pod.command(node, "-e", nodeTLSClient, "--", ready, fmt.Sprint(pyPort), "/asyncio"))
+	for _, c := range []*process{pyClient, nodeClient} {
+		c.waitOutput(t, "\n", 1, 10*time.Second)
+		var pid int
+		fmt.Sscanf(c.output(), "pid %d", &pid)
+		agent.waitOutput(t, fmt.Sprintf(`msg="reading TLS plaintext" pid=%d `, pid), 1, 10*time.Second)
+	}
+	os.WriteFile(ready, nil, 0o644)
+	pyClient.waitOutput(t, "/node-b-3 200", 1, 10*time.Second)
+	nodeClient.waitOutput(t, " 200\n", 8, 10*time.Second)
+
+	var nodePaths, asyncioPaths []string
+	for i := 1; i <= 3; i++ {
+		nodePaths = append(nodePaths, fmt.Sprintf("/node-a-%d", i), fmt.Sprintf("/node-b-%d", i))
+	}
+	for round := 1; round <= 2; round++ {
+		for i := 1; i <= 4; i++ {
+			asyncioPaths = append(asyncioPaths, fmt.Sprintf("/asyncio-%d-%d", round, i))
+		}
+	}
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		for _, path := range nodePaths {
+			if find(s, trace.SpanKindServer, path) == nil {
+				return false
+			}
+		}
+		for _, path := range asyncioPaths {
+			if find(s, trace.SpanKindServer, path) == nil || find(s, trace.SpanKindClient, path) == nil {
+				return false
+			}
+		}
+		return true
+	})
+	ports := map[string]int64{}
+	for _, line := range strings.Split(pyClient.output(), "\n") {
+		var name string
+		var port int64
+		if n, _ := fmt.Sscanf(line, "port %s %d", &name, &port); n == 2 {
+			ports[name] = port
+		}
+	}
+	for _, path := range nodePaths {
+		s := mustFind(t, spans, trace.SpanKindServer, path)
+		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(nodePort),
+			"network.peer.port": ports[path[len("/node-"):len("/node-")+1]]}) // the connection's: a or b
+		expectResource(t, s, "node")
+	}
+	for _, path := range asyncioPaths {
+		s := mustFind(t, spans, trace.SpanKindServer, path)
+		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(pyPort)})
+		if got := s.Resource["service.name"]; got != "python3" {
+			t.Errorf("the server span of %s is %v's, want python3's", path, got)
+		}
+		c := mustFind(t, spans, trace.SpanKindClient, path)
+		expect(t, c, map[string]any{"url.full": fmt.Sprintf("https://127.0.0.1:%d%s", pyPort, path), "http.response.status_code": int64(200)})
+		expectResource(t, c, "node")
+	}
+	for _, s := range rcv.Spans() {
+		if s.Attributes["url.scheme"] == "http" {
+			t.Errorf("a span of plain HTTP: %s %v", s.Name, s.Attributes)
+		}
+	}
+	// Every read and write of the plaintext found its connection: Node.js
+	// writes its first request before it reads the handshake's end.
+	syscall.Kill(-agent.cmd.Process.Pid, syscall.SIGTERM)
+	agent.waitOutput(t, "final stats", 1, 20*time.Second)
+	if lost := finalStats(agent.output())["tls_plaintext_lost"]; lost != 0 {
+		t.Errorf("tls_plaintext_lost=%d, want 0", lost)
 	}
 }

@@ -1,0 +1,102 @@
+package bpf
+
+import (
+	"debug/elf"
+	"errors"
+	"os"
+	"slices"
+	"testing"
+)
+
+// TestExportedFunctions: the lookup through the GNU hash table finds what
+// the full dynamic symbol table says, at the same file offsets, for
+// shared libraries and an executable that exports OpenSSL (Node.js's,
+// when installed), and nothing for names not exported as functions.
+func TestExportedFunctions(t *testing.T) {
+	names := append([]string{"malloc", "free", "printf", "SSL_new", "SSL_CTX_new", "ERR_get_error", "no_such_function", "stdout"}, tlsSymbols...)
+	files := map[string]bool{ // path: required
+		"/lib/x86_64-linux-gnu/libc.so.6":      true,
+		"/lib/x86_64-linux-gnu/libssl.so.3":    false,
+		"/lib/x86_64-linux-gnu/libcrypto.so.3": false,
+		"/usr/bin/node":                        false,
+	}
+	for path, required := range files {
+		f, err := elf.Open(path)
+		if err != nil {
+			if required {
+				t.Fatal(err)
+			}
+			t.Logf("%s: %v; not checked", path, err)
+			continue
+		}
+		defer f.Close()
+		want := map[string]uint64{}
+		syms, err := f.DynamicSymbols()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range syms {
+			if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Section != elf.SHN_UNDEF && s.Value != 0 && slices.Contains(names, s.Name) {
+				if _, dup := want[s.Name]; dup {
+					continue // a versioned twin (memcpy@GLIBC_2.2.5): the hash table's chain finds the first
+				}
+				off, err := fileOffset(f, s.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want[s.Name] = off
+			}
+		}
+		got, err := exportedFunctions(f, names)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if len(want) == 0 {
+			t.Fatalf("%s: none of %v exported: the test checks nothing", path, names)
+		}
+		for name, off := range want {
+			if got[name] != off {
+				t.Errorf("%s: %s at %#x, want %#x", path, name, got[name], off)
+			}
+		}
+		for name := range got {
+			if _, ok := want[name]; !ok {
+				t.Errorf("%s: %s found, but it is not an exported function", path, name)
+			}
+		}
+	}
+}
+
+// TestLinkedSSL: an executable that exports OpenSSL's functions (Node.js)
+// is found as a TLS library of its own; a library without them, and a Go
+// executable without a dynamic symbol table, are not.
+func TestLinkedSSL(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/lib/x86_64-linux-gnu/libc.so.6", self} {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := linkedSSL(f); !errors.Is(err, errNoLinkedSSL) {
+			t.Errorf("%s: %v, want errNoLinkedSSL", path, err)
+		}
+	}
+	f, err := os.Open("/usr/bin/node")
+	if err != nil {
+		t.Skipf("no Node.js to check: %v", err)
+	}
+	defer f.Close()
+	linked, err := linkedSSL(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"SSL_read", "SSL_write", "SSL_do_handshake"} {
+		if linked[name] == 0 {
+			t.Errorf("node: no %s in %v", name, linked)
+		}
+	}
+}
