@@ -442,6 +442,8 @@ func TestGRPCTLS(t *testing.T) {
 	privileged(t)
 	skipBefore610(t)
 	grpcapp := fixture(t, "grpcapp")
+	node := testenv.LookPath(t, "node")
+	grpcJS := grpcJSModules(t)
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
 
@@ -463,12 +465,26 @@ func TestGRPCTLS(t *testing.T) {
 		fmt.Fprintln(client.stdin, line)
 	}
 	client.waitOutput(t, "ok 200", 5, 20*time.Second)
+	// And Node.js's @grpc/grpc-js over TLS: HTTP/2 through OpenSSL linked
+	// into node, which decrypts from memory (TestTLSMemoryBIO). It is
+	// probed at its start, before it connects.
+	js := pod.command(node, filepath.Join(fixtureDir(t, "grpcjs"), "client.js"), fmt.Sprintf("localhost:%d", port), "nodejs", "tls")
+	js.Env = append(os.Environ(), "NODE_PATH="+grpcJS)
+	if out := run(t, js); !strings.Contains(out, "list 3") {
+		t.Fatalf("node client: %s", out)
+	}
 
 	spans := rcv.WaitSpans(t, 20*time.Second, func(s []otlptest.Span) bool {
-		return countRPC(s, trace.SpanKindServer, "Say") >= 1002 && countRPC(s, trace.SpanKindClient, "Say") >= 1002 &&
+		return countRPC(s, trace.SpanKindServer, "Say") >= 1003 && countRPC(s, trace.SpanKindClient, "Say") >= 1002 &&
 			findRPC(s, trace.SpanKindServer, "Fail") != nil && findRPC(s, trace.SpanKindClient, "Fail") != nil &&
-			findRPC(s, trace.SpanKindServer, "List") != nil && findRPC(s, trace.SpanKindClient, "List") != nil
+			findRPC(s, trace.SpanKindServer, "List") != nil && findRPC(s, trace.SpanKindClient, "List") != nil &&
+			findRPC(s, trace.SpanKindClient, "Say", withService("node")) != nil && findRPC(s, trace.SpanKindClient, "List", withService("node")) != nil
 	})
+	for _, method := range []string{"Say", "List"} {
+		c := mustFindRPC(t, spans, trace.SpanKindClient, method, withService("node"))
+		expectRPC(t, c, method, 0)
+		expect(t, c, map[string]any{"server.address": "localhost", "server.port": int64(port)})
+	}
 	for _, kind := range []trace.SpanKind{trace.SpanKindServer, trace.SpanKindClient} {
 		expectRPC(t, mustFindRPC(t, spans, kind, "Say", withTrace(traceID)), "Say", 0)
 		expectRPC(t, mustFindRPC(t, spans, kind, "Fail"), "Fail", 5)
