@@ -2927,15 +2927,27 @@ struct tls_call {
 	// A library that decrypts from memory (Node.js's TLS, Python's
 	// SSLObject) receives the records itself, then calls SSL_read: no
 	// socket call is inside its calls. fed is TLS_FED_ONE when the thread
-	// received TLS records on one connection (fed_conn) outside any call
-	// since its last call returned, TLS_FED_MANY on more than one.
+	// received TLS records on one connection (fed_conn, at fed_ns)
+	// outside any call since its last call returned; TLS_FED_MANY when
+	// it received on more than one, or sent records outside any call
+	// (a relay of TLS it does not decrypt): which one its next call is
+	// for is not known then.
 	__u8 fed;
+	__u64 fed_ns;
 	struct tls_conn conn;
 	struct tls_conn fed_conn;
 };
 
 #define TLS_FED_ONE 1
 #define TLS_FED_MANY 2
+
+// TLS_FED_NS is how long a receive stays the thread's next call's: a
+// library that decrypts from memory calls SSL_read at once (Node.js in
+// the same callback; asyncio a few Python lines on, which a thread
+// holding the GIL may delay by its switch interval, 5 ms). A receive no
+// call followed (a session lookup under way, reading paused) is not
+// taken for a later call's.
+#define TLS_FED_NS (20 * 1000 * 1000ULL)
 
 // TLS_HANDSHAKE is a tls_call of SSL_do_handshake: nothing moves, but its
 // sends and receives tell its SSL object's socket before the first read,
@@ -2949,6 +2961,15 @@ struct {
 	__type(key, __u64); // pid_tgid
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
+
+// tls_call_zero is a thread's state before its first call, for the
+// socket programs to create it from.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tls_call);
+} tls_call_zero SEC(".maps");
 
 // tls_probed is set by the agent once it has put uprobes on a TLS library
 // (TraceTLS). Until then no thread is in a probed call, and the socket
@@ -3036,8 +3057,21 @@ static __always_inline void tls_sock_io(struct task_struct *task, struct pt_regs
 		return;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
+	if (!call && dir == DIR_INGRESS) {
+		// A thread that made no call since the uprobes went in: its
+		// first one may be for this receive. (Its state from a map of
+		// zeros: the socket programs have no stack left for it.)
+		__u32 zero = 0;
+		struct tls_call *fresh = bpf_map_lookup_elem(&tls_call_zero, &zero);
+		if (!fresh)
+			return;
+		bpf_map_update_elem(&tls_calls, &id, fresh, BPF_NOEXIST);
+		call = bpf_map_lookup_elem(&tls_calls, &id);
+		if (call && !call->start && !call->active)
+			call->start = task->start_time;
+	}
 	if (!call || call->start != task->start_time)
-		return; // a thread that made no call yet
+		return; // none, or another thread's that had the tid
 	struct tls_conn *c;
 	if (call->active && regs->sp < call->sp) {
 		if (call->nested && call->conn.sock == (__u64)sk)
@@ -3045,13 +3079,16 @@ static __always_inline void tls_sock_io(struct task_struct *task, struct pt_regs
 		call->nested = 1;
 		c = &call->conn;
 	} else {
-		if (dir != DIR_INGRESS || call->fed == TLS_FED_MANY)
+		if (call->fed == TLS_FED_MANY)
 			return;
-		if (call->fed) {
-			if (call->fed_conn.sock != (__u64)sk)
-				call->fed = TLS_FED_MANY; // which one the next call reads is not known
+		if (dir != DIR_INGRESS || (call->fed && call->fed_conn.sock != (__u64)sk)) {
+			if (call->fed)
+				call->fed = TLS_FED_MANY;
 			return;
 		}
+		call->fed_ns = bpf_ktime_get_ns();
+		if (call->fed)
+			return; // more of the same connection's records
 		call->fed = TLS_FED_ONE;
 		c = &call->fed_conn;
 		c->fed = 1;
@@ -3119,7 +3156,18 @@ enum tls_function {
 	TLS_SSL_READ = 2,         // int SSL_read(SSL *ssl, void *buf, int num)
 	TLS_SSL_READ_EX = 3,      // int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
 	TLS_SSL_DO_HANDSHAKE = 4, // int SSL_do_handshake(SSL *ssl), which SSL_accept and SSL_connect call
+	TLS_SSL_FREE = 5,         // void SSL_free(SSL *ssl): at its entry alone
 };
+
+// tls_free forgets the connection of an SSL object that its library
+// frees: the next connection's object often gets its memory, and must not
+// be taken for this one's.
+static __always_inline int tls_free(__u64 ssl)
+{
+	struct tls_key key = {.ssl = ssl, .tgid = bpf_get_current_pid_tgid() >> 32};
+	bpf_map_delete_elem(&tls_conns, &key);
+	return 0;
+}
 
 // tls_entry starts a call of fn, from the registers of its entry.
 static __always_inline int tls_entry(struct pt_regs *ctx, __u64 fn)
@@ -3135,6 +3183,8 @@ static __always_inline int tls_entry(struct pt_regs *ctx, __u64 fn)
 		return tls_enter(ctx->di, ctx->si, ctx->cx, DIR_INGRESS, ctx->sp);
 	case TLS_SSL_DO_HANDSHAKE:
 		return tls_enter(ctx->di, 0, 0, TLS_HANDSHAKE, ctx->sp);
+	case TLS_SSL_FREE:
+		return tls_free(ctx->di);
 	}
 	return 0;
 }
@@ -3150,6 +3200,8 @@ SEC("uprobe")
 int tls_read_ex(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_READ_EX); }
 SEC("uprobe")
 int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSHAKE); }
+SEC("uprobe")
+int tls_free_entry(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_FREE); }
 
 // TLS_CHUNKS bounds the events an HTTP/2 connection's TLS call goes up
 // in, of MAX_CAPTURE bytes each: 32 KB, two full TLS records, or a
@@ -3288,6 +3340,8 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 	call->active = 0;
 	__u8 fed = call->fed;
 	call->fed = 0;
+	if (fed == TLS_FED_ONE && bpf_ktime_get_ns() - call->fed_ns > TLS_FED_NS)
+		fed = 0;
 	struct tls_key key = {.ssl = call->ssl, .tgid = id >> 32};
 	struct tls_conn *known = bpf_map_lookup_elem(&tls_conns, &key);
 	struct tls_conn *c = 0;
@@ -3297,10 +3351,12 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 		// The thread's first call since it received records on one
 		// connection alone, outside any call: a library that decrypts
 		// from memory goes on with what it was just fed (Node.js writes
-		// what waited for the handshake, then reads). Not over a
-		// connection known from a socket call inside a call, which is
-		// sure; over one known so, by a read, since the SSL object's
-		// memory may now be a new connection's.
+		// what waited for the handshake, then reads). An SSL object not
+		// known yet takes that connection (one freed before had its
+		// pairing forgotten: tls_free). Not over a pairing made from a
+		// socket call inside a call, which is sure; over one made so, by
+		// a read, which corrects a pairing that a receive no call
+		// followed had misled.
 		c = &call->fed_conn;
 	// Also when the call failed or wants the socket again (WANT_READ,
 	// WANT_WRITE): its socket is known all the same. Written only when

@@ -218,6 +218,7 @@ type captureTlsCall struct {
 	Depth   uint8
 	Fed     uint8
 	_       [3]byte
+	FedNs   uint64
 	Conn    captureTlsConn
 	FedConn captureTlsConn
 }
@@ -262,6 +263,7 @@ const (
 	captureMapScratch           = "scratch"
 	captureMapSocks             = "socks"
 	captureMapStats             = "stats"
+	captureMapTlsCallZero       = "tls_call_zero"
 	captureMapTlsCalls          = "tls_calls"
 	captureMapTlsConns          = "tls_conns"
 	captureMapTlsH2             = "tls_h2"
@@ -277,6 +279,7 @@ const (
 	captureProgSysExit          = "sys_exit"
 	captureProgTcpDestroySock   = "tcp_destroy_sock"
 	captureProgTlsEnterMulti    = "tls_enter_multi"
+	captureProgTlsFreeEntry     = "tls_free_entry"
 	captureProgTlsHandshake     = "tls_handshake"
 	captureProgTlsRead          = "tls_read"
 	captureProgTlsReadEx        = "tls_read_ex"
@@ -355,6 +358,7 @@ type captureProgramSpecs struct {
 	SysExit          *ebpf.ProgramSpec `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.ProgramSpec `ebpf:"tcp_destroy_sock"`
 	TlsEnterMulti    *ebpf.ProgramSpec `ebpf:"tls_enter_multi"`
+	TlsFreeEntry     *ebpf.ProgramSpec `ebpf:"tls_free_entry"`
 	TlsHandshake     *ebpf.ProgramSpec `ebpf:"tls_handshake"`
 	TlsRead          *ebpf.ProgramSpec `ebpf:"tls_read"`
 	TlsReadEx        *ebpf.ProgramSpec `ebpf:"tls_read_ex"`
@@ -368,24 +372,25 @@ type captureProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureMapSpecs struct {
-	Announced  *ebpf.MapSpec `ebpf:"announced"`
-	Calls      *ebpf.MapSpec `ebpf:"calls"`
-	Conns      *ebpf.MapSpec `ebpf:"conns"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	GoTlsReads *ebpf.MapSpec `ebpf:"go_tls_reads"`
-	H2Walks    *ebpf.MapSpec `ebpf:"h2_walks"`
-	HistRoom   *ebpf.MapSpec `ebpf:"hist_room"`
-	HttpHeads  *ebpf.MapSpec `ebpf:"http_heads"`
-	HttpHist   *ebpf.MapSpec `ebpf:"http_hist"`
-	HttpRoutes *ebpf.MapSpec `ebpf:"http_routes"`
-	IovScratch *ebpf.MapSpec `ebpf:"iov_scratch"`
-	Scans      *ebpf.MapSpec `ebpf:"scans"`
-	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
-	Socks      *ebpf.MapSpec `ebpf:"socks"`
-	Stats      *ebpf.MapSpec `ebpf:"stats"`
-	TlsCalls   *ebpf.MapSpec `ebpf:"tls_calls"`
-	TlsConns   *ebpf.MapSpec `ebpf:"tls_conns"`
-	TlsH2      *ebpf.MapSpec `ebpf:"tls_h2"`
+	Announced   *ebpf.MapSpec `ebpf:"announced"`
+	Calls       *ebpf.MapSpec `ebpf:"calls"`
+	Conns       *ebpf.MapSpec `ebpf:"conns"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	GoTlsReads  *ebpf.MapSpec `ebpf:"go_tls_reads"`
+	H2Walks     *ebpf.MapSpec `ebpf:"h2_walks"`
+	HistRoom    *ebpf.MapSpec `ebpf:"hist_room"`
+	HttpHeads   *ebpf.MapSpec `ebpf:"http_heads"`
+	HttpHist    *ebpf.MapSpec `ebpf:"http_hist"`
+	HttpRoutes  *ebpf.MapSpec `ebpf:"http_routes"`
+	IovScratch  *ebpf.MapSpec `ebpf:"iov_scratch"`
+	Scans       *ebpf.MapSpec `ebpf:"scans"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	Socks       *ebpf.MapSpec `ebpf:"socks"`
+	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	TlsCallZero *ebpf.MapSpec `ebpf:"tls_call_zero"`
+	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
+	TlsConns    *ebpf.MapSpec `ebpf:"tls_conns"`
+	TlsH2       *ebpf.MapSpec `ebpf:"tls_h2"`
 }
 
 // captureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -429,24 +434,25 @@ func (o *captureObjects) Close() error {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureMaps struct {
-	Announced  *ebpf.Map `ebpf:"announced"`
-	Calls      *ebpf.Map `ebpf:"calls"`
-	Conns      *ebpf.Map `ebpf:"conns"`
-	Events     *ebpf.Map `ebpf:"events"`
-	GoTlsReads *ebpf.Map `ebpf:"go_tls_reads"`
-	H2Walks    *ebpf.Map `ebpf:"h2_walks"`
-	HistRoom   *ebpf.Map `ebpf:"hist_room"`
-	HttpHeads  *ebpf.Map `ebpf:"http_heads"`
-	HttpHist   *ebpf.Map `ebpf:"http_hist"`
-	HttpRoutes *ebpf.Map `ebpf:"http_routes"`
-	IovScratch *ebpf.Map `ebpf:"iov_scratch"`
-	Scans      *ebpf.Map `ebpf:"scans"`
-	Scratch    *ebpf.Map `ebpf:"scratch"`
-	Socks      *ebpf.Map `ebpf:"socks"`
-	Stats      *ebpf.Map `ebpf:"stats"`
-	TlsCalls   *ebpf.Map `ebpf:"tls_calls"`
-	TlsConns   *ebpf.Map `ebpf:"tls_conns"`
-	TlsH2      *ebpf.Map `ebpf:"tls_h2"`
+	Announced   *ebpf.Map `ebpf:"announced"`
+	Calls       *ebpf.Map `ebpf:"calls"`
+	Conns       *ebpf.Map `ebpf:"conns"`
+	Events      *ebpf.Map `ebpf:"events"`
+	GoTlsReads  *ebpf.Map `ebpf:"go_tls_reads"`
+	H2Walks     *ebpf.Map `ebpf:"h2_walks"`
+	HistRoom    *ebpf.Map `ebpf:"hist_room"`
+	HttpHeads   *ebpf.Map `ebpf:"http_heads"`
+	HttpHist    *ebpf.Map `ebpf:"http_hist"`
+	HttpRoutes  *ebpf.Map `ebpf:"http_routes"`
+	IovScratch  *ebpf.Map `ebpf:"iov_scratch"`
+	Scans       *ebpf.Map `ebpf:"scans"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
+	Socks       *ebpf.Map `ebpf:"socks"`
+	Stats       *ebpf.Map `ebpf:"stats"`
+	TlsCallZero *ebpf.Map `ebpf:"tls_call_zero"`
+	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
+	TlsConns    *ebpf.Map `ebpf:"tls_conns"`
+	TlsH2       *ebpf.Map `ebpf:"tls_h2"`
 }
 
 func (m *captureMaps) Close() error {
@@ -466,6 +472,7 @@ func (m *captureMaps) Close() error {
 		m.Scratch,
 		m.Socks,
 		m.Stats,
+		m.TlsCallZero,
 		m.TlsCalls,
 		m.TlsConns,
 		m.TlsH2,
@@ -509,6 +516,7 @@ type capturePrograms struct {
 	SysExit          *ebpf.Program `ebpf:"sys_exit"`
 	TcpDestroySock   *ebpf.Program `ebpf:"tcp_destroy_sock"`
 	TlsEnterMulti    *ebpf.Program `ebpf:"tls_enter_multi"`
+	TlsFreeEntry     *ebpf.Program `ebpf:"tls_free_entry"`
 	TlsHandshake     *ebpf.Program `ebpf:"tls_handshake"`
 	TlsRead          *ebpf.Program `ebpf:"tls_read"`
 	TlsReadEx        *ebpf.Program `ebpf:"tls_read_ex"`
@@ -532,6 +540,7 @@ func (p *capturePrograms) Close() error {
 		p.SysExit,
 		p.TcpDestroySock,
 		p.TlsEnterMulti,
+		p.TlsFreeEntry,
 		p.TlsHandshake,
 		p.TlsRead,
 		p.TlsReadEx,

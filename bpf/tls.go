@@ -226,26 +226,32 @@ func (p *tlsProcess) attach(pid int, library tlsLibrary, progs tlsPrograms) erro
 		{"SSL_do_handshake", progs.TLSHandshake, true},
 		{"SSL_write_ex", progs.TLSWriteEx, false},
 		{"SSL_read_ex", progs.TLSReadEx, false},
+		{tlsFree, progs.TLSFree, false},
 	}
 	for _, probe := range probes {
 		opts := &link.UprobeOptions{PID: pid}
 		if library.linked != nil {
 			if opts.Address = library.linked[probe.symbol]; opts.Address == 0 {
-				continue // not exported: an _ex form (the others are required by linkedSSL)
+				continue // not exported: an _ex form, or SSL_free (the others are required by linkedSSL)
 			}
 		}
 		// The return first: an entry without its return would leave the
-		// thread's call open.
-		ret, err := exe.Uretprobe(probe.symbol, progs.TLSReturn, opts)
-		if err != nil {
-			if !probe.required && errors.Is(err, link.ErrNoSymbol) {
-				continue
+		// thread's call open. SSL_free has its entry alone.
+		if probe.symbol != tlsFree {
+			ret, err := exe.Uretprobe(probe.symbol, progs.TLSReturn, opts)
+			if err != nil {
+				if !probe.required && errors.Is(err, link.ErrNoSymbol) {
+					continue
+				}
+				return fmt.Errorf("uretprobe %s in %s: %w", probe.symbol, library.name, err)
 			}
-			return fmt.Errorf("uretprobe %s in %s: %w", probe.symbol, library.name, err)
+			p.links = append(p.links, ret)
 		}
-		p.links = append(p.links, ret)
 		entry, err := exe.Uprobe(probe.symbol, probe.entry, opts)
 		if err != nil {
+			if probe.symbol == tlsFree && errors.Is(err, link.ErrNoSymbol) {
+				continue
+			}
 			return fmt.Errorf("uprobe %s in %s: %w", probe.symbol, library.name, err)
 		}
 		p.links = append(p.links, entry)
@@ -284,9 +290,12 @@ func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, err
 }
 
 // tlsSymbols are the functions probed, in the order of the entry
-// program's cookies (enum tls_function); the first three are in every
-// libssl, the _ex forms in OpenSSL 1.1.1 and later.
-var tlsSymbols = []string{"SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake"}
+// program's cookies (enum tls_function); the _ex forms are in OpenSSL
+// 1.1.1 and later, the others in every libssl. SSL_free is probed at its
+// entry alone (tlsFree), the others at their returns too.
+var tlsSymbols = []string{"SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake", "SSL_free"}
+
+const tlsFree = "SSL_free"
 
 // openLibrary opens library, one that process pid maps or its executable,
 // for its uprobes.
@@ -312,24 +321,39 @@ func (p *tlsProcess) attachMulti(pid int, library tlsLibrary, multi *tlsMulti) e
 	if err != nil {
 		return err
 	}
-	symbols, cookies := tlsSymbols, []uint64{0, 1, 2, 3, 4}
-	var addresses []uint64
-	if library.linked != nil {
-		// Placed by their offsets: no symbol table is read.
-		symbols, cookies = nil, nil
-		for i, name := range tlsSymbols {
-			if off := library.linked[name]; off != 0 {
-				addresses, cookies = append(addresses, off), append(cookies, uint64(i))
-			}
+	// The functions and their cookies; by their offsets for an executable's
+	// OpenSSL, where no symbol table is read.
+	var symbols []string
+	var addresses, cookies []uint64
+	for i, name := range tlsSymbols {
+		if library.linked == nil {
+			symbols = append(symbols, name)
+		} else if off := library.linked[name]; off != 0 {
+			addresses = append(addresses, off)
+		} else {
+			continue
 		}
+		cookies = append(cookies, uint64(i))
 	}
-	// The returns first: an entry without its return would leave the
-	// thread's call open.
-	ret, err := exe.UretprobeMulti(symbols, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid), Addresses: addresses})
-	if errors.Is(err, link.ErrNoSymbol) {
+	// The returns first (all but SSL_free's): an entry without its return
+	// would leave the thread's call open.
+	n := len(cookies)
+	if cookies[n-1] == uint64(slices.Index(tlsSymbols, tlsFree)) {
+		n--
+	}
+	returns := func() (link.Link, error) {
+		opts := &link.UprobeMultiOptions{PID: uint32(pid)}
+		if addresses != nil {
+			opts.Addresses = addresses[:n]
+			return exe.UretprobeMulti(nil, multi.Return, opts)
+		}
+		return exe.UretprobeMulti(symbols[:n], multi.Return, opts)
+	}
+	ret, err := returns()
+	if errors.Is(err, link.ErrNoSymbol) && library.linked == nil {
 		// A library older than OpenSSL 1.1.1: no _ex forms.
-		symbols, cookies = []string{"SSL_write", "SSL_read", "SSL_do_handshake"}, []uint64{0, 2, 4}
-		ret, err = exe.UretprobeMulti(symbols, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid)})
+		symbols, cookies, n = []string{"SSL_write", "SSL_read", "SSL_do_handshake", tlsFree}, []uint64{0, 2, 4, 5}, 3
+		ret, err = returns()
 	}
 	if err != nil {
 		return fmt.Errorf("uretprobes in %s: %w", library.name, err)
@@ -433,12 +457,10 @@ func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 		}
 	}
 	if goErr != nil || !withGo {
-		library, err := linkedLibrary(pid)
-		if err == nil {
+		// An executable that cannot be read for it has its libssl copies
+		// probed all the same.
+		if library, err := linkedLibrary(pid); err == nil {
 			libraries = append(libraries, library)
-		} else if !errors.Is(err, errNoLinkedSSL) && !errors.Is(err, os.ErrNotExist) {
-			closeExecutables(libraries)
-			return nil, err
 		}
 	}
 	ssl, err := sslLibraries(pid)
@@ -514,15 +536,10 @@ func linkedSSL(exe *os.File) (map[string]uint64, error) {
 	defer linkedSSLCache.Unlock()
 	linked, ok := linkedSSLCache.m[key]
 	if !ok {
-		f, err := elf.NewFile(exe)
-		if err == nil {
-			linked, err = exportedFunctions(f, tlsSymbols)
-		}
-		if err != nil && !errors.Is(err, errNoGNUHash) {
-			var format *elf.FormatError
-			if !errors.As(err, &format) {
-				return nil, err // the file could not be read: nothing learnt of it
-			}
+		// Learnt once, whatever the file holds: one that is no ELF file,
+		// or whose tables are odd, exports nothing here.
+		if f, err := elf.NewFile(exe); err == nil {
+			linked, _ = exportedFunctions(f, tlsSymbols)
 		}
 		if linked["SSL_read"] == 0 || linked["SSL_write"] == 0 || linked["SSL_do_handshake"] == 0 {
 			linked = nil

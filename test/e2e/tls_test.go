@@ -521,13 +521,26 @@ https.createServer({cert: fs.readFileSync(cert), key: fs.readFileSync(key)}, (re
 
 // asyncioTLSServer is a Python asyncio server of HTTP/1.1 over TLS
 // (asyncio's SSLObject: libssl decrypting from memory), keep-alive, a 200
-// for every request. argv: the port, the certificate, the key.
+// for every request. A request for /asyncio-backend-N first makes one of
+// its own, blocking, with http.client (libssl on the socket) to
+// https://localhost:BACKEND/from-asyncio-N: an SSL object of the other
+// kind, in the same thread, whose memory the next connection's object
+// may get. argv: the port, the certificate, the key, BACKEND.
 const asyncioTLSServer = `
-import asyncio, ssl, sys
+import asyncio, http.client, ssl, sys
 async def serve(reader, writer):
     while True:
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            writer.close()
+            return
         path = head.split(b" ")[1]
+        if path.startswith(b"/asyncio-backend-"):
+            c = http.client.HTTPSConnection("localhost", int(sys.argv[4]), context=ssl._create_unverified_context())
+            c.request("GET", "/from-asyncio-" + path.decode().rsplit("-", 1)[1])
+            c.getresponse().read()
+            c.close()
         body = b"asyncio " + path + b"\n"
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
@@ -565,35 +578,44 @@ for i in (1, 2, 3):
 `
 
 // nodeTLSClient is a Node.js HTTPS client: four requests at once over a
-// keep-alive agent of two sockets, then four more. argv: the file to wait
-// for, the port, the path prefix.
+// keep-alive agent of two sockets, twice; then, one after the other, four
+// requests each on a connection of its own (a new SSL object, which often
+// gets the last one's memory), and three for /asyncio-backend-N. It
+// prints each request's path, status and local port. argv: the file to
+// wait for, the port, the path prefix.
 const nodeTLSClient = `
 const fs = require("fs"), https = require("https");
 const [ready, port, prefix] = process.argv.slice(1);
 console.log("pid", process.pid);
 const agent = new https.Agent({keepAlive: true, maxSockets: 2, rejectUnauthorized: false});
-const get = (path) => new Promise((resolve, reject) => {
-  https.get({host: "127.0.0.1", port: Number(port), path, agent}, (res) => {
+const get = (path, pooled) => new Promise((resolve, reject) => {
+  https.get({host: "127.0.0.1", port: Number(port), path, agent: pooled ? agent : false, rejectUnauthorized: false}, (res) => {
+    const local = res.socket.localPort;
     res.resume();
-    res.on("end", () => { console.log(path, res.statusCode); resolve(); });
+    res.on("end", () => { console.log(path, res.statusCode, local); resolve(); });
   }).on("error", reject);
 });
 (async () => {
   while (!fs.existsSync(ready)) await new Promise((r) => setTimeout(r, 50));
   for (const round of [1, 2]) {
-    await Promise.all([1, 2, 3, 4].map((i) => get(prefix + "-" + round + "-" + i)));
+    await Promise.all([1, 2, 3, 4].map((i) => get(prefix + "-" + round + "-" + i, true)));
   }
+  for (const i of [1, 2, 3, 4]) await get(prefix + "-new-" + i, false);
+  for (const i of [1, 2, 3]) await get(prefix + "-backend-" + i, false);
   agent.destroy();
 })();
 `
 
 // TestTLSMemoryBIO: TLS libraries that decrypt from memory rather than
-// on the socket: a Node.js HTTPS server and client (OpenSSL linked into
-// node) and a Python asyncio server (libssl through SSLObject). The
-// socket calls come before SSL_read, not inside it, so the agent pairs
-// the SSL object with the connection the thread received records on just
-// before. Two connections whose requests alternate must each keep their
-// own spans (their peers' ports).
+// on the socket: a Node.js HTTPS server and client (Node.js's OpenSSL) and
+// a Python asyncio server (libssl through SSLObject). The socket calls
+// come before SSL_read, not inside it, so the agent pairs the SSL object
+// with the connection the thread received records on just before. Every
+// request's server span must carry its own connection's peer port: two
+// connections whose requests alternate; connections made one after the
+// other, whose SSL objects reuse the memory of those freed before; and
+// between them, in the asyncio server's thread, an SSL object of
+// http.client's (libssl on the socket), freed too.
 func TestTLSMemoryBIO(t *testing.T) {
 	privileged(t)
 	python := testenv.LookPath(t, "python3")
@@ -604,9 +626,8 @@ func TestTLSMemoryBIO(t *testing.T) {
 
 	nodePort, pyPort := freePort(t), freePort(t)
 	start(t, pod.command(node, "-e", nodeTLSServer, "--", fmt.Sprint(nodePort), cert, key)).waitOutput(t, "listening", 1, 10*time.Second)
-	start(t, pod.command(python, "-c", asyncioTLSServer, fmt.Sprint(pyPort), cert, key)).waitOutput(t, "listening", 1, 10*time.Second)
+	start(t, pod.command(python, "-c", asyncioTLSServer, fmt.Sprint(pyPort), cert, key, fmt.Sprint(nodePort))).waitOutput(t, "listening", 1, 10*time.Second)
 	agent := startAgent(t, pod, agentEnv(rcv))
-	agent.waitOutput(t, `(OpenSSL linked in)`, 1, 10*time.Second)
 	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
 
 	// The clients wait until the agent has probed them.
@@ -621,7 +642,7 @@ func TestTLSMemoryBIO(t *testing.T) {
 	}
 	os.WriteFile(ready, nil, 0o644)
 	pyClient.waitOutput(t, "/node-b-3 200", 1, 10*time.Second)
-	nodeClient.waitOutput(t, " 200\n", 8, 10*time.Second)
+	nodeClient.waitOutput(t, "/asyncio-backend-3 200", 1, 20*time.Second)
 
 	var nodePaths, asyncioPaths []string
 	for i := 1; i <= 3; i++ {
@@ -631,6 +652,13 @@ func TestTLSMemoryBIO(t *testing.T) {
 		for i := 1; i <= 4; i++ {
 			asyncioPaths = append(asyncioPaths, fmt.Sprintf("/asyncio-%d-%d", round, i))
 		}
+	}
+	for i := 1; i <= 4; i++ {
+		asyncioPaths = append(asyncioPaths, fmt.Sprintf("/asyncio-new-%d", i))
+	}
+	for i := 1; i <= 3; i++ {
+		asyncioPaths = append(asyncioPaths, fmt.Sprintf("/asyncio-backend-%d", i))
+		nodePaths = append(nodePaths, fmt.Sprintf("/from-asyncio-%d", i))
 	}
 	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
 		for _, path := range nodePaths {
@@ -645,6 +673,8 @@ func TestTLSMemoryBIO(t *testing.T) {
 		}
 		return true
 	})
+	// The clients' local ports: the Python client's by connection, the
+	// Node.js client's by request.
 	ports := map[string]int64{}
 	for _, line := range strings.Split(pyClient.output(), "\n") {
 		var name string
@@ -653,15 +683,29 @@ func TestTLSMemoryBIO(t *testing.T) {
 			ports[name] = port
 		}
 	}
+	for _, line := range strings.Split(nodeClient.output(), "\n") {
+		var path string
+		var status, port int64
+		if n, _ := fmt.Sscanf(line, "%s %d %d", &path, &status, &port); n == 3 {
+			ports[path] = port
+		}
+	}
 	for _, path := range nodePaths {
 		s := mustFind(t, spans, trace.SpanKindServer, path)
-		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(nodePort),
-			"network.peer.port": ports[path[len("/node-"):len("/node-")+1]]}) // the connection's: a or b
+		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(nodePort)})
 		expectResource(t, s, "node")
+		if strings.HasPrefix(path, "/node-") {
+			expect(t, s, map[string]any{"network.peer.port": ports[path[len("/node-"):len("/node-")+1]]}) // the connection's: a or b
+		}
+	}
+	for i := 1; i <= 3; i++ {
+		c := mustFind(t, spans, trace.SpanKindClient, fmt.Sprintf("/from-asyncio-%d", i))
+		expect(t, c, map[string]any{"url.full": fmt.Sprintf("https://localhost:%d/from-asyncio-%d", nodePort, i)})
 	}
 	for _, path := range asyncioPaths {
 		s := mustFind(t, spans, trace.SpanKindServer, path)
-		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(pyPort)})
+		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(pyPort),
+			"network.peer.port": ports[path]})
 		if got := s.Resource["service.name"]; got != "python3" {
 			t.Errorf("the server span of %s is %v's, want python3's", path, got)
 		}
