@@ -426,8 +426,8 @@ func (p *tlsProcess) close() error {
 	return errors.Join(errs...)
 }
 
-// tlsLibrary is a TLS library a process uses: a libssl it maps, or a Go
-// program's own crypto/tls.
+// tlsLibrary is a TLS library a process uses: a libssl it maps, the
+// OpenSSL its executable links in, or a Go program's own crypto/tls.
 type tlsLibrary struct {
 	name   string            // the path in the process's mount namespace; an executable's with " (Go crypto/tls)" or " (OpenSSL linked in)"
 	goTLS  *goTLSPlaces      // a Go program's places to probe
@@ -435,7 +435,7 @@ type tlsLibrary struct {
 	exe    *os.File          // and its executable, open (either way)
 }
 
-// closeExecutables closes the Go executables tlsLibraries opened.
+// closeExecutables closes the executables tlsLibraries opened.
 func closeExecutables(libraries []tlsLibrary) {
 	for _, l := range libraries {
 		if l.exe != nil {
@@ -483,18 +483,31 @@ func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 // goLibrary returns the crypto/tls of process pid's executable, opened,
 // if it is a Go program that links it.
 func goLibrary(pid int) (tlsLibrary, error) {
+	return executableLibrary(pid, func(exe *os.File, name string) (tlsLibrary, error) {
+		places, err := goTLSOf(exe)
+		return tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places}, err
+	})
+}
+
+// executableLibrary opens process pid's executable and returns the TLS
+// library that inspect finds in it, with the file, which stays open:
+// what is inspected is what gets the uprobes, whatever the process does
+// meanwhile. name is the executable's path in the process's mount
+// namespace.
+func executableLibrary(pid int, inspect func(exe *os.File, name string) (tlsLibrary, error)) (tlsLibrary, error) {
 	path := fmt.Sprintf("/proc/%d/exe", pid)
 	exe, err := os.Open(path)
 	if err != nil {
 		return tlsLibrary{}, err
 	}
-	places, err := goTLSOf(exe)
+	name, _ := os.Readlink(path)
+	library, err := inspect(exe, name)
 	if err != nil {
 		exe.Close()
 		return tlsLibrary{}, err
 	}
-	name, _ := os.Readlink(path)
-	return tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places, exe: exe}, nil
+	library.exe = exe
+	return library, nil
 }
 
 // errNoLinkedSSL is an executable that exports no OpenSSL of its own.
@@ -511,18 +524,10 @@ var linkedSSLCache struct {
 // and exports, opened: Node.js's (its native addons call it). A statically
 // linked OpenSSL that exports nothing cannot be found, and is not read.
 func linkedLibrary(pid int) (tlsLibrary, error) {
-	path := fmt.Sprintf("/proc/%d/exe", pid)
-	exe, err := os.Open(path)
-	if err != nil {
-		return tlsLibrary{}, err
-	}
-	linked, err := linkedSSL(exe)
-	if err != nil {
-		exe.Close()
-		return tlsLibrary{}, err
-	}
-	name, _ := os.Readlink(path)
-	return tlsLibrary{name: name + " (OpenSSL linked in)", linked: linked, exe: exe}, nil
+	return executableLibrary(pid, func(exe *os.File, name string) (tlsLibrary, error) {
+		linked, err := linkedSSL(exe)
+		return tlsLibrary{name: name + " (OpenSSL linked in)", linked: linked}, err
+	})
 }
 
 // linkedSSL returns the file offsets of the functions of tlsSymbols that
