@@ -509,14 +509,19 @@ func skipBefore610(t *testing.T) {
 
 // nodeTLSServer is a Node.js HTTPS server (its OpenSSL linked into the
 // node executable, decrypting from memory: the socket read, then
-// SSL_read). argv: the port, the certificate, the key.
+// SSL_read), and an HTTP/2 one over TLS (node:http2). argv: the port, the
+// certificate, the key, the HTTP/2 server's port.
 const nodeTLSServer = `
-const fs = require("fs"), https = require("https");
-const [port, cert, key] = process.argv.slice(1);
-https.createServer({cert: fs.readFileSync(cert), key: fs.readFileSync(key)}, (req, res) => {
+const fs = require("fs"), https = require("https"), http2 = require("http2");
+const [port, cert, key, h2port] = process.argv.slice(1);
+const tls = {cert: fs.readFileSync(cert), key: fs.readFileSync(key)};
+const answer = (req, res) => {
   req.resume();
   req.on("end", () => { res.writeHead(200, {"content-type": "text/plain"}); res.end("node " + req.url + "\n"); });
-}).listen(Number(port), "127.0.0.1", () => console.log("listening"));
+};
+https.createServer(tls, answer).listen(Number(port), "127.0.0.1", () => {
+  http2.createSecureServer(tls, answer).listen(Number(h2port), "127.0.0.1", () => console.log("listening"));
+});
 `
 
 // asyncioTLSServer is a Python asyncio server of HTTP/1.1 over TLS
@@ -607,8 +612,9 @@ const get = (path, pooled) => new Promise((resolve, reject) => {
 `
 
 // TestTLSMemoryBIO: TLS libraries that decrypt from memory rather than
-// on the socket: a Node.js HTTPS server and client (Node.js's OpenSSL) and
-// a Python asyncio server (libssl through SSLObject). The socket calls
+// on the socket: Node.js's HTTPS servers (HTTP/1.1 and HTTP/2) and client
+// (Node.js's OpenSSL) and a Python asyncio server (libssl through
+// SSLObject). The socket calls
 // come before SSL_read, not inside it, so the agent pairs the SSL object
 // with the connection the thread received records on just before. Every
 // request's server span must carry its own connection's peer port: two
@@ -624,8 +630,8 @@ func TestTLSMemoryBIO(t *testing.T) {
 	rcv := otlptest.Start(t)
 	pod := newPod(t)
 
-	nodePort, pyPort := freePort(t), freePort(t)
-	start(t, pod.command(node, "-e", nodeTLSServer, "--", fmt.Sprint(nodePort), cert, key)).waitOutput(t, "listening", 1, 10*time.Second)
+	nodePort, pyPort, h2Port := freePort(t), freePort(t), freePort(t)
+	start(t, pod.command(node, "-e", nodeTLSServer, "--", fmt.Sprint(nodePort), cert, key, fmt.Sprint(h2Port))).waitOutput(t, "listening", 1, 10*time.Second)
 	start(t, pod.command(python, "-c", asyncioTLSServer, fmt.Sprint(pyPort), cert, key, fmt.Sprint(nodePort))).waitOutput(t, "listening", 1, 10*time.Second)
 	agent := startAgent(t, pod, agentEnv(rcv))
 	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
@@ -643,6 +649,10 @@ func TestTLSMemoryBIO(t *testing.T) {
 	os.WriteFile(ready, nil, 0o644)
 	pyClient.waitOutput(t, "/node-b-3 200", 1, 10*time.Second)
 	nodeClient.waitOutput(t, "/asyncio-backend-3 200", 1, 20*time.Second)
+	// HTTP/2 to Node.js, two requests on one connection: curl's handshake
+	// tells the agent of it, and its own spans may come too late.
+	h2url := fmt.Sprintf("https://localhost:%d", h2Port)
+	run(t, pod.command(testenv.LookPath(t, "curl"), "-sSk", "--http2", "-o", "/dev/null", "-o", "/dev/null", h2url+"/h2-node-1", h2url+"/h2-node-2"))
 
 	var nodePaths, asyncioPaths []string
 	for i := 1; i <= 3; i++ {
@@ -671,8 +681,14 @@ func TestTLSMemoryBIO(t *testing.T) {
 				return false
 			}
 		}
-		return true
+		return find(s, trace.SpanKindServer, "/h2-node-1") != nil && find(s, trace.SpanKindServer, "/h2-node-2") != nil
 	})
+	for _, path := range []string{"/h2-node-1", "/h2-node-2"} {
+		s := mustFind(t, spans, trace.SpanKindServer, path)
+		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(h2Port),
+			"network.protocol.version": "2"})
+		expectResource(t, s, "node")
+	}
 	// The clients' local ports: the Python client's by connection, the
 	// Node.js client's by request.
 	ports := map[string]int64{}
