@@ -614,9 +614,9 @@ const get = (path, pooled) => new Promise((resolve, reject) => {
 // TestTLSMemoryBIO: TLS libraries that decrypt from memory rather than
 // on the socket: Node.js's HTTPS servers (HTTP/1.1 and HTTP/2) and client
 // (Node.js's OpenSSL) and a Python asyncio server (libssl through
-// SSLObject). The socket calls
-// come before SSL_read, not inside it, so the agent pairs the SSL object
-// with the connection the thread received records on just before. Every
+// SSLObject). The socket calls come before SSL_read, not inside it, so the
+// agent pairs the SSL object with the connection the thread received
+// records on just before. Every
 // request's server span must carry its own connection's peer port: two
 // connections whose requests alternate; connections made one after the
 // other, whose SSL objects reuse the memory of those freed before; and
