@@ -2887,7 +2887,7 @@ struct tls_conn {
 	__u64 sock;
 	__u32 fd;
 	__u8 role;
-	__u8 fed; // known from a receive before a call (tls_sock_io), not from one inside it
+	__u8 fed; // known from a receive before a call (TLS_PAIRED_FED, _TWICE), not from one inside it (0)
 	__u16 family;
 	__u16 lport;
 	__u16 rport;
@@ -2941,6 +2941,12 @@ struct tls_call {
 #define TLS_FED_ONE 1
 #define TLS_FED_MANY 2
 
+// A tls_conn's fed: paired from a receive before one call, which a later
+// read may correct (a receive that no call followed may have misled it);
+// or before two calls, on the same connection each time, which stands.
+#define TLS_PAIRED_FED 1
+#define TLS_PAIRED_FED_TWICE 2
+
 // TLS_FED_NS is how long a receive stays the thread's next call's: a
 // library that decrypts from memory calls SSL_read at once (Node.js in
 // the same callback; asyncio a few Python lines on, which a thread
@@ -2961,6 +2967,18 @@ struct {
 	__type(key, __u64); // pid_tgid
 	__type(value, struct tls_call);
 } tls_calls SEC(".maps");
+
+// tls_pids holds the pod's processes whose libssl (or linked-in OpenSSL)
+// has the uprobes, by their PID in the pod: the agent writes and deletes
+// them (TraceTLS). Only their threads get a state from a receive before
+// their first call (tls_sock_io): others (a Java or Go server's many
+// threads) would fill tls_calls for nothing.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} tls_pids SEC(".maps");
 
 // tls_call_zero is a thread's state before its first call, for the
 // socket programs to create it from.
@@ -3051,23 +3069,24 @@ static __always_inline struct tls_call *tls_call_of(struct task_struct *task, __
 // TLS records: for the probed call the syscall is inside, if any (a
 // library that reads and writes the socket itself: nginx's libssl); else,
 // for a receive, for the thread's next call (fed, above).
-static __always_inline void tls_sock_io(struct task_struct *task, struct pt_regs *regs, struct sock *sk, __u8 role, __u8 dir)
+static __always_inline void tls_sock_io(struct task_struct *task, struct pt_regs *regs, struct sock *sk, __u8 role, __u8 dir, __u32 ns_tgid)
 {
 	if (!tls_probed)
 		return;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct tls_call *call = bpf_map_lookup_elem(&tls_calls, &id);
-	if (!call && dir == DIR_INGRESS) {
-		// A thread that made no call since the uprobes went in: its
-		// first one may be for this receive. (Its state from a map of
-		// zeros: the socket programs have no stack left for it.)
+	if ((!call || call->start != task->start_time) && dir == DIR_INGRESS && bpf_map_lookup_elem(&tls_pids, &ns_tgid)) {
+		// A thread of a probed process that made no call since the
+		// uprobes went in (or whose tid was another's): its first one
+		// may be for this receive. (Its state from a map of zeros: the
+		// socket programs have no stack left for it.)
 		__u32 zero = 0;
 		struct tls_call *fresh = bpf_map_lookup_elem(&tls_call_zero, &zero);
 		if (!fresh)
 			return;
-		bpf_map_update_elem(&tls_calls, &id, fresh, BPF_NOEXIST);
+		bpf_map_update_elem(&tls_calls, &id, fresh, BPF_ANY);
 		call = bpf_map_lookup_elem(&tls_calls, &id);
-		if (call && !call->start && !call->active)
+		if (call)
 			call->start = task->start_time;
 	}
 	if (!call || call->start != task->start_time)
@@ -3091,7 +3110,7 @@ static __always_inline void tls_sock_io(struct task_struct *task, struct pt_regs
 			return; // more of the same connection's records
 		call->fed = TLS_FED_ONE;
 		c = &call->fed_conn;
-		c->fed = 1;
+		c->fed = TLS_PAIRED_FED;
 	}
 	c->sock = (__u64)sk;
 	c->fd = regs->di;
@@ -3340,22 +3359,27 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 	call->active = 0;
 	__u8 fed = call->fed;
 	call->fed = 0;
-	if (fed == TLS_FED_ONE && bpf_ktime_get_ns() - call->fed_ns > TLS_FED_NS)
+	if (fed == TLS_FED_ONE && (__s64)(bpf_ktime_get_ns() - call->fed_ns) > (__s64)TLS_FED_NS)
 		fed = 0;
 	struct tls_key key = {.ssl = call->ssl, .tgid = id >> 32};
 	struct tls_conn *known = bpf_map_lookup_elem(&tls_conns, &key);
 	struct tls_conn *c = 0;
 	if (call->nested)
 		c = &call->conn;
-	else if (fed == TLS_FED_ONE && (!known || (known->fed && call->dir != DIR_EGRESS)))
+	else if (fed == TLS_FED_ONE && known && known->fed == TLS_PAIRED_FED && known->sock == call->fed_conn.sock)
+		// Fed the same connection again: the pairing stands.
+		known->fed = TLS_PAIRED_FED_TWICE;
+	else if (fed == TLS_FED_ONE && (!known || (known->fed == TLS_PAIRED_FED && call->dir != DIR_EGRESS)))
 		// The thread's first call since it received records on one
 		// connection alone, outside any call: a library that decrypts
 		// from memory goes on with what it was just fed (Node.js writes
 		// what waited for the handshake, then reads). An SSL object not
 		// known yet takes that connection (one freed before had its
 		// pairing forgotten: tls_free). Not over a pairing made from a
-		// socket call inside a call, which is sure; over one made so, by
-		// a read, which corrects a pairing that a receive no call
+		// socket call inside a call, which is sure, nor over one fed
+		// twice (asyncio reads a connection whose reading was paused,
+		// and resumes, with no receive of its own); over one fed once,
+		// by a read, which corrects a pairing that a receive no call
 		// followed had misled.
 		c = &call->fed_conn;
 	// Also when the call failed or wants the socket again (WANT_READ,
@@ -3599,7 +3623,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		if (st->tls) {
 			// A TLS record: its plaintext goes up from the library.
 			count(STAT_TLS_RECORDS);
-			tls_sock_io(task, regs, sk, role, dir);
+			tls_sock_io(task, regs, sk, role, dir, ns.tgid);
 			return 0;
 		}
 		if (fast_http && dir == DIR_EGRESS && (st->fast & (FAST_OWN | FAST_RESP | FAST_HANDOFF)) == (FAST_OWN | FAST_RESP)) {
@@ -3645,7 +3669,7 @@ static __always_inline int on_sock_data(struct sock *sk, int ret, __u8 dir, bool
 		__u64 key = (__u64)sk;
 		bpf_map_delete_elem(&tls_h2, &key);
 		count(STAT_TLS_RECORDS);
-		tls_sock_io(task, regs, sk, role, dir);
+		tls_sock_io(task, regs, sk, role, dir, ns.tgid);
 		e->type = EVENT_TLS;
 		e->captured = 0;
 		e->tail_len = 0;

@@ -269,6 +269,7 @@ type socketObjects struct {
 	TLSConns         *ebpf.Map      `ebpf:"tls_conns"`
 	GoTLSReads       *ebpf.Map      `ebpf:"go_tls_reads"`
 	TLSH2            *ebpf.Map      `ebpf:"tls_h2"`
+	TLSPids          *ebpf.Map      `ebpf:"tls_pids"`
 	Announced        *ebpf.Map      `ebpf:"announced"`
 	TLSProbed        *ebpf.Variable `ebpf:"tls_probed"`
 	tlsPrograms
@@ -306,7 +307,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 		return err
 	}
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.SchedProcessExec, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
-		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.TLSH2, objs.Announced,
+		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.TLSH2, objs.TLSPids, objs.Announced,
 		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSFree, objs.TLSReturn,
 		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn}
 	var hooks []func() (link.Link, error)
@@ -344,7 +345,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	}
 	c.hooks, c.events, c.stats, c.objects, c.links = HooksSocket, objs.Events, objs.Stats, objects, links
 	c.programs = programs
-	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}, logger: logger, probed: objs.TLSProbed,
+	c.tls = &tlsTracer{progs: objs.tlsPrograms, procs: map[int]*tlsProcess{}, logger: logger, probed: objs.TLSProbed, pids: objs.TLSPids,
 		loadMulti: func() (*tlsMulti, error) { return loadTLSMulti(spec, objs) }}
 	var bound uint64
 	if spec.Variables["sample_bound"] != nil {

@@ -267,6 +267,7 @@ const (
 	captureMapTlsCalls          = "tls_calls"
 	captureMapTlsConns          = "tls_conns"
 	captureMapTlsH2             = "tls_h2"
+	captureMapTlsPids           = "tls_pids"
 	captureProgGoTlsMulti       = "go_tls_multi"
 	captureProgGoTlsRead        = "go_tls_read"
 	captureProgGoTlsReadReturn  = "go_tls_read_return"
@@ -391,6 +392,7 @@ type captureMapSpecs struct {
 	TlsCalls    *ebpf.MapSpec `ebpf:"tls_calls"`
 	TlsConns    *ebpf.MapSpec `ebpf:"tls_conns"`
 	TlsH2       *ebpf.MapSpec `ebpf:"tls_h2"`
+	TlsPids     *ebpf.MapSpec `ebpf:"tls_pids"`
 }
 
 // captureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -453,6 +455,7 @@ type captureMaps struct {
 	TlsCalls    *ebpf.Map `ebpf:"tls_calls"`
 	TlsConns    *ebpf.Map `ebpf:"tls_conns"`
 	TlsH2       *ebpf.Map `ebpf:"tls_h2"`
+	TlsPids     *ebpf.Map `ebpf:"tls_pids"`
 }
 
 func (m *captureMaps) Close() error {
@@ -476,6 +479,7 @@ func (m *captureMaps) Close() error {
 		m.TlsCalls,
 		m.TlsConns,
 		m.TlsH2,
+		m.TlsPids,
 	)
 }
 

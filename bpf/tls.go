@@ -25,7 +25,7 @@ import (
 // tlsMaps are the maps that only TLS reading fills. The socket programs
 // refer to them, so they exist with TLS off too, but then nothing is
 // ever put in them (tls_probed stays 0).
-var tlsMaps = []string{"tls_conns", "tls_calls", "go_tls_reads", "tls_h2"}
+var tlsMaps = []string{"tls_conns", "tls_calls", "go_tls_reads", "tls_h2", "tls_pids"}
 
 // shrinkTLSMaps gives the TLS maps one entry each: with TLS off they
 // would hold 15.6 MB of kernel memory, charged to the pod, for nothing.
@@ -65,6 +65,9 @@ type tlsTracer struct {
 	// probed is the programs' tls_probed, set at the first uprobes: the
 	// socket programs look for a thread's probed call from then on.
 	probed *ebpf.Variable
+	// pids is the programs' tls_pids: the processes whose libssl (or
+	// linked-in OpenSSL) has the uprobes.
+	pids *ebpf.Map
 
 	mu    sync.Mutex
 	procs map[int]*tlsProcess
@@ -116,8 +119,7 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 	p := t.procs[pid]
 	if p != nil && (startErr != nil || p.start != start) {
 		// Gone, or another process under the pid now.
-		p.close()
-		delete(t.procs, pid)
+		t.forget(pid)
 		p = nil
 	}
 	if startErr != nil {
@@ -205,8 +207,20 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		if err := t.probed.Set(uint32(1)); err != nil {
 			t.logger.Warn("set tls_probed: connections older than the agent are not recognised as TLS", "error", err)
 		}
+		if err := t.pids.Put(uint32(pid), uint8(1)); err != nil {
+			t.logger.Debug("tls_pids full: a thread's first TLS read, before its first call, may be lost", "pid", pid, "error", err)
+		}
 	}
 	return p.library, pending
+}
+
+// forget takes the uprobes off process pid, and forgets it. t.mu is held.
+func (t *tlsTracer) forget(pid int) {
+	if p := t.procs[pid]; p != nil {
+		p.close()
+		delete(t.procs, pid)
+	}
+	t.pids.Delete(uint32(pid))
 }
 
 // attach puts the uprobes on one library that process pid maps, a perf
@@ -375,10 +389,7 @@ func (c *Capture) UntraceTLS(pid int) {
 	}
 	c.tls.mu.Lock()
 	defer c.tls.mu.Unlock()
-	if p := c.tls.procs[pid]; p != nil {
-		p.close()
-		delete(c.tls.procs, pid)
-	}
+	c.tls.forget(pid)
 }
 
 // TLSTraced returns the pids whose TLS libraries have the uprobes.

@@ -611,6 +611,23 @@ const get = (path, pooled) => new Promise((resolve, reject) => {
 })();
 `
 
+// tlsClientEarly is a Python HTTPS client (libssl on the socket) with one
+// keep-alive connection: a request at once, then, once a file exists, two
+// more. Started before the agent, its connection and the server's thread
+// are older than the uprobes. argv: the file, the port.
+const tlsClientEarly = `
+import http.client, os, ssl, sys, time
+c = http.client.HTTPSConnection("localhost", int(sys.argv[2]), context=ssl._create_unverified_context())
+c.request("GET", "/early-1"); c.getresponse().read()
+print("early 1", c.sock.getsockname()[1], flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+for path in ("/early-2", "/early-3"):
+    c.request("GET", path)
+    r = c.getresponse(); r.read()
+    print(path, r.status, flush=True)
+`
+
 // TestTLSMemoryBIO: TLS libraries that decrypt from memory rather than
 // on the socket: Node.js's HTTPS servers (HTTP/1.1 and HTTP/2) and client
 // (Node.js's OpenSSL) and a Python asyncio server (libssl through
@@ -633,11 +650,19 @@ func TestTLSMemoryBIO(t *testing.T) {
 	nodePort, pyPort, h2Port := freePort(t), freePort(t), freePort(t)
 	start(t, pod.command(node, "-e", nodeTLSServer, "--", fmt.Sprint(nodePort), cert, key, fmt.Sprint(h2Port))).waitOutput(t, "listening", 1, 10*time.Second)
 	start(t, pod.command(python, "-c", asyncioTLSServer, fmt.Sprint(pyPort), cert, key, fmt.Sprint(nodePort))).waitOutput(t, "listening", 1, 10*time.Second)
+	// A connection to the Node.js server from before the agent: its next
+	// requests are the first TLS the server's thread receives once the
+	// uprobes are in, before any call of its since.
+	earlyReady := filepath.Join(t.TempDir(), "early")
+	earlyClient := start(t, pod.command(python, "-c", tlsClientEarly, earlyReady, fmt.Sprint(nodePort)))
+	earlyClient.waitOutput(t, "early 1", 1, 10*time.Second)
 	agent := startAgent(t, pod, agentEnv(rcv))
-	agent.waitOutput(t, `msg="reading TLS plaintext"`, 2, 10*time.Second)
+	agent.waitOutput(t, `msg="reading TLS plaintext"`, 3, 10*time.Second)
+	os.WriteFile(earlyReady, nil, 0o644)
+	earlyClient.waitOutput(t, "/early-3 200", 1, 10*time.Second)
+	ready := filepath.Join(t.TempDir(), "ready")
 
 	// The clients wait until the agent has probed them.
-	ready := filepath.Join(t.TempDir(), "ready")
 	pyClient := start(t, pod.command(python, "-c", tlsClientInterleaved, ready, fmt.Sprint(nodePort), "/node"))
 	nodeClient := start(t, pod.command(node, "-e", nodeTLSClient, "--", ready, fmt.Sprint(pyPort), "/asyncio"))
 	for _, c := range []*process{pyClient, nodeClient} {
@@ -681,8 +706,16 @@ func TestTLSMemoryBIO(t *testing.T) {
 				return false
 			}
 		}
-		return find(s, trace.SpanKindServer, "/h2-node-1") != nil && find(s, trace.SpanKindServer, "/h2-node-2") != nil
+		return find(s, trace.SpanKindServer, "/h2-node-1") != nil && find(s, trace.SpanKindServer, "/h2-node-2") != nil &&
+			find(s, trace.SpanKindServer, "/early-3") != nil
 	})
+	// The early connection's requests after the uprobes: the first one
+	// too, whose read came before any call of the server's thread.
+	var earlyPort int64
+	fmt.Sscanf(earlyClient.output(), "early 1 %d", &earlyPort)
+	for _, path := range []string{"/early-2", "/early-3"} {
+		expect(t, mustFind(t, spans, trace.SpanKindServer, path), map[string]any{"network.peer.port": earlyPort, "http.response.status_code": int64(200)})
+	}
 	for _, path := range []string{"/h2-node-1", "/h2-node-2"} {
 		s := mustFind(t, spans, trace.SpanKindServer, path)
 		expect(t, s, map[string]any{"url.scheme": "https", "http.response.status_code": int64(200), "server.port": int64(h2Port),
@@ -740,5 +773,101 @@ func TestTLSMemoryBIO(t *testing.T) {
 	agent.waitOutput(t, "final stats", 1, 20*time.Second)
 	if lost := finalStats(agent.output())["tls_plaintext_lost"]; lost != 0 {
 		t.Errorf("tls_plaintext_lost=%d, want 0", lost)
+	}
+}
+
+// asyncioPausedServer is a Python asyncio server of HTTP/1.1 over TLS with
+// a small read limit: a request's body waits in its stream, so that
+// asyncio pauses reading the connection (its socket is still read, into
+// the memory BIO, with no SSL_read), and resumes it later with an
+// SSL_read and no receive of its own. /slow's handler waits 3 s before it
+// reads its body, /fast's 1 s; each answers with its own status. argv:
+// the port, the certificate, the key.
+const asyncioPausedServer = `
+import asyncio, ssl, sys
+async def serve(reader, writer):
+    head = await reader.readuntil(b"\r\n\r\n")
+    path = head.split(b" ")[1]
+    n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+    await asyncio.sleep(1.0 if path == b"/fast" else 3.0)
+    await reader.readexactly(n)
+    status = b"202" if path == b"/fast" else b"201"
+    writer.write(b"HTTP/1.1 " + status + b" OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    await writer.drain()
+    writer.close()
+async def main():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]), ssl=ctx, limit=1024)
+    print("listening", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+`
+
+// pausedClient posts to asyncioPausedServer on two connections: /fast's
+// body at once, /slow's trickled for about 3 s, so that the server receives
+// /slow's records while it has stopped reading them, and meanwhile
+// resumes /fast. argv: the file to wait for, the port.
+const pausedClient = `
+import os, socket, ssl, sys, threading, time
+print("pid", os.getpid(), flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+ctx = ssl._create_unverified_context()
+conn = lambda: ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[2]))), server_hostname="localhost")
+slow, fast = conn(), conn()
+print("port /slow", slow.getsockname()[1], flush=True)
+print("port /fast", fast.getsockname()[1], flush=True)
+NS, NF = 2400 * 50, 200000
+slow.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % NS)
+fast.sendall(b"POST /fast HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % NF + b"f" * NF)
+def trickle():
+    for i in range(2400):
+        slow.sendall(b"s" * 50)
+        time.sleep(0.001)
+t = threading.Thread(target=trickle)
+t.start()
+print("fast got", fast.recv(100), flush=True)
+t.join()
+print("slow got", slow.recv(100), flush=True)
+`
+
+// TestTLSMemoryBIOPaused: asyncio reads a connection whose reading its
+// application paused (flow control of an upload) into the memory BIO
+// without decrypting it, and resumes another with an SSL_read that no
+// receive of its own set off. That read must not take the connection just
+// received on: each request's span keeps its own status and peer.
+func TestTLSMemoryBIOPaused(t *testing.T) {
+	privileged(t)
+	python := testenv.LookPath(t, "python3")
+	cert, key := selfSigned(t, testenv.LookPath(t, "openssl"))
+	rcv := otlptest.Start(t)
+	pod := newPod(t)
+	port := freePort(t)
+	start(t, pod.command(python, "-c", asyncioPausedServer, fmt.Sprint(port), cert, key)).waitOutput(t, "listening", 1, 10*time.Second)
+	agent := startAgent(t, pod, agentEnv(rcv))
+	agent.waitOutput(t, `msg="reading TLS plaintext"`, 1, 10*time.Second)
+	ready := filepath.Join(t.TempDir(), "ready")
+	client := start(t, pod.command(python, "-c", pausedClient, ready, fmt.Sprint(port)))
+	client.waitOutput(t, "\n", 1, 10*time.Second)
+	var pid int
+	fmt.Sscanf(client.output(), "pid %d", &pid)
+	agent.waitOutput(t, fmt.Sprintf(`msg="reading TLS plaintext" pid=%d `, pid), 1, 10*time.Second)
+	os.WriteFile(ready, nil, 0o644)
+	client.waitOutput(t, "slow got", 1, 20*time.Second)
+
+	ports := map[string]int64{}
+	for _, line := range strings.Split(client.output(), "\n") {
+		var path string
+		var p int64
+		if n, _ := fmt.Sscanf(line, "port %s %d", &path, &p); n == 2 {
+			ports[path] = p
+		}
+	}
+	spans := rcv.WaitSpans(t, 15*time.Second, func(s []otlptest.Span) bool {
+		return find(s, trace.SpanKindServer, "/slow") != nil && find(s, trace.SpanKindServer, "/fast") != nil
+	})
+	for path, status := range map[string]int64{"/slow": 201, "/fast": 202} {
+		expect(t, mustFind(t, spans, trace.SpanKindServer, path), map[string]any{"http.response.status_code": status, "network.peer.port": ports[path]})
 	}
 }
