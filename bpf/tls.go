@@ -28,7 +28,7 @@ import (
 var tlsMaps = []string{"tls_conns", "tls_calls", "go_tls_reads", "tls_h2", "tls_pids"}
 
 // shrinkTLSMaps gives the TLS maps one entry each: with TLS off they
-// would hold 15.6 MB of kernel memory, charged to the pod, for nothing.
+// would hold 17 MB of kernel memory, charged to the pod, for nothing.
 func shrinkTLSMaps(spec *ebpf.CollectionSpec) {
 	for _, name := range tlsMaps {
 		spec.Maps[name].MaxEntries = 1
