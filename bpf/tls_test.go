@@ -425,7 +425,7 @@ func TestTLSWholeHTTP2(t *testing.T) {
 }
 
 // TestTLSMapsOff: with TLS off the TLS maps, which the socket programs
-// refer to but nothing fills, hold one entry each instead of 15.6 MB of
+// refer to but nothing fills, hold one entry each instead of 17 MB of
 // the pod's kernel memory; with it on, their full size.
 func TestTLSMapsOff(t *testing.T) {
 	testenv.Privileged(t)
