@@ -460,19 +460,9 @@ func closeExecutables(libraries []tlsLibrary) {
 // in and exports (Node.js's), and the libssl copies it maps.
 func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 	var libraries []tlsLibrary
-	var goErr error
-	if withGo {
-		var library tlsLibrary
-		if library, goErr = goLibrary(pid); goErr == nil {
-			libraries = append(libraries, library)
-		}
-	}
-	if goErr != nil || !withGo {
-		// An executable that cannot be read for it has its libssl copies
-		// probed all the same.
-		if library, err := linkedLibrary(pid); err == nil {
-			libraries = append(libraries, library)
-		}
+	library, ok, goErr := executableTLS(pid, withGo)
+	if ok {
+		libraries = append(libraries, library)
 	}
 	ssl, err := sslLibraries(pid)
 	if err != nil && !errors.Is(err, ErrNoTLSLibrary) {
@@ -491,34 +481,37 @@ func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 	return libraries, nil
 }
 
-// goLibrary returns the crypto/tls of process pid's executable, opened,
-// if it is a Go program that links it.
-func goLibrary(pid int) (tlsLibrary, error) {
-	return executableLibrary(pid, func(exe *os.File, name string) (tlsLibrary, error) {
-		places, err := goTLSOf(exe)
-		return tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places}, err
-	})
-}
-
-// executableLibrary opens process pid's executable and returns the TLS
-// library that inspect finds in it, with the file, which stays open:
-// what is inspected is what gets the uprobes, whatever the process does
-// meanwhile. name is the executable's path in the process's mount
-// namespace.
-func executableLibrary(pid int, inspect func(exe *os.File, name string) (tlsLibrary, error)) (tlsLibrary, error) {
+// executableTLS finds the TLS library in process pid's executable, if
+// any: its crypto/tls if it is a Go program (and withGo), else the
+// OpenSSL it links in and exports (Node.js's: its native addons call it;
+// a statically linked OpenSSL that exports nothing cannot be found). The
+// file is opened once, and stays open in the library found: what is
+// inspected is what gets the uprobes, whatever the process does
+// meanwhile. goErr says why it is no Go program the agent probes (nil
+// without withGo); a file that cannot be read leaves the process's libssl
+// copies to be probed all the same.
+func executableTLS(pid int, withGo bool) (library tlsLibrary, ok bool, goErr error) {
 	path := fmt.Sprintf("/proc/%d/exe", pid)
 	exe, err := os.Open(path)
 	if err != nil {
-		return tlsLibrary{}, err
+		if withGo {
+			goErr = err
+		}
+		return tlsLibrary{}, false, goErr
 	}
 	name, _ := os.Readlink(path)
-	library, err := inspect(exe, name)
-	if err != nil {
-		exe.Close()
-		return tlsLibrary{}, err
+	if withGo {
+		places, err := goTLSOf(exe)
+		if err == nil {
+			return tlsLibrary{name: name + " (Go crypto/tls)", goTLS: places, exe: exe}, true, nil
+		}
+		goErr = err
 	}
-	library.exe = exe
-	return library, nil
+	if linked, err := linkedSSL(exe); err == nil {
+		return tlsLibrary{name: name + " (OpenSSL linked in)", linked: linked, exe: exe}, true, goErr
+	}
+	exe.Close()
+	return tlsLibrary{}, false, goErr
 }
 
 // errNoLinkedSSL is an executable that exports no OpenSSL of its own.
@@ -529,16 +522,6 @@ var errNoLinkedSSL = errors.New("no OpenSSL linked in")
 var linkedSSLCache struct {
 	sync.Mutex
 	m map[fileKey]map[string]uint64
-}
-
-// linkedLibrary returns the OpenSSL that process pid's executable links in
-// and exports, opened: Node.js's (its native addons call it). A statically
-// linked OpenSSL that exports nothing cannot be found, and is not read.
-func linkedLibrary(pid int) (tlsLibrary, error) {
-	return executableLibrary(pid, func(exe *os.File, name string) (tlsLibrary, error) {
-		linked, err := linkedSSL(exe)
-		return tlsLibrary{name: name + " (OpenSSL linked in)", linked: linked}, err
-	})
 }
 
 // linkedSSL returns the file offsets of the functions of tlsSymbols that

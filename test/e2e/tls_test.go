@@ -59,10 +59,7 @@ func TestTLS(t *testing.T) {
 
 	ready := filepath.Join(t.TempDir(), "ready")
 	client := start(t, pod.command(python, "-c", tlsClient, ready, fmt.Sprint(port)))
-	client.waitOutput(t, "\n", 1, 10*time.Second)
-	var pid int // in the pod
-	fmt.Sscanf(client.output(), "pid %d", &pid)
-	agent.waitOutput(t, fmt.Sprintf(`msg="reading TLS plaintext" pid=%d `, pid), 1, 10*time.Second)
+	waitProbed(t, agent, client)
 	os.WriteFile(ready, nil, 0o644)
 	client.waitOutput(t, "/missing 404", 1, 10*time.Second)
 	// curl lives for one request: its handshake is what tells the agent
@@ -123,6 +120,16 @@ c.request("GET", sys.argv[2])
 r = c.getresponse(); r.read()
 print(sys.argv[2], r.status, flush=True)
 `
+
+// waitProbed waits until the agent has put its uprobes on client, a
+// process whose first line of output is "pid N" (its PID in the pod).
+func waitProbed(t *testing.T, agent, client *process) {
+	t.Helper()
+	client.waitOutput(t, "\n", 1, 10*time.Second)
+	var pid int
+	fmt.Sscanf(client.output(), "pid %d", &pid)
+	agent.waitOutput(t, fmt.Sprintf(`msg="reading TLS plaintext" pid=%d `, pid), 1, 10*time.Second)
+}
 
 // TestTLSAtStart: programs started after the agent (with a native sidecar,
 // every program of the pod's) are probed as they start, so that their
@@ -549,10 +556,17 @@ async def serve(reader, writer):
         body = b"asyncio " + path + b"\n"
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
+LIMIT = 2 ** 16  # asyncio's default
+` + asyncioTLSMain
+
+// asyncioTLSMain ends an asyncio TLS server's script: it serves the
+// script's serve() on the port with the certificate and key (argv 1-3),
+// a stream's buffer limited to the script's LIMIT.
+const asyncioTLSMain = `
 async def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]), ssl=ctx)
+    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]), ssl=ctx, limit=LIMIT)
     print("listening", flush=True)
     await server.serve_forever()
 asyncio.run(main())
@@ -665,12 +679,8 @@ func TestTLSMemoryBIO(t *testing.T) {
 	// The clients wait until the agent has probed them.
 	pyClient := start(t, pod.command(python, "-c", tlsClientInterleaved, ready, fmt.Sprint(nodePort), "/node"))
 	nodeClient := start(t, pod.command(node, "-e", nodeTLSClient, "--", ready, fmt.Sprint(pyPort), "/asyncio"))
-	for _, c := range []*process{pyClient, nodeClient} {
-		c.waitOutput(t, "\n", 1, 10*time.Second)
-		var pid int
-		fmt.Sscanf(c.output(), "pid %d", &pid)
-		agent.waitOutput(t, fmt.Sprintf(`msg="reading TLS plaintext" pid=%d `, pid), 1, 10*time.Second)
-	}
+	waitProbed(t, agent, pyClient)
+	waitProbed(t, agent, nodeClient)
 	os.WriteFile(ready, nil, 0o644)
 	pyClient.waitOutput(t, "/node-b-3 200", 1, 10*time.Second)
 	nodeClient.waitOutput(t, "/asyncio-backend-3 200", 1, 20*time.Second)
@@ -795,14 +805,8 @@ async def serve(reader, writer):
     writer.write(b"HTTP/1.1 " + status + b" OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
     await writer.drain()
     writer.close()
-async def main():
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
-    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]), ssl=ctx, limit=1024)
-    print("listening", flush=True)
-    await server.serve_forever()
-asyncio.run(main())
-`
+LIMIT = 1024
+` + asyncioTLSMain
 
 // pausedClient posts to asyncioPausedServer on two connections: /fast's
 // body at once, /slow's trickled for about 3 s, so that the server receives
@@ -849,10 +853,7 @@ func TestTLSMemoryBIOPaused(t *testing.T) {
 	agent.waitOutput(t, `msg="reading TLS plaintext"`, 1, 10*time.Second)
 	ready := filepath.Join(t.TempDir(), "ready")
 	client := start(t, pod.command(python, "-c", pausedClient, ready, fmt.Sprint(port)))
-	client.waitOutput(t, "\n", 1, 10*time.Second)
-	var pid int
-	fmt.Sscanf(client.output(), "pid %d", &pid)
-	agent.waitOutput(t, fmt.Sprintf(`msg="reading TLS plaintext" pid=%d `, pid), 1, 10*time.Second)
+	waitProbed(t, agent, client)
 	os.WriteFile(ready, nil, 0o644)
 	client.waitOutput(t, "slow got", 1, 20*time.Second)
 
