@@ -3168,7 +3168,10 @@ static __always_inline int tls_enter(__u64 ssl, __u64 buf, __u64 count, __u8 dir
 }
 
 // tls_function names the probed functions: the entry program of the
-// uprobe_multi links (below) gets it as its cookie.
+// uprobe_multi links (below) gets it as its cookie. The _EX ones also
+// stand for the function that a library's SSL_read and SSL_read_ex (or
+// SSL_write and SSL_write_ex) both call, which has the _ex form's
+// arguments, where it is probed instead (bpf/sslplaces.go).
 enum tls_function {
 	TLS_SSL_WRITE = 0,        // int SSL_write(SSL *ssl, const void *buf, int num)
 	TLS_SSL_WRITE_EX = 1,     // int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written)
@@ -3176,6 +3179,7 @@ enum tls_function {
 	TLS_SSL_READ_EX = 3,      // int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
 	TLS_SSL_DO_HANDSHAKE = 4, // int SSL_do_handshake(SSL *ssl), which SSL_accept and SSL_connect call
 	TLS_SSL_FREE = 5,         // void SSL_free(SSL *ssl): at its entry alone
+	TLS_SSL_WRITE_EX2 = 6,    // OpenSSL 3.3+'s ssl_write_internal(ssl, buf, num, uint64_t flags, size_t *written)
 };
 
 // tls_free forgets the connection of an SSL object that its library
@@ -3204,6 +3208,8 @@ static __always_inline int tls_entry(struct pt_regs *ctx, __u64 fn)
 		return tls_enter(ctx->di, 0, 0, TLS_HANDSHAKE, ctx->sp);
 	case TLS_SSL_FREE:
 		return tls_free(ctx->di);
+	case TLS_SSL_WRITE_EX2:
+		return tls_enter(ctx->di, ctx->si, ctx->r8, DIR_EGRESS, ctx->sp);
 	}
 	return 0;
 }
@@ -3221,6 +3227,8 @@ SEC("uprobe")
 int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSHAKE); }
 SEC("uprobe")
 int tls_free_entry(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_FREE); }
+SEC("uprobe")
+int tls_write_ex2(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_WRITE_EX2); }
 
 // TLS_CHUNKS bounds the events an HTTP/2 connection's TLS call goes up
 // in, of MAX_CAPTURE bytes each: 32 KB, two full TLS records, or a
@@ -3388,7 +3396,10 @@ static __always_inline int tls_returned(struct pt_regs *ctx)
 	// a new connection may get the last one's socket memory and fd.
 	if (c && !tls_conn_same(known, c))
 		bpf_map_update_elem(&tls_conns, &key, c, BPF_ANY);
-	long ret = ctx->ax;
+	// An int: -1 (SSL_read's "want more") is 0xffffffff in rax, and the
+	// internal read probed for SSL_read (sslplaces.go) returns it
+	// without SSL_read_ex's clamp to 0, its count of bytes left unset.
+	long ret = (int)ctx->ax;
 	if (call->dir == TLS_HANDSHAKE || ret <= 0)
 		return 0;
 	__u64 n = ret;

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -187,6 +186,9 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 		}
 		p.libraries = append(p.libraries, library.name)
 		ssl = ssl || library.goTLS == nil
+		if library.places != nil {
+			t.logger.Debug("TLS probes placed", "pid", pid, "library", library.name, "places", placesString(library.places))
+		}
 	}
 	if len(p.libraries) == 0 {
 		p.close()
@@ -223,50 +225,29 @@ func (t *tlsTracer) forget(pid int) {
 	t.pids.Delete(uint32(pid))
 }
 
-// attach puts the uprobes on one library that process pid maps, a perf
+// attach puts the uprobes on one OpenSSL that process pid uses, a perf
 // event each.
 func (p *tlsProcess) attach(pid int, library tlsLibrary, progs tlsPrograms) error {
-	exe, err := openLibrary(pid, library)
+	exe, err := openLibrary(library)
 	if err != nil {
 		return err
 	}
-	probes := []struct {
-		symbol   string
-		entry    *ebpf.Program
-		required bool
-	}{
-		{"SSL_write", progs.TLSWrite, true},
-		{"SSL_read", progs.TLSRead, true},
-		{"SSL_do_handshake", progs.TLSHandshake, true},
-		{"SSL_write_ex", progs.TLSWriteEx, false},
-		{"SSL_read_ex", progs.TLSReadEx, false},
-		{tlsFree, progs.TLSFree, false},
-	}
-	for _, probe := range probes {
-		opts := &link.UprobeOptions{PID: pid}
-		if library.linked != nil {
-			if opts.Address = library.linked[probe.symbol]; opts.Address == 0 {
-				continue // not exported: an _ex form, or SSL_free (the others are required by linkedSSL)
-			}
-		}
+	entries := [...]*ebpf.Program{fnWrite: progs.TLSWrite, fnWriteEx: progs.TLSWriteEx, fnRead: progs.TLSRead,
+		fnReadEx: progs.TLSReadEx, fnHandshake: progs.TLSHandshake, fnFree: progs.TLSFree, fnWriteEx2: progs.TLSWriteEx2}
+	for _, place := range library.places {
+		opts := &link.UprobeOptions{PID: pid, Address: place.offset}
 		// The return first: an entry without its return would leave the
 		// thread's call open. SSL_free has its entry alone.
-		if probe.symbol != tlsFree {
-			ret, err := exe.Uretprobe(probe.symbol, progs.TLSReturn, opts)
+		if place.fn != fnFree {
+			ret, err := exe.Uretprobe(place.name, progs.TLSReturn, opts)
 			if err != nil {
-				if !probe.required && errors.Is(err, link.ErrNoSymbol) {
-					continue
-				}
-				return fmt.Errorf("uretprobe %s in %s: %w", probe.symbol, library.name, err)
+				return fmt.Errorf("uretprobe %s in %s: %w", place.name, library.name, err)
 			}
 			p.links = append(p.links, ret)
 		}
-		entry, err := exe.Uprobe(probe.symbol, probe.entry, opts)
+		entry, err := exe.Uprobe(place.name, entries[place.fn], opts)
 		if err != nil {
-			if probe.symbol == tlsFree && errors.Is(err, link.ErrNoSymbol) {
-				continue
-			}
-			return fmt.Errorf("uprobe %s in %s: %w", probe.symbol, library.name, err)
+			return fmt.Errorf("uprobe %s in %s: %w", place.name, library.name, err)
 		}
 		p.links = append(p.links, entry)
 	}
@@ -303,77 +284,51 @@ func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, err
 	return &multi, nil
 }
 
-// tlsSymbols are the functions probed, in the order of the entry
-// program's cookies (enum tls_function); the _ex forms are in OpenSSL
-// 1.1.1 and later, the others in every libssl. SSL_free is probed at its
-// entry alone (tlsFree), the others at their returns too.
+// tlsSymbols are the functions of OpenSSL that are probed (or stand for
+// the function they call: sslPlaces), in the order of the entry program's
+// cookies (enum tls_function); the _ex forms are in OpenSSL 1.1.1 and
+// later, the others in every libssl. SSL_free is probed at its entry
+// alone (tlsFree), the others at their returns too.
 var tlsSymbols = []string{"SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake", "SSL_free"}
 
 const tlsFree = "SSL_free"
 
-// openLibrary opens library, one that process pid maps or its executable,
-// for its uprobes.
-func openLibrary(pid int, library tlsLibrary) (*link.Executable, error) {
-	path := fmt.Sprintf("/proc/%d/root%s", pid, library.name)
-	if library.exe != nil {
-		// By the agent's descriptor of the very file inspected (as
-		// attachGo does).
-		path = fmt.Sprintf("/proc/self/fd/%d", library.exe.Fd())
+// openLibrary opens library, for its uprobes: by the agent's descriptor
+// of the very file inspected (as attachGo does).
+func openLibrary(library tlsLibrary) (*link.Executable, error) {
+	if library.err != nil {
+		return nil, library.err
 	}
-	exe, err := link.OpenExecutable(path)
+	exe, err := link.OpenExecutable(fmt.Sprintf("/proc/self/fd/%d", library.exe.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", library.name, err)
 	}
 	return exe, nil
 }
 
-// attachMulti puts the uprobes on one library that process pid maps, or
-// the OpenSSL its executable links in, with a uprobe_multi link for the
-// returns and one for the entries.
+// attachMulti puts the uprobes on one OpenSSL that process pid uses,
+// with a uprobe_multi link for the returns and one for the entries.
 func (p *tlsProcess) attachMulti(pid int, library tlsLibrary, multi *tlsMulti) error {
-	exe, err := openLibrary(pid, library)
+	exe, err := openLibrary(library)
 	if err != nil {
 		return err
 	}
-	// The functions and their cookies; by their offsets for an executable's
-	// OpenSSL, where no symbol table is read.
-	var symbols []string
-	var addresses, cookies []uint64
-	for i, name := range tlsSymbols {
-		if library.linked == nil {
-			symbols = append(symbols, name)
-		} else if off := library.linked[name]; off != 0 {
-			addresses = append(addresses, off)
-		} else {
-			continue
+	var returns, entries, cookies []uint64
+	for _, place := range library.places {
+		if place.fn != fnFree {
+			returns = append(returns, place.offset)
 		}
-		cookies = append(cookies, uint64(i))
+		entries = append(entries, place.offset)
+		cookies = append(cookies, place.fn)
 	}
-	// The returns first (all but SSL_free's): an entry without its return
-	// would leave the thread's call open.
-	n := len(cookies)
-	if cookies[n-1] == uint64(slices.Index(tlsSymbols, tlsFree)) {
-		n--
-	}
-	returns := func() (link.Link, error) {
-		opts := &link.UprobeMultiOptions{PID: uint32(pid)}
-		if addresses != nil {
-			opts.Addresses = addresses[:n]
-			return exe.UretprobeMulti(nil, multi.Return, opts)
-		}
-		return exe.UretprobeMulti(symbols[:n], multi.Return, opts)
-	}
-	ret, err := returns()
-	if errors.Is(err, link.ErrNoSymbol) && library.linked == nil {
-		// A library older than OpenSSL 1.1.1: no _ex forms.
-		symbols, cookies, n = []string{"SSL_write", "SSL_read", "SSL_do_handshake", tlsFree}, []uint64{0, 2, 4, 5}, 3
-		ret, err = returns()
-	}
+	// The returns first: an entry without its return would leave the
+	// thread's call open.
+	ret, err := exe.UretprobeMulti(nil, multi.Return, &link.UprobeMultiOptions{PID: uint32(pid), Addresses: returns})
 	if err != nil {
 		return fmt.Errorf("uretprobes in %s: %w", library.name, err)
 	}
 	p.links = append(p.links, ret)
-	entry, err := exe.UprobeMulti(symbols, multi.Enter, &link.UprobeMultiOptions{PID: uint32(pid), Addresses: addresses, Cookies: cookies})
+	entry, err := exe.UprobeMulti(nil, multi.Enter, &link.UprobeMultiOptions{PID: uint32(pid), Addresses: entries, Cookies: cookies})
 	if err != nil {
 		return fmt.Errorf("uprobes in %s: %w", library.name, err)
 	}
@@ -440,10 +395,11 @@ func (p *tlsProcess) close() error {
 // tlsLibrary is a TLS library a process uses: a libssl it maps, the
 // OpenSSL its executable links in, or a Go program's own crypto/tls.
 type tlsLibrary struct {
-	name   string            // the path in the process's mount namespace; an executable's with " (Go crypto/tls)" or " (OpenSSL linked in)"
-	goTLS  *goTLSPlaces      // a Go program's places to probe
-	linked map[string]uint64 // or the file offsets of the OpenSSL functions an executable links in (tlsSymbols)
-	exe    *os.File          // and its executable, open (either way)
+	name   string       // the path in the process's mount namespace; an executable's with " (Go crypto/tls)" or " (OpenSSL linked in)"
+	goTLS  *goTLSPlaces // a Go program's places to probe
+	places []tlsPlace   // or an OpenSSL's (sslPlaces)
+	exe    *os.File     // and the file, open
+	err    error        // or why its file cannot be probed
 }
 
 // closeExecutables closes the executables tlsLibraries opened.
@@ -470,7 +426,7 @@ func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 		return nil, err
 	}
 	for _, name := range ssl {
-		libraries = append(libraries, tlsLibrary{name: name})
+		libraries = append(libraries, openSSL(pid, name))
 	}
 	if len(libraries) == 0 {
 		if goErr != nil && !errors.Is(goErr, errNoGoTLS) && !errors.Is(goErr, os.ErrNotExist) {
@@ -479,6 +435,24 @@ func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 		return nil, err
 	}
 	return libraries, nil
+}
+
+// openSSL opens libssl file name that process pid maps, and finds where
+// its uprobes go; or says why it cannot be probed.
+func openSSL(pid int, name string) tlsLibrary {
+	library := tlsLibrary{name: name}
+	file, err := os.Open(fmt.Sprintf("/proc/%d/root%s", pid, name))
+	if err != nil {
+		library.err = fmt.Errorf("open %s: %w", name, err)
+		return library
+	}
+	if library.places, err = sslPlaces(file); err != nil {
+		file.Close()
+		library.err = fmt.Errorf("%s: %w", name, err)
+		return library
+	}
+	library.exe = file
+	return library
 }
 
 // executableTLS finds the TLS library in process pid's executable, if
@@ -507,51 +481,11 @@ func executableTLS(pid int, withGo bool) (library tlsLibrary, ok bool, goErr err
 		}
 		goErr = err
 	}
-	if linked, err := linkedSSL(exe); err == nil {
-		return tlsLibrary{name: name + " (OpenSSL linked in)", linked: linked, exe: exe}, true, goErr
+	if places, err := sslPlaces(exe); err == nil {
+		return tlsLibrary{name: name + " (OpenSSL linked in)", places: places, exe: exe}, true, goErr
 	}
 	exe.Close()
 	return tlsLibrary{}, false, goErr
-}
-
-// errNoLinkedSSL is an executable that exports no OpenSSL of its own.
-var errNoLinkedSSL = errors.New("no OpenSSL linked in")
-
-// linkedSSLCache remembers, by file, what executables export (nil:
-// nothing of OpenSSL's): every process is asked at its start.
-var linkedSSLCache struct {
-	sync.Mutex
-	m map[fileKey]map[string]uint64
-}
-
-// linkedSSL returns the file offsets of the functions of tlsSymbols that
-// exe exports, errNoLinkedSSL if it lacks those every libssl has.
-func linkedSSL(exe *os.File) (map[string]uint64, error) {
-	key, err := keyOf(exe)
-	if err != nil {
-		return nil, err
-	}
-	linkedSSLCache.Lock()
-	defer linkedSSLCache.Unlock()
-	linked, ok := linkedSSLCache.m[key]
-	if !ok {
-		// Learnt once, whatever the file holds: one that is no ELF file,
-		// or whose tables are odd, exports nothing here.
-		if f, err := elf.NewFile(exe); err == nil {
-			linked, _ = exportedFunctions(f, tlsSymbols)
-		}
-		if linked["SSL_read"] == 0 || linked["SSL_write"] == 0 || linked["SSL_do_handshake"] == 0 {
-			linked = nil
-		}
-		if linkedSSLCache.m == nil || len(linkedSSLCache.m) >= 256 {
-			linkedSSLCache.m = map[fileKey]map[string]uint64{}
-		}
-		linkedSSLCache.m[key] = linked
-	}
-	if linked == nil {
-		return nil, errNoLinkedSSL
-	}
-	return linked, nil
 }
 
 // sslLibraries finds the libssl copies that process pid maps, as paths in
