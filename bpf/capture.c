@@ -3179,7 +3179,6 @@ enum tls_function {
 	TLS_SSL_READ_EX = 3,      // int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)
 	TLS_SSL_DO_HANDSHAKE = 4, // int SSL_do_handshake(SSL *ssl), which SSL_accept and SSL_connect call
 	TLS_SSL_FREE = 5,         // void SSL_free(SSL *ssl): at its entry alone
-	TLS_SSL_WRITE_EX2 = 6,    // OpenSSL 3.3+'s ssl_write_internal(ssl, buf, num, uint64_t flags, size_t *written)
 };
 
 // tls_free forgets the connection of an SSL object that its library
@@ -3208,8 +3207,6 @@ static __always_inline int tls_entry(struct pt_regs *ctx, __u64 fn)
 		return tls_enter(ctx->di, 0, 0, TLS_HANDSHAKE, ctx->sp);
 	case TLS_SSL_FREE:
 		return tls_free(ctx->di);
-	case TLS_SSL_WRITE_EX2:
-		return tls_enter(ctx->di, ctx->si, ctx->r8, DIR_EGRESS, ctx->sp);
 	}
 	return 0;
 }
@@ -3227,8 +3224,6 @@ SEC("uprobe")
 int tls_handshake(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_DO_HANDSHAKE); }
 SEC("uprobe")
 int tls_free_entry(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_FREE); }
-SEC("uprobe")
-int tls_write_ex2(struct pt_regs *ctx) { return tls_entry(ctx, TLS_SSL_WRITE_EX2); }
 
 // TLS_CHUNKS bounds the events an HTTP/2 connection's TLS call goes up
 // in, of MAX_CAPTURE bytes each: 32 KB, two full TLS records, or a

@@ -284,7 +284,6 @@ type tlsPrograms struct {
 	TLSReadEx    *ebpf.Program `ebpf:"tls_read_ex"`
 	TLSHandshake *ebpf.Program `ebpf:"tls_handshake"`
 	TLSFree      *ebpf.Program `ebpf:"tls_free_entry"`
-	TLSWriteEx2  *ebpf.Program `ebpf:"tls_write_ex2"`
 	TLSReturn    *ebpf.Program `ebpf:"tls_return"`
 	// Go's crypto/tls, in the order of enum go_tls_function.
 	GoTLSWrite      *ebpf.Program `ebpf:"go_tls_write"`
@@ -309,7 +308,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	}
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.SchedProcessExec, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
 		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.TLSH2, objs.TLSPids, objs.Announced,
-		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSFree, objs.TLSWriteEx2, objs.TLSReturn,
+		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSFree, objs.TLSReturn,
 		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn}
 	var hooks []func() (link.Link, error)
 	programs := []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}

@@ -288,7 +288,6 @@ const (
 	captureProgTlsReturnMulti   = "tls_return_multi"
 	captureProgTlsWrite         = "tls_write"
 	captureProgTlsWriteEx       = "tls_write_ex"
-	captureProgTlsWriteEx2      = "tls_write_ex2"
 	captureVarAgentTgid         = "agent_tgid"
 	captureVarCaptureBytes      = "capture_bytes"
 	captureVarFastHttp          = "fast_http"
@@ -368,7 +367,6 @@ type captureProgramSpecs struct {
 	TlsReturnMulti   *ebpf.ProgramSpec `ebpf:"tls_return_multi"`
 	TlsWrite         *ebpf.ProgramSpec `ebpf:"tls_write"`
 	TlsWriteEx       *ebpf.ProgramSpec `ebpf:"tls_write_ex"`
-	TlsWriteEx2      *ebpf.ProgramSpec `ebpf:"tls_write_ex2"`
 }
 
 // captureMapSpecs contains maps before they are loaded into the kernel.
@@ -530,7 +528,6 @@ type capturePrograms struct {
 	TlsReturnMulti   *ebpf.Program `ebpf:"tls_return_multi"`
 	TlsWrite         *ebpf.Program `ebpf:"tls_write"`
 	TlsWriteEx       *ebpf.Program `ebpf:"tls_write_ex"`
-	TlsWriteEx2      *ebpf.Program `ebpf:"tls_write_ex2"`
 }
 
 func (p *capturePrograms) Close() error {
@@ -555,7 +552,6 @@ func (p *capturePrograms) Close() error {
 		p.TlsReturnMulti,
 		p.TlsWrite,
 		p.TlsWriteEx,
-		p.TlsWriteEx2,
 	)
 }
 

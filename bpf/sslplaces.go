@@ -14,8 +14,8 @@ import (
 )
 
 // The functions of an OpenSSL that the uprobes stand for: the entry
-// program's cookies, as enum tls_function in capture.c. The first six are
-// tlsSymbols, in that order.
+// program's cookies, as enum tls_function in capture.c, and the indexes
+// of their names in tlsSymbols.
 const (
 	fnWrite     uint64 = iota // SSL_write
 	fnWriteEx                 // SSL_write_ex, or the internal write both call
@@ -23,8 +23,17 @@ const (
 	fnReadEx                  // SSL_read_ex, or the internal read both call
 	fnHandshake               // SSL_do_handshake
 	fnFree                    // SSL_free: its entry alone
-	fnWriteEx2                // the internal write of OpenSSL 3.3+, flags before the count's pointer
 )
+
+// tlsSymbols are the functions of OpenSSL that are probed (or stand for
+// the function they call: placesOf), by their fn constants; the _ex
+// forms are in OpenSSL 1.1.1 and later, the others in every libssl.
+// SSL_free is probed at its entry alone (tlsFree), the others at their
+// returns too.
+var tlsSymbols = [...]string{fnWrite: "SSL_write", fnWriteEx: "SSL_write_ex", fnRead: "SSL_read", fnReadEx: "SSL_read_ex",
+	fnHandshake: "SSL_do_handshake", fnFree: tlsFree}
+
+const tlsFree = "SSL_free"
 
 // tlsPlace is where one uprobe goes on an OpenSSL: a file offset, and the
 // function it stands for (its return is probed too, but SSL_free's).
@@ -88,22 +97,35 @@ func sslPlaces(file *os.File) ([]tlsPlace, error) {
 //     emulated is probed just past the endbr64, which changes no register
 //     (its return too: the return address is where it was);
 //   - where SSL_read or SSL_read_ex begins with an instruction
-//     single-stepped, and both begin by calling one function of the
-//     library's own, which begins with an instruction emulated (OpenSSL
-//     1.1.1 to 3.x's ssl_read_internal, whose arguments are
-//     SSL_read_ex's), that function is probed instead of the two;
-//     likewise SSL_write's pair (ssl_write_internal, which takes flags
-//     before the count's pointer in 3.3 and later, where SSL_write_ex2 is
-//     exported). Their first calls must agree: a build that calls
-//     something else first in one of them keeps its two entries.
+//     single-stepped, and SSL_read_ex does nothing but make room on the
+//     stack before it calls a function of the library's own, not
+//     exported, that begins with an instruction emulated, and SSL_read
+//     calls the same function first with a count's pointer on its stack
+//     in the fourth argument's register, that function is probed instead
+//     of the two: it has SSL_read_ex's arguments (OpenSSL 1.1.1 to 3.x's
+//     ssl_read_internal). Likewise SSL_write's pair, with another
+//     function (ssl_write_internal). A build that calls anything else
+//     first, or inlines the call, keeps its entries; so does OpenSSL
+//     3.3+'s write, whose SSL_write_ex calls SSL_write_ex2.
+//
+// A place is always a function's first instruction, or the one after its
+// endbr64: a wrong guess of a function's arguments would lose or garble
+// plaintext, never break the neighbour.
 func placesOf(f *elf.File) []tlsPlace {
-	exported, err := exportedFunctions(f, slices.Concat(tlsSymbols, []string{"SSL_write_ex2"}))
+	// The functions probed, and others that wrappers call, which a
+	// function found called must not be.
+	names := slices.Concat(tlsSymbols[:], []string{"SSL_peek", "SSL_peek_ex", "SSL_write_ex2"})
+	exported, err := exportedFunctions(f, names)
+	if errors.Is(err, errNoGNUHash) {
+		exported, err = dynamicFunctions(f, names)
+	}
 	if err != nil || exported["SSL_read"] == 0 || exported["SSL_write"] == 0 || exported["SSL_do_handshake"] == 0 {
 		return nil
 	}
 	code := codeReader{f}
 	var places []tlsPlace
-	pair := func(plain, ex, internal uint64) {
+	var callees []uint64
+	pair := func(plain, ex uint64) {
 		plainAt, exAt := exported[tlsSymbols[plain]], exported[tlsSymbols[ex]]
 		if exAt == 0 {
 			// Before OpenSSL 1.1.1: no _ex forms.
@@ -112,27 +134,56 @@ func placesOf(f *elf.File) []tlsPlace {
 		}
 		plainEntry, exEntry := code.entry(plainAt), code.entry(exAt)
 		if !code.emulated(plainEntry) || !code.emulated(exEntry) {
-			if callee, ok := code.firstCall(plainAt); ok {
-				if other, ok := code.firstCall(exAt); ok && other == callee && code.emulated(code.entry(callee)) {
-					name := "callee of " + tlsSymbols[plain] + " and " + tlsSymbols[ex]
-					places = append(places, tlsPlace{code.entry(callee), internal, name})
-					return
-				}
+			fromPlain, fromEx := code.firstCall(plainAt), code.firstCall(exAt)
+			callee := fromEx.callee
+			if callee != 0 && fromPlain.callee == callee && fromEx.argumentsKept && fromPlain.countOnStack &&
+				!slices.Contains(callees, callee) && !isExported(exported, callee) && code.emulated(code.entry(callee)) {
+				callees = append(callees, callee)
+				name := "callee of " + tlsSymbols[plain] + " and " + tlsSymbols[ex]
+				places = append(places, tlsPlace{code.entry(callee), ex, name})
+				return
 			}
 		}
 		places = append(places, tlsPlace{plainEntry, plain, tlsSymbols[plain]}, tlsPlace{exEntry, ex, tlsSymbols[ex]})
 	}
-	internalWrite := fnWriteEx
-	if exported["SSL_write_ex2"] != 0 {
-		internalWrite = fnWriteEx2
-	}
-	pair(fnWrite, fnWriteEx, internalWrite)
-	pair(fnRead, fnReadEx, fnReadEx)
+	pair(fnWrite, fnWriteEx)
+	pair(fnRead, fnReadEx)
 	places = append(places, tlsPlace{code.entry(exported["SSL_do_handshake"]), fnHandshake, "SSL_do_handshake"})
 	if free := exported[tlsFree]; free != 0 {
 		places = append(places, tlsPlace{code.entry(free), fnFree, tlsFree})
 	}
 	return places
+}
+
+// isExported tells whether off is one of the functions found exported
+// (placesOf's names).
+func isExported(exported map[string]uint64, off uint64) bool {
+	for _, at := range exported {
+		if at == off {
+			return true
+		}
+	}
+	return false
+}
+
+// dynamicFunctions finds the functions of names that an ELF file exports
+// by reading its whole dynamic symbol table: for a library linked
+// without a GNU hash table (a libssl's table is small).
+func dynamicFunctions(f *elf.File, names []string) (map[string]uint64, error) {
+	syms, err := f.DynamicSymbols()
+	if err != nil {
+		return nil, err
+	}
+	found := map[string]uint64{}
+	for _, s := range syms {
+		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Section == elf.SHN_UNDEF || s.Value == 0 || !slices.Contains(names, s.Name) {
+			continue
+		}
+		if off, err := fileOffset(f, s.Value); err == nil {
+			found[s.Name] = off
+		}
+	}
+	return found, nil
 }
 
 // codeReader reads an ELF file's code by file offset.
@@ -196,44 +247,83 @@ func (c codeReader) emulated(off uint64) bool {
 	return false
 }
 
-// firstCall returns the file offset of the function that function off
-// calls first, directly, on its way without jumps taken (a conditional
-// jump falls through), if that function is in the file's .text (not a
-// stub of another library's in the PLT) and the call comes within its
-// first 16 instructions.
-func (c codeReader) firstCall(off uint64) (uint64, bool) {
+// callSite is the first call a function makes, on its way without jumps
+// taken, and what it did before it.
+type callSite struct {
+	callee uint64 // the file offset of the function called, in .text; 0: none found
+	// argumentsKept: the function did nothing before the call but make
+	// room on the stack (a sub from rsp, a push, a nop): the callee gets
+	// its arguments as they came.
+	argumentsKept bool
+	// countOnStack: the fourth argument's register, rcx, was last given
+	// an address on the stack (mov %rsp or lea off(%rsp)), as SSL_read
+	// passes the count's pointer to the function that SSL_read_ex calls.
+	countOnStack bool
+}
+
+// firstCall finds the first call function off makes, directly, on its way
+// without jumps taken (a conditional jump falls through), within its
+// first 16 instructions, to a function in the file's .text (not a stub of
+// another library's in the PLT).
+func (c codeReader) firstCall(off uint64) callSite {
 	code := c.at(off, 96)
 	if bytes.HasPrefix(code, endbr64) {
 		code, off = code[len(endbr64):], off+uint64(len(endbr64))
 	}
 	text, segment := c.f.Section(".text"), c.segment(off)
 	if text == nil || segment == nil {
-		return 0, false
+		return callSite{}
 	}
 	vaddr := off - segment.Off + segment.Vaddr // where off is loaded
+	site := callSite{argumentsKept: true}
 	for at, n := 0, 0; at < len(code) && n < 16; n++ {
 		inst, err := x86asm.Decode(code[at:], 64)
 		if err != nil {
-			return 0, false
+			return callSite{}
 		}
 		at += inst.Len
 		switch inst.Op {
 		case x86asm.CALL:
 			rel, ok := inst.Args[0].(x86asm.Rel)
 			if !ok {
-				return 0, false // through a register or memory: not known here
+				return callSite{} // through a register or memory: not known here
 			}
 			target := vaddr + uint64(at) + uint64(int64(rel))
 			if target < text.Addr || target >= text.Addr+text.Size {
-				return 0, false
+				return callSite{}
 			}
-			callee, err := fileOffset(c.f, target)
-			return callee, err == nil
+			if site.callee, err = fileOffset(c.f, target); err != nil {
+				return callSite{}
+			}
+			return site
 		case x86asm.RET, x86asm.JMP, x86asm.UD1, x86asm.UD2, x86asm.INT, x86asm.HLT:
-			return 0, false
+			return callSite{}
+		case x86asm.PUSH, x86asm.NOP:
+			continue
+		case x86asm.SUB:
+			if inst.Args[0] == x86asm.RSP {
+				continue
+			}
+		}
+		site.argumentsKept = false
+		if reg, ok := inst.Args[0].(x86asm.Reg); ok && (reg == x86asm.RCX || reg == x86asm.ECX || reg == x86asm.CX || reg == x86asm.CL) {
+			site.countOnStack = stackAddress(inst)
 		}
 	}
-	return 0, false
+	return callSite{}
+}
+
+// stackAddress tells whether inst puts an address on the stack in its
+// destination: mov %rsp, or lea off(%rsp).
+func stackAddress(inst x86asm.Inst) bool {
+	switch inst.Op {
+	case x86asm.MOV:
+		return inst.Args[0] == x86asm.RCX && inst.Args[1] == x86asm.RSP
+	case x86asm.LEA:
+		m, ok := inst.Args[1].(x86asm.Mem)
+		return ok && inst.Args[0] == x86asm.RCX && m.Base == x86asm.RSP && m.Index == 0
+	}
+	return false
 }
 
 // placesString says where the uprobes went, for the log: "SSL_write at

@@ -1,7 +1,12 @@
 package bpf
 
 import (
+	"bytes"
+	"cmp"
 	"debug/elf"
+	"encoding/binary"
+	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +33,7 @@ func TestSSLPlacesSystem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exported, err := exportedFunctions(f, tlsSymbols)
+	exported, err := exportedFunctions(f, tlsSymbols[:])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,8 +57,14 @@ func TestSSLPlacesSystem(t *testing.T) {
 		if len(got) != 1 || got[0].offset == exported[plain] || got[0].offset == exported[ex] || !code.emulated(got[0].offset) {
 			t.Fatalf("%s and %s: want one place, at a function both call that begins with an instruction emulated; got %v", plain, ex, got)
 		}
-		if callee, _ := code.firstCall(exported[plain]); callee != got[0].offset {
-			t.Errorf("%s calls %#x first, the place is %#x", plain, callee, got[0].offset)
+		// Debian's SSL_read_ex is "sub $0x8,%rsp; call" the internal
+		// read (relative to the call's end, in the same segment).
+		b := code.at(exported[ex], 9)
+		if !bytes.HasPrefix(b, []byte{0x48, 0x83, 0xec, 0x08, 0xe8}) {
+			t.Fatalf("%s begins % x, not as Debian's does", ex, b)
+		}
+		if callee := exported[ex] + 9 + uint64(int64(int32(binary.LittleEndian.Uint32(b[5:])))); callee != got[0].offset {
+			t.Errorf("%s calls %#x, the place is %#x", ex, callee, got[0].offset)
 		}
 	}
 	for _, fn := range []uint64{fnHandshake, fnFree} {
@@ -67,55 +78,66 @@ func TestSSLPlacesSystem(t *testing.T) {
 // where their uprobes go.
 func TestSSLPlaces(t *testing.T) {
 	clang := testenv.LookPath(t, "clang")
-	// fn emits a function: an exported one, or a local one the others call.
-	fn := func(name string, global bool, body ...string) string {
-		s := ".type " + name + ",@function\n"
-		if global {
-			s += ".globl " + name + "\n"
-		}
-		return s + name + ":\n\t" + strings.Join(body, "\n\t") + "\n.size " + name + ",.-" + name + "\n"
-	}
 	const (
 		endbr = "endbr64"
 		sub   = "sub $0x18,%rsp"
 		push  = "push %r13"
 	)
+	// A library is its functions' bodies, by name; exported ones are
+	// named SSL_*.
+	type library map[string][]string
 	// Debian's OpenSSL 3.0: SSL_read checks its count (a branch not
-	// taken), then calls the internal read; SSL_read_ex calls it at once.
-	wrapper := func(cet bool, name, callee string) string {
-		body := []string{sub, "test %edx,%edx", "js 1f", "mov %rsp,%rcx", "call " + callee, "1: add $0x18,%rsp", "ret"}
-		if cet {
-			body = append([]string{endbr}, body...)
+	// taken) and calls the internal read with the count's pointer on its
+	// stack; SSL_read_ex calls it at once; the internal read begins with
+	// a push.
+	debian := func() library {
+		wrapper := func(callee string) []string {
+			return []string{sub, "test %edx,%edx", "js 1f", "mov %rsp,%rcx", "movslq %edx,%rdx", "call " + callee, "1: add $0x18,%rsp", "ret"}
 		}
-		return fn(name, true, body...)
-	}
-	internal := func(cet bool, name, first string) string {
-		body := []string{first, "pop %r13", "mov $1,%eax", "ret"}
-		if cet {
-			body = append([]string{endbr}, body...)
+		ex := func(callee string) []string {
+			return []string{"sub $0x8,%rsp", "call " + callee, "add $0x8,%rsp", "ret"}
 		}
-		return fn(name, false, body...)
-	}
-	openssl := func(cet bool, readFirst, writeFirst string, extra ...string) string {
-		handshake := []string{push, "pop %r13", "ret"}
-		if cet {
-			handshake = append([]string{endbr}, handshake...)
+		internal := []string{push, "pop %r13", "mov $1,%eax", "ret"}
+		return library{
+			"read_internal": internal, "write_internal": internal, "other": internal,
+			"SSL_read": wrapper("read_internal"), "SSL_read_ex": ex("read_internal"),
+			"SSL_write": wrapper("write_internal"), "SSL_write_ex": ex("write_internal"),
+			"SSL_do_handshake": {push, "pop %r13", "ret"}, "SSL_free": {"test %rdi,%rdi", "ret"},
 		}
-		return strings.Join(append([]string{".text",
-			internal(cet, "read_internal", readFirst), internal(cet, "write_internal", writeFirst),
-			wrapper(cet, "SSL_read", "read_internal"), wrapper(cet, "SSL_read_ex", "read_internal"),
-			wrapper(cet, "SSL_write", "write_internal"), wrapper(cet, "SSL_write_ex", "write_internal"),
-			fn("SSL_do_handshake", true, handshake...), fn("SSL_free", true, "test %rdi,%rdi", "ret"),
-			fn("other", false, push, "pop %r13", "ret")}, extra...), "\n")
 	}
-	build := func(t *testing.T, asm string) (*os.File, *elf.File) {
+	with := func(l library, changes library) library {
+		for name, body := range changes {
+			if body == nil {
+				delete(l, name)
+			} else {
+				l[name] = body
+			}
+		}
+		return l
+	}
+	cet := func(l library) library {
+		for name, body := range l {
+			l[name] = append([]string{endbr}, body...)
+		}
+		return l
+	}
+	build := func(t *testing.T, l library, hashStyle string) (*os.File, *elf.File) {
+		var asm strings.Builder
+		asm.WriteString(".text\n")
+		names := slices.Sorted(maps.Keys(l))
+		for _, name := range names {
+			if strings.HasPrefix(name, "SSL_") {
+				fmt.Fprintf(&asm, ".globl %s\n", name)
+			}
+			fmt.Fprintf(&asm, ".type %[1]s,@function\n%[1]s:\n\t%s\n.size %[1]s,.-%[1]s\n", name, strings.Join(l[name], "\n\t"))
+		}
 		dir := t.TempDir()
 		src, lib := filepath.Join(dir, "ssl.S"), filepath.Join(dir, "libssl.so.3")
-		if err := os.WriteFile(src, []byte(asm), 0o644); err != nil {
+		if err := os.WriteFile(src, []byte(asm.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := exec.Command(clang, "-shared", "-nostdlib", "-Wl,--hash-style=gnu", "-o", lib, src).CombinedOutput(); err != nil {
-			t.Fatalf("clang: %v\n%s", err, out)
+		if out, err := exec.Command(clang, "-shared", "-nostdlib", "-Wl,--hash-style="+hashStyle, "-o", lib, src).CombinedOutput(); err != nil {
+			t.Fatalf("clang: %v\n%s\n%s", err, out, asm.String())
 		}
 		file, err := os.Open(lib)
 		if err != nil {
@@ -150,58 +172,101 @@ func TestSSLPlaces(t *testing.T) {
 		fn     uint64
 		symbol string
 		past   uint64 // bytes past the symbol
+		name   string // the place's name, when it is not the function's
 	}
+	internals := []want{{fnWriteEx, "write_internal", 0, "callee of SSL_write and SSL_write_ex"}, {fnReadEx, "read_internal", 0, "callee of SSL_read and SSL_read_ex"}}
+	writeEntries := []want{{fnWrite, "SSL_write", 0, ""}, {fnWriteEx, "SSL_write_ex", 0, ""}}
+	readEntries := []want{{fnRead, "SSL_read", 0, ""}, {fnReadEx, "SSL_read_ex", 0, ""}}
+	rest := []want{{fnHandshake, "SSL_do_handshake", 0, ""}, {fnFree, "SSL_free", 0, ""}}
 	for _, c := range []struct {
-		name string
-		asm  string
-		want []want
+		name      string
+		lib       library
+		hashStyle string
+		want      []want
 	}{{
 		name: "Debian's build: the internal functions",
-		asm:  openssl(false, push, push),
-		want: []want{{fnWriteEx, "write_internal", 0}, {fnReadEx, "read_internal", 0}, {fnHandshake, "SSL_do_handshake", 0}, {fnFree, "SSL_free", 0}},
+		lib:  debian(),
+		want: slices.Concat(internals, rest),
 	}, {
-		name: "control-flow protection: past the endbr64 where a push follows",
-		asm:  openssl(true, push, push),
-		want: []want{{fnWriteEx, "write_internal", 4}, {fnReadEx, "read_internal", 4}, {fnHandshake, "SSL_do_handshake", 4}, {fnFree, "SSL_free", 0}},
+		name:      "a library with no GNU hash table",
+		lib:       debian(),
+		hashStyle: "sysv",
+		want:      slices.Concat(internals, rest),
 	}, {
-		name: "OpenSSL 3.3+: the internal write takes flags",
-		asm:  openssl(false, push, push, fn("SSL_write_ex2", true, "jmp write_internal")),
-		want: []want{{fnWriteEx2, "write_internal", 0}, {fnReadEx, "read_internal", 0}, {fnHandshake, "SSL_do_handshake", 0}, {fnFree, "SSL_free", 0}},
-	}, {
-		name: "an internal read that begins with an instruction single-stepped: no gain, the entries",
-		asm:  openssl(false, sub, push),
-		want: []want{{fnWriteEx, "write_internal", 0}, {fnRead, "SSL_read", 0}, {fnReadEx, "SSL_read_ex", 0}, {fnHandshake, "SSL_do_handshake", 0}, {fnFree, "SSL_free", 0}},
-	}, {
-		name: "wrappers that call different functions first: the entries",
-		asm: strings.Replace(openssl(false, push, push), wrapper(false, "SSL_read_ex", "read_internal"),
-			wrapper(false, "SSL_read_ex", "other"), 1),
-		want: []want{{fnWriteEx, "write_internal", 0}, {fnRead, "SSL_read", 0}, {fnReadEx, "SSL_read_ex", 0}, {fnHandshake, "SSL_do_handshake", 0}, {fnFree, "SSL_free", 0}},
+		name: "control-flow protection: past the endbr64 where a push follows, else at the start",
+		lib:  cet(debian()),
+		want: []want{{fnWriteEx, "write_internal", 4, "callee of SSL_write and SSL_write_ex"}, {fnReadEx, "read_internal", 4, "callee of SSL_read and SSL_read_ex"},
+			{fnHandshake, "SSL_do_handshake", 4, ""}, {fnFree, "SSL_free", 0, ""}},
 	}, {
 		name: "entries emulated already (Node.js's build): kept",
-		asm: strings.NewReplacer(wrapper(false, "SSL_read", "read_internal"), fn("SSL_read", true, "push %rbp", "call read_internal", "pop %rbp", "ret"),
-			wrapper(false, "SSL_read_ex", "read_internal"), fn("SSL_read_ex", true, "push %rbp", "call read_internal", "pop %rbp", "ret")).Replace(openssl(false, push, push)),
-		want: []want{{fnWriteEx, "write_internal", 0}, {fnRead, "SSL_read", 0}, {fnReadEx, "SSL_read_ex", 0}, {fnHandshake, "SSL_do_handshake", 0}, {fnFree, "SSL_free", 0}},
+		lib: with(debian(), library{"SSL_read": {"push %rbp", "call read_internal", "pop %rbp", "ret"},
+			"SSL_read_ex": {"push %rbp", "call read_internal", "pop %rbp", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
+	}, {
+		name: "an internal read that begins with an instruction single-stepped: the entries",
+		lib:  with(debian(), library{"read_internal": {sub, "add $0x18,%rsp", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
+	}, {
+		name: "wrappers that call different functions first: the entries",
+		lib:  with(debian(), library{"SSL_read_ex": {"sub $0x8,%rsp", "call other", "add $0x8,%rsp", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
+	}, {
+		name: "the internal read inlined, both calling another function first with other arguments: the entries",
+		lib: with(debian(), library{"SSL_read": {sub, "xor %esi,%esi", "mov %rsp,%rcx", "call other", "add $0x18,%rsp", "ret"},
+			"SSL_read_ex": {sub, "xor %esi,%esi", "call other", "add $0x18,%rsp", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
+	}, {
+		name: "a read whose count's pointer is not in the fourth register: the entries",
+		lib:  with(debian(), library{"SSL_read": {sub, "mov %rsp,%r8", "call read_internal", "add $0x18,%rsp", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
+	}, {
+		name: "one function called by the reads and the writes: the writes alone have it",
+		lib: with(debian(), library{"SSL_read": {sub, "mov %rsp,%rcx", "call write_internal", "add $0x18,%rsp", "ret"},
+			"SSL_read_ex": {"sub $0x8,%rsp", "call write_internal", "add $0x8,%rsp", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
+	}, {
+		// Called directly, by a local label of its address (through the
+		// PLT, it would be no function of the library's own).
+		name: "an exported function called: the entries",
+		lib: with(debian(), library{"SSL_read": {sub, "mov %rsp,%rcx", "call peek", "add $0x18,%rsp", "ret"},
+			"SSL_read_ex": {"sub $0x8,%rsp", "call peek", "add $0x8,%rsp", "ret"}, "SSL_peek_ex": {"peek: " + push, "pop %r13", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
+	}, {
+		// SSL_write passes flags, then the count's pointer in r8;
+		// SSL_write_ex calls SSL_write_ex2, or inlines it.
+		name: "OpenSSL 3.3+'s writes: the entries",
+		lib: with(debian(), library{"SSL_write": {sub, "xor %ecx,%ecx", "mov %rsp,%r8", "call write_internal", "add $0x18,%rsp", "ret"},
+			"SSL_write_ex":  {"sub $0x8,%rsp", "mov %rcx,%r8", "xor %ecx,%ecx", "call write_internal", "add $0x8,%rsp", "ret"},
+			"SSL_write_ex2": {"jmp write_internal"}}),
+		want: slices.Concat(writeEntries, internals[1:], rest),
+	}, {
+		name: "OpenSSL 3.3+'s writes, SSL_write_ex calling SSL_write_ex2: the entries",
+		lib: with(debian(), library{"SSL_write": {sub, "xor %ecx,%ecx", "mov %rsp,%r8", "call write_internal", "add $0x18,%rsp", "ret"},
+			"SSL_write_ex":  {"sub $0x8,%rsp", "call SSL_write_ex2", "add $0x8,%rsp", "ret"},
+			"SSL_write_ex2": {"sub $0x8,%rsp", "call write_internal", "add $0x8,%rsp", "ret"}}),
+		want: slices.Concat(writeEntries, internals[1:], rest),
+	}, {
+		name: "before OpenSSL 1.1.1, no _ex forms: the entries",
+		lib:  with(debian(), library{"SSL_read_ex": nil, "SSL_write_ex": nil}),
+		want: slices.Concat([]want{{fnWrite, "SSL_write", 0, ""}, {fnRead, "SSL_read", 0, ""}}, rest),
 	}} {
 		t.Run(c.name, func(t *testing.T) {
-			file, f := build(t, c.asm)
+			file, f := build(t, c.lib, cmp.Or(c.hashStyle, "gnu"))
 			got, err := sslPlaces(file)
 			if err != nil {
 				t.Fatal(err)
 			}
 			var expected []tlsPlace
 			for _, w := range c.want {
-				expected = append(expected, tlsPlace{offset: symbol(t, f, w.symbol) + w.past, fn: w.fn})
-			}
-			for i := range got {
-				got[i].name = ""
+				expected = append(expected, tlsPlace{symbol(t, f, w.symbol) + w.past, w.fn, cmp.Or(w.name, w.symbol)})
 			}
 			if !slices.Equal(got, expected) {
-				t.Errorf("places %+v, want %+v", got, expected)
+				t.Errorf("places\n%+v, want\n%+v", got, expected)
 			}
 		})
 	}
 	t.Run("no SSL_do_handshake: no OpenSSL", func(t *testing.T) {
-		file, _ := build(t, strings.Replace(openssl(false, push, push), ".globl SSL_do_handshake\n", "", 1))
+		file, _ := build(t, with(debian(), library{"SSL_do_handshake": nil}), "gnu")
 		if _, err := sslPlaces(file); err == nil {
 			t.Error("places for a library without SSL_do_handshake")
 		}

@@ -168,6 +168,14 @@ func (c *Capture) TraceTLS(pid int, spoke bool) (string, error) {
 	ssl := false
 	var failed error
 	for _, library := range fresh {
+		if library.exe == nil {
+			// A libssl: opened and read only now that it is to be probed,
+			// not at every scan of the process.
+			library = openSSL(pid, library.name)
+			if library.exe != nil {
+				defer library.exe.Close()
+			}
+		}
 		var err error
 		switch {
 		case library.goTLS != nil:
@@ -233,7 +241,7 @@ func (p *tlsProcess) attach(pid int, library tlsLibrary, progs tlsPrograms) erro
 		return err
 	}
 	entries := [...]*ebpf.Program{fnWrite: progs.TLSWrite, fnWriteEx: progs.TLSWriteEx, fnRead: progs.TLSRead,
-		fnReadEx: progs.TLSReadEx, fnHandshake: progs.TLSHandshake, fnFree: progs.TLSFree, fnWriteEx2: progs.TLSWriteEx2}
+		fnReadEx: progs.TLSReadEx, fnHandshake: progs.TLSHandshake, fnFree: progs.TLSFree}
 	for _, place := range library.places {
 		opts := &link.UprobeOptions{PID: pid, Address: place.offset}
 		// The return first: an entry without its return would leave the
@@ -283,15 +291,6 @@ func loadTLSMulti(spec *ebpf.CollectionSpec, objs socketObjects) (*tlsMulti, err
 	}
 	return &multi, nil
 }
-
-// tlsSymbols are the functions of OpenSSL that are probed (or stand for
-// the function they call: sslPlaces), in the order of the entry program's
-// cookies (enum tls_function); the _ex forms are in OpenSSL 1.1.1 and
-// later, the others in every libssl. SSL_free is probed at its entry
-// alone (tlsFree), the others at their returns too.
-var tlsSymbols = []string{"SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex", "SSL_do_handshake", "SSL_free"}
-
-const tlsFree = "SSL_free"
 
 // openLibrary opens library, for its uprobes: by the agent's descriptor
 // of the very file inspected (as attachGo does).
@@ -397,8 +396,8 @@ func (p *tlsProcess) close() error {
 type tlsLibrary struct {
 	name   string       // the path in the process's mount namespace; an executable's with " (Go crypto/tls)" or " (OpenSSL linked in)"
 	goTLS  *goTLSPlaces // a Go program's places to probe
-	places []tlsPlace   // or an OpenSSL's (sslPlaces)
-	exe    *os.File     // and the file, open
+	places []tlsPlace   // or an OpenSSL's (sslPlaces; a libssl's once openSSL read it)
+	exe    *os.File     // and the file, open (a libssl's once openSSL opened it)
 	err    error        // or why its file cannot be probed
 }
 
@@ -426,7 +425,7 @@ func tlsLibraries(pid int, withGo bool) ([]tlsLibrary, error) {
 		return nil, err
 	}
 	for _, name := range ssl {
-		libraries = append(libraries, openSSL(pid, name))
+		libraries = append(libraries, tlsLibrary{name: name})
 	}
 	if len(libraries) == 0 {
 		if goErr != nil && !errors.Is(goErr, errNoGoTLS) && !errors.Is(goErr, os.ErrNotExist) {
