@@ -3439,7 +3439,10 @@ int tls_return_multi(struct pt_regs *ctx)
 // A Go program links its own TLS (crypto/tls), no libssl. The agent puts
 // uprobes on (*tls.Conn).Write's and (*tls.Conn).Read's entries (past
 // their stack checks, which start them again when the stack grows) and
-// each of Read's return instructions (bpf/gotls.go): a uretprobe would
+// Read's call of runtime.memmove that copies its plaintext out, or where
+// it makes none, each of its return instructions (bpf/gotls.go): a
+// call is emulated under a breakpoint, a return single-stepped, and a
+// uretprobe would
 // put its trampoline's address on a goroutine's stack, which Go's runtime
 // copies and unwinds, and a Go program fails on it. Arguments and results
 // are in registers (Go's internal ABI, Go 1.17 and later, amd64): the
@@ -3515,7 +3518,27 @@ enum go_tls_function {
 	GO_TLS_WRITE = 0,       // (*tls.Conn).Write(b []byte) (int, error), at its entry
 	GO_TLS_READ = 1,        // (*tls.Conn).Read(b []byte) (int, error), at its entry
 	GO_TLS_READ_RETURN = 2, // and at one of its return instructions
+	GO_TLS_READ_COPY = 3,   // or, instead, at its call of runtime.memmove(to, from, n), which copies the plaintext out
 };
+
+// go_tls_read_end ends the goroutine's read (key) that got n bytes of
+// plaintext, at from, or in the buffer its entry noted (from 0).
+static __always_inline int go_tls_read_end(struct go_tls_key *key, long n, __u64 from)
+{
+	struct go_tls_read *read = bpf_map_lookup_elem(&go_tls_reads, key);
+	if (!read || read->missed) {
+		if (!read && n > 0) {
+			count(STAT_TLS_LOST);
+			struct go_tls_read missed = {.missed = 1};
+			bpf_map_update_elem(&go_tls_reads, key, &missed, BPF_ANY);
+		}
+		return 0;
+	}
+	if (read->conn.sock && n > 0 && n <= 0x7fffffff)
+		tls_emit(&read->conn, DIR_INGRESS, from ? from : read->buf, n, 0);
+	bpf_map_delete_elem(&go_tls_reads, key);
+	return 0;
+}
 
 static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 {
@@ -3568,20 +3591,12 @@ static __always_inline int go_tls(struct pt_regs *ctx, __u64 fn)
 		return 0;
 	}
 	case GO_TLS_READ_RETURN:
-		read = bpf_map_lookup_elem(&go_tls_reads, &key);
-		n = ctx->ax;
-		if (!read || read->missed) {
-			if (!read && n > 0) {
-				count(STAT_TLS_LOST);
-				struct go_tls_read missed = {.missed = 1};
-				bpf_map_update_elem(&go_tls_reads, &key, &missed, BPF_ANY);
-			}
-			return 0;
-		}
-		if (read->conn.sock && n > 0 && n <= 0x7fffffff)
-			tls_emit(&read->conn, DIR_INGRESS, read->buf, n, 0);
-		bpf_map_delete_elem(&go_tls_reads, &key);
-		return 0;
+		// The count returned, the plaintext in the caller's buffer.
+		return go_tls_read_end(&key, ctx->ax, 0);
+	case GO_TLS_READ_COPY:
+		// The plaintext about to be copied out: from bx, cx bytes (the
+		// call's arguments). A Read makes one such copy, if any.
+		return go_tls_read_end(&key, ctx->cx, ctx->bx);
 	}
 	return 0;
 }
@@ -3593,6 +3608,8 @@ SEC("uprobe")
 int go_tls_read(struct pt_regs *ctx) { return go_tls(ctx, GO_TLS_READ); }
 SEC("uprobe")
 int go_tls_read_return(struct pt_regs *ctx) { return go_tls(ctx, GO_TLS_READ_RETURN); }
+SEC("uprobe")
+int go_tls_read_copy(struct pt_regs *ctx) { return go_tls(ctx, GO_TLS_READ_COPY); }
 
 // All of them in one uprobe_multi link per program (Linux 6.10+).
 SEC("uprobe.multi")

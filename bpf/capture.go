@@ -289,6 +289,7 @@ type tlsPrograms struct {
 	GoTLSWrite      *ebpf.Program `ebpf:"go_tls_write"`
 	GoTLSRead       *ebpf.Program `ebpf:"go_tls_read"`
 	GoTLSReadReturn *ebpf.Program `ebpf:"go_tls_read_return"`
+	GoTLSReadCopy   *ebpf.Program `ebpf:"go_tls_read_copy"`
 }
 
 // syscallObjects are what the syscall-tracepoint capture loads.
@@ -309,7 +310,7 @@ func (c *Capture) attachSocket(spec *ebpf.CollectionSpec, logger *slog.Logger) e
 	objects := []io.Closer{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock, objs.SchedProcessExec, objs.Events, objs.Stats, objs.HTTPRoutes, objs.HTTPHist, objs.HistRoom, objs.HTTPHeads,
 		objs.TLSCalls, objs.TLSConns, objs.GoTLSReads, objs.TLSH2, objs.TLSPids, objs.Announced,
 		objs.TLSWrite, objs.TLSWriteEx, objs.TLSRead, objs.TLSReadEx, objs.TLSHandshake, objs.TLSFree, objs.TLSReturn,
-		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn}
+		objs.GoTLSWrite, objs.GoTLSRead, objs.GoTLSReadReturn, objs.GoTLSReadCopy}
 	var hooks []func() (link.Link, error)
 	programs := []*ebpf.Program{objs.SockRecvLength, objs.SockSendLength, objs.InetSockSetState, objs.TCPDestroySock}
 	if c.execs {

@@ -270,6 +270,7 @@ const (
 	captureMapTlsPids           = "tls_pids"
 	captureProgGoTlsMulti       = "go_tls_multi"
 	captureProgGoTlsRead        = "go_tls_read"
+	captureProgGoTlsReadCopy    = "go_tls_read_copy"
 	captureProgGoTlsReadReturn  = "go_tls_read_return"
 	captureProgGoTlsWrite       = "go_tls_write"
 	captureProgInetSockSetState = "inet_sock_set_state"
@@ -349,6 +350,7 @@ type captureSpecs struct {
 type captureProgramSpecs struct {
 	GoTlsMulti       *ebpf.ProgramSpec `ebpf:"go_tls_multi"`
 	GoTlsRead        *ebpf.ProgramSpec `ebpf:"go_tls_read"`
+	GoTlsReadCopy    *ebpf.ProgramSpec `ebpf:"go_tls_read_copy"`
 	GoTlsReadReturn  *ebpf.ProgramSpec `ebpf:"go_tls_read_return"`
 	GoTlsWrite       *ebpf.ProgramSpec `ebpf:"go_tls_write"`
 	InetSockSetState *ebpf.ProgramSpec `ebpf:"inet_sock_set_state"`
@@ -510,6 +512,7 @@ type captureVariables struct {
 type capturePrograms struct {
 	GoTlsMulti       *ebpf.Program `ebpf:"go_tls_multi"`
 	GoTlsRead        *ebpf.Program `ebpf:"go_tls_read"`
+	GoTlsReadCopy    *ebpf.Program `ebpf:"go_tls_read_copy"`
 	GoTlsReadReturn  *ebpf.Program `ebpf:"go_tls_read_return"`
 	GoTlsWrite       *ebpf.Program `ebpf:"go_tls_write"`
 	InetSockSetState *ebpf.Program `ebpf:"inet_sock_set_state"`
@@ -534,6 +537,7 @@ func (p *capturePrograms) Close() error {
 	return _CaptureClose(
 		p.GoTlsMulti,
 		p.GoTlsRead,
+		p.GoTlsReadCopy,
 		p.GoTlsReadReturn,
 		p.GoTlsWrite,
 		p.InetSockSetState,

@@ -28,6 +28,7 @@ import (
 const (
 	goTLSWrite = "crypto/tls.(*Conn).Write"
 	goTLSRead  = "crypto/tls.(*Conn).Read"
+	goMemmove  = "runtime.memmove" // which Read calls to copy its plaintext out
 )
 
 // errNoGoTLS: the executable is no Go program that links crypto/tls.
@@ -37,19 +38,33 @@ var errNoGoTLS = errors.New("no Go crypto/tls")
 // its file: Write's and Read's first instruction past their stack check
 // (at the function's very start a uprobe would fire twice for one call
 // whenever Go grows the goroutine's stack or preempts it there: morestack
-// starts the function again), and Read's return instructions.
+// starts the function again), and where Read's plaintext is known: its
+// copy into the caller's buffer, else its return instructions.
+//
+// The copy is a call of runtime.memmove (Read's c.input.Read(b), inlined
+// bytes.Reader.Read's copy), whose registers hold the plaintext's address
+// and length: a call is an instruction the kernel emulates under a
+// breakpoint, where a return is single-stepped, some 40 times dearer on
+// a virtual machine (BENCHMARKS.md, "What a trap costs"). A Read that
+// does not make exactly one such call (a Go version that does not inline
+// it) is probed at its returns.
 type goTLSPlaces struct {
 	write, read           uint64
 	writeEntry, readEntry uint64 // the functions' starts
+	readCopy              uint64 // Read's call of runtime.memmove; 0: none, the returns instead
 	readReturns           []uint64
 }
 
 // all returns the places with what each is to the program (enum
-// go_tls_function, its cookie): the returns first, so that no read is
-// entered with the uprobes before its return has one.
+// go_tls_function, its cookie): the copy or the returns first, so that no
+// read is entered with the uprobes before its end has one.
 func (p *goTLSPlaces) all() (offsets, cookies []uint64) {
-	for _, r := range p.readReturns {
-		offsets, cookies = append(offsets, r), append(cookies, 2)
+	if p.readCopy != 0 {
+		offsets, cookies = append(offsets, p.readCopy), append(cookies, 3)
+	} else {
+		for _, r := range p.readReturns {
+			offsets, cookies = append(offsets, r), append(cookies, 2)
+		}
 	}
 	return append(offsets, p.write, p.read), append(cookies, 0, 1)
 }
@@ -135,6 +150,11 @@ func (p *goTLSPlaces) stillIn(exe io.ReaderAt) bool {
 			return false
 		}
 	}
+	if p.readCopy != 0 {
+		if _, err := exe.ReadAt(code[:1], int64(p.readCopy)); err != nil || code[0] != 0xe8 {
+			return false
+		}
+	}
 	return true
 }
 
@@ -169,7 +189,7 @@ func inspectGoTLS(exe *os.File) (*goTLSPlaces, error) {
 	if err != nil {
 		return nil, err
 	}
-	funcs, err := table.lookup(goTLSRead, goTLSWrite)
+	funcs, err := table.lookup(goTLSRead, goTLSWrite, goMemmove)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +204,8 @@ func inspectGoTLS(exe *os.File) (*goTLSPlaces, error) {
 		return nil, err
 	}
 	places := &goTLSPlaces{}
-	for i, fn := range funcs {
+	memmove := text + uint64(funcs[2][0])
+	for i, fn := range funcs[:2] {
 		entry, end := text+uint64(fn[0]), text+uint64(fn[1])
 		code, err := readCode(f, entry, end)
 		if err != nil {
@@ -207,9 +228,13 @@ func inspectGoTLS(exe *os.File) (*goTLSPlaces, error) {
 			continue
 		}
 		places.readEntry, places.read = offset, offset+uint64(body)
-		returns, err := returnOffsets(code)
+		returns, copies, err := readEnds(code, entry, memmove)
 		if err != nil {
 			return nil, errGoTLSUnsupported{fmt.Errorf("%s: %w", goTLSRead, err)}
+		}
+		if len(copies) == 1 {
+			places.readCopy = offset + copies[0]
+			continue
 		}
 		for _, r := range returns {
 			places.readReturns = append(places.readReturns, offset+r)
@@ -460,25 +485,30 @@ func goPrologue(code []byte) (int, bool) {
 	return 0, false
 }
 
-// returnOffsets disassembles a function's code and returns the offsets of
-// its return instructions. A uprobe must start an instruction: any byte
-// the decoder cannot place makes it refuse the whole function.
-func returnOffsets(code []byte) ([]uint64, error) {
-	var returns []uint64
+// readEnds disassembles a function's code, loaded at entry, and returns
+// the offsets of its return instructions and of its calls of the function
+// at memmove. A uprobe must start an instruction: any byte the decoder
+// cannot place makes it refuse the whole function.
+func readEnds(code []byte, entry, memmove uint64) (returns, copies []uint64, err error) {
 	for at := 0; at < len(code); {
 		inst, err := x86asm.Decode(code[at:], 64)
 		if err != nil {
-			return nil, fmt.Errorf("disassemble at +%#x: %w", at, err)
+			return nil, nil, fmt.Errorf("disassemble at +%#x: %w", at, err)
 		}
-		if inst.Op == x86asm.RET {
+		switch inst.Op {
+		case x86asm.RET:
 			returns = append(returns, uint64(at))
+		case x86asm.CALL:
+			if rel, ok := inst.Args[0].(x86asm.Rel); ok && code[at] == 0xe8 && entry+uint64(at+inst.Len)+uint64(int64(rel)) == memmove {
+				copies = append(copies, uint64(at))
+			}
 		}
 		at += inst.Len
 	}
 	if len(returns) == 0 {
-		return nil, errors.New("no return instruction")
+		return nil, nil, errors.New("no return instruction")
 	}
-	return returns, nil
+	return returns, copies, nil
 }
 
 // fileOffset converts a virtual address of f's code to its offset in the
@@ -495,7 +525,7 @@ func fileOffset(f *elf.File, addr uint64) (uint64, error) {
 // goTLSPrograms are the programs on a Go program's crypto/tls when each
 // uprobe is a perf event, in the order of enum go_tls_function.
 func (p tlsPrograms) goTLS() []*ebpf.Program {
-	return []*ebpf.Program{p.GoTLSWrite, p.GoTLSRead, p.GoTLSReadReturn}
+	return []*ebpf.Program{p.GoTLSWrite, p.GoTLSRead, p.GoTLSReadReturn, p.GoTLSReadCopy}
 }
 
 // attachGo puts the uprobes on the Go program pid runs, exe (the file

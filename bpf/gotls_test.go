@@ -1,6 +1,9 @@
 package bpf
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 // TestGoPrologue: the uprobes go past a Go function's stack check, and
 // on nothing that does not start with one.
@@ -29,16 +32,17 @@ func TestGoPrologue(t *testing.T) {
 	}
 }
 
-// TestReturnOffsets: every return instruction, and no 0xc3 byte inside
-// another instruction.
-func TestReturnOffsets(t *testing.T) {
-	// mov eax, 0xc3; ret; add rsp, 8; ret
-	code := []byte("\xb8\xc3\x00\x00\x00\xc3\x48\x83\xc4\x08\xc3")
-	got, err := returnOffsets(code)
-	if err != nil || len(got) != 2 || got[0] != 5 || got[1] != 10 {
-		t.Errorf("returnOffsets = %v, %v; want [5 10]", got, err)
+// TestReadEnds: every return instruction, and no 0xc3 byte inside
+// another instruction; the direct calls of memmove, and no other call.
+func TestReadEnds(t *testing.T) {
+	// At 0x1000: mov eax, 0xc3; ret; call 0x2000 (memmove); call 0x3000;
+	// call *rax; add rsp, 8; ret
+	code := []byte("\xb8\xc3\x00\x00\x00\xc3" + "\xe8\xf5\x0f\x00\x00" + "\xe8\xf0\x1f\x00\x00" + "\xff\xd0" + "\x48\x83\xc4\x08\xc3")
+	returns, copies, err := readEnds(code, 0x1000, 0x2000)
+	if err != nil || !slices.Equal(returns, []uint64{5, 22}) || !slices.Equal(copies, []uint64{6}) {
+		t.Errorf("readEnds = %v, %v, %v; want [5 22], [6]", returns, copies, err)
 	}
-	if _, err := returnOffsets([]byte("\x55\x48\x89\xe5")); err == nil {
+	if _, _, err := readEnds([]byte("\x55\x48\x89\xe5"), 0x1000, 0x2000); err == nil {
 		t.Error("no return instruction: no error")
 	}
 }
