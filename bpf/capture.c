@@ -3440,18 +3440,17 @@ int tls_return_multi(struct pt_regs *ctx)
 // uprobes on (*tls.Conn).Write's and (*tls.Conn).Read's entries (past
 // their stack checks, which start them again when the stack grows) and
 // Read's call of runtime.memmove that copies its plaintext out, or where
-// it makes none, each of its return instructions (bpf/gotls.go): a
-// call is emulated under a breakpoint, a return single-stepped, and a
-// uretprobe would
-// put its trampoline's address on a goroutine's stack, which Go's runtime
-// copies and unwinds, and a Go program fails on it. Arguments and results
-// are in registers (Go's internal ABI, Go 1.17 and later, amd64): the
-// receiver in ax, the slice's pointer and length in bx and cx, the byte
-// count returned in ax; r14 holds the goroutine (its g). A goroutine can
-// park in a call and go on on another thread, so a Read's entry and its
-// return are paired by goroutine, not by thread; and its connection is
-// read from the tls.Conn itself (not from a send or receive inside the
-// call, which a goroutine's other thread may not make).
+// it makes none, each of its return instructions (bpf/gotls.go): a call
+// is emulated under a breakpoint, a return single-stepped, and a
+// uretprobe would put its trampoline's address on a goroutine's stack,
+// which Go's runtime copies and unwinds, and a Go program fails on it.
+// Arguments and results are in registers (Go's internal ABI, Go 1.17 and
+// later, amd64): the receiver in ax, the slice's pointer and length in bx
+// and cx, the byte count returned in ax; r14 holds the goroutine (its g).
+// A goroutine can park in a call and go on on another thread, so a Read's
+// entry and its end are paired by goroutine, not by thread; and its
+// connection is read from the tls.Conn itself (not from a send or receive
+// inside the call, which a goroutine's other thread may not make).
 
 // The tls.Conn's connection: its conn field (a net.Conn, first in the
 // struct) holds a *net.TCPConn as its data word; a TCPConn's first word

@@ -123,31 +123,39 @@ func placesOf(f *elf.File) []tlsPlace {
 		return nil
 	}
 	code := codeReader{f}
-	var places []tlsPlace
-	var callees []uint64
-	pair := func(plain, ex uint64) {
+	// callee is the function a pair calls first that stands for both, if
+	// any.
+	callee := func(plain, ex uint64) uint64 {
 		plainAt, exAt := exported[tlsSymbols[plain]], exported[tlsSymbols[ex]]
-		if exAt == 0 {
-			// Before OpenSSL 1.1.1: no _ex forms.
-			places = append(places, tlsPlace{code.entry(plainAt), plain, tlsSymbols[plain]})
-			return
+		if exAt == 0 || code.emulated(code.entry(plainAt)) && code.emulated(code.entry(exAt)) {
+			return 0 // before OpenSSL 1.1.1, no _ex forms; or nothing to gain
 		}
-		plainEntry, exEntry := code.entry(plainAt), code.entry(exAt)
-		if !code.emulated(plainEntry) || !code.emulated(exEntry) {
-			fromPlain, fromEx := code.firstCall(plainAt), code.firstCall(exAt)
-			callee := fromEx.callee
-			if callee != 0 && fromPlain.callee == callee && fromEx.argumentsKept && fromPlain.countOnStack &&
-				!slices.Contains(callees, callee) && !isExported(exported, callee) && code.emulated(code.entry(callee)) {
-				callees = append(callees, callee)
-				name := "callee of " + tlsSymbols[plain] + " and " + tlsSymbols[ex]
-				places = append(places, tlsPlace{code.entry(callee), ex, name})
-				return
-			}
+		fromPlain, fromEx := code.firstCall(plainAt), code.firstCall(exAt)
+		c := fromEx.callee
+		if c == 0 || fromPlain.callee != c || !fromEx.argumentsKept || !fromPlain.countOnStack || isExported(exported, c) || !code.emulated(code.entry(c)) {
+			return 0
 		}
-		places = append(places, tlsPlace{plainEntry, plain, tlsSymbols[plain]}, tlsPlace{exEntry, ex, tlsSymbols[ex]})
+		return c
 	}
-	pair(fnWrite, fnWriteEx)
-	pair(fnRead, fnReadEx)
+	write, read := callee(fnWrite, fnWriteEx), callee(fnRead, fnReadEx)
+	if write == read {
+		write, read = 0, 0 // one function is not both the read and the write
+	}
+	var places []tlsPlace
+	pair := func(plain, ex, callee uint64) {
+		switch {
+		case callee != 0:
+			name := "callee of " + tlsSymbols[plain] + " and " + tlsSymbols[ex]
+			places = append(places, tlsPlace{code.entry(callee), ex, name})
+		case exported[tlsSymbols[ex]] == 0:
+			places = append(places, tlsPlace{code.entry(exported[tlsSymbols[plain]]), plain, tlsSymbols[plain]})
+		default:
+			places = append(places, tlsPlace{code.entry(exported[tlsSymbols[plain]]), plain, tlsSymbols[plain]},
+				tlsPlace{code.entry(exported[tlsSymbols[ex]]), ex, tlsSymbols[ex]})
+		}
+	}
+	pair(fnWrite, fnWriteEx, write)
+	pair(fnRead, fnReadEx, read)
 	places = append(places, tlsPlace{code.entry(exported["SSL_do_handshake"]), fnHandshake, "SSL_do_handshake"})
 	if free := exported[tlsFree]; free != 0 {
 		places = append(places, tlsPlace{code.entry(free), fnFree, tlsFree})
