@@ -364,11 +364,14 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 			base = append(base, semconv.DBResponseStatusCode(r.ErrorCode))
 			failed, errType = true, r.ErrorCode
 		}
+		if r.DBSummary != "" {
+			// On the metric too, as the conventions recommend: a
+			// summary has no literal, so its series are the statements'
+			// shapes, bounded by the cardinality limit as any.
+			base = append(base, semconv.DBQuerySummary(r.DBSummary))
+		}
 		metric = append(metric, base...)
 		span = append(span, base...)
-		if r.DBSummary != "" {
-			span = append(span, semconv.DBQuerySummary(r.DBSummary))
-		}
 		if r.DBQuery != "" {
 			span = append(span, semconv.DBQueryText(r.DBQuery))
 		}

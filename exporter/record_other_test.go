@@ -27,7 +27,7 @@ func otherReq(proto string, role tracer.Role) *tracer.Request {
 func TestDatabaseSpan(t *testing.T) {
 	e, rcv, _ := startOTLP(t, Config{})
 	r := otherReq(tracer.ProtoPostgreSQL, tracer.RoleClient)
-	r.DBOperation, r.DBCollection, r.DBNamespace, r.DBQuery = "SELECT", "users", "shop", "SELECT * FROM users WHERE id = ?"
+	r.DBOperation, r.DBCollection, r.DBNamespace, r.DBQuery, r.DBSummary = "SELECT", "users", "shop", "SELECT * FROM users WHERE id = ?", "SELECT users"
 	e.Export(r)
 	bad := otherReq(tracer.ProtoPostgreSQL, tracer.RoleClient)
 	bad.DBOperation, bad.ErrorCode, bad.ErrorMessage = "INSERT", "23505", "duplicate key"
@@ -43,6 +43,7 @@ func TestDatabaseSpan(t *testing.T) {
 		"db.collection.name":   "users",
 		"db.namespace":         "shop",
 		"db.query.text":        "SELECT * FROM users WHERE id = ?",
+		"db.query.summary":     "SELECT users",
 		"server.address":       "10.0.0.9",
 		"server.port":          int64(5432),
 		"network.peer.address": "10.0.0.9",
@@ -63,6 +64,9 @@ func TestDatabaseSpan(t *testing.T) {
 	for _, p := range points {
 		if _, ok := p.Attributes["db.query.text"]; ok {
 			t.Errorf("%s has db.query.text: cardinality", p.Name)
+		}
+		if p.Name == "db.client.operation.duration" && p.Attributes["db.operation.name"] == "SELECT" && p.Attributes["db.query.summary"] != "SELECT users" {
+			t.Errorf("%s: db.query.summary %v, want the statement's summary (conventions: recommended)", p.Name, p.Attributes["db.query.summary"])
 		}
 		// Semantic conventions 1.43, database-metrics.md.
 		if want := []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}; p.Name == "db.client.operation.duration" && !reflect.DeepEqual(p.Bounds, want) {
