@@ -52,6 +52,17 @@ func sqlSummaryOf(words []sqlWord) string {
 	// FETCH 10 FROM a_cursor, REVOKE ... FROM a_role, COPY t FROM STDIN).
 	var opDepth []int
 	var dml []bool
+	// group is the index of a "(" where a FROM or JOIN wants a table: a
+	// subquery, or tables joined in parentheses (FROM (a JOIN b ON ...)),
+	// whose names and joins are the query's own.
+	group := -1
+	// groupAfter notes a "(" right after the word at index i, where a
+	// table list stopped.
+	groupAfter := func(i int) {
+		if i+1 < len(words) && words[i+1].kind == sqlTokPunct && words[i+1].text == "(" {
+			group = i + 1
+		}
+	}
 	for i := 0; i < len(words) && !full; i++ {
 		w := words[i]
 		for len(opDepth) > 0 && opDepth[len(opDepth)-1] > w.depth {
@@ -59,6 +70,21 @@ func sqlSummaryOf(words []sqlWord) string {
 		}
 		if w.kind == sqlTokPunct && w.text == ";" {
 			break
+		}
+		if i == group && i+1 < len(words) && !(words[i+1].kind == sqlTokWord && sqlContainsFold([]string{"SELECT", "WITH", "VALUES", "TABLE"}, words[i+1].text)) {
+			// Tables joined in parentheses: at their depth, the query's.
+			opDepth, dml = append(opDepth, w.depth), append(dml, true)
+			if words[i+1].kind == sqlTokPunct {
+				groupAfter(i) // nested: ((a JOIN b) JOIN c)
+				continue
+			}
+			var targets []string
+			targets, i = sqlTargetList(words, i+1, true, true, "ONLY", "LATERAL")
+			for _, t := range targets {
+				add(t)
+			}
+			groupAfter(i)
+			continue
 		}
 		if w.kind != sqlTokWord {
 			continue
@@ -110,6 +136,9 @@ func sqlSummaryOf(words []sqlWord) string {
 				break
 			}
 			targets, i = sqlTargetList(words, i+1, true, true, "ONLY", "LATERAL")
+			if u == "FROM" {
+				groupAfter(i) // not JOIN ... USING (columns)
+			}
 		case u == "JOIN":
 			j := i
 			for j+1 < len(words) && words[j+1].kind == sqlTokWord && sqlJoinKeyword(words[j+1].text) {
@@ -131,6 +160,7 @@ func sqlSummaryOf(words []sqlWord) string {
 				break
 			}
 			targets, i = sqlTargetList(words, j+1, false, true, "LATERAL")
+			groupAfter(i)
 		case u == "INTO" && i+2 < len(words) && sqlContainsFold([]string{"OUTFILE", "DUMPFILE"}, words[i+1].text) && words[i+2].kind == sqlTokLiteral:
 			// SELECT ... INTO OUTFILE 'file': a file, not a table.
 		case u == "INTO" || op == "COPY" || op == "INSERT" || op == "REPLACE":

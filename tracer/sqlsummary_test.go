@@ -78,6 +78,18 @@ func TestSQLSummary(t *testing.T) {
 		{dialectPostgres, "DROP TABLE IF EXISTS a, b", "DROP a b"},
 		{dialectPostgres, "TRUNCATE a, b RESTART IDENTITY", "TRUNCATE a b"},
 		{dialectMySQL, "UPDATE t1, t2 SET t1.n = t2.n WHERE t1.id = t2.id", "UPDATE t1 t2"},
+		// Tables joined in parentheses are the query's; a subquery, a
+		// VALUES list, a function's rows or USING's columns are not.
+		{dialectPostgres, "SELECT * FROM (a JOIN b ON a.id = b.id)", "SELECT a b"},
+		{dialectPostgres, "SELECT * FROM a JOIN (b JOIN c ON b.x = c.x) ON a.y = b.y", "SELECT a b c"},
+		{dialectPostgres, "SELECT * FROM ((a JOIN b USING (id)) LEFT JOIN c USING (id))", "SELECT a b c"},
+		{dialectPostgres, "SELECT * FROM a, (b CROSS JOIN c) WHERE a.n = b.n", "SELECT a b c"},
+		{dialectPostgres, "SELECT * FROM (a) WHERE x IN (1, 2)", "SELECT a"},
+		{dialectPostgres, "SELECT * FROM (SELECT * FROM t) s JOIN u ON s.id = u.id", "SELECT SELECT t u"},
+		{dialectPostgres, "SELECT * FROM (VALUES (1), (2)) AS v (x) JOIN t ON t.x = v.x", "SELECT t"},
+		{dialectPostgres, "SELECT * FROM a JOIN LATERAL (SELECT * FROM f WHERE f.a = a.id) x ON true", "SELECT a SELECT f"},
+		{dialectMySQL, "SELECT * FROM a JOIN b USING (id) WHERE (a.x, b.y) = (1, 2)", "SELECT a b"},
+		{dialectPostgres, "SELECT (a.x + b.y) FROM a, b", "SELECT a b"},
 		// A file is not a table.
 		{dialectMySQL, "SELECT * INTO OUTFILE '/tmp/t.csv' FROM t", "SELECT t"},
 		{dialectMySQL, "INSERT INTO outfile VALUES (1)", "INSERT outfile"}, // a table named so
