@@ -599,10 +599,12 @@ func parseHead(head []byte, m *message, seen *seenStrings) bool {
 		value = bytes.TrimSpace(value)
 		// The last line of a head the capture cut short may be cut too:
 		// an address in it would be another one ("shop.ex", a port of
-		// ":84"), so the headers that name hosts are not read from it.
+		// ":84"), a length another ("1" of "1200"), so the headers that
+		// name hosts or frame the body are not read from it.
 		cut := !whole && m.truncated
 		switch {
-		case cut && (equalFold(name, "host") || equalFold(name, "forwarded") || len(name) > 12 && equalFold(name[:12], "x-forwarded-")):
+		case cut && (equalFold(name, "host") || equalFold(name, "forwarded") || len(name) > 12 && equalFold(name[:12], "x-forwarded-") ||
+			equalFold(name, "content-length") || equalFold(name, "transfer-encoding")):
 		case equalFold(name, "host"):
 			m.host = seen.host.of(value)
 		case equalFold(name, "content-length"):

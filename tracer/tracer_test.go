@@ -942,3 +942,59 @@ func TestLookupServingPort(t *testing.T) {
 		t.Errorf("asked with ports %v, want [%d]", rec.ports, serverAddr.Port())
 	}
 }
+
+// TestCutContentLength: a head longer than the capture, cut inside its
+// Content-Length line ("Content-Length: 1" of 1200), is framed as a head
+// whose length lay past the capture, not as a body of 1 byte: a response
+// runs until the next one, and the exchange after it is paired.
+func TestCutContentLength(t *testing.T) {
+	const capture = 128
+	for _, dir := range []bpf.Direction{out, in} {
+		h := newHarness(t, capture)
+		body := strings.Repeat("b", 1200)
+		var head string
+		if dir == out {
+			h.send(1, in, "GET /big HTTP/1.1\r\nHost: shop\r\n\r\n")
+			head = "HTTP/1.1 200 OK\r\nX-Pad: "
+		} else {
+			head = "POST /big HTTP/1.1\r\nHost: shop\r\nX-Pad: "
+		}
+		pad := capture - len(head) - len("\r\nContent-Length: 1")
+		head += strings.Repeat("p", pad) + "\r\nContent-Length: 1200\r\n" + "Cache-Control: " + strings.Repeat("c", 200) + "\r\n\r\n"
+		if cut := head[:capture]; !strings.HasSuffix(cut, "Content-Length: 1") {
+			t.Fatalf("the capture ends %q", cut[len(cut)-20:])
+		}
+		h.send(1, dir, head) // the head written alone, as a proxy does
+		h.send(1, dir, body[:600])
+		h.send(1, dir, body[600:])
+		if dir == in {
+			h.send(1, out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+		h.send(1, in, "GET /seen HTTP/1.1\r\nHost: shop\r\n\r\n")
+		h.send(1, out, "HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+		var seen, big []*Request
+		for _, r := range h.got {
+			switch r.Path {
+			case "/seen":
+				seen = append(seen, r)
+			case "/big":
+				big = append(big, r)
+			}
+		}
+		if len(seen) != 1 || seen[0].StatusCode != 201 || len(big) != 1 || big[0].StatusCode != 200 {
+			for _, r := range h.got {
+				t.Logf("request %q status %d", r.Path, r.StatusCode)
+			}
+			t.Errorf("%v: want /big answered 200 and /seen answered 201, once each", dir)
+		}
+		// The response's size and end come from where the next response
+		// begins, not from the cut length; the request's is not the cut
+		// length either.
+		if dir == out && big[0].ResponseSize != int64(len(body)) {
+			t.Errorf("response body size %d, want %d", big[0].ResponseSize, len(body))
+		}
+		if dir == in && big[0].RequestSize == 1 {
+			t.Errorf("request body size 1: the cut Content-Length")
+		}
+	}
+}
