@@ -21,6 +21,25 @@ var errNoGNUHash = errors.New("no .gnu.hash section")
 // Names the executable does not export, or exports as no function, are
 // left out of the map.
 func exportedFunctions(f *elf.File, names []string) (map[string]uint64, error) {
+	found, err := exportedSymbols(f, names)
+	if err != nil {
+		return nil, err
+	}
+	offsets := make(map[string]uint64, len(found))
+	for name, fn := range found {
+		offsets[name] = fn.offset
+	}
+	return offsets, nil
+}
+
+// exportedFunction is a function an ELF file exports: its file offset and
+// size (0: not known).
+type exportedFunction struct {
+	offset, size uint64
+}
+
+// exportedSymbols is exportedFunctions, with the functions' sizes.
+func exportedSymbols(f *elf.File, names []string) (map[string]exportedFunction, error) {
 	if f.Class != elf.ELFCLASS64 || f.ByteOrder != binary.LittleEndian {
 		return nil, fmt.Errorf("not a 64-bit little-endian ELF file")
 	}
@@ -51,7 +70,7 @@ func exportedFunctions(f *elf.File, names []string) (map[string]uint64, error) {
 		_, err := hash.ReadAt(b[:], off)
 		return le.Uint32(b[:]), err
 	}
-	found := make(map[string]uint64, len(names))
+	found := make(map[string]exportedFunction, len(names))
 	for _, name := range names {
 		h := gnuHash(name)
 		i, err := word(buckets + 4*int64(h%nbuckets))
@@ -66,10 +85,10 @@ func exportedFunctions(f *elf.File, names []string) (map[string]uint64, error) {
 				return nil, fmt.Errorf(".gnu.hash: %w", err)
 			}
 			if hi|1 == h|1 {
-				if off, ok, err := functionAt(f, dynsym, dynstr, i, name); err != nil {
+				if fn, ok, err := functionAt(f, dynsym, dynstr, i, name); err != nil {
 					return nil, err
 				} else if ok {
-					found[name] = off
+					found[name] = fn
 					break
 				}
 			}
@@ -91,27 +110,27 @@ func gnuHash(name string) uint32 {
 }
 
 // functionAt tells whether dynamic symbol i is the function name, defined
-// here, and if so returns its file offset.
-func functionAt(f *elf.File, dynsym, dynstr *elf.Section, i uint32, name string) (uint64, bool, error) {
+// here, and if so returns its file offset and size.
+func functionAt(f *elf.File, dynsym, dynstr *elf.Section, i uint32, name string) (exportedFunction, bool, error) {
 	var sym [24]byte // Elf64_Sym: name, info, other, shndx, value, size
 	if _, err := dynsym.ReadAt(sym[:], 24*int64(i)); err != nil {
-		return 0, false, fmt.Errorf(".dynsym: %w", err)
+		return exportedFunction{}, false, fmt.Errorf(".dynsym: %w", err)
 	}
 	le := binary.LittleEndian
-	strOff, info, shndx, value := le.Uint32(sym[0:]), sym[4], le.Uint16(sym[6:]), le.Uint64(sym[8:])
+	strOff, info, shndx, value, size := le.Uint32(sym[0:]), sym[4], le.Uint16(sym[6:]), le.Uint64(sym[8:]), le.Uint64(sym[16:])
 	if elf.ST_TYPE(info) != elf.STT_FUNC || elf.SectionIndex(shndx) == elf.SHN_UNDEF || value == 0 {
-		return 0, false, nil
+		return exportedFunction{}, false, nil
 	}
 	got := make([]byte, len(name)+1)
 	if _, err := dynstr.ReadAt(got, int64(strOff)); err != nil && !errors.Is(err, io.EOF) {
-		return 0, false, fmt.Errorf(".dynstr: %w", err)
+		return exportedFunction{}, false, fmt.Errorf(".dynstr: %w", err)
 	}
 	if string(got) != name+"\x00" {
-		return 0, false, nil
+		return exportedFunction{}, false, nil
 	}
 	off, err := fileOffset(f, value)
 	if err != nil {
-		return 0, false, err
+		return exportedFunction{}, false, err
 	}
-	return off, true, nil
+	return exportedFunction{off, size}, true, nil
 }

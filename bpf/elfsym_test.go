@@ -30,7 +30,7 @@ func TestExportedFunctions(t *testing.T) {
 			continue
 		}
 		defer f.Close()
-		want := map[string]uint64{}
+		want, sizes := map[string]uint64{}, map[string]uint64{}
 		syms, err := f.DynamicSymbols()
 		if err != nil {
 			t.Fatal(err)
@@ -44,7 +44,7 @@ func TestExportedFunctions(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				want[s.Name] = off
+				want[s.Name], sizes[s.Name] = off, s.Size
 			}
 		}
 		got, err := exportedFunctions(f, names)
@@ -62,6 +62,15 @@ func TestExportedFunctions(t *testing.T) {
 		for name := range got {
 			if _, ok := want[name]; !ok {
 				t.Errorf("%s: %s found, but it is not an exported function", path, name)
+			}
+		}
+		withSizes, err := exportedSymbols(f, names)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, size := range sizes {
+			if withSizes[name] != (exportedFunction{want[name], size}) {
+				t.Errorf("%s: %s %+v, want at %#x, %d bytes", path, name, withSizes[name], want[name], size)
 			}
 		}
 	}

@@ -115,24 +115,30 @@ func placesOf(f *elf.File) []tlsPlace {
 	// The functions probed, and others that wrappers call, which a
 	// function found called must not be.
 	names := slices.Concat(tlsSymbols[:], []string{"SSL_peek", "SSL_peek_ex", "SSL_write_ex2"})
-	exported, err := exportedFunctions(f, names)
+	exported, err := exportedSymbols(f, names)
 	if errors.Is(err, errNoGNUHash) {
 		exported, err = dynamicFunctions(f, names)
 	}
-	if err != nil || exported["SSL_read"] == 0 || exported["SSL_write"] == 0 || exported["SSL_do_handshake"] == 0 {
+	if err != nil || exported["SSL_read"].offset == 0 || exported["SSL_write"].offset == 0 || exported["SSL_do_handshake"].offset == 0 {
 		return nil
 	}
 	code := codeReader{f}
+	// entry is where exported function fn's uprobe goes (0: none such).
+	entry := func(fn uint64) uint64 {
+		if e := exported[tlsSymbols[fn]]; e.offset != 0 {
+			return code.entry(e.offset, e.size)
+		}
+		return 0
+	}
 	// callee is the function a pair calls first that stands for both, if
 	// any.
 	callee := func(plain, ex uint64) uint64 {
-		plainAt, exAt := exported[tlsSymbols[plain]], exported[tlsSymbols[ex]]
-		if exAt == 0 || code.emulated(code.entry(plainAt)) && code.emulated(code.entry(exAt)) {
+		if entry(ex) == 0 || code.emulated(entry(plain)) && code.emulated(entry(ex)) {
 			return 0 // before OpenSSL 1.1.1, no _ex forms; or nothing to gain
 		}
-		fromPlain, fromEx := code.firstCall(plainAt), code.firstCall(exAt)
+		fromPlain, fromEx := code.firstCall(exported[tlsSymbols[plain]].offset), code.firstCall(exported[tlsSymbols[ex]].offset)
 		c := fromEx.callee
-		if c == 0 || fromPlain.callee != c || !fromEx.argumentsKept || !fromPlain.countOnStack || isExported(exported, c) || !code.emulated(code.entry(c)) {
+		if c == 0 || fromPlain.callee != c || !fromEx.argumentsKept || !fromPlain.countOnStack || isExported(exported, c) || !code.emulated(code.entry(c, 0)) {
 			return 0
 		}
 		return c
@@ -146,28 +152,27 @@ func placesOf(f *elf.File) []tlsPlace {
 		switch {
 		case callee != 0:
 			name := "callee of " + tlsSymbols[plain] + " and " + tlsSymbols[ex]
-			places = append(places, tlsPlace{code.entry(callee), ex, name})
-		case exported[tlsSymbols[ex]] == 0:
-			places = append(places, tlsPlace{code.entry(exported[tlsSymbols[plain]]), plain, tlsSymbols[plain]})
+			places = append(places, tlsPlace{code.entry(callee, 0), ex, name})
+		case entry(ex) == 0:
+			places = append(places, tlsPlace{entry(plain), plain, tlsSymbols[plain]})
 		default:
-			places = append(places, tlsPlace{code.entry(exported[tlsSymbols[plain]]), plain, tlsSymbols[plain]},
-				tlsPlace{code.entry(exported[tlsSymbols[ex]]), ex, tlsSymbols[ex]})
+			places = append(places, tlsPlace{entry(plain), plain, tlsSymbols[plain]}, tlsPlace{entry(ex), ex, tlsSymbols[ex]})
 		}
 	}
 	pair(fnWrite, fnWriteEx, write)
 	pair(fnRead, fnReadEx, read)
-	places = append(places, tlsPlace{code.entry(exported["SSL_do_handshake"]), fnHandshake, "SSL_do_handshake"})
-	if free := exported[tlsFree]; free != 0 {
-		places = append(places, tlsPlace{code.entry(free), fnFree, tlsFree})
+	places = append(places, tlsPlace{entry(fnHandshake), fnHandshake, "SSL_do_handshake"})
+	if free := entry(fnFree); free != 0 {
+		places = append(places, tlsPlace{free, fnFree, tlsFree})
 	}
 	return places
 }
 
 // isExported tells whether off is one of the functions found exported
 // (placesOf's names).
-func isExported(exported map[string]uint64, off uint64) bool {
-	for _, at := range exported {
-		if at == off {
+func isExported(exported map[string]exportedFunction, off uint64) bool {
+	for _, fn := range exported {
+		if fn.offset == off {
 			return true
 		}
 	}
@@ -177,18 +182,18 @@ func isExported(exported map[string]uint64, off uint64) bool {
 // dynamicFunctions finds the functions of names that an ELF file exports
 // by reading its whole dynamic symbol table: for a library linked
 // without a GNU hash table (a libssl's table is small).
-func dynamicFunctions(f *elf.File, names []string) (map[string]uint64, error) {
+func dynamicFunctions(f *elf.File, names []string) (map[string]exportedFunction, error) {
 	syms, err := f.DynamicSymbols()
 	if err != nil {
 		return nil, err
 	}
-	found := map[string]uint64{}
+	found := map[string]exportedFunction{}
 	for _, s := range syms {
 		if elf.ST_TYPE(s.Info) != elf.STT_FUNC || s.Section == elf.SHN_UNDEF || s.Value == 0 || !slices.Contains(names, s.Name) {
 			continue
 		}
 		if off, err := fileOffset(f, s.Value); err == nil {
-			found[s.Name] = off
+			found[s.Name] = exportedFunction{off, s.Size}
 		}
 	}
 	return found, nil
@@ -223,13 +228,67 @@ func (c codeReader) at(off uint64, n int) []byte {
 	return b[:k]
 }
 
-// entry is where function off's entry uprobe goes: past an endbr64
-// followed by an instruction emulated, else at its start.
-func (c codeReader) entry(off uint64) uint64 {
-	if bytes.HasPrefix(c.at(off, len(endbr64)), endbr64) && c.emulated(off+uint64(len(endbr64))) {
-		return off + uint64(len(endbr64))
+// entry is where the uprobe of function off, size bytes long (0: not
+// known), goes: at its first instruction the kernel emulates among
+//   - its first;
+//   - the one after an endbr64, which changes no register;
+//   - the one after a check that its first argument is not NULL (test
+//     %rdi,%rdi; je), which OpenSSL 3.5's builds put before their
+//     prologue: only a call with an object goes on to it, and the
+//     registers and the stack are as they came. Only where the function's
+//     size is known, and no jump of the function's lands there, or
+//     between: a call past it would not be seen.
+//
+// Otherwise at its start.
+func (c codeReader) entry(off, size uint64) uint64 {
+	at := off
+	if bytes.HasPrefix(c.at(off, len(endbr64)), endbr64) {
+		at += uint64(len(endbr64))
+	}
+	if c.emulated(at) {
+		return at
+	}
+	if past, ok := c.pastNullCheck(off, at, size); ok && c.emulated(past) {
+		return past
 	}
 	return off
+}
+
+// pastNullCheck returns where the code after a check of the first
+// argument at at (test %rdi,%rdi; je) starts, in the function at off of
+// size bytes, if nothing of the function jumps into the check or to that
+// place: the function decoded whole, every relative jump's target.
+func (c codeReader) pastNullCheck(off, at, size uint64) (uint64, bool) {
+	if size == 0 || size > 1<<16 {
+		return 0, false
+	}
+	code := c.at(off, int(size))
+	if uint64(len(code)) != size {
+		return 0, false
+	}
+	pos := int(at - off)
+	test, err := x86asm.Decode(code[pos:], 64)
+	if err != nil || test.Op != x86asm.TEST || test.Args[0] != x86asm.RDI || test.Args[1] != x86asm.RDI {
+		return 0, false
+	}
+	je, err := x86asm.Decode(code[pos+test.Len:], 64)
+	if _, rel := je.Args[0].(x86asm.Rel); err != nil || je.Op != x86asm.JE || !rel {
+		return 0, false
+	}
+	past := pos + test.Len + je.Len
+	for i := pos; i < len(code); { // past an endbr64, which x86asm does not know
+		inst, err := x86asm.Decode(code[i:], 64)
+		if err != nil {
+			return 0, false // not decoded whole: its jumps are not known
+		}
+		i += inst.Len
+		if rel, ok := inst.Args[0].(x86asm.Rel); ok && inst.Op != x86asm.CALL {
+			if target := i + int(rel); target > 0 && target <= past {
+				return 0, false
+			}
+		}
+	}
+	return off + uint64(past), true
 }
 
 // emulated tells whether the instruction at off is one the kernel

@@ -67,9 +67,15 @@ func TestSSLPlacesSystem(t *testing.T) {
 			t.Errorf("%s calls %#x, the place is %#x", ex, callee, got[0].offset)
 		}
 	}
-	for _, fn := range []uint64{fnHandshake, fnFree} {
-		if got := at(fn); len(got) != 1 || got[0].offset != exported[tlsSymbols[fn]] {
-			t.Errorf("%s: %v, want its entry %#x", tlsSymbols[fn], got, exported[tlsSymbols[fn]])
+	// SSL_do_handshake begins with a push; SSL_free with a check of its
+	// object (test %rdi,%rdi; je rel32), then a push.
+	free := exported[tlsFree]
+	if b := code.at(free, 9); !bytes.HasPrefix(b, []byte{0x48, 0x85, 0xff, 0x0f, 0x84}) || !code.emulated(free+9) {
+		t.Fatalf("SSL_free begins % x, not as Debian's does", b)
+	}
+	for fn, want := range map[uint64]uint64{fnHandshake: exported["SSL_do_handshake"], fnFree: free + 9} {
+		if got := at(fn); len(got) != 1 || got[0].offset != want {
+			t.Errorf("%s: %v, want %#x", tlsSymbols[fn], got, want)
 		}
 	}
 }
@@ -245,6 +251,30 @@ func TestSSLPlaces(t *testing.T) {
 			"SSL_write_ex":  {"sub $0x8,%rsp", "call SSL_write_ex2", "add $0x8,%rsp", "ret"},
 			"SSL_write_ex2": {"sub $0x8,%rsp", "call write_internal", "add $0x8,%rsp", "ret"}}),
 		want: slices.Concat(writeEntries, internals[1:], rest),
+	}, {
+		// OpenSSL 3.5's builds (Node.js 24's): the _ex forms, the
+		// handshake and SSL_free check their object before their
+		// prologue.
+		name: "past a check of the first argument, where a push follows",
+		lib: with(debian(), library{"SSL_read": {"push %rbp", "call read_internal", "pop %rbp", "ret"},
+			"SSL_read_ex":      {"test %rdi,%rdi", "je 1f", "push %rbp", "call read_internal", "pop %rbp", "ret", "1: xor %eax,%eax", "ret"},
+			"SSL_do_handshake": {"test %rdi,%rdi", "je 1f", "push %rbx", "pop %rbx", "ret", "1: ret"},
+			"SSL_free":         {"test %rdi,%rdi", "je 1f", "mov $1,%eax", "push %rbx", "pop %rbx", "1: ret"}}),
+		want: slices.Concat(internals[:1], []want{{fnRead, "SSL_read", 0, ""}, {fnReadEx, "SSL_read_ex", 5, ""},
+			{fnHandshake, "SSL_do_handshake", 5, ""}, {fnFree, "SSL_free", 0, ""}}),
+	}, {
+		name: "past a check, under control-flow protection",
+		lib:  cet(with(debian(), library{"SSL_do_handshake": {"test %rdi,%rdi", "je 1f", "push %rbx", "pop %rbx", "ret", "1: ret"}})),
+		want: []want{{fnWriteEx, "write_internal", 4, "callee of SSL_write and SSL_write_ex"}, {fnReadEx, "read_internal", 4, "callee of SSL_read and SSL_read_ex"},
+			{fnHandshake, "SSL_do_handshake", 9, ""}, {fnFree, "SSL_free", 0, ""}},
+	}, {
+		name: "a jump to the place past the check, a jne, a check of another register: at the start",
+		lib: with(debian(), library{
+			"SSL_do_handshake": {"test %rdi,%rdi", "je 1f", "2: push %rbx", "pop %rbx", "dec %rsi", "jnz 2b", "ret", "1: ret"},
+			"SSL_free":         {"test %rdi,%rdi", "jne 1f", "push %rbx", "pop %rbx", "1: ret"},
+			"SSL_read":         {"test %rsi,%rsi", "je 1f", "push %rbp", "pop %rbp", "1: ret"},
+			"SSL_read_ex":      {"push %rbp", "pop %rbp", "ret"}}),
+		want: slices.Concat(internals[:1], readEntries, rest),
 	}, {
 		name: "before OpenSSL 1.1.1, no _ex forms: the entries",
 		lib:  with(debian(), library{"SSL_read_ex": nil, "SSL_write_ex": nil}),
