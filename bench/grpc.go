@@ -2,8 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -12,6 +19,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -41,15 +49,46 @@ message Text { string value = 1; }
 service Echo { rpc Say(Text) returns (Text); }
 `
 
-// serveEcho serves demo.Echo/Say on ln until ctx is done.
-func serveEcho(ctx context.Context, ln net.Listener) error {
-	srv := grpc.NewServer()
+// serveEcho serves demo.Echo/Say on ln until ctx is done; overTLS, over
+// TLS with a self-signed certificate.
+func serveEcho(ctx context.Context, ln net.Listener, overTLS bool) error {
+	var opts []grpc.ServerOption
+	if overTLS {
+		cert, err := selfSigned()
+		if err != nil {
+			return err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}})))
+	}
+	srv := grpc.NewServer(opts...)
 	srv.RegisterService(&echoService, struct{}{})
 	go func() {
 		<-ctx.Done()
 		srv.Stop()
 	}()
 	return srv.Serve(ln)
+}
+
+// selfSigned makes a certificate for localhost and 127.0.0.1, signed by
+// its own key.
+func selfSigned() (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
 
 // ghzVersion is the ghz the harness builds when -ghz is not given and none
@@ -99,8 +138,12 @@ type ghzReport struct {
 // call in flight on each: as fast as the server answers when rate is 0,
 // else at rate calls per second. Calls still in flight at the end are
 // waited for and counted.
-func (h *harness) runGhz(addr string, rate float64, conns int, d time.Duration) (*loadRun, error) {
-	args := []string{"--insecure", "--proto", filepath.Join(h.dir, "echo.proto"), "--call", "demo.Echo.Say",
+func (h *harness) runGhz(addr string, rate float64, conns int, d time.Duration, overTLS bool) (*loadRun, error) {
+	security := "--insecure" // plaintext
+	if overTLS {
+		security = "--skipTLS" // TLS, the server's self-signed certificate taken
+	}
+	args := []string{security, "--proto", filepath.Join(h.dir, "echo.proto"), "--call", "demo.Echo.Say",
 		"-d", `{"value":"world"}`, "-c", strconv.Itoa(conns), "--connections", strconv.Itoa(conns),
 		"-z", d.String(), "--duration-stop", "wait", "-O", "json"}
 	if rate > 0 {

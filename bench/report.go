@@ -60,7 +60,7 @@ func describeMachine(o options) (machine, error) {
 			}
 		}
 	}
-	if slices.Contains(o.workloads, workloadGRPC) {
+	if slices.ContainsFunc(o.workloads, usesGhz) {
 		// go install leaves ghz's version "dev": name the one built here
 		// by the version asked for, any other by its path.
 		m.Ghz = o.ghz
@@ -308,7 +308,7 @@ func report(out io.Writer, m machine, o options, phases []phase, results []*resu
 			}
 		}
 	}
-	if slices.Contains(o.workloads, workloadGRPC) && slices.ContainsFunc(phases, func(ph phase) bool { return ph.rate > 0 }) {
+	if slices.ContainsFunc(o.workloads, usesGhz) && slices.ContainsFunc(phases, func(ph phase) bool { return ph.rate > 0 }) {
 		p("\ngRPC: ghz measures a call from when it starts, not from when it was due: when all its connections are busy, the wait for one is not in its latency (coordinated omission), so a stall of the server shows less than with loadgen.\n")
 	}
 	p("\n### CPU time per request (µs; server includes the BPF programs that run in its syscalls)\n\n")

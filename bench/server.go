@@ -34,6 +34,7 @@ func serverMain(args []string) error {
 	addr := fs.String("addr", "127.0.0.1:8080", "listen address")
 	withOTel := fs.Bool("otel", false, "instrument with otelhttp and the OpenTelemetry SDK")
 	withGRPC := fs.Bool("grpc", false, "serve demo.Echo/Say over gRPC instead of HTTP")
+	overTLS := fs.Bool("tls", false, "-grpc: over TLS, with a self-signed certificate")
 	fs.Parse(args)
 	if *withOTel && *withGRPC {
 		return errors.New("-otel instruments the HTTP server only")
@@ -62,7 +63,7 @@ func serverMain(args []string) error {
 		return err
 	}
 	if *withGRPC {
-		return serveEcho(ctx, ln)
+		return serveEcho(ctx, ln, *overTLS)
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
