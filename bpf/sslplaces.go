@@ -234,10 +234,13 @@ func (c codeReader) at(off uint64, n int) []byte {
 //   - the one after an endbr64, which changes no register;
 //   - the one after a check that its first argument is not NULL (test
 //     %rdi,%rdi; je), which OpenSSL 3.5's builds put before their
-//     prologue: only a call with an object goes on to it, and the
-//     registers and the stack are as they came. Only where the function's
-//     size is known, and no jump of the function's lands there, or
-//     between: a call past it would not be seen.
+//     prologue: a call with an object goes on to it with the registers
+//     and the stack as they came (a NULL one returns unprobed), and the
+//     same code runs from there to the function's return, so [rsp] there
+//     is the return address the uretprobe takes. Only where the
+//     function's size is known, and no jump of the function's lands
+//     there, or between (a review found none from elsewhere either, in
+//     Node.js 24's OpenSSL and Debian's libssl).
 //
 // Otherwise at its start.
 func (c codeReader) entry(off, size uint64) uint64 {
