@@ -12,34 +12,20 @@ import (
 // exports no symbols, or was linked for a loader older than 2006.
 var errNoGNUHash = errors.New("no .gnu.hash section")
 
-// exportedFunctions finds the functions of names that an ELF executable
-// exports, as file offsets (where a uprobe goes), through its GNU hash
-// table, as the dynamic loader does: a few reads whatever the size of the
-// symbol table. Node.js exports its OpenSSL's 75 000 symbols, and keeps
-// 110 000 more in .symtab; reading them all, as a symbol lookup by name
-// otherwise does, would take the agent tens of megabytes for a moment.
-// Names the executable does not export, or exports as no function, are
-// left out of the map.
-func exportedFunctions(f *elf.File, names []string) (map[string]uint64, error) {
-	found, err := exportedSymbols(f, names)
-	if err != nil {
-		return nil, err
-	}
-	offsets := make(map[string]uint64, len(found))
-	for name, fn := range found {
-		offsets[name] = fn.offset
-	}
-	return offsets, nil
-}
-
-// exportedFunction is a function an ELF file exports: its file offset and
-// size (0: not known).
+// exportedFunction is a function an ELF file exports: its file offset
+// (where a uprobe goes) and size (0: not known).
 type exportedFunction struct {
 	offset, size uint64
 }
 
-// exportedSymbols is exportedFunctions, with the functions' sizes.
-func exportedSymbols(f *elf.File, names []string) (map[string]exportedFunction, error) {
+// exportedFunctions finds the functions of names that an ELF executable
+// exports through its GNU hash table, as the dynamic loader does: a few
+// reads whatever the size of the symbol table. Node.js exports its
+// OpenSSL's 75 000 symbols, and keeps 110 000 more in .symtab; reading
+// them all, as a symbol lookup by name otherwise does, would take the
+// agent tens of megabytes for a moment. Names the executable does not
+// export, or exports as no function, are left out of the map.
+func exportedFunctions(f *elf.File, names []string) (map[string]exportedFunction, error) {
 	if f.Class != elf.ELFCLASS64 || f.ByteOrder != binary.LittleEndian {
 		return nil, fmt.Errorf("not a 64-bit little-endian ELF file")
 	}

@@ -115,7 +115,7 @@ func placesOf(f *elf.File) []tlsPlace {
 	// The functions probed, and others that wrappers call, which a
 	// function found called must not be.
 	names := slices.Concat(tlsSymbols[:], []string{"SSL_peek", "SSL_peek_ex", "SSL_write_ex2"})
-	exported, err := exportedSymbols(f, names)
+	exported, err := exportedFunctions(f, names)
 	if errors.Is(err, errNoGNUHash) {
 		exported, err = dynamicFunctions(f, names)
 	}

@@ -33,9 +33,13 @@ func TestSSLPlacesSystem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	exported, err := exportedFunctions(f, tlsSymbols[:])
+	symbols, err := exportedFunctions(f, tlsSymbols[:])
 	if err != nil {
 		t.Fatal(err)
+	}
+	exported := map[string]uint64{}
+	for name, fn := range symbols {
+		exported[name] = fn.offset
 	}
 	places, err := sslPlaces(file)
 	if err != nil {
