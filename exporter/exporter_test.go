@@ -344,7 +344,19 @@ func TestSpanRules(t *testing.T) {
 		// and the port of the scheme it used.
 		{"behind an ingress", func(r *tracer.Request) {
 			r.Route, r.OriginalHost, r.OriginalScheme = "/ingress", "shop.example.com", "https"
-		}, "GET /ingress", codes.Unset, map[string]any{"server.address": "shop.example.com", "server.port": int64(443)}, nil},
+		}, "GET /ingress", codes.Unset, map[string]any{"server.address": "shop.example.com", "server.port": int64(443), "url.scheme": "https"}, nil},
+		// url.scheme is the original client request's, as the proxies
+		// say (X-Forwarded-Proto), over the connection's.
+		{"a TLS-terminating proxy's scheme", func(r *tracer.Request) {
+			r.Route, r.OriginalScheme = "/terminated", "https"
+		}, "GET /terminated", codes.Unset, map[string]any{"url.scheme": "https"}, nil},
+		{"a proxy that says http over TLS", func(r *tracer.Request) {
+			r.Route, r.OriginalScheme, r.TLS = "/downgraded", "http", true
+		}, "GET /downgraded", codes.Unset, map[string]any{"url.scheme": "http"}, nil},
+		{"a client's X-Forwarded-Proto is not its scheme", func(r *tracer.Request) {
+			*r = *clientReq()
+			r.Method, r.Host, r.HostPort, r.StatusCode, r.OriginalScheme = "POST", "api.internal", 9000, 200, "https"
+		}, "POST", codes.Unset, map[string]any{"url.full": "http://api.internal:9000/orders"}, nil},
 		{"behind a proxy that names a port", func(r *tracer.Request) {
 			r.Route, r.OriginalHost, r.OriginalPort = "/proxy-port", "shop.example.com", 8443
 		}, "GET /proxy-port", codes.Unset, map[string]any{"server.address": "shop.example.com", "server.port": int64(8443)}, nil},

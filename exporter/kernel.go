@@ -98,19 +98,30 @@ type kernelHTTP struct {
 // kernelProc is what the kernel counts of one process.
 type kernelProc struct {
 	proc   *pod.Process
-	ids    map[string]uint32 // route -> id
-	routes []string          // id -> route
+	ids    map[kernelRoute]uint32 // route -> id
+	routes []kernelRoute          // id -> route
 	paths  map[kernelPath]struct{}
 }
 
 type kernelPath struct{ method, path string }
 
+// kernelRoute is what a route id stands for: the route, and the scheme
+// of the request whose path was registered. The kernel does not read a
+// proxy's X-Forwarded-Proto, so a path's requests are counted under the
+// scheme its first said (behind a TLS-terminating ingress, https on every
+// one).
+type kernelRoute struct {
+	route string
+	https bool
+}
+
 // register offers r's path to the kernel, when the kernel could take its
 // requests: a server's HTTP/1 request of a method the conventions know,
 // answered with success or a redirect (so its route is real, see
-// routeOf).
+// routeOf), in plaintext (the kernel measures no TLS connection's
+// requests: a path first seen over TLS would label plain ones https).
 func (k *kernelHTTP) register(r *tracer.Request) {
-	if r.Role != tracer.RoleServer || r.Process == nil || r.StatusCode < 200 || r.StatusCode >= 400 ||
+	if r.Role != tracer.RoleServer || r.Process == nil || r.TLS || r.StatusCode < 200 || r.StatusCode >= 400 ||
 		!k.e.cfg.knownMethod(r.Method) || !bpf.FastMethod(r.Method) || (r.ProtocolVersion != "1.1" && r.ProtocolVersion != "1.0") ||
 		len(r.Path) > bpf.MaxRoutePath || !strings.HasPrefix(r.Path, "/") {
 		return
@@ -125,21 +136,22 @@ func (k *kernelHTTP) register(r *tracer.Request) {
 		kp = nil
 	}
 	if kp == nil {
-		kp = &kernelProc{proc: r.Process, ids: make(map[string]uint32), paths: make(map[kernelPath]struct{})}
+		kp = &kernelProc{proc: r.Process, ids: make(map[kernelRoute]uint32), paths: make(map[kernelPath]struct{})}
 		k.procs[pid] = kp
 	}
 	pk := kernelPath{r.Method, r.Path}
 	if _, ok := kp.paths[pk]; ok || len(kp.paths) >= maxKernelPaths || k.full {
 		return
 	}
-	id, ok := kp.ids[r.Route]
+	route := kernelRoute{r.Route, originalHTTPS(r)}
+	id, ok := kp.ids[route]
 	if !ok {
 		if len(kp.routes) >= maxKernelRoutes {
 			return
 		}
 		id = uint32(len(kp.routes))
-		kp.ids[r.Route] = id
-		kp.routes = append(kp.routes, r.Route)
+		kp.ids[route] = id
+		kp.routes = append(kp.routes, route)
 	}
 	kp.paths[pk] = struct{}{}
 	if _, err := k.k.AddRoute(pid, r.Method, r.Path, id); err != nil {
@@ -179,8 +191,9 @@ func (k *kernelHTTP) read() {
 		if s.mp == nil {
 			return
 		}
+		route := kp.routes[key.Route]
 		r := tracer.Request{Role: tracer.RoleServer, Method: key.Method, StatusCode: key.Status,
-			Route: kp.routes[key.Route], ProtocolVersion: key.Version}
+			Route: route.route, TLS: route.https, ProtocolVersion: key.Version}
 		ser := s.series(&r, "", 0)
 		s.server.addKernel(ser.point, ser.attrs, &last, v)
 	})

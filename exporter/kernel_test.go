@@ -308,7 +308,12 @@ func TestKernelHTTP(t *testing.T) {
 	post, brew, notFound, long := serverReq(), serverReq(), serverReq(), serverReq()
 	post.Method, brew.Method, notFound.StatusCode, notFound.Path = "POST", "BREW", 404, "/users/43"
 	long.Path, long.Route = "/"+strings.Repeat("x", bpf.MaxRoutePath), "/{id}"
-	for _, r := range []*tracer.Request{get, post, brew, notFound, long, clientReq()} {
+	// Behind a TLS-terminating ingress (X-Forwarded-Proto: https), and
+	// over TLS, which the kernel does not measure.
+	ingress, secure := serverReq(), serverReq()
+	ingress.Path, ingress.Route, ingress.OriginalScheme = "/shop/1", "/shop/{id}", "https"
+	secure.Path, secure.Route, secure.TLS = "/secure", "/secure", true
+	for _, r := range []*tracer.Request{get, post, brew, notFound, long, ingress, secure, clientReq()} {
 		e.Export(r)
 	}
 	deadline := time.Now().Add(waitFor)
@@ -323,16 +328,33 @@ func TestKernelHTTP(t *testing.T) {
 	// out, every one was offered to the kernel.
 	rcv.WaitMetric(t, waitFor, hasPoint("http.client.request.duration", "", 1))
 	k.mu.Lock()
-	if _, ok := k.routes["412 POST /users/42"]; !ok || len(k.routes) != 2 {
-		t.Errorf("registered %v: want GET and POST /users/42 only (not a method the conventions do not know)", k.routes)
+	if _, ok := k.routes["412 POST /users/42"]; !ok || len(k.routes) != 3 {
+		t.Errorf("registered %v: want GET and POST /users/42 and GET /shop/1 only (not a method the conventions do not know, nor a TLS path)", k.routes)
 	}
+	shop, ok := k.routes["412 GET /shop/1"]
 	k.mu.Unlock()
+	if !ok {
+		t.Fatal("the ingress's path not registered")
+	}
 
 	// The kernel counted 5 more requests of the route, 2 ms each.
 	k.mu.Lock()
 	k.series[bpf.HistKey{PID: 412, Route: id, Status: 200, Method: "GET", Version: "1.1"}] =
 		bpf.HistValue{Count: 5, SumNS: 10e6, MinNS: 2e6, MaxNS: 2e6, Buckets: [16]uint64{0, 5}}
+	// And 3 of the ingress's: counted under the scheme its path was
+	// registered with, https, in the agent's series.
+	k.series[bpf.HistKey{PID: 412, Route: shop, Status: 200, Method: "GET", Version: "1.1"}] =
+		bpf.HistValue{Count: 3, SumNS: 6e6, MinNS: 2e6, MaxNS: 2e6, Buckets: [16]uint64{0, 3}}
 	k.mu.Unlock()
+	rcv.WaitMetric(t, waitFor, func(ps []otlptest.MetricPoint) bool {
+		for _, p := range ps {
+			if p.Name == "http.server.request.duration" && p.Attributes["http.route"] == "/shop/{id}" &&
+				p.Count == 4 && p.Attributes["url.scheme"] == "https" {
+				return true
+			}
+		}
+		return false
+	})
 	ps := rcv.WaitMetric(t, waitFor, hasPoint("http.server.request.duration", "/users/{id}", 6))
 	var p otlptest.MetricPoint
 	for _, q := range ps {

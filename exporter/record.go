@@ -151,6 +151,18 @@ type routeKey struct {
 	route  string
 }
 
+// originalHTTPS tells whether url.scheme is https. For a server it is
+// the scheme of the original client request where proxies in front say it
+// (X-Forwarded-Proto, Forwarded's proto: a TLS-terminating ingress's
+// https), as the conventions want, else the connection's; a client's
+// request is the one it sent.
+func originalHTTPS(r *tracer.Request) bool {
+	if r.Role != tracer.RoleClient && r.OriginalScheme != "" {
+		return r.OriginalScheme == "https"
+	}
+	return r.TLS
+}
+
 // serverEndpoint is server.address and server.port: for a server behind
 // proxies, the host the client addressed as they say (X-Forwarded-Host,
 // Forwarded's host), which the conventions put first, without a port the
@@ -164,11 +176,7 @@ func (s *process) serverEndpoint(r *tracer.Request) (string, int) {
 		if r.OriginalPort != 0 {
 			return r.OriginalHost, r.OriginalPort
 		}
-		https := r.TLS
-		if r.OriginalScheme != "" {
-			https = r.OriginalScheme == "https"
-		}
-		return r.OriginalHost, defaultPort(https)
+		return r.OriginalHost, defaultPort(originalHTTPS(r))
 	}
 	if r.Host != "" {
 		host := strings.TrimSuffix(strings.TrimPrefix(r.Host, "["), "]")
@@ -278,7 +286,7 @@ func (s *process) httpAttributes(rec *spanRecord, r *tracer.Request, host string
 	cfg := s.cfg
 	a := s.spanAttrs(rec)
 	key := httpStable{role: r.Role, method: r.Method, path: r.Path, route: r.Route, status: r.StatusCode, host: host, port: port,
-		version: r.ProtocolVersion, userAgent: r.UserAgent, tls: r.TLS}
+		version: r.ProtocolVersion, userAgent: r.UserAgent, tls: originalHTTPS(r)}
 	if cfg.CaptureQuery {
 		key.query = redactQuery(r.Query)
 	}
@@ -583,7 +591,7 @@ func (s *process) series(r *tracer.Request, host string, port int) series {
 		route:   r.Route,
 		version: r.ProtocolVersion,
 		errType: httpErrorType(r.Role, r.StatusCode, r.ErrorCode),
-		tls:     r.TLS,
+		tls:     originalHTTPS(r),
 	}
 	if !s.cfg.knownMethod(k.method) {
 		k.method = methodOtherName

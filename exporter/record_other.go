@@ -171,13 +171,11 @@ func (s *process) recordOther(r *tracer.Request) {
 	name, spanAttrs, failed, errType := d.name, d.span, d.failed, d.errType
 
 	// A broker in the pod serves its clients' produce and fetch requests:
-	// its spans are SERVER, only a producer's are PRODUCER.
+	// its spans are SERVER. A producer's send is CLIENT, not PRODUCER: the
+	// conventions keep PRODUCER for a send whose span is its messages'
+	// creation context, and the agent writes no context into messages.
 	kind := trace.SpanKindServer
-	switch {
-	case r.Role != tracer.RoleClient:
-	case r.Protocol == tracer.ProtoKafka && r.MessagingOperation == "send":
-		kind = trace.SpanKindProducer
-	default:
+	if r.Role == tracer.RoleClient {
 		kind = trace.SpanKindClient
 	}
 	ctx, rec := s.begin(r, kind, name)
@@ -194,7 +192,9 @@ func (s *process) recordOther(r *tracer.Request) {
 		}
 		if r.Remote.IsValid() {
 			if r.Remote.Addr() != s.lastPeer || s.lastPeerStr == "" {
-				s.lastPeer, s.lastPeerStr = r.Remote.Addr(), r.Remote.Addr().String()
+				// Unmapped, as HTTP's (addrString): a dual-stack socket's
+				// IPv4 peer is a.b.c.d, not ::ffff:a.b.c.d.
+				s.lastPeer, s.lastPeerStr = r.Remote.Addr(), r.Remote.Addr().Unmap().String()
 			}
 			a.str(semconv.NetworkPeerAddressKey, s.lastPeerStr)
 			a.int(semconv.NetworkPeerPortKey, int64(r.Remote.Port()))
@@ -273,6 +273,16 @@ func (s *process) peerEndpoint(r *tracer.Request) (string, int) {
 	return addrString(r.Local, &s.lastLocal, &s.lastLocalStr), int(r.Local.Port())
 }
 
+// kafkaOperationName is messaging.operation.name, Kafka's own name of
+// the operation whose type (messaging.operation.type) is op: a consumer
+// polls (the Kafka conventions' "poll"), a producer sends.
+func kafkaOperationName(op string) string {
+	if op == "receive" {
+		return "poll"
+	}
+	return op
+}
+
 // describeOther returns the span name, span attributes (but the peer's,
 // which recordOther adds) and the (low cardinality) metric attributes of
 // a non-HTTP exchange, and whether and how it failed.
@@ -305,11 +315,12 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 			}
 		}
 	case tracer.ProtoKafka:
-		name = r.MessagingOperation
+		op := kafkaOperationName(r.MessagingOperation)
+		name = op
 		if r.MessagingDestination != "" {
 			name += " " + r.MessagingDestination
 		}
-		base := []attribute.KeyValue{semconv.MessagingSystemKafka, semconv.MessagingOperationName(r.MessagingOperation)}
+		base := []attribute.KeyValue{semconv.MessagingSystemKafka, semconv.MessagingOperationName(op)}
 		// The operation type is the client's; a broker's span would be
 		// taken for a publisher's or a consumer's.
 		switch {
@@ -347,6 +358,12 @@ func describeOther(r *tracer.Request, host string, port int) (name string, span,
 			name = r.DBOperation + " " + r.DBCollection
 		case r.DBOperation != "":
 			name = r.DBOperation
+		case r.DBCollection != "":
+			name = r.DBCollection
+		case r.DBNamespace != "" && system != tracer.ProtoRedis:
+			// The conventions' {target} without an operation; Redis's
+			// namespace is a number, which they keep out of its names.
+			name = r.DBNamespace
 		default:
 			name = system
 		}

@@ -90,7 +90,15 @@ func TestMariaDBSystem(t *testing.T) {
 	bare := otherReq(tracer.ProtoMySQL, tracer.RoleClient)
 	bare.DBSystem = "mariadb"
 	e.Export(bare)
-	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 3 })
+	// Without an operation, the conventions' {target}: the namespace
+	// (not Redis's, a number they keep out of names).
+	ns := otherReq(tracer.ProtoPostgreSQL, tracer.RoleClient)
+	ns.DBNamespace = "shop"
+	e.Export(ns)
+	redis := otherReq(tracer.ProtoRedis, tracer.RoleClient)
+	redis.DBNamespace = "3"
+	e.Export(redis)
+	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool { return len(s) >= 5 })
 	systems := map[any]int{}
 	for _, s := range find(spans, "SELECT") {
 		systems[s.Attributes["db.system.name"]]++
@@ -101,6 +109,12 @@ func TestMariaDBSystem(t *testing.T) {
 	if s := find(spans, "mariadb"); len(s) != 1 || s[0].Attributes["db.system.name"] != "mariadb" {
 		t.Errorf("span without an operation: %v", s)
 	}
+	if s := find(spans, "shop"); len(s) != 1 || s[0].Attributes["db.namespace"] != "shop" {
+		t.Errorf("no span named by its namespace (no operation, no table): %v", spans)
+	}
+	if s := find(spans, "redis"); len(s) != 1 || s[0].Attributes["db.namespace"] != "3" {
+		t.Errorf("no Redis span named by its system (no operation; its namespace is a number): %v", spans)
+	}
 	rcv.WaitMetric(t, waitFor, pointWith("db.client.operation.duration", "db.system.name", "mariadb"))
 }
 
@@ -108,6 +122,7 @@ func TestGRPCSpans(t *testing.T) {
 	e, rcv, _ := startOTLP(t, Config{})
 	srv := otherReq(tracer.ProtoGRPC, tracer.RoleServer)
 	srv.RPCService, srv.RPCMethod, srv.GRPCStatus = "helloworld.Greeter", "SayHello", 5 // NOT_FOUND: not the server's failure
+	srv.Remote = netip.MustParseAddrPort("[::ffff:10.0.0.7]:6000")                      // a dual-stack socket's IPv4 peer
 	e.Export(srv)
 	cli := otherReq(tracer.ProtoGRPC, tracer.RoleClient)
 	cli.RPCService, cli.RPCMethod, cli.GRPCStatus = "helloworld.Greeter", "SayHello", 5
@@ -117,6 +132,9 @@ func TestGRPCSpans(t *testing.T) {
 		if s.Attributes["rpc.system.name"] != "grpc" || s.Attributes["rpc.method"] != "helloworld.Greeter/SayHello" ||
 			s.Attributes["rpc.response.status_code"] != "NOT_FOUND" || s.Attributes["rpc.grpc.status_code"] != int64(5) || s.Attributes["rpc.service"] != "helloworld.Greeter" {
 			t.Errorf("%v attrs %v", s.Kind, s.Attributes)
+		}
+		if s.Kind == trace.SpanKindServer && (s.Attributes["network.peer.address"] != "10.0.0.7" || s.Attributes["client.address"] != "10.0.0.7") {
+			t.Errorf("server span's peer %v, client %v: want 10.0.0.7 unmapped, as HTTP's", s.Attributes["network.peer.address"], s.Attributes["client.address"])
 		}
 		wantErr := s.Kind == trace.SpanKindClient
 		if (s.StatusCode == codes.Error) != wantErr {
@@ -210,14 +228,14 @@ func TestKafkaSpans(t *testing.T) {
 	recv.Remote = netip.MustParseAddrPort("10.0.0.7:9092")
 	e.Export(recv)
 	spans := rcv.WaitSpans(t, waitFor, func(s []otlptest.Span) bool {
-		return len(find(s, "send orders")) == 1 && len(find(s, "receive orders")) == 1 && len(find(s, "send events")) == 1
+		return len(find(s, "send orders")) == 1 && len(find(s, "poll orders")) == 1 && len(find(s, "send events")) == 1
 	})
 	if c, ok := find(spans, "send events")[0].Attributes["messaging.batch.message_count"]; ok {
 		t.Errorf("a single message's send has messaging.batch.message_count %v: the conventions want none", c)
 	}
 	s := find(spans, "send orders")[0]
-	if s.Kind != trace.SpanKindProducer {
-		t.Errorf("send kind %v", s.Kind)
+	if s.Kind != trace.SpanKindClient {
+		t.Errorf("send kind %v, want CLIENT: no context of the span goes into the messages", s.Kind)
 	}
 	checkAttrs(t, "send", s.Attributes, map[string]any{
 		"messaging.system":                   "kafka",
@@ -232,7 +250,8 @@ func TestKafkaSpans(t *testing.T) {
 		"network.peer.address":               "10.0.0.7",
 		"network.peer.port":                  int64(9092),
 	})
-	if r := find(spans, "receive orders")[0]; r.Kind != trace.SpanKindClient || r.Attributes["messaging.operation.type"] != "receive" {
+	if r := find(spans, "poll orders")[0]; r.Kind != trace.SpanKindClient || r.Attributes["messaging.operation.type"] != "receive" ||
+		r.Attributes["messaging.operation.name"] != "poll" {
 		t.Errorf("receive %v %v", r.Kind, r.Attributes)
 	}
 	points := rcv.WaitMetric(t, waitFor, func(m []otlptest.MetricPoint) bool {

@@ -52,7 +52,14 @@ func describeSQL(query string, d sqlDialect, mode string, cut bool) sqlStatement
 	// One reading of the words for the operation and the summary.
 	words := sqlWordsOf(whole, d, false, sqlSummaryWords, true)
 	op, table := sqlOperationOf(words[:min(len(words), sqlOperationWords)])
-	s := sqlStatement{op: op, table: table, summary: sqlSummaryOf(sqlSureWords(whole, d, words))}
+	summary, manyTables := sqlSummaryOf(sqlSureWords(whole, d, words))
+	if manyTables {
+		// INSERT INTO a SELECT ... FROM b, UPDATE a ... (SELECT ... FROM
+		// b): the conventions give db.collection.name to a call on a
+		// single collection only.
+		table = ""
+	}
+	s := sqlStatement{op: op, table: table, summary: summary}
 	switch mode {
 	case QueryOff:
 	case QueryFull:

@@ -103,6 +103,20 @@ func TestDescribeSQLModes(t *testing.T) {
 	if s := describeSQL("SELECT * FROM us", dialectPostgres, "", false); s.table != "us" || s.summary != "SELECT us" {
 		t.Errorf("whole: table %q, summary %q", s.table, s.summary)
 	}
+	// db.collection.name only for a statement on one table (the
+	// conventions: "if a database call is performed on a single
+	// collection"); a table named twice is one.
+	for q, table := range map[string]string{
+		"INSERT INTO shipping SELECT * FROM orders":                     "",
+		"UPDATE t SET a = 1 WHERE b IN (SELECT b FROM u)":               "",
+		"INSERT INTO t SELECT 1":                                        "t",
+		"UPDATE t SET a = 1 WHERE b IN (SELECT b FROM t WHERE c)":       "t",
+		"SELECT * FROM \"Users\" WHERE id IN (SELECT 1 FROM \"Users\")": "Users",
+	} {
+		if s := describeSQL(q, dialectPostgres, "", false); s.table != table {
+			t.Errorf("%q: db.collection.name %q (summary %q), want %q", q, s.table, s.summary, table)
+		}
+	}
 	bad := "SELECT '\xff\xfe' FROM t\x00"
 	if s := describeSQL(bad, dialectPostgres, QueryFull, false); !utf8.ValidString(s.text) || strings.Contains(s.text, "\x00") {
 		t.Errorf("full text not clean UTF-8: %q", s.text)

@@ -17,7 +17,8 @@ const dbMaxSummary = 255
 // a string would pass for SQL. Literals are never part of it, so it holds
 // no value of the query's.
 func sqlSummary(q string, d sqlDialect) string {
-	return sqlSummaryOf(sqlSureWords(q, d, sqlWordsOf(q, d, false, sqlSummaryWords, true)))
+	summary, _ := sqlSummaryOf(sqlSureWords(q, d, sqlWordsOf(q, d, false, sqlSummaryWords, true)))
+	return summary
 }
 
 // sqlSummaryWords is how far into a statement sqlSummary looks: all of a
@@ -35,14 +36,25 @@ func sqlSureWords(q string, d sqlDialect, words []sqlWord) []sqlWord {
 	return sqlWordsOf(known, d, otherEscapes, sqlSummaryWords, true)
 }
 
-// sqlSummaryOf is sqlSummary of a statement's words (sqlSureWords).
-func sqlSummaryOf(words []sqlWord) string {
+// sqlSummaryOf is sqlSummary of a statement's words (sqlSureWords), and
+// whether the summary names more than one table: such a statement is on
+// no single collection (db.collection.name).
+func sqlSummaryOf(words []sqlWord) (summary string, manyTables bool) {
 	var parts []string
 	size, full := 0, false
 	add := func(s string) {
 		if full = full || size+len(s) > dbMaxSummary; !full {
 			parts = append(parts, s)
 			size += len(s) + 1
+		}
+	}
+	first := ""
+	addTable := func(t string) {
+		add(t)
+		if first == "" {
+			first = t
+		} else if t != first {
+			manyTables = true
 		}
 	}
 	// opDepth holds, innermost last, the parenthesis depths at which an
@@ -81,7 +93,7 @@ func sqlSummaryOf(words []sqlWord) string {
 			var targets []string
 			targets, i = sqlTargetList(words, i+1, true, true, "ONLY", "LATERAL")
 			for _, t := range targets {
-				add(t)
+				addTable(t)
 			}
 			groupAfter(i)
 			continue
@@ -178,10 +190,10 @@ func sqlSummaryOf(words []sqlWord) string {
 			targets, i = sqlTargetList(words, i+1, true, false, "IF", "NOT", "EXISTS", "ONLY")
 		}
 		for _, t := range targets {
-			add(t)
+			addTable(t)
 		}
 	}
-	return strings.Join(parts, " ")
+	return strings.Join(parts, " "), manyTables
 }
 
 // sqlDDLTable tells whether the TABLE at words[i] is the one of a

@@ -60,7 +60,7 @@ func TestKafka(t *testing.T) {
 
 	t.Run("franz-go producer", func(t *testing.T) {
 		s := findKafka(spans, "send", "orders", "kafkaapp")
-		if s.Name != "send orders" || s.Kind != trace.SpanKindProducer {
+		if s.Name != "send orders" || s.Kind != trace.SpanKindClient {
 			t.Errorf("name %q kind %v", s.Name, s.Kind)
 		}
 		expectKafka(t, s, "send", "orders", "0", "kafkaapp", port)
@@ -90,7 +90,7 @@ func TestKafka(t *testing.T) {
 
 	t.Run("franz-go consumer", func(t *testing.T) {
 		s := findKafka(spans, "receive", "orders", "kafkaapp")
-		if s.Name != "receive orders" || s.Kind != trace.SpanKindClient {
+		if s.Name != "poll orders" || s.Kind != trace.SpanKindClient {
 			t.Errorf("name %q kind %v", s.Name, s.Kind)
 		}
 		expectKafka(t, s, "receive", "orders", "0", "kafkaapp", port)
@@ -166,6 +166,7 @@ func expectKafka(t *testing.T, s *otlptest.Span, op, topic, partition, clientID 
 	expect(t, s, map[string]any{
 		"messaging.system":                   "kafka",
 		"messaging.operation.type":           op,
+		"messaging.operation.name":           map[string]string{"send": "send", "receive": "poll"}[op],
 		"messaging.destination.name":         topic,
 		"messaging.destination.partition.id": partition,
 		"messaging.client.id":                clientID,
