@@ -38,6 +38,11 @@ type Config struct {
 	MemoryRequest resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_REQUEST" envDefault:"64Mi" help:"sidecar memory request (0: none)"`
 	CPULimit      resource.Quantity `env:"PODTRACER_WEBHOOK_CPU_LIMIT" envDefault:"500m" help:"sidecar CPU limit (0: none)"`
 	MemoryLimit   resource.Quantity `env:"PODTRACER_WEBHOOK_MEMORY_LIMIT" envDefault:"256Mi" help:"sidecar memory limit (0: none; else at least 64Mi)"`
+
+	// The webhook's own log, as the agent's (internal/cli reads them
+	// before the rest; checked here with it).
+	LogLevel  string `env:"PODTRACER_LOG_LEVEL" envDefault:"info" help:"the webhook's log level: debug, info, warn or error"`
+	LogFormat string `env:"PODTRACER_LOG_FORMAT" envDefault:"text" help:"the webhook's log format: text or json"`
 }
 
 var envOptions = env.Options{FuncMap: map[reflect.Type]env.ParserFunc{
@@ -137,6 +142,12 @@ func (c Config) validate() []error {
 		if err := checkBool(c.OTLPInsecure); err != nil {
 			errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_OTLP_INSECURE: %w", err))
 		}
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+		errs = append(errs, fmt.Errorf("PODTRACER_LOG_LEVEL: %q is not debug, info, warn or error", c.LogLevel))
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, fmt.Errorf("PODTRACER_LOG_FORMAT: %q is not text or json", c.LogFormat))
 	}
 	if c.CertReloadInterval < 0 {
 		errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL: %s is negative", c.CertReloadInterval))

@@ -75,6 +75,8 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 		"PODTRACER_WEBHOOK_MEMORY_REQUEST=512Mi",
 		"PODTRACER_WEBHOOK_MEMORY_LIMIT=48Mi",
 		"PODTRACER_WEBHOOK_CPU_LIMIT=500u",
+		"PODTRACER_LOG_LEVEL=verbose",
+		"PODTRACER_LOG_FORMAT=yaml",
 	})
 	if err == nil {
 		t.Fatal("no error")
@@ -84,6 +86,7 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 		"PODTRACER_WEBHOOK_TLS_CERT", "PODTRACER_WEBHOOK_TLS_KEY", "PODTRACER_WEBHOOK_IMAGE\"",
 		"PODTRACER_WEBHOOK_TLS_RELOAD_INTERVAL", "Sometimes", "collector:4317", "maybe",
 		"lots", "memory request 512Mi is above its limit 48Mi", "PODTRACER_WEBHOOK_MEMORY_LIMIT: 48Mi is below 64Mi", "PODTRACER_WEBHOOK_CPU_LIMIT: \"500u\" is finer than Kubernetes keeps",
+		"PODTRACER_LOG_LEVEL: \"verbose\"", "PODTRACER_LOG_FORMAT: \"yaml\"",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("error lacks %q:\n%s", want, msg)

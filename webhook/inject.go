@@ -175,6 +175,14 @@ func Mutate(d *appsv1.Deployment, s Sidecar) Result {
 		// the sidecar's own, and with them the user's update.
 		container.Resources = corev1.ResourceRequirements{}
 		warnings = append(warnings, "the pod sets pod-level resources (spec.resources): the podtracer sidecar has no requests or limits of its own and shares the pod's")
+	} else if guaranteed(spec) {
+		// With requests below its limits the sidecar would make the pod
+		// Burstable: no exclusive CPUs from the static CPU manager, and
+		// evicted before Guaranteed pods. Its requests are raised to its
+		// limits, which keeps the pod's class.
+		if w := keepGuaranteed(&container.Resources); w != "" {
+			warnings = append(warnings, w)
+		}
 	}
 	st := status{Container: ContainerName, Managed: managedHash(&container)}
 	recorded := ""
@@ -326,7 +334,12 @@ func cannotInject(spec *corev1.PodSpec) []string {
 	if spec.OS != nil && spec.OS.Name != corev1.Linux {
 		reasons = append(reasons, fmt.Sprintf("spec.os.name is %s; eBPF needs Linux", spec.OS.Name))
 	}
-	if arch := pinnedArch(spec); arch != "" {
+	if os := pinnedOff(spec, corev1.LabelOSStable, string(corev1.Linux)); os != "" {
+		// spec.os is optional: a nodeSelector or node affinity is the
+		// usual way to put a pod on Windows nodes.
+		reasons = append(reasons, fmt.Sprintf("the pod runs on %s nodes only; eBPF needs Linux", os))
+	}
+	if arch := pinnedOff(spec, corev1.LabelArchStable, "amd64"); arch != "" {
 		reasons = append(reasons, fmt.Sprintf("the pod runs on %s nodes only, and the podtracer image is built for amd64", arch))
 	}
 	for _, list := range [][]corev1.Container{spec.Containers, spec.InitContainers} {
@@ -339,6 +352,58 @@ func cannotInject(spec *corev1.PodSpec) []string {
 	return reasons
 }
 
+// qosResources are the resources a pod's QoS class is computed from.
+var qosResources = []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory}
+
+// guaranteed tells whether the pod's QoS class is Guaranteed: each of its
+// containers, init containers included, has CPU and memory limits, and
+// requests equal to them (a request left out is its limit).
+func guaranteed(spec *corev1.PodSpec) bool {
+	for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range list {
+			if !guaranteedResources(&c.Resources) {
+				return false
+			}
+		}
+	}
+	return len(spec.Containers) > 0
+}
+
+func guaranteedResources(r *corev1.ResourceRequirements) bool {
+	for _, name := range qosResources {
+		lim, ok := r.Limits[name]
+		if !ok || lim.IsZero() {
+			return false
+		}
+		if req, ok := r.Requests[name]; ok && req.Cmp(lim) != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// keepGuaranteed makes the sidecar's requests its limits, so that a
+// Guaranteed pod stays so, and says so; or says why it cannot (a limit
+// taken off by annotation).
+func keepGuaranteed(r *corev1.ResourceRequirements) string {
+	for _, name := range qosResources {
+		if lim, ok := r.Limits[name]; !ok || lim.IsZero() {
+			return fmt.Sprintf("the pod's QoS class is Guaranteed, and the podtracer sidecar without a %s limit makes it Burstable", name)
+		}
+	}
+	if guaranteedResources(r) {
+		return ""
+	}
+	if r.Requests == nil {
+		r.Requests = corev1.ResourceList{}
+	}
+	for _, name := range qosResources {
+		r.Requests[name] = r.Limits[name]
+	}
+	cpu, mem := r.Limits[corev1.ResourceCPU], r.Limits[corev1.ResourceMemory]
+	return fmt.Sprintf("the pod's QoS class is Guaranteed: the podtracer sidecar requests its limits (cpu %s, memory %s) to keep it so; podtracer.io/cpu-limit and memory-limit set them", cpu.String(), mem.String())
+}
+
 // podLevelResources tells whether the pod sets pod-level resources
 // (spec.resources), which its containers share.
 func podLevelResources(spec *corev1.PodSpec) bool {
@@ -346,42 +411,44 @@ func podLevelResources(spec *corev1.PodSpec) bool {
 	return r != nil && (len(r.Requests) > 0 || len(r.Limits) > 0)
 }
 
-// pinnedArch is the CPU architecture, other than amd64, that the pod's
-// nodeSelector or required node affinity holds it to ("" if none): the
-// sidecar, whose image is amd64 only, could not start there, and the pod
-// would never be ready.
-func pinnedArch(spec *corev1.PodSpec) string {
-	if a, ok := spec.NodeSelector[corev1.LabelArchStable]; ok && a != "amd64" {
+// pinnedOff is the value of node label, other than supported, that the
+// pod's nodeSelector or required node affinity holds it to ("" if none):
+// an operating system (kubernetes.io/os) or a CPU architecture
+// (kubernetes.io/arch) the sidecar, whose image is linux/amd64 only,
+// could not start on, and the pod would never be ready.
+func pinnedOff(spec *corev1.PodSpec, label, supported string) string {
+	if a, ok := spec.NodeSelector[label]; ok && a != supported {
 		return a
 	}
 	aff := spec.Affinity
 	if aff == nil || aff.NodeAffinity == nil || aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution == nil {
 		return ""
 	}
-	// The terms are ORed: the pod is held off amd64 only if every term is.
+	// The terms are ORed: the pod is held off supported only if every
+	// term is.
 	terms := aff.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
-	var archs []string
+	var values []string
 	for _, term := range terms {
 		held := false
 		for _, e := range term.MatchExpressions {
-			if e.Key != corev1.LabelArchStable {
+			if e.Key != label {
 				continue
 			}
 			switch {
-			case e.Operator == corev1.NodeSelectorOpIn && !slices.Contains(e.Values, "amd64"):
+			case e.Operator == corev1.NodeSelectorOpIn && !slices.Contains(e.Values, supported):
 				held = true
-				archs = append(archs, e.Values...)
-			case e.Operator == corev1.NodeSelectorOpNotIn && slices.Contains(e.Values, "amd64"):
+				values = append(values, e.Values...)
+			case e.Operator == corev1.NodeSelectorOpNotIn && slices.Contains(e.Values, supported):
 				held = true
-				archs = append(archs, "other than amd64")
+				values = append(values, "other than "+supported)
 			}
 		}
 		if !held {
 			return ""
 		}
 	}
-	slices.Sort(archs)
-	return strings.Join(slices.Compact(archs), ", ")
+	slices.Sort(values)
+	return strings.Join(slices.Compact(values), ", ")
 }
 
 // sidecarContainer builds the injected container. problems are annotation
@@ -640,6 +707,27 @@ func keepUsers(c *corev1.Container, old *corev1.Container, native bool, recorded
 	}
 	c.EnvFrom = old.EnvFrom
 	c.VolumeMounts = old.VolumeMounts
+	// Fields the webhook never writes, as a user or another mutating
+	// webhook left them (ports for a metrics scrape, a probe, a policy's
+	// seccomp profile): with reinvocation, writing them off would make
+	// the result hang on the order the webhooks ran in.
+	c.Command, c.Args, c.WorkingDir = old.Command, old.Args, old.WorkingDir
+	c.Ports, c.VolumeDevices, c.ResizePolicy = old.Ports, old.VolumeDevices, old.ResizePolicy
+	c.LivenessProbe, c.ReadinessProbe, c.StartupProbe = old.LivenessProbe, old.ReadinessProbe, old.StartupProbe
+	c.Stdin, c.StdinOnce, c.TTY = old.Stdin, old.StdinOnce, old.TTY
+	if sc := old.SecurityContext; sc != nil {
+		// Its user, root filesystem, privileges and capabilities are the
+		// webhook's; the rest confines the agent no further than it
+		// runs (seccomp's RuntimeDefault allows bpf() to a process with
+		// CAP_BPF).
+		c.SecurityContext.SeccompProfile, c.SecurityContext.AppArmorProfile = sc.SeccompProfile, sc.AppArmorProfile
+		c.SecurityContext.SELinuxOptions, c.SecurityContext.RunAsGroup = sc.SELinuxOptions, sc.RunAsGroup
+	}
+	if old.Image != c.Image {
+		// Another webhook's mirror, an edit, or the webhook's own new
+		// image: the sidecar runs the webhook's.
+		warnings = append(warnings, fmt.Sprintf("the %s container's image %s is replaced by the webhook's %s (PODTRACER_WEBHOOK_IMAGE)", ContainerName, old.Image, c.Image))
+	}
 	// The hook and the restart policy make it a native sidecar that
 	// holds the application until the agent traces: written again. (One
 	// of an older webhook, among the containers, had neither: no edit.)

@@ -602,3 +602,122 @@ func TestMutatePodLevelResourcesIgnoreAnnotations(t *testing.T) {
 		t.Errorf("action %s warnings %q, want injected", res.Action, res.Warnings)
 	}
 }
+
+// A pod put on Windows nodes by its nodeSelector or node affinity, without
+// spec.os (optional), is not injected; one put on Linux nodes so is.
+func TestMutateOperatingSystem(t *testing.T) {
+	windows := []corev1.NodeSelectorRequirement{{Key: corev1.LabelOSStable, Operator: corev1.NodeSelectorOpIn, Values: []string{"windows"}}}
+	for _, tc := range []struct {
+		name     string
+		selector map[string]string
+		terms    [][]corev1.NodeSelectorRequirement
+		inject   bool
+	}{
+		{"nodeSelector windows", map[string]string{corev1.LabelOSStable: "windows"}, nil, false},
+		{"nodeSelector linux", map[string]string{corev1.LabelOSStable: "linux"}, nil, true},
+		{"affinity windows", nil, [][]corev1.NodeSelectorRequirement{windows}, false},
+		{"affinity not linux", nil, [][]corev1.NodeSelectorRequirement{{{Key: corev1.LabelOSStable, Operator: corev1.NodeSelectorOpNotIn, Values: []string{"linux"}}}}, false},
+		{"affinity windows or any", nil, [][]corev1.NodeSelectorRequirement{windows, nil}, true},
+	} {
+		in := readDeployment(t, "testdata/inject/basic/in.yaml")
+		in.Spec.Template.Spec.NodeSelector = tc.selector
+		if tc.terms != nil {
+			var terms []corev1.NodeSelectorTerm
+			for _, e := range tc.terms {
+				terms = append(terms, corev1.NodeSelectorTerm{MatchExpressions: e})
+			}
+			in.Spec.Template.Spec.Affinity = &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+				RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: terms}}}
+		}
+		res := Mutate(in, goldenSidecar())
+		if got := res.Action == ActionInjected; got != tc.inject {
+			t.Errorf("%s: action %s warnings %q, want injected %v", tc.name, res.Action, res.Warnings, tc.inject)
+		}
+		if !tc.inject && !slices.ContainsFunc(res.Warnings, func(w string) bool { return strings.Contains(w, "eBPF needs Linux") }) {
+			t.Errorf("%s: warnings %q, want the reason", tc.name, res.Warnings)
+		}
+	}
+}
+
+// A pod whose containers are all Guaranteed stays Guaranteed: the sidecar
+// requests its limits, with a warning that says so. A Burstable pod's
+// sidecar keeps the webhook's requests; a limit taken off by annotation
+// gets a warning, since the pod cannot stay Guaranteed then.
+func TestMutateKeepsGuaranteed(t *testing.T) {
+	exact := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("2"), corev1.ResourceMemory: resource.MustParse("1Gi")}
+	for _, tc := range []struct {
+		name        string
+		app         corev1.ResourceRequirements
+		annotations map[string]string
+		guaranteed  bool   // the pod after injection
+		warning     string // a warning that contains this, "" for none about QoS
+	}{
+		{"guaranteed", corev1.ResourceRequirements{Requests: exact, Limits: exact}, nil, true, "requests its limits (cpu 500m, memory 256Mi)"},
+		{"guaranteed by limits alone", corev1.ResourceRequirements{Limits: exact}, nil, true, "requests its limits"},
+		{"guaranteed, own limits", corev1.ResourceRequirements{Limits: exact}, map[string]string{"podtracer.io/cpu-limit": "200m"}, true, "cpu 200m"},
+		{"guaranteed, no cpu limit", corev1.ResourceRequirements{Limits: exact}, map[string]string{"podtracer.io/cpu-limit": "0"}, false, "without a cpu limit makes it Burstable"},
+		{"burstable", corev1.ResourceRequirements{Requests: exact}, nil, false, ""},
+	} {
+		in := readDeployment(t, "testdata/inject/basic/in.yaml")
+		in.Spec.Template.Spec.Containers[0].Resources = tc.app
+		maps.Copy(in.Annotations, tc.annotations)
+		res := Mutate(in, goldenSidecar())
+		if res.Action != ActionInjected {
+			t.Fatalf("%s: action %s warnings %q", tc.name, res.Action, res.Warnings)
+		}
+		spec := &res.Deployment.Spec.Template.Spec
+		if got := guaranteed(spec); got != tc.guaranteed {
+			t.Errorf("%s: Guaranteed after injection %v, want %v (sidecar %v)", tc.name, got, tc.guaranteed, spec.InitContainers[0].Resources)
+		}
+		qos := slices.IndexFunc(res.Warnings, func(w string) bool { return strings.Contains(w, "QoS") })
+		switch {
+		case tc.warning == "" && qos >= 0:
+			t.Errorf("%s: warning %q", tc.name, res.Warnings[qos])
+		case tc.warning != "" && (qos < 0 || !strings.Contains(res.Warnings[qos], tc.warning)):
+			t.Errorf("%s: warnings %q, want one with %q", tc.name, res.Warnings, tc.warning)
+		}
+		if tc.name == "burstable" && !equality.Semantic.DeepEqual(spec.InitContainers[0].Resources, goldenSidecar().Resources) {
+			t.Errorf("burstable: sidecar resources %v, want the webhook's", spec.InitContainers[0].Resources)
+		}
+		// Admitted again, as the API server stored it: no change.
+		again := Mutate(res.Deployment, goldenSidecar())
+		if !equality.Semantic.DeepEqual(again.Deployment, res.Deployment) {
+			t.Errorf("%s: admitted again, changed:\n%s", tc.name, diff(deploymentYAML(t, res.Deployment), deploymentYAML(t, again.Deployment)))
+		}
+	}
+}
+
+// What the webhook does not write of its sidecar survives its next
+// admission (a user's ports and probe, a policy's seccomp profile, args),
+// so that the result does not hang on the order webhooks ran in; what it
+// writes (the image, its capabilities) is written again, with a warning
+// for the image.
+func TestMutateKeepsUnmanagedFields(t *testing.T) {
+	first := Mutate(readDeployment(t, "testdata/inject/basic/in.yaml"), goldenSidecar())
+	if first.Action != ActionInjected {
+		t.Fatalf("action %s warnings %q", first.Action, first.Warnings)
+	}
+	edited := first.Deployment.DeepCopy()
+	sc := &edited.Spec.Template.Spec.InitContainers[0]
+	sc.Image = "mirror.example/podtracer/podtracer:v0.1.0"
+	sc.Args = []string{"--debug"}
+	sc.Ports = []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9464}}
+	sc.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"/podtracer", "wait"}}}}
+	sc.SecurityContext.SeccompProfile = &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}
+	sc.SecurityContext.Capabilities.Add = append(sc.SecurityContext.Capabilities.Add, "NET_ADMIN")
+
+	res := Mutate(edited, goldenSidecar())
+	got := res.Deployment.Spec.Template.Spec.InitContainers[0]
+	if len(got.Args) != 1 || len(got.Ports) != 1 || got.ReadinessProbe == nil || got.SecurityContext.SeccompProfile == nil {
+		t.Errorf("edits the webhook does not write were undone: args %v ports %v probe %v seccomp %v", got.Args, got.Ports, got.ReadinessProbe, got.SecurityContext.SeccompProfile)
+	}
+	if got.Image != goldenSidecar().Image || slices.Contains(got.SecurityContext.Capabilities.Add, "NET_ADMIN") {
+		t.Errorf("image %s, capabilities %v: want the webhook's", got.Image, got.SecurityContext.Capabilities.Add)
+	}
+	if !slices.ContainsFunc(res.Warnings, func(w string) bool { return strings.Contains(w, "mirror.example") }) {
+		t.Errorf("warnings %q, want the image's replacement said", res.Warnings)
+	}
+	if again := Mutate(res.Deployment, goldenSidecar()); !equality.Semantic.DeepEqual(again.Deployment, res.Deployment) || len(again.Warnings) > 0 {
+		t.Errorf("admitted again: warnings %q, changed:\n%s", again.Warnings, diff(deploymentYAML(t, res.Deployment), deploymentYAML(t, again.Deployment)))
+	}
+}

@@ -220,7 +220,7 @@ func TestHTTP1(t *testing.T) {
 		expectResource(t, s, "node")
 		proxied := mustFind(t, spans, trace.SpanKindServer, "/node/proxied")
 		expect(t, proxied, map[string]any{"client.address": "203.0.113.7", "network.peer.address": "127.0.0.1",
-			"server.address": "shop.example.com", "server.port": int64(443)})
+			"server.address": "shop.example.com", "server.port": int64(443), "url.scheme": "https"})
 		c := mustFind(t, spans, trace.SpanKindClient, "/node/42")
 		expectResource(t, c, "curl")
 		expect(t, c, map[string]any{"url.full": fmt.Sprintf("http://127.0.0.1:%d/node/42", nodePort), "server.port": int64(nodePort)})
