@@ -252,6 +252,15 @@ func TestHandshakeFailuresLogged(t *testing.T) {
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	_, ln, _, cancel := serveTest(t, Config{TLSCert: certFile, TLSKey: keyFile, Image: "podtracer:test"}, logger)
 	defer cancel()
+	// A load balancer's TCP check: connected, closed, no handshake. Not
+	// a client that refused the certificate: no warning.
+	for range 3 {
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+	}
 	other := newTestCert(t, "127.0.0.1") // a CA that did not sign the served certificate
 	for range 3 {
 		if conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: other.pool(t)}); err == nil {
@@ -264,7 +273,8 @@ func TestHandshakeFailuresLogged(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(100 * time.Millisecond) // the others, had they been logged
-	if n := strings.Count(logs.String(), "TLS handshake failed"); n != 1 || !strings.Contains(logs.String(), "level=WARN") {
+	if n := strings.Count(logs.String(), "TLS handshake failed"); n != 1 || !strings.Contains(logs.String(), "level=WARN") ||
+		!strings.Contains(logs.String(), "remote error") {
 		t.Errorf("%d handshake warnings, want 1:\n%s", n, logs.String())
 	}
 }

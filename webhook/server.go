@@ -90,6 +90,13 @@ func (w *serverErrors) Write(p []byte) (int, error) {
 		w.logger.Warn("https server", "error", msg)
 		return len(p), nil
 	}
+	if !strings.Contains(msg, "remote error: tls:") {
+		// No alert from the client: a load balancer's TCP check or a
+		// port scan that closed without a handshake (EOF, a reset),
+		// not a client that refused the certificate.
+		w.logger.Debug("TLS handshake failed", "error", msg)
+		return len(p), nil
+	}
 	w.mu.Lock()
 	now := time.Now()
 	if !w.last.IsZero() && now.Sub(w.last) < w.every {
@@ -100,7 +107,7 @@ func (w *serverErrors) Write(p []byte) (int, error) {
 	suppressed := w.suppressed
 	w.last, w.suppressed = now, 0
 	w.mu.Unlock()
-	w.logger.Warn("TLS handshake failed: if the API server is the client, it does not trust this certificate (check the webhook configuration's caBundle)",
+	w.logger.Warn("TLS handshake failed: the client refused the certificate; if it is the API server, check the webhook configuration's caBundle",
 		"error", msg, "others_since_last", suppressed)
 	return len(p), nil
 }
