@@ -19,7 +19,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -tags $(AGENT_TAGS) -ldflags "-X github.com/podtracer/podtracer/exporter.version=$(VERSION)" -o podtracer .
 	CGO_ENABLED=0 $(GO) build -o podtracer-webhook ./cmd/podtracer-webhook
 
-# A sample app and curl in a pod-like PID namespace, the agent printing spans.
+# A sample app and curl in a pod-like PID and network namespace, the agent printing spans.
 demo:
 	examples/demo/run.sh
 

@@ -49,6 +49,11 @@ func runAgent(ctx context.Context, logger *slog.Logger, args []string) error {
 	}
 	cfg, err := loadConfig(os.Environ())
 	if err != nil {
+		// The warnings too (a misspelt variable's nearest name may be
+		// the fix of an error): every mistake at once.
+		for _, w := range cfg.warnings {
+			logger.Warn("configuration: " + w)
+		}
 		return notTracing(ctx, logger, "its configuration was refused", err)
 	}
 	agentMaxProcs(os.Getenv("GOMAXPROCS"))

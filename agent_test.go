@@ -42,6 +42,7 @@ func TestAgentCaptureNotLoaded(t *testing.T) {
 func TestAgentConfigRefused(t *testing.T) {
 	t.Setenv("PODTRACER_CAPTURE_BYTES", "lots")
 	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr3t%zz") // refused too, and secret
+	t.Setenv("PODTRACER_OPEN_PORT", "8080")                     // a warning: said with the errors
 	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	if err := runAgent(context.Background(), slog.New(slog.DiscardHandler), nil); err == nil || !strings.Contains(err.Error(), "PODTRACER_CAPTURE_BYTES") {
 		t.Errorf("outside Kubernetes: %v, want the configuration's error", err)
@@ -55,8 +56,8 @@ func TestAgentConfigRefused(t *testing.T) {
 		t.Error("run by hand in a pod: no error")
 	}
 	logs := waitsInPod(t, "configuration was refused")
-	if !strings.Contains(logs, "PODTRACER_CAPTURE_BYTES") {
-		t.Errorf("the log does not say why:\n%s", logs)
+	if !strings.Contains(logs, "PODTRACER_CAPTURE_BYTES") || !strings.Contains(logs, "did you mean PODTRACER_OPEN_PORTS?") {
+		t.Errorf("the log does not say why, and what else is amiss:\n%s", logs)
 	}
 }
 

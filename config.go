@@ -238,8 +238,14 @@ func (c *config) validate() []error {
 		if v == "" {
 			continue
 		}
-		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		u, err := url.Parse(v)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 			bad(name, v, "want a URL like http://collector:4317 or https://collector:4317")
+		case u.Scheme == "http" && u.Port() == "":
+			// gRPC's default port is 443 whatever the scheme: right for
+			// a vendor's https:// endpoint, surely not for plaintext.
+			c.warnings = append(c.warnings, fmt.Sprintf("%s=%q names no port, so gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317 (http://%s:4317)", name, v, u.Hostname()))
 		}
 	}
 	for _, kv := range []struct{ name, v string }{
@@ -247,11 +253,11 @@ func (c *config) validate() []error {
 		{"OTEL_EXPORTER_OTLP_TRACES_HEADERS", c.OTLPTracesHeaders},
 		{"OTEL_EXPORTER_OTLP_METRICS_HEADERS", c.OTLPMetricsHeaders},
 	} {
-		if err := checkKeyValues(kv.v, httpguts.ValidHeaderFieldName); err != nil {
+		if err := checkKeyValues(kv.v, httpguts.ValidHeaderFieldName, grpcMetadataValue); err != nil {
 			bad(kv.name, kv.v, err.Error())
 		}
 	}
-	if err := checkKeyValues(c.ResourceAttributes, nil); err != nil {
+	if err := checkKeyValues(c.ResourceAttributes, nil, nil); err != nil {
 		bad("OTEL_RESOURCE_ATTRIBUTES", c.ResourceAttributes, err.Error())
 	}
 	// Shared with an application's environment (envFrom), these may name
@@ -260,7 +266,7 @@ func (c *config) validate() []error {
 	c.metrics = c.exporters("OTEL_METRICS_EXPORTER", c.MetricsExporter, "otlp", "none")
 	c.disabled = strings.EqualFold(strings.TrimSpace(c.SDKDisabled), "true")
 	c.ServiceName = strings.TrimSpace(c.ServiceName)
-	if c.SamplerArg != "" && !strings.HasSuffix(c.Sampler, "traceidratio") {
+	if c.SamplerArg != "" && !strings.HasSuffix(strings.ToLower(strings.TrimSpace(c.Sampler)), "traceidratio") { // as the exporter reads it
 		c.warnings = append(c.warnings, fmt.Sprintf("OTEL_TRACES_SAMPLER_ARG=%q has no effect with OTEL_TRACES_SAMPLER=%s: only the traceidratio samplers read it", c.SamplerArg, c.Sampler))
 	}
 	// The sampler, the metric and batch settings, the OTLP exporters'
@@ -336,9 +342,10 @@ func (c *config) validate() []error {
 }
 
 // checkKeyValues checks the W3C baggage-like "k=v,k2=v2" lists that
-// OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS use; validKey,
-// when not nil, checks each key too.
-func checkKeyValues(s string, validKey func(string) bool) error {
+// OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS use; validKey
+// and validValue (of the decoded value), when not nil, check each pair
+// too.
+func checkKeyValues(s string, validKey func(string) bool, validValue func(k, v string) bool) error {
 	if strings.TrimSpace(s) == "" {
 		return nil
 	}
@@ -352,11 +359,30 @@ func checkKeyValues(s string, validKey func(string) bool) error {
 			// fail to authenticate.
 			return fmt.Errorf("%q is not a header name (letters, digits and !#$%%&'*+-.^_`|~ only)", strings.TrimSpace(k))
 		}
-		if _, err := url.QueryUnescape(v); err != nil {
+		dec, err := url.QueryUnescape(v)
+		if err != nil {
 			return fmt.Errorf("value of %q is not URL-encoded correctly", k)
+		}
+		if validValue != nil && !validValue(strings.TrimSpace(k), strings.TrimSpace(dec)) {
+			// gRPC would refuse it in every export.
+			return fmt.Errorf("value of %q has a character gRPC metadata cannot carry: printable ASCII only (no control character such as %%0A)", strings.TrimSpace(k))
 		}
 	}
 	return nil
+}
+
+// grpcMetadataValue tells whether v can be the value of gRPC metadata k:
+// printable ASCII, as grpc-go checks it, but in binary (-bin) keys.
+func grpcMetadataValue(k, v string) bool {
+	if strings.HasSuffix(strings.ToLower(k), "-bin") {
+		return true
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // exporters reads an OTEL_*_EXPORTER list (case-insensitive) into the set

@@ -176,13 +176,16 @@ func TestConfigMistakesFoundByReview(t *testing.T) {
 		{"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=,", "names no method"},
 		{"OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT=ten", "want a number of characters"},
 		{"OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT=-1", "want a number of characters"},
+		// gRPC would refuse every export with it.
+		{"OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%0Aabc", "printable ASCII only"},
+		{"OTEL_EXPORTER_OTLP_HEADERS=x-team=%C3%A9quipe", "printable ASCII only"},
 	} {
 		_, err := loadConfig([]string{c.env})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one saying %q", c.env, err, c.want)
 		}
 	}
-	for _, ok := range []string{"OTEL_EXPORTER_OTLP_HEADERS=api-key=abc,X-Scope-OrgID=shop", "PODTRACER_PROTOCOLS=http, redis", "PODTRACER_OPT_IN_ATTRIBUTES= http.response.body.size ,client.port",
+	for _, ok := range []string{"OTEL_EXPORTER_OTLP_HEADERS=api-key=abc,X-Scope-OrgID=shop", "OTEL_EXPORTER_OTLP_HEADERS=Authorization=Basic%20dXNlcjpwYXNz", "OTEL_EXPORTER_OTLP_HEADERS=trace-bin=%00%01", "PODTRACER_PROTOCOLS=http, redis", "PODTRACER_OPT_IN_ATTRIBUTES= http.response.body.size ,client.port",
 		"OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS=GET, POST,PROPFIND", "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS="} {
 		if _, err := loadConfig([]string{ok}); err != nil {
 			t.Errorf("%s: %v", ok, err)
@@ -237,19 +240,26 @@ func TestConfigWarnings(t *testing.T) {
 		"PODTRACER_DEV_CPUPROFILE=/tmp/x",   // a developer's
 		"OTEL_TRACES_SAMPLER_ARG=0.1",       // without a ratio sampler
 		"OTEL_SERVICE_NAME=  shop\n",
-		"PODTRACER_TEST_KERNELS=/x", "PODTRACER_CACHE=/y", // the tests' own
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://collector.observability", // plaintext to 443
+		"PODTRACER_TEST_KERNELS=/x", "PODTRACER_CACHE=/y",            // the tests' own
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := strings.Join(cfg.warnings, "\n")
-	for _, want := range []string{"PODTRACER_OPEN_PORT is not a podtracer variable", "did you mean PODTRACER_OPEN_PORTS?", "OTEL_TRACES_SAMPLER_ARG=\"0.1\" has no effect"} {
+	for _, want := range []string{"PODTRACER_OPEN_PORT is not a podtracer variable", "did you mean PODTRACER_OPEN_PORTS?", "OTEL_TRACES_SAMPLER_ARG=\"0.1\" has no effect",
+		"names no port, so gRPC dials port 443 in plaintext", "http://collector.observability:4317"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("warnings lack %q:\n%s", want, got)
 		}
 	}
-	if len(cfg.warnings) != 2 {
-		t.Errorf("want 2 warnings, got:\n%s", got)
+	if len(cfg.warnings) != 3 {
+		t.Errorf("want 3 warnings, got:\n%s", got)
+	}
+	// The sampler's name is read as the exporter reads it, in any case;
+	// an https:// endpoint's 443 is right.
+	if ratio, err := loadConfig([]string{"OTEL_TRACES_SAMPLER=ParentBased_TraceIdRatio ", "OTEL_TRACES_SAMPLER_ARG=0.5", "OTEL_EXPORTER_OTLP_ENDPOINT=https://otlp.example.com"}); err != nil || len(ratio.warnings) != 0 {
+		t.Errorf("err %v, warnings %q: want none", err, ratio.warnings)
 	}
 	if cfg.ServiceName != "shop" {
 		t.Errorf("service name %q, want it trimmed", cfg.ServiceName)

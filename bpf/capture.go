@@ -220,7 +220,14 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 	case HooksSyscall:
 		err = c.attachSyscall(spec, logger)
 	case HooksAuto, "":
-		if err = c.attachSocketFast(spec, cfg.Fast, logger); err != nil {
+		err = c.attachSocketFast(spec, cfg.Fast, logger)
+		if errors.Is(err, os.ErrPermission) {
+			// A capability missing (CAP_PERFMON, CAP_BPF), not a kernel
+			// without the tracepoints: the syscall ones would need it too,
+			// and the error should say that, not that the kernel is old.
+			break
+		}
+		if err != nil {
 			logger.Info("socket tracepoints unavailable (they need Linux 6.3+ with BTF): using syscall tracepoints, which run on every syscall of the node",
 				"reason", err)
 			err = c.attachSyscall(spec, logger)

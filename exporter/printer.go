@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -171,28 +172,32 @@ func describe(s *spanRecord, withAttrs bool) printed {
 //	2026-11-22T05:00:00.123Z SERVER python3[412] GET /users/{id} 200 1.234ms trace=… span=… parent=… client=10.0.0.1:5555
 //
 // parent= is left out for root spans, the status is "-" when no response
-// was seen.
+// was seen. What came from the wire or from a process (its name, the
+// method, the target) has its control characters escaped: a request or a
+// table name with a newline would otherwise print lines of its own, a
+// forged span among them, and an escape sequence would drive the
+// terminal.
 func (l printed) text() []byte {
 	b := make([]byte, 0, 256)
 	b = append(b, l.Time...)
 	b = append(b, ' ')
 	b = append(b, l.Kind...)
 	b = append(b, ' ')
-	b = append(b, l.Process...)
+	b = appendPrintable(b, l.Process)
 	b = append(b, '[')
 	b = strconv.AppendInt(b, l.PID, 10)
 	b = append(b, "] "...)
 	if l.Method != "" {
-		b = append(b, l.Method...)
+		b = appendPrintable(b, l.Method)
 		b = append(b, ' ')
 	}
-	b = append(b, l.Target...)
+	b = appendPrintable(b, l.Target)
 	b = append(b, ' ')
 	switch {
 	case l.Status != 0:
 		b = strconv.AppendInt(b, l.Status, 10)
 	case l.Code != "":
-		b = append(b, l.Code...)
+		b = appendPrintable(b, l.Code)
 	default:
 		b = append(b, '-')
 	}
@@ -208,16 +213,33 @@ func (l printed) text() []byte {
 	}
 	if l.Client != "" {
 		b = append(b, " client="...)
-		b = append(b, l.Client...)
+		b = appendPrintable(b, l.Client)
 	}
 	if l.Peer != "" {
 		b = append(b, " peer="...)
-		b = append(b, l.Peer...)
+		b = appendPrintable(b, l.Peer)
 	}
 	if l.Error {
 		b = append(b, " error"...)
 	}
 	return append(b, '\n')
+}
+
+// appendPrintable appends s with its control characters (C0, DEL, C1
+// and the Unicode line and paragraph separators) escaped as Go writes
+// them in a quoted string: \n, \x1b, \u2028.
+func appendPrintable(b []byte, s string) []byte {
+	for len(s) > 0 {
+		r, n := utf8.DecodeRuneInString(s)
+		if r >= 0x20 && r != 0x7f && (r < 0x80 || r >= 0xa0) && r != 0x2028 && r != 0x2029 {
+			b = append(b, s[:n]...) // an invalid byte as it is: valid UTF-8 is made before
+		} else {
+			q := strconv.QuoteRune(r) // '\n', '\x1b', '\u2028'
+			b = append(b, q[1:len(q)-1]...)
+		}
+		s = s[n:]
+	}
+	return b
 }
 
 // appendDuration writes ms with three decimals below a second (1.234ms),

@@ -102,3 +102,20 @@ func TestPrinterUnknownGRPCMethod(t *testing.T) {
 		t.Errorf("target %q without rpc.method_original, want the span's name", got)
 	}
 }
+
+// A target, method or process name with control characters prints on its
+// one line, escaped: a request (or a table name) with a newline cannot
+// print a forged span of its own, nor an escape sequence drive the
+// terminal.
+func TestPrinterTextEscapes(t *testing.T) {
+	l := printed{Time: "2026-11-22T05:00:00.123Z", Kind: "SERVER", Process: "evil\x1b[31m", PID: 1, Method: "GET\r",
+		Target: "/x\n2026-11-22T05:00:00.000Z SERVER fake[1] GET /admin 200 0.100ms\u2028\u0085é", Status: 200, TraceID: "t", SpanID: "s"}
+	got := string(l.text())
+	if strings.Count(got, "\n") != 1 || !strings.HasSuffix(got, "\n") {
+		t.Fatalf("not one line: %q", got)
+	}
+	want := `2026-11-22T05:00:00.123Z SERVER evil\x1b[31m[1] GET\r /x\n2026-11-22T05:00:00.000Z SERVER fake[1] GET /admin 200 0.100ms\u2028\u0085é 200 `
+	if !strings.HasPrefix(got, want) {
+		t.Errorf("got  %s\nwant %s...", got, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -531,6 +532,10 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		// with its credentials) is taken as its scheme says. Its TLS
 		// (false) holds for every endpoint.
 		delete(values, "OTEL_EXPORTER_OTLP_INSECURE")
+	}
+	if u, err := url.Parse(values["OTEL_EXPORTER_OTLP_ENDPOINT"]); err == nil && u.Scheme == "http" && u.Port() == "" {
+		// gRPC's default port is 443 whatever the scheme.
+		ignored = append(ignored, fmt.Sprintf("the OTLP endpoint %s names no port, so the sidecar's gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317", u))
 	}
 	if values["OTEL_TRACES_SAMPLER_ARG"] != "" && !strings.HasSuffix(values["OTEL_TRACES_SAMPLER"], "traceidratio") {
 		// The agent reads the ratio for the ratio samplers only.

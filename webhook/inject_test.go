@@ -721,3 +721,18 @@ func TestMutateKeepsUnmanagedFields(t *testing.T) {
 		t.Errorf("admitted again: warnings %q, changed:\n%s", again.Warnings, diff(deploymentYAML(t, res.Deployment), deploymentYAML(t, again.Deployment)))
 	}
 }
+
+// An http:// endpoint without a port is injected, with a warning: the
+// sidecar's gRPC would dial port 443 in plaintext. An https:// one's 443
+// is right, and gets none.
+func TestMutateEndpointWithoutPort(t *testing.T) {
+	for endpoint, warn := range map[string]bool{"http://collector.observability": true, "https://otlp.vendor.example": false, "http://collector.observability:4317": false} {
+		in := readDeployment(t, "testdata/inject/basic/in.yaml")
+		in.Annotations["podtracer.io/otlp-endpoint"] = endpoint
+		res := Mutate(in, goldenSidecar())
+		got := slices.ContainsFunc(res.Warnings, func(w string) bool { return strings.Contains(w, "names no port") })
+		if res.Action != ActionInjected || got != warn {
+			t.Errorf("%s: action %s warnings %q, want injected, warned %v", endpoint, res.Action, res.Warnings, warn)
+		}
+	}
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The podtracer demo: a sample Go web app and a curl client in a "pod" (a new
-# PID namespace, as Kubernetes makes one), with the podtracer agent beside
+# PID and network namespace, as Kubernetes makes one), with the podtracer agent beside
 # them printing one line per span on stdout. Needs root (eBPF).
 #   make demo              # about 15 seconds
 #   DEMO_SECONDS=60 make demo
@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 	echo "demo: run as root (the agent loads eBPF programs): sudo make demo" >&2
 	exit 1
 fi
-for tool in unshare nsenter curl; do
+for tool in unshare nsenter curl ip; do
 	command -v "$tool" >/dev/null || { echo "demo: $tool is not installed" >&2; exit 1; }
 done
 
@@ -28,18 +28,25 @@ echo "demo: building podtracer and the sample app"
 CGO_ENABLED=0 go build -tags grpcnotrace -o "$bin/podtracer" . # as the image's (Dockerfile)
 go build -o "$bin/shop" ./test/fixtures/httpapp
 
-# The pod: a PID namespace held open by a sleeping init process.
-unshare --pid --fork --mount-proc sleep infinity 2>/dev/null &
+# The pod: a PID and a network namespace (its own loopback: no clash with
+# the host's ports) held open by a sleeping init process.
+unshare --pid --net --fork --mount-proc sh -c 'ip link set lo up && exec sleep infinity' 2>/dev/null &
 unshare_pid=$!
 for _ in $(seq 50); do
 	pod_init=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | awk '{print $1}')
 	[ -n "$pod_init" ] && break
 	sleep 0.1
 done
-in_pod() { nsenter --target "$pod_init" --pid --mount -- "$@"; }
+[ -n "$pod_init" ] || { echo "demo: the pod did not start" >&2; exit 1; }
+in_pod() { nsenter --target "$pod_init" --pid --mount --net -- "$@"; }
 
 port=18080
-in_pod "$bin/shop" -server "127.0.0.1:$port" 2>/dev/null &
+in_pod "$bin/shop" -server "127.0.0.1:$port" 2> "$bin/shop.log" &
+for _ in $(seq 50); do
+	in_pod curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+	sleep 0.1
+done
+in_pod curl -s -o /dev/null "http://127.0.0.1:$port/" || { echo "demo: the shop app did not start:" >&2; cat "$bin/shop.log" >&2; exit 1; }
 echo "demo: the agent prints a line per span (SERVER: the shop app, CLIENT: curl)"
 in_pod env OTEL_SERVICE_NAME= PODTRACER_TRACE_PRINTER=text POD_NAME=shop-demo POD_NAMESPACE=demo \
 	"$bin/podtracer" 2> "$bin/agent.log" &

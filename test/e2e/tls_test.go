@@ -319,6 +319,32 @@ func TestMariaDBTLS(t *testing.T) {
 	expectDB(t, s, "mariadb", port, map[string]any{"db.namespace": "shop"})
 }
 
+// TestMissingCapability: without CAP_PERFMON the agent says that a
+// capability is missing, and does not take the refusal for a kernel
+// without the socket tracepoints (falling back to the syscall ones,
+// which run on every syscall of the node and need it too).
+func TestMissingCapability(t *testing.T) {
+	privileged(t)
+	setpriv := testenv.LookPath(t, "setpriv")
+	caps := "-all"
+	for _, c := range webhook.Capabilities {
+		if c != "PERFMON" {
+			caps += ",+" + strings.ToLower(string(c))
+		}
+	}
+	agentBin, _ := binaries(t)
+	cmd := exec.Command(setpriv, "--bounding-set="+caps, agentBin)
+	cmd.Env = append(os.Environ(), "PODTRACER_LOG_LEVEL=debug", "KUBERNETES_SERVICE_HOST=")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("the agent ran without CAP_PERFMON:\n%s", out)
+	}
+	if strings.Contains(string(out), "socket tracepoints unavailable") || !strings.Contains(string(out), "CAP_PERFMON") ||
+		!strings.Contains(string(out), "operation not permitted") {
+		t.Errorf("want the capability's error, not a fallback:\n%s", out)
+	}
+}
+
 // TestLeastCapabilities: the agent with only the capabilities the webhook
 // gives its sidecar (webhook.Capabilities; root, every other one dropped)
 // loads its programs, probes a neighbour's libssl and a Go neighbour's
