@@ -1,6 +1,8 @@
 package exporter
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -142,7 +144,11 @@ func exportHint(err error) string {
 	if err == nil {
 		return ""
 	}
-	switch status.Code(err) {
+	code := status.Code(err)
+	if code == codes.Unknown && errors.Is(err, context.DeadlineExceeded) {
+		code = codes.DeadlineExceeded // the metric exporter's, not a status
+	}
+	switch code {
 	case codes.Unauthenticated, codes.PermissionDenied:
 		return "the collector refused the agent's credentials: check OTEL_EXPORTER_OTLP_HEADERS (or its _TRACES_ and _METRICS_ forms)"
 	case codes.Unimplemented:
@@ -152,7 +158,10 @@ func exportHint(err error) string {
 		return "the collector cannot be reached: check OTEL_EXPORTER_OTLP_ENDPOINT (and _INSECURE for TLS) and that it runs; " +
 			"meanwhile what does not fit the queues is dropped and counted"
 	case codes.DeadlineExceeded:
-		return "the collector answered later than OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default): it is overloaded, or far"
+		return "no answer within OTEL_EXPORTER_OTLP_TIMEOUT (10 s by default): the collector is overloaded or far, or the endpoint " +
+			"takes connections but does not speak OTLP/gRPC as configured (TLS against plaintext: OTEL_EXPORTER_OTLP_INSECURE; OTLP/HTTP's port 4318)"
+	case codes.Internal:
+		return "the call broke off, or the endpoint is not an OTLP/gRPC server (an HTTP server, a proxy without HTTP/2): check OTEL_EXPORTER_OTLP_ENDPOINT"
 	case codes.ResourceExhausted:
 		return "the collector is out of capacity, or refused a request as too large (raise its max_recv_msg_size_mib)"
 	case codes.InvalidArgument:
