@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"net/url"
 	"reflect"
 	"regexp"
@@ -245,7 +246,7 @@ func (c *config) validate() []error {
 		case u.Scheme == "http" && u.Port() == "":
 			// gRPC's default port is 443 whatever the scheme: right for
 			// a vendor's https:// endpoint, surely not for plaintext.
-			c.warnings = append(c.warnings, fmt.Sprintf("%s=%q names no port, so gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317 (http://%s:4317)", name, v, u.Hostname()))
+			c.warnings = append(c.warnings, fmt.Sprintf("%s=%q names no port, so gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317 (http://%s)", name, v, net.JoinHostPort(u.Hostname(), "4317")))
 		}
 	}
 	for _, kv := range []struct{ name, v string }{

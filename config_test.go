@@ -258,6 +258,9 @@ func TestConfigWarnings(t *testing.T) {
 	}
 	// The sampler's name is read as the exporter reads it, in any case;
 	// an https:// endpoint's 443 is right.
+	if v6, _ := loadConfig([]string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://[fd00::1]"}); len(v6.warnings) != 1 || !strings.Contains(v6.warnings[0], "http://[fd00::1]:4317") {
+		t.Errorf("IPv6 endpoint without a port: warnings %q", v6.warnings)
+	}
 	if ratio, err := loadConfig([]string{"OTEL_TRACES_SAMPLER=ParentBased_TraceIdRatio ", "OTEL_TRACES_SAMPLER_ARG=0.5", "OTEL_EXPORTER_OTLP_ENDPOINT=https://otlp.example.com"}); err != nil || len(ratio.warnings) != 0 {
 		t.Errorf("err %v, warnings %q: want none", err, ratio.warnings)
 	}
