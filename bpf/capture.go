@@ -221,8 +221,10 @@ func Load(cfg Config, logger *slog.Logger) (_ *Capture, err error) {
 		err = c.attachSyscall(spec, logger)
 	case HooksAuto, "":
 		err = c.attachSocketFast(spec, cfg.Fast, logger)
-		if errors.Is(err, os.ErrPermission) {
-			// A capability missing (CAP_PERFMON, CAP_BPF), not a kernel
+		var refused *ebpf.VerifierError
+		if errors.Is(err, unix.EPERM) && !errors.As(err, &refused) {
+			// A capability missing (CAP_PERFMON, CAP_BPF: EPERM, where the
+			// verifier's refusals are mostly EACCES), not a kernel
 			// without the tracepoints: the syscall ones would need it too,
 			// and the error should say that, not that the kernel is old.
 			break

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"reflect"
 	"regexp"
 	"slices"
@@ -143,7 +144,8 @@ func (c Config) validate() []error {
 			errs = append(errs, fmt.Errorf("PODTRACER_WEBHOOK_OTLP_INSECURE: %w", err))
 		}
 	}
-	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil { // as internal/cli reads it: INFO, warn+2
 		errs = append(errs, fmt.Errorf("PODTRACER_LOG_LEVEL: %q is not debug, info, warn or error", c.LogLevel))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {

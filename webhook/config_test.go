@@ -95,6 +95,17 @@ func TestLoadConfigReportsEverything(t *testing.T) {
 	t.Log(msg)
 }
 
+// The log level is read as the webhook's logger reads it (slog's names, any
+// case, with an offset): an INFO that worked before is no mistake.
+func TestLoadConfigLogLevel(t *testing.T) {
+	base := []string{"PODTRACER_WEBHOOK_TLS_CERT=c", "PODTRACER_WEBHOOK_TLS_KEY=k", "PODTRACER_WEBHOOK_IMAGE=i"}
+	for _, level := range []string{"INFO", "Debug", "warn+2", "error"} {
+		if _, err := LoadConfig(append(base, "PODTRACER_LOG_LEVEL="+level)); err != nil {
+			t.Errorf("%s: %v", level, err)
+		}
+	}
+}
+
 // TestLoadConfigEmptyValues: a variable set to nothing (a Helm value left
 // empty) is a mistake, not a value: an empty image would make every
 // annotated Deployment invalid.

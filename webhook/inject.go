@@ -533,9 +533,10 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		// (false) holds for every endpoint.
 		delete(values, "OTEL_EXPORTER_OTLP_INSECURE")
 	}
-	if u, err := url.Parse(values["OTEL_EXPORTER_OTLP_ENDPOINT"]); err == nil && u.Scheme == "http" && u.Port() == "" {
-		// gRPC's default port is 443 whatever the scheme.
-		ignored = append(ignored, fmt.Sprintf("the OTLP endpoint %s names no port, so the sidecar's gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317", u))
+	if u, err := url.Parse(annotations["podtracer.io/otlp-endpoint"]); err == nil && u.Scheme == "http" && u.Port() == "" {
+		// gRPC's default port is 443 whatever the scheme. (The webhook's
+		// own endpoint is the operator's, warned of at its start.)
+		ignored = append(ignored, fmt.Sprintf("annotation podtracer.io/otlp-endpoint %s names no port, so the sidecar's gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317", u.Redacted()))
 	}
 	if values["OTEL_TRACES_SAMPLER_ARG"] != "" && !strings.HasSuffix(values["OTEL_TRACES_SAMPLER"], "traceidratio") {
 		// The agent reads the ratio for the ratio samplers only.
@@ -727,6 +728,11 @@ func keepUsers(c *corev1.Container, old *corev1.Container, native bool, recorded
 		// CAP_BPF).
 		c.SecurityContext.SeccompProfile, c.SecurityContext.AppArmorProfile = sc.SeccompProfile, sc.AppArmorProfile
 		c.SecurityContext.SELinuxOptions, c.SecurityContext.RunAsGroup = sc.SELinuxOptions, sc.RunAsGroup
+	}
+	if len(old.Command) > 0 || len(old.Args) > 0 {
+		// Kept, but the webhook writes neither: one left from debugging
+		// (sleep infinity) would keep the agent from ever running.
+		warnings = append(warnings, fmt.Sprintf("the %s container has a command or args of its own (%q %q), kept: the agent runs only with the image's entrypoint and no args", ContainerName, old.Command, old.Args))
 	}
 	if old.Image != c.Image {
 		// Another webhook's mirror, an edit, or the webhook's own new

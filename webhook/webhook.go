@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 )
 
@@ -30,6 +31,11 @@ func Main(ctx context.Context, logger *slog.Logger, args []string) error {
 	c, err := LoadConfig(os.Environ())
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)
+	}
+	if u, err := url.Parse(c.OTLPEndpoint); err == nil && u.Scheme == "http" && u.Port() == "" {
+		// gRPC's default port is 443 whatever the scheme.
+		logger.Warn("PODTRACER_WEBHOOK_OTLP_ENDPOINT names no port, so every sidecar's gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317",
+			"endpoint", u.Redacted())
 	}
 	s, err := NewServer(c, logger)
 	if err != nil {

@@ -17,8 +17,10 @@ done
 
 bin=$(mktemp -d)
 pod_init=""
+unshare_pid=""
 cleanup() {
 	[ -n "$pod_init" ] && kill -KILL "$pod_init" 2>/dev/null || true
+	[ -n "$unshare_pid" ] && kill -KILL "$unshare_pid" 2>/dev/null || true
 	wait 2>/dev/null || true
 	rm -rf "$bin"
 }
@@ -30,14 +32,18 @@ go build -o "$bin/shop" ./test/fixtures/httpapp
 
 # The pod: a PID and a network namespace (its own loopback: no clash with
 # the host's ports) held open by a sleeping init process.
-unshare --pid --net --fork --mount-proc sh -c 'ip link set lo up && exec sleep infinity' 2>/dev/null &
+unshare --pid --net --fork --mount-proc sh -c 'ip link set lo up && exec sleep infinity' 2> "$bin/pod.log" &
 unshare_pid=$!
 for _ in $(seq 50); do
-	pod_init=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | awk '{print $1}')
-	[ -n "$pod_init" ] && break
+	pod_init=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | awk '{print $1}') || true
+	[ -n "$pod_init" ] && [ "$(readlink "/proc/$pod_init/exe" 2>/dev/null)" != "$(readlink -f "$(command -v sh)")" ] && break
 	sleep 0.1
 done
-[ -n "$pod_init" ] || { echo "demo: the pod did not start" >&2; exit 1; }
+if [ -z "$pod_init" ] || ! kill -0 "$pod_init" 2>/dev/null; then
+	echo "demo: the pod did not start:" >&2
+	cat "$bin/pod.log" >&2
+	exit 1
+fi
 in_pod() { nsenter --target "$pod_init" --pid --mount --net -- "$@"; }
 
 port=18080
