@@ -22,6 +22,7 @@ import (
 
 	"github.com/podtracer/podtracer/bpf"
 	"github.com/podtracer/podtracer/exporter"
+	"github.com/podtracer/podtracer/internal/cli"
 	"github.com/podtracer/podtracer/internal/envname"
 	"github.com/podtracer/podtracer/pod"
 	"github.com/podtracer/podtracer/tracer"
@@ -239,13 +240,9 @@ func (c *config) validate() []error {
 		if v == "" {
 			continue
 		}
-		u, err := url.Parse(v)
-		switch {
-		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad(name, v, "want a URL like http://collector:4317 or https://collector:4317")
-		case u.Scheme == "http" && u.Port() == "":
-			// gRPC's default port is 443 whatever the scheme: right for
-			// a vendor's https:// endpoint, surely not for plaintext.
+		} else if u, ok := cli.PlaintextWithoutPort(v); ok {
 			c.warnings = append(c.warnings, fmt.Sprintf("%s=%q names no port, so gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317 (http://%s)", name, v, net.JoinHostPort(u.Hostname(), "4317")))
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/podtracer/podtracer/internal/cli"
 )
 
 // Annotations that users put on a Deployment (or on its pod template) to ask
@@ -533,9 +534,9 @@ func sidecarContainer(d *appsv1.Deployment, annotations map[string]string, s Sid
 		// (false) holds for every endpoint.
 		delete(values, "OTEL_EXPORTER_OTLP_INSECURE")
 	}
-	if u, err := url.Parse(annotations["podtracer.io/otlp-endpoint"]); err == nil && u.Scheme == "http" && u.Port() == "" {
-		// gRPC's default port is 443 whatever the scheme. (The webhook's
-		// own endpoint is the operator's, warned of at its start.)
+	if u, ok := cli.PlaintextWithoutPort(annotations["podtracer.io/otlp-endpoint"]); ok {
+		// The webhook's own endpoint is the operator's, warned of at its
+		// start.
 		ignored = append(ignored, fmt.Sprintf("annotation podtracer.io/otlp-endpoint %s names no port, so the sidecar's gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317", u.Redacted()))
 	}
 	if values["OTEL_TRACES_SAMPLER_ARG"] != "" && !strings.HasSuffix(values["OTEL_TRACES_SAMPLER"], "traceidratio") {

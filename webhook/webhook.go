@@ -9,8 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
+
+	"github.com/podtracer/podtracer/internal/cli"
 )
 
 // Main runs the webhook server until ctx is done. Its configuration comes
@@ -32,8 +33,7 @@ func Main(ctx context.Context, logger *slog.Logger, args []string) error {
 	if err != nil {
 		return fmt.Errorf("webhook: %w", err)
 	}
-	if u, err := url.Parse(c.OTLPEndpoint); err == nil && u.Scheme == "http" && u.Port() == "" {
-		// gRPC's default port is 443 whatever the scheme.
+	if u, ok := cli.PlaintextWithoutPort(c.OTLPEndpoint); ok {
 		logger.Warn("PODTRACER_WEBHOOK_OTLP_ENDPOINT names no port, so every sidecar's gRPC dials port 443 in plaintext; an OpenTelemetry Collector's OTLP/gRPC port is 4317",
 			"endpoint", u.Redacted())
 	}

@@ -1,11 +1,12 @@
 // Package cli is what podtracer's two commands, the agent and the
-// webhook, share: their logger, made from the environment, and their
-// signal handling.
+// webhook, share: their logger, made from the environment, their signal
+// handling, and the reading of an OTLP endpoint.
 package cli
 
 import (
 	"context"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -37,4 +38,16 @@ func Context() context.Context {
 		stop()
 	}()
 	return ctx
+}
+
+// PlaintextWithoutPort returns endpoint parsed when it is an http:// URL
+// that names no port: gRPC's default port is 443 whatever the scheme,
+// right for a vendor's https:// endpoint, surely not for plaintext (a
+// collector's OTLP/gRPC port is 4317). Both commands warn of it.
+func PlaintextWithoutPort(endpoint string) (*url.URL, bool) {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Scheme != "http" || u.Host == "" || u.Port() != "" {
+		return nil, false
+	}
+	return u, true
 }
